@@ -1,0 +1,93 @@
+#!/usr/bin/env python3
+"""Generate the Python code for protos/ into src/aigc_gateway/api/v1/.
+
+    python scripts/genproto.py          # regenerate in place
+    python scripts/genproto.py --check  # exit 1 when the committed code is stale
+
+protoc names Python modules after the .proto paths (`aigc.gateway.v1`), which
+would install a generic top-level `aigc` package. We generate into a scratch
+tree and rewrite the project's own imports to relative ones so the code lives
+under `aigc_gateway.api.v1`. (protoletariat does this rewrite, but it pins
+protobuf<6 and cannot install beside the runtime the generated code needs.)
+"""
+from __future__ import annotations
+
+import argparse
+import filecmp
+import re
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PROTO_ROOT = ROOT / "protos"
+PROTO_PKG = "aigc/gateway/v1"
+OUT = ROOT / "src" / "aigc_gateway" / "api" / "v1"
+
+# `from aigc.gateway.v1 import common_pb2 as ...` and `import aigc.gateway.v1.common_pb2`
+_FROM = re.compile(r"^from aigc\.gateway\.v1 import ", re.M)
+_IMPORT = re.compile(r"^import aigc\.gateway\.v1\.(\w+)$", re.M)
+_QUALIFIED = re.compile(r"\baigc\.gateway\.v1\.(\w+_pb2)\b")
+
+
+def _include_dirs() -> list[str]:
+    import grpc_tools
+
+    dirs = [str(PROTO_ROOT), str(Path(grpc_tools.__file__).parent / "_proto")]
+    # googleapis-common-protos ships google/api/*.proto beside its modules.
+    for entry in sys.path:
+        if (Path(entry) / "google" / "api" / "annotations.proto").exists():
+            dirs.append(entry)
+            break
+    else:
+        raise SystemExit("google/api/annotations.proto not found: pip install googleapis-common-protos")
+    return dirs
+
+
+def _rewrite(text: str) -> str:
+    text = _FROM.sub("from . import ", text)
+    text = _IMPORT.sub(r"from . import \1", text)
+    return _QUALIFIED.sub(r"\1", text)
+
+
+def generate(dest: Path) -> None:
+    from grpc_tools import protoc
+
+    protos = sorted(str(p.relative_to(PROTO_ROOT)) for p in (PROTO_ROOT / PROTO_PKG).glob("*.proto"))
+    with tempfile.TemporaryDirectory() as scratch:
+        args = ["protoc", *(f"-I{d}" for d in _include_dirs()),
+                f"--python_out={scratch}", f"--grpc_python_out={scratch}",
+                f"--mypy_out={scratch}", f"--mypy_grpc_out={scratch}", *protos]
+        if protoc.main(args) != 0:
+            raise SystemExit("protoc failed")
+        dest.mkdir(parents=True, exist_ok=True)
+        for f in sorted((Path(scratch) / PROTO_PKG).iterdir()):
+            (dest / f.name).write_text(_rewrite(f.read_text()))
+    (dest / "__init__.py").write_text('"""Generated from protos/aigc/gateway/v1 by scripts/genproto.py. Do not edit."""\n')
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="fail if the committed code is out of date")
+    opts = parser.parse_args()
+    if not opts.check:
+        if OUT.exists():
+            shutil.rmtree(OUT)
+        generate(OUT)
+        print(f"generated {OUT.relative_to(ROOT)}")
+        return 0
+    with tempfile.TemporaryDirectory() as tmp:
+        fresh = Path(tmp) / "v1"
+        generate(fresh)
+        cmp = filecmp.dircmp(fresh, OUT, ignore=["__pycache__"])
+        stale = cmp.left_only + cmp.right_only + cmp.diff_files
+        if stale:
+            print("generated code is out of date with protos/ (run python scripts/genproto.py):", *sorted(stale))
+            return 1
+    print("generated code is up to date")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

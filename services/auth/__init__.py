@@ -1,0 +1,1 @@
+"""The auth service. See docs/architecture.md."""

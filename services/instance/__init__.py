@@ -1,0 +1,1 @@
+"""The instance service. See docs/architecture.md."""

@@ -1,0 +1,1 @@
+"""The template service. See docs/architecture.md."""

@@ -1,0 +1,1 @@
+"""The usersync service. See docs/architecture.md."""

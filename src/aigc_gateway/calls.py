@@ -1,0 +1,258 @@
+"""What happens around every RPC, in one place.
+
+:class:`CallInterceptor` wraps each method handler of the gateway's services:
+
+1. request id: taken from ``x-request-id`` metadata or made, set in the log
+   context and returned in the trailing metadata;
+2. metrics: started, handled by code, latency, in flight;
+3. identity: the call's credentials become a :class:`~aigc_gateway.identity.Principal`
+   (health and reflection are the only unauthenticated methods);
+4. replay: a mutating RPC (its request has ``request_id``) with a request id
+   seen before gets the stored first outcome (:mod:`aigc_gateway.idempotency`);
+5. audit: every mutating RPC and every denied call is written to the audit log;
+6. errors: domain errors become canonical codes with ``google.rpc`` details;
+   anything unexpected is logged with its trace and answered INTERNAL with a
+   generic message.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from google.protobuf import descriptor_pool, message_factory
+from google.rpc import status_pb2
+from grpc_status import rpc_status
+
+from . import audit, metrics
+from .context import REQUEST_ID_HEADER, credentials_var, method_var, new_request_id, principal_var, request_id_var
+from .errors import GatewayError, Unauthenticated, internal_status
+from .identity import Authenticator
+
+log = logging.getLogger(__name__)
+
+OPEN_SERVICES = ("grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection",
+                 "grpc.reflection.v1.ServerReflection")
+# Metadata forwarded on the gateway's own outgoing calls so the callee sees the same end user.
+FORWARDED_CREDENTIALS = ("authorization", "cookie", "x-aigc-session")
+_RESOURCE_FIELDS = ("name", "parent", "template", "user")
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    service: str  # "aigc.gateway.v1.TemplateService"
+    method: str  # "CreateTemplate"
+    mutating: bool
+    response_class: Any
+
+    @property
+    def short_service(self) -> str:
+        return self.service.rsplit(".", 1)[-1]
+
+    @property
+    def action(self) -> str:
+        return f"{self.short_service}.{self.method}"
+
+
+def method_info(full_method: str) -> MethodInfo:
+    """Describe ``/pkg.Service/Method`` from the protobuf descriptor pool."""
+    service, _, method = full_method.lstrip("/").partition("/")
+    try:
+        desc = descriptor_pool.Default().FindMethodByName(f"{service}.{method}")
+    except KeyError:
+        return MethodInfo(service, method, False, None)
+    return MethodInfo(service, method, "request_id" in desc.input_type.fields_by_name,
+                      message_factory.GetMessageClass(desc.output_type))
+
+
+def resource_of(request: Any) -> str:
+    for field in _RESOURCE_FIELDS:
+        value = getattr(request, field, None)
+        if isinstance(value, str) and value:
+            return value
+    return ""
+
+
+class CallInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, service: str, authenticator: Authenticator, audit_log: audit.AuditLog | None = None,
+                 idempotency: Any = None):
+        self.service = service
+        self.authenticator = authenticator
+        self.audit_log = audit_log
+        self.idempotency = idempotency
+
+    async def intercept_service(self, continuation: Callable[[Any], Awaitable[Any]], details: Any) -> Any:
+        handler = await continuation(details)
+        if handler is None:
+            return None
+        info = method_info(details.method)
+        open_method = info.service in OPEN_SERVICES
+        if handler.unary_unary is not None:
+            inner = handler.unary_unary
+
+            async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                return await self._unary(info, open_method, inner, request, context)
+
+            return grpc.unary_unary_rpc_method_handler(unary, handler.request_deserializer,
+                                                       handler.response_serializer)
+        if handler.unary_stream is not None:
+            inner_stream = handler.unary_stream
+
+            async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                async for item in self._stream(info, open_method, inner_stream, request, context):
+                    yield item
+
+            return grpc.unary_stream_rpc_method_handler(stream, handler.request_deserializer,
+                                                        handler.response_serializer)
+        return handler  # the API has no client-streaming methods
+
+    # -- the steps -------------------------------------------------------
+
+    async def _begin(self, info: MethodInfo, open_method: bool, context: grpc.aio.ServicerContext) -> None:
+        metadata = {k.lower(): v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+        request_id_var.set(metadata.get(REQUEST_ID_HEADER, "")[:128] or new_request_id())
+        method_var.set(info.action)
+        principal_var.set(None)
+        credentials_var.set(tuple((k, metadata[k]) for k in FORWARDED_CREDENTIALS if k in metadata))
+        audit.details_var.set({})
+        if open_method:
+            return
+        principal = await self.authenticator.authenticate(metadata)
+        if principal is None:
+            raise Unauthenticated("this call needs credentials: a bearer token or a session cookie",
+                                  reason="UNAUTHENTICATED")
+        principal_var.set(principal)
+
+    async def _unary(self, info: MethodInfo, open_method: bool, inner: Callable[..., Awaitable[Any]],
+                     request: Any, context: grpc.aio.ServicerContext) -> Any:
+        labels = (info.service, info.method)
+        metrics.STARTED.labels(*labels).inc()
+        metrics.IN_FLIGHT.labels(*labels).inc()
+        started = time.perf_counter()
+        code = grpc.StatusCode.OK
+        claim_key = None
+        try:
+            await self._begin(info, open_method, context)
+            request_id = getattr(request, "request_id", "") if info.mutating else ""
+            if request_id and self.idempotency is not None:
+                principal = principal_var.get()
+                claim_key, stored = await self.idempotency.claim(
+                    info.action, principal.subject if principal else "", request_id, request.SerializeToString(
+                        deterministic=True))
+                if stored is not None:
+                    claim_key = None
+                    audit.note(replayed=True)
+                    if stored.status_code == 0:
+                        return info.response_class.FromString(stored.payload)
+                    code = grpc.StatusCode(_code_tuple(stored.status_code))
+                    await self._abort(context, status_pb2.Status.FromString(stored.payload))
+            response = await inner(request, context)
+            if claim_key:
+                await self.idempotency.finish(claim_key, grpc.StatusCode.OK, response.SerializeToString())
+            if info.mutating:
+                await self._audit(info, request, audit.SUCCESS, "")
+            return response
+        except GatewayError as exc:
+            code = exc.code
+            await self._after_error(info, request, exc.code, claim_key, exc.to_status())
+            await self._abort(context, exc.to_status())
+        except (asyncio.CancelledError, grpc.aio.AbortError) as exc:
+            if isinstance(exc, asyncio.CancelledError):
+                code = grpc.StatusCode.CANCELLED
+            elif code == grpc.StatusCode.OK:
+                code = context.code() or grpc.StatusCode.UNKNOWN  # type: ignore[assignment]
+            if claim_key:
+                await asyncio.shield(self.idempotency.finish(claim_key, grpc.StatusCode.CANCELLED, b""))
+            raise
+        except Exception:
+            code = grpc.StatusCode.INTERNAL
+            log.exception("unhandled error in %s", info.action)
+            await self._after_error(info, request, code, claim_key, internal_status())
+            await self._abort(context, internal_status())
+        finally:
+            metrics.IN_FLIGHT.labels(*labels).dec()
+            metrics.HANDLED.labels(*labels, code.name).inc()
+            metrics.LATENCY.labels(*labels).observe(time.perf_counter() - started)
+            _set_request_id_trailer(context)
+
+    async def _stream(self, info: MethodInfo, open_method: bool, inner: Callable[..., AsyncIterator[Any]],
+                      request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        labels = (info.service, info.method)
+        metrics.STARTED.labels(*labels).inc()
+        metrics.IN_FLIGHT.labels(*labels).inc()
+        started = time.perf_counter()
+        code = grpc.StatusCode.OK
+        try:
+            await self._begin(info, open_method, context)
+            async for item in inner(request, context):
+                yield item
+        except GatewayError as exc:
+            code = exc.code
+            await self._after_error(info, request, exc.code, None, exc.to_status())
+            await self._abort(context, exc.to_status())
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except grpc.aio.AbortError:
+            code = context.code() or grpc.StatusCode.UNKNOWN  # type: ignore[assignment]
+            raise
+        except Exception:
+            code = grpc.StatusCode.INTERNAL
+            log.exception("unhandled error in %s", info.action)
+            await self._abort(context, internal_status())
+        finally:
+            metrics.IN_FLIGHT.labels(*labels).dec()
+            metrics.HANDLED.labels(*labels, code.name).inc()
+            metrics.LATENCY.labels(*labels).observe(time.perf_counter() - started)
+
+    async def _after_error(self, info: MethodInfo, request: Any, code: grpc.StatusCode, claim_key: str | None,
+                           status: status_pb2.Status) -> None:
+        if claim_key:
+            await self.idempotency.finish(claim_key, code, status.SerializeToString())
+        denied = code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED)
+        if denied or info.mutating:
+            await self._audit(info, request, audit.DENIED if denied else audit.FAILURE, code.name)
+
+    async def _audit(self, info: MethodInfo, request: Any, outcome: str, error_code: str) -> None:
+        if self.audit_log is None:
+            return
+        await self.audit_log.record(info.action, resource_of(request), outcome=outcome, error_code=error_code,
+                                    details=audit.details_var.get() or {})
+
+    @staticmethod
+    async def _abort(context: grpc.aio.ServicerContext, status: status_pb2.Status) -> None:
+        converted = rpc_status.to_status(status)
+        trailing = tuple(converted.trailing_metadata) + ((REQUEST_ID_HEADER, request_id_var.get()),)
+        await context.abort(converted.code, converted.details, trailing)
+
+
+def _code_tuple(value: int) -> tuple[int, str]:
+    for code in grpc.StatusCode:
+        if code.value[0] == value:
+            return code.value
+    return grpc.StatusCode.UNKNOWN.value
+
+
+def _set_request_id_trailer(context: grpc.aio.ServicerContext) -> None:
+    try:
+        if not context.trailing_metadata():
+            context.set_trailing_metadata(((REQUEST_ID_HEADER, request_id_var.get()),))
+    except Exception:  # the call may already be closed
+        pass
+
+
+def outgoing_metadata(service_token: str = "", service_name: str = "") -> tuple[tuple[str, str], ...]:
+    """Metadata for a call to another gateway service: the request id and the end user's credentials,
+    or, for background work with no end user, the service credential."""
+    metadata: list[tuple[str, str]] = [(REQUEST_ID_HEADER, request_id_var.get() or new_request_id())]
+    forwarded = credentials_var.get()
+    if forwarded:
+        metadata.extend(forwarded)
+    elif service_token:
+        metadata.extend((("x-aigc-service-token", service_token), ("x-aigc-service-name", service_name)))
+    return tuple(metadata)
+

@@ -1,0 +1,109 @@
+"""`aigc-gateway`: run the services, migrate the database, check the configuration."""
+from __future__ import annotations
+
+import asyncio
+import importlib
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from . import __version__, logs
+from .config import SERVICE_NAMES, ConfigError, Settings, load
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+config_app = typer.Typer(no_args_is_help=True, help="Inspect the configuration.")
+app.add_typer(config_app, name="config")
+
+ConfigOption = typer.Option(None, "--config", "-c", help="YAML or JSON config file (else $AIGC_GATEWAY_CONFIG).")
+
+
+def _settings(path: Optional[Path]) -> Settings:
+    try:
+        return load(path)
+    except ConfigError as exc:
+        typer.echo(f"configuration is invalid ({len(exc.problems)} problem(s)):", err=True)
+        for problem in exc.problems:
+            typer.echo(f"  - {problem}", err=True)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def serve(
+    service: str = typer.Argument(..., help=f"One of {', '.join(SERVICE_NAMES)}, or 'all' (development)."),
+    config: Optional[Path] = ConfigOption,
+    migrate_first: bool = typer.Option(False, "--migrate", help="Run database migrations before serving."),
+) -> None:
+    """Serve one gateway service (or all of them in one process)."""
+    settings = _settings(config)
+    names = list(SERVICE_NAMES) if service == "all" else [service]
+    if any(n not in SERVICE_NAMES for n in names):
+        typer.echo(f"unknown service {service!r}; choose from {', '.join(SERVICE_NAMES)} or all", err=True)
+        raise typer.Exit(2)
+    logs.setup(service, settings.logging.level, settings.logging.json_format)
+    from .db.migrate import upgrade
+    from .runtime import Runtime
+    from .server import serve as run_servers
+
+    if migrate_first or settings.database_url().startswith("sqlite"):
+        # The embedded default has no separate migration step to forget.
+        upgrade(settings.database_url())
+    runtime = Runtime.create(settings, generate_service_token=service == "all")
+    asyncio.run(run_servers(names, runtime))
+
+
+@app.command()
+def migrate(
+    config: Optional[Path] = ConfigOption,
+    revision: str = typer.Option("head", help="Target revision."),
+    down: bool = typer.Option(False, "--down", help="Downgrade to REVISION instead of upgrading."),
+) -> None:
+    """Apply (or revert) database migrations."""
+    from .db.migrate import downgrade, upgrade
+
+    settings = _settings(config)
+    (downgrade if down else upgrade)(settings.database_url(), revision)
+    typer.echo(f"database at revision {revision}{' (downgraded)' if down else ''}")
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    typer.echo(__version__)
+
+
+@config_app.command("check")
+def config_check(config: Optional[Path] = ConfigOption) -> None:
+    """Validate the configuration and print it with secrets hidden."""
+    settings = _settings(config)
+    typer.echo(settings.model_dump_json(indent=2, by_alias=True))
+    typer.echo("configuration is valid", err=True)
+
+
+def _register_service_commands() -> None:
+    """Services add their own commands (e.g. `doctor`, `import-logto`) from ``services/<name>/cli.py``,
+    which defines ``register(app)``."""
+    for name in SERVICE_NAMES:
+        module_name = f"aigc_gateway.services.{name}.cli"
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            continue
+        module.register(app)
+
+
+_register_service_commands()
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""The async engine, sessions, and cross-replica locks.
+
+PostgreSQL (asyncpg) is what production and the tests use; an embedded SQLite
+file (aiosqlite) is the zero-setup default for one machine. The differences
+that matter to callers are hidden here: :meth:`Database.lock` is a PostgreSQL
+advisory lock held for a transaction, or a process-wide asyncio lock on SQLite
+(where only one process may write anyway).
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from sqlalchemy import event, text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+
+def lock_key(name: str) -> int:
+    """A stable signed 64-bit advisory-lock key for a name (e.g. ``allocator:ns/tpl``)."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+
+
+class Database:
+    """One engine per process; sessions are short-lived and per unit of work."""
+
+    def __init__(self, url: str, *, pool_size: int = 10, echo: bool = False):
+        self.url = url
+        self.is_sqlite = url.startswith("sqlite")
+        kwargs: dict = {"echo": echo, "pool_pre_ping": True}
+        if self.is_sqlite:
+            path = url.split(":///", 1)[-1]
+            if path and path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            kwargs["connect_args"] = {"timeout": 30}
+        else:
+            kwargs.update(pool_size=pool_size, max_overflow=pool_size)
+        self.engine: AsyncEngine = create_async_engine(url, **kwargs)
+        if self.is_sqlite:
+            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+        self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        self._local_locks: dict[int, asyncio.Lock] = {}
+
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[AsyncSession]:
+        """A session in a transaction: committed on success, rolled back on error."""
+        async with self.sessions() as session, session.begin():
+            yield session
+
+    @asynccontextmanager
+    async def lock(self, name: str) -> AsyncIterator[AsyncSession]:
+        """Hold the named lock across replicas for the life of the yielded transaction."""
+        key = lock_key(name)
+        if self.is_sqlite:
+            local = self._local_locks.setdefault(key, asyncio.Lock())
+            async with local, self.session() as session:
+                yield session
+            return
+        async with self.session() as session:
+            await session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
+            yield session
+
+    async def ping(self) -> None:
+        async with self.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+    # WAL lets readers run beside the one writer; foreign keys are off by default in SQLite.
+    cursor = dbapi_conn.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()

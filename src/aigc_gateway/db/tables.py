@@ -1,0 +1,5 @@
+"""Imports every module that declares tables, so Alembic and tests see the whole schema.
+
+Each service adds its ``models`` module here when it gets tables.
+"""
+from aigc_gateway.db import models  # noqa: F401

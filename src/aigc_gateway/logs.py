@@ -1,0 +1,51 @@
+"""JSON logs that carry the request id, the RPC method and the caller."""
+from __future__ import annotations
+
+import logging
+import sys
+
+from pythonjsonlogger.json import JsonFormatter
+
+from .context import method_var, principal_var, request_id_var
+
+
+class _ContextFilter(logging.Filter):
+    """Adds the current call's request id, method and principal to every record."""
+
+    def __init__(self, service: str):
+        super().__init__()
+        self.service = service
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.service = self.service
+        record.request_id = request_id_var.get()
+        record.rpc = method_var.get()
+        principal = principal_var.get()
+        record.principal = principal.subject if principal else ""
+        return True
+
+
+def setup(service: str, level: str = "INFO", json_format: bool = True) -> None:
+    """Configure the root logger once per process (idempotent)."""
+    handler = logging.StreamHandler(sys.stderr)
+    if json_format:
+        handler.setFormatter(
+            JsonFormatter(
+                "%(asctime)s %(levelname)s %(name)s %(message)s %(service)s %(request_id)s %(rpc)s %(principal)s",
+                rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+            )
+        )
+    else:
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s %(service)s [%(request_id)s] %(name)s: %(message)s")
+        )
+    handler.addFilter(_ContextFilter(service))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        if getattr(old, "_aigc", False):
+            root.removeHandler(old)
+    handler._aigc = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    root.setLevel(level)
+    # grpc and the Kubernetes client are chatty at INFO.
+    logging.getLogger("kubernetes_asyncio").setLevel(max(logging.WARNING, root.level))

@@ -1,0 +1,86 @@
+"""Processes of the running test bed and their pidfiles.
+
+kwokctl starts the control plane and keeps its pidfiles in `<state>/kwok/clusters/aigc/pids/`;
+`testbed up` starts the kruise and kruise-game managers itself and keeps theirs in `<state>/pids/`.
+`down` stops exactly these, each only if its command line still names its binary.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import Config
+from .util import pid_alive, pid_cmdline, read_pidfile, stop_pid
+
+
+@dataclass
+class Proc:
+    name: str
+    pidfile: Path
+    log: Path
+
+    @property
+    def pid(self) -> int | None:
+        return read_pidfile(self.pidfile)
+
+    def alive(self) -> bool:
+        pid = self.pid
+        return pid is not None and pid_alive(pid) and self.name in pid_cmdline(pid)
+
+    def rss_kib(self) -> int:
+        pid = self.pid
+        if pid is None or not self.alive():
+            return 0
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        except OSError:
+            pass
+        return 0
+
+
+def kwok_procs(cfg: Config) -> list[Proc]:
+    """The control-plane processes kwokctl started (one pidfile per component)."""
+    pids = cfg.kwok_cluster_dir / "pids"
+    logs = cfg.kwok_cluster_dir / "logs"
+    if not pids.is_dir():
+        return []
+    procs = []
+    for pidfile in sorted(pids.glob("*.pid")):
+        name = pidfile.stem
+        # kwokctl names the kwok controller's binary `kwok`; the others match their component.
+        binary = "kwok" if name == "kwok-controller" else name
+        procs.append(Proc(binary, pidfile, logs / f"{name}.log"))
+    return procs
+
+
+def own_procs(cfg: Config) -> list[Proc]:
+    return [Proc(name, cfg.pids / f"{name}.pid", cfg.logs / f"{name}.log")
+            for name in ("kruise-manager", "kruise-game-manager")]
+
+
+def all_procs(cfg: Config) -> list[Proc]:
+    return kwok_procs(cfg) + own_procs(cfg)
+
+
+def start(cfg: Config, name: str, args: list[str], env: dict[str, str]) -> Proc:
+    """Start a manager detached from our session, output to its log, pid to its pidfile."""
+    cfg.pids.mkdir(parents=True, exist_ok=True)
+    cfg.logs.mkdir(parents=True, exist_ok=True)
+    proc = Proc(name, cfg.pids / f"{name}.pid", cfg.logs / f"{name}.log")
+    with proc.log.open("ab") as out:
+        child = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                 env=os.environ | env, cwd=cfg.state, start_new_session=True)
+    proc.pidfile.write_text(f"{child.pid}\n")
+    return proc
+
+
+def stop(proc: Proc) -> bool:
+    pid = proc.pid
+    stopped = pid is not None and stop_pid(pid, proc.name)
+    proc.pidfile.unlink(missing_ok=True)
+    return stopped

@@ -1,0 +1,220 @@
+"""OpenKruiseGame facts the gateway relies on (DESIGN.md §4), pinned against the real controllers.
+
+Each test runs in its own namespace on the test bed, with the reference template from
+deploy/samples (domain substituted). Where a fact differs from DESIGN.md the test pins what the
+controllers actually do, and says so.
+"""
+
+from __future__ import annotations
+
+import pytest
+from kubernetes_asyncio import client
+
+from tests.plugins.kube import Game, api_client, load_sample, wait_for
+from tests.plugins.testbed import Testbed
+
+pytestmark = pytest.mark.testbed
+
+GSS = "stable-diffusion-cpu"
+VCT = "user-data"  # the reference template's volumeClaimTemplate
+
+
+def pvc_name(gss: str, i: int) -> str:
+    return f"{VCT}-{gss}-{i}"
+
+
+async def start(game: Game, testbed: Testbed, replicas: int, sample: str = GSS) -> None:
+    """Create the sample template (replicas 0, as published) and scale it to `replicas`."""
+    await game.create_gss(load_sample(sample, testbed.domain, game.namespace))
+    if replicas:
+        await game.update_gss(sample, lambda s: s.update(replicas=replicas))
+        await game.wait_running(sample, set(range(replicas)))
+
+
+async def reserved(game: Game, gss: str = GSS) -> list:
+    return (await game.get_gss(gss))["spec"].get("reserveGameServerIds") or []
+
+
+async def test_crds_have_short_names_and_scale_subresource(testbed: Testbed) -> None:
+    async with api_client(testbed.kubeconfig) as api:
+        ext = client.ApiextensionsV1Api(api)
+        gss = await ext.read_custom_resource_definition("gameserversets.game.kruise.io")
+        gs = await ext.read_custom_resource_definition("gameservers.game.kruise.io")
+    assert "gss" in gss.spec.names.short_names
+    assert "gs" in gs.spec.names.short_names
+    version = next(v for v in gss.spec.versions if v.name == "v1alpha1")
+    assert version.subresources.scale.spec_replicas_path == ".spec.replicas"
+    reserve = version.schema.open_apiv3_schema.properties["spec"].properties["reserveGameServerIds"]
+    assert reserve.items.x_kubernetes_int_or_string is True  # ints and "5-7" range strings
+
+
+async def test_scale_up_creates_pod_pvc_service_ingress_and_network(testbed: Testbed, k8s_namespace: str) -> None:
+    async with api_client(testbed.kubeconfig) as api:
+        game = Game(api, k8s_namespace)
+        await start(game, testbed, 0)
+        assert await game.pods(GSS) == {}
+        await game.update_gss(GSS, lambda s: s.update(replicas=3))
+        await game.wait_running(GSS, {0, 1, 2})
+
+        gss_servers = await wait_for(lambda: _ids_equal(game, {0, 1, 2}), 30, what="GameServers 0,1,2")
+        pvcs = await wait_for(lambda: _bound_pvcs(game, 3), 30, what="3 Bound PVCs")
+        assert set(pvcs) == {pvc_name(GSS, i) for i in range(3)}
+        for i in range(3):
+            host = f"instances{i}-cpu.{testbed.domain}"
+            # Network: Service and Ingress <gss>-<id>; the ingress host carries the id.
+            svc = await game.core.read_namespaced_service(f"{GSS}-{i}", k8s_namespace)
+            assert svc.spec.ports[0].port == 7860
+            ing = await game.net.read_namespaced_ingress(f"{GSS}-{i}", k8s_namespace)
+            assert ing.spec.ingress_class_name == "nginx"
+            assert ing.spec.rules[0].host == host
+            assert ing.metadata.annotations["nginx.ingress.kubernetes.io/auth-url"] == \
+                f"https://dashboard.{testbed.domain}/auth"
+            assert ing.metadata.annotations["nginx.ingress.kubernetes.io/auth-signin"] == \
+                f"https://dashboard.{testbed.domain}/sign-in"
+
+            async def network_ready(i: int = i, host: str = host) -> dict | None:
+                status = (await game.game_servers(GSS))[i].get("status", {})
+                net = status.get("networkStatus", {})
+                addrs = net.get("externalAddresses") or []
+                ok = net.get("currentNetworkState") == "Ready" and addrs and addrs[0].get("endPoint") == host
+                return status if ok else None
+            status = await wait_for(network_ready, 30, what=f"GameServer {i} network Ready with {host}")
+            assert status["currentState"] == "Ready"
+        assert set(gss_servers) == {0, 1, 2}
+
+
+async def _ids_equal(game: Game, ids: set[int]) -> dict | None:
+    servers = await game.game_servers(GSS)
+    return servers if set(servers) == ids else None
+
+
+async def _bound_pvcs(game: Game, count: int) -> dict | None:
+    pvcs = await game.pvcs()
+    bound = {n: p for n, p in pvcs.items() if p.status.phase == "Bound"}
+    return bound if len(bound) == count else None
+
+
+async def test_targeted_delete_then_recreate_keeps_the_disk(testbed: Testbed, k8s_namespace: str) -> None:
+    async with api_client(testbed.kubeconfig) as api:
+        game = Game(api, k8s_namespace)
+        await start(game, testbed, 3)
+        disk = (await wait_for(lambda: _bound_pvcs(game, 3), 30))[pvc_name(GSS, 1)]
+
+        # Targeted delete of 1: ONE update adds it to the reserve list and lowers replicas.
+        def delete_one(spec: dict) -> None:
+            spec["reserveGameServerIds"] = [1]
+            spec["replicas"] = 2
+        await game.update_gss(GSS, delete_one)
+        await game.wait_running(GSS, {0, 2})
+        await wait_for(lambda: _ids_equal(game, {0, 2}), 30, what="GameServer 1 gone")
+        pvcs = await game.pvcs()
+        assert pvcs[pvc_name(GSS, 1)].metadata.uid == disk.metadata.uid  # the disk stays
+        assert await reserved(game) == [1]  # and 1 stays reserved
+
+        # Targeted re-create of 1: remove it from the reserve list, replicas + 1.
+        def recreate_one(spec: dict) -> None:
+            spec["reserveGameServerIds"] = []
+            spec["replicas"] = 3
+        await game.update_gss(GSS, recreate_one)
+        pods = await game.wait_running(GSS, {0, 1, 2})
+        claims = [v.persistent_volume_claim.claim_name for v in pods[1].spec.volumes
+                  if v.persistent_volume_claim]
+        assert claims == [pvc_name(GSS, 1)]
+        assert (await game.pvcs())[pvc_name(GSS, 1)].metadata.uid == disk.metadata.uid
+        assert await reserved(game) == []
+
+
+async def test_scale_up_takes_lowest_unreserved_hole_and_controller_rereserves_the_rest(
+        testbed: Testbed, k8s_namespace: str) -> None:
+    async with api_client(testbed.kubeconfig) as api:
+        game = Game(api, k8s_namespace)
+        await start(game, testbed, 4)
+        await game.update_gss(GSS, lambda s: s.update(reserveGameServerIds=[1, 2], replicas=2))
+        await game.wait_running(GSS, {0, 3})
+
+        # Un-reserve both holes and ask for one more instance: the lowest hole (1) is taken...
+        await game.update_gss(GSS, lambda s: s.update(reserveGameServerIds=[], replicas=3))
+        await game.wait_running(GSS, {0, 1, 3})
+        # ...and with ReserveIds the controller writes the other un-reserved hole back itself
+        # (it keeps every id below the top that is not live in the reserve list).
+        assert await wait_for(lambda: _reserved_is(game, [2]), 15, what="reserve list [2]") == [2]
+
+
+async def _reserved_is(game: Game, expected: list) -> list | None:
+    value = await reserved(game)
+    return value if value == expected else None
+
+
+async def test_scale_down_reserve_ids_are_written_back_compressed(testbed: Testbed, k8s_namespace: str) -> None:
+    async with api_client(testbed.kubeconfig) as api:
+        game = Game(api, k8s_namespace)
+        await start(game, testbed, 8)
+        await game.update_gss(GSS, lambda s: s.update(reserveGameServerIds=[1], replicas=7))
+        await game.wait_running(GSS, {0, 2, 3, 4, 5, 6, 7})
+
+        # Plain scale-down (replicas only): the highest ids go, and the controller adds them to
+        # reserveGameServerIds itself, rewritten as ints and "a-b" ranges (runs of 3+).
+        await game.update_gss(GSS, lambda s: s.update(replicas=3))
+        await game.wait_running(GSS, {0, 2, 3})
+        assert await wait_for(lambda: _reserved_is(game, [1, "4-7"]), 15,
+                              what='reserve list [1, "4-7"]') == [1, "4-7"]
+        gss = await game.get_gss(GSS)
+        # The controller remembers what it last applied in an annotation, in the same notation.
+        assert gss["metadata"]["annotations"]["game.kruise.io/reserve-ids"] == "1,4-7"
+        # PVCs of removed ids are retained (Retain is the default retention policy).
+        assert set(await game.pvcs()) == {pvc_name(GSS, i) for i in range(8)}
+
+
+async def test_deleted_pod_comes_back_with_its_pvc_and_gss_delete_removes_game_servers(
+        testbed: Testbed, k8s_namespace: str) -> None:
+    async with api_client(testbed.kubeconfig) as api:
+        game = Game(api, k8s_namespace)
+        await start(game, testbed, 2)
+        old = (await game.pods(GSS))[1]
+        disk = (await wait_for(lambda: _bound_pvcs(game, 2), 30))[pvc_name(GSS, 1)]
+
+        await game.core.delete_namespaced_pod(f"{GSS}-1", k8s_namespace)
+
+        async def replaced() -> client.V1Pod | None:
+            pod = (await game.pods(GSS)).get(1)
+            return pod if pod and pod.metadata.uid != old.metadata.uid and pod.status.phase == "Running" else None
+        new = await wait_for(replaced, 60, what="pod 1 re-created and Running")
+        claims = [v.persistent_volume_claim.claim_name for v in new.spec.volumes if v.persistent_volume_claim]
+        assert claims == [pvc_name(GSS, 1)]
+        assert (await game.pvcs())[pvc_name(GSS, 1)].metadata.uid == disk.metadata.uid
+
+        await game.delete_gss(GSS)
+        await wait_for(lambda: _no_game_servers(game), 60, what="GameServers gone after GSS delete")
+        await wait_for(lambda: _no_pods(game), 60, what="pods gone after GSS delete")
+        # The disks outlive the template (retention policy Retain): cleanup is the gateway's job.
+        assert set(await game.pvcs()) == {pvc_name(GSS, 0), pvc_name(GSS, 1)}
+
+
+async def _no_game_servers(game: Game) -> bool:
+    return not await game.game_servers(GSS)
+
+
+async def _no_pods(game: Game) -> bool:
+    return not await game.pods(GSS)
+
+
+@pytest.mark.parametrize("sample, limits", [
+    ("stable-diffusion-gpu", {"nvidia.com/gpu": "1"}),
+    ("stable-diffusion-gpushare", {"aliyun.com/gpu-mem": "3"}),
+    ("stable-diffusion-eci-cpu", {"cpu": "2", "memory": "4Gi"}),
+    ("stable-diffusion-eci-gpu", {"nvidia.com/gpu": "1"}),
+])
+async def test_variant_schedules(testbed: Testbed, k8s_namespace: str, sample: str, limits: dict) -> None:
+    async with api_client(testbed.kubeconfig) as api:
+        game = Game(api, k8s_namespace)
+        await start(game, testbed, 1, sample=sample)
+        pod = (await game.pods(sample))[0]
+        assert pod.spec.node_name
+        assert pod.spec.containers[0].resources.limits == limits
+        host = f"instances0-{sample.removeprefix('stable-diffusion-')}.{testbed.domain}"
+
+        async def endpoint() -> str | None:
+            net = (await game.game_servers(sample))[0].get("status", {}).get("networkStatus", {})
+            addrs = net.get("externalAddresses") or []
+            return addrs[0].get("endPoint") if addrs else None
+        assert await wait_for(endpoint, 30, what="network endpoint") == host

@@ -1,0 +1,127 @@
+"""Async Kubernetes helpers for tests (kubernetes_asyncio). Create clients inside each test."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import inspect
+import time
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
+
+import yaml
+from kubernetes_asyncio import client, config
+from kubernetes_asyncio.client.exceptions import ApiException
+
+REPO = Path(__file__).resolve().parents[2]
+SAMPLES = REPO / "deploy" / "samples"
+
+GROUP, VERSION = "game.kruise.io", "v1alpha1"
+
+T = TypeVar("T")
+
+
+@asynccontextmanager
+async def api_client(kubeconfig: Path) -> AsyncIterator[client.ApiClient]:
+    api = await config.new_client_from_config(config_file=str(kubeconfig))
+    async with api:
+        yield api
+
+
+def load_sample(name: str, domain: str, namespace: str, rename: str | None = None) -> dict:
+    """A sample template from deploy/samples with ${DOMAIN} filled in, placed in `namespace`."""
+    text = (SAMPLES / f"{name}.yaml").read_text().replace("${DOMAIN}", domain)
+    obj = yaml.safe_load(text)
+    obj["metadata"]["namespace"] = namespace
+    if rename:
+        obj["metadata"]["name"] = rename
+    return obj
+
+
+async def wait_for(predicate: Callable[[], Any], timeout: float = 60, interval: float = 0.5,
+                   what: str = "condition") -> Any:
+    """Poll `predicate` (sync or async) until it returns something truthy and return that.
+    On timeout, fail with the last value (or error) seen, which usually explains why."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        try:
+            last = predicate()
+            if inspect.isawaitable(last):
+                last = await last
+            if last:
+                return last
+        except ApiException as exc:
+            last = f"ApiException {exc.status}: {exc.reason}"
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
+        await asyncio.sleep(interval)
+
+
+class Game:
+    """GameServerSet / GameServer access in one namespace."""
+
+    def __init__(self, api: client.ApiClient, namespace: str):
+        self.namespace = namespace
+        self.custom = client.CustomObjectsApi(api)
+        self.core = client.CoreV1Api(api)
+        self.net = client.NetworkingV1Api(api)
+
+    async def create_gss(self, obj: dict) -> dict:
+        return await self.custom.create_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, "gameserversets", obj)
+
+    async def get_gss(self, name: str) -> dict:
+        return await self.custom.get_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, "gameserversets", name)
+
+    async def update_gss(self, name: str, mutate: Callable[[dict], None], attempts: int = 10) -> dict:
+        """Read, mutate, replace with the resourceVersion read; retry on 409 (the controller
+        writes reserveGameServerIds concurrently)."""
+        for _ in range(attempts):
+            gss = await self.get_gss(name)
+            new = copy.deepcopy(gss)
+            mutate(new["spec"])
+            try:
+                return await self.custom.replace_namespaced_custom_object(
+                    GROUP, VERSION, self.namespace, "gameserversets", name, new)
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise
+                await asyncio.sleep(0.2)
+        raise AssertionError(f"could not update GameServerSet {name}: conflicts persisted")
+
+    async def delete_gss(self, name: str) -> None:
+        await self.custom.delete_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, "gameserversets", name)
+
+    async def game_servers(self, gss: str) -> dict[int, dict]:
+        """GameServers of one GameServerSet by id."""
+        items = (await self.custom.list_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, "gameservers",
+            label_selector=f"game.kruise.io/owner-gss={gss}"))["items"]
+        return {int(gs["metadata"]["name"].rsplit("-", 1)[1]): gs for gs in items}
+
+    async def pods(self, gss: str) -> dict[int, client.V1Pod]:
+        """Pods of one GameServerSet by id (excluding those already being deleted)."""
+        items = (await self.core.list_namespaced_pod(
+            self.namespace, label_selector=f"game.kruise.io/owner-gss={gss}")).items
+        return {int(p.metadata.name.rsplit("-", 1)[1]): p for p in items
+                if p.metadata.deletion_timestamp is None}
+
+    async def running_ids(self, gss: str) -> set[int]:
+        return {i for i, p in (await self.pods(gss)).items() if p.status.phase == "Running"}
+
+    async def pvcs(self) -> dict[str, client.V1PersistentVolumeClaim]:
+        items = (await self.core.list_namespaced_persistent_volume_claim(self.namespace)).items
+        return {p.metadata.name: p for p in items}
+
+    async def wait_running(self, gss: str, ids: set[int], timeout: float = 90) -> dict[int, client.V1Pod]:
+        """Until exactly `ids` have pods and all are Running."""
+        async def check() -> dict[int, client.V1Pod] | None:
+            pods = await self.pods(gss)
+            if set(pods) == ids and all(p.status.phase == "Running" for p in pods.values()):
+                return pods
+            return None
+        return await wait_for(check, timeout, what=f"pods of {gss} to be exactly {sorted(ids)} Running")
