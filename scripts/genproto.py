@@ -31,10 +31,10 @@ _IMPORT = re.compile(r"^import aigc\.gateway\.v1\.(\w+)$", re.M)
 _QUALIFIED = re.compile(r"\baigc\.gateway\.v1\.(\w+_pb2)\b")
 
 
-def _include_dirs() -> list[str]:
+def _include_dirs(proto_root: Path) -> list[str]:
     import grpc_tools
 
-    dirs = [str(PROTO_ROOT), str(Path(grpc_tools.__file__).parent / "_proto")]
+    dirs = [str(proto_root), str(Path(grpc_tools.__file__).parent / "_proto")]
     # googleapis-common-protos ships google/api/*.proto beside its modules.
     for entry in sys.path:
         if (Path(entry) / "google" / "api" / "annotations.proto").exists():
@@ -51,12 +51,12 @@ def _rewrite(text: str) -> str:
     return _QUALIFIED.sub(r"\1", text)
 
 
-def generate(dest: Path) -> None:
+def generate(dest: Path, proto_root: Path = PROTO_ROOT) -> None:
     from grpc_tools import protoc
 
-    protos = sorted(str(p.relative_to(PROTO_ROOT)) for p in (PROTO_ROOT / PROTO_PKG).glob("*.proto"))
+    protos = sorted(str(p.relative_to(proto_root)) for p in (proto_root / PROTO_PKG).glob("*.proto"))
     with tempfile.TemporaryDirectory() as scratch:
-        args = ["protoc", *(f"-I{d}" for d in _include_dirs()),
+        args = ["protoc", *(f"-I{d}" for d in _include_dirs(proto_root)),
                 f"--python_out={scratch}", f"--grpc_python_out={scratch}",
                 f"--mypy_out={scratch}", f"--mypy_grpc_out={scratch}", *protos]
         if protoc.main(args) != 0:
@@ -70,17 +70,19 @@ def generate(dest: Path) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="fail if the committed code is out of date")
+    parser.add_argument("--protos", type=Path, default=PROTO_ROOT, help="root of the .proto tree")
+    parser.add_argument("--out", type=Path, default=OUT, help="where the generated package lives")
     opts = parser.parse_args()
     if not opts.check:
-        if OUT.exists():
-            shutil.rmtree(OUT)
-        generate(OUT)
-        print(f"generated {OUT.relative_to(ROOT)}")
+        if opts.out.exists():
+            shutil.rmtree(opts.out)
+        generate(opts.out, opts.protos)
+        print(f"generated {opts.out}")
         return 0
     with tempfile.TemporaryDirectory() as tmp:
         fresh = Path(tmp) / "v1"
-        generate(fresh)
-        cmp = filecmp.dircmp(fresh, OUT, ignore=["__pycache__"])
+        generate(fresh, opts.protos)
+        cmp = filecmp.dircmp(fresh, opts.out, ignore=["__pycache__"])
         stale = cmp.left_only + cmp.right_only + cmp.diff_files
         if stale:
             print("generated code is out of date with protos/ (run python scripts/genproto.py):", *sorted(stale))

@@ -174,9 +174,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             await self._after_error(info, request, code, claim_key, internal_status())
             await self._abort(context, internal_status())
         finally:
-            metrics.IN_FLIGHT.labels(*labels).dec()
-            metrics.HANDLED.labels(*labels, code.name).inc()
-            metrics.LATENCY.labels(*labels).observe(time.perf_counter() - started)
+            _finish(labels, code, started)
             _set_request_id_trailer(context)
 
     async def _stream(self, info: MethodInfo, open_method: bool, inner: Callable[..., AsyncIterator[Any]],
@@ -205,9 +203,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             log.exception("unhandled error in %s", info.action)
             await self._abort(context, internal_status())
         finally:
-            metrics.IN_FLIGHT.labels(*labels).dec()
-            metrics.HANDLED.labels(*labels, code.name).inc()
-            metrics.LATENCY.labels(*labels).observe(time.perf_counter() - started)
+            _finish(labels, code, started)
 
     async def _after_error(self, info: MethodInfo, request: Any, code: grpc.StatusCode, claim_key: str | None,
                            status: status_pb2.Status) -> None:
@@ -228,6 +224,15 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         converted = rpc_status.to_status(status)
         trailing = tuple(converted.trailing_metadata) + ((REQUEST_ID_HEADER, request_id_var.get()),)
         await context.abort(converted.code, converted.details, trailing)
+
+
+def _finish(labels: tuple[str, str], code: grpc.StatusCode, started: float) -> None:
+    elapsed = time.perf_counter() - started
+    metrics.IN_FLIGHT.labels(*labels).dec()
+    metrics.HANDLED.labels(*labels, code.name).inc()
+    metrics.LATENCY.labels(*labels).observe(elapsed)
+    # The access log line; the log context adds the request id, the method and the caller.
+    log.info("handled %s in %.1f ms", code.name, elapsed * 1000, extra={"grpc_code": code.name})
 
 
 def _code_tuple(value: int) -> tuple[int, str]:

@@ -12,7 +12,8 @@ import typer
 from . import __version__, logs
 from .config import SERVICE_NAMES, ConfigError, Settings, load
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+# Plain tracebacks: rich's would print local variables, which may hold secrets.
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, pretty_exceptions_enable=False)
 config_app = typer.Typer(no_args_is_help=True, help="Inspect the configuration.")
 app.add_typer(config_app, name="config")
 
@@ -96,6 +97,14 @@ def _register_service_commands() -> None:
 
 
 _register_service_commands()
+
+
+@config_app.command("reference")
+def config_reference() -> None:
+    """Print the configuration reference (docs/configuration.md)."""
+    from .config import reference_markdown
+
+    typer.echo(reference_markdown(), nl=False)
 
 
 def main() -> None:

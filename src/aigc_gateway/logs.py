@@ -48,4 +48,5 @@ def setup(service: str, level: str = "INFO", json_format: bool = True) -> None:
     root.addHandler(handler)
     root.setLevel(level)
     # grpc and the Kubernetes client are chatty at INFO.
-    logging.getLogger("kubernetes_asyncio").setLevel(max(logging.WARNING, root.level))
+    for chatty in ("kubernetes_asyncio", "httpx", "httpcore"):
+        logging.getLogger(chatty).setLevel(max(logging.WARNING, root.level))

@@ -23,6 +23,9 @@ def alembic_config(url: str) -> Config:
 
 
 def upgrade(url: str, revision: str = "heads") -> None:
+    if url.startswith("sqlite") and ":///" in url:
+        # The embedded default: its directory may not exist on a fresh machine.
+        Path(url.split(":///", 1)[1]).parent.mkdir(parents=True, exist_ok=True)
     command.upgrade(alembic_config(url), revision)
 
 

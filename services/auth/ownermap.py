@@ -1,0 +1,143 @@
+"""The owner map the hot path reads: host (+ path prefix) -> instance -> admitted owner (pure).
+
+Routes come from the templates' Kubernetes-Ingress network settings and the
+GameServers' reported endpoints (see :mod:`.routes`); owners from the shared
+``instances`` table. Both are fed in by adapters; a lookup is dictionary work
+only. Two instances claiming the same host and prefix make that route a
+conflict that admits nobody, rather than whoever was written last.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, order=True)
+class InstanceKey:
+    namespace: str
+    template: str
+    id: int
+
+    @property
+    def name(self) -> str:
+        return f"namespaces/{self.namespace}/templates/{self.template}/instances/{self.id}"
+
+    @property
+    def notify_payload(self) -> str:
+        return f"{self.namespace}/{self.template}/{self.id}"
+
+    @classmethod
+    def from_payload(cls, payload: str) -> "InstanceKey | None":
+        namespace, _, rest = payload.partition("/")
+        template, _, ident = rest.partition("/")
+        if not (namespace and template and ident.isdigit()):
+            return None
+        return cls(namespace, template, int(ident))
+
+
+@dataclass(frozen=True, order=True)
+class Route:
+    host: str  # normalised (see urls.normalise_host)
+    prefix: str = "/"  # "/" = the whole host; else a segment-bounded path prefix without trailing "/"
+
+
+class Conflict:
+    """Marker: more than one instance claims a route."""
+
+    def __repr__(self) -> str:
+        return "CONFLICT"
+
+
+CONFLICT = Conflict()
+
+
+def prefix_matches(prefix: str, path: str) -> bool:
+    """Segment-bounded: ``/sd1`` matches ``/sd1`` and ``/sd1/x`` but not ``/sd10`` (nginx would route that
+    to a longer location if it exists; refusing here is the safe side)."""
+    return prefix == "/" or path == prefix or path.startswith(prefix + "/")
+
+
+class OwnerMap:
+    """In-memory, updated incrementally; every method is synchronous and does no I/O."""
+
+    def __init__(self) -> None:
+        self._routes_of: dict[InstanceKey, frozenset[Route]] = {}
+        self._claims: dict[Route, set[InstanceKey]] = defaultdict(set)
+        # host -> ((prefix, key or CONFLICT), ...) longest prefix first
+        self._by_host: dict[str, tuple[tuple[str, InstanceKey | Conflict], ...]] = {}
+        self._owners: dict[InstanceKey, str] = {}
+
+    # -- routes ---------------------------------------------------------
+
+    def set_routes(self, key: InstanceKey, routes: frozenset[Route] | set[Route]) -> None:
+        routes = frozenset(routes)
+        old = self._routes_of.get(key, frozenset())
+        if old == routes:
+            return
+        for route in old - routes:
+            claims = self._claims[route]
+            claims.discard(key)
+            if not claims:
+                del self._claims[route]
+        for route in routes - old:
+            self._claims[route].add(key)
+        if routes:
+            self._routes_of[key] = routes
+        else:
+            self._routes_of.pop(key, None)
+        for host in {r.host for r in old ^ routes}:
+            self._rebuild_host(host)
+
+    def drop_routes(self, key: InstanceKey) -> None:
+        self.set_routes(key, frozenset())
+
+    def replace_routes(self, routes: dict[InstanceKey, frozenset[Route]]) -> None:
+        for key in set(self._routes_of) - set(routes):
+            self.drop_routes(key)
+        for key, value in routes.items():
+            self.set_routes(key, value)
+
+    def routes_of(self, key: InstanceKey) -> frozenset[Route]:
+        return self._routes_of.get(key, frozenset())
+
+    def _rebuild_host(self, host: str) -> None:
+        entries = [(route.prefix, next(iter(keys)) if len(keys) == 1 else CONFLICT)
+                   for route, keys in self._claims.items() if route.host == host and keys]
+        if entries:
+            entries.sort(key=lambda e: len(e[0]), reverse=True)
+            self._by_host[host] = tuple(entries)
+        else:
+            self._by_host.pop(host, None)
+
+    # -- owners ---------------------------------------------------------
+
+    def set_owner(self, key: InstanceKey, owner: str | None) -> None:
+        """``owner`` is the user admitted now (slot LIVE); None for paused, releasing, free or gone."""
+        if owner:
+            self._owners[key] = owner
+        else:
+            self._owners.pop(key, None)
+
+    def replace_owners(self, owners: dict[InstanceKey, str]) -> None:
+        self._owners = dict(owners)
+
+    def owner(self, key: InstanceKey) -> str | None:
+        return self._owners.get(key)
+
+    # -- the hot path ---------------------------------------------------
+
+    def lookup(self, host: str, path: str) -> InstanceKey | Conflict | None:
+        entries = self._by_host.get(host)
+        if not entries:
+            return None
+        for prefix, key in entries:
+            if prefix_matches(prefix, path):
+                return key
+        return None
+
+    def __len__(self) -> int:
+        return len(self._routes_of)
+
+    @property
+    def admitted(self) -> int:
+        return len(self._owners)

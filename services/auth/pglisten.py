@@ -1,0 +1,92 @@
+"""PostgreSQL LISTEN on a dedicated connection, reconnecting, for caches that must hear changes at once.
+
+While the connection is up, ``live`` is True and notifications arrive within
+milliseconds of the writer's commit. When it drops, ``live`` turns False
+(callers fall back to short cache lifetimes or polling) and ``on_reconnect``
+runs after every (re)connection, because anything may have changed unheard.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+import asyncpg
+
+log = logging.getLogger(__name__)
+
+
+def asyncpg_dsn(sqlalchemy_url: str) -> str | None:
+    """The plain DSN asyncpg takes, or None when the database is not PostgreSQL."""
+    for prefix in ("postgresql+asyncpg://", "postgresql://", "postgres://"):
+        if sqlalchemy_url.startswith(prefix):
+            return "postgresql://" + sqlalchemy_url[len(prefix):]
+    return None
+
+
+class PgListener:
+    def __init__(self, dsn: str, channels: dict[str, Callable[[str], None]],
+                 on_reconnect: Callable[[], Awaitable[None] | None] | None = None, *, ping_seconds: float = 2.0):
+        self.dsn = dsn
+        self.channels = channels
+        self.on_reconnect = on_reconnect
+        self.ping_seconds = ping_seconds
+        self.live = False
+        self._task: asyncio.Task[None] | None = None
+        self._connected = asyncio.Event()
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="pg-listen")
+
+    async def wait_live(self, timeout: float = 10.0) -> bool:
+        try:
+            await asyncio.wait_for(self._connected.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def close(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - shutting down
+                pass
+        self.live = False
+
+    async def _run(self) -> None:
+        backoff = 0.2
+        while True:
+            conn: asyncpg.Connection | None = None
+            try:
+                conn = await asyncpg.connect(self.dsn, timeout=5)
+                for channel, callback in self.channels.items():
+                    await conn.add_listener(channel, lambda _c, _pid, _ch, payload, cb=callback: cb(payload))
+                self.live = True
+                self._connected.set()
+                backoff = 0.2
+                if self.on_reconnect is not None:
+                    result = self.on_reconnect()
+                    if asyncio.iscoroutine(result):
+                        await result
+                while True:  # a ping notices a dead connection that no notification would reveal
+                    await asyncio.sleep(self.ping_seconds)
+                    await asyncio.wait_for(conn.fetchval("SELECT 1"), timeout=self.ping_seconds * 2)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any failure means reconnect
+                if self.live:
+                    log.warning("LISTEN connection lost (%s); reconnecting", exc)
+                else:
+                    log.debug("LISTEN connection failed: %s", exc)
+            finally:
+                self.live = False
+                if conn is not None:
+                    try:
+                        await asyncio.wait_for(conn.close(), timeout=2)
+                    except Exception:  # noqa: BLE001
+                        conn.terminate()
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)

@@ -1,0 +1,111 @@
+"""Where an instance is served: its ingress host and path prefixes (pure).
+
+kruise-game's Kubernetes-Ingress network plugin builds each GameServer's
+Ingress from the template's ``networkConf``: ``Host`` and every ``Path`` with
+``<id>`` replaced by the instance id, and, once the ingress has a load
+balancer address, reports ``status.networkStatus.externalAddresses[0]
+.endPoint`` (the host) with one port per path (named after the path). The
+reported endpoint wins when present (it is what the ingress really serves);
+the template's pattern covers the time before the network is ready.
+
+Paths may be regular expressions (``/game<id>(/|$)(.*)`` with ingress-nginx's
+use-regex): only the literal part before the first metacharacter is used as the
+prefix, matched at segment boundaries, which can only admit less than nginx
+routes, never more.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from .ownermap import InstanceKey, Route
+from .urls import BadURL, normalise_host, normalise_path
+
+INGRESS_NETWORK = "Kubernetes-Ingress"
+_REGEX_META = re.compile(r"[()\[\]{}*+?|^$\\]")
+
+
+@dataclass(frozen=True)
+class RoutePattern:
+    """A template's ingress settings, ``<id>`` not yet substituted."""
+
+    host: str
+    paths: tuple[str, ...] = ("/",)
+
+    def routes(self, instance_id: int) -> frozenset[Route]:
+        host = _substitute(self.host, instance_id)
+        try:
+            normalised = normalise_host(host)
+        except BadURL:
+            return frozenset()
+        return frozenset(Route(normalised, path_prefix(_substitute(p, instance_id))) for p in self.paths)
+
+
+def _substitute(pattern: str, instance_id: int) -> str:
+    return pattern.replace("<id>", str(instance_id), 1)
+
+
+def path_prefix(path: str) -> str:
+    """The literal, normalised prefix of an ingress path, without a trailing slash ("/" for the root)."""
+    literal = _REGEX_META.split(path, maxsplit=1)[0] or "/"
+    if not literal.startswith("/"):
+        literal = "/" + literal
+    try:
+        normalised = normalise_path(literal)
+    except BadURL:
+        return "/"  # cannot be narrowed: the route is the whole host (still exact on the host)
+    return normalised.rstrip("/") or "/"
+
+
+def route_pattern(gss: dict[str, Any]) -> RoutePattern | None:
+    """The ingress pattern of a GameServerSet, or None when it is not served through a Kubernetes Ingress."""
+    network = (gss.get("spec") or {}).get("network") or {}
+    if network.get("networkType") != INGRESS_NETWORK:
+        return None
+    host = ""
+    paths: list[str] = []
+    for item in network.get("networkConf") or []:
+        name, value = item.get("name"), str(item.get("value") or "")
+        if name == "Host":
+            host = value
+        elif name == "Path" and value:
+            paths.append(value)
+    if not host:
+        return None
+    return RoutePattern(host=host, paths=tuple(paths) or ("/",))
+
+
+def reported_routes(gameserver: dict[str, Any]) -> frozenset[Route]:
+    """The routes a GameServer's network status reports (empty until the ingress is ready)."""
+    status = (gameserver.get("status") or {}).get("networkStatus") or {}
+    routes: set[Route] = set()
+    for address in status.get("externalAddresses") or []:
+        endpoint = address.get("endPoint") or ""
+        try:
+            host = normalise_host(endpoint)
+        except BadURL:
+            continue
+        ports = address.get("ports") or []
+        prefixes = {path_prefix(p.get("name") or "/") for p in ports if str(p.get("name") or "").startswith("/")}
+        routes.update(Route(host, prefix) for prefix in (prefixes or {"/"}))
+    return frozenset(routes)
+
+
+def instance_of(gameserver: dict[str, Any], owner_label: str) -> InstanceKey | None:
+    """The (namespace, template, id) of a GameServer named ``<gss>-<id>`` with the owner-gss label."""
+    meta = gameserver.get("metadata") or {}
+    template = (meta.get("labels") or {}).get(owner_label) or ""
+    name = meta.get("name") or ""
+    suffix = name[len(template) + 1:] if template and name.startswith(template + "-") else ""
+    if not suffix.isdigit():
+        return None
+    return InstanceKey(meta.get("namespace") or "", template, int(suffix))
+
+
+def instance_routes(pattern: RoutePattern | None, instance_id: int,
+                    gameserver: dict[str, Any] | None) -> frozenset[Route]:
+    reported = reported_routes(gameserver) if gameserver else frozenset()
+    if reported:
+        return reported
+    return pattern.routes(instance_id) if pattern else frozenset()

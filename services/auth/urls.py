@@ -1,0 +1,162 @@
+"""What URL a check is about, and where a sign-in may send the browser back to (pure).
+
+The ingress tells us the URL as ``X-Original-URL = $scheme://$http_host$request_uri``:
+the client's Host header and the raw request target, neither normalised. nginx
+itself routes on the lower-cased Host without port or trailing dot, and on the
+percent-decoded, slash-merged, dot-resolved path. A decision is only sound when
+it is made about the very host and path nginx routes on, so anything that
+nginx and a URL parser could read differently (userinfo, a ``?`` or ``#`` inside
+the authority, a backslash, a percent sign in the host, control characters) is
+refused here instead of guessed at.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from urllib.parse import unquote_to_bytes, urlsplit
+
+import idna
+
+_HOST_LABELS = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
+_IPV6 = re.compile(r"^\[[0-9a-f:.]+\]$")
+_PERCENT = re.compile(rb"%(?![0-9A-Fa-f]{2})")
+_CONTROL = re.compile(r"[\x00-\x20\x7f\\]")
+MAX_URL = 8192
+
+
+class BadURL(ValueError):
+    """The URL cannot be the one nginx routed: the check denies."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """The normalised host and path of an instance URL."""
+
+    scheme: str  # "http" | "https"
+    host: str  # lower case, ASCII (IDNA A-labels), no port, no trailing dot
+    path: str  # decoded, no empty or dot segments, starts with "/"
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://{self.host}{self.path}"
+
+
+def normalise_host(raw: str) -> str:
+    """The host as nginx routes on it: lower case, without port and trailing dot; IDNA A-labels.
+
+    Raises :class:`BadURL` for anything that is not a plain DNS name or IP literal."""
+    host = raw
+    if not host or len(host) > 300 or "@" in host or "%" in host or _CONTROL.search(host):
+        raise BadURL("invalid host")
+    if host.startswith("["):  # IPv6 literal, optionally with a port
+        end = host.find("]")
+        if end < 0:
+            raise BadURL("invalid host")
+        literal, rest = host[:end + 1].lower(), host[end + 1:]
+        if rest and not (rest.startswith(":") and _valid_port(rest[1:])):
+            raise BadURL("invalid port")
+        if not _IPV6.match(literal):
+            raise BadURL("invalid host")
+        return literal
+    name, colon, port = host.rpartition(":") if ":" in host else (host, "", "")
+    if colon and not _valid_port(port):
+        raise BadURL("invalid port")
+    if name.endswith("."):
+        name = name[:-1]
+    if not name.isascii():
+        # Browsers send A-labels; strict IDNA 2008 (no UTS 46 mapping) so that look-alike or
+        # width-variant spellings never fold onto another host.
+        try:
+            name = idna.encode(name, uts46=False).decode("ascii")
+        except idna.IDNAError as exc:
+            raise BadURL("invalid internationalised host") from exc
+    name = name.lower()
+    if not _HOST_LABELS.match(name):
+        raise BadURL("invalid host")
+    return name
+
+
+def _valid_port(port: str) -> bool:
+    return port.isdigit() and port.isascii() and len(port) <= 5 and 0 < int(port) < 65536
+
+
+def normalise_path(raw: str) -> str:
+    """The path as nginx matches locations: percent-decoded, ``//`` merged, ``.``/``..`` resolved.
+
+    ``..`` above the root, a NUL, invalid percent escapes or invalid UTF-8 raise :class:`BadURL`
+    (nginx answers 400 to those and never routes them)."""
+    if not raw.startswith("/"):
+        raise BadURL("the path must start with /")
+    data = raw.encode("utf-8", "surrogateescape")
+    if _PERCENT.search(data):
+        raise BadURL("invalid percent escape")
+    decoded = unquote_to_bytes(data)
+    if b"\x00" in decoded:
+        raise BadURL("NUL in path")
+    try:
+        text = decoded.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadURL("path is not UTF-8") from exc
+    out: list[str] = []
+    for segment in text.split("/")[1:]:
+        if segment in ("", "."):
+            continue
+        if segment == "..":
+            if not out:
+                raise BadURL("path escapes the root")
+            out.pop()
+            continue
+        out.append(segment)
+    trailing = text.endswith(("/", "/.", "/..")) and bool(out)
+    return "/" + "/".join(out) + ("/" if trailing else "")
+
+
+def parse_original_url(value: str) -> Target:
+    """Parse ``X-Original-URL`` strictly; see the module docstring for why strictly."""
+    if not value or len(value) > MAX_URL or _CONTROL.search(value):
+        raise BadURL("invalid URL")
+    parts = urlsplit(value)
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https"):
+        raise BadURL("the scheme must be http or https")
+    if parts.fragment or "#" in value:
+        raise BadURL("a fragment is never part of a request")  # browsers do not send one
+    # The authority must be exactly what followed "//" up to the path: a "?" right after the
+    # host means the Host header itself carried it, and nginx routed on something else.
+    prefix = f"{parts.scheme}://{parts.netloc}"
+    if not value.startswith(prefix):
+        raise BadURL("invalid URL")
+    rest = value[len(prefix):]
+    if rest and not rest.startswith("/"):
+        raise BadURL("the request target must start with /")
+    return Target(scheme=scheme, host=normalise_host(parts.netloc), path=normalise_path(parts.path or "/"))
+
+
+def forwarded_url(proto: str, host: str, uri: str) -> str:
+    """``X-Forwarded-Proto/-Host/-Uri`` (Traefik forwardAuth) as one URL, for :func:`parse_original_url`."""
+    scheme = (proto or "https").strip().lower()
+    return f"{scheme}://{host.strip()}{uri or '/'}"
+
+
+def host_in_domain(host: str, domain: str) -> bool:
+    return host == domain or host.endswith("." + domain)
+
+
+def safe_redirect(candidate: str | None, *, domain: str, allow_http: bool, fallback: str) -> str:
+    """``candidate`` when it is an absolute http(s) URL into ``domain`` (https only unless
+    ``allow_http``), else ``fallback``: no open redirect, no ``//evil``, no ``javascript:``."""
+    if not candidate or len(candidate) > MAX_URL or _CONTROL.search(candidate) or "\\" in candidate:
+        return fallback
+    try:
+        parts = urlsplit(candidate)
+        if parts.scheme not in ("https", "http") or (parts.scheme == "http" and not allow_http):
+            return fallback
+        if not candidate.startswith(f"{parts.scheme}://{parts.netloc}"):
+            return fallback
+        host = normalise_host(parts.netloc)
+        normalise_path(parts.path or "/")
+    except (BadURL, ValueError):
+        return fallback
+    if not host_in_domain(host, normalise_host(domain)):
+        return fallback
+    return candidate

@@ -1,0 +1,244 @@
+"""What an update of a published template does: the object to write, what changes, and whether it restarts
+live instances. Pure.
+
+An update never changes `spec.replicas`, `spec.reserveGameServerIds` or `spec.scaleStrategy`: the
+instance service owns them (and the controller rewrites the reserved ids concurrently), so they are
+always taken from the object read; a request that would change them is refused with that path.
+Without an update mask the source is the whole new object; with one, only the named paths are
+taken from the source (AIP-161: a named path missing from the source is removed).
+"""
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from aigc_gateway.errors import Violation
+
+from .normalize import SERVER_METADATA
+
+PROTECTED = ("spec.replicas", "spec.reserveGameServerIds", "spec.scaleStrategy")
+IMMUTABLE = ("metadata.name", "metadata.namespace", "spec.network.networkType")
+NOT_UPDATABLE = ("metadata.uid", "metadata.resourceVersion", "metadata.creationTimestamp", "metadata.generation",
+                 "metadata.managedFields", "metadata.ownerReferences", "metadata.finalizers", "status")
+# Changing these rolls every live pod (the pod template's hash changes).
+RESTART_PREFIXES = ("spec.gameServerTemplate",)
+# Maps whose keys are data (often with dots and slashes): shown as [key] like the apiserver does.
+_KEYED_MAPS = frozenset({"labels", "annotations", "limits", "requests", "nodeSelector"})
+_PLAIN_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+@dataclass
+class Proposal:
+    desired: dict[str, Any]
+    violations: list[Violation] = field(default_factory=list)
+    changed_paths: list[str] = field(default_factory=list)
+
+    @property
+    def restarts(self) -> bool:
+        return any(_under(p, prefix) for p in self.changed_paths for prefix in RESTART_PREFIXES)
+
+    @property
+    def restart_paths(self) -> list[str]:
+        return [p for p in self.changed_paths if any(_under(p, prefix) for prefix in RESTART_PREFIXES)]
+
+
+def _under(path: str, prefix: str) -> bool:
+    return path == prefix or path.startswith(prefix + ".") or path.startswith(prefix + "[")
+
+
+# -- paths -------------------------------------------------------------------
+
+def parse_path(path: str) -> list[str] | None:
+    """Segments of `a.b`, `` a.`x.y` `` or `a[x.y]`; None when malformed."""
+    segments: list[str] = []
+    i, n = 0, len(path)
+    while i < n:
+        if path[i] == "`":
+            end = path.find("`", i + 1)
+            if end < 0:
+                return None
+            segments.append(path[i + 1:end])
+            i = end + 1
+        elif path[i] == "[":
+            end = path.find("]", i + 1)
+            if end < 0:
+                return None
+            segments.append(path[i + 1:end])
+            i = end + 1
+            continue
+        else:
+            end = i
+            while end < n and path[end] not in ".[":
+                end += 1
+            if end == i:
+                return None
+            segments.append(path[i:end])
+            i = end
+        if i < n and path[i] == ".":
+            i += 1
+            if i == n:
+                return None
+    return segments or None
+
+
+def format_path(segments: list[str | int]) -> str:
+    out = ""
+    parent = ""
+    for segment in segments:
+        if isinstance(segment, int):
+            out += f"[{segment}]"
+        elif out and (parent in _KEYED_MAPS or not _PLAIN_KEY.match(segment)):
+            out += f"[{segment}]"
+        else:
+            out += ("." if out else "") + segment
+        parent = str(segment)
+    return out
+
+
+_MISSING = object()
+
+
+def get_path(obj: Any, segments: list[str]) -> Any:
+    for segment in segments:
+        if not isinstance(obj, dict) or segment not in obj:
+            return _MISSING
+        obj = obj[segment]
+    return obj
+
+
+def set_path(obj: dict[str, Any], segments: list[str], value: Any) -> None:
+    for segment in segments[:-1]:
+        child = obj.get(segment)
+        if not isinstance(child, dict):
+            child = obj[segment] = {}
+        obj = child
+    if value is _MISSING:
+        obj.pop(segments[-1], None)
+    else:
+        obj[segments[-1]] = copy.deepcopy(value)
+
+
+# -- comparing -----------------------------------------------------------------
+
+def reserved_ids(value: Any) -> set[int] | Any:
+    """`[1, 2, "5-7"]` as {1, 2, 5, 6, 7}, to compare what was read with what the controller wrote."""
+    if not isinstance(value, list):
+        return value
+    out: set[int] = set()
+    for item in value:
+        if isinstance(item, int):
+            out.add(item)
+        elif isinstance(item, str) and "-" in item:
+            low, _, high = item.partition("-")
+            if not (low.strip().isdigit() and high.strip().isdigit()):
+                return value
+            out.update(range(int(low), int(high) + 1))
+        elif isinstance(item, str) and item.strip().isdigit():
+            out.add(int(item))
+        else:
+            return value
+    return out
+
+
+def _same(path: str, a: Any, b: Any) -> bool:
+    if path == "spec.reserveGameServerIds":
+        return reserved_ids(a if a is not _MISSING else []) == reserved_ids(b if b is not _MISSING else [])
+    return a == b
+
+
+def comparable(obj: dict[str, Any]) -> dict[str, Any]:
+    """The part of an object an admin controls: no status, no server metadata."""
+    out = copy.deepcopy(obj)
+    out.pop("status", None)
+    meta = out.get("metadata")
+    if isinstance(meta, dict):
+        for key in SERVER_METADATA:
+            meta.pop(key, None)
+    return out
+
+
+def diff(old: Any, new: Any, segments: list[str | int] | None = None) -> list[str]:
+    """Manifest paths where ``old`` and ``new`` differ (leaves, or the list when its length changed)."""
+    segments = segments or []
+    if isinstance(old, dict) and isinstance(new, dict):
+        out: list[str] = []
+        for key in list(old) + [k for k in new if k not in old]:
+            out += diff(old.get(key, _MISSING), new.get(key, _MISSING), [*segments, key])
+        return out
+    if segments[-1:] == ["networkConf"] and isinstance(old, list) and isinstance(new, list):
+        return _diff_network_conf(old, new, segments)
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        return [p for i, (a, b) in enumerate(zip(old, new)) for p in diff(a, b, [*segments, i])]
+    return [] if old == new else [format_path(segments)]
+
+
+def _diff_network_conf(old: list[Any], new: list[Any], segments: list[str | int]) -> list[str]:
+    """Network entries by name (`networkConf[Host]`): the plugin reads them by name, not by position."""
+    def grouped(items: list[Any]) -> dict[str, list[Any]]:
+        out: dict[str, list[Any]] = {}
+        for item in items:
+            key = str(item.get("name", "")) if isinstance(item, dict) else ""
+            out.setdefault(key, []).append(item.get("value") if isinstance(item, dict) else item)
+        return out
+    a, b = grouped(old), grouped(new)
+    base = format_path(segments)
+    return [f"{base}[{name}]" for name in list(a) + [k for k in b if k not in a] if a.get(name) != b.get(name)]
+
+
+# -- the proposal --------------------------------------------------------------
+
+def propose(current: dict[str, Any], source: dict[str, Any], mask: list[str]) -> Proposal:
+    """The object to write for an update of ``current`` with ``source`` (and the mask), before normalisation."""
+    violations: list[Violation] = []
+    mask = [p for p in mask if p != "*"]
+    if mask:
+        desired = comparable(current)
+        for i, raw in enumerate(mask):
+            segments = parse_path(raw)
+            if segments is None:
+                violations.append(Violation(f"update_mask.paths[{i}]", f"{raw!r} is not a field path",
+                                            "INVALID_MASK"))
+                continue
+            if any(segments[:len(f)] == f for f in (p.split(".") for p in NOT_UPDATABLE + IMMUTABLE[:2])):
+                violations.append(Violation(f"update_mask.paths[{i}]", f"{raw!r} cannot be updated",
+                                            "NOT_UPDATABLE"))
+                continue
+            set_path(desired, segments, get_path(source, segments))
+        desired = comparable(desired)
+    else:
+        desired = comparable(source)
+    if not isinstance(desired.get("metadata"), dict):
+        if "metadata" in desired:
+            violations.append(Violation("metadata", "must be a mapping", "INVALID_METADATA"))
+        desired["metadata"] = {}
+    cur_meta = current.get("metadata", {})
+    for path in IMMUTABLE:
+        segments = path.split(".")
+        given, was = get_path(desired, segments), get_path(current, segments)
+        if given is not _MISSING and was is not _MISSING and given != was:
+            violations.append(Violation(path, f"cannot change from {was!r} to {given!r}", "IMMUTABLE_FIELD"))
+        if was is not _MISSING:
+            set_path(desired, segments, was)
+    for path in PROTECTED:
+        segments = path.split(".")
+        given, was = get_path(desired, segments), get_path(current, segments)
+        touched = bool(mask) or given is not _MISSING
+        if touched and not _same(path, given, was):
+            violations.append(Violation(path, "UpdateTemplate never changes replicas, reserveGameServerIds or the "
+                                        "scale strategy (the instance service owns them); leave it out or send "
+                                        "the current value", "PROTECTED_FIELD"))
+        set_path(desired, segments, was)
+    # Carry the server's view of the object so the write is conditional on what was read.
+    meta = desired["metadata"]
+    for key in ("uid", "resourceVersion", "creationTimestamp", "generation", "ownerReferences", "finalizers"):
+        if key in cur_meta:
+            meta[key] = copy.deepcopy(cur_meta[key])
+    return Proposal(desired=desired, violations=violations)
+
+
+def finish(proposal: Proposal, current: dict[str, Any]) -> Proposal:
+    """Fill in the changed paths once the desired object is final (after normalisation)."""
+    proposal.changed_paths = diff(comparable(current), comparable(proposal.desired))
+    return proposal

@@ -1,0 +1,151 @@
+"""A GameServerSet as users see it: the Template resource, derived from the object alone. Pure.
+
+Display metadata comes from `<prefix>display-name|description|icon-url|category|sort-order`
+annotations; what the template runs on from its first container's limits (requests when no limit)
+and the ECI label and annotation of the pod template.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from google.protobuf import timestamp_pb2
+
+from aigc_gateway.api.v1 import common_pb2, template_pb2
+
+from . import network, rules
+from .manifest import to_struct
+from .names import template_name
+from .policy import Policy
+from .quantity import QuantityError, whole_number
+
+ECI_LABEL = "alibabacloud.com/eci"
+ECI_SPECS_ANNOTATION = "k8s.aliyun.com/eci-use-specs"
+
+
+@dataclass(frozen=True)
+class Counts:
+    live: int = 0
+    paused: int = 0
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def containers(obj: dict[str, Any]) -> list[dict[str, Any]]:
+    pod = _dict(_dict(_dict(obj.get("spec")).get("gameServerTemplate")).get("spec"))
+    return [c for c in pod.get("containers") or [] if isinstance(c, dict)]
+
+
+def _resource(container: dict[str, Any], key: str) -> Any:
+    resources = _dict(container.get("resources"))
+    limits, requests = _dict(resources.get("limits")), _dict(resources.get("requests"))
+    return limits.get(key, requests.get(key))
+
+
+def _whole(value: Any) -> int:
+    try:
+        return whole_number(value) if value is not None else 0
+    except QuantityError:
+        return 0
+
+
+def accelerator(obj: dict[str, Any]) -> common_pb2.Accelerator:
+    pod_meta = _dict(_dict(_dict(obj.get("spec")).get("gameServerTemplate")).get("metadata"))
+    eci = str(_dict(pod_meta.get("labels")).get(ECI_LABEL, "")).lower() == "true"
+    found = containers(obj)
+    if not found:
+        return common_pb2.Accelerator(eci=eci)
+    first = found[0]
+    gpus, gpu_mem = _whole(_resource(first, rules.GPU)), _whole(_resource(first, rules.GPU_MEM))
+    kind = (common_pb2.Accelerator.GPU if gpus else common_pb2.Accelerator.SHARED_GPU if gpu_mem
+            else common_pb2.Accelerator.CPU)
+    cpu, memory = _resource(first, "cpu"), _resource(first, "memory")
+    return common_pb2.Accelerator(
+        type=kind, cpu="" if cpu is None else str(cpu), memory="" if memory is None else str(memory),
+        gpu_count=gpus, gpu_memory_gib=gpu_mem, eci=eci,
+        eci_instance_type=str(_dict(pod_meta.get("annotations")).get(ECI_SPECS_ANNOTATION, "")) if eci else "")
+
+
+def disks(obj: dict[str, Any]) -> list[common_pb2.Disk]:
+    claims = _dict(_dict(obj.get("spec")).get("gameServerTemplate")).get("volumeClaimTemplates") or []
+    out = []
+    for claim in claims:
+        if not isinstance(claim, dict):
+            continue
+        spec = _dict(claim.get("spec"))
+        size = _dict(_dict(spec.get("resources")).get("requests")).get("storage")
+        out.append(common_pb2.Disk(volume_claim_template=str(_dict(claim.get("metadata")).get("name", "")),
+                                   size="" if size is None else str(size),
+                                   storage_class=str(spec.get("storageClassName") or "")))
+    return out
+
+
+def claim_templates(obj: dict[str, Any]) -> list[str]:
+    return [d.volume_claim_template for d in disks(obj) if d.volume_claim_template]
+
+
+def sort_order(obj: dict[str, Any], policy: Policy) -> int:
+    raw = _dict(_dict(obj.get("metadata")).get("annotations")).get(f"{policy.annotation_prefix}sort-order")
+    try:
+        return max(min(int(str(raw).strip()), 2**31 - 1), -(2**31)) if raw is not None else 0
+    except ValueError:
+        return 0
+
+
+def _timestamp(value: Any) -> timestamp_pb2.Timestamp | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(moment)
+    return stamp
+
+
+def describe(obj: dict[str, Any], policy: Policy, counts: Counts, *, with_manifest: bool) -> template_pb2.Template:
+    meta = _dict(obj.get("metadata"))
+    notes = _dict(meta.get("annotations"))
+    prefix = policy.annotation_prefix
+    name = str(meta.get("name", ""))
+    report = rules.check(obj, policy, rules.Mode.EXISTING)
+    reasons = rules.unusable_reasons(report)
+    if meta.get("deletionTimestamp"):
+        reasons.insert(0, "the template is being deleted")
+    template = template_pb2.Template(
+        name=template_name(str(meta.get("namespace", "")), name),
+        display_name=str(notes.get(f"{prefix}display-name") or name),
+        description=str(notes.get(f"{prefix}description", "")),
+        icon_uri=str(notes.get(f"{prefix}icon-url", "")) if not any(
+            v.reason == "INVALID_ICON_URL" for v in report.violations) else "",
+        category=str(notes.get(f"{prefix}category", "")),
+        sort_order=sort_order(obj, policy),
+        accelerator=accelerator(obj),
+        images=[str(c.get("image", "")) for c in containers(obj)],
+        port=network.port(obj),
+        disks=disks(obj),
+        host_pattern=network.first(obj, "Host"),
+        path_pattern=network.first(obj, "Path"),
+        live_instance_count=counts.live,
+        paused_instance_count=counts.paused,
+        usable=not reasons,
+        unusable_reasons=reasons,
+        etag=str(meta.get("resourceVersion", "")),
+        uid=str(meta.get("uid", "")),
+    )
+    created = _timestamp(meta.get("creationTimestamp"))
+    if created is not None:
+        template.create_time.CopyFrom(created)
+    if with_manifest:
+        template.manifest.CopyFrom(to_struct(obj))
+    return template
+
+
+def sort_key(obj: dict[str, Any], policy: Policy) -> tuple[int, str, str]:
+    """ListTemplates order: sort order, then namespace, then name."""
+    meta = _dict(obj.get("metadata"))
+    return sort_order(obj, policy), str(meta.get("namespace", "")), str(meta.get("name", ""))

@@ -1,0 +1,70 @@
+"""The Kubernetes-Ingress network configuration of a GameServerSet (`spec.network.networkConf`).
+
+The OKG Ingress plugin reads a list of {name, value} entries: `Host` and `Path` may carry one
+`<id>` (replaced by the instance id), `Port` is the container port, and each `Annotation`
+entry is `key: value` (split on ": ", so exactly one such separator) copied onto the ingress.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+ID_MARK = "<id>"
+CONF_PATH = "spec.network.networkConf"
+
+
+def conf_path(name: str, key: str = "") -> str:
+    """`spec.network.networkConf[Host]`, or `...[Annotation][nginx.ingress.kubernetes.io/auth-url]`."""
+    return f"{CONF_PATH}[{name}]" + (f"[{key}]" if key else "")
+
+
+@dataclass(frozen=True)
+class Entry:
+    index: int
+    name: str
+    value: Any
+
+
+def entries(obj: dict[str, Any]) -> list[Entry]:
+    network = (obj.get("spec") or {}).get("network") or {}
+    conf = network.get("networkConf") if isinstance(network, dict) else None
+    if not isinstance(conf, list):
+        return []
+    return [Entry(i, str(e.get("name", "")), e.get("value")) for i, e in enumerate(conf) if isinstance(e, dict)]
+
+
+def network_type(obj: dict[str, Any]) -> str:
+    network = (obj.get("spec") or {}).get("network")
+    return str(network.get("networkType") or "") if isinstance(network, dict) else ""
+
+
+def values(obj: dict[str, Any], name: str) -> list[str]:
+    return [str(e.value) if e.value is not None else "" for e in entries(obj) if e.name == name]
+
+
+def first(obj: dict[str, Any], name: str) -> str:
+    found = values(obj, name)
+    return found[0] if found else ""
+
+
+def split_annotation(value: str) -> tuple[str, str] | None:
+    """(key, value) as the plugin splits it, or None when the plugin would refuse the entry."""
+    parts = value.split(": ")
+    return (parts[0].strip(), parts[1].strip()) if len(parts) == 2 and parts[0].strip() else None
+
+
+def annotations(obj: dict[str, Any]) -> dict[str, list[str]]:
+    """Every well-formed `Annotation` entry by key (a key given twice maps to both values)."""
+    found: dict[str, list[str]] = {}
+    for value in values(obj, "Annotation"):
+        pair = split_annotation(value)
+        if pair:
+            found.setdefault(pair[0], []).append(pair[1])
+    return found
+
+
+def port(obj: dict[str, Any]) -> int:
+    try:
+        return int(first(obj, "Port"))
+    except ValueError:
+        return 0

@@ -1,0 +1,85 @@
+"""What the service adds to a manifest before it is checked and written, and says so in warnings.
+
+- the namespace from the request when the manifest has none;
+- the configured gss_labels, so the new GameServerSet is listed as a template;
+- `replicas: 0` when a new template leaves it out;
+- the ingress auth annotations (`auth-url`, `auth-signin`) from configuration when missing;
+- fields only the apiserver sets (`status`, `metadata.uid`, `resourceVersion`…) are dropped from a
+  create, so `kubectl get -o yaml` output can be published elsewhere.
+
+Everything else, including fields this service does not know, is kept as given. Pure.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from aigc_gateway.errors import Violation
+
+from . import network
+from .policy import AUTH_SIGNIN_ANNOTATION, AUTH_URL_ANNOTATION, INGRESS_NETWORK, Policy
+
+SERVER_METADATA = ("uid", "resourceVersion", "creationTimestamp", "generation", "managedFields", "selfLink",
+                   "deletionTimestamp", "deletionGracePeriodSeconds", "ownerReferences", "finalizers")
+
+
+def normalize(obj: dict[str, Any], policy: Policy, namespace: str, *, create: bool) -> tuple[dict[str, Any],
+                                                                                            list[Violation]]:
+    """A normalised copy of ``obj`` and the warnings that tell what was added or dropped."""
+    obj = copy.deepcopy(obj)
+    warnings: list[Violation] = []
+    meta = obj.get("metadata")
+    if meta is None:
+        meta = obj["metadata"] = {}
+    if not isinstance(meta, dict):
+        return obj, warnings
+    if create:
+        dropped = [k for k in SERVER_METADATA if k in meta] + (["status"] if "status" in obj else [])
+        for key in dropped:
+            (obj if key == "status" else meta).pop(key, None)
+        if dropped:
+            warnings.append(Violation("metadata", f"fields set by the apiserver were ignored: {', '.join(dropped)}",
+                                      "SERVER_FIELDS_IGNORED"))
+    if not meta.get("namespace") and namespace and namespace != "-":
+        meta["namespace"] = namespace
+    _add_labels(meta, policy, warnings)
+    spec = obj.get("spec")
+    if isinstance(spec, dict):
+        if create and "replicas" not in spec:
+            spec["replicas"] = 0
+            warnings.append(Violation("spec.replicas", "set to 0: a published template has no instances until "
+                                      "users install it", "REPLICAS_DEFAULTED"))
+        _add_auth_annotations(obj, policy, warnings)
+    return obj, warnings
+
+
+def _add_labels(meta: dict[str, Any], policy: Policy, warnings: list[Violation]) -> None:
+    if not policy.gss_labels:
+        return
+    labels = meta.get("labels")
+    if labels is None:
+        labels = meta["labels"] = {}
+    if not isinstance(labels, dict):
+        return
+    added = {k: v for k, v in policy.gss_labels.items() if k not in labels}
+    labels.update(added)
+    if added:
+        warnings.append(Violation("metadata.labels", "added the configured gss_labels so the template is listed: "
+                                  + ", ".join(f"{k}={v}" for k, v in sorted(added.items())), "LABELS_ADDED"))
+
+
+def _add_auth_annotations(obj: dict[str, Any], policy: Policy, warnings: list[Violation]) -> None:
+    net = obj["spec"].get("network")
+    if not isinstance(net, dict) or net.get("networkType") != INGRESS_NETWORK:
+        return
+    conf = net.get("networkConf")
+    if conf is None:
+        conf = net["networkConf"] = []
+    if not isinstance(conf, list):
+        return
+    present = network.annotations(obj)
+    for key, value in ((AUTH_URL_ANNOTATION, policy.auth_url), (AUTH_SIGNIN_ANNOTATION, policy.auth_signin_url)):
+        if key not in present:
+            conf.append({"name": "Annotation", "value": f"{key}: {value}"})
+            warnings.append(Violation(network.conf_path("Annotation", key), f"added from configuration: {value}",
+                                      "AUTH_ANNOTATION_ADDED"))

@@ -1,0 +1,59 @@
+"""What the configuration says a template must be: one immutable value built from Settings.
+
+The pure rules (validation, normalisation, description) take a :class:`Policy`
+instead of the whole Settings, so their tests build one literally.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from aigc_gateway.config import Settings
+
+GSS_API_VERSION = "game.kruise.io/v1alpha1"
+GSS_KIND = "GameServerSet"
+INGRESS_NETWORK = "Kubernetes-Ingress"
+AUTH_URL_ANNOTATION = "nginx.ingress.kubernetes.io/auth-url"
+AUTH_SIGNIN_ANNOTATION = "nginx.ingress.kubernetes.io/auth-signin"
+
+
+@dataclass(frozen=True)
+class Policy:
+    namespaces: tuple[str, ...] = ()  # empty: every namespace (the original config.json meaning)
+    gss_labels: dict[str, str] = field(default_factory=dict)
+    domain: str = "example.com"
+    auth_url: str = ""
+    auth_signin_url: str = ""
+    annotation_prefix: str = "aigc.gateway.io/"
+    max_manifest_bytes: int = 256 * 1024
+
+    def __post_init__(self) -> None:
+        # Derived defaults, so that a Policy built in a test behaves like one built from Settings.
+        if not self.auth_url:
+            object.__setattr__(self, "auth_url", f"https://dashboard.{self.domain}/auth")
+        if not self.auth_signin_url:
+            object.__setattr__(self, "auth_signin_url", f"https://dashboard.{self.domain}/sign-in")
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "Policy":
+        cfg = settings.template
+        public = settings.auth.public_url.rstrip("/")
+        return cls(
+            namespaces=tuple(settings.namespaces),
+            gss_labels=dict(settings.gss_labels),
+            domain=settings.domain,
+            auth_url=cfg.auth_url or (f"{public}/auth" if public else ""),
+            auth_signin_url=cfg.auth_signin_url or (f"{public}/sign-in" if public else ""),
+            annotation_prefix=cfg.annotation_prefix,
+            max_manifest_bytes=cfg.max_manifest_bytes,
+        )
+
+    def namespace_allowed(self, namespace: str) -> bool:
+        return not self.namespaces or namespace in self.namespaces
+
+    @property
+    def label_selector(self) -> str:
+        return ",".join(f"{k}={v}" for k, v in sorted(self.gss_labels.items()))
+
+    def matches_labels(self, labels: dict[str, str] | None) -> bool:
+        labels = labels or {}
+        return all(labels.get(k) == v for k, v in self.gss_labels.items())

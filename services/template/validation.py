@@ -1,0 +1,60 @@
+"""The whole local validation of a create or an update: parse, normalise, check. Pure.
+
+The service adds the apiserver's server-side dry run afterwards; everything
+here runs without a cluster so that it is unit-tested on literal manifests.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from aigc_gateway.errors import Violation
+
+from . import changes, rules
+from .manifest import Parsed
+from .normalize import normalize
+from .policy import Policy
+
+
+@dataclass
+class Checked:
+    obj: dict[str, Any] | None  # the manifest that would be written (None when it could not be read)
+    violations: list[Violation] = field(default_factory=list)
+    warnings: list[Violation] = field(default_factory=list)
+    proposal: changes.Proposal | None = None  # for an update
+
+    @property
+    def ok(self) -> bool:
+        return self.obj is not None and not self.violations
+
+
+def check_new(parsed: Parsed, policy: Policy, namespace: str) -> Checked:
+    """A manifest for CreateTemplate (``namespace`` from the request's parent; `-` or empty: the manifest's)."""
+    if parsed.obj is None:
+        return Checked(None, list(parsed.violations))
+    obj, warnings = normalize(parsed.obj, policy, "" if namespace == "-" else namespace, create=True)
+    report = rules.check(obj, policy, rules.Mode.CREATE, "" if namespace == "-" else namespace)
+    return Checked(obj, report.violations, warnings + report.warnings)
+
+
+def check_update(current: dict[str, Any], parsed: Parsed, mask: list[str], policy: Policy) -> Checked:
+    """A change of the published template ``current`` for UpdateTemplate / PreviewTemplateUpdate."""
+    if parsed.obj is None:
+        return Checked(None, list(parsed.violations))
+    proposal = changes.propose(current, parsed.obj, mask)
+    meta = current.get("metadata") or {}
+    obj, warnings = normalize(proposal.desired, policy, str(meta.get("namespace", "")), create=False)
+    proposal.desired = obj
+    changes.finish(proposal, current)
+    report = rules.check(obj, policy, rules.Mode.UPDATE, str(meta.get("namespace", "")))
+    return Checked(obj, _unique(proposal.violations + report.violations), warnings + report.warnings, proposal)
+
+
+def _unique(violations: list[Violation]) -> list[Violation]:
+    seen: set[tuple[str, str]] = set()
+    out = []
+    for v in violations:
+        if (v.field, v.reason) not in seen:
+            seen.add((v.field, v.reason))
+            out.append(v)
+    return out
