@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.plugins.postgres",
     "tests.plugins.oidc",
     "tests.plugins.gateway",
+    "tests.plugins.logto",
 ]

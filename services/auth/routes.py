@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from .ownermap import InstanceKey, Route
+from .ownermap import InstanceKey, OwnerMap, Route
 from .urls import BadURL, normalise_host, normalise_path
 
 INGRESS_NETWORK = "Kubernetes-Ingress"
@@ -109,3 +109,73 @@ def instance_routes(pattern: RoutePattern | None, instance_id: int,
     if reported:
         return reported
     return pattern.routes(instance_id) if pattern else frozenset()
+
+
+class RouteIndex:
+    """Joins templates, GameServers and owned ids into the owner map's routes (no I/O).
+
+    An instance gets routes while a GameServer exists for it or the ownership table has an owner for
+    it (so a just-installed instance is reachable before kruise-game reports its network)."""
+
+    def __init__(self, owners: OwnerMap):
+        self.owners = owners
+        self.patterns: dict[tuple[str, str], RoutePattern | None] = {}
+        self.gameservers: dict[InstanceKey, dict[str, Any]] = {}
+        self.owned: set[InstanceKey] = set()
+        self._by_template: dict[tuple[str, str], set[InstanceKey]] = {}
+
+    def _refresh(self, key: InstanceKey) -> None:
+        if key in self.gameservers or key in self.owned:
+            self._by_template.setdefault((key.namespace, key.template), set()).add(key)
+            pattern = self.patterns.get((key.namespace, key.template))
+            self.owners.set_routes(key, instance_routes(pattern, key.id, self.gameservers.get(key)))
+        else:
+            keys = self._by_template.get((key.namespace, key.template))
+            if keys is not None:
+                keys.discard(key)
+            self.owners.drop_routes(key)
+
+    def set_template(self, namespace: str, template: str, pattern: RoutePattern | None) -> None:
+        known = (namespace, template) in self.patterns
+        if (not known and pattern is None) or (known and self.patterns[(namespace, template)] == pattern):
+            return
+        if pattern is None:
+            self.patterns.pop((namespace, template), None)
+        else:
+            self.patterns[(namespace, template)] = pattern
+        for key in list(self._by_template.get((namespace, template), ())):
+            self._refresh(key)
+
+    def replace_templates(self, patterns: dict[tuple[str, str], RoutePattern | None]) -> None:
+        for gone in set(self.patterns) - set(patterns):
+            self.set_template(*gone, None)
+        for (namespace, template), pattern in patterns.items():
+            self.set_template(namespace, template, pattern)
+
+    def set_gameserver(self, key: InstanceKey, gameserver: dict[str, Any] | None) -> None:
+        if gameserver is None:
+            self.gameservers.pop(key, None)
+        else:
+            self.gameservers[key] = gameserver
+        self._refresh(key)
+
+    def replace_gameservers(self, gameservers: dict[InstanceKey, dict[str, Any]]) -> None:
+        for gone in set(self.gameservers) - set(gameservers):
+            self.set_gameserver(gone, None)
+        for key, obj in gameservers.items():
+            self.set_gameserver(key, obj)
+
+    def set_owned(self, key: InstanceKey, owned: bool) -> None:
+        if owned == (key in self.owned):
+            return
+        if owned:
+            self.owned.add(key)
+        else:
+            self.owned.discard(key)
+        self._refresh(key)
+
+    def replace_owned(self, keys: set[InstanceKey]) -> None:
+        for gone in self.owned - keys:
+            self.set_owned(gone, False)
+        for key in keys - self.owned:
+            self.set_owned(key, True)

@@ -50,36 +50,23 @@ def _under(path: str, prefix: str) -> bool:
 
 # -- paths -------------------------------------------------------------------
 
+_SEGMENT = re.compile(r"`(?P<quoted>[^`]+)`|\[(?P<key>[^\]]+)\]|(?P<plain>[^.\[`]+)")
+
+
 def parse_path(path: str) -> list[str] | None:
-    """Segments of `a.b`, `` a.`x.y` `` or `a[x.y]`; None when malformed."""
+    """Segments of `a.b`, `` a.`x.y` `` (AIP-161 quoting) or `a[x.y]`; None when malformed."""
     segments: list[str] = []
-    i, n = 0, len(path)
-    while i < n:
-        if path[i] == "`":
-            end = path.find("`", i + 1)
-            if end < 0:
-                return None
-            segments.append(path[i + 1:end])
-            i = end + 1
-        elif path[i] == "[":
-            end = path.find("]", i + 1)
-            if end < 0:
-                return None
-            segments.append(path[i + 1:end])
-            i = end + 1
-            continue
-        else:
-            end = i
-            while end < n and path[end] not in ".[":
-                end += 1
-            if end == i:
-                return None
-            segments.append(path[i:end])
-            i = end
-        if i < n and path[i] == ".":
+    i = 0
+    while i < len(path):
+        if segments and path[i] == ".":
             i += 1
-            if i == n:
-                return None
+        elif segments and path[i] != "[":
+            return None
+        match = _SEGMENT.match(path, i)
+        if not match or (match["key"] is not None and not segments):
+            return None
+        segments.append(match["quoted"] or match["key"] or match["plain"])
+        i = match.end()
     return segments or None
 
 
@@ -162,6 +149,11 @@ def comparable(obj: dict[str, Any]) -> dict[str, Any]:
 def diff(old: Any, new: Any, segments: list[str | int] | None = None) -> list[str]:
     """Manifest paths where ``old`` and ``new`` differ (leaves, or the list when its length changed)."""
     segments = segments or []
+    # A map that appears or disappears is reported by its keys, like any other change inside it.
+    if isinstance(new, dict) and old is _MISSING and new:
+        old = {}
+    if isinstance(old, dict) and new is _MISSING and old:
+        new = {}
     if isinstance(old, dict) and isinstance(new, dict):
         out: list[str] = []
         for key in list(old) + [k for k in new if k not in old]:

@@ -136,22 +136,24 @@ def _check_scaling(spec: dict[str, Any], mode: Mode, report: Report) -> None:
                    f"got {replicas}", "REPLICAS_NOT_ZERO")
     strategy = _dict(spec.get("scaleStrategy")).get("scaleDownStrategyType")
     if strategy != "ReserveIds":
-        report.bad("spec.scaleStrategy.scaleDownStrategyType",
-                   f"must be ReserveIds (a paused instance keeps its id and disk), got {strategy or 'General'!r}",
-                   "NOT_RESERVE_IDS")
+        # An update cannot change the scale strategy, so there it is a note, not a refusal.
+        (report.warn if mode is Mode.UPDATE else report.bad)(
+            "spec.scaleStrategy.scaleDownStrategyType",
+            f"must be ReserveIds (a paused instance keeps its id and disk), got {strategy or 'General'!r}",
+            "NOT_RESERVE_IDS")
     reserved = spec.get("reserveGameServerIds")
-    if reserved is not None:
-        if not isinstance(reserved, list):
-            report.bad("spec.reserveGameServerIds", "must be a list of ids or ranges like \"5-7\"",
-                       "INVALID_RESERVED_IDS")
-        else:
-            for i, item in enumerate(reserved):
-                if not _valid_reserved(item):
-                    report.bad(f"spec.reserveGameServerIds[{i}]", f"{item!r} is neither an id >= 0 nor a range "
-                               "like \"5-7\"", "INVALID_RESERVED_IDS")
-            if mode is Mode.CREATE and reserved:
-                report.bad("spec.reserveGameServerIds", "must be empty when a template is published: the "
-                           "instance service manages reserved ids", "RESERVED_IDS_ON_CREATE")
+    if reserved in (None, []) or mode is Mode.UPDATE:  # the controller writes it; an update keeps it
+        return
+    if mode is Mode.CREATE:
+        report.bad("spec.reserveGameServerIds", "must be empty when a template is published: the instance "
+                   "service manages reserved ids", "RESERVED_IDS_ON_CREATE")
+    elif not isinstance(reserved, list):
+        report.bad("spec.reserveGameServerIds", "must be a list of ids or ranges like \"5-7\"", "INVALID_RESERVED_IDS")
+    else:
+        for i, item in enumerate(reserved):
+            if not _valid_reserved(item):
+                report.bad(f"spec.reserveGameServerIds[{i}]", f"{item!r} is neither an id >= 0 nor a range like "
+                           "\"5-7\"", "INVALID_RESERVED_IDS")
 
 
 def _valid_reserved(item: Any) -> bool:

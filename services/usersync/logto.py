@@ -178,7 +178,8 @@ class LogtoClient:
         s = self.settings
         retrying = AsyncRetrying(
             stop=stop_after_attempt(s.max_attempts) | stop_after_delay(s.max_retry_seconds),
-            wait=_WaitRetryAfter(wait_exponential_jitter(initial=s.backoff_initial, max=s.backoff_max)),
+            wait=_WaitRetryAfter(wait_exponential_jitter(multiplier=s.backoff_initial, max=s.backoff_max,
+                                                        jitter=s.backoff_initial)),
             retry=retry_if_exception_type(_Retryable), reraise=True)
         try:
             async for attempt in retrying:

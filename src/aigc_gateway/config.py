@@ -174,6 +174,28 @@ class UserSyncConfig(Section):
     logto_resource: str = Field("https://default.logto.app/api", description="Management API resource indicator.")
     webhook_signing_key: SecretStr = Field(SecretStr(""), description="Logto webhook signing key.")
     user_deleted_policy: Literal["pause", "purge"] = Field("pause", description="What User.Deleted does.")
+    webhook_max_age_seconds: int = Field(
+        300, ge=10, le=86400, description="Webhook deliveries whose createdAt is older than this are refused as stale."
+    )
+    logto_timeout_seconds: float = Field(10.0, gt=0, description="Timeout of one Logto request.")
+    logto_max_attempts: int = Field(5, ge=1, le=20, description="Tries per Logto request (429/5xx/connection errors).")
+    logto_retry_budget_seconds: float = Field(
+        30.0, gt=0, description="Longest one Logto request keeps retrying before it is reported unavailable."
+    )
+    delivery_batch_size: int = Field(100, ge=1, le=1000, description="Outbox rows of one user written to Logto at once.")
+    delivery_concurrency: int = Field(4, ge=1, le=64, description="Users delivered in parallel by one replica.")
+    delivery_poll_seconds: float = Field(
+        2.0, gt=0, description="How often the outbox is polled (a change notification wakes it sooner)."
+    )
+    delivery_max_backoff_seconds: float = Field(
+        60.0, gt=0, description="Longest pause between delivery passes while Logto is unavailable."
+    )
+    reconcile_interval_seconds: float = Field(
+        600.0, ge=0, description="How often one replica compares PostgreSQL with Logto and repairs Logto (0 = off)."
+    )
+    outbox_retention_hours: float = Field(
+        168.0, ge=1, description="Delivered outbox rows and webhook replay ids older than this are deleted."
+    )
 
 
 class Settings(Section):

@@ -39,6 +39,11 @@ class Runtime:
             # `serve all`: every service is in this process, so a per-process secret is enough.
             token = secrets.token_urlsafe(48)
         authenticator = ChainAuthenticator([ServiceTokenAuthenticator(token), JWTAuthenticator(settings.oidc)])
+        if settings.auth.session_keys:
+            # The auth service's session cookie is a credential on every server (the REST bridge forwards it).
+            from .services.auth.sessions import SessionCookieAuthenticator
+
+            authenticator.add(SessionCookieAuthenticator(settings, db))
         return cls(settings=settings, db=db, authenticator=authenticator, idempotency=IdempotencyStore(db),
                    service_token=token)
 
@@ -57,6 +62,10 @@ class Runtime:
         return outgoing_metadata(self.service_token, caller)
 
     async def close(self) -> None:
+        for authenticator in self.authenticator.authenticators:
+            close = getattr(authenticator, "close", None)  # e.g. the session cache's LISTEN connection
+            if close is not None:
+                await close()
         for channel in self._channels.values():
             await channel.close()
         self._channels.clear()

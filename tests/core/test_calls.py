@@ -171,3 +171,30 @@ async def test_audit_filters_and_paging(scripted, issuer) -> None:
         await audit_stub.ListAuditEvents(audit_pb2.ListAuditEventsRequest(
             page_size=2, page_token=page.next_page_token, actor="alice"), metadata=admin)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_service_to_service_calls_keep_the_end_user(start_gateway, issuer) -> None:
+    """A service calling another on a user's behalf forwards the user; background work is the service."""
+    from aigc_gateway.api.v1 import auth_pb2, auth_pb2_grpc, template_pb2, template_pb2_grpc
+
+    holder = {}
+
+    class Relay(template_pb2_grpc.TemplateServiceServicer):
+        async def ListTemplates(self, request, context):  # noqa: N802
+            runtime = holder["gateway"].runtime
+            me = await auth_pb2_grpc.AuthServiceStub(runtime.channel("auth")).WhoAmI(
+                auth_pb2.WhoAmIRequest(), metadata=runtime.call_metadata("template"))
+            return template_pb2.ListTemplatesResponse(next_page_token=f"{me.subject}|{me.kind}")
+
+    parts = ServiceParts([Registration("aigc.gateway.v1.TemplateService", Relay(),
+                                       template_pb2_grpc.add_TemplateServiceServicer_to_server,
+                                       base=template_pb2_grpc.TemplateServiceServicer)])
+    gateway = await start_gateway("template", "auth", parts={"template": parts})
+    holder["gateway"] = gateway
+    reply = await template_pb2_grpc.TemplateServiceStub(gateway.channel("template")).ListTemplates(
+        template_pb2.ListTemplatesRequest(parent="namespaces/-"), metadata=bearer(issuer.mint("dave")))
+    assert reply.next_page_token == f"dave|{auth_pb2.Principal.USER}"
+    # Outside any call (background work) the service credential is used.
+    me = await auth_pb2_grpc.AuthServiceStub(gateway.runtime.channel("auth")).WhoAmI(
+        auth_pb2.WhoAmIRequest(), metadata=gateway.runtime.call_metadata("instance"))
+    assert (me.subject, me.kind) == ("service:instance", auth_pb2.Principal.SERVICE)

@@ -86,7 +86,6 @@ class LogtoDouble:
         self.mode = "up"  # "up" | "refuse" | "503"
         self._failures: list[Failure] = []
         self._runner: web.AppRunner | None = None
-        self._site: web.TCPSite | None = None
         self.host = "127.0.0.1"
         self.port = 0
 
@@ -110,15 +109,14 @@ class LogtoDouble:
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         self.host = host
-        self._runner = web.AppRunner(self.app(), access_log=None)
-        await self._runner.setup()
         await self._bind(port)
         return self.url
 
     async def _bind(self, port: int) -> None:
-        assert self._runner is not None
-        self._site = web.TCPSite(self._runner, self.host, port, reuse_address=True)
-        await self._site.start()
+        self._runner = web.AppRunner(self.app(), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, port, reuse_address=True)
+        await site.start()
         self.port = self._runner.addresses[-1][1]
 
     async def stop(self) -> None:
@@ -127,16 +125,15 @@ class LogtoDouble:
             self._runner = None
 
     async def go_down(self, mode: str = "refuse") -> None:
-        """``refuse``: close the port (connection refused); ``503``: answer every request 503."""
+        """``refuse``: close the port and every open connection (connection refused); ``503``: answer 503."""
         if mode not in ("refuse", "503"):
             raise ValueError(mode)
         self.mode = mode
-        if mode == "refuse" and self._site is not None:
-            await self._site.stop()
-            self._site = None
+        if mode == "refuse":
+            await self.stop()
 
     async def come_up(self) -> None:
-        if self.mode == "refuse":
+        if self._runner is None:
             await self._bind(self.port)
         self.mode = "up"
 

@@ -1,6 +1,8 @@
 """Gateway servers started in the test's event loop, on free ports, against real PostgreSQL."""
 from __future__ import annotations
 
+import socket
+
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,13 +42,20 @@ def bearer(token: str) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {token}"),)
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def make_settings(database_url: str, issuer: Issuer, **overrides: Any) -> Settings:
     data: dict[str, Any] = {
         "domain": "aigc.test",
         "database": {"url": database_url, "pool_size": 5},
         "oidc": {"issuer": issuer.url, "audience": [issuer.audience]},
         "service_identity": {"token": TEST_SERVICE_TOKEN},
-        "servers": {name: {"listen": "127.0.0.1:0"} for name in ("template", "instance", "auth", "usersync")}
+        # Real free ports (not :0) so that services can dial each other through Runtime.channel().
+        "servers": {name: {"listen": f"127.0.0.1:{free_port()}"} for name in ("template", "instance", "auth", "usersync")}
         | {"metrics_listen": ""},
         "logging": {"level": "INFO", "json": True},
     }
@@ -72,7 +81,7 @@ async def start_gateway(gateway_settings: Settings) -> AsyncIterator[Callable[..
         for name in names:
             service_parts = (parts or {}).get(name) or load_service(name, runtime)
             server = GatewayServer(name, runtime, service_parts)
-            await server.start("127.0.0.1:0")
+            await server.start()
             gateway.servers[name] = server
         running.append(gateway)
         return gateway

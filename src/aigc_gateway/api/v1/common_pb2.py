@@ -24,14 +24,14 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x61igc/gateway/v1/common.proto\x12\x0f\x61igc.gateway.v1\"\xee\x01\n\x0b\x41\x63\x63\x65lerator\x12/\n\x04type\x18\x01 \x01(\x0e\x32!.aigc.gateway.v1.Accelerator.Type\x12\x0b\n\x03\x63pu\x18\x02 \x01(\t\x12\x0e\n\x06memory\x18\x03 \x01(\t\x12\x11\n\tgpu_count\x18\x04 \x01(\x05\x12\x16\n\x0egpu_memory_gib\x18\x05 \x01(\x05\x12\x0b\n\x03\x65\x63i\x18\x06 \x01(\x08\x12\x19\n\x11\x65\x63i_instance_type\x18\x07 \x01(\t\">\n\x04Type\x12\x14\n\x10TYPE_UNSPECIFIED\x10\x00\x12\x07\n\x03\x43PU\x10\x01\x12\x07\n\x03GPU\x10\x02\x12\x0e\n\nSHARED_GPU\x10\x03\"\x80\x01\n\x04\x44isk\x12\x1d\n\x15volume_claim_template\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\t\x12\x15\n\rstorage_class\x18\x03 \x01(\t\x12\x12\n\nclaim_name\x18\x04 \x01(\t\x12\x11\n\tclaim_uid\x18\x05 \x01(\t\x12\r\n\x05phase\x18\x06 \x01(\t\"D\n\x0e\x46ieldViolation\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\tBGZEgithub.com/aigc-gateway/aigc-gateway/gen/go/aigc/gateway/v1;gatewayv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x61igc/gateway/v1/common.proto\x12\x0f\x61igc.gateway.v1\"\xee\x01\n\x0b\x41\x63\x63\x65lerator\x12/\n\x04type\x18\x01 \x01(\x0e\x32!.aigc.gateway.v1.Accelerator.Type\x12\x0b\n\x03\x63pu\x18\x02 \x01(\t\x12\x0e\n\x06memory\x18\x03 \x01(\t\x12\x11\n\tgpu_count\x18\x04 \x01(\x05\x12\x16\n\x0egpu_memory_gib\x18\x05 \x01(\x05\x12\x0b\n\x03\x65\x63i\x18\x06 \x01(\x08\x12\x19\n\x11\x65\x63i_instance_type\x18\x07 \x01(\t\">\n\x04Type\x12\x14\n\x10TYPE_UNSPECIFIED\x10\x00\x12\x07\n\x03\x43PU\x10\x01\x12\x07\n\x03GPU\x10\x02\x12\x0e\n\nSHARED_GPU\x10\x03\"\x80\x01\n\x04\x44isk\x12\x1d\n\x15volume_claim_template\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\t\x12\x15\n\rstorage_class\x18\x03 \x01(\t\x12\x12\n\nclaim_name\x18\x04 \x01(\t\x12\x11\n\tclaim_uid\x18\x05 \x01(\t\x12\r\n\x05phase\x18\x06 \x01(\t\"D\n\x0e\x46ieldViolation\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\tBKZIgithub.com/aigc-gateway/aigc-gateway/bridge/gen/aigc/gateway/v1;gatewayv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
-  _globals['DESCRIPTOR']._serialized_options = b'ZEgithub.com/aigc-gateway/aigc-gateway/gen/go/aigc/gateway/v1;gatewayv1'
+  _globals['DESCRIPTOR']._serialized_options = b'ZIgithub.com/aigc-gateway/aigc-gateway/bridge/gen/aigc/gateway/v1;gatewayv1'
   _globals['_ACCELERATOR']._serialized_start=50
   _globals['_ACCELERATOR']._serialized_end=288
   _globals['_ACCELERATOR_TYPE']._serialized_start=226

@@ -1,0 +1,72 @@
+"""Last successful access per instance, written in batches to ``instances.last_access_at``.
+
+A check only records the time in memory; a flush every ``flush_seconds``
+writes one statement for everything touched since (the only column of
+``instances`` the auth service writes). Idle auto-pause reads it.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import datetime, timezone
+
+from sqlalchemy import bindparam, or_, update
+
+from aigc_gateway.db import Database
+from aigc_gateway.db.models import InstanceRow
+
+from .ownermap import InstanceKey
+
+log = logging.getLogger(__name__)
+
+
+class ActivityRecorder:
+    def __init__(self, db: Database, flush_seconds: float = 5.0):
+        self.db = db
+        self.flush_seconds = flush_seconds
+        self._seen: dict[InstanceKey, float] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def touch(self, key: InstanceKey, now: float) -> None:
+        """Hot path: a dictionary write."""
+        self._seen[key] = now
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="auth-activity")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001
+                pass
+            self._task = None
+        await self.flush()
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.flush_seconds)
+            await self.flush()
+
+    async def flush(self) -> int:
+        seen, self._seen = self._seen, {}
+        if not seen:
+            return 0
+        params = [{"ns": k.namespace, "tpl": k.template, "iid": k.id,
+                   "t": datetime.fromtimestamp(t, timezone.utc)} for k, t in seen.items()]
+        table = InstanceRow.__table__
+        stmt = (update(table)
+                .where(table.c.namespace == bindparam("ns"), table.c.template == bindparam("tpl"),
+                       table.c.id == bindparam("iid"),
+                       or_(table.c.last_access_at.is_(None), table.c.last_access_at < bindparam("t")))
+                .values(last_access_at=bindparam("t")))
+        try:
+            async with self.db.session() as session:
+                await session.execute(stmt, params)
+        except Exception as exc:  # noqa: BLE001 - activity is best effort; keep the newest times for next time
+            log.warning("could not record instance activity: %s", exc)
+            for key, t in seen.items():
+                self._seen[key] = max(t, self._seen.get(key, 0.0))
+            return 0
+        return len(params)

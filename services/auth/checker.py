@@ -1,0 +1,111 @@
+"""One access check from raw inputs to a decision, shared by ``GET /auth``, ``Check`` and Envoy's ``Check``.
+
+Credentials: the session cookie first; a ``Bearer`` JWT only when no session
+cookie came (an instance's own ``Authorization: Basic`` is none of our
+business and is ignored). Around :func:`.decision.decide` it records metrics,
+the instance's last access (in memory, flushed in batches) and an audit event
+for denied checks that presented a credential or were refused the instance
+(anonymous 401s are the normal first step of signing in and are only counted).
+No network I/O here: sessions and keys are cached, the owner map is in memory.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+from prometheus_client import Counter, Histogram
+
+from aigc_gateway import audit
+from aigc_gateway.errors import GatewayError
+from aigc_gateway.identity import JWTAuthenticator, Principal
+
+from .activity import ActivityRecorder
+from .decision import Decision, Outcome, decide
+from .ownermap import OwnerMap
+from .sessions import SessionCookieAuthenticator
+from .urls import BadURL, Target, parse_original_url
+
+log = logging.getLogger(__name__)
+
+CHECKS = Counter("aigc_auth_checks_total", "Ingress access checks, by outcome.", ["outcome"])
+CHECK_LATENCY = Histogram("aigc_auth_check_seconds", "Time to decide one access check.",
+                          buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1))
+_OUTCOME_LABEL = {Outcome.ALLOW: "allow", Outcome.UNAUTHENTICATED: "unauthenticated",
+                  Outcome.FORBIDDEN: "forbidden"}
+_AUDIT_CODE = {Outcome.UNAUTHENTICATED: "UNAUTHENTICATED", Outcome.FORBIDDEN: "PERMISSION_DENIED"}
+
+
+@dataclass(frozen=True)
+class Credentials:
+    session_cookie: str | None = None
+    bearer_token: str | None = None
+    ambiguous: bool = False  # several distinct session cookies: treated as an invalid credential
+
+    @property
+    def presented(self) -> bool:
+        return bool(self.session_cookie or self.bearer_token or self.ambiguous)
+
+
+class Checker:
+    def __init__(self, owners: OwnerMap, sessions: SessionCookieAuthenticator | None,
+                 bearer: JWTAuthenticator | None, activity: ActivityRecorder | None,
+                 audit_log: audit.AuditLog | None, *, allow_admin: bool = False):
+        self.owners = owners
+        self.sessions = sessions
+        self.bearer = bearer
+        self.activity = activity
+        self.audit_log = audit_log
+        self.allow_admin = allow_admin
+        self._background: set[asyncio.Task[None]] = set()
+
+    async def principal(self, credentials: Credentials) -> Principal | None:
+        if credentials.ambiguous:
+            return None
+        if credentials.session_cookie:
+            return await self.sessions.principal(credentials.session_cookie) if self.sessions else None
+        if credentials.bearer_token and self.bearer is not None and self.bearer.cfg.issuer \
+                and self.bearer.cfg.audience:
+            try:
+                return await self.bearer.authenticate({"authorization": f"Bearer {credentials.bearer_token}"})
+            except GatewayError:
+                return None
+        return None
+
+    async def check(self, url: str | None, credentials: Credentials, *, method: str = "") -> Decision:
+        started = time.perf_counter()
+        principal = await self.principal(credentials)
+        target: Target | None = None
+        if url is not None:
+            try:
+                target = parse_original_url(url)
+            except BadURL:
+                target = None
+        decision = decide(target, principal, self.owners, allow_admin=self.allow_admin)
+        CHECK_LATENCY.observe(time.perf_counter() - started)
+        CHECKS.labels(_OUTCOME_LABEL[decision.outcome]).inc()
+        if decision.allowed and decision.instance is not None and self.activity is not None:
+            self.activity.touch(decision.instance, time.time())
+        elif not decision.allowed and (credentials.presented or decision.outcome is Outcome.FORBIDDEN):
+            self._audit_denied(decision, target, url, method)
+        return decision
+
+    def _audit_denied(self, decision: Decision, target: Target | None, url: str | None, method: str) -> None:
+        if self.audit_log is None:
+            return
+        principal = decision.principal
+        details = {"reason": decision.reason, "status": decision.status, "method": method[:16],
+                   "host": target.host if target else "", "path": target.path[:256] if target else "",
+                   "url_readable": target is not None or url is None}
+        task = asyncio.create_task(self.audit_log.record(
+            "AuthService.Check", decision.instance.name if decision.instance else "", outcome=audit.DENIED,
+            error_code=_AUDIT_CODE[decision.outcome], details=details,
+            actor=principal.subject if principal else "anonymous",
+            actor_kind=principal.kind if principal else "anonymous"))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def drain(self) -> None:
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)

@@ -1,0 +1,286 @@
+"""Browser sessions: the signed cookie, the server-side rows, and the cookie authenticator.
+
+The cookie carries only ``{session id, user id, expiry}``, signed with
+itsdangerous (HMAC-SHA256) under the configured keys: the first key signs,
+every key verifies, so keys rotate by prepending a new one. Whether a session
+is still valid is the row's business (``auth_sessions``): sign-out and admin
+revocation mark it revoked and NOTIFY ``aigc_sessions``; every process drops
+its cached copy when it hears that. Cached rows are trusted for
+``LIVE_CACHE_SECONDS`` while the LISTEN connection is up and for
+``BLIND_CACHE_SECONDS`` while it is not, so a revocation takes effect within
+one second even then.
+
+:class:`SessionCookieAuthenticator` makes the cookie a credential of every
+gateway gRPC server (the REST bridge forwards it as ``cookie`` metadata);
+the runtime installs it when ``auth.session_keys`` is set.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from itsdangerous import BadData, URLSafeSerializer
+from sqlalchemy import select, text, update
+
+from aigc_gateway.config import Settings
+from aigc_gateway.db import Database
+from aigc_gateway.errors import Unauthenticated
+from aigc_gateway.identity import SERVICE_TOKEN_HEADER, Principal
+
+from .models import AuthSessionRow
+from .pglisten import PgListener, asyncpg_dsn
+
+log = logging.getLogger(__name__)
+
+SESSION_CHANNEL = "aigc_sessions"
+SESSION_METADATA = "x-aigc-session"  # the raw cookie value, as the REST bridge may forward it
+LIVE_CACHE_SECONDS = 30.0
+BLIND_CACHE_SECONDS = 0.5
+_SALT = "aigc-gateway.session.v1"
+_MAX_VERIFIED = 50_000
+
+
+class AmbiguousCookie(Exception):
+    """More than one distinct session cookie: someone planted one (cookie tossing from a sibling host)."""
+
+
+def cookie_values(header: str | None, name: str) -> list[str]:
+    """Every value of cookie ``name`` in a Cookie header (several headers arrive joined with '; ')."""
+    if not header:
+        return []
+    values = []
+    for part in header.split(";"):
+        key, sep, value = part.strip().partition("=")
+        if sep and key.strip() == name:
+            values.append(value.strip().strip('"'))
+    return values
+
+
+def single_cookie(header: str | None, name: str) -> str | None:
+    values = set(cookie_values(header, name))
+    if len(values) > 1:
+        raise AmbiguousCookie(name)
+    return next(iter(values), None)
+
+
+def hash_session_id(session_id: str) -> str:
+    return hashlib.sha256(session_id.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class CookieClaims:
+    session_id: str
+    user: str
+    expires: int  # unix seconds
+
+
+class SessionCookie:
+    """Signs and verifies cookie values; verified values are remembered (they are presented on every click)."""
+
+    def __init__(self, keys: list[str]):
+        if not keys:
+            raise ValueError("no session keys")
+        # itsdangerous signs with the last key of the list; our configuration signs with the first.
+        self._serializer = URLSafeSerializer(list(reversed(keys)), salt=_SALT,
+                                             signer_kwargs={"digest_method": hashlib.sha256})
+        self._verified: dict[str, CookieClaims] = {}
+
+    def issue(self, session_id: str, user: str, expires: int) -> str:
+        return self._serializer.dumps({"s": session_id, "u": user, "e": expires})
+
+    def read(self, value: str | None, now: float | None = None) -> CookieClaims | None:
+        """The claims of a well-signed, unexpired value; None otherwise."""
+        if not value or len(value) > 4096:
+            return None
+        claims = self._verified.get(value)
+        if claims is None:
+            try:
+                data = self._serializer.loads(value)
+            except (BadData, ValueError, TypeError):
+                return None
+            if not (isinstance(data, dict) and isinstance(data.get("s"), str) and isinstance(data.get("u"), str)
+                    and isinstance(data.get("e"), int)):
+                return None
+            claims = CookieClaims(data["s"], data["u"], data["e"])
+            if len(self._verified) >= _MAX_VERIFIED:
+                self._verified.clear()
+            self._verified[value] = claims
+        if claims.expires <= (now if now is not None else time.time()):
+            return None
+        return claims
+
+
+@dataclass(frozen=True)
+class SessionRecord:
+    id_hash: str
+    user: str
+    email: str
+    preferred_username: str
+    display_name: str
+    roles: tuple[str, ...]
+    created_at: datetime
+    expires_at: datetime
+    revoked: bool
+
+    def valid(self, now: datetime | None = None) -> bool:
+        return not self.revoked and self.expires_at > (now or datetime.now(timezone.utc))
+
+    def principal(self, admin_role: str) -> Principal:
+        return Principal(subject=self.user, kind="user", email=self.email,
+                         preferred_username=self.preferred_username, display_name=self.display_name,
+                         roles=self.roles, admin=admin_role in self.roles,
+                         claims={"session": self.id_hash[:16]})
+
+    @classmethod
+    def of(cls, row: AuthSessionRow) -> "SessionRecord":
+        expires = row.expires_at if row.expires_at.tzinfo else row.expires_at.replace(tzinfo=timezone.utc)
+        created = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=timezone.utc)
+        return cls(row.id_hash, row.user, row.email, row.preferred_username, row.display_name,
+                   tuple(row.roles or ()), created, expires, row.revoked_at is not None)
+
+
+class SessionStore:
+    """Session rows with a per-process cache kept honest by LISTEN/NOTIFY (see the module docstring)."""
+
+    def __init__(self, db: Database, *, max_cached: int = 100_000):
+        self.db = db
+        self.max_cached = max_cached
+        self._cache: dict[str, tuple[SessionRecord | None, float]] = {}
+        dsn = asyncpg_dsn(db.url)
+        self.listener = PgListener(dsn, {SESSION_CHANNEL: self._heard}, self._clear) if dsn else None
+
+    def start(self) -> None:
+        if self.listener is not None:
+            self.listener.start()
+
+    async def close(self) -> None:
+        if self.listener is not None:
+            await self.listener.close()
+
+    @property
+    def cache_seconds(self) -> float:
+        return LIVE_CACHE_SECONDS if self.listener is not None and self.listener.live else BLIND_CACHE_SECONDS
+
+    def _clear(self) -> None:
+        self._cache.clear()
+
+    def _heard(self, payload: str) -> None:
+        kind, _, value = payload.partition(":")
+        if kind == "s":
+            self._cache.pop(value, None)
+        elif kind == "u":
+            for id_hash in [h for h, (rec, _) in self._cache.items() if rec is not None and rec.user == value]:
+                self._cache.pop(id_hash, None)
+        else:
+            self._cache.clear()
+
+    async def create(self, *, user: str, email: str = "", preferred_username: str = "", display_name: str = "",
+                     roles: tuple[str, ...] = (), ttl_seconds: int) -> tuple[str, SessionRecord]:
+        """A new session; returns the session id (for the cookie only) and the record."""
+        session_id = secrets.token_urlsafe(32)
+        now = datetime.now(timezone.utc)
+        row = AuthSessionRow(id_hash=hash_session_id(session_id), user=user[:255], email=email[:320],
+                             preferred_username=preferred_username[:255], display_name=display_name[:255],
+                             roles=list(roles), created_at=now, expires_at=now + timedelta(seconds=ttl_seconds),
+                             revoked_at=None)
+        async with self.db.session() as session:
+            session.add(row)
+            # Expired rows are dead weight; a cheap, indexed sweep on the write path keeps the table small.
+            await session.execute(AuthSessionRow.__table__.delete().where(
+                AuthSessionRow.expires_at < now - timedelta(days=1)))
+        record = SessionRecord.of(row)
+        self._cache[row.id_hash] = (record, time.monotonic())
+        return session_id, record
+
+    async def get(self, session_id: str) -> SessionRecord | None:
+        """The session, if it exists, is unrevoked and unexpired (cached; see the module docstring)."""
+        id_hash = hash_session_id(session_id)
+        cached = self._cache.get(id_hash)
+        now = time.monotonic()
+        if cached is not None and now - cached[1] < self.cache_seconds:
+            record = cached[0]
+        else:
+            async with self.db.session() as session:
+                row = (await session.execute(select(AuthSessionRow).where(AuthSessionRow.id_hash == id_hash))
+                       ).scalar_one_or_none()
+            record = SessionRecord.of(row) if row is not None else None
+            if len(self._cache) >= self.max_cached:
+                self._cache.clear()
+            self._cache[id_hash] = (record, now)
+        return record if record is not None and record.valid() else None
+
+    async def revoke(self, session_id: str) -> bool:
+        id_hash = hash_session_id(session_id)
+        async with self.db.session() as session:
+            result = await session.execute(update(AuthSessionRow).where(
+                AuthSessionRow.id_hash == id_hash, AuthSessionRow.revoked_at.is_(None)).values(
+                revoked_at=datetime.now(timezone.utc)))
+            await self._notify(session, f"s:{id_hash}")
+        self._cache.pop(id_hash, None)
+        return bool(result.rowcount)
+
+    async def revoke_user(self, user: str) -> int:
+        now = datetime.now(timezone.utc)
+        async with self.db.session() as session:
+            result = await session.execute(update(AuthSessionRow).where(
+                AuthSessionRow.user == user, AuthSessionRow.revoked_at.is_(None),
+                AuthSessionRow.expires_at > now).values(revoked_at=now))
+            await self._notify(session, f"u:{user}")
+        self._heard(f"u:{user}")
+        return int(result.rowcount or 0)
+
+    async def _notify(self, session: Any, payload: str) -> None:
+        if self.db.is_sqlite:
+            return
+        await session.execute(text("SELECT pg_notify(:c, :p)"), {"c": SESSION_CHANNEL, "p": payload[:7000]})
+
+
+class SessionCookieAuthenticator:
+    """The session cookie as a gRPC credential (``cookie`` or ``x-aigc-session`` metadata)."""
+
+    def __init__(self, settings: Settings, db: Database, store: SessionStore | None = None):
+        self.cookie_name = settings.auth.cookie_name
+        self.admin_role = settings.oidc.admin_role
+        self.cookie = SessionCookie([k.get_secret_value() for k in settings.auth.session_keys])
+        self.store = store or SessionStore(db)
+        self._started = False
+
+    async def resolve(self, value: str | None) -> tuple[CookieClaims, SessionRecord] | None:
+        """The session behind a cookie value, when the value is well signed and the session valid."""
+        claims = self.cookie.read(value)
+        if claims is None:
+            return None
+        if not self._started:
+            self._started = True
+            self.store.start()
+        record = await self.store.get(claims.session_id)
+        if record is None or record.user != claims.user:
+            return None
+        return claims, record
+
+    async def principal(self, value: str | None) -> Principal | None:
+        resolved = await self.resolve(value)
+        return resolved[1].principal(self.admin_role) if resolved else None
+
+    async def authenticate(self, metadata: Mapping[str, str]) -> Principal | None:
+        try:
+            value = metadata.get(SESSION_METADATA) or single_cookie(metadata.get("cookie"), self.cookie_name)
+        except AmbiguousCookie:
+            value = ""
+        if value is None:
+            return None
+        principal = await self.principal(value)
+        if principal is not None:
+            return principal
+        if metadata.get("authorization") or metadata.get(SERVICE_TOKEN_HEADER):
+            return None  # a stale cookie beside another credential: let that one decide
+        raise Unauthenticated("the session has expired or was signed out; sign in again", reason="INVALID_SESSION")
+
+    async def close(self) -> None:
+        await self.store.close()

@@ -1,0 +1,253 @@
+"""Adapters that keep the owner map current: the ownership table and Kubernetes watches.
+
+- :class:`OwnershipFollower` reads ``instances``: a full read at start and every
+  ``resync_seconds`` as a safety net, and the single rows named by NOTIFYs on
+  ``aigc_instances`` (the instance service sends one per ownership change, at
+  commit). While the LISTEN connection is down (or on SQLite, which has no
+  NOTIFY) it re-reads everything every ``poll_seconds`` instead, so a pause
+  still takes effect within a second.
+- :class:`TemplateWatch` runs informer-style list+watch loops over
+  GameServerSets (their ingress patterns) and GameServers (their reported
+  endpoints) and feeds :class:`~.routes.RouteIndex`.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from sqlalchemy import select, tuple_
+
+from aigc_gateway.config import Settings
+from aigc_gateway.db import Database
+from aigc_gateway.db.models import INSTANCE_CHANNEL, InstanceRow
+from aigc_gateway.errors import GatewayError
+from aigc_gateway.kube import GAMESERVER, GSS, OWNER_GSS_LABEL, Kind, Kube
+
+from .ownermap import InstanceKey, OwnerMap
+from .pglisten import PgListener, asyncpg_dsn
+from .routes import RouteIndex, instance_of, route_pattern
+
+log = logging.getLogger(__name__)
+
+LIVE = "LIVE"
+
+
+class OwnershipFollower:
+    def __init__(self, db: Database, owners: OwnerMap, index: RouteIndex, *, resync_seconds: float = 30.0,
+                 poll_seconds: float = 0.5):
+        self.db = db
+        self.owners = owners
+        self.index = index
+        self.resync_seconds = resync_seconds
+        self.poll_seconds = poll_seconds
+        self._pending: set[InstanceKey] = set()
+        self._wake = asyncio.Event()
+        self._resync_now = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.synced = asyncio.Event()
+        dsn = asyncpg_dsn(db.url)
+        self.listener = PgListener(dsn, {INSTANCE_CHANNEL: self._heard}, self._resync_now.set) if dsn else None
+
+    def _heard(self, payload: str) -> None:
+        key = InstanceKey.from_payload(payload)
+        if key is None:
+            self._resync_now.set()
+        else:
+            self._pending.add(key)
+            self._wake.set()
+
+    def start(self) -> None:
+        if self.listener is not None:
+            self.listener.start()
+        self._tasks = [asyncio.create_task(self._resync_loop(), name="owners-resync"),
+                       asyncio.create_task(self._row_loop(), name="owners-rows")]
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - shutting down
+                pass
+        self._tasks = []
+        if self.listener is not None:
+            await self.listener.close()
+
+    def _apply(self, key: InstanceKey, slot: str | None, owner: str | None) -> None:
+        self.owners.set_owner(key, owner if slot == LIVE else None)
+        self.index.set_owned(key, bool(owner) and slot in (LIVE, "PAUSED"))
+
+    async def resync(self) -> None:
+        async with self.db.session() as session:
+            rows = (await session.execute(select(InstanceRow.namespace, InstanceRow.template, InstanceRow.id,
+                                                 InstanceRow.slot, InstanceRow.owner))).all()
+        owners: dict[InstanceKey, str] = {}
+        owned: set[InstanceKey] = set()
+        for namespace, template, ident, slot, owner in rows:
+            key = InstanceKey(namespace, template, ident)
+            if owner and slot == LIVE:
+                owners[key] = owner
+            if owner and slot in (LIVE, "PAUSED"):
+                owned.add(key)
+        self.owners.replace_owners(owners)
+        self.index.replace_owned(owned)
+        self.synced.set()
+
+    async def _resync_loop(self) -> None:
+        last = 0.0
+        while True:
+            live = self.listener is not None and self.listener.live
+            interval = self.resync_seconds if live else self.poll_seconds
+            try:
+                await asyncio.wait_for(self._resync_now.wait(), timeout=max(0.0, last + interval - time.monotonic()))
+            except TimeoutError:
+                pass
+            self._resync_now.clear()
+            try:
+                await self.resync()
+            except Exception as exc:  # noqa: BLE001 - the database may be briefly away; keep the last map
+                log.warning("owner map resync failed: %s", exc)
+            last = time.monotonic()
+
+    async def _row_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            keys, self._pending = self._pending, set()
+            if not keys:
+                continue
+            try:
+                async with self.db.session() as session:
+                    rows = (await session.execute(
+                        select(InstanceRow.namespace, InstanceRow.template, InstanceRow.id, InstanceRow.slot,
+                               InstanceRow.owner).where(tuple_(InstanceRow.namespace, InstanceRow.template,
+                                                               InstanceRow.id).in_(
+                            [(k.namespace, k.template, k.id) for k in keys])))).all()
+            except Exception as exc:  # noqa: BLE001
+                log.warning("owner map update failed (%s); resyncing", exc)
+                self._resync_now.set()
+                continue
+            found = {InstanceKey(ns, tpl, i): (slot, owner) for ns, tpl, i, slot, owner in rows}
+            for key in keys:
+                slot, owner = found.get(key, (None, None))
+                self._apply(key, slot, owner)
+
+
+class TemplateWatch:
+    """List+watch GameServerSets and GameServers into the route index (kopf/informer style)."""
+
+    def __init__(self, settings: Settings, index: RouteIndex, *, kube: Kube | None = None):
+        self.settings = settings
+        self.index = index
+        self.kube = kube
+        self._own_kube = kube is None
+        self._tasks: list[asyncio.Task[None]] = []
+        self.synced = asyncio.Event()
+        self._synced_kinds: set[tuple[str, str | None]] = set()
+        self._gss: dict[tuple[str, str], Any] = {}
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._run(), name="auth-template-watch")]
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001
+                pass
+        self._tasks = []
+        if self.kube is not None and self._own_kube:
+            await self.kube.close()
+            self.kube = None
+
+    async def _run(self) -> None:
+        delay = 1.0
+        while self.kube is None:
+            try:
+                self.kube = await Kube.connect(self.settings.kubernetes)
+            except Exception as exc:  # noqa: BLE001 - no cluster yet: instances are unreachable, not a crash
+                log.warning("auth: cannot connect to Kubernetes (%s); owner map has no routes yet", exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+        namespaces: list[str | None] = list(self.settings.namespaces) or [None]
+        loops = [self._informer(kind, ns) for kind in (GSS, GAMESERVER) for ns in namespaces]
+        await asyncio.gather(*loops)
+
+    def _selector(self, kind: Kind) -> str:
+        if kind is GSS:
+            return ",".join(f"{k}={v}" for k, v in sorted(self.settings.gss_labels.items()))
+        return OWNER_GSS_LABEL  # every GameServer made by a GameServerSet carries it
+
+    async def _informer(self, kind: Kind, namespace: str | None) -> None:
+        assert self.kube is not None
+        selector = self._selector(kind)
+        while True:
+            try:
+                listed = await self.kube.list(kind, namespace, label_selector=selector)
+                self._replace(kind, namespace, listed.get("items") or [])
+                self._synced_kinds.add((kind.plural, namespace))
+                if len(self._synced_kinds) == 2 * len(list(self.settings.namespaces) or [None]):
+                    self.synced.set()
+                version = (listed.get("metadata") or {}).get("resourceVersion", "")
+                while True:
+                    async for event, obj in self.kube.watch(kind, namespace, resource_version=version,
+                                                           label_selector=selector, timeout_seconds=240):
+                        if event == "ERROR":
+                            raise _Relist(str(obj.get("message") or obj))
+                        version = (obj.get("metadata") or {}).get("resourceVersion", version)
+                        if event != "BOOKMARK":
+                            self._event(kind, event, obj)
+            except asyncio.CancelledError:
+                raise
+            except _Relist as exc:
+                log.info("auth: %s watch expired (%s); listing again", kind.plural, exc)
+            except (GatewayError, Exception) as exc:  # noqa: BLE001 - keep watching whatever happens
+                log.warning("auth: %s watch failed (%s); retrying", kind.plural, exc)
+                await asyncio.sleep(1.0)
+
+    def _replace(self, kind: Kind, namespace: str | None, items: list[dict[str, Any]]) -> None:
+        if kind is GSS:
+            patterns = {k: v for k, v in self._gss.items() if namespace is not None and k[0] != namespace}
+            for obj in items:
+                meta = obj.get("metadata") or {}
+                patterns[(meta.get("namespace", ""), meta.get("name", ""))] = route_pattern(obj)
+            self._gss = patterns
+            self.index.replace_templates(dict(patterns))
+        else:
+            current = {k: v for k, v in self.index.gameservers.items()
+                       if namespace is not None and k.namespace != namespace}
+            for obj in items:
+                key = instance_of(obj, OWNER_GSS_LABEL)
+                if key is not None:
+                    current[key] = _network_only(obj)
+            self.index.replace_gameservers(current)
+
+    def _event(self, kind: Kind, event: str, obj: dict[str, Any]) -> None:
+        meta = obj.get("metadata") or {}
+        if kind is GSS:
+            key = (meta.get("namespace", ""), meta.get("name", ""))
+            pattern = None if event == "DELETED" else route_pattern(obj)
+            if event == "DELETED":
+                self._gss.pop(key, None)
+            else:
+                self._gss[key] = pattern
+            self.index.set_template(key[0], key[1], pattern)
+            return
+        instance = instance_of(obj, OWNER_GSS_LABEL)
+        if instance is not None:
+            self.index.set_gameserver(instance, None if event == "DELETED" else _network_only(obj))
+
+
+class _Relist(Exception):
+    pass
+
+
+def _network_only(gameserver: dict[str, Any]) -> dict[str, Any]:
+    """Keep only what routing needs: a GameServer object is large and there may be thousands."""
+    network = (gameserver.get("status") or {}).get("networkStatus") or {}
+    return {"status": {"networkStatus": {"externalAddresses": network.get("externalAddresses") or []}}}

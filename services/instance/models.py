@@ -1,0 +1,38 @@
+"""The instance service's own table: allocator intents.
+
+The slots and ownership live in the shared ``instances`` table (core
+``db.models.InstanceRow``), which this service alone writes.
+"""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import DateTime, Index, Integer, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from aigc_gateway.db.models import Base, BigId, Json
+
+
+class IntentRow(Base):
+    """A GameServerSet write about to be made (DESIGN §5).
+
+    Committed before the write, deleted in the same transaction that records
+    the write's outcome. One left behind means the process stopped in between;
+    the next operation on the template (or the reconciler) reads (R, X) and
+    applies or drops ``plan`` accordingly.
+    """
+
+    __tablename__ = "instance_intents"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    namespace: Mapped[str] = mapped_column(String(63), nullable=False)
+    template: Mapped[str] = mapped_column(String(63), nullable=False)
+    operation: Mapped[str] = mapped_column(String(16), nullable=False)
+    instance_id: Mapped[int] = mapped_column(Integer, nullable=False)
+    plan: Mapped[dict[str, Any]] = mapped_column(Json, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    # host:pid of the writer, for the doctor's report.
+    holder: Mapped[str] = mapped_column(String(255), nullable=False, default="")
+
+    __table_args__ = (Index("ix_instance_intents_template", "namespace", "template", "id"),)

@@ -1,0 +1,306 @@
+"""The allocator's pure decisions: unit cases, and properties against a model of the OKG controller."""
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from aigc_gateway.errors import AlreadyExists, FailedPrecondition, NotFound
+from aigc_gateway.services.instance import allocator, invariants, reserve
+from aigc_gateway.services.instance.allocator import Op, Plan, Slot, SlotState, Spec, Transition
+from aigc_gateway.services.instance.names import TemplateRef
+
+from .okg_model import Controller
+
+REF = TemplateRef("games", "sd-cpu")
+LIVE, PAUSED, RELEASING, FREE = SlotState.LIVE, SlotState.PAUSED, SlotState.RELEASING, SlotState.FREE
+
+
+def slots(*items: tuple[int, SlotState, str | None]) -> dict[int, Slot]:
+    return {i: Slot(i, s, o) for i, s, o in items}
+
+
+# -- reserve lists -----------------------------------------------------------------------------------------
+
+def test_reserve_list_reads_ints_ranges_and_numeric_strings() -> None:
+    assert reserve.parse([1, "4-7", "9", " 11 - 12 "]) == {1, 4, 5, 6, 7, 9, 11, 12}
+    assert reserve.parse(None) == frozenset()
+    assert reserve.parse(["3-3"]) == {3}
+
+
+@pytest.mark.parametrize("bad", [[-1], ["7-5"], ["x"], [True], [1.5], ["1-"], [None], [{"a": 1}]])
+def test_reserve_list_refuses_what_is_not_an_id(bad: list) -> None:
+    with pytest.raises(reserve.ReserveListError):
+        reserve.parse(bad)
+
+
+def test_reserve_list_is_written_as_sorted_ints() -> None:
+    assert reserve.format_ints({5, 1, 3}) == [1, 3, 5]
+
+
+# -- (R, X) ------------------------------------------------------------------------------------------------
+
+def test_live_ids_are_the_lowest_r_not_reserved() -> None:
+    spec = Spec.of(3, {1, 2})
+    assert spec.live() == {0, 3, 4}
+    assert spec.high_water() == 5
+    assert spec.holes() == frozenset()
+    assert spec.next_id() == 5
+
+
+def test_holes_are_unreserved_ids_below_the_high_water_mark() -> None:
+    spec = Spec.of(1, {4})
+    assert spec.live() == {0}
+    assert spec.holes() == {1, 2, 3}
+    assert spec.next_id() == 1
+
+
+# -- install -----------------------------------------------------------------------------------------------
+
+def test_install_takes_the_next_id_when_nothing_is_free() -> None:
+    plan = allocator.plan_install(REF, Spec.of(2, {1}), slots((0, LIVE, "a"), (1, PAUSED, "b"), (2, LIVE, "c")),
+                                  "d")
+    assert (plan.id, plan.after) == (3, Spec.of(3, {1}))
+    assert plan.transitions == (Transition(3, LIVE, "d"),)
+
+
+def test_install_reuses_the_lowest_free_id_by_unreserving_it() -> None:
+    current = slots((0, LIVE, "a"), (1, FREE, None), (2, FREE, None), (3, RELEASING, None), (4, LIVE, "b"))
+    plan = allocator.plan_install(REF, Spec.of(2, {1, 2, 3}), current, "c")
+    assert (plan.id, plan.after) == (1, Spec.of(3, {2, 3}))
+    assert plan.after.live() == {0, 1, 4}
+
+
+def test_install_never_hands_out_releasing_or_paused_ids() -> None:
+    current = slots((0, RELEASING, None), (1, PAUSED, "a"))
+    plan = allocator.plan_install(REF, Spec.of(0, {0, 1}), current, "b")
+    assert plan.id == 2
+
+
+def test_install_reserves_holes_instead_of_handing_them_out() -> None:
+    # Someone edited the GameServerSet by hand: ids 1-3 are neither live nor reserved.
+    plan = allocator.plan_install(REF, Spec.of(1, {4}), {}, "a")
+    assert plan.plugged == {1, 2, 3}
+    assert (plan.id, plan.after) == (5, Spec.of(2, {1, 2, 3, 4}))
+
+
+def test_second_install_by_the_same_owner_names_the_existing_instance() -> None:
+    with pytest.raises(AlreadyExists) as err:
+        allocator.plan_install(REF, Spec.of(0, {0}), slots((0, PAUSED, "a")), "a")
+    assert err.value.metadata["instance"] == "namespaces/games/templates/sd-cpu/instances/0"
+
+
+def test_install_onto_an_id_recorded_as_owned_is_drift() -> None:
+    with pytest.raises(FailedPrecondition) as err:
+        allocator.plan_install(REF, Spec.of(0), slots((0, LIVE, "a")), "b")
+    assert err.value.reason == "ALLOCATOR_DRIFT"
+
+
+# -- pause, resume, uninstall, release ---------------------------------------------------------------------
+
+def test_pause_reserves_the_id_and_lowers_replicas() -> None:
+    plan = allocator.plan_pause(REF, Spec.of(3), slots((0, LIVE, "a"), (1, LIVE, "b"), (2, LIVE, "c")), 1)
+    assert plan.after == Spec.of(2, {1}) and plan.after.live() == {0, 2}
+    assert plan.transitions == (Transition(1, PAUSED, "b"),)
+
+
+def test_pause_and_resume_are_idempotent() -> None:
+    assert allocator.plan_pause(REF, Spec.of(0, {0}), slots((0, PAUSED, "a")), 0).noop
+    assert allocator.plan_resume(REF, Spec.of(1), slots((0, LIVE, "a")), 0).noop
+
+
+def test_resume_unreserves_exactly_that_id() -> None:
+    current = slots((0, LIVE, "a"), (1, FREE, None), (2, PAUSED, "b"), (3, LIVE, "c"))
+    plan = allocator.plan_resume(REF, Spec.of(2, {1, 2}), current, 2)
+    assert plan.after == Spec.of(3, {1}) and plan.after.live() == {0, 2, 3}
+
+
+def test_operations_on_unknown_or_released_ids_are_not_found() -> None:
+    current = slots((0, RELEASING, None), (1, FREE, None))
+    for plan in (allocator.plan_pause, allocator.plan_resume):
+        for i in (0, 1, 7):
+            with pytest.raises(NotFound):
+                plan(REF, Spec.of(0, {0, 1}), current, i)
+    with pytest.raises(NotFound):
+        allocator.plan_uninstall(REF, Spec.of(0, {0, 1}), current, 1)
+
+
+def test_uninstall_of_running_and_paused_instances() -> None:
+    running = allocator.plan_uninstall(REF, Spec.of(1), slots((0, LIVE, "a")), 0)
+    assert running.after == Spec.of(0, {0})
+    assert running.transitions == (Transition(0, RELEASING, None),) and running.owner == "a"
+    paused = allocator.plan_uninstall(REF, Spec.of(0, {0}), slots((0, PAUSED, "a")), 0)
+    assert paused.after is None and paused.transitions == (Transition(0, RELEASING, None),)
+    again = allocator.plan_uninstall(REF, Spec.of(0, {0}), slots((0, RELEASING, None)), 0)
+    assert again.noop
+
+
+def test_release_frees_only_releasing_ids() -> None:
+    plan = allocator.plan_release(REF, Spec.of(0, {0}), slots((0, RELEASING, None)), 0)
+    assert plan.transitions == (Transition(0, FREE, None),)
+    assert allocator.plan_release(REF, Spec.of(0, {0}), slots((0, FREE, None)), 0).noop
+
+
+def test_drift_is_refused_not_papered_over() -> None:
+    with pytest.raises(FailedPrecondition):  # LIVE in the database, reserved in the GameServerSet
+        allocator.plan_pause(REF, Spec.of(0, {0}), slots((0, LIVE, "a")), 0)
+    with pytest.raises(FailedPrecondition):  # PAUSED in the database, live in the GameServerSet
+        allocator.plan_resume(REF, Spec.of(1), slots((0, PAUSED, "a")), 0)
+
+
+# -- crash resolution --------------------------------------------------------------------------------------
+
+def test_resolve_reads_the_outcome_from_r_and_x() -> None:
+    plan = allocator.plan_install(REF, Spec.of(1), slots((0, LIVE, "a")), "b")
+    assert allocator.resolve(plan, plan.before) is False
+    assert allocator.resolve(plan, plan.after) is True
+    # Someone else scaled the set: the id's own state decides.
+    assert allocator.resolve(plan, Spec.of(3)) is True
+    assert allocator.resolve(plan, Spec.of(1, {1})) is False
+    pause = allocator.plan_pause(REF, Spec.of(2), slots((0, LIVE, "a"), (1, LIVE, "b")), 0)
+    assert allocator.resolve(pause, Spec.of(1, {0})) is True
+    assert allocator.resolve(pause, Spec.of(2, {5})) is False
+
+
+def test_plan_survives_json() -> None:
+    plan = allocator.plan_install(REF, Spec.of(1, {3}), slots((3, FREE, None)), "z")
+    assert Plan.from_json(plan.to_json()) == plan
+
+
+# -- properties against the controller model ---------------------------------------------------------------
+
+USERS = [f"user-{i}" for i in range(6)]
+OPS = st.sampled_from(["install", "pause", "resume", "uninstall", "release", "reconcile"])
+CRASH = st.sampled_from(["none", "none", "none", "before_write", "after_write"])
+STEPS = st.lists(st.tuples(OPS, st.integers(0, len(USERS) - 1), CRASH), max_size=60)
+
+
+class World:
+    """The gateway's slot table, intents and disks next to the modelled controller."""
+
+    def __init__(self) -> None:
+        self.okg = Controller()
+        self.slots: dict[int, Slot] = {}
+        self.since: dict[int, datetime] = {}
+        self.changed: dict[int, datetime] = {}
+        self.intent: Plan | None = None
+        self.disks: dict[int, datetime] = {}
+        self.clock = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+    def tick(self) -> datetime:
+        self.clock += timedelta(seconds=1)
+        return self.clock
+
+    def spec(self) -> Spec:
+        return Spec.of(self.okg.replicas, self.okg.reserved)
+
+    def settle(self) -> None:
+        """What the lifecycle's wait for the controller achieves before any write."""
+        for _ in range(3):
+            self.okg.reconcile()
+        for i in self.okg.pods:  # the StatefulSet makes a disk for a pod that has none
+            self.disks.setdefault(i, self.tick())
+
+    def commit(self, plan: Plan) -> None:
+        now = self.tick()
+        for t in plan.transitions:
+            if t.state is SlotState.LIVE and plan.op is Op.INSTALL:
+                self.since[t.id] = now
+            self.changed[t.id] = now
+        self.slots = allocator.apply(self.slots, plan.transitions)
+
+    def resolve_pending(self) -> None:
+        if self.intent is not None:
+            if allocator.resolve(self.intent, self.spec()):
+                self.commit(self.intent)
+            self.intent = None
+
+    def run(self, plan: Plan, crash: str) -> None:
+        if plan.after is None:
+            self.commit(plan)
+            return
+        self.intent = plan
+        if crash == "before_write":
+            return
+        self.okg.write(plan.after.replicas, set(plan.after.reserved))
+        if crash == "after_write":
+            return
+        self.commit(plan)
+        self.intent = None
+
+    def step(self, op: str, user: str, crash: str) -> None:
+        if op == "reconcile":
+            self.settle()
+            return
+        self.settle()
+        self.resolve_pending()
+        spec = self.spec()
+        mine = next((s for s in self.slots.values() if s.owner == user), None)
+        try:
+            if op == "install":
+                plan = allocator.plan_install(REF, spec, self.slots, user)
+            elif op == "release":
+                releasing = [s.id for s in self.slots.values() if s.state is RELEASING]
+                if not releasing:
+                    return
+                target = releasing[0]
+                if target in self.okg.pods:
+                    return  # the disk cannot go while the pod runs
+                self.disks.pop(target, None)
+                plan = allocator.plan_release(REF, spec, self.slots, target)
+            elif mine is None:
+                return
+            else:
+                planner = {"pause": allocator.plan_pause, "resume": allocator.plan_resume,
+                           "uninstall": allocator.plan_uninstall}[op]
+                plan = planner(REF, spec, self.slots, mine.id)
+        except AlreadyExists:
+            assert mine is not None and op == "install"
+            return
+        if plan.op is Op.INSTALL:
+            row = self.slots.get(plan.id)
+            assert row is None or row.state is FREE, "only FREE ids go to a new owner"
+            assert plan.id not in self.disks, "a new owner never gets an id whose disk exists"
+        self.run(plan, crash)
+
+    def check(self) -> list[invariants.Finding]:
+        self.settle()
+        self.resolve_pending()
+        self.settle()
+        spec = self.spec()
+        assert set(self.okg.pods) == {s.id for s in self.slots.values() if s.state is LIVE}
+        records = {i: invariants.SlotRecord(i, s.state, s.owner, self.since.get(i, self.clock),
+                                            self.changed.get(i, self.clock)) for i, s in self.slots.items()}
+        claims = {invariants.claim_name("data", REF.template, i): invariants.Claim("", t)
+                  for i, t in self.disks.items()}
+        snap = invariants.Snapshot(REF, spec, records, ["data"], claims, frozenset(self.okg.pods), 0, self.clock)
+        return invariants.check(snap)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(STEPS)
+def test_any_sequence_with_crashes_keeps_every_invariant(steps: list[tuple[str, int, str]]) -> None:
+    world = World()
+    for op, user, crash in steps:
+        world.step(op, USERS[user], crash)
+        assert world.check() == []
+    owners = [s.owner for s in world.slots.values() if s.owner]
+    assert len(owners) == len(set(owners))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 12), st.data())
+def test_every_planned_write_has_exactly_the_planned_outcome(count: int, data: st.DataObject) -> None:
+    """Whatever the slot mix, the controller runs exactly what the plan predicts."""
+    world = World()
+    for i in range(count):
+        world.step("install", f"u{i}", "none")
+    for i in range(count):
+        op = data.draw(st.sampled_from(["pause", "resume", "uninstall", "release", "install"]))
+        world.step(op, f"u{i}" if op != "install" else f"new{i}", "none")
+        world.settle()
+        expected = {s.id for s in world.slots.values() if s.state is LIVE}
+        assert world.okg.pods == expected
+        assert world.spec().holes() == frozenset()

@@ -1,0 +1,165 @@
+"""Pure update logic: protected fields, masks, changed paths and the restart decision."""
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+
+from aigc_gateway.services.template import changes, manifest
+from aigc_gateway.services.template.policy import Policy
+from aigc_gateway.services.template.validation import check_update
+
+from .samples import container, sample, set_conf
+
+POLICY = Policy(gss_labels={"aigc.gateway.io/template": "true"}, domain="aigc.test")
+
+
+def live() -> dict:
+    """A published template as the apiserver returns it, with instances running and ids reserved."""
+    obj = sample()
+    obj["metadata"].update(uid="u-1", resourceVersion="41", generation=3, creationTimestamp="2024-05-01T10:00:00Z",
+                           labels={"aigc.gateway.io/template": "true"})
+    obj["spec"].update(replicas=2, reserveGameServerIds=[1, "3-4"])
+    obj["status"] = {"replicas": 2, "readyReplicas": 2}
+    return obj
+
+
+def update(source: dict, mask: list[str] | None = None, current: dict | None = None):
+    return check_update(current or live(), manifest.parse_text(json.dumps(source), 1 << 20), mask or [], POLICY)
+
+
+def edited(**spec_changes) -> dict:
+    """What an admin sends back after `kubectl get -o yaml` and an edit."""
+    obj = live()
+    obj["spec"].update(spec_changes)
+    return obj
+
+
+def test_image_change_restarts_and_names_the_path() -> None:
+    source = live()
+    container(source)["image"] = "registry.example/sd:v2"
+    checked = update(source)
+    assert checked.ok, checked.violations
+    assert checked.proposal.changed_paths == ["spec.gameServerTemplate.spec.containers[0].image"]
+    assert checked.proposal.restarts
+    assert container(checked.obj)["image"] == "registry.example/sd:v2"
+
+
+def test_display_annotation_change_does_not_restart() -> None:
+    source = live()
+    source["metadata"]["annotations"] = {"aigc.gateway.io/display-name": "SD (CPU)"}
+    checked = update(source)
+    assert checked.ok
+    assert checked.proposal.changed_paths == ["metadata.annotations[aigc.gateway.io/display-name]"]
+    assert not checked.proposal.restarts
+
+
+@pytest.mark.parametrize("spec_change,path", [
+    ({"replicas": 5}, "spec.replicas"),
+    ({"replicas": 0}, "spec.replicas"),
+    ({"reserveGameServerIds": []}, "spec.reserveGameServerIds"),
+    ({"scaleStrategy": {"scaleDownStrategyType": "General"}}, "spec.scaleStrategy"),
+])
+def test_protected_fields_are_refused_with_their_path(spec_change: dict, path: str) -> None:
+    checked = update(edited(**spec_change))
+    assert [(v.field, v.reason) for v in checked.violations] == [(path, "PROTECTED_FIELD")]
+
+
+def test_protected_fields_sent_unchanged_or_left_out_are_fine() -> None:
+    # The reserved ids in another but equal notation (the controller compresses ranges) are "unchanged".
+    assert update(edited(reserveGameServerIds=[1, 3, 4])).ok
+    source = live()
+    for key in ("replicas", "reserveGameServerIds", "scaleStrategy"):
+        source["spec"].pop(key)
+    checked = update(source)
+    assert checked.ok and checked.proposal.changed_paths == []
+    # ... and they are written back as read, never dropped.
+    assert checked.obj["spec"]["replicas"] == 2 and checked.obj["spec"]["reserveGameServerIds"] == [1, "3-4"]
+
+
+def test_write_is_conditional_on_the_version_read() -> None:
+    checked = update(live())
+    assert checked.obj["metadata"]["resourceVersion"] == "41" and checked.obj["metadata"]["uid"] == "u-1"
+    assert "status" not in checked.obj
+
+
+def test_name_namespace_and_network_type_are_immutable() -> None:
+    source = live()
+    source["metadata"]["name"] = "other"
+    source["metadata"]["namespace"] = "elsewhere"
+    source["spec"]["network"]["networkType"] = "Kubernetes-HostPort"
+    fields = {(v.field, v.reason) for v in update(source).violations}
+    assert {("metadata.name", "IMMUTABLE_FIELD"), ("metadata.namespace", "IMMUTABLE_FIELD"),
+            ("spec.network.networkType", "IMMUTABLE_FIELD")} <= fields
+
+
+def test_mask_takes_only_the_named_paths() -> None:
+    source = {"metadata": {"annotations": {"aigc.gateway.io/category": "image"}},
+              "spec": {"replicas": 9, "gameServerTemplate": {"spec": {"containers": []}}}}
+    checked = update(source, ["metadata.annotations"])
+    assert checked.ok, checked.violations
+    assert checked.proposal.changed_paths == ["metadata.annotations[aigc.gateway.io/category]"]
+    assert checked.obj["spec"]["replicas"] == 2 and container(checked.obj)["image"]
+
+
+def test_mask_with_a_dotted_key_and_removal() -> None:
+    current = live()
+    current["metadata"]["annotations"] = {"aigc.gateway.io/category": "image", "keep": "x"}
+    checked = update({"metadata": {}}, ["metadata.annotations.`aigc.gateway.io/category`"], current)
+    assert checked.ok
+    assert checked.obj["metadata"]["annotations"] == {"keep": "x"}
+    assert checked.proposal.changed_paths == ["metadata.annotations[aigc.gateway.io/category]"]
+
+
+@pytest.mark.parametrize("mask,field", [
+    (["spec.replicas"], "spec.replicas"),
+    (["spec.scaleStrategy.scaleDownStrategyType"], "spec.scaleStrategy"),
+    (["spec"], "spec.replicas"),
+])
+def test_mask_touching_protected_fields_is_refused(mask: list[str], field: str) -> None:
+    source = live()
+    source["spec"]["replicas"] = 7
+    source["spec"]["scaleStrategy"] = {"scaleDownStrategyType": "General"}
+    assert field in {v.field for v in update(source, mask).violations}
+
+
+@pytest.mark.parametrize("mask", [["status"], ["metadata.resourceVersion"], ["metadata.name"], ["a..b"]])
+def test_mask_paths_that_cannot_be_updated(mask: list[str]) -> None:
+    violations = update(live(), mask).violations
+    assert [v.field for v in violations] == ["update_mask.paths[0]"]
+
+
+def test_network_change_is_reported_by_entry_name() -> None:
+    source = live()
+    set_conf(source, "Host", "sd<id>.aigc.test")
+    checked = update(source)
+    assert checked.ok
+    assert checked.proposal.changed_paths == ["spec.network.networkConf[Host]"]
+
+
+def test_removed_auth_annotation_is_put_back() -> None:
+    source = live()
+    source["spec"]["network"]["networkConf"] = [e for e in source["spec"]["network"]["networkConf"]
+                                                if e["name"] != "Annotation"]
+    checked = update(source)
+    assert checked.ok
+    assert checked.proposal.changed_paths == []
+    assert {w.reason for w in checked.warnings} == {"AUTH_ANNOTATION_ADDED"}
+
+
+def test_update_of_a_template_that_is_not_reserve_ids_is_not_blocked() -> None:
+    current = live()
+    current["spec"]["scaleStrategy"] = {"scaleDownStrategyType": "General"}
+    source = copy.deepcopy(current)
+    container(source)["image"] = "x:2"
+    checked = update(source, current=current)
+    assert checked.ok and "NOT_RESERVE_IDS" in {w.reason for w in checked.warnings}
+
+
+def test_path_helpers() -> None:
+    assert changes.parse_path("a.b[c.d].`e.f`.g") == ["a", "b", "c.d", "e.f", "g"]
+    assert changes.parse_path("a.") is None and changes.parse_path("[x") is None
+    assert changes.format_path(["spec", "containers", 0, "resources", "limits", "nvidia.com/gpu"]) == \
+        "spec.containers[0].resources.limits[nvidia.com/gpu]"
+    assert changes.reserved_ids([1, "3-5", "7"]) == {1, 3, 4, 5, 7}

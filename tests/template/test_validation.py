@@ -1,0 +1,235 @@
+"""Pure validation of template manifests: every rule, the field path it reports, and the samples."""
+from __future__ import annotations
+
+import json
+from typing import Any, Callable
+
+import pytest
+from google.protobuf import struct_pb2
+
+from aigc_gateway.services.template import manifest, rules
+from aigc_gateway.services.template.policy import AUTH_SIGNIN_ANNOTATION, AUTH_URL_ANNOTATION, Policy
+from aigc_gateway.services.template.validation import check_new
+
+from .samples import SAMPLES, container, sample, sample_text, set_conf, variant
+
+POLICY = Policy(namespaces=("default", "aigc"), gss_labels={"aigc.gateway.io/template": "true"}, domain="aigc.test")
+AUTH_URL_PATH = f"spec.network.networkConf[Annotation][{AUTH_URL_ANNOTATION}]"
+GPU_PATH = "spec.gameServerTemplate.spec.containers[0].resources.limits[nvidia.com/gpu]"
+
+
+def check_obj(obj: dict[str, Any], namespace: str = "default", policy: Policy = POLICY):
+    return check_new(manifest.parse_text(json.dumps(obj), policy.max_manifest_bytes), policy, namespace)
+
+
+def check_text(text: str, namespace: str = "default", policy: Policy = POLICY):
+    return check_new(manifest.parse_text(text, policy.max_manifest_bytes), policy, namespace)
+
+
+@pytest.mark.parametrize("name", SAMPLES)
+def test_every_sample_validates_clean(name: str) -> None:
+    checked = check_text(sample_text(name))
+    assert checked.ok, checked.violations
+    # The samples carry the auth annotations already; only the configured labels are added.
+    assert [w.reason for w in checked.warnings] == ["LABELS_ADDED"]
+    assert checked.obj["metadata"]["labels"] == {"aigc.gateway.io/template": "true"}
+
+
+def _limit(key: str, value: Any) -> Callable[[dict], None]:
+    return lambda o: container(o).setdefault("resources", {}).setdefault("limits", {}).__setitem__(key, value)
+
+
+BAD: list[tuple[str, Callable[[dict], None], str, str]] = [
+    ("replicas 3", lambda o: o["spec"].__setitem__("replicas", 3), "spec.replicas", "REPLICAS_NOT_ZERO"),
+    ("replicas not a number", lambda o: o["spec"].__setitem__("replicas", "two"), "spec.replicas",
+     "INVALID_REPLICAS"),
+    ("General strategy", lambda o: o["spec"]["scaleStrategy"].__setitem__("scaleDownStrategyType", "General"),
+     "spec.scaleStrategy.scaleDownStrategyType", "NOT_RESERVE_IDS"),
+    ("no scale strategy", lambda o: o["spec"].pop("scaleStrategy"), "spec.scaleStrategy.scaleDownStrategyType",
+     "NOT_RESERVE_IDS"),
+    ("reserved ids on create", lambda o: o["spec"].__setitem__("reserveGameServerIds", [1, "3-4"]),
+     "spec.reserveGameServerIds", "RESERVED_IDS_ON_CREATE"),
+    ("Host without <id>", lambda o: set_conf(o, "Host", "instances-cpu.aigc.test"),
+     "spec.network.networkConf[Host]", "MISSING_ID_PLACEHOLDER"),
+    ("two <id> in Host", lambda o: set_conf(o, "Host", "i<id>-<id>.aigc.test"), "spec.network.networkConf[Host]",
+     "INVALID_ID_PLACEHOLDER"),
+    ("upper-case Host", lambda o: set_conf(o, "Host", "Instances<id>.aigc.test"), "spec.network.networkConf[Host]",
+     "INVALID_HOST"),
+    ("two Hosts", lambda o: o["spec"]["network"]["networkConf"].append({"name": "Host", "value": "b<id>.aigc.test"}),
+     "spec.network.networkConf[Host]", "DUPLICATE_HOST"),
+    ("no Port", lambda o: set_conf(o, "Port", None), "spec.network.networkConf[Port]", "PORT_REQUIRED"),
+    ("bad Port", lambda o: set_conf(o, "Port", "http"), "spec.network.networkConf[Port]", "INVALID_PORT"),
+    ("port out of range", lambda o: set_conf(o, "Port", "70000"), "spec.network.networkConf[Port]", "INVALID_PORT"),
+    ("no Path", lambda o: set_conf(o, "Path", None), "spec.network.networkConf[Path]", "PATH_REQUIRED"),
+    ("no PathType", lambda o: set_conf(o, "PathType", None), "spec.network.networkConf[PathType]",
+     "PATH_TYPE_REQUIRED"),
+    ("relative Path", lambda o: set_conf(o, "Path", "sd<id>"), "spec.network.networkConf[Path]", "INVALID_PATH"),
+    ("HostPort network", lambda o: o["spec"]["network"].__setitem__("networkType", "Kubernetes-HostPort"),
+     "spec.network.networkType", "NOT_INGRESS_NETWORK"),
+    ("no network", lambda o: o["spec"].pop("network"), "spec.network", "NETWORK_REQUIRED"),
+    ("auth-url elsewhere", lambda o: _auth(o, AUTH_URL_ANNOTATION, "https://evil.example/auth"), AUTH_URL_PATH,
+     "AUTH_URL_MISMATCH"),
+    ("auth-url with nginx variable", lambda o: _auth(o, AUTH_URL_ANNOTATION, "https://dashboard.aigc.test/auth;#"),
+     AUTH_URL_PATH, "AUTH_URL_CHARACTERS"),
+    ("auth-signin elsewhere", lambda o: _auth(o, AUTH_SIGNIN_ANNOTATION, "https://other/sign-in"),
+     f"spec.network.networkConf[Annotation][{AUTH_SIGNIN_ANNOTATION}]", "AUTH_SIGNIN_MISMATCH"),
+    ("malformed annotation", lambda o: o["spec"]["network"]["networkConf"].append(
+        {"name": "Annotation", "value": "a:b"}), "spec.network.networkConf[Annotation]", "MALFORMED_ANNOTATION"),
+    ("snippet annotation", lambda o: o["spec"]["network"]["networkConf"].append(
+        {"name": "Annotation", "value": "nginx.ingress.kubernetes.io/configuration-snippet: auth_request off;"}),
+     "spec.network.networkConf[Annotation][nginx.ingress.kubernetes.io/configuration-snippet]",
+     "SNIPPET_NOT_ALLOWED"),
+    ('nvidia.com/gpu "half"', _limit("nvidia.com/gpu", "half"), GPU_PATH, "INVALID_QUANTITY"),
+    ("nvidia.com/gpu 0.5", _limit("nvidia.com/gpu", "500m"), GPU_PATH, "INVALID_QUANTITY"),
+    ("gpu-mem 1.5", _limit("aliyun.com/gpu-mem", 1.5),
+     "spec.gameServerTemplate.spec.containers[0].resources.limits[aliyun.com/gpu-mem]", "INVALID_QUANTITY"),
+    ("cpu two", _limit("cpu", "two"), "spec.gameServerTemplate.spec.containers[0].resources.limits[cpu]",
+     "INVALID_QUANTITY"),
+    ("memory 4GB", _limit("memory", "4GB"), "spec.gameServerTemplate.spec.containers[0].resources.limits[memory]",
+     "INVALID_QUANTITY"),
+    ("no image", lambda o: container(o).pop("image"), "spec.gameServerTemplate.spec.containers[0].image",
+     "IMAGE_REQUIRED"),
+    ("no containers", lambda o: o["spec"]["gameServerTemplate"]["spec"].__setitem__("containers", []),
+     "spec.gameServerTemplate.spec.containers", "REQUIRED"),
+    ("disk without size", lambda o: o["spec"]["gameServerTemplate"]["volumeClaimTemplates"][0]["spec"].pop(
+        "resources"), "spec.gameServerTemplate.volumeClaimTemplates[0].spec.resources.requests[storage]", "REQUIRED"),
+    ("wrong kind", lambda o: o.__setitem__("kind", "StatefulSet"), "kind", "WRONG_KIND"),
+    ("wrong apiVersion", lambda o: o.__setitem__("apiVersion", "apps/v1"), "apiVersion", "WRONG_API_VERSION"),
+    ("namespace not allowed", lambda o: o["metadata"].__setitem__("namespace", "kube-system"),
+     "metadata.namespace", "NAMESPACE_MISMATCH"),
+    ("upper-case name", lambda o: o["metadata"].__setitem__("name", "Stable-Diffusion"), "metadata.name",
+     "INVALID_NAME"),
+    ("name starting with a digit", lambda o: o["metadata"].__setitem__("name", "1sd"), "metadata.name",
+     "INVALID_NAME"),
+    ("name too long", lambda o: o["metadata"].__setitem__("name", "s" * 53), "metadata.name", "INVALID_NAME"),
+    ("no name", lambda o: o["metadata"].pop("name"), "metadata.name", "REQUIRED"),
+    ("conflicting template label", lambda o: o["metadata"].__setitem__("labels", {"aigc.gateway.io/template": "no"}),
+     "metadata.labels[aigc.gateway.io/template]", "LABEL_MISMATCH"),
+    ("sort order not a number", lambda o: o["metadata"].__setitem__("annotations",
+                                                                    {"aigc.gateway.io/sort-order": "first"}),
+     "metadata.annotations[aigc.gateway.io/sort-order]", "INVALID_SORT_ORDER"),
+    ("javascript icon", lambda o: o["metadata"].__setitem__("annotations",
+                                                            {"aigc.gateway.io/icon-url": "javascript:alert(1)"}),
+     "metadata.annotations[aigc.gateway.io/icon-url]", "INVALID_ICON_URL"),
+]
+
+
+def _auth(obj: dict, key: str, url: str) -> None:
+    obj["spec"]["network"]["networkConf"] = [
+        e for e in obj["spec"]["network"]["networkConf"] if not (e["name"] == "Annotation" and e["value"].startswith(key))
+    ] + [{"name": "Annotation", "value": f"{key}: {url}"}]
+
+
+@pytest.mark.parametrize("case,mutate,path,reason", BAD, ids=[b[0] for b in BAD])
+def test_bad_manifest_reports_the_field(case: str, mutate: Callable[[dict], None], path: str, reason: str) -> None:
+    checked = check_obj(variant(mutate))
+    assert not checked.ok
+    assert (path, reason) in [(v.field, v.reason) for v in checked.violations], checked.violations
+    # One problem, one violation: nothing else in the sample is reported.
+    assert len(checked.violations) == 1, checked.violations
+
+
+def test_namespace_outside_the_configured_list() -> None:
+    checked = check_obj(sample(namespace="kube-system"), namespace="-")
+    assert [(v.field, v.reason) for v in checked.violations] == [("metadata.namespace", "NAMESPACE_NOT_ALLOWED")]
+
+
+def test_empty_namespace_list_allows_every_namespace() -> None:
+    assert check_obj(sample(namespace="anything"), namespace="-", policy=Policy(domain="aigc.test")).ok
+
+
+def test_every_violation_is_reported_at_once() -> None:
+    def many(o: dict) -> None:
+        o["spec"]["replicas"] = 3
+        o["spec"]["scaleStrategy"]["scaleDownStrategyType"] = "General"
+        set_conf(o, "Host", "instances.aigc.test")
+        _limit("nvidia.com/gpu", "half")(o)
+        o["metadata"]["name"] = "Upper"
+    fields = {v.field for v in check_obj(variant(many)).violations}
+    assert fields == {"spec.replicas", "spec.scaleStrategy.scaleDownStrategyType", "spec.network.networkConf[Host]",
+                      GPU_PATH, "metadata.name"}
+
+
+@pytest.mark.parametrize("text,reason", [
+    ("apiVersion: [unclosed\n", "MANIFEST_SYNTAX"),
+    ("kind: GameServerSet\n\tbad: tab\n", "MANIFEST_SYNTAX"),
+    ("- a\n- b\n", "MANIFEST_SYNTAX"),
+    ("a: &x [1]\nb: *x\n", "MANIFEST_SYNTAX"),
+    ("a: 1\na: 2\n", "MANIFEST_SYNTAX"),
+    ("a: 1\n---\nb: 2\n", "MANIFEST_SYNTAX"),
+    ("", "MANIFEST_EMPTY"),
+    ("x: " + "y" * (2 * 1024 * 1024), "MANIFEST_TOO_LARGE"),
+])
+def test_unreadable_manifest(text: str, reason: str) -> None:
+    checked = check_text(text)
+    assert checked.obj is None
+    assert [(v.field, v.reason) for v in checked.violations] == [("source.manifest", reason)]
+
+
+def test_yaml_error_names_the_line() -> None:
+    text = sample_text().replace("  replicas: 0", "  replicas: [0")
+    violation = check_text(text).violations[0]
+    assert "line " in violation.description and violation.reason == "MANIFEST_SYNTAX"
+
+
+def test_json_text_and_struct_are_accepted() -> None:
+    assert check_text(json.dumps(sample())).ok
+    struct = struct_pb2.Struct()
+    struct.update(sample())
+    parsed = manifest.parse_struct(struct, POLICY.max_manifest_bytes)
+    # Struct numbers are doubles; replicas must come back as the integer 0.
+    assert parsed.obj["spec"]["replicas"] == 0 and isinstance(parsed.obj["spec"]["replicas"], int)
+    assert check_new(parsed, POLICY, "default").ok
+
+
+def test_missing_auth_annotations_are_added_with_a_warning() -> None:
+    def strip(o: dict) -> None:
+        o["spec"]["network"]["networkConf"] = [e for e in o["spec"]["network"]["networkConf"]
+                                               if e["name"] != "Annotation"]
+    checked = check_obj(variant(strip), policy=Policy(domain="aigc.test", auth_url="https://gw.aigc.test/auth"))
+    assert checked.ok, checked.violations
+    added = {w.field: w.description for w in checked.warnings if w.reason == "AUTH_ANNOTATION_ADDED"}
+    assert set(added) == {AUTH_URL_PATH, f"spec.network.networkConf[Annotation][{AUTH_SIGNIN_ANNOTATION}]"}
+    values = [e["value"] for e in checked.obj["spec"]["network"]["networkConf"] if e["name"] == "Annotation"]
+    assert f"{AUTH_URL_ANNOTATION}: https://gw.aigc.test/auth" in values
+    assert f"{AUTH_SIGNIN_ANNOTATION}: https://dashboard.aigc.test/sign-in" in values
+
+
+def test_unknown_fields_are_kept() -> None:
+    obj = variant(lambda o: (o["spec"].__setitem__("futureField", {"x": [1, 2]}),
+                             container(o).__setitem__("xExtra", True)))
+    checked = check_obj(obj)
+    assert checked.ok
+    assert checked.obj["spec"]["futureField"] == {"x": [1, 2]} and container(checked.obj)["xExtra"] is True
+
+
+def test_replicas_left_out_becomes_zero_and_server_fields_are_dropped() -> None:
+    def kubectl_output(o: dict) -> None:
+        o["spec"].pop("replicas")
+        o["metadata"].update(uid="abc", resourceVersion="12", creationTimestamp="2024-01-01T00:00:00Z")
+        o["status"] = {"replicas": 0}
+    checked = check_obj(variant(kubectl_output))
+    assert checked.ok
+    assert checked.obj["spec"]["replicas"] == 0
+    assert "uid" not in checked.obj["metadata"] and "status" not in checked.obj
+    assert {"REPLICAS_DEFAULTED", "SERVER_FIELDS_IGNORED"} <= {w.reason for w in checked.warnings}
+
+
+def test_no_disk_is_a_warning_not_a_violation() -> None:
+    checked = check_obj(variant(lambda o: o["spec"]["gameServerTemplate"].pop("volumeClaimTemplates")))
+    assert checked.ok
+    assert "NO_PERSISTENT_DISK" in {w.reason for w in checked.warnings}
+
+
+def test_existing_template_reports_why_it_is_unusable() -> None:
+    obj = variant(lambda o: (o["spec"].__setitem__("replicas", 4),
+                             o["spec"]["scaleStrategy"].__setitem__("scaleDownStrategyType", "General")))
+    report = rules.check(obj, POLICY, rules.Mode.EXISTING)
+    reasons = rules.unusable_reasons(report)
+    assert len(reasons) == 1 and "ReserveIds" in reasons[0]  # live replicas are fine for an existing template
+
+
+def test_reserved_ids_of_an_existing_template_are_checked() -> None:
+    obj = variant(lambda o: o["spec"].__setitem__("reserveGameServerIds", [0, "2-4", "x", "5-3", -1]))
+    report = rules.check(obj, POLICY, rules.Mode.EXISTING)
+    assert [v.field for v in report.violations] == [f"spec.reserveGameServerIds[{i}]" for i in (2, 3, 4)]
