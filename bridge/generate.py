@@ -7,17 +7,13 @@
 
 protoc is the one bundled with grpcio-tools (pinned in the dev extra, as for the
 Python code); the four plugins are pinned as `tool` lines in bridge/go.mod and
-built once into a cache outside the repo, keyed by bridge/go.sum, so a version
-bump rebuilds them and nothing else does.
+built once into a cache outside the repo by bridge/gotools.py.
 """
 from __future__ import annotations
 
 import argparse
 import filecmp
-import hashlib
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -33,40 +29,25 @@ OPENAPI_NAME = "aigc-gateway"  # -> docs/openapi/aigc-gateway.swagger.json
 PLUGINS = ("protoc-gen-go", "protoc-gen-go-grpc", "protoc-gen-grpc-gateway", "protoc-gen-openapiv2")
 
 # protoc-gen-openapiv2: one merged document; `simple` names keep schema names short
-# and stable (rpcStatus, v1Template…); the error body is google.rpc.Status, which
-# is what the bridge answers for every non-2xx status.
+# and stable (Status, Template…); resource names in paths are expanded into one
+# parameter per segment (`/v1/namespaces/{namespace}/templates/{template}`), the
+# same URLs the bridge serves, so clients never have to escape a slash; document-wide
+# options (title, security, error responses: google.rpc.Status) are in bridge/openapi.yaml.
 OPENAPI_OPTS = ",".join([
     "allow_merge=true",
     f"merge_file_name={OPENAPI_NAME}",
     "openapi_naming_strategy=simple",
-    "disable_service_tags=false",
-    "enums_as_ints=false",
-    "json_names_for_fields=true",
-    "visibility_restriction_selectors=",
+    "expand_slashed_path_patterns=true",
+    f"openapi_configuration={BRIDGE / 'openapi.yaml'}",
 ])
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("AIGC_GO_TOOLS") or Path.home() / ".cache" / "aigc-gateway" / "go-tools")
-
-
-def plugin_dir() -> Path:
-    """Where the plugins of the versions pinned in bridge/go.sum live."""
-    key = hashlib.sha256((BRIDGE / "go.mod").read_bytes() + (BRIDGE / "go.sum").read_bytes()).hexdigest()[:12]
-    return cache_dir() / f"protoc-plugins-{key}" / "bin"
-
-
 def ensure_plugins() -> Path:
-    """Build the pinned plugins unless this go.sum's build is already cached."""
-    bin_dir = plugin_dir()
-    if all((bin_dir / p).exists() for p in PLUGINS):
-        return bin_dir
-    if shutil.which("go") is None:
-        raise SystemExit("go is not on PATH: run scripts/setup.d/50-go-tools.sh")
-    bin_dir.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "GOBIN": str(bin_dir), "GOFLAGS": "-buildvcs=false -mod=readonly", "CGO_ENABLED": "0"}
-    subprocess.run(["go", "install", "tool"], cwd=BRIDGE, env=env, check=True)
-    return bin_dir
+    """The pinned plugins' directory (built on first use; see bridge/gotools.py)."""
+    sys.path.insert(0, str(BRIDGE))
+    import gotools
+
+    return gotools.plugins()
 
 
 def _include_dirs() -> list[str]:

@@ -25,6 +25,12 @@ PROTO_ROOT = ROOT / "protos"
 PROTO_PKG = "aigc/gateway/v1"
 OUT = ROOT / "src" / "aigc_gateway" / "api" / "v1"
 
+# Vendored third-party protos (Envoy's ext_authz and its imports; see protos/THIRD_PARTY.md), generated
+# flat into one package: envoy/service/auth/v3/external_auth.proto -> envoy_service_auth_v3_external_auth_pb2.
+VENDORED = ("envoy", "udpa", "validate", "xds")
+VENDORED_OUT = ROOT / "src" / "aigc_gateway" / "api" / "envoy"
+_VENDORED_FROM = re.compile(r"^from ((?:envoy|udpa|validate|xds)(?:\.\w+)*) import (\w+)", re.M)
+
 # `from aigc.gateway.v1 import common_pb2 as ...` and `import aigc.gateway.v1.common_pb2`
 _FROM = re.compile(r"^from aigc\.gateway\.v1 import ", re.M)
 _IMPORT = re.compile(r"^import aigc\.gateway\.v1\.(\w+)$", re.M)
@@ -67,23 +73,51 @@ def generate(dest: Path, proto_root: Path = PROTO_ROOT) -> None:
     (dest / "__init__.py").write_text('"""Generated from protos/aigc/gateway/v1 by scripts/genproto.py. Do not edit."""\n')
 
 
+def generate_vendored(dest: Path, proto_root: Path = PROTO_ROOT) -> None:
+    from grpc_tools import protoc
+
+    protos = sorted(str(p.relative_to(proto_root)) for top in VENDORED for p in (proto_root / top).rglob("*.proto"))
+    with tempfile.TemporaryDirectory() as scratch:
+        args = ["protoc", *(f"-I{d}" for d in _include_dirs(proto_root)),
+                f"--python_out={scratch}", f"--grpc_python_out={scratch}", *protos]
+        if protos and protoc.main(args) != 0:
+            raise SystemExit("protoc failed (vendored protos)")
+        dest.mkdir(parents=True, exist_ok=True)
+        for f in sorted(Path(scratch).rglob("*.py")):
+            flat = "_".join(f.relative_to(scratch).parts)
+            text = _VENDORED_FROM.sub(lambda m: f"from . import {m.group(1).replace('.', '_')}_{m.group(2)}",
+                                      f.read_text())
+            (dest / flat).write_text(text)
+    (dest / "__init__.py").write_text('"""Generated from the vendored protos/{envoy,udpa,validate,xds} by '
+                                      'scripts/genproto.py. Do not edit."""\n')
+
+
+def _stale(fresh: Path, committed: Path) -> list[str]:
+    cmp = filecmp.dircmp(fresh, committed, ignore=["__pycache__"])
+    return cmp.left_only + cmp.right_only + cmp.diff_files
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="fail if the committed code is out of date")
     parser.add_argument("--protos", type=Path, default=PROTO_ROOT, help="root of the .proto tree")
     parser.add_argument("--out", type=Path, default=OUT, help="where the generated package lives")
+    parser.add_argument("--vendored-out", type=Path, default=VENDORED_OUT,
+                        help="where the vendored (Envoy) protos' package lives")
     opts = parser.parse_args()
     if not opts.check:
-        if opts.out.exists():
-            shutil.rmtree(opts.out)
-        generate(opts.out, opts.protos)
-        print(f"generated {opts.out}")
+        for out, gen in ((opts.out, generate), (opts.vendored_out, generate_vendored)):
+            if out.exists():
+                shutil.rmtree(out)
+            gen(out, opts.protos)
+            print(f"generated {out}")
         return 0
     with tempfile.TemporaryDirectory() as tmp:
         fresh = Path(tmp) / "v1"
         generate(fresh, opts.protos)
-        cmp = filecmp.dircmp(fresh, opts.out, ignore=["__pycache__"])
-        stale = cmp.left_only + cmp.right_only + cmp.diff_files
+        fresh_vendored = Path(tmp) / "envoy"
+        generate_vendored(fresh_vendored, opts.protos)
+        stale = _stale(fresh, opts.out) + _stale(fresh_vendored, opts.vendored_out)
         if stale:
             print("generated code is out of date with protos/ (run python scripts/genproto.py):", *sorted(stale))
             return 1

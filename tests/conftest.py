@@ -5,5 +5,6 @@ pytest_plugins = [
     "tests.plugins.postgres",
     "tests.plugins.oidc",
     "tests.plugins.gateway",
+    "tests.plugins.auth_stack",
     "tests.plugins.logto",
 ]

@@ -115,7 +115,10 @@ def parse_original_url(value: str) -> Target:
     """Parse ``X-Original-URL`` strictly; see the module docstring for why strictly."""
     if not value or len(value) > MAX_URL or _CONTROL.search(value):
         raise BadURL("invalid URL")
-    parts = urlsplit(value)
+    try:
+        parts = urlsplit(value)
+    except ValueError as exc:  # e.g. an unclosed IPv6 bracket
+        raise BadURL("invalid URL") from exc
     scheme = parts.scheme.lower()
     if scheme not in ("http", "https"):
         raise BadURL("the scheme must be http or https")

@@ -81,7 +81,7 @@ def check(snap: Snapshot, *, live_grace: timedelta = timedelta(minutes=2),
         if slots:
             add(-1, "TEMPLATE_MISSING", f"the GameServerSet is gone but {len(slots)} slot(s) remain "
                                         "(PurgeInstances forgets them)")
-        return out
+        return sorted(out, key=lambda f: (f.id, f.code))
 
     live = spec.live()
     db_live = {s.id for s in slots.values() if s.state is SlotState.LIVE}

@@ -1,15 +1,116 @@
-"""gRPC mapping of the InstanceService (RPCs not built yet answer UNIMPLEMENTED)."""
+"""gRPC mapping of the InstanceService: requests in, domain calls, messages out.
+
+Authentication, request ids, replay of `request_id`, audit events and error
+mapping happen around every call in the core interceptor; this module adds
+the instance details to the audit event with ``audit.note``.
+"""
 from __future__ import annotations
 
-from aigc_gateway.api.v1 import instance_pb2_grpc
+from collections.abc import AsyncIterator
+from typing import Any
+
+from aigc_gateway import audit
+from aigc_gateway.api.v1 import instance_pb2, instance_pb2_grpc
+from aigc_gateway.identity import require_admin, require_principal
 from aigc_gateway.runtime import Runtime
 from aigc_gateway.server import Registration, ServiceParts
 
+from . import access
+from .names import parse_instance, parse_list_parent, parse_template
+from .service import InstanceService
 
-class InstanceServiceServicer(instance_pb2_grpc.InstanceServiceServicer):
-    """Maps InstanceService RPCs onto the domain logic."""
+
+class InstanceServicer(instance_pb2_grpc.InstanceServiceServicer):
+    def __init__(self, service: InstanceService):
+        self.service = service
+
+    async def CreateInstance(self, request: instance_pb2.CreateInstanceRequest, context: Any) -> instance_pb2.Instance:
+        ref = parse_template(request.parent, "parent")
+        principal = require_principal()
+        owner = access.install_owner(principal, request.owner)
+        lifecycle, _, _ = self.service.parts()
+        audit.note(owner=owner)
+        plan = await lifecycle.install(ref, owner)
+        audit.note(instance=ref.instance(plan.id).name, id=plan.id)
+        return await self.service.describe(ref.instance(plan.id))
+
+    async def GetInstance(self, request: instance_pb2.GetInstanceRequest, context: Any) -> instance_pb2.Instance:
+        ref = parse_instance(request.name)
+        row = access.check(require_principal(), ref, await self.service.store.get(ref))
+        return await self.service.describe(ref, row)
+
+    async def ListInstances(self, request: instance_pb2.ListInstancesRequest,
+                            context: Any) -> instance_pb2.ListInstancesResponse:
+        namespace, template = parse_list_parent(request.parent)
+        return await self.service.list(require_principal(), namespace, template, request.owner, request.state,
+                                       request.page_size, request.page_token)
+
+    async def PauseInstance(self, request: instance_pb2.PauseInstanceRequest, context: Any) -> instance_pb2.Instance:
+        ref = parse_instance(request.name)
+        lifecycle, _, _ = self.service.parts()
+        plan = await lifecycle.pause(ref, require_principal())
+        audit.note(owner=plan.owner, changed=plan.after is not None)
+        return await self.service.describe(ref)
+
+    async def ResumeInstance(self, request: instance_pb2.ResumeInstanceRequest,
+                             context: Any) -> instance_pb2.Instance:
+        ref = parse_instance(request.name)
+        lifecycle, _, _ = self.service.parts()
+        plan = await lifecycle.resume(ref, require_principal())
+        audit.note(owner=plan.owner, changed=plan.after is not None)
+        return await self.service.describe(ref)
+
+    async def RestartInstance(self, request: instance_pb2.RestartInstanceRequest,
+                              context: Any) -> instance_pb2.Instance:
+        ref = parse_instance(request.name)
+        lifecycle, _, _ = self.service.parts()
+        await lifecycle.restart(ref, require_principal())
+        return await self.service.describe(ref)
+
+    async def DeleteInstance(self, request: instance_pb2.DeleteInstanceRequest,
+                             context: Any) -> instance_pb2.Instance:
+        ref = parse_instance(request.name)
+        lifecycle, _, _ = self.service.parts()
+        owner, freed = await lifecycle.uninstall(ref, require_principal())
+        audit.note(owner=owner, disks_deleted=freed)
+        return await self.service.describe(ref, former_owner=owner or "")
+
+    async def WatchInstance(self, request: instance_pb2.WatchInstanceRequest,
+                            context: Any) -> AsyncIterator[instance_pb2.InstanceEvent]:
+        ref = parse_instance(request.name)
+        async for event in self.service.watch(require_principal(), ref):
+            yield event
+
+    async def PurgeInstances(self, request: instance_pb2.PurgeInstancesRequest,
+                             context: Any) -> instance_pb2.PurgeInstancesResponse:
+        ref = parse_template(request.parent, "parent")
+        require_admin()
+        lifecycle, _, _ = self.service.parts()
+        owned = await lifecycle.purge(ref)
+        audit.note(forgotten=len(owned))
+        return instance_pb2.PurgeInstancesResponse(instances=[ref.instance(i).name for i, _ in owned],
+                                                   owners=[o for _, o in owned])
+
+    async def CheckConsistency(self, request: instance_pb2.CheckConsistencyRequest,
+                               context: Any) -> instance_pb2.CheckConsistencyResponse:
+        namespace, template = parse_list_parent(request.parent)
+        require_admin()
+        _, _, checker = self.service.parts()
+        refs = await checker.templates(namespace, template)
+        violations = []
+        for ref in refs:
+            for finding in await checker.check(ref):
+                violations.append(instance_pb2.ConsistencyViolation(
+                    template=finding.template, id=finding.id, code=finding.code, description=finding.description))
+        return instance_pb2.CheckConsistencyResponse(consistent=not violations, templates_checked=len(refs),
+                                                     violations=violations)
 
 
 def build(runtime: Runtime) -> ServiceParts:
-    return ServiceParts([Registration("aigc.gateway.v1.InstanceService", InstanceServiceServicer(), instance_pb2_grpc.add_InstanceServiceServicer_to_server,
-                                      base=instance_pb2_grpc.InstanceServiceServicer)])
+    service = InstanceService(runtime)
+    runtime.extras["instance_service"] = service
+    return ServiceParts(
+        [Registration("aigc.gateway.v1.InstanceService", InstanceServicer(service),
+                      instance_pb2_grpc.add_InstanceServiceServicer_to_server,
+                      base=instance_pb2_grpc.InstanceServiceServicer)],
+        on_start=[service.start], on_stop=[service.stop])

@@ -45,7 +45,7 @@ class Proposal:
 
 
 def _under(path: str, prefix: str) -> bool:
-    return path == prefix or path.startswith(prefix + ".") or path.startswith(prefix + "[")
+    return path == prefix or path.startswith((prefix + ".", prefix + "["))
 
 
 # -- paths -------------------------------------------------------------------
@@ -74,9 +74,7 @@ def format_path(segments: list[str | int]) -> str:
     out = ""
     parent = ""
     for segment in segments:
-        if isinstance(segment, int):
-            out += f"[{segment}]"
-        elif out and (parent in _KEYED_MAPS or not _PLAIN_KEY.match(segment)):
+        if isinstance(segment, int) or out and (parent in _KEYED_MAPS or not _PLAIN_KEY.match(segment)):
             out += f"[{segment}]"
         else:
             out += ("." if out else "") + segment

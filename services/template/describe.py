@@ -99,7 +99,7 @@ def _timestamp(value: Any) -> timestamp_pb2.Timestamp | None:
     if not isinstance(value, str) or not value:
         return None
     try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        moment = datetime.fromisoformat(value)  # Python 3.11 reads the trailing Z
     except ValueError:
         return None
     stamp = timestamp_pb2.Timestamp()

@@ -34,7 +34,7 @@ class Policy:
             object.__setattr__(self, "auth_signin_url", f"https://dashboard.{self.domain}/sign-in")
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "Policy":
+    def from_settings(cls, settings: Settings) -> Policy:
         cfg = settings.template
         public = settings.auth.public_url.rstrip("/")
         return cls(

@@ -5,6 +5,7 @@ Hand-written because the only Python implementation lives in the synchronous
 """
 from __future__ import annotations
 
+import math
 import re
 from decimal import Decimal, InvalidOperation
 
@@ -26,7 +27,7 @@ def parse_quantity(value: object) -> Decimal:
     if isinstance(value, int):
         return Decimal(value)
     if isinstance(value, float):
-        if value != value or value in (float("inf"), float("-inf")):
+        if not math.isfinite(value):
             raise QuantityError(f"{value!r} is not a quantity")
         return Decimal(repr(value))
     if not isinstance(value, str):

@@ -18,8 +18,14 @@ from aigc_gateway.errors import Violation
 
 from . import network
 from .names import DNS_LABEL, GSS_NAME, GSS_NAME_MAX
-from .policy import (AUTH_SIGNIN_ANNOTATION, AUTH_URL_ANNOTATION, GSS_API_VERSION, GSS_KIND, INGRESS_NETWORK,
-                     Policy)
+from .policy import (
+    AUTH_SIGNIN_ANNOTATION,
+    AUTH_URL_ANNOTATION,
+    GSS_API_VERSION,
+    GSS_KIND,
+    INGRESS_NETWORK,
+    Policy,
+)
 from .quantity import QuantityError, parse_quantity, whole_number
 
 TEMPLATE = "spec.gameServerTemplate"

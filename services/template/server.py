@@ -1,15 +1,92 @@
-"""gRPC mapping of the TemplateService (RPCs not built yet answer UNIMPLEMENTED)."""
+"""gRPC mapping of the TemplateService: request fields in, domain calls, responses out. Nothing else.
+
+Reads are open to every signed-in user (the manifest only to admins); every
+other method needs the admin role. The call interceptor authenticates, audits
+every mutation and every refusal, and maps domain errors to gRPC statuses.
+"""
 from __future__ import annotations
 
-from aigc_gateway.api.v1 import template_pb2_grpc
+from typing import Any
+
+from aigc_gateway.api.v1 import template_pb2, template_pb2_grpc
+from aigc_gateway.errors import invalid
+from aigc_gateway.identity import require_admin, require_principal
 from aigc_gateway.runtime import Runtime
 from aigc_gateway.server import Registration, ServiceParts
 
+from .cascade import Cascade
+from .catalog import Catalog
+from .cluster import KubeHandle, TemplateCluster
+from .handoff import Handoff
+from .instances import InstanceTable
+from .names import parse_parent, parse_template_name
+from .policy import Policy
+from .publishing import Publisher
+
+
+def _source(request: Any) -> template_pb2.TemplateSource:
+    if not request.HasField("source") or request.source.WhichOneof("source") is None:
+        raise invalid("source", "give the GameServerSet manifest as text (source.manifest) or as an object "
+                                "(source.object)", "REQUIRED")
+    return request.source
+
 
 class TemplateServiceServicer(template_pb2_grpc.TemplateServiceServicer):
-    """Maps TemplateService RPCs onto the domain logic."""
+    def __init__(self, catalog: Catalog, publisher: Publisher, cascade: Cascade):
+        self.catalog = catalog
+        self.publisher = publisher
+        self.cascade = cascade
+
+    async def ListTemplates(self, request: template_pb2.ListTemplatesRequest, context: Any) -> Any:
+        principal = require_principal()
+        namespace = parse_parent(request.parent)
+        return await self.catalog.list(request.parent, namespace, request.page_size, request.page_token,
+                                       admin=principal.admin)
+
+    async def GetTemplate(self, request: template_pb2.GetTemplateRequest, context: Any) -> Any:
+        principal = require_principal()
+        namespace, name = parse_template_name(request.name)
+        return await self.catalog.get(namespace, name, admin=principal.admin)
+
+    async def CreateTemplate(self, request: template_pb2.CreateTemplateRequest, context: Any) -> Any:
+        require_admin()
+        namespace = parse_parent(request.parent)
+        return await self.publisher.create(namespace, _source(request), request.validate_only)
+
+    async def UpdateTemplate(self, request: template_pb2.UpdateTemplateRequest, context: Any) -> Any:
+        require_admin()
+        namespace, name = parse_template_name(request.name)
+        return await self.publisher.update(namespace, name, _source(request), list(request.update_mask.paths),
+                                           allow_restart=request.allow_restart, etag=request.etag,
+                                           validate_only=request.validate_only)
+
+    async def DeleteTemplate(self, request: template_pb2.DeleteTemplateRequest, context: Any) -> Any:
+        require_admin()
+        namespace, name = parse_template_name(request.name)
+        return await self.cascade.delete(namespace, name, force=request.force, etag=request.etag)
+
+    async def ValidateTemplate(self, request: template_pb2.ValidateTemplateRequest, context: Any) -> Any:
+        require_admin()
+        namespace = parse_parent(request.parent)
+        return await self.publisher.validate(namespace, _source(request), request.as_update)
+
+    async def PreviewTemplateUpdate(self, request: template_pb2.PreviewTemplateUpdateRequest, context: Any) -> Any:
+        require_admin()
+        namespace, name = parse_template_name(request.name)
+        return await self.publisher.preview(namespace, name, _source(request), list(request.update_mask.paths))
 
 
 def build(runtime: Runtime) -> ServiceParts:
-    return ServiceParts([Registration("aigc.gateway.v1.TemplateService", TemplateServiceServicer(), template_pb2_grpc.add_TemplateServiceServicer_to_server,
-                                      base=template_pb2_grpc.TemplateServiceServicer)])
+    policy = Policy.from_settings(runtime.settings)
+    handle = KubeHandle(runtime.settings.kubernetes)
+    cluster = TemplateCluster(handle, policy)
+    table = InstanceTable(runtime.db)
+    catalog = Catalog(cluster, table, policy)
+    publisher = Publisher(cluster, catalog, table, policy)
+    cascade = Cascade(cluster, table, Handoff(runtime), policy, runtime.settings.template.delete_wait_seconds)
+    servicer = TemplateServiceServicer(catalog, publisher, cascade)
+    return ServiceParts(
+        [Registration("aigc.gateway.v1.TemplateService", servicer,
+                      template_pb2_grpc.add_TemplateServiceServicer_to_server,
+                      base=template_pb2_grpc.TemplateServiceServicer)],
+        on_stop=[handle.close])

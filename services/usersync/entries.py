@@ -117,3 +117,14 @@ def diff(current: Mapping[str, Any], desired: Mapping[str, dict[str, str]],
         if isinstance(parsed, Entry) and (parsed.namespace, parsed.template) in managed:
             changes[key] = None
     return changes
+
+
+def describe_change(key: str, value: dict[str, str] | None, current: Any) -> tuple[str, str, int]:
+    """(namespace, template, id) of one change for reports; id -1 for a removal. The template of a removed
+    key comes from the value being removed (the key alone is ambiguous)."""
+    if value is not None:
+        return value["Namespace"], value["Name"], int(value["ID"])
+    parsed = parse_entry(key, current)
+    if isinstance(parsed, Entry):
+        return parsed.namespace, parsed.template, -1
+    return "", "", -1

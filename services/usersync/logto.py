@@ -55,6 +55,12 @@ class LogtoAuthError(FailedPrecondition):
     """Logto refused our M2M credentials: an operator must fix the configuration."""
 
 
+class _TokenRefused(Exception):
+    def __init__(self, token: str):
+        super().__init__("Logto refused the access token")
+        self.token = token
+
+
 class _Retryable(Exception):
     def __init__(self, message: str, retry_after: float | None = None):
         super().__init__(message)
@@ -130,13 +136,13 @@ class LogtoClient:
     def _token_valid(self) -> bool:
         return bool(self._token) and time.monotonic() < self._renew_at
 
-    async def token(self, *, force: bool = False) -> str:
-        if not force and self._token_valid():
+    async def token(self, *, refused: str = "") -> str:
+        """The cached token, fetched when missing or about to expire, or when it is ``refused`` (a 401)."""
+        if self._token_valid() and self._token != refused:
             return self._token
-        seen = self._token
         async with self._token_lock:
             # Whoever waited on the lock uses the token the first waiter fetched.
-            if self._token_valid() and (not force or self._token != seen):
+            if self._token_valid() and self._token != refused:
                 return self._token
             response = await self._send("POST", f"{self.base}/oidc/token", what="token", auth=False, data={
                 "grant_type": "client_credentials", "resource": self.settings.resource, "scope": "all"})
@@ -167,12 +173,13 @@ class LogtoClient:
     async def _call(self, method: str, path: str, *, what: str, **kwargs: Any) -> httpx.Response:
         try:
             return await self._send(method, f"{self.base}{path}", what=what, **kwargs)
-        except LogtoAuthError as exc:
-            if exc.reason != TOKEN_REFUSED:
-                raise
+        except _TokenRefused as exc:
             # The token expired early or was revoked: renew once, then let a second refusal stand.
-            await self.token(force=True)
+            await self.token(refused=exc.token)
+        try:
             return await self._send(method, f"{self.base}{path}", what=what, **kwargs)
+        except _TokenRefused:
+            raise LogtoAuthError("Logto refused a freshly issued access token", reason=TOKEN_REFUSED) from None
 
     async def _send(self, method: str, url: str, *, what: str, auth: bool = True, **kwargs: Any) -> httpx.Response:
         s = self.settings
@@ -194,8 +201,10 @@ class LogtoClient:
                     params: dict[str, Any] | None = None, data: dict[str, str] | None = None) -> httpx.Response:
         headers = {"Accept": "application/json"}
         basic = None
+        token = ""
         if auth:
-            headers["Authorization"] = f"Bearer {await self.token()}"
+            token = await self.token()
+            headers["Authorization"] = f"Bearer {token}"
         else:
             basic = httpx.BasicAuth(self.settings.app_id, self.settings.app_secret)
         try:
@@ -211,7 +220,7 @@ class LogtoClient:
             if not auth:
                 raise LogtoAuthError("Logto refused the M2M credentials (check logto_app_id/logto_app_secret)",
                                      reason="LOGTO_CREDENTIALS_REFUSED")
-            raise LogtoAuthError("Logto refused the access token", reason=TOKEN_REFUSED)
+            raise _TokenRefused(token)
         if response.status_code == 404:
             raise LogtoUserNotFound(f"Logto has no such resource ({what})", reason="LOGTO_NOT_FOUND")
         if response.status_code >= 400:

@@ -75,6 +75,7 @@ class OutboxDelivery:
         self.audit = audit
         self._wake = asyncio.Event()
         self._last_housekeeping = 0.0
+        self.delivered_rows = 0  # by this replica, since it started
 
     def kick(self) -> None:
         """Start the next pass now (e.g. after CleanupTemplate queued rows)."""
@@ -104,7 +105,11 @@ class OutboxDelivery:
             async with semaphore:
                 if result.unavailable:  # Logto is down: leave the rest for a later pass
                     return
-                outcome = await self.deliver_user(user)
+                try:
+                    outcome = await self.deliver_user(user)
+                except Exception:  # e.g. the database went away: this user waits for a later pass
+                    log.exception("delivery to %s failed", user)
+                    outcome = UserOutcome(unavailable=True)
                 result.delivered += outcome.rows
                 result.unavailable |= outcome.unavailable
                 result.more |= outcome.full_batch
@@ -150,6 +155,7 @@ class OutboxDelivery:
         _close(rows, now, "")
         await mirrorstore.record(session, user, items, now)
         metrics.OUTBOX_ROWS.labels("delivered").inc(len(rows))
+        self.delivered_rows += len(rows)
         return UserOutcome(rows=len(rows), full_batch=full)
 
     async def run_forever(self) -> None:

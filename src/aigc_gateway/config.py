@@ -148,6 +148,16 @@ class TemplateConfig(Section):
 
 class InstanceConfig(Section):
     reconcile_interval_seconds: float = Field(30.0, ge=1, description="How often the reconciler runs.")
+    settle_timeout_seconds: float = Field(
+        30.0, ge=0, description="How long an operation waits for the OpenKruiseGame controller to finish the "
+        "template's previous GameServerSet write before making its own (UNAVAILABLE after that).")
+    conflict_retries: int = Field(
+        20, ge=0, le=100, description="GameServerSet writes retried (jittered backoff) after a 409 conflict.")
+    release_wait_seconds: float = Field(
+        30.0, ge=0, description="How long DeleteInstance waits for the instance's disks to be deleted before "
+        "answering; the reconciler finishes what is left.")
+    cache_sync_timeout_seconds: float = Field(
+        10.0, ge=0, description="How long a read waits for the Kubernetes watch caches to fill after start.")
 
 
 class AuthConfig(Section):

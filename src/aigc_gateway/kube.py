@@ -120,6 +120,10 @@ class Kube:
                               retry_after=1.0) from None
         raw = response[0] if isinstance(response, tuple) else response
         data = await raw.read()
+        if raw.status >= 400:  # with _preload_content=False kubernetes_asyncio does not raise for the status itself
+            exc = ApiException(status=raw.status, reason=raw.reason)
+            exc.body = data.decode(errors="replace")
+            raise _error(exc, what or path)
         return json.loads(data) if data else {}
 
     # -- typed helpers -----------------------------------------------------

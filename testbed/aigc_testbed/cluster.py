@@ -23,6 +23,9 @@ def kwokctl_env(cfg: Config) -> dict[str, str]:
     k8s_bin = cfg.bin("kubernetes", "kubectl").parent
     return os.environ | {
         "KWOK_WORKDIR": str(cfg.kwok_workdir),
+        # `delete cluster` removes its context from $KUBECONFIG (it rejects --kubeconfig ""):
+        # point it at the cluster's own file, never at the user's ~/.kube/config.
+        "KUBECONFIG": str(cfg.kwok_cluster_dir / "kubeconfig.yaml"),
         # kwokctl shells out to kubectl; make sure it is the one we built.
         "PATH": f"{k8s_bin}:{os.environ.get('PATH', '')}",
     }
@@ -70,7 +73,7 @@ def up(cfg: Config) -> None:
     except TestbedError as exc:
         _report_failure(cfg, exc)
         say("up: stopping what was started; logs stay in the state directory until `down`")
-        _stop_processes(cfg)
+        _stop_processes(cfg, keep_logs=True)
         raise SystemExit(1) from None
     say(f"up: test bed ready in {time.monotonic() - start:.0f}s; "
         f"RSS {sum(p.rss_kib() for p in processes.all_procs(cfg)) // 1024} MiB")
@@ -121,14 +124,15 @@ def _cluster_objects(cfg: Config, kubectl: Kubectl) -> None:
     say(f"up: {len(crd_files)} CRDs established, StorageClasses and nodes created")
 
 
-def _stop_processes(cfg: Config) -> None:
+def _stop_processes(cfg: Config, keep_logs: bool = False) -> None:
+    """Stop our managers, then the control plane. `kwokctl delete cluster` also removes the
+    cluster directory (logs included), so after a failed `up` we stop by pidfile instead."""
     for proc in processes.own_procs(cfg):
         processes.stop(proc)
-    if cfg.kwok_cluster_dir.exists():
+    if cfg.kwok_cluster_dir.exists() and not keep_logs:
         log = cfg.logs / "kwokctl.log" if cfg.logs.exists() else Path(os.devnull)
         try:
-            kwokctl(cfg, "delete", "cluster", "--name", CLUSTER_NAME, "--kubeconfig", "", log=log,
-                    timeout=120)
+            kwokctl(cfg, "delete", "cluster", "--name", CLUSTER_NAME, log=log, timeout=120)
         except subprocess.TimeoutExpired:
             pass
     # Whatever kwokctl did not stop (or if it failed), stop by its pidfiles.

@@ -51,10 +51,9 @@ def kwok_procs(cfg: Config) -> list[Proc]:
         return []
     procs = []
     for pidfile in sorted(pids.glob("*.pid")):
-        name = pidfile.stem
-        # kwokctl names the kwok controller's binary `kwok`; the others match their component.
-        binary = "kwok" if name == "kwok-controller" else name
-        procs.append(Proc(binary, pidfile, logs / f"{name}.log"))
+        # kwokctl runs each component through a symlink named after it in its bin/ directory,
+        # so the component name is in the process's command line.
+        procs.append(Proc(pidfile.stem, pidfile, logs / f"{pidfile.stem}.log"))
     return procs
 
 

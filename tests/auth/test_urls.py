@@ -58,7 +58,7 @@ def test_parse_original_url_reads_host_and_path() -> None:
     "https://victim.aigc.test\\@owner.aigc.test/",
     "javascript://owner.aigc.test/", "ftp://owner.aigc.test/", "//owner.aigc.test/", "owner.aigc.test/",
     "https://owner.aigc.testhttp://victim.aigc.test/",  # absolute-form request target
-    "https://owner.aigc.test/a\r\nX: y", "https://owner.aigc.test/%00", "https:///x", "",
+    "https://owner.aigc.test/a\r\nX: y", "https://owner.aigc.test/%00", "https:///x", "", "http://[::1",
     "https://owner.aigc.test/" + "a" * 9000,
 ])
 def test_unreadable_original_urls_are_refused(url: str) -> None:

@@ -5,7 +5,6 @@ import copy
 import json
 
 import pytest
-
 from aigc_gateway.services.template import changes, manifest
 from aigc_gateway.services.template.policy import Policy
 from aigc_gateway.services.template.validation import check_update
@@ -18,6 +17,7 @@ POLICY = Policy(gss_labels={"aigc.gateway.io/template": "true"}, domain="aigc.te
 def live() -> dict:
     """A published template as the apiserver returns it, with instances running and ids reserved."""
     obj = sample()
+    obj["metadata"].pop("annotations")
     obj["metadata"].update(uid="u-1", resourceVersion="41", generation=3, creationTimestamp="2024-05-01T10:00:00Z",
                            labels={"aigc.gateway.io/template": "true"})
     obj["spec"].update(replicas=2, reserveGameServerIds=[1, "3-4"])

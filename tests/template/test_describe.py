@@ -4,11 +4,15 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
-
-from aigc_gateway.api.v1 import common_pb2
 from aigc_gateway.services.template import describe
 from aigc_gateway.services.template.policy import Policy
-from aigc_gateway.services.template.quantity import QuantityError, parse_quantity, whole_number
+from aigc_gateway.services.template.quantity import (
+    QuantityError,
+    parse_quantity,
+    whole_number,
+)
+
+from aigc_gateway.api.v1 import common_pb2
 
 from .samples import SAMPLES, container, sample, variant
 
@@ -16,12 +20,13 @@ POLICY = Policy(domain="aigc.test")
 A = common_pb2.Accelerator
 
 EXPECTED = {
-    "stable-diffusion-cpu": dict(type=A.CPU, cpu="", memory="", gpu_count=0, gpu_memory_gib=0, eci=False,
-                                 eci_instance_type=""),
-    "stable-diffusion-gpu": dict(type=A.GPU, gpu_count=1, eci=False),
-    "stable-diffusion-gpushare": dict(type=A.SHARED_GPU, gpu_memory_gib=3, gpu_count=0),
-    "stable-diffusion-eci-cpu": dict(type=A.CPU, cpu="2", memory="4Gi", eci=True, eci_instance_type=""),
-    "stable-diffusion-eci-gpu": dict(type=A.GPU, gpu_count=1, eci=True, eci_instance_type="ecs.gn7i-c8g1.2xlarge"),
+    "stable-diffusion-cpu": {"type": A.CPU, "cpu": "", "memory": "", "gpu_count": 0, "gpu_memory_gib": 0,
+                             "eci": False, "eci_instance_type": ""},
+    "stable-diffusion-gpu": {"type": A.GPU, "gpu_count": 1, "eci": False},
+    "stable-diffusion-gpushare": {"type": A.SHARED_GPU, "gpu_memory_gib": 3, "gpu_count": 0},
+    "stable-diffusion-eci-cpu": {"type": A.CPU, "cpu": "2", "memory": "4Gi", "eci": True, "eci_instance_type": ""},
+    "stable-diffusion-eci-gpu": {"type": A.GPU, "gpu_count": 1, "eci": True,
+                                 "eci_instance_type": "ecs.gn7i-c8g1.2xlarge"},
 }
 
 
@@ -38,7 +43,8 @@ def test_samples_are_described(name: str) -> None:
         [("user-data", "50Gi", "alicloud-disk-essd")]
     assert template.usable and not template.unusable_reasons
     assert (template.live_instance_count, template.paused_instance_count) == (2, 1)
-    assert template.display_name == name  # no display annotation: the name
+    assert template.display_name.startswith("Stable Diffusion (") and template.category == "image"
+    assert template.sort_order == 10 * (1 + ["cpu", "gpu", "gpushare", "eci-cpu", "eci-gpu"].index(suffix))
     assert not template.HasField("manifest")
 
 
@@ -68,6 +74,12 @@ def test_requests_are_used_when_no_limits() -> None:
     obj = variant(lambda o: container(o).__setitem__("resources", {"requests": {"cpu": "500m", "memory": "1Gi"}}))
     acc = describe.accelerator(obj)
     assert (acc.type, acc.cpu, acc.memory) == (A.CPU, "500m", "1Gi")
+
+
+def test_display_name_falls_back_to_the_name() -> None:
+    obj = variant(lambda o: o["metadata"].pop("annotations"))
+    t = describe.describe(obj, POLICY, describe.Counts(), with_manifest=False)
+    assert (t.display_name, t.sort_order, t.description) == ("stable-diffusion-cpu", 0, "")
 
 
 def test_sort_key_orders_by_sort_order_then_namespace_then_name() -> None:

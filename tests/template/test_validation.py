@@ -2,14 +2,18 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
-from google.protobuf import struct_pb2
-
 from aigc_gateway.services.template import manifest, rules
-from aigc_gateway.services.template.policy import AUTH_SIGNIN_ANNOTATION, AUTH_URL_ANNOTATION, Policy
+from aigc_gateway.services.template.policy import (
+    AUTH_SIGNIN_ANNOTATION,
+    AUTH_URL_ANNOTATION,
+    Policy,
+)
 from aigc_gateway.services.template.validation import check_new
+from google.protobuf import struct_pb2
 
 from .samples import SAMPLES, container, sample, sample_text, set_conf, variant
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from email.utils import format_datetime
 from datetime import datetime, timedelta, timezone
+from email.utils import format_datetime
 
 import httpx
 import pytest
@@ -41,8 +41,8 @@ async def test_token_needs_basic_credentials(logto: LogtoDouble) -> None:
         await bad.close()
     async with httpx.AsyncClient() as raw:
         assert (await raw.get(f"{logto.url}/api/users/u1")).status_code == 401
-        resp = await raw.post(f"{logto.url}/oidc/token", auth=(logto.app_id, logto.app_secret),
-                              data={"grant_type": "client_credentials", "resource": "https://other/api", "scope": "all"})
+        resp = await raw.post(f"{logto.url}/oidc/token", auth=(logto.app_id, logto.app_secret), data={
+            "grant_type": "client_credentials", "resource": "https://other/api", "scope": "all"})
         assert resp.status_code == 400 and resp.json()["error"] == "invalid_target"
 
 

@@ -416,6 +416,7 @@ class DeleteTemplateResponse(_message.Message):
     DELETED_INSTANCE_COUNT_FIELD_NUMBER: _builtins.int
     DELETED_CLAIMS_FIELD_NUMBER: _builtins.int
     CLEANED_USERS_FIELD_NUMBER: _builtins.int
+    WARNINGS_FIELD_NUMBER: _builtins.int
     deleted_instance_count: _builtins.int
     """Number of instances removed with it."""
     @_builtins.property
@@ -430,6 +431,14 @@ class DeleteTemplateResponse(_message.Message):
     def cleaned_users(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Users whose ownership and user-data entries were cleaned up."""
 
+    @_builtins.property
+    def warnings(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.FieldViolation]:
+        """Cleanups that did not complete (for example the usersync or instance
+        service was unavailable), reason "CLEANUP_INCOMPLETE"; the Kubernetes
+        objects are gone regardless. DeleteTemplate with force on the same name
+        resumes them.
+        """
+
     def __init__(
         self,
         *,
@@ -437,10 +446,11 @@ class DeleteTemplateResponse(_message.Message):
         deleted_instance_count: _builtins.int = ...,
         deleted_claims: _abc.Iterable[_builtins.str] | None = ...,
         cleaned_users: _abc.Iterable[_builtins.str] | None = ...,
+        warnings: _abc.Iterable[_common_pb2.FieldViolation] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["template", b"template"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cleaned_users", b"cleaned_users", "deleted_claims", b"deleted_claims", "deleted_instance_count", b"deleted_instance_count", "template", b"template"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cleaned_users", b"cleaned_users", "deleted_claims", b"deleted_claims", "deleted_instance_count", b"deleted_instance_count", "template", b"template", "warnings", b"warnings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

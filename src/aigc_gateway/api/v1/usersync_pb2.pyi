@@ -203,6 +203,7 @@ class ImportReport(_message.Message):
     UNCHANGED_FIELD_NUMBER: _builtins.int
     CONFLICTS_FIELD_NUMBER: _builtins.int
     DRY_RUN_FIELD_NUMBER: _builtins.int
+    SKIPPED_FIELD_NUMBER: _builtins.int
     users_scanned: _builtins.int
     """Users read."""
     dry_run: _builtins.bool
@@ -219,6 +220,12 @@ class ImportReport(_message.Message):
     def conflicts(self) -> _containers.RepeatedCompositeFieldContainer[Global___ImportConflict]:
         """Entries an admin must resolve, with the reason."""
 
+    @_builtins.property
+    def skipped(self) -> _containers.RepeatedCompositeFieldContainer[Global___ImportConflict]:
+        """Entries ignored, with the reason (for example `null`: an instance the
+        original gateway removed).
+        """
+
     def __init__(
         self,
         *,
@@ -227,10 +234,11 @@ class ImportReport(_message.Message):
         unchanged: _abc.Iterable[Global___CustomDataEntry] | None = ...,
         conflicts: _abc.Iterable[Global___ImportConflict] | None = ...,
         dry_run: _builtins.bool = ...,
+        skipped: _abc.Iterable[Global___ImportConflict] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["conflicts", b"conflicts", "dry_run", b"dry_run", "imported", b"imported", "unchanged", b"unchanged", "users_scanned", b"users_scanned"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conflicts", b"conflicts", "dry_run", b"dry_run", "imported", b"imported", "skipped", b"skipped", "unchanged", b"unchanged", "users_scanned", b"users_scanned"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

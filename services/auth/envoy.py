@@ -1,0 +1,72 @@
+"""Envoy's ``envoy.service.auth.v3.Authorization/Check`` (ext_authz): the same decision as ``GET /auth``.
+
+Envoy (and Istio, and other gateways speaking ext_authz) sends the request's
+attributes; the URL is ``scheme://host + path`` exactly as the proxy routed it.
+Allowed requests go on with ``X-Auth-Request-*`` set (overwriting any copy the
+client sent); denied ones get 401 or 403 straight from the proxy. The call
+itself must carry the gateway's service credential (configure Envoy's
+``grpc_service.initial_metadata`` with ``x-aigc-service-token``).
+"""
+from __future__ import annotations
+
+from google.rpc import code_pb2, status_pb2
+
+from aigc_gateway.api.envoy import envoy_config_core_v3_base_pb2 as core
+from aigc_gateway.api.envoy import envoy_service_auth_v3_external_auth_pb2 as ext
+from aigc_gateway.api.envoy import envoy_service_auth_v3_external_auth_pb2_grpc as ext_grpc
+from aigc_gateway.api.envoy import envoy_type_v3_http_status_pb2 as http_status
+from aigc_gateway.identity import require_admin
+
+from .checker import Checker, Credentials
+from .decision import Decision, Outcome
+from .sessions import AmbiguousCookie, single_cookie
+
+_DENIED = {Outcome.UNAUTHENTICATED: (code_pb2.UNAUTHENTICATED, http_status.Unauthorized),
+           Outcome.FORBIDDEN: (code_pb2.PERMISSION_DENIED, http_status.Forbidden)}
+_IDENTITY_HEADERS = ("x-auth-request-user", "x-auth-request-email", "x-auth-request-preferred-username")
+
+
+def _header(key: str, value: str) -> core.HeaderValueOption:
+    return core.HeaderValueOption(header=core.HeaderValue(key=key, value=value),
+                                  append_action=core.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD)
+
+
+def credentials_of(headers: dict[str, str], cookie_name: str) -> Credentials:
+    try:
+        value = single_cookie(headers.get("cookie"), cookie_name)
+    except AmbiguousCookie:
+        return Credentials(ambiguous=True)
+    bearer = None
+    scheme, _, token = headers.get("authorization", "").partition(" ")
+    if not value and scheme.lower() == "bearer" and token.strip():
+        bearer = token.strip()
+    return Credentials(session_cookie=value, bearer_token=bearer)
+
+
+def response_of(decision: Decision) -> ext.CheckResponse:
+    if decision.allowed:
+        p = decision.principal
+        assert p is not None
+        return ext.CheckResponse(status=status_pb2.Status(code=code_pb2.OK), ok_response=ext.OkHttpResponse(
+            headers=[_header("x-auth-request-user", p.subject), _header("x-auth-request-email", p.email),
+                     _header("x-auth-request-preferred-username", p.preferred_username)]))
+    code, http = _DENIED[decision.outcome]
+    return ext.CheckResponse(status=status_pb2.Status(code=code, message=decision.reason),
+                             denied_response=ext.DeniedHttpResponse(status=http_status.HttpStatus(code=http),
+                                                                    body=decision.reason + "\n"))
+
+
+class EnvoyAuthorizationServicer(ext_grpc.AuthorizationServicer):
+    def __init__(self, checker: Checker, cookie_name: str):
+        self.checker = checker
+        self.cookie_name = cookie_name
+
+    async def Check(self, request: ext.CheckRequest, context) -> ext.CheckResponse:  # type: ignore[no-untyped-def]
+        require_admin()  # the proxy, with the gateway's service credential
+        http = request.attributes.request.http
+        headers = {k.lower(): v for k, v in http.headers.items()}
+        url = None
+        if http.host and http.path:
+            url = f"{http.scheme or 'https'}://{http.host}{http.path}"
+        decision = await self.checker.check(url, credentials_of(headers, self.cookie_name), method=http.method)
+        return response_of(decision)

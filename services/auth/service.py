@@ -1,0 +1,76 @@
+"""The auth service's parts, wired once per process: owner map and its feeds, sessions, checker, HTTP."""
+from __future__ import annotations
+
+import logging
+
+from aigc_gateway.config import ConfigError
+from aigc_gateway.identity import JWTAuthenticator
+from aigc_gateway.runtime import Runtime
+
+from .activity import ActivityRecorder
+from .checker import Checker
+from .endpoints import AuthEndpoints, public_base
+from .oidc import OIDCClient
+from .ownermap import OwnerMap
+from .routes import RouteIndex
+from .sessions import SessionCookieAuthenticator
+from .sources import OwnershipFollower, TemplateWatch
+
+log = logging.getLogger(__name__)
+
+
+def _find(runtime: Runtime, kind: type) -> object | None:
+    return next((a for a in runtime.authenticator.authenticators if isinstance(a, kind)), None)
+
+
+class AuthService:
+    def __init__(self, runtime: Runtime):
+        settings = runtime.settings
+        self.runtime = runtime
+        self.settings = settings
+        self.owners = OwnerMap()
+        self.index = RouteIndex(self.owners)
+        self.follower = OwnershipFollower(runtime.db, self.owners, self.index)
+        self.watch = TemplateWatch(settings, self.index)
+        self.activity = ActivityRecorder(runtime.db)
+        self.audit_log = runtime.audit_log("auth")
+        sessions = _find(runtime, SessionCookieAuthenticator)
+        self.sessions: SessionCookieAuthenticator | None = sessions  # type: ignore[assignment]
+        bearer = _find(runtime, JWTAuthenticator)
+        self.checker = Checker(self.owners, self.sessions, bearer, self.activity,  # type: ignore[arg-type]
+                               self.audit_log, allow_admin=settings.auth.allow_admin_access)
+        self.oidc: OIDCClient | None = None
+        self.endpoints: AuthEndpoints | None = None
+        self.http_enabled = bool(settings.auth.http_listen) and self.sessions is not None
+        if self.sessions is None and "http_listen" in settings.auth.model_fields_set and settings.auth.http_listen:
+            # No built-in key: a default that "works" would be a key every installation shares.
+            raise ConfigError(["auth.session_keys: required to serve the auth HTTP endpoints "
+                               "(auth.http_listen is set); give at least one random key of 32+ characters"])
+
+    async def start(self) -> None:
+        self.follower.start()
+        self.watch.start()
+        self.activity.start()
+        if self.sessions is not None:
+            self.sessions.store.start()
+        if not self.http_enabled:
+            log.warning("auth HTTP endpoints (/auth, /sign-in) are off: set auth.session_keys to serve them")
+            return
+        oidc_cfg = self.settings.oidc
+        if oidc_cfg.issuer and oidc_cfg.client_id:
+            self.oidc = OIDCClient(oidc_cfg, public_base(self.settings) + "/sign-in-callback")
+        else:
+            log.error("browser sign-in is off: oidc.issuer and oidc.client_id are not configured")
+        assert self.sessions is not None
+        self.endpoints = AuthEndpoints(self.settings, self.checker, self.sessions, self.oidc, self.audit_log)
+        await self.endpoints.start()
+
+    async def stop(self) -> None:
+        if self.endpoints is not None:
+            await self.endpoints.stop()
+        if self.oidc is not None:
+            await self.oidc.close()
+        await self.watch.close()
+        await self.follower.close()
+        await self.activity.close()
+        await self.checker.drain()

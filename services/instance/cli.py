@@ -1,0 +1,64 @@
+"""`aigc-gateway doctor`: check the allocator invariants (DESIGN §5) of every template and print each violation.
+
+It runs the same check as the CheckConsistency RPC, directly against
+PostgreSQL and the Kubernetes API, so it works while the service is down.
+Exit status: 0 consistent, 1 violations found, 2 configuration problem.
+"""
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def doctor(
+        config: Optional[Path] = typer.Option(None, "--config", "-c",
+                                              help="YAML or JSON config file (else $AIGC_GATEWAY_CONFIG)."),
+        parent: str = typer.Option("namespaces/-/templates/-", help="Which templates: `-` means any."),
+        repair: bool = typer.Option(False, help="First resolve interrupted operations and finish uninstalls "
+                                                "(what the reconciler does)."),
+    ) -> None:
+        """Check instance ids, owners and disks against the GameServerSets; print every violation."""
+        from aigc_gateway.cli import _settings
+
+        settings = _settings(config)
+        found = asyncio.run(_doctor(settings, parent, repair))
+        raise typer.Exit(1 if found else 0)
+
+
+async def _doctor(settings, parent: str, repair: bool) -> int:  # type: ignore[no-untyped-def]
+    from aigc_gateway.db import Database
+    from aigc_gateway.kube import Kube
+
+    from .cluster import Cluster
+    from .consistency import Checker
+    from .lifecycle import Lifecycle
+    from .names import parse_list_parent
+    from .slots import SlotStore
+
+    namespace, template = parse_list_parent(parent, "--parent")
+    db = Database(settings.database_url())
+    kube = await Kube.connect(settings.kubernetes)
+    try:
+        store = SlotStore(db)
+        cluster = Cluster(kube, settings.namespaces, settings.gss_labels)
+        lifecycle = Lifecycle(db, store, cluster, settings.instance)
+        checker = Checker(lifecycle, cluster, store)
+        refs = await checker.templates(namespace, template)
+        total = 0
+        for ref in refs:
+            if repair:
+                await lifecycle.tidy(ref)
+            findings = await checker.check(ref)
+            total += len(findings)
+            for f in findings:
+                typer.echo(f"{f.template}\t{f.id if f.id >= 0 else '-'}\t{f.code}\t{f.description}")
+        typer.echo(f"{len(refs)} template(s) checked, {total} violation(s)", err=True)
+        return total
+    finally:
+        await kube.close()
+        await db.close()

@@ -1,0 +1,166 @@
+"""The instance service's Kubernetes I/O: templates, the GameServerSet write, disks and pods.
+
+Everything goes through the core :class:`~aigc_gateway.kube.Kube`; the
+decisions are in :mod:`.allocator` and :mod:`.templates`.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from aigc_gateway.errors import NotFound, Unavailable
+from aigc_gateway.kube import GAMESERVER, GSS, OWNER_GSS_LABEL, POD, PVC, Kube
+
+from . import templates
+from .allocator import Spec
+from .invariants import Claim, claim_name
+from .names import TemplateRef
+
+log = logging.getLogger(__name__)
+
+Obj = dict[str, Any]
+
+
+def backoff(attempt: int, base: float = 0.02, cap: float = 1.0) -> float:
+    """Full-jitter exponential backoff: spreads the retries of writers that lost the same race."""
+    return random.uniform(0, min(cap, base * (2 ** attempt)))
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+class Cluster:
+    def __init__(self, kube: Kube, namespaces: Sequence[str], gss_labels: Mapping[str, str]):
+        self.kube = kube
+        self.namespaces = list(namespaces)
+        self.gss_labels = dict(gss_labels)
+
+    # -- templates ---------------------------------------------------------------------------------------
+
+    async def template(self, ref: TemplateRef) -> Obj:
+        """The template's GameServerSet; NOT_FOUND when it is missing or is not a template of this gateway."""
+        if self.namespaces and ref.namespace not in self.namespaces:
+            raise templates.not_found(ref)
+        try:
+            gss = await self.kube.get(GSS, ref.namespace, ref.template)
+        except NotFound:
+            raise templates.not_found(ref) from None
+        if not templates.is_template(gss, self.namespaces, self.gss_labels):
+            raise templates.not_found(ref)
+        return gss
+
+    async def usable_template(self, ref: TemplateRef) -> Obj:
+        gss = await self.template(ref)
+        templates.check_usable(ref, gss)
+        return gss
+
+    async def settled_template(self, ref: TemplateRef, timeout: float, poll: float = 0.05) -> Obj:
+        """The GameServerSet once the controller has finished with the last write (see templates.settled)."""
+        deadline = time.monotonic() + timeout
+        attempt = 0
+        while True:
+            gss = await self.usable_template(ref)
+            if templates.settled(gss):
+                return gss
+            if time.monotonic() >= deadline:
+                raise Unavailable(f"the OpenKruiseGame controller has not caught up with {ref.name} within "
+                                  f"{timeout:.0f}s (is kruise-game running?)", reason="CONTROLLER_LAGGING",
+                                  retry_after=5.0)
+            await asyncio.sleep(min(poll * (1.5 ** attempt), 0.5))
+            attempt += 1
+
+    async def write_spec(self, gss: Obj, after: Spec) -> Obj:
+        """PUT (R, X) with the resourceVersion read: a concurrent change fails with Aborted (409)."""
+        return await self.kube.replace(GSS, gss["metadata"]["namespace"], templates.with_spec(gss, after))
+
+    async def list_templates(self) -> list[Obj]:
+        selector = ",".join(f"{k}={v}" for k, v in sorted(self.gss_labels.items()))
+        out: list[Obj] = []
+        for ns in self.namespaces or [None]:
+            listed = await self.kube.list(GSS, ns, label_selector=selector)
+            out.extend(g for g in listed.get("items") or [] if templates.is_template(g, self.namespaces,
+                                                                                       self.gss_labels))
+        return out
+
+    # -- disks -------------------------------------------------------------------------------------------
+
+    async def claims(self, ref: TemplateRef, vcts: Sequence[str]) -> dict[str, Claim]:
+        """PVCs of this template's ids: named `<vct>-<gss>-<id>`, or carrying the StatefulSet's owner-gss label
+        (a disk of a volumeClaimTemplate an upgrade renamed or removed). A name alone that merely ends like
+        ours may belong to another template (`x-<gss>` makes the same suffix) and is left alone."""
+        listed = await self.kube.list(PVC, ref.namespace)
+        prefixes = tuple(f"{v}-{ref.template}-" for v in vcts)
+        out: dict[str, Claim] = {}
+        for item in listed.get("items") or []:
+            meta = item.get("metadata") or {}
+            name = meta.get("name", "")
+            labelled = (meta.get("labels") or {}).get(OWNER_GSS_LABEL) == ref.template
+            named = any(name.startswith(p) and name[len(p):].isdigit() for p in prefixes)
+            if labelled or named:
+                out[name] = Claim(name, _parse_time(meta.get("creationTimestamp")),
+                                  bool(meta.get("deletionTimestamp")))
+        return out
+
+    def claim_names(self, ref: TemplateRef, gss: Obj | None, instance_id: int,
+                    present: Iterable[str] = ()) -> list[str]:
+        """Every disk name of the id: one per volumeClaimTemplate, plus any of ``present`` (from :meth:`claims`)
+        with the id's suffix."""
+        names = {claim_name(v, ref.template, instance_id) for v in (templates.vct_names(gss) if gss else [])}
+        suffix = f"-{ref.template}-{instance_id}"
+        names |= {n for n in present if n.endswith(suffix)}
+        return sorted(names)
+
+    async def delete_claims(self, namespace: str, names: Iterable[str]) -> None:
+        """Delete each; one already gone is fine (the original stopped at the first missing one)."""
+        await asyncio.gather(*(self.kube.delete(PVC, namespace, n, missing_ok=True) for n in names))
+
+    async def existing_claims(self, namespace: str, names: Iterable[str]) -> list[str]:
+        async def exists(name: str) -> str | None:
+            try:
+                await self.kube.get(PVC, namespace, name)
+                return name
+            except NotFound:
+                return None
+
+        return [n for n in await asyncio.gather(*(exists(n) for n in names)) if n]
+
+    # -- pods --------------------------------------------------------------------------------------------
+
+    async def pod(self, namespace: str, name: str) -> Obj | None:
+        try:
+            return await self.kube.get(POD, namespace, name)
+        except NotFound:
+            return None
+
+    async def delete_pod(self, namespace: str, name: str, uid: str) -> bool:
+        return await self.kube.delete(POD, namespace, name, uid=uid, missing_ok=True)
+
+    async def pod_ids(self, ref: TemplateRef) -> frozenset[int]:
+        listed = await self.kube.list(POD, ref.namespace, label_selector=f"{OWNER_GSS_LABEL}={ref.template}")
+        ids: set[int] = set()
+        for item in listed.get("items") or []:
+            suffix = item["metadata"]["name"].rsplit("-", 1)[-1]
+            if suffix.isdigit():
+                ids.add(int(suffix))
+        return frozenset(ids)
+
+    async def observe(self, namespace: str, name: str, claim_names: Iterable[str]) -> tuple[Obj | None, Obj | None,
+                                                                                           dict[str, Obj]]:
+        """(GameServer, pod, PVCs by name) read directly: for answers given before the watch caches are ready."""
+        async def get(kind: Any, obj_name: str) -> Obj | None:
+            try:
+                return await self.kube.get(kind, namespace, obj_name)
+            except NotFound:
+                return None
+
+        names = list(claim_names)
+        gs, pod, *claims = await asyncio.gather(get(GAMESERVER, name), get(POD, name), *(get(PVC, n) for n in names))
+        return gs, pod, {n: c for n, c in zip(names, claims, strict=True) if c is not None}

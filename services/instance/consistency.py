@@ -1,0 +1,51 @@
+"""CheckConsistency's I/O: a snapshot of PostgreSQL, the GameServerSet, its pods and disks, under the lock."""
+from __future__ import annotations
+
+from aigc_gateway.errors import FailedPrecondition, NotFound
+
+from . import invariants, templates
+from .cluster import Cluster
+from .invariants import Finding, Snapshot
+from .lifecycle import Lifecycle
+from .names import TemplateRef
+from .slots import SlotStore, now, to_record
+
+
+class Checker:
+    def __init__(self, lifecycle: Lifecycle, cluster: Cluster, store: SlotStore):
+        self.lifecycle = lifecycle
+        self.cluster = cluster
+        self.store = store
+
+    async def templates(self, namespace: str | None, template: str | None) -> list[TemplateRef]:
+        """The templates a `namespaces/{ns|-}/templates/{tpl|-}` parent covers: in the cluster or in the database."""
+        if namespace and template:
+            return [TemplateRef(namespace, template)]
+        found = {TemplateRef(g["metadata"]["namespace"], g["metadata"]["name"])
+                 for g in await self.cluster.list_templates()}
+        found |= set(await self.store.templates())
+        return sorted(r for r in found if (namespace in (None, r.namespace)) and (template in (None, r.template)))
+
+    async def snapshot(self, ref: TemplateRef) -> Snapshot | Finding:
+        async with self.lifecycle.locked(ref):
+            try:
+                gss = await self.cluster.template(ref)
+            except NotFound:
+                gss = None
+            try:
+                spec = templates.spec_of(ref, gss) if gss is not None else None
+            except FailedPrecondition as exc:
+                return Finding(ref.name, -1, "RESERVE_LIST_INVALID", exc.message)
+            async with self.lifecycle.db.session() as session:
+                rows = await self.store.load(session, ref)
+                intents = await self.store.intents(session, ref)
+            claims = await self.cluster.claims(ref, templates.vct_names(gss) if gss else [])
+            pods = await self.cluster.pod_ids(ref)
+        return Snapshot(ref, spec, {i: to_record(r) for i, r in rows.items()},
+                        templates.vct_names(gss) if gss else [], claims, pods, len(intents), now())
+
+    async def check(self, ref: TemplateRef) -> list[Finding]:
+        snap = await self.snapshot(ref)
+        if isinstance(snap, Finding):
+            return [snap]
+        return invariants.check(snap)

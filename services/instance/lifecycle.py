@@ -1,0 +1,236 @@
+"""The allocator's I/O: lock, resolve, intent, one GameServerSet write, record (DESIGN §5).
+
+Every step that changes a template's (R, X) or its slots runs as
+:meth:`Lifecycle.step`:
+
+1. take the template lock (an asyncio lock per process, then the PostgreSQL
+   advisory lock `allocator:<ns>/<tpl>`, held by the step's transaction);
+2. read the GameServerSet once the controller has finished the previous write;
+3. resolve any intent a crash left behind, from (R, X);
+4. ask the pure planner for the step's :class:`~.allocator.Plan`;
+5. commit the plan as an intent, then PUT (R', X') with the resourceVersion
+   read; on 409 go back to 2 after a jittered backoff;
+6. in one transaction, apply the plan's slot transitions, outbox rows and
+   notifications and drop the intent; then unlock.
+
+Each database stage commits on its own while the lock is held (the lock's
+transaction only holds the lock): the intent must be durable before the
+write it announces, and SQLite allows one writing transaction at a time. A
+crash anywhere leaves either nothing, or an intent that step 3 (or the
+reconciler) turns into exactly the outcome the GameServerSet shows.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from aigc_gateway.config import InstanceConfig
+from aigc_gateway.db import Database
+from aigc_gateway.db.models import InstanceRow
+from aigc_gateway.errors import Aborted, FailedPrecondition, GatewayError, NotFound, Unavailable
+from aigc_gateway.identity import Principal
+from aigc_gateway.kube import GSS
+
+from . import access, allocator, faults, templates
+from .allocator import Op, Plan, Spec
+from .cluster import Cluster, backoff
+from .metrics import ALLOCATOR_CONFLICTS, ALLOCATOR_RETRIES, INTENTS_RESOLVED, LOCK_WAIT, OPERATIONS, SETTLE_WAIT
+from .names import InstanceRef, TemplateRef
+from .slots import SlotStore, to_slot
+
+log = logging.getLogger(__name__)
+
+Decide = Callable[[Spec, dict[int, InstanceRow]], Plan]
+
+
+def slots_of(rows: dict[int, InstanceRow]) -> dict[int, allocator.Slot]:
+    return {i: to_slot(r) for i, r in rows.items()}
+
+
+class Lifecycle:
+    def __init__(self, db: Database, store: SlotStore, cluster: Cluster, cfg: InstanceConfig):
+        self.db = db
+        self.store = store
+        self.cluster = cluster
+        self.cfg = cfg
+        self._local: dict[str, asyncio.Lock] = {}
+
+    @asynccontextmanager
+    async def locked(self, ref: TemplateRef) -> AsyncIterator[None]:
+        """Hold the template's allocator lock (across processes) for the block."""
+        # The process-local lock first: coroutines of one process queue here rather than each holding a pooled
+        # connection while waiting for the advisory lock (the holder needs a second one for its stages).
+        started = time.perf_counter()
+        local = self._local.setdefault(ref.key, asyncio.Lock())
+        async with local, self.db.lock(f"allocator:{ref.key}"):
+            LOCK_WAIT.observe(time.perf_counter() - started)
+            yield
+
+    async def rows(self, ref: TemplateRef) -> dict[int, InstanceRow]:
+        async with self.db.session() as session:
+            return await self.store.load(session, ref)
+
+    async def resolve_pending(self, ref: TemplateRef, spec: Spec) -> int:
+        """Apply or drop every intent of the template according to (R, X); returns how many there were.
+        Call it holding the lock."""
+        async with self.db.session() as session:
+            intents = await self.store.intents(session, ref)
+            for intent in intents:
+                plan = Plan.from_json(intent.plan)
+                applied = allocator.resolve(plan, spec)
+                if applied:
+                    await self.store.apply(session, ref, plan, owner_since=intent.created_at)
+                await self.store.drop_intent(session, intent.id)
+                INTENTS_RESOLVED.labels(plan.op.value, str(applied).lower()).inc()
+                log.warning("resolved interrupted %s of %s id %d (from %s): %s", plan.op.value, ref.key, plan.id,
+                            intent.holder, "it took effect" if applied else "it did not happen")
+        return len(intents)
+
+    async def step(self, ref: TemplateRef, op: Op, decide: Decide) -> Plan:
+        """One allocator step under the template lock (see the module docstring)."""
+        try:
+            async with self.locked(ref):
+                plan = await self._attempts(ref, decide)
+        except GatewayError as exc:
+            OPERATIONS.labels(op.value, exc.code.name).inc()
+            raise
+        OPERATIONS.labels(op.value, "OK").inc()
+        faults.point(f"{op.value}.after_commit")
+        return plan
+
+    async def _attempts(self, ref: TemplateRef, decide: Decide) -> Plan:
+        for attempt in range(self.cfg.conflict_retries + 1):
+            if attempt:
+                ALLOCATOR_RETRIES.inc()
+            settle_started = time.perf_counter()
+            gss = await self.cluster.settled_template(ref, self.cfg.settle_timeout_seconds)
+            SETTLE_WAIT.observe(time.perf_counter() - settle_started)
+            spec = templates.spec_of(ref, gss)
+            await self.resolve_pending(ref, spec)
+            plan = decide(spec, await self.rows(ref))
+            if plan.after is None:
+                async with self.db.session() as session:
+                    await self.store.apply(session, ref, plan)
+                return plan
+            intent = await self.store.record_intent(ref, plan)
+            faults.point(f"{plan.op.value}.after_intent")
+            try:
+                await self.cluster.write_spec(gss, plan.after)
+            except Aborted:
+                # Someone (usually the controller's status or annotation patch) wrote since we read. The intent
+                # stays: the next attempt finds (R, X) unchanged and drops it before planning again.
+                ALLOCATOR_CONFLICTS.inc()
+                await asyncio.sleep(backoff(attempt))
+                continue
+            except Unavailable:
+                raise  # the write may or may not have landed: the intent is resolved from (R, X) next time
+            except GatewayError:
+                await self.store.forget_intent(intent.id)  # refused outright: it did not happen
+                raise
+            faults.point(f"{plan.op.value}.after_gss_write")
+            async with self.db.session() as session:
+                await self.store.apply(session, ref, plan, owner_since=intent.created_at)
+                await self.store.drop_intent(session, intent.id)
+            return plan
+        raise Aborted(f"{ref.name} kept changing while the allocator wrote it; retry",
+                      reason="ALLOCATOR_CONTENDED", retry_after=1.0)
+
+    # -- the operations --------------------------------------------------------------------------------------
+
+    async def install(self, ref: TemplateRef, owner: str) -> Plan:
+        return await self.step(ref, Op.INSTALL,
+                               lambda spec, rows: allocator.plan_install(ref, spec, slots_of(rows), owner))
+
+    def _guarded(self, iref: InstanceRef, principal: Principal, planner: Callable[..., Plan]) -> Decide:
+        def decide(spec: Spec, rows: dict[int, InstanceRow]) -> Plan:
+            access.check(principal, iref, rows.get(iref.id))
+            return planner(iref.template_ref, spec, slots_of(rows), iref.id)
+
+        return decide
+
+    async def pause(self, iref: InstanceRef, principal: Principal) -> Plan:
+        return await self.step(iref.template_ref, Op.PAUSE, self._guarded(iref, principal, allocator.plan_pause))
+
+    async def resume(self, iref: InstanceRef, principal: Principal) -> Plan:
+        return await self.step(iref.template_ref, Op.RESUME, self._guarded(iref, principal, allocator.plan_resume))
+
+    async def uninstall(self, iref: InstanceRef, principal: Principal) -> tuple[str | None, bool]:
+        """Owner removed (RELEASING), then the disks deleted. Returns the former owner and whether the id is
+        FREE already (else the reconciler finishes the disk deletion)."""
+        plan = await self.step(iref.template_ref, Op.UNINSTALL,
+                               self._guarded(iref, principal, allocator.plan_uninstall))
+        return plan.owner, await self.release(iref, self.cfg.release_wait_seconds)
+
+    async def restart(self, iref: InstanceRef, principal: Principal) -> None:
+        """A new pod on the same disk: delete the pod (uid-checked); the StatefulSet makes it again."""
+        row = access.check(principal, iref, await self.store.get(iref))
+        if row.slot != allocator.SlotState.LIVE.value:
+            raise FailedPrecondition(f"{iref.name} is {row.slot.lower()}; only a running instance restarts",
+                                     reason="NOT_RUNNING")
+        await self.cluster.usable_template(iref.template_ref)
+        pod = await self.cluster.pod(iref.namespace, iref.game_server)
+        if pod is not None and not pod["metadata"].get("deletionTimestamp"):
+            await self.cluster.delete_pod(iref.namespace, iref.game_server, pod["metadata"]["uid"])
+        OPERATIONS.labels("restart", "OK").inc()
+
+    async def release(self, iref: InstanceRef, wait: float) -> bool:
+        """Delete every disk of a RELEASING id, wait up to ``wait`` seconds for them to go, then mark it FREE."""
+        ref = iref.template_ref
+        row = await self.store.get(iref)
+        if row is None or row.slot != allocator.SlotState.RELEASING.value:
+            return row is not None and row.slot == allocator.SlotState.FREE.value
+        try:
+            gss = await self.cluster.template(ref)
+        except NotFound:
+            return False  # the template is gone: PurgeInstances forgets its slots
+        present = await self.cluster.claims(ref, templates.vct_names(gss))
+        names = self.cluster.claim_names(ref, gss, iref.id, present)
+        await self.cluster.delete_claims(iref.namespace, names)
+        faults.point("uninstall.after_disk_delete")
+        deadline = time.monotonic() + wait
+        delay = 0.2
+        while await self.cluster.existing_claims(iref.namespace, names):
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, 2.0)
+        async with self.locked(ref):
+            spec = templates.spec_of(ref, await self.cluster.template(ref))
+            await self.resolve_pending(ref, spec)
+            plan = allocator.plan_release(ref, spec, slots_of(await self.rows(ref)), iref.id)
+            async with self.db.session() as session:
+                await self.store.apply(session, ref, plan)
+        OPERATIONS.labels(Op.RELEASE.value, "OK").inc()
+        return True
+
+    async def purge(self, ref: TemplateRef) -> list[tuple[int, str]]:
+        """Forget every slot of a template whose GameServerSet is gone (or going)."""
+        async with self.locked(ref):
+            try:
+                gss: dict[str, Any] | None = await self.cluster.kube.get(GSS, ref.namespace, ref.template)
+            except NotFound:
+                gss = None
+            if gss is not None and not gss["metadata"].get("deletionTimestamp"):
+                raise FailedPrecondition(f"template {ref.name} still exists; delete it first",
+                                         reason="TEMPLATE_EXISTS", metadata={"template": ref.name})
+            async with self.db.session() as session:
+                owned = await self.store.purge(session, ref)
+        OPERATIONS.labels("purge", "OK").inc()
+        return owned
+
+    async def tidy(self, ref: TemplateRef) -> None:
+        """The reconciler's work on one template: resolve intents, then push RELEASING ids towards FREE."""
+        async with self.locked(ref):
+            try:
+                gss = await self.cluster.template(ref)
+            except NotFound:
+                return
+            await self.resolve_pending(ref, templates.spec_of(ref, gss))
+            releasing = [i for i, r in (await self.rows(ref)).items()
+                         if r.slot == allocator.SlotState.RELEASING.value]
+        for instance_id in releasing:
+            await self.release(ref.instance(instance_id), wait=0)

@@ -1,0 +1,149 @@
+"""The reconciler: one active replica (a PostgreSQL advisory lock held on a connection of its own) resolves
+interrupted operations, finishes uninstalls whose disks were still going, and reports drift.
+
+Every other replica keeps trying the lease; when the leader's process dies its
+connection closes, PostgreSQL drops the lock, and another replica takes over
+at its next try. On SQLite there is one process: it always leads.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import OrderedDict
+from datetime import datetime, timezone
+from typing import Any
+
+import asyncpg
+from sqlalchemy.engine import make_url
+
+from aigc_gateway.db import Database
+from aigc_gateway.db.engine import lock_key
+
+from .consistency import Checker
+from .lifecycle import Lifecycle
+from .metrics import INSTALL_TO_RUNNING, RECONCILER_LEADER, VIOLATIONS
+from .names import InstanceRef
+from .slots import SlotStore, aware
+
+log = logging.getLogger(__name__)
+
+LEASE_NAME = "instance-reconciler"
+# The full drift check lists every template's pods and disks under its lock: every tenth pass is enough,
+# while tidying (intents, disk deletions) runs on every pass.
+CHECK_EVERY = 10
+
+
+def asyncpg_dsn(url: str) -> str:
+    parsed = make_url(url)
+    return parsed.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+class Lease:
+    """A session-level advisory lock on a dedicated connection (not from the pool)."""
+
+    def __init__(self, db: Database, name: str = LEASE_NAME):
+        self.db = db
+        self.key = lock_key(name)
+        self.conn: asyncpg.Connection | None = None
+
+    async def hold(self) -> bool:
+        if self.db.is_sqlite:
+            return True
+        try:
+            if self.conn is not None and not self.conn.is_closed():
+                await self.conn.fetchval("SELECT 1")
+                return True
+            self.conn = await asyncpg.connect(asyncpg_dsn(self.db.url))
+            if await self.conn.fetchval("SELECT pg_try_advisory_lock($1)", self.key):
+                log.info("reconciler lease taken")
+                return True
+            await self.conn.close()
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("reconciler lease: %s", exc)
+        self.conn = None
+        return False
+
+    async def release(self) -> None:
+        if self.conn is not None:
+            await self.conn.close()  # closing the session drops the lock
+            self.conn = None
+
+
+class Reconciler:
+    def __init__(self, db: Database, lifecycle: Lifecycle, checker: Checker, store: SlotStore, interval: float):
+        self.lifecycle = lifecycle
+        self.checker = checker
+        self.store = store
+        self.interval = interval
+        self.lease = Lease(db)
+        self.leading = False
+        self.passes = 0
+        self._seen_running: OrderedDict[tuple[Any, ...], None] = OrderedDict()
+
+    async def run(self) -> None:
+        while True:
+            self.leading = await self.lease.hold()
+            RECONCILER_LEADER.set(1 if self.leading else 0)
+            if self.leading:
+                try:
+                    await self.pass_once()
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("reconcile pass failed")
+            # Jitter keeps replicas that lost the lease from trying it in lockstep.
+            await asyncio.sleep(self.interval * random.uniform(0.8, 1.2))
+
+    async def stop(self) -> None:
+        await self.lease.release()
+        RECONCILER_LEADER.set(0)
+
+    async def pass_once(self) -> int:
+        """Tidy every template with work, then check every template; returns the number of violations."""
+        started = time.monotonic()
+        for ref in await self.store.templates(with_work_only=True):
+            try:
+                await self.lifecycle.tidy(ref)
+            except Exception as exc:  # noqa: BLE001 - one template's trouble must not stop the others
+                log.warning("reconciling %s: %s", ref.key, exc)
+        total = 0
+        self.passes += 1
+        if self.passes % CHECK_EVERY != 1:
+            return 0
+        for ref in await self.checker.templates(None, None):
+            try:
+                findings = await self.checker.check(ref)
+            except Exception as exc:  # noqa: BLE001
+                log.warning("checking %s: %s", ref.key, exc)
+                continue
+            VIOLATIONS.labels(ref.name).set(len(findings))
+            total += len(findings)
+            for finding in findings:
+                log.warning("drift in %s id %d: %s %s", ref.key, finding.id, finding.code, finding.description)
+        log.info("reconcile pass done in %.2fs: %d violation(s)", time.monotonic() - started, total)
+        return total
+
+    def game_server_changed(self, ref: InstanceRef, gs: dict[str, Any]) -> None:
+        """Cache listener: time the first RUNNING after an install (the leader alone, so it counts once)."""
+        status = gs.get("status") or {}
+        network = status.get("networkStatus") or {}
+        if not self.leading or status.get("currentState") != "Ready" or network.get("currentNetworkState") != "Ready":
+            return
+        asyncio.get_running_loop().create_task(self._observe_running(ref))
+
+    async def _observe_running(self, ref: InstanceRef) -> None:
+        row = await self.store.get(ref)
+        if row is None or row.slot != "LIVE" or aware(row.state_changed_at) != aware(row.created_at):
+            return  # not a fresh install (resumed instances are not timed here)
+        elapsed = (datetime.now(timezone.utc) - aware(row.created_at)).total_seconds()
+        if elapsed > 3600:
+            return  # a new leader seeing old instances, not an install finishing
+        key = (ref, row.created_at)
+        if key in self._seen_running:
+            return
+        self._seen_running[key] = None
+        while len(self._seen_running) > 10000:
+            self._seen_running.popitem(last=False)
+        INSTALL_TO_RUNNING.observe(elapsed)

@@ -1,0 +1,214 @@
+"""An instance's state, message and URL, derived from its slot, GameServer, pod and pod events (pure).
+
+The dashboard shows this instead of a spinner, so the message names what is
+actually happening ("Waiting for a GPU node", "Pulling image …"), taken from
+the pod's conditions, its containers and the latest Kubernetes event.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from aigc_gateway.api.v1 import common_pb2, instance_pb2
+
+from . import templates
+from .allocator import SlotState
+from .invariants import claim_name
+from .names import InstanceRef
+
+Obj = dict[str, Any]
+State = instance_pb2.Instance.State
+
+# Pod event reasons worth showing while an instance starts, with how to say them.
+EVENT_MESSAGES = {
+    "FailedScheduling": None,  # handled with the GPU/CPU wording below
+    "Pulling": "Pulling image",
+    "Pulled": "Image pulled; starting",
+    "Created": "Container created; starting",
+    "Started": "Engine started; waiting for it to answer",
+    "FailedMount": "Waiting for the disk to attach",
+    "FailedAttachVolume": "Waiting for the disk to attach",
+    "BackOff": "The engine keeps crashing; backing off",
+    "Unhealthy": "The engine is not answering its readiness check",
+    "Killing": "Stopping the engine",
+}
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What the cluster shows for one instance (any part may be missing)."""
+
+    game_server: Obj | None = None
+    pod: Obj | None = None
+    events: Sequence[Obj] = ()  # the pod's events, oldest first
+    claims: Mapping[str, Obj] | None = None  # PVCs by name
+
+
+@dataclass(frozen=True)
+class View:
+    state: int
+    message: str
+    access_uri: str = ""
+    reason: str = ""  # the Kubernetes reason behind the message, when there is one
+    source: str = "gateway"  # "gameserver" | "pod" | "event" | "gateway"
+
+
+def _condition(pod: Obj, kind: str) -> Obj:
+    return next((c for c in (pod.get("status") or {}).get("conditions") or [] if c.get("type") == kind), {})
+
+
+def _latest_event(events: Sequence[Obj]) -> Obj | None:
+    return events[-1] if events else None
+
+
+def access_uri(gs: Obj | None, gss: Obj | None, instance_id: int) -> str:
+    """`https://<ingress host><path>` once the GameServer's network is Ready."""
+    network = ((gs or {}).get("status") or {}).get("networkStatus") or {}
+    addresses = network.get("externalAddresses") or []
+    if network.get("currentNetworkState") != "Ready" or not addresses or not addresses[0].get("endPoint"):
+        return ""
+    path = "/"
+    for conf in ((gss or {}).get("spec") or {}).get("network", {}).get("networkConf") or []:
+        if conf.get("name") == "Path" and conf.get("value"):
+            path = str(conf["value"]).replace("<id>", str(instance_id))
+    return f"https://{addresses[0]['endPoint']}{path if path.startswith('/') else '/' + path}"
+
+
+def _waiting(pod: Obj) -> tuple[str, str]:
+    for status in (pod.get("status") or {}).get("containerStatuses") or []:
+        waiting = (status.get("state") or {}).get("waiting")
+        if waiting:
+            return waiting.get("reason") or "", waiting.get("message") or ""
+    return "", ""
+
+
+def _restarts(pod: Obj) -> int:
+    return sum(int(s.get("restartCount") or 0) for s in (pod.get("status") or {}).get("containerStatuses") or [])
+
+
+def _last_exit(pod: Obj) -> str:
+    for status in (pod.get("status") or {}).get("containerStatuses") or []:
+        terminated = (status.get("lastState") or {}).get("terminated")
+        if terminated:
+            return f" (last exit code {terminated.get('exitCode')}, {terminated.get('reason') or 'terminated'})"
+    return ""
+
+
+def _starting(pod: Obj, events: Sequence[Obj], gpu: bool) -> View:
+    scheduled = _condition(pod, "PodScheduled")
+    if scheduled.get("status") == "False":
+        detail = scheduled.get("message") or ""
+        what = "Waiting for a GPU node" if gpu else "Waiting for a node with enough CPU and memory"
+        return View(State.STARTING, f"{what}{': ' + detail if detail else ''}", reason=scheduled.get("reason", ""),
+                    source="pod")
+    reason, message = _waiting(pod)
+    if reason in ("ErrImagePull", "ImagePullBackOff", "InvalidImageName"):
+        return View(State.STARTING, f"Cannot pull the image: {message or reason}", reason=reason, source="pod")
+    if reason == "CrashLoopBackOff":
+        return View(State.CRASHED, f"The engine keeps crashing{_last_exit(pod)}", reason=reason, source="pod")
+    event = _latest_event(events)
+    if event is not None and EVENT_MESSAGES.get(event.get("reason", "")):
+        text = EVENT_MESSAGES[event["reason"]]
+        if event["reason"] == "Pulling" and event.get("message"):
+            text = event["message"]  # names the image: 'Pulling image "…"'
+        return View(State.STARTING, text, reason=event["reason"], source="event")
+    if reason:
+        return View(State.STARTING, f"Starting the container ({reason})", reason=reason, source="pod")
+    return View(State.STARTING, "Starting the engine", source="pod")
+
+
+def derive(slot: SlotState, changed_since_install: bool, gss: Obj | None, seen: Observed,
+           instance_id: int) -> View:
+    """The state shown for an instance. ``changed_since_install``: it was paused or resumed before, so a missing
+    pod means RESUMING rather than INSTALLING."""
+    pod, gs = seen.pod, seen.game_server
+    pod_meta = (pod or {}).get("metadata") or {}
+    if slot is SlotState.RELEASING:
+        if pod is not None:
+            return View(State.UNINSTALLING, "Stopping the engine before deleting the disk", source="pod")
+        return View(State.UNINSTALLING, "Deleting the disk")
+    if slot is SlotState.PAUSED:
+        if pod is not None:
+            return View(State.PAUSING, "Stopping the engine; the disk is kept", source="pod")
+        return View(State.PAUSED, "Paused; the disk is kept")
+    if slot is not SlotState.LIVE:
+        return View(State.STATE_UNSPECIFIED, "")
+    if pod is None:
+        if changed_since_install:
+            return View(State.RESUMING, "Resuming on the kept disk")
+        return View(State.INSTALLING, "Creating the instance")
+    if pod_meta.get("deletionTimestamp"):
+        return View(State.RESTARTING, "Restarting: stopping the old pod", source="pod")
+    phase = (pod.get("status") or {}).get("phase") or "Pending"
+    gs_state = ((gs or {}).get("status") or {}).get("currentState") or ""
+    gpu = templates.needs_gpu(gss) if gss else False
+    if phase in ("Failed", "Succeeded") or gs_state == "Crash":
+        return View(State.CRASHED, f"The engine stopped{_last_exit(pod)}", reason=phase, source="pod")
+    if phase == "Pending":
+        return _starting(pod, seen.events, gpu)
+    reason, _ = _waiting(pod)
+    if reason == "CrashLoopBackOff":
+        return View(State.CRASHED, f"The engine keeps crashing{_last_exit(pod)}", reason=reason, source="pod")
+    if _condition(pod, "Ready").get("status") == "True":
+        uri = access_uri(gs, gss, instance_id)
+        if uri:
+            return View(State.RUNNING, "Ready", uri, source="gameserver")
+        return View(State.STARTING, "Engine ready; waiting for the network", source="gameserver")
+    if _restarts(pod) or _was_ready(pod):
+        return View(State.NOT_READY, f"The engine is not answering its readiness check{_last_exit(pod)}",
+                    reason="NotReady", source="pod")
+    return View(State.STARTING, "Engine started; waiting for it to answer", source="pod")
+
+
+def _was_ready(pod: Obj) -> bool:
+    """Ready is False now but changed after the container started: it was True in between, so the engine was
+    up and stopped answering (rather than still starting). RFC 3339 UTC times compare as strings."""
+    changed = _condition(pod, "Ready").get("lastTransitionTime") or ""
+    started = ""
+    for status in (pod.get("status") or {}).get("containerStatuses") or []:
+        started = ((status.get("state") or {}).get("running") or {}).get("startedAt") or started
+    return bool(changed and started and changed > started)
+
+
+def _timestamp(value: datetime | None) -> Timestamp | None:
+    if value is None:
+        return None
+    out = Timestamp()
+    out.FromDatetime(value)
+    return out
+
+
+def disks(gss: Obj | None, ref: InstanceRef, claims: Mapping[str, Obj] | None) -> list[common_pb2.Disk]:
+    out = []
+    for vct in templates.volume_claim_templates(gss or {}):
+        name = (vct.get("metadata") or {}).get("name", "")
+        spec = vct.get("spec") or {}
+        claim = (claims or {}).get(claim_name(name, ref.template, ref.id)) or {}
+        size = ((spec.get("resources") or {}).get("requests") or {}).get("storage", "")
+        out.append(common_pb2.Disk(
+            volume_claim_template=name, size=str(size), storage_class=spec.get("storageClassName") or "",
+            claim_name=claim_name(name, ref.template, ref.id), claim_uid=(claim.get("metadata") or {}).get("uid", ""),
+            phase=(claim.get("status") or {}).get("phase", "")))
+    return out
+
+
+def to_proto(ref: InstanceRef, row: Any, view: View, gss: Obj | None,
+             claims: Mapping[str, Obj] | None) -> instance_pb2.Instance:
+    """The `Instance` message; ``row`` is the slot row (InstanceRow)."""
+    acc = templates.accelerator(gss) if gss else {"type": "TYPE_UNSPECIFIED"}
+    message = instance_pb2.Instance(
+        name=ref.name, template=ref.template_ref.name, id=ref.id, owner=row.owner or "", state=view.state,
+        state_message=view.message, access_uri=view.access_uri,
+        accelerator=common_pb2.Accelerator(type=common_pb2.Accelerator.Type.Value(acc["type"]),
+                                           **{k: v for k, v in acc.items() if k != "type"}),
+        disks=disks(gss, ref, claims), orphaned=bool(row.orphaned))
+    for field, value in (("create_time", row.created_at), ("update_time", row.updated_at),
+                         ("state_change_time", row.state_changed_at), ("last_access_time", row.last_access_at)):
+        stamp = _timestamp(value)
+        if stamp is not None:
+            getattr(message, field).CopyFrom(stamp)
+    return message

@@ -1,0 +1,144 @@
+"""What the instance service reads from a template's GameServerSet (pure functions on the JSON object).
+
+Which GameServerSets are templates (settings.namespaces and settings.gss_labels),
+whether one can host instances (ReserveIds), its (R, X), whether the
+controller has caught up with the last write, its disks and accelerator, and
+the object to send for a planned write.
+"""
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from aigc_gateway.errors import FailedPrecondition, NotFound
+
+from . import reserve
+from .allocator import Spec
+from .names import TemplateRef
+
+Obj = dict[str, Any]
+
+RESERVE_IDS = "ReserveIds"
+# kruise-game's record of the explicit reserve list it last applied (same notation as the spec).
+RESERVE_ANNOTATION = "game.kruise.io/reserve-ids"
+ECI_LABEL = "alibabacloud.com/eci"
+ECI_SPECS_ANNOTATION = "k8s.aliyun.com/eci-use-specs"
+GPU = "nvidia.com/gpu"
+GPU_MEMORY = "aliyun.com/gpu-mem"
+
+
+def is_template(gss: Obj, namespaces: Sequence[str], labels: Mapping[str, str]) -> bool:
+    meta = gss.get("metadata") or {}
+    if namespaces and meta.get("namespace") not in namespaces:
+        return False
+    have = meta.get("labels") or {}
+    return all(have.get(k) == v for k, v in labels.items())
+
+
+def not_found(ref: TemplateRef) -> NotFound:
+    return NotFound(f"template {ref.name} does not exist", reason="TEMPLATE_NOT_FOUND",
+                    metadata={"template": ref.name})
+
+
+def check_usable(ref: TemplateRef, gss: Obj) -> None:
+    """FAILED_PRECONDITION unless instances can be allocated exactly on this GameServerSet."""
+    spec = gss.get("spec") or {}
+    strategy = (spec.get("scaleStrategy") or {}).get("scaleDownStrategyType") or "General"
+    if strategy != RESERVE_IDS:
+        raise FailedPrecondition(
+            f"template {ref.name} uses scaleDownStrategyType {strategy}; instances need ReserveIds so that a "
+            "paused or uninstalled id stays reserved", reason="NOT_RESERVE_IDS", metadata={"template": ref.name})
+    if (gss.get("metadata") or {}).get("deletionTimestamp"):
+        raise FailedPrecondition(f"template {ref.name} is being deleted", reason="TEMPLATE_DELETING",
+                                 metadata={"template": ref.name})
+
+
+def spec_of(ref: TemplateRef, gss: Obj) -> Spec:
+    spec = gss.get("spec") or {}
+    try:
+        reserved = reserve.parse(spec.get("reserveGameServerIds"))
+    except reserve.ReserveListError as exc:
+        raise FailedPrecondition(f"template {ref.name}: {exc}", reason="RESERVE_LIST_INVALID",
+                                 metadata={"template": ref.name}) from None
+    return Spec(int(spec.get("replicas") or 0), reserved)
+
+
+def settled(gss: Obj) -> bool:
+    """Whether the controller has applied the current (R, X) and finished reconciling it.
+
+    kruise-game rewrites `spec.reserveGameServerIds` with a merge patch computed from the object it read at
+    the start of a reconcile; a write of ours landing in between would be overwritten. A reconcile that
+    finds nothing to scale ends by recording `status.observedGeneration`, and the annotation shows the
+    reserve list it applied: when both match the spec, no reconcile of an older spec is still running.
+    """
+    meta = gss.get("metadata") or {}
+    status = gss.get("status") or {}
+    if status.get("observedGeneration") != meta.get("generation"):
+        return False
+    try:
+        applied = reserve.parse(
+            [p for p in ((meta.get("annotations") or {}).get(RESERVE_ANNOTATION) or "").split(",") if p.strip()])
+        wanted = reserve.parse((gss.get("spec") or {}).get("reserveGameServerIds"))
+    except reserve.ReserveListError:
+        return False
+    return applied == wanted and status.get("replicas", 0) == (gss.get("spec") or {}).get("replicas", 0)
+
+
+def with_spec(gss: Obj, after: Spec) -> Obj:
+    """The object to PUT: the one read (its resourceVersion included) with (R, X) replaced, X as ints."""
+    body = copy.deepcopy(gss)
+    body.pop("status", None)
+    body["spec"]["replicas"] = after.replicas
+    body["spec"]["reserveGameServerIds"] = reserve.format_ints(after.reserved)
+    return body
+
+
+def volume_claim_templates(gss: Obj) -> list[Obj]:
+    return list(((gss.get("spec") or {}).get("gameServerTemplate") or {}).get("volumeClaimTemplates") or [])
+
+
+def vct_names(gss: Obj) -> list[str]:
+    return [v["metadata"]["name"] for v in volume_claim_templates(gss) if (v.get("metadata") or {}).get("name")]
+
+
+def first_container(gss: Obj) -> Obj:
+    pod_spec = (((gss.get("spec") or {}).get("gameServerTemplate") or {}).get("spec")) or {}
+    containers = pod_spec.get("containers") or []
+    return containers[0] if containers else {}
+
+
+def pod_meta(gss: Obj) -> Obj:
+    return (((gss.get("spec") or {}).get("gameServerTemplate") or {}).get("metadata")) or {}
+
+
+def _int(value: Any) -> int:
+    try:
+        return int(str(value))
+    except (TypeError, ValueError):
+        return 0
+
+
+def accelerator(gss: Obj) -> dict[str, Any]:
+    """Fields of the `Accelerator` message (common.proto)."""
+    resources = first_container(gss).get("resources") or {}
+    limits = {**(resources.get("requests") or {}), **(resources.get("limits") or {})}
+    meta = pod_meta(gss)
+    out: dict[str, Any] = {
+        "cpu": str(limits.get("cpu") or ""), "memory": str(limits.get("memory") or ""),
+        "eci": str((meta.get("labels") or {}).get(ECI_LABEL, "")).lower() == "true",
+        "eci_instance_type": str((meta.get("annotations") or {}).get(ECI_SPECS_ANNOTATION) or ""),
+    }
+    if not first_container(gss):
+        out["type"] = "TYPE_UNSPECIFIED"
+    elif _int(limits.get(GPU)) > 0:
+        out.update(type="GPU", gpu_count=_int(limits.get(GPU)))
+    elif _int(limits.get(GPU_MEMORY)) > 0:
+        out.update(type="SHARED_GPU", gpu_memory_gib=_int(limits.get(GPU_MEMORY)))
+    else:
+        out["type"] = "CPU"
+    return out
+
+
+def needs_gpu(gss: Obj) -> bool:
+    return accelerator(gss)["type"] in ("GPU", "SHARED_GPU")

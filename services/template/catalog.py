@@ -1,0 +1,64 @@
+"""Reading templates: ListTemplates and GetTemplate, with instance counts. Any signed-in user."""
+from __future__ import annotations
+
+from typing import Any
+
+from aigc_gateway import paging
+from aigc_gateway.api.v1 import template_pb2
+from aigc_gateway.errors import invalid
+
+from .cluster import TemplateCluster
+from .describe import Counts, describe, sort_key
+from .instances import LIVE, PAUSED, InstanceTable
+from .policy import Policy
+
+DEFAULT_PAGE, MAX_PAGE = 50, 100
+
+
+class Catalog:
+    def __init__(self, cluster: TemplateCluster, table: InstanceTable, policy: Policy):
+        self.cluster = cluster
+        self.table = table
+        self.policy = policy
+
+    def counts_for(self, obj: dict[str, Any], counts: dict[tuple[str, str, str], int]) -> Counts:
+        meta = obj.get("metadata") or {}
+        key = (str(meta.get("namespace", "")), str(meta.get("name", "")))
+        replicas = (obj.get("spec") or {}).get("replicas")
+        # Live: the GameServerSet's replicas are the running instances (the instance service keeps LIVE rows
+        # equal to them); fall back on the rows for a GameServerSet without replicas.
+        live = replicas if isinstance(replicas, int) else counts.get((*key, LIVE), 0)
+        return Counts(live=live, paused=counts.get((*key, PAUSED), 0))
+
+    async def describe_one(self, obj: dict[str, Any], *, admin: bool) -> template_pb2.Template:
+        meta = obj.get("metadata") or {}
+        counts = await self.table.counts({str(meta.get("namespace", ""))})
+        return describe(obj, self.policy, self.counts_for(obj, counts), with_manifest=admin)
+
+    async def get(self, namespace: str, name: str, *, admin: bool) -> template_pb2.Template:
+        return await self.describe_one(await self.cluster.get(namespace, name), admin=admin)
+
+    async def list(self, parent: str, namespace: str, page_size: int, page_token: str, *,
+                   admin: bool) -> template_pb2.ListTemplatesResponse:
+        size = paging.clamp(page_size, DEFAULT_PAGE, MAX_PAGE)
+        bound_to = paging.fingerprint("templates", parent, admin)
+        after = _position(paging.decode(page_token, bound_to)) if page_token else None
+        objects = sorted(await self.cluster.list(namespace), key=lambda o: sort_key(o, self.policy))
+        total = len(objects)
+        if after is not None:
+            # Keyset paging: templates added or removed meanwhile never shift the next page.
+            objects = [o for o in objects if sort_key(o, self.policy) > after]
+        page = objects[:size]
+        counts = await self.table.counts({str((o.get("metadata") or {}).get("namespace", "")) for o in page})
+        response = template_pb2.ListTemplatesResponse(total_size=total, templates=[
+            describe(o, self.policy, self.counts_for(o, counts), with_manifest=admin) for o in page])
+        if len(objects) > size:
+            response.next_page_token = paging.encode(list(sort_key(page[-1], self.policy)), bound_to)
+        return response
+
+
+def _position(value: Any) -> tuple[int, str, str]:
+    if (isinstance(value, list) and len(value) == 3 and isinstance(value[0], int)
+            and isinstance(value[1], str) and isinstance(value[2], str)):
+        return value[0], value[1], value[2]
+    raise invalid("page_token", "not a page token this server issued")

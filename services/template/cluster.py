@@ -1,0 +1,172 @@
+"""The template service's Kubernetes adapter: GameServerSets that are templates, and what they leave behind.
+
+All I/O goes through :class:`aigc_gateway.kube.Kube`. A GameServerSet is a
+template when it is in a configured namespace (all when none are configured)
+and carries the configured labels; anything else is NOT_FOUND here, so the
+service can never touch a GameServerSet that is not one of its templates.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from aigc_gateway import kube
+from aigc_gateway.config import KubernetesConfig
+from aigc_gateway.errors import GatewayError, InvalidArgument, NotFound, Violation
+
+from .policy import Policy
+
+log = logging.getLogger(__name__)
+Obj = dict[str, Any]
+
+
+class KubeHandle:
+    """One API client per process, connected on first use, so the server starts without a cluster."""
+
+    def __init__(self, cfg: KubernetesConfig):
+        self.cfg = cfg
+        self._kube: kube.Kube | None = None
+        self._lock = asyncio.Lock()
+
+    async def get(self) -> kube.Kube:
+        if self._kube is None:
+            async with self._lock:
+                if self._kube is None:
+                    self._kube = await kube.Kube.connect(self.cfg)
+        return self._kube
+
+    async def close(self) -> None:
+        if self._kube is not None:
+            await self._kube.close()
+            self._kube = None
+
+
+def _admission(exc: GatewayError) -> GatewayError:
+    """A validating webhook's denial comes back as 403 (an unspecific error in kube.py): it is bad input."""
+    if type(exc) is GatewayError and "denied the request" in exc.message:
+        detail = exc.message.split("denied the request:", 1)[-1].strip()
+        return InvalidArgument(f"the cluster refused the template: {detail}", reason="ADMISSION_DENIED",
+                               violations=[Violation("", detail, "ADMISSION_DENIED")])
+    return exc
+
+
+def owner_selector(name: str) -> str:
+    return f"{kube.OWNER_GSS_LABEL}={name}"
+
+
+class TemplateCluster:
+    def __init__(self, handle: KubeHandle, policy: Policy):
+        self.handle = handle
+        self.policy = policy
+
+    def _is_template(self, obj: Obj) -> bool:
+        meta = obj.get("metadata") or {}
+        return self.policy.namespace_allowed(str(meta.get("namespace", ""))) and self.policy.matches_labels(
+            meta.get("labels"))
+
+    async def list(self, namespace: str) -> list[Obj]:
+        """Every template in ``namespace`` (`-`: in every configured namespace)."""
+        k = await self.handle.get()
+        if namespace != "-":
+            namespaces: list[str | None] = [namespace] if self.policy.namespace_allowed(namespace) else []
+        else:
+            namespaces = list(self.policy.namespaces) or [None]
+
+        async def one(ns: str | None) -> list[Obj]:
+            try:
+                listed = await k.list(kube.GSS, ns, label_selector=self.policy.label_selector)
+            except NotFound:  # a configured namespace that does not exist (yet) holds no templates
+                return []
+            return [_with_kind(o) for o in listed.get("items") or []]
+
+        found = await asyncio.gather(*(one(ns) for ns in namespaces))
+        return [o for items in found for o in items if self._is_template(o)]
+
+    async def get(self, namespace: str, name: str) -> Obj:
+        not_found = NotFound(f"template namespaces/{namespace}/templates/{name} not found", reason="NOT_FOUND")
+        if not namespace or not name or not self.policy.namespace_allowed(namespace):
+            raise not_found
+        try:
+            obj = await (await self.handle.get()).get(kube.GSS, namespace, name)
+        except NotFound:
+            raise not_found from None
+        if not self._is_template(obj):
+            raise not_found
+        return _with_kind(obj)
+
+    async def exists(self, namespace: str, name: str) -> bool:
+        try:
+            await (await self.handle.get()).get(kube.GSS, namespace, name)
+            return True
+        except NotFound:
+            return False
+
+    async def create(self, obj: Obj, *, dry_run: bool = False) -> Obj:
+        try:
+            return _with_kind(await (await self.handle.get()).create(
+                kube.GSS, obj["metadata"]["namespace"], obj, dry_run=dry_run))
+        except NotFound:
+            ns = obj["metadata"]["namespace"]
+            raise InvalidArgument(f"namespace {ns!r} does not exist", reason="NAMESPACE_NOT_FOUND", violations=[
+                Violation("metadata.namespace", f"namespace {ns!r} does not exist", "NAMESPACE_NOT_FOUND")]) from None
+        except GatewayError as exc:
+            raise _admission(exc) from None
+
+    async def replace(self, obj: Obj, *, dry_run: bool = False) -> Obj:
+        """PUT with the resourceVersion read: a concurrent change fails with ABORTED."""
+        try:
+            return _with_kind(await (await self.handle.get()).replace(
+                kube.GSS, obj["metadata"]["namespace"], obj, dry_run=dry_run))
+        except GatewayError as exc:
+            raise _admission(exc) from None
+
+    # -- the delete cascade's primitives ---------------------------------------
+
+    async def delete(self, namespace: str, name: str, uid: str) -> bool:
+        """Delete the GameServerSet (foreground: it goes once its StatefulSet is gone). ``uid`` guards against
+        deleting a same-named successor created since it was read."""
+        return await (await self.handle.get()).delete(kube.GSS, namespace, name, propagation="Foreground", uid=uid)
+
+    async def remnants(self, namespace: str, name: str, claims: set[str]) -> dict[str, list[str]]:
+        """What of the template is still in the cluster: the GameServerSet, pods, GameServers, claims."""
+        k = await self.handle.get()
+        selector = owner_selector(name)
+        gss, pods, servers, labelled = await asyncio.gather(
+            self.exists(namespace, name), k.list(kube.POD, namespace, label_selector=selector),
+            k.list(kube.GAMESERVER, namespace, label_selector=selector),
+            k.list(kube.PVC, namespace, label_selector=selector))
+        all_claims = await k.list(kube.PVC, namespace)
+        claim_names = {_name(c) for c in labelled.get("items") or []} | (
+            {_name(c) for c in all_claims.get("items") or []} & claims)
+        return {"gameserverset": [name] if gss else [], "pods": sorted(_name(p) for p in pods.get("items") or []),
+                "gameservers": sorted(_name(g) for g in servers.get("items") or []),
+                "claims": sorted(claim_names)}
+
+    async def delete_claims(self, namespace: str, names: list[str]) -> list[str]:
+        """Delete the claims (they go once no pod mounts them); the names that existed."""
+        k = await self.handle.get()
+        deleted = await asyncio.gather(*(k.delete(kube.PVC, namespace, n) for n in names))
+        return [n for n, gone in zip(names, deleted) if gone]
+
+    async def live_ids(self, namespace: str, name: str) -> list[int]:
+        """Ids of the template's GameServers (the instances a change of the pod template restarts)."""
+        k = await self.handle.get()
+        servers = await k.list(kube.GAMESERVER, namespace, label_selector=owner_selector(name))
+        ids = []
+        for gs in servers.get("items") or []:
+            suffix = _name(gs).rsplit("-", 1)[-1]
+            if suffix.isdigit() and _name(gs) == f"{name}-{suffix}":
+                ids.append(int(suffix))
+        return sorted(ids)
+
+
+def _name(obj: Obj) -> str:
+    return str((obj.get("metadata") or {}).get("name", ""))
+
+
+def _with_kind(obj: Obj) -> Obj:
+    # Items of a list come without apiVersion/kind; the rules and the manifest shown to admins want them.
+    obj.setdefault("apiVersion", "game.kruise.io/v1alpha1")
+    obj.setdefault("kind", "GameServerSet")
+    return obj

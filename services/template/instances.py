@@ -1,0 +1,48 @@
+"""Read-only view of the shared `instances` table (the instance service writes it, DESIGN §5):
+paused counts for listings, owners for update previews, and whether a template still has instances."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import func, select
+
+from aigc_gateway.db import Database
+from aigc_gateway.db.models import InstanceRow
+
+LIVE, PAUSED = "LIVE", "PAUSED"
+
+
+@dataclass(frozen=True)
+class Owned:
+    id: int
+    owner: str
+    slot: str
+
+
+class InstanceTable:
+    def __init__(self, db: Database):
+        self.db = db
+
+    async def counts(self, namespaces: set[str] | None = None) -> dict[tuple[str, str, str], int]:
+        """(namespace, template, slot) -> rows, for LIVE and PAUSED slots."""
+        stmt = (select(InstanceRow.namespace, InstanceRow.template, InstanceRow.slot, func.count())
+                .where(InstanceRow.slot.in_((LIVE, PAUSED)))
+                .group_by(InstanceRow.namespace, InstanceRow.template, InstanceRow.slot))
+        if namespaces:
+            stmt = stmt.where(InstanceRow.namespace.in_(sorted(namespaces)))
+        async with self.db.session() as session:
+            return {(ns, tpl, slot): n for ns, tpl, slot, n in (await session.execute(stmt)).all()}
+
+    async def owned(self, namespace: str, template: str) -> list[Owned]:
+        """Every id of the template that has an owner (LIVE or PAUSED), by id."""
+        stmt = (select(InstanceRow.id, InstanceRow.owner, InstanceRow.slot)
+                .where(InstanceRow.namespace == namespace, InstanceRow.template == template,
+                       InstanceRow.owner.is_not(None)).order_by(InstanceRow.id))
+        async with self.db.session() as session:
+            return [Owned(i, o, s) for i, o, s in (await session.execute(stmt)).all()]
+
+    async def ids(self, namespace: str, template: str) -> list[int]:
+        """Every id the table knows for the template, whatever its slot (their disks may still exist)."""
+        stmt = select(InstanceRow.id).where(InstanceRow.namespace == namespace, InstanceRow.template == template)
+        async with self.db.session() as session:
+            return sorted((await session.execute(stmt)).scalars())

@@ -1,0 +1,198 @@
+"""Writing templates: ValidateTemplate, CreateTemplate, UpdateTemplate and PreviewTemplateUpdate.
+
+Every write runs the pure validation first (all violations at once, nothing
+written when there is one), then lets the apiserver judge (a server-side dry
+run, or the write itself), whose refusals come back as field violations.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from aigc_gateway import audit
+from aigc_gateway.api.v1 import common_pb2, template_pb2
+from aigc_gateway.errors import (
+    Aborted,
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Violation,
+)
+
+from . import changes, manifest
+from .catalog import Catalog
+from .cluster import TemplateCluster
+from .describe import Counts, describe
+from .instances import InstanceTable
+from .names import template_name
+from .policy import Policy
+from .validation import Checked, check_new, check_update
+
+UPDATE_ATTEMPTS = 3
+
+
+def violations_pb(items: list[Violation]) -> list[common_pb2.FieldViolation]:
+    return [common_pb2.FieldViolation(field=v.field, description=v.description, reason=v.reason) for v in items]
+
+
+def refuse(violations: list[Violation], what: str) -> InvalidArgument:
+    audit.note(violations=[f"{v.field}: {v.reason}" for v in violations])
+    shown = "; ".join(f"{v.field or '(manifest)'}: {v.description}" for v in violations[:3])
+    more = f" (and {len(violations) - 3} more)" if len(violations) > 3 else ""
+    return InvalidArgument(f"{what}: {len(violations)} problem(s): {shown}{more}", reason="INVALID_TEMPLATE",
+                           violations=violations)
+
+
+def _admin_part(obj: dict[str, Any]) -> dict[str, Any]:
+    """What admins control: everything but status, server metadata and the fields the instance service owns."""
+    out = changes.comparable(obj)
+    for path in changes.PROTECTED:
+        changes.set_path(out, path.split("."), changes._MISSING)
+    out.get("metadata", {}).pop("resourceVersion", None)
+    return out
+
+
+class Publisher:
+    def __init__(self, cluster: TemplateCluster, catalog: Catalog, table: InstanceTable, policy: Policy):
+        self.cluster = cluster
+        self.catalog = catalog
+        self.table = table
+        self.policy = policy
+
+    def parse(self, source: template_pb2.TemplateSource) -> manifest.Parsed:
+        which = source.WhichOneof("source")
+        if which == "manifest":
+            return manifest.parse_text(source.manifest, self.policy.max_manifest_bytes)
+        if which == "object":
+            return manifest.parse_struct(source.object, self.policy.max_manifest_bytes)
+        return manifest.Parsed(None, [Violation("source", "give the manifest as text or as an object",
+                                                "REQUIRED")])
+
+    # -- validate ----------------------------------------------------------------
+
+    async def validate(self, namespace: str, source: template_pb2.TemplateSource,
+                       as_update: bool) -> template_pb2.ValidateTemplateResponse:
+        parsed = self.parse(source)
+        if as_update and parsed.obj is not None:
+            checked = await self._as_update(namespace, parsed)
+        else:
+            checked = check_new(parsed, self.policy, namespace)
+        violations = list(checked.violations)
+        if checked.ok:
+            violations += await self._dry_run(checked.obj, update=as_update)
+        response = template_pb2.ValidateTemplateResponse(valid=not violations, violations=violations_pb(violations),
+                                                         warnings=violations_pb(checked.warnings))
+        if checked.obj is not None:
+            response.normalized_manifest.CopyFrom(manifest.to_struct(checked.obj))
+        return response
+
+    async def _as_update(self, namespace: str, parsed: manifest.Parsed) -> Checked:
+        meta = parsed.obj.get("metadata") if isinstance(parsed.obj.get("metadata"), dict) else {}
+        name = str(meta.get("name") or "")
+        ns = str(meta.get("namespace") or ("" if namespace == "-" else namespace))
+        if not name or not ns:
+            return Checked(None, [Violation("metadata.name" if not name else "metadata.namespace",
+                                            "name the template to validate the update of", "REQUIRED")])
+        try:
+            current = await self.cluster.get(ns, name)
+        except NotFound:
+            return Checked(None, [Violation("metadata.name", f"no template {ns}/{name} to update", "NOT_FOUND")])
+        return check_update(current, parsed, [], self.policy)
+
+    async def _dry_run(self, obj: dict[str, Any], *, update: bool) -> list[Violation]:
+        try:
+            if update:
+                await self.cluster.replace(obj, dry_run=True)
+            else:
+                await self.cluster.create(obj, dry_run=True)
+        except InvalidArgument as exc:
+            return exc.violations
+        except AlreadyExists:
+            meta = obj["metadata"]
+            return [Violation("metadata.name", f"a GameServerSet {meta['namespace']}/{meta['name']} already exists",
+                              "ALREADY_EXISTS")]
+        except Aborted:
+            return [Violation("metadata.resourceVersion", "the template changed since it was read", "CONFLICT")]
+        return []
+
+    # -- create ------------------------------------------------------------------
+
+    async def create(self, namespace: str, source: template_pb2.TemplateSource,
+                     validate_only: bool) -> template_pb2.TemplateChange:
+        checked = check_new(self.parse(source), self.policy, namespace)
+        audit.note(validate_only=validate_only, warnings=[w.reason for w in checked.warnings])
+        if not checked.ok:
+            raise refuse(checked.violations, "the template is not valid")
+        written = await self.cluster.create(checked.obj, dry_run=validate_only)
+        audit.note(uid=str(written.get("metadata", {}).get("uid", "")))
+        return template_pb2.TemplateChange(
+            template=describe(written, self.policy, Counts(), with_manifest=True),
+            warnings=violations_pb(checked.warnings))
+
+    # -- update ------------------------------------------------------------------
+
+    async def update(self, namespace: str, name: str, source: template_pb2.TemplateSource, mask: list[str], *,
+                     allow_restart: bool, etag: str, validate_only: bool) -> template_pb2.TemplateChange:
+        parsed = self.parse(source)
+        audit.note(validate_only=validate_only, allow_restart=allow_restart, update_mask=mask)
+        for attempt in range(UPDATE_ATTEMPTS):
+            current = await self.cluster.get(namespace, name)
+            version = str(current["metadata"].get("resourceVersion", ""))
+            if etag and etag != version:
+                raise Aborted(f"the template changed since etag {etag} was read (now {version}); read it again",
+                              reason="STALE_ETAG", metadata={"etag": version})
+            checked = check_update(current, parsed, mask, self.policy)
+            if not checked.ok:
+                raise refuse(checked.violations, "the update is not valid")
+            proposal = checked.proposal
+            audit.note(changed_paths=proposal.changed_paths, restarts=proposal.restarts,
+                       warnings=[w.reason for w in checked.warnings])
+            if proposal.restarts and not allow_restart:
+                raise FailedPrecondition(
+                    f"this change restarts every live instance of the template ({', '.join(proposal.restart_paths)});"
+                    " check PreviewTemplateUpdate and set allow_restart to accept it", reason="RESTART_NOT_ALLOWED",
+                    metadata={"changed_paths": ",".join(proposal.restart_paths)})
+            if not proposal.changed_paths:
+                return template_pb2.TemplateChange(
+                    template=await self.catalog.describe_one(current, admin=True),
+                    warnings=violations_pb(checked.warnings + [Violation("", "nothing to change", "NO_CHANGE")]))
+            try:
+                written = await self.cluster.replace(checked.obj, dry_run=validate_only)
+            except Aborted:
+                # A concurrent write. Without an etag, one by the instance service or the controller (replicas,
+                # reserved ids) is no conflict for the admin: apply the same change to the fresh object. A
+                # concurrent change of anything the admin controls loses this race: ABORTED.
+                if etag or attempt == UPDATE_ATTEMPTS - 1 or \
+                        _admin_part(await self.cluster.get(namespace, name)) != _admin_part(current):
+                    raise Aborted("the template was changed concurrently; read it again and retry",
+                                  reason="CONCURRENT_UPDATE", retry_after=0.5) from None
+                continue
+            audit.note(resource_version=str(written.get("metadata", {}).get("resourceVersion", "")))
+            return template_pb2.TemplateChange(template=await self.catalog.describe_one(written, admin=True),
+                                               warnings=violations_pb(checked.warnings))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # -- preview -----------------------------------------------------------------
+
+    async def preview(self, namespace: str, name: str, source: template_pb2.TemplateSource,
+                      mask: list[str]) -> template_pb2.PreviewTemplateUpdateResponse:
+        current = await self.cluster.get(namespace, name)
+        checked = check_update(current, self.parse(source), mask, self.policy)
+        violations = list(checked.violations)
+        if checked.ok and checked.proposal.changed_paths:
+            violations += await self._dry_run(copy.deepcopy(checked.obj), update=True)
+        response = template_pb2.PreviewTemplateUpdateResponse(violations=violations_pb(violations))
+        if checked.proposal is None:
+            return response
+        response.changed_paths.extend(checked.proposal.changed_paths)
+        if checked.proposal.restarts:
+            owned = {o.id: o for o in await self.table.owned(namespace, name)}
+            live = set(await self.cluster.live_ids(namespace, name)) | {
+                i for i, o in owned.items() if o.slot == "LIVE"}
+            base = template_name(namespace, name)
+            response.affected_instances.extend(
+                template_pb2.AffectedInstance(instance=f"{base}/instances/{i}",
+                                              owner=owned[i].owner if i in owned else "") for i in sorted(live))
+            response.restarts_instances = bool(live)
+        return response

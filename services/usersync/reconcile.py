@@ -1,0 +1,135 @@
+"""Reconcile: compare every user's custom data with the ownership rows and repair Logto (PostgreSQL wins).
+
+One replica at a time: a run holds the lease ``usersync:reconcile`` (a PostgreSQL advisory lock held by
+an open transaction for the run's length). The periodic loop skips a round when another replica holds
+it; the Reconcile RPC waits for it.
+
+A run reads the ownership rows once, pages through every Logto user, and compares each one's custom
+data (from the listing) with what the rows say (:func:`.entries.diff`: only templates the gateway
+manages, so data of templates never imported is left alone). A user who differs is re-checked under
+the per-user lock with a fresh read, and skipped if outbox rows are still waiting for them (the
+delivery will write them). Owners missing from the listing are looked up one by one.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import select
+
+from aigc_gateway.db import Database
+from aigc_gateway.db.models import InstanceRow
+
+from . import metrics, mirrorstore
+from .customdata import CustomDataWriter, user_lock_name
+from .entries import Changes, describe_change, desired_entries, diff
+from .locks import try_lock
+from .logto import LogtoClient, LogtoUserNotFound
+from .sync import OWNED_SLOTS, managed_templates, owned_by, pending_rows
+
+log = logging.getLogger(__name__)
+
+LEASE = "usersync:reconcile"
+
+
+@dataclass(frozen=True)
+class Drift:
+    """An entry that differs: what PostgreSQL says it should be (``id`` -1: there should be none)."""
+
+    user: str
+    key: str
+    namespace: str
+    template: str
+    id: int
+
+    @classmethod
+    def of(cls, user: str, key: str, value: dict[str, str] | None, current: Any) -> "Drift":
+        return cls(user, key, *describe_change(key, value, current))
+
+
+@dataclass
+class ReconcileResult:
+    users_checked: int = 0
+    drift: list[Drift] = field(default_factory=list)
+    repaired: int = 0
+    ran: bool = True  # False: another replica held the lease
+
+
+class Reconciler:
+    def __init__(self, db: Database, client: LogtoClient, writer: CustomDataWriter):
+        self.db = db
+        self.client = client
+        self.writer = writer
+
+    async def run(self, *, dry_run: bool = False, wait: bool = True) -> ReconcileResult:
+        if wait:
+            async with self.db.lock(LEASE):
+                return await self._run(dry_run)
+        async with try_lock(self.db, LEASE) as held:
+            if held is None:
+                return ReconcileResult(ran=False)
+            return await self._run(dry_run)
+
+    async def _run(self, dry_run: bool) -> ReconcileResult:
+        result = ReconcileResult()
+        async with self.db.session() as session:
+            rows = await session.execute(select(InstanceRow.owner, InstanceRow.namespace, InstanceRow.template,
+                                                InstanceRow.id).where(InstanceRow.slot.in_(OWNED_SLOTS)))
+            owned: dict[str, list[tuple[str, str, int]]] = defaultdict(list)
+            for owner, ns, tpl, i in rows:
+                owned[owner].append((ns, tpl, i))
+            managed = await managed_templates(session)
+        seen: set[str] = set()
+        async for user in self.client.iter_users():
+            user_id = str(user.get("id") or "")
+            if not user_id:
+                continue
+            seen.add(user_id)
+            result.users_checked += 1
+            current = user.get("customData") if isinstance(user.get("customData"), dict) else {}
+            if diff(current, desired_entries(owned.get(user_id, [])), managed):
+                await self._repair(user_id, managed, dry_run, result)
+        for user_id in sorted(set(owned) - seen):  # created after the listing began, or gone from Logto
+            result.users_checked += 1
+            await self._repair(user_id, managed, dry_run, result)
+        metrics.DRIFT_FOUND.inc(len(result.drift))
+        metrics.DRIFT_REPAIRED.inc(result.repaired)
+        if result.drift:
+            log.info("reconcile: %d drifted entries, %d repaired", len(result.drift), result.repaired)
+        return result
+
+    async def _repair(self, user: str, managed: set[tuple[str, str]], dry_run: bool,
+                      result: ReconcileResult) -> None:
+        async with self.db.lock(user_lock_name(user)) as session:
+            if await pending_rows(session, user):
+                return  # the outbox delivery owns this user's next write
+            owned = await owned_by(session, user)
+            try:
+                current = await self.client.get_custom_data(user)
+            except LogtoUserNotFound:
+                log.warning("reconcile: user %s owns instances but does not exist in Logto", user)
+                return
+            changes: Changes = diff(current, desired_entries(owned), managed)
+            if not changes:
+                return
+            result.drift += [Drift.of(user, k, v, current.get(k)) for k, v in changes.items()]
+            if dry_run:
+                return
+            await self.writer.apply(user, changes, source="reconcile", current=current)
+            result.repaired += len(changes)
+            await mirrorstore.replace_user(session, user, owned, datetime.now(timezone.utc))
+
+    async def run_forever(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.run(wait=False)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # Logto or the database down: the next round tries again
+                log.warning("reconcile round failed: %s", exc)
+

@@ -1,0 +1,98 @@
+"""usersync's parts, built once per process from the runtime, and its background work.
+
+Started with the gRPC server (``on_start``): the outbox delivery loop and the periodic reconcile
+(when Logto is configured), and the webhook listener (when a signing key is configured). With no
+Logto endpoint the mirror is off: the RPCs that need Logto answer FAILED_PRECONDITION.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from aigc_gateway import kube
+from aigc_gateway.errors import FailedPrecondition
+from aigc_gateway.runtime import Runtime
+
+from .customdata import CustomDataWriter
+from .importer import Importer
+from .logto import LogtoClient, LogtoSettings
+from .outbox import OutboxDelivery
+from .reconcile import Reconciler
+from .sync import Syncer
+from .userdeleted import UserDeletedPolicy
+from .wakeups import asyncpg_dsn, listen
+from .webhooks import WebhookReceiver, WebhookServer
+
+log = logging.getLogger(__name__)
+
+
+def logto_settings(runtime: Runtime) -> LogtoSettings:
+    cfg = runtime.settings.usersync
+    return LogtoSettings(endpoint=cfg.logto_endpoint, app_id=cfg.logto_app_id,
+                         app_secret=cfg.logto_app_secret.get_secret_value(), resource=cfg.logto_resource,
+                         timeout=cfg.logto_timeout_seconds, max_attempts=cfg.logto_max_attempts,
+                         max_retry_seconds=cfg.logto_retry_budget_seconds)
+
+
+class UserSync:
+    def __init__(self, runtime: Runtime):
+        self.runtime = runtime
+        cfg = runtime.settings.usersync
+        self.audit = runtime.audit_log("usersync")
+        self.enabled = bool(cfg.logto_endpoint)
+        self.client = LogtoClient(logto_settings(runtime))
+        self.writer = CustomDataWriter(self.client, self.audit)
+        self.delivery = OutboxDelivery(runtime.db, self.writer, cfg, self.audit)
+        self.syncer = Syncer(runtime.db, self.client, self.writer, self.delivery)
+        self.reconciler = Reconciler(runtime.db, self.client, self.writer)
+        self.importer = Importer(runtime.db, self.client, self._kube, runtime.settings, self.audit)
+        policy = UserDeletedPolicy(cfg.user_deleted_policy, lambda: runtime.channel("instance"),
+                                   lambda: runtime.call_metadata("usersync"))
+        self.webhooks = WebhookServer(WebhookReceiver(runtime.db, cfg.webhook_signing_key.get_secret_value(),
+                                                      cfg.webhook_max_age_seconds, policy, self.audit),
+                                      cfg.http_listen)
+        self._kube_client: kube.Kube | None = None
+        self._kube_lock = asyncio.Lock()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def require_logto(self) -> None:
+        if not self.enabled:
+            raise FailedPrecondition("Logto is not configured (usersync.logto_endpoint is empty)",
+                                     reason="LOGTO_NOT_CONFIGURED")
+
+    async def _kube(self) -> kube.Kube:
+        async with self._kube_lock:
+            if self._kube_client is None:
+                self._kube_client = await kube.Kube.connect(self.runtime.settings.kubernetes)
+            return self._kube_client
+
+    async def start(self) -> None:
+        cfg = self.runtime.settings.usersync
+        if self.enabled:
+            self._tasks.append(asyncio.create_task(self.delivery.run_forever(), name="usersync-outbox"))
+            dsn = asyncpg_dsn(self.runtime.db.url)
+            if dsn:
+                self._tasks.append(asyncio.create_task(listen(dsn, self.delivery.kick), name="usersync-wakeups"))
+            if cfg.reconcile_interval_seconds:
+                self._tasks.append(asyncio.create_task(self.reconciler.run_forever(cfg.reconcile_interval_seconds),
+                                                       name="usersync-reconcile"))
+        else:
+            log.warning("usersync: no Logto endpoint configured; the custom-data mirror is off")
+        if cfg.webhook_signing_key.get_secret_value():
+            await self.webhooks.start()
+        else:
+            log.warning("usersync: no webhook signing key configured; POST /webhooks/logto is not served")
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        await self.webhooks.stop()
+        await self.client.close()
+        if self._kube_client is not None:
+            await self._kube_client.close()
+            self._kube_client = None

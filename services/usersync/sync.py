@@ -1,0 +1,102 @@
+"""SyncUser and CleanupTemplate: Logto custom data written from the ownership rows.
+
+Both find users from PostgreSQL only — ``instances`` (ownership), the outbox and ``usersync_mirror``
+(what usersync last wrote) — never by scanning Logto.
+"""
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timezone
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from aigc_gateway.db import Database
+from aigc_gateway.db.models import InstanceRow, UserSyncOutboxRow
+
+from . import metrics, mirrorstore
+from .customdata import CustomDataWriter, WriteResult, user_lock_name
+from .entries import desired_entries, diff
+from .logto import LogtoClient
+from .outbox import OutboxDelivery
+
+OWNED_SLOTS = ("LIVE", "PAUSED")
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+async def owned_by(session: AsyncSession, user: str) -> list[tuple[str, str, int]]:
+    rows = await session.execute(
+        select(InstanceRow.namespace, InstanceRow.template, InstanceRow.id)
+        .where(InstanceRow.owner == user, InstanceRow.slot.in_(OWNED_SLOTS))
+        .order_by(InstanceRow.namespace, InstanceRow.template))
+    return [(ns, tpl, i) for ns, tpl, i in rows]
+
+
+async def managed_templates(session: AsyncSession) -> set[tuple[str, str]]:
+    """Templates the gateway holds rows for (or has written entries of): entries of other templates are
+    never removed from custom data."""
+    rows = await session.execute(select(InstanceRow.namespace, InstanceRow.template).distinct())
+    return {(ns, tpl) for ns, tpl in rows} | await mirrorstore.templates(session)
+
+
+async def pending_rows(session: AsyncSession, user: str) -> list[UserSyncOutboxRow]:
+    return list((await session.execute(
+        select(UserSyncOutboxRow).where(UserSyncOutboxRow.user == user, UserSyncOutboxRow.delivered_at.is_(None))
+        .order_by(UserSyncOutboxRow.id).with_for_update())).scalars())
+
+
+class Syncer:
+    def __init__(self, db: Database, client: LogtoClient, writer: CustomDataWriter, delivery: OutboxDelivery):
+        self.db = db
+        self.client = client
+        self.writer = writer
+        self.delivery = delivery
+
+    async def sync_user(self, user: str, *, dry_run: bool = False, source: str = "sync") -> WriteResult:
+        """Write ``user``'s entries from their ownership rows now; returns what changed (or would)."""
+        async with self.db.lock(user_lock_name(user)) as session:
+            # The outbox rows are read before the ownership rows: a change committed in between is then
+            # in the rows written now, and its outbox row, not closed here, is delivered again (harmless).
+            pending = await pending_rows(session, user)
+            owned = await owned_by(session, user)
+            managed = await managed_templates(session)
+            current = await self.client.get_custom_data(user)
+            changes = diff(current, desired_entries(owned), managed)
+            result = await self.writer.apply(user, changes, source=source, dry_run=dry_run, current=current)
+            if not dry_run:
+                now = utcnow()
+                for row in pending:  # the ownership rows already include what they say
+                    row.delivered_at, row.attempts, row.last_error = now, row.attempts + 1, ""
+                metrics.OUTBOX_ROWS.labels("superseded").inc(len(pending))
+                await mirrorstore.replace_user(session, user, owned, now)
+            return result
+
+    async def cleanup_template(self, namespace: str, template: str, *, deliver: bool = True) -> list[str]:
+        """Queue the removal of the template's key for every user who owns or may hold it, then deliver."""
+        now = utcnow()
+        async with self.db.session() as session:
+            owners = {u for (u,) in await session.execute(
+                select(InstanceRow.owner).where(InstanceRow.namespace == namespace, InstanceRow.template == template,
+                                                InstanceRow.owner.is_not(None)).distinct())}
+            queued = {u for (u,) in await session.execute(
+                select(UserSyncOutboxRow.user).where(UserSyncOutboxRow.namespace == namespace,
+                                                     UserSyncOutboxRow.template == template,
+                                                     UserSyncOutboxRow.delivered_at.is_(None)).distinct())}
+            users = sorted(owners | queued | await mirrorstore.holders(session, namespace, template))
+            # Removals go through the outbox so they are ordered after any change still queued for the user.
+            session.add_all(UserSyncOutboxRow(user=u, namespace=namespace, template=template, instance_id=None,
+                                              created_at=now, attempts=0, last_error="") for u in users)
+        if not deliver:
+            return users
+        semaphore = asyncio.Semaphore(4)
+
+        async def deliver(user: str) -> None:
+            async with semaphore:
+                await self.delivery.deliver_user(user)  # best effort now; the delivery loop retries
+
+        await asyncio.gather(*(deliver(u) for u in users))
+        self.delivery.kick()
+        return users

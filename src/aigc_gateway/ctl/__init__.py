@@ -1,0 +1,1 @@
+"""`aigcctl`: the admin command line of AIGC Gateway, over the services' gRPC contracts."""

@@ -1,0 +1,105 @@
+"""The gRPC side of aigcctl: one channel per address, the caller's token on every
+call, request ids on mutating calls, and retries where the contract says a retry
+is safe."""
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+
+from ..api.v1 import (audit_pb2_grpc, auth_pb2_grpc, instance_pb2_grpc, template_pb2_grpc,
+                      usersync_pb2_grpc)
+from .exitcodes import RETRYABLE, CallFailed
+from .settings import CtlSettings
+
+_STUBS = {
+    "template": template_pb2_grpc.TemplateServiceStub,
+    "instance": instance_pb2_grpc.InstanceServiceStub,
+    "auth": auth_pb2_grpc.AuthServiceStub,
+    "usersync": usersync_pb2_grpc.UserSyncServiceStub,
+    "audit": audit_pb2_grpc.AuditServiceStub,
+}
+ATTEMPTS = 4
+
+
+class Client:
+    def __init__(self, settings: CtlSettings):
+        self.settings = settings
+        self._channels: dict[str, grpc.Channel] = {}
+
+    def channel(self, service: str) -> grpc.Channel:
+        address = self.settings.address(service)
+        if address not in self._channels:
+            if self.settings.tls:
+                roots = open(self.settings.ca_file, "rb").read() if self.settings.ca_file else None
+                self._channels[address] = grpc.secure_channel(address, grpc.ssl_channel_credentials(roots))
+            else:
+                self._channels[address] = grpc.insecure_channel(address)
+        return self._channels[address]
+
+    def metadata(self) -> list[tuple[str, str]]:
+        md = [("x-request-id", uuid.uuid4().hex)]
+        if self.settings.token:
+            md.append(("authorization", f"Bearer {self.settings.token}"))
+        return md
+
+    def call(self, service: str, method: str, request: Any, *, timeout: float | None = None) -> Any:
+        """A unary call. A request with a `request_id` field gets one (kept across retries, so a
+        retried mutation is answered with the first result); UNAVAILABLE and ABORTED are retried."""
+        if "request_id" in request.DESCRIPTOR.fields_by_name and not request.request_id:
+            request.request_id = uuid.uuid4().hex
+        stub = _STUBS[service](self.channel(service))
+        delay = 0.5
+        for attempt in range(1, ATTEMPTS + 1):
+            try:
+                return getattr(stub, method)(request, metadata=self.metadata(),
+                                             timeout=timeout or self.settings.timeout_seconds)
+            except grpc.RpcError as error:
+                failed = CallFailed.from_rpc_error(error)
+                # ABORTED is retried only when the server says when (RetryInfo): an ABORTED
+                # for a stale etag would fail the same way again.
+                retry = failed.code == grpc.StatusCode.UNAVAILABLE or (
+                    failed.code in RETRYABLE and failed.retry_after is not None)
+                if not retry or attempt == ATTEMPTS:
+                    raise failed from None
+                time.sleep(failed.retry_after if failed.retry_after is not None else delay)
+                delay *= 2
+        raise AssertionError("unreachable")
+
+    def stream(self, service: str, method: str, request: Any, *, timeout: float | None = None) -> Iterator[Any]:
+        """A server stream; the returned iterator has `.cancel()`."""
+        stub = _STUBS[service](self.channel(service))
+        return getattr(stub, method)(request, metadata=self.metadata(), timeout=timeout)
+
+    def pages(self, service: str, method: str, request: Any, items: str, limit: int = 0) -> Iterator[Any]:
+        """Every item of a List call, page after page (at most `limit` when set)."""
+        count = 0
+        while True:
+            response = self.call(service, method, request)
+            for item in getattr(response, items):
+                yield item
+                count += 1
+                if limit and count >= limit:
+                    return
+            if not response.next_page_token:
+                return
+            request.page_token = response.next_page_token
+
+    def health(self, service: str) -> str:
+        """The gRPC health status name of one service (UNREACHABLE when it cannot be asked)."""
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        try:
+            reply = health_pb2_grpc.HealthStub(self.channel(service)).Check(
+                health_pb2.HealthCheckRequest(), timeout=min(5.0, self.settings.timeout_seconds))
+        except grpc.RpcError as error:
+            return "UNREACHABLE" if error.code() == grpc.StatusCode.UNAVAILABLE else error.code().name
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+    def close(self) -> None:
+        for channel in self._channels.values():
+            channel.close()
+        self._channels.clear()

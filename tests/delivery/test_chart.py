@@ -1,0 +1,132 @@
+"""The Helm chart renders with its defaults and with a values file for each sample, carries
+no secret, and grants each service exactly the Kubernetes verbs its code uses."""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from aigc_gateway.config import load as load_settings
+
+from .chart import CHART, SAMPLE_VALUES, SERVICES, kube_calls, render, rules_of
+from .conftest import load_script
+
+# Calls whose Kind is a variable (so `kube_calls` cannot see it), with the kinds the code passes:
+# auth's owner-map informers run list+watch over (GSS, GAMESERVER); the instance service's
+# direct read of one instance gets its GameServer, pod and disks (cluster.py `get(kind, ...)`).
+DYNAMIC = {
+    "auth": {("game.kruise.io", "gameserversets", "list"), ("game.kruise.io", "gameserversets", "watch"),
+             ("game.kruise.io", "gameservers", "list"), ("game.kruise.io", "gameservers", "watch")},
+    "instance": {("game.kruise.io", "gameservers", "get"), ("", "pods", "get"), ("", "persistentvolumeclaims", "get")},
+    "template": set(),
+    "usersync": set(),
+}
+
+
+def _by_kind(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [o for o in objects if o["kind"] == kind]
+
+
+@pytest.fixture(scope="module")
+def defaults(helm: Path) -> list[dict[str, Any]]:
+    return render(helm, "aigc")
+
+
+def test_defaults_render_every_part(defaults: list[dict[str, Any]]) -> None:
+    kinds = sorted({o["kind"] for o in defaults})
+    assert kinds == ["ClusterRole", "ClusterRoleBinding", "ConfigMap", "Deployment", "Ingress", "Job",
+                     "NetworkPolicy", "PodDisruptionBudget", "Service", "ServiceAccount"]
+    deployments = {o["metadata"]["labels"]["app.kubernetes.io/component"]: o for o in _by_kind(defaults, "Deployment")}
+    assert set(deployments) == {*SERVICES, "bridge"}
+    for component, deployment in deployments.items():
+        pod = deployment["spec"]["template"]["spec"]
+        [container] = pod["containers"]
+        assert pod["serviceAccountName"].endswith(f"-{component}")
+        assert container["readinessProbe"] and container["livenessProbe"] and container["resources"]["requests"]
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert "podAntiAffinity" in pod["affinity"]
+        if component != "bridge":
+            assert container["readinessProbe"]["grpc"]["port"] == 50051  # gRPC health checking
+            assert container["args"] == ["serve", component]
+    assert {p["metadata"]["labels"]["app.kubernetes.io/component"] for p in _by_kind(defaults, "PodDisruptionBudget")} \
+        == {*SERVICES, "bridge"}
+    [job] = _by_kind(defaults, "Job")
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
+    assert job["spec"]["template"]["spec"]["containers"][0]["args"] == ["migrate"]
+    [ingress] = _by_kind(defaults, "Ingress")
+    assert ingress["spec"]["tls"][0]["hosts"] == ["dashboard.example.com"]
+    paths = {p["path"]: p["backend"]["service"]["name"] for p in ingress["spec"]["rules"][0]["http"]["paths"]}
+    assert paths["/v1"].endswith("-bridge") and paths["/auth"].endswith("-auth")
+    assert paths["/webhooks/logto"].endswith("-usersync")
+
+
+def test_no_secret_values_anywhere(defaults: list[dict[str, Any]]) -> None:
+    assert not _by_kind(defaults, "Secret")
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert set(values["secrets"]) == {"existingSecret", "keys"}  # names of entries, never their values
+    for deployment in [*_by_kind(defaults, "Deployment"), *_by_kind(defaults, "Job")]:
+        for env in deployment["spec"]["template"]["spec"]["containers"][0].get("env", []):
+            secretish = any(w in env["name"] for w in ("URL", "TOKEN", "SECRET", "KEYS", "KEY"))
+            if secretish and env["name"] != "AIGC_GATEWAY_CONFIG":
+                assert "valueFrom" in env and "value" not in env, env
+
+
+def test_each_service_gets_only_its_secrets(defaults: list[dict[str, Any]]) -> None:
+    def env_names(component: str) -> set[str]:
+        [d] = [d for d in _by_kind(defaults, "Deployment")
+               if d["metadata"]["labels"]["app.kubernetes.io/component"] == component]
+        return {e["name"] for e in d["spec"]["template"]["spec"]["containers"][0]["env"]}
+
+    assert "AIGC_GATEWAY__USERSYNC__LOGTO_APP_SECRET" in env_names("usersync")
+    assert "AIGC_GATEWAY__OIDC__CLIENT_SECRET" in env_names("auth")
+    for other in ("template", "instance", "auth"):
+        assert "AIGC_GATEWAY__USERSYNC__LOGTO_APP_SECRET" not in env_names(other)
+    assert not any("GATEWAY__" in n for n in env_names("bridge"))  # the bridge holds no secret
+    for component in ("bridge",):
+        [d] = [d for d in _by_kind(defaults, "Deployment")
+               if d["metadata"]["labels"]["app.kubernetes.io/component"] == component]
+        assert d["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+
+
+@pytest.mark.parametrize("values_file", [None, *SAMPLE_VALUES], ids=lambda p: p.stem if p else "defaults")
+def test_rendered_configuration_is_valid(helm: Path, values_file: Path | None) -> None:
+    objects = render(helm, "aigc", *([values_file] if values_file else []))
+    [configmap] = _by_kind(objects, "ConfigMap")
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
+        f.write(configmap["data"]["config.yaml"])
+        f.flush()
+        settings = load_settings(f.name, environ={})
+    assert settings.servers.template.dial_target() == "gw-aigc-gateway-template:50051"
+    assert settings.auth.public_url.startswith("https://dashboard.")
+    if values_file:
+        values = yaml.safe_load(values_file.read_text())
+        assert settings.namespaces == values["namespaces"] and settings.domain == values["domain"]
+        [gss] = _by_kind(objects, "GameServerSet")
+        assert gss["metadata"]["annotations"]["helm.sh/hook"] == "post-install"
+        assert gss["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+        assert gss["metadata"]["labels"].items() >= values["gssLabels"].items()  # seen by the gateway
+        # Namespaced RBAC: a Role per service in each template namespace, none cluster-wide.
+        assert not _by_kind(objects, "ClusterRole")
+        assert {r["metadata"]["namespace"] for r in _by_kind(objects, "Role")} == set(values["namespaces"])
+
+
+def test_sample_values_files_are_up_to_date() -> None:
+    files = load_script(CHART / "ci" / "generate.py").expected()
+    assert len(files) == 5 and files.keys() == set(SAMPLE_VALUES)
+    stale = [p.name for p, text in files.items() if p.read_text() != text]
+    assert not stale, f"run python deploy/helm/aigc-gateway/ci/generate.py: {stale}"
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_rbac_is_exactly_what_the_code_calls(defaults: list[dict[str, Any]], service: str) -> None:
+    static, dynamic = kube_calls(service)
+    if dynamic:  # every call with a variable kind is accounted for in DYNAMIC
+        assert DYNAMIC[service], f"unaccounted dynamic calls: {dynamic}"
+    needed = static | DYNAMIC[service]
+    granted = rules_of(defaults, service)
+    assert needed - granted == set(), f"{service} calls what its Role does not allow"
+    assert granted - needed == set(), f"{service}'s Role grants what its code never calls"

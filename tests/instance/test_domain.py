@@ -1,0 +1,287 @@
+"""Pure domain modules of the instance service: names, template reading, state derivation, invariants, access."""
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from aigc_gateway.api.v1 import common_pb2, instance_pb2
+from aigc_gateway.db.models import InstanceRow
+from aigc_gateway.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from aigc_gateway.identity import Principal
+from aigc_gateway.services.instance import access, invariants, status, templates
+from aigc_gateway.services.instance.allocator import SlotState, Spec
+from aigc_gateway.services.instance.names import (InstanceRef, TemplateRef, parse_instance, parse_list_parent,
+                                                  parse_template)
+
+State = instance_pb2.Instance.State
+REF = TemplateRef("games", "sd-cpu")
+T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+
+def gss(**spec: object) -> dict:
+    base = {
+        "metadata": {"name": "sd-cpu", "namespace": "games", "generation": 4, "labels": {"app": "aigc"},
+                     "annotations": {templates.RESERVE_ANNOTATION: "1,4-7"}, "resourceVersion": "99"},
+        "spec": {"replicas": 3, "reserveGameServerIds": [1, "4-7"],
+                 "scaleStrategy": {"scaleDownStrategyType": "ReserveIds"},
+                 "gameServerTemplate": {
+                     "metadata": {"labels": {}},
+                     "spec": {"containers": [{"name": "sd", "resources": {"limits": {"cpu": "2", "memory": "4Gi"}}}]},
+                     "volumeClaimTemplates": [{"metadata": {"name": "user-data"},
+                                               "spec": {"resources": {"requests": {"storage": "50Gi"}},
+                                                        "storageClassName": "essd"}}]},
+                 "network": {"networkConf": [{"name": "Path", "value": "/"}]}},
+        "status": {"observedGeneration": 4, "replicas": 3},
+    }
+    base["spec"].update(spec)
+    return base
+
+
+# -- names -------------------------------------------------------------------------------------------------
+
+def test_names_parse_and_print() -> None:
+    ref = parse_instance("namespaces/games/templates/sd-cpu/instances/12")
+    assert ref == InstanceRef("games", "sd-cpu", 12)
+    assert ref.name == "namespaces/games/templates/sd-cpu/instances/12" and ref.game_server == "sd-cpu-12"
+    assert parse_template("namespaces/games/templates/sd-cpu", "parent") == REF
+    assert parse_list_parent("namespaces/-/templates/-") == (None, None)
+    assert parse_list_parent("namespaces/games/templates/-") == ("games", None)
+
+
+@pytest.mark.parametrize("bad", [
+    "", "namespaces/games/templates/sd-cpu", "namespaces/games/templates/sd-cpu/instances/",
+    "namespaces/games/templates/sd-cpu/instances/-1", "namespaces/games/templates/sd-cpu/instances/01",
+    "namespaces/games/templates/sd-cpu/instances/1x", "namespaces/Games/templates/sd-cpu/instances/1",
+    "namespaces/games/templates/sd_cpu/instances/1", "namespaces/games/tpl/sd-cpu/instances/1",
+    "namespaces/games/templates/sd-cpu/instances/1/x", "namespaces/games/templates/sd-cpu/instances/9999999999",
+])
+def test_malformed_instance_names_name_the_field(bad: str) -> None:
+    with pytest.raises(InvalidArgument) as err:
+        parse_instance(bad)
+    assert err.value.violations[0].field == "name"
+
+
+# -- templates ---------------------------------------------------------------------------------------------
+
+def test_spec_reads_ranges_and_the_write_uses_ints_and_the_version_read() -> None:
+    obj = gss()
+    assert templates.spec_of(REF, obj) == Spec.of(3, {1, 4, 5, 6, 7})
+    body = templates.with_spec(obj, Spec.of(4, {1, 4, 5, 6}))
+    assert body["spec"]["reserveGameServerIds"] == [1, 4, 5, 6] and body["spec"]["replicas"] == 4
+    assert body["metadata"]["resourceVersion"] == "99" and "status" not in body
+    assert obj["spec"]["replicas"] == 3  # the object read is untouched
+
+
+def test_settled_needs_the_controller_to_have_seen_the_spec() -> None:
+    assert templates.settled(gss())
+    lagging = gss()
+    lagging["metadata"]["generation"] = 5
+    assert not templates.settled(lagging)
+    unapplied = gss(reserveGameServerIds=[1, "4-8"])
+    assert not templates.settled(unapplied)
+    fresh = gss(replicas=0, reserveGameServerIds=None)
+    fresh["metadata"]["annotations"] = {}
+    fresh["status"]["replicas"] = 0
+    assert templates.settled(fresh)
+
+
+def test_only_reserve_ids_templates_are_usable() -> None:
+    templates.check_usable(REF, gss())
+    with pytest.raises(FailedPrecondition) as err:
+        templates.check_usable(REF, gss(scaleStrategy={"scaleDownStrategyType": "General"}))
+    assert err.value.reason == "NOT_RESERVE_IDS"
+    with pytest.raises(FailedPrecondition):
+        templates.check_usable(REF, gss(scaleStrategy={}))
+    with pytest.raises(FailedPrecondition) as bad:
+        templates.spec_of(REF, gss(reserveGameServerIds=["x"]))
+    assert bad.value.reason == "RESERVE_LIST_INVALID"
+
+
+def test_templates_are_filtered_by_namespace_and_labels() -> None:
+    assert templates.is_template(gss(), [], {"app": "aigc"})
+    assert not templates.is_template(gss(), ["other"], {})
+    assert not templates.is_template(gss(), [], {"app": "else"})
+
+
+@pytest.mark.parametrize("limits, labels, expected", [
+    ({"cpu": "2", "memory": "4Gi"}, {}, {"type": "CPU", "cpu": "2", "memory": "4Gi", "eci": False}),
+    ({"nvidia.com/gpu": "1"}, {}, {"type": "GPU", "gpu_count": 1}),
+    ({"aliyun.com/gpu-mem": 3}, {}, {"type": "SHARED_GPU", "gpu_memory_gib": 3}),
+    ({"nvidia.com/gpu": 1}, {templates.ECI_LABEL: "true"}, {"type": "GPU", "eci": True}),
+])
+def test_accelerator(limits: dict, labels: dict, expected: dict) -> None:
+    obj = gss()
+    obj["spec"]["gameServerTemplate"]["spec"]["containers"][0]["resources"] = {"limits": limits}
+    obj["spec"]["gameServerTemplate"]["metadata"]["labels"] = labels
+    acc = templates.accelerator(obj)
+    assert {k: acc[k] for k in expected} == expected
+    common_pb2.Accelerator(type=common_pb2.Accelerator.Type.Value(acc["type"]),
+                           **{k: v for k, v in acc.items() if k != "type"})
+
+
+# -- state derivation --------------------------------------------------------------------------------------
+
+def pod(phase: str = "Running", ready: bool = True, **status: object) -> dict:
+    conditions = [{"type": "Ready", "status": "True" if ready else "False"}]
+    return {"metadata": {"name": "sd-cpu-0", "namespace": "games"},
+            "status": {"phase": phase, "conditions": conditions, **status}}
+
+
+def game_server(ready_network: bool = True) -> dict:
+    return {"status": {"currentState": "Ready", "networkStatus": {
+        "currentNetworkState": "Ready" if ready_network else "NotReady",
+        "externalAddresses": [{"endPoint": "instances0-cpu.aigc.test"}]}}}
+
+
+def derive(slot: SlotState, seen: status.Observed, changed: bool = False, template: dict | None = None) -> status.View:
+    return status.derive(slot, changed, template or gss(), seen, 0)
+
+
+def test_running_needs_a_ready_pod_and_a_ready_network() -> None:
+    view = derive(SlotState.LIVE, status.Observed(game_server(), pod()))
+    assert (view.state, view.message, view.access_uri) == (State.RUNNING, "Ready", "https://instances0-cpu.aigc.test/")
+    waiting = derive(SlotState.LIVE, status.Observed(game_server(False), pod()))
+    assert waiting.state == State.STARTING and waiting.access_uri == ""
+
+
+def test_no_pod_yet_is_installing_or_resuming() -> None:
+    assert derive(SlotState.LIVE, status.Observed()).state == State.INSTALLING
+    assert derive(SlotState.LIVE, status.Observed(), changed=True).state == State.RESUMING
+
+
+def test_unschedulable_on_a_gpu_template_waits_for_a_gpu_node() -> None:
+    template = gss()
+    template["spec"]["gameServerTemplate"]["spec"]["containers"][0]["resources"] = {"limits": {"nvidia.com/gpu": 1}}
+    pending = pod("Pending", False)
+    pending["status"]["conditions"].append({"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                                            "message": "0/3 nodes are available"})
+    view = derive(SlotState.LIVE, status.Observed(None, pending), template=template)
+    assert view.state == State.STARTING and view.message.startswith("Waiting for a GPU node")
+    assert view.reason == "Unschedulable"
+
+
+def test_pulling_event_is_the_message_while_pending() -> None:
+    events = [{"reason": "Scheduled", "message": "assigned"},
+              {"reason": "Pulling", "message": 'Pulling image "sd:v1"'}]
+    view = derive(SlotState.LIVE, status.Observed(None, pod("Pending", False), events))
+    assert (view.state, view.message, view.source) == (State.STARTING, 'Pulling image "sd:v1"', "event")
+
+
+def test_crash_loop_is_crashed_with_the_exit_code() -> None:
+    crashing = pod("Running", False, containerStatuses=[{
+        "restartCount": 4, "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+        "lastState": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}}])
+    view = derive(SlotState.LIVE, status.Observed(game_server(), crashing))
+    assert view.state == State.CRASHED and "137" in view.message
+
+
+def test_paused_pausing_restarting_uninstalling() -> None:
+    assert derive(SlotState.PAUSED, status.Observed(None, pod())).state == State.PAUSING
+    assert derive(SlotState.PAUSED, status.Observed()).state == State.PAUSED
+    deleting = pod()
+    deleting["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    assert derive(SlotState.LIVE, status.Observed(game_server(), deleting)).state == State.RESTARTING
+    assert derive(SlotState.RELEASING, status.Observed()).state == State.UNINSTALLING
+
+
+def test_instance_message_carries_disks_and_times() -> None:
+    row = InstanceRow(namespace="games", template="sd-cpu", id=0, slot="LIVE", owner="alice", orphaned=False,
+                      created_at=T0, updated_at=T0, state_changed_at=T0)
+    claims = {"user-data-sd-cpu-0": {"metadata": {"uid": "u-1"}, "status": {"phase": "Bound"}}}
+    view = derive(SlotState.LIVE, status.Observed(game_server(), pod()))
+    message = status.to_proto(REF.instance(0), row, view, gss(), claims)
+    assert message.owner == "alice" and message.state == State.RUNNING
+    assert message.accelerator.type == common_pb2.Accelerator.CPU
+    disk = message.disks[0]
+    assert (disk.claim_name, disk.claim_uid, disk.phase, disk.size) == ("user-data-sd-cpu-0", "u-1", "Bound", "50Gi")
+    assert message.create_time.ToDatetime(tzinfo=timezone.utc) == T0
+    assert not message.HasField("last_access_time")
+
+
+# -- invariants --------------------------------------------------------------------------------------------
+
+def record(i: int, state: SlotState, owner: str | None, since: datetime = T0) -> invariants.SlotRecord:
+    return invariants.SlotRecord(i, state, owner, since, since)
+
+
+def snapshot(spec: Spec | None, slots: list[invariants.SlotRecord], claims: dict[str, datetime],
+             pods: set[int] = frozenset(), now: datetime = T0 + timedelta(hours=1)) -> invariants.Snapshot:
+    return invariants.Snapshot(REF, spec, {s.id: s for s in slots}, ["data"],
+                               {n: invariants.Claim(n, t) for n, t in claims.items()}, frozenset(pods), 0, now)
+
+
+def codes(snap: invariants.Snapshot) -> list[tuple[int, str]]:
+    return [(f.id, f.code) for f in invariants.check(snap)]
+
+
+def test_a_consistent_template_has_no_findings() -> None:
+    slots = [record(0, SlotState.LIVE, "a"), record(1, SlotState.PAUSED, "b"), record(2, SlotState.FREE, None)]
+    claims = {"data-sd-cpu-0": T0, "data-sd-cpu-1": T0}
+    assert codes(snapshot(Spec.of(1, {1, 2}), slots, claims, {0})) == []
+
+
+def test_each_invariant_is_reported() -> None:
+    slots = [record(0, SlotState.LIVE, "a"), record(1, SlotState.PAUSED, "b"), record(2, SlotState.FREE, None),
+             record(3, SlotState.LIVE, "c", since=T0 + timedelta(minutes=30))]
+    claims = {"data-sd-cpu-0": T0, "data-sd-cpu-2": T0, "data-sd-cpu-3": T0}
+    found = codes(snapshot(Spec.of(1, {1, 2, 6}), slots, claims, {0, 3}))
+    assert (1, "PVC_MISSING") in found  # a paused instance lost its disk
+    assert (2, "PVC_NOT_RELEASED") in found  # FREE but the disk is still there
+    assert (3, "LIVE_MISMATCH") in found  # recorded LIVE, not live in (R, X)
+    assert (3, "PVC_REUSED") in found  # its disk predates its owner
+    assert (4, "HOLE") in found and (5, "HOLE") in found
+    assert (6, "UNTRACKED_RESERVED") in found
+
+
+def test_missing_template_and_owner_state_mismatch() -> None:
+    bad = invariants.SlotRecord(0, SlotState.FREE, "x", T0, T0)
+    assert codes(snapshot(None, [bad], {})) == [(-1, "TEMPLATE_MISSING"), (0, "OWNER_STATE")]
+
+
+def test_a_live_instance_gets_a_grace_period_for_its_disk() -> None:
+    young = record(0, SlotState.LIVE, "a", since=T0)
+    assert codes(snapshot(Spec.of(1), [young], {}, now=T0 + timedelta(seconds=10))) == []
+    assert codes(snapshot(Spec.of(1), [young], {}, now=T0 + timedelta(minutes=5))) == [(0, "PVC_MISSING")]
+
+
+# -- access ------------------------------------------------------------------------------------------------
+
+def row(slot: str, owner: str | None) -> InstanceRow:
+    return InstanceRow(namespace="games", template="sd-cpu", id=0, slot=slot, owner=owner)
+
+
+def test_owners_act_on_their_own_admins_on_any() -> None:
+    alice, bob = Principal("alice"), Principal("bob")
+    admin = Principal("root", admin=True)
+    ref = REF.instance(0)
+    assert access.check(alice, ref, row("LIVE", "alice")).owner == "alice"
+    with pytest.raises(PermissionDenied):
+        access.check(bob, ref, row("LIVE", "alice"))
+    assert access.check(admin, ref, row("PAUSED", "alice"))
+    with pytest.raises(NotFound):
+        access.check(alice, ref, row("RELEASING", None))
+    assert access.check(admin, ref, row("RELEASING", None))
+    for who in (alice, admin):
+        with pytest.raises(NotFound):
+            access.check(who, ref, row("FREE", None))
+        with pytest.raises(NotFound):
+            access.check(who, ref, None)
+
+
+def test_installing_for_someone_else_needs_admin() -> None:
+    assert access.install_owner(Principal("alice"), "") == "alice"
+    assert access.install_owner(Principal("root", admin=True), "bob") == "bob"
+    with pytest.raises(PermissionDenied):
+        access.install_owner(Principal("alice"), "bob")
+    with pytest.raises(InvalidArgument):
+        access.install_owner(Principal("service:template", kind="service", admin=True), "")
+
+
+def test_not_ready_after_having_been_ready_is_not_ready_not_starting() -> None:
+    starting = pod("Running", False, containerStatuses=[{"state": {"running": {"startedAt": "2026-01-01T00:00:05Z"}}}])
+    starting["status"]["conditions"][0]["lastTransitionTime"] = "2026-01-01T00:00:01Z"
+    assert derive(SlotState.LIVE, status.Observed(game_server(), starting)).state == State.STARTING
+    stopped = pod("Running", False, containerStatuses=[{"state": {"running": {"startedAt": "2026-01-01T00:00:05Z"}}}])
+    stopped["status"]["conditions"][0]["lastTransitionTime"] = "2026-01-01T00:09:00Z"
+    assert derive(SlotState.LIVE, status.Observed(game_server(), stopped)).state == State.NOT_READY
