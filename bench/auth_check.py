@@ -1,49 +1,64 @@
 #!/usr/bin/env python3
 """Load ``GET /auth`` with 10,000 instances in the owner map, and oauth2-proxy's ``/oauth2/auth``
-the same way in the same run; print checks/s, p50/p99 and the ratio.
+the same way in the same run; print checks/s, p50/p99 and the ratios.
 
-    python bench/auth_check.py [--instances 10000] [--duration 10] [--connections 32]
+    python bench/auth_check.py --database-url postgresql+asyncpg://... [--instances 10000] [--rounds 3]
 
-The load generator is wrk (Debian package ``wrk``), one thread, the same connection count for both
-servers, on loopback only, for a bounded time. The request mix cycles through signed-in owners
-(allowed), signed-in non-owners (denied) and anonymous requests (``--mix``). oauth2-proxy is built
-from its Go module by bench/build_oauth2_proxy.sh (cached outside the repository) and runs with
-cookie sessions; its cookies are minted with its own code (bench/oauth2_proxy_cookie). It answers
-202 to any valid session whatever the host (it has no per-instance owner check), so it does less
-work per request than /auth does.
+Two measurements, each alternating between the two servers round by round (the machine may be shared:
+alternating spreads any background load over both; the medians of the rounds are reported):
 
-The auth service runs in this process exactly as in production (aiohttp, the real checker, session
-store and owner map), on an embedded SQLite database unless ``--database-url`` names PostgreSQL.
+- saturated: wrk (one thread, ``--connections`` connections, ``--duration`` seconds) as fast as each
+  server answers. Its p99 is mostly queueing behind the connections ahead.
+- fixed rate: vegeta at a constant arrival rate below both servers' saturation (``--rate``; default
+  half the lower saturated throughput), the same for both, at most ``--connections`` connections:
+  latency as a user sees it while the server keeps up.
+
+The request mix cycles through signed-in owners (allowed), signed-in non-owners (denied) and anonymous
+requests (``--mix``). The auth service runs as in production: this process is the gRPC side (owner map
+from the ``instances`` rows this script writes, routes from a template pattern, since no cluster is
+needed here) and starts ``--workers`` HTTP worker processes (default: one per CPU, as
+``auth.http_workers``); ``--workers 0`` serves HTTP in this process instead. Sessions are rows in the
+database, as in production (PostgreSQL; SQLite works but re-reads sessions every 0.5 s, having no
+NOTIFY).
+
+oauth2-proxy is built from its Go module by bench/build_oauth2_proxy.sh (cached outside the repository)
+and runs with cookie sessions; its cookies are minted with its own code (bench/oauth2_proxy_cookie). It
+answers 202 to any valid session whatever the host (it has no per-instance owner check), so it does
+less work per request than /auth does. wrk and vegeta come from bench/install_load_tools.sh, which this
+script runs (idempotent).
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import re
 import secrets
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-from aigc_gateway.audit import AuditLog  # noqa: E402
+from sqlalchemy import delete, insert  # noqa: E402
+
 from aigc_gateway.config import Settings  # noqa: E402
-from aigc_gateway.db import Database  # noqa: E402
 from aigc_gateway.db.migrate import upgrade  # noqa: E402
-from aigc_gateway.services.auth.activity import ActivityRecorder  # noqa: E402
+from aigc_gateway.db.models import InstanceRow  # noqa: E402
+from aigc_gateway.runtime import Runtime  # noqa: E402
 from aigc_gateway.services.auth.checker import Checker, Credentials  # noqa: E402
-from aigc_gateway.services.auth.endpoints import AuthEndpoints  # noqa: E402
-from aigc_gateway.services.auth.ownermap import InstanceKey, OwnerMap  # noqa: E402
 from aigc_gateway.services.auth.routes import RoutePattern  # noqa: E402
-from aigc_gateway.services.auth.sessions import SessionCookieAuthenticator  # noqa: E402
+from aigc_gateway.services.auth.service import AuthService  # noqa: E402
 
 DOMAIN = "bench.test"
+NAMESPACE = "bench"
 COOKIE = "aigc_session"
 O2P_COOKIE = "_oauth2_proxy"
 
@@ -52,6 +67,9 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# -- load generators ------------------------------------------------------------------------------------
 
 
 def lua_string(value: str) -> str:
@@ -104,46 +122,97 @@ def run_wrk(port: int, script: str, duration: int, connections: int) -> dict[str
             "non2xx": float(non2xx.group(1)) if non2xx else 0.0, "errors": 1.0 if errors else 0.0}
 
 
-async def start_gateway(db_url: str, instances: int, users: int):  # type: ignore[no-untyped-def]
+def run_vegeta(vegeta: Path, port: int, requests: list[tuple[str, dict[str, str]]], rate: int, duration: int,
+               connections: int) -> dict[str, float]:
+    """A constant arrival rate (open model: a slow answer does not delay the next request's start)."""
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        for path, headers in requests:
+            f.write(json.dumps({"method": "GET", "url": f"http://127.0.0.1:{port}{path}",
+                                "header": {k: [v] for k, v in headers.items() if k != "Host"}}) + "\n")
+    try:
+        attack = subprocess.Popen([str(vegeta / "vegeta"), "attack", "-format=json", f"-targets={f.name}",
+                                   f"-rate={rate}/s", f"-duration={duration}s", f"-max-connections={connections}",
+                                   "-timeout=10s"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        report = subprocess.run([str(vegeta / "vegeta"), "report", "-type=json"], stdin=attack.stdout,
+                                capture_output=True, text=True, timeout=duration + 60)
+        attack.wait(30)
+    finally:
+        os.unlink(f.name)
+    if report.returncode != 0 or attack.returncode != 0:
+        raise SystemExit(f"vegeta failed: {report.stderr} {attack.stderr.read().decode() if attack.stderr else ''}")
+    data = json.loads(report.stdout)
+    lat = data["latencies"]
+    codes = data.get("status_codes") or {}
+    return {"rate": data["rate"], "p50": lat["50th"] / 1e6, "p99": lat["99th"] / 1e6, "max": lat["max"] / 1e6,
+            "other": float(sum(n for code, n in codes.items() if code not in ("200", "202", "401", "403")))}
+
+
+# -- the auth service ------------------------------------------------------------------------------------
+
+
+def instance_of(k: int, users: int) -> tuple[str, int, str, str]:
+    """(template, id, owner, host) of the k-th instance. One instance per user and template (the
+    ownership table's rule), so 10,000 instances of 1,000 users span ten templates."""
+    template, ident = f"cpu{k // users}", k % users
+    return template, ident, f"user{ident}", f"instances{ident}-{template}.{DOMAIN}"
+
+
+async def seed_instances(runtime: Runtime, instances: int, users: int) -> None:
+    now = datetime.now(timezone.utc)
+    rows = []
+    for k in range(instances):
+        template, ident, owner, _ = instance_of(k, users)
+        rows.append({"namespace": NAMESPACE, "template": template, "id": ident, "slot": "LIVE", "owner": owner,
+                     "orphaned": False, "created_at": now, "updated_at": now, "state_changed_at": now})
+    async with runtime.db.session() as session:
+        await session.execute(delete(InstanceRow).where(InstanceRow.namespace == NAMESPACE))
+        for begin in range(0, len(rows), 2000):
+            await session.execute(insert(InstanceRow), rows[begin:begin + 2000])
+
+
+async def start_gateway(db_url: str, opts: argparse.Namespace) -> tuple[Runtime, AuthService, int, list[str]]:
     settings = Settings.model_validate({
-        "domain": DOMAIN, "database": {"url": db_url},
-        "auth": {"http_listen": "127.0.0.1:0", "session_keys": [secrets.token_urlsafe(32)], "cookie_secure": False}})
-    db = Database(db_url, pool_size=4)
-    owners = OwnerMap()
-    pattern = RoutePattern(f"instances<id>-cpu.{DOMAIN}")
-    for i in range(instances):
-        key = InstanceKey("bench", "cpu", i)
-        owners.set_routes(key, pattern.routes(i))
-        owners.set_owner(key, f"user{i % users}")
-    sessions = SessionCookieAuthenticator(settings, db)
+        "domain": DOMAIN, "database": {"url": db_url, "pool_size": 4},
+        "kubernetes": {"kubeconfig": "/nonexistent/bench-kubeconfig"},  # routes come from the patterns below
+        "logging": {"level": "WARNING", "json": False},
+        "auth": {"http_listen": "127.0.0.1:0", "session_keys": [secrets.token_urlsafe(32)], "cookie_secure": False,
+                 "http_workers": opts.workers, "http_event_loop": opts.event_loop}})
+    runtime = Runtime.create(settings)
+    await seed_instances(runtime, opts.instances, opts.users)
+    service = AuthService(runtime)
+    for t in range((opts.instances + opts.users - 1) // opts.users):
+        service.index.set_template(NAMESPACE, f"cpu{t}", RoutePattern(f"instances<id>-cpu{t}.{DOMAIN}"))
+    assert service.sessions is not None
     cookies = []
-    for u in range(users):
-        sid, record = await sessions.store.create(user=f"user{u}", email=f"user{u}@{DOMAIN}", ttl_seconds=3600)
-        cookies.append(sessions.cookie.issue(sid, f"user{u}", int(record.expires_at.timestamp())))
-    sessions.store.start()
-    if sessions.store.listener is not None:  # PostgreSQL: cached sessions are trusted while LISTEN is up
-        await sessions.store.listener.wait_live(10)
-    audit_log = AuditLog(db, "auth", 60)
-    checker = Checker(owners, sessions, None, ActivityRecorder(db), audit_log)
-    endpoints = AuthEndpoints(settings, checker, sessions, None, audit_log)
-    port = await endpoints.start("127.0.0.1:0")
-    return db, sessions, checker, endpoints, port, cookies
+    for u in range(opts.users):
+        sid, record = await service.sessions.store.create(user=f"user{u}", email=f"user{u}@{DOMAIN}",
+                                                          ttl_seconds=3600)
+        cookies.append(service.sessions.cookie.issue(sid, f"user{u}", int(record.expires_at.timestamp())))
+    await service.start()
+    if service.workers is not None:
+        await service.workers.barrier()
+        port = service.workers.port
+    else:
+        assert service.endpoints is not None
+        port = service.endpoints.port
+    if service.sessions.store.listener is not None:  # PostgreSQL: cached sessions are trusted while LISTEN is up
+        await service.sessions.store.listener.wait_live(10)
+    return runtime, service, port, cookies
 
 
-def mix(instances: int, users: int, n: int, shares: tuple[int, int, int], cookie_of) -> list[tuple[str, dict]]:
-    """(allowed, denied, anonymous) requests in the given shares; host i belongs to user i % users."""
+def mix(instances: int, users: int, n: int, shares: tuple[int, ...], cookie_of) -> list[tuple[str, dict]]:  # type: ignore[no-untyped-def]
+    """(allowed, denied, anonymous) requests in the given shares."""
     out = []
     pattern = [0] * shares[0] + [1] * shares[1] + [2] * shares[2]
     for k in range(n):
         kind = pattern[k % len(pattern)]
-        host_id = (k * 7919) % instances
-        owner = host_id % users
-        url = f"https://instances{host_id}-cpu.{DOMAIN}/app/run?step={k}"
-        headers = {"X-Original-URL": url, "X-Original-Method": "GET", "Host": f"dashboard.{DOMAIN}"}
+        _, ident, _, host = instance_of((k * 7919) % instances, users)
+        headers = {"X-Original-URL": f"https://{host}/app/run?step={k}", "X-Original-Method": "GET",
+                   "Host": f"dashboard.{DOMAIN}"}
         if kind == 0:
-            headers["Cookie"] = cookie_of(owner)
+            headers["Cookie"] = cookie_of(ident)
         elif kind == 1:
-            headers["Cookie"] = cookie_of((owner + 1) % users)
+            headers["Cookie"] = cookie_of((ident + 1) % users)
         out.append(("/auth", headers))
     return out
 
@@ -159,7 +228,11 @@ async def in_process_rate(checker: Checker, requests: list[tuple[str, dict]], se
         for url, c in creds[:500]:
             await checker.check(url, c)
         done += 500
+        await asyncio.sleep(0)  # let the denied checks' audit tasks run, as they would in a server
     return done / (time.perf_counter() - started)
+
+
+# -- oauth2-proxy --------------------------------------------------------------------------------------
 
 
 def start_oauth2_proxy(cache: Path, port: int) -> tuple[subprocess.Popen, str]:
@@ -184,63 +257,122 @@ def wait_port(port: int, timeout: float = 20) -> None:
     raise SystemExit(f"nothing listens on {port}")
 
 
+def tool(script: str) -> Path:
+    done = subprocess.run([str(ROOT / "bench" / script)], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"bench/{script} failed: {done.stderr}")
+    return Path(done.stdout.strip())
+
+
+def median(rows: list[dict[str, float]], key: str) -> float:
+    return statistics.median(r[key] for r in rows)
+
+
+def rounds(rows: list[dict[str, float]], key: str, fmt: str) -> str:
+    return ", ".join(fmt.format(r[key]) for r in rows)
+
+
 async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--instances", type=int, default=10_000)
     parser.add_argument("--users", type=int, default=1_000)
-    parser.add_argument("--duration", type=int, default=10, help="seconds of load per server")
+    parser.add_argument("--duration", type=int, default=8, help="seconds of load per server and round")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per measurement, alternating the servers")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--mix", default="60,25,15", help="allowed,denied,anonymous shares")
+    parser.add_argument("--rate", type=int, default=0,
+                        help="fixed arrival rate (requests/s) for the latency measurement; 0: half the lower "
+                             "saturated throughput; -1: skip it")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="auth.http_workers (default: one per CPU; 0: HTTP in this process)")
+    parser.add_argument("--event-loop", default="uvloop", choices=["uvloop", "asyncio"],
+                        help="auth.http_event_loop of the workers")
     parser.add_argument("--database-url", default="", help="PostgreSQL for sessions (default: embedded SQLite)")
     parser.add_argument("--skip-oauth2-proxy", action="store_true")
     opts = parser.parse_args()
-    if not shutil.which("wrk"):
-        raise SystemExit("wrk is needed: apt-get install wrk")
+    vegeta = tool("install_load_tools.sh")
     shares = tuple(int(x) for x in opts.mix.split(","))
     tmp = Path(tempfile.mkdtemp(prefix="aigc-bench-"))
     db_url = opts.database_url or f"sqlite+aiosqlite:///{tmp / 'bench.sqlite3'}"
     await asyncio.to_thread(upgrade, db_url)  # alembic runs its own event loop
 
-    db, sessions, checker, endpoints, port, cookies = await start_gateway(db_url, opts.instances, opts.users)
+    runtime, service, port, cookies = await start_gateway(db_url, opts)
     requests = mix(opts.instances, opts.users, 3000, shares, lambda u: f"{COOKIE}={cookies[u]}")
-    print(f"owner map: {len(checker.owners)} instances, {checker.owners.admitted} admitted, {opts.users} users; "
-          f"mix allowed/denied/anonymous = {opts.mix}; wrk -t1 -c{opts.connections} -d{opts.duration}s")
-    decisions = await in_process_rate(checker, requests)
-    print(f"checker alone (no HTTP): {decisions:,.0f} decisions/s")
-    ours = await asyncio.to_thread(run_wrk, port, wrk_script(requests), opts.duration, opts.connections)
-    expected_non2xx = len(requests) and (shares[1] + shares[2]) / sum(shares)
-    print(f"aigc-gateway /auth:   {ours['rps']:>10,.0f} checks/s   p50 {ours['p50']:.2f} ms   "
-          f"p99 {ours['p99']:.2f} ms   (non-2xx {ours['non2xx']:,.0f}, expected share {expected_non2xx:.0%})")
-    await endpoints.stop()
-    await sessions.close()
-    await db.close()
+    script = wrk_script(requests)
+    workers = service.workers.count if service.workers is not None else 0
+    print(f"owner map: {len(service.owners)} instances, {service.owners.admitted} admitted, {opts.users} users; "
+          f"mix allowed/denied/anonymous = {opts.mix}; {os.cpu_count()} CPUs; "
+          f"/auth in {workers or 'no'} worker process(es) ({opts.event_loop if workers else 'asyncio'}); "
+          f"{opts.rounds} round(s) of {opts.duration}s per server and measurement, alternating")
+    print(f"checker alone (no HTTP, one process): {await in_process_rate(service.checker, requests):,.0f} decisions/s")
 
-    if opts.skip_oauth2_proxy:
-        return 0
-    build = subprocess.run([str(ROOT / "bench" / "build_oauth2_proxy.sh")], capture_output=True, text=True)
-    if build.returncode != 0:
-        raise SystemExit(f"cannot build oauth2-proxy: {build.stderr}")
-    cache = Path(build.stdout.strip())
-    o2p_port = free_port()
-    proc, secret = start_oauth2_proxy(cache, o2p_port)
+    o2p_proc = None
+    o2p_port = 0
+    o2p_requests: list[tuple[str, dict]] = []
     try:
-        wait_port(o2p_port)
-        minted = [subprocess.run([str(cache / "oauth2-proxy-cookie"), secret, O2P_COOKIE, f"user{u}",
-                                  f"user{u}@{DOMAIN}"], capture_output=True, text=True, check=True).stdout.strip()
-                  for u in range(min(opts.users, 50))]
-        o2p_requests = [("/oauth2/auth", {k: v for k, v in h.items() if k != "Cookie"} | (
-            {"Cookie": f"{O2P_COOKIE}={minted[hash(h['Cookie']) % len(minted)]}"} if "Cookie" in h else {}))
-            for _, h in requests]
-        theirs = await asyncio.to_thread(run_wrk, o2p_port, wrk_script(o2p_requests), opts.duration,
-                                         opts.connections)
+        if not opts.skip_oauth2_proxy:
+            cache = tool("build_oauth2_proxy.sh")
+            o2p_port = free_port()
+            o2p_proc, secret = start_oauth2_proxy(cache, o2p_port)
+            wait_port(o2p_port)
+            minted = [subprocess.run([str(cache / "oauth2-proxy-cookie"), secret, O2P_COOKIE, f"user{u}",
+                                      f"user{u}@{DOMAIN}"], capture_output=True, text=True,
+                                     check=True).stdout.strip() for u in range(min(opts.users, 50))]
+            o2p_requests = [("/oauth2/auth", {k: v for k, v in h.items() if k != "Cookie"} | (
+                {"Cookie": f"{O2P_COOKIE}={minted[n % len(minted)]}"} if "Cookie" in h else {}))
+                for n, (_, h) in enumerate(requests)]
+        servers = [("aigc-gateway /auth", port, requests)]
+        if o2p_port:
+            servers.append(("oauth2-proxy /oauth2/auth", o2p_port, o2p_requests))
+        for _, p, reqs in servers:  # warm up: connections, caches, the workers' session reads
+            await asyncio.to_thread(run_wrk, p, wrk_script(reqs), 2, opts.connections)
+
+        saturated: dict[str, list[dict[str, float]]] = {name: [] for name, _, _ in servers}
+        for _ in range(opts.rounds):
+            for name, p, reqs in servers:
+                saturated[name].append(await asyncio.to_thread(
+                    run_wrk, p, script if p == port else wrk_script(reqs), opts.duration, opts.connections))
+        print(f"\nsaturated (wrk -t1 -c{opts.connections} -d{opts.duration}s; medians of {opts.rounds} rounds):")
+        for name, rows in saturated.items():
+            print(f"  {name:<27} {median(rows, 'rps'):>9,.0f} checks/s   p50 {median(rows, 'p50'):6.2f} ms   "
+                  f"p99 {median(rows, 'p99'):6.2f} ms   (rounds: {rounds(rows, 'rps', '{:,.0f}')})")
+        expected = (shares[1] + shares[2]) / sum(shares)
+        ours = saturated["aigc-gateway /auth"]
+        print(f"  /auth non-2xx share {sum(r['non2xx'] for r in ours) / max(1, sum(r['rps'] * opts.duration for r in ours)):.0%}"
+              f" (expected {expected:.0%})")
+
+        fixed: dict[str, list[dict[str, float]]] = {}
+        rate = opts.rate
+        if rate == 0:
+            rate = int(min(median(rows, "rps") for rows in saturated.values()) / 2 // 100 * 100)
+        if rate > 0:
+            fixed = {name: [] for name, _, _ in servers}
+            for _ in range(opts.rounds):
+                for name, p, reqs in servers:
+                    fixed[name].append(await asyncio.to_thread(run_vegeta, vegeta, p, reqs, rate, opts.duration,
+                                                               opts.connections))
+            print(f"\nfixed rate (vegeta {rate:,}/s, at most {opts.connections} connections, {opts.duration}s; "
+                  f"medians of {opts.rounds} rounds):")
+            for name, rows in fixed.items():
+                print(f"  {name:<27} {median(rows, 'rate'):>9,.0f} req/s    p50 {median(rows, 'p50'):6.2f} ms   "
+                      f"p99 {median(rows, 'p99'):6.2f} ms   max {median(rows, 'max'):7.2f} ms   "
+                      f"(p99 rounds: {rounds(rows, 'p99', '{:.2f}')}; "
+                      f"other statuses {sum(r['other'] for r in rows):.0f})")
+        if o2p_port:
+            a, b = saturated["aigc-gateway /auth"], saturated["oauth2-proxy /oauth2/auth"]
+            line = (f"\nratio aigc-gateway/oauth2-proxy: saturated throughput {median(a, 'rps') / median(b, 'rps'):.2f}x,"
+                    f" saturated p99 {median(a, 'p99') / median(b, 'p99'):.2f}x")
+            if fixed:
+                fa, fb = fixed["aigc-gateway /auth"], fixed["oauth2-proxy /oauth2/auth"]
+                line += f", p99 at {rate:,}/s {median(fa, 'p99') / median(fb, 'p99'):.2f}x"
+            print(line)
     finally:
-        proc.terminate()
-        proc.wait(10)
-    print(f"oauth2-proxy /oauth2/auth: {theirs['rps']:>6,.0f} checks/s   p50 {theirs['p50']:.2f} ms   "
-          f"p99 {theirs['p99']:.2f} ms   (non-2xx {theirs['non2xx']:,.0f})")
-    print(f"ratio aigc-gateway/oauth2-proxy: throughput {ours['rps'] / theirs['rps']:.2f}x, "
-          f"p99 {ours['p99'] / theirs['p99']:.2f}x")
-    shutil.rmtree(tmp, ignore_errors=True)
+        if o2p_proc is not None:
+            o2p_proc.terminate()
+            o2p_proc.wait(10)
+        await service.stop()
+        await runtime.close()
+        shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 

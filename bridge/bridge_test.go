@@ -158,3 +158,40 @@ func TestHandlerAnswersStatusJSONWhenServicesAreDown(t *testing.T) {
 		}
 	}
 }
+
+func TestRateLimitPerClient(t *testing.T) {
+	l := newLimiter(1, 2)
+	clock := time.Unix(1000, 0)
+	l.now = func() time.Time { return clock }
+	alice := httptest.NewRequest("GET", "/v1/x", nil)
+	alice.Header.Set("Authorization", "Bearer alice")
+	bob := httptest.NewRequest("GET", "/v1/x", nil)
+	bob.Header.Set("Authorization", "Bearer bob")
+	for i := 0; i < 2; i++ {
+		if ok, _ := l.allow(alice); !ok {
+			t.Fatalf("request %d within the burst refused", i)
+		}
+	}
+	ok, wait := l.allow(alice)
+	if ok || wait <= 0 || wait > time.Second {
+		t.Fatalf("third request: ok=%v wait=%v; want refused with a wait up to 1s", ok, wait)
+	}
+	if ok, _ := l.allow(bob); !ok {
+		t.Fatal("another client must not be limited by alice")
+	}
+	clock = clock.Add(time.Second)
+	if ok, _ := l.allow(alice); !ok {
+		t.Fatal("a token must be back after a second")
+	}
+
+	h := l.middleware(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(204) }))
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, alice)
+	if w.Code != http.StatusTooManyRequests || w.Header().Get("Retry-After") != "1" {
+		t.Fatalf("got %d Retry-After=%q", w.Code, w.Header().Get("Retry-After"))
+	}
+	var body map[string]any
+	if err := json.Unmarshal(w.Body.Bytes(), &body); err != nil || body["code"] != float64(codes.ResourceExhausted) {
+		t.Fatalf("body %s", w.Body)
+	}
+}

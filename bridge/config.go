@@ -23,6 +23,9 @@ type config struct {
 	MaxBodyBytes  int64
 	ShutdownGrace time.Duration
 	LogFormat     string
+	// RateLimit is requests per second per client (0: no limit), RateBurst the bucket size.
+	RateLimit float64
+	RateBurst int
 	// TrustedOrigins are extra browser origins (scheme://host[:port]) allowed to
 	// send cookie-authenticated writes; the bridge's own host always is.
 	TrustedOrigins []string
@@ -52,6 +55,8 @@ func parseConfig(args []string, getenv func(string) string) (config, error) {
 	grace := fs.String("shutdown-grace", env("AIGC_BRIDGE_SHUTDOWN_GRACE", "10s"), "how long SIGTERM waits for in-flight requests ($AIGC_BRIDGE_SHUTDOWN_GRACE)")
 	fs.StringVar(&cfg.LogFormat, "log-format", env("AIGC_BRIDGE_LOG_FORMAT", "json"), "json or text ($AIGC_BRIDGE_LOG_FORMAT)")
 	fs.StringVar(&origins, "trusted-origins", env("AIGC_BRIDGE_TRUSTED_ORIGINS", ""), "comma-separated extra origins allowed to send cookie-authenticated writes ($AIGC_BRIDGE_TRUSTED_ORIGINS)")
+	limit := fs.String("rate-limit", env("AIGC_BRIDGE_RATE_LIMIT", "50"), "requests per second per client; 0 turns the limit off ($AIGC_BRIDGE_RATE_LIMIT)")
+	burst := fs.String("rate-burst", env("AIGC_BRIDGE_RATE_BURST", "100"), "requests a client may send at once above the rate ($AIGC_BRIDGE_RATE_BURST)")
 	help := fs.Bool("help", false, "print this help")
 	if err := fs.Parse(args); err != nil {
 		return cfg, err
@@ -75,6 +80,12 @@ func parseConfig(args []string, getenv func(string) string) (config, error) {
 		problems = append(problems, fmt.Sprintf("shutdown-grace: want a duration such as 10s, got %q", *grace))
 	}
 	cfg.ShutdownGrace = d
+	if cfg.RateLimit, err = strconv.ParseFloat(*limit, 64); err != nil || cfg.RateLimit < 0 {
+		problems = append(problems, fmt.Sprintf("rate-limit: want a number >= 0, got %q", *limit))
+	}
+	if cfg.RateBurst, err = strconv.Atoi(*burst); err != nil || cfg.RateBurst < 1 {
+		problems = append(problems, fmt.Sprintf("rate-burst: want an integer >= 1, got %q", *burst))
+	}
 	if cfg.LogFormat != "json" && cfg.LogFormat != "text" {
 		problems = append(problems, fmt.Sprintf("log-format: want json or text, got %q", cfg.LogFormat))
 	}

@@ -112,6 +112,8 @@ func httpStatus(c codes.Code) int {
 		return http.StatusForbidden
 	case codes.InvalidArgument:
 		return http.StatusBadRequest
+	case codes.ResourceExhausted:
+		return http.StatusTooManyRequests
 	}
 	return http.StatusInternalServerError
 }

@@ -61,7 +61,11 @@ func newHandler(ctx context.Context, cfg config, b *backends, logger *slog.Logge
 		}
 		_, _ = w.Write([]byte(`{"status":"SERVING"}`))
 	})
-	root.Handle("/", guard(cfg, mux))
+	var api http.Handler = guard(cfg, mux)
+	if cfg.RateLimit > 0 {
+		api = newLimiter(cfg.RateLimit, cfg.RateBurst).middleware(api)
+	}
+	root.Handle("/", api)
 	return withRequestID(accessLog(logger, root)), nil
 }
 

@@ -14,6 +14,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import Counter, Histogram
 
@@ -34,7 +35,37 @@ CHECK_LATENCY = Histogram("aigc_auth_check_seconds", "Time to decide one access 
                           buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1))
 _OUTCOME_LABEL = {Outcome.ALLOW: "allow", Outcome.UNAUTHENTICATED: "unauthenticated",
                   Outcome.FORBIDDEN: "forbidden"}
+# The labelled children, resolved once: ``labels()`` costs more than the increment itself.
+_CHECKS_BY_OUTCOME = {outcome: CHECKS.labels(label) for outcome, label in _OUTCOME_LABEL.items()}
 _AUDIT_CODE = {Outcome.UNAUTHENTICATED: "UNAUTHENTICATED", Outcome.FORBIDDEN: "PERMISSION_DENIED"}
+_ACTION = "AuthService.Check"
+
+
+class DeniedBudget:
+    """The audit log's per-minute limit of denied events, applied before a task is started.
+
+    :class:`~aigc_gateway.audit.AuditLog` admits ``denied_per_minute`` denied events per minute and only
+    counts the rest, but it is asynchronous: asking it costs a task per denied check, which a flood of
+    forged cookies would turn into the main cost of the hot path. The same windows are counted here
+    (monotonic minutes, like the audit log's), so past the limit a denied check costs two additions."""
+
+    def __init__(self, per_minute: int):
+        self.per_minute = per_minute
+        self.window = -1
+        self.used = 0
+        self.suppressed = 0
+
+    def admit(self, now: float) -> tuple[bool, int]:
+        """(whether to write this event, how many were suppressed in the window that just ended)."""
+        carried = 0
+        window = int(now // 60)
+        if window != self.window:
+            carried, self.window, self.used, self.suppressed = self.suppressed, window, 0, 0
+        if self.used >= self.per_minute:
+            self.suppressed += 1
+            return False, carried
+        self.used += 1
+        return True, carried
 
 
 @dataclass(frozen=True)
@@ -59,12 +90,19 @@ class Checker:
         self.audit_log = audit_log
         self.allow_admin = allow_admin
         self._background: set[asyncio.Task[None]] = set()
+        self._denied_budget = DeniedBudget(audit_log.denied_per_minute if audit_log is not None else 0)
 
     async def principal(self, credentials: Credentials) -> Principal | None:
         if credentials.ambiguous:
             return None
         if credentials.session_cookie:
-            return await self.sessions.principal(credentials.session_cookie) if self.sessions else None
+            if self.sessions is None:
+                return None
+            # Almost every check finds its session in the caches: answer without creating coroutines.
+            cached = self.sessions.cached_principal(credentials.session_cookie)
+            if cached is not False:
+                return cached  # type: ignore[return-value]
+            return await self.sessions.principal(credentials.session_cookie)
         if credentials.bearer_token and self.bearer is not None and self.bearer.cfg.issuer \
                 and self.bearer.cfg.audience:
             try:
@@ -84,7 +122,7 @@ class Checker:
                 target = None
         decision = decide(target, principal, self.owners, allow_admin=self.allow_admin)
         CHECK_LATENCY.observe(time.perf_counter() - started)
-        CHECKS.labels(_OUTCOME_LABEL[decision.outcome]).inc()
+        _CHECKS_BY_OUTCOME[decision.outcome].inc()
         if decision.allowed and decision.instance is not None and self.activity is not None:
             self.activity.touch(decision.instance, time.time())
         elif not decision.allowed and (credentials.presented or decision.outcome is Outcome.FORBIDDEN):
@@ -94,15 +132,24 @@ class Checker:
     def _audit_denied(self, decision: Decision, target: Target | None, url: str | None, method: str) -> None:
         if self.audit_log is None:
             return
+        admitted, carried = self._denied_budget.admit(time.monotonic())
+        if carried:  # the last window's flood, as one event (what AuditLog itself writes for suppressed ones)
+            self._spawn(self.audit_log.record("audit.denied_suppressed", outcome=audit.FAILURE, actor="audit",
+                                              actor_kind="service", details={"counts": {_ACTION: carried}}))
+        if not admitted:
+            return
         principal = decision.principal
         details = {"reason": decision.reason, "status": decision.status, "method": method[:16],
                    "host": target.host if target else "", "path": target.path[:256] if target else "",
                    "url_readable": target is not None or url is None}
-        task = asyncio.create_task(self.audit_log.record(
-            "AuthService.Check", decision.instance.name if decision.instance else "", outcome=audit.DENIED,
+        self._spawn(self.audit_log.record(
+            _ACTION, decision.instance.name if decision.instance else "", outcome=audit.DENIED,
             error_code=_AUDIT_CODE[decision.outcome], details=details,
             actor=principal.subject if principal else "anonymous",
             actor_kind=principal.kind if principal else "anonymous"))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 

@@ -75,11 +75,13 @@ class AuthEndpoints:
         app.router.add_get("/healthz", self.healthz)
         return app
 
-    async def start(self, listen: str | None = None) -> int:
+    async def start(self, listen: str | None = None, *, reuse_port: bool = False) -> int:
+        """``reuse_port``: share the port with the sibling worker processes (see :mod:`.workers`)."""
         host, _, port = (listen or self.cfg.http_listen).rpartition(":")
         self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host or "0.0.0.0", int(port), reuse_address=True)
+        site = web.TCPSite(self._runner, host.strip("[]") or "0.0.0.0", int(port), reuse_address=True,
+                           reuse_port=reuse_port or None)
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         log.info("auth HTTP endpoints on http://%s:%d", host or "0.0.0.0", self.port)

@@ -9,7 +9,14 @@ conflict that admits nobody, rather than whoever was written last.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
+
+# A change, as plain JSON-able lists so that it can cross a process boundary (see :mod:`.workers`):
+# ["r", namespace, template, id, [[host, prefix], ...]]  the instance's routes (empty: none)
+# ["o", namespace, template, id, owner or None]          the admitted owner
+Event = list[Any]
 
 
 @dataclass(frozen=True, order=True)
@@ -66,6 +73,39 @@ class OwnerMap:
         # host -> ((prefix, key or CONFLICT), ...) longest prefix first
         self._by_host: dict[str, tuple[tuple[str, InstanceKey | Conflict], ...]] = {}
         self._owners: dict[InstanceKey, str] = {}
+        self._listeners: list[Callable[[Event], None]] = []
+
+    # -- replication (the HTTP worker processes keep a copy) ------------
+
+    def subscribe(self, listener: Callable[[Event], None]) -> None:
+        """Call ``listener`` with every change from now on (synchronously, in order)."""
+        self._listeners.append(listener)
+
+    def unsubscribe(self, listener: Callable[[Event], None]) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    def _emit(self, event: Event) -> None:
+        for listener in self._listeners:
+            listener(event)
+
+    def snapshot(self) -> list[Event]:
+        """Events that rebuild this map in an empty one (the current state, not the history)."""
+        events: list[Event] = [["r", k.namespace, k.template, k.id, [[r.host, r.prefix] for r in sorted(routes)]]
+                               for k, routes in self._routes_of.items()]
+        events += [["o", k.namespace, k.template, k.id, owner] for k, owner in self._owners.items()]
+        return events
+
+    def apply(self, event: Event) -> None:
+        """Apply one change made by another map's :meth:`subscribe` listener."""
+        kind, namespace, template, ident, value = event
+        key = InstanceKey(namespace, template, int(ident))
+        if kind == "r":
+            self.set_routes(key, frozenset(Route(host, prefix) for host, prefix in value))
+        elif kind == "o":
+            self.set_owner(key, value)
+        else:
+            raise ValueError(f"unknown owner map event {kind!r}")
 
     # -- routes ---------------------------------------------------------
 
@@ -87,6 +127,8 @@ class OwnerMap:
             self._routes_of.pop(key, None)
         for host in {r.host for r in old ^ routes}:
             self._rebuild_host(host)
+        if self._listeners:
+            self._emit(["r", key.namespace, key.template, key.id, [[r.host, r.prefix] for r in sorted(routes)]])
 
     def drop_routes(self, key: InstanceKey) -> None:
         self.set_routes(key, frozenset())
@@ -113,13 +155,23 @@ class OwnerMap:
 
     def set_owner(self, key: InstanceKey, owner: str | None) -> None:
         """``owner`` is the user admitted now (slot LIVE); None for paused, releasing, free or gone."""
+        owner = owner or None
+        if self._owners.get(key) == owner:
+            return
         if owner:
             self._owners[key] = owner
         else:
             self._owners.pop(key, None)
+        if self._listeners:
+            self._emit(["o", key.namespace, key.template, key.id, owner])
 
     def replace_owners(self, owners: dict[InstanceKey, str]) -> None:
-        self._owners = dict(owners)
+        # Applied as the differences only: a full re-read runs every few seconds (every 0.5 s while the
+        # LISTEN connection is down) and should cost the replicas nothing when nothing changed.
+        for key in [k for k in self._owners if k not in owners]:
+            self.set_owner(key, None)
+        for key, owner in owners.items():
+            self.set_owner(key, owner)
 
     def owner(self, key: InstanceKey) -> str | None:
         return self._owners.get(key)

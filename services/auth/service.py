@@ -1,6 +1,13 @@
-"""The auth service's parts, wired once per process: owner map and its feeds, sessions, checker, HTTP."""
+"""The auth service's parts, wired once per process: owner map and its feeds, sessions, checker, HTTP.
+
+The gRPC process owns the owner map's feeds (the Kubernetes watch, the ownership LISTEN) and runs the
+HTTP endpoints either itself (``auth.http_workers: 0``) or in worker processes (:mod:`.workers`). A
+worker builds this same class with ``replica=True``: no feeds (the parent sends the owner map), HTTP
+served in-process on the shared port.
+"""
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from aigc_gateway.config import ConfigError
@@ -15,6 +22,7 @@ from .ownermap import OwnerMap
 from .routes import RouteIndex
 from .sessions import SessionCookieAuthenticator
 from .sources import OwnershipFollower, TemplateWatch
+from .workers import WorkerPool, default_worker_count
 
 log = logging.getLogger(__name__)
 
@@ -24,14 +32,19 @@ def _find(runtime: Runtime, kind: type) -> object | None:
 
 
 class AuthService:
-    def __init__(self, runtime: Runtime):
+    def __init__(self, runtime: Runtime, *, replica: bool = False):
         settings = runtime.settings
         self.runtime = runtime
         self.settings = settings
+        self.replica = replica
         self.owners = OwnerMap()
         self.index = RouteIndex(self.owners)
-        self.follower = OwnershipFollower(runtime.db, self.owners, self.index)
-        self.watch = TemplateWatch(settings, self.index)
+        self.follower: OwnershipFollower | None = None
+        self.watch: TemplateWatch | None = None
+        if not replica:
+            self.follower = OwnershipFollower(runtime.db, self.owners, self.index)
+            self.watch = TemplateWatch(settings, self.index)
+        self.workers: WorkerPool | None = None
         self.activity = ActivityRecorder(runtime.db)
         self.audit_log = runtime.audit_log("auth")
         sessions = _find(runtime, SessionCookieAuthenticator)
@@ -47,9 +60,18 @@ class AuthService:
             raise ConfigError(["auth.session_keys: required to serve the auth HTTP endpoints "
                                "(auth.http_listen is set); give at least one random key of 32+ characters"])
 
+    @property
+    def http_worker_count(self) -> int:
+        """Worker processes to run for the HTTP endpoints (0: this process serves them)."""
+        if self.replica:
+            return 0
+        configured = self.settings.auth.http_workers
+        return default_worker_count() if configured is None else configured
+
     async def start(self) -> None:
-        self.follower.start()
-        self.watch.start()
+        if self.follower is not None and self.watch is not None:
+            self.follower.start()
+            self.watch.start()
         self.activity.start()
         if self.sessions is not None:
             self.sessions.store.start()
@@ -62,15 +84,35 @@ class AuthService:
         else:
             log.error("browser sign-in is off: oidc.issuer and oidc.client_id are not configured")
         assert self.sessions is not None
+        count = self.http_worker_count
+        if count:
+            await self._feeds_settled()
+            self.workers = WorkerPool(self.settings, self.owners, count)
+            await self.workers.start()
+            return
         self.endpoints = AuthEndpoints(self.settings, self.checker, self.sessions, self.oidc, self.audit_log)
-        await self.endpoints.start()
+        await self.endpoints.start(reuse_port=self.replica)
+
+    async def _feeds_settled(self, timeout: float = 10.0) -> None:
+        """Give the workers a complete first copy: wait (boundedly) for the ownership rows and, when a
+        cluster answers, the first list of templates and GameServers."""
+        assert self.follower is not None and self.watch is not None
+        try:
+            await asyncio.wait_for(asyncio.gather(self.follower.synced.wait(), self.watch.settled.wait()), timeout)
+        except TimeoutError:
+            log.warning("auth: the owner map is not complete after %.0fs; the HTTP workers start with what "
+                        "there is and receive the rest as it comes", timeout)
 
     async def stop(self) -> None:
+        if self.workers is not None:
+            await self.workers.stop()
         if self.endpoints is not None:
             await self.endpoints.stop()
         if self.oidc is not None:
             await self.oidc.close()
-        await self.watch.close()
-        await self.follower.close()
+        if self.watch is not None:
+            await self.watch.close()
+        if self.follower is not None:
+            await self.follower.close()
         await self.activity.close()
         await self.checker.drain()

@@ -21,7 +21,8 @@ import logging
 import secrets
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -78,6 +79,12 @@ class CookieClaims:
     session_id: str
     user: str
     expires: int  # unix seconds
+    # The row key, hashed once when the cookie value is first verified (not on every click).
+    id_hash: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.id_hash:
+            object.__setattr__(self, "id_hash", hash_session_id(self.session_id))
 
 
 class SessionCookie:
@@ -128,14 +135,24 @@ class SessionRecord:
     expires_at: datetime
     revoked: bool
 
-    def valid(self, now: datetime | None = None) -> bool:
-        return not self.revoked and self.expires_at > (now or datetime.now(timezone.utc))
+    @cached_property
+    def expires_ts(self) -> float:
+        return self.expires_at.timestamp()
+
+    def valid(self, now: float | None = None) -> bool:
+        """Unrevoked and unexpired at ``now`` (unix seconds; a float compare, it runs on every check)."""
+        return not self.revoked and self.expires_ts > (now if now is not None else time.time())
 
     def principal(self, admin_role: str) -> Principal:
-        return Principal(subject=self.user, kind="user", email=self.email,
-                         preferred_username=self.preferred_username, display_name=self.display_name,
-                         roles=self.roles, admin=admin_role in self.roles,
-                         claims={"session": self.id_hash[:16]})
+        # Built once per cached record (records are immutable and replaced, never changed, on a re-read).
+        cached = self.__dict__.get("_principal")
+        if cached is None or cached[0] != admin_role:
+            cached = (admin_role, Principal(
+                subject=self.user, kind="user", email=self.email, preferred_username=self.preferred_username,
+                display_name=self.display_name, roles=self.roles, admin=admin_role in self.roles,
+                claims={"session": self.id_hash[:16]}))
+            self.__dict__["_principal"] = cached
+        return cached[1]
 
     @classmethod
     def of(cls, row: AuthSessionRow) -> "SessionRecord":
@@ -198,9 +215,18 @@ class SessionStore:
         self._cache[row.id_hash] = (record, time.monotonic())
         return session_id, record
 
-    async def get(self, session_id: str) -> SessionRecord | None:
+    def cached(self, id_hash: str) -> SessionRecord | None | bool:
+        """The hot path without an await: the valid record, None for a known-invalid session, or False
+        when the cache cannot answer (absent or older than :attr:`cache_seconds`; call :meth:`get`)."""
+        cached = self._cache.get(id_hash)
+        if cached is None or time.monotonic() - cached[1] >= self.cache_seconds:
+            return False
+        record = cached[0]
+        return record if record is not None and record.valid() else None
+
+    async def get(self, session_id: str, *, id_hash: str | None = None) -> SessionRecord | None:
         """The session, if it exists, is unrevoked and unexpired (cached; see the module docstring)."""
-        id_hash = hash_session_id(session_id)
+        id_hash = id_hash or hash_session_id(session_id)
         cached = self._cache.get(id_hash)
         now = time.monotonic()
         if cached is not None and now - cached[1] < self.cache_seconds:
@@ -259,10 +285,25 @@ class SessionCookieAuthenticator:
         if not self._started:
             self._started = True
             self.store.start()
-        record = await self.store.get(claims.session_id)
+        record = await self.store.get(claims.session_id, id_hash=claims.id_hash)
         if record is None or record.user != claims.user:
             return None
         return claims, record
+
+    def cached_principal(self, value: str | None) -> Principal | None | bool:
+        """:meth:`principal` from the caches alone (no await, for the hot path): False when the
+        session row must be read (then call :meth:`principal`). Same rules, same cache lifetimes."""
+        claims = self.cookie.read(value)
+        if claims is None:
+            return None
+        if not self._started:
+            return False
+        record = self.store.cached(claims.id_hash)
+        if record is False:
+            return False
+        if record is None or record.user != claims.user:  # type: ignore[union-attr]
+            return None
+        return record.principal(self.admin_role)  # type: ignore[union-attr]
 
     async def principal(self, value: str | None) -> Principal | None:
         resolved = await self.resolve(value)

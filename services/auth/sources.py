@@ -146,6 +146,8 @@ class TemplateWatch:
         self._own_kube = kube is None
         self._tasks: list[asyncio.Task[None]] = []
         self.synced = asyncio.Event()
+        # Synced, or known not to sync soon (no cluster answers): what is worth waiting for at start.
+        self.settled = asyncio.Event()
         self._synced_kinds: set[tuple[str, str | None]] = set()
         self._gss: dict[tuple[str, str], Any] = {}
 
@@ -172,6 +174,7 @@ class TemplateWatch:
                 self.kube = await Kube.connect(self.settings.kubernetes)
             except Exception as exc:  # noqa: BLE001 - no cluster yet: instances are unreachable, not a crash
                 log.warning("auth: cannot connect to Kubernetes (%s); owner map has no routes yet", exc)
+                self.settled.set()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
         namespaces: list[str | None] = list(self.settings.namespaces) or [None]
@@ -193,6 +196,7 @@ class TemplateWatch:
                 self._synced_kinds.add((kind.plural, namespace))
                 if len(self._synced_kinds) == 2 * len(list(self.settings.namespaces) or [None]):
                     self.synced.set()
+                    self.settled.set()
                 version = (listed.get("metadata") or {}).get("resourceVersion", "")
                 while True:
                     async for event, obj in self.kube.watch(kind, namespace, resource_version=version,
@@ -208,6 +212,7 @@ class TemplateWatch:
                 log.info("auth: %s watch expired (%s); listing again", kind.plural, exc)
             except (GatewayError, Exception) as exc:  # noqa: BLE001 - keep watching whatever happens
                 log.warning("auth: %s watch failed (%s); retrying", kind.plural, exc)
+                self.settled.set()
                 await asyncio.sleep(1.0)
 
     def _replace(self, kind: Kind, namespace: str | None, items: list[dict[str, Any]]) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from urllib.parse import unquote_to_bytes, urlsplit
 
 import idna
@@ -41,6 +42,11 @@ class Target:
         return f"{self.scheme}://{self.host}{self.path}"
 
 
+# Both normalisations are pure and see the same few thousand hosts and paths over and over (every click
+# on an instance repeats its host); remembering recent answers takes them off the hot path. Refusals raise
+# and are not remembered, so junk costs what it always did; the bound keeps a flood of distinct values
+# from growing memory.
+@lru_cache(maxsize=16384)
 def normalise_host(raw: str) -> str:
     """The host as nginx routes on it: lower case, without port and trailing dot; IDNA A-labels.
 
@@ -80,6 +86,7 @@ def _valid_port(port: str) -> bool:
     return port.isdigit() and port.isascii() and len(port) <= 5 and 0 < int(port) < 65536
 
 
+@lru_cache(maxsize=16384)
 def normalise_path(raw: str) -> str:
     """The path as nginx matches locations: percent-decoded, ``//`` merged, ``.``/``..`` resolved.
 

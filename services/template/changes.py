@@ -26,6 +26,8 @@ NOT_UPDATABLE = ("metadata.uid", "metadata.resourceVersion", "metadata.creationT
 RESTART_PREFIXES = ("spec.gameServerTemplate",)
 # Maps whose keys are data (often with dots and slashes): shown as [key] like the apiserver does.
 _KEYED_MAPS = frozenset({"labels", "annotations", "limits", "requests", "nodeSelector"})
+# Label and annotation keys of Kubernetes and OpenKruise themselves.
+SYSTEM_KEY = re.compile(r"(^|\.)(kruise\.io|kubernetes\.io|k8s\.io)/")
 _PLAIN_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -164,6 +166,18 @@ def diff(old: Any, new: Any, segments: list[str | int] | None = None) -> list[st
     return [] if old == new else [format_path(segments)]
 
 
+def dropped(sent: Any, kept: Any, segments: list[str | int] | None = None) -> list[str]:
+    """Paths of ``sent`` that ``kept`` lacks: fields the apiserver pruned because its schema does not know them."""
+    segments = segments or []
+    if isinstance(sent, dict) and isinstance(kept, dict):
+        return [p for key, value in sent.items()
+                for p in ([format_path([*segments, key])] if key not in kept
+                          else dropped(value, kept[key], [*segments, key]))]
+    if isinstance(sent, list) and isinstance(kept, list) and len(sent) == len(kept):
+        return [p for i, (a, b) in enumerate(zip(sent, kept)) for p in dropped(a, b, [*segments, i])]
+    return []
+
+
 def _diff_network_conf(old: list[Any], new: list[Any], segments: list[str | int]) -> list[str]:
     """Network entries by name (`networkConf[Host]`): the plugin reads them by name, not by position."""
     def grouped(items: list[Any]) -> dict[str, list[Any]]:
@@ -203,6 +217,8 @@ def propose(current: dict[str, Any], source: dict[str, Any], mask: list[str]) ->
         if "metadata" in desired:
             violations.append(Violation("metadata", "must be a mapping", "INVALID_METADATA"))
         desired["metadata"] = {}
+    if not mask:
+        _keep_system_keys(current, desired)
     cur_meta = current.get("metadata", {})
     for path in IMMUTABLE:
         segments = path.split(".")
@@ -226,6 +242,19 @@ def propose(current: dict[str, Any], source: dict[str, Any], mask: list[str]) ->
         if key in cur_meta:
             meta[key] = copy.deepcopy(cur_meta[key])
     return Proposal(desired=desired, violations=violations)
+
+
+def _keep_system_keys(current: dict[str, Any], desired: dict[str, Any]) -> None:
+    """Labels and annotations that controllers write (kruise-game's `game.kruise.io/reserve-ids`…) survive a whole-
+    manifest update that leaves them out: an admin's manifest cannot be expected to carry them."""
+    for section in ("labels", "annotations"):
+        was = (current.get("metadata") or {}).get(section)
+        if not isinstance(was, dict):
+            continue
+        kept = {k: v for k, v in was.items() if SYSTEM_KEY.search(k)}
+        given = desired["metadata"].get(section)
+        if kept and (given is None or isinstance(given, dict)):
+            desired["metadata"][section] = {**kept, **(given or {})}
 
 
 def finish(proposal: Proposal, current: dict[str, Any]) -> Proposal:

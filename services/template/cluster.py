@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from typing import Any
 
 from aigc_gateway import kube
@@ -42,12 +43,23 @@ class KubeHandle:
             self._kube = None
 
 
+# A webhook or the apiserver that cannot decode a value names the Go field: "...struct field
+# ContainerPort.spec.gameServerTemplate.spec.containers.ports.containerPort of type int32".
+_GO_FIELD = re.compile(r"Go struct field \w+\.(?P<path>[\w.]+) of type")
+
+
 def _admission(exc: GatewayError) -> GatewayError:
-    """A validating webhook's denial comes back as 403 (an unspecific error in kube.py): it is bad input."""
+    """Refusals without field causes, made as precise as the apiserver's message allows: a validating
+    webhook's denial (403, an unspecific error in kube.py) is bad input, and a decoding error names its field."""
     if type(exc) is GatewayError and "denied the request" in exc.message:
         detail = exc.message.split("denied the request:", 1)[-1].strip()
-        return InvalidArgument(f"the cluster refused the template: {detail}", reason="ADMISSION_DENIED",
-                               violations=[Violation("", detail, "ADMISSION_DENIED")])
+        exc = InvalidArgument(f"the cluster refused the template: {detail}", reason="ADMISSION_DENIED",
+                              violations=[Violation("", detail, "ADMISSION_DENIED")])
+    if isinstance(exc, InvalidArgument) and len(exc.violations) == 1 and not exc.violations[0].field:
+        match = _GO_FIELD.search(exc.violations[0].description)
+        if match:
+            only = exc.violations[0]
+            exc.violations = [Violation(match["path"], only.description, only.reason)]
     return exc
 
 

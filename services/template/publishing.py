@@ -44,6 +44,14 @@ def refuse(violations: list[Violation], what: str) -> InvalidArgument:
                            violations=violations)
 
 
+def pruned(sent: dict[str, Any], written: dict[str, Any]) -> list[Violation]:
+    """A warning per field the apiserver dropped (unknown to the GameServerSet schema): the service keeps
+    unknown fields, but the cluster only stores what its schema declares."""
+    paths = changes.dropped(changes.comparable(sent), changes.comparable(written))
+    return [Violation(p, "not stored: the GameServerSet schema of this cluster has no such field", "FIELD_PRUNED")
+            for p in paths]
+
+
 def _admin_part(obj: dict[str, Any]) -> dict[str, Any]:
     """What admins control: everything but status, server metadata and the fields the instance service owns."""
     out = changes.comparable(obj)
@@ -78,11 +86,13 @@ class Publisher:
             checked = await self._as_update(namespace, parsed)
         else:
             checked = check_new(parsed, self.policy, namespace)
-        violations = list(checked.violations)
+        violations, warnings = list(checked.violations), list(checked.warnings)
         if checked.ok:
-            violations += await self._dry_run(checked.obj, update=as_update)
+            refused, written = await self._dry_run(checked.obj, update=as_update)
+            violations += refused
+            warnings += pruned(checked.obj, written) if written else []
         response = template_pb2.ValidateTemplateResponse(valid=not violations, violations=violations_pb(violations),
-                                                         warnings=violations_pb(checked.warnings))
+                                                         warnings=violations_pb(warnings))
         if checked.obj is not None:
             response.normalized_manifest.CopyFrom(manifest.to_struct(checked.obj))
         return response
@@ -100,21 +110,20 @@ class Publisher:
             return Checked(None, [Violation("metadata.name", f"no template {ns}/{name} to update", "NOT_FOUND")])
         return check_update(current, parsed, [], self.policy)
 
-    async def _dry_run(self, obj: dict[str, Any], *, update: bool) -> list[Violation]:
+    async def _dry_run(self, obj: dict[str, Any], *, update: bool) -> tuple[list[Violation], dict[str, Any] | None]:
+        """The apiserver's refusals of ``obj`` (server-side dry run), or the object it would store."""
         try:
             if update:
-                await self.cluster.replace(obj, dry_run=True)
-            else:
-                await self.cluster.create(obj, dry_run=True)
+                return [], await self.cluster.replace(obj, dry_run=True)
+            return [], await self.cluster.create(obj, dry_run=True)
         except InvalidArgument as exc:
-            return exc.violations
+            return exc.violations, None
         except AlreadyExists:
             meta = obj["metadata"]
             return [Violation("metadata.name", f"a GameServerSet {meta['namespace']}/{meta['name']} already exists",
-                              "ALREADY_EXISTS")]
+                              "ALREADY_EXISTS")], None
         except Aborted:
-            return [Violation("metadata.resourceVersion", "the template changed since it was read", "CONFLICT")]
-        return []
+            return [Violation("metadata.resourceVersion", "the template changed since it was read", "CONFLICT")], None
 
     # -- create ------------------------------------------------------------------
 
@@ -125,10 +134,10 @@ class Publisher:
         if not checked.ok:
             raise refuse(checked.violations, "the template is not valid")
         written = await self.cluster.create(checked.obj, dry_run=validate_only)
-        audit.note(uid=str(written.get("metadata", {}).get("uid", "")))
+        warnings = checked.warnings + pruned(checked.obj, written)
+        audit.note(uid=str(written.get("metadata", {}).get("uid", "")), warnings=[w.reason for w in warnings])
         return template_pb2.TemplateChange(
-            template=describe(written, self.policy, Counts(), with_manifest=True),
-            warnings=violations_pb(checked.warnings))
+            template=describe(written, self.policy, Counts(), with_manifest=True), warnings=violations_pb(warnings))
 
     # -- update ------------------------------------------------------------------
 
@@ -168,9 +177,11 @@ class Publisher:
                     raise Aborted("the template was changed concurrently; read it again and retry",
                                   reason="CONCURRENT_UPDATE", retry_after=0.5) from None
                 continue
-            audit.note(resource_version=str(written.get("metadata", {}).get("resourceVersion", "")))
+            warnings = checked.warnings + pruned(checked.obj, written)
+            audit.note(resource_version=str(written.get("metadata", {}).get("resourceVersion", "")),
+                       warnings=[w.reason for w in warnings])
             return template_pb2.TemplateChange(template=await self.catalog.describe_one(written, admin=True),
-                                               warnings=violations_pb(checked.warnings))
+                                               warnings=violations_pb(warnings))
         raise AssertionError("unreachable")  # pragma: no cover
 
     # -- preview -----------------------------------------------------------------
@@ -181,7 +192,7 @@ class Publisher:
         checked = check_update(current, self.parse(source), mask, self.policy)
         violations = list(checked.violations)
         if checked.ok and checked.proposal.changed_paths:
-            violations += await self._dry_run(copy.deepcopy(checked.obj), update=True)
+            violations += (await self._dry_run(copy.deepcopy(checked.obj), update=True))[0]
         response = template_pb2.PreviewTemplateUpdateResponse(violations=violations_pb(violations))
         if checked.proposal is None:
             return response

@@ -6,6 +6,7 @@ Both find users from PostgreSQL only — ``instances`` (ownership), the outbox a
 from __future__ import annotations
 
 import asyncio
+import logging
 from datetime import datetime, timezone
 
 from sqlalchemy import select
@@ -19,6 +20,8 @@ from .customdata import CustomDataWriter, WriteResult, user_lock_name
 from .entries import desired_entries, diff
 from .logto import LogtoClient
 from .outbox import OutboxDelivery
+
+log = logging.getLogger(__name__)
 
 OWNED_SLOTS = ("LIVE", "PAUSED")
 
@@ -95,7 +98,10 @@ class Syncer:
 
         async def deliver(user: str) -> None:
             async with semaphore:
-                await self.delivery.deliver_user(user)  # best effort now; the delivery loop retries
+                try:  # best effort now: the removals are queued, and the delivery loop retries them
+                    await self.delivery.deliver_user(user)
+                except Exception:
+                    log.exception("immediate delivery of the cleanup for %s failed; it stays queued", user)
 
         await asyncio.gather(*(deliver(u) for u in users))
         self.delivery.kick()

@@ -174,6 +174,15 @@ class AuthConfig(Section):
     trust_forwarded_headers: bool = Field(
         False, description="Read X-Forwarded-Host/-Uri when X-Original-URL is absent (a proxy in front sets them)."
     )
+    http_workers: int | None = Field(
+        None, ge=0, le=256,
+        description="Processes serving the HTTP endpoints, all on auth.http_listen (SO_REUSEPORT), each with a copy "
+        "of the owner map fed by this process. Unset: one per CPU this process may use. 0: serve them inside "
+        "the gRPC process.",
+    )
+    http_event_loop: Literal["uvloop", "asyncio"] = Field(
+        "uvloop", description="Event loop of the HTTP worker processes (uvloop is faster; asyncio is the standard one)."
+    )
 
 
 class UserSyncConfig(Section):

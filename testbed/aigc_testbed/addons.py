@@ -192,5 +192,12 @@ def probe(cfg: Config, kubectl: Kubectl) -> None:
              lambda: ((kubectl.get_json("pod", "-n", ns, "probe-0") or {})
                       .get("status", {}).get("phase") == "Running"),
              60, cfg.kwok_cluster_dir / "logs/kube-scheduler.log")
+    # Deleting the GameServerSet must cascade through the garbage collector, whose REST mapper
+    # learns about new CRDs only on its periodic rediscovery (up to 30 s after they appear):
+    # until then, deleting a template would leave its StatefulSet and pods behind.
+    kubectl.run("delete", "gss", "-n", ns, "probe", "--wait=false")
+    wait_for("garbage collection of the probe's Advanced StatefulSet",
+             lambda: kubectl.get_json("statefulsets.apps.kruise.io", "-n", ns, "probe") is None,
+             90, cfg.kwok_cluster_dir / "logs/kube-controller-manager.log", interval=1)
     kubectl.run("delete", "namespace", ns, "--wait=false")
     say(f"up: probe passed in {time.monotonic() - started:.1f}s")

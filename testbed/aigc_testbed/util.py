@@ -47,7 +47,9 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float, log: Path | N
             if check():
                 return
             last_error = None
-        except Exception as exc:  # noqa: BLE001 - any error just means "not yet"
+        except TestbedError:
+            raise  # a definite failure (e.g. the process died): no point waiting it out
+        except Exception as exc:  # noqa: BLE001 - any other error just means "not yet"
             last_error = exc
         time.sleep(interval)
     detail = f" (last error: {last_error})" if last_error else ""

@@ -64,7 +64,7 @@ async def start_bridge(bridge_binary: Path) -> AsyncIterator[Callable[..., Await
     (AuditService to the first of them); ``addresses=`` overrides single routes."""
     started: list[asyncio.subprocess.Process] = []
 
-    async def start(gw: object | None = None, addresses: dict[str, str] | None = None) -> Bridge:
+    async def start(gw: object | None = None, addresses: dict[str, str] | None = None, *extra: str) -> Bridge:
         routes = {name: "127.0.0.1:1" for name in ("template", "instance", "auth", "usersync")}
         servers = getattr(gw, "servers", {}) or {}
         routes.update({name: f"127.0.0.1:{server.port}" for name, server in servers.items()})
@@ -72,7 +72,7 @@ async def start_bridge(bridge_binary: Path) -> AsyncIterator[Callable[..., Await
             routes["audit"] = f"127.0.0.1:{next(iter(servers.values())).port}"
         routes.update(addresses or {})
         args = [str(bridge_binary), "--listen", "127.0.0.1:0", "--log-format", "text",
-                *(f"--{name}={addr}" for name, addr in routes.items())]
+                *(f"--{name}={addr}" for name, addr in routes.items()), *extra]
         proc = await asyncio.create_subprocess_exec(*args, stdout=asyncio.subprocess.PIPE,
                                                     stderr=asyncio.subprocess.DEVNULL)
         started.append(proc)

@@ -56,7 +56,7 @@ def test_defaults_render_every_part(defaults: list[dict[str, Any]]) -> None:
         == {*SERVICES, "bridge"}
     [job] = _by_kind(defaults, "Job")
     assert job["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
-    assert job["spec"]["template"]["spec"]["containers"][0]["args"] == ["migrate"]
+    assert job["spec"]["template"]["spec"]["containers"][0]["args"] == ["migrate", "--revision", "heads"]
     [ingress] = _by_kind(defaults, "Ingress")
     assert ingress["spec"]["tls"][0]["hosts"] == ["dashboard.example.com"]
     paths = {p["path"]: p["backend"]["service"]["name"] for p in ingress["spec"]["rules"][0]["http"]["paths"]}

@@ -16,7 +16,8 @@ from aigc_gateway.services.instance import reserve
 
 from ..plugins.kube import Game, wait_for
 from ..plugins.testbed import Testbed
-from .conftest import SAMPLE, Client, create_template
+from ..plugins.gateway import make_settings
+from .conftest import SAMPLE, Client, create_template, instance_overrides
 
 pytestmark = pytest.mark.testbed
 
@@ -46,14 +47,16 @@ class Mine:
     state: str  # "LIVE" | "PAUSED"
 
 
-async def test_seeded_storm_with_two_service_processes(testbed: Testbed, game: Game, instance_settings,
+async def test_seeded_storm_with_two_service_processes(testbed: Testbed, game: Game, database_url: str, issuer,
                                                        start_gateway, client_for, database: Database) -> None:
     """Random install/pause/resume/restart/uninstall across users and two templates, each call sent to one of
     two instance services (separate processes' worth of state: own Runtime, engine, caches, reconciler).
     Reproduce a failure with AIGC_STORM_SEED=<seed>."""
     rng = random.Random(STORM_SEED)
     templates = [await create_template(game, testbed), await create_template(game, testbed, name="sd-two")]
-    gateways = [await start_gateway("instance", settings=instance_settings) for _ in range(2)]
+    # Each server its own settings (own ports), Runtime, engine, caches and reconciler: two processes' worth.
+    gateways = [await start_gateway("instance", settings=make_settings(
+        database_url, issuer, **instance_overrides(testbed, game.namespace))) for _ in range(2)]
     clients: list[Client] = [client_for(g.channel("instance")) for g in gateways]
     users = [f"storm-{i}" for i in range(10)]
     model: dict[tuple[str, str], Mine | None] = {(u, t): None for u in users for t in templates}

@@ -45,7 +45,8 @@ async def test_crds_have_short_names_and_scale_subresource(testbed: Testbed) -> 
     version = next(v for v in gss.spec.versions if v.name == "v1alpha1")
     assert version.subresources.scale.spec_replicas_path == ".spec.replicas"
     reserve = version.schema.open_apiv3_schema.properties["spec"].properties["reserveGameServerIds"]
-    assert reserve.items.x_kubernetes_int_or_string is True  # ints and "5-7" range strings
+    # kubernetes_asyncio leaves `items` as a plain dict: ints and "5-7" range strings.
+    assert reserve.items["x-kubernetes-int-or-string"] is True
 
 
 async def test_scale_up_creates_pod_pvc_service_ingress_and_network(testbed: Testbed, k8s_namespace: str) -> None:
@@ -62,9 +63,12 @@ async def test_scale_up_creates_pod_pvc_service_ingress_and_network(testbed: Tes
         for i in range(3):
             host = f"instances{i}-cpu.{testbed.domain}"
             # Network: Service and Ingress <gss>-<id>; the ingress host carries the id.
-            svc = await game.core.read_namespaced_service(f"{GSS}-{i}", k8s_namespace)
+            # The network plugin creates them on a later pod update, so they may lag the pod.
+            svc = await wait_for(lambda i=i: game.core.read_namespaced_service(f"{GSS}-{i}", k8s_namespace),
+                                 30, what=f"Service {GSS}-{i}")
             assert svc.spec.ports[0].port == 7860
-            ing = await game.net.read_namespaced_ingress(f"{GSS}-{i}", k8s_namespace)
+            ing = await wait_for(lambda i=i: game.net.read_namespaced_ingress(f"{GSS}-{i}", k8s_namespace),
+                                 30, what=f"Ingress {GSS}-{i}")
             assert ing.spec.ingress_class_name == "nginx"
             assert ing.spec.rules[0].host == host
             assert ing.metadata.annotations["nginx.ingress.kubernetes.io/auth-url"] == \

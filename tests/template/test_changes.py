@@ -163,3 +163,19 @@ def test_path_helpers() -> None:
     assert changes.format_path(["spec", "containers", 0, "resources", "limits", "nvidia.com/gpu"]) == \
         "spec.containers[0].resources.limits[nvidia.com/gpu]"
     assert changes.reserved_ids([1, "3-5", "7"]) == {1, 3, 4, 5, 7}
+
+
+def test_dropped_fields() -> None:
+    sent = {"spec": {"a": 1, "futureField": {"x": 1}, "list": [{"k": 1, "gone": 2}]}, "metadata": {"name": "n"}}
+    kept = {"spec": {"a": 1, "list": [{"k": 1}], "defaulted": True}, "metadata": {"name": "n"}}
+    assert changes.dropped(sent, kept) == ["spec.futureField", "spec.list[0].gone"]
+
+
+def test_controller_annotations_survive_a_whole_manifest_update() -> None:
+    current = live()
+    current["metadata"]["annotations"] = {"game.kruise.io/reserve-ids": "1,3-4", "team": "a"}
+    source = live()
+    source["metadata"]["annotations"] = {"team": "b"}
+    checked = update(source, current=current)
+    assert checked.obj["metadata"]["annotations"] == {"game.kruise.io/reserve-ids": "1,3-4", "team": "b"}
+    assert checked.proposal.changed_paths == ["metadata.annotations[team]"]

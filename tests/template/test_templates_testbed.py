@@ -130,21 +130,31 @@ async def test_bad_manifests_are_refused_with_field_paths_and_create_nothing(api
 
 
 async def test_apiserver_refusals_come_back_as_field_violations(api, testbed: Testbed) -> None:
-    text = text_for("stable-diffusion-cpu", testbed.domain, api.namespace).replace(
-        "          readinessProbe:", "          ports:\n            - containerPort: seventy\n"
-        "          readinessProbe:")
-    reply = await api.stub.ValidateTemplate(template_pb2.ValidateTemplateRequest(
-        parent=api.parent, source=source_text(text)), metadata=api.admin)
-    assert not reply.valid
-    assert any("containers[0].ports[0].containerPort" in v.field for v in reply.violations), reply.violations
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        await api.stub.CreateTemplate(template_pb2.CreateTemplateRequest(parent=api.parent, source=source_text(text)),
-                                      metadata=api.admin)
-    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    good = text_for("stable-diffusion-cpu", testbed.domain, api.namespace)
+    cases = [  # what only the cluster knows: its schema (422 causes) and its webhook (a decoding error)
+        (good.replace("podUpdatePolicy: InPlaceIfPossible", "podUpdatePolicy: 5"),
+         "spec.updateStrategy.rollingUpdate.podUpdatePolicy"),
+        (good.replace("          readinessProbe:", "          ports:\n            - containerPort: seventy\n"
+                      "          readinessProbe:"), "spec.gameServerTemplate.spec.containers.ports.containerPort"),
+    ]
+    for text, field in cases:
+        reply = await api.stub.ValidateTemplate(template_pb2.ValidateTemplateRequest(
+            parent=api.parent, source=source_text(text)), metadata=api.admin)
+        assert not reply.valid
+        assert [v.field for v in reply.violations] == [field]
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await api.stub.CreateTemplate(template_pb2.CreateTemplateRequest(parent=api.parent,
+                                                                             source=source_text(text)),
+                                          metadata=api.admin)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert [f for f, _ in violations(err.value)] == [field]
+    # A field the cluster's schema does not know is kept by the service but pruned by the apiserver: said so.
     ok = await api.stub.ValidateTemplate(template_pb2.ValidateTemplateRequest(
-        parent=api.parent, source=source_text(text_for("stable-diffusion-cpu", testbed.domain, api.namespace))),
+        parent=api.parent, source=source_text(good.replace("  scaleStrategy:", "  futureField: 1\n  scaleStrategy:"))),
         metadata=api.admin)
     assert ok.valid and not ok.violations
+    assert ("spec.futureField", "FIELD_PRUNED") in [(w.field, w.reason) for w in ok.warnings]
+    assert ok.normalized_manifest["spec"]["futureField"] == 1
     async with api_client(testbed.kubeconfig) as client:
         assert await gss_names(Game(client, api.namespace)) == set()  # validation wrote nothing
 

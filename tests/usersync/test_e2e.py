@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import grpc
 import httpx
 import pytest
 
@@ -155,8 +156,13 @@ async def test_signed_user_deleted_applies_the_policy(stack, testbed, k8s_namesp
         assert rows[(ns, "sd2", paused)].slot == "PAUSED"
         assert rows[(ns, "sd", running)].orphaned and rows[(ns, "sd2", paused)].orphaned
         async with api_client(testbed.kubeconfig) as api:
-            assert running not in await Game(api, ns).running_ids("sd")  # the pod went, the disk stays
-            assert f"user-data-sd-{running}" in await Game(api, ns).pvcs()
+            game = Game(api, ns)
+
+            async def stopped() -> bool:
+                return running not in await game.running_ids("sd")
+
+            await wait_for(stopped, timeout=60, what=f"pod sd-{running} to stop")  # the pod goes, the disk stays
+            assert f"user-data-sd-{running}" in await game.pvcs()
     else:
         assert rows[(ns, "sd", running)].owner is None and rows[(ns, "sd2", paused)].owner is None
         assert rows[(ns, "sd", running)].slot in ("RELEASING", "FREE")
@@ -181,8 +187,14 @@ async def test_deleting_a_template_with_force_removes_the_key_from_exactly_its_o
     alice2 = await s.install("alice", "sd2")
     await drained(database, timeout=60)
     templates = template_pb2_grpc.TemplateServiceStub(s.gateway.channel("template"))
-    await templates.DeleteTemplate(template_pb2.DeleteTemplateRequest(name=s.parent("sd"), force=True),
-                                   metadata=s.as_user("root"), timeout=180)
+    for attempt in range(3):  # UNAVAILABLE while the disks are still going: the same delete resumes it
+        try:
+            await templates.DeleteTemplate(template_pb2.DeleteTemplateRequest(name=s.parent("sd"), force=True),
+                                           metadata=s.as_user("root"), timeout=180)
+            break
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.UNAVAILABLE or attempt == 2:
+                raise
     await drained(database, timeout=60)
     assert logto.custom_data("alice") == {f"{ns}-sd2": entry("sd2", alice2, ns)}
     assert logto.custom_data("bob") == {}

@@ -1,0 +1,273 @@
+"""The HTTP worker processes of the auth service: started, fed, restarted and stopped from the gRPC process.
+
+``GET /auth`` runs once per click on every instance; one Python process tops
+out at one core. ``auth.http_workers`` processes (default: one per CPU) each
+bind ``auth.http_listen`` with SO_REUSEPORT, so the kernel spreads incoming
+connections over them, and each answers from its own copy of the owner map.
+This process keeps the only list+watch and ownership LISTEN and sends every
+owner map change to every worker over its stdin, in order (see
+:mod:`.worker` for the protocol and the reasons). A worker that exits is
+started again (with backoff); when this process dies, the workers' stdin
+closes and they stop by themselves.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import SecretBytes, SecretStr
+
+from aigc_gateway.config import ConfigError, Settings
+
+from .ownermap import Event, OwnerMap
+from .workermetrics import CheckMetrics
+
+log = logging.getLogger(__name__)
+
+SNAPSHOT_CHUNK = 2000  # owner map events per line while a worker is being filled
+START_TIMEOUT = 60.0
+STOP_GRACE = 5.0
+MAX_BACKOFF = 30.0
+
+
+class WorkerFailed(RuntimeError):
+    pass
+
+
+def default_worker_count() -> int:
+    """One per CPU this process may run on (the affinity mask, which container CPU sets narrow)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def reserve_port(host: str, port: int) -> socket.socket:
+    """A bound, not listening, SO_REUSEPORT socket: holds the port (port 0 picks one) for the workers'
+    listening sockets, also across a worker's restart; the kernel gives connections only to listeners."""
+    if not hasattr(socket, "SO_REUSEPORT"):
+        raise ConfigError(["auth.http_workers: worker processes need SO_REUSEPORT (Linux); set it to 0"])
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                         flags=socket.AI_PASSIVE)[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind(address)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _plain(value: Any) -> Any:
+    """Settings as JSON, secrets included (they travel over a pipe to a child, never argv or env)."""
+    if isinstance(value, (SecretStr, SecretBytes)):
+        secret = value.get_secret_value()
+        return secret.decode() if isinstance(secret, bytes) else secret
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def _line(message: dict[str, Any]) -> bytes:
+    return (json.dumps(message, separators=(",", ":")) + "\n").encode()
+
+
+@dataclass
+class _Slot:
+    index: int
+    process: asyncio.subprocess.Process | None = None
+    ready: asyncio.Future[int] | None = None
+    reader: asyncio.Task[None] | None = None
+    attached: bool = False  # receives owner map changes
+    started_at: float = 0.0
+    backoff: float = 1.0
+    pongs: dict[int, asyncio.Future[None]] = field(default_factory=dict)
+
+
+class WorkerPool:
+    def __init__(self, settings: Settings, owners: OwnerMap, count: int):
+        self.settings = settings
+        self.owners = owners
+        self.count = count
+        self.host, self.port = split_listen(settings.auth.http_listen)
+        self.metrics = CheckMetrics.install()
+        self.slots = [_Slot(i) for i in range(count)]
+        self._reservation: socket.socket | None = None
+        self._pending: list[Event] = []
+        self._flush_scheduled = False
+        self._running = False
+        self._restarts: set[asyncio.Task[None]] = set()
+        self._ping = 0
+        self._config = b""
+
+    # -- lifecycle ------------------------------------------------------
+
+    async def start(self) -> int:
+        """Start every worker and wait until each listens; returns the port."""
+        self._reservation = reserve_port(self.host, self.port)
+        self.port = self._reservation.getsockname()[1]
+        settings = _plain(self.settings.model_dump(by_alias=True))
+        settings["auth"]["http_listen"] = f"{self.host}:{self.port}"
+        self._config = json.dumps({"settings": settings}, separators=(",", ":")).encode()
+        self.owners.subscribe(self._changed)
+        self._running = True
+        try:
+            await asyncio.gather(*(self._spawn(slot) for slot in self.slots))
+        except BaseException:
+            await self.stop()
+            raise
+        log.info("auth HTTP endpoints on http://%s:%d in %d worker processes (pids %s)", self.host, self.port,
+                 self.count, ", ".join(str(s.process.pid) for s in self.slots if s.process))
+        return self.port
+
+    async def stop(self) -> None:
+        self._running = False
+        self.owners.unsubscribe(self._changed)
+        for task in list(self._restarts):
+            task.cancel()
+        await asyncio.gather(*(self._stop_slot(slot) for slot in self.slots), return_exceptions=True)
+        if self._reservation is not None:
+            self._reservation.close()
+            self._reservation = None
+
+    async def _stop_slot(self, slot: _Slot) -> None:
+        process, slot.attached = slot.process, False
+        if process is None:
+            return
+        if process.stdin is not None and not process.stdin.is_closing():
+            process.stdin.close()  # end of input: the worker stops serving and exits
+        try:
+            await asyncio.wait_for(process.wait(), STOP_GRACE)
+        except TimeoutError:
+            log.warning("auth HTTP worker %d did not stop in %.0fs; terminating it", slot.index, STOP_GRACE)
+            process.kill()
+            await process.wait()
+        if slot.reader is not None:
+            await asyncio.gather(slot.reader, return_exceptions=True)
+        self.metrics.retire(slot)
+
+    async def _spawn(self, slot: _Slot) -> None:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "aigc_gateway.services.auth.worker", self.settings.auth.http_event_loop,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=1024 * 1024)
+        assert process.stdin is not None
+        slot.process, slot.started_at = process, time.monotonic()
+        slot.ready = asyncio.get_running_loop().create_future()
+        slot.reader = asyncio.create_task(self._read(slot, process), name=f"auth-worker-{slot.index}")
+        process.stdin.write(self._config[:-1] + f',"index":{slot.index}}}\n'.encode())
+        # The copy and the changes after it, with nothing in between: both are written in this one step.
+        self._flush()
+        snapshot = self.owners.snapshot()
+        for begin in range(0, len(snapshot), SNAPSHOT_CHUNK):
+            process.stdin.write(_line({"events": snapshot[begin:begin + SNAPSHOT_CHUNK]}))
+        process.stdin.write(_line({"synced": True}))
+        slot.attached = True
+        await process.stdin.drain()
+        try:
+            await asyncio.wait_for(asyncio.shield(slot.ready), START_TIMEOUT)
+        except TimeoutError:
+            process.kill()
+            raise WorkerFailed(f"auth HTTP worker {slot.index} did not start in {START_TIMEOUT:.0f}s") from None
+
+    async def _read(self, slot: _Slot, process: asyncio.subprocess.Process) -> None:
+        assert process.stdout is not None and slot.ready is not None
+        try:
+            while line := await process.stdout.readline():
+                try:
+                    message = json.loads(line)
+                except ValueError:
+                    continue
+                if "ready" in message and not slot.ready.done():
+                    slot.ready.set_result(int(message["ready"]))
+                elif "pong" in message:
+                    waiter = slot.pongs.pop(int(message["pong"]), None)
+                    if waiter is not None and not waiter.done():
+                        waiter.set_result(None)
+                elif "metrics" in message:
+                    self.metrics.report(slot, message["metrics"])
+        finally:
+            code = await process.wait()
+            slot.attached = False
+            for waiter in slot.pongs.values():
+                if not waiter.done():
+                    waiter.set_exception(WorkerFailed(f"auth HTTP worker {slot.index} exited"))
+            slot.pongs.clear()
+            if not slot.ready.done():
+                slot.ready.set_exception(WorkerFailed(f"auth HTTP worker {slot.index} exited with {code} "
+                                                      "before listening (see its log above)"))
+            elif self._running and slot.process is process:
+                self.metrics.retire(slot)
+                log.error("auth HTTP worker %d (pid %d) exited with %s; starting it again", slot.index,
+                          process.pid, code)
+                task = asyncio.create_task(self._restart(slot), name=f"auth-worker-{slot.index}-restart")
+                self._restarts.add(task)
+                task.add_done_callback(self._restarts.discard)
+
+    async def _restart(self, slot: _Slot) -> None:
+        if time.monotonic() - slot.started_at > 60:
+            slot.backoff = 1.0  # it had been running fine: not a crash loop
+        while self._running:
+            await asyncio.sleep(slot.backoff)
+            slot.backoff = min(slot.backoff * 2, MAX_BACKOFF)
+            if not self._running:
+                return
+            try:
+                await self._spawn(slot)
+                return
+            except Exception as exc:  # noqa: BLE001 - keep trying; the other workers still serve
+                log.error("auth HTTP worker %d failed to start again: %s", slot.index, exc)
+
+    # -- feeding the copies -----------------------------------------------
+
+    def _changed(self, event: Event) -> None:
+        # Coalesced per event loop step: a resync that changes many rows becomes one write per worker.
+        self._pending.append(event)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if not self._pending:
+            return
+        line, self._pending = _line({"events": self._pending}), []
+        for slot in self.slots:
+            if slot.attached and slot.process is not None and slot.process.stdin is not None \
+                    and not slot.process.stdin.is_closing():
+                slot.process.stdin.write(line)
+
+    async def barrier(self, timeout: float = 10.0) -> None:
+        """Return once every running worker has applied every owner map change made before the call."""
+        self._flush()
+        self._ping += 1
+        waiters = []
+        for slot in self.slots:
+            if slot.attached and slot.process is not None and slot.process.stdin is not None:
+                waiter = asyncio.get_running_loop().create_future()
+                slot.pongs[self._ping] = waiter
+                slot.process.stdin.write(_line({"ping": self._ping}))
+                waiters.append(waiter)
+        await asyncio.wait_for(asyncio.gather(*waiters), timeout)
+
+    @property
+    def pids(self) -> list[int]:
+        return [s.process.pid for s in self.slots if s.process is not None and s.process.returncode is None]
