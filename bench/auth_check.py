@@ -325,7 +325,7 @@ async def main() -> int:
         if o2p_port:
             servers.append(("oauth2-proxy /oauth2/auth", o2p_port, o2p_requests))
         for _, p, reqs in servers:  # warm up: connections, caches, the workers' session reads
-            await asyncio.to_thread(run_wrk, p, wrk_script(reqs), 2, opts.connections)
+            await asyncio.to_thread(run_wrk, p, wrk_script(reqs), 5, opts.connections)
 
         saturated: dict[str, list[dict[str, float]]] = {name: [] for name, _, _ in servers}
         for _ in range(opts.rounds):

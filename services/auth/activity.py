@@ -53,8 +53,10 @@ class ActivityRecorder:
         seen, self._seen = self._seen, {}
         if not seen:
             return 0
+        # In key order: every process (HTTP workers, replicas) then locks rows in the same order, and two
+        # flushes that touch the same instances wait for each other instead of deadlocking.
         params = [{"ns": k.namespace, "tpl": k.template, "iid": k.id,
-                   "t": datetime.fromtimestamp(t, timezone.utc)} for k, t in seen.items()]
+                   "t": datetime.fromtimestamp(t, timezone.utc)} for k, t in sorted(seen.items())]
         table = InstanceRow.__table__
         stmt = (update(table)
                 .where(table.c.namespace == bindparam("ns"), table.c.template == bindparam("tpl"),

@@ -259,6 +259,8 @@ def _redirect(status: int, location: str) -> web.Response:
 
 
 def _header_safe(value: str) -> str:
+    if value.isprintable():  # the usual case, checked in C (CR and LF are not printable)
+        return value[:512]
     return "".join(c for c in value if c.isprintable() and c not in "\r\n")[:512]
 
 

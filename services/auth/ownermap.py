@@ -70,6 +70,7 @@ class OwnerMap:
     def __init__(self) -> None:
         self._routes_of: dict[InstanceKey, frozenset[Route]] = {}
         self._claims: dict[Route, set[InstanceKey]] = defaultdict(set)
+        self._claimed_on: dict[str, set[Route]] = defaultdict(set)  # host -> its claimed routes
         # host -> ((prefix, key or CONFLICT), ...) longest prefix first
         self._by_host: dict[str, tuple[tuple[str, InstanceKey | Conflict], ...]] = {}
         self._owners: dict[InstanceKey, str] = {}
@@ -119,8 +120,13 @@ class OwnerMap:
             claims.discard(key)
             if not claims:
                 del self._claims[route]
+                on_host = self._claimed_on[route.host]
+                on_host.discard(route)
+                if not on_host:
+                    del self._claimed_on[route.host]
         for route in routes - old:
             self._claims[route].add(key)
+            self._claimed_on[route.host].add(route)
         if routes:
             self._routes_of[key] = routes
         else:
@@ -143,8 +149,9 @@ class OwnerMap:
         return self._routes_of.get(key, frozenset())
 
     def _rebuild_host(self, host: str) -> None:
+        # Only this host's routes: scanning every claim made filling a map of n instances cost n².
         entries = [(route.prefix, next(iter(keys)) if len(keys) == 1 else CONFLICT)
-                   for route, keys in self._claims.items() if route.host == host and keys]
+                   for route in self._claimed_on.get(host, ()) if (keys := self._claims.get(route))]
         if entries:
             entries.sort(key=lambda e: len(e[0]), reverse=True)
             self._by_host[host] = tuple(entries)

@@ -16,6 +16,7 @@ the runtime installs it when ``auth.session_keys`` is set.
 """
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import secrets
@@ -169,6 +170,8 @@ class SessionStore:
         self.db = db
         self.max_cached = max_cached
         self._cache: dict[str, tuple[SessionRecord | None, float]] = {}
+        self._reading: dict[str, tuple[asyncio.Future[SessionRecord | None], int]] = {}
+        self._epoch = 0  # counts invalidations (see _read)
         dsn = asyncpg_dsn(db.url)
         self.listener = PgListener(dsn, {SESSION_CHANNEL: self._heard}, self._clear) if dsn else None
 
@@ -185,9 +188,11 @@ class SessionStore:
         return LIVE_CACHE_SECONDS if self.listener is not None and self.listener.live else BLIND_CACHE_SECONDS
 
     def _clear(self) -> None:
+        self._epoch += 1
         self._cache.clear()
 
     def _heard(self, payload: str) -> None:
+        self._epoch += 1
         kind, _, value = payload.partition(":")
         if kind == "s":
             self._cache.pop(value, None)
@@ -232,14 +237,49 @@ class SessionStore:
         if cached is not None and now - cached[1] < self.cache_seconds:
             record = cached[0]
         else:
+            record = await self._read(id_hash)
+        return record if record is not None and record.valid() else None
+
+    async def _read(self, id_hash: str) -> SessionRecord | None:
+        """One database read per session at a time: a cold cache (a worker just started, or the 30 s
+        lifetime ran out) meets many concurrent checks of the same user, which share that read.
+
+        A revocation heard while a read is in flight may have been committed after the read's snapshot:
+        then the answer serves the checks that were already waiting (they raced the revocation) but is
+        not cached, and later checks read again, so no stale row outlives the revocation."""
+        epoch = self._epoch
+        pending = self._reading.get(id_hash)
+        if pending is not None and pending[1] == epoch:
+            try:
+                return await asyncio.shield(pending[0])
+            except asyncio.CancelledError:
+                if not pending[0].cancelled():
+                    raise  # this check itself was cancelled
+                # else the check that was reading was cancelled: read here instead
+        future: asyncio.Future[SessionRecord | None] = asyncio.get_running_loop().create_future()
+        self._reading[id_hash] = (future, epoch)
+        started = time.monotonic()
+        try:
             async with self.db.session() as session:
                 row = (await session.execute(select(AuthSessionRow).where(AuthSessionRow.id_hash == id_hash))
                        ).scalar_one_or_none()
             record = SessionRecord.of(row) if row is not None else None
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
+        except Exception as exc:
+            future.set_exception(exc)
+            future.exception()  # marked retrieved: the waiters, if any, get it too
+            raise
+        finally:
+            if self._reading.get(id_hash, (None, 0))[0] is future:
+                del self._reading[id_hash]
+        if self._epoch == epoch:
             if len(self._cache) >= self.max_cached:
                 self._cache.clear()
-            self._cache[id_hash] = (record, now)
-        return record if record is not None and record.valid() else None
+            self._cache[id_hash] = (record, started)  # ages from before the read: never trusted longer
+        future.set_result(record)
+        return record
 
     async def revoke(self, session_id: str) -> bool:
         id_hash = hash_session_id(session_id)
@@ -248,6 +288,7 @@ class SessionStore:
                 AuthSessionRow.id_hash == id_hash, AuthSessionRow.revoked_at.is_(None)).values(
                 revoked_at=datetime.now(timezone.utc)))
             await self._notify(session, f"s:{id_hash}")
+        self._epoch += 1
         self._cache.pop(id_hash, None)
         return bool(result.rowcount)
 

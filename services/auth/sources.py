@@ -43,6 +43,7 @@ class OwnershipFollower:
         self.resync_seconds = resync_seconds
         self.poll_seconds = poll_seconds
         self._pending: set[InstanceKey] = set()
+        self._heard_during_resync: set[InstanceKey] | None = None
         self._wake = asyncio.Event()
         self._resync_now = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -56,6 +57,8 @@ class OwnershipFollower:
             self._resync_now.set()
         else:
             self._pending.add(key)
+            if self._heard_during_resync is not None:
+                self._heard_during_resync.add(key)
             self._wake.set()
 
     def start(self) -> None:
@@ -81,9 +84,19 @@ class OwnershipFollower:
         self.index.set_owned(key, bool(owner) and slot in (LIVE, "PAUSED"))
 
     async def resync(self) -> None:
-        async with self.db.session() as session:
-            rows = (await session.execute(select(InstanceRow.namespace, InstanceRow.template, InstanceRow.id,
-                                                 InstanceRow.slot, InstanceRow.owner))).all()
+        # A change heard while the full read runs may be newer than what the read saw, and the row loop
+        # may apply it first: those rows are read again after this replace, or a pause could be undone
+        # by an older snapshot until the next resync.
+        self._heard_during_resync = set()
+        try:
+            async with self.db.session() as session:
+                rows = (await session.execute(select(InstanceRow.namespace, InstanceRow.template, InstanceRow.id,
+                                                     InstanceRow.slot, InstanceRow.owner))).all()
+        finally:
+            heard, self._heard_during_resync = self._heard_during_resync, None
+        if heard:
+            self._pending |= heard
+            self._wake.set()
         owners: dict[InstanceKey, str] = {}
         owned: set[InstanceKey] = set()
         for namespace, template, ident, slot, owner in rows:

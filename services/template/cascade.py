@@ -3,7 +3,8 @@
 Steps, each idempotent so that a retry resumes where a failure stopped:
 
 1. refuse (FAILED_PRECONDITION) while the template has instances or disks, unless ``force``;
-2. delete the GameServerSet (foreground, guarded by its uid) and wait for its pods and GameServers to go;
+2. delete the GameServerSet (background propagation, guarded by its uid; see cluster.py for why not
+   foreground) and wait for it, its pods and its GameServers to go;
 3. delete every claim `<vct>-<gss>-<id>` of every volumeClaimTemplate and every id the template
    may have used, and every claim labelled with the GameServerSet, then wait for them to go
    (UNAVAILABLE after `template.delete_wait_seconds`; retry to finish);
@@ -122,10 +123,11 @@ class Cascade:
         deleted: set[str] = set()
         while True:
             remnants = await self.cluster.remnants(namespace, name, claims)
-            if not remnants["pods"] and not remnants["gameservers"]:
+            to_delete = remnants.pop("claims_to_delete")
+            log.debug("delete of %s/%s: remaining %s", namespace, name, {k: v for k, v in remnants.items() if v})
+            if not any(remnants[k] for k in ("gameserverset", "statefulset", "pods", "gameservers")):
                 # No pod mounts them any more, and no controller will make new ones: the disks can go.
-                pending = [c for c in remnants["claims"] if c not in deleted]
-                deleted.update(await self.cluster.delete_claims(namespace, pending))
+                deleted.update(await self.cluster.delete_claims(namespace, to_delete))
             if not any(remnants.values()):
                 return sorted(deleted)
             if time.monotonic() >= deadline:

@@ -63,6 +63,11 @@ def _admission(exc: GatewayError) -> GatewayError:
     return exc
 
 
+# The Advanced StatefulSet `<gss>` that kruise-game makes for a GameServerSet: the one thing that creates pods
+# and claims, so the delete cascade waits for it to go before it deletes the claims.
+ADVANCED_STATEFULSET = kube.Kind("apps.kruise.io", "v1beta1", "statefulsets", "StatefulSet")
+
+
 def owner_selector(name: str) -> str:
     return f"{kube.OWNER_GSS_LABEL}={name}"
 
@@ -107,9 +112,9 @@ class TemplateCluster:
             raise not_found
         return _with_kind(obj)
 
-    async def exists(self, namespace: str, name: str) -> bool:
+    async def exists(self, namespace: str, name: str, kind: kube.Kind = kube.GSS) -> bool:
         try:
-            await (await self.handle.get()).get(kube.GSS, namespace, name)
+            await (await self.handle.get()).get(kind, namespace, name)
             return True
         except NotFound:
             return False
@@ -136,24 +141,31 @@ class TemplateCluster:
     # -- the delete cascade's primitives ---------------------------------------
 
     async def delete(self, namespace: str, name: str, uid: str) -> bool:
-        """Delete the GameServerSet (foreground: it goes once its StatefulSet is gone). ``uid`` guards against
-        deleting a same-named successor created since it was read."""
-        return await (await self.handle.get()).delete(kube.GSS, namespace, name, propagation="Foreground", uid=uid)
+        """Delete the GameServerSet; ``uid`` guards against deleting a same-named successor created since it was
+        read. Background propagation: with Foreground the GameServerSet lingers while the garbage collector
+        deletes its StatefulSet, and the kruise-game controller, seeing the StatefulSet gone, makes a new one
+        (with new pods and claims); once the GameServerSet is gone nothing re-creates them."""
+        return await (await self.handle.get()).delete(kube.GSS, namespace, name, propagation="Background", uid=uid)
 
     async def remnants(self, namespace: str, name: str, claims: set[str]) -> dict[str, list[str]]:
-        """What of the template is still in the cluster: the GameServerSet, pods, GameServers, claims."""
+        """What of the template is still in the cluster: the GameServerSet, its StatefulSet, pods, GameServers,
+        claims."""
         k = await self.handle.get()
         selector = owner_selector(name)
-        gss, pods, servers, labelled = await asyncio.gather(
-            self.exists(namespace, name), k.list(kube.POD, namespace, label_selector=selector),
+        gss, workload, pods, servers, labelled = await asyncio.gather(
+            self.exists(namespace, name), self.exists(namespace, name, ADVANCED_STATEFULSET),
+            k.list(kube.POD, namespace, label_selector=selector),
             k.list(kube.GAMESERVER, namespace, label_selector=selector),
             k.list(kube.PVC, namespace, label_selector=selector))
         all_claims = await k.list(kube.PVC, namespace)
-        claim_names = {_name(c) for c in labelled.get("items") or []} | (
-            {_name(c) for c in all_claims.get("items") or []} & claims)
-        return {"gameserverset": [name] if gss else [], "pods": sorted(_name(p) for p in pods.get("items") or []),
+        found = {_name(c): c for c in labelled.get("items") or []} | {
+            _name(c): c for c in all_claims.get("items") or [] if _name(c) in claims}
+        return {"gameserverset": [name] if gss else [], "statefulset": [name] if workload else [], "pods": sorted(_name(p) for p in pods.get("items") or []),
                 "gameservers": sorted(_name(g) for g in servers.get("items") or []),
-                "claims": sorted(claim_names)}
+                "claims": sorted(found),
+                # Claims not yet asked to go (a claim being deleted waits for its pvc-protection finalizer).
+                "claims_to_delete": sorted(n for n, c in found.items()
+                                           if not (c.get("metadata") or {}).get("deletionTimestamp"))}
 
     async def delete_claims(self, namespace: str, names: list[str]) -> list[str]:
         """Delete the claims (they go once no pod mounts them); the names that existed."""

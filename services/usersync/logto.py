@@ -25,7 +25,7 @@ from typing import Any
 from urllib.parse import quote
 
 import httpx
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt, stop_after_delay
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt, stop_before_delay
 from tenacity.wait import wait_exponential_jitter
 
 from aigc_gateway.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
@@ -184,7 +184,7 @@ class LogtoClient:
     async def _send(self, method: str, url: str, *, what: str, auth: bool = True, **kwargs: Any) -> httpx.Response:
         s = self.settings
         retrying = AsyncRetrying(
-            stop=stop_after_attempt(s.max_attempts) | stop_after_delay(s.max_retry_seconds),
+            stop=stop_after_attempt(s.max_attempts) | stop_before_delay(s.max_retry_seconds),
             wait=_WaitRetryAfter(wait_exponential_jitter(multiplier=s.backoff_initial, max=s.backoff_max,
                                                         jitter=s.backoff_initial)),
             retry=retry_if_exception_type(_Retryable), reraise=True)

@@ -58,6 +58,7 @@ class UserOutcome:
     unavailable: bool = False
     skipped: bool = False  # another replica holds the user
     full_batch: bool = False
+    retry_after: float = 0.0  # what Logto asked for (Retry-After), when unavailable
 
 
 @dataclass
@@ -65,6 +66,7 @@ class PassResult:
     delivered: int = 0
     unavailable: bool = False
     more: bool = False  # a batch was full, or users were left for the next pass
+    retry_after: float = 0.0
 
 
 class OutboxDelivery:
@@ -113,6 +115,7 @@ class OutboxDelivery:
                 result.delivered += outcome.rows
                 result.unavailable |= outcome.unavailable
                 result.more |= outcome.full_batch
+                result.retry_after = max(result.retry_after, outcome.retry_after)
 
         await asyncio.gather(*(one(u) for u in users))
         metrics.OUTBOX_PENDING.set(await self.pending_count())
@@ -151,7 +154,7 @@ class OutboxDelivery:
                 row.last_error = str(exc)[:1024]
             metrics.OUTBOX_FAILURES.inc()
             log.info("Logto unavailable while delivering to %s (%d rows pending): %s", user, len(rows), exc)
-            return UserOutcome(unavailable=True)
+            return UserOutcome(unavailable=True, retry_after=exc.retry_after or 0.0)
         _close(rows, now, "")
         await mirrorstore.record(session, user, items, now)
         metrics.OUTBOX_ROWS.labels("delivered").inc(len(rows))
@@ -170,7 +173,8 @@ class OutboxDelivery:
                 log.exception("outbox delivery pass failed")
                 result = PassResult(unavailable=True)
             if result.unavailable:
-                backoff = min(max(backoff * 2, self.cfg.delivery_poll_seconds), self.cfg.delivery_max_backoff_seconds)
+                backoff = min(max(backoff * 2, self.cfg.delivery_poll_seconds, result.retry_after),
+                              self.cfg.delivery_max_backoff_seconds)
                 wait = backoff
             else:
                 backoff = 0.0

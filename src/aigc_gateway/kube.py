@@ -183,6 +183,11 @@ class Kube:
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise Unavailable(f"cannot reach the Kubernetes API: {exc}", reason="KUBERNETES_UNAVAILABLE") from None
         raw = response[0] if isinstance(response, tuple) else response
+        if raw.status >= 400:  # as in request(): the status is not checked for us
+            exc = ApiException(status=raw.status, reason=raw.reason)
+            exc.body = (await raw.read()).decode(errors="replace")
+            raw.release()
+            raise _error(exc, f"watch of {kind.plural}")
         try:
             async for line in raw.content:
                 if line.strip():

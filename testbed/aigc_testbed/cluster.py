@@ -55,6 +55,7 @@ def up(cfg: Config) -> None:
     start = time.monotonic()
     if cfg.state.exists():
         if healthy(cfg):
+            # tests/plugins/testbed.py looks for this phrase to know it did not start the bed.
             say(f"up: already running and healthy (state {cfg.state})")
             return
         say("up: stale or unhealthy state found; tearing it down first")
@@ -168,7 +169,7 @@ def down(cfg: Config) -> None:
 
 def status(cfg: Config) -> bool:
     procs = processes.all_procs(cfg)
-    if not procs:
+    if not cfg.state.exists():
         print(f"test bed is down (no state in {cfg.state})")
         return False
     for proc in procs:

@@ -31,8 +31,15 @@ class AuthStack:
 
     @property
     def auth_port(self) -> int:
+        if self.service.workers is not None:
+            return self.service.workers.port
         assert self.service.endpoints is not None
         return self.service.endpoints.port
+
+    async def settled(self) -> None:
+        """Every HTTP worker process has applied every owner map change made so far (no-op without workers)."""
+        if self.service.workers is not None:
+            await self.service.workers.barrier()
 
     def url(self, host: str, path: str = "/") -> str:
         return f"http://{host}:{self.front_port}{path}"
@@ -61,16 +68,19 @@ class AuthStack:
             if time.monotonic() - started > timeout:
                 raise AssertionError(f"owner map still says {self.service.owners.owner(key)!r} for {key}")
             await asyncio.sleep(0.01)
+        await self.settled()
         return time.monotonic() - started
 
 
 async def start_auth_stack(*, start_gateway: Any, start_oidc_provider: Any, database_url: str, issuer: Any,
                            front_port: int | None = None, accounts: dict[str, Any] | None = None,
                            kubeconfig: str = "", auth_overrides: dict[str, Any] | None = None,
-                           **settings_overrides: Any) -> AuthStack:
+                           http_workers: int = 0, **settings_overrides: Any) -> AuthStack:
     """The oidc-provider, then the auth service (gRPC + HTTP) configured for it.
 
-    ``front_port``: the port browsers use for every host (nginx's); default: the auth service's own."""
+    ``front_port``: the port browsers use for every host (nginx's); default: the auth service's own.
+    ``http_workers``: 0 serves HTTP in the test's process, where a test can look inside (activity, audit
+    tasks); production's default runs worker processes, which tests choose explicitly."""
     http_port = free_port()
     front = front_port or http_port
     public = f"http://dashboard.{DOMAIN}:{front}"
@@ -81,7 +91,8 @@ async def start_auth_stack(*, start_gateway: Any, start_oidc_provider: Any, data
         oidc={"issuer": provider.issuer, "audience": [issuer.audience], "client_id": CLIENT_ID,
               "client_secret": CLIENT_SECRET},
         auth={"http_listen": f"127.0.0.1:{http_port}", "public_url": public, "cookie_secure": False,
-              "session_keys": [SESSION_KEY], "allow_http_redirects": True, **(auth_overrides or {})},
+              "session_keys": [SESSION_KEY], "allow_http_redirects": True, "http_workers": http_workers,
+              **(auth_overrides or {})},
         kubernetes={"kubeconfig": kubeconfig or "/nonexistent/kubeconfig"},
         **settings_overrides)
     gateway = await start_gateway("auth", settings=settings)

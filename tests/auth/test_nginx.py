@@ -20,8 +20,9 @@ H1, H2, SD = f"instances1-cpu.{DOMAIN}", f"instances2-cpu.{DOMAIN}", f"sd.{DOMAI
 @pytest.fixture
 async def site(start_gateway, start_oidc_provider, start_nginx, start_backend, database_url, issuer):
     port = free_port()
+    # Two HTTP worker processes, as production runs them: routes fed here reach them through the parent.
     stack = await start_auth_stack(start_gateway=start_gateway, start_oidc_provider=start_oidc_provider,
-                                   database_url=database_url, issuer=issuer, front_port=port)
+                                   database_url=database_url, issuer=issuer, front_port=port, http_workers=2)
     stack.service.index.set_template("ns", "cpu", RoutePattern(f"instances<id>-cpu.{DOMAIN}"))
     stack.service.index.set_template("ns", "pathed", RoutePattern(SD, ("/sd<id>",)))
     backends = {name: await start_backend(name) for name in ("cpu-1", "cpu-2", "sd-1", "sd-2")}

@@ -29,7 +29,8 @@ async def test_owner_scenario_with_instance_service(testbed, k8s_namespace, star
     port = free_port()
     stack = await start_auth_stack(start_gateway=start_gateway, start_oidc_provider=start_oidc_provider,
                                    database_url=database_url, issuer=issuer, front_port=port,
-                                   kubeconfig=str(testbed.kubeconfig), namespaces=[k8s_namespace])
+                                   kubeconfig=str(testbed.kubeconfig), namespaces=[k8s_namespace],
+                                   http_workers=2)  # as production runs it: HTTP in worker processes
     try:
         # The instance service of the same deployment (same settings, same database).
         instances = await start_gateway("instance", settings=stack.gateway.runtime.settings)
@@ -54,7 +55,7 @@ async def test_owner_scenario_with_instance_service(testbed, k8s_namespace, star
         found = stack.service.owners.lookup(host, "/")
         assert stack.service.owners.routes_of(found) == {Route(host, "/")}
         await wait_for(lambda: stack.service.owners.owner(found) == "alice", timeout=5, what="alice admitted")
-
+        await stack.settled()
 
         # Anonymous -> redirect -> sign in -> back at the instance URL -> 200 from the backend.
         alice = browser()
@@ -77,6 +78,7 @@ async def test_owner_scenario_with_instance_service(testbed, k8s_namespace, star
 
         await stub.ResumeInstance(instance_pb2.ResumeInstanceRequest(name=created.name), metadata=alice_meta)
         await wait_for(lambda: stack.service.owners.owner(found) == "alice", timeout=5, what="resumed")
+        await stack.settled()
         assert (await alice.request("GET", stack.url(host))).status == 200
 
         # Sign-out -> 401 (nginx sends the browser to sign in again).

@@ -111,9 +111,13 @@ class Client:
 
     async def wait_consistent(self, timeout: float = 60) -> instance_pb2.CheckConsistencyResponse:
         last: list[instance_pb2.CheckConsistencyResponse] = []
+        started = time.monotonic()
 
         async def clean() -> instance_pb2.CheckConsistencyResponse | None:
             last[:] = [await self.check()]
+            if not last[0].consistent:  # shown with a failure, and with -s: what was still converging
+                print(f"+{time.monotonic() - started:.1f}s:", [(v.template.rsplit("/", 1)[1], v.id, v.code)
+                                                             for v in last[0].violations])
             return last[0] if last[0].consistent else None
         try:
             return await wait_for(clean, timeout, interval=1.0, what="a consistent allocator")

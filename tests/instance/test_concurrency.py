@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import time
 from dataclasses import dataclass
 
 import grpc
@@ -95,14 +96,17 @@ async def test_seeded_storm_with_two_service_processes(testbed: Testbed, game: G
             await c.uninstall(user, mine.name)
             model[(user, template)] = None
 
+    started = time.monotonic()
     for wave in range(7):
         pairs = rng.sample(sorted(model), 9)
         results = await asyncio.gather(*(act(u, t) for u, t in pairs), return_exceptions=True)
         failures = [(p, r) for p, r in zip(pairs, results, strict=True) if isinstance(r, BaseException)]
         assert not failures, f"seed {STORM_SEED}, wave {wave}: {failures}\n" + "\n".join(log)
 
+    print(f"storm waves done in {time.monotonic() - started:.1f}s")
     c = clients[0]
     await c.wait_consistent(120)
+    print(f"consistent after {time.monotonic() - started:.1f}s")
     async with database.session() as session:
         rows = list((await session.execute(select(InstanceRow).where(InstanceRow.namespace == c.namespace)))
                     .scalars())
@@ -116,3 +120,4 @@ async def test_seeded_storm_with_two_service_processes(testbed: Testbed, game: G
         async def running(template: str = template, live: set[int] = live) -> bool:
             return await game.running_ids(template) == live and set((await game.pods(template))) == live
         await wait_for(running, 120, what=f"{template} to run exactly {sorted(live)}")
+    print(f"pods match after {time.monotonic() - started:.1f}s")

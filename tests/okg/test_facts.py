@@ -113,7 +113,15 @@ async def test_targeted_delete_then_recreate_keeps_the_disk(testbed: Testbed, k8
         await wait_for(lambda: _ids_equal(game, {0, 2}), 30, what="GameServer 1 gone")
         pvcs = await game.pvcs()
         assert pvcs[pvc_name(GSS, 1)].metadata.uid == disk.metadata.uid  # the disk stays
-        assert await reserved(game) == [1]  # and 1 stays reserved
+        await wait_reserved(game, [1])  # and 1 stays reserved
+        # Its Service and Ingress go with the pod (they are owned by it).
+        await wait_for(lambda: _network_objects_gone(game, 1), 30, what="Service/Ingress of 1 gone")
+
+        # Un-reserving 1 WITHOUT raising replicas changes nothing: the controller writes 1 back
+        # (with ReserveIds it keeps every not-live id below the top reserved).
+        await game.update_gss(GSS, lambda s: s.update(reserveGameServerIds=[]))
+        await wait_reserved(game, [1])
+        assert set(await game.pods(GSS)) == {0, 2}
 
         # Targeted re-create of 1: remove it from the reserve list, replicas + 1.
         def recreate_one(spec: dict) -> None:
@@ -125,7 +133,7 @@ async def test_targeted_delete_then_recreate_keeps_the_disk(testbed: Testbed, k8
                   if v.persistent_volume_claim]
         assert claims == [pvc_name(GSS, 1)]
         assert (await game.pvcs())[pvc_name(GSS, 1)].metadata.uid == disk.metadata.uid
-        assert await reserved(game) == []
+        await wait_reserved(game, [])
 
 
 async def test_scale_up_takes_lowest_unreserved_hole_and_controller_rereserves_the_rest(
@@ -141,12 +149,26 @@ async def test_scale_up_takes_lowest_unreserved_hole_and_controller_rereserves_t
         await game.wait_running(GSS, {0, 1, 3})
         # ...and with ReserveIds the controller writes the other un-reserved hole back itself
         # (it keeps every id below the top that is not live in the reserve list).
-        assert await wait_for(lambda: _reserved_is(game, [2]), 15, what="reserve list [2]") == [2]
+        await wait_reserved(game, [2])
 
 
-async def _reserved_is(game: Game, expected: list) -> list | None:
-    value = await reserved(game)
-    return value if value == expected else None
+async def _network_objects_gone(game: Game, i: int) -> bool:
+    services = {x.metadata.name for x in (await game.core.list_namespaced_service(game.namespace)).items}
+    ingresses = {x.metadata.name for x in (await game.net.list_namespaced_ingress(game.namespace)).items}
+    return f"{GSS}-{i}" not in services | ingresses
+
+
+async def wait_reserved(game: Game, expected: list, timeout: float = 15) -> None:
+    """The controller writes reserveGameServerIds right after it resizes the workload, so allow
+    it a moment; fail showing what it actually wrote."""
+    try:
+        await wait_for(lambda: _reserved_is(game, expected), timeout)
+    except AssertionError:
+        assert await reserved(game) == expected
+
+
+async def _reserved_is(game: Game, expected: list) -> bool:
+    return await reserved(game) == expected
 
 
 async def test_scale_down_reserve_ids_are_written_back_compressed(testbed: Testbed, k8s_namespace: str) -> None:
@@ -160,8 +182,7 @@ async def test_scale_down_reserve_ids_are_written_back_compressed(testbed: Testb
         # reserveGameServerIds itself, rewritten as ints and "a-b" ranges (runs of 3+).
         await game.update_gss(GSS, lambda s: s.update(replicas=3))
         await game.wait_running(GSS, {0, 2, 3})
-        assert await wait_for(lambda: _reserved_is(game, [1, "4-7"]), 15,
-                              what='reserve list [1, "4-7"]') == [1, "4-7"]
+        await wait_reserved(game, [1, "4-7"])
         gss = await game.get_gss(GSS)
         # The controller remembers what it last applied in an annotation, in the same notation.
         assert gss["metadata"]["annotations"]["game.kruise.io/reserve-ids"] == "1,4-7"
@@ -194,6 +215,10 @@ async def test_deleted_pod_comes_back_with_its_pvc_and_gss_delete_removes_game_s
         assert set(await game.pvcs()) == {pvc_name(GSS, 0), pvc_name(GSS, 1)}
 
 
+async def _gs_state(game: Game, gss: str, i: int) -> str | None:
+    return (await game.game_servers(gss))[i].get("status", {}).get("currentState")
+
+
 async def _no_game_servers(game: Game) -> bool:
     return not await game.game_servers(GSS)
 
@@ -222,3 +247,19 @@ async def test_variant_schedules(testbed: Testbed, k8s_namespace: str, sample: s
             addrs = net.get("externalAddresses") or []
             return addrs[0].get("endPoint") if addrs else None
         assert await wait_for(endpoint, 30, what="network endpoint") == host
+
+
+async def test_game_server_exists_for_a_pod_that_cannot_be_scheduled(testbed: Testbed, k8s_namespace: str) -> None:
+    async with api_client(testbed.kubeconfig) as api:
+        game = Game(api, k8s_namespace)
+        gss = load_sample("stable-diffusion-gpu", testbed.domain, k8s_namespace)
+        # More GPUs than any node has: the pod stays Pending.
+        gss["spec"]["gameServerTemplate"]["spec"]["containers"][0]["resources"]["limits"] = {"nvidia.com/gpu": 100}
+        gss["spec"]["replicas"] = 1
+        await game.create_gss(gss)
+        servers = await wait_for(lambda: game.game_servers("stable-diffusion-gpu"), 30, what="GameServer 0")
+        assert set(servers) == {0}
+        pod = (await game.pods("stable-diffusion-gpu"))[0]
+        assert pod.status.phase == "Pending" and not pod.spec.node_name
+        state = await wait_for(lambda: _gs_state(game, "stable-diffusion-gpu", 0), 15, what="GameServer state")
+        assert state == "Creating"

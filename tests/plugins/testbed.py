@@ -99,15 +99,16 @@ def testbed() -> Iterator[Testbed]:
                       kubectl=env.get("AIGC_TESTBED_KUBECTL") if ours else None, started_here=False)
         return
 
-    already_up = _cli("status", timeout=60).returncode == 0
-    if not already_up:
-        result = _cli("up", timeout=UP_TIMEOUT)
-        if result.returncode != 0:
-            pytest.fail(f"testbed up failed (exit {result.returncode}):\n{result.stderr[-6000:]}",
-                        pytrace=False)
+    result = _cli("up", timeout=UP_TIMEOUT)
+    if result.returncode != 0:
+        pytest.fail(f"testbed up failed (exit {result.returncode}):\n{result.stderr[-6000:]}",
+                    pytrace=False)
+    # `up` is a no-op when another session brought the bed up first (it serialises on a lock):
+    # then that session owns it and we must not take it down.
+    started = "already running and healthy" not in result.stderr
     bed = Testbed(kubeconfig=Path(env["KUBECONFIG"]), domain=domain,
                   state_dir=Path(env["AIGC_TESTBED_STATE"]), kubectl=env.get("AIGC_TESTBED_KUBECTL"),
-                  started_here=not already_up)
+                  started_here=started)
     try:
         yield bed
     finally:

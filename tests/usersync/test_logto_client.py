@@ -161,3 +161,19 @@ async def test_user_lock_serialises_one_user_only(logto: LogtoDouble) -> None:
         assert not client._user_locks  # no lock kept for idle users
     finally:
         await client.close()
+
+
+async def test_a_retry_after_beyond_the_budget_is_not_slept(logto: LogtoDouble) -> None:
+    logto.add_user("u1")
+    client = make_client(logto, max_retry_seconds=2.0)
+    try:
+        await client.token()
+        logto.fail_next(1, status=429, retry_after="120")
+        started = time.monotonic()
+        with pytest.raises(LogtoUnavailable) as err:
+            await client.get_custom_data("u1")
+        assert time.monotonic() - started < 60  # gave up at once instead of waiting two minutes
+        assert err.value.retry_after == 120.0  # and says when to come back
+        assert await client.get_custom_data("u1") == {}
+    finally:
+        await client.close()

@@ -1,0 +1,1 @@
+"""The AIGC Gateway test bed (see testbed/testbed and docs/testbed.md)."""
