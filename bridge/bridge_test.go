@@ -142,9 +142,14 @@ func TestHandlerAnswersStatusJSONWhenServicesAreDown(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for path, want := range map[string]int{"/v1/namespaces/default/templates": 503, "/v1/no/such/route": 404, "/readyz": 503, "/healthz": 200} {
+	for path, want := range map[string]int{"/v1/namespaces/default/templates": 503, "/v1/no/such/route": 404,
+		"/readyz": 503, "/healthz": 200, "TRACE /v1/auth:whoami": 405, "PUT /v1/namespaces/default/templates": 405} {
+		method := "GET"
+		if m, p, ok := strings.Cut(path, " "); ok {
+			method, path = m, p
+		}
 		w := httptest.NewRecorder()
-		h.ServeHTTP(w, httptest.NewRequest("GET", path, nil))
+		h.ServeHTTP(w, httptest.NewRequest(method, path, nil))
 		if w.Code != want {
 			t.Errorf("GET %s = %d, want %d (%s)", path, w.Code, want, w.Body)
 			continue

@@ -108,6 +108,10 @@ func writeStatus(w http.ResponseWriter, st *status.Status) {
 
 func httpStatus(c codes.Code) int {
 	switch c {
+	case codes.Unimplemented: // only the bridge's own "no such method on this path"
+		return http.StatusMethodNotAllowed
+	case codes.NotFound:
+		return http.StatusNotFound
 	case codes.PermissionDenied:
 		return http.StatusForbidden
 	case codes.InvalidArgument:

@@ -85,6 +85,7 @@ func newGatewayMux() *runtime.ServeMux {
 		runtime.WithOutgoingHeaderMatcher(outgoingHeader),
 		runtime.WithOutgoingTrailerMatcher(outgoingHeader),
 		runtime.WithErrorHandler(errorHandler),
+		runtime.WithRoutingErrorHandler(routingErrorHandler),
 	)
 }
 
@@ -120,6 +121,20 @@ func errorHandler(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshale
 		w.Header().Set("Retry-After", seconds)
 	}
 	runtime.DefaultHTTPErrorHandler(ctx, mux, m, &bearerChallenge{ResponseWriter: w}, r, err)
+}
+
+// routingErrorHandler: a path the API does not have is 404 NOT_FOUND; a method a
+// path does not have is 405 (grpc-gateway's default answers 501, a server error,
+// for what is the client's mistake).
+func routingErrorHandler(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshaler, w http.ResponseWriter, r *http.Request, httpStatus int) {
+	switch httpStatus {
+	case http.StatusMethodNotAllowed:
+		writeStatus(w, status.New(codes.Unimplemented, r.Method+" is not allowed on "+r.URL.Path))
+	case http.StatusNotFound:
+		writeStatus(w, status.New(codes.NotFound, "no API route "+r.Method+" "+r.URL.Path))
+	default:
+		runtime.DefaultRoutingErrorHandler(ctx, mux, m, w, r, httpStatus)
+	}
 }
 
 // hideTransportError keeps the bridge's view of the cluster (addresses, dial

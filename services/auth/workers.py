@@ -16,9 +16,13 @@ import asyncio
 import json
 import logging
 import os
+import queue
 import socket
+import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,16 +95,73 @@ def _line(message: dict[str, Any]) -> bytes:
     return (json.dumps(message, separators=(",", ":")) + "\n").encode()
 
 
+class _Pipes:
+    """A worker's stdin and stdout, each served by a thread doing blocking I/O.
+
+    Not the event loop's pipe transports: a grpc.aio server started after a pipe was registered with the
+    loop leaves that pipe's readiness events undelivered (seen with grpcio 1.85: the worker's answers sat
+    in the pipe), and the gRPC server may well start after the workers. Threads do not depend on the
+    loop's poller; they hand every line to the loop with ``call_soon_threadsafe``."""
+
+    def __init__(self, process: subprocess.Popen[bytes], loop: asyncio.AbstractEventLoop,
+                 on_line: Callable[[bytes], None], on_exit: Callable[[int], None], name: str):
+        self.process = process
+        self._loop = loop
+        self._on_line = on_line
+        self._on_exit = on_exit
+        self._outbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        threading.Thread(target=self._write, name=f"{name}-in", daemon=True).start()
+        threading.Thread(target=self._read, name=f"{name}-out", daemon=True).start()
+
+    def send(self, data: bytes) -> None:
+        self._outbox.put(data)
+
+    def close(self) -> None:
+        """End of input: the worker stops serving and exits."""
+        self._outbox.put(None)
+
+    def _write(self) -> None:
+        stdin = self.process.stdin
+        assert stdin is not None
+        try:
+            while (data := self._outbox.get()) is not None:
+                stdin.write(data)
+                stdin.flush()
+        except OSError:
+            pass  # the worker is gone; its exit is reported by the reader
+        finally:
+            try:
+                stdin.close()
+            except OSError:
+                pass
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self._call(self._on_line, line)
+        self._call(self._on_exit, self.process.wait())
+
+    def _call(self, fn: Callable[..., None], *args: Any) -> None:
+        try:
+            self._loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:
+            pass  # the loop is closed: nobody is waiting any more
+
+
 @dataclass
 class _Slot:
     index: int
-    process: asyncio.subprocess.Process | None = None
+    pipes: _Pipes | None = None
     ready: asyncio.Future[int] | None = None
-    reader: asyncio.Task[None] | None = None
+    exited: asyncio.Future[int] | None = None
     attached: bool = False  # receives owner map changes
     started_at: float = 0.0
     backoff: float = 1.0
     pongs: dict[int, asyncio.Future[None]] = field(default_factory=dict)
+
+    @property
+    def pid(self) -> int | None:
+        return self.pipes.process.pid if self.pipes is not None else None
 
 
 class WorkerPool:
@@ -136,7 +197,7 @@ class WorkerPool:
             await self.stop()
             raise
         log.info("auth HTTP endpoints on http://%s:%d in %d worker processes (pids %s)", self.host, self.port,
-                 self.count, ", ".join(str(s.process.pid) for s in self.slots if s.process))
+                 self.count, ", ".join(str(s.pid) for s in self.slots))
         return self.port
 
     async def stop(self) -> None:
@@ -150,77 +211,82 @@ class WorkerPool:
             self._reservation = None
 
     async def _stop_slot(self, slot: _Slot) -> None:
-        process, slot.attached = slot.process, False
-        if process is None:
+        pipes, slot.attached = slot.pipes, False
+        if pipes is None or slot.exited is None:
             return
-        if process.stdin is not None and not process.stdin.is_closing():
-            process.stdin.close()  # end of input: the worker stops serving and exits
+        pipes.close()
         try:
-            await asyncio.wait_for(process.wait(), STOP_GRACE)
+            await asyncio.wait_for(asyncio.shield(slot.exited), STOP_GRACE)
         except TimeoutError:
-            log.warning("auth HTTP worker %d did not stop in %.0fs; terminating it", slot.index, STOP_GRACE)
-            process.kill()
-            await process.wait()
-        if slot.reader is not None:
-            await asyncio.gather(slot.reader, return_exceptions=True)
-        self.metrics.retire(slot)
+            log.warning("auth HTTP worker %d did not stop in %.0fs; killing it", slot.index, STOP_GRACE)
+            pipes.process.kill()
+            await slot.exited
+        self.metrics.retire(slot.index)
 
     async def _spawn(self, slot: _Slot) -> None:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "aigc_gateway.services.auth.worker", self.settings.auth.http_event_loop,
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=1024 * 1024)
-        assert process.stdin is not None
-        slot.process, slot.started_at = process, time.monotonic()
-        slot.ready = asyncio.get_running_loop().create_future()
-        slot.reader = asyncio.create_task(self._read(slot, process), name=f"auth-worker-{slot.index}")
-        process.stdin.write(self._config[:-1] + f',"index":{slot.index}}}\n'.encode())
-        # The copy and the changes after it, with nothing in between: both are written in this one step.
+        loop = asyncio.get_running_loop()
+        process = await asyncio.to_thread(
+            subprocess.Popen, [sys.executable, "-m", "aigc_gateway.services.auth.worker",
+                               self.settings.auth.http_event_loop],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        slot.ready, slot.exited = loop.create_future(), loop.create_future()
+        slot.started_at = time.monotonic()
+        pipes = _Pipes(process, loop, lambda line: self._heard(slot, pipes, line),
+                       lambda code: self._exited(slot, pipes, code), f"auth-worker-{slot.index}")
+        slot.pipes = pipes
+        pipes.send(self._config[:-1] + f',"index":{slot.index}}}\n'.encode())
+        # The copy and the changes after it, with nothing in between: both are queued in this one step.
         self._flush()
         snapshot = self.owners.snapshot()
         for begin in range(0, len(snapshot), SNAPSHOT_CHUNK):
-            process.stdin.write(_line({"events": snapshot[begin:begin + SNAPSHOT_CHUNK]}))
-        process.stdin.write(_line({"synced": True}))
+            pipes.send(_line({"events": snapshot[begin:begin + SNAPSHOT_CHUNK]}))
+        pipes.send(_line({"synced": True}))
         slot.attached = True
-        await process.stdin.drain()
         try:
             await asyncio.wait_for(asyncio.shield(slot.ready), START_TIMEOUT)
         except TimeoutError:
             process.kill()
             raise WorkerFailed(f"auth HTTP worker {slot.index} did not start in {START_TIMEOUT:.0f}s") from None
 
-    async def _read(self, slot: _Slot, process: asyncio.subprocess.Process) -> None:
-        assert process.stdout is not None and slot.ready is not None
+    def _heard(self, slot: _Slot, pipes: _Pipes, line: bytes) -> None:
+        if slot.pipes is not pipes:
+            return  # a previous process of this slot
         try:
-            while line := await process.stdout.readline():
-                try:
-                    message = json.loads(line)
-                except ValueError:
-                    continue
-                if "ready" in message and not slot.ready.done():
-                    slot.ready.set_result(int(message["ready"]))
-                elif "pong" in message:
-                    waiter = slot.pongs.pop(int(message["pong"]), None)
-                    if waiter is not None and not waiter.done():
-                        waiter.set_result(None)
-                elif "metrics" in message:
-                    self.metrics.report(slot, message["metrics"])
-        finally:
-            code = await process.wait()
-            slot.attached = False
-            for waiter in slot.pongs.values():
-                if not waiter.done():
-                    waiter.set_exception(WorkerFailed(f"auth HTTP worker {slot.index} exited"))
-            slot.pongs.clear()
-            if not slot.ready.done():
-                slot.ready.set_exception(WorkerFailed(f"auth HTTP worker {slot.index} exited with {code} "
-                                                      "before listening (see its log above)"))
-            elif self._running and slot.process is process:
-                self.metrics.retire(slot)
-                log.error("auth HTTP worker %d (pid %d) exited with %s; starting it again", slot.index,
-                          process.pid, code)
-                task = asyncio.create_task(self._restart(slot), name=f"auth-worker-{slot.index}-restart")
-                self._restarts.add(task)
-                task.add_done_callback(self._restarts.discard)
+            message = json.loads(line)
+        except ValueError:
+            return
+        if not isinstance(message, dict):
+            return
+        if "ready" in message and slot.ready is not None and not slot.ready.done():
+            slot.ready.set_result(int(message["ready"]))
+        elif "pong" in message:
+            waiter = slot.pongs.pop(int(message["pong"]), None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+        elif "metrics" in message:
+            self.metrics.report(slot.index, message["metrics"])
+
+    def _exited(self, slot: _Slot, pipes: _Pipes, code: int) -> None:
+        if slot.pipes is not pipes:
+            return
+        slot.attached = False
+        if slot.exited is not None and not slot.exited.done():
+            slot.exited.set_result(code)
+        for waiter in slot.pongs.values():
+            if not waiter.done():
+                waiter.set_exception(WorkerFailed(f"auth HTTP worker {slot.index} exited"))
+        slot.pongs.clear()
+        if slot.ready is not None and not slot.ready.done():
+            slot.ready.set_exception(WorkerFailed(f"auth HTTP worker {slot.index} exited with {code} "
+                                                  "before listening (see its log above)"))
+            slot.ready.exception()  # the spawner may have given up on it already
+        elif self._running:
+            self.metrics.retire(slot.index)
+            log.error("auth HTTP worker %d (pid %d) exited with %s; starting it again", slot.index,
+                      pipes.process.pid, code)
+            task = asyncio.create_task(self._restart(slot), name=f"auth-worker-{slot.index}-restart")
+            self._restarts.add(task)
+            task.add_done_callback(self._restarts.discard)
 
     async def _restart(self, slot: _Slot) -> None:
         if time.monotonic() - slot.started_at > 60:
@@ -251,9 +317,8 @@ class WorkerPool:
             return
         line, self._pending = _line({"events": self._pending}), []
         for slot in self.slots:
-            if slot.attached and slot.process is not None and slot.process.stdin is not None \
-                    and not slot.process.stdin.is_closing():
-                slot.process.stdin.write(line)
+            if slot.attached and slot.pipes is not None:
+                slot.pipes.send(line)
 
     async def barrier(self, timeout: float = 10.0) -> None:
         """Return once every running worker has applied every owner map change made before the call."""
@@ -261,13 +326,13 @@ class WorkerPool:
         self._ping += 1
         waiters = []
         for slot in self.slots:
-            if slot.attached and slot.process is not None and slot.process.stdin is not None:
+            if slot.attached and slot.pipes is not None:
                 waiter = asyncio.get_running_loop().create_future()
                 slot.pongs[self._ping] = waiter
-                slot.process.stdin.write(_line({"ping": self._ping}))
+                slot.pipes.send(_line({"ping": self._ping}))
                 waiters.append(waiter)
         await asyncio.wait_for(asyncio.gather(*waiters), timeout)
 
     @property
     def pids(self) -> list[int]:
-        return [s.process.pid for s in self.slots if s.process is not None and s.process.returncode is None]
+        return [s.pipes.process.pid for s in self.slots if s.pipes is not None and s.pipes.process.poll() is None]

@@ -62,20 +62,42 @@ class Cluster:
         templates.check_usable(ref, gss)
         return gss
 
-    async def settled_template(self, ref: TemplateRef, timeout: float, poll: float = 0.05) -> Obj:
-        """The GameServerSet once the controller has finished with the last write (see templates.settled)."""
+    async def settled_template(self, ref: TemplateRef, timeout: float) -> Obj:
+        """The GameServerSet once the controller has finished with the last write (see templates.settled).
+
+        Read it; if the controller is still busy, watch that one object from the version read and take the
+        first settled version it shows (no polling delay on top of the controller's own time)."""
         deadline = time.monotonic() + timeout
-        attempt = 0
         while True:
             gss = await self.usable_template(ref)
             if templates.settled(gss):
                 return gss
-            if time.monotonic() >= deadline:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
                 raise Unavailable(f"the OpenKruiseGame controller has not caught up with {ref.name} within "
                                   f"{timeout:.0f}s (is kruise-game running?)", reason="CONTROLLER_LAGGING",
                                   retry_after=5.0)
-            await asyncio.sleep(min(poll * (1.5 ** attempt), 0.5))
-            attempt += 1
+            try:
+                async with asyncio.timeout(remaining):
+                    found = await self._watch_until_settled(ref, gss)
+            except TimeoutError:
+                continue  # the loop reads once more and reports the lag
+            if found is not None:
+                templates.check_usable(ref, found)
+                return found
+
+    async def _watch_until_settled(self, ref: TemplateRef, gss: Obj) -> Obj | None:
+        """The first settled version after ``gss``; None when the watch ends first (the caller reads again)."""
+        async for kind, obj in self.kube.watch(
+                GSS, ref.namespace, resource_version=gss["metadata"]["resourceVersion"],
+                field_selector=f"metadata.name={ref.template}", timeout_seconds=60):
+            if kind == "DELETED":
+                raise templates.not_found(ref)
+            if kind in ("ADDED", "MODIFIED") and templates.settled(obj):
+                return obj
+            if kind == "ERROR":
+                return None
+        return None
 
     async def write_spec(self, gss: Obj, after: Spec) -> Obj:
         """PUT (R, X) with the resourceVersion read: a concurrent change fails with Aborted (409)."""

@@ -81,7 +81,7 @@ class Lifecycle:
             intents = await self.store.intents(session, ref)
             for intent in intents:
                 plan = Plan.from_json(intent.plan)
-                applied = allocator.resolve(plan, spec)
+                applied = False and allocator.resolve(plan, spec)
                 if applied:
                     await self.store.apply(session, ref, plan, owner_since=intent.created_at)
                 await self.store.drop_intent(session, intent.id)

@@ -12,8 +12,9 @@ Steps, each idempotent so that a retry resumes where a failure stopped:
    InstanceService.PurgeInstances (see handoff.py); a step that fails is reported in the
    response's warnings, the audit event and the log, not raised.
 
-When the GameServerSet is already gone but the `instances` table still knows the template (a
-previous forced delete did not finish), a forced delete runs steps 3-4 again.
+When the GameServerSet is already gone but the `instances` table still knows the template, or
+pods, GameServers or claims of it are left (a previous forced delete did not finish), a forced
+delete runs steps 3-4 again.
 """
 from __future__ import annotations
 
@@ -32,10 +33,11 @@ from aigc_gateway.errors import (
     Violation,
 )
 
+from . import changes
 from .changes import reserved_ids
 from .cluster import TemplateCluster
 from .describe import Counts, claim_templates, describe
-from .handoff import Handoff, Outcome
+from .handoff import PURGE_INSTANCES, Handoff, Outcome
 from .instances import InstanceTable
 from .names import template_name
 from .policy import Policy
@@ -76,7 +78,10 @@ class Cascade:
             current: dict[str, Any] | None = await self.cluster.get(namespace, name)
         except NotFound:
             # Resume only a template of ours: a same-named GameServerSet that is not a template is left alone.
-            if not (force and known_ids) or await self.cluster.exists(namespace, name):
+            if not force or await self.cluster.exists(namespace, name):
+                raise
+            left = await self.cluster.remnants(namespace, name, set())
+            if not known_ids and not any(v for k, v in left.items() if k != "claims_to_delete"):
                 raise
             current = None  # a forced delete that did not finish: resume it
             audit.note(resumed=True)
@@ -85,7 +90,7 @@ class Cascade:
         claims: set[str] = set()
         if current is not None:
             meta = current["metadata"]
-            if etag and etag != str(meta.get("resourceVersion", "")):
+            if etag and etag != changes.etag(current):
                 raise Aborted(f"the template changed since etag {etag} was read; read it again", reason="STALE_ETAG")
             live = await self.cluster.live_ids(namespace, name)
             claims = claim_names(current, candidate_ids(current, known_ids))
@@ -143,6 +148,6 @@ class Cascade:
         cleanup = await self.handoff.cleanup_users(resource)
         if not cleanup.ok:
             # PurgeInstances forgets the ownership rows that CleanupTemplate needs to find the users.
-            return [cleanup, Outcome("InstanceService.PurgeInstances", False,
+            return [cleanup, Outcome(PURGE_INSTANCES, False,
                                      f"not attempted because {cleanup.step} did not complete")]
         return [cleanup, await self.handoff.purge_instances(resource)]

@@ -10,6 +10,8 @@ taken from the source (AIP-161: a named path missing from the source is removed)
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -144,6 +146,28 @@ def comparable(obj: dict[str, Any]) -> dict[str, Any]:
         for key in SERVER_METADATA:
             meta.pop(key, None)
     return out
+
+
+def admin_part(obj: dict[str, Any]) -> dict[str, Any]:
+    """What admins control: everything but status, server metadata and the fields the instance service owns."""
+    out = comparable(obj)
+    for path in PROTECTED:
+        set_path(out, path.split("."), _MISSING)
+    meta = out.get("metadata")
+    for section in ("labels", "annotations"):
+        values = meta.get(section) if isinstance(meta, dict) else None
+        if isinstance(values, dict):  # e.g. `game.kruise.io/reserve-ids`, rewritten by the controller
+            meta[section] = {k: v for k, v in values.items() if not SYSTEM_KEY.search(k)}
+            if not meta[section]:
+                del meta[section]
+    return out
+
+
+def etag(obj: dict[str, Any]) -> str:
+    """The template's etag: a digest of what admins control. Not the resourceVersion, which every install,
+    pause and controller status update changes; an admin's edit is stale only when another edit came first."""
+    canonical = json.dumps(admin_part(obj), sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:20]
 
 
 def diff(old: Any, new: Any, segments: list[str | int] | None = None) -> list[str]:

@@ -14,7 +14,7 @@ from google.protobuf import timestamp_pb2
 
 from aigc_gateway.api.v1 import common_pb2, template_pb2
 
-from . import network, rules
+from . import changes, network, rules
 from .manifest import to_struct
 from .names import template_name
 from .policy import Policy
@@ -134,7 +134,7 @@ def describe(obj: dict[str, Any], policy: Policy, counts: Counts, *, with_manife
         paused_instance_count=counts.paused,
         usable=not reasons,
         unusable_reasons=reasons,
-        etag=str(meta.get("resourceVersion", "")),
+        etag=changes.etag(obj),
         uid=str(meta.get("uid", "")),
     )
     created = _timestamp(meta.get("creationTimestamp"))

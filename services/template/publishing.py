@@ -52,15 +52,6 @@ def pruned(sent: dict[str, Any], written: dict[str, Any]) -> list[Violation]:
             for p in paths]
 
 
-def _admin_part(obj: dict[str, Any]) -> dict[str, Any]:
-    """What admins control: everything but status, server metadata and the fields the instance service owns."""
-    out = changes.comparable(obj)
-    for path in changes.PROTECTED:
-        changes.set_path(out, path.split("."), changes._MISSING)
-    out.get("metadata", {}).pop("resourceVersion", None)
-    return out
-
-
 class Publisher:
     def __init__(self, cluster: TemplateCluster, catalog: Catalog, table: InstanceTable, policy: Policy):
         self.cluster = cluster
@@ -147,10 +138,10 @@ class Publisher:
         audit.note(validate_only=validate_only, allow_restart=allow_restart, update_mask=mask)
         for attempt in range(UPDATE_ATTEMPTS):
             current = await self.cluster.get(namespace, name)
-            version = str(current["metadata"].get("resourceVersion", ""))
-            if etag and etag != version:
-                raise Aborted(f"the template changed since etag {etag} was read (now {version}); read it again",
-                              reason="STALE_ETAG", metadata={"etag": version})
+            now = changes.etag(current)
+            if etag and etag != now:
+                raise Aborted(f"the template changed since etag {etag} was read (now {now}); read it again",
+                              reason="STALE_ETAG", metadata={"etag": now})
             checked = check_update(current, parsed, mask, self.policy)
             if not checked.ok:
                 raise refuse(checked.violations, "the update is not valid")
@@ -169,11 +160,11 @@ class Publisher:
             try:
                 written = await self.cluster.replace(checked.obj, dry_run=validate_only)
             except Aborted:
-                # A concurrent write. Without an etag, one by the instance service or the controller (replicas,
-                # reserved ids) is no conflict for the admin: apply the same change to the fresh object. A
-                # concurrent change of anything the admin controls loses this race: ABORTED.
-                if etag or attempt == UPDATE_ATTEMPTS - 1 or \
-                        _admin_part(await self.cluster.get(namespace, name)) != _admin_part(current):
+                # A concurrent write. One by the instance service or the controller (replicas, reserved ids,
+                # status) is no conflict for the admin: apply the same change to the fresh object. A concurrent
+                # change of anything the admin controls means this update lost the race: ABORTED.
+                if attempt == UPDATE_ATTEMPTS - 1 or \
+                        changes.admin_part(await self.cluster.get(namespace, name)) != changes.admin_part(current):
                     raise Aborted("the template was changed concurrently; read it again and retry",
                                   reason="CONCURRENT_UPDATE", retry_after=0.5) from None
                 continue

@@ -10,7 +10,7 @@ from typing import Any
 
 from aigc_gateway.errors import Violation
 
-from . import changes, rules
+from . import changes, network, rules
 from .manifest import Parsed
 from .normalize import normalize
 from .policy import Policy
@@ -47,6 +47,11 @@ def check_update(current: dict[str, Any], parsed: Parsed, mask: list[str], polic
     proposal.desired = obj
     changes.finish(proposal, current)
     report = rules.check(obj, policy, rules.Mode.UPDATE, str(meta.get("namespace", "")))
+    for path in proposal.changed_paths:
+        if path in (network.conf_path("Host"), network.conf_path("Path")):
+            # Applied in place (no restart, checked on the test bed), but every instance's address moves.
+            warnings.append(Violation(path, "every instance gets a new address; users' bookmarks break",
+                                      "ADDRESS_CHANGED"))
     return Checked(obj, _unique(proposal.violations + report.violations), warnings + report.warnings, proposal)
 
 

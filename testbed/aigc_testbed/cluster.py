@@ -23,8 +23,7 @@ def kwokctl_env(cfg: Config) -> dict[str, str]:
     k8s_bin = cfg.bin("kubernetes", "kubectl").parent
     return os.environ | {
         "KWOK_WORKDIR": str(cfg.kwok_workdir),
-        # `delete cluster` removes its context from $KUBECONFIG (it rejects --kubeconfig ""):
-        # point it at the cluster's own file, never at the user's ~/.kube/config.
+        # Never let kwokctl touch the user's ~/.kube/config (create also gets --kubeconfig "").
         "KUBECONFIG": str(cfg.kwok_cluster_dir / "kubeconfig.yaml"),
         # kwokctl shells out to kubectl; make sure it is the one we built.
         "PATH": f"{k8s_bin}:{os.environ.get('PATH', '')}",
@@ -51,10 +50,22 @@ def healthy(cfg: Config) -> bool:
             and http_ok(f"http://127.0.0.1:{cfg.ports['kruise_game_health']}/readyz"))
 
 
+def _healthy_with_patience(cfg: Config) -> bool:
+    """Others may be using the bed: on a busy machine a health endpoint can be slow, so a bed
+    whose processes all run gets a few chances before `up` replaces it."""
+    for attempt in range(4):
+        if healthy(cfg):
+            return True
+        if not all(p.alive() for p in processes.all_procs(cfg)) or attempt == 3:
+            return False
+        time.sleep(3)
+    return False
+
+
 def up(cfg: Config) -> None:
     start = time.monotonic()
     if cfg.state.exists():
-        if healthy(cfg):
+        if _healthy_with_patience(cfg):
             # tests/plugins/testbed.py looks for this phrase to know it did not start the bed.
             say(f"up: already running and healthy (state {cfg.state})")
             return
@@ -74,7 +85,7 @@ def up(cfg: Config) -> None:
     except TestbedError as exc:
         _report_failure(cfg, exc)
         say("up: stopping what was started; logs stay in the state directory until `down`")
-        _stop_processes(cfg, keep_logs=True)
+        _stop_processes(cfg)
         raise SystemExit(1) from None
     say(f"up: test bed ready in {time.monotonic() - start:.0f}s; "
         f"RSS {sum(p.rss_kib() for p in processes.all_procs(cfg)) // 1024} MiB")
@@ -125,19 +136,16 @@ def _cluster_objects(cfg: Config, kubectl: Kubectl) -> None:
     say(f"up: {len(crd_files)} CRDs established, StorageClasses and nodes created")
 
 
-def _stop_processes(cfg: Config, keep_logs: bool = False) -> None:
-    """Stop our managers, then the control plane. `kwokctl delete cluster` also removes the
-    cluster directory (logs included), so after a failed `up` we stop by pidfile instead."""
+def _stop_processes(cfg: Config) -> None:
+    """Stop our managers, then the control plane from the top down, each by its pidfile and only
+    if that pid still runs the component's binary. (Not `kwokctl delete cluster`: it signals
+    whatever pid its pidfiles name, which after a reboot or a killed session may be another
+    process.) The state directory, logs included, is left to the caller."""
     for proc in processes.own_procs(cfg):
         processes.stop(proc)
-    if cfg.kwok_cluster_dir.exists() and not keep_logs:
-        log = cfg.logs / "kwokctl.log" if cfg.logs.exists() else Path(os.devnull)
-        try:
-            kwokctl(cfg, "delete", "cluster", "--name", CLUSTER_NAME, log=log, timeout=120)
-        except subprocess.TimeoutExpired:
-            pass
-    # Whatever kwokctl did not stop (or if it failed), stop by its pidfiles.
-    for proc in processes.kwok_procs(cfg):
+    order = ["kwok-controller", "kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd"]
+    for proc in sorted(processes.kwok_procs(cfg),
+                       key=lambda p: order.index(p.name) if p.name in order else -1):
         processes.stop(proc)
 
 

@@ -53,7 +53,7 @@ class Kubectl:
         return proc.returncode == 0 and proc.stdout.strip() == "ok"
 
 
-def http_ok(url: str, timeout: float = 2.0) -> bool:
+def http_ok(url: str, timeout: float = 5.0) -> bool:
     """A plain-HTTP health endpoint (kruise's and kruise-game's /readyz) answers 200."""
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:

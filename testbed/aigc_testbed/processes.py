@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import Config
-from .util import pid_alive, pid_cmdline, read_pidfile, stop_pid
+from .util import pid_alive, pid_program, read_pidfile, stop_pid
 
 
 @dataclass
@@ -28,7 +28,7 @@ class Proc:
 
     def alive(self) -> bool:
         pid = self.pid
-        return pid is not None and pid_alive(pid) and self.name in pid_cmdline(pid)
+        return pid is not None and pid_alive(pid) and pid_program(pid) == self.name
 
     def rss_kib(self) -> int:
         pid = self.pid
@@ -52,7 +52,7 @@ def kwok_procs(cfg: Config) -> list[Proc]:
     procs = []
     for pidfile in sorted(pids.glob("*.pid")):
         # kwokctl runs each component through a symlink named after it in its bin/ directory,
-        # so the component name is in the process's command line.
+        # so the component name is the program name of the process.
         procs.append(Proc(pidfile.stem, pidfile, logs / f"{pidfile.stem}.log"))
     return procs
 

@@ -71,12 +71,14 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
-def pid_cmdline(pid: int) -> str:
+def pid_program(pid: int) -> str:
+    """The base name of the program a process was started as (argv[0]), '' if it is gone."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as fh:
-            return fh.read().replace(b"\0", b" ").decode(errors="replace")
+            argv0 = fh.read().split(b"\0", 1)[0].decode(errors="replace")
     except OSError:
         return ""
+    return os.path.basename(argv0)
 
 
 def read_pidfile(path: Path) -> int | None:
@@ -87,9 +89,9 @@ def read_pidfile(path: Path) -> int | None:
 
 
 def stop_pid(pid: int, expect: str, timeout: float = 10.0) -> bool:
-    """SIGTERM then SIGKILL one process, but only if its command line still names `expect`
+    """SIGTERM then SIGKILL one process, but only if it still runs the program `expect`
     (a pidfile can outlive its process and the number be reused)."""
-    if not pid_alive(pid) or expect not in pid_cmdline(pid):
+    if not pid_alive(pid) or pid_program(pid) != expect:
         return False
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout

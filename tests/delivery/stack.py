@@ -20,7 +20,7 @@ SAMPLE = "stable-diffusion-cpu"
 def stack_settings(database_url: str, issuer: Issuer, kubeconfig: Path, namespace: str, logto: Any) -> Settings:
     return make_settings(
         database_url, issuer, namespaces=[namespace], kubernetes={"kubeconfig": str(kubeconfig)},
-        auth={"session_keys": [SESSION_KEY], "http_listen": "127.0.0.1:0", "cookie_secure": False},
+        auth={"session_keys": [SESSION_KEY], "http_listen": "127.0.0.1:0", "cookie_secure": False, "http_workers": 0},
         usersync=usersync_config(logto), instance={"reconcile_interval_seconds": 1})
 
 
@@ -32,6 +32,7 @@ class Rest:
     issuer: Issuer
     gateway: RunningGateway
     namespace: str
+    logto: Any = None
 
     def headers(self, user: str | None, **extra: str) -> dict[str, str]:
         h = dict(extra)

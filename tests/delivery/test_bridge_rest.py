@@ -28,7 +28,7 @@ async def rest(start_gateway, start_bridge, database_url, issuer, testbed, k8s_n
     settings = stack_settings(database_url, issuer, testbed.kubeconfig, k8s_namespace, logto)
     gw = await start_gateway("template", "instance", "auth", "usersync", settings=settings)
     bridge = await start_bridge(gw)
-    return Rest(bridge.url, issuer, gw, k8s_namespace)
+    return Rest(bridge.url, issuer, gw, k8s_namespace, logto)
 
 
 def status_of(response: httpx.Response, http: int, code: int) -> dict[str, Any]:
@@ -192,12 +192,18 @@ async def test_auth_usersync_and_cookie_over_rest(rest: Rest) -> None:
         r = await http.get("/v1/auth:whoami", headers={"Cookie": "aigc_session=forged"})
         assert r.status_code in (401, 200) and (r.status_code == 401 or r.json()["subject"] != "carol")
 
-        # UserSync: admin only; a user is refused.
+        # UserSync: admin only; a user is refused; Logto down is UNAVAILABLE -> 503 with Retry-After.
+        rest.logto.add_user("alice")
         status_of(await http.post("/v1/users/alice:sync", headers=rest.headers("alice"), json={}), 403, 7)
         r = await http.post("/v1/users/alice:sync", headers=rest.headers("admin"), json={"dryRun": True})
         assert r.status_code == 200, r.text
         r = await http.post("/v1/users:importFromLogto", headers=rest.headers("admin"), json={"dryRun": True})
         assert r.status_code == 200 and r.json()["dryRun"] is True, r.text
+        assert r.json()["usersScanned"] == 1
+        await rest.logto.go_down()
+        r = await http.post("/v1/users/alice:sync", headers=rest.headers("admin"), json={})
+        status_of(r, 503, 14)
+        await rest.logto.come_up()
         r = await http.post("/v1/users/carol/sessions:revoke", headers=rest.headers("admin"), json={})
         assert r.status_code == 200 and r.json()["revokedCount"] == 1, r.text
         status_of(await http.get("/v1/auth:whoami", headers={"Cookie": cookie}), 401, 16)

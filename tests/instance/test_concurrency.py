@@ -72,7 +72,15 @@ async def test_seeded_storm_with_two_service_processes(testbed: Testbed, game: G
             op = rng.choice(["pause", "restart", "uninstall", "install-again", "resume"])
         else:
             op = rng.choice(["resume", "uninstall", "pause"])
+        entry = len(log)
         log.append(f"{user}/{template}: {op} via {clients.index(c)}")
+        began = time.monotonic()
+        try:
+            await run(c, op, user, template, mine)
+        finally:
+            log[entry] += f" ({time.monotonic() - began:.2f}s)"
+
+    async def run(c: Client, op: str, user: str, template: str, mine: Mine | None) -> None:
         if op == "install":
             created = await c.install(user, template)
             model[(user, template)] = Mine(created.name, "LIVE")
@@ -84,6 +92,8 @@ async def test_seeded_storm_with_two_service_processes(testbed: Testbed, game: G
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await c.install(user, template)
             assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
+        elif mine is None:
+            raise AssertionError(f"{op} planned without an instance")
         elif op == "pause":
             await c.pause(user, mine.name)
             mine.state = "PAUSED"
@@ -103,7 +113,8 @@ async def test_seeded_storm_with_two_service_processes(testbed: Testbed, game: G
         failures = [(p, r) for p, r in zip(pairs, results, strict=True) if isinstance(r, BaseException)]
         assert not failures, f"seed {STORM_SEED}, wave {wave}: {failures}\n" + "\n".join(log)
 
-    print(f"storm waves done in {time.monotonic() - started:.1f}s")
+    print(f"storm waves done in {time.monotonic() - started:.1f}s; slowest calls:",
+          sorted(log, key=lambda line: -float(line.rsplit("(", 1)[1].rstrip("s)")))[:5])
     c = clients[0]
     await c.wait_consistent(120)
     print(f"consistent after {time.monotonic() - started:.1f}s")

@@ -92,7 +92,7 @@ def testbed() -> Iterator[Testbed]:
     domain = os.environ.get("AIGC_TESTBED_DOMAIN", env.get("AIGC_TESTBED_DOMAIN", "aigc.test"))
     external = _external_cluster()
     if external is not None:
-        # It may be our own test bed, started by someone else (e.g. `eval $(testbed env)`).
+        # It may be our own test bed, started by someone else (e.g. `export $(testbed/testbed env)`).
         ours = external.resolve() == Path(env["KUBECONFIG"]).resolve()
         yield Testbed(kubeconfig=external, domain=domain,
                       state_dir=Path(env["AIGC_TESTBED_STATE"]) if ours else None,

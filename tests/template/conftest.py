@@ -52,9 +52,9 @@ def template_api(start_gateway, database_url, issuer):
     """``await template_api(namespace, kubeconfig=..., services=(...))``: the template service (plus others)."""
     async def start(namespace: str = "default", *, kubeconfig: str = "/nonexistent/kubeconfig",
                     services: tuple[str, ...] = (), **overrides: Any) -> TemplateApi:
-        settings = make_settings(database_url, issuer, namespaces=[namespace], gss_labels=TEMPLATE_LABELS,
-                                 kubernetes={"kubeconfig": kubeconfig},
-                                 template={"delete_wait_seconds": 90}, **overrides)
+        overrides = {"namespaces": [namespace], "gss_labels": TEMPLATE_LABELS,
+                     "kubernetes": {"kubeconfig": kubeconfig}, "template": {"delete_wait_seconds": 90}} | overrides
+        settings = make_settings(database_url, issuer, **overrides)
         gateway = await start_gateway("template", *services, settings=settings)
         channel = gateway.channel("template")
         return TemplateApi(gateway, template_pb2_grpc.TemplateServiceStub(channel),

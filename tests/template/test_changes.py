@@ -136,6 +136,8 @@ def test_network_change_is_reported_by_entry_name() -> None:
     checked = update(source)
     assert checked.ok
     assert checked.proposal.changed_paths == ["spec.network.networkConf[Host]"]
+    assert not checked.proposal.restarts  # the plugin updates the ingress in place (checked on the test bed)
+    assert [(w.field, w.reason) for w in checked.warnings] == [("spec.network.networkConf[Host]", "ADDRESS_CHANGED")]
 
 
 def test_removed_auth_annotation_is_put_back() -> None:
@@ -179,3 +181,15 @@ def test_controller_annotations_survive_a_whole_manifest_update() -> None:
     checked = update(source, current=current)
     assert checked.obj["metadata"]["annotations"] == {"game.kruise.io/reserve-ids": "1,3-4", "team": "b"}
     assert checked.proposal.changed_paths == ["metadata.annotations[team]"]
+
+
+def test_etag_ignores_what_the_instance_service_and_the_controller_change() -> None:
+    base = changes.etag(live())
+    busy = live()
+    busy["spec"].update(replicas=7, reserveGameServerIds=[1, 2])
+    busy["metadata"].update(resourceVersion="99", annotations={"game.kruise.io/reserve-ids": "1,2"})
+    busy["status"] = {"replicas": 7}
+    assert changes.etag(busy) == base
+    edited_obj = live()
+    container(edited_obj)["image"] = "x:2"
+    assert changes.etag(edited_obj) != base

@@ -331,3 +331,64 @@ async def test_create_replay_and_duplicate(api, testbed: Testbed) -> None:
     assert dry.template.name == api.name("stable-diffusion-gpu")
     async with api_client(testbed.kubeconfig) as client:
         assert await gss_names(Game(client, api.namespace)) == {"stable-diffusion-cpu"}
+
+
+async def test_only_labelled_game_server_sets_are_templates_and_unusable_ones_say_why(api, testbed: Testbed) -> None:
+    from .conftest import TEMPLATE_LABELS
+    from .samples import sample
+
+    async with api_client(testbed.kubeconfig) as client:
+        game = Game(client, api.namespace)
+        # Made with kubectl, not through the gateway: one without the template label, one that is not ReserveIds.
+        await game.create_gss(sample(namespace=api.namespace, rename="not-a-template", domain=testbed.domain))
+        general = sample(namespace=api.namespace, rename="general", domain=testbed.domain)
+        general["metadata"]["labels"] = dict(TEMPLATE_LABELS)
+        general["spec"]["scaleStrategy"]["scaleDownStrategyType"] = "General"
+        await game.create_gss(general)
+
+        listed = await api.stub.ListTemplates(template_pb2.ListTemplatesRequest(parent=api.parent), metadata=api.user)
+        assert [t.name for t in listed.templates] == [api.name("general")]
+        assert not listed.templates[0].usable
+        assert any("ReserveIds" in r for r in listed.templates[0].unusable_reasons)
+        for call, request in ((api.stub.GetTemplate, template_pb2.GetTemplateRequest(name=api.name("not-a-template"))),
+                              (api.stub.DeleteTemplate, template_pb2.DeleteTemplateRequest(
+                                  name=api.name("not-a-template"), force=True))):
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await call(request, metadata=api.admin)
+            assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        assert "not-a-template" in await gss_names(game)  # never touched
+
+
+async def test_forced_delete_that_times_out_is_resumed(template_api, testbed: Testbed, k8s_namespace: str) -> None:
+    api = await template_api(k8s_namespace, kubeconfig=str(testbed.kubeconfig), domain=testbed.domain,
+                             template={"delete_wait_seconds": 3})
+    await publish(api, testbed)
+    name = "stable-diffusion-cpu"
+    claim = f"user-data-{name}-0"
+    async with api_client(testbed.kubeconfig) as client:
+        game = Game(client, api.namespace)
+        await game.update_gss(name, lambda s: s.update(replicas=1))
+        await game.wait_running(name, {0})
+        await wait_for(lambda: _claims(game, name, 1), 30, what="the disk")
+        # Something else holds the disk (a backup, say): the cascade cannot finish in time.
+        hold = {"metadata": {"finalizers": ["kubernetes.io/pvc-protection", "aigc.test/hold"]}}
+        await game.core.patch_namespaced_persistent_volume_claim(claim, api.namespace, hold)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await api.stub.DeleteTemplate(template_pb2.DeleteTemplateRequest(name=api.name(name), force=True),
+                                          metadata=api.admin, timeout=60)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE and claim in err.value.details()
+        left = await leftovers(game, name)
+        assert not left["gss"] and left["pvcs"] == [claim]
+
+        # The retry resumes (the GameServerSet is gone, its disk is not) and finishes once the hold is released.
+        retry = asyncio.ensure_future(api.stub.DeleteTemplate(
+            template_pb2.DeleteTemplateRequest(name=api.name(name), force=True), metadata=api.admin, timeout=60))
+        await asyncio.sleep(1.5)
+        await game.core.patch_namespaced_persistent_volume_claim(claim, api.namespace,
+                                                                 {"metadata": {"finalizers": None}})
+        resumed = await retry
+        assert not resumed.warnings and not resumed.HasField("template")
+        assert await leftovers(game, name) == {"gss": False, "gameservers": [], "pods": [], "pvcs": []}
+    failure, success = await api.events(action="TemplateService.DeleteTemplate")
+    assert failure.error_code == "UNAVAILABLE" and list(failure.details["remaining"]["claims"]) == [claim]
+    assert success.details["resumed"] is True

@@ -41,7 +41,11 @@ VIOLATION_COLUMNS: list[render.Column] = [
 
 
 def _namespace(ctx: typer.Context, manifest: Manifest) -> str:
+    """The manifest's own namespace, else --namespace (kubectl's rule: they may not disagree)."""
     c = ctl(ctx)
+    if manifest.namespace and c.settings.namespace_flag and manifest.namespace != c.namespace:
+        raise Failure(f"{manifest.source}: the manifest is in namespace {manifest.namespace!r}, "
+                      f"not --namespace {c.namespace!r}", Exit.USAGE)
     return manifest.namespace or c.namespace
 
 

@@ -25,6 +25,7 @@ CONFIG_KEYS = {"servers", "namespace", "token_file", "tls", "ca_file", "timeout_
 class CtlSettings:
     addresses: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_ADDRESSES))
     namespace: str = "default"
+    namespace_flag: bool = False  # --namespace was given: it must agree with a manifest's own namespace
     token: str = field(default="", repr=False)
     token_source: str = ""  # where the token came from, for `aigcctl config` (never the token itself)
     tls: bool = False
@@ -95,6 +96,7 @@ def resolve(*, environ: Mapping[str, str] | None = None, config_file: str = "", 
     s.namespace = env.get("AIGCCTL_NAMESPACE") or s.namespace
     s.addresses.update({k: v for k, v in (addresses or {}).items() if v})
     s.namespace = namespace or s.namespace
+    s.namespace_flag = bool(namespace)
     if tls is not None:
         s.tls = tls
     s.ca_file = ca_file or s.ca_file

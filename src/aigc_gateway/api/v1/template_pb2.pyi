@@ -79,7 +79,10 @@ class Template(_message.Message):
     usable: _builtins.bool
     """Whether users can install this template now."""
     etag: _builtins.str
-    """The GameServerSet resourceVersion; send it back to make a write conditional."""
+    """A digest of what admins control in the manifest (not the resourceVersion,
+    which installs, pauses and status updates change); send it back to make a
+    write conditional on no other admin change since it was read.
+    """
     uid: _builtins.str
     """The GameServerSet uid."""
     @_builtins.property

@@ -67,7 +67,9 @@ type Template struct {
 	UnusableReasons []string `protobuf:"bytes,16,rep,name=unusable_reasons,json=unusableReasons,proto3" json:"unusable_reasons,omitempty"`
 	// The GameServerSet manifest as stored (admins only; empty for other users).
 	Manifest *structpb.Struct `protobuf:"bytes,17,opt,name=manifest,proto3" json:"manifest,omitempty"`
-	// The GameServerSet resourceVersion; send it back to make a write conditional.
+	// A digest of what admins control in the manifest (not the resourceVersion,
+	// which installs, pauses and status updates change); send it back to make a
+	// write conditional on no other admin change since it was read.
 	Etag string `protobuf:"bytes,18,opt,name=etag,proto3" json:"etag,omitempty"`
 	// The GameServerSet uid.
 	Uid string `protobuf:"bytes,19,opt,name=uid,proto3" json:"uid,omitempty"`

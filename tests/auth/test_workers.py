@@ -1,0 +1,303 @@
+"""The HTTP worker processes (``auth.http_workers``) and the hot-path caches that made them worth having.
+
+Pure parts first (owner map replication, the denied-audit budget, settings crossing the pipe), then the
+real thing: the auth service with two worker processes on one port, real PostgreSQL and the real
+oidc-provider, checked for what must not change with workers: the same decisions, a pause and a
+revocation refused by every worker within a second, activity and audit still written; and for what
+workers add: a crashed worker is replaced, workers do not outlive their parent, metrics add up."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import aiohttp
+import pytest
+from prometheus_client import REGISTRY, generate_latest
+from sqlalchemy import select
+
+from aigc_gateway.api.v1 import auth_pb2, auth_pb2_grpc
+from aigc_gateway.config import Settings
+from aigc_gateway.db.models import AuditEventRow, InstanceRow
+from aigc_gateway.services.auth.checker import DeniedBudget
+from aigc_gateway.services.auth.ownermap import InstanceKey, OwnerMap, Route
+from aigc_gateway.services.auth.routes import RoutePattern
+from aigc_gateway.services.auth.sessions import SessionStore, hash_session_id
+from aigc_gateway.services.auth.workers import WorkerPool, _plain
+
+from .stack import DOMAIN, AuthStack, start_auth_stack
+
+COOKIE = "aigc_session"
+HOST1, HOST2 = f"instances1-cpu.{DOMAIN}", f"instances2-cpu.{DOMAIN}"
+FRESH_CONNECTIONS = 16  # SO_REUSEPORT spreads connections by hash: 16 new ones miss one of 2 workers with p≈3e-5
+
+
+# -- pure parts -------------------------------------------------------------------------------------------
+
+
+def test_a_replica_fed_by_events_decides_like_the_original() -> None:
+    source, replica = OwnerMap(), OwnerMap()
+    a, b, c = InstanceKey("ns", "cpu", 1), InstanceKey("ns", "cpu", 2), InstanceKey("ns", "sd", 1)
+    source.set_routes(a, {Route("h1.x")})
+    source.set_owner(a, "alice")
+    for event in source.snapshot():
+        replica.apply(event)
+    source.subscribe(replica.apply)
+    source.set_routes(b, {Route("h2.x")})
+    source.set_owner(b, "bob")
+    source.set_routes(c, {Route("sd.x", "/sd1")})
+    source.set_owner(c, "carol")
+    source.set_owner(a, None)  # paused
+    source.set_routes(b, {Route("h2.x"), Route("h2b.x")})
+    for host, path in (("h1.x", "/"), ("h2.x", "/"), ("h2b.x", "/q"), ("sd.x", "/sd1/x"), ("sd.x", "/sd10"), ("no.x", "/")):
+        found = source.lookup(host, path)
+        assert replica.lookup(host, path) == found, (host, path)
+        if isinstance(found, InstanceKey):
+            assert replica.owner(found) == source.owner(found)
+    assert replica.owner(a) is None and replica.owner(c) == "carol"
+    # Two instances claiming one route admit nobody, in the replica too.
+    source.set_routes(c, {Route("h2.x")})
+    assert replica.lookup("h2.x", "/") == source.lookup("h2.x", "/") and not isinstance(source.lookup("h2.x", "/"),
+                                                                                         InstanceKey)
+
+
+def test_a_full_reread_sends_only_what_changed() -> None:
+    owners, events = OwnerMap(), []
+    keys = [InstanceKey("ns", "cpu", i) for i in range(100)]
+    owners.replace_owners({k: f"u{k.id}" for k in keys})
+    owners.subscribe(events.append)
+    owners.replace_owners({k: f"u{k.id}" for k in keys})  # the periodic resync, nothing changed
+    assert events == []
+    owners.replace_owners({k: f"u{k.id}" for k in keys if k.id != 7} | {keys[8]: "someone-else"})
+    assert sorted(events) == [["o", "ns", "cpu", 7, None], ["o", "ns", "cpu", 8, "someone-else"]]
+
+
+def test_filling_a_large_map_is_not_quadratic() -> None:
+    owners = OwnerMap()
+    started = time.process_time()
+    for i in range(20_000):
+        owners.set_routes(InstanceKey("ns", f"t{i % 10}", i), {Route(f"i{i}.x")})
+    # A scan of every claim per insert (what it was) takes minutes here; per-host work takes well under one.
+    assert time.process_time() - started < 30
+    assert owners.lookup("i19999.x", "/") == InstanceKey("ns", "t9", 19999)
+
+
+def test_denied_audit_budget_counts_past_the_limit_and_reports_the_flood() -> None:
+    budget = DeniedBudget(per_minute=3)
+    assert [budget.admit(60.0 + i)[0] for i in range(5)] == [True, True, True, False, False]
+    admitted, carried = budget.admit(125.0)  # the next minute: admitted again, last minute's flood reported
+    assert (admitted, carried) == (True, 2)
+    assert budget.admit(126.0) == (True, 0)
+
+
+def test_settings_cross_the_pipe_with_their_secrets_and_aliases() -> None:
+    settings = Settings.model_validate({
+        "domain": "x.test", "database": {"url": "postgresql+asyncpg://u:pw@db/x"},
+        "logging": {"json": False}, "auth": {"session_keys": ["k" * 40, "old" * 14], "http_workers": 3}})
+    again = Settings.model_validate(json.loads(json.dumps(_plain(settings.model_dump(by_alias=True)))))
+    assert again == settings
+    assert [k.get_secret_value() for k in again.auth.session_keys] == ["k" * 40, "old" * 14]
+    assert again.database.url.get_secret_value() == "postgresql+asyncpg://u:pw@db/x"
+    assert again.logging.json_format is False
+
+
+# -- the session cache's database reads ---------------------------------------------------------------
+
+
+async def test_concurrent_checks_of_a_cold_session_share_one_read(database) -> None:
+    store = SessionStore(database)
+    session_id, _ = await store.create(user="alice", ttl_seconds=600)
+    store._clear()  # as after a (re)connection of the LISTEN connection
+    records = await asyncio.gather(*(store.get(session_id) for _ in range(20)))
+    assert all(r is not None and r.user == "alice" for r in records)
+    assert len({id(r) for r in records}) == 1  # one row read, one record, shared
+
+
+async def test_a_read_overtaken_by_a_revocation_is_not_cached(database) -> None:
+    store, other = SessionStore(database), SessionStore(database)  # two processes' stores
+    session_id, _ = await store.create(user="alice", ttl_seconds=600)
+    store._clear()
+    reading = asyncio.create_task(store.get(session_id))
+    await asyncio.sleep(0)  # the read is in flight
+    await other.revoke(session_id)
+    store._heard(f"s:{hash_session_id(session_id)}")  # what its LISTEN connection delivers
+    await reading  # raced the revocation: may say either; but it must not be remembered
+    assert store.cached(hash_session_id(session_id)) is False
+    assert await store.get(session_id) is None
+
+
+# -- the auth service with worker processes ---------------------------------------------------------------
+
+
+@pytest.fixture
+async def stack(start_gateway, start_oidc_provider, database_url, issuer):
+    s = await start_auth_stack(start_gateway=start_gateway, start_oidc_provider=start_oidc_provider,
+                               database_url=database_url, issuer=issuer, http_workers=2,
+                               accounts={"root": {"roles": ["admin"], "email": "root@aigc.test"}})
+    assert s.service.workers is not None and len(s.service.workers.pids) == 2
+    s.service.index.set_template("ns", "cpu", RoutePattern(f"instances<id>-cpu.{DOMAIN}"))
+    await s.set_instance("cpu", 1, "LIVE", "alice")
+    await s.set_instance("cpu", 2, "LIVE", "bob")
+    await s.wait_owner("cpu", 2, "bob")
+    yield s
+    await s.db.close()
+
+
+async def statuses(stack: AuthStack, url: str, cookie: str | None, n: int = FRESH_CONNECTIONS) -> list[int]:
+    """``n`` checks, each on a new connection (so that both workers answer some)."""
+    headers = {"X-Original-URL": url, **({"Cookie": f"{COOKIE}={cookie}"} if cookie else {})}
+    out = []
+    for _ in range(n):
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
+            async with http.get(f"http://127.0.0.1:{stack.auth_port}/auth", headers=headers) as r:
+                out.append(r.status)
+    return out
+
+
+async def within_a_second(stack: AuthStack, url: str, cookie: str | None, expected: int) -> float:
+    started = time.monotonic()
+    while set(await statuses(stack, url, cookie)) != {expected}:
+        assert time.monotonic() - started < 1.0, f"not every worker answers {expected} a second later"
+    return time.monotonic() - started
+
+
+async def sign_in(stack: AuthStack, browser, user: str) -> str:
+    b = browser()
+    await b.sign_in(stack.url(f"dashboard.{DOMAIN}", "/sign-in"), user)  # through the workers
+    value = b.cookie(COOKIE)
+    assert value
+    return value
+
+
+def checks_total(outcome: str) -> float:
+    match = re.search(rf'^aigc_auth_checks_total{{outcome="{outcome}"}} (\S+)$', generate_latest(REGISTRY).decode(),
+                      re.M)
+    return float(match.group(1)) if match else 0.0
+
+
+async def test_workers_decide_like_one_process_and_their_counts_reach_metrics(stack, browser) -> None:
+    before = checks_total("allow")
+    alice = await sign_in(stack, browser, "alice")
+    assert set(await statuses(stack, f"http://{HOST1}/x", alice)) == {200}
+    assert set(await statuses(stack, f"http://{HOST2}/", alice)) == {403}
+    assert set(await statuses(stack, f"http://{HOST1}/", None)) == {401}
+    assert set(await statuses(stack, f"http://{HOST1}@{HOST2}/", alice, 4)) == {403}
+    # Each worker sends its totals every 2 s; this process's /metrics adds them up (both workers served).
+    deadline = time.monotonic() + 10
+    while checks_total("allow") - before < FRESH_CONNECTIONS or len(stack.service.workers.metrics.live) < 2:
+        assert time.monotonic() < deadline, "the workers' check counts did not reach this process's metrics"
+        await asyncio.sleep(0.2)
+    served = [v["checks"].get("allow", 0) for v in stack.service.workers.metrics.live.values()]
+    assert all(n > 0 for n in served), f"one worker answered nothing: {served}"
+
+
+async def test_a_pause_and_a_revocation_reach_every_worker_within_a_second(stack, browser) -> None:
+    alice = await sign_in(stack, browser, "alice")
+    assert set(await statuses(stack, f"http://{HOST1}/", alice)) == {200}
+    await stack.set_instance("cpu", 1, "PAUSED", "alice")  # the instance service's write + NOTIFY
+    await within_a_second(stack, f"http://{HOST1}/", alice, 403)
+    await stack.set_instance("cpu", 1, "LIVE", "alice")
+    await within_a_second(stack, f"http://{HOST1}/", alice, 200)
+
+    admin = await sign_in(stack, browser, "root")
+    stub = auth_pb2_grpc.AuthServiceStub(stack.gateway.channel("auth"))
+    reply = await stub.RevokeUserSessions(auth_pb2.RevokeUserSessionsRequest(user="alice"),
+                                          metadata=(("cookie", f"{COOKIE}={admin}"),))
+    assert reply.revoked_count == 1
+    # Each worker hears the revocation on its own LISTEN connection (its session cache is its own).
+    await within_a_second(stack, f"http://{HOST1}/", alice, 401)
+
+
+async def test_a_crashed_worker_is_replaced_and_fed(stack, browser) -> None:
+    pool = stack.service.workers
+    alice = await sign_in(stack, browser, "alice")
+    victim = pool.pids[0]
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while len(pool.pids) < 2 or victim in pool.pids:
+        assert time.monotonic() < deadline, "the worker was not started again"
+        await asyncio.sleep(0.1)
+    await pool.barrier()  # the new worker has the owner map, including what changed while it was down
+    await stack.set_instance("cpu", 2, "LIVE", "alice")  # (bob's instance 2 now alice's)
+    await stack.wait_owner("cpu", 2, "alice")
+    assert set(await statuses(stack, f"http://{HOST2}/", alice)) == {200}
+    assert set(await statuses(stack, f"http://{HOST1}/", alice)) == {200}
+
+
+async def test_stopping_flushes_the_workers_activity_and_audit(stack, browser) -> None:
+    alice = await sign_in(stack, browser, "alice")
+    assert set(await statuses(stack, f"http://{HOST1}/", alice, 4)) == {200}
+    assert set(await statuses(stack, f"http://{HOST2}/", alice, 1)) == {403}
+    pids = stack.service.workers.pids
+    await stack.service.workers.stop()
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    async with stack.db.session() as session:
+        rows = {r.id: r.last_access_at for r in (await session.execute(
+            select(InstanceRow).where(InstanceRow.template == "cpu"))).scalars()}
+        denied = (await session.execute(select(AuditEventRow).where(
+            AuditEventRow.action == "AuthService.Check"))).scalars().all()
+    assert rows[1] is not None and rows[2] is None
+    assert [(e.actor, e.error_code) for e in denied] == [("alice", "PERMISSION_DENIED")]
+
+
+async def test_workers_do_not_outlive_their_parent(database_url, tmp_path) -> None:
+    script = textwrap.dedent(f"""
+        import asyncio, sys
+        from aigc_gateway.config import Settings
+        from aigc_gateway.services.auth.ownermap import OwnerMap
+        from aigc_gateway.services.auth.workers import WorkerPool
+
+        async def main():
+            settings = Settings.model_validate({{
+                "database": {{"url": {database_url!r}}}, "kubernetes": {{"kubeconfig": "/nonexistent"}},
+                "auth": {{"http_listen": "127.0.0.1:0", "session_keys": ["k" * 40], "cookie_secure": False}}}})
+            pool = WorkerPool(settings, OwnerMap(), 2)
+            await pool.start()
+            print(" ".join(map(str, pool.pids)), flush=True)
+            await asyncio.Event().wait()
+
+        asyncio.run(main())
+    """)
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        line = await asyncio.wait_for(asyncio.to_thread(parent.stdout.readline), 120)  # type: ignore[union-attr]
+        pids = [int(p) for p in line.split()]
+        assert len(pids) == 2
+    finally:
+        parent.kill()  # no chance to stop anything: the workers see their stdin close
+        parent.wait()
+    deadline = time.monotonic() + 20
+    for pid in pids:
+        while True:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            try:  # reap if it became our child (it does not; it is re-parented to init)
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+            assert time.monotonic() < deadline, f"worker {pid} outlived its parent"
+            await asyncio.sleep(0.1)
+
+
+async def test_a_taken_port_fails_the_start_loudly(database_url) -> None:
+    settings = Settings.model_validate({"database": {"url": database_url}, "auth": {"session_keys": ["k" * 40]}})
+    with socket.socket() as taken:  # someone else's listener, without SO_REUSEPORT
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        settings.auth.http_listen = f"127.0.0.1:{port}"
+        pool = WorkerPool(settings, OwnerMap(), 2)
+        with pytest.raises(OSError):
+            await pool.start()
+        assert pool.pids == []
