@@ -157,7 +157,7 @@ def report(a: Result, b: Result, installs: int, templates: int) -> None:
         ("answered OK", a.ok, b.ok),
         ("errors", sum(a.errors.values()), sum(b.errors.values())),
         ("duplicate ids", a.duplicates(), b.duplicates()),
-        ("lost installs (OK but not running)", a.lost(), b.lost()),
+        ("lost installs (OK, not in replicas)", a.lost(), b.lost()),
         ("installs/s", f"{a.ok / a.wall:.1f}" if a.wall else "-", f"{b.ok / b.wall:.1f}" if b.wall else "-"),
         ("p50 latency (ms)", f"{a.pct(0.50):.0f}", f"{b.pct(0.50):.0f}"),
         ("p99 latency (ms)", f"{a.pct(0.99):.0f}", f"{b.pct(0.99):.0f}"),
@@ -170,8 +170,11 @@ def report(a: Result, b: Result, installs: int, templates: int) -> None:
     if a.errors or b.errors:
         print(f"\nerror codes: gateway {dict(a.errors)}, original {dict(b.errors)}")
     if a.wall and b.wall and a.ok and b.ok:
-        print(f"\nthroughput ratio gateway/original: {(a.ok / a.wall) / (b.ok / b.wall):.2f}x "
-              f"(the original's answers are {100 * (b.duplicates() + b.lost()) / b.ok:.0f}% wrong)")
+        print(f"\nthroughput ratio gateway/original: {(a.ok / a.wall) / (b.ok / b.wall):.2f}x")
+        for r in (a, b):
+            distinct = sum(len(set(ids)) for ids in r.ids.values())
+            print(f"{r.label}: {r.ok} users answered, {distinct} distinct instances handed out, "
+                  f"replicas {sum(r.replicas.values())}")
     if a.latencies and len(a.latencies) > 1:
         print(f"gateway latency mean {statistics.mean(a.latencies) * 1000:.0f} ms, "
               f"max {max(a.latencies) * 1000:.0f} ms")

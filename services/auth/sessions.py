@@ -8,7 +8,11 @@ revocation mark it revoked and NOTIFY ``aigc_sessions``; every process drops
 its cached copy when it hears that. Cached rows are trusted for
 ``LIVE_CACHE_SECONDS`` while the LISTEN connection is up and for
 ``BLIND_CACHE_SECONDS`` while it is not, so a revocation takes effect within
-one second even then.
+one second even then. While LISTEN is up, a row past its lifetime is read again
+in the background (many at once, one query) and served meanwhile for at most
+``REFRESH_GRACE_SECONDS``: the lifetime is only a safety net behind the
+notifications there, and re-reading on the request path made every session's
+next check wait for the database every 30 s.
 
 :class:`SessionCookieAuthenticator` makes the cookie a credential of every
 gateway gRPC server (the REST bridge forwards it as ``cookie`` metadata);
@@ -44,6 +48,8 @@ SESSION_CHANNEL = "aigc_sessions"
 SESSION_METADATA = "x-aigc-session"  # the raw cookie value, as the REST bridge may forward it
 LIVE_CACHE_SECONDS = 30.0
 BLIND_CACHE_SECONDS = 0.5
+REFRESH_GRACE_SECONDS = 10.0
+REFRESH_BATCH = 500
 _SALT = "aigc-gateway.session.v1"
 _MAX_VERIFIED = 50_000
 
@@ -171,6 +177,8 @@ class SessionStore:
         self.max_cached = max_cached
         self._cache: dict[str, tuple[SessionRecord | None, float]] = {}
         self._reading: dict[str, tuple[asyncio.Future[SessionRecord | None], int]] = {}
+        self._due: set[str] = set()  # past their lifetime, to be read again in the background
+        self._refresher: asyncio.Task[None] | None = None
         self._epoch = 0  # counts invalidations (see _read)
         dsn = asyncpg_dsn(db.url)
         self.listener = PgListener(dsn, {SESSION_CHANNEL: self._heard}, self._clear) if dsn else None
@@ -180,12 +188,16 @@ class SessionStore:
             self.listener.start()
 
     async def close(self) -> None:
+        if self._refresher is not None:
+            self._refresher.cancel()
+            await asyncio.gather(self._refresher, return_exceptions=True)
+            self._refresher = None
         if self.listener is not None:
             await self.listener.close()
 
     @property
     def cache_seconds(self) -> float:
-        return LIVE_CACHE_SECONDS if self.listener is not None and self.listener.live else BLIND_CACHE_SECONDS
+        return LIVE_CACHE_SECONDS if self.live else BLIND_CACHE_SECONDS
 
     def _clear(self) -> None:
         self._epoch += 1
@@ -222,23 +234,54 @@ class SessionStore:
 
     def cached(self, id_hash: str) -> SessionRecord | None | bool:
         """The hot path without an await: the valid record, None for a known-invalid session, or False
-        when the cache cannot answer (absent or older than :attr:`cache_seconds`; call :meth:`get`)."""
+        when the cache cannot answer (absent, or too old; call :meth:`get`). See the module docstring."""
         cached = self._cache.get(id_hash)
-        if cached is None or time.monotonic() - cached[1] >= self.cache_seconds:
+        if cached is None:
             return False
+        age = time.monotonic() - cached[1]
+        if age >= self.cache_seconds:
+            if not self.live or age >= LIVE_CACHE_SECONDS + REFRESH_GRACE_SECONDS:
+                return False
+            self._refresh_soon(id_hash)
         record = cached[0]
         return record if record is not None and record.valid() else None
+
+    @property
+    def live(self) -> bool:
+        return self.listener is not None and self.listener.live
 
     async def get(self, session_id: str, *, id_hash: str | None = None) -> SessionRecord | None:
         """The session, if it exists, is unrevoked and unexpired (cached; see the module docstring)."""
         id_hash = id_hash or hash_session_id(session_id)
-        cached = self._cache.get(id_hash)
-        now = time.monotonic()
-        if cached is not None and now - cached[1] < self.cache_seconds:
-            record = cached[0]
-        else:
-            record = await self._read(id_hash)
+        hit = self.cached(id_hash)
+        if hit is not False:
+            return hit  # type: ignore[return-value]
+        record = await self._read(id_hash)
         return record if record is not None and record.valid() else None
+
+    def _refresh_soon(self, id_hash: str) -> None:
+        self._due.add(id_hash)
+        if self._refresher is None or self._refresher.done():
+            self._refresher = asyncio.get_running_loop().create_task(self._refresh(), name="sessions-refresh")
+
+    async def _refresh(self) -> None:
+        """Read the rows of every session past its lifetime, :data:`REFRESH_BATCH` per query."""
+        while self._due:
+            batch = [self._due.pop() for _ in range(min(REFRESH_BATCH, len(self._due)))]
+            epoch, started = self._epoch, time.monotonic()
+            try:
+                async with self.db.session() as session:
+                    rows = (await session.execute(select(AuthSessionRow).where(
+                        AuthSessionRow.id_hash.in_(batch)))).scalars().all()
+            except Exception as exc:  # noqa: BLE001 - the rows run out of grace and are read on the request path
+                log.warning("could not refresh %d cached sessions: %s", len(batch), exc)
+                continue
+            if self._epoch != epoch:
+                continue  # something was revoked meanwhile: let those checks read afresh (see _read)
+            found = {row.id_hash: SessionRecord.of(row) for row in rows}
+            for id_hash in batch:
+                if id_hash in self._cache:
+                    self._cache[id_hash] = (found.get(id_hash), started)
 
     async def _read(self, id_hash: str) -> SessionRecord | None:
         """One database read per session at a time: a cold cache (a worker just started, or the 30 s

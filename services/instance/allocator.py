@@ -12,7 +12,7 @@ write, then applies the plan's transitions.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -186,6 +186,35 @@ def plan_install(ref: TemplateRef, spec: Spec, slots: Mapping[int, Slot], owner:
     return Plan(Op.INSTALL, new_id, owner, spec, after, (Transition(new_id, SlotState.LIVE, owner),), holes)
 
 
+def plan_install_batch(ref: TemplateRef, spec: Spec, slots: Mapping[int, Slot],
+                       owners: Sequence[str]) -> tuple[Plan | None, list[int | GatewayError]]:
+    """Several installs in one GameServerSet write (group commit): each request planned as if the previous
+    ones were done; with no holes, `replicas + k` brings up exactly the k ids chosen. Returns the combined plan
+    (None when no request can install) and, per request, the id or the reason it cannot have one (a second
+    request of the same owner gets ALREADY_EXISTS naming the first one's instance)."""
+    results: list[int | GatewayError] = []
+    current, state = spec, dict(slots)
+    transitions: list[Transition] = []
+    plugged: set[int] = set()
+    for owner in owners:
+        try:
+            plan = plan_install(ref, current, state, owner)
+        except AlreadyExists as exc:
+            results.append(exc)
+            continue
+        results.append(plan.id)
+        assert plan.after is not None
+        current, state = plan.after, apply(state, plan.transitions)
+        transitions.extend(plan.transitions)
+        plugged |= plan.plugged
+    if not transitions:
+        return None, results
+    new_ids = {t.id for t in transitions}
+    _expect(current, spec.live() | new_ids, ref)
+    return Plan(Op.INSTALL, transitions[0].id, transitions[0].owner, spec, current, tuple(transitions),
+                frozenset(plugged)), results
+
+
 def _slot(ref: TemplateRef, slots: Mapping[int, Slot], instance_id: int) -> Slot:
     slot = slots.get(instance_id)
     if slot is None or slot.state not in OWNED:
@@ -271,9 +300,10 @@ def resolve(plan: Plan, now: Spec) -> bool:
         return True
     if now == plan.before:
         return False
+    ids = {t.id for t in plan.transitions} or {plan.id}
     if plan.op in (Op.INSTALL, Op.RESUME):
-        return plan.id in now.live()
-    return plan.id in now.reserved and plan.id not in now.live()
+        return ids <= now.live()
+    return ids <= now.reserved and not ids & now.live()
 
 
 def apply(slots: Mapping[int, Slot], transitions: Iterable[Transition]) -> dict[int, Slot]:

@@ -13,6 +13,10 @@ Every step that changes a template's (R, X) or its slots runs as
 6. in one transaction, apply the plan's slot transitions, outbox rows and
    notifications and drop the intent; then unlock.
 
+Installs that queue up for a template while a write is in flight go
+together into the next write (group commit, `replicas + k`): the controller's
+time per write, not per install, bounds the rate.
+
 Each database stage commits on its own while the lock is held (the lock's
 transaction only holds the lock): the intent must be durable before the
 write it announces, and SQLite allows one writing transaction at a time. A
@@ -26,6 +30,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from aigc_gateway.config import InstanceConfig
@@ -45,6 +50,13 @@ from .slots import SlotStore, to_slot
 log = logging.getLogger(__name__)
 
 Decide = Callable[[Spec, dict[int, InstanceRow]], Plan]
+MAX_BATCH = 100  # installs per GameServerSet write
+
+
+@dataclass
+class _Queued:
+    owner: str
+    future: asyncio.Future[int]
 
 
 def slots_of(rows: dict[int, InstanceRow]) -> dict[int, allocator.Slot]:
@@ -58,6 +70,7 @@ class Lifecycle:
         self.cluster = cluster
         self.cfg = cfg
         self._local: dict[str, asyncio.Lock] = {}
+        self._queued: dict[str, list[_Queued]] = {}
 
     @asynccontextmanager
     async def locked(self, ref: TemplateRef) -> AsyncIterator[None]:
@@ -81,7 +94,7 @@ class Lifecycle:
             intents = await self.store.intents(session, ref)
             for intent in intents:
                 plan = Plan.from_json(intent.plan)
-                applied = False and allocator.resolve(plan, spec)
+                applied = allocator.resolve(plan, spec)
                 if applied:
                     await self.store.apply(session, ref, plan, owner_since=intent.created_at)
                 await self.store.drop_intent(session, intent.id)
@@ -121,9 +134,10 @@ class Lifecycle:
             try:
                 await self.cluster.write_spec(gss, plan.after)
             except Aborted:
-                # Someone (usually the controller's status or annotation patch) wrote since we read. The intent
-                # stays: the next attempt finds (R, X) unchanged and drops it before planning again.
+                # Someone (usually the controller's status patch) wrote since we read; the apiserver refused
+                # our write, so the intent is void. Read again and plan again.
                 ALLOCATOR_CONFLICTS.inc()
+                await self.store.forget_intent(intent.id)
                 await asyncio.sleep(backoff(attempt))
                 continue
             except Unavailable:
@@ -141,9 +155,51 @@ class Lifecycle:
 
     # -- the operations --------------------------------------------------------------------------------------
 
-    async def install(self, ref: TemplateRef, owner: str) -> Plan:
-        return await self.step(ref, Op.INSTALL,
-                               lambda spec, rows: allocator.plan_install(ref, spec, slots_of(rows), owner))
+    async def install(self, ref: TemplateRef, owner: str) -> int:
+        """Install for ``owner``; returns the id. Joins the template's queue; whoever gets the lock next writes
+        every queued install at once. The batch runs shielded: one caller giving up cancels nobody else's."""
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        future.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved even if nobody waits
+        queued = _Queued(owner, future)
+        queue = self._queued.setdefault(ref.key, [])
+        queue.append(queued)
+        try:
+            await asyncio.shield(asyncio.ensure_future(self._install_queued(ref)))
+        except BaseException:
+            if queued in queue:  # not taken by any batch: it must not run after we answered
+                queue.remove(queued)
+            raise
+        return await future
+
+    async def _install_queued(self, ref: TemplateRef) -> None:
+        async with self.locked(ref):
+            queue = self._queued.get(ref.key) or []
+            batch, self._queued[ref.key] = queue[:MAX_BATCH], queue[MAX_BATCH:]
+            if not batch:
+                return  # an earlier batch took ours
+            results: list[int | GatewayError] = []
+
+            def decide(spec: Spec, rows: dict[int, InstanceRow]) -> Plan:
+                plan, out = allocator.plan_install_batch(ref, spec, slots_of(rows), [q.owner for q in batch])
+                results[:] = out
+                return plan or Plan(Op.INSTALL, -1, None, spec, None)
+
+            try:
+                await self._attempts(ref, decide)
+            except Exception as exc:  # the whole batch failed; each caller gets the error
+                code = exc.code.name if isinstance(exc, GatewayError) else "INTERNAL"
+                for q in batch:
+                    OPERATIONS.labels(Op.INSTALL.value, code).inc()
+                    if not q.future.done():
+                        q.future.set_exception(exc)
+                return
+        faults.point("install.after_commit")
+        for q, result in zip(batch, results, strict=True):
+            OPERATIONS.labels(Op.INSTALL.value, result.code.name if isinstance(result, GatewayError) else "OK").inc()
+            if isinstance(result, GatewayError):
+                q.future.set_exception(result)
+            else:
+                q.future.set_result(result)
 
     def _guarded(self, iref: InstanceRef, principal: Principal, planner: Callable[..., Plan]) -> Decide:
         def decide(spec: Spec, rows: dict[int, InstanceRow]) -> Plan:

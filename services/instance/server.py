@@ -30,9 +30,9 @@ class InstanceServicer(instance_pb2_grpc.InstanceServiceServicer):
         owner = access.install_owner(principal, request.owner)
         lifecycle, _, _ = self.service.parts()
         audit.note(owner=owner)
-        plan = await lifecycle.install(ref, owner)
-        audit.note(instance=ref.instance(plan.id).name, id=plan.id)
-        return await self.service.describe(ref.instance(plan.id))
+        instance_id = await lifecycle.install(ref, owner)
+        audit.note(instance=ref.instance(instance_id).name, id=instance_id)
+        return await self.service.describe(ref.instance(instance_id))
 
     async def GetInstance(self, request: instance_pb2.GetInstanceRequest, context: Any) -> instance_pb2.Instance:
         ref = parse_instance(request.name)

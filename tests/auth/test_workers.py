@@ -220,15 +220,16 @@ async def test_a_crashed_worker_is_replaced_and_fed(stack, browser) -> None:
     alice = await sign_in(stack, browser, "alice")
     victim = pool.pids[0]
     os.kill(victim, signal.SIGKILL)
+    await stack.set_instance("cpu", 1, "PAUSED", "alice")  # changed while the worker is down
     deadline = time.monotonic() + 60
     while len(pool.pids) < 2 or victim in pool.pids:
         assert time.monotonic() < deadline, "the worker was not started again"
         await asyncio.sleep(0.1)
-    await pool.barrier()  # the new worker has the owner map, including what changed while it was down
-    await stack.set_instance("cpu", 2, "LIVE", "alice")  # (bob's instance 2 now alice's)
-    await stack.wait_owner("cpu", 2, "alice")
-    assert set(await statuses(stack, f"http://{HOST2}/", alice)) == {200}
-    assert set(await statuses(stack, f"http://{HOST1}/", alice)) == {200}
+    await stack.wait_owner("cpu", 1, None)
+    assert set(await statuses(stack, f"http://{HOST1}/", alice)) == {403}  # from the new worker's first copy
+    await stack.set_instance("cpu", 1, "LIVE", "alice")
+    await stack.wait_owner("cpu", 1, "alice")
+    assert set(await statuses(stack, f"http://{HOST1}/", alice)) == {200}  # and the changes after it
 
 
 async def test_stopping_flushes_the_workers_activity_and_audit(stack, browser) -> None:
@@ -301,3 +302,43 @@ async def test_a_taken_port_fails_the_start_loudly(database_url) -> None:
         with pytest.raises(OSError):
             await pool.start()
         assert pool.pids == []
+
+
+async def test_a_session_past_its_lifetime_is_served_while_read_again_in_the_background(database) -> None:
+    from aigc_gateway.services.auth import sessions as module
+
+    store = SessionStore(database)
+    store.start()
+    assert await store.listener.wait_live(10)
+    session_id, record = await store.create(user="alice", ttl_seconds=600)
+    id_hash = hash_session_id(session_id)
+    assert await store.get(session_id) is not None
+    # Revoked behind the cache's back (as if the notification were lost), then the lifetime runs out.
+    async with database.session() as session:
+        await session.execute(module.update(module.AuthSessionRow).where(
+            module.AuthSessionRow.id_hash == id_hash).values(revoked_at=module.datetime.now(module.timezone.utc)))
+    store._cache[id_hash] = (store._cache[id_hash][0], time.monotonic() - module.LIVE_CACHE_SECONDS - 1)
+    assert store.cached(id_hash) == record  # still served, no wait for the database on this check...
+    await store._refresher  # ...while it is read again, here awaited
+    assert store.cached(id_hash) is None and await store.get(session_id) is None
+    # Past the grace, or while LISTEN is down, nothing old is served: the check reads the row itself.
+    store._cache[id_hash] = (record, time.monotonic() - module.LIVE_CACHE_SECONDS - module.REFRESH_GRACE_SECONDS)
+    assert store.cached(id_hash) is False
+    await store.listener.close()
+    store._cache[id_hash] = (record, time.monotonic() - module.BLIND_CACHE_SECONDS - 0.01)
+    assert store.cached(id_hash) is False
+    await store.close()
+
+
+async def test_activity_is_written_again_only_once_it_moved_on_by_a_minute(database) -> None:
+    from aigc_gateway.services.auth.activity import ActivityRecorder
+
+    activity = ActivityRecorder(database, resolution_seconds=60.0)
+    busy, other = InstanceKey("ns", "cpu", 1), InstanceKey("ns", "cpu", 2)
+    activity.touch(busy, 1000.0)
+    assert await activity.flush() == 1
+    activity.touch(busy, 1030.0)  # every click of a busy instance...
+    activity.touch(other, 1030.0)
+    assert await activity.flush() == 1  # ...is not a row update: only the instance not written yet is
+    activity.touch(busy, 1061.0)
+    assert await activity.flush() == 1

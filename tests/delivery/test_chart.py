@@ -130,3 +130,15 @@ def test_rbac_is_exactly_what_the_code_calls(defaults: list[dict[str, Any]], ser
     granted = rules_of(defaults, service)
     assert needed - granted == set(), f"{service} calls what its Role does not allow"
     assert granted - needed == set(), f"{service}'s Role grants what its code never calls"
+
+
+def test_values_schema_rejects_typos_and_bad_values(helm: Path) -> None:
+    import subprocess
+
+    from .chart import CHART
+
+    for setting, message in (("servics.template.replicas=3", "servics"), ("podAntiAffinity=sometimes", "soft"),
+                             ("bridge.rateLimit=-1", "rateLimit")):
+        result = subprocess.run([str(helm), "template", "gw", str(CHART), "--set", setting], capture_output=True,
+                                text=True, timeout=60)
+        assert result.returncode != 0 and message in result.stderr, (setting, result.stderr)

@@ -86,6 +86,19 @@ def test_install_reserves_holes_instead_of_handing_them_out() -> None:
     assert (plan.id, plan.after) == (5, Spec.of(2, {1, 2, 3, 4}))
 
 
+def test_a_batch_of_installs_is_one_write_with_one_id_each() -> None:
+    current = slots((0, LIVE, "a"), (1, FREE, None), (2, PAUSED, "b"))
+    plan, results = allocator.plan_install_batch(REF, Spec.of(1, {1, 2}), current, ["c", "b", "d", "c", "e"])
+    c, b, d, c_again, e = results
+    assert (c, d, e) == (1, 3, 4)  # the FREE id first, then H, H+1
+    assert isinstance(b, AlreadyExists)  # b has a paused instance
+    assert isinstance(c_again, AlreadyExists) and c_again.metadata["instance"].endswith("/instances/1")
+    assert plan is not None and plan.after == Spec.of(4, {2}) and plan.after.live() == {0, 1, 3, 4}
+    assert [t.owner for t in plan.transitions] == ["c", "d", "e"]
+    none, only_errors = allocator.plan_install_batch(REF, Spec.of(1), slots((0, LIVE, "a")), ["a"])
+    assert none is None and isinstance(only_errors[0], AlreadyExists)
+
+
 def test_second_install_by_the_same_owner_names_the_existing_instance() -> None:
     with pytest.raises(AlreadyExists) as err:
         allocator.plan_install(REF, Spec.of(0, {0}), slots((0, PAUSED, "a")), "a")
@@ -172,7 +185,7 @@ def test_plan_survives_json() -> None:
 # -- properties against the controller model ---------------------------------------------------------------
 
 USERS = [f"user-{i}" for i in range(6)]
-OPS = st.sampled_from(["install", "pause", "resume", "uninstall", "release", "reconcile"])
+OPS = st.sampled_from(["install", "install-batch", "pause", "resume", "uninstall", "release", "reconcile"])
 CRASH = st.sampled_from(["none", "none", "none", "before_write", "after_write"])
 STEPS = st.lists(st.tuples(OPS, st.integers(0, len(USERS) - 1), CRASH), max_size=60)
 
@@ -241,6 +254,16 @@ class World:
         try:
             if op == "install":
                 plan = allocator.plan_install(REF, spec, self.slots, user)
+            elif op == "install-batch":
+                # This user and the next two, in one write.
+                index = USERS.index(user)
+                owners = [USERS[(index + k) % len(USERS)] for k in range(3)]
+                batch, results = allocator.plan_install_batch(REF, spec, self.slots, owners)
+                for owner, result in zip(owners, results, strict=True):
+                    assert isinstance(result, AlreadyExists) == any(s.owner == owner for s in self.slots.values())
+                if batch is None:
+                    return
+                plan = batch
             elif op == "release":
                 releasing = [s.id for s in self.slots.values() if s.state is RELEASING]
                 if not releasing:
@@ -260,9 +283,10 @@ class World:
             assert mine is not None and op == "install"
             return
         if plan.op is Op.INSTALL:
-            row = self.slots.get(plan.id)
-            assert row is None or row.state is FREE, "only FREE ids go to a new owner"
-            assert plan.id not in self.disks, "a new owner never gets an id whose disk exists"
+            for t in plan.transitions:
+                row = self.slots.get(t.id)
+                assert row is None or row.state is FREE, "only FREE ids go to a new owner"
+                assert t.id not in self.disks, "a new owner never gets an id whose disk exists"
         self.run(plan, crash)
 
     def check(self) -> list[invariants.Finding]:

@@ -204,3 +204,22 @@ async def test_the_stages_work_on_the_embedded_sqlite_default(tmp_path) -> None:
         assert await outbox(db) == [("alice", 0), ("bob", 1)]
     finally:
         await db.close()
+
+
+async def test_one_reconciler_leads_and_another_takes_over_when_it_goes(database_url: str) -> None:
+    from aigc_gateway.services.instance.reconciler import Lease
+
+    first, second = Database(database_url), Database(database_url)
+    a, b = Lease(first), Lease(second)
+    try:
+        assert await a.hold() is True
+        assert await b.hold() is False
+        assert await a.hold() is True  # still ours
+        await a.release()  # a process that dies closes its connection the same way
+        assert await b.hold() is True
+        assert await a.hold() is False
+    finally:
+        await a.release()
+        await b.release()
+        await first.close()
+        await second.close()
