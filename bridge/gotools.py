@@ -75,7 +75,8 @@ def helm() -> Path:
     """helm, built from its Go module (no release download)."""
     stamps = [f"{HELM_MODULE}/internal/version.version={HELM_VERSION}"] + [
         f"{HELM_MODULE}/pkg/{pkg}.k8sVersion{part}={value}"
-        for pkg in ("chartutil", "lint/rules") for part, value in (("Major", HELM_K8S_MAJOR), ("Minor", HELM_K8S_MINOR))]
+        for pkg in ("chartutil", "lint/rules")
+        for part, value in (("Major", HELM_K8S_MAJOR), ("Minor", HELM_K8S_MINOR))]
     ldflags = " ".join(["-s", "-w", *(f"-X {s}" for s in stamps)])
 
     def build(out: Path) -> None:
@@ -88,7 +89,8 @@ def helm() -> Path:
 
 def bridge_sources_hash() -> str:
     digest = hashlib.sha256()
-    files = [BRIDGE / "go.mod", BRIDGE / "go.sum", *sorted(BRIDGE.glob("*.go")), *sorted((BRIDGE / "gen").rglob("*.go"))]
+    files = [BRIDGE / "go.mod", BRIDGE / "go.sum", *sorted(BRIDGE.glob("*.go")),
+             *sorted((BRIDGE / "gen").rglob("*.go"))]
     for path in files:
         if path.name.endswith("_test.go"):
             continue

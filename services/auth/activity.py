@@ -1,7 +1,7 @@
 """Last successful access per instance, written in batches to ``instances.last_access_at``.
 
 A check only records the time in memory; a flush every ``flush_seconds``
-writes one statement for everything touched since (the only column of
+writes everything touched since, in one transaction (the only column of
 ``instances`` the auth service writes). Idle auto-pause reads it, in minutes:
 an instance's time is written again only once it has moved on by
 ``resolution_seconds`` (60), so a busy instance costs one row update a minute
@@ -22,6 +22,8 @@ from aigc_gateway.db.models import InstanceRow
 from .ownermap import InstanceKey
 
 log = logging.getLogger(__name__)
+
+FLUSH_SLICE = 500
 
 
 class ActivityRecorder:
@@ -72,7 +74,10 @@ class ActivityRecorder:
                 .values(last_access_at=bindparam("t")))
         try:
             async with self.db.session() as session:
-                await session.execute(stmt, params)
+                # In slices: preparing thousands of parameter sets at once held the event loop (and every
+                # check waiting in it) for tens of milliseconds; between slices the checks go on.
+                for begin in range(0, len(params), FLUSH_SLICE):
+                    await session.execute(stmt, params[begin:begin + FLUSH_SLICE])
         except Exception as exc:  # noqa: BLE001 - activity is best effort; keep the newest times for next time
             log.warning("could not record instance activity: %s", exc)
             for key, t in seen.items():

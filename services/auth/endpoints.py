@@ -98,8 +98,9 @@ class AuthEndpoints:
     # -- the ingress check ----------------------------------------------
 
     def _original_url(self, headers: Any) -> str | None:
-        if headers.getall("X-Original-URL", []):
-            return _single(headers, "X-Original-URL")
+        values = headers.getall("X-Original-URL", ())
+        if values:
+            return values[0] if len(values) == 1 else None  # duplicated: which one did nginx route?
         if not self.cfg.trust_forwarded_headers:
             return None
         host, uri = _single(headers, "X-Forwarded-Host"), _single(headers, "X-Forwarded-Uri")

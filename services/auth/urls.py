@@ -122,22 +122,31 @@ def parse_original_url(value: str) -> Target:
     """Parse ``X-Original-URL`` strictly; see the module docstring for why strictly."""
     if not value or len(value) > MAX_URL or _CONTROL.search(value):
         raise BadURL("invalid URL")
+    if "#" in value:
+        raise BadURL("a fragment is never part of a request")  # browsers do not send one
+    # Only the scheme, host and path decide, never the query: without it the same few thousand
+    # URLs repeat (every click on an instance), and their parse is remembered (see _parse_base).
+    base, question_mark, _ = value.partition("?")
+    return _parse_base(base, bool(question_mark))
+
+
+@lru_cache(maxsize=16384)
+def _parse_base(base: str, had_query: bool) -> Target:
+    """``base`` is an X-Original-URL up to its first ``?`` (no ``#``, no control characters)."""
     try:
-        parts = urlsplit(value)
+        parts = urlsplit(base)
     except ValueError as exc:  # e.g. an unclosed IPv6 bracket
         raise BadURL("invalid URL") from exc
     scheme = parts.scheme.lower()
     if scheme not in ("http", "https"):
         raise BadURL("the scheme must be http or https")
-    if parts.fragment or "#" in value:
-        raise BadURL("a fragment is never part of a request")  # browsers do not send one
     # The authority must be exactly what followed "//" up to the path: a "?" right after the
     # host means the Host header itself carried it, and nginx routed on something else.
     prefix = f"{parts.scheme}://{parts.netloc}"
-    if not value.startswith(prefix):
+    if not base.startswith(prefix):
         raise BadURL("invalid URL")
-    rest = value[len(prefix):]
-    if rest and not rest.startswith("/"):
+    rest = base[len(prefix):]
+    if (rest and not rest.startswith("/")) or (not rest and had_query):
         raise BadURL("the request target must start with /")
     return Target(scheme=scheme, host=normalise_host(parts.netloc), path=normalise_path(parts.path or "/"))
 

@@ -40,18 +40,31 @@ def rules_of(objects: list[dict[str, Any]], component: str) -> set[tuple[str, st
     """(group, resource, verb) granted to a component's Role or ClusterRole."""
     granted = set()
     for obj in objects:
-        if obj["kind"] in ("Role", "ClusterRole") and obj["metadata"]["labels"]["app.kubernetes.io/component"] == component:
+        labels = obj["metadata"].get("labels", {})
+        if obj["kind"] in ("Role", "ClusterRole") and labels.get("app.kubernetes.io/component") == component:
             for rule in obj["rules"]:
                 granted |= {(g, r, v) for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
     return granted
 
 
-def _kind_name(node: ast.expr) -> str | None:
-    if isinstance(node, ast.Name) and node.id in KINDS:
+def _kind_name(node: ast.expr, kinds: dict[str, tuple[str, str]]) -> str | None:
+    if isinstance(node, ast.Name) and node.id in kinds:
         return node.id
-    if isinstance(node, ast.Attribute) and node.attr in KINDS:
+    if isinstance(node, ast.Attribute) and node.attr in kinds:
         return node.attr
     return None
+
+
+def _local_kinds(tree: ast.Module) -> dict[str, tuple[str, str]]:
+    """Kinds a service defines itself: `NAME = kube.Kind("group", "version", "plural", "Kind")`."""
+    found = {}
+    for node in tree.body:
+        if (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)
+                and isinstance(node.value, ast.Call) and getattr(node.value.func, "attr",
+                                                                 getattr(node.value.func, "id", "")) == "Kind"
+                and len(node.value.args) >= 3 and all(isinstance(a, ast.Constant) for a in node.value.args[:3])):
+            found[node.targets[0].id] = (node.value.args[0].value, node.value.args[2].value)
+    return found
 
 
 def kube_calls(service: str) -> tuple[set[tuple[str, str, str]], list[str]]:
@@ -60,23 +73,26 @@ def kube_calls(service: str) -> tuple[set[tuple[str, str, str]], list[str]]:
     cannot be read statically; they are returned as source locations."""
     calls: set[tuple[str, str, str]] = set()
     dynamic: list[str] = []
-    for path in sorted((REPO / "services" / service).glob("*.py")):
-        tree = ast.parse(path.read_text())
+    trees = {path: ast.parse(path.read_text()) for path in sorted((REPO / "services" / service).glob("*.py"))}
+    kinds = dict(KINDS)
+    for tree in trees.values():
+        kinds.update(_local_kinds(tree))
+    for path, tree in trees.items():
         for node in ast.walk(tree):
             if not isinstance(node, ast.Call) or not node.args:
                 continue
             func = node.func
             name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
             if name == "Informer" and len(node.args) >= 2:
-                kind = _kind_name(node.args[1])
+                kind = _kind_name(node.args[1], kinds)
                 if kind:
-                    calls |= {(*KINDS[kind], "list"), (*KINDS[kind], "watch")}
+                    calls |= {(*kinds[kind], "list"), (*kinds[kind], "watch")}
                 continue
             if name not in VERBS or not isinstance(func, ast.Attribute):
                 continue
-            kind = _kind_name(node.args[0])
+            kind = _kind_name(node.args[0], kinds)
             if kind:
-                calls.add((*KINDS[kind], VERBS[name]))
+                calls.add((*kinds[kind], VERBS[name]))
             elif isinstance(node.args[0], ast.Name) and node.args[0].id == "kind":
                 dynamic.append(f"{path.relative_to(REPO)}:{node.lineno} {name}(kind, ...)")
     return calls, dynamic

@@ -16,12 +16,14 @@ from .conftest import load_script
 
 # Calls whose Kind is a variable (so `kube_calls` cannot see it), with the kinds the code passes:
 # auth's owner-map informers run list+watch over (GSS, GAMESERVER); the instance service's
-# direct read of one instance gets its GameServer, pod and disks (cluster.py `get(kind, ...)`).
+# direct read of one instance gets its GameServer, pod and disks (cluster.py `get(kind, ...)`);
+# the template service's `exists(namespace, name, kind)` reads a GameServerSet or the Advanced
+# StatefulSet under it (to tell when a forced delete has finished).
 DYNAMIC = {
     "auth": {("game.kruise.io", "gameserversets", "list"), ("game.kruise.io", "gameserversets", "watch"),
              ("game.kruise.io", "gameservers", "list"), ("game.kruise.io", "gameservers", "watch")},
     "instance": {("game.kruise.io", "gameservers", "get"), ("", "pods", "get"), ("", "persistentvolumeclaims", "get")},
-    "template": set(),
+    "template": {("game.kruise.io", "gameserversets", "get"), ("apps.kruise.io", "statefulsets", "get")},
     "usersync": set(),
 }
 
@@ -142,3 +144,12 @@ def test_values_schema_rejects_typos_and_bad_values(helm: Path) -> None:
         result = subprocess.run([str(helm), "template", "gw", str(CHART), "--set", setting], capture_output=True,
                                 text=True, timeout=60)
         assert result.returncode != 0 and message in result.stderr, (setting, result.stderr)
+
+
+def test_optional_service_monitor_scrapes_the_four_services(helm: Path) -> None:
+    objects = render(helm, "aigc", **{"serviceMonitor.enabled": "true"})
+    [monitor] = _by_kind(objects, "ServiceMonitor")
+    [expression] = monitor["spec"]["selector"]["matchExpressions"]
+    assert sorted(expression["values"]) == sorted(SERVICES)
+    assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+    assert not _by_kind(render(helm, "aigc"), "ServiceMonitor")  # off by default

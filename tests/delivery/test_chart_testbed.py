@@ -13,7 +13,7 @@ import pytest
 
 from aigc_gateway.config import KubernetesConfig
 from aigc_gateway.errors import Aborted, GatewayError
-from aigc_gateway.kube import GSS, PVC, POD, Kube
+from aigc_gateway.kube import GSS, POD, PVC, Kube
 from tests.plugins.kube import load_sample
 
 from .chart import SAMPLE_VALUES, SERVICES, render, rules_of

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from aigc_gateway.ctl.devstack import Ports
+from aigc_gateway.ctl.devlocal import Ports
 
 from .conftest import REPO, run_ctl
 

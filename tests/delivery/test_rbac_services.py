@@ -12,8 +12,16 @@ from typing import Any
 import grpc
 import pytest
 
-from aigc_gateway.api.v1 import (auth_pb2, auth_pb2_grpc, instance_pb2, instance_pb2_grpc, template_pb2,
-                                 template_pb2_grpc, usersync_pb2, usersync_pb2_grpc)
+from aigc_gateway.api.v1 import (
+    auth_pb2,
+    auth_pb2_grpc,
+    instance_pb2,
+    instance_pb2_grpc,
+    template_pb2,
+    template_pb2_grpc,
+    usersync_pb2,
+    usersync_pb2_grpc,
+)
 from aigc_gateway.runtime import Runtime
 from aigc_gateway.server import GatewayServer, load_service
 from tests.plugins.auth_stack import free_port

@@ -6,12 +6,12 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
 
-from ..api.v1 import (audit_pb2_grpc, auth_pb2_grpc, instance_pb2_grpc, template_pb2_grpc,
-                      usersync_pb2_grpc)
+from ..api.v1 import audit_pb2_grpc, auth_pb2_grpc, instance_pb2_grpc, template_pb2_grpc, usersync_pb2_grpc
 from .exitcodes import RETRYABLE, CallFailed
 from .settings import CtlSettings
 
@@ -34,7 +34,7 @@ class Client:
         address = self.settings.address(service)
         if address not in self._channels:
             if self.settings.tls:
-                roots = open(self.settings.ca_file, "rb").read() if self.settings.ca_file else None
+                roots = Path(self.settings.ca_file).expanduser().read_bytes() if self.settings.ca_file else None
                 self._channels[address] = grpc.secure_channel(address, grpc.ssl_channel_credentials(roots))
             else:
                 self._channels[address] = grpc.insecure_channel(address)

@@ -50,7 +50,8 @@ def doctor(ctx: typer.Context,
 
 
 def import_logto(ctx: typer.Context,
-                 dry_run: bool = typer.Option(False, "--dry-run", help="Report what would be imported; write nothing.")) -> None:
+                 dry_run: bool = typer.Option(False, "--dry-run",
+                                              help="Report what would be imported; write nothing.")) -> None:
     """Import instance ownership from the Logto custom data the original AIGC-Gateway wrote.
     Exit code 11 when some entries conflict (they are listed; nothing is written for them)."""
     c = ctl(ctx)

@@ -98,7 +98,8 @@ def tail(ctx: typer.Context, actor: str = ActorOption, action: str = ActionOptio
          outcome: Optional[str] = OutcomeOption,
          lines: int = typer.Option(10, "--lines", "-l", help="Events to show first."),
          interval: float = typer.Option(2.0, help="Seconds between polls."),
-         follow: bool = typer.Option(True, "--follow/--no-follow", help="Keep printing new events until Ctrl-C.")) -> None:
+         follow: bool = typer.Option(True, "--follow/--no-follow",
+                                     help="Keep printing new events until Ctrl-C.")) -> None:
     """Show the latest events, then new ones as they are written (JSON: one event per line)."""
     c = ctl(ctx)
     seen: set[str] = set()

@@ -15,7 +15,9 @@ from .names import short, template_name
 
 app = typer.Typer(no_args_is_help=True, help="Publish, inspect and delete templates (GameServerSets).")
 
-FileOption = typer.Option(..., "--filename", "-f", help="Manifest file (YAML or JSON; several documents allowed); - reads stdin.")
+FileOption = typer.Option(..., "--filename", "-f",
+                          help="Manifest file (YAML or JSON; several documents allowed); - reads stdin.")
+TemplateArg = typer.Argument(..., help="Template: NAME or namespaces/NS/templates/NAME.")
 VarOption = typer.Option([], "--var", help="Fill ${NAME} placeholders: --var DOMAIN=example.com (repeatable).")
 
 
@@ -72,7 +74,7 @@ def list_(ctx: typer.Context,
 
 
 @app.command()
-def get(ctx: typer.Context, name: str = typer.Argument(..., help="Template: NAME or namespaces/NS/templates/NAME.")) -> None:
+def get(ctx: typer.Context, name: str = TemplateArg) -> None:
     """Show one template (admins also see its manifest)."""
     c = ctl(ctx)
     render.emit(c.client.call("template", "GetTemplate",
@@ -115,7 +117,8 @@ def apply(ctx: typer.Context, filename: str = FileOption, var: list[str] = VarOp
 
 @app.command()
 def validate(ctx: typer.Context, filename: str = FileOption, var: list[str] = VarOption,
-             as_update: bool = typer.Option(False, "--as-update", help="Validate as an update of the existing template.")) -> None:
+             as_update: bool = typer.Option(False, "--as-update",
+                                            help="Validate as an update of the existing template.")) -> None:
     """Check manifests without writing anything. Exit code 11 when any is invalid."""
     c = ctl(ctx)
     results, invalid = [], 0
@@ -165,7 +168,7 @@ def preview_update(ctx: typer.Context, filename: str = FileOption, var: list[str
 
 
 @app.command()
-def delete(ctx: typer.Context, name: str = typer.Argument(..., help="Template: NAME or namespaces/NS/templates/NAME."),
+def delete(ctx: typer.Context, name: str = TemplateArg,
            force: bool = typer.Option(False, "--force", help="Also delete its instances, their disks and ownership."),
            yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
            timeout: Optional[float] = typer.Option(300.0, help="Seconds to wait for the cascade.")) -> None:

@@ -12,13 +12,11 @@ State lives in ./var/dev (gitignored): the configuration, logs, tokens and secre
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,8 +27,11 @@ from typing import Any
 
 import yaml
 
+from .devlocal import Ports, load_keys, write_private
+
 # The repository (scripts/dev runs from it; the package is installed editable from src/).
-ROOT = Path(__file__).resolve().parents[3] if (Path(__file__).resolve().parents[3] / "testbed").is_dir() else Path.cwd()
+_CHECKOUT = Path(__file__).resolve().parents[3]
+ROOT = _CHECKOUT if (_CHECKOUT / "testbed").is_dir() else Path.cwd()
 TOKEN_REFRESH_SECONDS = 45 * 60  # oidc-provider's ID tokens live an hour
 CLI_CLIENT = "aigcctl-dev"
 CLI_REDIRECT = "https://aigcctl.invalid/callback"  # never visited: the token is read from the redirect
@@ -39,40 +40,6 @@ USERS = {"admin": ["admin"], "alice": [], "bob": []}
 
 class StackError(Exception):
     pass
-
-
-@dataclass
-class Ports:
-    template: int = 50061
-    instance: int = 50062
-    auth: int = 50063
-    usersync: int = 50064
-    metrics: int = 9464
-    auth_http: int = 8081
-    usersync_http: int = 8082
-    bridge: int = 8080
-    idp: int = 9090
-
-    @classmethod
-    def from_env(cls, environ: dict[str, str]) -> "Ports":
-        """AIGC_DEV_<NAME>_PORT overrides one port; AIGC_DEV_PORT_OFFSET shifts them all."""
-        offset = int(environ.get("AIGC_DEV_PORT_OFFSET", "0"))
-        ports = cls()
-        for name in ports.__dataclass_fields__:
-            value = environ.get(f"AIGC_DEV_{name.upper()}_PORT")
-            setattr(ports, name, int(value) if value else getattr(ports, name) + offset)
-        return ports
-
-    def busy(self) -> list[str]:
-        taken = []
-        for name, port in vars(self).items():
-            with socket.socket() as s:
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                try:
-                    s.bind(("127.0.0.1", port))
-                except OSError:
-                    taken.append(f"{port} ({name}: set AIGC_DEV_{name.upper()}_PORT or AIGC_DEV_PORT_OFFSET)")
-        return taken
 
 
 @dataclass
@@ -313,12 +280,6 @@ class Stack:
         return applied
 
 
-def write_private(path: Path, text: str) -> None:
-    path.touch(mode=0o600, exist_ok=True)
-    path.chmod(0o600)
-    path.write_text(text)
-
-
 def serving(address: str) -> bool:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -326,15 +287,6 @@ def serving(address: str) -> bool:
     with grpc.insecure_channel(address) as channel:
         reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
         return reply.status == health_pb2.HealthCheckResponse.SERVING
-
-
-def load_keys(path: Path) -> dict[str, str]:
-    """This machine's development secrets, made once (so sessions survive a restart)."""
-    keys = json.loads(path.read_text()) if path.exists() else {}
-    for name in ("service_token", "session_key", "client_secret"):
-        keys.setdefault(name, base64.urlsafe_b64encode(os.urandom(36)).decode())
-    write_private(path, json.dumps(keys))
-    return keys
 
 
 def banner(stack: Stack, applied: list[str], cli_config: Path) -> str:
@@ -345,7 +297,8 @@ def banner(stack: Stack, applied: list[str], cli_config: Path) -> str:
         "  OpenAPI             docs/openapi/aigc-gateway.swagger.json",
         f"  gRPC                template 127.0.0.1:{p.template}, instance :{p.instance}, auth :{p.auth}, "
         f"usersync :{p.usersync}",
-        f"  Browser sign-in     http://dashboard.{domain}:{p.auth_http}/sign-in   (*.localhost resolves to this machine)",
+        f"  Browser sign-in     http://dashboard.{domain}:{p.auth_http}/sign-in"
+        "   (*.localhost resolves to this machine)",
         f"  Identity provider   {stack.issuer}  (login page: any user name, no password)",
         f"  Metrics             http://127.0.0.1:{p.metrics}/metrics",
         f"  Logs                {rel(stack.state / 'logs')}/", "",
