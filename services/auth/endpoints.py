@@ -1,10 +1,15 @@
-"""The auth service's HTTP endpoints (aiohttp): ``/auth``, ``/sign-in``, ``/sign-in-callback``, ``/sign-out``.
+"""The auth service's HTTP endpoints, one ASGI app: ``/auth``, ``/sign-in``, ``/sign-in-callback``, ``/sign-out``.
 
 ``/auth`` is ingress-nginx's ``auth-url``: it answers 200, 401 or 403 and
 nothing else, whatever arrives (nginx turns any other answer into a 500 for
 the user). It trusts ``X-Original-URL`` only — the one header nginx sets
 itself — and ``X-Forwarded-Proto/-Host/-Uri`` only when that is absent and
 ``auth.trust_forwarded_headers`` says the proxy in front sets them.
+
+``/auth`` runs on every click on every instance, so it is plain ASGI (one pass
+over the header list, one response message); the browser endpoints, a few
+requests per sign-in, use Starlette's request and response classes. The app
+is served by granian (:mod:`.httpserver`).
 """
 from __future__ import annotations
 
@@ -12,10 +17,13 @@ import hashlib
 import hmac
 import html
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import parse_qs
 
-from aiohttp import web
 from itsdangerous import BadData, URLSafeTimedSerializer
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, PlainTextResponse, Response
 
 from aigc_gateway import audit
 from aigc_gateway.config import Settings
@@ -23,6 +31,7 @@ from aigc_gateway.errors import GatewayError
 
 from .checker import Checker, Credentials
 from .decision import Outcome
+from .httpserver import HTTPServer
 from .oidc import OIDCClient
 from .sessions import AmbiguousCookie, SessionCookieAuthenticator, hash_session_id, single_cookie
 from .urls import forwarded_url, safe_redirect
@@ -30,17 +39,29 @@ from .urls import forwarded_url, safe_redirect
 log = logging.getLogger(__name__)
 
 SIGNIN_MAX_AGE = 600
+MAX_FORM = 64 * 1024
 _NO_STORE = {"Cache-Control": "no-store"}
+_NO_STORE_RAW = (b"cache-control", b"no-store")
+_TEXT_RAW = (b"content-type", b"text/plain; charset=utf-8")
+# The headers /auth reads, by their lower-case names as ASGI gives them.
+_WANTED = {b"x-original-url", b"x-original-method", b"cookie", b"authorization", b"x-forwarded-host",
+           b"x-forwarded-uri", b"x-forwarded-proto"}
+
+Handler = Callable[[Request], Awaitable[Response]]
 
 
 def public_base(settings: Settings) -> str:
     return (settings.auth.public_url or f"https://dashboard.{settings.domain}").rstrip("/")
 
 
-def _single(headers: Any, name: str) -> str | None:
+def _single(values: list[str]) -> str | None:
     """The header's value when it came exactly once; None when absent or duplicated."""
-    values = headers.getall(name, [])
     return values[0] if len(values) == 1 else None
+
+
+def _decode(value: bytes) -> str:
+    # As the previous server did: UTF-8, with undecodable bytes kept (they make the URL unreadable later).
+    return value.decode("utf-8", "surrogateescape")
 
 
 class AuthEndpoints:
@@ -57,105 +78,117 @@ class AuthEndpoints:
         self._signin_state = URLSafeTimedSerializer(list(reversed(keys)), salt="aigc-gateway.sign-in.v1",
                                                     signer_kwargs={"digest_method": hashlib.sha256})
         self._csrf_key = hashlib.sha256(b"aigc-gateway.sign-out.v1" + keys[0].encode()).digest()
-        self._runner: web.AppRunner | None = None
+        self._routes: dict[str, dict[str, Handler]] = {
+            "/sign-in": {"GET": self.sign_in},
+            "/sign-in-callback": {"GET": self.sign_in_callback},
+            "/sign-out": {"GET": self.sign_out_page, "POST": self.sign_out},
+            "/healthz": {"GET": self.healthz},
+        }
+        self._server: HTTPServer | None = None
         self.port = 0
 
     # -- lifecycle ------------------------------------------------------
 
-    def app(self) -> web.Application:
-        # nginx sends at most its own large_client_header_buffers (8k) of URL; room to spare, so that
-        # an odd request is answered by us (401/403) and not by the HTTP parser (400, a 500 to the user).
-        app = web.Application(client_max_size=64 * 1024,
-                              handler_args={"max_line_size": 32768, "max_field_size": 32768})
-        app.router.add_get("/auth", self.auth, allow_head=True)
-        app.router.add_get("/sign-in", self.sign_in)
-        app.router.add_get("/sign-in-callback", self.sign_in_callback)
-        app.router.add_get("/sign-out", self.sign_out_page)
-        app.router.add_post("/sign-out", self.sign_out)
-        app.router.add_get("/healthz", self.healthz)
-        return app
-
-    async def start(self, listen: str | None = None, *, reuse_port: bool = False) -> int:
-        """``reuse_port``: share the port with the sibling worker processes (see :mod:`.workers`)."""
-        host, _, port = (listen or self.cfg.http_listen).rpartition(":")
-        self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host.strip("[]") or "0.0.0.0", int(port), reuse_address=True,
-                           reuse_port=reuse_port or None)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        log.info("auth HTTP endpoints on http://%s:%d", host or "0.0.0.0", self.port)
+    async def start(self, listen: str | None = None, *, reserved: bool = False) -> int:
+        """Serve on ``listen`` (default ``auth.http_listen``); ``reserved``: the worker pool holds the port
+        and sibling processes listen on it too (see :mod:`.workers`)."""
+        self._server = HTTPServer(self, listen or self.cfg.http_listen, shared=reserved)
+        self.port = await self._server.start()
+        log.info("auth HTTP endpoints on http://%s:%d", self._server.host, self.port)
         return self.port
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        if self._server is not None:
+            await self._server.stop()
+            self._server = None
 
-    async def healthz(self, request: web.Request) -> web.Response:
-        return web.Response(text="ok")
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """The ASGI app."""
+        if scope["type"] != "http":
+            return
+        path = scope["path"]
+        if path == "/auth":  # any method: nginx sends GET (or auth-method), and must never get a 405
+            await self.auth(scope, send)
+            return
+        methods = self._routes.get(path)
+        if methods is None:
+            response: Response = PlainTextResponse("not found\n", 404, headers=_NO_STORE)
+        elif (handler := methods.get(scope["method"])) is None:
+            response = PlainTextResponse("method not allowed\n", 405, headers={**_NO_STORE,
+                                                                               "Allow": ", ".join(methods)})
+        else:
+            response = await handler(Request(scope, receive))
+        await response(scope, receive, send)
+
+    async def healthz(self, request: Request) -> Response:
+        return PlainTextResponse("ok")
 
     # -- the ingress check ----------------------------------------------
 
-    def _original_url(self, headers: Any) -> str | None:
-        values = headers.getall("X-Original-URL", ())
+    def _original_url(self, seen: dict[bytes, list[str]]) -> str | None:
+        values = seen.get(b"x-original-url")
         if values:
-            return values[0] if len(values) == 1 else None  # duplicated: which one did nginx route?
+            return _single(values)  # duplicated: which one did nginx route? Neither is trusted.
         if not self.cfg.trust_forwarded_headers:
             return None
-        host, uri = _single(headers, "X-Forwarded-Host"), _single(headers, "X-Forwarded-Uri")
-        if host is None or uri is None or len(headers.getall("X-Forwarded-Proto", [])) > 1:
+        host, uri = _single(seen.get(b"x-forwarded-host", [])), _single(seen.get(b"x-forwarded-uri", []))
+        protos = seen.get(b"x-forwarded-proto", [])
+        if host is None or uri is None or len(protos) > 1:
             return None
-        return forwarded_url(headers.get("X-Forwarded-Proto", ""), host, uri)
+        return forwarded_url(protos[0] if protos else "", host, uri)
 
-    def _credentials(self, headers: Any) -> Credentials:
-        cookie_header = "; ".join(headers.getall("Cookie", []))
+    def _credentials(self, seen: dict[bytes, list[str]]) -> Credentials:
         try:
-            value = single_cookie(cookie_header, self.cfg.cookie_name)
+            value = single_cookie("; ".join(seen.get(b"cookie", ())), self.cfg.cookie_name)
         except AmbiguousCookie:
             return Credentials(ambiguous=True)
         bearer = None
         if not value:
-            authorization = _single(headers, "Authorization") or ""
+            authorization = _single(seen.get(b"authorization", [])) or ""
             scheme, _, token = authorization.partition(" ")
             if scheme.lower() == "bearer" and token.strip():
                 bearer = token.strip()
         return Credentials(session_cookie=value or None, bearer_token=bearer)
 
-    async def auth(self, request: web.Request) -> web.Response:
+    async def auth(self, scope: dict[str, Any], send: Any) -> None:
         credentials = Credentials()
         try:
-            credentials = self._credentials(request.headers)
-            decision = await self.checker.check(self._original_url(request.headers), credentials,
-                                                method=request.headers.get("X-Original-Method", ""))
+            seen: dict[bytes, list[str]] = {}
+            for name, value in scope["headers"]:
+                if name in _WANTED:
+                    seen.setdefault(name, []).append(_decode(value))
+            credentials = self._credentials(seen)
+            decision = await self.checker.check(self._original_url(seen), credentials,
+                                                method=(seen.get(b"x-original-method") or [""])[0])
         except Exception:  # never a 500: nginx would show every user an error page
             log.exception("auth check failed")
-            status = 403 if credentials.presented else 401
-            return web.Response(status=status, text="cannot decide now\n", headers=_NO_STORE)
+            await _answer(scope, send, 403 if credentials.presented else 401, b"cannot decide now\n")
+            return
         if decision.outcome is Outcome.ALLOW:
             p = decision.principal
             assert p is not None
-            return web.Response(status=200, text="ok\n", headers={
-                **_NO_STORE, "X-Auth-Request-User": _header_safe(p.subject),
-                "X-Auth-Request-Email": _header_safe(p.email),
-                "X-Auth-Request-Preferred-Username": _header_safe(p.preferred_username)})
-        return web.Response(status=decision.status, text=decision.reason + "\n", headers=_NO_STORE)
+            await _answer(scope, send, 200, b"ok\n", (
+                (b"x-auth-request-user", _header_safe(p.subject).encode()),
+                (b"x-auth-request-email", _header_safe(p.email).encode()),
+                (b"x-auth-request-preferred-username", _header_safe(p.preferred_username).encode())))
+            return
+        await _answer(scope, send, decision.status, (decision.reason + "\n").encode())
 
     # -- sign-in --------------------------------------------------------
 
-    def _redirect_target(self, request: web.Request) -> str:
-        rds = request.query.getall("rd", [])
+    def _redirect_target(self, request: Request) -> str:
+        rds = request.query_params.getlist("rd")
         candidate = rds[0] if len(rds) == 1 else None
         if not rds:
-            candidate = _single(request.headers, "X-Auth-Request-Redirect")
+            candidate = _single(request.headers.getlist("x-auth-request-redirect"))
         return safe_redirect(candidate, domain=self.settings.domain, allow_http=self.cfg.allow_http_redirects,
                              fallback=self.base + "/")
 
     def _session_cookie(self, value: str, max_age: int) -> dict[str, Any]:
         return {"value": value, "domain": self.settings.domain, "path": "/", "max_age": max_age,
-                "httponly": True, "secure": self.cfg.cookie_secure, "samesite": "Lax"}
+                "httponly": True, "secure": self.cfg.cookie_secure, "samesite": "Lax"}  # type: ignore[dict-item]
 
-    async def sign_in(self, request: web.Request) -> web.Response:
+    async def sign_in(self, request: Request) -> Response:
         rd = self._redirect_target(request)
         if self.oidc is None:
             return _page(503, "Sign-in is not configured", "The gateway has no OIDC client configured.")
@@ -166,14 +199,14 @@ class AuthEndpoints:
         state = self._signin_state.dumps({"s": begun.state, "n": begun.nonce, "v": begun.code_verifier, "r": rd})
         response = _redirect(302, begun.url)
         response.set_cookie(self._signin_cookie_name, state, path="/sign-in-callback", max_age=SIGNIN_MAX_AGE,
-                            httponly=True, secure=self.cfg.cookie_secure, samesite="Lax")
+                            httponly=True, secure=self.cfg.cookie_secure, samesite="Lax")  # type: ignore[arg-type]
         return response
 
     @property
     def _signin_cookie_name(self) -> str:
         return self.cfg.cookie_name + "_signin"
 
-    async def sign_in_callback(self, request: web.Request) -> web.Response:
+    async def sign_in_callback(self, request: Request) -> Response:
         raw = request.cookies.get(self._signin_cookie_name, "")
         try:
             pending = self._signin_state.loads(raw, max_age=SIGNIN_MAX_AGE) if raw else None
@@ -182,18 +215,19 @@ class AuthEndpoints:
         if not isinstance(pending, dict):
             return _page(400, "Sign-in expired", "This sign-in is too old or was started elsewhere.",
                          link=(self.base + "/sign-in", "Sign in again"))
-        state = request.query.get("state", "")
+        state = request.query_params.get("state", "")
         if not hmac.compare_digest(state.encode(), str(pending.get("s", "")).encode()):
             return _page(400, "Sign-in failed", "The sign-in state does not match; start again.",
                          link=(self.base + "/sign-in", "Sign in again"))
-        if request.query.get("error") or not request.query.get("code"):
+        query = request.query_params
+        if query.get("error") or not query.get("code"):
             await self.audit_log.record("Auth.SignIn", outcome=audit.FAILURE, error_code="IDP_ERROR",
-                                        details={"error": request.query.get("error", "no code")[:128]},
+                                        details={"error": query.get("error", "no code")[:128]},
                                         actor="anonymous", actor_kind="anonymous")
             return _page(403, "Sign-in refused", "The identity provider did not sign you in.")
         try:
             assert self.oidc is not None
-            user, _ = await self.oidc.finish(request.query["code"], pending["n"], pending["v"])
+            user, _ = await self.oidc.finish(query["code"], pending["n"], pending["v"])
         except GatewayError as exc:
             await self.audit_log.record("Auth.SignIn", outcome=audit.FAILURE, error_code=exc.reason,
                                         details={"message": exc.message[:256]}, actor="anonymous",
@@ -210,7 +244,7 @@ class AuthEndpoints:
                                allow_http=self.cfg.allow_http_redirects, fallback=self.base + "/")
         response = _redirect(302, target)
         response.set_cookie(self.cfg.cookie_name, **self._session_cookie(cookie, self.cfg.session_ttl_seconds))
-        response.del_cookie(self._signin_cookie_name, path="/sign-in-callback")
+        response.delete_cookie(self._signin_cookie_name, path="/sign-in-callback")
         return response
 
     # -- sign-out -------------------------------------------------------
@@ -218,13 +252,13 @@ class AuthEndpoints:
     def _csrf(self, session_cookie: str) -> str:
         return hmac.new(self._csrf_key, hash_session_id(session_cookie).encode(), hashlib.sha256).hexdigest()
 
-    def _request_cookie(self, request: web.Request) -> str | None:
+    def _request_cookie(self, request: Request) -> str | None:
         try:
-            return single_cookie("; ".join(request.headers.getall("Cookie", [])), self.cfg.cookie_name)
+            return single_cookie("; ".join(request.headers.getlist("cookie")), self.cfg.cookie_name)
         except AmbiguousCookie:
             return None
 
-    async def sign_out_page(self, request: web.Request) -> web.Response:
+    async def sign_out_page(self, request: Request) -> Response:
         # A GET only asks: a cross-site link or image cannot sign anybody out.
         value = self._request_cookie(request) or ""
         token = html.escape(self._csrf(value)) if value else ""
@@ -233,12 +267,12 @@ class AuthEndpoints:
                 '<button type="submit">Sign out</button></form>')
         return _page(200, "Sign out?", "Sign out of the AIGC gateway on this browser.", extra=body)
 
-    async def sign_out(self, request: web.Request) -> web.Response:
+    async def sign_out(self, request: Request) -> Response:
         value = self._request_cookie(request)
-        form = await request.post()
+        form = await _form(request)
         resolved = await self.sessions.resolve(value) if value else None
         if resolved is not None:
-            if not hmac.compare_digest(str(form.get("csrf", "")), self._csrf(value or "")):
+            if not hmac.compare_digest(str(form.get("csrf", "")).encode(), self._csrf(value or "").encode()):
                 return _page(403, "Sign-out refused", "Use the sign-out button of the gateway.")
             claims, record = resolved
             await self.sessions.store.revoke(claims.session_id)
@@ -255,8 +289,26 @@ class AuthEndpoints:
         return response
 
 
-def _redirect(status: int, location: str) -> web.Response:
-    return web.Response(status=status, headers={**_NO_STORE, "Location": location})
+
+async def _answer(scope: dict[str, Any], send: Any, status: int, body: bytes,
+                  extra: tuple[tuple[bytes, bytes], ...] = ()) -> None:
+    """One /auth response as two ASGI messages (HEAD: no body)."""
+    await send({"type": "http.response.start", "status": status, "headers": [_NO_STORE_RAW, _TEXT_RAW, *extra]})
+    await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
+
+
+async def _form(request: Request) -> dict[str, str]:
+    """An urlencoded form's first values (the only form here is sign-out's one hidden field)."""
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_FORM:
+            return {}
+    return {k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace")).items()}
+
+
+def _redirect(status: int, location: str) -> Response:
+    return Response(status_code=status, headers={**_NO_STORE, "Location": location})
 
 
 def _header_safe(value: str) -> str:
@@ -266,8 +318,8 @@ def _header_safe(value: str) -> str:
 
 
 def _page(status: int, title: str, message: str, *, link: tuple[str, str] | None = None,
-          extra: str = "") -> web.Response:
+          extra: str = "") -> Response:
     more = f'<p><a href="{html.escape(link[0])}">{html.escape(link[1])}</a></p>' if link else ""
     body = (f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(title)}</title></head>"
             f"<body><h1>{html.escape(title)}</h1><p>{html.escape(message)}</p>{more}{extra}</body></html>")
-    return web.Response(status=status, text=body, content_type="text/html", headers=_NO_STORE)
+    return HTMLResponse(body, status_code=status, headers=_NO_STORE)

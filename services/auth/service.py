@@ -91,7 +91,7 @@ class AuthService:
             await self.workers.start()
             return
         self.endpoints = AuthEndpoints(self.settings, self.checker, self.sessions, self.oidc, self.audit_log)
-        await self.endpoints.start(reuse_port=self.replica)
+        await self.endpoints.start(reserved=self.replica)
 
     async def _feeds_settled(self, timeout: float = 10.0) -> None:
         """Give the workers a complete first copy: wait (boundedly) for the ownership rows and, when a

@@ -29,8 +29,9 @@ from typing import Any
 
 from pydantic import SecretBytes, SecretStr
 
-from aigc_gateway.config import ConfigError, Settings
+from aigc_gateway.config import Settings
 
+from .listen import reserve_port, split_listen
 from .ownermap import Event, OwnerMap
 from .workermetrics import CheckMetrics
 
@@ -52,29 +53,6 @@ def default_worker_count() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not Linux
         return max(1, os.cpu_count() or 1)
-
-
-def split_listen(listen: str) -> tuple[str, int]:
-    host, _, port = listen.rpartition(":")
-    return host.strip("[]") or "0.0.0.0", int(port)
-
-
-def reserve_port(host: str, port: int) -> socket.socket:
-    """A bound, not listening, SO_REUSEPORT socket: holds the port (port 0 picks one) for the workers'
-    listening sockets, also across a worker's restart; the kernel gives connections only to listeners."""
-    if not hasattr(socket, "SO_REUSEPORT"):
-        raise ConfigError(["auth.http_workers: worker processes need SO_REUSEPORT (Linux); set it to 0"])
-    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
-                                                         flags=socket.AI_PASSIVE)[0]
-    sock = socket.socket(family, kind, proto)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    try:
-        sock.bind(address)
-    except OSError:
-        sock.close()
-        raise
-    return sock
 
 
 def _plain(value: Any) -> Any:

@@ -122,7 +122,8 @@ class Reconciler:
             total += len(findings)
             for finding in findings:
                 log.warning("drift in %s id %d: %s %s", ref.key, finding.id, finding.code, finding.description)
-        log.info("reconcile pass done in %.2fs: %d violation(s)", time.monotonic() - started, total)
+        log.log(logging.WARNING if total else logging.DEBUG, "drift check done in %.2fs: %d violation(s)",
+                time.monotonic() - started, total)
         return total
 
     def game_server_changed(self, ref: InstanceRef, gs: dict[str, Any]) -> None:

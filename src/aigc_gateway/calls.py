@@ -30,7 +30,7 @@ from grpc_status import rpc_status
 
 from . import audit, metrics
 from .context import REQUEST_ID_HEADER, credentials_var, method_var, new_request_id, principal_var, request_id_var
-from .errors import GatewayError, Unauthenticated, internal_status
+from .errors import GatewayError, Unauthenticated, internal_status, invalid
 from .identity import Authenticator
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,42 @@ def method_info(full_method: str) -> MethodInfo:
         return MethodInfo(service, method, False, None)
     return MethodInfo(service, method, "request_id" in desc.input_type.fields_by_name,
                       message_factory.GetMessageClass(desc.output_type))
+
+
+def nul_field(message: Any, prefix: str = "") -> str | None:
+    """Path of the first string in ``message`` holding a NUL character, else None.
+
+    Protobuf allows NUL in strings; PostgreSQL and most of what a value reaches do
+    not, so it is refused as bad input at the door rather than failing deep inside.
+    """
+    for field, value in message.ListFields():
+        path = prefix + field.name
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            value_field = field.message_type.fields_by_name["value"]
+            for key, item in value.items():
+                if isinstance(key, str) and "\x00" in key:
+                    return path
+                found = _nul_in(item, value_field, f"{path}[{key}]")
+                if found:
+                    return found
+        elif field.is_repeated:
+            for index, item in enumerate(value):
+                found = _nul_in(item, field, f"{path}[{index}]")
+                if found:
+                    return found
+        else:
+            found = _nul_in(value, field, path)
+            if found:
+                return found
+    return None
+
+
+def _nul_in(value: Any, field: Any, path: str) -> str | None:
+    if field.type == field.TYPE_STRING:
+        return path if "\x00" in value else None
+    if field.type == field.TYPE_MESSAGE:
+        return nul_field(value, path + ".")
+    return None
 
 
 def resource_of(request: Any) -> str:
@@ -127,6 +163,12 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
                                   reason="UNAUTHENTICATED")
         principal_var.set(principal)
 
+    @staticmethod
+    def _check_request(request: Any) -> None:
+        bad = nul_field(request)
+        if bad:
+            raise invalid(bad, "must not contain NUL characters", reason="NUL_CHARACTER")
+
     async def _unary(self, info: MethodInfo, open_method: bool, inner: Callable[..., Awaitable[Any]],
                      request: Any, context: grpc.aio.ServicerContext) -> Any:
         labels = (info.service, info.method)
@@ -137,6 +179,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         claim_key = None
         try:
             await self._begin(info, open_method, context)
+            self._check_request(request)
             request_id = getattr(request, "request_id", "") if info.mutating else ""
             if request_id and self.idempotency is not None:
                 principal = principal_var.get()
@@ -186,6 +229,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         code = grpc.StatusCode.OK
         try:
             await self._begin(info, open_method, context)
+            self._check_request(request)
             async for item in inner(request, context):
                 yield item
         except GatewayError as exc:

@@ -57,7 +57,7 @@ def serve(
 @app.command()
 def migrate(
     config: Optional[Path] = ConfigOption,
-    revision: str = typer.Option("head", help="Target revision."),
+    revision: str = typer.Option("heads", help="Target revision (default: every branch head)."),
     down: bool = typer.Option(False, "--down", help="Downgrade to REVISION instead of upgrading."),
 ) -> None:
     """Apply (or revert) database migrations."""

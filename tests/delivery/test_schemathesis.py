@@ -30,7 +30,8 @@ async def _schemathesis(url: str, token: str, report: Path, *extra: str) -> tupl
         "--exclude-operation-id", "InstanceService_WatchInstance",
         "--report", "junit", "--report-junit-path", str(report), "--no-color", *extra,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        env={**os.environ, "SCHEMATHESIS_HOOKS": ""})
+        # Its own working directory: schemathesis keeps a .schemathesis/ cache there, never in the repository.
+        cwd=report.parent, env={**os.environ, "SCHEMATHESIS_HOOKS": ""})
     out, _ = await asyncio.wait_for(proc.communicate(), 1500)
     return proc.returncode or 0, out.decode(errors="replace")
 

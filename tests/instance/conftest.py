@@ -104,10 +104,16 @@ class Client:
             metadata=self.md("admin"))
 
     async def wait_state(self, user: str, name: str, state: int, timeout: float = 90) -> instance_pb2.Instance:
+        seen: list[str] = []
+
         async def reached() -> instance_pb2.Instance | None:
             instance = await self.get(user, name)
+            seen[:] = [f"{State.Name(instance.state)}: {instance.state_message}"]
             return instance if instance.state == state else None
-        return await wait_for(reached, timeout, what=f"{name} to be {State.Name(state)}")
+        try:
+            return await wait_for(reached, timeout, what=f"{name} to be {State.Name(state)}")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; it was {seen}") from None
 
     async def wait_consistent(self, timeout: float = 60) -> instance_pb2.CheckConsistencyResponse:
         last: list[instance_pb2.CheckConsistencyResponse] = []

@@ -1,0 +1,99 @@
+"""Serving the auth HTTP endpoints (an ASGI app) with granian, inside this process's event loop.
+
+Why granian and not aiohttp: ``GET /auth`` is a few microseconds of Python
+(the checker does tens of thousands of decisions a second); per request, the
+HTTP server's own Python was most of the cost. granian parses and writes HTTP
+in Rust and calls the app with the headers already split: on the same machine
+an aiohttp "hello" answered about 12,000 requests a second on one core, granian
+about 28,000 with ASGI (bench/auth_check.py has the figures of the real
+endpoint). It is used through its embedded server, which runs in the calling
+event loop (granian marks that API experimental; the tests cover what we use
+of it: serving, SO_REUSEPORT sharing, a bind failure, stopping).
+
+On Linux granian binds with SO_REUSEPORT, which is what lets the worker
+processes (:mod:`.workers`) listen on one port. A port is always reserved
+first with :func:`.workers.reserve_port` (port 0 picks one), so that the
+number is known before granian binds it.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from typing import Any
+
+from granian.constants import HTTPModes, Interfaces
+from granian.http import HTTP1Settings
+from granian.server.embed import Server
+
+from .listen import reserve_port, split_listen
+
+log = logging.getLogger(__name__)
+
+READY_TIMEOUT = 30.0
+
+
+class HTTPServer:
+    def __init__(self, app: Any, listen: str, *, shared: bool = False):
+        """``shared``: other processes listen on this port too (the port was reserved by the pool)."""
+        self.app = app
+        self.host, self.port = split_listen(listen)
+        self.shared = shared
+        self._reservation: socket.socket | None = None
+        self._server: Server | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> int:
+        if not self.shared:
+            self._reservation = reserve_port(self.host, self.port)
+            self.port = self._reservation.getsockname()[1]
+        self._server = Server(
+            self.app, address=self.host, port=self.port, interface=Interfaces.ASGINL, http=HTTPModes.http1,
+            websockets=False, backlog=1024, log_enabled=False,
+            # nginx sends at most its large_client_header_buffers of URL (8k); room to spare, so that an odd
+            # request is answered by the app (401/403), not by the HTTP parser (400, a 500 to the user).
+            http1_settings=HTTP1Settings(max_buffer_size=256 * 1024))
+        self._task = asyncio.create_task(self._server.serve(), name="auth-http")
+        await self._listening()
+        return self.port
+
+    async def _listening(self) -> None:
+        """Return once the port accepts connections and granian still runs; raise what granian raised
+        when it could not bind (it fails within a few loop steps; a sibling worker answering the probe
+        meanwhile cannot hide that, hence the short wait after a successful probe)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + READY_TIMEOUT
+        assert self._task is not None
+        accepted = False
+        while loop.time() < deadline:
+            if self._task.done():
+                error = self._task.exception() if not self._task.cancelled() else "cancelled"
+                await self.stop()
+                raise OSError(f"cannot serve http://{self.host}:{self.port}: {error}")
+            if accepted:
+                return
+            accepted = await loop.run_in_executor(None, self._accepts)
+            await asyncio.sleep(0.2 if accepted else 0.02)
+        await self.stop()
+        raise OSError(f"http://{self.host}:{self.port} did not start listening in {READY_TIMEOUT:.0f}s")
+
+    def _accepts(self) -> bool:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else "::1" if self.host == "::" else self.host
+        try:
+            socket.create_connection((host, self.port), timeout=0.5).close()
+        except OSError:
+            return False
+        return True
+
+    async def stop(self) -> None:
+        server, task, self._server, self._task = self._server, self._task, None, None
+        if server is not None and task is not None:
+            if not task.done():
+                server.stop()
+            try:
+                await asyncio.wait_for(task, 10)
+            except Exception:  # noqa: BLE001 - stopping: whatever it failed with was reported at start
+                pass
+        if self._reservation is not None:
+            self._reservation.close()
+            self._reservation = None
