@@ -8,7 +8,7 @@ import inspect
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
+from typing import Any, AsyncIterator, Callable
 
 import yaml
 from kubernetes_asyncio import client, config
@@ -18,8 +18,6 @@ REPO = Path(__file__).resolve().parents[2]
 SAMPLES = REPO / "deploy" / "samples"
 
 GROUP, VERSION = "game.kruise.io", "v1alpha1"
-
-T = TypeVar("T")
 
 
 @asynccontextmanager
