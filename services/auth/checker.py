@@ -42,29 +42,37 @@ _ACTION = "AuthService.Check"
 
 
 class DeniedBudget:
-    """The audit log's per-minute limit of denied events, applied before a task is started.
+    """Which denied checks are written to the audit log, decided before a task is started.
 
-    :class:`~aigc_gateway.audit.AuditLog` admits ``denied_per_minute`` denied events per minute and only
-    counts the rest, but it is asynchronous: asking it costs a task per denied check, which a flood of
-    forged cookies would turn into the main cost of the hot path. The same windows are counted here
-    (monotonic minutes, like the audit log's), so past the limit a denied check costs two additions."""
+    :class:`~aigc_gateway.audit.AuditLog` admits ``denied_per_minute`` denied events a minute and only
+    counts the rest, but asking it costs a task (and admitting one a database transaction), which a
+    flood of forged cookies would turn into the main cost of the hot path. Here the same number a
+    minute is admitted as a steady trickle (a token bucket: ``per_minute / 60`` a second, bursts of at
+    most 10), so that a flood is sampled across the minute rather than by its first tenth of a second,
+    and its writes do not arrive all at once; the rest cost two additions, and each minute's count of
+    them is handed back once (the caller writes it as one aggregate event, as the audit log does)."""
 
-    def __init__(self, per_minute: int):
-        self.per_minute = per_minute
+    def __init__(self, per_minute: int, burst: int = 10):
+        self.rate = per_minute / 60.0
+        self.capacity = float(max(1, min(burst, per_minute))) if per_minute > 0 else 0.0
+        self.tokens = self.capacity
+        self.last = 0.0
         self.window = -1
-        self.used = 0
         self.suppressed = 0
 
     def admit(self, now: float) -> tuple[bool, int]:
-        """(whether to write this event, how many were suppressed in the window that just ended)."""
+        """(whether to write this event, how many were suppressed in the minute that just ended)."""
         carried = 0
         window = int(now // 60)
         if window != self.window:
-            carried, self.window, self.used, self.suppressed = self.suppressed, window, 0, 0
-        if self.used >= self.per_minute:
+            carried, self.window, self.suppressed = self.suppressed, window, 0
+        if self.last:
+            self.tokens = min(self.capacity, self.tokens + (now - self.last) * self.rate)
+        self.last = now
+        if self.tokens < 1.0:
             self.suppressed += 1
             return False, carried
-        self.used += 1
+        self.tokens -= 1.0
         return True, carried
 
 

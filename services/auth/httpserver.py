@@ -29,6 +29,8 @@ from granian.server.embed import Server
 from .listen import reserve_port, split_listen
 
 log = logging.getLogger(__name__)
+# granian logs "Embedded server is experimental!" at every start; its errors still show.
+logging.getLogger("_granian").setLevel(logging.ERROR)
 
 READY_TIMEOUT = 30.0
 

@@ -89,12 +89,17 @@ def test_filling_a_large_map_is_not_quadratic() -> None:
     assert owners.lookup("i19999.x", "/") == InstanceKey("ns", "t9", 19999)
 
 
-def test_denied_audit_budget_counts_past_the_limit_and_reports_the_flood() -> None:
-    budget = DeniedBudget(per_minute=3)
-    assert [budget.admit(60.0 + i)[0] for i in range(5)] == [True, True, True, False, False]
-    admitted, carried = budget.admit(125.0)  # the next minute: admitted again, last minute's flood reported
-    assert (admitted, carried) == (True, 2)
-    assert budget.admit(126.0) == (True, 0)
+def test_denied_audit_budget_samples_a_flood_across_the_minute() -> None:
+    budget = DeniedBudget(per_minute=60, burst=3)  # one a second, bursts of three
+    flood = [budget.admit(60.0 + i * 0.01) for i in range(100)]  # a flood of 100 in one second
+    assert [admitted for admitted, _ in flood].count(True) == 3
+    assert budget.admit(61.5)[0] is True  # refilled at one a second
+    assert budget.admit(61.6)[0] is False
+    steady = sum(budget.admit(62.0 + i * 0.1)[0] for i in range(570))  # the rest of the minute, 10 a second
+    assert 55 <= steady <= 58  # about one a second: within the audit log's 60 a minute
+    _, carried = budget.admit(121.0)  # next minute: last minute's suppressed count handed back once
+    assert carried == 97 + 1 + (570 - steady)
+    assert budget.admit(121.5)[1] == 0
 
 
 def test_settings_cross_the_pipe_with_their_secrets_and_aliases() -> None:
