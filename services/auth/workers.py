@@ -47,12 +47,21 @@ class WorkerFailed(RuntimeError):
     pass
 
 
-def default_worker_count() -> int:
-    """One per CPU this process may run on (the affinity mask, which container CPU sets narrow)."""
+def default_worker_count(cpu_max: str = "/sys/fs/cgroup/cpu.max") -> int:
+    """One per CPU this process may use: the affinity mask (CPU sets), and a container's CPU limit
+    (cgroup v2 ``cpu.max``, rounded up). A pod limited to 2 CPUs on a 64-CPU node runs 2 workers, not
+    64 (each worker has its own database pool and LISTEN connection)."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        count = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
+        count = os.cpu_count() or 1
+    try:
+        quota, period = Path(cpu_max).read_text().split()[:2]
+        if quota != "max":
+            count = min(count, -(-int(quota) // int(period)))
+    except (OSError, ValueError):
+        pass  # no cgroup v2 limit to honour
+    return max(1, count)
 
 
 def _plain(value: Any) -> Any:

@@ -157,7 +157,7 @@ class InstanceService:
     @staticmethod
     def view(row: InstanceRow, gss: dict | None, seen: status.Observed, ref: InstanceRef) -> status.View:
         changed = aware(row.state_changed_at) > aware(row.created_at)
-        return status.derive(SlotState(row.slot), changed, gss, seen, ref.id)
+        return status.derive(SlotState(row.slot), changed, gss, seen, ref.id, live_since=aware(row.state_changed_at))
 
     async def list(self, principal: Principal, namespace: str | None, template: str | None, owner: str,
                    state: int, page_size: int, page_token: str) -> instance_pb2.ListInstancesResponse:

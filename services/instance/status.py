@@ -121,10 +121,16 @@ def _starting(pod: Obj, events: Sequence[Obj], gpu: bool) -> View:
     return View(State.STARTING, "Starting the engine", source="pod")
 
 
+def _k8s_time(value: str) -> datetime:
+    """A Kubernetes RFC 3339 time (``2026-11-28T19:00:00Z``) as an aware datetime."""
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
 def derive(slot: SlotState, changed_since_install: bool, gss: Obj | None, seen: Observed,
-           instance_id: int) -> View:
+           instance_id: int, live_since: datetime | None = None) -> View:
     """The state shown for an instance. ``changed_since_install``: it was paused or resumed before, so a missing
-    pod means RESUMING rather than INSTALLING."""
+    pod means RESUMING rather than INSTALLING. ``live_since``: when the slot last became LIVE; a pod whose
+    deletion started before then is the paused engine still stopping (a resume), not a restart."""
     pod, gs = seen.pod, seen.game_server
     pod_meta = (pod or {}).get("metadata") or {}
     if slot is SlotState.RELEASING:
@@ -142,6 +148,9 @@ def derive(slot: SlotState, changed_since_install: bool, gss: Obj | None, seen: 
             return View(State.RESUMING, "Resuming on the kept disk")
         return View(State.INSTALLING, "Creating the instance")
     if pod_meta.get("deletionTimestamp"):
+        stopping_since = _k8s_time(pod_meta["deletionTimestamp"])
+        if changed_since_install and live_since is not None and stopping_since <= live_since:
+            return View(State.RESUMING, "Resuming: waiting for the paused engine to stop", source="pod")
         return View(State.RESTARTING, "Restarting: stopping the old pod", source="pod")
     phase = (pod.get("status") or {}).get("phase") or "Pending"
     gs_state = ((gs or {}).get("status") or {}).get("currentState") or ""

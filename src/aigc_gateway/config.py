@@ -177,8 +177,8 @@ class AuthConfig(Section):
     http_workers: int | None = Field(
         None, ge=0, le=256,
         description="Processes serving the HTTP endpoints, all on auth.http_listen (SO_REUSEPORT), each with a copy "
-        "of the owner map fed by this process. Unset: one per CPU this process may use. 0: serve them inside "
-        "the gRPC process.",
+        "of the owner map fed by this process. Unset: one per CPU this process may use (its CPU set, and the "
+        "container's CPU limit rounded up). 0: serve them inside the gRPC process.",
     )
     http_event_loop: Literal["uvloop", "asyncio"] = Field(
         "uvloop", description="Event loop of the HTTP worker processes (uvloop is faster; asyncio is the standard one)."

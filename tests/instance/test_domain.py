@@ -285,3 +285,16 @@ def test_not_ready_after_having_been_ready_is_not_ready_not_starting() -> None:
     stopped = pod("Running", False, containerStatuses=[{"state": {"running": {"startedAt": "2026-01-01T00:00:05Z"}}}])
     stopped["status"]["conditions"][0]["lastTransitionTime"] = "2026-01-01T00:09:00Z"
     assert derive(SlotState.LIVE, status.Observed(game_server(), stopped)).state == State.NOT_READY
+
+
+def test_a_paused_pod_still_stopping_after_resume_is_resuming_not_restarting() -> None:
+    from datetime import datetime, timezone
+
+    stopping = pod()
+    stopping["metadata"]["deletionTimestamp"] = "2026-11-28T12:00:00Z"
+    resumed_at = datetime(2026, 11, 28, 12, 0, 5, tzinfo=timezone.utc)
+    view = status.derive(SlotState.LIVE, True, gss(), status.Observed(game_server(), stopping), 0, live_since=resumed_at)
+    assert view.state == State.RESUMING
+    restarted_later = status.derive(SlotState.LIVE, True, gss(), status.Observed(game_server(), stopping), 0,
+                                    live_since=datetime(2026, 11, 28, 11, 0, tzinfo=timezone.utc))
+    assert restarted_later.state == State.RESTARTING
