@@ -40,7 +40,7 @@ from aigc_gateway.errors import Unauthenticated
 from aigc_gateway.identity import SERVICE_TOKEN_HEADER, Principal
 
 from .models import AuthSessionRow
-from .pglisten import PgListener, asyncpg_dsn
+from aigc_gateway.db.listen import PgListener, asyncpg_dsn
 
 log = logging.getLogger(__name__)
 

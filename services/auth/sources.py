@@ -26,7 +26,7 @@ from aigc_gateway.errors import GatewayError
 from aigc_gateway.kube import GAMESERVER, GSS, OWNER_GSS_LABEL, Kind, Kube
 
 from .ownermap import InstanceKey, OwnerMap
-from .pglisten import PgListener, asyncpg_dsn
+from aigc_gateway.db.listen import PgListener, asyncpg_dsn
 from .routes import RouteIndex, instance_of, route_pattern
 
 log = logging.getLogger(__name__)

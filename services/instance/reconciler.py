@@ -16,10 +16,10 @@ from datetime import datetime, timezone
 from typing import Any
 
 import asyncpg
-from sqlalchemy.engine import make_url
 
 from aigc_gateway.db import Database
 from aigc_gateway.db.engine import lock_key
+from aigc_gateway.db.listen import asyncpg_dsn
 
 from .consistency import Checker
 from .lifecycle import Lifecycle
@@ -33,11 +33,6 @@ LEASE_NAME = "instance-reconciler"
 # The full drift check lists every template's pods and disks under its lock: every tenth pass is enough,
 # while tidying (intents, disk deletions) runs on every pass.
 CHECK_EVERY = 10
-
-
-def asyncpg_dsn(url: str) -> str:
-    parsed = make_url(url)
-    return parsed.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 class Lease:

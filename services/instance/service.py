@@ -11,12 +11,12 @@ import logging
 from collections.abc import AsyncIterator
 from datetime import datetime, timezone
 
-import asyncpg
 from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import func, select, tuple_
 
 from aigc_gateway import paging
 from aigc_gateway.api.v1 import instance_pb2
+from aigc_gateway.db.listen import PgListener, asyncpg_dsn
 from aigc_gateway.db.models import INSTANCE_CHANNEL, InstanceRow
 from aigc_gateway.errors import NotFound, PermissionDenied, Unavailable
 from aigc_gateway.identity import Principal
@@ -30,7 +30,7 @@ from .cluster import Cluster
 from .consistency import Checker
 from .lifecycle import Lifecycle
 from .names import InstanceRef
-from .reconciler import Reconciler, asyncpg_dsn
+from .reconciler import Reconciler
 from .slots import SlotStore, aware
 
 log = logging.getLogger(__name__)
@@ -51,11 +51,14 @@ class InstanceService:
         self.checker: Checker | None = None
         self.reconciler: Reconciler | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._listener: PgListener | None = None
 
     async def start(self) -> None:
         faults.armed()
-        if not self.runtime.db.is_sqlite:
-            self._tasks.append(asyncio.create_task(self._listen(), name="instance-notifications"))
+        dsn = asyncpg_dsn(self.runtime.db.url)
+        if dsn:  # PostgreSQL; on SQLite watchers re-read their row every REFRESH_SECONDS instead
+            self._listener = PgListener(dsn, {INSTANCE_CHANNEL: self._heard})
+            self._listener.start()
         try:
             await self._connect()
         except Exception as exc:  # noqa: BLE001 - no usable kubeconfig yet: serve UNAVAILABLE, keep trying
@@ -89,6 +92,8 @@ class InstanceService:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._listener is not None:
+            await self._listener.close()
         if self.reconciler is not None:
             await self.reconciler.stop()
         if self.cache is not None:
@@ -96,29 +101,12 @@ class InstanceService:
         if self.kube is not None:
             await self.kube.close()
 
-    async def _listen(self) -> None:
-        """Wake watchers on slot changes made by any replica (pg_notify on `aigc_instances`)."""
-        def on_notify(_conn: object, _pid: int, _channel: str, payload: str) -> None:
-            ns, tpl, _, instance_id = payload.partition("/")[0], *payload.partition("/")[2].rpartition("/")
-            if self.cache is not None and instance_id.isdigit():
-                self.cache.wake(InstanceRef(ns, tpl, int(instance_id)), Change("gateway"))
-
-        while True:
-            conn = None
-            try:
-                conn = await asyncpg.connect(asyncpg_dsn(self.runtime.db.url))
-                await conn.add_listener(INSTANCE_CHANNEL, on_notify)
-                while not conn.is_closed():
-                    await asyncio.sleep(REFRESH_SECONDS)
-                    await conn.fetchval("SELECT 1")
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - PostgreSQL away: retry; watchers still poll meanwhile
-                log.warning("instance change listener: %s", exc)
-                await asyncio.sleep(2.0)
-            finally:
-                if conn is not None and not conn.is_closed():
-                    await conn.close()
+    def _heard(self, payload: str) -> None:
+        """A slot changed in any replica (pg_notify 'ns/tpl/id' on `aigc_instances`): wake its watchers."""
+        namespace, _, rest = payload.partition("/")
+        template, _, instance_id = rest.rpartition("/")
+        if self.cache is not None and instance_id.isdigit():
+            self.cache.wake(InstanceRef(namespace, template, int(instance_id)), Change("gateway"))
 
     # -- reads -------------------------------------------------------------------------------------------
 

@@ -11,6 +11,8 @@ import contextlib
 import logging
 
 from aigc_gateway import kube
+from aigc_gateway.db.listen import PgListener, asyncpg_dsn
+from aigc_gateway.db.models import INSTANCE_CHANNEL
 from aigc_gateway.errors import FailedPrecondition
 from aigc_gateway.runtime import Runtime
 
@@ -21,7 +23,6 @@ from .outbox import OutboxDelivery
 from .reconcile import Reconciler
 from .sync import Syncer
 from .userdeleted import UserDeletedPolicy
-from .wakeups import asyncpg_dsn, listen
 from .webhooks import WebhookReceiver, WebhookServer
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ class UserSync:
         self._kube_client: kube.Kube | None = None
         self._kube_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
+        self._listener: PgListener | None = None
 
     def require_logto(self) -> None:
         if not self.enabled:
@@ -73,7 +75,10 @@ class UserSync:
             self._tasks.append(asyncio.create_task(self.delivery.run_forever(), name="usersync-outbox"))
             dsn = asyncpg_dsn(self.runtime.db.url)
             if dsn:
-                self._tasks.append(asyncio.create_task(listen(dsn, self.delivery.kick), name="usersync-wakeups"))
+                # A committed ownership change wakes the delivery at once; polling stays the guarantee.
+                self._listener = PgListener(dsn, {INSTANCE_CHANNEL: lambda _payload: self.delivery.kick()},
+                                            on_reconnect=self.delivery.kick)
+                self._listener.start()
             if cfg.reconcile_interval_seconds:
                 self._tasks.append(asyncio.create_task(self.reconciler.run_forever(cfg.reconcile_interval_seconds),
                                                        name="usersync-reconcile"))
@@ -85,6 +90,9 @@ class UserSync:
             log.warning("usersync: no webhook signing key configured; POST /webhooks/logto is not served")
 
     async def stop(self) -> None:
+        if self._listener is not None:
+            await self._listener.close()
+            self._listener = None
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

@@ -116,8 +116,14 @@ class GatewayServer:
         if self.port == 0:
             raise OSError(f"cannot bind {address}")
         await self.server.start()
-        for hook in self.parts.on_start:
-            await hook()
+        try:
+            for hook in self.parts.on_start:
+                await hook()
+        except BaseException:
+            # A service that cannot start its background parts must not stay half up on its port.
+            await self.server.stop(0)
+            self.server = None
+            raise
         for full_name in ["", *names]:
             await self.health.set(full_name, health_pb2.HealthCheckResponse.SERVING)
         log.info("%s service listening on %s", self.name, address.rsplit(":", 1)[0] + f":{self.port}")

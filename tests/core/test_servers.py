@@ -72,3 +72,24 @@ async def test_unbuilt_rpc_is_unimplemented_with_clear_message(start_gateway, is
     status = rpc_status.from_call(err.value)
     info = error_details_pb2.ErrorInfo()
     assert any(d.Unpack(info) for d in status.details) and info.reason == "NOT_IMPLEMENTED"
+
+
+async def test_a_failing_start_hook_leaves_no_server_behind(start_gateway) -> None:
+    import socket
+
+    from aigc_gateway.api.v1 import usersync_pb2_grpc
+    from aigc_gateway.server import GatewayServer, Registration, ServiceParts
+
+    async def broken() -> None:
+        raise RuntimeError("cannot start the background part")
+
+    gateway = await start_gateway()
+    parts = ServiceParts([Registration("aigc.gateway.v1.UserSyncService", usersync_pb2_grpc.UserSyncServiceServicer(),
+                                       usersync_pb2_grpc.add_UserSyncServiceServicer_to_server,
+                                       base=usersync_pb2_grpc.UserSyncServiceServicer)], on_start=[broken])
+    server = GatewayServer("usersync", gateway.runtime, parts)
+    with pytest.raises(RuntimeError):
+        await server.start()
+    assert server.server is None
+    with socket.socket() as sock:  # the port is free again
+        sock.bind(("127.0.0.1", int(gateway.runtime.settings.servers.usersync.listen.rsplit(":", 1)[1])))

@@ -34,34 +34,45 @@ def now() -> datetime:
 async def outbox(db: Database, user: str, template: str, instance_id: int | None, namespace: str = NS) -> int:
     """What the instance service writes with each ownership change (instance_id None: the key goes)."""
     async with db.session() as session:
-        row = UserSyncOutboxRow(user=user, namespace=namespace, template=template, instance_id=instance_id,
-                                created_at=now(), attempts=0, last_error="")
-        session.add(row)
-        await session.flush()
-        return row.id
+        return await _add_outbox(session, user, template, instance_id, namespace)
+
+
+async def _add_outbox(session: Any, user: str, template: str, instance_id: int | None, namespace: str) -> int:
+    row = UserSyncOutboxRow(user=user, namespace=namespace, template=template, instance_id=instance_id,
+                            created_at=now(), attempts=0, last_error="")
+    session.add(row)
+    await session.flush()
+    return row.id
 
 
 async def own(db: Database, template: str, instance_id: int, owner: str | None, slot: str = "LIVE",
               namespace: str = NS) -> None:
     """Set one slot row as the instance service would (owner set exactly while LIVE/PAUSED)."""
     async with db.session() as session:
-        row = await session.get(InstanceRow, (namespace, template, instance_id))
-        if row is None:
-            row = InstanceRow(namespace=namespace, template=template, id=instance_id, created_at=now(),
-                              orphaned=False)
-            session.add(row)
-        row.slot, row.owner, row.updated_at, row.state_changed_at = slot, owner, now(), now()
-        await notify_instance_change(session, namespace, template, instance_id)
+        await _set_slot(session, template, instance_id, owner, slot, namespace)
+
+
+async def _set_slot(session: Any, template: str, instance_id: int, owner: str | None, slot: str,
+                    namespace: str) -> None:
+    row = await session.get(InstanceRow, (namespace, template, instance_id))
+    if row is None:
+        row = InstanceRow(namespace=namespace, template=template, id=instance_id, created_at=now(), orphaned=False)
+        session.add(row)
+    row.slot, row.owner, row.updated_at, row.state_changed_at = slot, owner, now(), now()
+    await notify_instance_change(session, namespace, template, instance_id)
 
 
 async def install(db: Database, user: str, template: str, instance_id: int, namespace: str = NS) -> None:
-    await own(db, template, instance_id, user, "LIVE", namespace)
-    await outbox(db, user, template, instance_id, namespace)
+    # One transaction, as the instance service does: the NOTIFY is delivered at commit, with the outbox row.
+    async with db.session() as session:
+        await _set_slot(session, template, instance_id, user, "LIVE", namespace)
+        await _add_outbox(session, user, template, instance_id, namespace)
 
 
 async def uninstall(db: Database, user: str, template: str, instance_id: int, namespace: str = NS) -> None:
-    await own(db, template, instance_id, None, "RELEASING", namespace)
-    await outbox(db, user, template, None, namespace)
+    async with db.session() as session:
+        await _set_slot(session, template, instance_id, None, "RELEASING", namespace)
+        await _add_outbox(session, user, template, None, namespace)
 
 
 async def outbox_rows(db: Database, user: str | None = None) -> list[UserSyncOutboxRow]:

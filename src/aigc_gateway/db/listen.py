@@ -1,4 +1,5 @@
-"""PostgreSQL LISTEN on a dedicated connection, reconnecting, for caches that must hear changes at once.
+"""PostgreSQL LISTEN on a dedicated connection, reconnecting, for whatever must hear a change at once
+(the auth owner map and session cache, usersync's outbox delivery).
 
 While the connection is up, ``live`` is True and notifications arrive within
 milliseconds of the writer's commit. When it drops, ``live`` turns False
@@ -12,16 +13,17 @@ import logging
 from collections.abc import Awaitable, Callable
 
 import asyncpg
+from sqlalchemy.engine import make_url
 
 log = logging.getLogger(__name__)
 
 
-def asyncpg_dsn(sqlalchemy_url: str) -> str | None:
-    """The plain DSN asyncpg takes, or None when the database is not PostgreSQL."""
-    for prefix in ("postgresql+asyncpg://", "postgresql://", "postgres://"):
-        if sqlalchemy_url.startswith(prefix):
-            return "postgresql://" + sqlalchemy_url[len(prefix):]
-    return None
+def asyncpg_dsn(url: str) -> str | None:
+    """The DSN asyncpg takes for a SQLAlchemy URL, or None when the database is not PostgreSQL."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "postgresql":
+        return None
+    return parsed.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 class PgListener:
