@@ -19,6 +19,7 @@ from typing import Any
 
 from sqlalchemy import select, tuple_
 
+from aigc_gateway.background import cancel_and_wait
 from aigc_gateway.config import Settings
 from aigc_gateway.db import Database
 from aigc_gateway.db.models import INSTANCE_CHANNEL, InstanceRow
@@ -68,13 +69,7 @@ class OwnershipFollower:
                        asyncio.create_task(self._row_loop(), name="owners-rows")]
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            try:
-                await task
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - shutting down
-                pass
+        await cancel_and_wait(self._tasks)
         self._tasks = []
         if self.listener is not None:
             await self.listener.close()
@@ -168,13 +163,7 @@ class TemplateWatch:
         self._tasks = [asyncio.create_task(self._run(), name="auth-template-watch")]
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            try:
-                await task
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001
-                pass
+        await cancel_and_wait(self._tasks)
         self._tasks = []
         if self.kube is not None and self._own_kube:
             await self.kube.close()

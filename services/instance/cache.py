@@ -9,6 +9,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from aigc_gateway.background import cancel_and_wait
 from aigc_gateway.errors import Unavailable
 from aigc_gateway.kube import EVENT, GAMESERVER, GSS, OWNER_GSS_LABEL, POD, PVC, Kube
 
@@ -74,9 +75,7 @@ class ClusterCache:
         self._tasks = [asyncio.create_task(i.run(), name=repr(i)) for i in self.all()]
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(self._tasks)
         self._tasks = []
 
     async def wait_synced(self, timeout: float) -> None:

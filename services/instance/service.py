@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import func, select, tuple_
 
+from aigc_gateway.background import cancel_and_wait
 from aigc_gateway import paging
 from aigc_gateway.api.v1 import instance_pb2
 from aigc_gateway.db.listen import PgListener, asyncpg_dsn
@@ -89,9 +90,7 @@ class InstanceService:
         self._tasks.append(asyncio.create_task(self.reconciler.run(), name="instance-reconciler"))
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(self._tasks)
         if self._listener is not None:
             await self._listener.close()
         if self.reconciler is not None:

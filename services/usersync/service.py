@@ -7,9 +7,9 @@ Logto endpoint the mirror is off: the RPCs that need Logto answer FAILED_PRECOND
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
+from aigc_gateway.background import cancel_and_wait
 from aigc_gateway import kube
 from aigc_gateway.db.listen import PgListener, asyncpg_dsn
 from aigc_gateway.db.models import INSTANCE_CHANNEL
@@ -93,11 +93,7 @@ class UserSync:
         if self._listener is not None:
             await self._listener.close()
             self._listener = None
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_and_wait(self._tasks)
         self._tasks.clear()
         await self.webhooks.stop()
         await self.client.close()
