@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 
 from sqlalchemy import bindparam, or_, update
 
+from aigc_gateway.background import cancel_and_wait
 from aigc_gateway.db import Database
 from aigc_gateway.db.models import InstanceRow
 
@@ -45,11 +46,7 @@ class ActivityRecorder:
 
     async def close(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001
-                pass
+            await cancel_and_wait([self._task])
             self._task = None
         await self.flush()
 

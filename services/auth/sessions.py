@@ -34,6 +34,7 @@ from typing import Any
 from itsdangerous import BadData, URLSafeSerializer
 from sqlalchemy import select, text, update
 
+from aigc_gateway.background import cancel_and_wait
 from aigc_gateway.config import Settings
 from aigc_gateway.db import Database
 from aigc_gateway.errors import Unauthenticated
@@ -190,8 +191,7 @@ class SessionStore:
 
     async def close(self) -> None:
         if self._refresher is not None:
-            self._refresher.cancel()
-            await asyncio.gather(self._refresher, return_exceptions=True)
+            await cancel_and_wait([self._refresher])
             self._refresher = None
         if self.listener is not None:
             await self.listener.close()

@@ -19,7 +19,7 @@ from typing import Any
 
 from sqlalchemy import select, tuple_
 
-from aigc_gateway.background import cancel_and_wait
+from aigc_gateway.background import cancel_and_wait, wait_event
 from aigc_gateway.config import Settings
 from aigc_gateway.db import Database
 from aigc_gateway.db.models import INSTANCE_CHANNEL, InstanceRow
@@ -109,10 +109,7 @@ class OwnershipFollower:
         while True:
             live = self.listener is not None and self.listener.live
             interval = self.resync_seconds if live else self.poll_seconds
-            try:
-                await asyncio.wait_for(self._resync_now.wait(), timeout=max(0.0, last + interval - time.monotonic()))
-            except TimeoutError:
-                pass
+            await wait_event(self._resync_now, last + interval - time.monotonic())
             self._resync_now.clear()
             try:
                 await self.resync()

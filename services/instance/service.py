@@ -219,7 +219,8 @@ class InstanceService:
                     yield _event(ref, message, change)
                     last = key
                 try:
-                    change = await asyncio.wait_for(queue.get(), REFRESH_SECONDS)
+                    async with asyncio.timeout(REFRESH_SECONDS):  # not wait_for: see aigc_gateway.background
+                        change = await queue.get()
                 except TimeoutError:
                     change = Change("gateway")
         finally:

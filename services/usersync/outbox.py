@@ -30,6 +30,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from aigc_gateway.audit import FAILURE, AuditLog
+from aigc_gateway.background import wait_event
 from aigc_gateway.config import UserSyncConfig
 from aigc_gateway.db import Database
 from aigc_gateway.db.models import UserSyncOutboxRow
@@ -180,10 +181,7 @@ class OutboxDelivery:
                 backoff = 0.0
                 wait = 0.0 if result.more else self.cfg.delivery_poll_seconds
             if wait:
-                try:
-                    await asyncio.wait_for(self._wake.wait(), wait)
-                except asyncio.TimeoutError:
-                    pass
+                await wait_event(self._wake, wait)
             self._wake.clear()
 
     async def _housekeeping(self) -> None:

@@ -15,6 +15,8 @@ from collections.abc import Awaitable, Callable
 import asyncpg
 from sqlalchemy.engine import make_url
 
+from aigc_gateway.background import cancel_and_wait
+
 log = logging.getLogger(__name__)
 
 
@@ -51,11 +53,7 @@ class PgListener:
     async def close(self) -> None:
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            try:
-                await task
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - shutting down
-                pass
+            await cancel_and_wait([task])
         self.live = False
 
     async def _run(self) -> None:
@@ -75,7 +73,8 @@ class PgListener:
                         await result
                 while True:  # a ping notices a dead connection that no notification would reveal
                     await asyncio.sleep(self.ping_seconds)
-                    await asyncio.wait_for(conn.fetchval("SELECT 1"), timeout=self.ping_seconds * 2)
+                    async with asyncio.timeout(self.ping_seconds * 2):  # not wait_for: see ..background
+                        await conn.fetchval("SELECT 1")
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - any failure means reconnect
