@@ -38,6 +38,7 @@ class Op(str, Enum):
     RESUME = "resume"
     UNINSTALL = "uninstall"
     RELEASE = "release"  # RELEASING -> FREE once the disks are gone
+    REALIGN = "realign"  # bring the controller's live set back to the recorded one (see plan_realign)
 
 
 @dataclass(frozen=True)
@@ -289,6 +290,34 @@ def plan_release(ref: TemplateRef, spec: Spec, slots: Mapping[int, Slot], instan
     return Plan(Op.RELEASE, instance_id, None, spec, None, (Transition(instance_id, SlotState.FREE, None),))
 
 
+def plan_realign(ref: TemplateRef, spec: Spec, slots: Mapping[int, Slot]) -> Plan | None:
+    """Undo a live set the controller changed on its own; None when (R, X) runs exactly the LIVE ids.
+
+    kruise-game v1.0.0 computes its implicit reserve list from the Advanced StatefulSet in its cache. A
+    reconcile that runs right after its own update of that object, triggered by a pod event that arrived
+    first, reads the old reserve ordinals: ids un-reserved by a resume or an install come back into X
+    while R stays, so one of them stops and a new id H starts in its place (seen on the test bed under
+    the two-process storm: X=[] written, X=[1] patched back, id 1 deleted, id 6 started).
+
+    The repair keeps R and reserves every id below the new high-water mark that is not recorded LIVE:
+    the controller then deletes the stray pods and, scaling back up to R, starts the lowest missing
+    ids, which are the recorded ones (on their old disks). A stray id had a pod, so it has a disk:
+    it becomes RELEASING (the reconciler deletes the disk and frees the id). When R itself disagrees
+    with the LIVE rows, nothing here can tell which side is right: that stays drift for an admin.
+    """
+    wanted = frozenset(i for i, s in slots.items() if s.state is SlotState.LIVE)
+    running = spec.live()
+    if running == wanted or spec.replicas != len(wanted):
+        return None
+    high = max(wanted | running | spec.reserved) + 1
+    after = Spec(spec.replicas, frozenset(range(high)) - wanted)
+    _expect(after, wanted, ref)
+    strays = sorted(running - wanted)
+    transitions = tuple(Transition(i, SlotState.RELEASING, None) for i in strays
+                        if slots.get(i) is None or slots[i].state is SlotState.FREE)
+    return Plan(Op.REALIGN, strays[0] if strays else min(wanted - running), None, spec, after, transitions)
+
+
 def resolve(plan: Plan, now: Spec) -> bool:
     """Whether an interrupted plan's GameServerSet write took effect, judged from the (R, X) read now.
 
@@ -300,6 +329,8 @@ def resolve(plan: Plan, now: Spec) -> bool:
         return True
     if now == plan.before:
         return False
+    if plan.op is Op.REALIGN:
+        return now.live() == plan.after.live()
     ids = {t.id for t in plan.transitions} or {plan.id}
     if plan.op in (Op.INSTALL, Op.RESUME):
         return ids <= now.live()

@@ -35,7 +35,7 @@ from typing import Any
 
 from aigc_gateway.config import InstanceConfig
 from aigc_gateway.db import Database
-from aigc_gateway.db.models import InstanceRow
+from aigc_gateway.db.models import InstanceRow, allocator_lock
 from aigc_gateway.errors import Aborted, FailedPrecondition, GatewayError, NotFound, Unavailable
 from aigc_gateway.identity import Principal
 from aigc_gateway.kube import GSS
@@ -43,7 +43,15 @@ from aigc_gateway.kube import GSS
 from . import access, allocator, faults, templates
 from .allocator import Op, Plan, Spec
 from .cluster import Cluster, backoff
-from .metrics import ALLOCATOR_CONFLICTS, ALLOCATOR_RETRIES, INTENTS_RESOLVED, LOCK_WAIT, OPERATIONS, SETTLE_WAIT
+from .metrics import (
+    ALLOCATOR_CONFLICTS,
+    ALLOCATOR_RETRIES,
+    INTENTS_RESOLVED,
+    LOCK_WAIT,
+    OPERATIONS,
+    REALIGNS,
+    SETTLE_WAIT,
+)
 from .names import InstanceRef, TemplateRef
 from .slots import SlotStore, to_slot
 
@@ -79,7 +87,7 @@ class Lifecycle:
         # connection while waiting for the advisory lock (the holder needs a second one for its stages).
         started = time.perf_counter()
         local = self._local.setdefault(ref.key, asyncio.Lock())
-        async with local, self.db.lock(f"allocator:{ref.key}"):
+        async with local, self.db.lock(allocator_lock(ref.namespace, ref.template)):
             LOCK_WAIT.observe(time.perf_counter() - started)
             yield
 
@@ -124,34 +132,67 @@ class Lifecycle:
             SETTLE_WAIT.observe(time.perf_counter() - settle_started)
             spec = templates.spec_of(ref, gss)
             await self.resolve_pending(ref, spec)
-            plan = decide(spec, await self.rows(ref))
+            rows = await self.rows(ref)
+            realign = allocator.plan_realign(ref, spec, slots_of(rows))
+            if realign is not None:
+                # The controller moved the live set on its own: put it back first, then plan on the result.
+                await self._write(ref, gss, realign, attempt)
+                continue
+            plan = decide(spec, rows)
             if plan.after is None:
                 async with self.db.session() as session:
                     await self.store.apply(session, ref, plan)
                 return plan
-            intent = await self.store.record_intent(ref, plan)
-            faults.point(f"{plan.op.value}.after_intent")
-            try:
-                await self.cluster.write_spec(gss, plan.after)
-            except Aborted:
-                # Someone (usually the controller's status patch) wrote since we read; the apiserver refused
-                # our write, so the intent is void. Read again and plan again.
-                ALLOCATOR_CONFLICTS.inc()
-                await self.store.forget_intent(intent.id)
-                await asyncio.sleep(backoff(attempt))
-                continue
-            except Unavailable:
-                raise  # the write may or may not have landed: the intent is resolved from (R, X) next time
-            except GatewayError:
-                await self.store.forget_intent(intent.id)  # refused outright: it did not happen
-                raise
-            faults.point(f"{plan.op.value}.after_gss_write")
-            async with self.db.session() as session:
-                await self.store.apply(session, ref, plan, owner_since=intent.created_at)
-                await self.store.drop_intent(session, intent.id)
-            return plan
+            if await self._write(ref, gss, plan, attempt):
+                return plan
         raise Aborted(f"{ref.name} kept changing while the allocator wrote it; retry",
                       reason="ALLOCATOR_CONTENDED", retry_after=1.0)
+
+    async def _write(self, ref: TemplateRef, gss: dict[str, Any], plan: Plan, attempt: int) -> bool:
+        """Intent, GameServerSet write, transitions; False when a concurrent write won (read again)."""
+        assert plan.after is not None
+        if plan.op is Op.REALIGN:
+            REALIGNS.inc()
+            log.warning("%s: the controller runs %s but the records say %s; writing %s to bring them back",
+                        ref.key, sorted(plan.before.live()), sorted(plan.after.live()), plan.after)
+        intent = await self.store.record_intent(ref, plan)
+        faults.point(f"{plan.op.value}.after_intent")
+        try:
+            await self.cluster.write_spec(gss, plan.after)
+        except Aborted:
+            # Someone (usually the controller's status patch) wrote since we read; the apiserver refused
+            # our write, so the intent is void. Read again and plan again.
+            ALLOCATOR_CONFLICTS.inc()
+            await self.store.forget_intent(intent.id)
+            await asyncio.sleep(backoff(attempt))
+            return False
+        except Unavailable:
+            raise  # the write may or may not have landed: the intent is resolved from (R, X) next time
+        except GatewayError:
+            await self.store.forget_intent(intent.id)  # refused outright: it did not happen
+            raise
+        faults.point(f"{plan.op.value}.after_gss_write")
+        async with self.db.session() as session:
+            await self.store.apply(session, ref, plan, owner_since=intent.created_at)
+            await self.store.drop_intent(session, intent.id)
+        return True
+
+    async def realign(self, ref: TemplateRef) -> bool:
+        """The reconciler's repair of a live set the controller changed (see allocator.plan_realign)."""
+        async with self.locked(ref):
+            for attempt in range(self.cfg.conflict_retries + 1):
+                try:
+                    gss = await self.cluster.settled_template(ref, self.cfg.settle_timeout_seconds)
+                except NotFound:
+                    return False
+                spec = templates.spec_of(ref, gss)
+                await self.resolve_pending(ref, spec)
+                plan = allocator.plan_realign(ref, spec, slots_of(await self.rows(ref)))
+                if plan is None:
+                    return False
+                if await self._write(ref, gss, plan, attempt):
+                    return True
+        return False
 
     # -- the operations --------------------------------------------------------------------------------------
 
@@ -279,13 +320,20 @@ class Lifecycle:
         return owned
 
     async def tidy(self, ref: TemplateRef) -> None:
-        """The reconciler's work on one template: resolve intents, then push RELEASING ids towards FREE."""
+        """The reconciler's work on one template: resolve intents, realign a live set the controller moved
+        (allocator.plan_realign), then push RELEASING ids towards FREE."""
         async with self.locked(ref):
             try:
                 gss = await self.cluster.template(ref)
             except NotFound:
                 return
-            await self.resolve_pending(ref, templates.spec_of(ref, gss))
+            spec = templates.spec_of(ref, gss)
+            await self.resolve_pending(ref, spec)
+            rows = await self.rows(ref)
+            releasing = [i for i, r in rows.items() if r.slot == allocator.SlotState.RELEASING.value]
+            misaligned = allocator.plan_realign(ref, spec, slots_of(rows)) is not None
+        if misaligned:
+            await self.realign(ref)
             releasing = [i for i, r in (await self.rows(ref)).items()
                          if r.slot == allocator.SlotState.RELEASING.value]
         for instance_id in releasing:

@@ -7,6 +7,9 @@ OPERATIONS = Counter("aigc_instance_operations_total", "Instance operations by k
                      ["operation", "outcome"])
 ALLOCATOR_CONFLICTS = Counter("aigc_instance_allocator_conflicts_total",
                               "GameServerSet writes refused with 409 (stale resourceVersion).")
+REALIGNS = Counter("aigc_instance_allocator_realigns_total",
+                   "GameServerSet writes that put back a live set the controller had changed on its own "
+                   "(see allocator.plan_realign).")
 ALLOCATOR_RETRIES = Counter("aigc_instance_allocator_retries_total",
                             "Allocator attempts repeated after a conflict.")
 INTENTS_RESOLVED = Counter("aigc_instance_intents_resolved_total",

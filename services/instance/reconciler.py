@@ -96,9 +96,10 @@ class Reconciler:
         RECONCILER_LEADER.set(0)
 
     async def pass_once(self) -> int:
-        """Tidy every template with work, then check every template; returns the number of violations."""
+        """Tidy every template with slots (intents, disks to delete, a live set to realign), then, every
+        CHECK_EVERY passes, check every template; returns the number of violations."""
         started = time.monotonic()
-        for ref in await self.store.templates(with_work_only=True):
+        for ref in await self.store.templates():
             try:
                 await self.lifecycle.tidy(ref)
             except Exception as exc:  # noqa: BLE001 - one template's trouble must not stop the others

@@ -133,12 +133,10 @@ class SlotStore:
 
     # -- what the reconciler and the checker look at -----------------------------------------------------
 
-    async def templates(self, *, with_work_only: bool = False) -> list[TemplateRef]:
-        """Templates that have slots (or only those with intents or RELEASING slots)."""
+    async def templates(self) -> list[TemplateRef]:
+        """Templates that have slots or intents."""
         async with self.db.session() as session:
             slots = select(InstanceRow.namespace, InstanceRow.template)
-            if with_work_only:
-                slots = slots.where(InstanceRow.slot == SlotState.RELEASING.value)
             found = {(n, t) for n, t in (await session.execute(slots.distinct())).all()}
             found |= {(n, t) for n, t in (await session.execute(
                 select(IntentRow.namespace, IntentRow.template).distinct())).all()}

@@ -25,6 +25,7 @@ from typing import Any
 
 from aigc_gateway import audit
 from aigc_gateway.api.v1 import template_pb2
+from aigc_gateway.db.models import allocator_lock
 from aigc_gateway.errors import (
     Aborted,
     FailedPrecondition,
@@ -72,6 +73,31 @@ class Cascade:
 
     async def delete(self, namespace: str, name: str, *, force: bool, etag: str) -> template_pb2.DeleteTemplateResponse:
         resource = template_name(namespace, name)
+        response = template_pb2.DeleteTemplateResponse()
+        # Under the allocator lock from the count of instances to the delete of the GameServerSet: an install
+        # either finished before (and is counted) or runs after (and finds no template). Released before
+        # the hand-off, as PurgeInstances takes the same lock.
+        async with self.table.db.lock(allocator_lock(namespace, name)):
+            known_ids, claims = await self._check_and_delete(namespace, name, force, etag, response)
+        response.deleted_claims.extend(await self._clear(namespace, name, claims))
+        # Without rows in the `instances` table there is no ownership or user data to clean up.
+        for outcome in (await self._hand_off(resource)) if known_ids else []:
+            if outcome.ok:
+                if not response.cleaned_users and outcome.users:
+                    response.cleaned_users.extend(sorted(set(outcome.users)))
+            else:
+                response.warnings.extend(violations_pb([Violation(
+                    outcome.step, f"did not complete ({outcome.detail}); the template's Kubernetes objects are gone; "
+                    "DeleteTemplate with force on the same name resumes this cleanup", "CLEANUP_INCOMPLETE")]))
+        audit.note(deleted_claims=list(response.deleted_claims), cleaned_users=len(response.cleaned_users),
+                   incomplete=[w.field for w in response.warnings])
+        return response
+
+    async def _check_and_delete(self, namespace: str, name: str, force: bool, etag: str,
+                                response: template_pb2.DeleteTemplateResponse) -> tuple[list[int], set[str]]:
+        """Refuse a template in use (unless forced) and delete its GameServerSet; the ids the `instances`
+        table knows and the claims to delete. Call it holding the allocator lock."""
+        resource = template_name(namespace, name)
         known_ids = await self.table.ids(namespace, name)
         owned = await self.table.owned(namespace, name)
         try:
@@ -85,7 +111,6 @@ class Cascade:
                 raise
             current = None  # a forced delete that did not finish: resume it
             audit.note(resumed=True)
-        response = template_pb2.DeleteTemplateResponse()
         live: list[int] = []
         claims: set[str] = set()
         if current is not None:
@@ -108,19 +133,7 @@ class Cascade:
             await self.cluster.delete(namespace, name, str(meta.get("uid", "")))
             audit.note(uid=str(meta.get("uid", "")), force=force)
         response.deleted_instance_count = len(set(live) | {o.id for o in owned})
-        response.deleted_claims.extend(await self._clear(namespace, name, claims))
-        # Without rows in the `instances` table there is no ownership or user data to clean up.
-        for outcome in (await self._hand_off(resource)) if known_ids else []:
-            if outcome.ok:
-                if not response.cleaned_users and outcome.users:
-                    response.cleaned_users.extend(sorted(set(outcome.users)))
-            else:
-                response.warnings.extend(violations_pb([Violation(
-                    outcome.step, f"did not complete ({outcome.detail}); the template's Kubernetes objects are gone; "
-                    "DeleteTemplate with force on the same name resumes this cleanup", "CLEANUP_INCOMPLETE")]))
-        audit.note(deleted_claims=list(response.deleted_claims), cleaned_users=len(response.cleaned_users),
-                   incomplete=[w.field for w in response.warnings])
-        return response
+        return known_ids, claims
 
     async def _clear(self, namespace: str, name: str, claims: set[str]) -> list[str]:
         """Wait for pods and GameServers to go, delete the claims, wait for everything to go."""

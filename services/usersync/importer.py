@@ -24,7 +24,7 @@ from aigc_gateway.audit import AuditLog
 from aigc_gateway.config import Settings
 from aigc_gateway.context import principal_var
 from aigc_gateway.db import Database
-from aigc_gateway.db.models import InstanceRow, notify_instance_change
+from aigc_gateway.db.models import InstanceRow, allocator_lock, notify_instance_change
 from aigc_gateway.errors import NotFound
 
 from . import metrics, mirrorstore
@@ -33,11 +33,6 @@ from .importplan import CONFLICT, IMPORTED, UNCHANGED, Claim, GssState, Row, par
 from .logto import LogtoClient
 
 log = logging.getLogger(__name__)
-
-
-def allocator_lock_name(namespace: str, template: str) -> str:
-    """The instance service's per-template allocator lock (DESIGN §5): import writes slots under it too."""
-    return f"allocator:{namespace}/{template}"
 
 
 @dataclass(frozen=True)
@@ -108,7 +103,7 @@ class Importer:
 
     async def _template(self, client: kube.Kube, namespace: str, template: str, group: list[Claim],
                         result: ImportResult) -> None:
-        async with self.db.lock(allocator_lock_name(namespace, template)) as session:
+        async with self.db.lock(allocator_lock(namespace, template)) as session:
             gss = await self._read_gss(client, namespace, template)
             rows = (await session.execute(select(InstanceRow).where(
                 InstanceRow.namespace == namespace, InstanceRow.template == template))).scalars()

@@ -7,13 +7,14 @@ import shutil
 import socket
 import ssl
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from . import processes
 from .config import MANIFESTS, Config
 from .kubectl import Kubectl, http_ok
 from .pki import make_serving_cert
-from .util import fail, say, wait_for
+from .util import TestbedError, fail, log_tail, say, wait_for
 
 # Per fake node. Generous, so that tests are never limited by capacity; the GPU resources let
 # the GPU (nvidia.com/gpu) and shared-GPU (aliyun.com/gpu-mem, GiB) templates schedule.
@@ -57,7 +58,7 @@ def start_kruise(cfg: Config, kubectl: Kubectl) -> None:
     so the configurations must exist before it starts."""
     work = cfg.state / "kruise"
     kustomize = work / "webhook-kustomize"
-    shutil.copytree(cfg.kruise_config / "webhook", kustomize / "webhook")
+    shutil.copytree(cfg.kruise_config / "webhook", kustomize / "webhook", dirs_exist_ok=True)
     # config/default of kruise adds the `kruise-` prefix and the namespace; do the same.
     (kustomize / "kustomization.yaml").write_text(
         "namePrefix: kruise-\nnamespace: kruise-system\nresources:\n- webhook\n")
@@ -99,8 +100,23 @@ def _alive_and(cfg: Config, name: str, result: bool) -> bool:
     """Fail fast (instead of waiting out the timeout) when the process died."""
     proc = next(p for p in processes.own_procs(cfg) if p.name == name)
     if not proc.alive():
-        fail(f"{name} exited", proc.log)
+        status = processes.exit_status(name)
+        fail(f"{name} exited" + (f" ({status})" if status else ""), proc.log)
     return result
+
+
+def start_with_retry(start: Callable[[Config, Kubectl], None], cfg: Config, kubectl: Kubectl, name: str) -> None:
+    """Start a manager; if it dies while starting, start it once more. Seen once on a loaded machine:
+    kruise-game-manager gone within a second, without a line of log; the second start worked."""
+    try:
+        start(cfg, kubectl)
+    except TestbedError as exc:
+        if "exited" not in str(exc):
+            raise
+        say(f"up: {exc}; starting it once more")
+        say(log_tail(exc.log) if exc.log else "")
+        processes.stop(next(p for p in processes.own_procs(cfg) if p.name == name))
+        start(cfg, kubectl)
 
 
 # --- kruise-game -------------------------------------------------------------------------------

@@ -79,8 +79,8 @@ def up(cfg: Config) -> None:
         _start_control_plane(cfg)
         kubectl = Kubectl(cfg, cfg.logs / "kubectl.log")
         _cluster_objects(cfg, kubectl)
-        addons.start_kruise(cfg, kubectl)
-        addons.start_kruise_game(cfg, kubectl)
+        addons.start_with_retry(addons.start_kruise, cfg, kubectl, "kruise-manager")
+        addons.start_with_retry(addons.start_kruise_game, cfg, kubectl, "kruise-game-manager")
         addons.probe(cfg, kubectl)
     except TestbedError as exc:
         _report_failure(cfg, exc)

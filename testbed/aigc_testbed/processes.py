@@ -66,6 +66,18 @@ def all_procs(cfg: Config) -> list[Proc]:
     return kwok_procs(cfg) + own_procs(cfg)
 
 
+_children: dict[str, subprocess.Popen[bytes]] = {}
+
+
+def exit_status(name: str) -> str:
+    """How a manager this process started ended ("exit status 2", "killed by signal 9"), or ''."""
+    child = _children.get(name)
+    code = child.poll() if child is not None else None
+    if code is None:
+        return ""
+    return f"killed by signal {-code}" if code < 0 else f"exit status {code}"
+
+
 def start(cfg: Config, name: str, args: list[str], env: dict[str, str]) -> Proc:
     """Start a manager detached from our session, output to its log, pid to its pidfile."""
     cfg.pids.mkdir(parents=True, exist_ok=True)
@@ -74,6 +86,7 @@ def start(cfg: Config, name: str, args: list[str], env: dict[str, str]) -> Proc:
     with proc.log.open("ab") as out:
         child = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                  env=os.environ | env, cwd=cfg.state, start_new_session=True)
+    _children[name] = child
     proc.pidfile.write_text(f"{child.pid}\n")
     return proc
 

@@ -30,12 +30,20 @@ class Controller:
     def reconcile(self) -> None:
         if self.settled():
             return
+        self._reconcile(self.asts_reserve, self.pods)
+
+    def stale_reconcile(self, cached_asts_reserve: set[int], cached_pods: set[int]) -> None:
+        """A reconcile reading the workload's reserve ordinals and the pods from a cache that lags (the
+        cause of allocator.plan_realign); the workload then runs what the reserve list it is given says."""
+        self._reconcile(set(cached_asts_reserve), set(cached_pods), check=False)
+
+    def _reconcile(self, asts_reserve: set[int], pods: set[int], check: bool = True) -> None:
         explicit = set(self.reserved)
-        not_exist = self.asts_reserve - self.annotation
+        not_exist = asts_reserve - self.annotation
         added_explicit = explicit - self.annotation
         deleted_explicit = self.annotation - explicit
         implicit = (not_exist - added_explicit) | deleted_explicit
-        manage = {i for i in self.pods if i not in explicit}
+        manage = {i for i in pods if i not in explicit}
         if len(manage) < self.replicas:
             i = 0
             while len(manage) < self.replicas:
@@ -51,8 +59,9 @@ class Controller:
         new_reserve = implicit | explicit
         self.asts_reserve, self.asts_replicas = new_reserve, self.replicas
         expected = _lowest_not_in(self.asts_replicas, self.asts_reserve)
-        assert manage == expected, f"controller meant {sorted(manage)}, workload runs {sorted(expected)}"
-        self.pods = manage
+        if check:
+            assert manage == expected, f"controller meant {sorted(manage)}, workload runs {sorted(expected)}"
+        self.pods = expected
         self.reserved = set(new_reserve)  # ReserveIds: the controller writes the list back
         self.annotation = set(new_reserve)
 

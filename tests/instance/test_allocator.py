@@ -163,6 +163,74 @@ def test_drift_is_refused_not_papered_over() -> None:
         allocator.plan_resume(REF, Spec.of(1), slots((0, PAUSED, "a")), 0)
 
 
+# -- the controller moving the live set on its own -------------------------------------------------------------
+
+def test_realign_undoes_what_a_stale_reconcile_of_kruise_game_did() -> None:
+    """The history seen on the test bed: ids 1 and 3 un-reserved by one install batch (R 4 -> 6); the
+    controller's first reconcile runs them, a second one reads the old reserve ordinals from its cache and
+    a pod list where 1 already runs and 3 not yet; 1 is reserved again, 6 started."""
+    okg = Controller()
+    okg.write(6, set())
+    okg.reconcile()
+    okg.write(4, {1, 3})  # 1 and 3 paused: 0 2 4 5 run
+    okg.reconcile()
+    assert okg.pods == {0, 2, 4, 5}
+    records = slots(*((i, LIVE, f"u{i}") for i in (0, 1, 2, 3, 4, 5)))
+    okg.write(6, set())
+    okg.reconcile()
+    assert okg.pods == {0, 1, 2, 3, 4, 5}
+    okg.stale_reconcile(cached_asts_reserve={1, 3}, cached_pods={0, 1, 2, 4, 5})
+    assert (okg.replicas, okg.reserved, okg.pods) == (6, {1}, {0, 2, 3, 4, 5, 6})
+
+    spec = Spec.of(okg.replicas, okg.reserved)
+    with pytest.raises(FailedPrecondition):  # what every step saw before: drift, the user's call refused
+        allocator.plan_pause(REF, spec, records, 1)
+    plan = allocator.plan_realign(REF, spec, records)
+    assert plan is not None and plan.op is Op.REALIGN and plan.after is not None
+    assert plan.after == Spec.of(6, {6})
+    assert plan.transitions == (Transition(6, RELEASING, None),)  # the stray pod's disk is deleted, id freed
+    okg.write(plan.after.replicas, set(plan.after.reserved))
+    okg.reconcile()
+    assert okg.pods == {0, 1, 2, 3, 4, 5} and okg.reserved == {6}
+    assert allocator.plan_realign(REF, Spec.of(okg.replicas, okg.reserved),
+                                  allocator.apply(records, plan.transitions)) is None
+    assert allocator.resolve(plan, Spec.of(okg.replicas, okg.reserved))
+
+
+def test_realign_leaves_alone_what_it_cannot_judge() -> None:
+    records = slots((0, LIVE, "a"), (1, LIVE, "b"), (2, PAUSED, "c"))
+    assert allocator.plan_realign(REF, Spec.of(2, {2}), records) is None  # aligned
+    assert allocator.plan_realign(REF, Spec.of(3, {2}), records) is None  # R disagrees: drift for an admin
+    # A stray id that had a FREE row gets a disk again: RELEASING; a paused one keeps its row.
+    moved = allocator.plan_realign(REF, Spec.of(2, {1, 2}), records | slots((3, FREE, None)))
+    assert moved is not None and moved.after == Spec.of(2, {2, 3})
+    assert moved.transitions == (Transition(3, RELEASING, None),)
+
+
+@given(st.sets(st.integers(0, 12), max_size=8), st.sets(st.integers(0, 12), max_size=8))
+def test_realign_always_restores_the_recorded_live_set(wanted: set[int], extra: set[int]) -> None:
+    """Whatever ids the controller re-reserved (R unchanged), the realigned spec runs exactly the LIVE ids
+    in the modelled controller, and leaves no holes."""
+    if not wanted:
+        return
+    records = slots(*((i, LIVE, f"u{i}") for i in wanted))
+    high = max(wanted) + 1
+    intended = Spec.of(len(wanted), set(range(high)) - wanted)
+    okg = Controller()
+    okg.write(intended.replicas, set(intended.reserved))
+    okg.reconcile()
+    assert okg.pods == wanted
+    okg.stale_reconcile(cached_asts_reserve=set(intended.reserved) | extra, cached_pods=wanted)
+    plan = allocator.plan_realign(REF, Spec.of(okg.replicas, okg.reserved), records)
+    if plan is None:
+        assert okg.pods == wanted
+        return
+    assert plan.after is not None and not plan.after.holes()
+    okg.write(plan.after.replicas, set(plan.after.reserved))
+    okg.reconcile()
+    assert okg.pods == wanted
+
+
 # -- crash resolution --------------------------------------------------------------------------------------
 
 def test_resolve_reads_the_outcome_from_r_and_x() -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import time
@@ -9,13 +10,14 @@ from dataclasses import dataclass
 
 import grpc
 import pytest
+from prometheus_client import REGISTRY
 from sqlalchemy import select
 
 from aigc_gateway.db import Database
 from aigc_gateway.db.models import InstanceRow
 from aigc_gateway.services.instance import reserve
 
-from ..plugins.kube import Game, wait_for
+from ..plugins.kube import Game, gss_history, wait_for
 from ..plugins.testbed import Testbed
 from ..plugins.gateway import make_settings
 from .conftest import SAMPLE, Client, create_template, instance_overrides
@@ -106,18 +108,28 @@ async def test_seeded_storm_with_two_service_processes(testbed: Testbed, game: G
             await c.uninstall(user, mine.name)
             model[(user, template)] = None
 
-    started = time.monotonic()
-    for wave in range(7):
-        pairs = rng.sample(sorted(model), 9)
-        results = await asyncio.gather(*(act(u, t) for u, t in pairs), return_exceptions=True)
-        failures = [(p, r) for p, r in zip(pairs, results, strict=True) if isinstance(r, BaseException)]
-        assert not failures, f"seed {STORM_SEED}, wave {wave}: {failures}\n" + "\n".join(log)
+    async with contextlib.AsyncExitStack() as stack:
+        histories = {t: await stack.enter_async_context(gss_history(testbed.kubeconfig, game.namespace, t))
+                     for t in templates}
+        try:
+            started = time.monotonic()
+            for wave in range(7):
+                pairs = rng.sample(sorted(model), 9)
+                results = await asyncio.gather(*(act(u, t) for u, t in pairs), return_exceptions=True)
+                failures = [(p, r) for p, r in zip(pairs, results, strict=True) if isinstance(r, BaseException)]
+                assert not failures, f"seed {STORM_SEED}, wave {wave}: {failures}\n" + "\n".join(log)
 
-    print(f"storm waves done in {time.monotonic() - started:.1f}s; slowest calls:",
-          sorted(log, key=lambda line: -float(line.rsplit("(", 1)[1].rstrip("s)")))[:5])
-    c = clients[0]
-    await c.wait_consistent(120)
-    print(f"consistent after {time.monotonic() - started:.1f}s")
+            print(f"storm waves done in {time.monotonic() - started:.1f}s; slowest calls:",
+                  sorted(log, key=lambda line: -float(line.rsplit("(", 1)[1].rstrip("s)")))[:5])
+            c = clients[0]
+            await c.wait_consistent(120)
+        except AssertionError:
+            print("\n".join(log))
+            for template, lines in histories.items():
+                print(f"history of {template}:", *lines, sep="\n  ")
+            raise
+    print(f"consistent after {time.monotonic() - started:.1f}s; live sets realigned: "
+          f"{REGISTRY.get_sample_value('aigc_instance_allocator_realigns_total') or 0:.0f} (process total)")
     async with database.session() as session:
         rows = list((await session.execute(select(InstanceRow).where(InstanceRow.namespace == c.namespace)))
                     .scalars())
@@ -132,3 +144,50 @@ async def test_seeded_storm_with_two_service_processes(testbed: Testbed, game: G
             return await game.running_ids(template) == live and set((await game.pods(template))) == live
         await wait_for(running, 120, what=f"{template} to run exactly {sorted(live)}")
     print(f"pods match after {time.monotonic() - started:.1f}s")
+
+
+@pytest.mark.parametrize("stagger", [0.0, 0.4, 1.5])
+async def test_installs_racing_a_plain_template_delete(testbed: Testbed, game: Game, database_url: str, issuer,
+                                                        start_gateway, client_for, database: Database,
+                                                        stagger: float) -> None:
+    """DeleteTemplate without force and installs at once: the delete either counts the installs and is
+    refused, or deletes a template no install got into; never an instance on a deleted template."""
+    from kubernetes_asyncio.client.exceptions import ApiException
+
+    from aigc_gateway.api.v1 import template_pb2, template_pb2_grpc
+
+    await create_template(game, testbed)
+    settings = make_settings(database_url, issuer, template={"delete_wait_seconds": 90},
+                             **instance_overrides(testbed, game.namespace))
+    gw = await start_gateway("instance", "template", settings=settings)
+    c = client_for(gw.channel("instance"))
+    templates = template_pb2_grpc.TemplateServiceStub(gw.channel("template"))
+
+    async def delete() -> template_pb2.DeleteTemplateResponse:
+        await asyncio.sleep(stagger)
+        return await templates.DeleteTemplate(template_pb2.DeleteTemplateRequest(name=c.parent()),
+                                              metadata=c.md("admin"), timeout=120)
+
+    *installs, deleted = await asyncio.gather(*(c.install(f"user-{i}") for i in range(6)), delete(),
+                                              return_exceptions=True)
+    installed = [r for r in installs if not isinstance(r, BaseException)]
+    for r in installs:
+        if isinstance(r, BaseException):
+            assert isinstance(r, grpc.aio.AioRpcError), r
+            assert r.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION), r
+    async with database.session() as session:
+        rows = (await session.execute(select(InstanceRow.id, InstanceRow.slot, InstanceRow.owner).where(
+            InstanceRow.namespace == game.namespace, InstanceRow.template == SAMPLE,
+            InstanceRow.owner.is_not(None)))).all()
+    if isinstance(deleted, BaseException):
+        assert isinstance(deleted, grpc.aio.AioRpcError) and deleted.code() == grpc.StatusCode.FAILED_PRECONDITION, \
+            deleted
+        assert installed, "the delete was refused, so some install must have got in"
+        assert sorted(r.id for r in installed) == sorted(i for i, _s, _o in rows)
+        assert (await game.get_gss(SAMPLE))["spec"]["replicas"] == len(installed)
+        await c.wait_consistent(120)
+    else:
+        assert installed == [] and rows == [], (installed, rows)
+        with pytest.raises(ApiException) as gone:
+            await game.get_gss(SAMPLE)
+        assert gone.value.status == 404

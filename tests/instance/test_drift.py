@@ -13,7 +13,7 @@ from sqlalchemy import select
 from aigc_gateway.db import Database
 from aigc_gateway.db.models import AuditEventRow
 
-from ..plugins.kube import Game
+from ..plugins.kube import Game, wait_for
 from ..plugins.testbed import Testbed
 from .conftest import SAMPLE, State, create_template
 
@@ -79,3 +79,41 @@ async def test_metrics_and_audit_of_an_install(testbed: Testbed, game: Game, ins
     assert created.actor == "alice" and created.details["instance"] == alice.name
     denied = events[("InstanceService.PauseInstance", "DENIED")]
     assert denied.actor == "bob" and denied.resource == alice.name and denied.error_code == "PERMISSION_DENIED"
+
+
+async def test_a_live_set_moved_by_the_controller_is_put_back(testbed: Testbed, game: Game, instance_settings,
+                                                              start_gateway, client_for, database: Database) -> None:
+    """What a stale reconcile of kruise-game does (allocator.plan_realign): R kept, a recorded-LIVE id
+    reserved again, a new id started instead. The reconciler puts the recorded ids back on their disks,
+    stops the stray one and deletes its disk; the owner's next call works."""
+    from aigc_gateway.db.models import InstanceRow
+
+    await create_template(game, testbed)
+    gw = await start_gateway("instance", settings=instance_settings)
+    c = client_for(gw.channel("instance"))
+    users = ["ann", "ben", "cat"]
+    made = {u: await c.install(u) for u in users}
+    assert sorted(m.id for m in made.values()) == [0, 1, 2]
+    await game.wait_running(SAMPLE, {0, 1, 2})
+    before = sample("aigc_instance_allocator_realigns_total")
+
+    # As the controller did: id 1 reserved again with R kept, so it stops and id 3 starts.
+    await game.update_gss(SAMPLE, lambda s: s.update(reserveGameServerIds=[1]))
+
+    # The reconciler (every second here) writes (3, [3]): id 1 back on its disk, 3 stopped.
+    await game.wait_running(SAMPLE, {0, 1, 2}, timeout=60)
+    spec = (await game.get_gss(SAMPLE))["spec"]
+    assert spec["replicas"] == 3 and spec["reserveGameServerIds"] in ([3], ["3"])
+    assert sample("aigc_instance_allocator_realigns_total") > before
+    await c.wait_consistent(60)
+
+    async def freed() -> bool:  # the stray id's disk deleted, then the id FREE
+        async with database.session() as session:
+            row = await session.get(InstanceRow, (game.namespace, SAMPLE, 3))
+        return row is not None and row.slot == "FREE" and row.owner is None
+    await wait_for(freed, 60, what="the stray id 3 to be FREE")
+    assert not [n for n in await game.pvcs() if n.endswith(f"-{SAMPLE}-3")]
+    await c.pause("ben", made["ben"].name)  # the owner of the id that was moved is served as usual
+    await c.wait_state("ben", made["ben"].name, State.PAUSED)
+    bob = await c.install("bob")
+    assert bob.id == 3  # the freed id is handed out again

@@ -123,3 +123,39 @@ class Game:
                 return pods
             return None
         return await wait_for(check, timeout, what=f"pods of {gss} to be exactly {sorted(ids)} Running")
+
+
+def _gss_line(kind: str, obj: dict) -> str:
+    meta, spec, status = obj.get("metadata") or {}, obj.get("spec") or {}, obj.get("status") or {}
+    fields = meta.get("managedFields") or []
+    last = max(fields, key=lambda f: f.get("time") or "", default={})
+    reserve = (meta.get("annotations") or {}).get("game.kruise.io/reserve-ids", "")  # what the controller applied
+    return (f"{kind} rv={meta.get('resourceVersion')} gen={meta.get('generation')}/"
+            f"{status.get('observedGeneration')} R={spec.get('replicas')} X={spec.get('reserveGameServerIds')} "
+            f"applied={reserve!r} status.replicas={status.get('replicas')} by={last.get('manager')}"
+            f"/{last.get('operation')}/{last.get('subresource', '')}")
+
+
+@asynccontextmanager
+async def gss_history(kubeconfig: Path, namespace: str, name: str) -> AsyncIterator[list[str]]:
+    """Every version of one GameServerSet seen while the block runs, a line each (who wrote it, R, X, what
+    the controller applied): printed by tests whose allocator invariants fail, to tell whose write broke them."""
+    from kubernetes_asyncio import watch
+
+    lines: list[str] = []
+
+    async def follow() -> None:
+        async with api_client(kubeconfig) as api:
+            custom = client.CustomObjectsApi(api)
+            stream = watch.Watch().stream(custom.list_namespaced_custom_object, GROUP, VERSION, namespace,
+                                          "gameserversets", field_selector=f"metadata.name={name}",
+                                          timeout_seconds=3600)
+            async for event in stream:
+                lines.append(_gss_line(event["type"], event["object"]))
+
+    task = asyncio.create_task(follow())
+    try:
+        yield lines
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

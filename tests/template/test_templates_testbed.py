@@ -392,3 +392,83 @@ async def test_forced_delete_that_times_out_is_resumed(template_api, testbed: Te
     failure, success = await api.events(action="TemplateService.DeleteTemplate")
     assert failure.error_code == "UNAVAILABLE" and list(failure.details["remaining"]["claims"]) == [claim]
     assert success.details["resumed"] is True
+
+
+async def test_delete_waits_for_an_install_holding_the_allocator_lock(api, testbed: Testbed) -> None:
+    """An install in progress holds the template's allocator lock from its intent to its commit (DESIGN §5).
+    A plain delete that arrives meanwhile must count that install, not delete the template from under it."""
+    from aigc_gateway.db.models import allocator_lock
+
+    await publish(api, testbed)
+    name = "stable-diffusion-cpu"
+    db = api.gateway.runtime.db
+    async with api_client(testbed.kubeconfig) as client:
+        game = Game(client, api.namespace)
+        installing = asyncio.Event()
+        finish = asyncio.Event()
+
+        async def install() -> None:  # what the instance service does under the lock, slowed down
+            async with db.lock(allocator_lock(api.namespace, name)):
+                installing.set()
+                await finish.wait()
+                await game.update_gss(name, lambda s: s.update(replicas=1))
+                await add_instances(db, api.namespace, name, {0: ("LIVE", "alice")})
+
+        installer = asyncio.create_task(install())
+        await installing.wait()
+        async def delete() -> template_pb2.DeleteTemplateResponse:
+            return await api.stub.DeleteTemplate(template_pb2.DeleteTemplateRequest(name=api.name(name)),
+                                                 metadata=api.admin, timeout=60)
+        deleting = asyncio.create_task(delete())
+        await asyncio.sleep(1.0)  # the delete is now waiting for the lock (without it, it would be done)
+        assert not deleting.done()
+        finish.set()
+        await installer
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await deleting
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "1 owned instance" in (err.value.details() or "")
+        assert (await leftovers(game, name))["gss"]
+
+
+async def test_kruise_game_webhook_denials_become_invalid_argument(api, testbed: Testbed) -> None:
+    """The rules refuse every network type but Kubernetes-Ingress before the cluster sees it, so the
+    adapter is driven directly here: the real kruise-game webhook's 403s must reach the caller as bad
+    input naming the webhook's reason, not as an operator error."""
+    import yaml
+
+    from aigc_gateway.config import KubernetesConfig
+    from aigc_gateway.errors import Aborted, InvalidArgument
+    from aigc_gateway.services.template.cluster import KubeHandle, TemplateCluster
+    from aigc_gateway.services.template.policy import Policy
+
+    handle = KubeHandle(KubernetesConfig(kubeconfig=str(testbed.kubeconfig)))
+    cluster = TemplateCluster(handle, Policy(namespaces=(api.namespace,), domain=testbed.domain))
+    try:
+        obj = yaml.safe_load(text_for("stable-diffusion-cpu", testbed.domain, api.namespace))
+        obj["spec"]["network"]["networkType"] = "No-Such-Network"
+        with pytest.raises(InvalidArgument) as created:
+            await cluster.create(obj, dry_run=True)
+        assert created.value.reason == "ADMISSION_DENIED"
+        assert "network type must be one of" in created.value.message
+        assert [v.reason for v in created.value.violations] == ["ADMISSION_DENIED"]
+
+        await publish(api, testbed)
+        for _ in range(10):  # the controller writes the new template too: read again after a 409
+            current = await cluster.get(api.namespace, "stable-diffusion-cpu")
+            current["spec"]["network"]["networkType"] = "Kubernetes-NodePort"
+            try:
+                await cluster.replace(current)
+            except Aborted:
+                await asyncio.sleep(0.2)
+                continue
+            except InvalidArgument as exc:
+                replaced = exc
+                break
+            raise AssertionError("the webhook let a change of network type through")
+        else:
+            raise AssertionError("the GameServerSet kept changing")
+        assert replaced.reason == "ADMISSION_DENIED"
+        assert "change network type is not allowed" in replaced.message
+    finally:
+        await handle.close()

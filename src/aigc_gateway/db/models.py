@@ -77,6 +77,13 @@ class IdempotencyKeyRow(Base):
     __table_args__ = (Index("ix_idempotency_keys_created_at", "created_at"),)
 
 
+def allocator_lock(namespace: str, template: str) -> str:
+    """The name of a template's allocator lock (:meth:`Database.lock`, DESIGN §5). Whoever changes the
+    template's slots, replicas or reserve list holds it: the instance service's allocator, usersync's
+    import, and the template service's delete while it checks for instances and deletes."""
+    return f"allocator:{namespace}/{template}"
+
+
 class InstanceRow(Base):
     """One id of one template: the allocator's slot and, while it has an owner, the ownership record.
 
