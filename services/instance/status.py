@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -148,7 +148,9 @@ def derive(slot: SlotState, changed_since_install: bool, gss: Obj | None, seen: 
             return View(State.RESUMING, "Resuming on the kept disk")
         return View(State.INSTALLING, "Creating the instance")
     if pod_meta.get("deletionTimestamp"):
-        stopping_since = _k8s_time(pod_meta["deletionTimestamp"])
+        # deletionTimestamp is when the grace period ends, not when the delete was asked for.
+        stopping_since = _k8s_time(pod_meta["deletionTimestamp"]) - timedelta(
+            seconds=int(pod_meta.get("deletionGracePeriodSeconds") or 0))
         if changed_since_install and live_since is not None and stopping_since <= live_since:
             return View(State.RESUMING, "Resuming: waiting for the paused engine to stop", source="pod")
         return View(State.RESTARTING, "Restarting: stopping the old pod", source="pod")

@@ -298,3 +298,19 @@ def test_a_paused_pod_still_stopping_after_resume_is_resuming_not_restarting() -
     restarted_later = status.derive(SlotState.LIVE, True, gss(), status.Observed(game_server(), stopping), 0,
                                     live_since=datetime(2026, 11, 28, 11, 0, tzinfo=timezone.utc))
     assert restarted_later.state == State.RESTARTING
+
+
+def test_the_grace_period_is_not_taken_for_a_later_delete() -> None:
+    """deletionTimestamp is the end of the grace period: a pause at 12:00:00 with 30 s of grace shows
+    12:00:30, and a resume at 12:00:02 must still read as RESUMING."""
+    from datetime import datetime, timezone
+
+    stopping = pod()
+    stopping["metadata"]["deletionTimestamp"] = "2026-11-28T12:00:30Z"
+    stopping["metadata"]["deletionGracePeriodSeconds"] = 30
+    resumed_at = datetime(2026, 11, 28, 12, 0, 2, tzinfo=timezone.utc)
+    observed = status.Observed(game_server(), stopping)
+    assert status.derive(SlotState.LIVE, True, gss(), observed, 0, live_since=resumed_at).state == State.RESUMING
+    restarted = dict(stopping, metadata=dict(stopping["metadata"], deletionTimestamp="2026-11-28T12:00:33Z"))
+    assert status.derive(SlotState.LIVE, True, gss(), status.Observed(game_server(), restarted), 0,
+                         live_since=resumed_at).state == State.RESTARTING
