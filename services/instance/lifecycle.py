@@ -177,22 +177,11 @@ class Lifecycle:
             await self.store.drop_intent(session, intent.id)
         return True
 
-    async def realign(self, ref: TemplateRef) -> bool:
-        """The reconciler's repair of a live set the controller changed (see allocator.plan_realign)."""
+    async def realign(self, ref: TemplateRef) -> None:
+        """The reconciler's repair of a live set the controller changed: a step that plans nothing, as every
+        step realigns before it plans (see allocator.plan_realign)."""
         async with self.locked(ref):
-            for attempt in range(self.cfg.conflict_retries + 1):
-                try:
-                    gss = await self.cluster.settled_template(ref, self.cfg.settle_timeout_seconds)
-                except NotFound:
-                    return False
-                spec = templates.spec_of(ref, gss)
-                await self.resolve_pending(ref, spec)
-                plan = allocator.plan_realign(ref, spec, slots_of(await self.rows(ref)))
-                if plan is None:
-                    return False
-                if await self._write(ref, gss, plan, attempt):
-                    return True
-        return False
+            await self._attempts(ref, lambda spec, _rows: Plan(Op.REALIGN, -1, None, spec, None))
 
     # -- the operations --------------------------------------------------------------------------------------
 

@@ -101,10 +101,10 @@ async def test_a_live_set_moved_by_the_controller_is_put_back(testbed: Testbed, 
     await game.update_gss(SAMPLE, lambda s: s.update(reserveGameServerIds=[1]))
 
     # The reconciler (every second here) writes (3, [3]): id 1 back on its disk, 3 stopped.
+    await wait_for(lambda: sample("aigc_instance_allocator_realigns_total") > before, 60, what="a realign")
     await game.wait_running(SAMPLE, {0, 1, 2}, timeout=60)
     spec = (await game.get_gss(SAMPLE))["spec"]
     assert spec["replicas"] == 3 and spec["reserveGameServerIds"] in ([3], ["3"])
-    assert sample("aigc_instance_allocator_realigns_total") > before
     await c.wait_consistent(60)
 
     async def freed() -> bool:  # the stray id's disk deleted, then the id FREE
