@@ -20,6 +20,7 @@ POINTS = (
     "resume.after_intent", "resume.after_gss_write", "resume.after_commit",
     "uninstall.after_intent", "uninstall.after_gss_write", "uninstall.after_commit",
     "uninstall.after_disk_delete",
+    "realign.after_intent", "realign.after_gss_write",
 )
 
 log = logging.getLogger(__name__)
