@@ -106,13 +106,14 @@ def _alive_and(cfg: Config, name: str, result: bool) -> bool:
 
 
 def start_with_retry(start: Callable[[Config, Kubectl], None], cfg: Config, kubectl: Kubectl, name: str) -> None:
-    """Start a manager; if it dies while starting, start it once more. Seen once on a loaded machine:
-    kruise-game-manager gone within a second, without a line of log; the second start worked."""
+    """Start a manager; if it exits while starting (an exit status this process saw), start it once more.
+    A manager merely reported gone is not restarted: a second one beside a live first would fight it for
+    its ports (seen when an empty command line right after the start was taken for an exit)."""
     try:
         start(cfg, kubectl)
     except TestbedError as exc:
-        if "exited" not in str(exc):
-            raise
+        if not processes.exit_status(name):
+            raise  # not an exit of the manager we started (or not one we can see): do not start a second
         say(f"up: {exc}; starting it once more")
         say(log_tail(exc.log) if exc.log else "")
         processes.stop(next(p for p in processes.own_procs(cfg) if p.name == name))

