@@ -60,6 +60,29 @@ async def create_template(game: Game, testbed: Testbed, name: str = SAMPLE, samp
     return name
 
 
+async def wait_realigned(game: Game, live: set[int], template: str = SAMPLE) -> None:
+    """Until (R, X) runs exactly ``live`` and exactly those pods run (allocator.plan_realign's end state)."""
+    from aigc_gateway.services.instance import reserve
+    from aigc_gateway.services.instance.allocator import Spec
+
+    async def realigned() -> bool:
+        spec = (await game.get_gss(template))["spec"]
+        aligned = Spec.of(spec["replicas"], reserve.parse(spec.get("reserveGameServerIds"))).live() == live
+        return aligned and await game.running_ids(template) == live
+    await wait_for(realigned, 90, what=f"ids {sorted(live)} running again and (R, X) running exactly them")
+
+
+async def wait_slot(db: Any, namespace: str, instance_id: int, slot: str, template: str = SAMPLE) -> None:
+    """Until the shared table's row of the id has ``slot``."""
+    from aigc_gateway.db.models import InstanceRow
+
+    async def reached() -> bool:
+        async with db.session() as session:
+            row = await session.get(InstanceRow, (namespace, template, instance_id))
+        return row is not None and row.slot == slot
+    await wait_for(reached, 60, what=f"id {instance_id} to be {slot}")
+
+
 @dataclass
 class Client:
     """Calls as users of the issuer; `admin` has the admin role."""

@@ -13,7 +13,7 @@ from aigc_gateway.services.instance import faults
 
 from ..plugins.kube import Game, wait_for
 from ..plugins.testbed import Testbed
-from .conftest import SAMPLE, State, create_template
+from .conftest import SAMPLE, State, create_template, wait_realigned, wait_slot
 
 pytestmark = pytest.mark.testbed
 
@@ -118,9 +118,6 @@ async def test_crash_while_realigning(point: str, testbed: Testbed, game: Game, 
                                       database: Database) -> None:
     """The reconciler's repair of a live set the controller moved (allocator.plan_realign) dies half-way; the
     next process finishes it: ids 0-2 run again, the stray id's disk goes, every owner is served."""
-    from aigc_gateway.services.instance import reserve
-    from aigc_gateway.services.instance.allocator import Spec
-
     await create_template(game, testbed)
     service = await service_process()
     service.start()
@@ -137,18 +134,9 @@ async def test_crash_while_realigning(point: str, testbed: Testbed, game: Game, 
     service.start()
     c = client_for(await service.ready())
 
-    async def realigned() -> bool:
-        spec = (await game.get_gss(SAMPLE))["spec"]
-        aligned = Spec.of(spec["replicas"], reserve.parse(spec.get("reserveGameServerIds"))).live() == {0, 1, 2}
-        return aligned and await game.running_ids(SAMPLE) == {0, 1, 2}
-    await wait_for(realigned, 90, what="ids 0-2 running again and (R, X) running exactly them")
+    await wait_realigned(game, {0, 1, 2})
     await c.wait_consistent(60)
-
-    async def stray_freed() -> bool:
-        async with database.session() as session:
-            row = await session.get(InstanceRow, (game.namespace, SAMPLE, 3))
-        return row is not None and row.slot == "FREE"
-    await wait_for(stray_freed, 60, what="the stray id 3 to be FREE")
+    await wait_slot(database, game.namespace, 3, "FREE")  # the stray id's disk deleted
     await c.pause("ben", made["ben"].name)
     await c.wait_state("ben", made["ben"].name, State.PAUSED)
     await c.wait_consistent(60)

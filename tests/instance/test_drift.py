@@ -15,7 +15,7 @@ from aigc_gateway.db.models import AuditEventRow
 
 from ..plugins.kube import Game, wait_for
 from ..plugins.testbed import Testbed
-from .conftest import SAMPLE, State, create_template
+from .conftest import SAMPLE, State, create_template, wait_realigned, wait_slot
 
 pytestmark = pytest.mark.testbed
 
@@ -86,10 +86,6 @@ async def test_a_live_set_moved_by_the_controller_is_put_back(testbed: Testbed, 
     """What a stale reconcile of kruise-game does (allocator.plan_realign): R kept, a recorded-LIVE id
     reserved again, a new id started instead. The reconciler puts the recorded ids back on their disks,
     stops the stray one and deletes its disk; the owner's next call works."""
-    from aigc_gateway.db.models import InstanceRow
-    from aigc_gateway.services.instance import reserve
-    from aigc_gateway.services.instance.allocator import Spec
-
     await create_template(game, testbed)
     gw = await start_gateway("instance", settings=instance_settings)
     c = client_for(gw.channel("instance"))
@@ -106,18 +102,9 @@ async def test_a_live_set_moved_by_the_controller_is_put_back(testbed: Testbed, 
     # controller race may strike the repair too; the next pass repairs that, so wait for the end state.
     await wait_for(lambda: sample("aigc_instance_allocator_realigns_total") > before, 60, what="a realign")
 
-    async def realigned() -> bool:
-        spec = (await game.get_gss(SAMPLE))["spec"]
-        aligned = Spec.of(spec["replicas"], reserve.parse(spec.get("reserveGameServerIds"))).live() == {0, 1, 2}
-        return aligned and await game.running_ids(SAMPLE) == {0, 1, 2}
-    await wait_for(realigned, 90, what="ids 0-2 running again and (R, X) running exactly them")
+    await wait_realigned(game, {0, 1, 2})
     await c.wait_consistent(60)
-
-    async def freed() -> bool:  # the stray id's disk deleted, then the id FREE
-        async with database.session() as session:
-            row = await session.get(InstanceRow, (game.namespace, SAMPLE, 3))
-        return row is not None and row.slot == "FREE" and row.owner is None
-    await wait_for(freed, 60, what="the stray id 3 to be FREE")
+    await wait_slot(database, game.namespace, 3, "FREE")  # the stray id's disk deleted, then the id freed
     assert not [n for n in await game.pvcs() if n.endswith(f"-{SAMPLE}-3")]
     await c.pause("ben", made["ben"].name)  # the owner of the id that was moved is served as usual
     await c.wait_state("ben", made["ben"].name, State.PAUSED)
