@@ -34,6 +34,7 @@ import sys
 from typing import Any
 
 from aigc_gateway import logs
+from aigc_gateway.background import cancel_and_wait
 from aigc_gateway.config import Settings
 from aigc_gateway.runtime import Runtime
 
@@ -72,11 +73,11 @@ class Worker:
                 self.send({"ready": os.getpid()})
                 await self.stopping.wait()
         finally:
-            metrics.cancel()
+            await cancel_and_wait([metrics])
             await self.service.stop()
             await self.runtime.close()
             self.send({"metrics": workermetrics.totals()})
-            control.cancel()
+            await cancel_and_wait([control])
 
     async def _control(self, reader: asyncio.StreamReader, synced: asyncio.Event) -> None:
         owners = self.service.owners
@@ -103,8 +104,7 @@ async def _first(*aws: Any) -> None:
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        for task in tasks:
-            task.cancel()
+        await cancel_and_wait(tasks)
 
 
 async def _main(out: Any) -> int:

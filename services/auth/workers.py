@@ -29,6 +29,7 @@ from typing import Any
 
 from pydantic import SecretBytes, SecretStr
 
+from aigc_gateway.background import cancel_and_wait
 from aigc_gateway.config import Settings
 
 from .listen import reserve_port, split_listen
@@ -190,8 +191,9 @@ class WorkerPool:
     async def stop(self) -> None:
         self._running = False
         self.owners.unsubscribe(self._changed)
-        for task in list(self._restarts):
-            task.cancel()
+        # Ended, not only cancelled, before the slots are stopped: no restart is then half-way through
+        # replacing the slot.pipes that _stop_slot closes.
+        await cancel_and_wait(list(self._restarts))
         await asyncio.gather(*(self._stop_slot(slot) for slot in self.slots), return_exceptions=True)
         if self._reservation is not None:
             self._reservation.close()

@@ -177,12 +177,6 @@ class Lifecycle:
             await self.store.drop_intent(session, intent.id)
         return True
 
-    async def realign(self, ref: TemplateRef) -> None:
-        """The reconciler's repair of a live set the controller changed: a step that plans nothing, as every
-        step realigns before it plans (see allocator.plan_realign)."""
-        async with self.locked(ref):
-            await self._attempts(ref, lambda spec, _rows: Plan(Op.REALIGN, -1, None, spec, None))
-
     # -- the operations --------------------------------------------------------------------------------------
 
     async def install(self, ref: TemplateRef, owner: str) -> int:
@@ -319,11 +313,10 @@ class Lifecycle:
             spec = templates.spec_of(ref, gss)
             await self.resolve_pending(ref, spec)
             rows = await self.rows(ref)
+            if allocator.plan_realign(ref, spec, slots_of(rows)) is not None:
+                # A step that plans nothing: every step realigns (after the controller settles) before it plans.
+                await self._attempts(ref, lambda now, _rows: Plan(Op.REALIGN, -1, None, now, None))
+                rows = await self.rows(ref)
             releasing = [i for i, r in rows.items() if r.slot == allocator.SlotState.RELEASING.value]
-            misaligned = allocator.plan_realign(ref, spec, slots_of(rows)) is not None
-        if misaligned:
-            await self.realign(ref)
-            releasing = [i for i, r in (await self.rows(ref)).items()
-                         if r.slot == allocator.SlotState.RELEASING.value]
         for instance_id in releasing:
             await self.release(ref.instance(instance_id), wait=0)

@@ -14,9 +14,9 @@ from datetime import datetime, timezone
 from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import func, select, tuple_
 
-from aigc_gateway.background import cancel_and_wait
 from aigc_gateway import paging
 from aigc_gateway.api.v1 import instance_pb2
+from aigc_gateway.background import cancel_and_wait
 from aigc_gateway.db.listen import PgListener, asyncpg_dsn
 from aigc_gateway.db.models import INSTANCE_CHANNEL, InstanceRow
 from aigc_gateway.errors import NotFound, PermissionDenied, Unavailable

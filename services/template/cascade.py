@@ -26,13 +26,7 @@ from typing import Any
 from aigc_gateway import audit
 from aigc_gateway.api.v1 import template_pb2
 from aigc_gateway.db.models import allocator_lock
-from aigc_gateway.errors import (
-    Aborted,
-    FailedPrecondition,
-    NotFound,
-    Unavailable,
-    Violation,
-)
+from aigc_gateway.errors import FailedPrecondition, NotFound, Unavailable, Violation
 
 from . import changes
 from .changes import reserved_ids
@@ -115,8 +109,7 @@ class Cascade:
         claims: set[str] = set()
         if current is not None:
             meta = current["metadata"]
-            if etag and etag != changes.etag(current):
-                raise Aborted(f"the template changed since etag {etag} was read; read it again", reason="STALE_ETAG")
+            changes.check_etag(current, etag)
             live = await self.cluster.live_ids(namespace, name)
             claims = claim_names(current, candidate_ids(current, known_ids))
             remnants = await self.cluster.remnants(namespace, name, claims)

@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from aigc_gateway.errors import Violation
+from aigc_gateway.errors import Aborted, Violation
 
 from .normalize import SERVER_METADATA
 
@@ -168,6 +168,14 @@ def etag(obj: dict[str, Any]) -> str:
     pause and controller status update changes; an admin's edit is stale only when another edit came first."""
     canonical = json.dumps(admin_part(obj), sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()[:20]
+
+
+def check_etag(obj: dict[str, Any], sent: str) -> None:
+    """ABORTED when the caller sent an etag and the template's is another (AIP-154); no etag: no check."""
+    now = etag(obj)
+    if sent and sent != now:
+        raise Aborted(f"the template changed since etag {sent} was read (now {now}); read it again",
+                      reason="STALE_ETAG", metadata={"etag": now})
 
 
 def diff(old: Any, new: Any, segments: list[str | int] | None = None) -> list[str]:

@@ -138,10 +138,7 @@ class Publisher:
         audit.note(validate_only=validate_only, allow_restart=allow_restart, update_mask=mask)
         for attempt in range(UPDATE_ATTEMPTS):
             current = await self.cluster.get(namespace, name)
-            now = changes.etag(current)
-            if etag and etag != now:
-                raise Aborted(f"the template changed since etag {etag} was read (now {now}); read it again",
-                              reason="STALE_ETAG", metadata={"etag": now})
+            changes.check_etag(current, etag)
             checked = check_update(current, parsed, mask, self.policy)
             if not checked.ok:
                 raise refuse(checked.violations, "the update is not valid")
