@@ -330,7 +330,10 @@ def resolve(plan: Plan, now: Spec) -> bool:
     if now == plan.before:
         return False
     if plan.op is Op.REALIGN:
-        return now.live() == plan.after.live()
+        # The stray ids had pods, so they have disks whether or not the write landed; once they are reserved
+        # (by this write, or by the controller's race striking again) they must be RELEASING, or their disks
+        # stay untracked. A stray still live is planned again by the next realign.
+        return {t.id for t in plan.transitions} <= now.reserved
     ids = {t.id for t in plan.transitions} or {plan.id}
     if plan.op in (Op.INSTALL, Op.RESUME):
         return ids <= now.live()

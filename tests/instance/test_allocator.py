@@ -195,6 +195,10 @@ def test_realign_undoes_what_a_stale_reconcile_of_kruise_game_did() -> None:
     assert allocator.plan_realign(REF, Spec.of(okg.replicas, okg.reserved),
                                   allocator.apply(records, plan.transitions)) is None
     assert allocator.resolve(plan, Spec.of(okg.replicas, okg.reserved))
+    # A crash after the write, then the race again (1 re-reserved, 7 started): 6 is reserved, so its
+    # RELEASING row is still owed; with 6 live again it is not.
+    assert allocator.resolve(plan, Spec.of(6, {1, 6}))
+    assert not allocator.resolve(plan, Spec.of(6, {1}))
 
 
 def test_realign_leaves_alone_what_it_cannot_judge() -> None:
