@@ -31,7 +31,7 @@ from aigc_gateway.errors import FailedPrecondition, NotFound, Unavailable, Viola
 from . import changes
 from .changes import reserved_ids
 from .cluster import TemplateCluster
-from .describe import Counts, claim_templates, describe
+from .describe import Counts, claim_templates, describe_or_flag
 from .handoff import PURGE_INSTANCES, Handoff, Outcome
 from .instances import InstanceTable
 from .names import template_name
@@ -122,7 +122,8 @@ class Cascade:
                     "(which deletes them and their users' data)", reason="TEMPLATE_IN_USE",
                     metadata={"live": str(max(replicas, len(live))), "owned": str(len(owned)),
                               "claims": str(len(remnants["claims"]))})
-            response.template.CopyFrom(describe(current, self.policy, Counts(live=replicas), with_manifest=True))
+            response.template.CopyFrom(describe_or_flag(current, self.policy, Counts(live=replicas),
+                                                        with_manifest=True)[0])
             await self.cluster.delete(namespace, name, str(meta.get("uid", "")))
             audit.note(uid=str(meta.get("uid", "")), force=force)
         response.deleted_instance_count = len(set(live) | {o.id for o in owned})

@@ -1,14 +1,18 @@
-"""Reading templates: ListTemplates and GetTemplate, with instance counts. Any signed-in user."""
+"""Reading templates: ListTemplates and GetTemplate, with instance counts. Any signed-in user.
+
+A template the service cannot describe (see describe.flagged) never fails a read: admins see it
+flagged UNDESCRIBABLE (so they can fix or delete it), other users do not see it at all.
+"""
 from __future__ import annotations
 
 from typing import Any
 
 from aigc_gateway import paging
 from aigc_gateway.api.v1 import template_pb2
-from aigc_gateway.errors import invalid
+from aigc_gateway.errors import NotFound, invalid
 
 from .cluster import TemplateCluster
-from .describe import Counts, describe, sort_key
+from .describe import Counts, describe_or_flag, sort_key
 from .instances import LIVE, PAUSED, InstanceTable
 from .policy import Policy
 
@@ -33,7 +37,16 @@ class Catalog:
     async def describe_one(self, obj: dict[str, Any], *, admin: bool) -> template_pb2.Template:
         meta = obj.get("metadata") or {}
         counts = await self.table.counts({str(meta.get("namespace", ""))})
-        return describe(obj, self.policy, self.counts_for(obj, counts), with_manifest=admin)
+        template, ok = describe_or_flag(obj, self.policy, self.counts_for(obj, counts), with_manifest=admin)
+        if not ok and not admin:
+            raise NotFound(f"template {template.name} not found", reason="NOT_FOUND")
+        return template
+
+    def _shown(self, objects: list[dict[str, Any]], admin: bool) -> list[dict[str, Any]]:
+        """Admins see every template; other users only those the service can describe."""
+        if admin:
+            return objects
+        return [o for o in objects if describe_or_flag(o, self.policy, Counts(), with_manifest=False)[1]]
 
     async def get(self, namespace: str, name: str, *, admin: bool) -> template_pb2.Template:
         return await self.describe_one(await self.cluster.get(namespace, name), admin=admin)
@@ -43,7 +56,7 @@ class Catalog:
         size = paging.clamp(page_size, DEFAULT_PAGE, MAX_PAGE)
         bound_to = paging.fingerprint("templates", parent, admin)
         after = _position(paging.decode(page_token, bound_to)) if page_token else None
-        objects = sorted(await self.cluster.list(namespace), key=lambda o: sort_key(o, self.policy))
+        objects = sorted(self._shown(await self.cluster.list(namespace), admin), key=lambda o: sort_key(o, self.policy))
         total = len(objects)
         if after is not None:
             # Keyset paging: templates added or removed meanwhile never shift the next page.
@@ -51,7 +64,7 @@ class Catalog:
         page = objects[:size]
         counts = await self.table.counts({str((o.get("metadata") or {}).get("namespace", "")) for o in page})
         response = template_pb2.ListTemplatesResponse(total_size=total, templates=[
-            describe(o, self.policy, self.counts_for(o, counts), with_manifest=admin) for o in page])
+            describe_or_flag(o, self.policy, self.counts_for(o, counts), with_manifest=admin)[0] for o in page])
         if len(objects) > size:
             response.next_page_token = paging.encode(list(sort_key(page[-1], self.policy)), bound_to)
         return response

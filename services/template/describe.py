@@ -2,10 +2,13 @@
 
 Display metadata comes from `<prefix>display-name|description|icon-url|category|sort-order`
 annotations; what the template runs on from its first container's limits (requests when no limit)
-and the ECI label and annotation of the pod template.
+and the ECI label and annotation of the pod template. An object the Template message cannot
+carry (a number beyond int32, written around the service's rules) is *flagged* instead: named,
+unusable with reason UNDESCRIBABLE, still readable and deletable (:func:`describe_or_flag`).
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -18,9 +21,11 @@ from . import changes, network, rules
 from .manifest import to_struct
 from .names import template_name
 from .policy import Policy
-from .quantity import QuantityError, whole_number
+from .quantity import INT32_MAX, QuantityError, plain_count
 
+log = logging.getLogger(__name__)
 ECI_LABEL = "alibabacloud.com/eci"
+UNDESCRIBABLE = "UNDESCRIBABLE"
 ECI_SPECS_ANNOTATION = "k8s.aliyun.com/eci-use-specs"
 
 
@@ -45,9 +50,20 @@ def _resource(container: dict[str, Any], key: str) -> Any:
     return limits.get(key, requests.get(key))
 
 
-def _whole(value: Any) -> int:
+class Undescribable(ValueError):
+    """The object holds a value the Template message cannot carry (a number beyond int32)."""
+
+
+def _int32(value: int, what: str) -> int:
+    if not -INT32_MAX - 1 <= value <= INT32_MAX:
+        raise Undescribable(f"{what} is {value}, beyond what the API's int32 field holds")
+    return value
+
+
+def _count(value: Any, what: str) -> int:
+    """A GPU count or GiB of GPU memory; 0 when it is no plain count (the rules report that as unusable)."""
     try:
-        return whole_number(value) if value is not None else 0
+        return _int32(plain_count(value), what) if value is not None else 0
     except QuantityError:
         return 0
 
@@ -59,7 +75,8 @@ def accelerator(obj: dict[str, Any]) -> common_pb2.Accelerator:
     if not found:
         return common_pb2.Accelerator(eci=eci)
     first = found[0]
-    gpus, gpu_mem = _whole(_resource(first, rules.GPU)), _whole(_resource(first, rules.GPU_MEM))
+    gpus = _count(_resource(first, rules.GPU), rules.GPU)
+    gpu_mem = _count(_resource(first, rules.GPU_MEM), rules.GPU_MEM)
     kind = (common_pb2.Accelerator.GPU if gpus else common_pb2.Accelerator.SHARED_GPU if gpu_mem
             else common_pb2.Accelerator.CPU)
     cpu, memory = _resource(first, "cpu"), _resource(first, "memory")
@@ -126,12 +143,12 @@ def describe(obj: dict[str, Any], policy: Policy, counts: Counts, *, with_manife
         sort_order=sort_order(obj, policy),
         accelerator=accelerator(obj),
         images=[str(c.get("image", "")) for c in containers(obj)],
-        port=network.port(obj),
+        port=_int32(network.port(obj), "the network Port"),
         disks=disks(obj),
         host_pattern=network.first(obj, "Host"),
         path_pattern=network.first(obj, "Path"),
-        live_instance_count=counts.live,
-        paused_instance_count=counts.paused,
+        live_instance_count=_int32(counts.live, "spec.replicas"),
+        paused_instance_count=_int32(counts.paused, "the paused instance count"),
         usable=not reasons,
         unusable_reasons=reasons,
         etag=changes.etag(obj),
@@ -143,6 +160,37 @@ def describe(obj: dict[str, Any], policy: Policy, counts: Counts, *, with_manife
     if with_manifest:
         template.manifest.CopyFrom(to_struct(obj))
     return template
+
+
+def flagged(obj: dict[str, Any], error: Exception, *, with_manifest: bool) -> template_pb2.Template:
+    """What can be said of a template :func:`describe` failed on: its name, why it is unusable, and
+    (for admins) the manifest, so that one bad object is listed, read and deleted instead of failing
+    every call that meets it."""
+    meta = _dict(obj.get("metadata"))
+    name = str(meta.get("name", ""))
+    template = template_pb2.Template(
+        name=template_name(str(meta.get("namespace", "")), name), display_name=name, usable=False,
+        unusable_reasons=[f"{UNDESCRIBABLE}: the gateway cannot describe this template ({error}); fix it with "
+                          "UpdateTemplate or delete it with DeleteTemplate"],
+        uid=str(meta.get("uid", "")))
+    try:
+        template.etag = changes.etag(obj)
+        if with_manifest:
+            template.manifest.CopyFrom(to_struct(obj))
+    except Exception:  # noqa: BLE001 - whatever else is odd in the object, the name and the reason are shown
+        log.warning("template %s: etag or manifest not shown", template.name, exc_info=True)
+    return template
+
+
+def describe_or_flag(obj: dict[str, Any], policy: Policy, counts: Counts, *,
+                     with_manifest: bool) -> tuple[template_pb2.Template, bool]:
+    """(the Template, True), or (:func:`flagged`, False) when the object cannot be described."""
+    try:
+        return describe(obj, policy, counts, with_manifest=with_manifest), True
+    except Exception as exc:  # noqa: BLE001 - one object must never fail a list (see flagged)
+        log.warning("template %s/%s cannot be described: %s", _dict(obj.get("metadata")).get("namespace"),
+                    _dict(obj.get("metadata")).get("name"), exc, exc_info=not isinstance(exc, Undescribable))
+        return flagged(obj, exc, with_manifest=with_manifest), False
 
 
 def sort_key(obj: dict[str, Any], policy: Policy) -> tuple[int, str, str]:

@@ -23,7 +23,7 @@ from aigc_gateway.errors import (
 from . import changes, manifest
 from .catalog import Catalog
 from .cluster import TemplateCluster
-from .describe import Counts, describe
+from .describe import Counts, describe_or_flag
 from .instances import InstanceTable
 from .names import template_name
 from .policy import Policy
@@ -128,7 +128,8 @@ class Publisher:
         warnings = checked.warnings + pruned(checked.obj, written)
         audit.note(uid=str(written.get("metadata", {}).get("uid", "")), warnings=[w.reason for w in warnings])
         return template_pb2.TemplateChange(
-            template=describe(written, self.policy, Counts(), with_manifest=True), warnings=violations_pb(warnings))
+            template=describe_or_flag(written, self.policy, Counts(), with_manifest=True)[0],
+            warnings=violations_pb(warnings))
 
     # -- update ------------------------------------------------------------------
 

@@ -14,6 +14,8 @@ _BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei"
 _DECIMAL = {"n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"), "": Decimal(1), "k": Decimal("1e3"),
             "M": Decimal("1e6"), "G": Decimal("1e9"), "T": Decimal("1e12"), "P": Decimal("1e15"), "E": Decimal("1e18")}
 GIB = 2**30
+INT32_MAX = 2**31 - 1  # the API's int32 fields (gpu_count, gpu_memory_gib, port...) hold no more
+_PLAIN = re.compile(r"^\+?[0-9]+$")
 
 
 class QuantityError(ValueError):
@@ -55,3 +57,17 @@ def whole_number(value: object) -> int:
     if amount < 0 or amount != amount.to_integral_value():
         raise QuantityError(f"{value!r} is not a whole number")
     return int(amount)
+
+
+def plain_count(value: object) -> int:
+    """A count of whole units written as a plain number (``2``, ``"2"``), as ``nvidia.com/gpu`` and
+    ``aliyun.com/gpu-mem`` are: a unit suffix is refused, not converted. Kubernetes would read
+    ``aliyun.com/gpu-mem: 3Gi`` as 3221225472 units of GPU memory, which no admin means."""
+    if isinstance(value, str) and not _PLAIN.match(value):
+        parse_quantity(value)  # the grammar's own message for what is no quantity at all
+        raise QuantityError(f"{value!r} is not a plain number: write the count without a unit or exponent")
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # a Struct (JSON) number
+    if isinstance(value, float):
+        raise QuantityError(f"{value!r} is not a whole number")
+    return whole_number(value)

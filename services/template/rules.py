@@ -26,12 +26,17 @@ from .policy import (
     INGRESS_NETWORK,
     Policy,
 )
-from .quantity import QuantityError, parse_quantity, whole_number
+from .quantity import INT32_MAX, QuantityError, parse_quantity, plain_count
 
 TEMPLATE = "spec.gameServerTemplate"
 GPU = "nvidia.com/gpu"
 GPU_MEM = "aliyun.com/gpu-mem"
-WHOLE_NUMBER_RESOURCES = (GPU, GPU_MEM)
+# The unit of each extended resource the service reads. Both are counts written as plain numbers:
+# Kubernetes reads `aliyun.com/gpu-mem: 3Gi` as 3221225472 (units of GiB here), so a suffix is refused
+# with a hint instead of being converted to a number nobody meant. Every count must fit the API's int32.
+COUNTED_RESOURCES = {GPU: "whole GPUs", GPU_MEM: "GiB of GPU memory"}
+COUNT_HINTS = {GPU: "nvidia.com/gpu counts whole GPUs as a plain number, for example 1",
+               GPU_MEM: "aliyun.com/gpu-mem counts GiB of GPU memory as a plain number: write 3 for 3 GiB, not 3Gi"}
 PATH_TYPES = ("Exact", "Prefix", "ImplementationSpecific")
 # ingress-nginx refuses an auth-url with any other character (CVE-2025-24514 fix).
 AUTH_URL_CHARS = re.compile(r"^[-._~a-zA-Z0-9/: ,?&=$]+$")
@@ -135,8 +140,9 @@ def _check_metadata(obj: dict[str, Any], policy: Policy, namespace: str, report:
 
 def _check_scaling(spec: dict[str, Any], mode: Mode, report: Report) -> None:
     replicas = spec.get("replicas", 0)
-    if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 0:
-        report.bad("spec.replicas", f"must be a non-negative integer, got {replicas!r}", "INVALID_REPLICAS")
+    if not isinstance(replicas, int) or isinstance(replicas, bool) or not 0 <= replicas <= INT32_MAX:
+        report.bad("spec.replicas", f"must be an integer from 0 to {INT32_MAX}, got {replicas!r}",
+                   "INVALID_REPLICAS")
     elif mode is Mode.CREATE and replicas != 0:
         report.bad("spec.replicas", f"must be 0 when a template is published (instances are created per user), "
                    f"got {replicas}", "REPLICAS_NOT_ZERO")
@@ -289,13 +295,17 @@ def _check_pod_template(spec: dict[str, Any], report: Report) -> None:
             for key, value in _dict(resources.get(section)).items():
                 where = f"{path}.resources.{section}[{key}]"
                 try:
-                    if key in WHOLE_NUMBER_RESOURCES:
-                        if whole_number(value) > 0:
+                    if key in COUNTED_RESOURCES:
+                        count = plain_count(value)
+                        if count > INT32_MAX:
+                            report.bad(where, f"{count} {COUNTED_RESOURCES[key]} is more than {INT32_MAX}",
+                                       "OUT_OF_RANGE")
+                        elif count > 0:
                             gpu_kinds.add(key)
                     elif parse_quantity(value) < 0:
                         raise QuantityError(f"{value!r} is negative")
                 except QuantityError as exc:
-                    unit = " (whole GPUs)" if key == GPU else " (whole GiB of GPU memory)" if key == GPU_MEM else ""
+                    unit = f" ({COUNT_HINTS[key]})" if key in COUNT_HINTS else ""
                     report.bad(where, f"{exc}{unit}", "INVALID_QUANTITY")
     if len(gpu_kinds) > 1:
         report.warn(f"{TEMPLATE}.spec.containers", f"both {GPU} and {GPU_MEM} are requested; the template is shown "

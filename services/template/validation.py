@@ -10,7 +10,7 @@ from typing import Any
 
 from aigc_gateway.errors import Violation
 
-from . import changes, network, rules
+from . import changes, describe, network, rules
 from .manifest import Parsed
 from .normalize import normalize
 from .policy import Policy
@@ -34,7 +34,7 @@ def check_new(parsed: Parsed, policy: Policy, namespace: str) -> Checked:
         return Checked(None, list(parsed.violations))
     obj, warnings = normalize(parsed.obj, policy, "" if namespace == "-" else namespace, create=True)
     report = rules.check(obj, policy, rules.Mode.CREATE, "" if namespace == "-" else namespace)
-    return Checked(obj, report.violations, warnings + report.warnings)
+    return Checked(obj, report.violations + _undescribable(obj, policy, report), warnings + report.warnings)
 
 
 def check_update(current: dict[str, Any], parsed: Parsed, mask: list[str], policy: Policy) -> Checked:
@@ -52,7 +52,20 @@ def check_update(current: dict[str, Any], parsed: Parsed, mask: list[str], polic
             # Applied in place (no restart, checked on the test bed), but every instance's address moves.
             warnings.append(Violation(path, "every instance gets a new address; users' bookmarks break",
                                       "ADDRESS_CHANGED"))
-    return Checked(obj, _unique(proposal.violations + report.violations), warnings + report.warnings, proposal)
+    return Checked(obj, _unique(proposal.violations + report.violations + _undescribable(obj, policy, report)),
+                   warnings + report.warnings, proposal)
+
+
+def _undescribable(obj: dict[str, Any], policy: Policy, report: rules.Report) -> list[Violation]:
+    """Never write what the service could not describe afterwards (the rules range-check every number
+    the Template message carries; this is the last line should a rule be missing)."""
+    if not report.ok:
+        return []
+    try:
+        describe.describe(obj, policy, describe.Counts(), with_manifest=False)
+    except describe.Undescribable as exc:
+        return [Violation("", f"the gateway could not describe this template: {exc}", describe.UNDESCRIBABLE)]
+    return []
 
 
 def _unique(violations: list[Violation]) -> list[Violation]:

@@ -9,6 +9,7 @@ from aigc_gateway.services.template.policy import Policy
 from aigc_gateway.services.template.quantity import (
     QuantityError,
     parse_quantity,
+    plain_count,
     whole_number,
 )
 
@@ -109,3 +110,40 @@ def test_whole_numbers() -> None:
     for bad in ("500m", 1.5, -1):
         with pytest.raises(QuantityError):
             whole_number(bad)
+
+
+@pytest.mark.parametrize("mutate,what", [
+    (lambda o: container(o).__setitem__("resources", {"limits": {"aliyun.com/gpu-mem": 3 * 2**30}}),
+     "aliyun.com/gpu-mem"),
+    (lambda o: container(o).__setitem__("resources", {"limits": {"nvidia.com/gpu": "99999999999"}}), "nvidia.com/gpu"),
+    (lambda o: [e.__setitem__("value", "99999999999") for e in o["spec"]["network"]["networkConf"]
+                if e["name"] == "Port"], "Port"),
+])
+def test_an_object_beyond_the_api_is_flagged_not_raised(mutate, what: str) -> None:
+    """Written around the rules (kubectl), such an object must not fail the call that meets it."""
+    obj = variant(mutate)
+    obj["metadata"].update(uid="u-1")
+    with pytest.raises(describe.Undescribable):
+        describe.describe(obj, POLICY, describe.Counts(), with_manifest=False)
+    template, ok = describe.describe_or_flag(obj, POLICY, describe.Counts(), with_manifest=True)
+    assert not ok and not template.usable
+    assert template.name == "namespaces/default/templates/stable-diffusion-cpu" and template.uid == "u-1"
+    [reason] = template.unusable_reasons
+    assert reason.startswith("UNDESCRIBABLE:") and what in reason
+    assert template.manifest["metadata"]["name"] == "stable-diffusion-cpu" and template.etag
+    users_view, _ = describe.describe_or_flag(obj, POLICY, describe.Counts(), with_manifest=False)
+    assert not users_view.HasField("manifest")
+
+
+def test_gpu_mem_with_a_unit_in_the_cluster_is_unusable_not_3221225472_gib() -> None:
+    obj = variant(lambda o: container(o).__setitem__("resources", {"limits": {"aliyun.com/gpu-mem": "3Gi"}}))
+    t = describe.describe(obj, POLICY, describe.Counts(), with_manifest=False)
+    assert t.accelerator.gpu_memory_gib == 0 and not t.usable
+    assert any("plain number" in r for r in t.unusable_reasons)
+
+
+def test_plain_counts() -> None:
+    assert plain_count(2) == 2 and plain_count("2") == 2 and plain_count(2.0) == 2 and plain_count("+2") == 2
+    for bad in ("3Gi", "1k", "1e3", "2.0", 1.5, -1, "-1", "two", True):
+        with pytest.raises(QuantityError):
+            plain_count(bad)

@@ -472,3 +472,54 @@ async def test_kruise_game_webhook_denials_become_invalid_argument(api, testbed:
         assert "change network type is not allowed" in replaced.message
     finally:
         await handle.close()
+
+
+async def test_a_template_the_service_cannot_describe_breaks_no_list_and_can_be_read_and_deleted(
+        api, testbed: Testbed) -> None:
+    """`aliyun.com/gpu-mem: 3Gi` used to pass as 3221225472 GiB: CreateTemplate wrote the GameServerSet and
+    answered INTERNAL (int32 overflow), and from then on ListTemplates failed for everyone. Now the unit is
+    refused before any write, and an object written around the service (kubectl) is flagged, not fatal."""
+    from .conftest import TEMPLATE_LABELS
+    from .samples import container, sample
+
+    gpushare = text_for("stable-diffusion-gpushare", testbed.domain, api.namespace)
+    assert "aliyun.com/gpu-mem: 3 " in gpushare
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await api.stub.CreateTemplate(template_pb2.CreateTemplateRequest(
+            parent=api.parent, source=source_text(gpushare.replace("aliyun.com/gpu-mem: 3 ",
+                                                                   "aliyun.com/gpu-mem: 3Gi "))),
+            metadata=api.admin)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert violations(err.value) == [
+        ("spec.gameServerTemplate.spec.containers[0].resources.limits[aliyun.com/gpu-mem]", "INVALID_QUANTITY")]
+    await publish(api, testbed)  # a good template beside the bad one
+    async with api_client(testbed.kubeconfig) as client:
+        game = Game(client, api.namespace)
+        assert await gss_names(game) == {"stable-diffusion-cpu"}  # the refused one wrote nothing
+        broken = sample("stable-diffusion-gpushare", namespace=api.namespace, rename="broken", domain=testbed.domain)
+        broken["metadata"]["labels"] = dict(TEMPLATE_LABELS)
+        container(broken)["resources"]["limits"]["aliyun.com/gpu-mem"] = 3 * 2**30  # what "3Gi" used to become
+        await game.create_gss(broken)  # straight to the Kubernetes API, around the service's validation
+
+        listed = await api.stub.ListTemplates(template_pb2.ListTemplatesRequest(parent=api.parent), metadata=api.user)
+        assert [t.name for t in listed.templates] == [api.name("stable-diffusion-cpu")] and listed.total_size == 1
+        listed = await api.stub.ListTemplates(template_pb2.ListTemplatesRequest(parent=api.parent),
+                                              metadata=api.admin)
+        by_name = {t.name: t for t in listed.templates}
+        assert set(by_name) == {api.name("stable-diffusion-cpu"), api.name("broken")} and listed.total_size == 2
+        flagged = by_name[api.name("broken")]
+        assert not flagged.usable and flagged.uid and flagged.manifest["metadata"]["name"] == "broken"
+        [reason] = flagged.unusable_reasons
+        assert reason.startswith("UNDESCRIBABLE:") and "aliyun.com/gpu-mem" in reason
+        assert by_name[api.name("stable-diffusion-cpu")].usable
+
+        got = await api.stub.GetTemplate(template_pb2.GetTemplateRequest(name=api.name("broken")), metadata=api.admin)
+        assert got.unusable_reasons == flagged.unusable_reasons
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await api.stub.GetTemplate(template_pb2.GetTemplateRequest(name=api.name("broken")), metadata=api.user)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND  # hidden from users, as in the list
+
+        reply = await api.stub.DeleteTemplate(template_pb2.DeleteTemplateRequest(name=api.name("broken"), force=True),
+                                              metadata=api.admin, timeout=60)
+        assert reply.template.name == api.name("broken") and not reply.template.usable
+        assert await gss_names(game) == {"stable-diffusion-cpu"}

@@ -20,6 +20,7 @@ from .samples import SAMPLES, container, sample, sample_text, set_conf, variant
 POLICY = Policy(namespaces=("default", "aigc"), gss_labels={"aigc.gateway.io/template": "true"}, domain="aigc.test")
 AUTH_URL_PATH = f"spec.network.networkConf[Annotation][{AUTH_URL_ANNOTATION}]"
 GPU_PATH = "spec.gameServerTemplate.spec.containers[0].resources.limits[nvidia.com/gpu]"
+GPU_MEM_PATH = "spec.gameServerTemplate.spec.containers[0].resources.limits[aliyun.com/gpu-mem]"
 
 
 def check_obj(obj: dict[str, Any], namespace: str = "default", policy: Policy = POLICY):
@@ -87,6 +88,16 @@ BAD: list[tuple[str, Callable[[dict], None], str, str]] = [
     ("nvidia.com/gpu 0.5", _limit("nvidia.com/gpu", "500m"), GPU_PATH, "INVALID_QUANTITY"),
     ("gpu-mem 1.5", _limit("aliyun.com/gpu-mem", 1.5),
      "spec.gameServerTemplate.spec.containers[0].resources.limits[aliyun.com/gpu-mem]", "INVALID_QUANTITY"),
+    # The unit rules of the extended resources: plain counts, no suffix, within the API's int32.
+    ("gpu-mem 3Gi", _limit("aliyun.com/gpu-mem", "3Gi"), GPU_MEM_PATH, "INVALID_QUANTITY"),
+    ("gpu-mem 3e0", _limit("aliyun.com/gpu-mem", "3e0"), GPU_MEM_PATH, "INVALID_QUANTITY"),
+    ("gpu-mem beyond int32", _limit("aliyun.com/gpu-mem", 2**31), GPU_MEM_PATH, "OUT_OF_RANGE"),
+    ("gpu-mem beyond int32 as text", _limit("aliyun.com/gpu-mem", "3221225472"), GPU_MEM_PATH,
+     "OUT_OF_RANGE"),
+    ("nvidia.com/gpu 1k", _limit("nvidia.com/gpu", "1k"), GPU_PATH, "INVALID_QUANTITY"),
+    ("nvidia.com/gpu beyond int32", _limit("nvidia.com/gpu", 2**40), GPU_PATH, "OUT_OF_RANGE"),
+    ("port beyond int32", lambda o: set_conf(o, "Port", "99999999999"), "spec.network.networkConf[Port]",
+     "INVALID_PORT"),
     ("cpu two", _limit("cpu", "two"), "spec.gameServerTemplate.spec.containers[0].resources.limits[cpu]",
      "INVALID_QUANTITY"),
     ("memory 4GB", _limit("memory", "4GB"), "spec.gameServerTemplate.spec.containers[0].resources.limits[memory]",
@@ -237,3 +248,18 @@ def test_reserved_ids_of_an_existing_template_are_checked() -> None:
     obj = variant(lambda o: o["spec"].__setitem__("reserveGameServerIds", [0, "2-4", "x", "5-3", -1]))
     report = rules.check(obj, POLICY, rules.Mode.EXISTING)
     assert [v.field for v in report.violations] == [f"spec.reserveGameServerIds[{i}]" for i in (2, 3, 4)]
+
+
+def test_gpu_mem_with_a_unit_says_to_write_a_plain_number() -> None:
+    [violation] = check_obj(variant(_limit("aliyun.com/gpu-mem", "3Gi"))).violations
+    assert violation.field == GPU_MEM_PATH
+    assert "plain number" in violation.description and "write 3 for 3 GiB" in violation.description
+    # The plain forms are the count of GiB: "3", 3 and a JSON 3.0 all mean 3 GiB.
+    for value in ("3", 3, 3.0):
+        checked = check_obj(variant(_limit("aliyun.com/gpu-mem", value)))
+        assert checked.ok, (value, checked.violations)
+
+
+def test_replicas_beyond_int32_of_an_existing_template() -> None:
+    report = rules.check(variant(lambda o: o["spec"].__setitem__("replicas", 2**31)), POLICY, rules.Mode.EXISTING)
+    assert [(v.field, v.reason) for v in report.violations] == [("spec.replicas", "INVALID_REPLICAS")]
