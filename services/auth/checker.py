@@ -26,7 +26,7 @@ from .activity import ActivityRecorder
 from .decision import Decision, Outcome, decide
 from .ownermap import OwnerMap
 from .sessions import SessionCookieAuthenticator
-from .urls import BadURL, Target, parse_original_url
+from .urls import BadURL, RoutedHostRefused, Target, bind_routed_host, parse_original_url
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,9 @@ _OUTCOME_LABEL = {Outcome.ALLOW: "allow", Outcome.UNAUTHENTICATED: "unauthentica
                   Outcome.FORBIDDEN: "forbidden"}
 # The labelled children, resolved once: ``labels()`` costs more than the increment itself.
 _CHECKS_BY_OUTCOME = {outcome: CHECKS.labels(label) for outcome, label in _OUTCOME_LABEL.items()}
+# Refusals that point at an attack or a misconfigured proxy rather than at a user without access.
+REFUSALS = Counter("aigc_auth_refusals_total", "Checks refused because the proxy's routed host (the auth-url's "
+                   "rh=$host) was missing or differed from the request's host, by reason.", ["reason"])
 _AUDIT_CODE = {Outcome.UNAUTHENTICATED: "UNAUTHENTICATED", Outcome.FORBIDDEN: "PERMISSION_DENIED"}
 _ACTION = "AuthService.Check"
 
@@ -119,25 +122,39 @@ class Checker:
                 return None
         return None
 
-    async def check(self, url: str | None, credentials: Credentials, *, method: str = "") -> Decision:
+    async def check(self, url: str | None, credentials: Credentials, *, method: str = "",
+                    routed_host: str | None = None, bind: bool = False) -> Decision:
+        """``bind``: ``url`` holds a host the client may have chosen (``GET /auth``), so ``routed_host``
+        (the host the proxy routed on; None when absent or ambiguous) must name the same host, or the check
+        is refused with 403 whoever asks (an honest browser never sends a request whose hosts disagree)."""
         started = time.perf_counter()
         principal = await self.principal(credentials)
         target: Target | None = None
+        refused: RoutedHostRefused | None = None
         if url is not None:
             try:
                 target = parse_original_url(url)
+                if bind:
+                    bind_routed_host(target, routed_host)
+            except RoutedHostRefused as exc:
+                refused = exc
             except BadURL:
                 target = None
-        decision = decide(target, principal, self.owners, allow_admin=self.allow_admin)
+        if refused is not None:
+            decision = Decision(Outcome.FORBIDDEN, f"{refused.code}: {refused}", principal, code=refused.code)
+            REFUSALS.labels(refused.code).inc()
+        else:
+            decision = decide(target, principal, self.owners, allow_admin=self.allow_admin)
         CHECK_LATENCY.observe(time.perf_counter() - started)
         _CHECKS_BY_OUTCOME[decision.outcome].inc()
         if decision.allowed and decision.instance is not None and self.activity is not None:
             self.activity.touch(decision.instance, time.time())
         elif not decision.allowed and (credentials.presented or decision.outcome is Outcome.FORBIDDEN):
-            self._audit_denied(decision, target, url, method)
+            self._audit_denied(decision, target, url, method, routed_host if refused is not None else None)
         return decision
 
-    def _audit_denied(self, decision: Decision, target: Target | None, url: str | None, method: str) -> None:
+    def _audit_denied(self, decision: Decision, target: Target | None, url: str | None, method: str,
+                      routed_host: str | None = None) -> None:
         if self.audit_log is None:
             return
         admitted, carried = self._denied_budget.admit(time.monotonic())
@@ -147,9 +164,12 @@ class Checker:
         if not admitted:
             return
         principal = decision.principal
-        details = {"reason": decision.reason, "status": decision.status, "method": method[:16],
+        details: dict[str, Any] = {
+                   "reason": decision.reason, "code": decision.code, "status": decision.status, "method": method[:16],
                    "host": target.host if target else "", "path": target.path[:256] if target else "",
                    "url_readable": target is not None or url is None}
+        if decision.code:
+            details["routed_host"] = (routed_host or "")[:256]
         self._spawn(self.audit_log.record(
             _ACTION, decision.instance.name if decision.instance else "", outcome=audit.DENIED,
             error_code=_AUDIT_CODE[decision.outcome], details=details,

@@ -28,6 +28,7 @@ class Decision:
     reason: str
     principal: Principal | None = None
     instance: InstanceKey | None = None
+    code: str = ""  # a machine-readable refusal reason (audit, metrics), e.g. ROUTED_HOST_MISMATCH
 
     @property
     def status(self) -> int:

@@ -1,10 +1,15 @@
 """The auth service's HTTP endpoints, one ASGI app: ``/auth``, ``/sign-in``, ``/sign-in-callback``, ``/sign-out``.
 
-``/auth`` is ingress-nginx's ``auth-url``: it answers 200, 401 or 403 and
-nothing else, whatever arrives (nginx turns any other answer into a 500 for
-the user). It trusts ``X-Original-URL`` only — the one header nginx sets
-itself — and ``X-Forwarded-Proto/-Host/-Uri`` only when that is absent and
-``auth.trust_forwarded_headers`` says the proxy in front sets them.
+``/auth`` is ingress-nginx's ``auth-url``: it answers 200 (with an empty
+body: Traefik never reuses a connection after a 2xx with a body), 401 or 403
+and nothing else, whatever arrives (nginx turns any other answer into a 500
+for the user). Which headers carry the request is decided by ``auth.proxy``,
+never by which headers arrive: ``nginx`` reads ``X-Original-URL`` (set by
+nginx, but its host is the client's Host header); ``traefik`` reads
+``X-Forwarded-Proto/-Host/-Uri`` (Traefik overwrites client copies) and
+ignores a client's ``X-Original-URL``. Either way the auth-url's own ``rh``
+parameter, the host the proxy routed on (``?rh=$host``), must name the same
+host (:func:`.urls.bind_routed_host`).
 
 ``/auth`` runs on every click on every instance, so it is plain ASGI (one pass
 over the header list, one response message); the browser endpoints, a few
@@ -34,7 +39,7 @@ from .decision import Outcome
 from .httpserver import HTTPServer
 from .oidc import OIDCClient
 from .sessions import AmbiguousCookie, SessionCookieAuthenticator, hash_session_id, single_cookie
-from .urls import forwarded_url, safe_redirect
+from .urls import forwarded_url, routed_host_of, safe_redirect
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +50,7 @@ _NO_STORE_RAW = (b"cache-control", b"no-store")
 _TEXT_RAW = (b"content-type", b"text/plain; charset=utf-8")
 # The headers /auth reads, by their lower-case names as ASGI gives them.
 _WANTED = {b"x-original-url", b"x-original-method", b"cookie", b"authorization", b"x-forwarded-host",
-           b"x-forwarded-uri", b"x-forwarded-proto"}
+           b"x-forwarded-uri", b"x-forwarded-proto", b"x-forwarded-method"}
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -64,6 +69,20 @@ def _decode(value: bytes) -> str:
     return value.decode("utf-8", "surrogateescape")
 
 
+def request_url(seen: dict[bytes, list[str]], behind_traefik: bool) -> str | None:
+    """The URL of the request being checked, from the headers the configured proxy sets (pure).
+
+    ``seen``: the request's headers by lower-case name, every value kept. None when the proxy's
+    headers are missing or duplicated (which copy did the proxy route? Neither is trusted)."""
+    if not behind_traefik:
+        return _single(seen.get(b"x-original-url", []))
+    host, uri = _single(seen.get(b"x-forwarded-host", [])), _single(seen.get(b"x-forwarded-uri", []))
+    protos = seen.get(b"x-forwarded-proto", [])
+    if host is None or uri is None or len(protos) > 1:
+        return None
+    return forwarded_url(protos[0] if protos else "", host, uri)
+
+
 class AuthEndpoints:
     def __init__(self, settings: Settings, checker: Checker, sessions: SessionCookieAuthenticator,
                  oidc: OIDCClient | None, audit_log: audit.AuditLog):
@@ -74,6 +93,7 @@ class AuthEndpoints:
         self.oidc = oidc
         self.audit_log = audit_log
         self.base = public_base(settings)
+        self._behind_traefik = self.cfg.proxy == "traefik"
         keys = [k.get_secret_value() for k in self.cfg.session_keys]
         self._signin_state = URLSafeTimedSerializer(list(reversed(keys)), salt="aigc-gateway.sign-in.v1",
                                                     signer_kwargs={"digest_method": hashlib.sha256})
@@ -125,18 +145,6 @@ class AuthEndpoints:
 
     # -- the ingress check ----------------------------------------------
 
-    def _original_url(self, seen: dict[bytes, list[str]]) -> str | None:
-        values = seen.get(b"x-original-url")
-        if values:
-            return _single(values)  # duplicated: which one did nginx route? Neither is trusted.
-        if not self.cfg.trust_forwarded_headers:
-            return None
-        host, uri = _single(seen.get(b"x-forwarded-host", [])), _single(seen.get(b"x-forwarded-uri", []))
-        protos = seen.get(b"x-forwarded-proto", [])
-        if host is None or uri is None or len(protos) > 1:
-            return None
-        return forwarded_url(protos[0] if protos else "", host, uri)
-
     def _credentials(self, seen: dict[bytes, list[str]]) -> Credentials:
         try:
             value = single_cookie("; ".join(seen.get(b"cookie", ())), self.cfg.cookie_name)
@@ -158,8 +166,9 @@ class AuthEndpoints:
                 if name in _WANTED:
                     seen.setdefault(name, []).append(_decode(value))
             credentials = self._credentials(seen)
-            decision = await self.checker.check(self._original_url(seen), credentials,
-                                                method=(seen.get(b"x-original-method") or [""])[0])
+            method = seen.get(b"x-forwarded-method" if self._behind_traefik else b"x-original-method") or [""]
+            decision = await self.checker.check(request_url(seen, self._behind_traefik), credentials, method=method[0],
+                                                routed_host=routed_host_of(scope["query_string"]), bind=True)
         except Exception:  # never a 500: nginx would show every user an error page
             log.exception("auth check failed")
             await _answer(scope, send, 403 if credentials.presented else 401, b"cannot decide now\n")
@@ -167,7 +176,7 @@ class AuthEndpoints:
         if decision.outcome is Outcome.ALLOW:
             p = decision.principal
             assert p is not None
-            await _answer(scope, send, 200, b"ok\n", (
+            await _answer(scope, send, 200, b"", (
                 (b"x-auth-request-user", _header_safe(p.subject).encode()),
                 (b"x-auth-request-email", _header_safe(p.email).encode()),
                 (b"x-auth-request-preferred-username", _header_safe(p.preferred_username).encode())))

@@ -1,13 +1,23 @@
 """Envoy's ``envoy.service.auth.v3.Authorization/Check`` (ext_authz): the same decision as ``GET /auth``.
 
 Envoy (and Istio, and other gateways speaking ext_authz) sends the request's
-attributes; the URL is ``scheme://host + path`` exactly as the proxy routed it.
+attributes. The routed host is ``attributes.request.http.host``: the
+``:authority`` Envoy's route table matched (for an HTTP/1.1 absolute-form
+request line Envoy takes it from the request line, and a Host header that
+disagrees is not used); the path is ``attributes.request.http.path`` (``:path``
+as routed, normalised here as nginx would). Nothing in ``http.headers`` is read
+for the URL — a client's ``Host``/``X-Forwarded-Host``/``X-Original-URL`` copies
+land there and are ignored — so no ``rh`` parameter is needed: the host is the
+routed one by construction (:func:`url_of`). A host Envoy joined from duplicate
+headers (``a,b``) is not a host and is refused.
 Allowed requests go on with ``X-Auth-Request-*`` set (overwriting any copy the
 client sent); denied ones get 401 or 403 straight from the proxy. The call
 itself must carry the gateway's service credential (configure Envoy's
 ``grpc_service.initial_metadata`` with ``x-aigc-service-token``).
 """
 from __future__ import annotations
+
+from typing import Any
 
 from google.rpc import code_pb2, status_pb2
 
@@ -56,6 +66,13 @@ def response_of(decision: Decision) -> ext.CheckResponse:
                                                                     body=decision.reason + "\n"))
 
 
+def url_of(http: Any) -> str | None:
+    """The URL Envoy routed: ``scheme://`` + ``http.host`` (the routed authority) + ``http.path``; never a header."""
+    if not http.host or not http.path or any(c in http.host for c in "/?#@\\"):
+        return None  # an authority that would run into the path: not the host Envoy routed on
+    return f"{http.scheme or 'https'}://{http.host}{http.path}"
+
+
 class EnvoyAuthorizationServicer(ext_grpc.AuthorizationServicer):
     def __init__(self, checker: Checker, cookie_name: str):
         self.checker = checker
@@ -65,8 +82,6 @@ class EnvoyAuthorizationServicer(ext_grpc.AuthorizationServicer):
         require_admin()  # the proxy, with the gateway's service credential
         http = request.attributes.request.http
         headers = {k.lower(): v for k, v in http.headers.items()}
-        url = None
-        if http.host and http.path:
-            url = f"{http.scheme or 'https'}://{http.host}{http.path}"
+        url = url_of(http)
         decision = await self.checker.check(url, credentials_of(headers, self.cookie_name), method=http.method)
         return response_of(decision)

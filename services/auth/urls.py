@@ -8,6 +8,11 @@ it is made about the very host and path nginx routes on, so anything that
 nginx and a URL parser could read differently (userinfo, a ``?`` or ``#`` inside
 the authority, a backslash, a percent sign in the host, control characters) is
 refused here instead of guessed at.
+
+Even a perfectly read ``X-Original-URL`` names the client's Host header, not
+the host nginx routed on (an absolute-form request line routes elsewhere), so
+``/auth`` also requires the routed host, which the template's auth-url carries
+as ``?rh=$host``, and refuses when the two differ (:func:`bind_routed_host`).
 """
 from __future__ import annotations
 
@@ -151,10 +156,53 @@ def _parse_base(base: str, had_query: bool) -> Target:
     return Target(scheme=scheme, host=normalise_host(parts.netloc), path=normalise_path(parts.path or "/"))
 
 
+class RoutedHostRefused(BadURL):
+    """The host the proxy routed on is missing, ambiguous or not the host of the URL: the check refuses."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+ROUTED_HOST_MISSING = "ROUTED_HOST_MISSING"
+ROUTED_HOST_MISMATCH = "ROUTED_HOST_MISMATCH"
+
+
+def routed_host_of(query: bytes) -> str | None:
+    """The ``rh`` parameter of ``/auth``'s own query string, exactly as the proxy expanded ``$host`` into it.
+
+    Not percent-decoded: nginx and Traefik put ``$host`` in verbatim, so an escape here is the client's and
+    :func:`normalise_host` refuses it. None when absent or given more than once (a Host header with ``&rh=``
+    in it would otherwise choose)."""
+    if b"rh=" not in query:
+        return None
+    found = [item[3:] for item in query.split(b"&") if item.startswith(b"rh=")]
+    return found[0].decode("utf-8", "surrogateescape") if len(found) == 1 else None
+
+
+def bind_routed_host(target: Target, routed_host: str | None) -> None:
+    """Raise :class:`RoutedHostRefused` unless ``routed_host`` normalises to ``target.host``.
+
+    ``target`` comes from headers that hold the client's Host (``X-Original-URL``) or a host the proxy
+    set (``X-Forwarded-Host``); ``routed_host`` is what the proxy routed on (``$host`` expanded into the
+    auth-url), so a request line naming another instance than its Host header is refused here."""
+    if routed_host is None:
+        raise RoutedHostRefused(ROUTED_HOST_MISSING, "the auth-url carries no single rh=$host (the routed host)")
+    try:
+        routed = normalise_host(routed_host)
+    except BadURL as exc:
+        raise RoutedHostRefused(ROUTED_HOST_MISMATCH, "the routed host is not a valid host") from exc
+    if routed != target.host:
+        raise RoutedHostRefused(ROUTED_HOST_MISMATCH, "the host the proxy routed on is not the request's host")
+
+
 def forwarded_url(proto: str, host: str, uri: str) -> str:
     """``X-Forwarded-Proto/-Host/-Uri`` (Traefik forwardAuth) as one URL, for :func:`parse_original_url`."""
     scheme = (proto or "https").strip().lower()
-    return f"{scheme}://{host.strip()}{uri or '/'}"
+    uri = uri or "/"
+    if not uri.startswith("/"):
+        return ""  # the host would run on into the path: unreadable (Traefik always sends a leading /)
+    return f"{scheme}://{host.strip()}{uri}"
 
 
 def host_in_domain(host: str, domain: str) -> bool:

@@ -137,7 +137,8 @@ class TemplateConfig(Section):
     annotation_prefix: str = Field("aigc.gateway.io/", description="Prefix of the display-metadata annotations.")
     auth_url: str = Field(
         "", description="The ingress `auth-url` every template must carry. Empty: `<auth.public_url>/auth` when "
-        "auth.public_url is set, else https://dashboard.<domain>/auth.")
+        "auth.public_url is set, else https://dashboard.<domain>/auth. `rh=$host` (the host the proxy routed on, "
+        "which /auth requires) is added to its query when missing.")
     auth_signin_url: str = Field(
         "", description="The ingress `auth-signin` every template must carry. Empty: `<auth.public_url>/sign-in` "
         "when auth.public_url is set, else https://dashboard.<domain>/sign-in.")
@@ -171,8 +172,14 @@ class AuthConfig(Section):
     session_ttl_seconds: int = Field(8 * 3600, ge=60, description="Session lifetime.")
     allow_admin_access: bool = Field(False, description="Let admins open every instance.")
     allow_http_redirects: bool = Field(False, description="Accept http:// `rd` targets (local development).")
-    trust_forwarded_headers: bool = Field(
-        False, description="Read X-Forwarded-Host/-Uri when X-Original-URL is absent (a proxy in front sets them)."
+    proxy: Literal["nginx", "traefik"] = Field(
+        "nginx",
+        description="The proxy in front of `/auth`, which decides the headers that carry the request (never the "
+        "headers that happen to arrive). `nginx` (ingress-nginx, its maintained forks, the nginx stand-in): "
+        "`X-Original-URL`. `traefik` (Traefik v3's kubernetesIngressNGINX provider, Traefik forwardAuth): "
+        "`X-Forwarded-Proto/-Host/-Uri`, and a client's `X-Original-URL` is ignored. Either way the auth-url's "
+        "`rh` query parameter (`?rh=$host`, the host the proxy routed on) must name the same host, or the check "
+        "is refused (403 ROUTED_HOST_MISMATCH). See docs/auth.md.",
     )
     http_workers: int | None = Field(
         None, ge=0, le=256,

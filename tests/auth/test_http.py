@@ -9,6 +9,7 @@ from urllib.parse import parse_qs, urlsplit
 import aiohttp
 import grpc
 import pytest
+import yarl
 from sqlalchemy import select
 
 from aigc_gateway.api.v1 import auth_pb2, auth_pb2_grpc
@@ -38,15 +39,33 @@ async def stack(start_gateway, start_oidc_provider, database_url, issuer):
     await s.db.close()
 
 
-async def auth(stack: AuthStack, url: str | None, cookie: str | None = None, **headers: str) -> aiohttp.ClientResponse:
+def routed(url: str | None) -> str | None:
+    """The ``$host`` nginx would expand into the auth-url for a request whose X-Original-URL is ``url``
+    (an honest request: its request line and Host header agree)."""
+    try:
+        host = urlsplit(url or "").hostname if url else None
+        # nginx never routes a host with spaces or other junk (it answers 400 itself).
+        return host if host and len(host) <= 255 and all(c.isalnum() or c in ".-[]:" for c in host) else None
+    except ValueError:
+        return None
+
+
+async def auth(stack: AuthStack, url: str | None, cookie: str | None = None, *, rh: str | None = "",
+               **headers: str) -> aiohttp.ClientResponse:
+    """``GET /auth`` as the proxy sends it; ``rh``: the auth-url's routed host ("" = the URL's own host,
+    None = no rh parameter)."""
     hdrs = {k.replace("_", "-"): v for k, v in headers.items()}
     if url is not None:
         hdrs["X-Original-URL"] = url
     if cookie is not None:
         hdrs["Cookie"] = f"{COOKIE}={cookie}"
+    if rh == "":
+        rh = routed(url)
+    target = yarl.URL(f"http://127.0.0.1:{stack.auth_port}/auth" + (f"?rh={rh}" if rh is not None else ""),
+                      encoded=True)
     async with aiohttp.ClientSession() as http:
-        async with http.get(f"http://127.0.0.1:{stack.auth_port}/auth", headers=hdrs, allow_redirects=False) as r:
-            await r.read()
+        async with http.get(target, headers=hdrs, allow_redirects=False) as r:
+            r.body = await r.read()  # type: ignore[attr-defined]
             return r
 
 
@@ -147,7 +166,7 @@ async def test_header_edge_cases_answer_only_401_or_403(stack, browser) -> None:
     async with aiohttp.ClientSession() as http:
         headers = [("X-Original-URL", f"http://{HOST2}/"), ("X-Original-URL", f"http://{HOST1}/"),
                    ("Cookie", f"{COOKIE}={cookie}")]
-        async with http.get(f"http://127.0.0.1:{stack.auth_port}/auth", headers=headers) as r:
+        async with http.get(f"http://127.0.0.1:{stack.auth_port}/auth?rh={HOST1}", headers=headers) as r:
             assert r.status == 403  # duplicated: which one did nginx route? Neither is trusted.
     # X-Forwarded-* are the client's own headers unless the deployment says otherwise.
     assert (await auth(stack, None, cookie, X_Forwarded_Host=HOST1, X_Forwarded_Uri="/",
@@ -161,20 +180,54 @@ async def test_header_edge_cases_answer_only_401_or_403(stack, browser) -> None:
             assert r.status == 401
 
 
-async def test_forwarded_headers_when_trusted(start_gateway, start_oidc_provider, database_url, issuer,
-                                              browser) -> None:
+async def test_routed_host_binds_the_decision(stack, browser) -> None:
+    """Issue 11: the host nginx routed on (rh=$host) must be the host of X-Original-URL (the client's Host)."""
+    cookie, _ = await sign_in(stack, browser, "alice")
+    ok = await auth(stack, f"http://{HOST1}/", cookie, rh=HOST1)
+    assert (ok.status, ok.body) == (200, b"")  # 2xx with an empty body (Traefik reuses the connection)
+    # Request line for bob's HOST2, Host header naming alice's HOST1: refused, even for the anonymous.
+    for who in (cookie, None):
+        refused = await auth(stack, f"http://{HOST1}/", who, rh=HOST2)
+        assert refused.status == 403, who
+        assert refused.body.startswith(b"ROUTED_HOST_MISMATCH"), refused.body
+    missing = await auth(stack, f"http://{HOST1}/", cookie, rh=None)  # a template without rh=$host
+    assert (missing.status, missing.body[:19]) == (403, b"ROUTED_HOST_MISSING")
+    assert (await auth(stack, f"http://{HOST1}/", cookie, rh=f"{HOST1}&rh={HOST1}")).status == 403
+    assert (await auth(stack, f"http://{HOST1.upper()}.:8080/", cookie, rh=HOST1)).status == 200
+    assert (await auth(stack, f"http://{HOST1}/", cookie, rh="instances1%2dcpu.aigc.test")).status == 403
+    await stack.service.checker.drain()
+    async with stack.db.session() as session:
+        events = (await session.execute(select(AuditEventRow).where(
+            AuditEventRow.action == "AuthService.Check"))).scalars().all()
+    codes = sorted((e.actor, e.details["code"]) for e in events)
+    assert codes == [("alice", "ROUTED_HOST_MISMATCH"), ("alice", "ROUTED_HOST_MISMATCH"),
+                     ("alice", "ROUTED_HOST_MISSING"), ("alice", "ROUTED_HOST_MISSING"),
+                     ("anonymous", "ROUTED_HOST_MISMATCH")]
+    assert {e.details["routed_host"] for e in events if e.actor == "anonymous"} == {HOST2}
+    from aigc_gateway.services.auth.checker import REFUSALS
+    assert REFUSALS.labels("ROUTED_HOST_MISMATCH")._value.get() >= 3
+
+
+async def test_behind_traefik_the_forwarded_headers_carry_the_request(start_gateway, start_oidc_provider,
+                                                                      database_url, issuer, browser) -> None:
     s = await start_auth_stack(start_gateway=start_gateway, start_oidc_provider=start_oidc_provider,
-                               database_url=database_url, issuer=issuer,
-                               auth_overrides={"trust_forwarded_headers": True})
+                               database_url=database_url, issuer=issuer, auth_overrides={"proxy": "traefik"})
     try:
         s.service.index.set_template("ns", "cpu", RoutePattern(f"instances<id>-cpu.{DOMAIN}"))
         await s.set_instance("cpu", 1, "LIVE", "alice")
         await s.wait_owner("cpu", 1, "alice")
         cookie, _ = await sign_in(s, browser, "alice")
-        assert (await auth(s, None, cookie, X_Forwarded_Host=HOST1, X_Forwarded_Uri="/x",
-                           X_Forwarded_Proto="https")).status == 200
-        # X-Original-URL, when present, still wins.
-        assert (await auth(s, f"http://{HOST2}/", cookie, X_Forwarded_Host=HOST1, X_Forwarded_Uri="/")).status == 403
+        forwarded = {"X_Forwarded_Host": f"{HOST1.upper()}:8443", "X_Forwarded_Uri": "/x",
+                     "X_Forwarded_Proto": "https"}
+        ok = await auth(s, None, cookie, rh=HOST1.upper(), **forwarded)
+        assert (ok.status, ok.body, ok.headers["X-Auth-Request-User"]) == (200, b"", "alice")
+        # The routed host must be X-Forwarded-Host's.
+        assert (await auth(s, None, cookie, rh=HOST2, **forwarded)).status == 403
+        assert (await auth(s, None, cookie, rh=None, **forwarded)).status == 403
+        # A client's X-Original-URL passes through Traefik: ignored, whatever it says.
+        assert (await auth(s, f"http://{HOST2}/", cookie, rh=HOST1, **forwarded)).status == 200
+        assert (await auth(s, f"http://{HOST1}/", cookie, rh=HOST1)).status == 403  # no X-Forwarded-*: unreadable
+        assert (await auth(s, f"http://{HOST1}/", None, rh=HOST1)).status == 401
     finally:
         await s.db.close()
 
