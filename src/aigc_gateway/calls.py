@@ -9,6 +9,8 @@
    (health and reflection are the only unauthenticated methods);
 4. replay: a mutating RPC (its request has ``request_id``) with a request id
    seen before gets the stored first outcome (:mod:`aigc_gateway.idempotency`);
+   the running call's claim is in ``idempotency.current_claim`` for the service
+   (which records its effect on it, and answers a taken-over claim from it);
 5. audit: every mutating RPC and every denied call is written to the audit log;
 6. errors: domain errors become canonical codes with ``google.rpc`` details;
    anything unexpected is logged with its trace and answered INTERNAL with a
@@ -28,9 +30,10 @@ from google.protobuf import descriptor_pool, message_factory
 from google.rpc import status_pb2
 from grpc_status import rpc_status
 
-from . import audit, metrics
+from . import audit, faults, metrics
 from .context import REQUEST_ID_HEADER, credentials_var, method_var, new_request_id, principal_var, request_id_var
 from .errors import GatewayError, Unauthenticated, internal_status, invalid
+from .idempotency import RETRYABLE, Claim, current_claim
 from .identity import Authenticator
 
 log = logging.getLogger(__name__)
@@ -176,45 +179,51 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         metrics.IN_FLIGHT.labels(*labels).inc()
         started = time.perf_counter()
         code = grpc.StatusCode.OK
-        claim_key = None
+        claim: Claim | None = None
+        current_claim.set(None)
         try:
             await self._begin(info, open_method, context)
             self._check_request(request)
             request_id = getattr(request, "request_id", "") if info.mutating else ""
             if request_id and self.idempotency is not None:
                 principal = principal_var.get()
-                claim_key, stored = await self.idempotency.claim(
+                claim, stored = await self.idempotency.claim(
                     info.action, principal.subject if principal else "", request_id, request.SerializeToString(
                         deterministic=True))
                 if stored is not None:
-                    claim_key = None
+                    claim = None
                     audit.note(replayed=True)
                     if stored.status_code == 0:
                         return info.response_class.FromString(stored.payload)
                     code = grpc.StatusCode(_code_tuple(stored.status_code))
                     await self._abort(context, status_pb2.Status.FromString(stored.payload))
+                current_claim.set(claim)
+                if claim.effect is not None:
+                    audit.note(resumed=True)  # taken over from a dead replica after it committed the effect
+                await faults.reach("call.after_claim")
             response = await inner(request, context)
-            if claim_key:
-                await self.idempotency.finish(claim_key, grpc.StatusCode.OK, response.SerializeToString())
+            if claim:
+                await faults.reach("call.before_finish")
+                await self.idempotency.finish(claim, grpc.StatusCode.OK, response.SerializeToString())
             if info.mutating:
                 await self._audit(info, request, audit.SUCCESS, "")
             return response
         except GatewayError as exc:
             code = exc.code
-            await self._after_error(info, request, exc.code, claim_key, exc.to_status())
+            await self._after_error(info, request, exc.code, claim, exc.to_status())
             await self._abort(context, exc.to_status())
         except (asyncio.CancelledError, grpc.aio.AbortError) as exc:
             if isinstance(exc, asyncio.CancelledError):
                 code = grpc.StatusCode.CANCELLED
             elif code == grpc.StatusCode.OK:
                 code = context.code() or grpc.StatusCode.UNKNOWN  # type: ignore[assignment]
-            if claim_key:
-                await asyncio.shield(self.idempotency.finish(claim_key, grpc.StatusCode.CANCELLED, b""))
+            if claim:
+                await asyncio.shield(self.idempotency.finish(claim, grpc.StatusCode.CANCELLED, b""))
             raise
         except Exception:
             code = grpc.StatusCode.INTERNAL
             log.exception("unhandled error in %s", info.action)
-            await self._after_error(info, request, code, claim_key, internal_status())
+            await self._after_error(info, request, code, claim, internal_status())
             await self._abort(context, internal_status())
         finally:
             _finish(labels, code, started)
@@ -249,10 +258,12 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         finally:
             _finish(labels, code, started)
 
-    async def _after_error(self, info: MethodInfo, request: Any, code: grpc.StatusCode, claim_key: str | None,
+    async def _after_error(self, info: MethodInfo, request: Any, code: grpc.StatusCode, claim: Claim | None,
                            status: status_pb2.Status) -> None:
-        if claim_key:
-            await self.idempotency.finish(claim_key, code, status.SerializeToString())
+        if claim:
+            if code not in RETRYABLE:
+                await faults.reach("call.before_finish")
+            await self.idempotency.finish(claim, code, status.SerializeToString())
         denied = code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED)
         if denied or info.mutating:
             await self._audit(info, request, audit.DENIED if denied else audit.FAILURE, code.name)

@@ -132,6 +132,18 @@ class AuditConfig(Section):
     )
 
 
+class IdempotencyConfig(Section):
+    replica_lease_seconds: float = Field(
+        10.0, ge=1, le=300, description="How long a replica counts as alive after its last heartbeat (it renews "
+        "every third of this). A retry of a request whose replica died takes the request over at most this long "
+        "after the death; a live replica's request is never taken over.")
+    in_progress_retry_after_seconds: float = Field(
+        1.0, gt=0, le=60, description="The `retry_after` of ABORTED REQUEST_IN_PROGRESS, answered to a retry "
+        "while the first call still runs in a live replica.")
+    retention_hours: float = Field(
+        24.0, ge=1, description="How long the first outcome of a request id is kept for replays.")
+
+
 class TemplateConfig(Section):
     max_manifest_bytes: int = Field(256 * 1024, ge=1024, description="Largest manifest accepted.")
     annotation_prefix: str = Field("aigc.gateway.io/", description="Prefix of the display-metadata annotations.")
@@ -241,6 +253,7 @@ class Settings(Section):
     kubernetes: KubernetesConfig = Field(default_factory=KubernetesConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     audit: AuditConfig = Field(default_factory=AuditConfig)
+    idempotency: IdempotencyConfig = Field(default_factory=IdempotencyConfig)
     template: TemplateConfig = Field(default_factory=TemplateConfig)
     instance: InstanceConfig = Field(default_factory=InstanceConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)

@@ -1,31 +1,49 @@
 """Replay protection for mutating RPCs (`request_id`, AIP-155).
 
-The first call with a (method, caller, request_id) claims a row in state
-"pending", runs, and stores its outcome: the response, or the refusal as a
-``google.rpc.Status``. A replay gets that stored outcome without running the
-handler again. Outcomes worth retrying (UNAVAILABLE, ABORTED, INTERNAL…) are
-not stored, so a retry with the same request_id really retries. A pending row
-older than ``stale_after`` is taken over: its process died mid-call, and the
-handlers are written so that running them again converges.
+The first call with a (method, caller, request_id) claims a row in state "pending", recording the replica
+that runs it (:mod:`aigc_gateway.replicas`), runs, and stores its outcome: the response, or the refusal as
+a ``google.rpc.Status``. A replay gets that stored outcome without running the handler again. Outcomes
+worth retrying (UNAVAILABLE, ABORTED, INTERNAL…) are not stored, so a retry with the same request_id
+really retries.
+
+A retry that finds the claim pending asks whether its holder is alive: a live holder's call is still
+running (however slowly), so the retry is ABORTED with ``retry_after``; a dead holder's claim is taken over
+at once (within the replica lease). No call runs twice at once, and the claim's ``attempt`` fences a
+holder that was wrongly thought dead: :meth:`finish` and :meth:`held` only succeed for the current one.
+
+A service commits what a call did together with that effect (:meth:`record_effect`, in the service's own
+transaction), so a retry that takes the claim over after a crash gets the effect (:class:`Claim`) and
+answers with what the first attempt did instead of running again against today's state. The running
+call's claim is in :data:`current_claim` for the service to use.
 """
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
+from contextvars import ContextVar
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
+from enum import Enum
+from typing import Any
 
 import grpc
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from .db import Database
 from .db.models import IdempotencyKeyRow
 from .errors import Aborted, invalid
+from .replicas import ReplicaRegistry, aware, utcnow
 
 RETRYABLE = {
     grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN,
     grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED, grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
+# A claim recorded without a holder (before holders were recorded) is taken over after this long.
+UNKNOWN_HOLDER_STALE_AFTER = timedelta(minutes=5)
+# The holder of a claim whose call ended retryably after committing an effect: nobody; a retry takes it over.
+RELEASED = "-"
 
 
 @dataclass(frozen=True)
@@ -36,63 +54,166 @@ class Stored:
     payload: bytes
 
 
+@dataclass(frozen=True)
+class Claim:
+    """The running call's claim: ``effect`` is what an earlier attempt committed before it died, if anything."""
+
+    key: str
+    holder: str
+    attempt: int
+    effect: dict[str, Any] | None = None
+
+
+current_claim: ContextVar[Claim | None] = ContextVar("current_claim", default=None)
+
+
+class Verdict(str, Enum):
+    RUN = "run"  # no row: claim it (again)
+    REPLAY = "replay"  # finished: answer with the stored outcome
+    REUSED = "reused"  # the same id with a different request
+    WAIT = "wait"  # running in a live replica
+    TAKE_OVER = "take_over"  # its replica is dead (or let it go): run it here
+
+
+@dataclass(frozen=True)
+class Seen:
+    """The parts of a claim row the verdict depends on."""
+
+    state: str
+    request_hash: str
+    holder: str
+    created_at: datetime
+
+
+def judge(row: Seen | None, digest: str, holder_alive: bool, now: datetime) -> Verdict:
+    """What a call with this request digest does about the claim row it found (pure)."""
+    if row is None:
+        return Verdict.RUN
+    if row.request_hash != digest:
+        return Verdict.REUSED
+    if row.state == "done":
+        return Verdict.REPLAY
+    if row.holder == RELEASED:
+        return Verdict.TAKE_OVER
+    if not row.holder:
+        return Verdict.TAKE_OVER if now - aware(row.created_at) >= UNKNOWN_HOLDER_STALE_AFTER else Verdict.WAIT
+    return Verdict.WAIT if holder_alive else Verdict.TAKE_OVER
+
+
 def _key(method: str, subject: str, request_id: str) -> str:
     return hashlib.sha256(f"{method}\0{subject}\0{request_id}".encode()).hexdigest()
 
 
+def _in_progress(retry_after: float) -> Aborted:
+    return Aborted("a request with this request_id is still in progress", reason="REQUEST_IN_PROGRESS",
+                   retry_after=retry_after)
+
+
 class IdempotencyStore:
-    def __init__(self, db: Database, stale_after: timedelta = timedelta(minutes=5),
+    def __init__(self, db: Database, replicas: ReplicaRegistry | None = None, *, retry_after: float = 1.0,
                  retention: timedelta = timedelta(days=1)):
         self.db = db
-        self.stale_after = stale_after
+        self.replicas = replicas or ReplicaRegistry(db, lease_seconds=10.0)
+        self.retry_after = retry_after
         self.retention = retention
 
-    async def claim(self, method: str, subject: str, request_id: str, request: bytes) -> tuple[str, Stored | None]:
-        """Claim the key. Returns (key, None) to run the call, or (key, Stored) to replay it."""
+    async def claim(self, method: str, subject: str, request_id: str, request: bytes) -> tuple[Claim, Stored | None]:
+        """Claim the key. Returns (claim, None) to run the call, or (claim, Stored) to replay it."""
         if len(request_id) > 128:
             raise invalid("request_id", "must be at most 128 characters")
         key = _key(method, subject, request_id)
         digest = hashlib.sha256(request).hexdigest()
-        now = datetime.now(timezone.utc)
-        try:
+        me = await self.replicas.ensure_started()
+        for _ in range(3):
+            now = utcnow()
+            try:
+                async with self.db.session() as session:
+                    session.add(IdempotencyKeyRow(key=key, method=method, request_hash=digest, state="pending",
+                                                  status_code=0, payload=None, created_at=now, holder=me,
+                                                  attempt=0))
+                return Claim(key, me, 0), None
+            except IntegrityError:
+                pass
             async with self.db.session() as session:
-                session.add(IdempotencyKeyRow(key=key, method=method, request_hash=digest, state="pending",
-                                              status_code=0, payload=None, created_at=now))
-            return key, None
-        except IntegrityError:
-            pass
-        async with self.db.session() as session:
-            row = (await session.execute(select(IdempotencyKeyRow).where(IdempotencyKeyRow.key == key))).scalar_one_or_none()
-            if row is None:  # finished as retryable and removed between our insert and this read
-                return await self.claim(method, subject, request_id, request)
-            if row.request_hash != digest:
+                row = (await session.execute(select(IdempotencyKeyRow)
+                                             .where(IdempotencyKeyRow.key == key))).scalar_one_or_none()
+            seen = Seen(row.state, row.request_hash, row.holder, row.created_at) if row is not None else None
+            alive = bool(seen and seen.holder and seen.holder != RELEASED and await self.replicas.alive(seen.holder))
+            verdict = judge(seen, digest, alive, now)
+            if verdict is Verdict.RUN:
+                continue  # finished retryably and removed between our insert and this read
+            assert row is not None
+            if verdict is Verdict.REUSED:
                 raise invalid("request_id", "was already used for a different request", reason="REQUEST_ID_REUSED")
-            if row.state == "done":
-                return key, Stored(row.status_code, row.payload or b"")
-            created = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=timezone.utc)
-            if now - created < self.stale_after:
-                raise Aborted("a request with this request_id is still in progress", reason="REQUEST_IN_PROGRESS",
-                              retry_after=1.0)
-            taken = await session.execute(
-                update(IdempotencyKeyRow)
-                .where(IdempotencyKeyRow.key == key, IdempotencyKeyRow.created_at == row.created_at)
-                .values(created_at=now))
+            if verdict is Verdict.REPLAY:
+                return Claim(key, row.holder, row.attempt), Stored(row.status_code, row.payload or b"")
+            if verdict is Verdict.WAIT:
+                raise _in_progress(self.retry_after)
+            async with self.db.session() as session:
+                taken = await session.execute(
+                    update(IdempotencyKeyRow)
+                    .where(IdempotencyKeyRow.key == key, IdempotencyKeyRow.state == "pending",
+                           IdempotencyKeyRow.holder == row.holder, IdempotencyKeyRow.attempt == row.attempt)
+                    .values(holder=me, attempt=row.attempt + 1, created_at=now))
             if taken.rowcount != 1:
-                raise Aborted("a request with this request_id is still in progress", reason="REQUEST_IN_PROGRESS",
-                              retry_after=1.0)
-            return key, None
+                raise _in_progress(self.retry_after)  # another retry took it over first
+            return Claim(key, me, row.attempt + 1, row.effect), None
+        raise _in_progress(self.retry_after)
 
-    async def finish(self, key: str, code: grpc.StatusCode, payload: bytes) -> None:
-        """Store the outcome, or forget the claim when the outcome is worth retrying."""
+    async def finish(self, claim: Claim, code: grpc.StatusCode, payload: bytes) -> None:
+        """Store the outcome, or forget the claim when the outcome is worth retrying. A claim taken over
+        meanwhile is left to its new holder. A retryable end after an effect was committed keeps the effect
+        and lets the claim go, so the retry answers with the effect."""
+        mine = (IdempotencyKeyRow.key == claim.key, IdempotencyKeyRow.holder == claim.holder,
+                IdempotencyKeyRow.attempt == claim.attempt, IdempotencyKeyRow.state == "pending")
         async with self.db.session() as session:
             if code in RETRYABLE:
-                await session.execute(delete(IdempotencyKeyRow).where(IdempotencyKeyRow.key == key))
+                forgotten = await session.execute(delete(IdempotencyKeyRow)
+                                                  .where(*mine, IdempotencyKeyRow.effect.is_(None)))
+                if not forgotten.rowcount:
+                    await session.execute(update(IdempotencyKeyRow).where(*mine).values(holder=RELEASED))
             else:
-                await session.execute(update(IdempotencyKeyRow).where(IdempotencyKeyRow.key == key)
+                await session.execute(update(IdempotencyKeyRow).where(*mine)
                                       .values(state="done", status_code=code.value[0], payload=payload))
 
+    # -- what services do with the running call's claim --------------------------------------------------
+
+    @staticmethod
+    async def record_effect(session: AsyncSession, claim: Claim, effect: dict[str, Any]) -> bool:
+        """In the caller's transaction (the one committing the effect): attach the effect to the claim.
+        False when the claim is no longer this call's (taken over, or gone)."""
+        written = await session.execute(
+            update(IdempotencyKeyRow)
+            .where(IdempotencyKeyRow.key == claim.key, IdempotencyKeyRow.state == "pending")
+            .values(effect=effect))
+        return bool(written.rowcount)
+
+    @staticmethod
+    async def record_effects(session: AsyncSession, effects: dict[str, dict[str, Any]]) -> None:
+        """Attach effects to claims by key (recovering an interrupted write: its holder is gone)."""
+        for key, effect in effects.items():
+            await session.execute(update(IdempotencyKeyRow)
+                                  .where(IdempotencyKeyRow.key == key, IdempotencyKeyRow.state == "pending")
+                                  .values(effect=effect))
+
+    async def held(self, claims: Iterable[Claim]) -> dict[str, tuple[bool, dict[str, Any] | None]]:
+        """For each claim: whether this call still holds it, and the effect committed for it so far."""
+        wanted = {c.key: c for c in claims}
+        if not wanted:
+            return {}
+        async with self.db.session() as session:
+            rows = (await session.execute(select(IdempotencyKeyRow.key, IdempotencyKeyRow.holder,
+                                                 IdempotencyKeyRow.attempt, IdempotencyKeyRow.effect)
+                                          .where(IdempotencyKeyRow.key.in_(list(wanted))))).all()
+        found = {key: (holder == wanted[key].holder and attempt == wanted[key].attempt, effect)
+                 for key, holder, attempt, effect in rows}
+        return {key: found.get(key, (False, None)) for key in wanted}
+
     async def prune(self) -> int:
-        cutoff = datetime.now(timezone.utc) - self.retention
+        cutoff = utcnow() - self.retention
         async with self.db.session() as session:
             result = await session.execute(delete(IdempotencyKeyRow).where(IdempotencyKeyRow.created_at < cutoff))
             return int(result.rowcount or 0)
+
+    async def close(self) -> None:
+        await self.replicas.close()

@@ -1,13 +1,14 @@
 """The resources one process shares between the services it runs.
 
 Built once from :class:`~aigc_gateway.config.Settings`: the database, the
-identity chain, the replay store, and clients for calling the other services
+identity chain, the replay store (with this process's replica heartbeat), and clients for calling the other services
 through their contracts. Services receive it in their ``build`` function and
 take what they need; they never import each other.
 """
 from __future__ import annotations
 
 import secrets
+from datetime import timedelta
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +20,7 @@ from .config import Settings
 from .db import Database
 from .idempotency import IdempotencyStore
 from .identity import ChainAuthenticator, JWTAuthenticator, ServiceTokenAuthenticator
+from .replicas import ReplicaRegistry
 
 
 @dataclass
@@ -44,7 +46,11 @@ class Runtime:
             from .services.auth.sessions import SessionCookieAuthenticator
 
             authenticator.add(SessionCookieAuthenticator(settings, db))
-        return cls(settings=settings, db=db, authenticator=authenticator, idempotency=IdempotencyStore(db),
+        replay = settings.idempotency
+        idempotency = IdempotencyStore(db, ReplicaRegistry(db, replay.replica_lease_seconds),
+                                       retry_after=replay.in_progress_retry_after_seconds,
+                                       retention=timedelta(hours=replay.retention_hours))
+        return cls(settings=settings, db=db, authenticator=authenticator, idempotency=idempotency,
                    service_token=token)
 
     def audit_log(self, service: str) -> AuditLog:
@@ -69,4 +75,5 @@ class Runtime:
         for channel in self._channels.values():
             await channel.close()
         self._channels.clear()
+        await self.idempotency.close()
         await self.db.close()

@@ -73,8 +73,28 @@ class IdempotencyKeyRow(Base):
     # A serialized response message, or a serialized google.rpc.Status for a refusal.
     payload: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    # While pending: the replica running the call (``replicas.ReplicaRegistry.id``; "" from before holders were
+    # recorded) and how many times the claim was taken over (a fence: a holder that lost it writes nothing).
+    holder: Mapped[str] = mapped_column(String(128), nullable=False, default="")
+    attempt: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    # What the call committed, written in the same transaction as the effect itself, so that a retry after
+    # a crash answers with it instead of running again (a service's own JSON; None: nothing committed yet).
+    effect: Mapped[dict[str, Any] | None] = mapped_column(Json, nullable=True)
 
     __table_args__ = (Index("ix_idempotency_keys_created_at", "created_at"),)
+
+
+class ReplicaRow(Base):
+    """A gateway process and its heartbeat lease (``aigc_gateway.replicas``): alive while ``expires_at`` is
+    in the future."""
+
+    __tablename__ = "gateway_replicas"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255), nullable=False)
+    pid: Mapped[int] = mapped_column(Integer, nullable=False)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
 
 
 def allocator_lock(namespace: str, template: str) -> str:
@@ -139,6 +159,26 @@ class UserSyncOutboxRow(Base):
 
     __table_args__ = (Index("ix_usersync_outbox_user_id", "user", "id"),
                       Index("ix_usersync_outbox_pending", "delivered_at", "id"))
+
+
+class DisputedInstanceRow(Base):
+    """An id the original gateway handed to several users (its race), found by usersync's import.
+
+    Shared schema: usersync writes it (under the template's allocator lock) and removes it when an admin
+    resolves the dispute; the instance service reads it for CheckConsistency. While it exists the id has
+    no row in ``instances``, which is what keeps it out of allocation: the allocator hands out FREE rows
+    only, a running id without a row keeps running, and a reserved one stays reserved. ``claimants`` are
+    the user ids whose custom data claims the id; Reconcile and cleanup leave their entries alone.
+    """
+
+    __tablename__ = "disputed_instances"
+
+    namespace: Mapped[str] = mapped_column(String(63), primary_key=True)
+    template: Mapped[str] = mapped_column(String(63), primary_key=True)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    claimants: Mapped[list[str]] = mapped_column(Json, nullable=False)
+    state: Mapped[str] = mapped_column(String(16), nullable=False)  # LIVE | PAUSED: the id in the GameServerSet
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
 
 
 INSTANCE_CHANNEL = "aigc_instances"

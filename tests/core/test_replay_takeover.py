@@ -1,0 +1,78 @@
+"""Replay claims on PostgreSQL with two replicas' registries (issue 20): a dead replica's claim is taken
+over at once, a live one's never; the first attempt's committed effect comes with the takeover; a holder
+that lost its claim cannot overwrite the outcome."""
+from __future__ import annotations
+
+from datetime import timedelta
+
+import grpc
+import pytest
+from sqlalchemy import update
+
+from aigc_gateway.db import Database
+from aigc_gateway.db.models import ReplicaRow
+from aigc_gateway.errors import Aborted
+from aigc_gateway.idempotency import IdempotencyStore
+from aigc_gateway.replicas import ReplicaRegistry, utcnow
+
+pytestmark = pytest.mark.postgres
+
+REQUEST = b"request"
+
+
+def store(db: Database) -> IdempotencyStore:
+    return IdempotencyStore(db, ReplicaRegistry(db, lease_seconds=10))
+
+
+async def kill(db: Database, replica: ReplicaRegistry) -> None:
+    """What a SIGKILL leaves: the heartbeat stops, the row's lease runs out."""
+    assert replica._task is not None
+    replica._task.cancel()
+    async with db.session() as session:
+        await session.execute(update(ReplicaRow).where(ReplicaRow.id == replica.id)
+                              .values(expires_at=utcnow() - timedelta(seconds=1)))
+
+
+async def test_a_live_holder_keeps_its_claim_and_a_dead_ones_is_taken_over(database: Database) -> None:
+    first, second = store(database), store(database)
+    try:
+        claim, stored = await first.claim("I.M", "alice", "r-1", REQUEST)
+        assert stored is None and claim.holder == first.replicas.id
+        with pytest.raises(Aborted) as err:
+            await second.claim("I.M", "alice", "r-1", REQUEST)
+        assert err.value.reason == "REQUEST_IN_PROGRESS"
+
+        async with database.session() as session:  # the first attempt commits its effect with its work
+            assert await IdempotencyStore.record_effect(session, claim, {"op": "install", "id": 4})
+        await kill(database, first.replicas)
+        taken, stored = await second.claim("I.M", "alice", "r-1", REQUEST)
+        assert stored is None and taken.holder == second.replicas.id and taken.attempt == 1
+        assert taken.effect == {"op": "install", "id": 4}
+
+        await first.finish(claim, grpc.StatusCode.OK, b"stale")  # fenced: the claim is no longer its
+        assert (await second.held([taken]))[taken.key] == (True, {"op": "install", "id": 4})
+        await second.finish(taken, grpc.StatusCode.OK, b"answer")
+        _, stored = await first.claim("I.M", "alice", "r-1", REQUEST)
+        assert stored is not None and stored.payload == b"answer"
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_a_retryable_end_after_an_effect_lets_the_retry_answer_with_it(database: Database) -> None:
+    one, two = store(database), store(database)
+    try:
+        claim, _ = await one.claim("I.D", "alice", "r-2", REQUEST)
+        async with database.session() as session:
+            await IdempotencyStore.record_effect(session, claim, {"op": "uninstall"})
+        await one.finish(claim, grpc.StatusCode.UNAVAILABLE, b"")
+        taken, stored = await two.claim("I.D", "alice", "r-2", REQUEST)  # holder alive, but it let go
+        assert stored is None and taken.effect == {"op": "uninstall"}
+
+        plain, _ = await one.claim("I.D", "alice", "r-3", REQUEST)
+        await one.finish(plain, grpc.StatusCode.UNAVAILABLE, b"")  # nothing committed: forgotten
+        again, _ = await two.claim("I.D", "alice", "r-3", REQUEST)
+        assert again.attempt == 0 and again.effect is None
+    finally:
+        await one.close()
+        await two.close()
