@@ -39,6 +39,7 @@ class Op(str, Enum):
     UNINSTALL = "uninstall"
     RELEASE = "release"  # RELEASING -> FREE once the disks are gone
     REALIGN = "realign"  # bring the controller's live set back to the recorded one (see plan_realign)
+    RESTART = "restart"  # a new pod on the same disk (no allocator write; for metrics and effects)
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,9 @@ class Plan:
     after: Spec | None  # None: no GameServerSet write
     transitions: tuple[Transition, ...] = ()
     plugged: frozenset[int] = field(default_factory=frozenset)  # holes reserved by this write
+    # (id, replay claim key) of the calls this plan serves: whoever applies the plan, even after a crash,
+    # records each call's effect on its claim in the same transaction (services/instance/effects.py).
+    claims: tuple[tuple[int, str], ...] = ()
 
     @property
     def noop(self) -> bool:
@@ -116,7 +120,7 @@ class Plan:
             "op": self.op.value, "id": self.id, "owner": self.owner,
             "before": _spec_json(self.before), "after": _spec_json(self.after) if self.after else None,
             "transitions": [[t.id, t.state.value if t.state else None, t.owner] for t in self.transitions],
-            "plugged": sorted(self.plugged),
+            "plugged": sorted(self.plugged), "claims": [list(c) for c in self.claims],
         }
 
     @classmethod
@@ -126,6 +130,7 @@ class Plan:
             before=_spec_from(data["before"]), after=_spec_from(data["after"]) if data.get("after") else None,
             transitions=tuple(Transition(int(i), SlotState(s) if s else None, o) for i, s, o in data["transitions"]),
             plugged=frozenset(data.get("plugged") or ()),
+            claims=tuple((int(i), str(k)) for i, k in data.get("claims") or ()),
         )
 
 

@@ -11,7 +11,14 @@ Every step that changes a template's (R, X) or its slots runs as
 5. commit the plan as an intent, then PUT (R', X') with the resourceVersion
    read; on 409 go back to 2 after a jittered backoff;
 6. in one transaction, apply the plan's slot transitions, outbox rows and
-   notifications and drop the intent; then unlock.
+   notifications, record each served call's effect on its replay claim
+   (:mod:`.effects`), and drop the intent; then unlock.
+
+A plan carries the replay claims of the calls it serves, so whoever applies it
+(this call, or after a crash the next step or the reconciler) commits the
+call's effect with it; a retry that took the claim over finds the effect after
+step 3 and answers with it instead of planning again. Every answer is built
+from the rows the step wrote, never from a read by name after the lock.
 
 Installs that queue up for a template while a write is in flight go
 together into the next write (group commit, `replicas + k`): the controller's
@@ -26,23 +33,25 @@ reconciler) turns into exactly the outcome the GameServerSet shows.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
 from aigc_gateway.config import InstanceConfig
 from aigc_gateway.db import Database
 from aigc_gateway.db.models import InstanceRow, allocator_lock
 from aigc_gateway.errors import Aborted, FailedPrecondition, GatewayError, NotFound, Unavailable
+from aigc_gateway.idempotency import Claim, IdempotencyStore
 from aigc_gateway.identity import Principal
 from aigc_gateway.kube import GSS
 
-from . import access, allocator, faults, templates
+from . import access, allocator, effects, faults, templates
 from .allocator import Op, Plan, Spec
 from .cluster import Cluster, backoff
+from .installs import InstallQueue
 from .metrics import (
     ALLOCATOR_CONFLICTS,
     ALLOCATOR_RETRIES,
@@ -53,32 +62,27 @@ from .metrics import (
     SETTLE_WAIT,
 )
 from .names import InstanceRef, TemplateRef
-from .slots import SlotStore, to_slot
+from .effects import taken_over
+from .slots import SlotStore, slots_of
 
 log = logging.getLogger(__name__)
 
 Decide = Callable[[Spec, dict[int, InstanceRow]], Plan]
-MAX_BATCH = 100  # installs per GameServerSet write
-
-
-@dataclass
-class _Queued:
-    owner: str
-    future: asyncio.Future[int]
-
-
-def slots_of(rows: dict[int, InstanceRow]) -> dict[int, allocator.Slot]:
-    return {i: to_slot(r) for i, r in rows.items()}
+Effect = dict[str, Any]
+# Called after the step resolved leftover intents, before it plans: True when nothing is left to plan.
+Before = Callable[[], Awaitable[bool]]
 
 
 class Lifecycle:
-    def __init__(self, db: Database, store: SlotStore, cluster: Cluster, cfg: InstanceConfig):
+    def __init__(self, db: Database, store: SlotStore, cluster: Cluster, cfg: InstanceConfig,
+                 claims: IdempotencyStore | None = None):
         self.db = db
         self.store = store
         self.cluster = cluster
         self.cfg = cfg
+        self.claims = claims
         self._local: dict[str, asyncio.Lock] = {}
-        self._queued: dict[str, list[_Queued]] = {}
+        self._installs = InstallQueue(self)
 
     @asynccontextmanager
     async def locked(self, ref: TemplateRef) -> AsyncIterator[None]:
@@ -104,26 +108,45 @@ class Lifecycle:
                 plan = Plan.from_json(intent.plan)
                 applied = allocator.resolve(plan, spec)
                 if applied:
-                    await self.store.apply(session, ref, plan, owner_since=intent.created_at)
+                    await self._commit(session, ref, plan, owner_since=intent.created_at)
                 await self.store.drop_intent(session, intent.id)
                 INTENTS_RESOLVED.labels(plan.op.value, str(applied).lower()).inc()
                 log.warning("resolved interrupted %s of %s id %d (from %s): %s", plan.op.value, ref.key, plan.id,
                             intent.holder, "it took effect" if applied else "it did not happen")
         return len(intents)
 
-    async def step(self, ref: TemplateRef, op: Op, decide: Decide) -> Plan:
+    async def _commit(self, session: Any, ref: TemplateRef, plan: Plan, *,
+                      owner_since: Any = None) -> dict[int, Effect]:
+        """Apply the plan's transitions and, in the same transaction, record each served call's effect on its
+        claim. Returns the effect of every id the plan is about (what the answers are built from)."""
+        await self.store.apply(session, ref, plan, owner_since=owner_since)
+        ids = {t.id for t in plan.transitions} | ({plan.id} if plan.id >= 0 else set())
+        out: dict[int, Effect] = {}
+        for instance_id in sorted(ids):
+            row = await session.get(InstanceRow, (ref.namespace, ref.template, instance_id))
+            if row is not None:
+                former = plan.owner if plan.op is Op.UNINSTALL else None
+                out[instance_id] = effects.make(plan.op.value, row, former_owner=former)
+        served = {key: out[i] for i, key in plan.claims if i in out}
+        if served:
+            await IdempotencyStore.record_effects(session, served)
+        return out
+
+    async def step(self, ref: TemplateRef, op: Op, decide: Decide, before: Before | None = None
+                   ) -> tuple[Plan | None, dict[int, Effect]]:
         """One allocator step under the template lock (see the module docstring)."""
         try:
             async with self.locked(ref):
-                plan = await self._attempts(ref, decide)
+                plan, done = await self._attempts(ref, decide, before)
         except GatewayError as exc:
             OPERATIONS.labels(op.value, exc.code.name).inc()
             raise
         OPERATIONS.labels(op.value, "OK").inc()
-        faults.point(f"{op.value}.after_commit")
-        return plan
+        await faults.reach(f"{op.value}.after_commit")
+        return plan, done
 
-    async def _attempts(self, ref: TemplateRef, decide: Decide) -> Plan:
+    async def _attempts(self, ref: TemplateRef, decide: Decide, before: Before | None = None
+                        ) -> tuple[Plan | None, dict[int, Effect]]:
         for attempt in range(self.cfg.conflict_retries + 1):
             if attempt:
                 ALLOCATOR_RETRIES.inc()
@@ -132,6 +155,8 @@ class Lifecycle:
             SETTLE_WAIT.observe(time.perf_counter() - settle_started)
             spec = templates.spec_of(ref, gss)
             await self.resolve_pending(ref, spec)
+            if before is not None and await before():
+                return None, {}
             rows = await self.rows(ref)
             realign = allocator.plan_realign(ref, spec, slots_of(rows))
             if realign is not None:
@@ -141,22 +166,23 @@ class Lifecycle:
             plan = decide(spec, rows)
             if plan.after is None:
                 async with self.db.session() as session:
-                    await self.store.apply(session, ref, plan)
-                return plan
-            if await self._write(ref, gss, plan, attempt):
-                return plan
+                    return plan, await self._commit(session, ref, plan)
+            done = await self._write(ref, gss, plan, attempt)
+            if done is not None:
+                return plan, done
         raise Aborted(f"{ref.name} kept changing while the allocator wrote it; retry",
                       reason="ALLOCATOR_CONTENDED", retry_after=1.0)
 
-    async def _write(self, ref: TemplateRef, gss: dict[str, Any], plan: Plan, attempt: int) -> bool:
-        """Intent, GameServerSet write, transitions; False when a concurrent write won (read again)."""
+    async def _write(self, ref: TemplateRef, gss: dict[str, Any], plan: Plan, attempt: int
+                     ) -> dict[int, Effect] | None:
+        """Intent, GameServerSet write, transitions; None when a concurrent write won (read again)."""
         assert plan.after is not None
         if plan.op is Op.REALIGN:
             REALIGNS.inc()
             log.warning("%s: the controller runs %s but the records say %s; writing %s to bring them back",
                         ref.key, sorted(plan.before.live()), sorted(plan.after.live()), plan.after)
         intent = await self.store.record_intent(ref, plan)
-        faults.point(f"{plan.op.value}.after_intent")
+        await faults.reach(f"{plan.op.value}.after_intent")
         try:
             await self.cluster.write_spec(gss, plan.after)
         except Aborted:
@@ -165,97 +191,113 @@ class Lifecycle:
             ALLOCATOR_CONFLICTS.inc()
             await self.store.forget_intent(intent.id)
             await asyncio.sleep(backoff(attempt))
-            return False
+            return None
         except Unavailable:
             raise  # the write may or may not have landed: the intent is resolved from (R, X) next time
         except GatewayError:
             await self.store.forget_intent(intent.id)  # refused outright: it did not happen
             raise
-        faults.point(f"{plan.op.value}.after_gss_write")
+        await faults.reach(f"{plan.op.value}.after_gss_write")
         async with self.db.session() as session:
-            await self.store.apply(session, ref, plan, owner_since=intent.created_at)
+            done = await self._commit(session, ref, plan, owner_since=intent.created_at)
             await self.store.drop_intent(session, intent.id)
-        return True
+        return done
+
+    async def _claims_state(self, claims: list[Claim]) -> dict[str, tuple[bool, Effect | None]]:
+        if self.claims is None or not claims:
+            return {}
+        return await self.claims.held(claims)
 
     # -- the operations --------------------------------------------------------------------------------------
 
-    async def install(self, ref: TemplateRef, owner: str) -> int:
-        """Install for ``owner``; returns the id. Joins the template's queue; whoever gets the lock next writes
-        every queued install at once. The batch runs shielded: one caller giving up cancels nobody else's."""
-        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        future.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved even if nobody waits
-        queued = _Queued(owner, future)
-        queue = self._queued.setdefault(ref.key, [])
-        queue.append(queued)
-        try:
-            await asyncio.shield(asyncio.ensure_future(self._install_queued(ref)))
-        except BaseException:
-            if queued in queue:  # not taken by any batch: it must not run after we answered
-                queue.remove(queued)
-            raise
-        return await future
+    async def install(self, ref: TemplateRef, owner: str, claim: Claim | None = None) -> Effect:
+        """Install for ``owner``; returns the effect (the new slot row). See :mod:`.installs`."""
+        return await self._installs.install(ref, owner, claim)
 
-    async def _install_queued(self, ref: TemplateRef) -> None:
-        async with self.locked(ref):
-            queue = self._queued.get(ref.key) or []
-            batch, self._queued[ref.key] = queue[:MAX_BATCH], queue[MAX_BATCH:]
-            if not batch:
-                return  # an earlier batch took ours
-            results: list[int | GatewayError] = []
-
-            def decide(spec: Spec, rows: dict[int, InstanceRow]) -> Plan:
-                plan, out = allocator.plan_install_batch(ref, spec, slots_of(rows), [q.owner for q in batch])
-                results[:] = out
-                return plan or Plan(Op.INSTALL, -1, None, spec, None)
-
-            try:
-                await self._attempts(ref, decide)
-            except Exception as exc:  # the whole batch failed; each caller gets the error
-                code = exc.code.name if isinstance(exc, GatewayError) else "INTERNAL"
-                for q in batch:
-                    OPERATIONS.labels(Op.INSTALL.value, code).inc()
-                    if not q.future.done():
-                        q.future.set_exception(exc)
-                return
-        faults.point("install.after_commit")
-        for q, result in zip(batch, results, strict=True):
-            OPERATIONS.labels(Op.INSTALL.value, result.code.name if isinstance(result, GatewayError) else "OK").inc()
-            if isinstance(result, GatewayError):
-                q.future.set_exception(result)
-            else:
-                q.future.set_result(result)
-
-    def _guarded(self, iref: InstanceRef, principal: Principal, planner: Callable[..., Plan]) -> Decide:
+    def _guarded(self, iref: InstanceRef, principal: Principal, planner: Callable[..., Plan],
+                 claim: Claim | None) -> Decide:
         def decide(spec: Spec, rows: dict[int, InstanceRow]) -> Plan:
             access.check(principal, iref, rows.get(iref.id))
-            return planner(iref.template_ref, spec, slots_of(rows), iref.id)
+            plan = planner(iref.template_ref, spec, slots_of(rows), iref.id)
+            return dataclasses.replace(plan, claims=((iref.id, claim.key),)) if claim else plan
 
         return decide
 
-    async def pause(self, iref: InstanceRef, principal: Principal) -> Plan:
-        return await self.step(iref.template_ref, Op.PAUSE, self._guarded(iref, principal, allocator.plan_pause))
+    def _resumed(self, claim: Claim | None, found: list[Effect]) -> Before | None:
+        """The step's check after resolving intents: the first attempt's effect if it was applied, else stop if
+        a retry took the claim over."""
+        if claim is None or self.claims is None:
+            return None
 
-    async def resume(self, iref: InstanceRef, principal: Principal) -> Plan:
-        return await self.step(iref.template_ref, Op.RESUME, self._guarded(iref, principal, allocator.plan_resume))
+        async def before() -> bool:
+            held, effect = (await self._claims_state([claim]))[claim.key]
+            if effect is not None:
+                found.append(effect)
+                return True
+            if not held:
+                raise taken_over()
+            return False
 
-    async def uninstall(self, iref: InstanceRef, principal: Principal) -> tuple[str | None, bool]:
-        """Owner removed (RELEASING), then the disks deleted. Returns the former owner and whether the id is
-        FREE already (else the reconciler finishes the disk deletion)."""
-        plan = await self.step(iref.template_ref, Op.UNINSTALL,
-                               self._guarded(iref, principal, allocator.plan_uninstall))
-        return plan.owner, await self.release(iref, self.cfg.release_wait_seconds)
+        return before
 
-    async def restart(self, iref: InstanceRef, principal: Principal) -> None:
-        """A new pod on the same disk: delete the pod (uid-checked); the StatefulSet makes it again."""
-        row = access.check(principal, iref, await self.store.get(iref))
-        if row.slot != allocator.SlotState.LIVE.value:
-            raise FailedPrecondition(f"{iref.name} is {row.slot.lower()}; only a running instance restarts",
-                                     reason="NOT_RUNNING")
-        await self.cluster.usable_template(iref.template_ref)
-        pod = await self.cluster.pod(iref.namespace, iref.game_server)
-        if pod is not None and not pod["metadata"].get("deletionTimestamp"):
-            await self.cluster.delete_pod(iref.namespace, iref.game_server, pod["metadata"]["uid"])
+    async def _owned_step(self, iref: InstanceRef, principal: Principal, op: Op, planner: Callable[..., Plan],
+                          claim: Claim | None) -> Effect:
+        found: list[Effect] = []
+        _, done = await self.step(iref.template_ref, op, self._guarded(iref, principal, planner, claim),
+                                  self._resumed(claim, found))
+        return found[0] if found else done[iref.id]
+
+    async def pause(self, iref: InstanceRef, principal: Principal, claim: Claim | None = None) -> Effect:
+        return await self._owned_step(iref, principal, Op.PAUSE, allocator.plan_pause, claim)
+
+    async def resume(self, iref: InstanceRef, principal: Principal, claim: Claim | None = None) -> Effect:
+        return await self._owned_step(iref, principal, Op.RESUME, allocator.plan_resume, claim)
+
+    async def uninstall(self, iref: InstanceRef, principal: Principal, claim: Claim | None = None
+                        ) -> tuple[Effect, bool]:
+        """Owner removed (RELEASING), then the disks deleted. Returns the effect (the instance as its owner had
+        it) and whether the id is FREE already (else the reconciler finishes the disk deletion)."""
+        effect = await self._owned_step(iref, principal, Op.UNINSTALL, allocator.plan_uninstall, claim)
+        return effect, await self.finish_uninstall(iref)
+
+    async def finish_uninstall(self, iref: InstanceRef) -> bool:
+        freed = await self.release(iref, self.cfg.release_wait_seconds)
+        await faults.reach("uninstall.after_release")
+        return freed
+
+    async def restart(self, iref: InstanceRef, principal: Principal, claim: Claim | None = None) -> Effect:
+        """A new pod on the same disk: delete the pod (uid-checked); the StatefulSet makes it again. Under the
+        template lock, so the pod deleted is the caller's; the pod's uid is committed on the claim first, so a
+        retry after a crash deletes that pod (if still there), never its successor."""
+        if claim is not None and claim.effect is not None:
+            await self.delete_pod(iref, claim.effect.get("pod_uid") or "")
+            return claim.effect
+        async with self.locked(iref.template_ref):
+            row = access.check(principal, iref, await self.store.get(iref))
+            if row.slot != allocator.SlotState.LIVE.value:
+                raise FailedPrecondition(f"{iref.name} is {row.slot.lower()}; only a running instance restarts",
+                                         reason="NOT_RUNNING")
+            await self.cluster.usable_template(iref.template_ref)
+            pod = await self.cluster.pod(iref.namespace, iref.game_server)
+            uid = pod["metadata"]["uid"] if pod is not None and not pod["metadata"].get("deletionTimestamp") else ""
+            effect = effects.make(Op.RESTART.value, row, pod_uid=uid)
+            if claim is not None and self.claims is not None:
+                async with self.db.session() as session:
+                    if not await IdempotencyStore.record_effect(session, claim, effect):
+                        raise taken_over()
+            await faults.reach("restart.after_effect")
+            await self.delete_pod(iref, uid)
+        await faults.reach("restart.after_pod_delete")
         OPERATIONS.labels("restart", "OK").inc()
+        return effect
+
+    async def delete_pod(self, iref: InstanceRef, uid: str) -> None:
+        if not uid:
+            return
+        try:
+            await self.cluster.delete_pod(iref.namespace, iref.game_server, uid)
+        except Aborted:
+            pass  # the uid precondition failed: the pod is a successor, the one chosen is gone already
 
     async def release(self, iref: InstanceRef, wait: float) -> bool:
         """Delete every disk of a RELEASING id, wait up to ``wait`` seconds for them to go, then mark it FREE."""
@@ -270,7 +312,7 @@ class Lifecycle:
         present = await self.cluster.claims(ref, templates.vct_names(gss))
         names = self.cluster.claim_names(ref, gss, iref.id, present)
         await self.cluster.delete_claims(iref.namespace, names)
-        faults.point("uninstall.after_disk_delete")
+        await faults.reach("uninstall.after_disk_delete")
         deadline = time.monotonic() + wait
         delay = 0.2
         while await self.cluster.existing_claims(iref.namespace, names):

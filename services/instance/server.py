@@ -2,7 +2,11 @@
 
 Authentication, request ids, replay of `request_id`, audit events and error
 mapping happen around every call in the core interceptor; this module adds
-the instance details to the audit event with ``audit.note``.
+the instance details to the audit event with ``audit.note``. Mutating calls
+pass their replay claim (``idempotency.current_claim``) to the lifecycle and
+answer from the effect it returns (services/instance/effects.py): the rows the
+step wrote under the template lock, or, for a retry that took over a dead
+replica's call, what that call had committed.
 """
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from aigc_gateway import audit
+from aigc_gateway.idempotency import current_claim
 from aigc_gateway.api.v1 import instance_pb2, instance_pb2_grpc
 from aigc_gateway.identity import require_admin, require_principal
 from aigc_gateway.runtime import Runtime
@@ -30,9 +35,11 @@ class InstanceServicer(instance_pb2_grpc.InstanceServiceServicer):
         owner = access.install_owner(principal, request.owner)
         lifecycle, _, _ = self.service.parts()
         audit.note(owner=owner)
-        instance_id = await lifecycle.install(ref, owner)
+        claim = current_claim.get()
+        effect = claim.effect if claim and claim.effect else await lifecycle.install(ref, owner, claim)
+        instance_id = int(effect["row"]["id"])
         audit.note(instance=ref.instance(instance_id).name, id=instance_id)
-        return await self.service.describe(ref.instance(instance_id))
+        return await self.service.answer(effect)
 
     async def GetInstance(self, request: instance_pb2.GetInstanceRequest, context: Any) -> instance_pb2.Instance:
         ref = parse_instance(request.name)
@@ -48,32 +55,38 @@ class InstanceServicer(instance_pb2_grpc.InstanceServiceServicer):
     async def PauseInstance(self, request: instance_pb2.PauseInstanceRequest, context: Any) -> instance_pb2.Instance:
         ref = parse_instance(request.name)
         lifecycle, _, _ = self.service.parts()
-        plan = await lifecycle.pause(ref, require_principal())
-        audit.note(owner=plan.owner, changed=plan.after is not None)
-        return await self.service.describe(ref)
+        claim = current_claim.get()
+        effect = claim.effect if claim and claim.effect else await lifecycle.pause(ref, require_principal(), claim)
+        audit.note(owner=effect["row"]["owner"])
+        return await self.service.answer(effect)
 
     async def ResumeInstance(self, request: instance_pb2.ResumeInstanceRequest,
                              context: Any) -> instance_pb2.Instance:
         ref = parse_instance(request.name)
         lifecycle, _, _ = self.service.parts()
-        plan = await lifecycle.resume(ref, require_principal())
-        audit.note(owner=plan.owner, changed=plan.after is not None)
-        return await self.service.describe(ref)
+        claim = current_claim.get()
+        effect = claim.effect if claim and claim.effect else await lifecycle.resume(ref, require_principal(), claim)
+        audit.note(owner=effect["row"]["owner"])
+        return await self.service.answer(effect)
 
     async def RestartInstance(self, request: instance_pb2.RestartInstanceRequest,
                               context: Any) -> instance_pb2.Instance:
         ref = parse_instance(request.name)
         lifecycle, _, _ = self.service.parts()
-        await lifecycle.restart(ref, require_principal())
-        return await self.service.describe(ref)
+        effect = await lifecycle.restart(ref, require_principal(), current_claim.get())
+        return await self.service.answer(effect)
 
     async def DeleteInstance(self, request: instance_pb2.DeleteInstanceRequest,
                              context: Any) -> instance_pb2.Instance:
         ref = parse_instance(request.name)
         lifecycle, _, _ = self.service.parts()
-        owner, freed = await lifecycle.uninstall(ref, require_principal())
-        audit.note(owner=owner, disks_deleted=freed)
-        return await self.service.describe(ref, former_owner=owner or "")
+        claim = current_claim.get()
+        if claim and claim.effect:  # the first attempt's uninstall was committed: finish its disk deletion
+            effect, freed = claim.effect, await lifecycle.finish_uninstall(ref)
+        else:
+            effect, freed = await lifecycle.uninstall(ref, require_principal(), claim)
+        audit.note(owner=effect["row"]["owner"], disks_deleted=freed)
+        return await self.service.answer(effect, freed=freed)
 
     async def WatchInstance(self, request: instance_pb2.WatchInstanceRequest,
                             context: Any) -> AsyncIterator[instance_pb2.InstanceEvent]:

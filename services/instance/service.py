@@ -10,6 +10,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from datetime import datetime, timezone
+from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import func, select, tuple_
@@ -24,7 +25,7 @@ from aigc_gateway.identity import Principal
 from aigc_gateway.kube import Kube
 from aigc_gateway.runtime import Runtime
 
-from . import access, faults, status, templates
+from . import access, effects, faults, status, templates
 from .allocator import SlotState
 from .cache import Change, ClusterCache
 from .cluster import Cluster
@@ -80,7 +81,7 @@ class InstanceService:
     async def _connect(self) -> None:
         self.kube = await Kube.connect(self.settings.kubernetes)
         self.cluster = Cluster(self.kube, self.settings.namespaces, self.settings.gss_labels)
-        self.lifecycle = Lifecycle(self.runtime.db, self.store, self.cluster, self.cfg)
+        self.lifecycle = Lifecycle(self.runtime.db, self.store, self.cluster, self.cfg, self.runtime.idempotency)
         self.cache = ClusterCache(self.kube, self.settings.namespaces, self.settings.gss_labels)
         self.checker = Checker(self.lifecycle, self.cluster, self.store)
         self.reconciler = Reconciler(self.runtime.db, self.lifecycle, self.checker, self.store,
@@ -140,6 +141,17 @@ class InstanceService:
             message.state = instance_pb2.Instance.UNINSTALLING
             message.state_message, message.owner = "Uninstalled; the disk is deleted", former_owner
         return message
+
+    async def answer(self, effect: dict[str, Any], *, freed: bool = False) -> instance_pb2.Instance:
+        """The answer to a mutating call, from the row its step wrote or read under the lock (its effect):
+        the owner is the one the call acted for, whoever has the id now. An uninstall answers with the instance
+        as its owner had it, UNINSTALLING, without looking at the cluster (the id may be someone else's)."""
+        ref = effects.ref_of(effect)
+        row = effects.row_of(effect["row"])
+        if effect["op"] != "uninstall":
+            return await self.describe(ref, row)
+        message = ("Uninstalled; the disk is deleted" if freed else "Uninstalling; the disk is being deleted")
+        return status.to_proto(ref, row, status.View(instance_pb2.Instance.UNINSTALLING, message), None, None)
 
     @staticmethod
     def view(row: InstanceRow, gss: dict | None, seen: status.Observed, ref: InstanceRef) -> status.View:

@@ -40,6 +40,10 @@ def to_slot(row: InstanceRow) -> Slot:
     return Slot(row.id, SlotState(row.slot), row.owner)
 
 
+def slots_of(rows: dict[int, InstanceRow]) -> dict[int, Slot]:
+    return {i: to_slot(r) for i, r in rows.items()}
+
+
 def to_record(row: InstanceRow) -> SlotRecord:
     return SlotRecord(row.id, SlotState(row.slot), row.owner, aware(row.created_at), aware(row.state_changed_at))
 
