@@ -76,3 +76,27 @@ async def test_a_retryable_end_after_an_effect_lets_the_retry_answer_with_it(dat
     finally:
         await one.close()
         await two.close()
+
+
+async def test_the_embedded_sqlite_default_takes_over_a_dead_replicas_claim(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The same heartbeat table on SQLite: a second process on the file (or this one after a restart) takes
+    over what a killed one left pending."""
+    import asyncio
+
+    from aigc_gateway.db.migrate import upgrade
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'gateway.sqlite3'}"
+    await asyncio.to_thread(upgrade, url)
+    db = Database(url)
+    first, second = store(db), store(db)
+    try:
+        claim, _ = await first.claim("I.M", "alice", "r-9", REQUEST)
+        with pytest.raises(Aborted):
+            await second.claim("I.M", "alice", "r-9", REQUEST)
+        await kill(db, first.replicas)
+        taken, stored = await second.claim("I.M", "alice", "r-9", REQUEST)
+        assert stored is None and taken.attempt == 1
+    finally:
+        await first.close()
+        await second.close()
+        await db.close()
