@@ -131,3 +131,102 @@ async def test_sign_in_through_nginx_never_leaves_the_domain(site, browser, rd: 
     hops = await b.sign_in(site.url(f"dashboard.{DOMAIN}", "/sign-in?rd=" + quote(rd, safe="")), "alice")
     back = next(h for h in hops if "/sign-in-callback" in h.url)
     assert back.location == f"http://dashboard.{DOMAIN}:{site.front_port}/"
+
+
+# -- issue 11: the decision is bound to the host nginx routed on ------------------------------------
+
+
+async def raw(port: int, request: bytes) -> tuple[int, bytes]:
+    """One request sent byte for byte (absolute-form lines, duplicate or missing Host): (status, body)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        response = await asyncio.wait_for(reader.read(), 10)  # every request here ends the connection
+    finally:
+        writer.close()
+    head, _, body = response.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body
+
+
+def request(line: str, *headers: str) -> bytes:
+    return (line + "\r\n" + "".join(h + "\r\n" for h in (*headers, "Connection: close")) + "\r\n").encode()
+
+
+def reached(backends, name: str) -> int:
+    return len(backends.seen[name])
+
+
+async def test_absolute_form_request_line_cannot_borrow_the_owners_host(site, browser, start_backend) -> None:
+    """The bypass of issue 11: nginx routes on the request line's host, X-Original-URL carries the Host header."""
+    alice = browser()
+    await alice.sign_in(site.url(H1), "alice")
+    mine, port = f"Cookie: {COOKIE}={alice.cookie(COOKIE)}", site.front_port
+    before = {name: reached(start_backend, name) for name in start_backend.seen}
+    attacks = [
+        # bob's host in the request line, alice's in Host: nginx would serve bob's cpu-2.
+        request(f"GET http://{H2}/ HTTP/1.1", f"Host: {H1}", mine),
+        request(f"GET http://{H2}:{port}/x HTTP/1.1", f"Host: {H1}:{port}", mine),
+        request(f"GET http://{H2.upper()}./ HTTP/1.1", f"Host: {H1}", mine),
+        # Path-routed: bob's /sd2 on sd.<domain> named in the request line, alice's host in Host.
+        request(f"GET http://{SD}/sd2/ HTTP/1.1", f"Host: {H1}", mine),
+        # and alice's /sd1 path sent to bob's host-routed instance.
+        request(f"GET http://{H2}/sd1/ HTTP/1.1", f"Host: {SD}", mine),
+        # Client-set X-Original-URL / X-Forwarded-Host naming alice's host: nginx overwrites or ignores them.
+        request(f"GET http://{H2}/ HTTP/1.1", f"Host: {H2}", mine, f"X-Original-URL: http://{H1}/",
+                f"X-Forwarded-Host: {H1}", "X-Forwarded-Uri: /"),
+        request("GET / HTTP/1.1", f"Host: {H2}", mine, f"X-Original-URL: http://{H1}/",
+                f"X-Original-URL: http://{H1}/", f"X-Forwarded-Host: {H1}"),
+        # HTTP/1.0 without Host, request line naming bob's host: X-Original-URL has no host at all.
+        request(f"GET http://{H2}/ HTTP/1.0", mine),
+    ]
+    for attack in attacks:
+        status, body = await raw(port, attack)
+        assert status == 403, (attack, status, body[:200])
+        assert b'"backend"' not in body
+    # Alice's own instance through the same channels, when they agree: admitted.
+    for honest in (request(f"GET http://{H1}/ HTTP/1.1", f"Host: {H1}", mine),
+                   request(f"GET http://{H1}:{port}/ HTTP/1.1", f"Host: {H1.upper()}.:{port}", mine)):
+        status, body = await raw(port, honest)
+        assert status == 200 and b'"backend": "cpu-1"' in body, (honest, status, body[:200])
+    # The request line decides the route, and it never reached a pod alice does not own.
+    after = {name: reached(start_backend, name) for name in start_backend.seen}
+    assert {name: after[name] - before[name] for name in after} == {"cpu-1": 2, "cpu-2": 0, "sd-1": 0, "sd-2": 0}
+
+
+async def test_malformed_host_information_reaches_no_backend(site, browser, start_backend) -> None:
+    alice = browser()
+    await alice.sign_in(site.url(H1), "alice")
+    mine, port = f"Cookie: {COOKIE}={alice.cookie(COOKIE)}", site.front_port
+    before = {name: reached(start_backend, name) for name in start_backend.seen}
+    # nginx itself refuses two Host headers.
+    assert (await raw(port, request("GET / HTTP/1.1", f"Host: {H1}", f"Host: {H2}", mine)))[0] == 400
+    assert (await raw(port, request("GET / HTTP/1.1", f"Host: {H2}", f"Host: {H1}", mine)))[0] == 400
+    # HTTP/1.0 without Host: the catch-all server, no instance.
+    assert (await raw(port, request("GET / HTTP/1.0", mine)))[0] == 404
+    # HTTP/1.0 absolute-form for alice's own host without a Host header: no Host to read, refused.
+    assert (await raw(port, request(f"GET http://{H1}/ HTTP/1.0", mine)))[0] == 403
+    # Percent-escaped and Unicode spellings of a host route to no server at all.
+    for host in ("instances2%2dcpu.aigc.test", "ｉnstances2-cpu.aigc.test", "instances2-cpu.aigc.test..",
+                 f"{H1}%00"):
+        status, body = await raw(port, request("GET / HTTP/1.1", f"Host: {host}", mine))
+        assert (host, status) == (host, 404 if ".." not in host else 400), body[:200]
+    after = {name: reached(start_backend, name) for name in start_backend.seen}
+    assert after == before
+
+
+async def test_identity_headers_reach_the_backend_only_from_the_auth_answer(site, browser, start_backend) -> None:
+    alice = browser()
+    await alice.sign_in(site.url(H1), "alice")
+    mine, port = f"Cookie: {COOKIE}={alice.cookie(COOKIE)}", site.front_port
+    status, _ = await raw(port, request("GET /who HTTP/1.1", f"Host: {H1}", mine, "X-Auth-Request-User: bob",
+                                        "X-Auth-Request-User: root", "X-Auth-Request-Email: bob@evil.test"))
+    assert status == 200
+    last = start_backend.seen["cpu-1"][-1]
+    assert last["path"] == "/who"
+    assert sorted(last["identity"]) == [("X-Auth-Request-Email", "alice@example.test"),
+                                        ("X-Auth-Request-User", "alice")]
+    # Anonymous with forged identity headers: sent to sign in, the backend never sees the request.
+    count = reached(start_backend, "cpu-1")
+    status, _ = await raw(port, request("GET / HTTP/1.1", f"Host: {H1}", "X-Auth-Request-User: alice"))
+    assert status == 302 and reached(start_backend, "cpu-1") == count

@@ -154,11 +154,19 @@ async def start_nginx() -> AsyncIterator[Any]:
 
 @pytest.fixture
 async def start_backend() -> AsyncIterator[Any]:
-    """``port = await start_backend("name")``: answers every request with what it received."""
+    """``port = await start_backend("name")``: answers every request with what it received, and records
+    it in ``start_backend.seen[name]`` (so a test can prove which backends a request reached, and with
+    which identity headers)."""
     runners: list[web.AppRunner] = []
+    seen: dict[str, list[dict[str, Any]]] = {}
 
     async def start(name: str) -> int:
+        seen.setdefault(name, [])
+
         async def echo(request: web.Request) -> web.Response:
+            seen[name].append({"host": request.host, "path": request.path_qs,
+                               "identity": [(k, v) for k, v in request.headers.items()
+                                            if k.lower().startswith("x-auth-request-")]})
             return web.json_response({"backend": name, "host": request.host, "path": request.path_qs,
                                       "user": request.headers.get("X-Auth-Request-User", ""),
                                       "email": request.headers.get("X-Auth-Request-Email", "")})
@@ -172,6 +180,7 @@ async def start_backend() -> AsyncIterator[Any]:
         runners.append(runner)
         return port
 
+    start.seen = seen  # type: ignore[attr-defined]
     yield start
     for runner in runners:
         await runner.cleanup()
