@@ -29,6 +29,8 @@ type config struct {
 	// TrustedOrigins are extra browser origins (scheme://host[:port]) allowed to
 	// send cookie-authenticated writes; the bridge's own host always is.
 	TrustedOrigins []string
+	// StaticDir holds the dashboard's built assets, served at / beside /v1/ (empty: none).
+	StaticDir string
 }
 
 // flagOutput is where -help prints.
@@ -57,6 +59,7 @@ func parseConfig(args []string, getenv func(string) string) (config, error) {
 	fs.StringVar(&origins, "trusted-origins", env("AIGC_BRIDGE_TRUSTED_ORIGINS", ""), "comma-separated extra origins allowed to send cookie-authenticated writes ($AIGC_BRIDGE_TRUSTED_ORIGINS)")
 	limit := fs.String("rate-limit", env("AIGC_BRIDGE_RATE_LIMIT", "50"), "requests per second per client; 0 turns the limit off ($AIGC_BRIDGE_RATE_LIMIT)")
 	burst := fs.String("rate-burst", env("AIGC_BRIDGE_RATE_BURST", "100"), "requests a client may send at once above the rate ($AIGC_BRIDGE_RATE_BURST)")
+	fs.StringVar(&cfg.StaticDir, "static-dir", env("AIGC_BRIDGE_STATIC_DIR", ""), "the dashboard's built assets (dashboard/dist), served at / on the same origin as /v1/; empty serves none ($AIGC_BRIDGE_STATIC_DIR)")
 	help := fs.Bool("help", false, "print this help")
 	if err := fs.Parse(args); err != nil {
 		return cfg, err

@@ -17,7 +17,8 @@ import (
 )
 
 // newHandler builds the whole HTTP surface: the generated routes of the five
-// services wrapped in the bridge's middleware, plus /healthz and /readyz.
+// services wrapped in the bridge's middleware, plus /healthz and /readyz, and
+// the dashboard's assets when cfg.StaticDir is set (see static.go).
 func newHandler(ctx context.Context, cfg config, b *backends, logger *slog.Logger) (http.Handler, error) {
 	mux := newGatewayMux()
 	register := []struct {
@@ -64,6 +65,13 @@ func newHandler(ctx context.Context, cfg config, b *backends, logger *slog.Logge
 	var api http.Handler = guard(cfg, mux)
 	if cfg.RateLimit > 0 {
 		api = newLimiter(cfg.RateLimit, cfg.RateBurst).middleware(api)
+	}
+	if cfg.StaticDir != "" {
+		site, err := loadStatic(cfg.StaticDir)
+		if err != nil {
+			return nil, err
+		}
+		api = withStatic(site, api)
 	}
 	root.Handle("/", api)
 	return withRequestID(accessLog(logger, root)), nil

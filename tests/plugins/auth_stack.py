@@ -102,7 +102,9 @@ class InstanceSite:
 
 def nginx_servers(*, listen: str, auth_addr: str, signin_url: str, dashboard_host: str,
                   sites: list[InstanceSite]) -> str:
-    blocks = [render("dashboard.conf.tmpl", LISTEN=listen, HOST=dashboard_host, AUTH_ADDR=auth_addr)]
+    # No REST bridge in these tests: the dashboard host's other paths go nowhere (port 9, discard).
+    blocks = [render("dashboard.conf.tmpl", LISTEN=listen, HOST=dashboard_host, AUTH_ADDR=auth_addr,
+                     BRIDGE_ADDR="127.0.0.1:9")]
     for site in sites:
         locations = "".join(render("instance-location.conf.tmpl", PATH=path, BACKEND_ADDR=f"127.0.0.1:{port}")
                             for path, port in site.paths.items())

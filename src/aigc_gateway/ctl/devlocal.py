@@ -20,6 +20,7 @@ class Ports:
     usersync_http: int = 8082
     bridge: int = 8080
     idp: int = 9090
+    dashboard: int = 8000  # nginx: the dashboard host (the page, /v1/… and sign-in on one origin)
 
     @classmethod
     def from_env(cls, environ: dict[str, str]) -> "Ports":

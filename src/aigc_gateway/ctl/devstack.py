@@ -3,7 +3,7 @@
 Starts, in order: the Kubernetes test bed (testbed/testbed, cached build; reused when it is
 already up), PostgreSQL (`--postgres`) or the embedded SQLite default, oidc-provider as the
 development identity provider with its login page, the four services in one process, the
-REST bridge; signs the demo users in, applies the five sample templates, prints the URLs, the
+REST bridge serving the dashboard, nginx as the dashboard host (see .devdashboard); signs the demo users in, applies the five sample templates, prints the URLs, the
 users and a CLI example, then waits. Ctrl-C stops everything it started, in reverse order.
 
 State lives in ./var/dev (gitignored): the configuration, logs, tokens and secrets of the run
@@ -27,6 +27,7 @@ from typing import Any
 
 import yaml
 
+from . import devdashboard
 from .devlocal import Ports, load_keys, write_private
 
 # The repository (scripts/dev runs from it; the package is installed editable from src/).
@@ -152,7 +153,7 @@ class Stack:
         server = ROOT / "tools" / "oidc-provider" / "server.mjs"
         if not (server.parent / "node_modules" / "oidc-provider").is_dir():
             raise StackError("tools/oidc-provider is not installed: run scripts/setup.d/40-oidc-provider.sh")
-        public = f"http://dashboard.{self.opts.domain}:{self.ports.auth_http}"
+        public = self.dashboard_url
         config = {
             "host": "127.0.0.1", "port": self.ports.idp,
             "clients": [
@@ -189,7 +190,7 @@ class Stack:
                         "metrics_listen": f"127.0.0.1:{p.metrics}"},
             "kubernetes": {"kubeconfig": self.kubeconfig or str(self.state / "no-kubernetes")},
             "logging": {"level": "INFO", "json": False},
-            "auth": {"http_listen": f"127.0.0.1:{p.auth_http}", "public_url": f"http://dashboard.{domain}:{p.auth_http}",
+            "auth": {"http_listen": f"127.0.0.1:{p.auth_http}", "public_url": self.dashboard_url,
                      "cookie_secure": False, "allow_http_redirects": True, "http_workers": 0},
             "usersync": {"http_listen": f"127.0.0.1:{p.usersync_http}"},
             # What instance ingresses must carry: the samples' https://dashboard.<domain>/auth, the URL an
@@ -219,11 +220,35 @@ class Stack:
 
         binary = gotools.bridge()
         p = self.ports
+        dist = devdashboard.built_dashboard(ROOT)
+        static = [f"--static-dir={dist}"] if dist else []
+        if not dist:
+            self.say("dashboard/dist is not built (scripts/setup.d/60-dashboard.sh): no dashboard page")
         child = self.spawn("bridge", [str(binary), "--listen", f"127.0.0.1:{p.bridge}", "--log-format", "text",
                                       f"--template=127.0.0.1:{p.template}", f"--instance=127.0.0.1:{p.instance}",
-                                      f"--auth=127.0.0.1:{p.auth}", f"--usersync=127.0.0.1:{p.usersync}",
-                                      f"--trusted-origins=http://dashboard.{self.opts.domain}:{p.auth_http}"])
+                                      f"--auth=127.0.0.1:{p.auth}", f"--usersync=127.0.0.1:{p.usersync}", *static])
         self.wait_for("the REST bridge", lambda: "listening on" in child.log.read_text(errors="replace"), 30)
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"http://dashboard.{self.opts.domain}:{self.ports.dashboard}"
+
+    def dashboard_host(self) -> None:
+        """nginx on the dashboard port: the page, /v1/… and sign-in on one origin (see .devdashboard)."""
+        binary = devdashboard.nginx_binary()
+        if binary is None:
+            raise StackError("nginx is not installed: run scripts/setup.d/30-nginx.sh")
+        p = self.ports
+        conf = devdashboard.nginx_config(self.state / "nginx", port=p.dashboard, host=f"dashboard.{self.opts.domain}",
+                                         auth_addr=f"127.0.0.1:{p.auth_http}", bridge_addr=f"127.0.0.1:{p.bridge}")
+        self.spawn("nginx", [binary, "-p", str(conf.parent), "-c", str(conf), "-g", "daemon off;"])
+
+        def up() -> bool:
+            import socket
+            with socket.create_connection(("127.0.0.1", p.dashboard), timeout=1):
+                return True
+
+        self.wait_for("nginx (the dashboard host)", up, 15)
 
     def sign_in(self, user: str) -> str:
         """The user's ID token, by the login page's own form (no browser needed)."""
@@ -297,8 +322,8 @@ def banner(stack: Stack, applied: list[str], cli_config: Path) -> str:
         "  OpenAPI             docs/openapi/aigc-gateway.swagger.json",
         f"  gRPC                template 127.0.0.1:{p.template}, instance :{p.instance}, auth :{p.auth}, "
         f"usersync :{p.usersync}",
-        f"  Browser sign-in     http://dashboard.{domain}:{p.auth_http}/sign-in"
-        "   (*.localhost resolves to this machine)",
+        f"  Dashboard           {stack.dashboard_url}/   (*.localhost resolves to this machine; "
+        "sign in as alice, bob or admin)",
         f"  Identity provider   {stack.issuer}  (login page: any user name, no password)",
         f"  Metrics             http://127.0.0.1:{p.metrics}/metrics",
         f"  Logs                {rel(stack.state / 'logs')}/", "",
@@ -370,6 +395,8 @@ def main(argv: list[str] | None = None) -> int:
         stack.gateway(database_url, keys)
         stack.say("starting the REST bridge")
         stack.bridge()
+        stack.say("starting nginx for the dashboard host")
+        stack.dashboard_host()
         stack.write_tokens()
         cli_config = stack.cli_config()
         applied: list[str] = []
