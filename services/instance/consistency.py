@@ -1,6 +1,13 @@
-"""CheckConsistency's I/O: a snapshot of PostgreSQL, the GameServerSet, its pods and disks, under the lock."""
+"""CheckConsistency's I/O: a snapshot of PostgreSQL, the GameServerSet, its pods and disks, under the lock.
+
+Ids usersync's import found claimed by several users (``disputed_instances``, see docs/usersync.md)
+have no slot on purpose: they are reported as DISPUTED, not as the drift their missing row looks like.
+"""
 from __future__ import annotations
 
+from sqlalchemy import select
+
+from aigc_gateway.db.models import DisputedInstanceRow
 from aigc_gateway.errors import FailedPrecondition, NotFound
 
 from . import invariants, templates
@@ -9,6 +16,9 @@ from .invariants import Finding, Snapshot
 from .lifecycle import Lifecycle
 from .names import TemplateRef
 from .slots import SlotStore, now, to_record
+
+
+MISSING_ROW = ("LIVE_MISMATCH", "UNTRACKED_RESERVED")  # what a disputed id's absent slot looks like
 
 
 class Checker:
@@ -48,4 +58,17 @@ class Checker:
         snap = await self.snapshot(ref)
         if isinstance(snap, Finding):
             return [snap]
-        return invariants.check(snap)
+        return await self._disputes(ref, invariants.check(snap))
+
+    async def _disputes(self, ref: TemplateRef, findings: list[Finding]) -> list[Finding]:
+        async with self.lifecycle.db.session() as session:
+            disputed = {r.id: r for r in (await session.execute(select(DisputedInstanceRow).where(
+                DisputedInstanceRow.namespace == ref.namespace, DisputedInstanceRow.template == ref.template)))
+                .scalars()}
+        if not disputed:
+            return findings
+        kept = [f for f in findings if not (f.id in disputed and f.code in MISSING_ROW)]
+        kept += [Finding(ref.name, i, "DISPUTED", f"{r.state} id claimed by {', '.join(r.claimants)} in the original "
+                         "gateway's data; out of allocation until an admin calls "
+                         "UserSyncService.ResolveDisputedInstance") for i, r in disputed.items()]
+        return sorted(kept, key=lambda f: (f.id, f.code))

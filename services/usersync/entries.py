@@ -8,7 +8,7 @@ and ``Name`` are what identify the template.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,16 +102,17 @@ def effective(current: Mapping[str, Any], changes: Changes) -> Changes:
 
 
 def diff(current: Mapping[str, Any], desired: Mapping[str, dict[str, str]],
-         managed: set[tuple[str, str]]) -> Changes:
+         managed: set[tuple[str, str]], keep: Collection[str] = ()) -> Changes:
     """What makes ``current`` agree with ``desired`` (PostgreSQL wins).
 
     Entries are removed only for templates in ``managed`` (those the gateway holds ownership rows
     for): an entry of a template never imported is left alone, so running reconcile before the
-    import cannot wipe the original installation's data. ``null`` items count as absent.
+    import cannot wipe the original installation's data. ``null`` items count as absent. Keys in
+    ``keep`` are never changed: the user claims a disputed id there (see disputes.py).
     """
-    changes: Changes = {k: dict(v) for k, v in desired.items() if current.get(k) != v}
+    changes: Changes = {k: dict(v) for k, v in desired.items() if current.get(k) != v and k not in keep}
     for key, value in current.items():
-        if key in desired:
+        if key in desired or key in keep:
             continue
         parsed = parse_entry(key, value)
         if isinstance(parsed, Entry) and (parsed.namespace, parsed.template) in managed:

@@ -5,7 +5,8 @@
    reported; malformed entries are conflicts; anything else is another application's data.
 2. Per template claimed: under the instance service's allocator lock for the template, read the
    GameServerSet (R, X), its PVCs and the ``instances`` rows, let :func:`.importplan.plan_template`
-   decide, and insert its rows (with the change notification) — unless ``dry_run``.
+   decide, and insert its rows (with the change notification) and its new disputes (an id several
+   users claim: ``disputed_instances``, resolved by an admin, see disputes.py) — unless ``dry_run``.
 
 Idempotent: rows already present win, so a second run reports the same entries as unchanged.
 """
@@ -24,12 +25,23 @@ from aigc_gateway.audit import AuditLog
 from aigc_gateway.config import Settings
 from aigc_gateway.context import principal_var
 from aigc_gateway.db import Database
-from aigc_gateway.db.models import InstanceRow, allocator_lock, notify_instance_change
+from aigc_gateway.db.models import DisputedInstanceRow, InstanceRow, allocator_lock, notify_instance_change
 from aigc_gateway.errors import NotFound
 
-from . import metrics, mirrorstore
+from . import disputes, metrics, mirrorstore
 from .entries import NULL, Entry, Malformed, parse_entry
-from .importplan import CONFLICT, IMPORTED, UNCHANGED, Claim, GssState, Row, parse_reserved, plan_template
+from .importplan import (
+    CONFLICT,
+    DISPUTED,
+    IMPORTED,
+    UNCHANGED,
+    Claim,
+    Dispute,
+    GssState,
+    Row,
+    parse_reserved,
+    plan_template,
+)
 from .logto import LogtoClient
 
 log = logging.getLogger(__name__)
@@ -53,6 +65,7 @@ class ImportResult:
     conflicts: list[ReportEntry] = field(default_factory=list)
     skipped: list[ReportEntry] = field(default_factory=list)
     slots_created: dict[str, list[int]] = field(default_factory=dict)  # "ns/tpl:SLOT" -> ids (unclaimed)
+    disputes: list[tuple[str, str, Dispute]] = field(default_factory=list)  # (ns, tpl, dispute), new or known
     dry_run: bool = False
 
 
@@ -94,10 +107,13 @@ class Importer:
                               ("conflict", result.conflicts), ("skipped", result.skipped)):
             metrics.IMPORT_ENTRIES.labels(name).inc(len(entries))
         if not dry_run:
+            await disputes.update_gauge(self.db)
+        if not dry_run:
             await self.audit.record("UserSync.Import", "", details={
                 "users_scanned": result.users_scanned, "imported": len(result.imported),
                 "unchanged": len(result.unchanged), "conflicts": len(result.conflicts),
-                "skipped": len(result.skipped), "slots_created": result.slots_created},
+                "skipped": len(result.skipped), "slots_created": result.slots_created,
+                "disputed": [f"{ns}/{tpl}/{d.id}" for ns, tpl, d in result.disputes]},
                 **({} if _in_rpc() else {"actor": "service:usersync", "actor_kind": "service"}))
         return result
 
@@ -108,11 +124,16 @@ class Importer:
             rows = (await session.execute(select(InstanceRow).where(
                 InstanceRow.namespace == namespace, InstanceRow.template == template))).scalars()
             existing = {r.id: Row(r.id, r.slot, r.owner) for r in rows}
-            plan = plan_template(gss, group, existing)
+            known = await disputes.recorded(session, namespace, template)
+            plan = plan_template(gss, group, existing, {i: d.claimants for i, d in known.items()})
             for outcome in plan.outcomes:
                 entry = _report(outcome.user, outcome.entry, outcome.reason)
-                {IMPORTED: result.imported, UNCHANGED: result.unchanged, CONFLICT: result.conflicts}[
-                    outcome.result].append(entry)
+                # A disputed claim is reported as a conflict (nothing imported) and its id in `disputes`.
+                {IMPORTED: result.imported, UNCHANGED: result.unchanged, CONFLICT: result.conflicts,
+                 DISPUTED: result.conflicts}[outcome.result].append(entry)
+            result.disputes += [(namespace, template, d) for d in plan.disputes]
+            result.disputes += [(namespace, template, d) for i, d in sorted(known.items())
+                                if any(c.entry.id == i for c in group)]
             for instance_id, why in plan.unclaimed:
                 result.conflicts.append(ReportEntry("", "", namespace, template, instance_id, why))
             for row in plan.rows:
@@ -122,15 +143,27 @@ class Importer:
                 return
             now = datetime.now(timezone.utc)
             for row in plan.rows:
+                # An owner's install time is their disk's age (invariants: a disk older than its owner's
+                # install would be someone else's data); a LIVE row's state changed then too.
+                since = min(row.since, now) if row.since else now
                 session.add(InstanceRow(namespace=namespace, template=template, id=row.id, slot=row.slot,
-                                        owner=row.owner, orphaned=False, created_at=now, updated_at=now,
-                                        state_changed_at=now, last_access_at=None))
+                                        owner=row.owner, orphaned=False, created_at=since, updated_at=now,
+                                        state_changed_at=since if row.slot == "LIVE" else now,
+                                        last_access_at=None))
+            for dispute in plan.disputes:
+                session.add(DisputedInstanceRow(namespace=namespace, template=template, id=dispute.id,
+                                                claimants=list(dispute.claimants), state=dispute.state,
+                                                created_at=now))
             await session.flush()
             for row in plan.rows:
                 await notify_instance_change(session, namespace, template, row.id)
             for outcome in plan.outcomes:
                 if outcome.result in (IMPORTED, UNCHANGED):
                     await mirrorstore.record(session, outcome.user, [(namespace, template, outcome.entry.id)], now)
+
+    async def read_gss(self, namespace: str, template: str) -> GssState:
+        """The template's GameServerSet and disks as the import reads them (for ResolveDisputedInstance)."""
+        return await self._read_gss(await self.kube_factory(), namespace, template)
 
     async def _read_gss(self, client: kube.Kube, namespace: str, template: str) -> GssState:
         if self.settings.namespaces and namespace not in self.settings.namespaces:
@@ -152,17 +185,29 @@ class Importer:
         replicas = int(spec.get("replicas") or 0)
         claim_names = [(v.get("metadata") or {}).get("name") for v in
                        (spec.get("gameServerTemplate") or {}).get("volumeClaimTemplates") or []]
-        pvc_ids: set[int] = set()
+        created: dict[int, datetime] = {}
         if claim_names:
             pvcs = await client.list(kube.PVC, namespace)
-            names = {(p.get("metadata") or {}).get("name", "") for p in pvcs.get("items") or []}
-            for name in names:
+            for pvc in pvcs.get("items") or []:
+                meta = pvc.get("metadata") or {}
+                name = meta.get("name", "")
                 for claim in claim_names:
                     prefix = f"{claim}-{template}-"
                     if claim and name.startswith(prefix) and name[len(prefix):].isdecimal():
-                        pvc_ids.add(int(name[len(prefix):]))
-        return GssState(replicas=replicas, reserved=reserved, pvc_ids=frozenset(pvc_ids))
+                        when = _timestamp(meta.get("creationTimestamp"))
+                        i = int(name[len(prefix):])
+                        created[i] = min(created.get(i, when), when)
+        return GssState(replicas=replicas, reserved=reserved, pvc_ids=frozenset(created),
+                        has_disks=bool(claim_names), pvc_created=created)
 
+
+def _timestamp(value: object) -> datetime:
+    """A PVC's creationTimestamp; now when unreadable (then the id's owner dates from the import)."""
+    try:
+        moment = datetime.fromisoformat(str(value))  # Python 3.11 reads the trailing Z
+    except ValueError:
+        return datetime.now(timezone.utc)
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
 def _in_rpc() -> bool:

@@ -7,9 +7,18 @@ rows to insert and an outcome per entry. The rows keep the allocator's invariant
 - a claimed live id becomes LIVE(owner); a claimed reserved id PAUSED(owner);
 - an unclaimed reserved id becomes FREE when none of its PVCs exist, else RELEASING (the disk is
   still there: never handed to a new owner before the instance service confirms its deletion);
-- nothing else gets a row: an id claimed by two users, a live id nobody claims, a hole (below the
-  high-water mark, neither live nor reserved). Those are reported for an admin; the allocator never
-  hands out an id without a FREE row, so leaving them without one is safe.
+- a claim on a reserved id whose disks are all gone is refused (a resume would start on an empty new
+  disk): reported, and the id becomes FREE like an unclaimed one without a disk;
+- an id claimed by several users (the original's race) that is running, or reserved with its disk,
+  becomes a *dispute*: no row (so the allocator never hands it out, a running one keeps running and a
+  reserved one stays reserved), a ``disputed_instances`` record naming the claimants, and an admin
+  decides (ResolveDisputedInstance, see disputes.py);
+- nothing else gets a row: a live id nobody claims, a hole (below the high-water mark, neither live
+  nor reserved). Those are reported for an admin; the allocator never hands out an id without a FREE
+  row, so leaving them without one is safe.
+
+An owned row's ``since`` (its ``created_at``: when the owner installed) is the creation time of the
+id's oldest disk, not the import's: the owner had the disk before the gateway knew them.
 
 Rows already present win: an entry that agrees with them is "unchanged", one that disagrees is a
 conflict, so a second run changes nothing.
@@ -19,12 +28,13 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from .entries import Entry
 
 MAX_RESERVED = 10_000  # a reserve range larger than this is refused rather than expanded into rows
 
-IMPORTED, UNCHANGED, CONFLICT = "imported", "unchanged", "conflict"
+IMPORTED, UNCHANGED, CONFLICT, DISPUTED = "imported", "unchanged", "conflict", "disputed"
 
 
 @dataclass(frozen=True)
@@ -41,6 +51,11 @@ class GssState:
     reserved: frozenset[int] = frozenset()
     pvc_ids: frozenset[int] = frozenset()  # ids with at least one PVC left
     problem: str = ""
+    has_disks: bool = True  # the template has volumeClaimTemplates (else a paused id needs no disk)
+    pvc_created: Mapping[int, datetime] = field(default_factory=dict)  # id -> its oldest PVC's creation
+
+    def disk_gone(self, instance_id: int) -> bool:
+        return self.has_disks and instance_id not in self.pvc_ids
 
     def live(self) -> frozenset[int]:
         out: set[int] = set()
@@ -57,13 +72,21 @@ class Row:
     id: int
     slot: str  # LIVE | PAUSED | RELEASING | FREE
     owner: str | None = None
+    since: datetime | None = field(default=None, compare=False)  # the owner's install time (None: now)
+
+
+@dataclass(frozen=True)
+class Dispute:
+    id: int
+    claimants: tuple[str, ...]
+    state: str  # LIVE | PAUSED: the id in the GameServerSet
 
 
 @dataclass(frozen=True)
 class Outcome:
     user: str
     entry: Entry
-    result: str  # IMPORTED | UNCHANGED | CONFLICT
+    result: str  # IMPORTED | UNCHANGED | CONFLICT | DISPUTED
     reason: str = ""
 
 
@@ -72,10 +95,14 @@ class TemplatePlan:
     rows: list[Row] = field(default_factory=list)  # to insert
     outcomes: list[Outcome] = field(default_factory=list)
     unclaimed: list[tuple[int, str]] = field(default_factory=list)  # (id, why no row) for the admin
+    disputes: list[Dispute] = field(default_factory=list)  # new disputes to record
 
 
-def plan_template(gss: GssState, claims: Iterable[Claim], existing: Mapping[int, Row]) -> TemplatePlan:
+def plan_template(gss: GssState, claims: Iterable[Claim], existing: Mapping[int, Row],
+                  disputed: Mapping[int, Iterable[str]] | None = None) -> TemplatePlan:
+    """``disputed``: the template's disputes already recorded (id -> claimants)."""
     plan = TemplatePlan()
+    disputed = {i: tuple(sorted(users)) for i, users in (disputed or {}).items()}
     claims = sorted(claims, key=lambda c: (c.entry.id, c.user))
     if gss.problem:
         plan.outcomes = [Outcome(c.user, c.entry, CONFLICT, gss.problem) for c in claims]
@@ -89,22 +116,38 @@ def plan_template(gss: GssState, claims: Iterable[Claim], existing: Mapping[int,
     for claim in claims:
         by_id[claim.entry.id].append(claim)
     owned_now = {row.owner: row.id for row in existing.values() if row.owner}
-    disputed: set[int] = set()
+    no_disk: set[int] = set()  # reserved ids whose claims were refused because their disks are gone
     for instance_id, group in by_id.items():
-        if len(group) > 1:
-            disputed.add(instance_id)
-            users = ", ".join(c.user for c in group)
-            plan.outcomes += [Outcome(c.user, c.entry, CONFLICT, f"id {instance_id} is claimed by several users "
-                                      f"({users})") for c in group]
+        if instance_id in disputed and instance_id not in existing:
+            users = ", ".join(disputed[instance_id])
+            plan.outcomes += [Outcome(c.user, c.entry, DISPUTED, f"id {instance_id} is disputed ({users}): kept "
+                                      "out of allocation until an admin resolves it") for c in group]
             continue
-        (claim,) = group
-        plan.outcomes.append(_decide(claim, live, gss.reserved, existing, owned_now, plan))
-    claimed = set(by_id)
+        if len(group) > 1 and instance_id not in existing:
+            users = ", ".join(c.user for c in group)
+            state = _dispute_state(gss, live, instance_id)
+            if state:
+                plan.disputes.append(Dispute(instance_id, tuple(c.user for c in group), state))
+                plan.outcomes += [Outcome(c.user, c.entry, DISPUTED, f"id {instance_id} is claimed by several "
+                                          f"users ({users}): kept out of allocation until an admin resolves it "
+                                          "(ResolveDisputedInstance)") for c in group]
+                continue
+            if instance_id in gss.reserved:
+                no_disk.add(instance_id)
+            plan.outcomes += [Outcome(c.user, c.entry, CONFLICT, f"id {instance_id} is claimed by several users "
+                                      f"({users}) but is {_absent(gss, instance_id)}") for c in group]
+            continue
+        for claim in group:
+            outcome = _decide(claim, live, gss, existing, owned_now, plan)
+            if outcome.result == CONFLICT and instance_id in gss.reserved and gss.disk_gone(instance_id):
+                no_disk.add(instance_id)
+            plan.outcomes.append(outcome)
+    claimed = set(by_id) - no_disk
     for instance_id in sorted(gss.reserved - claimed):
-        if instance_id not in existing:
+        if instance_id not in existing and instance_id not in disputed:
             plan.rows.append(Row(instance_id, "RELEASING" if instance_id in gss.pvc_ids else "FREE"))
     for instance_id in sorted(live - claimed):
-        if instance_id not in existing:
+        if instance_id not in existing and instance_id not in disputed:
             plan.unclaimed.append((instance_id, f"id {instance_id} is running but no user's custom data claims it"))
     used = live | gss.reserved
     for instance_id in range(max(used) + 1 if used else 0):
@@ -114,7 +157,22 @@ def plan_template(gss: GssState, claims: Iterable[Claim], existing: Mapping[int,
     return plan
 
 
-def _decide(claim: Claim, live: frozenset[int], reserved: frozenset[int], existing: Mapping[int, Row],
+def _dispute_state(gss: GssState, live: frozenset[int], instance_id: int) -> str:
+    """LIVE or PAUSED when an id claimed by several users holds something to dispute; "" when not."""
+    if instance_id in live:
+        return "LIVE"
+    if instance_id in gss.reserved and not gss.disk_gone(instance_id):
+        return "PAUSED"
+    return ""
+
+
+def _absent(gss: GssState, instance_id: int) -> str:
+    if instance_id in gss.reserved:
+        return "reserved and its disk is gone (nothing to give to either)"
+    return "neither running nor reserved in the GameServerSet"
+
+
+def _decide(claim: Claim, live: frozenset[int], gss: GssState, existing: Mapping[int, Row],
             owned_now: dict[str | None, int], plan: TemplatePlan) -> Outcome:
     instance_id, user = claim.entry.id, claim.user
     row = existing.get(instance_id)
@@ -127,10 +185,14 @@ def _decide(claim: Claim, live: frozenset[int], reserved: frozenset[int], existi
     if user in owned_now:
         return Outcome(user, claim.entry, CONFLICT,
                        f"the user already has id {owned_now[user]} of this template in the gateway")
+    since = gss.pvc_created.get(instance_id)
     if instance_id in live:
-        plan.rows.append(Row(instance_id, "LIVE", user))
-    elif instance_id in reserved:
-        plan.rows.append(Row(instance_id, "PAUSED", user))
+        plan.rows.append(Row(instance_id, "LIVE", user, since))
+    elif instance_id in gss.reserved and gss.disk_gone(instance_id):
+        return Outcome(user, claim.entry, CONFLICT, f"id {instance_id} is paused but its disk is gone: a resume "
+                       "would start on an empty new disk")
+    elif instance_id in gss.reserved:
+        plan.rows.append(Row(instance_id, "PAUSED", user, since))
     else:
         return Outcome(user, claim.entry, CONFLICT, f"id {instance_id} is neither running nor reserved in the "
                        "GameServerSet")

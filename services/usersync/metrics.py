@@ -15,5 +15,8 @@ WEBHOOKS = Counter("aigc_usersync_webhooks_total", "Logto webhook deliveries, by
                    ["event", "outcome"])
 DRIFT_FOUND = Counter("aigc_usersync_drift_found_total", "Custom-data entries found to differ from PostgreSQL.")
 DRIFT_REPAIRED = Counter("aigc_usersync_drift_repaired_total", "Custom-data entries repaired by reconcile.")
+DISPUTED_INSTANCES = Gauge("aigc_usersync_disputed_instances",
+                           "Ids several users claim in the original's data, kept out of allocation until an admin "
+                           "resolves them (ResolveDisputedInstance).")
 IMPORT_ENTRIES = Counter("aigc_usersync_import_entries_total", "Entries seen by ImportFromLogto, by result.",
                          ["result"])

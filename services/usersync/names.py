@@ -7,6 +7,7 @@ from aigc_gateway.errors import invalid
 
 _LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")  # a DNS-1123 label: namespaces, GameServerSets
 _TEMPLATE = re.compile(r"^namespaces/([^/]+)/templates/([^/]+)$")
+_INSTANCE = re.compile(r"^(namespaces/[^/]+/templates/[^/]+)/instances/([0-9]{1,9})$")
 
 
 def template_name(namespace: str, template: str) -> str:
@@ -35,3 +36,13 @@ def parse_user(value: str, field: str = "user") -> str:
     if not user or len(user) > 255 or "/" in user or not user.isprintable() or user.strip() != user:
         raise invalid(field, "must be a Logto user id")
     return user
+
+
+def parse_instance(value: str, field: str = "name") -> tuple[str, str, int]:
+    """``namespaces/{ns}/templates/{name}/instances/{id}`` -> (ns, name, id)."""
+    match = _INSTANCE.match(value or "")
+    if not match:
+        raise invalid(field, f"must be namespaces/{{namespace}}/templates/{{template}}/instances/{{id}}, "
+                      f"got {value!r}")
+    namespace, template = parse_template(match[1], field)
+    return namespace, template, int(match[2])

@@ -8,7 +8,9 @@ A run reads the ownership rows once, pages through every Logto user, and compare
 data (from the listing) with what the rows say (:func:`.entries.diff`: only templates the gateway
 manages, so data of templates never imported is left alone). A user who differs is re-checked under
 the per-user lock with a fresh read, and skipped if outbox rows are still waiting for them (the
-delivery will write them). Owners missing from the listing are looked up one by one.
+delivery will write them). Owners missing from the listing are looked up one by one. The entries
+a claimant of a disputed id holds for that template are never touched (disputes.py): only an
+admin's decision changes them.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ from sqlalchemy import select
 from aigc_gateway.db import Database
 from aigc_gateway.db.models import InstanceRow
 
-from . import metrics, mirrorstore
+from . import disputes, metrics, mirrorstore
 from .customdata import CustomDataWriter, user_lock_name
 from .entries import Changes, describe_change, desired_entries, diff
 from .locks import try_lock
@@ -83,6 +85,7 @@ class Reconciler:
             for owner, ns, tpl, i in rows:
                 owned[owner].append((ns, tpl, i))
             managed = await managed_templates(session)
+            protected = await disputes.protected_keys(session)
         seen: set[str] = set()
         async for user in self.client.iter_users():
             user_id = str(user.get("id") or "")
@@ -91,7 +94,7 @@ class Reconciler:
             seen.add(user_id)
             result.users_checked += 1
             current = user.get("customData") if isinstance(user.get("customData"), dict) else {}
-            if diff(current, desired_entries(owned.get(user_id, [])), managed):
+            if diff(current, desired_entries(owned.get(user_id, [])), managed, protected.get(user_id, ())):
                 await self._repair(user_id, managed, dry_run, result)
         for user_id in sorted(set(owned) - seen):  # created after the listing began, or gone from Logto
             result.users_checked += 1
@@ -113,7 +116,8 @@ class Reconciler:
             except LogtoUserNotFound:
                 log.warning("reconcile: user %s owns instances but does not exist in Logto", user)
                 return
-            changes: Changes = diff(current, desired_entries(owned), managed)
+            keep = (await disputes.protected_keys(session)).get(user, set())  # read again under the lock
+            changes: Changes = diff(current, desired_entries(owned), managed, keep)
             if not changes:
                 return
             result.drift += [Drift.of(user, k, v, current.get(k)) for k, v in changes.items()]

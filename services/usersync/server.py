@@ -11,7 +11,7 @@ from aigc_gateway.server import Registration, ServiceParts
 
 from .entries import describe_change
 from .importer import ReportEntry
-from .names import parse_template, parse_user
+from .names import instance_name, parse_instance, parse_template, parse_user
 from .service import UserSync
 
 
@@ -60,7 +60,9 @@ class UserSyncServiceServicer(usersync_pb2_grpc.UserSyncServiceServicer):
         return usersync_pb2.ImportReport(
             users_scanned=result.users_scanned, imported=[_reported(i) for i in result.imported],
             unchanged=[_reported(i) for i in result.unchanged], conflicts=[_conflict(i) for i in result.conflicts],
-            skipped=[_conflict(i) for i in result.skipped], dry_run=result.dry_run)
+            skipped=[_conflict(i) for i in result.skipped], dry_run=result.dry_run,
+            disputed=[usersync_pb2.DisputedInstance(name=instance_name(ns, tpl, d.id), claimants=d.claimants,
+                                                    state=d.state) for ns, tpl, d in result.disputes])
 
     async def Reconcile(self, request: usersync_pb2.ReconcileRequest, context: Any) -> usersync_pb2.ReconcileReport:
         require_admin()
@@ -70,6 +72,16 @@ class UserSyncServiceServicer(usersync_pb2_grpc.UserSyncServiceServicer):
         return usersync_pb2.ReconcileReport(
             users_checked=result.users_checked, repaired_count=result.repaired,
             drift=[_entry(d.user, d.key, d.namespace, d.template, d.id) for d in result.drift])
+
+
+    async def ResolveDisputedInstance(self, request: usersync_pb2.ResolveDisputedInstanceRequest,
+                                      context: Any) -> usersync_pb2.ResolveDisputedInstanceResponse:
+        require_admin()
+        namespace, template, instance_id = parse_instance(request.name)
+        owner = parse_user(request.owner, "owner") if request.owner else ""
+        done = await self.usersync.disputes.resolve(namespace, template, instance_id, owner)
+        return usersync_pb2.ResolveDisputedInstanceResponse(name=request.name, owner=done.owner, slot=done.slot,
+                                                            claimants=done.claimants)
 
 
 def build(runtime: Runtime) -> ServiceParts:

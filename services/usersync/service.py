@@ -17,6 +17,7 @@ from aigc_gateway.errors import FailedPrecondition
 from aigc_gateway.runtime import Runtime
 
 from .customdata import CustomDataWriter
+from .disputes import Resolver
 from .importer import Importer
 from .logto import LogtoClient, LogtoSettings
 from .outbox import OutboxDelivery
@@ -48,6 +49,7 @@ class UserSync:
         self.syncer = Syncer(runtime.db, self.client, self.writer, self.delivery)
         self.reconciler = Reconciler(runtime.db, self.client, self.writer)
         self.importer = Importer(runtime.db, self.client, self._kube, runtime.settings, self.audit)
+        self.disputes = Resolver(runtime.db, self.importer.read_gss)
         policy = UserDeletedPolicy(cfg.user_deleted_policy, lambda: runtime.channel("instance"),
                                    lambda: runtime.call_metadata("usersync"))
         self.webhooks = WebhookServer(WebhookReceiver(runtime.db, cfg.webhook_signing_key.get_secret_value(),

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from aigc_gateway.db import Database
 from aigc_gateway.db.models import InstanceRow, UserSyncOutboxRow
 
-from . import metrics, mirrorstore
+from . import disputes, metrics, mirrorstore
 from .customdata import CustomDataWriter, WriteResult, user_lock_name
 from .entries import desired_entries, diff
 from .logto import LogtoClient
@@ -67,7 +67,8 @@ class Syncer:
             owned = await owned_by(session, user)
             managed = await managed_templates(session)
             current = await self.client.get_custom_data(user)
-            changes = diff(current, desired_entries(owned), managed)
+            keep = (await disputes.protected_keys(session)).get(user, set())  # see disputes.py
+            changes = diff(current, desired_entries(owned), managed, keep)
             result = await self.writer.apply(user, changes, source=source, dry_run=dry_run, current=current)
             if not dry_run:
                 now = utcnow()

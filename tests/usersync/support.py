@@ -8,7 +8,7 @@ from sqlalchemy import select
 
 from aigc_gateway.config import Settings
 from aigc_gateway.db import Database
-from aigc_gateway.db.models import InstanceRow, UserSyncOutboxRow, notify_instance_change
+from aigc_gateway.db.models import DisputedInstanceRow, InstanceRow, UserSyncOutboxRow, notify_instance_change
 from aigc_gateway.services.usersync.service import UserSync
 from tests.doubles.logto import LogtoDouble
 from tests.plugins.gateway import make_settings
@@ -60,6 +60,14 @@ async def _set_slot(session: Any, template: str, instance_id: int, owner: str | 
         session.add(row)
     row.slot, row.owner, row.updated_at, row.state_changed_at = slot, owner, now(), now()
     await notify_instance_change(session, namespace, template, instance_id)
+
+
+async def dispute(db: Database, template: str, instance_id: int, claimants: list[str], state: str = "LIVE",
+                  namespace: str = NS) -> None:
+    """A dispute as ImportFromLogto records it: no slot row, the claimants named."""
+    async with db.session() as session:
+        session.add(DisputedInstanceRow(namespace=namespace, template=template, id=instance_id,
+                                        claimants=claimants, state=state, created_at=now()))
 
 
 async def install(db: Database, user: str, template: str, instance_id: int, namespace: str = NS) -> None:

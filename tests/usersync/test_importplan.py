@@ -6,8 +6,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from aigc_gateway.services.usersync.entries import Entry
-from aigc_gateway.services.usersync.importplan import (CONFLICT, IMPORTED, UNCHANGED, Claim, GssState, Row,
-                                                        parse_reserved, plan_template)
+from aigc_gateway.services.usersync.importplan import (CONFLICT, DISPUTED, IMPORTED, UNCHANGED, Claim, Dispute,
+                                                        GssState, Row, parse_reserved, plan_template)
 
 
 def claim(user: str, instance_id: int) -> Claim:
@@ -27,10 +27,11 @@ def test_live_reserved_unclaimed_and_disputed_ids() -> None:
                                                      Row(4, "FREE"), Row(5, "RELEASING")]
     got = results(plan)
     assert got["alice"][0] == got["bob"][0] == IMPORTED
-    assert got["carol"][0] == got["dave"][0] == CONFLICT and "claimed by several users" in got["carol"][1]
+    assert got["carol"][0] == got["dave"][0] == DISPUTED and "claimed by several users" in got["carol"][1]
     assert got["erin"] == (CONFLICT, "id 9 is neither running nor reserved in the GameServerSet")
     assert [i for i, _ in plan.unclaimed] == [3]  # the unclaimed live id: no row (nor for disputed 2)
-    assert 2 not in {r.id for r in plan.rows}
+    assert 2 not in {r.id for r in plan.rows}  # no row: the allocator never hands it out
+    assert plan.disputes == [Dispute(2, ("carol", "dave"), "LIVE")]
 
 
 def test_existing_rows_win_and_a_second_run_changes_nothing() -> None:
@@ -80,5 +81,47 @@ def test_imported_rows_satisfy_the_allocator_invariants(replicas, reserved, pvcs
     owners = [r.owner for r in rows.values() if r.owner]
     assert len(owners) == len(set(owners))
     assert not any(r.slot == "FREE" and i in pvcs for i, r in rows.items())  # a disk left is never FREE
-    again = plan_template(gss, [claim(u, i) for u, i in claims], rows)
-    assert again.rows == [] and all(o.result in (UNCHANGED, CONFLICT) for o in again.outcomes)
+    again = plan_template(gss, [claim(u, i) for u, i in claims], rows, {d.id: d.claimants for d in plan.disputes})
+    assert again.rows == [] and again.disputes == []
+    assert all(o.result in (UNCHANGED, CONFLICT, DISPUTED) for o in again.outcomes)
+    # A disputed id gets no row, and every id with a row or a dispute is live or reserved.
+    assert not {d.id for d in plan.disputes} & set(rows)
+    assert {d.id for d in plan.disputes} <= live | reserved
+
+
+def test_a_disputed_paused_id_keeps_its_disk_and_a_second_run_reports_the_same_dispute() -> None:
+    gss = GssState(replicas=1, reserved=frozenset({1}), pvc_ids=frozenset({0, 1}))
+    plan = plan_template(gss, [claim("carol", 1), claim("dave", 1)], {})
+    assert plan.disputes == [Dispute(1, ("carol", "dave"), "PAUSED")] and plan.rows == []
+    again = plan_template(gss, [claim("carol", 1), claim("dave", 1)], {}, {1: ("carol", "dave")})
+    assert again.disputes == [] and again.rows == []  # recorded once; still no row
+    assert {o.result for o in again.outcomes} == {DISPUTED}
+
+
+def test_a_disputed_id_with_nothing_left_is_no_dispute() -> None:
+    gss = GssState(replicas=1, reserved=frozenset({1}), pvc_ids=frozenset({0}))  # 1's disk is gone
+    plan = plan_template(gss, [claim("carol", 1), claim("dave", 1)], {})
+    assert plan.disputes == [] and plan.rows == [Row(1, "FREE")]
+    assert all(o.result == CONFLICT and "disk is gone" in o.reason for o in plan.outcomes)
+
+
+def test_a_claim_on_a_reserved_id_whose_disk_is_gone_is_reported_not_imported() -> None:
+    """A resume would start on an empty new disk (and CheckConsistency would say PVC_MISSING at once)."""
+    gss = GssState(replicas=1, reserved=frozenset({1, 2}), pvc_ids=frozenset({0, 2}))
+    plan = plan_template(gss, [claim("bob", 1), claim("carol", 2)], {})
+    got = results(plan)
+    assert got["bob"][0] == CONFLICT and "disk is gone" in got["bob"][1]
+    assert got["carol"] == (IMPORTED, "")
+    assert sorted(plan.rows, key=lambda r: r.id) == [Row(1, "FREE"), Row(2, "PAUSED", "carol")]
+    # A template without disks has nothing to lose: its paused ids are imported.
+    diskless = GssState(replicas=1, reserved=frozenset({1}), has_disks=False)
+    assert results(plan_template(diskless, [claim("bob", 1)], {}))["bob"] == (IMPORTED, "")
+
+
+def test_an_owned_row_dates_from_its_oldest_disk() -> None:
+    from datetime import datetime, timezone
+
+    old = datetime(2024, 1, 1, tzinfo=timezone.utc)
+    gss = GssState(replicas=1, reserved=frozenset({1}), pvc_ids=frozenset({0, 1}), pvc_created={0: old, 1: old})
+    plan = plan_template(gss, [claim("alice", 0), claim("bob", 1)], {})
+    assert {r.id: r.since for r in plan.rows} == {0: old, 1: old}

@@ -9,7 +9,7 @@ from aigc_gateway.services.usersync.reconcile import LEASE
 from tests.plugins.gateway import bearer
 from tests.plugins.kube import wait_for
 
-from .support import Standalone, entry, outbox, own, settings_for
+from .support import Standalone, dispute, entry, outbox, own, settings_for
 
 
 def _metric(name: str) -> float:
@@ -83,3 +83,28 @@ async def test_the_periodic_round_repairs_drift(start_gateway, database, databas
                                                           reconcile_interval_seconds=0.3))
     await wait_for(lambda: logto.custom_data("u1") == {"aigc-sd-cpu": entry("sd-cpu", 0)}, timeout=15,
                    what="the periodic reconcile")
+
+
+async def test_the_claimants_of_a_disputed_id_keep_their_entries(start_gateway, database, database_url, issuer,
+                                                                 logto) -> None:
+    """Two users claim id 2 of sd-cpu (the original's race): no slot row, and no decision but an admin's.
+    Reconcile used to remove both entries (the template is managed, neither owns a row)."""
+    logto.add_user("alice", custom_data={"aigc-sd-cpu": entry("sd-cpu", 0)})
+    logto.add_user("carol", custom_data={"aigc-sd-cpu": entry("sd-cpu", 2)})
+    logto.add_user("dave", custom_data={"aigc-sd-cpu": entry("sd-cpu", 2), "aigc-sd-gpu": entry("sd-gpu", 9)})
+    await own(database, "sd-cpu", 0, "alice", "LIVE")  # sd-cpu is managed: it has rows
+    await own(database, "sd-gpu", 0, "dave", "LIVE")
+    await dispute(database, "sd-cpu", 2, ["carol", "dave"])
+    gateway = await start_gateway("usersync", settings=settings_for(database_url, issuer, logto))
+    stub = usersync_pb2_grpc.UserSyncServiceStub(gateway.channel("usersync"))
+    admin = bearer(issuer.mint("root", roles=["admin"]))
+
+    report = await stub.Reconcile(usersync_pb2.ReconcileRequest(), metadata=admin)
+    # Only dave's other template is repaired; nobody's sd-cpu entry is touched.
+    assert {(d.user, d.key, d.id) for d in report.drift} == {("dave", "aigc-sd-gpu", 0)}
+    assert logto.custom_data("carol") == {"aigc-sd-cpu": entry("sd-cpu", 2)}
+    assert logto.custom_data("dave") == {"aigc-sd-cpu": entry("sd-cpu", 2), "aigc-sd-gpu": entry("sd-gpu", 0)}
+    for user in ("carol", "dave"):
+        synced = await stub.SyncUser(usersync_pb2.SyncUserRequest(user=user), metadata=admin)
+        assert not synced.changed
+    assert logto.custom_data("carol") == {"aigc-sd-cpu": entry("sd-cpu", 2)}

@@ -26,7 +26,7 @@ from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x61igc/gateway/v1/usersync.proto\x12\x0f\x61igc.gateway.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\"]\n\x0f\x43ustomDataEntry\x12\x0c\n\x04user\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x11\n\tnamespace\x18\x03 \x01(\t\x12\x10\n\x08template\x18\x04 \x01(\t\x12\n\n\x02id\x18\x05 \x01(\x05\"J\n\x0fSyncUserRequest\x12\x12\n\x04user\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0f\n\x07\x64ry_run\x18\x02 \x01(\x08\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"V\n\x10SyncUserResponse\x12\x31\n\x07\x63hanges\x18\x01 \x03(\x0b\x32 .aigc.gateway.v1.CustomDataEntry\x12\x0f\n\x07\x63hanged\x18\x02 \x01(\x08\"D\n\x16\x43leanupTemplateRequest\x12\x16\n\x08template\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"(\n\x17\x43leanupTemplateResponse\x12\r\n\x05users\x18\x01 \x03(\t\"=\n\x16ImportFromLogtoRequest\x12\x0f\n\x07\x64ry_run\x18\x01 \x01(\x08\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"\x85\x02\n\x0cImportReport\x12\x15\n\rusers_scanned\x18\x01 \x01(\x05\x12\x32\n\x08imported\x18\x02 \x03(\x0b\x32 .aigc.gateway.v1.CustomDataEntry\x12\x33\n\tunchanged\x18\x03 \x03(\x0b\x32 .aigc.gateway.v1.CustomDataEntry\x12\x32\n\tconflicts\x18\x04 \x03(\x0b\x32\x1f.aigc.gateway.v1.ImportConflict\x12\x0f\n\x07\x64ry_run\x18\x05 \x01(\x08\x12\x30\n\x07skipped\x18\x06 \x03(\x0b\x32\x1f.aigc.gateway.v1.ImportConflict\"Q\n\x0eImportConflict\x12/\n\x05\x65ntry\x18\x01 \x01(\x0b\x32 .aigc.gateway.v1.CustomDataEntry\x12\x0e\n\x06reason\x18\x02 \x01(\t\"7\n\x10ReconcileRequest\x12\x0f\n\x07\x64ry_run\x18\x01 \x01(\x08\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"q\n\x0fReconcileReport\x12\x15\n\rusers_checked\x18\x01 \x01(\x05\x12/\n\x05\x64rift\x18\x02 \x03(\x0b\x32 .aigc.gateway.v1.CustomDataEntry\x12\x16\n\x0erepaired_count\x18\x03 \x01(\x05\x32\x9f\x04\n\x0fUserSyncService\x12q\n\x08SyncUser\x12 .aigc.gateway.v1.SyncUserRequest\x1a!.aigc.gateway.v1.SyncUserResponse\" \x82\xd3\xe4\x93\x02\x1a\"\x15/v1/users/{user}:sync:\x01*\x12\xa5\x01\n\x0f\x43leanupTemplate\x12\'.aigc.gateway.v1.CleanupTemplateRequest\x1a(.aigc.gateway.v1.CleanupTemplateResponse\"?\x82\xd3\xe4\x93\x02\x39\"4/v1/{template=namespaces/*/templates/*}:cleanupUsers:\x01*\x12\x7f\n\x0fImportFromLogto\x12\'.aigc.gateway.v1.ImportFromLogtoRequest\x1a\x1d.aigc.gateway.v1.ImportReport\"$\x82\xd3\xe4\x93\x02\x1e\"\x19/v1/users:importFromLogto:\x01*\x12p\n\tReconcile\x12!.aigc.gateway.v1.ReconcileRequest\x1a .aigc.gateway.v1.ReconcileReport\"\x1e\x82\xd3\xe4\x93\x02\x18\"\x13/v1/users:reconcile:\x01*BKZIgithub.com/aigc-gateway/aigc-gateway/bridge/gen/aigc/gateway/v1;gatewayv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x61igc/gateway/v1/usersync.proto\x12\x0f\x61igc.gateway.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\"W\n\x1eResolveDisputedInstanceRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\r\n\x05owner\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"_\n\x1fResolveDisputedInstanceResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\x12\x0c\n\x04slot\x18\x03 \x01(\t\x12\x11\n\tclaimants\x18\x04 \x03(\t\"B\n\x10\x44isputedInstance\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tclaimants\x18\x02 \x03(\t\x12\r\n\x05state\x18\x03 \x01(\t\"]\n\x0f\x43ustomDataEntry\x12\x0c\n\x04user\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x11\n\tnamespace\x18\x03 \x01(\t\x12\x10\n\x08template\x18\x04 \x01(\t\x12\n\n\x02id\x18\x05 \x01(\x05\"J\n\x0fSyncUserRequest\x12\x12\n\x04user\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0f\n\x07\x64ry_run\x18\x02 \x01(\x08\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"V\n\x10SyncUserResponse\x12\x31\n\x07\x63hanges\x18\x01 \x03(\x0b\x32 .aigc.gateway.v1.CustomDataEntry\x12\x0f\n\x07\x63hanged\x18\x02 \x01(\x08\"D\n\x16\x43leanupTemplateRequest\x12\x16\n\x08template\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"(\n\x17\x43leanupTemplateResponse\x12\r\n\x05users\x18\x01 \x03(\t\"=\n\x16ImportFromLogtoRequest\x12\x0f\n\x07\x64ry_run\x18\x01 \x01(\x08\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"\xba\x02\n\x0cImportReport\x12\x15\n\rusers_scanned\x18\x01 \x01(\x05\x12\x32\n\x08imported\x18\x02 \x03(\x0b\x32 .aigc.gateway.v1.CustomDataEntry\x12\x33\n\tunchanged\x18\x03 \x03(\x0b\x32 .aigc.gateway.v1.CustomDataEntry\x12\x32\n\tconflicts\x18\x04 \x03(\x0b\x32\x1f.aigc.gateway.v1.ImportConflict\x12\x0f\n\x07\x64ry_run\x18\x05 \x01(\x08\x12\x30\n\x07skipped\x18\x06 \x03(\x0b\x32\x1f.aigc.gateway.v1.ImportConflict\x12\x33\n\x08\x64isputed\x18\x07 \x03(\x0b\x32!.aigc.gateway.v1.DisputedInstance\"Q\n\x0eImportConflict\x12/\n\x05\x65ntry\x18\x01 \x01(\x0b\x32 .aigc.gateway.v1.CustomDataEntry\x12\x0e\n\x06reason\x18\x02 \x01(\t\"7\n\x10ReconcileRequest\x12\x0f\n\x07\x64ry_run\x18\x01 \x01(\x08\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"q\n\x0fReconcileReport\x12\x15\n\rusers_checked\x18\x01 \x01(\x05\x12/\n\x05\x64rift\x18\x02 \x03(\x0b\x32 .aigc.gateway.v1.CustomDataEntry\x12\x16\n\x0erepaired_count\x18\x03 \x01(\x05\x32\xe9\x05\n\x0fUserSyncService\x12q\n\x08SyncUser\x12 .aigc.gateway.v1.SyncUserRequest\x1a!.aigc.gateway.v1.SyncUserResponse\" \x82\xd3\xe4\x93\x02\x1a\"\x15/v1/users/{user}:sync:\x01*\x12\xa5\x01\n\x0f\x43leanupTemplate\x12\'.aigc.gateway.v1.CleanupTemplateRequest\x1a(.aigc.gateway.v1.CleanupTemplateResponse\"?\x82\xd3\xe4\x93\x02\x39\"4/v1/{template=namespaces/*/templates/*}:cleanupUsers:\x01*\x12\x7f\n\x0fImportFromLogto\x12\'.aigc.gateway.v1.ImportFromLogtoRequest\x1a\x1d.aigc.gateway.v1.ImportReport\"$\x82\xd3\xe4\x93\x02\x1e\"\x19/v1/users:importFromLogto:\x01*\x12p\n\tReconcile\x12!.aigc.gateway.v1.ReconcileRequest\x1a .aigc.gateway.v1.ReconcileReport\"\x1e\x82\xd3\xe4\x93\x02\x18\"\x13/v1/users:reconcile:\x01*\x12\xc7\x01\n\x17ResolveDisputedInstance\x12/.aigc.gateway.v1.ResolveDisputedInstanceRequest\x1a\x30.aigc.gateway.v1.ResolveDisputedInstanceResponse\"I\x82\xd3\xe4\x93\x02\x43\">/v1/{name=namespaces/*/templates/*/instances/*}:resolveDispute:\x01*BKZIgithub.com/aigc-gateway/aigc-gateway/bridge/gen/aigc/gateway/v1;gatewayv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,6 +34,8 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'usersync_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'ZIgithub.com/aigc-gateway/aigc-gateway/bridge/gen/aigc/gateway/v1;gatewayv1'
+  _globals['_RESOLVEDISPUTEDINSTANCEREQUEST'].fields_by_name['name']._loaded_options = None
+  _globals['_RESOLVEDISPUTEDINSTANCEREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002'
   _globals['_SYNCUSERREQUEST'].fields_by_name['user']._loaded_options = None
   _globals['_SYNCUSERREQUEST'].fields_by_name['user']._serialized_options = b'\342A\001\002'
   _globals['_CLEANUPTEMPLATEREQUEST'].fields_by_name['template']._loaded_options = None
@@ -46,26 +48,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_USERSYNCSERVICE'].methods_by_name['ImportFromLogto']._serialized_options = b'\202\323\344\223\002\036\"\031/v1/users:importFromLogto:\001*'
   _globals['_USERSYNCSERVICE'].methods_by_name['Reconcile']._loaded_options = None
   _globals['_USERSYNCSERVICE'].methods_by_name['Reconcile']._serialized_options = b'\202\323\344\223\002\030\"\023/v1/users:reconcile:\001*'
-  _globals['_CUSTOMDATAENTRY']._serialized_start=114
-  _globals['_CUSTOMDATAENTRY']._serialized_end=207
-  _globals['_SYNCUSERREQUEST']._serialized_start=209
-  _globals['_SYNCUSERREQUEST']._serialized_end=283
-  _globals['_SYNCUSERRESPONSE']._serialized_start=285
-  _globals['_SYNCUSERRESPONSE']._serialized_end=371
-  _globals['_CLEANUPTEMPLATEREQUEST']._serialized_start=373
-  _globals['_CLEANUPTEMPLATEREQUEST']._serialized_end=441
-  _globals['_CLEANUPTEMPLATERESPONSE']._serialized_start=443
-  _globals['_CLEANUPTEMPLATERESPONSE']._serialized_end=483
-  _globals['_IMPORTFROMLOGTOREQUEST']._serialized_start=485
-  _globals['_IMPORTFROMLOGTOREQUEST']._serialized_end=546
-  _globals['_IMPORTREPORT']._serialized_start=549
-  _globals['_IMPORTREPORT']._serialized_end=810
-  _globals['_IMPORTCONFLICT']._serialized_start=812
-  _globals['_IMPORTCONFLICT']._serialized_end=893
-  _globals['_RECONCILEREQUEST']._serialized_start=895
-  _globals['_RECONCILEREQUEST']._serialized_end=950
-  _globals['_RECONCILEREPORT']._serialized_start=952
-  _globals['_RECONCILEREPORT']._serialized_end=1065
-  _globals['_USERSYNCSERVICE']._serialized_start=1068
-  _globals['_USERSYNCSERVICE']._serialized_end=1611
+  _globals['_USERSYNCSERVICE'].methods_by_name['ResolveDisputedInstance']._loaded_options = None
+  _globals['_USERSYNCSERVICE'].methods_by_name['ResolveDisputedInstance']._serialized_options = b'\202\323\344\223\002C\">/v1/{name=namespaces/*/templates/*/instances/*}:resolveDispute:\001*'
+  _globals['_RESOLVEDISPUTEDINSTANCEREQUEST']._serialized_start=114
+  _globals['_RESOLVEDISPUTEDINSTANCEREQUEST']._serialized_end=201
+  _globals['_RESOLVEDISPUTEDINSTANCERESPONSE']._serialized_start=203
+  _globals['_RESOLVEDISPUTEDINSTANCERESPONSE']._serialized_end=298
+  _globals['_DISPUTEDINSTANCE']._serialized_start=300
+  _globals['_DISPUTEDINSTANCE']._serialized_end=366
+  _globals['_CUSTOMDATAENTRY']._serialized_start=368
+  _globals['_CUSTOMDATAENTRY']._serialized_end=461
+  _globals['_SYNCUSERREQUEST']._serialized_start=463
+  _globals['_SYNCUSERREQUEST']._serialized_end=537
+  _globals['_SYNCUSERRESPONSE']._serialized_start=539
+  _globals['_SYNCUSERRESPONSE']._serialized_end=625
+  _globals['_CLEANUPTEMPLATEREQUEST']._serialized_start=627
+  _globals['_CLEANUPTEMPLATEREQUEST']._serialized_end=695
+  _globals['_CLEANUPTEMPLATERESPONSE']._serialized_start=697
+  _globals['_CLEANUPTEMPLATERESPONSE']._serialized_end=737
+  _globals['_IMPORTFROMLOGTOREQUEST']._serialized_start=739
+  _globals['_IMPORTFROMLOGTOREQUEST']._serialized_end=800
+  _globals['_IMPORTREPORT']._serialized_start=803
+  _globals['_IMPORTREPORT']._serialized_end=1117
+  _globals['_IMPORTCONFLICT']._serialized_start=1119
+  _globals['_IMPORTCONFLICT']._serialized_end=1200
+  _globals['_RECONCILEREQUEST']._serialized_start=1202
+  _globals['_RECONCILEREQUEST']._serialized_end=1257
+  _globals['_RECONCILEREPORT']._serialized_start=1259
+  _globals['_RECONCILEREPORT']._serialized_end=1372
+  _globals['_USERSYNCSERVICE']._serialized_start=1375
+  _globals['_USERSYNCSERVICE']._serialized_end=2120
 # @@protoc_insertion_point(module_scope)

@@ -19,6 +19,108 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class ResolveDisputedInstanceRequest(_message.Message):
+    """Request for ResolveDisputedInstance."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The disputed instance, `namespaces/{namespace}/templates/{template}/instances/{id}`."""
+    owner: _builtins.str
+    """The claimant (user id) who gets the instance; empty gives it to none
+    (a reserved id is then released; a running one must be given to a claimant).
+    """
+    request_id: _builtins.str
+    """Client-chosen idempotency key; a replay returns the first result."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        owner: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "owner", b"owner", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResolveDisputedInstanceRequest: _TypeAlias = ResolveDisputedInstanceRequest  # noqa: Y015
+
+@_typing.final
+class ResolveDisputedInstanceResponse(_message.Message):
+    """Response of ResolveDisputedInstance."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
+    SLOT_FIELD_NUMBER: _builtins.int
+    CLAIMANTS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The instance."""
+    owner: _builtins.str
+    """Who has it now; empty: nobody."""
+    slot: _builtins.str
+    """Its slot now: LIVE, PAUSED, RELEASING (its disk is being deleted) or FREE;
+    empty when its template no longer exists.
+    """
+    @_builtins.property
+    def claimants(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Every claimant; those who did not get it have their entry removed."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        owner: _builtins.str = ...,
+        slot: _builtins.str = ...,
+        claimants: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["claimants", b"claimants", "name", b"name", "owner", b"owner", "slot", b"slot"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResolveDisputedInstanceResponse: _TypeAlias = ResolveDisputedInstanceResponse  # noqa: Y015
+
+@_typing.final
+class DisputedInstance(_message.Message):
+    """An id several users claim in the original gateway's data."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    CLAIMANTS_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """`namespaces/{namespace}/templates/{template}/instances/{id}`."""
+    state: _builtins.str
+    """LIVE (running) or PAUSED (reserved, disk kept) in the GameServerSet."""
+    @_builtins.property
+    def claimants(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The user ids that claim it."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        claimants: _abc.Iterable[_builtins.str] | None = ...,
+        state: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["claimants", b"claimants", "name", b"name", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DisputedInstance: _TypeAlias = DisputedInstance  # noqa: Y015
+
+@_typing.final
 class CustomDataEntry(_message.Message):
     """One custom-data entry in the original format:
     `"<namespace>-<template>": {"Name": ..., "Namespace": ..., "ID": ...}`.
@@ -204,6 +306,7 @@ class ImportReport(_message.Message):
     CONFLICTS_FIELD_NUMBER: _builtins.int
     DRY_RUN_FIELD_NUMBER: _builtins.int
     SKIPPED_FIELD_NUMBER: _builtins.int
+    DISPUTED_FIELD_NUMBER: _builtins.int
     users_scanned: _builtins.int
     """Users read."""
     dry_run: _builtins.bool
@@ -226,6 +329,12 @@ class ImportReport(_message.Message):
         original gateway removed).
         """
 
+    @_builtins.property
+    def disputed(self) -> _containers.RepeatedCompositeFieldContainer[Global___DisputedInstance]:
+        """Ids several users claim, kept out of allocation until an admin resolves
+        them with ResolveDisputedInstance (their claims are also in `conflicts`).
+        """
+
     def __init__(
         self,
         *,
@@ -235,10 +344,11 @@ class ImportReport(_message.Message):
         conflicts: _abc.Iterable[Global___ImportConflict] | None = ...,
         dry_run: _builtins.bool = ...,
         skipped: _abc.Iterable[Global___ImportConflict] | None = ...,
+        disputed: _abc.Iterable[Global___DisputedInstance] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["conflicts", b"conflicts", "dry_run", b"dry_run", "imported", b"imported", "skipped", b"skipped", "unchanged", b"unchanged", "users_scanned", b"users_scanned"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conflicts", b"conflicts", "disputed", b"disputed", "dry_run", b"dry_run", "imported", b"imported", "skipped", b"skipped", "unchanged", b"unchanged", "users_scanned", b"users_scanned"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -56,6 +56,11 @@ class UserSyncServiceStub:
                 request_serializer=aigc_dot_gateway_dot_v1_dot_usersync__pb2.ReconcileRequest.SerializeToString,
                 response_deserializer=aigc_dot_gateway_dot_v1_dot_usersync__pb2.ReconcileReport.FromString,
                 _registered_method=True)
+        self.ResolveDisputedInstance = channel.unary_unary(
+                '/aigc.gateway.v1.UserSyncService/ResolveDisputedInstance',
+                request_serializer=aigc_dot_gateway_dot_v1_dot_usersync__pb2.ResolveDisputedInstanceRequest.SerializeToString,
+                response_deserializer=aigc_dot_gateway_dot_v1_dot_usersync__pb2.ResolveDisputedInstanceResponse.FromString,
+                _registered_method=True)
 
 
 class UserSyncServiceServicer:
@@ -92,6 +97,16 @@ class UserSyncServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ResolveDisputedInstance(self, request, context):
+        """Ends the dispute over an id the original gateway handed to several users
+        (reported by ImportFromLogto): gives it to one claimant, or to none. Until
+        then the id is out of allocation and the claimants' entries are left as
+        they are. See docs/usersync.md.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_UserSyncServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -114,6 +129,11 @@ def add_UserSyncServiceServicer_to_server(servicer, server):
                     servicer.Reconcile,
                     request_deserializer=aigc_dot_gateway_dot_v1_dot_usersync__pb2.ReconcileRequest.FromString,
                     response_serializer=aigc_dot_gateway_dot_v1_dot_usersync__pb2.ReconcileReport.SerializeToString,
+            ),
+            'ResolveDisputedInstance': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResolveDisputedInstance,
+                    request_deserializer=aigc_dot_gateway_dot_v1_dot_usersync__pb2.ResolveDisputedInstanceRequest.FromString,
+                    response_serializer=aigc_dot_gateway_dot_v1_dot_usersync__pb2.ResolveDisputedInstanceResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -226,6 +246,33 @@ class UserSyncService:
             '/aigc.gateway.v1.UserSyncService/Reconcile',
             aigc_dot_gateway_dot_v1_dot_usersync__pb2.ReconcileRequest.SerializeToString,
             aigc_dot_gateway_dot_v1_dot_usersync__pb2.ReconcileReport.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResolveDisputedInstance(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aigc.gateway.v1.UserSyncService/ResolveDisputedInstance',
+            aigc_dot_gateway_dot_v1_dot_usersync__pb2.ResolveDisputedInstanceRequest.SerializeToString,
+            aigc_dot_gateway_dot_v1_dot_usersync__pb2.ResolveDisputedInstanceResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -45,6 +45,12 @@ class UserSyncServiceStub:
     """Imports ownership from the custom data the original gateway wrote."""
     Reconcile: _grpc.UnaryUnaryMultiCallable[_usersync_pb2.ReconcileRequest, _usersync_pb2.ReconcileReport]
     """Compares PostgreSQL with Logto and repairs Logto (PostgreSQL wins)."""
+    ResolveDisputedInstance: _grpc.UnaryUnaryMultiCallable[_usersync_pb2.ResolveDisputedInstanceRequest, _usersync_pb2.ResolveDisputedInstanceResponse]
+    """Ends the dispute over an id the original gateway handed to several users
+    (reported by ImportFromLogto): gives it to one claimant, or to none. Until
+    then the id is out of allocation and the claimants' entries are left as
+    they are. See docs/usersync.md.
+    """
 
 @_typing.type_check_only
 class UserSyncServiceAsyncStub(UserSyncServiceStub):
@@ -63,6 +69,12 @@ class UserSyncServiceAsyncStub(UserSyncServiceStub):
     """Imports ownership from the custom data the original gateway wrote."""
     Reconcile: _aio.UnaryUnaryMultiCallable[_usersync_pb2.ReconcileRequest, _usersync_pb2.ReconcileReport]  # type: ignore[assignment]
     """Compares PostgreSQL with Logto and repairs Logto (PostgreSQL wins)."""
+    ResolveDisputedInstance: _aio.UnaryUnaryMultiCallable[_usersync_pb2.ResolveDisputedInstanceRequest, _usersync_pb2.ResolveDisputedInstanceResponse]  # type: ignore[assignment]
+    """Ends the dispute over an id the original gateway handed to several users
+    (reported by ImportFromLogto): gives it to one claimant, or to none. Until
+    then the id is out of allocation and the claimants' entries are left as
+    they are. See docs/usersync.md.
+    """
 
 class UserSyncServiceServicer(metaclass=_abc_1.ABCMeta):
     """Mirrors the ownership held in PostgreSQL into Logto custom data in the
@@ -102,5 +114,17 @@ class UserSyncServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_usersync_pb2.ReconcileReport, _abc.Awaitable[_usersync_pb2.ReconcileReport]]:
         """Compares PostgreSQL with Logto and repairs Logto (PostgreSQL wins)."""
+
+    @_abc_1.abstractmethod
+    def ResolveDisputedInstance(
+        self,
+        request: _usersync_pb2.ResolveDisputedInstanceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_usersync_pb2.ResolveDisputedInstanceResponse, _abc.Awaitable[_usersync_pb2.ResolveDisputedInstanceResponse]]:
+        """Ends the dispute over an id the original gateway handed to several users
+        (reported by ImportFromLogto): gives it to one claimant, or to none. Until
+        then the id is out of allocation and the claimants' entries are left as
+        they are. See docs/usersync.md.
+        """
 
 def add_UserSyncServiceServicer_to_server(servicer: UserSyncServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -24,6 +24,209 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// Request for ResolveDisputedInstance.
+type ResolveDisputedInstanceRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The disputed instance, `namespaces/{namespace}/templates/{template}/instances/{id}`.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// The claimant (user id) who gets the instance; empty gives it to none
+	// (a reserved id is then released; a running one must be given to a claimant).
+	Owner string `protobuf:"bytes,2,opt,name=owner,proto3" json:"owner,omitempty"`
+	// Client-chosen idempotency key; a replay returns the first result.
+	RequestId     string `protobuf:"bytes,3,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResolveDisputedInstanceRequest) Reset() {
+	*x = ResolveDisputedInstanceRequest{}
+	mi := &file_aigc_gateway_v1_usersync_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResolveDisputedInstanceRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResolveDisputedInstanceRequest) ProtoMessage() {}
+
+func (x *ResolveDisputedInstanceRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_aigc_gateway_v1_usersync_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResolveDisputedInstanceRequest.ProtoReflect.Descriptor instead.
+func (*ResolveDisputedInstanceRequest) Descriptor() ([]byte, []int) {
+	return file_aigc_gateway_v1_usersync_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *ResolveDisputedInstanceRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ResolveDisputedInstanceRequest) GetOwner() string {
+	if x != nil {
+		return x.Owner
+	}
+	return ""
+}
+
+func (x *ResolveDisputedInstanceRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+// Response of ResolveDisputedInstance.
+type ResolveDisputedInstanceResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The instance.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Who has it now; empty: nobody.
+	Owner string `protobuf:"bytes,2,opt,name=owner,proto3" json:"owner,omitempty"`
+	// Its slot now: LIVE, PAUSED, RELEASING (its disk is being deleted) or FREE;
+	// empty when its template no longer exists.
+	Slot string `protobuf:"bytes,3,opt,name=slot,proto3" json:"slot,omitempty"`
+	// Every claimant; those who did not get it have their entry removed.
+	Claimants     []string `protobuf:"bytes,4,rep,name=claimants,proto3" json:"claimants,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResolveDisputedInstanceResponse) Reset() {
+	*x = ResolveDisputedInstanceResponse{}
+	mi := &file_aigc_gateway_v1_usersync_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResolveDisputedInstanceResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResolveDisputedInstanceResponse) ProtoMessage() {}
+
+func (x *ResolveDisputedInstanceResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_aigc_gateway_v1_usersync_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResolveDisputedInstanceResponse.ProtoReflect.Descriptor instead.
+func (*ResolveDisputedInstanceResponse) Descriptor() ([]byte, []int) {
+	return file_aigc_gateway_v1_usersync_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *ResolveDisputedInstanceResponse) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ResolveDisputedInstanceResponse) GetOwner() string {
+	if x != nil {
+		return x.Owner
+	}
+	return ""
+}
+
+func (x *ResolveDisputedInstanceResponse) GetSlot() string {
+	if x != nil {
+		return x.Slot
+	}
+	return ""
+}
+
+func (x *ResolveDisputedInstanceResponse) GetClaimants() []string {
+	if x != nil {
+		return x.Claimants
+	}
+	return nil
+}
+
+// An id several users claim in the original gateway's data.
+type DisputedInstance struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// `namespaces/{namespace}/templates/{template}/instances/{id}`.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// The user ids that claim it.
+	Claimants []string `protobuf:"bytes,2,rep,name=claimants,proto3" json:"claimants,omitempty"`
+	// LIVE (running) or PAUSED (reserved, disk kept) in the GameServerSet.
+	State         string `protobuf:"bytes,3,opt,name=state,proto3" json:"state,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DisputedInstance) Reset() {
+	*x = DisputedInstance{}
+	mi := &file_aigc_gateway_v1_usersync_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DisputedInstance) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DisputedInstance) ProtoMessage() {}
+
+func (x *DisputedInstance) ProtoReflect() protoreflect.Message {
+	mi := &file_aigc_gateway_v1_usersync_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DisputedInstance.ProtoReflect.Descriptor instead.
+func (*DisputedInstance) Descriptor() ([]byte, []int) {
+	return file_aigc_gateway_v1_usersync_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *DisputedInstance) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *DisputedInstance) GetClaimants() []string {
+	if x != nil {
+		return x.Claimants
+	}
+	return nil
+}
+
+func (x *DisputedInstance) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
 // One custom-data entry in the original format:
 // `"<namespace>-<template>": {"Name": ..., "Namespace": ..., "ID": ...}`.
 type CustomDataEntry struct {
@@ -44,7 +247,7 @@ type CustomDataEntry struct {
 
 func (x *CustomDataEntry) Reset() {
 	*x = CustomDataEntry{}
-	mi := &file_aigc_gateway_v1_usersync_proto_msgTypes[0]
+	mi := &file_aigc_gateway_v1_usersync_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -56,7 +259,7 @@ func (x *CustomDataEntry) String() string {
 func (*CustomDataEntry) ProtoMessage() {}
 
 func (x *CustomDataEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_aigc_gateway_v1_usersync_proto_msgTypes[0]
+	mi := &file_aigc_gateway_v1_usersync_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -69,7 +272,7 @@ func (x *CustomDataEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CustomDataEntry.ProtoReflect.Descriptor instead.
 func (*CustomDataEntry) Descriptor() ([]byte, []int) {
-	return file_aigc_gateway_v1_usersync_proto_rawDescGZIP(), []int{0}
+	return file_aigc_gateway_v1_usersync_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *CustomDataEntry) GetUser() string {
@@ -122,7 +325,7 @@ type SyncUserRequest struct {
 
 func (x *SyncUserRequest) Reset() {
 	*x = SyncUserRequest{}
-	mi := &file_aigc_gateway_v1_usersync_proto_msgTypes[1]
+	mi := &file_aigc_gateway_v1_usersync_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -134,7 +337,7 @@ func (x *SyncUserRequest) String() string {
 func (*SyncUserRequest) ProtoMessage() {}
 
 func (x *SyncUserRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aigc_gateway_v1_usersync_proto_msgTypes[1]
+	mi := &file_aigc_gateway_v1_usersync_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -147,7 +350,7 @@ func (x *SyncUserRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncUserRequest.ProtoReflect.Descriptor instead.
 func (*SyncUserRequest) Descriptor() ([]byte, []int) {
-	return file_aigc_gateway_v1_usersync_proto_rawDescGZIP(), []int{1}
+	return file_aigc_gateway_v1_usersync_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *SyncUserRequest) GetUser() string {
@@ -184,7 +387,7 @@ type SyncUserResponse struct {
 
 func (x *SyncUserResponse) Reset() {
 	*x = SyncUserResponse{}
-	mi := &file_aigc_gateway_v1_usersync_proto_msgTypes[2]
+	mi := &file_aigc_gateway_v1_usersync_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -196,7 +399,7 @@ func (x *SyncUserResponse) String() string {
 func (*SyncUserResponse) ProtoMessage() {}
 
 func (x *SyncUserResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aigc_gateway_v1_usersync_proto_msgTypes[2]
+	mi := &file_aigc_gateway_v1_usersync_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -209,7 +412,7 @@ func (x *SyncUserResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncUserResponse.ProtoReflect.Descriptor instead.
 func (*SyncUserResponse) Descriptor() ([]byte, []int) {
-	return file_aigc_gateway_v1_usersync_proto_rawDescGZIP(), []int{2}
+	return file_aigc_gateway_v1_usersync_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *SyncUserResponse) GetChanges() []*CustomDataEntry {
@@ -239,7 +442,7 @@ type CleanupTemplateRequest struct {
 
 func (x *CleanupTemplateRequest) Reset() {
 	*x = CleanupTemplateRequest{}
-	mi := &file_aigc_gateway_v1_usersync_proto_msgTypes[3]
+	mi := &file_aigc_gateway_v1_usersync_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -251,7 +454,7 @@ func (x *CleanupTemplateRequest) String() string {
 func (*CleanupTemplateRequest) ProtoMessage() {}
 
 func (x *CleanupTemplateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aigc_gateway_v1_usersync_proto_msgTypes[3]
+	mi := &file_aigc_gateway_v1_usersync_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -264,7 +467,7 @@ func (x *CleanupTemplateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CleanupTemplateRequest.ProtoReflect.Descriptor instead.
 func (*CleanupTemplateRequest) Descriptor() ([]byte, []int) {
-	return file_aigc_gateway_v1_usersync_proto_rawDescGZIP(), []int{3}
+	return file_aigc_gateway_v1_usersync_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *CleanupTemplateRequest) GetTemplate() string {
@@ -292,7 +495,7 @@ type CleanupTemplateResponse struct {
 
 func (x *CleanupTemplateResponse) Reset() {
 	*x = CleanupTemplateResponse{}
-	mi := &file_aigc_gateway_v1_usersync_proto_msgTypes[4]
+	mi := &file_aigc_gateway_v1_usersync_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -304,7 +507,7 @@ func (x *CleanupTemplateResponse) String() string {
 func (*CleanupTemplateResponse) ProtoMessage() {}
 
 func (x *CleanupTemplateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aigc_gateway_v1_usersync_proto_msgTypes[4]
+	mi := &file_aigc_gateway_v1_usersync_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -317,7 +520,7 @@ func (x *CleanupTemplateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CleanupTemplateResponse.ProtoReflect.Descriptor instead.
 func (*CleanupTemplateResponse) Descriptor() ([]byte, []int) {
-	return file_aigc_gateway_v1_usersync_proto_rawDescGZIP(), []int{4}
+	return file_aigc_gateway_v1_usersync_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *CleanupTemplateResponse) GetUsers() []string {
@@ -340,7 +543,7 @@ type ImportFromLogtoRequest struct {
 
 func (x *ImportFromLogtoRequest) Reset() {
 	*x = ImportFromLogtoRequest{}
-	mi := &file_aigc_gateway_v1_usersync_proto_msgTypes[5]
+	mi := &file_aigc_gateway_v1_usersync_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -352,7 +555,7 @@ func (x *ImportFromLogtoRequest) String() string {
 func (*ImportFromLogtoRequest) ProtoMessage() {}
 
 func (x *ImportFromLogtoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aigc_gateway_v1_usersync_proto_msgTypes[5]
+	mi := &file_aigc_gateway_v1_usersync_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -365,7 +568,7 @@ func (x *ImportFromLogtoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImportFromLogtoRequest.ProtoReflect.Descriptor instead.
 func (*ImportFromLogtoRequest) Descriptor() ([]byte, []int) {
-	return file_aigc_gateway_v1_usersync_proto_rawDescGZIP(), []int{5}
+	return file_aigc_gateway_v1_usersync_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ImportFromLogtoRequest) GetDryRun() bool {
@@ -397,14 +600,17 @@ type ImportReport struct {
 	DryRun bool `protobuf:"varint,5,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
 	// Entries ignored, with the reason (for example `null`: an instance the
 	// original gateway removed).
-	Skipped       []*ImportConflict `protobuf:"bytes,6,rep,name=skipped,proto3" json:"skipped,omitempty"`
+	Skipped []*ImportConflict `protobuf:"bytes,6,rep,name=skipped,proto3" json:"skipped,omitempty"`
+	// Ids several users claim, kept out of allocation until an admin resolves
+	// them with ResolveDisputedInstance (their claims are also in `conflicts`).
+	Disputed      []*DisputedInstance `protobuf:"bytes,7,rep,name=disputed,proto3" json:"disputed,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ImportReport) Reset() {
 	*x = ImportReport{}
-	mi := &file_aigc_gateway_v1_usersync_proto_msgTypes[6]
+	mi := &file_aigc_gateway_v1_usersync_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -416,7 +622,7 @@ func (x *ImportReport) String() string {
 func (*ImportReport) ProtoMessage() {}
 
 func (x *ImportReport) ProtoReflect() protoreflect.Message {
-	mi := &file_aigc_gateway_v1_usersync_proto_msgTypes[6]
+	mi := &file_aigc_gateway_v1_usersync_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -429,7 +635,7 @@ func (x *ImportReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImportReport.ProtoReflect.Descriptor instead.
 func (*ImportReport) Descriptor() ([]byte, []int) {
-	return file_aigc_gateway_v1_usersync_proto_rawDescGZIP(), []int{6}
+	return file_aigc_gateway_v1_usersync_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ImportReport) GetUsersScanned() int32 {
@@ -474,6 +680,13 @@ func (x *ImportReport) GetSkipped() []*ImportConflict {
 	return nil
 }
 
+func (x *ImportReport) GetDisputed() []*DisputedInstance {
+	if x != nil {
+		return x.Disputed
+	}
+	return nil
+}
+
 // An entry that could not be imported.
 type ImportConflict struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -487,7 +700,7 @@ type ImportConflict struct {
 
 func (x *ImportConflict) Reset() {
 	*x = ImportConflict{}
-	mi := &file_aigc_gateway_v1_usersync_proto_msgTypes[7]
+	mi := &file_aigc_gateway_v1_usersync_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -499,7 +712,7 @@ func (x *ImportConflict) String() string {
 func (*ImportConflict) ProtoMessage() {}
 
 func (x *ImportConflict) ProtoReflect() protoreflect.Message {
-	mi := &file_aigc_gateway_v1_usersync_proto_msgTypes[7]
+	mi := &file_aigc_gateway_v1_usersync_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -512,7 +725,7 @@ func (x *ImportConflict) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImportConflict.ProtoReflect.Descriptor instead.
 func (*ImportConflict) Descriptor() ([]byte, []int) {
-	return file_aigc_gateway_v1_usersync_proto_rawDescGZIP(), []int{7}
+	return file_aigc_gateway_v1_usersync_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ImportConflict) GetEntry() *CustomDataEntry {
@@ -542,7 +755,7 @@ type ReconcileRequest struct {
 
 func (x *ReconcileRequest) Reset() {
 	*x = ReconcileRequest{}
-	mi := &file_aigc_gateway_v1_usersync_proto_msgTypes[8]
+	mi := &file_aigc_gateway_v1_usersync_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -554,7 +767,7 @@ func (x *ReconcileRequest) String() string {
 func (*ReconcileRequest) ProtoMessage() {}
 
 func (x *ReconcileRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aigc_gateway_v1_usersync_proto_msgTypes[8]
+	mi := &file_aigc_gateway_v1_usersync_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -567,7 +780,7 @@ func (x *ReconcileRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReconcileRequest.ProtoReflect.Descriptor instead.
 func (*ReconcileRequest) Descriptor() ([]byte, []int) {
-	return file_aigc_gateway_v1_usersync_proto_rawDescGZIP(), []int{8}
+	return file_aigc_gateway_v1_usersync_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ReconcileRequest) GetDryRun() bool {
@@ -599,7 +812,7 @@ type ReconcileReport struct {
 
 func (x *ReconcileReport) Reset() {
 	*x = ReconcileReport{}
-	mi := &file_aigc_gateway_v1_usersync_proto_msgTypes[9]
+	mi := &file_aigc_gateway_v1_usersync_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -611,7 +824,7 @@ func (x *ReconcileReport) String() string {
 func (*ReconcileReport) ProtoMessage() {}
 
 func (x *ReconcileReport) ProtoReflect() protoreflect.Message {
-	mi := &file_aigc_gateway_v1_usersync_proto_msgTypes[9]
+	mi := &file_aigc_gateway_v1_usersync_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -624,7 +837,7 @@ func (x *ReconcileReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReconcileReport.ProtoReflect.Descriptor instead.
 func (*ReconcileReport) Descriptor() ([]byte, []int) {
-	return file_aigc_gateway_v1_usersync_proto_rawDescGZIP(), []int{9}
+	return file_aigc_gateway_v1_usersync_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ReconcileReport) GetUsersChecked() int32 {
@@ -652,7 +865,21 @@ var File_aigc_gateway_v1_usersync_proto protoreflect.FileDescriptor
 
 const file_aigc_gateway_v1_usersync_proto_rawDesc = "" +
 	"\n" +
-	"\x1eaigc/gateway/v1/usersync.proto\x12\x0faigc.gateway.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\"\x81\x01\n" +
+	"\x1eaigc/gateway/v1/usersync.proto\x12\x0faigc.gateway.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\"o\n" +
+	"\x1eResolveDisputedInstanceRequest\x12\x18\n" +
+	"\x04name\x18\x01 \x01(\tB\x04\xe2A\x01\x02R\x04name\x12\x14\n" +
+	"\x05owner\x18\x02 \x01(\tR\x05owner\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x03 \x01(\tR\trequestId\"}\n" +
+	"\x1fResolveDisputedInstanceResponse\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
+	"\x05owner\x18\x02 \x01(\tR\x05owner\x12\x12\n" +
+	"\x04slot\x18\x03 \x01(\tR\x04slot\x12\x1c\n" +
+	"\tclaimants\x18\x04 \x03(\tR\tclaimants\"Z\n" +
+	"\x10DisputedInstance\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1c\n" +
+	"\tclaimants\x18\x02 \x03(\tR\tclaimants\x12\x14\n" +
+	"\x05state\x18\x03 \x01(\tR\x05state\"\x81\x01\n" +
 	"\x0fCustomDataEntry\x12\x12\n" +
 	"\x04user\x18\x01 \x01(\tR\x04user\x12\x10\n" +
 	"\x03key\x18\x02 \x01(\tR\x03key\x12\x1c\n" +
@@ -676,14 +903,15 @@ const file_aigc_gateway_v1_usersync_proto_rawDesc = "" +
 	"\x16ImportFromLogtoRequest\x12\x17\n" +
 	"\adry_run\x18\x01 \x01(\bR\x06dryRun\x12\x1d\n" +
 	"\n" +
-	"request_id\x18\x02 \x01(\tR\trequestId\"\xc4\x02\n" +
+	"request_id\x18\x02 \x01(\tR\trequestId\"\x83\x03\n" +
 	"\fImportReport\x12#\n" +
 	"\rusers_scanned\x18\x01 \x01(\x05R\fusersScanned\x12<\n" +
 	"\bimported\x18\x02 \x03(\v2 .aigc.gateway.v1.CustomDataEntryR\bimported\x12>\n" +
 	"\tunchanged\x18\x03 \x03(\v2 .aigc.gateway.v1.CustomDataEntryR\tunchanged\x12=\n" +
 	"\tconflicts\x18\x04 \x03(\v2\x1f.aigc.gateway.v1.ImportConflictR\tconflicts\x12\x17\n" +
 	"\adry_run\x18\x05 \x01(\bR\x06dryRun\x129\n" +
-	"\askipped\x18\x06 \x03(\v2\x1f.aigc.gateway.v1.ImportConflictR\askipped\"`\n" +
+	"\askipped\x18\x06 \x03(\v2\x1f.aigc.gateway.v1.ImportConflictR\askipped\x12=\n" +
+	"\bdisputed\x18\a \x03(\v2!.aigc.gateway.v1.DisputedInstanceR\bdisputed\"`\n" +
 	"\x0eImportConflict\x126\n" +
 	"\x05entry\x18\x01 \x01(\v2 .aigc.gateway.v1.CustomDataEntryR\x05entry\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\"J\n" +
@@ -694,12 +922,13 @@ const file_aigc_gateway_v1_usersync_proto_rawDesc = "" +
 	"\x0fReconcileReport\x12#\n" +
 	"\rusers_checked\x18\x01 \x01(\x05R\fusersChecked\x126\n" +
 	"\x05drift\x18\x02 \x03(\v2 .aigc.gateway.v1.CustomDataEntryR\x05drift\x12%\n" +
-	"\x0erepaired_count\x18\x03 \x01(\x05R\rrepairedCount2\x9f\x04\n" +
+	"\x0erepaired_count\x18\x03 \x01(\x05R\rrepairedCount2\xe9\x05\n" +
 	"\x0fUserSyncService\x12q\n" +
 	"\bSyncUser\x12 .aigc.gateway.v1.SyncUserRequest\x1a!.aigc.gateway.v1.SyncUserResponse\" \x82\xd3\xe4\x93\x02\x1a:\x01*\"\x15/v1/users/{user}:sync\x12\xa5\x01\n" +
 	"\x0fCleanupTemplate\x12'.aigc.gateway.v1.CleanupTemplateRequest\x1a(.aigc.gateway.v1.CleanupTemplateResponse\"?\x82\xd3\xe4\x93\x029:\x01*\"4/v1/{template=namespaces/*/templates/*}:cleanupUsers\x12\x7f\n" +
 	"\x0fImportFromLogto\x12'.aigc.gateway.v1.ImportFromLogtoRequest\x1a\x1d.aigc.gateway.v1.ImportReport\"$\x82\xd3\xe4\x93\x02\x1e:\x01*\"\x19/v1/users:importFromLogto\x12p\n" +
-	"\tReconcile\x12!.aigc.gateway.v1.ReconcileRequest\x1a .aigc.gateway.v1.ReconcileReport\"\x1e\x82\xd3\xe4\x93\x02\x18:\x01*\"\x13/v1/users:reconcileBKZIgithub.com/aigc-gateway/aigc-gateway/bridge/gen/aigc/gateway/v1;gatewayv1b\x06proto3"
+	"\tReconcile\x12!.aigc.gateway.v1.ReconcileRequest\x1a .aigc.gateway.v1.ReconcileReport\"\x1e\x82\xd3\xe4\x93\x02\x18:\x01*\"\x13/v1/users:reconcile\x12\xc7\x01\n" +
+	"\x17ResolveDisputedInstance\x12/.aigc.gateway.v1.ResolveDisputedInstanceRequest\x1a0.aigc.gateway.v1.ResolveDisputedInstanceResponse\"I\x82\xd3\xe4\x93\x02C:\x01*\">/v1/{name=namespaces/*/templates/*/instances/*}:resolveDisputeBKZIgithub.com/aigc-gateway/aigc-gateway/bridge/gen/aigc/gateway/v1;gatewayv1b\x06proto3"
 
 var (
 	file_aigc_gateway_v1_usersync_proto_rawDescOnce sync.Once
@@ -713,40 +942,46 @@ func file_aigc_gateway_v1_usersync_proto_rawDescGZIP() []byte {
 	return file_aigc_gateway_v1_usersync_proto_rawDescData
 }
 
-var file_aigc_gateway_v1_usersync_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_aigc_gateway_v1_usersync_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_aigc_gateway_v1_usersync_proto_goTypes = []any{
-	(*CustomDataEntry)(nil),         // 0: aigc.gateway.v1.CustomDataEntry
-	(*SyncUserRequest)(nil),         // 1: aigc.gateway.v1.SyncUserRequest
-	(*SyncUserResponse)(nil),        // 2: aigc.gateway.v1.SyncUserResponse
-	(*CleanupTemplateRequest)(nil),  // 3: aigc.gateway.v1.CleanupTemplateRequest
-	(*CleanupTemplateResponse)(nil), // 4: aigc.gateway.v1.CleanupTemplateResponse
-	(*ImportFromLogtoRequest)(nil),  // 5: aigc.gateway.v1.ImportFromLogtoRequest
-	(*ImportReport)(nil),            // 6: aigc.gateway.v1.ImportReport
-	(*ImportConflict)(nil),          // 7: aigc.gateway.v1.ImportConflict
-	(*ReconcileRequest)(nil),        // 8: aigc.gateway.v1.ReconcileRequest
-	(*ReconcileReport)(nil),         // 9: aigc.gateway.v1.ReconcileReport
+	(*ResolveDisputedInstanceRequest)(nil),  // 0: aigc.gateway.v1.ResolveDisputedInstanceRequest
+	(*ResolveDisputedInstanceResponse)(nil), // 1: aigc.gateway.v1.ResolveDisputedInstanceResponse
+	(*DisputedInstance)(nil),                // 2: aigc.gateway.v1.DisputedInstance
+	(*CustomDataEntry)(nil),                 // 3: aigc.gateway.v1.CustomDataEntry
+	(*SyncUserRequest)(nil),                 // 4: aigc.gateway.v1.SyncUserRequest
+	(*SyncUserResponse)(nil),                // 5: aigc.gateway.v1.SyncUserResponse
+	(*CleanupTemplateRequest)(nil),          // 6: aigc.gateway.v1.CleanupTemplateRequest
+	(*CleanupTemplateResponse)(nil),         // 7: aigc.gateway.v1.CleanupTemplateResponse
+	(*ImportFromLogtoRequest)(nil),          // 8: aigc.gateway.v1.ImportFromLogtoRequest
+	(*ImportReport)(nil),                    // 9: aigc.gateway.v1.ImportReport
+	(*ImportConflict)(nil),                  // 10: aigc.gateway.v1.ImportConflict
+	(*ReconcileRequest)(nil),                // 11: aigc.gateway.v1.ReconcileRequest
+	(*ReconcileReport)(nil),                 // 12: aigc.gateway.v1.ReconcileReport
 }
 var file_aigc_gateway_v1_usersync_proto_depIdxs = []int32{
-	0,  // 0: aigc.gateway.v1.SyncUserResponse.changes:type_name -> aigc.gateway.v1.CustomDataEntry
-	0,  // 1: aigc.gateway.v1.ImportReport.imported:type_name -> aigc.gateway.v1.CustomDataEntry
-	0,  // 2: aigc.gateway.v1.ImportReport.unchanged:type_name -> aigc.gateway.v1.CustomDataEntry
-	7,  // 3: aigc.gateway.v1.ImportReport.conflicts:type_name -> aigc.gateway.v1.ImportConflict
-	7,  // 4: aigc.gateway.v1.ImportReport.skipped:type_name -> aigc.gateway.v1.ImportConflict
-	0,  // 5: aigc.gateway.v1.ImportConflict.entry:type_name -> aigc.gateway.v1.CustomDataEntry
-	0,  // 6: aigc.gateway.v1.ReconcileReport.drift:type_name -> aigc.gateway.v1.CustomDataEntry
-	1,  // 7: aigc.gateway.v1.UserSyncService.SyncUser:input_type -> aigc.gateway.v1.SyncUserRequest
-	3,  // 8: aigc.gateway.v1.UserSyncService.CleanupTemplate:input_type -> aigc.gateway.v1.CleanupTemplateRequest
-	5,  // 9: aigc.gateway.v1.UserSyncService.ImportFromLogto:input_type -> aigc.gateway.v1.ImportFromLogtoRequest
-	8,  // 10: aigc.gateway.v1.UserSyncService.Reconcile:input_type -> aigc.gateway.v1.ReconcileRequest
-	2,  // 11: aigc.gateway.v1.UserSyncService.SyncUser:output_type -> aigc.gateway.v1.SyncUserResponse
-	4,  // 12: aigc.gateway.v1.UserSyncService.CleanupTemplate:output_type -> aigc.gateway.v1.CleanupTemplateResponse
-	6,  // 13: aigc.gateway.v1.UserSyncService.ImportFromLogto:output_type -> aigc.gateway.v1.ImportReport
-	9,  // 14: aigc.gateway.v1.UserSyncService.Reconcile:output_type -> aigc.gateway.v1.ReconcileReport
-	11, // [11:15] is the sub-list for method output_type
-	7,  // [7:11] is the sub-list for method input_type
-	7,  // [7:7] is the sub-list for extension type_name
-	7,  // [7:7] is the sub-list for extension extendee
-	0,  // [0:7] is the sub-list for field type_name
+	3,  // 0: aigc.gateway.v1.SyncUserResponse.changes:type_name -> aigc.gateway.v1.CustomDataEntry
+	3,  // 1: aigc.gateway.v1.ImportReport.imported:type_name -> aigc.gateway.v1.CustomDataEntry
+	3,  // 2: aigc.gateway.v1.ImportReport.unchanged:type_name -> aigc.gateway.v1.CustomDataEntry
+	10, // 3: aigc.gateway.v1.ImportReport.conflicts:type_name -> aigc.gateway.v1.ImportConflict
+	10, // 4: aigc.gateway.v1.ImportReport.skipped:type_name -> aigc.gateway.v1.ImportConflict
+	2,  // 5: aigc.gateway.v1.ImportReport.disputed:type_name -> aigc.gateway.v1.DisputedInstance
+	3,  // 6: aigc.gateway.v1.ImportConflict.entry:type_name -> aigc.gateway.v1.CustomDataEntry
+	3,  // 7: aigc.gateway.v1.ReconcileReport.drift:type_name -> aigc.gateway.v1.CustomDataEntry
+	4,  // 8: aigc.gateway.v1.UserSyncService.SyncUser:input_type -> aigc.gateway.v1.SyncUserRequest
+	6,  // 9: aigc.gateway.v1.UserSyncService.CleanupTemplate:input_type -> aigc.gateway.v1.CleanupTemplateRequest
+	8,  // 10: aigc.gateway.v1.UserSyncService.ImportFromLogto:input_type -> aigc.gateway.v1.ImportFromLogtoRequest
+	11, // 11: aigc.gateway.v1.UserSyncService.Reconcile:input_type -> aigc.gateway.v1.ReconcileRequest
+	0,  // 12: aigc.gateway.v1.UserSyncService.ResolveDisputedInstance:input_type -> aigc.gateway.v1.ResolveDisputedInstanceRequest
+	5,  // 13: aigc.gateway.v1.UserSyncService.SyncUser:output_type -> aigc.gateway.v1.SyncUserResponse
+	7,  // 14: aigc.gateway.v1.UserSyncService.CleanupTemplate:output_type -> aigc.gateway.v1.CleanupTemplateResponse
+	9,  // 15: aigc.gateway.v1.UserSyncService.ImportFromLogto:output_type -> aigc.gateway.v1.ImportReport
+	12, // 16: aigc.gateway.v1.UserSyncService.Reconcile:output_type -> aigc.gateway.v1.ReconcileReport
+	1,  // 17: aigc.gateway.v1.UserSyncService.ResolveDisputedInstance:output_type -> aigc.gateway.v1.ResolveDisputedInstanceResponse
+	13, // [13:18] is the sub-list for method output_type
+	8,  // [8:13] is the sub-list for method input_type
+	8,  // [8:8] is the sub-list for extension type_name
+	8,  // [8:8] is the sub-list for extension extendee
+	0,  // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_aigc_gateway_v1_usersync_proto_init() }
@@ -760,7 +995,7 @@ func file_aigc_gateway_v1_usersync_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_aigc_gateway_v1_usersync_proto_rawDesc), len(file_aigc_gateway_v1_usersync_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   10,
+			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -179,6 +179,51 @@ func local_request_UserSyncService_Reconcile_0(ctx context.Context, marshaler ru
 	return msg, metadata, err
 }
 
+func request_UserSyncService_ResolveDisputedInstance_0(ctx context.Context, marshaler runtime.Marshaler, client UserSyncServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+	var (
+		protoReq ResolveDisputedInstanceRequest
+		metadata runtime.ServerMetadata
+		err      error
+	)
+	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
+		return nil, metadata, status.Errorf(codes.InvalidArgument, "%v", err)
+	}
+	val, ok := pathParams["name"]
+	if !ok {
+		return nil, metadata, status.Errorf(codes.InvalidArgument, "missing parameter %s", "name")
+	}
+	protoReq.Name, err = runtime.String(val)
+	if err != nil {
+		return nil, metadata, status.Errorf(codes.InvalidArgument, "type mismatch, parameter: %s, error: %v", "name", err)
+	}
+	if req.Body != nil {
+		_, _ = io.Copy(io.Discard, req.Body)
+	}
+	msg, err := client.ResolveDisputedInstance(ctx, &protoReq, grpc.Header(&metadata.HeaderMD), grpc.Trailer(&metadata.TrailerMD))
+	return msg, metadata, err
+}
+
+func local_request_UserSyncService_ResolveDisputedInstance_0(ctx context.Context, marshaler runtime.Marshaler, server UserSyncServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+	var (
+		protoReq ResolveDisputedInstanceRequest
+		metadata runtime.ServerMetadata
+		err      error
+	)
+	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
+		return nil, metadata, status.Errorf(codes.InvalidArgument, "%v", err)
+	}
+	val, ok := pathParams["name"]
+	if !ok {
+		return nil, metadata, status.Errorf(codes.InvalidArgument, "missing parameter %s", "name")
+	}
+	protoReq.Name, err = runtime.String(val)
+	if err != nil {
+		return nil, metadata, status.Errorf(codes.InvalidArgument, "type mismatch, parameter: %s, error: %v", "name", err)
+	}
+	msg, err := server.ResolveDisputedInstance(ctx, &protoReq)
+	return msg, metadata, err
+}
+
 // RegisterUserSyncServiceHandlerServer registers the http handlers for service UserSyncService to "mux".
 // UnaryRPC     :call UserSyncServiceServer directly.
 // StreamingRPC :currently unsupported pending https://github.com/grpc/grpc-go/issues/906.
@@ -264,6 +309,26 @@ func RegisterUserSyncServiceHandlerServer(ctx context.Context, mux *runtime.Serv
 			return
 		}
 		forward_UserSyncService_Reconcile_0(annotatedContext, mux, outboundMarshaler, w, req, resp, mux.GetForwardResponseOptions()...)
+	})
+	mux.Handle(http.MethodPost, pattern_UserSyncService_ResolveDisputedInstance_0, func(w http.ResponseWriter, req *http.Request, pathParams map[string]string) {
+		ctx, cancel := context.WithCancel(req.Context())
+		defer cancel()
+		var stream runtime.ServerTransportStream
+		ctx = grpc.NewContextWithServerTransportStream(ctx, &stream)
+		inboundMarshaler, outboundMarshaler := runtime.MarshalerForRequest(mux, req)
+		annotatedContext, err := runtime.AnnotateIncomingContext(ctx, mux, req, "/aigc.gateway.v1.UserSyncService/ResolveDisputedInstance", runtime.WithHTTPPathPattern("/v1/{name=namespaces/*/templates/*/instances/*}:resolveDispute"))
+		if err != nil {
+			runtime.HTTPError(ctx, mux, outboundMarshaler, w, req, err)
+			return
+		}
+		resp, md, err := local_request_UserSyncService_ResolveDisputedInstance_0(annotatedContext, inboundMarshaler, server, req, pathParams)
+		md.HeaderMD, md.TrailerMD = metadata.Join(md.HeaderMD, stream.Header()), metadata.Join(md.TrailerMD, stream.Trailer())
+		annotatedContext = runtime.NewServerMetadataContext(annotatedContext, md)
+		if err != nil {
+			runtime.HTTPError(annotatedContext, mux, outboundMarshaler, w, req, err)
+			return
+		}
+		forward_UserSyncService_ResolveDisputedInstance_0(annotatedContext, mux, outboundMarshaler, w, req, resp, mux.GetForwardResponseOptions()...)
 	})
 
 	return nil
@@ -373,19 +438,38 @@ func RegisterUserSyncServiceHandlerClient(ctx context.Context, mux *runtime.Serv
 		}
 		forward_UserSyncService_Reconcile_0(annotatedContext, mux, outboundMarshaler, w, req, resp, mux.GetForwardResponseOptions()...)
 	})
+	mux.Handle(http.MethodPost, pattern_UserSyncService_ResolveDisputedInstance_0, func(w http.ResponseWriter, req *http.Request, pathParams map[string]string) {
+		ctx, cancel := context.WithCancel(req.Context())
+		defer cancel()
+		inboundMarshaler, outboundMarshaler := runtime.MarshalerForRequest(mux, req)
+		annotatedContext, err := runtime.AnnotateContext(ctx, mux, req, "/aigc.gateway.v1.UserSyncService/ResolveDisputedInstance", runtime.WithHTTPPathPattern("/v1/{name=namespaces/*/templates/*/instances/*}:resolveDispute"))
+		if err != nil {
+			runtime.HTTPError(ctx, mux, outboundMarshaler, w, req, err)
+			return
+		}
+		resp, md, err := request_UserSyncService_ResolveDisputedInstance_0(annotatedContext, inboundMarshaler, client, req, pathParams)
+		annotatedContext = runtime.NewServerMetadataContext(annotatedContext, md)
+		if err != nil {
+			runtime.HTTPError(annotatedContext, mux, outboundMarshaler, w, req, err)
+			return
+		}
+		forward_UserSyncService_ResolveDisputedInstance_0(annotatedContext, mux, outboundMarshaler, w, req, resp, mux.GetForwardResponseOptions()...)
+	})
 	return nil
 }
 
 var (
-	pattern_UserSyncService_SyncUser_0        = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 4, 1, 5, 2}, []string{"v1", "users", "user"}, "sync"))
-	pattern_UserSyncService_CleanupTemplate_0 = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 4, 4, 5, 3}, []string{"v1", "namespaces", "templates", "template"}, "cleanupUsers"))
-	pattern_UserSyncService_ImportFromLogto_0 = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1}, []string{"v1", "users"}, "importFromLogto"))
-	pattern_UserSyncService_Reconcile_0       = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1}, []string{"v1", "users"}, "reconcile"))
+	pattern_UserSyncService_SyncUser_0                = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 4, 1, 5, 2}, []string{"v1", "users", "user"}, "sync"))
+	pattern_UserSyncService_CleanupTemplate_0         = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 4, 4, 5, 3}, []string{"v1", "namespaces", "templates", "template"}, "cleanupUsers"))
+	pattern_UserSyncService_ImportFromLogto_0         = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1}, []string{"v1", "users"}, "importFromLogto"))
+	pattern_UserSyncService_Reconcile_0               = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1}, []string{"v1", "users"}, "reconcile"))
+	pattern_UserSyncService_ResolveDisputedInstance_0 = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 2, 3, 1, 0, 4, 6, 5, 4}, []string{"v1", "namespaces", "templates", "instances", "name"}, "resolveDispute"))
 )
 
 var (
-	forward_UserSyncService_SyncUser_0        = runtime.ForwardResponseMessage
-	forward_UserSyncService_CleanupTemplate_0 = runtime.ForwardResponseMessage
-	forward_UserSyncService_ImportFromLogto_0 = runtime.ForwardResponseMessage
-	forward_UserSyncService_Reconcile_0       = runtime.ForwardResponseMessage
+	forward_UserSyncService_SyncUser_0                = runtime.ForwardResponseMessage
+	forward_UserSyncService_CleanupTemplate_0         = runtime.ForwardResponseMessage
+	forward_UserSyncService_ImportFromLogto_0         = runtime.ForwardResponseMessage
+	forward_UserSyncService_Reconcile_0               = runtime.ForwardResponseMessage
+	forward_UserSyncService_ResolveDisputedInstance_0 = runtime.ForwardResponseMessage
 )

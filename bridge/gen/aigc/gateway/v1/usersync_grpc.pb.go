@@ -21,10 +21,11 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	UserSyncService_SyncUser_FullMethodName        = "/aigc.gateway.v1.UserSyncService/SyncUser"
-	UserSyncService_CleanupTemplate_FullMethodName = "/aigc.gateway.v1.UserSyncService/CleanupTemplate"
-	UserSyncService_ImportFromLogto_FullMethodName = "/aigc.gateway.v1.UserSyncService/ImportFromLogto"
-	UserSyncService_Reconcile_FullMethodName       = "/aigc.gateway.v1.UserSyncService/Reconcile"
+	UserSyncService_SyncUser_FullMethodName                = "/aigc.gateway.v1.UserSyncService/SyncUser"
+	UserSyncService_CleanupTemplate_FullMethodName         = "/aigc.gateway.v1.UserSyncService/CleanupTemplate"
+	UserSyncService_ImportFromLogto_FullMethodName         = "/aigc.gateway.v1.UserSyncService/ImportFromLogto"
+	UserSyncService_Reconcile_FullMethodName               = "/aigc.gateway.v1.UserSyncService/Reconcile"
+	UserSyncService_ResolveDisputedInstance_FullMethodName = "/aigc.gateway.v1.UserSyncService/ResolveDisputedInstance"
 )
 
 // UserSyncServiceClient is the client API for UserSyncService service.
@@ -43,6 +44,11 @@ type UserSyncServiceClient interface {
 	ImportFromLogto(ctx context.Context, in *ImportFromLogtoRequest, opts ...grpc.CallOption) (*ImportReport, error)
 	// Compares PostgreSQL with Logto and repairs Logto (PostgreSQL wins).
 	Reconcile(ctx context.Context, in *ReconcileRequest, opts ...grpc.CallOption) (*ReconcileReport, error)
+	// Ends the dispute over an id the original gateway handed to several users
+	// (reported by ImportFromLogto): gives it to one claimant, or to none. Until
+	// then the id is out of allocation and the claimants' entries are left as
+	// they are. See docs/usersync.md.
+	ResolveDisputedInstance(ctx context.Context, in *ResolveDisputedInstanceRequest, opts ...grpc.CallOption) (*ResolveDisputedInstanceResponse, error)
 }
 
 type userSyncServiceClient struct {
@@ -93,6 +99,16 @@ func (c *userSyncServiceClient) Reconcile(ctx context.Context, in *ReconcileRequ
 	return out, nil
 }
 
+func (c *userSyncServiceClient) ResolveDisputedInstance(ctx context.Context, in *ResolveDisputedInstanceRequest, opts ...grpc.CallOption) (*ResolveDisputedInstanceResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ResolveDisputedInstanceResponse)
+	err := c.cc.Invoke(ctx, UserSyncService_ResolveDisputedInstance_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // UserSyncServiceServer is the server API for UserSyncService service.
 // All implementations must embed UnimplementedUserSyncServiceServer
 // for forward compatibility.
@@ -109,6 +125,11 @@ type UserSyncServiceServer interface {
 	ImportFromLogto(context.Context, *ImportFromLogtoRequest) (*ImportReport, error)
 	// Compares PostgreSQL with Logto and repairs Logto (PostgreSQL wins).
 	Reconcile(context.Context, *ReconcileRequest) (*ReconcileReport, error)
+	// Ends the dispute over an id the original gateway handed to several users
+	// (reported by ImportFromLogto): gives it to one claimant, or to none. Until
+	// then the id is out of allocation and the claimants' entries are left as
+	// they are. See docs/usersync.md.
+	ResolveDisputedInstance(context.Context, *ResolveDisputedInstanceRequest) (*ResolveDisputedInstanceResponse, error)
 	mustEmbedUnimplementedUserSyncServiceServer()
 }
 
@@ -130,6 +151,9 @@ func (UnimplementedUserSyncServiceServer) ImportFromLogto(context.Context, *Impo
 }
 func (UnimplementedUserSyncServiceServer) Reconcile(context.Context, *ReconcileRequest) (*ReconcileReport, error) {
 	return nil, status.Error(codes.Unimplemented, "method Reconcile not implemented")
+}
+func (UnimplementedUserSyncServiceServer) ResolveDisputedInstance(context.Context, *ResolveDisputedInstanceRequest) (*ResolveDisputedInstanceResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ResolveDisputedInstance not implemented")
 }
 func (UnimplementedUserSyncServiceServer) mustEmbedUnimplementedUserSyncServiceServer() {}
 func (UnimplementedUserSyncServiceServer) testEmbeddedByValue()                         {}
@@ -224,6 +248,24 @@ func _UserSyncService_Reconcile_Handler(srv interface{}, ctx context.Context, de
 	return interceptor(ctx, in, info, handler)
 }
 
+func _UserSyncService_ResolveDisputedInstance_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ResolveDisputedInstanceRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(UserSyncServiceServer).ResolveDisputedInstance(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: UserSyncService_ResolveDisputedInstance_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(UserSyncServiceServer).ResolveDisputedInstance(ctx, req.(*ResolveDisputedInstanceRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // UserSyncService_ServiceDesc is the grpc.ServiceDesc for UserSyncService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -246,6 +288,10 @@ var UserSyncService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Reconcile",
 			Handler:    _UserSyncService_Reconcile_Handler,
+		},
+		{
+			MethodName: "ResolveDisputedInstance",
+			Handler:    _UserSyncService_ResolveDisputedInstance_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
