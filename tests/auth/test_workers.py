@@ -17,6 +17,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
@@ -160,13 +161,17 @@ async def stack(start_gateway, start_oidc_provider, database_url, issuer):
     await s.db.close()
 
 
-async def statuses(stack: AuthStack, url: str, cookie: str | None, n: int = FRESH_CONNECTIONS) -> list[int]:
-    """``n`` checks, each on a new connection (so that both workers answer some)."""
+async def statuses(stack: AuthStack, url: str, cookie: str | None, n: int = FRESH_CONNECTIONS, *,
+                   rh: str = "") -> list[int]:
+    """``n`` checks, each on a new connection (so that both workers answer some); ``rh``: the routed host
+    (default: the URL's own, an honest request)."""
     headers = {"X-Original-URL": url, **({"Cookie": f"{COOKIE}={cookie}"} if cookie else {})}
     out = []
     for _ in range(n):
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
-            async with http.get(f"http://127.0.0.1:{stack.auth_port}/auth", headers=headers) as r:
+            # rh: the host nginx routed on, the URL's own (an honest request).
+            async with http.get(f"http://127.0.0.1:{stack.auth_port}/auth?rh={rh or urlsplit(url).hostname}",
+                                headers=headers) as r:
                 out.append(r.status)
     return out
 
@@ -186,22 +191,26 @@ async def sign_in(stack: AuthStack, browser, user: str) -> str:
     return value
 
 
-def checks_total(outcome: str) -> float:
-    match = re.search(rf'^aigc_auth_checks_total{{outcome="{outcome}"}} (\S+)$', generate_latest(REGISTRY).decode(),
+def checks_total(outcome: str, family: str = "checks", label: str = "outcome") -> float:
+    match = re.search(rf'^aigc_auth_{family}_total{{{label}="{outcome}"}} (\S+)$', generate_latest(REGISTRY).decode(),
                       re.M)
     return float(match.group(1)) if match else 0.0
 
 
 async def test_workers_decide_like_one_process_and_their_counts_reach_metrics(stack, browser) -> None:
     before = checks_total("allow")
+    refused_before = checks_total("ROUTED_HOST_MISMATCH", "refusals", "reason")
     alice = await sign_in(stack, browser, "alice")
+    # Request line naming bob's host, Host header alice's: refused by every worker, and counted.
+    assert set(await statuses(stack, f"http://{HOST1}/", alice, rh=HOST2)) == {403}
     assert set(await statuses(stack, f"http://{HOST1}/x", alice)) == {200}
     assert set(await statuses(stack, f"http://{HOST2}/", alice)) == {403}
     assert set(await statuses(stack, f"http://{HOST1}/", None)) == {401}
     assert set(await statuses(stack, f"http://{HOST1}@{HOST2}/", alice, 4)) == {403}
     # Each worker sends its totals every 2 s; this process's /metrics adds them up (both workers served).
     deadline = time.monotonic() + 10
-    while checks_total("allow") - before < FRESH_CONNECTIONS or len(stack.service.workers.metrics.live) < 2:
+    while checks_total("allow") - before < FRESH_CONNECTIONS or len(stack.service.workers.metrics.live) < 2 \
+            or checks_total("ROUTED_HOST_MISMATCH", "refusals", "reason") - refused_before < FRESH_CONNECTIONS:
         assert time.monotonic() < deadline, "the workers' check counts did not reach this process's metrics"
         await asyncio.sleep(0.2)
     served = [v["checks"].get("allow", 0) for v in stack.service.workers.metrics.live.values()]
