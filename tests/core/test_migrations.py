@@ -1,4 +1,6 @@
-"""Alembic upgrade and downgrade on PostgreSQL and on the embedded SQLite default."""
+"""Alembic upgrade and downgrade on PostgreSQL and on the embedded SQLite default: the migrated
+schema is exactly the models' (tables, columns and their types and nullability, keys, indexes), as
+Alembic's own autogenerate comparison sees it, and downgrading removes it all."""
 from __future__ import annotations
 
 import asyncio
@@ -6,6 +8,8 @@ import uuid
 from pathlib import Path
 
 import asyncpg
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
 from sqlalchemy import inspect
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -25,10 +29,24 @@ async def _tables(url: str) -> set[str]:
         await engine.dispose()
 
 
+async def _differences(url: str) -> list[object]:
+    """What the migrated database lacks or has beyond the models (empty: the same schema)."""
+    engine = create_async_engine(url)
+    try:
+        async with engine.connect() as conn:
+            return await conn.run_sync(lambda c: [d for d in compare_metadata(
+                MigrationContext.configure(c, opts={"compare_type": True}), Base.metadata)
+                if not (isinstance(d, tuple) and d[0] == "remove_table" and d[1].name == "alembic_version")])
+    finally:
+        await engine.dispose()
+
+
 async def _roundtrip(url: str) -> None:
     await asyncio.to_thread(upgrade, url)
     expected = set(Base.metadata.tables)
     assert expected <= await _tables(url)
+    differences = await _differences(url)
+    assert differences == [], differences
     await asyncio.to_thread(downgrade, url, "base")
     assert not (expected & await _tables(url))
     await asyncio.to_thread(upgrade, url)

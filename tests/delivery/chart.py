@@ -67,12 +67,14 @@ def _local_kinds(tree: ast.Module) -> dict[str, tuple[str, str]]:
     return found
 
 
-def kube_calls(service: str) -> tuple[set[tuple[str, str, str]], list[str]]:
+def kube_calls(service: str) -> tuple[set[tuple[str, str, str]], dict[str, set[tuple[str, str, str]]]]:
     """What services/<service>/*.py asks the Kubernetes API, read from the code: calls of the core
-    Kube helpers with a Kind constant, and informers (list + watch). Calls whose kind is a variable
-    cannot be read statically; they are returned as source locations."""
+    Kube helpers with a Kind constant, and informers (list + watch). A call whose kind is the
+    parameter ``kind`` of its function is resolved through that function: its default and the Kind
+    constants its callers pass (positionally, by keyword, or from a loop over a tuple of Kinds);
+    returned by source location, with what it resolved to (empty: it could not be resolved)."""
     calls: set[tuple[str, str, str]] = set()
-    dynamic: list[str] = []
+    dynamic: dict[str, set[tuple[str, str, str]]] = {}
     trees = {path: ast.parse(path.read_text()) for path in sorted((REPO / "services" / service).glob("*.py"))}
     kinds = dict(KINDS)
     for tree in trees.values():
@@ -94,5 +96,68 @@ def kube_calls(service: str) -> tuple[set[tuple[str, str, str]], list[str]]:
             if kind:
                 calls.add((*kinds[kind], VERBS[name]))
             elif isinstance(node.args[0], ast.Name) and node.args[0].id == "kind":
-                dynamic.append(f"{path.relative_to(REPO)}:{node.lineno} {name}(kind, ...)")
+                where = f"{path.relative_to(REPO)}:{node.lineno} {name}(kind, ...)"
+                dynamic[where] = {(*kinds[k], VERBS[name]) for k in _kinds_of_parameter(trees, node, kinds)}
     return calls, dynamic
+
+
+def _enclosing_function(tree: ast.Module, target: ast.AST) -> ast.FunctionDef | ast.AsyncFunctionDef | None:
+    found = None
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node is not target \
+                and any(n is target for n in ast.walk(node)):
+            if found is None or any(n is node for n in ast.walk(found)):
+                found = node  # the innermost one
+    return found
+
+
+def _kinds_of_parameter(trees: dict[Path, ast.Module], call: ast.Call, kinds: dict[str, tuple[str, str]]) -> set[str]:
+    """The Kind constants the parameter ``kind`` of the function around ``call`` is given anywhere."""
+    tree = next(t for t in trees.values() if any(n is call for n in ast.walk(t)))
+    function = _enclosing_function(tree, call)
+    if function is None:
+        return set()
+    params = [a.arg for a in function.args.args if a.arg != "self"]
+    if "kind" not in params:
+        return set()
+    index = params.index("kind")
+    found: set[str] = set()
+    defaults = function.args.defaults
+    offset = len(function.args.args) - len(defaults)
+    for arg, default in zip(function.args.args[offset:], defaults, strict=True):
+        if arg.arg == "kind" and _kind_name(default, kinds):
+            found.add(_kind_name(default, kinds))
+    # A function nested in another is called by its bare name, in its own module only; a method by attribute.
+    nested = _enclosing_function(tree, function) is not None
+    for other in [tree] if nested else list(trees.values()):
+        loops = _kind_loops(other, kinds)
+        for node in ast.walk(other):
+            if not isinstance(node, ast.Call):
+                continue
+            func = node.func
+            if nested:
+                called = func.id if isinstance(func, ast.Name) else ""
+            else:
+                called = func.attr if isinstance(func, ast.Attribute) else ""
+            if called != function.name:
+                continue
+            given = [kw.value for kw in node.keywords if kw.arg == "kind"]
+            given += node.args[index:index + 1]
+            for value in given:
+                if _kind_name(value, kinds):
+                    found.add(_kind_name(value, kinds))
+                elif isinstance(value, ast.Name):
+                    found |= loops.get(value.id, set())
+    return found
+
+
+def _kind_loops(tree: ast.Module, kinds: dict[str, tuple[str, str]]) -> dict[str, set[str]]:
+    """Names bound by `for x in (KIND_A, KIND_B)` (statements and comprehensions) -> those Kinds."""
+    out: dict[str, set[str]] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.For, ast.comprehension)) and isinstance(node.target, ast.Name) \
+                and isinstance(node.iter, (ast.Tuple, ast.List)):
+            names = {_kind_name(e, kinds) for e in node.iter.elts}
+            if names and None not in names:
+                out.setdefault(node.target.id, set()).update(n for n in names if n)
+    return out

@@ -117,11 +117,17 @@ async def test_each_service_does_its_work_with_its_own_service_account(services_
     await wait_for(lambda: _is(decision("alice"), 200), 60, what="alice allowed")
     assert await decision("bob") == 403
 
-    # usersync: an import reads the GameServerSet and its disks.
+    # usersync: an import reads the GameServerSet and lists its disks with usersync's own account. The one
+    # right report proves both reads worked: id 7 is judged against the GameServerSet (neither running nor
+    # reserved), and the running id 0 (alice's, with its disk) is known to the gateway already.
     logto.add_user("dave", custom_data={f"{ns}-{SAMPLE}": {"Name": SAMPLE, "Namespace": ns, "ID": "7"}})
+    logto.add_user("erin", custom_data={f"{ns}-{SAMPLE}": {"Name": SAMPLE, "Namespace": ns,
+                                                             "ID": str(instance.id)}})
     report = await usersync.ImportFromLogto(usersync_pb2.ImportFromLogtoRequest(dry_run=True), metadata=admin)
-    assert report.users_scanned >= 1 and report.dry_run
-    assert len(report.imported) + len(report.conflicts) + len(report.unchanged) + len(report.skipped) >= 1
+    assert report.dry_run and not report.imported and not report.unchanged and not report.skipped
+    assert sorted((c.entry.user, c.entry.id, c.reason) for c in report.conflicts) == [
+        ("dave", 7, "id 7 is neither running nor reserved in the GameServerSet"),
+        ("erin", instance.id, f"id {instance.id} belongs to another user in the gateway")]
 
     # Consistency (instance reads GSS, pods, disks), uninstall, and the template's forced delete
     # (which lists and deletes the template's disks).

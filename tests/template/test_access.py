@@ -92,13 +92,17 @@ async def test_missing_source_and_bad_names(template_api) -> None:
 
 async def test_validate_reports_every_violation_without_a_cluster(template_api) -> None:
     api = await template_api()
-    text = (sample_text().replace("replicas: 0", "replicas: 3").replace("ReserveIds", "General")
-            .replace("nvidia.com/gpu: 1", 'nvidia.com/gpu: "half"'))
-    text = text.replace("instances<id>-cpu", "instances-cpu")
+    # The GPU sample: it has the nvidia.com/gpu line to break (the CPU sample has none).
+    text = sample_text("stable-diffusion-gpu")
+    for old, new in (("replicas: 0", "replicas: 3"), ("ReserveIds", "General"),
+                     ("nvidia.com/gpu: 1", 'nvidia.com/gpu: "half"'), ("instances<id>-gpu", "instances-gpu")):
+        assert old in text, old  # each edit must change the manifest
+        text = text.replace(old, new)
     reply = await api.stub.ValidateTemplate(template_pb2.ValidateTemplateRequest(parent=api.parent,
                                                                                  source=source_text(text)),
                                             metadata=api.admin)
     assert not reply.valid
-    assert {v.field for v in reply.violations} == {"spec.replicas", "spec.scaleStrategy.scaleDownStrategyType",
-                                                   "spec.network.networkConf[Host]"}
+    assert {v.field for v in reply.violations} == {
+        "spec.replicas", "spec.scaleStrategy.scaleDownStrategyType", "spec.network.networkConf[Host]",
+        "spec.gameServerTemplate.spec.containers[0].resources.limits[nvidia.com/gpu]"}
     assert reply.normalized_manifest["metadata"]["labels"]["aigc.gateway.io/template"] == "true"
