@@ -218,9 +218,13 @@ def _diff_network_conf(old: list[Any], new: list[Any], segments: list[str | int]
             key = str(item.get("name", "")) if isinstance(item, dict) else ""
             out.setdefault(key, []).append(item.get("value") if isinstance(item, dict) else item)
         return out
+    def same(name: str) -> bool:
+        if name == "Annotation":  # the plugin copies them into the Ingress's annotation map: order is no change
+            return sorted(map(str, a.get(name, []))) == sorted(map(str, b.get(name, [])))
+        return a.get(name) == b.get(name)
     a, b = grouped(old), grouped(new)
     base = format_path(segments)
-    return [f"{base}[{name}]" for name in list(a) + [k for k in b if k not in a] if a.get(name) != b.get(name)]
+    return [f"{base}[{name}]" for name in list(a) + [k for k in b if k not in a] if not same(name)]
 
 
 # -- the proposal --------------------------------------------------------------

@@ -3,11 +3,16 @@
 The OKG Ingress plugin reads a list of {name, value} entries: `Host` and `Path` may carry one
 `<id>` (replaced by the instance id), `Port` is the container port, and each `Annotation`
 entry is `key: value` (split on ": ", so exactly one such separator) copied onto the ingress.
+
+The auth-url carries the host the proxy routed on as `rh=$host` (ingress-nginx and Traefik's
+ingress-nginx provider expand `$host`): the auth service refuses a check whose request names another
+host than the one routed (an absolute-form request line), see docs/auth.md.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 ID_MARK = "<id>"
 CONF_PATH = "spec.network.networkConf"
@@ -68,3 +73,26 @@ def port(obj: dict[str, Any]) -> int:
         return int(first(obj, "Port"))
     except ValueError:
         return 0
+
+
+ROUTED_HOST_PARAM = "rh"
+ROUTED_HOST_VALUE = "$host"
+
+
+def has_routed_host(url: str) -> bool:
+    """Whether an auth-url's query has an ``rh`` parameter (whatever its value)."""
+    try:
+        query = urlsplit(url).query
+    except ValueError:
+        return False
+    return any(item.split("=", 1)[0] == ROUTED_HOST_PARAM for item in query.split("&") if item)
+
+
+def with_routed_host(url: str) -> str:
+    """``url`` with ``rh=$host`` added to its query when it has no ``rh`` (unchanged otherwise)."""
+    if not url or has_routed_host(url):
+        return url
+    separator = "&" if "?" in url else "?"
+    if url.endswith(("?", "&")):
+        separator = ""
+    return f"{url}{separator}{ROUTED_HOST_PARAM}={ROUTED_HOST_VALUE}"

@@ -3,7 +3,9 @@
 - the namespace from the request when the manifest has none;
 - the configured gss_labels, so the new GameServerSet is listed as a template;
 - `replicas: 0` when a new template leaves it out;
-- the ingress auth annotations (`auth-url`, `auth-signin`) from configuration when missing;
+- the ingress auth annotations (`auth-url`, `auth-signin`) from configuration when missing, and
+  `rh=$host` (the host the proxy routed on, which the auth service requires) on an auth-url that
+  lacks it, so templates published before it are upgraded by their next update;
 - fields only the apiserver sets (`status`, `metadata.uid`, `resourceVersion`…) are dropped from a
   create, so `kubectl get -o yaml` output can be published elsewhere.
 
@@ -77,6 +79,15 @@ def _add_auth_annotations(obj: dict[str, Any], policy: Policy, warnings: list[Vi
         conf = net["networkConf"] = []
     if not isinstance(conf, list):
         return
+    for entry in conf:
+        pair = network.split_annotation(str(entry.get("value") or "")) if isinstance(entry, dict) and \
+            entry.get("name") == "Annotation" else None
+        if pair and pair[0] == AUTH_URL_ANNOTATION and not network.has_routed_host(pair[1]):
+            upgraded = network.with_routed_host(pair[1])
+            entry["value"] = f"{AUTH_URL_ANNOTATION}: {upgraded}"
+            warnings.append(Violation(network.conf_path("Annotation", AUTH_URL_ANNOTATION),
+                                      f"added rh=$host (the host the proxy routed on, which the gateway's check "
+                                      f"requires): {upgraded}", "AUTH_URL_ROUTED_HOST_ADDED"))
     present = network.annotations(obj)
     for key, value in ((AUTH_URL_ANNOTATION, policy.auth_url), (AUTH_SIGNIN_ANNOTATION, policy.auth_signin_url)):
         if key not in present:

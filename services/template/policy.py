@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 
 from aigc_gateway.config import Settings
 
+from .network import with_routed_host
+
 GSS_API_VERSION = "game.kruise.io/v1alpha1"
 GSS_KIND = "GameServerSet"
 INGRESS_NETWORK = "Kubernetes-Ingress"
@@ -30,6 +32,8 @@ class Policy:
         # Derived defaults, so that a Policy built in a test behaves like one built from Settings.
         if not self.auth_url:
             object.__setattr__(self, "auth_url", f"https://dashboard.{self.domain}/auth")
+        # The auth service refuses checks without the routed host (rh=$host), so every auth-url has it.
+        object.__setattr__(self, "auth_url", with_routed_host(self.auth_url))
         if not self.auth_signin_url:
             object.__setattr__(self, "auth_signin_url", f"https://dashboard.{self.domain}/sign-in")
 

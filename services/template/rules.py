@@ -211,6 +211,11 @@ def _check_port(obj: dict[str, Any], report: Report) -> None:
 def _check_routes(obj: dict[str, Any], policy: Policy, report: Report) -> None:
     hosts, paths = network.values(obj, "Host"), network.values(obj, "Path")
     path_types = network.values(obj, "PathType")
+    if not hosts:
+        # An Ingress rule without a host matches every host, and the owner check keys on hosts.
+        report.bad(network.conf_path("Host"), "the ingress network needs a Host (for example "
+                   "instances<id>-sd.example.com, or sd.example.com with <id> in the Path): an ingress rule "
+                   "without a host answers on every host", "HOST_REQUIRED")
     if len(hosts) > 1:
         report.bad(network.conf_path("Host"), "give one Host (the plugin keeps only the last)", "DUPLICATE_HOST")
     if not paths:
@@ -268,6 +273,10 @@ def _check_annotations(obj: dict[str, Any], policy: Policy, report: Report) -> N
             if key == AUTH_URL_ANNOTATION and not AUTH_URL_CHARS.match(value):
                 report.bad(path, f"{value!r} holds characters ingress-nginx refuses in an auth-url "
                            "(allowed: letters, digits and -._~/: ,?&=$)", "AUTH_URL_CHARACTERS")
+            elif key == AUTH_URL_ANNOTATION and value != expected and network.with_routed_host(value) == expected:
+                # Published before the routed-host check: the gateway refuses every request to it.
+                report.bad(path, f"{value!r} lacks rh=$host, the host the proxy routed on, without which the "
+                           "gateway refuses every request; UpdateTemplate adds it", "AUTH_URL_ROUTED_HOST_MISSING")
             elif value != expected:
                 report.bad(path, f"must point at this gateway: {expected!r}, got {value!r}",
                            f"{short.replace('-', '_').upper()}_MISMATCH")

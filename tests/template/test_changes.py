@@ -143,11 +143,36 @@ def test_network_change_is_reported_by_entry_name() -> None:
 def test_removed_auth_annotation_is_put_back() -> None:
     source = live()
     source["spec"]["network"]["networkConf"] = [e for e in source["spec"]["network"]["networkConf"]
-                                                if e["name"] != "Annotation"]
+                                                if not (e["name"] == "Annotation" and "/auth-url:" in e["value"]
+                                                        or "/auth-signin:" in str(e["value"]))]
     checked = update(source)
     assert checked.ok
     assert checked.proposal.changed_paths == []
     assert {w.reason for w in checked.warnings} == {"AUTH_ANNOTATION_ADDED"}
+
+
+def _without_routed_host(obj: dict) -> dict:
+    for entry in obj["spec"]["network"]["networkConf"]:
+        if entry["name"] == "Annotation" and "/auth-url:" in entry["value"]:
+            entry["value"] = entry["value"].replace("?rh=$host", "")
+    return obj
+
+
+@pytest.mark.parametrize("mask", [[], ["spec.gameServerTemplate.spec.containers"]])
+def test_update_upgrades_an_auth_url_published_without_the_routed_host(mask: list[str]) -> None:
+    """Issue 11: templates published before the routed-host check get rh=$host on their next update, even
+    when the update is about something else (a masked update of the image)."""
+    current = _without_routed_host(live())
+    source = _without_routed_host(live())
+    container(source)["image"] = "x:2"
+    checked = update(source, mask, current=current)
+    assert checked.ok, checked.violations
+    assert [(w.field, w.reason) for w in checked.warnings if w.reason.startswith("AUTH_")] == [
+        ("spec.network.networkConf[Annotation][nginx.ingress.kubernetes.io/auth-url]", "AUTH_URL_ROUTED_HOST_ADDED")]
+    conf = checked.proposal.desired["spec"]["network"]["networkConf"]
+    assert {"name": "Annotation", "value": "nginx.ingress.kubernetes.io/auth-url: https://dashboard.aigc.test/auth"
+            "?rh=$host"} in conf
+    assert "spec.network.networkConf[Annotation]" in checked.proposal.changed_paths
 
 
 def test_update_of_a_template_that_is_not_reserve_ids_is_not_blocked() -> None:

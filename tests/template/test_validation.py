@@ -76,6 +76,20 @@ BAD: list[tuple[str, Callable[[dict], None], str, str]] = [
      "AUTH_URL_MISMATCH"),
     ("auth-url with nginx variable", lambda o: _auth(o, AUTH_URL_ANNOTATION, "https://dashboard.aigc.test/auth;#"),
      AUTH_URL_PATH, "AUTH_URL_CHARACTERS"),
+    # Issue 11: ingress-nginx refuses these auth-url characters (CVE-2025-24514); the routed host is $host.
+    ("auth-url with a quote", lambda o: _auth(o, AUTH_URL_ANNOTATION, "https://dashboard.aigc.test/auth?rh=$host'"),
+     AUTH_URL_PATH, "AUTH_URL_CHARACTERS"),
+    ("auth-url with a brace", lambda o: _auth(o, AUTH_URL_ANNOTATION, "https://dashboard.aigc.test/auth?rh=${host}"),
+     AUTH_URL_PATH, "AUTH_URL_CHARACTERS"),
+    ("auth-url with a semicolon", lambda o: _auth(o, AUTH_URL_ANNOTATION,
+                                                 "https://dashboard.aigc.test/auth?rh=$host;proxy_pass"),
+     AUTH_URL_PATH, "AUTH_URL_CHARACTERS"),
+    ("auth-url with a fixed routed host", lambda o: _auth(o, AUTH_URL_ANNOTATION,
+                                                         "https://dashboard.aigc.test/auth?rh=instances1.aigc.test"),
+     AUTH_URL_PATH, "AUTH_URL_MISMATCH"),
+    # Issue 12 item 2: an Ingress without a host answers on every host; the owner check keys on hosts.
+    ("no Host, <id> in the Path", lambda o: (set_conf(o, "Host", None), set_conf(o, "Path", "/sd<id>")),
+     "spec.network.networkConf[Host]", "HOST_REQUIRED"),
     ("auth-signin elsewhere", lambda o: _auth(o, AUTH_SIGNIN_ANNOTATION, "https://other/sign-in"),
      f"spec.network.networkConf[Annotation][{AUTH_SIGNIN_ANNOTATION}]", "AUTH_SIGNIN_MISMATCH"),
     ("malformed annotation", lambda o: o["spec"]["network"]["networkConf"].append(
@@ -206,8 +220,33 @@ def test_missing_auth_annotations_are_added_with_a_warning() -> None:
     added = {w.field: w.description for w in checked.warnings if w.reason == "AUTH_ANNOTATION_ADDED"}
     assert set(added) == {AUTH_URL_PATH, f"spec.network.networkConf[Annotation][{AUTH_SIGNIN_ANNOTATION}]"}
     values = [e["value"] for e in checked.obj["spec"]["network"]["networkConf"] if e["name"] == "Annotation"]
-    assert f"{AUTH_URL_ANNOTATION}: https://gw.aigc.test/auth" in values
+    assert f"{AUTH_URL_ANNOTATION}: https://gw.aigc.test/auth?rh=$host" in values
     assert f"{AUTH_SIGNIN_ANNOTATION}: https://dashboard.aigc.test/sign-in" in values
+
+
+@pytest.mark.parametrize("configured, published, upgraded", [
+    ("", "https://dashboard.aigc.test/auth", "https://dashboard.aigc.test/auth?rh=$host"),
+    ("https://gw.aigc.test/auth?x=1", "https://gw.aigc.test/auth?x=1", "https://gw.aigc.test/auth?x=1&rh=$host"),
+    ("https://gw.aigc.test/auth?rh=$host", "https://gw.aigc.test/auth", "https://gw.aigc.test/auth?rh=$host"),
+])
+def test_auth_url_without_the_routed_host_is_upgraded_with_a_warning(configured: str, published: str,
+                                                                     upgraded: str) -> None:
+    policy = Policy(namespaces=("default",), domain="aigc.test", auth_url=configured)
+    assert policy.auth_url == upgraded  # a configured auth-url gets rh=$host too
+    obj = variant(lambda o: _auth(o, AUTH_URL_ANNOTATION, published))
+    # As found in the cluster (published before the routed-host check): unusable, and says how to fix it.
+    report = rules.check(obj, policy, rules.Mode.EXISTING)
+    assert [(v.field, v.reason) for v in report.violations] == [(AUTH_URL_PATH, "AUTH_URL_ROUTED_HOST_MISSING")]
+    assert "rh=$host" in rules.unusable_reasons(report)[0]
+    # Its next create or update adds rh=$host and says so.
+    checked = check_obj(obj, policy=policy)
+    assert checked.ok, checked.violations
+    assert [(w.field, w.reason) for w in checked.warnings if w.reason.startswith("AUTH_")] == [
+        (AUTH_URL_PATH, "AUTH_URL_ROUTED_HOST_ADDED")]
+    values = [e["value"] for e in checked.obj["spec"]["network"]["networkConf"] if e["name"] == "Annotation"]
+    assert values.count(f"{AUTH_URL_ANNOTATION}: {upgraded}") == 1
+    assert not any(v.startswith(f"{AUTH_URL_ANNOTATION}: {published}") and v != f"{AUTH_URL_ANNOTATION}: {upgraded}"
+                   for v in values)
 
 
 def test_unknown_fields_are_kept() -> None:
