@@ -213,20 +213,20 @@ def mix(instances: int, users: int, n: int, shares: tuple[int, ...], cookie_of) 
             headers["Cookie"] = cookie_of(ident)
         elif kind == 1:
             headers["Cookie"] = cookie_of((ident + 1) % users)
-        out.append(("/auth", headers))
+        out.append((f"/auth?rh={host}", headers))  # the auth-url as the proxy expands it: the routed host
     return out
 
 
 async def in_process_rate(checker: Checker, requests: list[tuple[str, dict]], seconds: float = 2.0) -> float:
     """Decisions per second without HTTP (the checker alone), for context."""
     creds = []
-    for _, headers in requests:
+    for path, headers in requests:
         value = headers.get("Cookie", "").partition("=")[2] or None
-        creds.append((headers["X-Original-URL"], Credentials(session_cookie=value)))
+        creds.append((headers["X-Original-URL"], path.partition("rh=")[2], Credentials(session_cookie=value)))
     done, started = 0, time.perf_counter()
     while time.perf_counter() - started < seconds:
-        for url, c in creds[:500]:
-            await checker.check(url, c)
+        for url, routed, c in creds[:500]:
+            await checker.check(url, c, routed_host=routed, bind=True)
         done += 500
         await asyncio.sleep(0)  # let the denied checks' audit tasks run, as they would in a server
     return done / (time.perf_counter() - started)
