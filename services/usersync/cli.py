@@ -78,4 +78,7 @@ def render(result: ImportResult) -> str:
     for where, ids in sorted(result.slots_created.items()):
         lines.append(f"unclaimed reserved ids recorded as {where.rsplit(':', 1)[1]} in {where.rsplit(':', 1)[0]}: "
                      f"{', '.join(map(str, ids))}")
+    for namespace, template, dispute in result.disputes:
+        lines.append(f"disputed (out of allocation until ResolveDisputedInstance): {namespace}/{template} id "
+                     f"{dispute.id} ({dispute.state}), claimed by {', '.join(dispute.claimants)}")
     return "\n".join(lines)

@@ -523,3 +523,39 @@ async def test_a_template_the_service_cannot_describe_breaks_no_list_and_can_be_
                                               metadata=api.admin, timeout=60)
         assert reply.template.name == api.name("broken") and not reply.template.usable
         assert await gss_names(game) == {"stable-diffusion-cpu"}
+
+
+async def test_update_refuses_with_exactly_the_violations_validate_reports(api, testbed: Testbed) -> None:
+    """ValidateTemplate(as_update) answers OK with valid=false; UpdateTemplate must refuse the same manifest
+    with exactly the same violations (and one ValidateTemplate finds valid must pass as an update too)."""
+    import json
+
+    import yaml
+
+    from .samples import variant
+    from .test_validate_matches_writes import refusal, reported
+    from .test_validation import BAD
+
+    await publish(api, testbed)
+    name = "stable-diffusion-cpu"
+    base = yaml.safe_load(text_for(name, testbed.domain, api.namespace))
+    refused = 0
+    for case, mutate, _path, _reason in BAD:
+        obj = variant(mutate, base)
+        meta = obj.get("metadata") or {}
+        if (meta.get("name"), meta.get("namespace")) != (name, api.namespace):
+            continue  # ValidateTemplate finds the template to update by the manifest's name; UpdateTemplate by its own
+        source = template_pb2.TemplateSource(manifest=json.dumps(obj))
+        validated = await api.stub.ValidateTemplate(template_pb2.ValidateTemplateRequest(
+            parent=api.parent, source=source, as_update=True), metadata=api.admin)
+        update = template_pb2.UpdateTemplateRequest(name=api.name(name), source=source, allow_restart=True,
+                                                    validate_only=True)
+        if validated.valid:
+            await api.stub.UpdateTemplate(update, metadata=api.admin)
+            continue
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await api.stub.UpdateTemplate(update, metadata=api.admin)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (case, err.value.details())
+        assert refusal(err.value) == reported(validated), case
+        refused += 1
+    assert refused >= 30  # nearly every case of the table is an invalid update too

@@ -137,7 +137,9 @@ async def test_import_from_logto_yields_ownership_rows_and_a_report(
     assert proc.returncode == 3, err.decode()  # done, with conflicts for an admin
     printed = json.loads(out)
     assert sorted((e["user"], e["id"]) for e in printed["unchanged"]) == [("alice", 0), ("bob", 1)]
-    assert printed["imported"] == [] and printed["users_scanned"] == 8
+    assert printed["imported"] == [] and printed["users_scanned"] == 11
+    assert [(d[2]["id"], d[2]["claimants"]) for d in printed["disputes"]] == [(2, ["carol", "dave"]),
+                                                                             (4, ["judy", "ken"])]
 
 
 async def test_disputed_ids_stay_out_of_allocation_until_an_admin_resolves_them(
