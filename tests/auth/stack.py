@@ -60,8 +60,9 @@ class AuthStack:
             await notify_instance_change(session, namespace, template, ident)
 
     async def wait_owner(self, template: str, ident: int, owner: str | None, namespace: str = "ns",
-                         timeout: float = 1.0) -> float:
-        """Seconds until the owner map shows ``owner`` (fails past ``timeout``)."""
+                         timeout: float = 30.0) -> float:
+        """Seconds until the owner map shows ``owner`` (fails past ``timeout``: generous, so that a loaded
+        machine does not fail it; the 1 s promise is a printed figure, see the tests that measure it)."""
         key = InstanceKey(namespace, template, ident)
         started = time.monotonic()
         while self.service.owners.owner(key) != owner:

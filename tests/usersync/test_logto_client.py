@@ -46,15 +46,35 @@ async def test_token_needs_basic_credentials(logto: LogtoDouble) -> None:
         assert resp.status_code == 400 and resp.json()["error"] == "invalid_target"
 
 
-async def test_token_is_cached_and_renewed_before_expiry(logto: LogtoDouble) -> None:
+class _Clock:
+    """The client's monotonic clock, moved by the test: token lifetimes decided by the test, not by load."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def time(self) -> float:
+        return time.time()
+
+
+async def test_token_is_cached_and_renewed_before_expiry(logto: LogtoDouble, monkeypatch) -> None:
+    from aigc_gateway.services.usersync import logto as module
+
+    clock = _Clock()
+    monkeypatch.setattr(module, "time", clock)
     logto.add_user("u1")
-    logto.token_ttl = 2.0  # renewed a quarter of the lifetime early: after 1.5 s
+    logto.token_ttl = 3600  # renewed 60 s before it expires
     client = make_client(logto)
     try:
         for _ in range(3):
             await client.get_custom_data("u1")
         assert logto.token_requests == 1
-        await asyncio.sleep(1.6)
+        clock.now += 3600 - 60 - 1  # one second before the renewal is due: the cached token still serves
+        await client.get_custom_data("u1")
+        assert logto.token_requests == 1
+        clock.now += 2  # past it: renewed before the server would refuse it
         await client.get_custom_data("u1")
         assert logto.token_requests == 2
         assert all(status == 200 for _, path, status in logto.requests if path.startswith("/api/"))
