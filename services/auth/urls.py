@@ -28,6 +28,7 @@ _IPV6 = re.compile(r"^\[[0-9a-f:.]+\]$")
 _PERCENT = re.compile(rb"%(?![0-9A-Fa-f]{2})")
 _CONTROL = re.compile(r"[\x00-\x20\x7f\\]")
 MAX_URL = 8192
+_ENCODED_SEPARATOR = re.compile(r"%(2[fF]|5[cC]|25)")
 
 
 class BadURL(ValueError):
@@ -202,6 +203,10 @@ def forwarded_url(proto: str, host: str, uri: str) -> str:
     uri = uri or "/"
     if not uri.startswith("/"):
         return ""  # the host would run on into the path: unreadable (Traefik always sends a leading /)
+    if "%" in uri and _ENCODED_SEPARATOR.search(uri.partition("?")[0]):
+        # Traefik refuses these by default; where a deployment allows them, whether it routed on the
+        # decoded or the encoded form is not ours to guess (normalise_path decodes them as nginx does).
+        return ""
     return f"{scheme}://{host.strip()}{uri}"
 
 
