@@ -10,6 +10,7 @@ from google.protobuf import field_mask_pb2
 
 from aigc_gateway.api.v1 import common_pb2, template_pb2
 
+from ..dblocks import until_waiting
 from ..plugins.kube import Game, api_client, wait_for
 from .cluster_helpers import add_instances, gss_names, leftovers, text_for
 from .conftest import source_text
@@ -359,9 +360,21 @@ async def test_only_labelled_game_server_sets_are_templates_and_unusable_ones_sa
         assert "not-a-template" in await gss_names(game)  # never touched
 
 
-async def test_forced_delete_that_times_out_is_resumed(template_api, testbed: Testbed, k8s_namespace: str) -> None:
+async def test_forced_delete_that_times_out_is_resumed(template_api, testbed: Testbed, k8s_namespace: str,
+                                                       monkeypatch) -> None:
+    from aigc_gateway.services.template.cascade import Cascade
+
     api = await template_api(k8s_namespace, kubeconfig=str(testbed.kubeconfig), domain=testbed.domain,
                              template={"delete_wait_seconds": 3})
+    # A barrier in the (in-process) template service: set once a delete has decided to resume and is
+    # waiting for the remaining objects to go.
+    clearing = asyncio.Event()
+    clear = Cascade._clear
+
+    async def barrier(self, namespace: str, name: str, claims: set[str]) -> list[str]:
+        clearing.set()
+        return await clear(self, namespace, name, claims)
+    monkeypatch.setattr(Cascade, "_clear", barrier)
     await publish(api, testbed)
     name = "stable-diffusion-cpu"
     claim = f"user-data-{name}-0"
@@ -380,10 +393,13 @@ async def test_forced_delete_that_times_out_is_resumed(template_api, testbed: Te
         left = await leftovers(game, name)
         assert not left["gss"] and left["pvcs"] == [claim]
 
-        # The retry resumes (the GameServerSet is gone, its disk is not) and finishes once the hold is released.
+        # The retry resumes (the GameServerSet is gone, its disk is not) and finishes once the hold is released:
+        # released only once the retry is inside its wait (released earlier, nothing would be left to resume).
+        clearing.clear()
         retry = asyncio.ensure_future(api.stub.DeleteTemplate(
             template_pb2.DeleteTemplateRequest(name=api.name(name), force=True), metadata=api.admin, timeout=60))
-        await asyncio.sleep(1.5)
+        await asyncio.wait_for(clearing.wait(), 30)
+        assert not retry.done()
         await game.core.patch_namespaced_persistent_volume_claim(claim, api.namespace,
                                                                  {"metadata": {"finalizers": None}})
         resumed = await retry
@@ -420,7 +436,8 @@ async def test_delete_waits_for_an_install_holding_the_allocator_lock(api, testb
             return await api.stub.DeleteTemplate(template_pb2.DeleteTemplateRequest(name=api.name(name)),
                                                  metadata=api.admin, timeout=60)
         deleting = asyncio.create_task(delete())
-        await asyncio.sleep(1.0)  # the delete is now waiting for the lock (without it, it would be done)
+        # Forced, not slept on: PostgreSQL shows the delete's session waiting for the install's lock.
+        await until_waiting(db, allocator_lock(api.namespace, name))
         assert not deleting.done()
         finish.set()
         await installer

@@ -184,13 +184,28 @@ async def test_a_user_held_by_another_replica_is_skipped_not_waited_for(
 
 
 async def test_a_committed_change_wakes_the_delivery_before_the_next_poll(
-        start_gateway, database, database_url, issuer, logto) -> None:
+        start_gateway, database, database_url, issuer, logto, monkeypatch) -> None:
+    from aigc_gateway.services.usersync import outbox as module
+
+    # The loop's idle wait, observed: the test commits only once the loop is asleep for its minute-long
+    # poll (not mid-pass), and learns whether the wait ended by a wake-up or by its timeout.
+    idle, ends = asyncio.Event(), []
+    wait = module.wait_event
+
+    async def observed(event: asyncio.Event, timeout: float) -> bool:
+        idle.set()
+        woken = await wait(event, timeout)
+        ends.append(woken)
+        return woken
+    monkeypatch.setattr(module, "wait_event", observed)
     logto.add_user("alice")
     logto.add_user("bob")
     await install(database, "alice", "sd-cpu", 0)
     await start_gateway("usersync", settings=settings_for(database_url, issuer, logto, delivery_poll_seconds=60))
     await drained(database)  # the first pass at start
-    await asyncio.sleep(1.0)  # the loop now sleeps for a minute unless woken
+    await asyncio.wait_for(idle.wait(), 30)  # the loop now sleeps for a minute unless woken
+    before = len(ends)
     await install(database, "bob", "sd-cpu", 1)  # commits with pg_notify('aigc_instances', ...)
     await drained(database, timeout=15)
     assert logto.custom_data("bob") == {"aigc-sd-cpu": entry("sd-cpu", 1)}
+    assert ends[before] is True  # the wait ended by a wake-up, not by the 60 s poll
