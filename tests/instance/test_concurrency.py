@@ -146,15 +146,20 @@ async def test_seeded_storm_with_two_service_processes(testbed: Testbed, game: G
     print(f"pods match after {time.monotonic() - started:.1f}s")
 
 
-@pytest.mark.parametrize("stagger", [0.0, 0.4, 1.5])
+@pytest.mark.parametrize("first", ["delete", "installs"])
 async def test_installs_racing_a_plain_template_delete(testbed: Testbed, game: Game, database_url: str, issuer,
                                                         start_gateway, client_for, database: Database,
-                                                        stagger: float) -> None:
+                                                        first: str) -> None:
     """DeleteTemplate without force and installs at once: the delete either counts the installs and is
-    refused, or deletes a template no install got into; never an instance on a deleted template."""
+    refused, or deletes a template no install got into; never an instance on a deleted template. Both
+    orders are forced, not left to a stagger: the test holds the template's allocator lock, queues one
+    side on it, then the other (PostgreSQL shows each waiting), and releases it."""
     from kubernetes_asyncio.client.exceptions import ApiException
 
     from aigc_gateway.api.v1 import template_pb2, template_pb2_grpc
+    from aigc_gateway.db.models import allocator_lock
+
+    from ..dblocks import lock_waiters, until_waiting
 
     await create_template(game, testbed)
     settings = make_settings(database_url, issuer, template={"delete_wait_seconds": 90},
@@ -162,14 +167,29 @@ async def test_installs_racing_a_plain_template_delete(testbed: Testbed, game: G
     gw = await start_gateway("instance", "template", settings=settings)
     c = client_for(gw.channel("instance"))
     templates = template_pb2_grpc.TemplateServiceStub(gw.channel("template"))
+    lock = allocator_lock(game.namespace, SAMPLE)
 
     async def delete() -> template_pb2.DeleteTemplateResponse:
-        await asyncio.sleep(stagger)
         return await templates.DeleteTemplate(template_pb2.DeleteTemplateRequest(name=c.parent()),
                                               metadata=c.md("admin"), timeout=120)
 
-    *installs, deleted = await asyncio.gather(*(c.install(f"user-{i}") for i in range(6)), delete(),
-                                              return_exceptions=True)
+    async def install_all() -> list[object]:
+        return await asyncio.gather(*(c.install(f"user-{i}") for i in range(6)), return_exceptions=True)
+
+    async with database.lock(lock):  # what a third party holding the template's lock would do
+        if first == "delete":
+            deleting = asyncio.create_task(delete())
+            await until_waiting(database, lock, 1)
+            installing = asyncio.create_task(install_all())
+        else:
+            installing = asyncio.create_task(install_all())
+            await until_waiting(database, lock, 1)
+            deleting = asyncio.create_task(delete())
+        await until_waiting(database, lock, 2)  # both queued, in the forced order
+        assert await lock_waiters(database, lock) == 2
+    installs = await installing
+    deleted = await asyncio.gather(deleting, return_exceptions=True)
+    deleted = deleted[0]
     installed = [r for r in installs if not isinstance(r, BaseException)]
     for r in installs:
         if isinstance(r, BaseException):
@@ -179,14 +199,15 @@ async def test_installs_racing_a_plain_template_delete(testbed: Testbed, game: G
         rows = (await session.execute(select(InstanceRow.id, InstanceRow.slot, InstanceRow.owner).where(
             InstanceRow.namespace == game.namespace, InstanceRow.template == SAMPLE,
             InstanceRow.owner.is_not(None)))).all()
-    if isinstance(deleted, BaseException):
+    if first == "installs":  # the delete counts what got in first and is refused
         assert isinstance(deleted, grpc.aio.AioRpcError) and deleted.code() == grpc.StatusCode.FAILED_PRECONDITION, \
             deleted
         assert installed, "the delete was refused, so some install must have got in"
         assert sorted(r.id for r in installed) == sorted(i for i, _s, _o in rows)
         assert (await game.get_gss(SAMPLE))["spec"]["replicas"] == len(installed)
         await c.wait_consistent(120)
-    else:
+    else:  # the delete runs first: no install gets into the deleted template
+        assert isinstance(deleted, template_pb2.DeleteTemplateResponse), deleted
         assert installed == [] and rows == [], (installed, rows)
         with pytest.raises(ApiException) as gone:
             await game.get_gss(SAMPLE)

@@ -9,7 +9,7 @@ from aigc_gateway.api.v1 import instance_pb2
 
 from ..plugins.kube import Game
 from ..plugins.testbed import Testbed
-from .conftest import State, create_template
+from .conftest import State
 
 pytestmark = pytest.mark.testbed
 
@@ -31,22 +31,34 @@ async def collect(call, until, timeout: float = 90) -> list[instance_pb2.Instanc
 
 async def test_watch_streams_progress_of_install_and_pause(testbed: Testbed, game: Game, instance_settings,
                                                            start_gateway, client_for) -> None:
-    await create_template(game, testbed)
+    """The watch starts while the pod cannot be scheduled (its node selector matches no node until the test
+    labels one): the first event is the state before RUNNING, and the progress must stream after it,
+    whatever the machine's speed (an install that ran before the watch started proved nothing)."""
+    from ..plugins.kube import load_sample
+    from .conftest import SAMPLE
+
+    gate = f"aigc.test/watch-{game.namespace}"
+    obj = load_sample(SAMPLE, testbed.domain, game.namespace, rename=SAMPLE)
+    obj["spec"]["gameServerTemplate"]["spec"]["nodeSelector"] = {gate: "open"}
+    await game.create_gss(obj)
     gw = await start_gateway("instance", settings=instance_settings)
     c = client_for(gw.channel("instance"))
     created = await c.install("alice")
     call = c.stub.WatchInstance(instance_pb2.WatchInstanceRequest(name=created.name), metadata=c.md("alice"))
-    events = await collect(call, lambda e: e.instance.state == State.RUNNING)
-    first = events[0]
+    [first] = await collect(call, lambda e: True, timeout=30)
     assert first.source == "gateway" and first.instance.owner == "alice"  # the current state, at once
-    assert first.instance.state in (State.INSTALLING, State.STARTING, State.RUNNING)
+    assert first.instance.state in (State.INSTALLING, State.STARTING)  # the pod cannot run yet
+    node = (await game.core.list_node()).items[0].metadata.name
+    await game.core.patch_node(node, {"metadata": {"labels": {gate: "open"}}})  # the barrier opens
+    try:
+        events = await collect(call, lambda e: e.instance.state == State.RUNNING)
+    finally:
+        await game.core.patch_node(node, {"metadata": {"labels": {gate: None}}})
     assert events[-1].instance.access_uri and events[-1].message == "Ready"
-    states = [e.instance.state for e in events]
-    assert states[-1] == State.RUNNING
-    assert all(e.time.seconds > 0 and e.message for e in events)
-    if len(events) > 1:
-        assert {e.source for e in events[1:]} <= {"gameserver", "pod", "event", "gateway"}
-        assert any(e.source in ("pod", "event", "gameserver") for e in events[1:])
+    assert events[-1].instance.state == State.RUNNING
+    assert all(e.time.seconds > 0 and e.message for e in [first, *events])
+    assert {e.source for e in events} <= {"gameserver", "pod", "event", "gateway"}
+    assert any(e.source in ("pod", "event", "gameserver") for e in events)
 
     await c.pause("alice", created.name)
     paused = await collect(call, lambda e: e.instance.state == State.PAUSED)
