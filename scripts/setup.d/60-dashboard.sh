@@ -2,7 +2,8 @@
 # The dashboard (dashboard/: Vue 3 + TypeScript + Vite): `npm ci` from the committed lockfile when it
 # changed since the last install, and `npm run build` into dashboard/dist (gitignored) when its sources
 # changed since the last build; both are skipped when up to date. Then Debian's chromium for the
-# browser tests (Playwright from PyPI drives /usr/bin/chromium; no browser download).
+# browser tests (Playwright from PyPI drives /usr/bin/chromium; no browser download) and a CJK font,
+# so that the Simplified Chinese screens render (and are screenshotted) as a user sees them.
 #
 #   scripts/setup.d/60-dashboard.sh            # install, build, chromium
 #   scripts/setup.d/60-dashboard.sh --no-browser   # install and build only (scripts/dev)
@@ -29,11 +30,14 @@ if [ ! -f "$built" ] || [ "$(cat "$built")" != "$sources" ] || [ ! -f "$dir/dist
 fi
 
 [ "${1:-}" = "--no-browser" ] && exit 0
-if [ ! -x /usr/bin/chromium ]; then
-  sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  export DEBIAN_FRONTEND=noninteractive
-  $sudo apt-get update -qq >/dev/null
-  $sudo apt-get install -y -qq --no-install-recommends chromium >/dev/null
-  echo "installed chromium"
-fi
+missing=()
+for p in chromium fonts-wqy-zenhei; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq >/dev/null
+$sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+echo "installed: ${missing[*]}"
