@@ -65,8 +65,9 @@ async def test_metrics_and_audit_of_an_install(testbed: Testbed, game: Game, ins
     c = client_for(gw.channel("instance"))
     alice = await c.install("alice")
     await c.wait_state("alice", alice.name, State.RUNNING)
-    with pytest.raises(grpc.aio.AioRpcError):
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
         await c.pause("bob", alice.name)
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert sample("aigc_instance_operations_total", operation="install", outcome="OK") == installs + 1
     for _ in range(50):
         if sample("aigc_instance_install_to_running_seconds_count") > timed:
