@@ -167,8 +167,9 @@ class AuthEndpoints:
                     seen.setdefault(name, []).append(_decode(value))
             credentials = self._credentials(seen)
             method = seen.get(b"x-forwarded-method" if self._behind_traefik else b"x-original-method") or [""]
-            decision = await self.checker.check(request_url(seen, self._behind_traefik), credentials, method=method[0],
-                                                routed_host=routed_host_of(scope["query_string"]), bind=True)
+            decision = await self.checker.check(request_url(seen, self._behind_traefik), credentials,
+                                                method=method[0], bind=True,
+                                                routed_host=routed_host_of(scope["query_string"]))
         except Exception:  # never a 500: nginx would show every user an error page
             log.exception("auth check failed")
             await _answer(scope, send, 403 if credentials.presented else 401, b"cannot decide now\n")
