@@ -325,7 +325,7 @@ async def test_envoy_ext_authz_check_decides_the_same(stack, browser) -> None:
     stub = ext_grpc.AuthorizationStub(stack.gateway.channel("auth"))
     service = (("x-aigc-service-token", stack.gateway.runtime.service_token), ("x-aigc-service-name", "envoy"))
 
-    def request(host: str, path: str, **headers: str) -> ext.CheckRequest:
+    def request(host: str, path: str, /, **headers: str) -> ext.CheckRequest:
         http = attrs.AttributeContext.HttpRequest(method="GET", scheme="https", host=host, path=path, headers=headers)
         return ext.CheckRequest(attributes=attrs.AttributeContext(request=attrs.AttributeContext.Request(http=http)))
 
@@ -339,6 +339,11 @@ async def test_envoy_ext_authz_check_decides_the_same(stack, browser) -> None:
     assert (anonymous.status.code, anonymous.denied_response.status.code) == (16, 401)
     sneaky = await stub.Check(request(f"{HOST2}@{HOST1}", "/", cookie=f"{COOKIE}={cookie}"), metadata=service)
     assert sneaky.denied_response.status.code == 403
+    # The routed host is attributes.request.http.host; a client's headers naming alice's host change nothing.
+    spoofed = await stub.Check(request(HOST2, "/", cookie=f"{COOKIE}={cookie}",
+                                       **{"host": HOST1, "x-original-url": f"https://{HOST1}/",
+                                          "x-forwarded-host": HOST1, ":authority": HOST1}), metadata=service)
+    assert (spoofed.status.code, spoofed.denied_response.status.code) == (7, 403)
     with pytest.raises(grpc.aio.AioRpcError) as unauthenticated:
         await stub.Check(request(HOST1, "/", cookie=f"{COOKIE}={cookie}"))  # the proxy must identify itself
     assert unauthenticated.value.code() == grpc.StatusCode.UNAUTHENTICATED
