@@ -128,6 +128,12 @@ const en = {
   "admin.more": "Load more",
   "admin.none": "Nothing to show.",
   "admin.onlyAdmins": "Only administrators can see this page.",
+  "admin.namespace": "Namespace",
+  "admin.check": "Consistency",
+  "admin.col.requestId": "Request id",
+  "admin.col.lastUsed": "Last used",
+  "admin.from": "From",
+  "admin.to": "Until",
 };
 
 type Key = keyof typeof en;
@@ -253,6 +259,12 @@ const zh: Record<Key, string> = {
   "admin.more": "加载更多",
   "admin.none": "没有内容。",
   "admin.onlyAdmins": "只有管理员可以查看此页面。",
+  "admin.namespace": "命名空间",
+  "admin.check": "一致性",
+  "admin.col.requestId": "请求编号",
+  "admin.col.lastUsed": "上次使用",
+  "admin.from": "起始",
+  "admin.to": "截止",
 };
 
 const DICTS: Record<Locale, Record<Key, string>> = { en, "zh-CN": zh };
