@@ -139,7 +139,9 @@ def traefik_config(cfg: Config) -> str:
                                                  "controllerClass": "k8s.io/ingress-nginx",
                                                  "throttleDuration": "200ms"}},
         "log": {"level": "INFO"},
-        "accessLog": {"filePath": str(cfg.logs / "traefik-access.log")},
+        # Off by default: an unbuffered access log is a write per request, which benchmarks would measure.
+        **({"accessLog": {"filePath": str(cfg.logs / "traefik-access.log")}}
+           if os.environ.get("AIGC_TESTBED_TRAEFIK_ACCESS_LOG") == "1" else {}),
     }, indent=2)
 
 

@@ -63,7 +63,7 @@ class Scene:
 
 
 def manifest(namespace: str, auth_url: str, signin_url: str, *, host: str, path: str, path_type: str,
-             name: str) -> str:
+             name: str, identity: bool = True) -> str:
     """The reference CPU template, its network settings pointed at this test's auth service."""
     obj = yaml.safe_load((SAMPLES / "stable-diffusion-cpu.yaml").read_text().replace("${DOMAIN}", DOMAIN))
     obj["metadata"].update(name=name, namespace=namespace)
@@ -72,8 +72,9 @@ def manifest(namespace: str, auth_url: str, signin_url: str, *, host: str, path:
     conf += [{"name": "Host", "value": host}, {"name": "Path", "value": path},
              {"name": "PathType", "value": path_type},
              {"name": "Annotation", "value": f"nginx.ingress.kubernetes.io/auth-url: {auth_url}"},
-             {"name": "Annotation", "value": f"nginx.ingress.kubernetes.io/auth-signin: {signin_url}"},
-             {"name": "Annotation", "value": f"nginx.ingress.kubernetes.io/auth-response-headers: {IDENTITY}"}]
+             {"name": "Annotation", "value": f"nginx.ingress.kubernetes.io/auth-signin: {signin_url}"}]
+    if identity:
+        conf.append({"name": "Annotation", "value": f"nginx.ingress.kubernetes.io/auth-response-headers: {IDENTITY}"})
     obj["spec"]["network"]["networkConf"] = conf
     return yaml.safe_dump(obj, sort_keys=False)
 
@@ -111,12 +112,13 @@ async def start_scene(proxy: str, *, testbed, k8s_namespace: str, edge, start_ga
     return scene
 
 
-async def publish(scene: Scene, name: str, host: str, path: str, path_type: str) -> None:
-    """Publish a template through the template service (host and path may carry <id>)."""
+async def publish(scene: Scene, name: str, host: str, path: str, path_type: str, identity: bool = True) -> None:
+    """Publish a template through the template service (host and path may carry <id>; `identity`: with
+    `auth-response-headers` naming the identity headers)."""
     await scene.templates.CreateTemplate(template_pb2.CreateTemplateRequest(
         parent=f"namespaces/{scene.pods.namespace}", source=template_pb2.TemplateSource(manifest=manifest(
             scene.pods.namespace, scene.auth_url, scene.signin_url, host=host, path=path, path_type=path_type,
-            name=name))), metadata=scene.admin)
+            name=name, identity=identity))), metadata=scene.admin)
 
 
 async def install(scene: Scene, user: str, template: str = "sd", host: str = f"instances<id>-cpu.{DOMAIN}",
