@@ -77,7 +77,8 @@ def test_path_types_follow_update_server_locations() -> None:
 
 
 def test_response_headers_only_when_named() -> None:
-    text = render([ingress("a", "h", annotations={A + "auth-response-headers": "X-Auth-Request-User, X-Auth-Request-Email"})])
+    headers = {A + "auth-response-headers": "X-Auth-Request-User, X-Auth-Request-Email"}
+    text = render([ingress("a", "h", annotations=headers)])
     assert "auth_request_set $authHeader0 $upstream_http_x_auth_request_user;" in text
     assert "proxy_set_header 'X-Auth-Request-User' $authHeader0;" in text
     assert "proxy_set_header 'X-Auth-Request-Email' $authHeader1;" in text
@@ -109,8 +110,9 @@ def test_signin_url_like_build_auth_sign_url() -> None:
 
 @pytest.mark.skipif(not shutil.which("nginx"), reason="nginx is not installed (scripts/setup.d/30-nginx.sh)")
 def test_real_nginx_accepts_the_rendered_configuration(tmp_path: Path) -> None:
-    http = render_http([ingress("sd-0", "instances0-cpu.aigc.test", annotations={
-        A + "auth-response-headers": "X-Auth-Request-User"}), ingress("sd-1", "instances1-cpu.aigc.test", "/p", "Prefix")],
+    http = render_http([
+        ingress("sd-0", "instances0-cpu.aigc.test", annotations={A + "auth-response-headers": "X-Auth-Request-User"}),
+        ingress("sd-1", "instances1-cpu.aigc.test", "/p", "Prefix")],
         [service("sd-0")], [endpoint_slice("sd-0", "127.100.0.5")], listen="127.0.0.1:18999",
         internal_prefix=str(tmp_path))
     conf = tmp_path / "nginx.conf"

@@ -45,8 +45,9 @@ async def test_owner_reaches_own_pod_others_and_paused_are_refused(scene, browse
     # Anonymous -> redirect to sign-in -> back at the instance URL -> 200 from alice's own pod.
     b = browser()
     hops = await b.sign_in(scene.url(alice.host, "/txt2img?x=1"), "alice")
-    assert (hops[0].status, hops[0].location) == (302, f"http://dashboard.aigc.test:{scene.stack.front_port}"
-                                                       f"/sign-in?rd={REDIRECT.format(host=alice.host, port=scene.port)}")
+    rd = REDIRECT.format(host=alice.host, port=scene.port)
+    assert (hops[0].status, hops[0].location) == (
+        302, f"http://dashboard.aigc.test:{scene.stack.front_port}/sign-in?rd={rd}")
     assert (hops[-1].url, hops[-1].status) == (scene.url(alice.host, "/txt2img?x=1"), 200)
     seen = json.loads(hops[-1].body)
     assert (seen["namespace"], seen["pod"], seen["path"]) == (scene.pods.namespace, alice.pod, "/txt2img?x=1")

@@ -166,8 +166,10 @@ def build_servers(ingresses: list[dict], services: list[dict], slices: list[dict
                 upstream = f"{ns}-{backend['name']}-{port}"
                 upstreams[upstream] = endpoints.get((ns, backend["name"], port), [])
                 path_type = path.get("pathType") or "Prefix"
-                loc = Location(path.get("path") or "/", "Prefix" if path_type == "ImplementationSpecific" else path_type,
-                               upstream, auth, ns, meta["name"], backend["name"], port)
+                if path_type == "ImplementationSpecific":
+                    path_type = "Prefix"  # k8s.SetDefaultNGINXPathType
+                loc = Location(path.get("path") or "/", path_type, upstream, auth, ns, meta["name"], backend["name"],
+                               port)
                 existing = [x for x in server.locations if x.path == loc.path and x.path_type == loc.path_type]
                 if existing and existing[0].upstream:
                     continue  # the older Ingress keeps the path
