@@ -114,9 +114,13 @@ def pod_meta(gss: Obj) -> Obj:
 
 def _int(value: Any) -> int:
     try:
-        return int(str(value))
+        number = int(str(value))
     except (TypeError, ValueError):
         return 0
+    # The Accelerator message's counts are int32: a larger one (a GameServerSet written around the template
+    # service's rules, e.g. aliyun.com/gpu-mem 3221225472 for "3Gi") reads as none rather than failing every
+    # read of the template's instances with INTERNAL.
+    return number if 0 <= number <= 2**31 - 1 else 0
 
 
 def accelerator(gss: Obj) -> dict[str, Any]:

@@ -109,6 +109,9 @@ def test_templates_are_filtered_by_namespace_and_labels() -> None:
     ({"nvidia.com/gpu": "1"}, {}, {"type": "GPU", "gpu_count": 1}),
     ({"aliyun.com/gpu-mem": 3}, {}, {"type": "SHARED_GPU", "gpu_memory_gib": 3}),
     ({"nvidia.com/gpu": 1}, {templates.ECI_LABEL: "true"}, {"type": "GPU", "eci": True}),
+    # Beyond the message's int32 (written around the template service): no count, and no failed read.
+    ({"aliyun.com/gpu-mem": 3 * 2**30}, {}, {"type": "CPU"}),
+    ({"nvidia.com/gpu": "99999999999"}, {}, {"type": "CPU"}),
 ])
 def test_accelerator(limits: dict, labels: dict, expected: dict) -> None:
     obj = gss()
