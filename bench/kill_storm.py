@@ -1,0 +1,346 @@
+"""Kill storm (issue 20): two `aigc-gateway serve instance` processes on one PostgreSQL, 16 users installing,
+pausing, resuming, restarting and uninstalling on three templates, every call with a `request_id`, a failed
+call retried with the same `request_id` on the other process (30 s budget); one process killed with SIGKILL
+every 5-20 s and started again 1-3 s later. Seeded.
+
+    python bench/kill_storm.py [--seconds 180] [--users 16] [--seed 20] [--lease 10]
+
+Prints operations attempted/ok/retried/failed, wrong answers (an answer that is not what the first attempt
+did: another owner, INSTANCE_EXISTS for a retried install, INSTANCE_NOT_FOUND for a retried delete), the
+p50/p99 time from a kill to the answer of a call that the kill interrupted, and CheckConsistency at the end.
+Exit status 0 only when nothing failed beyond the budget, no answer was wrong and the allocator is consistent.
+
+Needs the test bed and PostgreSQL, as bench/install_burst.py (whose helpers it uses); everything lives in a
+namespace and a database of its own, deleted at the end (--keep keeps them).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from install_burst import kubeconfig, server_url, template  # noqa: E402
+
+TOKEN = "storm-service-token-" + uuid.uuid4().hex
+BUDGET = 30.0  # seconds a client keeps retrying one operation
+TEMPLATES = ("storm-a", "storm-b", "storm-c")
+RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED, grpc.StatusCode.DEADLINE_EXCEEDED,
+             grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL)
+CHANNEL_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 200), ("grpc.min_reconnect_backoff_ms", 200),
+                   ("grpc.max_reconnect_backoff_ms", 1000)]
+
+
+@dataclass
+class Report:
+    attempted: int = 0
+    ok: int = 0
+    retried: int = 0
+    failed: int = 0
+    wrong: list[str] = field(default_factory=list)
+    refused: Counter[str] = field(default_factory=Counter)  # first-time refusals the model expects
+    kill_to_answer: list[float] = field(default_factory=list)
+    kill_to_taken: list[float] = field(default_factory=list)  # until the retry that was answered was sent
+    slow: list[tuple[float, str]] = field(default_factory=list)  # interrupted calls answered late, with traces
+    latency: dict[str, list[float]] = field(default_factory=dict)  # per method, calls never interrupted
+    kills: int = 0
+    consistent: bool | None = None
+    violations: list[str] = field(default_factory=list)
+
+    def pct(self, q: float, values: list[float] | None = None) -> float:
+        ordered = sorted(self.kill_to_answer if values is None else values)
+        if not ordered:
+            return float("nan")
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    @property
+    def good(self) -> bool:
+        return not self.failed and not self.wrong and bool(self.consistent)
+
+    def print(self, seconds: float, users: int, seed: int, lease: float) -> None:
+        print(f"\nkill storm: {seconds:.0f} s, {users} users, {len(TEMPLATES)} templates, seed {seed}, "
+              f"lease {lease:.0f} s, {self.kills} kills")
+        print(f"operations attempted {self.attempted}, ok {self.ok}, retried {self.retried}, "
+              f"failed {self.failed} (beyond a {BUDGET:.0f} s retry budget), wrong answers {len(self.wrong)}")
+        print(f"refusals the model expected: {dict(self.refused)}")
+        print(f"kill-to-answer of interrupted calls: n={len(self.kill_to_answer)} p50 {self.pct(0.5):.2f} s "
+              f"p99 {self.pct(0.99):.2f} s max {max(self.kill_to_answer, default=float('nan')):.2f} s")
+        print(f"  of which kill-to-takeover (the answered retry sent): p50 {self.pct(0.5, self.kill_to_taken):.2f} s "
+              f"p99 {self.pct(0.99, self.kill_to_taken):.2f} s; the rest is the operation itself:")
+        for method, values in sorted(self.latency.items()):
+            ordered = sorted(values)
+            print(f"  {method:16} uninterrupted n={len(ordered)} p50 {ordered[len(ordered) // 2]:.2f} s "
+                  f"p99 {ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]:.2f} s")
+        print(f"CheckConsistency: {'consistent' if self.consistent else 'VIOLATIONS'} {self.violations}")
+        for line in self.wrong[:20]:
+            print("  wrong:", line)
+        for took, trace in sorted(self.slow, reverse=True)[:5]:
+            print(f"  slowest kill-to-answer {took:.1f} s: {trace}")
+
+
+class Replica:
+    """One `serve instance` process, killed and started again by the storm."""
+
+    def __init__(self, index: int, config: Path, port: int, log: Path, lease: float):
+        self.index, self.config, self.port, self.log, self.lease = index, config, port, log, lease
+        self.proc: subprocess.Popen | None = None
+        self.killed_at = 0.0
+        self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=CHANNEL_OPTIONS)
+
+    def start(self) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AIGC_GATEWAY")}
+        env["AIGC_GATEWAY__IDEMPOTENCY__REPLICA_LEASE_SECONDS"] = str(self.lease)
+        self.proc = subprocess.Popen([sys.executable, "-m", "aigc_gateway.cli", "serve", "instance", "-c",
+                                      str(self.config)], env=env, stdin=subprocess.DEVNULL,
+                                     stdout=self.log.open("ab"), stderr=subprocess.STDOUT)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.killed_at = time.monotonic()
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def config_file(folder: Path, index: int, namespace: str, url: str, kube: str) -> tuple[Path, int]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    path = folder / f"replica-{index}.yaml"
+    path.write_text(yaml.safe_dump({
+        "namespaces": [namespace], "database": {"url": url, "pool_size": 5},
+        "service_identity": {"token": TOKEN}, "kubernetes": {"kubeconfig": kube},
+        "servers": {"instance": {"listen": f"127.0.0.1:{port}"}, "metrics_listen": ""},
+        "logging": {"level": "WARNING", "json": True},
+        "instance": {"reconcile_interval_seconds": 2, "release_wait_seconds": 2, "settle_timeout_seconds": 60},
+    }))
+    return path, port
+
+
+async def storm(namespace: str, url: str, kube: str, folder: Path, *, seconds: float, users: int, seed: int,
+                lease: float, templates: tuple[str, ...] = TEMPLATES) -> Report:
+    """Run the storm against the namespace's templates (made by the caller) and return the report."""
+    from aigc_gateway.api.v1 import instance_pb2, instance_pb2_grpc
+
+    rng = random.Random(seed)
+    report = Report()
+    replicas = []
+    for i in range(2):
+        path, port = config_file(folder, i, namespace, url, kube)
+        replicas.append(Replica(i, path, port, folder / f"replica-{i}.log", lease))
+    for r in replicas:
+        r.start()
+    stubs = [instance_pb2_grpc.InstanceServiceStub(r.channel) for r in replicas]
+    metadata = (("x-aigc-service-token", TOKEN), ("x-aigc-service-name", "storm"))
+    mine: dict[tuple[str, str], tuple[int, str] | None] = {}  # (user, template) -> (id, LIVE|PAUSED)
+    end = time.monotonic() + seconds
+
+    async def killer() -> None:
+        while time.monotonic() < end:
+            await asyncio.sleep(rng.uniform(5, 20))
+            if time.monotonic() >= end:
+                return
+            victim = rng.choice(replicas)
+            victim.kill()
+            report.kills += 1
+            await asyncio.sleep(rng.uniform(1, 3))
+            victim.start()
+
+    async def call(method: str, message: Any) -> tuple[Any, str]:
+        """One operation with its retries; returns (answer or None, refusal reason or "")."""
+        report.attempted += 1
+        started = time.monotonic()
+        target = rng.randrange(2)
+        interrupted_at = 0.0
+        tries = 0
+        trace: list[str] = []
+        while True:
+            tries += 1
+            sent = time.monotonic()
+            try:
+                answer = await getattr(stubs[target], method)(message, metadata=metadata, timeout=BUDGET)
+                report.ok += 1
+                if interrupted_at:
+                    took = time.monotonic() - interrupted_at
+                    report.kill_to_answer.append(took)
+                    report.kill_to_taken.append(sent - interrupted_at)
+                    trace.append(f"+{time.monotonic() - interrupted_at:.1f} OK@{target}")
+                    if took > lease + 2:
+                        report.slow.append((took, f"{method} " + " ".join(trace)))
+                elif tries == 1:
+                    report.latency.setdefault(method, []).append(time.monotonic() - sent)
+                return answer, ""
+            except grpc.aio.AioRpcError as exc:
+                trace.append(f"+{time.monotonic() - (interrupted_at or started):.1f} {exc.code().name}@{target}"
+                             f"({_reason(exc)})")
+                if exc.code() not in RETRYABLE:
+                    return None, _reason(exc) or exc.code().name
+                if replicas[target].killed_at >= sent - 0.5 or replicas[target].proc.poll() is not None:
+                    interrupted_at = interrupted_at or replicas[target].killed_at or sent
+                if tries == 2:
+                    report.retried += 1
+                if time.monotonic() - started > BUDGET:
+                    report.failed += 1
+                    print(f"gave up on {method} after {BUDGET:.0f} s: {exc.code().name} {exc.details()}")
+                    return None, "GAVE_UP"
+                target = 1 - target if exc.code() != grpc.StatusCode.ABORTED or rng.random() < 0.5 else target
+                await asyncio.sleep(0.25 if exc.code() == grpc.StatusCode.ABORTED else 0.1)
+
+    async def user(u: str) -> None:
+        while time.monotonic() < end:
+            tpl = rng.choice(templates)
+            have = mine.get((u, tpl))
+            parent = f"namespaces/{namespace}/templates/{tpl}"
+            rid = uuid.uuid4().hex
+            if have is None:
+                answer, why = await call("CreateInstance", instance_pb2.CreateInstanceRequest(
+                    parent=parent, owner=u, request_id=rid))
+                if answer is not None:
+                    check(answer, u, f"{u} install {tpl}")
+                    mine[(u, tpl)] = (answer.id, "LIVE")
+                elif why != "GAVE_UP":
+                    report.wrong.append(f"{u} install {tpl}: refused {why}")
+                continue
+            instance_id, state = have
+            name = f"{parent}/instances/{instance_id}"
+            op = rng.choice(["pause", "restart", "uninstall"] if state == "LIVE" else ["resume", "uninstall"])
+            method, message = {
+                "pause": ("PauseInstance", instance_pb2.PauseInstanceRequest(name=name, request_id=rid)),
+                "resume": ("ResumeInstance", instance_pb2.ResumeInstanceRequest(name=name, request_id=rid)),
+                "restart": ("RestartInstance", instance_pb2.RestartInstanceRequest(name=name, request_id=rid)),
+                "uninstall": ("DeleteInstance", instance_pb2.DeleteInstanceRequest(name=name, request_id=rid)),
+            }[op]
+            answer, why = await call(method, message)
+            if answer is None:
+                if why == "NOT_RUNNING" and op == "restart":
+                    report.refused[why] += 1  # restart of an instance still starting: a right refusal
+                elif why != "GAVE_UP":
+                    report.wrong.append(f"{u} {op} {name}: refused {why}")
+                continue
+            check(answer, u, f"{u} {op} {name}")
+            if op == "uninstall":
+                mine[(u, tpl)] = None
+            elif op in ("pause", "resume"):
+                mine[(u, tpl)] = (instance_id, "PAUSED" if op == "pause" else "LIVE")
+            await asyncio.sleep(rng.uniform(0.0, 0.5))
+
+    def check(answer: Any, owner: str, what: str) -> None:
+        if answer.owner != owner:
+            report.wrong.append(f"{what}: answered with owner {answer.owner!r}")
+
+    try:
+        killing = asyncio.create_task(killer())
+        await asyncio.gather(*(user(f"storm-user-{i:02d}") for i in range(users)))
+        await killing
+        for r in replicas:
+            if r.proc is None or r.proc.poll() is not None:
+                r.start()
+        report.consistent, report.violations = await consistency(stubs[0], namespace, metadata)
+    finally:
+        for r in replicas:
+            r.stop()
+            await r.channel.close()
+    return report
+
+
+async def consistency(stub: Any, namespace: str, metadata: Any, timeout: float = 120) -> tuple[bool, list[str]]:
+    from aigc_gateway.api.v1 import instance_pb2
+
+    deadline = time.monotonic() + timeout
+    found: list[str] = []
+    while time.monotonic() < deadline:
+        try:
+            reply = await stub.CheckConsistency(instance_pb2.CheckConsistencyRequest(
+                parent=f"namespaces/{namespace}/templates/-"), metadata=metadata, timeout=30)
+        except grpc.aio.AioRpcError as exc:
+            found = [exc.code().name]
+            await asyncio.sleep(1)
+            continue
+        found = [f"{v.template.rsplit('/', 1)[-1]}/{v.id} {v.code}" for v in reply.violations]
+        if reply.consistent:
+            return True, []
+        await asyncio.sleep(2)  # the reconciler finishes what the last kill interrupted
+    return False, found
+
+
+def _reason(exc: grpc.aio.AioRpcError) -> str:
+    from google.rpc import error_details_pb2, status_pb2
+
+    for key, value in exc.trailing_metadata() or ():
+        if key == "grpc-status-details-bin":
+            status = status_pb2.Status.FromString(value)
+            for detail in status.details:
+                if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                    info = error_details_pb2.ErrorInfo()
+                    detail.Unpack(info)
+                    return info.reason
+    return ""
+
+
+async def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=180)
+    parser.add_argument("--users", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=20)
+    parser.add_argument("--lease", type=float, default=10)
+    parser.add_argument("--keep", action="store_true", help="keep the namespace, the database and the logs")
+    args = parser.parse_args()
+
+    import asyncpg
+    import tempfile
+
+    from aigc_gateway.config import KubernetesConfig
+    from aigc_gateway.db.migrate import upgrade
+    from aigc_gateway.kube import GSS, NAMESPACE, Kube
+
+    run = uuid.uuid4().hex[:6]
+    namespace = f"storm-{run}"
+    kube_path = kubeconfig()
+    server = server_url()
+    database = f"aigc_storm_{run}"
+    admin = await asyncpg.connect(server.replace("postgresql+asyncpg://", "postgresql://"))
+    await admin.execute(f'CREATE DATABASE "{database}"')
+    url = server.rsplit("/", 1)[0] + f"/{database}"
+    await asyncio.to_thread(upgrade, url)
+    kube = await Kube.connect(KubernetesConfig(kubeconfig=kube_path))
+    folder = Path(tempfile.mkdtemp(prefix="kill-storm-"))
+    try:
+        await kube.create(NAMESPACE, None, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
+        for name in TEMPLATES:
+            await kube.create(GSS, namespace, template(name, namespace))
+        report = await storm(namespace, url, kube_path, folder, seconds=args.seconds, users=args.users,
+                             seed=args.seed, lease=args.lease)
+        report.print(args.seconds, args.users, args.seed, args.lease)
+        print(f"logs: {folder}")
+        return 0 if report.good else 1
+    finally:
+        if not args.keep:
+            await kube.delete(NAMESPACE, None, namespace)
+            await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        await admin.close()
+        await kube.close()
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))
