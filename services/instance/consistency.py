@@ -17,7 +17,6 @@ from .lifecycle import Lifecycle
 from .names import TemplateRef
 from .slots import SlotStore, now, to_record
 
-
 MISSING_ROW = ("LIVE_MISMATCH", "UNTRACKED_RESERVED")  # what a disputed id's absent slot looks like
 
 

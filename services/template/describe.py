@@ -170,14 +170,14 @@ def flagged(obj: dict[str, Any], error: Exception, *, with_manifest: bool) -> te
     name = str(meta.get("name", ""))
     template = template_pb2.Template(
         name=template_name(str(meta.get("namespace", "")), name), display_name=name, usable=False,
-        unusable_reasons=[f"{UNDESCRIBABLE}: the gateway cannot describe this template ({error}); fix it with "
-                          "UpdateTemplate or delete it with DeleteTemplate"],
+        unusable_reasons=[(f"{UNDESCRIBABLE}: the gateway cannot describe this template ({error}); fix it with "
+                           "UpdateTemplate or delete it with DeleteTemplate")],
         uid=str(meta.get("uid", "")))
     try:
         template.etag = changes.etag(obj)
         if with_manifest:
             template.manifest.CopyFrom(to_struct(obj))
-    except Exception:  # noqa: BLE001 - whatever else is odd in the object, the name and the reason are shown
+    except Exception:  # whatever else is odd in the object, the name and the reason are shown
         log.warning("template %s: etag or manifest not shown", template.name, exc_info=True)
     return template
 
@@ -187,7 +187,7 @@ def describe_or_flag(obj: dict[str, Any], policy: Policy, counts: Counts, *,
     """(the Template, True), or (:func:`flagged`, False) when the object cannot be described."""
     try:
         return describe(obj, policy, counts, with_manifest=with_manifest), True
-    except Exception as exc:  # noqa: BLE001 - one object must never fail a list (see flagged)
+    except Exception as exc:  # one object must never fail a list (see flagged)
         log.warning("template %s/%s cannot be described: %s", _dict(obj.get("metadata")).get("namespace"),
                     _dict(obj.get("metadata")).get("name"), exc, exc_info=not isinstance(exc, Undescribable))
         return flagged(obj, exc, with_manifest=with_manifest), False

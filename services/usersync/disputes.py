@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -98,7 +98,7 @@ class Resolver:
                 if taken is not None:
                     raise FailedPrecondition(f"{owner} already has id {taken} of this template: one instance per "
                                              "user and template", reason="OWNER_HAS_INSTANCE")
-            now = datetime.now(timezone.utc)
+            now = datetime.now(UTC)
             since = min(gss.pvc_created.get(instance_id, now), now) if owner else now
             if slot:  # none when the template itself is gone: nothing is left to keep
                 session.add(InstanceRow(namespace=namespace, template=template, id=instance_id, slot=slot,

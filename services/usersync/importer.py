@@ -25,7 +25,12 @@ from aigc_gateway.audit import AuditLog
 from aigc_gateway.config import Settings
 from aigc_gateway.context import principal_var
 from aigc_gateway.db import Database
-from aigc_gateway.db.models import DisputedInstanceRow, InstanceRow, allocator_lock, notify_instance_change
+from aigc_gateway.db.models import (
+    DisputedInstanceRow,
+    InstanceRow,
+    allocator_lock,
+    notify_instance_change,
+)
 from aigc_gateway.errors import NotFound
 
 from . import disputes, metrics, mirrorstore

@@ -152,8 +152,8 @@ def plan_template(gss: GssState, claims: Iterable[Claim], existing: Mapping[int,
     used = live | gss.reserved
     for instance_id in range(max(used) + 1 if used else 0):
         if instance_id not in used and instance_id not in existing:
-            plan.unclaimed.append((instance_id, f"id {instance_id} is a hole (neither running nor reserved); the "
-                                   "instance service reserves it on the template's next change"))
+            plan.unclaimed.append((instance_id, (f"id {instance_id} is a hole (neither running nor reserved); the "
+                                                 "instance service reserves it on the template's next change")))
     return plan
 
 

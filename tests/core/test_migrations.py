@@ -13,9 +13,9 @@ from alembic.migration import MigrationContext
 from sqlalchemy import inspect
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from aigc_gateway.db import tables  # noqa: F401 - every table on Base.metadata
 from aigc_gateway.db.migrate import downgrade, upgrade
 from aigc_gateway.db.models import Base
-from aigc_gateway.db import tables  # noqa: F401 - every table on Base.metadata
 
 from ..plugins.postgres import _asyncpg_dsn, _with_db
 

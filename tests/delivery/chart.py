@@ -105,9 +105,9 @@ def _enclosing_function(tree: ast.Module, target: ast.AST) -> ast.FunctionDef | 
     found = None
     for node in ast.walk(tree):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node is not target \
-                and any(n is target for n in ast.walk(node)):
-            if found is None or any(n is node for n in ast.walk(found)):
-                found = node  # the innermost one
+                and any(n is target for n in ast.walk(node)) \
+                and (found is None or any(n is node for n in ast.walk(found))):
+            found = node  # the innermost one
     return found
 
 

@@ -147,7 +147,12 @@ async def test_disputed_ids_stay_out_of_allocation_until_an_admin_resolves_them(
     """The import records the disputes; Reconcile leaves the claimants' entries alone; CheckConsistency
     reports them (and finds imported rows clean); ResolveDisputedInstance gives one to a claimant and
     the other to nobody, with audit events."""
-    from aigc_gateway.api.v1 import audit_pb2, audit_pb2_grpc, instance_pb2, instance_pb2_grpc
+    from aigc_gateway.api.v1 import (
+        audit_pb2,
+        audit_pb2_grpc,
+        instance_pb2,
+        instance_pb2_grpc,
+    )
 
     ns = k8s_namespace
     await _original_cluster(testbed, ns)

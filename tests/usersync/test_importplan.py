@@ -119,9 +119,9 @@ def test_a_claim_on_a_reserved_id_whose_disk_is_gone_is_reported_not_imported() 
 
 
 def test_an_owned_row_dates_from_its_oldest_disk() -> None:
-    from datetime import datetime, timezone
+    from datetime import UTC, datetime
 
-    old = datetime(2024, 1, 1, tzinfo=timezone.utc)
+    old = datetime(2024, 1, 1, tzinfo=UTC)
     gss = GssState(replicas=1, reserved=frozenset({1}), pvc_ids=frozenset({0, 1}), pvc_created={0: old, 1: old})
     plan = plan_template(gss, [claim("alice", 0), claim("bob", 1)], {})
     assert {r.id: r.since for r in plan.rows} == {0: old, 1: old}
