@@ -152,6 +152,7 @@ def test_rendered_configuration_is_valid(helm: Path, values_file: Path | None) -
         settings = load_settings(f.name, environ={})
     assert settings.servers.template.dial_target() == "gw-aigc-gateway-template:50051"
     assert settings.auth.public_url.startswith("https://dashboard.")
+    assert settings.auth.proxy == "nginx"  # the default: ingress-nginx reads the samples' annotations
     if values_file:
         values = yaml.safe_load(values_file.read_text())
         assert settings.namespaces == values["namespaces"] and settings.domain == values["domain"]
@@ -203,3 +204,11 @@ def test_optional_service_monitor_scrapes_the_four_services(helm: Path) -> None:
     assert sorted(expression["values"]) == sorted(SERVICES)
     assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
     assert not _by_kind(render(helm, "aigc"), "ServiceMonitor")  # off by default
+
+
+def test_the_proxy_in_front_of_auth_is_a_chart_value(helm: Path) -> None:
+    [configmap] = _by_kind(render(helm, "aigc", **{"auth.proxy": '"traefik"'}), "ConfigMap")
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
+        f.write(configmap["data"]["config.yaml"])
+        f.flush()
+        assert load_settings(f.name, environ={}).auth.proxy == "traefik"

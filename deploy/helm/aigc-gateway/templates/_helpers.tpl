@@ -61,7 +61,8 @@ app.kubernetes.io/component: {{ .component }}
   "oidc" (dict "issuer" .Values.oidc.issuer "audience" .Values.oidc.audience "client_id" .Values.oidc.clientId
                "admin_role" .Values.oidc.adminRole "roles_claim" .Values.oidc.rolesClaim)
   "auth" (dict "http_listen" (printf "0.0.0.0:%d" (int .Values.ports.authHttp)) "public_url" (include "aigc.publicUrl" .)
-               "cookie_secure" .Values.auth.cookieSecure "allow_admin_access" .Values.auth.allowAdminAccess)
+               "cookie_secure" .Values.auth.cookieSecure "allow_admin_access" .Values.auth.allowAdminAccess
+               "proxy" .Values.auth.proxy)
   "usersync" (dict "http_listen" (printf "0.0.0.0:%d" (int .Values.ports.usersyncHttp))
                    "logto_endpoint" .Values.logto.endpoint "logto_app_id" .Values.logto.appId)
 -}}
