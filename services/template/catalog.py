@@ -12,7 +12,7 @@ from aigc_gateway.api.v1 import template_pb2
 from aigc_gateway.errors import NotFound, invalid
 
 from .cluster import TemplateCluster
-from .describe import Counts, describe_or_flag, sort_key
+from .describe import Counts, describe, describe_or_flag, sort_key
 from .instances import LIVE, PAUSED, InstanceTable
 from .policy import Policy
 
@@ -46,7 +46,14 @@ class Catalog:
         """Admins see every template; other users only those the service can describe."""
         if admin:
             return objects
-        return [o for o in objects if describe_or_flag(o, self.policy, Counts(), with_manifest=False)[1]]
+        return [o for o in objects if self._describable(o)]
+
+    def _describable(self, obj: dict[str, Any]) -> bool:
+        try:
+            describe(obj, self.policy, Counts(), with_manifest=False)
+        except Exception:  # noqa: BLE001 - logged where admins read it (describe_or_flag), not per user list
+            return False
+        return True
 
     async def get(self, namespace: str, name: str, *, admin: bool) -> template_pb2.Template:
         return await self.describe_one(await self.cluster.get(namespace, name), admin=admin)
