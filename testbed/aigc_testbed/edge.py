@@ -7,7 +7,8 @@
   EndpointSlice names, answering with the pod's name and the request it received, and logging it.
 - Traefik v3 with the `kubernetesIngressNGINX` provider, reading the Ingress objects kruise-game
   creates (IngressClass `nginx`, controller `k8s.io/ingress-nginx`, created here) from the test
-  bed's apiserver. No route is written by hand.
+  bed's apiserver, as a ServiceAccount with the provider's published RBAC (endpoint + token). No
+  route is written by hand.
 
 `up` starts these after the managers; on a bed that is already up without them (started by an
 older `up`) it adds them without touching the rest.
@@ -23,7 +24,7 @@ import sys
 from pathlib import Path
 
 from . import processes
-from .config import Config
+from .config import MANIFESTS, Config
 from .kubectl import Kubectl, http_ok
 from .util import fail, say, wait_for
 
@@ -120,7 +121,25 @@ def start_podnet(cfg: Config, kubectl: Kubectl) -> None:
              30, log)
 
 
-def traefik_config(cfg: Config) -> str:
+def traefik_token(cfg: Config, kubectl: Kubectl) -> Path:
+    """The token of Traefik's ServiceAccount (manifests/traefik-rbac.yaml), written to a file."""
+    kubectl.apply((MANIFESTS / "traefik-rbac.yaml").read_text())
+    found: dict[str, str] = {}
+
+    def populated() -> bool:
+        secret = kubectl.get_json("secret", "-n", "aigc-testbed-edge", "traefik-token") or {}
+        found["token"] = (secret.get("data") or {}).get("token", "")
+        return bool(found["token"])
+    wait_for("the token of Traefik's ServiceAccount", populated, 30,
+             cfg.kwok_cluster_dir / "logs/kube-controller-manager.log")
+    path = cfg.state / "traefik" / "token"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(base64.b64decode(found["token"]))
+    path.chmod(0o600)
+    return path
+
+
+def traefik_config(cfg: Config, token: Path | str = "", ca: str = "") -> str:
     """Traefik's static configuration (JSON is YAML)."""
     return json.dumps({
         "global": {"checkNewVersion": False, "sendAnonymousUsage": False},
@@ -135,7 +154,9 @@ def traefik_config(cfg: Config) -> str:
         "ping": {"entryPoint": "ping"},
         # New Ingresses reach the routing table sooner than the default 2 s (tests wait for them).
         "providers": {"providersThrottleDuration": "200ms",
-                      "kubernetesIngressNGINX": {"ingressClass": "nginx",
+                      "kubernetesIngressNGINX": {"endpoint": cfg.server, "token": str(token),
+                                                 "certAuthFilePath": ca,
+                                                 "ingressClass": "nginx",
                                                  "controllerClass": "k8s.io/ingress-nginx",
                                                  "throttleDuration": "200ms"}},
         "log": {"level": "INFO"},
@@ -148,11 +169,11 @@ def traefik_config(cfg: Config) -> str:
 def start_traefik(cfg: Config, kubectl: Kubectl) -> None:
     kubectl.apply(INGRESS_CLASS)
     conf = cfg.state / "traefik.yaml"
-    conf.write_text(traefik_config(cfg))
+    conf.write_text(traefik_config(cfg, traefik_token(cfg, kubectl), _credentials(cfg, kubectl)["ca"]))
     say("up: starting Traefik (kubernetesIngressNGINX provider)")
     processes.start(cfg, "traefik", [str(cfg.bin("traefik", "traefik")), f"--configFile={conf}"],
-                    # The provider builds its client from $KUBECONFIG (the admin one of the test bed).
-                    {"KUBECONFIG": str(cfg.kubeconfig)})
+                    # A non-empty $KUBECONFIG would win over the endpoint and token (its admin credentials).
+                    {"KUBECONFIG": ""})
     ping = f"http://127.0.0.1:{cfg.ports['traefik_ping']}/ping"
     wait_for("Traefik /ping", lambda: _alive_and("traefik", cfg, http_ok(ping)), 60, cfg.logs / "traefik.log")
 
