@@ -10,14 +10,18 @@ reading the GameServerSet again:
 
 - to one claimant: the id becomes theirs (LIVE when running, PAUSED when reserved with its disk),
   with the outbox rows that write their entry and remove every other claimant's;
-- to none: a reserved id becomes RELEASING (its disk is deleted by the instance service, then FREE)
-  or FREE (no disk left), and every claimant's entry is removed. A running id cannot be given to
-  none here (only the instance service stops pods): give it to a claimant, then delete it.
+- to none: every claimant's entry is removed and the id is released: a running one is first reserved
+  in the GameServerSet (R-1, X + the id, as an uninstall writes it: the controller stops its pod and
+  keeps its disk), then it becomes RELEASING (the instance service deletes its disk, then frees it),
+  or FREE when no disk is left. The write is checked like the allocator's (exactly that id stops);
+  after a crash between it and the commit, the dispute is still there and resolving it again finds
+  the id reserved.
 
 The RPC layer audits the decision (calls.py); the details say who got it and from whom.
 """
 from __future__ import annotations
 
+import copy
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -26,7 +30,7 @@ from datetime import UTC, datetime
 from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from aigc_gateway import audit
+from aigc_gateway import audit, kube
 from aigc_gateway.db import Database
 from aigc_gateway.db.models import (
     DisputedInstanceRow,
@@ -35,13 +39,15 @@ from aigc_gateway.db.models import (
     allocator_lock,
     notify_instance_change,
 )
-from aigc_gateway.errors import FailedPrecondition, NotFound, invalid
+from aigc_gateway.errors import Aborted, FailedPrecondition, NotFound, invalid
 
 from . import metrics, mirrorstore
 from .entries import entry_key
-from .importplan import Dispute, GssState
+from .importplan import Dispute, GssState, parse_reserved
 
 ReadGss = Callable[[str, str], Awaitable[GssState]]
+KubeFactory = Callable[[], Awaitable[kube.Kube]]
+WRITE_ATTEMPTS = 5  # the controller writes the object's status too: re-read after a 409
 
 
 async def recorded(session: AsyncSession, namespace: str, template: str) -> dict[int, Dispute]:
@@ -73,9 +79,10 @@ class Resolution:
 
 
 class Resolver:
-    def __init__(self, db: Database, read_gss: ReadGss):
+    def __init__(self, db: Database, read_gss: ReadGss, kube_factory: KubeFactory):
         self.db = db
         self.read_gss = read_gss
+        self.kube_factory = kube_factory
 
     async def resolve(self, namespace: str, template: str, instance_id: int, owner: str) -> Resolution:
         name = f"namespaces/{namespace}/templates/{template}/instances/{instance_id}"
@@ -91,6 +98,9 @@ class Resolver:
             if gss.problem and owner:
                 raise FailedPrecondition(f"{name}: {gss.problem}; give it to none", reason="TEMPLATE_UNUSABLE")
             slot = "" if gss.problem else self._slot(name, gss, instance_id, owner)
+            if not owner and instance_id in gss.live():
+                await self._stop(name, namespace, template, instance_id)  # then its disk goes as an uninstall's
+                audit.note(stopped=True)
             if owner:
                 taken = (await session.execute(select(InstanceRow.id).where(
                     InstanceRow.namespace == namespace, InstanceRow.template == template,
@@ -125,9 +135,7 @@ class Resolver:
         """The id's slot after the decision, from the GameServerSet as it is now."""
         if instance_id in gss.live():
             if not owner:
-                raise FailedPrecondition(
-                    f"{name} is running: only the instance service stops it. Give it to one claimant, then "
-                    "delete it with DeleteInstance if nobody should keep it", reason="DISPUTED_INSTANCE_RUNNING")
+                return "RELEASING"  # stopped by _stop; the instance service frees it once pod and disk are gone
             return "LIVE"
         if instance_id not in gss.reserved:
             raise FailedPrecondition(f"{name} is neither running nor reserved in the GameServerSet any more; "
@@ -138,3 +146,33 @@ class Resolver:
                                          "empty disk; give it to none", reason="DISK_GONE")
             return "PAUSED"
         return "RELEASING" if instance_id in gss.pvc_ids else "FREE"
+
+    async def _stop(self, name: str, namespace: str, template: str, instance_id: int) -> None:
+        """Reserve a running id as an uninstall does: replicas one less, the id (and any hole, which the
+        allocator would reserve too) added to reserveGameServerIds; checked to stop exactly that id.
+        Called holding the template's allocator lock, so no other gateway write interleaves."""
+        client = await self.kube_factory()
+        for _ in range(WRITE_ATTEMPTS):
+            gss = await client.get(kube.GSS, namespace, template)
+            spec = gss.get("spec") or {}
+            now = GssState(replicas=int(spec.get("replicas") or 0),
+                           reserved=parse_reserved(spec.get("reserveGameServerIds")))
+            live = now.live()
+            if instance_id not in live:
+                return  # reserved already (a resolve that crashed after its write)
+            used = live | now.reserved
+            holes = {i for i in range(max(used) + 1) if i not in used}
+            after = GssState(replicas=now.replicas - 1, reserved=now.reserved | holes | {instance_id})
+            if after.live() != live - {instance_id}:
+                raise FailedPrecondition(f"{name}: reserving it would not stop exactly this id; an admin should run "
+                                         "`aigc-gateway doctor`", reason="ALLOCATOR_DRIFT")
+            body = copy.deepcopy(gss)
+            body.pop("status", None)
+            body["spec"]["replicas"] = after.replicas
+            body["spec"]["reserveGameServerIds"] = sorted(after.reserved)
+            try:
+                await client.replace(kube.GSS, namespace, body)  # with the resourceVersion read
+                return
+            except Aborted:
+                continue
+        raise Aborted(f"{name}: the GameServerSet kept changing; retry", reason="CONCURRENT_UPDATE", retry_after=1.0)

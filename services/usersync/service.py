@@ -49,7 +49,7 @@ class UserSync:
         self.syncer = Syncer(runtime.db, self.client, self.writer, self.delivery)
         self.reconciler = Reconciler(runtime.db, self.client, self.writer)
         self.importer = Importer(runtime.db, self.client, self._kube, runtime.settings, self.audit)
-        self.disputes = Resolver(runtime.db, self.importer.read_gss)
+        self.disputes = Resolver(runtime.db, self.importer.read_gss, self._kube)
         policy = UserDeletedPolicy(cfg.user_deleted_policy, lambda: runtime.channel("instance"),
                                    lambda: runtime.call_metadata("usersync"))
         self.webhooks = WebhookServer(WebhookReceiver(runtime.db, cfg.webhook_signing_key.get_secret_value(),

@@ -14,6 +14,7 @@ import sys
 import grpc
 import pytest
 import yaml
+from aigc_gateway.services.usersync.importplan import parse_reserved
 
 from aigc_gateway.api.v1 import usersync_pb2, usersync_pb2_grpc
 from tests.plugins.gateway import bearer
@@ -157,6 +158,8 @@ async def test_disputed_ids_stay_out_of_allocation_until_an_admin_resolves_them(
     ns = k8s_namespace
     await _original_cluster(testbed, ns)
     _seed(logto, ns)
+    for user in ("oscar", "peggy"):  # a third dispute: running id 3, which the admin gives to nobody
+        logto.add_user(user, custom_data={f"{ns}-{GSS}": entry(GSS, 3, ns)})
     settings = settings_for(database_url, issuer, logto)
     settings.kubernetes.kubeconfig = str(testbed.kubeconfig)
     gateway = await start_gateway("usersync", "instance", settings=settings)
@@ -167,28 +170,24 @@ async def test_disputed_ids_stay_out_of_allocation_until_an_admin_resolves_them(
     key = f"{ns}-{GSS}"
 
     await stub.Reconcile(usersync_pb2.ReconcileRequest(), metadata=admin)
-    for user, i in (("carol", 2), ("dave", 2), ("judy", 4), ("ken", 4)):
+    for user, i in (("carol", 2), ("dave", 2), ("judy", 4), ("ken", 4), ("oscar", 3), ("peggy", 3)):
         assert logto.custom_data(user) == {key: entry(GSS, i, ns)}, user  # untouched: no decision yet
-    assert not {w.user for w in logto.writes} & {"carol", "dave", "judy", "ken"}
+    assert not {w.user for w in logto.writes} & {"carol", "dave", "judy", "ken", "oscar", "peggy"}
 
     parent = f"namespaces/{ns}/templates/{GSS}"
     check = await instance.CheckConsistency(instance_pb2.CheckConsistencyRequest(parent=parent), metadata=admin)
     found = sorted((v.id, v.code) for v in check.violations)
-    # The disputes, the unclaimed running id 3 and the hole 5: nothing about the imported rows 0 and 1.
-    assert found == [(2, "DISPUTED"), (3, "LIVE_MISMATCH"), (4, "DISPUTED"), (5, "HOLE")], check.violations
+    # The disputes and the hole 5: nothing about the imported rows 0 and 1.
+    assert found == [(2, "DISPUTED"), (3, "DISPUTED"), (4, "DISPUTED"), (5, "HOLE")], check.violations
 
     name = f"{parent}/instances"
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stub.ResolveDisputedInstance(usersync_pb2.ResolveDisputedInstanceRequest(
             name=f"{name}/2", owner="mallory"), metadata=admin)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and _fields(err.value) == ["owner"]
-    with pytest.raises(grpc.aio.AioRpcError) as err:  # a running id: only the instance service stops it
-        await stub.ResolveDisputedInstance(usersync_pb2.ResolveDisputedInstanceRequest(name=f"{name}/2"),
-                                           metadata=admin)
-    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stub.ResolveDisputedInstance(usersync_pb2.ResolveDisputedInstanceRequest(
-            name=f"{name}/3", owner="carol"), metadata=admin)
+            name=f"{name}/0", owner="alice"), metadata=admin)
     assert err.value.code() == grpc.StatusCode.NOT_FOUND  # not disputed
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stub.ResolveDisputedInstance(usersync_pb2.ResolveDisputedInstanceRequest(
@@ -202,20 +201,31 @@ async def test_disputed_ids_stay_out_of_allocation_until_an_admin_resolves_them(
     to_none = await stub.ResolveDisputedInstance(usersync_pb2.ResolveDisputedInstanceRequest(name=f"{name}/4"),
                                                  metadata=admin)
     assert (to_none.owner, to_none.slot) == ("", "RELEASING")  # its disk is deleted, then the id is free
+    # The running id 3 given to nobody: reserved as an uninstall does (the hole 5 with it), so its pod stops.
+    stopped = await stub.ResolveDisputedInstance(usersync_pb2.ResolveDisputedInstanceRequest(name=f"{name}/3"),
+                                                 metadata=admin)
+    assert (stopped.owner, stopped.slot) == ("", "RELEASING")
+    async with api_client(testbed.kubeconfig) as client:
+        game = Game(client, ns)
+        spec = (await game.get_gss(GSS))["spec"]
+        assert spec["replicas"] == 2 and {3, 5} <= set(parse_reserved(spec["reserveGameServerIds"]))
+        await game.wait_running(GSS, {0, 2})
     rows = await instances(database)
     assert (rows[(ns, GSS, 2)].slot, rows[(ns, GSS, 2)].owner) == ("LIVE", "carol")
-    assert rows[(ns, GSS, 4)].owner is None and _gauge("aigc_usersync_disputed_instances") == 0
+    assert rows[(ns, GSS, 4)].owner is None and rows[(ns, GSS, 3)].slot in ("RELEASING", "FREE")
+    assert _gauge("aigc_usersync_disputed_instances") == 0
     queued = {(r.user, r.instance_id) for r in await outbox_rows(database) if r.template == GSS}
-    assert queued == {("carol", 2), ("dave", None), ("judy", None), ("ken", None)}
+    assert queued == {("carol", 2), ("dave", None), ("judy", None), ("ken", None), ("oscar", None), ("peggy", None)}
     check = await instance.CheckConsistency(instance_pb2.CheckConsistencyRequest(parent=parent), metadata=admin)
-    assert not [v for v in check.violations if v.id in (2, 4) and v.code != "RELEASE_STUCK"], check.violations
+    # Nothing about the resolved ids; the hole 5 is reserved now, with no disk anyone knows of.
+    assert sorted((v.id, v.code) for v in check.violations) == [(5, "UNTRACKED_RESERVED")], check.violations
 
     audit = audit_pb2_grpc.AuditServiceStub(gateway.channel("usersync"))
     events = (await audit.ListAuditEvents(audit_pb2.ListAuditEventsRequest(
         page_size=50, action="UserSyncService.ResolveDisputedInstance", outcome=audit_pb2.AuditEvent.SUCCESS),
         metadata=admin)).audit_events
-    assert sorted((e.resource, e.details["slot"]) for e in events) == [(f"{name}/2", "LIVE"),
-                                                                        (f"{name}/4", "RELEASING")]
+    assert sorted((e.resource, e.details["slot"]) for e in events) == [
+        (f"{name}/2", "LIVE"), (f"{name}/3", "RELEASING"), (f"{name}/4", "RELEASING")]
     assert {e.actor for e in events} == {"root"}
 
 

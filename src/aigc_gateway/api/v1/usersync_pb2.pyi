@@ -31,7 +31,7 @@ class ResolveDisputedInstanceRequest(_message.Message):
     """The disputed instance, `namespaces/{namespace}/templates/{template}/instances/{id}`."""
     owner: _builtins.str
     """The claimant (user id) who gets the instance; empty gives it to none
-    (a reserved id is then released; a running one must be given to a claimant).
+    (a running id is stopped as an uninstall does, then its disk is released).
     """
     request_id: _builtins.str
     """Client-chosen idempotency key; a replay returns the first result."""

@@ -30,7 +30,7 @@ type ResolveDisputedInstanceRequest struct {
 	// The disputed instance, `namespaces/{namespace}/templates/{template}/instances/{id}`.
 	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	// The claimant (user id) who gets the instance; empty gives it to none
-	// (a reserved id is then released; a running one must be given to a claimant).
+	// (a running id is stopped as an uninstall does, then its disk is released).
 	Owner string `protobuf:"bytes,2,opt,name=owner,proto3" json:"owner,omitempty"`
 	// Client-chosen idempotency key; a replay returns the first result.
 	RequestId     string `protobuf:"bytes,3,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
