@@ -140,6 +140,7 @@ class Config:
             f"AIGC_TESTBED_APISERVER={self.server}",
             f"AIGC_TESTBED_KUBECTL={self.bin('kubernetes', 'kubectl')}",
             f"AIGC_TESTBED_TRAEFIK_URL=http://127.0.0.1:{self.ports['traefik']}",
+            f"AIGC_TESTBED_TRAEFIK_PING=http://127.0.0.1:{self.ports['traefik_ping']}/ping",
             f"AIGC_TESTBED_BACKEND_LOG={self.backend_log}",
             f"AIGC_TESTBED_TOXIPROXY={self.bin('toxiproxy', 'toxiproxy-server')}",
         ]

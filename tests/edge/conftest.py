@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import urllib.request
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,12 +30,27 @@ class Edge:
     pod_log: Path
 
 
+def _ping(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
 @pytest.fixture(scope="session")
-def edge() -> Edge:
-    """Where the test bed's Traefik listens and where its pod backends log (`testbed env`)."""
+def edge(testbed) -> Edge:
+    """Where the test bed's Traefik listens and where its pod backends log (`testbed env`). A bed whose
+    Traefik does not answer gets `testbed up`, which (re)starts the edge and leaves the rest alone."""
     out = subprocess.run([str(TESTBED_CLI), "env"], capture_output=True, text=True, check=True).stdout
     env = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
-    return Edge(int(env["AIGC_TESTBED_TRAEFIK_URL"].rsplit(":", 1)[1]), Path(env["AIGC_TESTBED_BACKEND_LOG"]))
+    traefik = env["AIGC_TESTBED_TRAEFIK_URL"]
+    ping = env["AIGC_TESTBED_TRAEFIK_PING"]
+    if not _ping(ping):
+        up = subprocess.run([str(TESTBED_CLI), "up"], capture_output=True, text=True, timeout=600)
+        if up.returncode != 0 or not _ping(ping):
+            pytest.fail(f"the test bed's Traefik does not answer at {ping}:\n{up.stderr[-3000:]}", pytrace=False)
+    return Edge(int(traefik.rsplit(":", 1)[1]), Path(env["AIGC_TESTBED_BACKEND_LOG"]))
 
 
 # -- what the pods received ---------------------------------------------------------------------
