@@ -67,7 +67,7 @@ def _free_offset() -> int:
     pytest.skip("no free set of ports for the dev stack")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def dev_stack(testbed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
     """`scripts/dev` (its Python part; the setup steps already ran) in a namespace of its own."""
     require_browser()
@@ -112,7 +112,9 @@ def _wait_ready(proc: subprocess.Popen, log: Path) -> str:
     pytest.fail(f"the dev stack was not ready within {STACK_TIMEOUT}s:\n{log.read_text()[-4000:]}", pytrace=False)
 
 
-@pytest.fixture(scope="session")
+# Package scope for both: sync Playwright keeps an event loop running in this thread while it is open,
+# so it must be closed before any asyncio test outside this package runs.
+@pytest.fixture(scope="package")
 def chromium() -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 

@@ -104,6 +104,8 @@ def test_admin_publishes_updates_and_force_deletes_while_alice_watches(dev_stack
     expect(panel).to_contain_text("1 live and 0 paused instances")
     panel.get_by_label("Also delete its instances and their disks").check()
     panel.get_by_role("button", name="Delete", exact=True).click()
-    expect(admin.get_by_role("status").filter(has_text="Deleted Admin Test Engine: 1 instances removed.")).to_be_visible()
+    # The cascade waits for the instance's pod and disk to go: a while on a loaded machine.
+    expect(admin.get_by_role("status").filter(has_text="Deleted Admin Test Engine: 1 instances removed.")).to_be_visible(
+        timeout=SETTLE)
     expect(mine).to_have_count(0, timeout=SETTLE)
     assert alice_loads == [], f"alice's page reloaded: {alice_loads}"

@@ -58,7 +58,7 @@ def test_alice_installs_watches_visits_pauses_resumes_restarts_uninstalls(dev_st
     shoot(page, "running")
 
     # Visit opens the instance URL the API reports, in a new tab.
-    [mine] = call(page, "GET", "/v1/namespaces/-/templates/-/instances?owner=me").body["instances"]
+    [mine] = call(page, "GET", dev_stack.template_path(SAMPLE) + "/instances").body["instances"]
     assert mine["state"] == "RUNNING" and mine["accessUri"]
     visit = c.get_by_role("link", name="Visit")
     expect(visit).to_have_attribute("href", mine["accessUri"])
@@ -93,7 +93,7 @@ def test_alice_installs_watches_visits_pauses_resumes_restarts_uninstalls(dev_st
     confirm(page, "lost for good", "Uninstall")
     expect(c).to_have_attribute("data-state", "NONE", timeout=SETTLE)
     expect(c.get_by_role("button", name="Install", exact=True)).to_be_enabled()
-    assert call(page, "GET", "/v1/namespaces/-/templates/-/instances?owner=me").body.get("instances") == []
+    assert call(page, "GET", dev_stack.template_path(SAMPLE) + "/instances").body.get("instances") == []
     assert loads == [], f"the page reloaded: {loads}"  # every change arrived without a reload
 
 

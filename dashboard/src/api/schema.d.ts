@@ -922,7 +922,7 @@ export interface components {
         ResolveDisputedInstanceBody: {
             /**
              * @description The claimant (user id) who gets the instance; empty gives it to none
-             *     (a reserved id is then released; a running one must be given to a claimant).
+             *     (a running id is stopped as an uninstall does, then its disk is released).
              */
             owner?: string;
             /** @description Client-chosen idempotency key; a replay returns the first result. */
