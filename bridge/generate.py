@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Generate the REST bridge's Go code and the OpenAPI document from protos/.
 
-    python bridge/generate.py           # regenerate bridge/gen/ and docs/openapi/
+    python bridge/generate.py           # regenerate bridge/gen/, docs/openapi/ and the dashboard's API types
     python bridge/generate.py --check   # exit 1 when either committed tree is stale
     python bridge/generate.py --tools   # only build the protoc plugins; print their directory
 
@@ -128,7 +128,20 @@ def main() -> int:
         shutil.rmtree(GEN)
     generate(GEN, OPENAPI)
     print(f"generated {GEN.relative_to(ROOT)}/ and {OPENAPI.relative_to(ROOT)}/{OPENAPI_NAME}.swagger.json")
+    dashboard_types()
     return 0
+
+
+def dashboard_types() -> None:
+    """The dashboard's TypeScript types follow the document (their drift check: tests/dashboard/test_build.py)."""
+    dashboard = ROOT / "dashboard"
+    if not (dashboard / "node_modules" / ".bin" / "openapi-typescript").exists():
+        print("dashboard/ is not installed: run scripts/setup.d/60-dashboard.sh, then `npm run gen` in dashboard/")
+        return
+    import subprocess
+
+    subprocess.run(["npm", "run", "--silent", "gen"], cwd=dashboard, check=True, stdout=subprocess.DEVNULL)
+    print("generated dashboard/src/api/schema.d.ts")
 
 
 if __name__ == "__main__":
