@@ -4,7 +4,7 @@ The first call with a (method, caller, request_id) claims a row in state "pendin
 that runs it (:mod:`aigc_gateway.replicas`), runs, and stores its outcome: the response, or the refusal as
 a ``google.rpc.Status``. A replay gets that stored outcome without running the handler again. Outcomes
 worth retrying (UNAVAILABLE, ABORTED, INTERNAL…) are not stored, so a retry with the same request_id
-really retries.
+really retries (it takes the claim, let go, over at once).
 
 A retry that finds the claim pending asks whether its holder is alive: a live holder's call is still
 running (however slowly), so the retry is ABORTED with ``retry_after``; a dead holder's claim is taken over
@@ -161,17 +161,18 @@ class IdempotencyStore:
         raise _in_progress(self.retry_after)
 
     async def finish(self, claim: Claim, code: grpc.StatusCode, payload: bytes) -> None:
-        """Store the outcome, or forget the claim when the outcome is worth retrying. A claim taken over
-        meanwhile is left to its new holder. A retryable end after an effect was committed keeps the effect
-        and lets the claim go, so the retry answers with the effect."""
+        """Store the outcome, or let the claim go when the outcome is worth retrying. A claim taken over
+        meanwhile is left to its new holder.
+
+        A claim let go stays pending with no holder, so the retry takes it over at once: the row must outlive
+        the call because work the call started may still commit its effect on it (an intent resolved later by
+        another replica, a shielded install batch that outlives its cancelled caller), and the retry then
+        answers with that effect instead of running against the changed state."""
         mine = (IdempotencyKeyRow.key == claim.key, IdempotencyKeyRow.holder == claim.holder,
                 IdempotencyKeyRow.attempt == claim.attempt, IdempotencyKeyRow.state == "pending")
         async with self.db.session() as session:
             if code in RETRYABLE:
-                forgotten = await session.execute(delete(IdempotencyKeyRow)
-                                                  .where(*mine, IdempotencyKeyRow.effect.is_(None)))
-                if not forgotten.rowcount:
-                    await session.execute(update(IdempotencyKeyRow).where(*mine).values(holder=RELEASED))
+                await session.execute(update(IdempotencyKeyRow).where(*mine).values(holder=RELEASED))
             else:
                 await session.execute(update(IdempotencyKeyRow).where(*mine)
                                       .values(state="done", status_code=code.value[0], payload=payload))

@@ -70,9 +70,9 @@ async def test_a_retryable_end_after_an_effect_lets_the_retry_answer_with_it(dat
         assert stored is None and taken.effect == {"op": "uninstall"}
 
         plain, _ = await one.claim("I.D", "alice", "r-3", REQUEST)
-        await one.finish(plain, grpc.StatusCode.UNAVAILABLE, b"")  # nothing committed: forgotten
-        again, _ = await two.claim("I.D", "alice", "r-3", REQUEST)
-        assert again.attempt == 0 and again.effect is None
+        await one.finish(plain, grpc.StatusCode.UNAVAILABLE, b"")  # nothing committed yet: run again
+        again, stored = await two.claim("I.D", "alice", "r-3", REQUEST)
+        assert stored is None and again.attempt == 1 and again.effect is None
     finally:
         await one.close()
         await two.close()
