@@ -11,15 +11,11 @@ import time
 import pytest
 
 from aigc_gateway.api.v1 import instance_pb2
-from aigc_gateway.config import AuthConfig
 
 from .conftest import raw, request
 from .scene import COOKIE, install, publish, received, start_scene
 
-pytestmark = [
-    pytest.mark.testbed,
-    pytest.mark.skipif("proxy" not in AuthConfig.model_fields, reason="needs the auth.proxy setting (issue 11)"),
-]
+pytestmark = pytest.mark.testbed
 PROXIES = ["nginx", "traefik"]
 # The `rd` both proxies put on the sign-in redirect, as ingress-nginx's buildAuthSignURL:
 # $pass_access_scheme://$http_host$escaped_request_uri (Traefik's provider reproduces it).
