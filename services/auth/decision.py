@@ -46,6 +46,8 @@ def decide(target: Target | None, principal: Principal | None, owners: OwnerMap,
         return Decision(Outcome.UNAUTHENTICATED, "sign in first")
     if target is None:
         return Decision(Outcome.FORBIDDEN, "not a valid instance URL", principal)
+    if not owners.known:  # fail closed: whoever owns it now is not known here
+        return Decision(Outcome.FORBIDDEN, "ownership cannot be confirmed now", principal, code="OWNERS_UNKNOWN")
     found = owners.lookup(target.host, target.path)
     if isinstance(found, Conflict):
         return Decision(Outcome.FORBIDDEN, "more than one instance claims this URL", principal)

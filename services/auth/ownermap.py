@@ -16,6 +16,7 @@ from typing import Any
 # A change, as plain JSON-able lists so that it can cross a process boundary (see :mod:`.workers`):
 # ["r", namespace, template, id, [[host, prefix], ...]]  the instance's routes (empty: none)
 # ["o", namespace, template, id, owner or None]          the admitted owner
+# ["k", "", "", 0, bool]                                  whether the owners are known to be current
 Event = list[Any]
 
 
@@ -75,6 +76,9 @@ class OwnerMap:
         self._by_host: dict[str, tuple[tuple[str, InstanceKey | Conflict], ...]] = {}
         self._owners: dict[InstanceKey, str] = {}
         self._listeners: list[Callable[[Event], None]] = []
+        # False while the feed cannot vouch for the owners (the database is out of reach): every check is
+        # then refused, because an owner it did not hear about (a pause, an uninstall) would be admitted.
+        self.known = True
 
     # -- replication (the HTTP worker processes keep a copy) ------------
 
@@ -95,11 +99,15 @@ class OwnerMap:
         events: list[Event] = [["r", k.namespace, k.template, k.id, [[r.host, r.prefix] for r in sorted(routes)]]
                                for k, routes in self._routes_of.items()]
         events += [["o", k.namespace, k.template, k.id, owner] for k, owner in self._owners.items()]
+        events.append(["k", "", "", 0, self.known])
         return events
 
     def apply(self, event: Event) -> None:
         """Apply one change made by another map's :meth:`subscribe` listener."""
         kind, namespace, template, ident, value = event
+        if kind == "k":
+            self.set_known(bool(value))
+            return
         key = InstanceKey(namespace, template, int(ident))
         if kind == "r":
             self.set_routes(key, frozenset(Route(host, prefix) for host, prefix in value))
@@ -159,6 +167,13 @@ class OwnerMap:
             self._by_host.pop(host, None)
 
     # -- owners ---------------------------------------------------------
+
+    def set_known(self, known: bool) -> None:
+        if self.known == known:
+            return
+        self.known = known
+        if self._listeners:
+            self._emit(["k", "", "", 0, known])
 
     def set_owner(self, key: InstanceKey, owner: str | None) -> None:
         """``owner`` is the user admitted now (slot LIVE); None for paused, releasing, free or gone."""

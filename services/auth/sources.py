@@ -5,7 +5,10 @@
   ``aigc_instances`` (the instance service sends one per ownership change, at
   commit). While the LISTEN connection is down (or on SQLite, which has no
   NOTIFY) it re-reads everything every ``poll_seconds`` instead, so a pause
-  still takes effect within a second.
+  still takes effect within a second. When it can vouch for neither (the
+  database out of reach for ``stale_after`` seconds), the map is marked
+  unknown and every check is refused until a full read succeeds again: a
+  pause or an uninstall it cannot hear must not leave the old owner admitted.
 - :class:`TemplateWatch` runs informer-style list+watch loops over
   GameServerSets (their ingress patterns) and GameServers (their reported
   endpoints) and feeds :class:`~.routes.RouteIndex`.
@@ -37,12 +40,14 @@ LIVE = "LIVE"
 
 class OwnershipFollower:
     def __init__(self, db: Database, owners: OwnerMap, index: RouteIndex, *, resync_seconds: float = 30.0,
-                 poll_seconds: float = 0.5):
+                 poll_seconds: float = 0.5, stale_after: float = 5.0):
         self.db = db
         self.owners = owners
         self.index = index
         self.resync_seconds = resync_seconds
         self.poll_seconds = poll_seconds
+        self.stale_after = stale_after
+        self._read_at = 0.0  # time.monotonic() when the last successful full read started
         self._pending: set[InstanceKey] = set()
         self._heard_during_resync: set[InstanceKey] | None = None
         self._wake = asyncio.Event()
@@ -66,7 +71,25 @@ class OwnershipFollower:
         if self.listener is not None:
             self.listener.start()
         self._tasks = [asyncio.create_task(self._resync_loop(), name="owners-resync"),
-                       asyncio.create_task(self._row_loop(), name="owners-rows")]
+                       asyncio.create_task(self._row_loop(), name="owners-rows"),
+                       asyncio.create_task(self._freshness_loop(), name="owners-freshness")]
+
+    def fresh(self, now: float | None = None) -> bool:
+        """Whether the owner map is current: a full read started less than ``stale_after`` ago, or one made
+        since the LISTEN connection started and that connection answered a ping less than ``stale_after``
+        ago (a connection that hangs stops answering; one that came back missed what changed meanwhile,
+        until the read its reconnection starts)."""
+        now = time.monotonic() if now is None else now
+        if self._read_at and now - self._read_at <= self.stale_after:
+            return True
+        listener = self.listener
+        return (listener is not None and listener.live and self._read_at >= listener.connected_at
+                and now - listener.last_alive <= self.stale_after)
+
+    async def _freshness_loop(self) -> None:
+        while True:
+            self.owners.set_known(self.fresh())
+            await asyncio.sleep(0.25)
 
     async def close(self) -> None:
         await cancel_and_wait(self._tasks)
@@ -83,6 +106,7 @@ class OwnershipFollower:
         # may apply it first: those rows are read again after this replace, or a pause could be undone
         # by an older snapshot until the next resync.
         self._heard_during_resync = set()
+        started = time.monotonic()
         try:
             async with self.db.session() as session:
                 rows = (await session.execute(select(InstanceRow.namespace, InstanceRow.template, InstanceRow.id,
@@ -102,6 +126,8 @@ class OwnershipFollower:
                 owned.add(key)
         self.owners.replace_owners(owners)
         self.index.replace_owned(owned)
+        self._read_at = started
+        self.owners.set_known(self.fresh())
         self.synced.set()
 
     async def _resync_loop(self) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 import asyncpg
@@ -36,6 +37,8 @@ class PgListener:
         self.on_reconnect = on_reconnect
         self.ping_seconds = ping_seconds
         self.live = False
+        self.last_alive = 0.0  # time.monotonic() of the last connect or ping that answered
+        self.connected_at = 0.0  # time.monotonic() when the current connection started listening
         self._task: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
 
@@ -65,6 +68,7 @@ class PgListener:
                 for channel, callback in self.channels.items():
                     await conn.add_listener(channel, lambda _c, _pid, _ch, payload, cb=callback: cb(payload))
                 self.live = True
+                self.connected_at = self.last_alive = time.monotonic()
                 self._connected.set()
                 backoff = 0.2
                 if self.on_reconnect is not None:
@@ -75,6 +79,7 @@ class PgListener:
                     await asyncio.sleep(self.ping_seconds)
                     async with asyncio.timeout(self.ping_seconds * 2):  # not wait_for: see ..background
                         await conn.fetchval("SELECT 1")
+                    self.last_alive = time.monotonic()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - any failure means reconnect
