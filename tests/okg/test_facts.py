@@ -71,10 +71,13 @@ async def test_scale_up_creates_pod_pvc_service_ingress_and_network(testbed: Tes
                                  30, what=f"Ingress {GSS}-{i}")
             assert ing.spec.ingress_class_name == "nginx"
             assert ing.spec.rules[0].host == host
+            # The plugin copies each Annotation entry verbatim, nginx variables included ($host stays $host).
             assert ing.metadata.annotations["nginx.ingress.kubernetes.io/auth-url"] == \
-                f"https://dashboard.{testbed.domain}/auth"
+                f"https://dashboard.{testbed.domain}/auth?rh=$host"
             assert ing.metadata.annotations["nginx.ingress.kubernetes.io/auth-signin"] == \
                 f"https://dashboard.{testbed.domain}/sign-in"
+            assert ing.metadata.annotations["nginx.ingress.kubernetes.io/auth-response-headers"] == \
+                "X-Auth-Request-User,X-Auth-Request-Email"
 
             async def network_ready(i: int = i, host: str = host) -> dict | None:
                 status = (await game.game_servers(GSS))[i].get("status", {})
