@@ -48,6 +48,7 @@ export function useEngines() {
     cards: {} as Record<string, CardState>, // by template name
     loaded: false,
     listError: null as ApiError | null,
+    notice: null as ApiError | null, // an action's error that outlives its card (the template is gone)
   });
   const watches = new Map<string, AbortController>(); // by instance name
   let lineKey = 0;
@@ -127,8 +128,7 @@ export function useEngines() {
       }
       s.listError = null;
     } catch (e) {
-      s.listError = e instanceof ApiError ? e : null;
-      if (e instanceof ApiError && e.code === "UNAUTHENTICATED") throw e;
+      s.listError = e instanceof ApiError && e.code !== "UNAUTHENTICATED" ? e : null;
     } finally {
       s.loaded = true;
     }
@@ -172,8 +172,14 @@ export function useEngines() {
         if (BUSY.has(result.state ?? "")) addLine(tname, result.state ?? "", result.stateMessage ?? "");
       }
     } catch (e) {
-      c.error = e instanceof ApiError ? e : new ApiError(0, "UNKNOWN", String(e), "", [], requestId, null);
-      if (c.error.code === "NOT_FOUND" || c.error.code === "ALREADY_EXISTS") void refresh();
+      const error = e instanceof ApiError ? e : new ApiError(0, "UNKNOWN", String(e), "", [], requestId, null);
+      if (error.reason === "TEMPLATE_NOT_FOUND") {
+        s.notice = error; // its card goes with the refresh: say it at the top of the page
+        void refresh();
+      } else {
+        c.error = error;
+        if (error.code === "NOT_FOUND" || error.code === "ALREADY_EXISTS") void refresh();
+      }
     } finally {
       c.acting = "";
     }
@@ -181,7 +187,7 @@ export function useEngines() {
   }
 
   function tick(): void {
-    if (document.visibilityState === "visible") void refresh().catch(() => undefined);
+    if (document.visibilityState === "visible") void refresh();
   }
 
   function start(): void {

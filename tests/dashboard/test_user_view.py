@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from playwright.sync_api import expect
@@ -105,3 +106,23 @@ def test_signed_out_visitor_goes_through_sign_in_and_comes_back(dev_stack: DevSt
     expect(page.get_by_text("Only administrators can see this page.")).to_be_visible()
     expect(page.get_by_role("link", name="Admin")).to_have_count(0)
     assert re.search(r"Signed in as", page.locator("header .who").inner_text())
+
+
+def test_session_ended_in_another_tab_sends_the_page_through_sign_in(dev_stack: DevStack, new_page: Any) -> None:
+    page = new_page()
+    sign_in(page, dev_stack, "bob")
+    before = {c["name"]: c["value"] for c in page.context.cookies()}["aigc_session"]
+    other = page.context.new_page()
+    other.goto(dev_stack.url + "/sign-out")
+    other.get_by_role("button", name="Sign out").click()
+    other.wait_for_url(lambda url: not url.startswith(dev_stack.url + "/sign-out"))
+    # The page's next refresh finds no session, and it goes to /sign-in to come back here.
+    with page.expect_request(lambda r: r.url.startswith(dev_stack.url + "/sign-in?rd="), timeout=30_000) as went:
+        pass
+    assert went.value.url == dev_stack.url + "/sign-in?rd=" + quote(dev_stack.url + "/", safe="")
+    # The gateway's session ended; the identity provider's did not (its own sign-out page was never
+    # confirmed), so it signs bob straight in again and the page comes back with a new session.
+    page.wait_for_url(dev_stack.url + "/")
+    expect(page.locator("header .who")).to_have_text("Signed in as Bob")
+    after = {c["name"]: c["value"] for c in page.context.cookies()}["aigc_session"]
+    assert after and after != before

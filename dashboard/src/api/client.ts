@@ -80,6 +80,9 @@ const requestIds: Middleware = {
   },
 };
 
+/** Dispatched on window when a call finds no valid session. */
+export const SIGNED_OUT = "aigc:signed-out";
+
 export const api = createClient<paths>({ baseUrl: "", credentials: "same-origin" });
 api.use(requestIds);
 
@@ -96,7 +99,10 @@ export async function call<T>(
   const { data, error, response } = result;
   const requestId = response.headers.get("X-Request-Id") ?? "";
   if (error !== undefined || !response.ok) {
-    throw toApiError(response.status, error, requestId, response.headers.get("Retry-After"));
+    const failure = toApiError(response.status, error, requestId, response.headers.get("Retry-After"));
+    // The session ended (expired, or signed out in another tab): the shell sends the user to sign in.
+    if (failure.code === "UNAUTHENTICATED") window.dispatchEvent(new CustomEvent(SIGNED_OUT));
+    throw failure;
   }
   return data as T;
 }
