@@ -1,0 +1,498 @@
+"""Faults on the links, under load (issue 18): a seeded schedule of toxiproxy faults, one at a time, while users
+install, pause, resume and uninstall and the auth check is asked about their instances.
+
+    python bench/chaos.py [--seed 18] [--seconds 30] [--users 6] [--faults all|LINK:FAULT,...]
+
+The instance, auth and usersync services run in this process, each with a runtime of its own, and every link
+they have goes through a private toxiproxy-server (bench/toxic.py): instance, auth and usersync to PostgreSQL
+(three links), instance and auth to the apiserver, usersync to the Logto double, and the clients' gRPC link to
+the instance service. Faults: latency (400±100 ms), bandwidth (8 KB/s), reset (every connection reset), timeout
+(data held, connections kept open), down (closed and refused); and two restarts as the services see them:
+`pg-restart` (every backend of the database terminated with pg_terminate_backend and the three PostgreSQL links
+refused for the fault's length) and `kube-restart` (the apiserver link closed and refused). The real PostgreSQL
+and apiserver are not restarted: both are shared with every other test on this machine.
+
+The documented client retry: a call answered UNAVAILABLE/ABORTED/DEADLINE_EXCEEDED/CANCELLED/UNKNOWN/INTERNAL is
+sent again with the same request_id (10 s per attempt) until the fault's length + 30 s has passed.
+
+Per fault it prints operations attempted / ok / retried / failed, auth checks of the owners (allowed, refused
+while the owner map was unknown) and of a user who owns nothing (allowed must be 0), the recovery time (fault
+cleared -> a GetInstance, an owner's check allowed and the Logto outbox drained), and the invariants:
+CheckConsistency, the Logto mirror (every owner's key as PostgreSQL says, no other key), and no allow of a
+non-owner. Exit status 0 only when every fault's invariants held and nothing failed beyond the retry.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import yaml
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+from kill_storm import RETRYABLE, _reason  # noqa: E402
+from toxic import Proxy, Toxiproxy  # noqa: E402
+
+TOKEN = "chaos-service-token-" + uuid.uuid4().hex
+META = (("x-aigc-service-token", TOKEN), ("x-aigc-service-name", "chaos"))
+LINKS = ("pg-instance", "pg-auth", "pg-usersync", "kube", "logto", "grpc-instance")
+KINDS = ("latency", "bandwidth", "reset", "timeout", "down")
+RESTARTS = ("pg-restart", "kube-restart")
+NOBODY = "mallory"  # owns nothing, ever: any allow of hers is an allow of a non-owner
+
+
+@dataclass
+class Step:
+    link: str
+    fault: str
+    seconds: float
+    attempted: int = 0
+    ok: int = 0
+    retried: int = 0
+    failed: int = 0
+    failures: list[str] = field(default_factory=list)
+    owner_checks: int = 0
+    owner_allowed: int = 0
+    refused_unknown: int = 0  # owner checks refused while the auth owner map was unknown (fail closed)
+    allowed_while_unknown: int = 0
+    nobody_checks: int = 0
+    nobody_allowed: int = 0
+    recovery: float = float("nan")
+    consistent: bool | None = None
+    violations: list[str] = field(default_factory=list)
+    mirror_lost: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.fault if self.fault in RESTARTS else f"{self.link}:{self.fault}"
+
+    @property
+    def good(self) -> bool:
+        return (not self.failed and self.nobody_allowed == 0 and self.allowed_while_unknown == 0
+                and bool(self.consistent) and not self.mirror_lost and self.recovery == self.recovery)
+
+
+def schedule(seed: int, seconds: float, only: str = "all") -> list[Step]:
+    """Every (link, fault) and both restarts, in a seeded order; ``only``: a comma list of names."""
+    steps = [Step(link, kind, seconds) for link in LINKS for kind in KINDS]
+    steps += [Step("pg", "pg-restart", seconds), Step("kube", "kube-restart", seconds)]
+    random.Random(seed).shuffle(steps)
+    if only != "all":
+        wanted = only.split(",")
+        steps = sorted((s for s in steps if s.name in wanted), key=lambda s: wanted.index(s.name))
+    return steps
+
+
+def print_table(steps: list[Step], seed: int) -> None:
+    print(f"\nchaos: seed {seed}, {len(steps)} faults")
+    head = (f"{'fault':26} {'s':>3} {'ops':>4} {'ok':>4} {'retr':>4} {'fail':>4} {'own chk':>7} {'own ok':>6} "
+            f"{'closed':>6} {'nobody':>6} {'n-ok':>4} {'recov s':>7}  invariants")
+    print(head)
+    print("-" * len(head))
+    for s in steps:
+        inv = ("ok" if s.good else "BROKEN") + ("" if s.consistent else f" consistency={s.violations}") + \
+              (f" mirror-lost={s.mirror_lost[:3]}" if s.mirror_lost else "") + \
+              (f" allowed-while-unknown={s.allowed_while_unknown}" if s.allowed_while_unknown else "")
+        print(f"{s.name:26} {s.seconds:3.0f} {s.attempted:4d} {s.ok:4d} {s.retried:4d} {s.failed:4d} "
+              f"{s.owner_checks:7d} {s.owner_allowed:6d} {s.refused_unknown:6d} {s.nobody_checks:6d} "
+              f"{s.nobody_allowed:4d} {s.recovery:7.1f}  {inv}")
+        for line in s.failures[:5]:
+            print("    failed:", line)
+    print("columns: own chk/own ok = owners' auth checks / allowed; closed = owner checks refused because the "
+          "owner map was unknown (fail closed); nobody/n-ok = checks of a user who owns nothing / allowed")
+
+
+class ChaosBed:
+    """The services in this process behind toxiproxy, and the load. ``issuer`` mints users' JWTs
+    (tests/plugins/oidc.py's Issuer); ``logto`` is a started tests/doubles/logto.py LogtoDouble."""
+
+    def __init__(self, *, namespace: str, database_url: str, kubeconfig: str, issuer: Any, logto: Any,
+                 templates: tuple[str, ...], domain: str, folder: Path, users: int, seed: int):
+        self.namespace, self.database_url, self.kubeconfig = namespace, database_url, kubeconfig
+        self.issuer, self.logto, self.templates, self.domain = issuer, logto, templates, domain
+        self.folder, self.rng = folder, random.Random(seed)
+        self.users = [f"chaos-{i:02d}" for i in range(users)]
+        self.toxi = Toxiproxy(folder / "toxiproxy.log")
+        self.proxies: dict[str, Proxy] = {}
+        self.gateways: list[Any] = []
+        self.mine: dict[tuple[str, str], tuple[int, str] | None] = {}
+        self.step: Step | None = None
+        self.tokens: dict[str, tuple[float, str]] = {}
+        self.probe: tuple[str, int] | None = None  # (template, id) owned by "chaos-probe", never touched
+
+    # -- wiring ----------------------------------------------------------------------------------
+    async def start(self) -> None:
+        from sqlalchemy.engine import make_url
+
+        from aigc_gateway.config import Settings
+        from aigc_gateway.runtime import Runtime
+        from aigc_gateway.server import GatewayServer, load_service
+
+        self.toxi.start()
+        db = make_url(self.database_url)
+        pg = f"{db.host}:{db.port or 5432}"
+        kube = yaml.safe_load(Path(self.kubeconfig).read_text())
+        api = kube["clusters"][0]["cluster"]["server"].split("//", 1)[1]
+        for link, upstream in (("pg-instance", pg), ("pg-auth", pg), ("pg-usersync", pg), ("kube", api),
+                               ("logto", self.logto.url.split("//", 1)[1].rstrip("/"))):
+            self.proxies[link] = self.toxi.proxy(link, upstream)
+        for cluster in kube["clusters"]:
+            cluster["cluster"]["server"] = f"https://{self.proxies['kube'].listen}"
+        proxied_kube = self.folder / "kubeconfig-proxied"
+        proxied_kube.write_text(yaml.safe_dump(kube))
+        ports = {name: _free_port() for name in ("template", "instance", "auth", "usersync")}
+        for user in [*self.users, "chaos-probe", NOBODY]:
+            self.logto.add_user(user)
+
+        def settings(pg_link: str) -> Settings:
+            return Settings.model_validate({
+                "domain": self.domain, "namespaces": [self.namespace],
+                "database": {"url": db.set(host="127.0.0.1", port=self.proxies[pg_link].port).render_as_string(
+                    hide_password=False), "pool_size": 5},
+                "oidc": {"issuer": self.issuer.url, "audience": [self.issuer.audience]},
+                "service_identity": {"token": TOKEN},
+                "servers": {n: {"listen": f"127.0.0.1:{p}"} for n, p in ports.items()} | {"metrics_listen": ""},
+                "kubernetes": {"kubeconfig": str(proxied_kube)},
+                "logging": {"level": "WARNING", "json": True},
+                "instance": {"reconcile_interval_seconds": 2, "release_wait_seconds": 2},
+                "auth": {"http_listen": "", "http_workers": 0},
+                "usersync": {"http_listen": "127.0.0.1:0", "logto_endpoint": f"http://{self.proxies['logto'].listen}",
+                             "logto_app_id": self.logto.app_id, "logto_app_secret": self.logto.app_secret,
+                             "webhook_signing_key": self.logto.signing_key, "logto_timeout_seconds": 2.0,
+                             "logto_max_attempts": 3, "logto_retry_budget_seconds": 2.0,
+                             "delivery_poll_seconds": 0.2, "delivery_max_backoff_seconds": 1.0,
+                             "reconcile_interval_seconds": 0},
+            })
+
+        for service in ("instance", "auth", "usersync"):
+            runtime = Runtime.create(settings(f"pg-{service}"))
+            server = GatewayServer(service, runtime, load_service(service, runtime))
+            await server.start()
+            self.gateways.append((runtime, server))
+        self.auth_service = self.gateways[1][0].extras["auth"]
+        self.proxies["grpc-instance"] = self.toxi.proxy("grpc-instance", f"127.0.0.1:{ports['instance']}")
+        from aigc_gateway.api.v1 import auth_pb2_grpc, instance_pb2_grpc
+
+        self.channel = grpc.aio.insecure_channel(self.proxies["grpc-instance"].listen, options=[
+            ("grpc.initial_reconnect_backoff_ms", 200), ("grpc.max_reconnect_backoff_ms", 1000)])
+        self.direct = grpc.aio.insecure_channel(f"127.0.0.1:{ports['instance']}")
+        self.auth_channel = grpc.aio.insecure_channel(f"127.0.0.1:{ports['auth']}")
+        self.instances = instance_pb2_grpc.InstanceServiceStub(self.channel)
+        self.admin_instances = instance_pb2_grpc.InstanceServiceStub(self.direct)
+        self.auth = auth_pb2_grpc.AuthServiceStub(self.auth_channel)
+        from aigc_gateway.db import Database
+
+        self.db = Database(self.database_url, pool_size=2)
+
+    async def close(self) -> None:
+        for channel in (self.channel, self.direct, self.auth_channel):
+            await channel.close()
+        for runtime, server in reversed(self.gateways):
+            await server.stop(0)
+            await runtime.close()
+        await self.db.close()
+        self.toxi.stop()
+
+    # -- calls -----------------------------------------------------------------------------------
+    def bearer(self, user: str) -> str:
+        made, token = self.tokens.get(user, (0.0, ""))
+        if time.monotonic() - made > 300:  # the issuer's tokens live 600 s
+            token = self.issuer.mint(user)
+            self.tokens[user] = (time.monotonic(), token)
+        return token
+
+    async def call(self, method: str, message: Any, user: str, budget: float) -> tuple[Any, str]:
+        """One user operation with the documented retry (same request_id)."""
+        step = self.step
+        assert step is not None
+        step.attempted += 1
+        started, tries = time.monotonic(), 0
+        while True:
+            tries += 1
+            try:
+                answer = await getattr(self.instances, method)(
+                    message, metadata=(("authorization", f"Bearer {self.bearer(user)}"),), timeout=10)
+                step.ok += 1
+                return answer, ""
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() not in RETRYABLE:
+                    return None, _reason(exc) or exc.code().name
+                if tries == 2:
+                    step.retried += 1
+                if time.monotonic() - started > budget:
+                    step.failed += 1
+                    step.failures.append(f"{method} {user}: {exc.code().name} {exc.details()[:120]}")
+                    return None, "GAVE_UP"
+                await asyncio.sleep(0.25)
+
+    async def check(self, user: str, template: str, ident: int) -> bool:
+        from aigc_gateway.api.v1 import auth_pb2
+
+        url = f"http://{template}-{ident}-cpu.{self.domain}/"
+        known_before = self.auth_service.owners.known
+        reply = await self.auth.Check(auth_pb2.CheckRequest(url=url, bearer_token=self.bearer(user)),
+                                      metadata=META, timeout=10)
+        allowed = reply.decision == auth_pb2.CheckResponse.ALLOW
+        if self.step is not None and not known_before and not self.auth_service.owners.known and allowed:
+            self.step.allowed_while_unknown += 1
+        return allowed
+
+    # -- load ------------------------------------------------------------------------------------
+    async def user_loop(self, user: str, until: float, budget: float) -> None:
+        from aigc_gateway.api.v1 import instance_pb2
+
+        while time.monotonic() < until:
+            tpl = self.rng.choice(self.templates)
+            have = self.mine.get((user, tpl))
+            parent = f"namespaces/{self.namespace}/templates/{tpl}"
+            rid = uuid.uuid4().hex
+            if have is None:
+                answer, _ = await self.call("CreateInstance", instance_pb2.CreateInstanceRequest(
+                    parent=parent, request_id=rid), user, budget)
+                if answer is not None:
+                    self.mine[(user, tpl)] = (answer.id, "LIVE")
+                continue
+            ident, state = have
+            name = f"{parent}/instances/{ident}"
+            op = self.rng.choice(["pause", "uninstall"] if state == "LIVE" else ["resume", "uninstall"])
+            method, message = {
+                "pause": ("PauseInstance", instance_pb2.PauseInstanceRequest(name=name, request_id=rid)),
+                "resume": ("ResumeInstance", instance_pb2.ResumeInstanceRequest(name=name, request_id=rid)),
+                "uninstall": ("DeleteInstance", instance_pb2.DeleteInstanceRequest(name=name, request_id=rid)),
+            }[op]
+            answer, _ = await self.call(method, message, user, budget)
+            if answer is not None:
+                self.mine[(user, tpl)] = None if op == "uninstall" else (ident, "PAUSED" if op == "pause" else "LIVE")
+            await asyncio.sleep(self.rng.uniform(0.2, 1.0))
+
+    async def auth_loop(self, until: float) -> None:
+        while time.monotonic() < until:
+            step = self.step
+            assert step is not None
+            live = [(u, t, v[0]) for (u, t), v in list(self.mine.items()) if v is not None and v[1] == "LIVE"]
+            if self.probe is not None:
+                live.append(("chaos-probe", *self.probe))
+            for user, tpl, ident in live:
+                try:
+                    step.nobody_checks += 1
+                    if await self.check(NOBODY, tpl, ident):
+                        step.nobody_allowed += 1
+                    step.owner_checks += 1
+                    if await self.check(user, tpl, ident):
+                        step.owner_allowed += 1
+                    elif not self.auth_service.owners.known:
+                        step.refused_unknown += 1
+                except grpc.aio.AioRpcError:
+                    pass  # the auth service answers from memory; an error here is no decision
+            await asyncio.sleep(0.2)
+
+    # -- faults ----------------------------------------------------------------------------------
+    async def apply(self, step: Step) -> list[Any]:
+        """Start the fault; returns what to undo."""
+        if step.fault == "pg-restart":
+            links = [self.proxies[n] for n in ("pg-instance", "pg-auth", "pg-usersync")]
+            for proxy in links:
+                proxy.enable(False)
+            import asyncpg
+
+            conn = await asyncpg.connect(self.database_url.replace("postgresql+asyncpg://", "postgresql://"))
+            try:
+                await conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                   "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+            finally:
+                await conn.close()
+            return [lambda p=p: p.enable(True) for p in links]
+        if step.fault == "kube-restart":
+            self.proxies["kube"].enable(False)
+            return [lambda: self.proxies["kube"].enable(True)]
+        proxy = self.proxies[step.link]
+        if step.fault == "down":
+            proxy.enable(False)
+            return [lambda: proxy.enable(True)]
+        toxic = {"latency": lambda: proxy.toxic("latency", latency=400, jitter=100),
+                 "bandwidth": lambda: proxy.toxic("bandwidth", rate=8),
+                 "reset": lambda: proxy.toxic("reset_peer", timeout=0),
+                 "timeout": lambda: proxy.toxic("timeout", timeout=0)}[step.fault]()
+        return [lambda: proxy.remove(toxic)]
+
+    async def healthy(self) -> bool:
+        from aigc_gateway.api.v1 import instance_pb2
+
+        try:
+            if self.probe is None:
+                return False
+            tpl, ident = self.probe
+            await self.instances.GetInstance(instance_pb2.GetInstanceRequest(
+                name=f"namespaces/{self.namespace}/templates/{tpl}/instances/{ident}"),
+                metadata=(("authorization", f"Bearer {self.bearer('chaos-probe')}"),), timeout=5)
+            return await self.check("chaos-probe", tpl, ident) and await self.outbox_drained()
+        except grpc.aio.AioRpcError:
+            return False
+
+    async def outbox_drained(self) -> bool:
+        from sqlalchemy import func, select
+
+        from aigc_gateway.db.models import UserSyncOutboxRow
+
+        async with self.db.session() as session:
+            left = await session.scalar(select(func.count()).select_from(UserSyncOutboxRow).where(
+                UserSyncOutboxRow.delivered_at.is_(None)))
+        return left == 0
+
+    async def mirror_lost(self) -> list[str]:
+        """Owners in PostgreSQL vs. the keys of this namespace in Logto's custom data."""
+        from sqlalchemy import select
+
+        from aigc_gateway.db.models import InstanceRow
+
+        async with self.db.session() as session:
+            rows = (await session.execute(select(InstanceRow.template, InstanceRow.id, InstanceRow.owner).where(
+                InstanceRow.namespace == self.namespace, InstanceRow.owner.is_not(None)))).all()
+        want: dict[str, dict[str, Any]] = {u: {} for u in [*self.users, "chaos-probe"]}
+        for tpl, ident, owner in rows:
+            want.setdefault(owner, {})[f"{self.namespace}-{tpl}"] = {
+                "Name": tpl, "Namespace": self.namespace, "ID": str(ident)}
+        lost = []
+        for user, keys in want.items():
+            have = {k: v for k, v in self.logto.custom_data(user).items() if k.startswith(f"{self.namespace}-")}
+            if have != keys:
+                lost.append(f"{user}: logto {have} != postgres {keys}")
+        return lost
+
+    async def consistency(self, timeout: float = 90) -> tuple[bool, list[str]]:
+        from kill_storm import consistency
+
+        return await consistency(self.admin_instances, self.namespace, META, timeout)
+
+    async def run_step(self, step: Step, *, settle: float = 2.0) -> Step:
+        self.step = step
+        budget = step.seconds + 30
+        until = time.monotonic() + step.seconds + settle
+        load = [asyncio.create_task(self.user_loop(u, until, budget)) for u in self.users]
+        load.append(asyncio.create_task(self.auth_loop(until)))
+        await asyncio.sleep(settle / 2)
+        undo = await self.apply(step)
+        await asyncio.sleep(step.seconds)
+        for action in undo:
+            action()
+        cleared = time.monotonic()
+        await asyncio.gather(*load)
+        while not await self.healthy():
+            if time.monotonic() - cleared > 120:
+                break
+            await asyncio.sleep(0.2)
+        else:
+            step.recovery = time.monotonic() - cleared
+        step.consistent, step.violations = await self.consistency()
+        deadline = time.monotonic() + 30
+        while (lost := await self.mirror_lost()) and time.monotonic() < deadline:
+            await asyncio.sleep(0.5)  # the last answers' outbox rows are still being delivered
+        step.mirror_lost = lost
+        return step
+
+    async def prepare(self) -> None:
+        """The probe's instance: installed before any fault, never touched by the load."""
+        from aigc_gateway.api.v1 import instance_pb2
+
+        self.step = Step("-", "prepare", 0)
+        answer, why = await self.call("CreateInstance", instance_pb2.CreateInstanceRequest(
+            parent=f"namespaces/{self.namespace}/templates/{self.templates[0]}", request_id=uuid.uuid4().hex),
+            "chaos-probe", 60)
+        assert answer is not None, f"the probe's install failed: {why}"
+        self.probe = (self.templates[0], answer.id)
+        deadline = time.monotonic() + 60
+        while not await self.healthy():
+            assert time.monotonic() < deadline, "the probe's instance never became reachable through auth"
+            await asyncio.sleep(0.3)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def run(bed: ChaosBed, steps: list[Step]) -> list[Step]:
+    await bed.start()
+    try:
+        await bed.prepare()
+        for step in steps:
+            await bed.run_step(step)
+            print(f"  {step.name}: {'ok' if step.good else 'BROKEN'} (recovery {step.recovery:.1f} s)", flush=True)
+    finally:
+        await bed.close()
+    return steps
+
+
+async def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seed", type=int, default=18)
+    parser.add_argument("--seconds", type=float, default=30, help="length of each fault")
+    parser.add_argument("--users", type=int, default=6)
+    parser.add_argument("--faults", default="all", help="comma list, e.g. pg-auth:down,kube:latency,pg-restart")
+    args = parser.parse_args()
+
+    import asyncpg
+
+    from aigc_gateway.config import KubernetesConfig
+    from aigc_gateway.db.migrate import upgrade
+    from aigc_gateway.kube import GSS, NAMESPACE, Kube
+    from install_burst import kubeconfig, server_url
+    from tests.doubles.logto import LogtoDouble
+    from tests.plugins.kube import load_sample
+    from tests.plugins.oidc import Issuer, _serve
+
+    from joserfc.jwk import RSAKey
+
+    run_id = uuid.uuid4().hex[:6]
+    namespace, database = f"chaos-{run_id}", f"aigc_chaos_{run_id}"
+    kube_path, server = kubeconfig(), server_url()
+    admin = await asyncpg.connect(server.replace("postgresql+asyncpg://", "postgresql://"))
+    await admin.execute(f'CREATE DATABASE "{database}"')
+    url = server.rsplit("/", 1)[0] + f"/{database}"
+    await asyncio.to_thread(upgrade, url)
+    kube = await Kube.connect(KubernetesConfig(kubeconfig=kube_path))
+    key = RSAKey.generate_key(2048, parameters={"kid": "chaos", "use": "sig", "alg": "RS256"})
+    jwks, issuer_url = _serve({"keys": [key.as_dict(private=False)]})
+    logto = LogtoDouble(signing_key="chaos-signing-key-" + "k" * 16)
+    await logto.start()
+    folder = Path(tempfile.mkdtemp(prefix="chaos-"))
+    templates = ("chaos-a", "chaos-b")
+    try:
+        await kube.create(NAMESPACE, None, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
+        for name in templates:
+            obj = load_sample("stable-diffusion-cpu", "aigc.test", namespace, rename=name)
+            for conf in obj["spec"]["network"]["networkConf"]:
+                if conf["name"] == "Host":
+                    conf["value"] = conf["value"].replace("instances<id>-", f"{name}-<id>-")
+            await kube.create(GSS, namespace, obj)
+        bed = ChaosBed(namespace=namespace, database_url=url, kubeconfig=kube_path, issuer=Issuer(issuer_url, key),
+                       logto=logto, templates=templates, domain="aigc.test", folder=folder, users=args.users,
+                       seed=args.seed)
+        steps = await run(bed, schedule(args.seed, args.seconds, args.faults))
+        print_table(steps, args.seed)
+        print(f"logs: {folder}")
+        return 0 if all(s.good for s in steps) else 1
+    finally:
+        await kube.delete(NAMESPACE, None, namespace)
+        await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        await admin.close()
+        await kube.close()
+        await logto.stop()
+        jwks.shutdown()
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))
