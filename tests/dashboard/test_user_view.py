@@ -50,8 +50,7 @@ def test_alice_installs_watches_visits_pauses_resumes_restarts_uninstalls(dev_st
     expect(page.get_by_role("dialog")).to_contain_text("persistent disk")
     shoot(page, "confirm-install")
     confirm(page, "private instance", "Install")
-    expect(c.locator(".progress .lines li").first).to_be_visible(timeout=SETTLE)
-    expect(c).to_have_attribute("aria-busy", "true")
+    expect(c.locator(".progress .lines li").first).to_contain_text("Installing", timeout=SETTLE)
     shoot(page, "installing")
     expect(c).to_have_attribute("data-state", "RUNNING", timeout=SETTLE)
     assert c.locator(".progress .lines li").count() >= 1
@@ -64,10 +63,11 @@ def test_alice_installs_watches_visits_pauses_resumes_restarts_uninstalls(dev_st
     visit = c.get_by_role("link", name="Visit")
     expect(visit).to_have_attribute("href", mine["accessUri"])
     expect(visit).to_have_attribute("target", "_blank")
-    with page.expect_popup() as popup:
-        visit.click()
-    assert popup.value.opener() == page or popup.value is not None
-    popup.value.close()
+    with page.context.expect_event("request", lambda r: r.url == mine["accessUri"]) as opened:
+        with page.expect_popup() as popup:
+            visit.click()
+    assert opened.value.frame.page == popup.value and opened.value.is_navigation_request()
+    popup.value.close()  # no ingress controller serves instance hosts in development: the tab itself stays blank
 
     # Bob: his own page shows no instance; alice's instance is neither listed nor reachable for him.
     bob = new_page()
