@@ -6,7 +6,9 @@ entry is `key: value` (split on ": ", so exactly one such separator) copied onto
 
 The auth-url carries the host the proxy routed on as `rh=$host` (ingress-nginx and Traefik's
 ingress-nginx provider expand `$host`): the auth service refuses a check whose request names another
-host than the one routed (an absolute-form request line), see docs/auth.md.
+host than the one routed (an absolute-form request line), see docs/auth.md. The
+`auth-response-headers` annotation names the identity headers, so the proxy replaces (or removes) a
+client's own copies with the auth answer's.
 """
 from __future__ import annotations
 
@@ -96,3 +98,17 @@ def with_routed_host(url: str) -> str:
     if url.endswith(("?", "&")):
         separator = ""
     return f"{url}{separator}{ROUTED_HOST_PARAM}={ROUTED_HOST_VALUE}"
+
+
+def header_names(value: str) -> list[str]:
+    """The header names of an `auth-response-headers` value, as ingress-nginx splits it (on ',', trimmed)."""
+    return [h.strip() for h in value.split(",") if h.strip()]
+
+
+def with_headers(value: str, required: tuple[str, ...]) -> str:
+    """An `auth-response-headers` value naming every header of ``required`` (header names compare
+    case-insensitively): ``value`` unchanged when it does, else its names followed by the missing ones."""
+    names = header_names(value)
+    have = {h.lower() for h in names}
+    missing = [h for h in required if h.lower() not in have]
+    return ",".join(names + missing) if missing else value

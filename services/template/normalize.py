@@ -6,6 +6,9 @@
 - the ingress auth annotations (`auth-url`, `auth-signin`) from configuration when missing, and
   `rh=$host` (the host the proxy routed on, which the auth service requires) on an auth-url that
   lacks it, so templates published before it are upgraded by their next update;
+- `auth-response-headers` naming at least the identity headers (added, or merged into one that names
+  others): a header it does not name passes from the client to the instance unchanged, so without it a
+  client's own `X-Auth-Request-User` would reach the instance (docs/auth.md);
 - fields only the apiserver sets (`status`, `metadata.uid`, `resourceVersion`…) are dropped from a
   create, so `kubectl get -o yaml` output can be published elsewhere.
 
@@ -19,7 +22,14 @@ from typing import Any
 from aigc_gateway.errors import Violation
 
 from . import network
-from .policy import AUTH_SIGNIN_ANNOTATION, AUTH_URL_ANNOTATION, INGRESS_NETWORK, Policy
+from .policy import (
+    AUTH_RESPONSE_HEADERS_ANNOTATION,
+    AUTH_SIGNIN_ANNOTATION,
+    AUTH_URL_ANNOTATION,
+    IDENTITY_HEADERS,
+    INGRESS_NETWORK,
+    Policy,
+)
 
 SERVER_METADATA = ("uid", "resourceVersion", "creationTimestamp", "generation", "managedFields", "selfLink",
                    "deletionTimestamp", "deletionGracePeriodSeconds", "ownerReferences", "finalizers")
@@ -88,9 +98,25 @@ def _add_auth_annotations(obj: dict[str, Any], policy: Policy, warnings: list[Vi
             warnings.append(Violation(network.conf_path("Annotation", AUTH_URL_ANNOTATION),
                                       f"added rh=$host (the host the proxy routed on, which the gateway's check "
                                       f"requires): {upgraded}", "AUTH_URL_ROUTED_HOST_ADDED"))
+        elif pair and pair[0] == AUTH_RESPONSE_HEADERS_ANNOTATION:
+            merged = network.with_headers(pair[1], IDENTITY_HEADERS)
+            if merged != pair[1]:
+                entry["value"] = f"{AUTH_RESPONSE_HEADERS_ANNOTATION}: {merged}"
+                warnings.append(_identity_warning(merged))
     present = network.annotations(obj)
     for key, value in ((AUTH_URL_ANNOTATION, policy.auth_url), (AUTH_SIGNIN_ANNOTATION, policy.auth_signin_url)):
         if key not in present:
             conf.append({"name": "Annotation", "value": f"{key}: {value}"})
             warnings.append(Violation(network.conf_path("Annotation", key), f"added from configuration: {value}",
                                       "AUTH_ANNOTATION_ADDED"))
+    if AUTH_RESPONSE_HEADERS_ANNOTATION not in present:
+        value = ",".join(IDENTITY_HEADERS)
+        conf.append({"name": "Annotation", "value": f"{AUTH_RESPONSE_HEADERS_ANNOTATION}: {value}"})
+        warnings.append(_identity_warning(value))
+
+
+def _identity_warning(value: str) -> Violation:
+    return Violation(network.conf_path("Annotation", AUTH_RESPONSE_HEADERS_ANNOTATION),
+                     f"the proxy now copies the gateway's identity headers to the instance, replacing any a client "
+                     f"sent (without them a client's own X-Auth-Request-User reaches the instance): {value}",
+                     "AUTH_RESPONSE_HEADERS_ADDED")

@@ -16,6 +16,11 @@ GSS_KIND = "GameServerSet"
 INGRESS_NETWORK = "Kubernetes-Ingress"
 AUTH_URL_ANNOTATION = "nginx.ingress.kubernetes.io/auth-url"
 AUTH_SIGNIN_ANNOTATION = "nginx.ingress.kubernetes.io/auth-signin"
+AUTH_RESPONSE_HEADERS_ANNOTATION = "nginx.ingress.kubernetes.io/auth-response-headers"
+# The auth answer's headers every template's proxy must copy to the instance. A header the annotation does not
+# name passes from the client to the instance unchanged (ingress-nginx and Traefik alike), so without them a
+# client's own `X-Auth-Request-User: bob` would reach the instance as if the gateway had said it.
+IDENTITY_HEADERS = ("X-Auth-Request-User", "X-Auth-Request-Email")
 
 
 @dataclass(frozen=True)

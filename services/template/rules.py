@@ -19,10 +19,12 @@ from aigc_gateway.errors import Violation
 from . import network
 from .names import DNS_LABEL, GSS_NAME, GSS_NAME_MAX
 from .policy import (
+    AUTH_RESPONSE_HEADERS_ANNOTATION,
     AUTH_SIGNIN_ANNOTATION,
     AUTH_URL_ANNOTATION,
     GSS_API_VERSION,
     GSS_KIND,
+    IDENTITY_HEADERS,
     INGRESS_NETWORK,
     Policy,
 )
@@ -40,6 +42,10 @@ COUNT_HINTS = {GPU: "nvidia.com/gpu counts whole GPUs as a plain number, for exa
 PATH_TYPES = ("Exact", "Prefix", "ImplementationSpecific")
 # ingress-nginx refuses an auth-url with any other character (CVE-2025-24514 fix).
 AUTH_URL_CHARS = re.compile(r"^[-._~a-zA-Z0-9/: ,?&=$]+$")
+# ingress-nginx's checks of auth-response-headers (the whole value, then each name); a failure leaves the
+# Ingress's auth unconfigured.
+RESPONSE_HEADERS_CHARS = re.compile(r"^[A-Za-z0-9\-_, ]*$")
+HEADER_NAME = re.compile(r"^[a-zA-Z\d\-_]+$")
 DNS_SUBDOMAIN = re.compile(r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 RESERVED_RANGE = re.compile(r"^\s*(\d+)\s*-\s*(\d+)\s*$")
 # Reasons that describe the dashboard entry only; they do not stop users from installing.
@@ -280,6 +286,24 @@ def _check_annotations(obj: dict[str, Any], policy: Policy, report: Report) -> N
             elif value != expected:
                 report.bad(path, f"must point at this gateway: {expected!r}, got {value!r}",
                            f"{short.replace('-', '_').upper()}_MISMATCH")
+    _check_response_headers(found.get(AUTH_RESPONSE_HEADERS_ANNOTATION, []), report)
+
+
+def _check_response_headers(given: list[str], report: Report) -> None:
+    """The identity headers must be named: the proxy then replaces (or removes) a client's own copies."""
+    path = network.conf_path("Annotation", AUTH_RESPONSE_HEADERS_ANNOTATION)
+    if len(given) > 1:
+        report.bad(path, f"the auth-response-headers annotation is given {len(given)} times", "DUPLICATE_ANNOTATION")
+    for value in given:
+        names = network.header_names(value)
+        if not RESPONSE_HEADERS_CHARS.match(value) or not all(HEADER_NAME.match(h) for h in names):
+            report.bad(path, f"{value!r} is not a list of header names separated by ',' (ingress-nginx would leave "
+                       "the instance's auth unconfigured)", "AUTH_RESPONSE_HEADERS_INVALID")
+    if not given or any(network.with_headers(v, IDENTITY_HEADERS) != v for v in given):
+        # Published before the gateway required it: a client's own X-Auth-Request-User reaches the instance.
+        report.bad(path, f"must name {', '.join(IDENTITY_HEADERS)}: a header it does not name passes from the "
+                   "client to the instance unchanged, so a client could claim any identity; UpdateTemplate adds "
+                   "them", "AUTH_RESPONSE_HEADERS_MISSING")
 
 
 def _check_pod_template(spec: dict[str, Any], report: Report) -> None:

@@ -112,10 +112,12 @@ async def start_scene(proxy: str, *, testbed, k8s_namespace: str, edge, start_ga
     return scene
 
 
-async def publish(scene: Scene, name: str, host: str, path: str, path_type: str, identity: bool = True) -> None:
-    """Publish a template through the template service (host and path may carry <id>; `identity`: with
-    `auth-response-headers` naming the identity headers)."""
-    await scene.templates.CreateTemplate(template_pb2.CreateTemplateRequest(
+async def publish(scene: Scene, name: str, host: str, path: str, path_type: str,
+                  identity: bool = True) -> template_pb2.TemplateChange:
+    """Publish a template through the template service (host and path may carry <id>; `identity`: the
+    manifest carries `auth-response-headers` naming the identity headers — without it, the template
+    service adds it). Returns the template service's answer (the template as written, its warnings)."""
+    return await scene.templates.CreateTemplate(template_pb2.CreateTemplateRequest(
         parent=f"namespaces/{scene.pods.namespace}", source=template_pb2.TemplateSource(manifest=manifest(
             scene.pods.namespace, scene.auth_url, scene.signin_url, host=host, path=path, path_type=path_type,
             name=name, identity=identity))), metadata=scene.admin)

@@ -175,6 +175,31 @@ def test_update_upgrades_an_auth_url_published_without_the_routed_host(mask: lis
     assert "spec.network.networkConf[Annotation]" in checked.proposal.changed_paths
 
 
+def _without_identity_headers(obj: dict) -> dict:
+    obj["spec"]["network"]["networkConf"] = [e for e in obj["spec"]["network"]["networkConf"]
+                                             if not (e["name"] == "Annotation" and "/auth-response-headers:" in
+                                                     e["value"])]
+    return obj
+
+
+@pytest.mark.parametrize("mask", [[], ["spec.gameServerTemplate.spec.containers"]])
+def test_update_adds_the_identity_headers_to_a_template_published_without_them(mask: list[str]) -> None:
+    """Issue 11: a template published without auth-response-headers lets a client's own X-Auth-Request-User
+    reach its instances; its next update, whatever it is about, names the identity headers."""
+    current = _without_identity_headers(live())
+    source = _without_identity_headers(live())
+    container(source)["image"] = "x:2"
+    checked = update(source, mask, current=current)
+    assert checked.ok, checked.violations
+    path = "spec.network.networkConf[Annotation][nginx.ingress.kubernetes.io/auth-response-headers]"
+    assert [(w.field, w.reason) for w in checked.warnings if w.reason.startswith("AUTH_")] == [
+        (path, "AUTH_RESPONSE_HEADERS_ADDED")]
+    conf = checked.proposal.desired["spec"]["network"]["networkConf"]
+    assert {"name": "Annotation", "value": "nginx.ingress.kubernetes.io/auth-response-headers: "
+            "X-Auth-Request-User,X-Auth-Request-Email"} in conf
+    assert "spec.network.networkConf[Annotation]" in checked.proposal.changed_paths
+
+
 def test_update_of_a_template_that_is_not_reserve_ids_is_not_blocked() -> None:
     current = live()
     current["spec"]["scaleStrategy"] = {"scaleDownStrategyType": "General"}

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from aigc_gateway.services.template import manifest, rules
 from aigc_gateway.services.template.policy import (
+    AUTH_RESPONSE_HEADERS_ANNOTATION,
     AUTH_SIGNIN_ANNOTATION,
     AUTH_URL_ANNOTATION,
     Policy,
@@ -247,6 +248,61 @@ def test_auth_url_without_the_routed_host_is_upgraded_with_a_warning(configured:
     assert values.count(f"{AUTH_URL_ANNOTATION}: {upgraded}") == 1
     assert not any(v.startswith(f"{AUTH_URL_ANNOTATION}: {published}") and v != f"{AUTH_URL_ANNOTATION}: {upgraded}"
                    for v in values)
+
+
+HEADERS_PATH = f"spec.network.networkConf[Annotation][{AUTH_RESPONSE_HEADERS_ANNOTATION}]"
+
+
+def _response_headers(value: str | None) -> Callable[[dict], None]:
+    def mutate(obj: dict) -> None:
+        obj["spec"]["network"]["networkConf"] = [
+            e for e in obj["spec"]["network"]["networkConf"]
+            if not (e["name"] == "Annotation" and e["value"].startswith(AUTH_RESPONSE_HEADERS_ANNOTATION))]
+        if value is not None:
+            obj["spec"]["network"]["networkConf"].append(
+                {"name": "Annotation", "value": f"{AUTH_RESPONSE_HEADERS_ANNOTATION}: {value}"})
+    return mutate
+
+
+@pytest.mark.parametrize("published, normalised", [
+    (None, "X-Auth-Request-User,X-Auth-Request-Email"),  # no annotation: added
+    ("X-Trace-Id", "X-Trace-Id,X-Auth-Request-User,X-Auth-Request-Email"),  # names others: merged
+    ("x-auth-request-user, X-Trace-Id", "x-auth-request-user,X-Trace-Id,X-Auth-Request-Email"),
+    ("X-Auth-Request-User", "X-Auth-Request-User,X-Auth-Request-Email"),
+])
+def test_identity_headers_are_always_named_in_auth_response_headers(published: str | None, normalised: str) -> None:
+    """Issue 11: a header auth-response-headers does not name passes from the client to the instance unchanged
+    (ingress-nginx and Traefik alike), so every template names the identity headers: published without them,
+    it is unusable until its next create or update adds them with a warning."""
+    obj = variant(_response_headers(published))
+    report = rules.check(obj, POLICY, rules.Mode.EXISTING)
+    assert [(v.field, v.reason) for v in report.violations] == [(HEADERS_PATH, "AUTH_RESPONSE_HEADERS_MISSING")]
+    assert "X-Auth-Request-User" in rules.unusable_reasons(report)[0]
+    checked = check_obj(obj)
+    assert checked.ok, checked.violations
+    assert [(w.field, w.reason) for w in checked.warnings if w.reason.startswith("AUTH_")] == [
+        (HEADERS_PATH, "AUTH_RESPONSE_HEADERS_ADDED")]
+    values = [e["value"] for e in checked.obj["spec"]["network"]["networkConf"]
+              if e["name"] == "Annotation" and e["value"].startswith(AUTH_RESPONSE_HEADERS_ANNOTATION)]
+    assert values == [f"{AUTH_RESPONSE_HEADERS_ANNOTATION}: {normalised}"]
+    # Normalised once is normalised: nothing more to add, and usable as found in the cluster.
+    again = check_obj(checked.obj)
+    assert again.ok and not [w for w in again.warnings if w.reason.startswith("AUTH_")]
+    assert rules.check(checked.obj, POLICY, rules.Mode.EXISTING).violations == []
+
+
+def test_auth_response_headers_naming_the_identity_headers_are_kept_as_written() -> None:
+    checked = check_obj(variant(_response_headers("X-Auth-Request-Email , x-auth-request-user")))
+    assert checked.ok and not [w for w in checked.warnings if w.reason.startswith("AUTH_")]
+    assert f"{AUTH_RESPONSE_HEADERS_ANNOTATION}: X-Auth-Request-Email , x-auth-request-user" in [
+        e["value"] for e in checked.obj["spec"]["network"]["networkConf"]]
+
+
+@pytest.mark.parametrize("value", ["X-Auth-Request-User;X-Auth-Request-Email", "X-Auth-Request-User,X.Y"])
+def test_auth_response_headers_ingress_nginx_would_refuse_are_reported(value: str) -> None:
+    checked = check_obj(variant(_response_headers(value)))
+    assert (HEADERS_PATH, "AUTH_RESPONSE_HEADERS_INVALID") in [(v.field, v.reason) for v in checked.violations]
+    assert not checked.ok
 
 
 def test_unknown_fields_are_kept() -> None:
