@@ -15,7 +15,7 @@ from sqlalchemy import select
 from aigc_gateway.api.v1 import auth_pb2, auth_pb2_grpc
 from aigc_gateway.db.models import AuditEventRow, InstanceRow
 from aigc_gateway.services.auth.routes import RoutePattern
-from aigc_gateway.services.auth.sessions import SessionCookie
+from aigc_gateway.services.auth.sessions import SessionCookie, SessionStore
 from tests.plugins.auth_stack import SESSION_KEY
 
 from .stack import DOMAIN, AuthStack, start_auth_stack
@@ -130,6 +130,17 @@ async def test_pause_and_uninstall_stop_admitting_within_a_second(stack, browser
     await stack.set_instance("cpu", 1, "RELEASING", None)
     await stack.wait_owner("cpu", 1, None)
     assert (await auth(stack, f"http://{HOST1}/", cookie)).status == 403
+
+
+async def test_allowed_answers_always_carry_both_identity_headers(stack) -> None:
+    """A 2xx names X-Auth-Request-User and -Email once each, the e-mail empty when the session has none: the
+    proxy copies them over (or, empty, clears) any copy the client sent (issue 11; tests/edge proves it
+    through nginx and Traefik)."""
+    session_id, _ = await SessionStore(stack.db).create(user="alice", email="", ttl_seconds=600)
+    cookie = SessionCookie([SESSION_KEY]).issue(session_id, "alice", int(time.time()) + 600)
+    ok = await auth(stack, f"http://{HOST1}/", cookie, X_Auth_Request_User="bob", X_Auth_Request_Email="b@x")
+    assert ok.status == 200
+    assert (ok.headers.getall("X-Auth-Request-User"), ok.headers.getall("X-Auth-Request-Email")) == (["alice"], [""])
 
 
 async def test_cookie_attacks_are_401(stack, browser) -> None:
