@@ -51,6 +51,7 @@ class Report:
     ok: int = 0
     retried: int = 0
     failed: int = 0
+    unanswered: int = 0  # not even after four budgets
     wrong: list[str] = field(default_factory=list)
     refused: Counter[str] = field(default_factory=Counter)  # first-time refusals the model expects
     kill_to_answer: list[float] = field(default_factory=list)
@@ -75,7 +76,8 @@ class Report:
         print(f"\nkill storm: {seconds:.0f} s, {users} users, {len(TEMPLATES)} templates, seed {seed}, "
               f"lease {lease:.0f} s, {self.kills} kills")
         print(f"operations attempted {self.attempted}, ok {self.ok}, retried {self.retried}, "
-              f"failed {self.failed} (beyond a {BUDGET:.0f} s retry budget), wrong answers {len(self.wrong)}")
+              f"failed {self.failed} (beyond a {BUDGET:.0f} s retry budget; {self.unanswered} never answered), "
+              f"wrong answers {len(self.wrong)}")
         print(f"refusals the model expected: {dict(self.refused)}")
         print(f"kill-to-answer of interrupted calls: n={len(self.kill_to_answer)} p50 {self.pct(0.5):.2f} s "
               f"p99 {self.pct(0.99):.2f} s max {max(self.kill_to_answer, default=float('nan')):.2f} s")
@@ -211,6 +213,7 @@ async def storm(namespace: str, url: str, kube: str, folder: Path, *, seconds: f
                     print(f"{method} {message.request_id} still unanswered after {BUDGET:.0f} s: "
                           f"{exc.code().name} {exc.details()}; " + " ".join(trace[-6:]))
                 if time.monotonic() - started > 4 * BUDGET:
+                    report.unanswered += 1
                     return None, "GAVE_UP"
                 target = 1 - target if exc.code() != grpc.StatusCode.ABORTED or rng.random() < 0.5 else target
                 await asyncio.sleep(0.25 if exc.code() == grpc.StatusCode.ABORTED else 0.1)
