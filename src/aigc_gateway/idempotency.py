@@ -10,6 +10,9 @@ A retry that finds the claim pending asks whether its holder is alive: a live ho
 running (however slowly), so the retry is ABORTED with ``retry_after``; a dead holder's claim is taken over
 at once (within the replica lease). No call runs twice at once, and the claim's ``attempt`` fences a
 holder that was wrongly thought dead: :meth:`finish` and :meth:`held` only succeed for the current one.
+A claim this replica holds but no longer runs (its :meth:`finish` could not reach the database, e.g. during
+a PostgreSQL restart) is taken over at once by a retry reaching this replica, as if it had been let go:
+a live holder is otherwise waited for, and this one would be waited for as long as the replica lives.
 
 A service commits what a call did together with that effect (:meth:`record_effect`, in the service's own
 transaction), so a retry that takes the claim over after a crash gets the effect (:class:`Claim`) and
@@ -116,6 +119,8 @@ class IdempotencyStore:
         self.replicas = replicas or ReplicaRegistry(db, lease_seconds=10.0)
         self.retry_after = retry_after
         self.retention = retention
+        self._running: set[tuple[str, int]] = set()  # (key, attempt) of the claims this replica runs now
+        self.replicas.housekeeping.append(self.prune)
 
     async def claim(self, method: str, subject: str, request_id: str, request: bytes) -> tuple[Claim, Stored | None]:
         """Claim the key. Returns (claim, None) to run the call, or (claim, Stored) to replay it."""
@@ -131,6 +136,7 @@ class IdempotencyStore:
                     session.add(IdempotencyKeyRow(key=key, method=method, request_hash=digest, state="pending",
                                                   status_code=0, payload=None, created_at=now, holder=me,
                                                   attempt=0))
+                self._running.add((key, 0))
                 return Claim(key, me, 0), None
             except IntegrityError:
                 pass
@@ -138,7 +144,10 @@ class IdempotencyStore:
                 row = (await session.execute(select(IdempotencyKeyRow)
                                              .where(IdempotencyKeyRow.key == key))).scalar_one_or_none()
             seen = Seen(row.state, row.request_hash, row.holder, row.created_at) if row is not None else None
-            alive = bool(seen and seen.holder and seen.holder != RELEASED and await self.replicas.alive(seen.holder))
+            orphaned = bool(row is not None and row.state == "pending" and row.holder == me
+                            and (key, row.attempt) not in self._running)
+            alive = not orphaned and bool(seen and seen.holder and seen.holder != RELEASED
+                                          and await self.replicas.alive(seen.holder))
             verdict = judge(seen, digest, alive, now)
             if verdict is Verdict.RUN:
                 continue  # finished retryably and removed between our insert and this read
@@ -157,6 +166,7 @@ class IdempotencyStore:
                     .values(holder=me, attempt=row.attempt + 1, created_at=now))
             if taken.rowcount != 1:
                 raise _in_progress(self.retry_after)  # another retry took it over first
+            self._running.add((key, row.attempt + 1))
             return Claim(key, me, row.attempt + 1, row.effect), None
         raise _in_progress(self.retry_after)
 
@@ -170,12 +180,16 @@ class IdempotencyStore:
         answers with that effect instead of running against the changed state."""
         mine = (IdempotencyKeyRow.key == claim.key, IdempotencyKeyRow.holder == claim.holder,
                 IdempotencyKeyRow.attempt == claim.attempt, IdempotencyKeyRow.state == "pending")
-        async with self.db.session() as session:
-            if code in RETRYABLE:
-                await session.execute(update(IdempotencyKeyRow).where(*mine).values(holder=RELEASED))
-            else:
-                await session.execute(update(IdempotencyKeyRow).where(*mine)
-                                      .values(state="done", status_code=code.value[0], payload=payload))
+        try:
+            async with self.db.session() as session:
+                if code in RETRYABLE:
+                    await session.execute(update(IdempotencyKeyRow).where(*mine).values(holder=RELEASED))
+                else:
+                    await session.execute(update(IdempotencyKeyRow).where(*mine)
+                                          .values(state="done", status_code=code.value[0], payload=payload))
+        finally:
+            # Stored, let go, or not written at all: either way this replica runs the claim no more.
+            self._running.discard((claim.key, claim.attempt))
 
     # -- what services do with the running call's claim --------------------------------------------------
 

@@ -20,6 +20,7 @@ import logging
 import os
 import socket
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import delete, select, update
@@ -31,6 +32,7 @@ from .db.models import ReplicaRow
 log = logging.getLogger(__name__)
 
 FORGET_AFTER = timedelta(hours=1)  # rows of replicas dead this long are deleted
+HOUSEKEEPING_EVERY = 600  # renewals (a lease of 10 s: every 33 minutes)
 
 
 def utcnow() -> datetime:
@@ -61,6 +63,8 @@ class ReplicaRegistry:
         self.id = f"{socket.gethostname()[:64]}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
         self._task: asyncio.Task[None] | None = None
         self._started = asyncio.Lock()
+        # Work to do now and then while the process lives (e.g. pruning old replay outcomes).
+        self.housekeeping: list[Callable[[], Awaitable[object]]] = []
 
     async def ensure_started(self) -> str:
         """Register this process (once) and start its heartbeat; returns the replica id claims record."""
@@ -88,8 +92,10 @@ class ReplicaRegistry:
             try:
                 await self._renew()
                 rounds += 1
-                if rounds % 600 == 1:
+                if rounds % HOUSEKEEPING_EVERY == 1:
                     await self._forget_dead()
+                    for chore in self.housekeeping:
+                        await chore()
             except Exception as exc:  # noqa: BLE001 - the database may be away for a while; keep beating
                 log.warning("replica heartbeat failed: %s", exc)
 
