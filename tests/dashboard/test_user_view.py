@@ -49,8 +49,10 @@ def test_alice_installs_watches_visits_pauses_resumes_restarts_uninstalls(dev_st
     c.get_by_role("button", name="Install", exact=True).click()
     expect(page.get_by_role("dialog")).to_contain_text("persistent disk")
     shoot(page, "confirm-install")
-    confirm(page, "private instance", "Install")
-    expect(c.locator(".progress .lines li").first).to_contain_text("Installing", timeout=SETTLE)
+    with page.expect_response(lambda r: r.request.method == "POST" and r.url.endswith("/instances")) as created:
+        confirm(page, "private instance", "Install")
+    first_state = created.value.json()["state"]  # the state CreateInstance answered: the first progress line
+    expect(c.locator(".progress .lines li").first).to_have_attribute("data-state", first_state)
     shoot(page, "installing")
     expect(c).to_have_attribute("data-state", "RUNNING", timeout=SETTLE)
     assert c.locator(".progress .lines li").count() >= 1
