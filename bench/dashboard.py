@@ -98,7 +98,9 @@ def one_load(browser, url: str, storage: dict) -> dict:
         const nav = performance.getEntriesByType('navigation')[0];
         return {firstCard: window.__bench.firstCard, interactive: window.__bench.interactive,
                 js: sum(/\\.js$/), css: sum(/\\.css$/), html: nav.encodedBodySize,
-                domContentLoaded: nav.domContentLoadedEventEnd};
+                domContentLoaded: nav.domContentLoadedEventEnd,
+                api: Math.max(0, ...res.filter(r => new URL(r.name).pathname.startsWith('/v1/'))
+                                     .map(r => r.responseEnd - r.startTime))};
     }""")
     figures["requests"] = len(requests)
     context.close()
@@ -132,7 +134,7 @@ def main() -> int:
     med = {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
     print(f"dashboard first load, cold cache, {opts.rounds} rounds (median; min–max) at {url}")
     for key, label in (("firstCard", "first template card"), ("interactive", "interactive"),
-                       ("domContentLoaded", "DOMContentLoaded")):
+                       ("domContentLoaded", "DOMContentLoaded"), ("api", "slowest API call")):
         values = [r[key] for r in rounds]
         print(f"  {label:<22} {med[key]:7.0f} ms   ({min(values):.0f}–{max(values):.0f})")
     print(f"  {'JS (gzip)':<22} {med['js'] / 1024:7.1f} KiB")
