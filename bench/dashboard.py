@@ -94,7 +94,8 @@ def one_load(browser, url: str, storage: dict) -> dict:
     page.wait_for_function("() => window.__bench && window.__bench.interactive !== undefined", timeout=60_000)
     figures = page.evaluate("""() => {
         const res = performance.getEntriesByType('resource');
-        const sum = (re) => res.filter(r => re.test(new URL(r.name).pathname)).reduce((a, r) => a + r.encodedBodySize, 0);
+        const sum = (re) => res.filter(r => re.test(new URL(r.name).pathname))
+                               .reduce((a, r) => a + r.encodedBodySize, 0);
         const nav = performance.getEntriesByType('navigation')[0];
         return {firstCard: window.__bench.firstCard, interactive: window.__bench.interactive,
                 js: sum(/\\.js$/), css: sum(/\\.css$/), html: nav.encodedBodySize,

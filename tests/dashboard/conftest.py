@@ -12,6 +12,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -99,8 +100,6 @@ def dev_stack(testbed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> Ite
 
 
 def _wait_ready(proc: subprocess.Popen, log: Path) -> str:
-    import time
-
     deadline = time.monotonic() + STACK_TIMEOUT
     while time.monotonic() < deadline:
         text = log.read_text(errors="replace")

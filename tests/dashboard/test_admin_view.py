@@ -21,7 +21,8 @@ SETTLE = 180_000
 def manifest(namespace: str, *, replicas: int = 0, description: str = "Published from the admin view.") -> str:
     text = (REPO / "deploy" / "samples" / "stable-diffusion-cpu.yaml").read_text()
     text = text.replace("${DOMAIN}", "aigc.localhost").replace("name: stable-diffusion-cpu", f"name: {NAME}")
-    text = text.replace("namespace: default", f"namespace: {namespace}").replace("-cpu.aigc.localhost", "-admin.aigc.localhost")
+    text = text.replace("namespace: default", f"namespace: {namespace}")
+    text = text.replace("-cpu.aigc.localhost", "-admin.aigc.localhost")
     text = re.sub(r"display-name: .*", "display-name: Admin Test Engine", text)
     text = re.sub(r"aigc.gateway.io/description: .*", f"aigc.gateway.io/description: {description}", text)
     return text.replace("replicas: 0", f"replicas: {replicas}")
@@ -81,7 +82,8 @@ def test_admin_publishes_updates_and_force_deletes_while_alice_watches(dev_stack
     admin.get_by_label("Owner").fill("alice")
     admin.get_by_label("State").select_option("RUNNING")
     admin.get_by_role("button", name="Filter").click()
-    expect(admin.locator(f'tr[data-instance^="namespaces/{dev_stack.namespace}/templates/{NAME}/instances/"]')).to_have_count(1)
+    prefix = f"namespaces/{dev_stack.namespace}/templates/{NAME}/instances/"
+    expect(admin.locator(f'tr[data-instance^="{prefix}"]')).to_have_count(1)
     expect(admin.locator("tbody tr td:nth-child(2)").first).to_have_text("alice")
     admin.get_by_role("button", name="Check consistency").click()
     expect(admin.get_by_test_id("consistency")).to_contain_text("consistent.")
@@ -105,7 +107,7 @@ def test_admin_publishes_updates_and_force_deletes_while_alice_watches(dev_stack
     panel.get_by_label("Also delete its instances and their disks").check()
     panel.get_by_role("button", name="Delete", exact=True).click()
     # The cascade waits for the instance's pod and disk to go: a while on a loaded machine.
-    expect(admin.get_by_role("status").filter(has_text="Deleted Admin Test Engine: 1 instances removed.")).to_be_visible(
-        timeout=SETTLE)
+    deleted = admin.get_by_role("status").filter(has_text="Deleted Admin Test Engine: 1 instances removed.")
+    expect(deleted).to_be_visible(timeout=SETTLE)
     expect(mine).to_have_count(0, timeout=SETTLE)
     assert alice_loads == [], f"alice's page reloaded: {alice_loads}"

@@ -29,7 +29,8 @@ def test_generated_api_types_match_the_committed_openapi_document(tmp_path: Path
                  [str(BIN / "openapi-typescript"), str(converted), "-o", str(typed)]):
         result = subprocess.run(args, cwd=DASHBOARD, capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, result.stdout + result.stderr
-    assert typed.read_text() == SCHEMA.read_text(), "stale: run `npm run gen` in dashboard/ and commit src/api/schema.d.ts"
+    assert typed.read_text() == SCHEMA.read_text(), \
+        "stale: run `python bridge/generate.py` (or `npm run gen` in dashboard/) and commit src/api/schema.d.ts"
 
 
 def test_built_page_loads_only_its_own_assets_within_budget() -> None:

@@ -3,7 +3,8 @@
 Starts, in order: the Kubernetes test bed (testbed/testbed, cached build; reused when it is
 already up), PostgreSQL (`--postgres`) or the embedded SQLite default, oidc-provider as the
 development identity provider with its login page, the four services in one process, the
-REST bridge serving the dashboard, nginx as the dashboard host (see .devdashboard); signs the demo users in, applies the five sample templates, prints the URLs, the
+REST bridge serving the dashboard, nginx as the dashboard host (see .devdashboard); signs the demo
+users in, applies the five sample templates, prints the URLs, the
 users and a CLI example, then waits. Ctrl-C stops everything it started, in reverse order.
 
 State lives in ./var/dev (gitignored): the configuration, logs, tokens and secrets of the run
