@@ -1,17 +1,21 @@
-"""Which gateway processes are alive: a heartbeat row with a lease per process (issue 20).
+"""Which gateway processes are alive: a heartbeat row with a lease per process, and on PostgreSQL an
+advisory lock held by the process's own session (issue 20).
 
 A replay claim (:mod:`aigc_gateway.idempotency`) records the replica that runs the call. A retry of the
 same request finds the claim pending and asks here whether its holder still lives: a replica renews
-``expires_at = now + lease`` every ``lease / 3`` seconds, so a killed one is known dead within the lease
-and its claims are taken over at once, while a live one (however slow its call) keeps its claims.
+``expires_at = now + lease`` every ``lease / 3`` seconds, so a dead one is known dead within the lease
+and its claims are taken over, while a live one (however slow its call) keeps its claims.
 
-Why a heartbeat row rather than a PostgreSQL advisory lock held by the replica's session: it works the
-same on the embedded SQLite default (which has no advisory locks, and where several processes may share
-the file); its detection time is the configured lease, where a dead session's lock is freed only when
-PostgreSQL notices the connection is gone (immediately for a killed process on a live host, but after
-TCP keepalive — two hours by default — for a host that vanished, or never behind a transaction-mode
-pooler); and it needs no connection pinned for the life of the process. The price is a clock
-assumption: hosts' clocks agree to well within the lease (NTP).
+The lease is the bound, and the only signal on the embedded SQLite default (no advisory locks; several
+processes may share the file). It alone would make every retry after a kill wait most of a lease, so on
+PostgreSQL each replica also holds ``pg_advisory_lock(replica:<id>)`` on a connection of its own: the
+server frees it the moment the process's connection drops (a killed process's socket is closed by its
+kernel), and a retry that can take that lock knows the holder is gone at once. The lock alone would not
+do: a host that vanishes leaves its connection open until TCP keepalive gives up (two hours by default),
+and a pooler in transaction mode cannot hold it; the lease bounds those. A replica whose lock connection
+broke while it lives may be taken over early; the claim's fence (``attempt``, checked under the allocator
+lock before anything is written) keeps its call from changing anything twice. Hosts' clocks are assumed
+to agree to well within the lease (NTP).
 """
 from __future__ import annotations
 
@@ -23,10 +27,13 @@ import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import delete, select, update
+import asyncpg
+from sqlalchemy import delete, select, text, update
 
 from .background import cancel_and_wait
 from .db import Database
+from .db.engine import lock_key
+from .db.listen import asyncpg_dsn
 from .db.models import ReplicaRow
 
 log = logging.getLogger(__name__)
@@ -44,9 +51,15 @@ def aware(value: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
 
 
-def is_alive(expires_at: datetime | None, now: datetime) -> bool:
-    """A replica is alive until its lease runs out; one with no row (never seen, or forgotten) is dead."""
-    return expires_at is not None and aware(expires_at) > now
+def is_alive(expires_at: datetime | None, now: datetime, lock_free: bool | None = None) -> bool:
+    """A replica is alive until its lease runs out, or its session lock is free (``lock_free`` True: it held
+    one and its session is gone; None: no lock to look at); one with no row (never seen, or forgotten) is
+    dead."""
+    return expires_at is not None and aware(expires_at) > now and lock_free is not True
+
+
+def lock_name(replica: str) -> str:
+    return f"replica:{replica}"
 
 
 def renew_every(lease: float) -> float:
@@ -63,6 +76,7 @@ class ReplicaRegistry:
         self.id = f"{socket.gethostname()[:64]}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
         self._task: asyncio.Task[None] | None = None
         self._started = asyncio.Lock()
+        self._lock_conn: asyncpg.Connection | None = None
         # Work to do now and then while the process lives (e.g. pruning old replay outcomes).
         self.housekeeping: list[Callable[[], Awaitable[object]]] = []
 
@@ -75,14 +89,36 @@ class ReplicaRegistry:
                     self._task = asyncio.create_task(self._beat(), name="replica-heartbeat")
         return self.id
 
+    async def _hold_session_lock(self) -> bool:
+        """Hold this replica's advisory lock on a connection of its own (PostgreSQL); False if not held."""
+        if self._lock_conn is not None:
+            try:
+                await self._lock_conn.fetchval("SELECT 1", timeout=5)
+                return True
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+                self._lock_conn.terminate()  # the lock went with the session: take it again below
+                self._lock_conn = None
+        dsn = asyncpg_dsn(self.db.url)
+        if dsn is None:
+            return False
+        try:
+            conn = await asyncpg.connect(dsn, timeout=5)
+            await conn.execute("SELECT pg_advisory_lock($1)", lock_key(lock_name(self.id)))
+        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+            log.warning("cannot hold this replica's session lock (the lease alone tells it is alive): %s", exc)
+            return False
+        self._lock_conn = conn
+        return True
+
     async def _renew(self) -> None:
+        locked = await self._hold_session_lock()
         now = utcnow()
         async with self.db.session() as session:
             renewed = await session.execute(update(ReplicaRow).where(ReplicaRow.id == self.id)
-                                            .values(expires_at=now + self.lease))
+                                            .values(expires_at=now + self.lease, session_lock=locked))
             if not renewed.rowcount:
                 session.add(ReplicaRow(id=self.id, host=socket.gethostname()[:255], pid=os.getpid(),
-                                       started_at=now, expires_at=now + self.lease))
+                                       started_at=now, expires_at=now + self.lease, session_lock=locked))
 
     async def _beat(self) -> None:
         every = renew_every(self.lease.total_seconds())
@@ -107,9 +143,16 @@ class ReplicaRegistry:
         if replica == self.id:
             return True
         async with self.db.session() as session:
-            expires = (await session.execute(select(ReplicaRow.expires_at)
-                                             .where(ReplicaRow.id == replica))).scalar_one_or_none()
-        return is_alive(expires, utcnow())
+            row = (await session.execute(select(ReplicaRow.expires_at, ReplicaRow.session_lock)
+                                         .where(ReplicaRow.id == replica))).first()
+            if row is None or not is_alive(row.expires_at, utcnow()):
+                return False
+            if not row.session_lock or self.db.is_sqlite:
+                return True
+            # Free means its session is gone; taken inside this transaction, it is released at its end.
+            free = (await session.execute(text("SELECT pg_try_advisory_xact_lock(:k)"),
+                                          {"k": lock_key(lock_name(replica))})).scalar_one()
+        return is_alive(row.expires_at, utcnow(), lock_free=bool(free))
 
     async def close(self) -> None:
         """Stop beating and leave: a clean stop frees this replica's unfinished claims at once."""
@@ -122,3 +165,6 @@ class ReplicaRegistry:
                 await session.execute(delete(ReplicaRow).where(ReplicaRow.id == self.id))
         except Exception as exc:  # noqa: BLE001 - the lease runs out on its own
             log.warning("cannot remove this replica's heartbeat row: %s", exc)
+        if self._lock_conn is not None:
+            await self._lock_conn.close()
+            self._lock_conn = None

@@ -3,6 +3,7 @@ over at once, a live one's never; the first attempt's committed effect comes wit
 that lost its claim cannot overwrite the outcome."""
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 import grpc
@@ -54,6 +55,26 @@ async def test_a_live_holder_keeps_its_claim_and_a_dead_ones_is_taken_over(datab
         await second.finish(taken, grpc.StatusCode.OK, b"answer")
         _, stored = await first.claim("I.M", "alice", "r-1", REQUEST)
         assert stored is not None and stored.payload == b"answer"
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_a_killed_replicas_session_lock_tells_at_once(database: Database) -> None:
+    """On PostgreSQL the holder's own session lock goes with its connection: no waiting for the lease."""
+    first, second = store(database), store(database)
+    try:
+        await first.claim("I.M", "alice", "r-5", REQUEST)
+        assert await second.replicas.alive(first.replicas.id)  # lease valid, lock held
+        assert first.replicas._task is not None and first.replicas._lock_conn is not None
+        first.replicas._task.cancel()
+        first.replicas._lock_conn.terminate()  # what the kernel does to a killed process's socket
+        for _ in range(50):  # the server notices the closed socket (not a timing bar: it is immediate)
+            if not await second.replicas.alive(first.replicas.id):
+                break
+            await asyncio.sleep(0.05)
+        taken, stored = await second.claim("I.M", "alice", "r-5", REQUEST)  # lease still valid
+        assert stored is None and taken.attempt == 1
     finally:
         await first.close()
         await second.close()

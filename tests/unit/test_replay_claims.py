@@ -55,6 +55,8 @@ def test_liveness_is_the_lease() -> None:
     assert not is_alive(None, NOW)
     assert is_alive((NOW + timedelta(seconds=1)).replace(tzinfo=None), NOW)  # SQLite's naive UTC
     assert renew_every(9.0) == 3.0
+    assert not is_alive(NOW + timedelta(seconds=5), NOW, lock_free=True)  # its session is gone: dead at once
+    assert is_alive(NOW + timedelta(seconds=5), NOW, lock_free=False)
 
 
 def _row(**kw: object) -> InstanceRow:

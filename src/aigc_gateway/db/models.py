@@ -86,7 +86,7 @@ class IdempotencyKeyRow(Base):
 
 class ReplicaRow(Base):
     """A gateway process and its heartbeat lease (``aigc_gateway.replicas``): alive while ``expires_at`` is
-    in the future."""
+    in the future and, when ``session_lock`` (PostgreSQL), while its session holds its advisory lock."""
 
     __tablename__ = "gateway_replicas"
 
@@ -95,6 +95,7 @@ class ReplicaRow(Base):
     pid: Mapped[int] = mapped_column(Integer, nullable=False)
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    session_lock: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
 
 
 def allocator_lock(namespace: str, template: str) -> str:
