@@ -117,10 +117,11 @@ class ChaosBed:
     (tests/plugins/oidc.py's Issuer); ``logto`` is a started tests/doubles/logto.py LogtoDouble."""
 
     def __init__(self, *, namespace: str, database_url: str, kubeconfig: str, issuer: Any, logto: Any,
-                 templates: tuple[str, ...], domain: str, folder: Path, users: int, seed: int):
+                 templates: tuple[str, ...], domain: str, folder: Path, users: int, seed: int,
+                 release_wait: float = 30.0):
         self.namespace, self.database_url, self.kubeconfig = namespace, database_url, kubeconfig
         self.issuer, self.logto, self.templates, self.domain = issuer, logto, templates, domain
-        self.folder, self.rng = folder, random.Random(seed)
+        self.folder, self.rng, self.release_wait = folder, random.Random(seed), release_wait
         self.users = [f"chaos-{i:02d}" for i in range(users)]
         self.toxi = Toxiproxy(folder / "toxiproxy.log")
         self.proxies: dict[str, Proxy] = {}
@@ -164,7 +165,7 @@ class ChaosBed:
                 "servers": {n: {"listen": f"127.0.0.1:{p}"} for n, p in ports.items()} | {"metrics_listen": ""},
                 "kubernetes": {"kubeconfig": str(proxied_kube)},
                 "logging": {"level": "WARNING", "json": True},
-                "instance": {"reconcile_interval_seconds": 2, "release_wait_seconds": 2},
+                "instance": {"reconcile_interval_seconds": 2, "release_wait_seconds": self.release_wait},
                 "auth": {"http_listen": "", "http_workers": 0},
                 "usersync": {"http_listen": "127.0.0.1:0", "logto_endpoint": f"http://{self.proxies['logto'].listen}",
                              "logto_app_id": self.logto.app_id, "logto_app_secret": self.logto.app_secret,
@@ -442,6 +443,8 @@ async def main() -> int:
     parser.add_argument("--seconds", type=float, default=30, help="length of each fault")
     parser.add_argument("--users", type=int, default=6)
     parser.add_argument("--faults", default="all", help="comma list, e.g. pg-auth:down,kube:latency,pg-restart")
+    parser.add_argument("--release-wait", type=float, default=30.0,
+                        help="instance.release_wait_seconds (2 made a FREE slot keep its disk once, see the notes)")
     args = parser.parse_args()
 
     import asyncpg
@@ -480,7 +483,7 @@ async def main() -> int:
             await kube.create(GSS, namespace, obj)
         bed = ChaosBed(namespace=namespace, database_url=url, kubeconfig=kube_path, issuer=Issuer(issuer_url, key),
                        logto=logto, templates=templates, domain="aigc.test", folder=folder, users=args.users,
-                       seed=args.seed)
+                       seed=args.seed, release_wait=args.release_wait)
         steps = await run(bed, schedule(args.seed, args.seconds, args.faults))
         print_table(steps, args.seed)
         print(f"logs: {folder}")
