@@ -96,7 +96,9 @@ export function useEngines() {
           if (s.instances[template]?.name === name) delete s.instances[template];
           card(template).progress = [];
         } else if (BUSY.has(s.instances[template]?.state ?? "")) {
-          void refresh();
+          // The stream broke while the gateway still works (a restart, a network blip): look again a
+          // little later, which watches again; never in a tight loop against a failing service.
+          window.setTimeout(() => void refresh(), 2000);
         }
       },
     });
