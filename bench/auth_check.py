@@ -13,6 +13,17 @@ alternating spreads any background load over both; the medians of the rounds are
   default 1,000/s and 2,000/s: vegeta shares the machine's cores too), the same for both, at most
   ``--connections`` connections: latency as a user sees it while the server keeps up.
 
+A third server, nginx answering every request with a static ``return 204`` (the same requests, the
+same load), is the ceiling of any HTTP auth endpoint on this machine: the ratios to it say how much of
+the machine's HTTP capacity /auth reaches and how much tail the machine itself adds.
+
+Every run also reports, from ``/proc``, each server's CPU time per request, the time its threads spent
+runnable but waiting for a CPU (the scheduler's delay, which a loaded machine adds to every server) and
+its preemptions, and the load average at the start of the run; and, per measurement, what the /auth
+workers' own probes saw (:mod:`aigc_gateway.services.auth.probes`: garbage collections and their
+pauses, event-loop lateness split into the loop's own work and waiting for a CPU). The machine may be
+shared: these are the figures to attribute a tail with, where wall-clock latency alone cannot.
+
 The request mix cycles through signed-in owners (allowed), signed-in non-owners (denied) and anonymous
 requests (``--mix``). The auth service runs as in production: this process is the gRPC side (owner map
 from the ``instances`` rows this script writes, routes from a template pattern, since no cluster is
@@ -116,9 +127,11 @@ def run_wrk(port: int, script: str, duration: int, connections: int) -> dict[str
         return value * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))  # type: ignore[union-attr]
+    top = re.search(r"^\s*Latency\s+\S+\s+\S+\s+([\d.]+)(us|ms|s)\s", text, re.M)  # avg, stdev, max
+    peak = float(top.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[top.group(2)] if top else float("nan")
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
     errors = re.search(r"Socket errors:.*", text)
-    return {"rps": rps, "p50": latency("50"), "p99": latency("99"),
+    return {"rps": rps, "p50": latency("50"), "p99": latency("99"), "max": peak,
             "non2xx": float(non2xx.group(1)) if non2xx else 0.0, "errors": 1.0 if errors else 0.0}
 
 
@@ -144,7 +157,7 @@ def run_vegeta(vegeta: Path, port: int, requests: list[tuple[str, dict[str, str]
     lat = data["latencies"]
     codes = data.get("status_codes") or {}
     return {"rate": data["rate"], "p50": lat["50th"] / 1e6, "p99": lat["99th"] / 1e6, "max": lat["max"] / 1e6,
-            "other": float(sum(n for code, n in codes.items() if code not in ("200", "202", "401", "403")))}
+            "other": float(sum(n for code, n in codes.items() if code not in ("200", "202", "204", "401", "403")))}
 
 
 # -- the auth service ------------------------------------------------------------------------------------
@@ -257,6 +270,111 @@ def wait_port(port: int, timeout: float = 20) -> None:
     raise SystemExit(f"nothing listens on {port}")
 
 
+def start_nginx(tmp: Path, port: int) -> subprocess.Popen:
+    """nginx answering 204 to everything: the ceiling of an HTTP auth endpoint on this machine."""
+    conf = tmp / "nginx-204.conf"
+    conf.write_text(f"""
+daemon off;
+worker_processes auto;
+pid {tmp}/nginx.pid;
+error_log {tmp}/nginx-error.log;
+events {{ worker_connections 1024; }}
+http {{
+  access_log off;
+  client_body_temp_path {tmp}/nginx-body;
+  proxy_temp_path {tmp}/nginx-proxy;
+  fastcgi_temp_path {tmp}/nginx-fastcgi;
+  uwsgi_temp_path {tmp}/nginx-uwsgi;
+  scgi_temp_path {tmp}/nginx-scgi;
+  server {{ listen 127.0.0.1:{port}; location / {{ return 204; }} }}
+}}
+""")
+    return subprocess.Popen([shutil.which("nginx") or "nginx", "-c", str(conf), "-p", str(tmp)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (nginx's workers)."""
+    found, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        found.append(p)
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            try:
+                todo += [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                pass
+    return found
+
+
+def proc_usage(pids: list[int]) -> dict[str, float]:
+    """CPU seconds, seconds runnable-but-waiting (schedstat) and preemptions of every thread of ``pids``."""
+    tick = os.sysconf("SC_CLK_TCK")
+    cpu = wait = preempted = 0.0
+    for pid in pids:
+        for task in Path(f"/proc/{pid}/task").glob("*"):
+            try:
+                fields = (task / "stat").read_text().rpartition(")")[2].split()
+                cpu += (int(fields[11]) + int(fields[12])) / tick
+                wait += int((task / "schedstat").read_text().split()[1]) / 1e9
+                status = (task / "status").read_text()
+                switches = re.search(r"nonvoluntary_ctxt_switches:\s+(\d+)", status)
+                preempted += int(switches.group(1)) if switches else 0
+            except (OSError, ValueError, AttributeError):
+                pass  # a thread that ended meanwhile
+    return {"cpu": cpu, "wait": wait, "preempted": preempted}
+
+
+def measured(pids_of, run, *args) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    """``run(*args)`` with the server's CPU, scheduler wait and preemptions per request, and the load."""
+    load = float(Path("/proc/loadavg").read_text().split()[0])
+    pids = pids_of()
+    before = proc_usage(pids)
+    row = run(*args)
+    after = proc_usage(pids)
+    n = max(1.0, row.get("rps", row.get("rate", 0.0)) * args[-2])  # duration is the last-but-one argument
+    row.update(load=load, cpu_us=(after["cpu"] - before["cpu"]) / n * 1e6,
+               wait_us=(after["wait"] - before["wait"]) / n * 1e6,
+               preempted=(after["preempted"] - before["preempted"]))
+    return row
+
+
+def probe_totals(service: AuthService) -> dict[str, list[float]]:
+    """The sum of the /auth workers' latest runtime probes (see services/auth/probes.py)."""
+    total: dict[str, list[float]] = {}
+    if service.workers is None:
+        return total
+    for value in service.workers.metrics.live.values():
+        for key, v in (value.get("runtime") or {}).items():
+            v = v if isinstance(v, list) else [v]
+            have = total.setdefault(key, [0.0] * len(v))
+            total[key] = [max(a, b) if key in ("gc_max", "lag_max_ms") else a + b for a, b in zip(have, v)]
+    return total
+
+
+async def fresh_probes(service: AuthService) -> dict[str, list[float]]:
+    await asyncio.sleep(2.2)  # the workers report every 2 s
+    return probe_totals(service)
+
+
+def probe_line(before: dict[str, list[float]], after: dict[str, list[float]], requests: float) -> str:
+    if not after:
+        return "  /auth workers' probes: none (no worker processes)"
+
+    def d(key: str) -> list[float]:
+        return [a - b for a, b in zip(after[key], before.get(key, [0.0] * len(after[key])))]
+
+    count, seconds, collected = d("gc_count"), d("gc_seconds"), d("gc_collected")
+    lag = d("lag")
+    gcs = "; ".join(f"gen{g} {count[g]:.0f}x {seconds[g] * 1000:.1f} ms (max {after['gc_max'][g] * 1000:.2f} ms "
+                    f"since start)" for g in range(3))
+    return (f"  /auth workers' probes over the measurement ({requests:,.0f} requests): GC {gcs}; "
+            f"{sum(collected):.0f} objects collected, {after['frozen'][0]:.0f} frozen\n"
+            f"    loop timer late >5 ms: {sum(lag[4:]):.0f}x, >20 ms: {sum(lag[6:]):.0f}x (max since start "
+            f"{after['lag_max_ms'][0]:.1f} ms); lateness {d('lag_busy_s')[0] * 1000:.0f} ms own work, "
+            f"{d('lag_off_cpu_s')[0] * 1000:.0f} ms waiting for a CPU; {d('preempted')[0]:.0f} preemptions")
+
+
 def tool(script: str) -> Path:
     done = subprocess.run([str(ROOT / "bench" / script)], capture_output=True, text=True)
     if done.returncode != 0:
@@ -289,6 +407,7 @@ async def main() -> int:
                         help="auth.http_event_loop of the workers")
     parser.add_argument("--database-url", default="", help="PostgreSQL for sessions (default: embedded SQLite)")
     parser.add_argument("--skip-oauth2-proxy", action="store_true")
+    parser.add_argument("--skip-nginx", action="store_true", help="no nginx return 204 ceiling")
     opts = parser.parse_args()
     vegeta = tool("install_load_tools.sh")
     shares = tuple(int(x) for x in opts.mix.split(","))
@@ -308,9 +427,14 @@ async def main() -> int:
     print(f"checker alone (no HTTP, one process): {await in_process_rate(service.checker, requests):,.0f} decisions/s")
 
     o2p_proc = None
+    nginx_proc = None
     o2p_port = 0
     o2p_requests: list[tuple[str, dict]] = []
+    ours = "aigc-gateway /auth"
+    ceiling = "nginx return 204 (ceiling)"
     try:
+        servers: list[tuple[str, int, list[tuple[str, dict]], object]] = [
+            (ours, port, requests, lambda: (service.workers.pids if service.workers is not None else [os.getpid()]))]
         if not opts.skip_oauth2_proxy:
             cache = tool("build_oauth2_proxy.sh")
             o2p_port = free_port()
@@ -322,53 +446,77 @@ async def main() -> int:
             o2p_requests = [("/oauth2/auth", {k: v for k, v in h.items() if k != "Cookie"} | (
                 {"Cookie": f"{O2P_COOKIE}={minted[n % len(minted)]}"} if "Cookie" in h else {}))
                 for n, (_, h) in enumerate(requests)]
-        servers = [("aigc-gateway /auth", port, requests)]
-        if o2p_port:
-            servers.append(("oauth2-proxy /oauth2/auth", o2p_port, o2p_requests))
-        for _, p, reqs in servers:  # warm up: connections, caches, the workers' session reads
-            await asyncio.to_thread(run_wrk, p, wrk_script(reqs), 5, opts.connections)
+            servers.append(("oauth2-proxy /oauth2/auth", o2p_port, o2p_requests, lambda: [o2p_proc.pid]))
+        if not opts.skip_nginx and shutil.which("nginx"):
+            nginx_port = free_port()
+            nginx_proc = start_nginx(tmp, nginx_port)
+            wait_port(nginx_port)
+            servers.append((ceiling, nginx_port, requests, lambda: process_tree(nginx_proc.pid)))
+        scripts = {name: wrk_script(reqs) for name, _, reqs, _ in servers}
+        for name, p, _, _ in servers:  # warm up: connections, caches, the workers' session reads
+            await asyncio.to_thread(run_wrk, p, scripts[name], 5, opts.connections)
 
-        saturated: dict[str, list[dict[str, float]]] = {name: [] for name, _, _ in servers}
-        for _ in range(opts.rounds):
-            for name, p, reqs in servers:
-                saturated[name].append(await asyncio.to_thread(
-                    run_wrk, p, script if p == port else wrk_script(reqs), opts.duration, opts.connections))
-        print(f"\nsaturated (wrk -t1 -c{opts.connections} -d{opts.duration}s; medians of {opts.rounds} rounds):")
-        for name, rows in saturated.items():
-            print(f"  {name:<27} {median(rows, 'rps'):>9,.0f} checks/s   p50 {median(rows, 'p50'):6.2f} ms   "
-                  f"p99 {median(rows, 'p99'):6.2f} ms   (rounds: {rounds(rows, 'rps', '{:,.0f}')})")
-        expected = (shares[1] + shares[2]) / sum(shares)
-        ours = saturated["aigc-gateway /auth"]
-        print(f"  /auth non-2xx share {sum(r['non2xx'] for r in ours) / max(1, sum(r['rps'] * opts.duration for r in ours)):.0%}"
-              f" (expected {expected:.0%})")
+        def table(rows_of: dict[str, list[dict[str, float]]], key: str, unit: str) -> None:
+            for name, rows in rows_of.items():
+                print(f"  {name:<27} {median(rows, key):>9,.0f} {unit}   p50 {median(rows, 'p50'):6.2f} ms   "
+                      f"p99 {median(rows, 'p99'):6.2f} ms   max {median(rows, 'max'):7.2f} ms   "
+                      f"(p99 rounds: {rounds(rows, 'p99', '{:.2f}')})")
+            print("  per request, medians of the rounds: server CPU / waiting for a CPU; preemptions per round; "
+                  "load average at each round's start")
+            for name, rows in rows_of.items():
+                print(f"  {name:<27} CPU {median(rows, 'cpu_us'):6.1f} us   waiting {median(rows, 'wait_us'):6.1f} us"
+                      f"   preemptions {rounds(rows, 'preempted', '{:.0f}')}   load {rounds(rows, 'load', '{:.1f}')}")
 
         ratios: list[str] = []
-        if o2p_port:
-            a, b = saturated["aigc-gateway /auth"], saturated["oauth2-proxy /oauth2/auth"]
-            ratios.append(f"saturated throughput {median(a, 'rps') / median(b, 'rps'):.2f}x, "
-                          f"saturated p99 {median(a, 'p99') / median(b, 'p99'):.2f}x")
+        before = await fresh_probes(service)
+        saturated: dict[str, list[dict[str, float]]] = {name: [] for name, *_ in servers}
+        for _ in range(opts.rounds):
+            for name, p, _, pids in servers:
+                saturated[name].append(await asyncio.to_thread(
+                    measured, pids, run_wrk, p, scripts[name], opts.duration, opts.connections))
+        after = await fresh_probes(service)
+        print(f"\nsaturated (wrk -t1 -c{opts.connections} -d{opts.duration}s; medians of {opts.rounds} rounds; "
+              f"checks/s rounds: " + "; ".join(f"{name.split()[0]} {rounds(rows, 'rps', '{:,.0f}')}"
+                                             for name, rows in saturated.items()) + "):")
+        table(saturated, "rps", "checks/s")
+        print(probe_line(before, after, sum(r["rps"] * opts.duration for r in saturated[ours])))
+        expected = (shares[1] + shares[2]) / sum(shares)
+        mine = saturated[ours]
+        print(f"  /auth non-2xx share {sum(r['non2xx'] for r in mine) / max(1, sum(r['rps'] * opts.duration for r in mine)):.0%}"
+              f" (expected {expected:.0%})")
+        for other in ("oauth2-proxy /oauth2/auth", ceiling):
+            if other in saturated:
+                a, b = saturated[ours], saturated[other]
+                ratios.append(f"vs {other.split()[0]}: saturated throughput "
+                              f"{median(a, 'rps') / median(b, 'rps'):.2f}x, "
+                              f"saturated p99 {median(a, 'p99') / median(b, 'p99'):.2f}x")
+
         for rate in [int(r) for r in opts.rates.split(",") if r.strip()]:
-            fixed: dict[str, list[dict[str, float]]] = {name: [] for name, _, _ in servers}
+            fixed: dict[str, list[dict[str, float]]] = {name: [] for name, *_ in servers}
+            before = await fresh_probes(service)
             for _ in range(opts.rounds):
-                for name, p, reqs in servers:
-                    fixed[name].append(await asyncio.to_thread(run_vegeta, vegeta, p, reqs, rate, opts.duration,
-                                                               opts.connections))
+                for name, p, reqs, pids in servers:
+                    fixed[name].append(await asyncio.to_thread(measured, pids, run_vegeta, vegeta, p, reqs, rate,
+                                                               opts.duration, opts.connections))
+            after = await fresh_probes(service)
             print(f"\nfixed rate (vegeta {rate:,}/s, at most {opts.connections} connections, {opts.duration}s; "
                   f"medians of {opts.rounds} rounds):")
-            for name, rows in fixed.items():
-                print(f"  {name:<27} {median(rows, 'rate'):>9,.0f} req/s    p50 {median(rows, 'p50'):6.2f} ms   "
-                      f"p99 {median(rows, 'p99'):6.2f} ms   max {median(rows, 'max'):7.2f} ms   "
-                      f"(p99 rounds: {rounds(rows, 'p99', '{:.2f}')}; "
-                      f"other statuses {sum(r['other'] for r in rows):.0f})")
-            if o2p_port:
-                fa, fb = fixed["aigc-gateway /auth"], fixed["oauth2-proxy /oauth2/auth"]
-                ratios.append(f"p99 at {rate:,}/s {median(fa, 'p99') / median(fb, 'p99'):.2f}x")
+            table(fixed, "rate", "req/s   ")
+            print(probe_line(before, after, rate * opts.duration * opts.rounds))
+            other_statuses = sum(r["other"] for rows in fixed.values() for r in rows)
+            if other_statuses:
+                print(f"  unexpected statuses: {other_statuses:.0f}")
+            for other in ("oauth2-proxy /oauth2/auth", ceiling):
+                if other in fixed:
+                    ratios.append(f"vs {other.split()[0]}: p99 at {rate:,}/s "
+                                  f"{median(fixed[ours], 'p99') / median(fixed[other], 'p99'):.2f}x")
         if ratios:
-            print(f"\nratio aigc-gateway/oauth2-proxy: {', '.join(ratios)}")
+            print("\nratios of aigc-gateway /auth:\n  " + "\n  ".join(ratios))
     finally:
-        if o2p_proc is not None:
-            o2p_proc.terminate()
-            o2p_proc.wait(10)
+        for proc in (o2p_proc, nginx_proc):
+            if proc is not None:
+                proc.terminate()
+                proc.wait(10)
         await service.stop()
         await runtime.close()
         shutil.rmtree(tmp, ignore_errors=True)

@@ -219,6 +219,9 @@ async def test_workers_decide_like_one_process_and_their_counts_reach_metrics(st
         await asyncio.sleep(0.2)
     served = [v["checks"].get("allow", 0) for v in stack.service.workers.metrics.live.values()]
     assert all(n > 0 for n in served), f"one worker answered nothing: {served}"
+    # Each worker froze its start-up heap (no full collection traverses it) and reports its runtime probe.
+    runtime = [v["runtime"] for v in stack.service.workers.metrics.live.values()]
+    assert all(r["frozen"] > 10_000 and r["cpu_s"] > 0 for r in runtime), runtime
 
 
 async def test_a_pause_and_a_revocation_reach_every_worker_within_a_second(stack, browser) -> None:
