@@ -13,7 +13,8 @@ refused for the fault's length) and `kube-restart` (the apiserver link closed an
 and apiserver are not restarted: both are shared with every other test on this machine.
 
 The documented client retry: a call answered UNAVAILABLE/ABORTED/DEADLINE_EXCEEDED/CANCELLED/UNKNOWN/INTERNAL is
-sent again with the same request_id (10 s per attempt) until the fault's length + 30 s has passed.
+sent again with the same request_id (each attempt may take what is left of the budget) until the fault's length
++ 30 s has passed.
 
 Per fault it prints operations attempted / ok / retried / failed, auth checks of the owners (allowed, refused
 while the owner map was unknown) and of a user who owns nothing (allowed must be 0), the recovery time (fault
@@ -25,11 +26,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import random
 import sys
 import tempfile
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,6 +64,7 @@ class Step:
     retried: int = 0
     failed: int = 0
     failures: list[str] = field(default_factory=list)
+    refused: dict[str, int] = field(default_factory=dict)  # answers that are not retried, by reason
     owner_checks: int = 0
     owner_allowed: int = 0
     refused_unknown: int = 0  # owner checks refused while the auth owner map was unknown (fail closed)
@@ -108,6 +112,8 @@ def print_table(steps: list[Step], seed: int) -> None:
               f"{s.nobody_allowed:4d} {s.recovery:7.1f}  {inv}")
         for line in s.failures[:5]:
             print("    failed:", line)
+        if s.refused:
+            print("    refused (not retried, the model's right answers):", s.refused)
     print("columns: own chk/own ok = owners' auth checks / allowed; closed = owner checks refused because the "
           "owner map was unknown (fail closed); nobody/n-ok = checks of a user who owns nothing / allowed")
 
@@ -130,6 +136,7 @@ class ChaosBed:
         self.step: Step | None = None
         self.tokens: dict[str, tuple[float, str]] = {}
         self.probe: tuple[str, int] | None = None  # (template, id) owned by "chaos-probe", never touched
+        self.auth_service: Any = None
 
     # -- wiring ----------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -221,13 +228,17 @@ class ChaosBed:
         while True:
             tries += 1
             try:
+                # An attempt may take as long as the call does (DeleteInstance waits for the disks).
+                left = max(5.0, budget - (time.monotonic() - started))
                 answer = await getattr(self.instances, method)(
-                    message, metadata=(("authorization", f"Bearer {self.bearer(user)}"),), timeout=10)
+                    message, metadata=(("authorization", f"Bearer {self.bearer(user)}"),), timeout=left)
                 step.ok += 1
                 return answer, ""
             except grpc.aio.AioRpcError as exc:
                 if exc.code() not in RETRYABLE:
-                    return None, _reason(exc) or exc.code().name
+                    why = _reason(exc) or exc.code().name
+                    step.refused[why] = step.refused.get(why, 0) + 1
+                    return None, why
                 if tries == 2:
                     step.retried += 1
                 if time.monotonic() - started > budget:
@@ -240,13 +251,17 @@ class ChaosBed:
         from aigc_gateway.api.v1 import auth_pb2
 
         url = f"http://{template}-{ident}-cpu.{self.domain}/"
-        known_before = self.auth_service.owners.known
+        known_before = self.known()
         reply = await self.auth.Check(auth_pb2.CheckRequest(url=url, bearer_token=self.bearer(user)),
                                       metadata=META, timeout=10)
         allowed = reply.decision == auth_pb2.CheckResponse.ALLOW
-        if self.step is not None and not known_before and not self.auth_service.owners.known and allowed:
+        if self.step is not None and not known_before and not self.known() and allowed:
             self.step.allowed_while_unknown += 1
         return allowed
+
+    def known(self) -> bool:
+        """Whether the (in-process) auth service's owner map is current; True when it runs elsewhere."""
+        return self.auth_service is None or self.auth_service.owners.known
 
     # -- load ------------------------------------------------------------------------------------
     async def user_loop(self, user: str, until: float, budget: float) -> None:
@@ -291,7 +306,7 @@ class ChaosBed:
                     step.owner_checks += 1
                     if await self.check(user, tpl, ident):
                         step.owner_allowed += 1
-                    elif not self.auth_service.owners.known:
+                    elif not self.known():
                         step.refused_unknown += 1
                 except grpc.aio.AioRpcError:
                     pass  # the auth service answers from memory; an error here is no decision
@@ -437,17 +452,11 @@ async def run(bed: ChaosBed, steps: list[Step]) -> list[Step]:
     return steps
 
 
-async def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seed", type=int, default=18)
-    parser.add_argument("--seconds", type=float, default=30, help="length of each fault")
-    parser.add_argument("--users", type=int, default=6)
-    parser.add_argument("--faults", default="all", help="comma list, e.g. pg-auth:down,kube:latency,pg-restart")
-    parser.add_argument("--release-wait", type=float, default=30.0,
-                        help="instance.release_wait_seconds (2 made a FREE slot keep its disk once, see the notes)")
-    args = parser.parse_args()
-
+@contextlib.asynccontextmanager
+async def environment() -> AsyncIterator[dict[str, Any]]:
+    """A namespace with two templates, a database, a token issuer and the Logto double, all removed after."""
     import asyncpg
+    from joserfc.jwk import RSAKey
 
     from aigc_gateway.config import KubernetesConfig
     from aigc_gateway.db.migrate import upgrade
@@ -456,8 +465,6 @@ async def main() -> int:
     from tests.doubles.logto import LogtoDouble
     from tests.plugins.kube import load_sample
     from tests.plugins.oidc import Issuer, _serve
-
-    from joserfc.jwk import RSAKey
 
     run_id = uuid.uuid4().hex[:6]
     namespace, database = f"chaos-{run_id}", f"aigc_chaos_{run_id}"
@@ -481,13 +488,9 @@ async def main() -> int:
                 if conf["name"] == "Host":
                     conf["value"] = conf["value"].replace("instances<id>-", f"{name}-<id>-")
             await kube.create(GSS, namespace, obj)
-        bed = ChaosBed(namespace=namespace, database_url=url, kubeconfig=kube_path, issuer=Issuer(issuer_url, key),
-                       logto=logto, templates=templates, domain="aigc.test", folder=folder, users=args.users,
-                       seed=args.seed, release_wait=args.release_wait)
-        steps = await run(bed, schedule(args.seed, args.seconds, args.faults))
-        print_table(steps, args.seed)
+        yield {"namespace": namespace, "database_url": url, "kubeconfig": kube_path, "issuer": Issuer(issuer_url, key),
+               "logto": logto, "templates": templates, "domain": "aigc.test", "folder": folder}
         print(f"logs: {folder}")
-        return 0 if all(s.good for s in steps) else 1
     finally:
         await kube.delete(NAMESPACE, None, namespace)
         await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
@@ -495,6 +498,22 @@ async def main() -> int:
         await kube.close()
         await logto.stop()
         jwks.shutdown()
+
+
+async def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seed", type=int, default=18)
+    parser.add_argument("--seconds", type=float, default=30, help="length of each fault")
+    parser.add_argument("--users", type=int, default=6)
+    parser.add_argument("--faults", default="all", help="comma list, e.g. pg-auth:down,kube:latency,pg-restart")
+    parser.add_argument("--release-wait", type=float, default=30.0,
+                        help="instance.release_wait_seconds (2 made a FREE slot keep its disk once, see the notes)")
+    args = parser.parse_args()
+    async with environment() as env:
+        bed = ChaosBed(**env, users=args.users, seed=args.seed, release_wait=args.release_wait)
+        steps = await run(bed, schedule(args.seed, args.seconds, args.faults))
+        print_table(steps, args.seed)
+        return 0 if all(s.good for s in steps) else 1
 
 
 if __name__ == "__main__":
