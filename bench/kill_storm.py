@@ -110,6 +110,22 @@ class Replica:
                                       str(self.config)], env=env, stdin=subprocess.DEVNULL,
                                      stdout=self.log.open("ab"), stderr=subprocess.STDOUT)
 
+    async def serving(self, timeout: float = 120) -> None:
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        health = health_pb2_grpc.HealthStub(self.channel)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                reply = await health.Check(health_pb2.HealthCheckRequest(service="aigc.gateway.v1.InstanceService"),
+                                           timeout=2)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.aio.AioRpcError:
+                pass
+            await asyncio.sleep(0.3)
+        raise RuntimeError(f"replica {self.index} did not start: {self.log.read_text()[-2000:]}")
+
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.killed_at = time.monotonic()
@@ -153,6 +169,8 @@ async def storm(namespace: str, url: str, kube: str, folder: Path, *, seconds: f
         replicas.append(Replica(i, path, port, folder / f"replica-{i}.log", lease))
     for r in replicas:
         r.start()
+    for r in replicas:
+        await r.serving()
     stubs = [instance_pb2_grpc.InstanceServiceStub(r.channel) for r in replicas]
     metadata = (("x-aigc-service-token", TOKEN), ("x-aigc-service-name", "storm"))
     mine: dict[tuple[str, str], tuple[int, str] | None] = {}  # (user, template) -> (id, LIVE|PAUSED)
