@@ -22,7 +22,7 @@ AUDIT = {
     "ListAuditEvents action+day": (
         "SELECT * FROM audit_events WHERE action = $1 AND time >= now() - interval '8 days' "
         "AND time < now() - interval '7 days' ORDER BY id DESC LIMIT 101", ["InstanceService.PauseInstance"],
-        "ix_audit_events_time"),
+        "ix_audit_events_action_time"),
 }
 pytestmark = pytest.mark.asyncio(loop_scope="module")  # one seeded database for every plan
 

@@ -54,6 +54,7 @@ class AuditEventRow(Base):
         Index("ix_audit_events_time", "time"),
         Index("ix_audit_events_actor_id", "actor", "id"),
         Index("ix_audit_events_action_id", "action", "id"),
+        Index("ix_audit_events_action_time", "action", "time"),  # action within a time window (migration 0004)
         Index("ix_audit_events_template_id", "template", "id"),
         Index("ix_audit_events_resource_id", "resource", "id"),
         Index("ix_audit_events_outcome_id", "outcome", "id"),
