@@ -4,13 +4,15 @@ Objects travel as plain JSON dicts, exactly as the apiserver serves them, so
 unknown fields of a GameServerSet survive a read-modify-write and the pure
 logic elsewhere can be tested on literal dicts. API failures become domain
 errors: 404 NotFound, 409 Aborted (a stale resourceVersion: retry), 422
-InvalidArgument with the apiserver's causes as field violations, 5xx and
-connection failures Unavailable.
+InvalidArgument with the apiserver's causes as field violations, 5xx,
+connection failures and a missing or unusable kubeconfig Unavailable ("the
+Kubernetes cluster is not reachable").
 """
 from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -91,15 +93,25 @@ class Kube:
 
     @classmethod
     async def connect(cls, cfg: KubernetesConfig) -> "Kube":
+        """The client; Unavailable (retryable) when no usable configuration is found, as when the apiserver does
+        not answer: to a caller both mean the cluster cannot be reached now (a dev stack without Kubernetes, a
+        kubeconfig not mounted yet), never an internal error."""
         configuration = client.Configuration()
-        if cfg.kubeconfig:
-            await config.load_kube_config(config_file=cfg.kubeconfig, context=cfg.context or None,
-                                          client_configuration=configuration)
-        else:
-            try:
-                config.load_incluster_config(client_configuration=configuration)
-            except config.ConfigException:
-                await config.load_kube_config(context=cfg.context or None, client_configuration=configuration)
+        try:
+            if cfg.kubeconfig and not os.path.isfile(cfg.kubeconfig):
+                raise OSError("the file does not exist")  # the library would only say "Invalid kube-config file"
+            if cfg.kubeconfig:
+                await config.load_kube_config(config_file=cfg.kubeconfig, context=cfg.context or None,
+                                              client_configuration=configuration)
+            else:
+                try:
+                    config.load_incluster_config(client_configuration=configuration)
+                except config.ConfigException:
+                    await config.load_kube_config(context=cfg.context or None, client_configuration=configuration)
+        except (config.ConfigException, OSError, ValueError) as exc:
+            where = cfg.kubeconfig or "in-cluster or ~/.kube/config"
+            raise Unavailable(f"the Kubernetes cluster is not reachable: no usable configuration ({where}: {exc})",
+                              reason="KUBERNETES_UNAVAILABLE", retry_after=5.0) from None
         return cls(client.ApiClient(configuration))
 
     async def close(self) -> None:
@@ -116,7 +128,7 @@ class Kube:
         except ApiException as exc:
             raise _error(exc, what or path) from None
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise Unavailable(f"cannot reach the Kubernetes API: {exc}", reason="KUBERNETES_UNAVAILABLE",
+            raise Unavailable(f"the Kubernetes cluster is not reachable: {exc}", reason="KUBERNETES_UNAVAILABLE",
                               retry_after=1.0) from None
         raw = response[0] if isinstance(response, tuple) else response
         data = await raw.read()
@@ -181,7 +193,8 @@ class Kube:
         except ApiException as exc:
             raise _error(exc, f"watch of {kind.plural}") from None
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise Unavailable(f"cannot reach the Kubernetes API: {exc}", reason="KUBERNETES_UNAVAILABLE") from None
+            raise Unavailable(f"the Kubernetes cluster is not reachable: {exc}",
+                              reason="KUBERNETES_UNAVAILABLE") from None
         raw = response[0] if isinstance(response, tuple) else response
         if raw.status >= 400:  # as in request(): the status is not checked for us
             exc = ApiException(status=raw.status, reason=raw.reason)
