@@ -17,6 +17,7 @@ from .instances import LIVE, PAUSED, InstanceTable
 from .policy import Policy
 
 DEFAULT_PAGE, MAX_PAGE = 50, 100
+DESCRIBABLE_KEPT = 4096  # verdicts remembered (one per object version); forgotten all at once beyond
 
 
 class Catalog:
@@ -24,6 +25,9 @@ class Catalog:
         self.cluster = cluster
         self.table = table
         self.policy = policy
+        # (uid, resourceVersion) -> whether describe() succeeds: a user's list filters every template, and the
+        # objects come from the watch cache, so most are the same version as on the previous call.
+        self._verdicts: dict[tuple[str, str], bool] = {}
 
     def counts_for(self, obj: dict[str, Any], counts: dict[tuple[str, str, str], int]) -> Counts:
         meta = obj.get("metadata") or {}
@@ -49,14 +53,24 @@ class Catalog:
         return [o for o in objects if self._describable(o)]
 
     def _describable(self, obj: dict[str, Any]) -> bool:
+        meta = obj.get("metadata") or {}
+        version = (str(meta.get("uid", "")), str(meta.get("resourceVersion", "")))
+        known = self._verdicts.get(version) if all(version) else None
+        if known is not None:
+            return known
         try:
             describe(obj, self.policy, Counts(), with_manifest=False)
+            verdict = True
         except Exception:  # noqa: BLE001 - logged where admins read it (describe_or_flag), not per user list
-            return False
-        return True
+            verdict = False
+        if all(version):
+            if len(self._verdicts) >= DESCRIBABLE_KEPT:
+                self._verdicts.clear()
+            self._verdicts[version] = verdict
+        return verdict
 
     async def get(self, namespace: str, name: str, *, admin: bool) -> template_pb2.Template:
-        return await self.describe_one(await self.cluster.get(namespace, name), admin=admin)
+        return await self.describe_one(await self.cluster.read(namespace, name), admin=admin)
 
     async def list(self, parent: str, namespace: str, page_size: int, page_token: str, *,
                    admin: bool) -> template_pb2.ListTemplatesResponse:

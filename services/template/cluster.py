@@ -4,6 +4,9 @@ All I/O goes through :class:`aigc_gateway.kube.Kube`. A GameServerSet is a
 template when it is in a configured namespace (all when none are configured)
 and carries the configured labels; anything else is NOT_FOUND here, so the
 service can never touch a GameServerSet that is not one of its templates.
+The catalog's reads (:meth:`TemplateCluster.list`, :meth:`TemplateCluster.read`)
+come from the watch cache (watch.py); every other read is a live request, and
+every write tells the cache what it wrote.
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ from aigc_gateway.config import KubernetesConfig
 from aigc_gateway.errors import GatewayError, InvalidArgument, NotFound, Violation
 
 from .policy import Policy
+from .watch import TemplateCache, key_of
 
 log = logging.getLogger(__name__)
 Obj = dict[str, Any]
@@ -76,6 +80,7 @@ class TemplateCluster:
     def __init__(self, handle: KubeHandle, policy: Policy):
         self.handle = handle
         self.policy = policy
+        self.cache = TemplateCache(handle.get, list(policy.namespaces), policy.label_selector)
 
     def _is_template(self, obj: Obj) -> bool:
         meta = obj.get("metadata") or {}
@@ -83,33 +88,35 @@ class TemplateCluster:
             meta.get("labels"))
 
     async def list(self, namespace: str) -> list[Obj]:
-        """Every template in ``namespace`` (`-`: in every configured namespace)."""
-        k = await self.handle.get()
+        """Every template in ``namespace`` (`-`: in every configured namespace), from the watch cache. Shared
+        objects: read them, never change them."""
         if namespace != "-":
-            namespaces: list[str | None] = [namespace] if self.policy.namespace_allowed(namespace) else []
-        else:
-            namespaces = list(self.policy.namespaces) or [None]
-
-        async def one(ns: str | None) -> list[Obj]:
-            try:
-                listed = await k.list(kube.GSS, ns, label_selector=self.policy.label_selector)
-            except NotFound:  # a configured namespace that does not exist (yet) holds no templates
+            if not self.policy.namespace_allowed(namespace):
                 return []
-            return [_with_kind(o) for o in listed.get("items") or []]
+            found = await self.cache.items([namespace if self.policy.namespaces else None])
+            found = [o for o in found if key_of(o)[0] == namespace]
+        else:
+            found = await self.cache.items(list(self.policy.namespaces) or [None])
+        return [_with_kind(o) for o in found if self._is_template(o)]
 
-        found = await asyncio.gather(*(one(ns) for ns in namespaces))
-        return [o for items in found for o in items if self._is_template(o)]
+    async def read(self, namespace: str, name: str) -> Obj:
+        """One template from the watch cache (GetTemplate); :meth:`get` for a read that a write follows."""
+        if not namespace or not name or not self.policy.namespace_allowed(namespace):
+            raise _not_found(namespace, name)
+        obj = await self.cache.item(namespace, name)
+        if obj is None or not self._is_template(obj):
+            raise _not_found(namespace, name)
+        return _with_kind(obj)
 
     async def get(self, namespace: str, name: str) -> Obj:
-        not_found = NotFound(f"template namespaces/{namespace}/templates/{name} not found", reason="NOT_FOUND")
         if not namespace or not name or not self.policy.namespace_allowed(namespace):
-            raise not_found
+            raise _not_found(namespace, name)
         try:
             obj = await (await self.handle.get()).get(kube.GSS, namespace, name)
         except NotFound:
-            raise not_found from None
+            raise _not_found(namespace, name) from None
         if not self._is_template(obj):
-            raise not_found
+            raise _not_found(namespace, name)
         return _with_kind(obj)
 
     async def exists(self, namespace: str, name: str, kind: kube.Kind = kube.GSS) -> bool:
@@ -121,8 +128,8 @@ class TemplateCluster:
 
     async def create(self, obj: Obj, *, dry_run: bool = False) -> Obj:
         try:
-            return _with_kind(await (await self.handle.get()).create(
-                kube.GSS, obj["metadata"]["namespace"], obj, dry_run=dry_run))
+            return self._wrote(await (await self.handle.get()).create(
+                kube.GSS, obj["metadata"]["namespace"], obj, dry_run=dry_run), dry_run)
         except NotFound:
             ns = obj["metadata"]["namespace"]
             raise InvalidArgument(f"namespace {ns!r} does not exist", reason="NAMESPACE_NOT_FOUND", violations=[
@@ -133,10 +140,15 @@ class TemplateCluster:
     async def replace(self, obj: Obj, *, dry_run: bool = False) -> Obj:
         """PUT with the resourceVersion read: a concurrent change fails with ABORTED."""
         try:
-            return _with_kind(await (await self.handle.get()).replace(
-                kube.GSS, obj["metadata"]["namespace"], obj, dry_run=dry_run))
+            return self._wrote(await (await self.handle.get()).replace(
+                kube.GSS, obj["metadata"]["namespace"], obj, dry_run=dry_run), dry_run)
         except GatewayError as exc:
             raise _admission(exc) from None
+
+    def _wrote(self, obj: Obj, dry_run: bool) -> Obj:
+        if not dry_run:
+            self.cache.note(obj)
+        return _with_kind(obj)
 
     # -- the delete cascade's primitives ---------------------------------------
 
@@ -153,7 +165,7 @@ class TemplateCluster:
         k = await self.handle.get()
         selector = owner_selector(name)
         gss, workload, pods, servers, labelled = await asyncio.gather(
-            self.exists(namespace, name), self.exists(namespace, name, ADVANCED_STATEFULSET),
+            self._gss_exists(namespace, name), self.exists(namespace, name, ADVANCED_STATEFULSET),
             k.list(kube.POD, namespace, label_selector=selector),
             k.list(kube.GAMESERVER, namespace, label_selector=selector),
             k.list(kube.PVC, namespace, label_selector=selector))
@@ -166,6 +178,15 @@ class TemplateCluster:
                 # Claims not yet asked to go (a claim being deleted waits for its pvc-protection finalizer).
                 "claims_to_delete": sorted(n for n, c in found.items()
                                            if not (c.get("metadata") or {}).get("deletionTimestamp"))}
+
+    async def _gss_exists(self, namespace: str, name: str) -> bool:
+        """Whether the GameServerSet is there; its absence, with the revision it was seen at, goes to the cache
+        (a list by name: unlike a GET, it says at which revision)."""
+        listed = await (await self.handle.get()).list(kube.GSS, namespace, field_selector=f"metadata.name={name}")
+        if listed.get("items"):
+            return True
+        self.cache.absent(namespace, name, str((listed.get("metadata") or {}).get("resourceVersion") or ""))
+        return False
 
     async def delete_claims(self, namespace: str, names: list[str]) -> list[str]:
         """Delete the claims (they go once no pod mounts them); the names that existed."""
@@ -183,6 +204,10 @@ class TemplateCluster:
             if suffix.isdigit() and _name(gs) == f"{name}-{suffix}":
                 ids.append(int(suffix))
         return sorted(ids)
+
+
+def _not_found(namespace: str, name: str) -> NotFound:
+    return NotFound(f"template namespaces/{namespace}/templates/{name} not found", reason="NOT_FOUND")
 
 
 def _name(obj: Obj) -> str:

@@ -89,4 +89,4 @@ def build(runtime: Runtime) -> ServiceParts:
         [Registration("aigc.gateway.v1.TemplateService", servicer,
                       template_pb2_grpc.add_TemplateServiceServicer_to_server,
                       base=template_pb2_grpc.TemplateServiceServicer)],
-        on_stop=[handle.close])
+        on_stop=[cluster.cache.close, handle.close])
