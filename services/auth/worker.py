@@ -119,8 +119,8 @@ def _settle_heap() -> None:
     A full (generation 2) collection traverses all of them: about 0.1 s of CPU on an idle core, and
     0.4-1.5 s of wall-clock time measured in a worker on a loaded 2-core machine (bench/auth_check.py's
     probes), during which every request queued on that worker waits. Full collections are triggered
-    by what the background work allocates (session refreshes, activity flushes), not by requests, so
-    they came every few minutes and made the p99 of whole measurement rounds. Frozen objects are still
+    by what the background work allocates (session refreshes, activity flushes), not by requests; two of
+    them made one measured round's p99 3.2 s. Frozen objects are still
     freed by reference counting; only cycles among them would never be collected, and the start-up
     heap has none worth the pause."""
     gc.collect()
