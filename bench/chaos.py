@@ -26,13 +26,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import random
 import sys
-import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -452,54 +449,6 @@ async def run(bed: ChaosBed, steps: list[Step]) -> list[Step]:
     return steps
 
 
-@contextlib.asynccontextmanager
-async def environment() -> AsyncIterator[dict[str, Any]]:
-    """A namespace with two templates, a database, a token issuer and the Logto double, all removed after."""
-    import asyncpg
-    from joserfc.jwk import RSAKey
-
-    from aigc_gateway.config import KubernetesConfig
-    from aigc_gateway.db.migrate import upgrade
-    from aigc_gateway.kube import GSS, NAMESPACE, Kube
-    from install_burst import kubeconfig, server_url
-    from tests.doubles.logto import LogtoDouble
-    from tests.plugins.kube import load_sample
-    from tests.plugins.oidc import Issuer, _serve
-
-    run_id = uuid.uuid4().hex[:6]
-    namespace, database = f"chaos-{run_id}", f"aigc_chaos_{run_id}"
-    kube_path, server = kubeconfig(), server_url()
-    admin = await asyncpg.connect(server.replace("postgresql+asyncpg://", "postgresql://"))
-    await admin.execute(f'CREATE DATABASE "{database}"')
-    url = server.rsplit("/", 1)[0] + f"/{database}"
-    await asyncio.to_thread(upgrade, url)
-    kube = await Kube.connect(KubernetesConfig(kubeconfig=kube_path))
-    key = RSAKey.generate_key(2048, parameters={"kid": "chaos", "use": "sig", "alg": "RS256"})
-    jwks, issuer_url = _serve({"keys": [key.as_dict(private=False)]})
-    logto = LogtoDouble(signing_key="chaos-signing-key-" + "k" * 16)
-    await logto.start()
-    folder = Path(tempfile.mkdtemp(prefix="chaos-"))
-    templates = ("chaos-a", "chaos-b")
-    try:
-        await kube.create(NAMESPACE, None, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
-        for name in templates:
-            obj = load_sample("stable-diffusion-cpu", "aigc.test", namespace, rename=name)
-            for conf in obj["spec"]["network"]["networkConf"]:
-                if conf["name"] == "Host":
-                    conf["value"] = conf["value"].replace("instances<id>-", f"{name}-<id>-")
-            await kube.create(GSS, namespace, obj)
-        yield {"namespace": namespace, "database_url": url, "kubeconfig": kube_path, "issuer": Issuer(issuer_url, key),
-               "logto": logto, "templates": templates, "domain": "aigc.test", "folder": folder}
-        print(f"logs: {folder}")
-    finally:
-        await kube.delete(NAMESPACE, None, namespace)
-        await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-        await admin.close()
-        await kube.close()
-        await logto.stop()
-        jwks.shutdown()
-
-
 async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=18)
@@ -509,6 +458,8 @@ async def main() -> int:
     parser.add_argument("--release-wait", type=float, default=30.0,
                         help="instance.release_wait_seconds (2 made a FREE slot keep its disk once, see the notes)")
     args = parser.parse_args()
+    from chaos_env import environment
+
     async with environment() as env:
         bed = ChaosBed(**env, users=args.users, seed=args.seed, release_wait=args.release_wait)
         steps = await run(bed, schedule(args.seed, args.seconds, args.faults))

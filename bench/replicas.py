@@ -23,12 +23,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import random
 import signal
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -210,7 +208,9 @@ async def main() -> int:
     parser.add_argument("--users", type=int, default=6)
     parser.add_argument("--seed", type=int, default=18)
     args = parser.parse_args()
-    async with chaos.environment() as env:
+    from chaos_env import environment
+
+    async with environment() as env:
         bed = ReplicaBed(**env, users=args.users, seed=args.seed)
         step = await run(bed, args.seconds)
         print_report(step, bed.kills, args.seed)
