@@ -94,12 +94,13 @@ def schedule(seed: int, seconds: float, only: str = "all") -> list[Step]:
     return steps
 
 
-def print_table(steps: list[Step], seed: int) -> None:
-    print(f"\nchaos: seed {seed}, {len(steps)} faults")
+def print_table(steps: list[Step], seed: int, *, header: bool = True) -> None:
     head = (f"{'fault':26} {'s':>3} {'ops':>4} {'ok':>4} {'retr':>4} {'fail':>4} {'own chk':>7} {'own ok':>6} "
             f"{'closed':>6} {'nobody':>6} {'n-ok':>4} {'recov s':>7}  invariants")
-    print(head)
-    print("-" * len(head))
+    if header:
+        print(f"\nchaos: seed {seed}, {len(steps)} faults")
+        print(head)
+        print("-" * len(head))
     for s in steps:
         inv = ("ok" if s.good else "BROKEN") + ("" if s.consistent else f" consistency={s.violations}") + \
               (f" mirror-lost={s.mirror_lost[:3]}" if s.mirror_lost else "") + \
@@ -111,6 +112,8 @@ def print_table(steps: list[Step], seed: int) -> None:
             print("    failed:", line)
         if s.refused:
             print("    refused (not retried, the model's right answers):", s.refused)
+    if not header:
+        return
     print("columns: own chk/own ok = owners' auth checks / allowed; closed = owner checks refused because the "
           "owner map was unknown (fail closed); nobody/n-ok = checks of a user who owns nothing / allowed")
 
@@ -443,7 +446,8 @@ async def run(bed: ChaosBed, steps: list[Step]) -> list[Step]:
         await bed.prepare()
         for step in steps:
             await bed.run_step(step)
-            print(f"  {step.name}: {'ok' if step.good else 'BROKEN'} (recovery {step.recovery:.1f} s)", flush=True)
+            print_table([step], -1, header=False)  # each row as it ends: a cut-short run still has its table
+            sys.stdout.flush()
     finally:
         await bed.close()
     return steps
