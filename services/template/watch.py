@@ -3,8 +3,8 @@
 A live LIST of GameServerSets is a quorum read through the apiserver to etcd: 0.1-0.9 s on the test bed
 (bench/list_templates.py), most of ListTemplates' time. Here one list+watch per configured namespace
 (informer style: list, watch from the list's resourceVersion, list again when the watch ends or
-breaks) keeps the templates in memory; it starts on the first read, so the server starts without a
-cluster.
+breaks) keeps the templates in memory. It starts on the first read (that read waits for the first
+list), so the server starts without a cluster.
 
 Read-your-writes in this process: a write's result (:meth:`TemplateCache.note`) and a confirmed
 absence (:meth:`TemplateCache.absent`) are applied at once, and every change is applied only when its
