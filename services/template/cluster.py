@@ -100,11 +100,18 @@ class TemplateCluster:
         return [_with_kind(o) for o in found if self._is_template(o)]
 
     async def read(self, namespace: str, name: str) -> Obj:
-        """One template from the watch cache (GetTemplate); :meth:`get` for a read that a write follows."""
+        """One template from the watch cache (GetTemplate); :meth:`get` for a read that a write follows.
+
+        A name the cache does not hold is looked up live (one GET, and only for a miss): a template just
+        made around the service (kubectl, another replica) is found at once instead of NOT_FOUND until the
+        watch delivers it. What the GET finds goes to the cache, which keeps the newer of it and the watch's."""
         if not namespace or not name or not self.policy.namespace_allowed(namespace):
             raise _not_found(namespace, name)
         obj = await self.cache.item(namespace, name)
-        if obj is None or not self._is_template(obj):
+        if obj is None:
+            obj = await self.get(namespace, name)
+            self.cache.note(obj)
+        if not self._is_template(obj):
             raise _not_found(namespace, name)
         return _with_kind(obj)
 

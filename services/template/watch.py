@@ -10,7 +10,7 @@ Read-your-writes in this process: a write's result (:meth:`TemplateCache.note`) 
 absence (:meth:`TemplateCache.absent`) are applied at once, and every change is applied only when its
 resourceVersion is newer than what is known of that name, so a watch event or a list that was in
 flight before the write never brings back an older state. Other replicas' writes arrive through the
-watch. Writers (publishing, the delete cascade) read the apiserver itself, never this cache.
+watch (GetTemplate of a name the cache lacks reads it live: cluster.read). Writers (publishing, the delete cascade) read the apiserver itself, never this cache.
 
 A scope that has not listed yet, or whose last list or watch failed, is not served: the reader gets the
 failure (UNAVAILABLE, the cluster is not reachable) while the loop retries in the background.
@@ -137,7 +137,7 @@ class TemplateCache:
         return scope.items.get((namespace, name))
 
     def note(self, obj: Obj) -> None:
-        """This process wrote ``obj`` (the apiserver's answer to a create or an update)."""
+        """This process wrote ``obj`` (the apiserver's answer to a create or an update) or read it live."""
         scope = self._scope_of(key_of(obj)[0])
         if scope is not None:
             scope.apply(key_of(obj), obj, _version((obj.get("metadata") or {}).get("resourceVersion")))

@@ -1,8 +1,9 @@
 """Fixtures of the template service's tests: a running template server and stubs with admin/user credentials."""
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -14,8 +15,22 @@ from aigc_gateway.api.v1 import (
 )
 
 from ..plugins.gateway import RunningGateway, bearer, make_settings
+from ..plugins.kube import wait_for
 
 TEMPLATE_LABELS = {"aigc.gateway.io/template": "true"}
+# ListTemplates/GetTemplate read a watch cache: a write made around the service (the Kubernetes API, another
+# service's process) is seen once the watch delivers it. Milliseconds normally; the bound is for a loaded machine.
+WATCH_DELIVERY_SECONDS = 30.0
+R = TypeVar("R")
+
+
+async def read_until(read: Callable[[], Awaitable[R]], shows: Callable[[R], bool], what: str) -> R:
+    """Repeat a template-service read until its answer shows a write made around the service; that answer
+    (the caller asserts on it). A condition wait, bounded by WATCH_DELIVERY_SECONDS, never a sleep."""
+    async def attempt() -> tuple[R] | None:
+        reply = await read()
+        return (reply,) if shows(reply) else None
+    return (await wait_for(attempt, WATCH_DELIVERY_SECONDS, interval=0.1, what=what))[0]
 
 
 @dataclass

@@ -13,7 +13,7 @@ from aigc_gateway.api.v1 import common_pb2, template_pb2
 from ..dblocks import until_waiting
 from ..plugins.kube import Game, api_client, wait_for
 from .cluster_helpers import add_instances, gss_names, leftovers, text_for
-from .conftest import source_text
+from .conftest import read_until, source_text
 from .samples import SAMPLES
 from .test_access import violations
 
@@ -173,7 +173,10 @@ async def test_image_update_needs_allow_restart_and_replicas_are_never_touched(a
         await game.update_gss(name, lambda s: s.update(replicas=1))
         await game.wait_running(name, {0})
         await add_instances(api.gateway.runtime.db, api.namespace, name, {0: ("LIVE", "alice")})
-        current = await api.stub.GetTemplate(template_pb2.GetTemplateRequest(name=api.name(name)), metadata=api.admin)
+        # replicas 1 was written around the service: GetTemplate shows it once the watch delivers it.
+        current = await read_until(
+            lambda: api.stub.GetTemplate(template_pb2.GetTemplateRequest(name=api.name(name)), metadata=api.admin),
+            lambda t: t.live_instance_count != 0, "GetTemplate to show the scale-up")
         assert current.live_instance_count == 1
         new_text = text_for(name, testbed.domain, api.namespace).replace(":v1.0.0-cpu", ":v2.0.0-cpu").replace(
             "replicas: 0 ", "")
@@ -347,7 +350,11 @@ async def test_only_labelled_game_server_sets_are_templates_and_unusable_ones_sa
         general["spec"]["scaleStrategy"]["scaleDownStrategyType"] = "General"
         await game.create_gss(general)
 
-        listed = await api.stub.ListTemplates(template_pb2.ListTemplatesRequest(parent=api.parent), metadata=api.user)
+        # Written around the service: listed once the watch delivers general (the watch selects by the template
+        # label, so not-a-template never reaches the cache).
+        listed = await read_until(
+            lambda: api.stub.ListTemplates(template_pb2.ListTemplatesRequest(parent=api.parent), metadata=api.user),
+            lambda r: bool(r.templates), "the kubectl-made templates to be listed")
         assert [t.name for t in listed.templates] == [api.name("general")]
         assert not listed.templates[0].usable
         assert any("ReserveIds" in r for r in listed.templates[0].unusable_reasons)
@@ -518,10 +525,15 @@ async def test_a_template_the_service_cannot_describe_breaks_no_list_and_can_be_
         container(broken)["resources"]["limits"]["aliyun.com/gpu-mem"] = 3 * 2**30  # what "3Gi" used to become
         await game.create_gss(broken)  # straight to the Kubernetes API, around the service's validation
 
-        listed = await api.stub.ListTemplates(template_pb2.ListTemplatesRequest(parent=api.parent), metadata=api.user)
-        assert [t.name for t in listed.templates] == [api.name("stable-diffusion-cpu")] and listed.total_size == 1
-        listed = await api.stub.ListTemplates(template_pb2.ListTemplatesRequest(parent=api.parent),
-                                              metadata=api.admin)
+        # Around the service: the admin list shows it once the watch delivers it; the user list is read after
+        # that, so "broken" is hidden from it, not merely not delivered yet.
+        listed = await read_until(
+            lambda: api.stub.ListTemplates(template_pb2.ListTemplatesRequest(parent=api.parent), metadata=api.admin),
+            lambda r: api.name("broken") in {t.name for t in r.templates}, "the admin list to show broken")
+        user_listed = await api.stub.ListTemplates(template_pb2.ListTemplatesRequest(parent=api.parent),
+                                                   metadata=api.user)
+        assert [t.name for t in user_listed.templates] == [api.name("stable-diffusion-cpu")]
+        assert user_listed.total_size == 1
         by_name = {t.name: t for t in listed.templates}
         assert set(by_name) == {api.name("stable-diffusion-cpu"), api.name("broken")} and listed.total_size == 2
         flagged = by_name[api.name("broken")]
