@@ -11,6 +11,7 @@ from aigc_gateway.db.models import DisputedInstanceRow
 from aigc_gateway.errors import FailedPrecondition, NotFound
 
 from . import invariants, templates
+from .allocator import SlotState
 from .cluster import Cluster
 from .invariants import Finding, Snapshot
 from .lifecycle import Lifecycle
@@ -71,3 +72,15 @@ class Checker:
                          "gateway's data; out of allocation until an admin calls "
                          "UserSyncService.ResolveDisputedInstance") for i, r in disputed.items()]
         return sorted(kept, key=lambda f: (f.id, f.code))
+
+    async def over_quota(self, refs: list[TemplateRef]) -> list[tuple[str, str]]:
+        """Users owning instances of ``refs``, and those templates, above a quota limit (information, see
+        quotas.Quotas.over)."""
+        owners: set[str] = set()
+        running: dict[TemplateRef, int] = {}
+        async with self.lifecycle.db.session() as session:
+            for ref in refs:
+                rows = await self.store.load(session, ref)
+                owners |= {r.owner for r in rows.values() if r.owner}
+                running[ref] = sum(1 for r in rows.values() if r.slot == SlotState.LIVE.value)
+        return await self.lifecycle.quotas.over(owners, running)

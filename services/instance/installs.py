@@ -18,10 +18,11 @@ from aigc_gateway.errors import GatewayError
 from aigc_gateway.idempotency import Claim
 
 from . import allocator, faults
-from .allocator import Op, Plan, Spec
+from .allocator import Op, Plan, SlotState, Spec
 from .effects import taken_over
 from .metrics import OPERATIONS
 from .names import TemplateRef
+from .quotas import Usage, template_limit
 from .slots import slots_of
 
 if TYPE_CHECKING:
@@ -36,6 +37,7 @@ class _Queued:
     owner: str
     future: asyncio.Future[Effect]
     claim: Claim | None = None
+    roles: tuple[str, ...] = ()
 
 
 class InstallQueue:
@@ -43,13 +45,14 @@ class InstallQueue:
         self.lifecycle = lifecycle
         self._queued: dict[str, list[_Queued]] = {}
 
-    async def install(self, ref: TemplateRef, owner: str, claim: Claim | None = None) -> Effect:
+    async def install(self, ref: TemplateRef, owner: str, claim: Claim | None = None,
+                      roles: tuple[str, ...] = ()) -> Effect:
         """Install for ``owner``; returns the effect (the new slot row). Joins the template's queue; whoever gets
         the lock next writes every queued install at once. The batch runs shielded: one caller giving up cancels
         nobody else's."""
         future: asyncio.Future[Effect] = asyncio.get_running_loop().create_future()
         future.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved even if nobody waits
-        queued = _Queued(owner, future, claim)
+        queued = _Queued(owner, future, claim, roles)
         queue = self._queued.setdefault(ref.key, [])
         queue.append(queued)
         try:
@@ -82,6 +85,7 @@ class InstallQueue:
                         q.future.done() or q.future.set_exception(taken_over())
                     else:
                         planned.append(q)
+                await self._check_quotas(ref, planned)
                 return not planned
 
             def decide(spec: Spec, rows: dict[int, InstanceRow]) -> Plan:
@@ -112,3 +116,31 @@ class InstallQueue:
             else:
                 q.future.set_result(done[result])
 
+
+    async def _check_quotas(self, ref: TemplateRef, planned: list[_Queued]) -> None:
+        """Refuse (and drop from ``planned``) each queued install that would pass a quota, counting the batch's
+        earlier installs on the template. Each caller holds its owner's quota lock (Lifecycle.install), so the
+        owner's usage elsewhere cannot change meanwhile; an owner who has an instance here already is left to the
+        planner (ALREADY_EXISTS)."""
+        quotas = self.lifecycle.quotas
+        if not quotas.users_limited and template_limit(quotas.cfg, ref) is None:
+            return
+        rows = (await self.lifecycle.rows(ref)).values()
+        owners = {r.owner for r in rows if r.slot in (SlotState.LIVE.value, SlotState.PAUSED.value)}
+        here = sum(1 for r in rows if r.slot == SlotState.LIVE.value)
+        cost = await quotas.cost(ref)
+        kept: list[_Queued] = []
+        for q in planned:
+            if q.future.done():
+                continue  # refused on an earlier attempt of this batch
+            if q.owner not in owners:
+                try:
+                    await quotas.check("install", ref, q.owner, q.roles, cost + Usage(installed=1), here)
+                except GatewayError as exc:
+                    OPERATIONS.labels(Op.INSTALL.value, exc.code.name).inc()
+                    q.future.done() or q.future.set_exception(exc)
+                    continue
+                here += 1
+                owners.add(q.owner)
+            kept.append(q)
+        planned[:] = kept

@@ -48,7 +48,7 @@ from aigc_gateway.idempotency import Claim, IdempotencyStore
 from aigc_gateway.identity import Principal
 from aigc_gateway.kube import GSS
 
-from . import access, allocator, effects, faults, templates
+from . import access, allocator, effects, faults, quotas, templates
 from .allocator import Op, Plan, Spec
 from .cluster import Cluster, backoff
 from .installs import InstallQueue
@@ -83,6 +83,7 @@ class Lifecycle:
         self.claims = claims
         self._local: dict[str, asyncio.Lock] = {}
         self._installs = InstallQueue(self)
+        self.quotas = quotas.Quotas(db, cfg.quotas, cluster.template)
 
     @asynccontextmanager
     async def locked(self, ref: TemplateRef) -> AsyncIterator[None]:
@@ -210,9 +211,12 @@ class Lifecycle:
 
     # -- the operations --------------------------------------------------------------------------------------
 
-    async def install(self, ref: TemplateRef, owner: str, claim: Claim | None = None) -> Effect:
-        """Install for ``owner``; returns the effect (the new slot row). See :mod:`.installs`."""
-        return await self._installs.install(ref, owner, claim)
+    async def install(self, ref: TemplateRef, owner: str, claim: Claim | None = None,
+                      roles: tuple[str, ...] = ()) -> Effect:
+        """Install for ``owner`` (whose role claims are ``roles``, when known); returns the effect (the new slot
+        row). See :mod:`.installs`; quotas are checked there, under the owner's quota lock taken first."""
+        async with self.quotas.locked(owner):
+            return await self._installs.install(ref, owner, claim, roles)
 
     def _guarded(self, iref: InstanceRef, principal: Principal, planner: Callable[..., Plan],
                  claim: Claim | None) -> Decide:
@@ -241,17 +245,46 @@ class Lifecycle:
         return before
 
     async def _owned_step(self, iref: InstanceRef, principal: Principal, op: Op, planner: Callable[..., Plan],
-                          claim: Claim | None) -> Effect:
+                          claim: Claim | None, check: Before | None = None) -> Effect:
         found: list[Effect] = []
+        resumed = self._resumed(claim, found)
+
+        async def before() -> bool:
+            if resumed is not None and await resumed():
+                return True
+            return check is not None and await check()
+
         _, done = await self.step(iref.template_ref, op, self._guarded(iref, principal, planner, claim),
-                                  self._resumed(claim, found))
+                                  before if resumed is not None or check is not None else None)
         return found[0] if found else done[iref.id]
 
     async def pause(self, iref: InstanceRef, principal: Principal, claim: Claim | None = None) -> Effect:
         return await self._owned_step(iref, principal, Op.PAUSE, allocator.plan_pause, claim)
 
     async def resume(self, iref: InstanceRef, principal: Principal, claim: Claim | None = None) -> Effect:
-        return await self._owned_step(iref, principal, Op.RESUME, allocator.plan_resume, claim)
+        """Un-pause; refused (RESOURCE_EXHAUSTED, nothing written) when running it would pass a quota of its owner
+        or of the template: checked after the step resolved leftover intents, under the owner's quota lock (taken
+        first) and the template lock."""
+        row = await self.store.get(iref)
+        owner = row.owner if row is not None else None
+        roles = principal.roles if owner == principal.subject else ()
+
+        async def check() -> bool:
+            now = await self.store.get(iref)
+            if now is None or now.slot != allocator.SlotState.PAUSED.value:
+                return False  # missing or running: the planner answers (NOT_FOUND, or a no-op)
+            if now.owner != owner:
+                raise Aborted(f"{iref.name} changed owner while resuming; retry", reason="OWNER_CHANGED",
+                              retry_after=0.1)
+            access.check(principal, iref, now)  # a stranger learns nothing about the owner's quota
+            here = sum(1 for r in (await self.rows(iref.template_ref)).values()
+                       if r.slot == allocator.SlotState.LIVE.value)
+            adding = await self.quotas.cost(iref.template_ref)
+            await self.quotas.check("resume", iref.template_ref, now.owner or "", roles, adding, here)
+            return False
+
+        async with self.quotas.locked(owner):
+            return await self._owned_step(iref, principal, Op.RESUME, allocator.plan_resume, claim, check)
 
     async def uninstall(self, iref: InstanceRef, principal: Principal, claim: Claim | None = None
                         ) -> tuple[Effect, bool]:

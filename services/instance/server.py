@@ -16,6 +16,7 @@ from typing import Any
 from aigc_gateway import audit
 from aigc_gateway.idempotency import current_claim
 from aigc_gateway.api.v1 import instance_pb2, instance_pb2_grpc
+from aigc_gateway.errors import PermissionDenied
 from aigc_gateway.identity import require_admin, require_principal
 from aigc_gateway.runtime import Runtime
 from aigc_gateway.server import Registration, ServiceParts
@@ -36,7 +37,8 @@ class InstanceServicer(instance_pb2_grpc.InstanceServiceServicer):
         lifecycle, _, _ = self.service.parts()
         audit.note(owner=owner)
         claim = current_claim.get()
-        effect = claim.effect if claim and claim.effect else await lifecycle.install(ref, owner, claim)
+        roles = principal.roles if owner == principal.subject else ()  # another owner's roles are unknown here
+        effect = claim.effect if claim and claim.effect else await lifecycle.install(ref, owner, claim, roles)
         instance_id = int(effect["row"]["id"])
         audit.note(instance=ref.instance(instance_id).name, id=instance_id)
         return await self.service.answer(effect)
@@ -115,8 +117,24 @@ class InstanceServicer(instance_pb2_grpc.InstanceServiceServicer):
             for finding in await checker.check(ref):
                 violations.append(instance_pb2.ConsistencyViolation(
                     template=finding.template, id=finding.id, code=finding.code, description=finding.description))
+        notices = [instance_pb2.ConsistencyViolation(template=subject, id=-1, code="OVER_QUOTA", description=text)
+                   for subject, text in await checker.over_quota(refs)]
         return instance_pb2.CheckConsistencyResponse(consistent=not violations, templates_checked=len(refs),
-                                                     violations=violations)
+                                                     violations=violations, notices=notices)
+
+    async def GetQuotaUsage(self, request: instance_pb2.GetQuotaUsageRequest,
+                            context: Any) -> instance_pb2.QuotaUsage:
+        principal = require_principal()
+        user = principal.subject if request.user in ("", "me") else request.user
+        if user != principal.subject and not principal.admin:
+            raise PermissionDenied("only admins read other users' quota usage", reason="ADMIN_REQUIRED")
+        lifecycle, _, _ = self.service.parts()
+        quotas = lifecycle.quotas
+        roles = principal.roles if user == principal.subject else ()
+        rows = quotas.report(user, roles, await quotas.usage(user))
+        return instance_pb2.QuotaUsage(user=user, limits=[
+            instance_pb2.QuotaLimitUsage(limit=name, usage=used, maximum=maximum or 0, unlimited=maximum is None)
+            for name, used, maximum in rows])
 
 
 def build(runtime: Runtime) -> ServiceParts:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, SecretStr, ValidationError, field_validator
 
 ENV_PREFIX = "AIGC_GATEWAY__"
 ENV_FILE = "AIGC_GATEWAY_CONFIG"
@@ -159,6 +159,29 @@ class TemplateConfig(Section):
         "to go before it answers UNAVAILABLE (a retry of the delete resumes the cascade).")
 
 
+class QuotaLimits(Section):
+    """Per-user limits (services/instance/quotas.py); unset (null) means unlimited."""
+
+    installed: int | None = Field(None, ge=0, description="Instances a user may hold (running or paused).")
+    running: int | None = Field(None, ge=0, description="Instances a user may have running.")
+    gpus: int | None = Field(None, ge=0, description="`nvidia.com/gpu` units a user's running instances may "
+                             "request.")
+    gpu_memory_gib: int | None = Field(None, ge=0, description="`aliyun.com/gpu-mem` GiB a user's running "
+                                       "instances may request.")
+
+
+class QuotaConfig(Section):
+    default: QuotaLimits = Field(default_factory=QuotaLimits)
+    roles: dict[str, QuotaLimits] = Field(
+        default_factory=dict, description="Overrides per role claim (e.g. `admin`), field by field over the "
+        "default; with several roles the most generous value wins. Applied when the user calls for themself.")
+    users: dict[str, QuotaLimits] = Field(
+        default_factory=dict, description="Overrides per user (subject), field by field over roles and default.")
+    template_running: dict[str, NonNegativeInt] = Field(
+        default_factory=dict, description="Instances that may run at once per template, keyed `namespace/template` "
+        "(`*` for every template not named).")
+
+
 class InstanceConfig(Section):
     reconcile_interval_seconds: float = Field(30.0, ge=1, description="How often the reconciler runs.")
     settle_timeout_seconds: float = Field(
@@ -171,6 +194,7 @@ class InstanceConfig(Section):
         "answering; the reconciler finishes what is left.")
     cache_sync_timeout_seconds: float = Field(
         10.0, ge=0, description="How long a read waits for the Kubernetes watch caches to fill after start.")
+    quotas: QuotaConfig = Field(default_factory=QuotaConfig)
 
 
 class AuthConfig(Section):

@@ -1,7 +1,7 @@
 """Domain errors and their canonical gRPC form.
 
 Domain code raises these; the call wrapper turns them into a gRPC status with
-``google.rpc`` details (BadRequest field violations, ErrorInfo, RetryInfo).
+``google.rpc`` details (BadRequest field violations, QuotaFailure, ErrorInfo, RetryInfo).
 Anything else that escapes a handler becomes INTERNAL with a generic message:
 the trace goes to the log, never to the client.
 """
@@ -34,6 +34,8 @@ class GatewayError(Exception):
     violations: list[Violation] = field(default_factory=list)
     metadata: dict[str, str] = field(default_factory=dict)
     retry_after: float | None = None
+    # google.rpc.QuotaFailure violations: (subject, limit description) pairs, e.g. ("user:alice", "running ...").
+    quota: list[tuple[str, str]] = field(default_factory=list)
 
     code = grpc.StatusCode.UNKNOWN
 
@@ -50,6 +52,11 @@ class GatewayError(Exception):
                 error_details_pb2.BadRequest.FieldViolation(
                     field=v.field, description=v.description, reason=v.reason)
                 for v in self.violations
+            ])))
+        if self.quota:
+            details.append(_pack(error_details_pb2.QuotaFailure(violations=[
+                error_details_pb2.QuotaFailure.Violation(subject=subject, description=description)
+                for subject, description in self.quota
             ])))
         if self.reason or self.metadata:
             details.append(_pack(error_details_pb2.ErrorInfo(

@@ -75,6 +75,9 @@ async def test_template_and_instance_lifecycle(cli, testbed, k8s_namespace: str,
     assert parsed(await cli("instances", "pause", short, "-o", "json", user="alice"))["state"] == "PAUSED"
     assert parsed(await cli("instances", "resume", short, "-o", "json", user="alice"))["state"] == "RUNNING"
     assert parsed(await cli("instances", "restart", short, "-o", "json", user="alice"))["state"] == "RUNNING"
+    usage = parsed(await cli("instances", "quota", "-o", "json", user="alice"))  # no limits configured
+    assert usage["user"] == "alice" and [(u["limit"], u.get("usage", 0), u.get("unlimited")) for u in usage["limits"]] \
+        == [("installed", 1, True), ("running", 1, True), ("gpus", 0, True), ("gpu_memory_gib", 0, True)]
     events = await cli("instances", "watch", short, "-o", "json", "--timeout", "3", user="alice")
     assert events.code == 0, events
     lines = [json.loads(line) for line in events.stdout.splitlines()]

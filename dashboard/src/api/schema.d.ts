@@ -363,6 +363,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/quotaUsage": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * A user's usage against each quota limit (docs/quotas.md): the caller's;
+         *     admins and services may name anyone.
+         */
+        get: operations["InstanceService_GetQuotaUsage"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/users/{user}/sessions:revoke": {
         parameters: {
             query?: never;
@@ -521,6 +541,12 @@ export interface components {
             templatesChecked?: number;
             /** @description Every violation found. */
             violations?: components["schemas"]["ConsistencyViolation"][];
+            /**
+             * @description Information that does not make the allocator inconsistent: code
+             *     "OVER_QUOTA" for a user or template above a quota limit (an admin lowered
+             *     it; nothing is paused or deleted for it).
+             */
+            notices?: components["schemas"]["ConsistencyViolation"][];
         };
         /** @description Request for Check. */
         CheckRequest: {
@@ -895,6 +921,33 @@ export interface components {
             instances?: string[];
             /** @description Their owners. */
             owners?: string[];
+        };
+        /** @description Usage of one quota limit. */
+        QuotaLimitUsage: {
+            /** @description The limit's name. */
+            limit?: string;
+            /**
+             * Format: int32
+             * @description What the user holds now.
+             */
+            usage?: number;
+            /**
+             * Format: int32
+             * @description The maximum; meaningless when unlimited.
+             */
+            maximum?: number;
+            /** @description True when no maximum applies. */
+            unlimited?: boolean;
+        };
+        /** @description A user's usage against each per-user quota limit. */
+        QuotaUsage: {
+            /** @description The user (OIDC subject). */
+            user?: string;
+            /**
+             * @description One entry per limit: "installed", "running", "gpus" (nvidia.com/gpu
+             *     units), "gpu_memory_gib" (aliyun.com/gpu-mem GiB).
+             */
+            limits?: components["schemas"]["QuotaLimitUsage"][];
         };
         /** @description What a reconcile found and repaired. */
         ReconcileReport: {
@@ -3365,6 +3418,101 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["ValidateTemplateResponse"];
+                };
+            };
+            /** @description INVALID_ARGUMENT, FAILED_PRECONDITION or OUT_OF_RANGE; BadRequest details name the fields. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description UNAUTHENTICATED: no credentials, or bad ones. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description PERMISSION_DENIED: not the owner, or not an admin. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description NOT_FOUND. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description ALREADY_EXISTS or ABORTED (lost a race; safe to retry). */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description RESOURCE_EXHAUSTED; RetryInfo (and Retry-After) say when to retry. */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description UNAVAILABLE (a dependency is down; safe to retry). */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description An unexpected error response. */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+        };
+    };
+    InstanceService_GetQuotaUsage: {
+        parameters: {
+            query?: {
+                /** @description The user (OIDC subject); empty or "me" for the caller. Others: admins only. */
+                user?: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A successful response. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["QuotaUsage"];
                 };
             };
             /** @description INVALID_ARGUMENT, FAILED_PRECONDITION or OUT_OF_RANGE; BadRequest details name the fields. */

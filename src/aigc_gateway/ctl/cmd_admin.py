@@ -45,6 +45,11 @@ def doctor(ctx: typer.Context,
                 out.print(render.table(list(reply.violations), [
                     ("TEMPLATE", lambda v: short(v.template)), ("ID", lambda v: "-" if v.id < 0 else str(v.id)),
                     ("CODE", lambda v: v.code), ("DESCRIPTION", lambda v: v.description)]))
+            if reply.notices:  # information (users over a lowered quota): nothing to repair
+                out.print(f"\n{len(reply.notices)} notice(s):")
+                out.print(render.table(list(reply.notices), [
+                    ("SUBJECT", lambda v: v.template), ("CODE", lambda v: v.code),
+                    ("DESCRIPTION", lambda v: v.description)]))
     if problems:
         raise Failure(f"{len(problems)} problem(s) found", Exit.CHECK_FAILED)
 

@@ -1,4 +1,4 @@
-"""`aigcctl instances ...`: install, list, get, pause, resume, restart, delete, watch."""
+"""`aigcctl instances ...`: install, list, get, pause, resume, restart, delete, watch, quota."""
 from __future__ import annotations
 
 import json
@@ -91,6 +91,21 @@ def list_(ctx: typer.Context,
         except ValueError:
             raise Failure(f"--state {state!r}: choose from {', '.join(State.keys()[1:])}", Exit.USAGE) from None
     render.emit(list(c.client.pages("instance", "ListInstances", request, "instances", limit)), c.output, COLUMNS)
+
+
+@app.command()
+def quota(ctx: typer.Context,
+          user: str = typer.Option("", "--user", "-u", help="Admin: this user's usage (default: yours).")) -> None:
+    """Show usage against each quota limit (instances installed and running, GPUs; docs/quotas.md)."""
+    c = ctl(ctx)
+    reply = c.client.call("instance", "GetQuotaUsage", instance_pb2.GetQuotaUsageRequest(user=user))
+    if c.output != "table":
+        render.emit(reply, c.output)
+        return
+    render.console().print(f"user {reply.user}")
+    render.console().print(render.table(list(reply.limits), [
+        ("LIMIT", lambda u: u.limit), ("USAGE", lambda u: str(u.usage)),
+        ("MAXIMUM", lambda u: "unlimited" if u.unlimited else str(u.maximum))]))
 
 
 @app.command()

@@ -539,6 +539,7 @@ class CheckConsistencyResponse(_message.Message):
     CONSISTENT_FIELD_NUMBER: _builtins.int
     TEMPLATES_CHECKED_FIELD_NUMBER: _builtins.int
     VIOLATIONS_FIELD_NUMBER: _builtins.int
+    NOTICES_FIELD_NUMBER: _builtins.int
     consistent: _builtins.bool
     """True when no violation was found."""
     templates_checked: _builtins.int
@@ -547,16 +548,24 @@ class CheckConsistencyResponse(_message.Message):
     def violations(self) -> _containers.RepeatedCompositeFieldContainer[Global___ConsistencyViolation]:
         """Every violation found."""
 
+    @_builtins.property
+    def notices(self) -> _containers.RepeatedCompositeFieldContainer[Global___ConsistencyViolation]:
+        """Information that does not make the allocator inconsistent: code
+        "OVER_QUOTA" for a user or template above a quota limit (an admin lowered
+        it; nothing is paused or deleted for it).
+        """
+
     def __init__(
         self,
         *,
         consistent: _builtins.bool = ...,
         templates_checked: _builtins.int = ...,
         violations: _abc.Iterable[Global___ConsistencyViolation] | None = ...,
+        notices: _abc.Iterable[Global___ConsistencyViolation] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["consistent", b"consistent", "templates_checked", b"templates_checked", "violations", b"violations"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consistent", b"consistent", "notices", b"notices", "templates_checked", b"templates_checked", "violations", b"violations"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -595,3 +604,89 @@ class ConsistencyViolation(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ConsistencyViolation: _TypeAlias = ConsistencyViolation  # noqa: Y015
+
+@_typing.final
+class GetQuotaUsageRequest(_message.Message):
+    """Request for GetQuotaUsage."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_FIELD_NUMBER: _builtins.int
+    user: _builtins.str
+    """The user (OIDC subject); empty or "me" for the caller. Others: admins only."""
+    def __init__(
+        self,
+        *,
+        user: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["user", b"user"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetQuotaUsageRequest: _TypeAlias = GetQuotaUsageRequest  # noqa: Y015
+
+@_typing.final
+class QuotaUsage(_message.Message):
+    """A user's usage against each per-user quota limit."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_FIELD_NUMBER: _builtins.int
+    LIMITS_FIELD_NUMBER: _builtins.int
+    user: _builtins.str
+    """The user (OIDC subject)."""
+    @_builtins.property
+    def limits(self) -> _containers.RepeatedCompositeFieldContainer[Global___QuotaLimitUsage]:
+        """One entry per limit: "installed", "running", "gpus" (nvidia.com/gpu
+        units), "gpu_memory_gib" (aliyun.com/gpu-mem GiB).
+        """
+
+    def __init__(
+        self,
+        *,
+        user: _builtins.str = ...,
+        limits: _abc.Iterable[Global___QuotaLimitUsage] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits", "user", b"user"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QuotaUsage: _TypeAlias = QuotaUsage  # noqa: Y015
+
+@_typing.final
+class QuotaLimitUsage(_message.Message):
+    """Usage of one quota limit."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LIMIT_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
+    MAXIMUM_FIELD_NUMBER: _builtins.int
+    UNLIMITED_FIELD_NUMBER: _builtins.int
+    limit: _builtins.str
+    """The limit's name."""
+    usage: _builtins.int
+    """What the user holds now."""
+    maximum: _builtins.int
+    """The maximum; meaningless when unlimited."""
+    unlimited: _builtins.bool
+    """True when no maximum applies."""
+    def __init__(
+        self,
+        *,
+        limit: _builtins.str = ...,
+        usage: _builtins.int = ...,
+        maximum: _builtins.int = ...,
+        unlimited: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "maximum", b"maximum", "unlimited", b"unlimited", "usage", b"usage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QuotaLimitUsage: _TypeAlias = QuotaLimitUsage  # noqa: Y015

@@ -86,6 +86,11 @@ class InstanceServiceStub:
                 request_serializer=aigc_dot_gateway_dot_v1_dot_instance__pb2.CheckConsistencyRequest.SerializeToString,
                 response_deserializer=aigc_dot_gateway_dot_v1_dot_instance__pb2.CheckConsistencyResponse.FromString,
                 _registered_method=True)
+        self.GetQuotaUsage = channel.unary_unary(
+                '/aigc.gateway.v1.InstanceService/GetQuotaUsage',
+                request_serializer=aigc_dot_gateway_dot_v1_dot_instance__pb2.GetQuotaUsageRequest.SerializeToString,
+                response_deserializer=aigc_dot_gateway_dot_v1_dot_instance__pb2.QuotaUsage.FromString,
+                _registered_method=True)
 
 
 class InstanceServiceServicer:
@@ -169,6 +174,14 @@ class InstanceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetQuotaUsage(self, request, context):
+        """A user's usage against each quota limit (docs/quotas.md): the caller's;
+        admins and services may name anyone.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InstanceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -221,6 +234,11 @@ def add_InstanceServiceServicer_to_server(servicer, server):
                     servicer.CheckConsistency,
                     request_deserializer=aigc_dot_gateway_dot_v1_dot_instance__pb2.CheckConsistencyRequest.FromString,
                     response_serializer=aigc_dot_gateway_dot_v1_dot_instance__pb2.CheckConsistencyResponse.SerializeToString,
+            ),
+            'GetQuotaUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetQuotaUsage,
+                    request_deserializer=aigc_dot_gateway_dot_v1_dot_instance__pb2.GetQuotaUsageRequest.FromString,
+                    response_serializer=aigc_dot_gateway_dot_v1_dot_instance__pb2.QuotaUsage.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -495,6 +513,33 @@ class InstanceService:
             '/aigc.gateway.v1.InstanceService/CheckConsistency',
             aigc_dot_gateway_dot_v1_dot_instance__pb2.CheckConsistencyRequest.SerializeToString,
             aigc_dot_gateway_dot_v1_dot_instance__pb2.CheckConsistencyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetQuotaUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aigc.gateway.v1.InstanceService/GetQuotaUsage',
+            aigc_dot_gateway_dot_v1_dot_instance__pb2.GetQuotaUsageRequest.SerializeToString,
+            aigc_dot_gateway_dot_v1_dot_instance__pb2.QuotaUsage.FromString,
             options,
             channel_credentials,
             insecure,

@@ -66,6 +66,10 @@ class InstanceServiceStub:
     """Admin: checks the allocator invariants (PostgreSQL vs GameServerSet vs
     PersistentVolumeClaims) and returns every violation.
     """
+    GetQuotaUsage: _grpc.UnaryUnaryMultiCallable[_instance_pb2.GetQuotaUsageRequest, _instance_pb2.QuotaUsage]
+    """A user's usage against each quota limit (docs/quotas.md): the caller's;
+    admins and services may name anyone.
+    """
 
 @_typing.type_check_only
 class InstanceServiceAsyncStub(InstanceServiceStub):
@@ -104,6 +108,10 @@ class InstanceServiceAsyncStub(InstanceServiceStub):
     CheckConsistency: _aio.UnaryUnaryMultiCallable[_instance_pb2.CheckConsistencyRequest, _instance_pb2.CheckConsistencyResponse]  # type: ignore[assignment]
     """Admin: checks the allocator invariants (PostgreSQL vs GameServerSet vs
     PersistentVolumeClaims) and returns every violation.
+    """
+    GetQuotaUsage: _aio.UnaryUnaryMultiCallable[_instance_pb2.GetQuotaUsageRequest, _instance_pb2.QuotaUsage]  # type: ignore[assignment]
+    """A user's usage against each quota limit (docs/quotas.md): the caller's;
+    admins and services may name anyone.
     """
 
 class InstanceServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -200,6 +208,16 @@ class InstanceServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_instance_pb2.CheckConsistencyResponse, _abc.Awaitable[_instance_pb2.CheckConsistencyResponse]]:
         """Admin: checks the allocator invariants (PostgreSQL vs GameServerSet vs
         PersistentVolumeClaims) and returns every violation.
+        """
+
+    @_abc_1.abstractmethod
+    def GetQuotaUsage(
+        self,
+        request: _instance_pb2.GetQuotaUsageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_instance_pb2.QuotaUsage, _abc.Awaitable[_instance_pb2.QuotaUsage]]:
+        """A user's usage against each quota limit (docs/quotas.md): the caller's;
+        admins and services may name anyone.
         """
 
 def add_InstanceServiceServicer_to_server(servicer: InstanceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1041,7 +1041,11 @@ type CheckConsistencyResponse struct {
 	// Number of templates checked.
 	TemplatesChecked int32 `protobuf:"varint,2,opt,name=templates_checked,json=templatesChecked,proto3" json:"templates_checked,omitempty"`
 	// Every violation found.
-	Violations    []*ConsistencyViolation `protobuf:"bytes,3,rep,name=violations,proto3" json:"violations,omitempty"`
+	Violations []*ConsistencyViolation `protobuf:"bytes,3,rep,name=violations,proto3" json:"violations,omitempty"`
+	// Information that does not make the allocator inconsistent: code
+	// "OVER_QUOTA" for a user or template above a quota limit (an admin lowered
+	// it; nothing is paused or deleted for it).
+	Notices       []*ConsistencyViolation `protobuf:"bytes,4,rep,name=notices,proto3" json:"notices,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1093,6 +1097,13 @@ func (x *CheckConsistencyResponse) GetTemplatesChecked() int32 {
 func (x *CheckConsistencyResponse) GetViolations() []*ConsistencyViolation {
 	if x != nil {
 		return x.Violations
+	}
+	return nil
+}
+
+func (x *CheckConsistencyResponse) GetNotices() []*ConsistencyViolation {
+	if x != nil {
+		return x.Notices
 	}
 	return nil
 }
@@ -1168,6 +1179,181 @@ func (x *ConsistencyViolation) GetDescription() string {
 		return x.Description
 	}
 	return ""
+}
+
+// Request for GetQuotaUsage.
+type GetQuotaUsageRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The user (OIDC subject); empty or "me" for the caller. Others: admins only.
+	User          string `protobuf:"bytes,1,opt,name=user,proto3" json:"user,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetQuotaUsageRequest) Reset() {
+	*x = GetQuotaUsageRequest{}
+	mi := &file_aigc_gateway_v1_instance_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetQuotaUsageRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetQuotaUsageRequest) ProtoMessage() {}
+
+func (x *GetQuotaUsageRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_aigc_gateway_v1_instance_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetQuotaUsageRequest.ProtoReflect.Descriptor instead.
+func (*GetQuotaUsageRequest) Descriptor() ([]byte, []int) {
+	return file_aigc_gateway_v1_instance_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *GetQuotaUsageRequest) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
+}
+
+// A user's usage against each per-user quota limit.
+type QuotaUsage struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The user (OIDC subject).
+	User string `protobuf:"bytes,1,opt,name=user,proto3" json:"user,omitempty"`
+	// One entry per limit: "installed", "running", "gpus" (nvidia.com/gpu
+	// units), "gpu_memory_gib" (aliyun.com/gpu-mem GiB).
+	Limits        []*QuotaLimitUsage `protobuf:"bytes,2,rep,name=limits,proto3" json:"limits,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *QuotaUsage) Reset() {
+	*x = QuotaUsage{}
+	mi := &file_aigc_gateway_v1_instance_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *QuotaUsage) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*QuotaUsage) ProtoMessage() {}
+
+func (x *QuotaUsage) ProtoReflect() protoreflect.Message {
+	mi := &file_aigc_gateway_v1_instance_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use QuotaUsage.ProtoReflect.Descriptor instead.
+func (*QuotaUsage) Descriptor() ([]byte, []int) {
+	return file_aigc_gateway_v1_instance_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *QuotaUsage) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
+}
+
+func (x *QuotaUsage) GetLimits() []*QuotaLimitUsage {
+	if x != nil {
+		return x.Limits
+	}
+	return nil
+}
+
+// Usage of one quota limit.
+type QuotaLimitUsage struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The limit's name.
+	Limit string `protobuf:"bytes,1,opt,name=limit,proto3" json:"limit,omitempty"`
+	// What the user holds now.
+	Usage int32 `protobuf:"varint,2,opt,name=usage,proto3" json:"usage,omitempty"`
+	// The maximum; meaningless when unlimited.
+	Maximum int32 `protobuf:"varint,3,opt,name=maximum,proto3" json:"maximum,omitempty"`
+	// True when no maximum applies.
+	Unlimited     bool `protobuf:"varint,4,opt,name=unlimited,proto3" json:"unlimited,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *QuotaLimitUsage) Reset() {
+	*x = QuotaLimitUsage{}
+	mi := &file_aigc_gateway_v1_instance_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *QuotaLimitUsage) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*QuotaLimitUsage) ProtoMessage() {}
+
+func (x *QuotaLimitUsage) ProtoReflect() protoreflect.Message {
+	mi := &file_aigc_gateway_v1_instance_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use QuotaLimitUsage.ProtoReflect.Descriptor instead.
+func (*QuotaLimitUsage) Descriptor() ([]byte, []int) {
+	return file_aigc_gateway_v1_instance_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *QuotaLimitUsage) GetLimit() string {
+	if x != nil {
+		return x.Limit
+	}
+	return ""
+}
+
+func (x *QuotaLimitUsage) GetUsage() int32 {
+	if x != nil {
+		return x.Usage
+	}
+	return 0
+}
+
+func (x *QuotaLimitUsage) GetMaximum() int32 {
+	if x != nil {
+		return x.Maximum
+	}
+	return 0
+}
+
+func (x *QuotaLimitUsage) GetUnlimited() bool {
+	if x != nil {
+		return x.Unlimited
+	}
+	return false
 }
 
 var File_aigc_gateway_v1_instance_proto protoreflect.FileDescriptor
@@ -1264,7 +1450,7 @@ const file_aigc_gateway_v1_instance_proto_rawDesc = "" +
 	"\tinstances\x18\x01 \x03(\tR\tinstances\x12\x16\n" +
 	"\x06owners\x18\x02 \x03(\tR\x06owners\"7\n" +
 	"\x17CheckConsistencyRequest\x12\x1c\n" +
-	"\x06parent\x18\x01 \x01(\tB\x04\xe2A\x01\x02R\x06parent\"\xae\x01\n" +
+	"\x06parent\x18\x01 \x01(\tB\x04\xe2A\x01\x02R\x06parent\"\xef\x01\n" +
 	"\x18CheckConsistencyResponse\x12\x1e\n" +
 	"\n" +
 	"consistent\x18\x01 \x01(\bR\n" +
@@ -1272,12 +1458,24 @@ const file_aigc_gateway_v1_instance_proto_rawDesc = "" +
 	"\x11templates_checked\x18\x02 \x01(\x05R\x10templatesChecked\x12E\n" +
 	"\n" +
 	"violations\x18\x03 \x03(\v2%.aigc.gateway.v1.ConsistencyViolationR\n" +
-	"violations\"x\n" +
+	"violations\x12?\n" +
+	"\anotices\x18\x04 \x03(\v2%.aigc.gateway.v1.ConsistencyViolationR\anotices\"x\n" +
 	"\x14ConsistencyViolation\x12\x1a\n" +
 	"\btemplate\x18\x01 \x01(\tR\btemplate\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\x05R\x02id\x12\x12\n" +
 	"\x04code\x18\x03 \x01(\tR\x04code\x12 \n" +
-	"\vdescription\x18\x04 \x01(\tR\vdescription2\x94\f\n" +
+	"\vdescription\x18\x04 \x01(\tR\vdescription\"*\n" +
+	"\x14GetQuotaUsageRequest\x12\x12\n" +
+	"\x04user\x18\x01 \x01(\tR\x04user\"Z\n" +
+	"\n" +
+	"QuotaUsage\x12\x12\n" +
+	"\x04user\x18\x01 \x01(\tR\x04user\x128\n" +
+	"\x06limits\x18\x02 \x03(\v2 .aigc.gateway.v1.QuotaLimitUsageR\x06limits\"u\n" +
+	"\x0fQuotaLimitUsage\x12\x14\n" +
+	"\x05limit\x18\x01 \x01(\tR\x05limit\x12\x14\n" +
+	"\x05usage\x18\x02 \x01(\x05R\x05usage\x12\x18\n" +
+	"\amaximum\x18\x03 \x01(\x05R\amaximum\x12\x1c\n" +
+	"\tunlimited\x18\x04 \x01(\bR\tunlimited2\x81\r\n" +
 	"\x0fInstanceService\x12\x8f\x01\n" +
 	"\x0eCreateInstance\x12&.aigc.gateway.v1.CreateInstanceRequest\x1a\x19.aigc.gateway.v1.Instance\":\x82\xd3\xe4\x93\x024:\x01*\"//v1/{parent=namespaces/*/templates/*}/instances\x12\x86\x01\n" +
 	"\vGetInstance\x12#.aigc.gateway.v1.GetInstanceRequest\x1a\x19.aigc.gateway.v1.Instance\"7\x82\xd3\xe4\x93\x021\x12//v1/{name=namespaces/*/templates/*/instances/*}\x12\x97\x01\n" +
@@ -1288,7 +1486,8 @@ const file_aigc_gateway_v1_instance_proto_rawDesc = "" +
 	"\x0eDeleteInstance\x12&.aigc.gateway.v1.DeleteInstanceRequest\x1a\x19.aigc.gateway.v1.Instance\"7\x82\xd3\xe4\x93\x021*//v1/{name=namespaces/*/templates/*/instances/*}\x12\x97\x01\n" +
 	"\rWatchInstance\x12%.aigc.gateway.v1.WatchInstanceRequest\x1a\x1e.aigc.gateway.v1.InstanceEvent\"=\x82\xd3\xe4\x93\x027\x125/v1/{name=namespaces/*/templates/*/instances/*}:watch0\x01\x12\xa3\x01\n" +
 	"\x0ePurgeInstances\x12&.aigc.gateway.v1.PurgeInstancesRequest\x1a'.aigc.gateway.v1.PurgeInstancesResponse\"@\x82\xd3\xe4\x93\x02::\x01*\"5/v1/{parent=namespaces/*/templates/*}/instances:purge\x12\xb1\x01\n" +
-	"\x10CheckConsistency\x12(.aigc.gateway.v1.CheckConsistencyRequest\x1a).aigc.gateway.v1.CheckConsistencyResponse\"H\x82\xd3\xe4\x93\x02B\x12@/v1/{parent=namespaces/*/templates/*}/instances:checkConsistencyBKZIgithub.com/aigc-gateway/aigc-gateway/bridge/gen/aigc/gateway/v1;gatewayv1b\x06proto3"
+	"\x10CheckConsistency\x12(.aigc.gateway.v1.CheckConsistencyRequest\x1a).aigc.gateway.v1.CheckConsistencyResponse\"H\x82\xd3\xe4\x93\x02B\x12@/v1/{parent=namespaces/*/templates/*}/instances:checkConsistency\x12k\n" +
+	"\rGetQuotaUsage\x12%.aigc.gateway.v1.GetQuotaUsageRequest\x1a\x1b.aigc.gateway.v1.QuotaUsage\"\x16\x82\xd3\xe4\x93\x02\x10\x12\x0e/v1/quotaUsageBKZIgithub.com/aigc-gateway/aigc-gateway/bridge/gen/aigc/gateway/v1;gatewayv1b\x06proto3"
 
 var (
 	file_aigc_gateway_v1_instance_proto_rawDescOnce sync.Once
@@ -1303,7 +1502,7 @@ func file_aigc_gateway_v1_instance_proto_rawDescGZIP() []byte {
 }
 
 var file_aigc_gateway_v1_instance_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_aigc_gateway_v1_instance_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
+var file_aigc_gateway_v1_instance_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_aigc_gateway_v1_instance_proto_goTypes = []any{
 	(Instance_State)(0),              // 0: aigc.gateway.v1.Instance.State
 	(*Instance)(nil),                 // 1: aigc.gateway.v1.Instance
@@ -1322,48 +1521,55 @@ var file_aigc_gateway_v1_instance_proto_goTypes = []any{
 	(*CheckConsistencyRequest)(nil),  // 14: aigc.gateway.v1.CheckConsistencyRequest
 	(*CheckConsistencyResponse)(nil), // 15: aigc.gateway.v1.CheckConsistencyResponse
 	(*ConsistencyViolation)(nil),     // 16: aigc.gateway.v1.ConsistencyViolation
-	(*Accelerator)(nil),              // 17: aigc.gateway.v1.Accelerator
-	(*Disk)(nil),                     // 18: aigc.gateway.v1.Disk
-	(*timestamppb.Timestamp)(nil),    // 19: google.protobuf.Timestamp
+	(*GetQuotaUsageRequest)(nil),     // 17: aigc.gateway.v1.GetQuotaUsageRequest
+	(*QuotaUsage)(nil),               // 18: aigc.gateway.v1.QuotaUsage
+	(*QuotaLimitUsage)(nil),          // 19: aigc.gateway.v1.QuotaLimitUsage
+	(*Accelerator)(nil),              // 20: aigc.gateway.v1.Accelerator
+	(*Disk)(nil),                     // 21: aigc.gateway.v1.Disk
+	(*timestamppb.Timestamp)(nil),    // 22: google.protobuf.Timestamp
 }
 var file_aigc_gateway_v1_instance_proto_depIdxs = []int32{
 	0,  // 0: aigc.gateway.v1.Instance.state:type_name -> aigc.gateway.v1.Instance.State
-	17, // 1: aigc.gateway.v1.Instance.accelerator:type_name -> aigc.gateway.v1.Accelerator
-	18, // 2: aigc.gateway.v1.Instance.disks:type_name -> aigc.gateway.v1.Disk
-	19, // 3: aigc.gateway.v1.Instance.create_time:type_name -> google.protobuf.Timestamp
-	19, // 4: aigc.gateway.v1.Instance.update_time:type_name -> google.protobuf.Timestamp
-	19, // 5: aigc.gateway.v1.Instance.state_change_time:type_name -> google.protobuf.Timestamp
-	19, // 6: aigc.gateway.v1.Instance.last_access_time:type_name -> google.protobuf.Timestamp
+	20, // 1: aigc.gateway.v1.Instance.accelerator:type_name -> aigc.gateway.v1.Accelerator
+	21, // 2: aigc.gateway.v1.Instance.disks:type_name -> aigc.gateway.v1.Disk
+	22, // 3: aigc.gateway.v1.Instance.create_time:type_name -> google.protobuf.Timestamp
+	22, // 4: aigc.gateway.v1.Instance.update_time:type_name -> google.protobuf.Timestamp
+	22, // 5: aigc.gateway.v1.Instance.state_change_time:type_name -> google.protobuf.Timestamp
+	22, // 6: aigc.gateway.v1.Instance.last_access_time:type_name -> google.protobuf.Timestamp
 	1,  // 7: aigc.gateway.v1.InstanceEvent.instance:type_name -> aigc.gateway.v1.Instance
-	19, // 8: aigc.gateway.v1.InstanceEvent.time:type_name -> google.protobuf.Timestamp
+	22, // 8: aigc.gateway.v1.InstanceEvent.time:type_name -> google.protobuf.Timestamp
 	0,  // 9: aigc.gateway.v1.ListInstancesRequest.state:type_name -> aigc.gateway.v1.Instance.State
 	1,  // 10: aigc.gateway.v1.ListInstancesResponse.instances:type_name -> aigc.gateway.v1.Instance
 	16, // 11: aigc.gateway.v1.CheckConsistencyResponse.violations:type_name -> aigc.gateway.v1.ConsistencyViolation
-	3,  // 12: aigc.gateway.v1.InstanceService.CreateInstance:input_type -> aigc.gateway.v1.CreateInstanceRequest
-	4,  // 13: aigc.gateway.v1.InstanceService.GetInstance:input_type -> aigc.gateway.v1.GetInstanceRequest
-	5,  // 14: aigc.gateway.v1.InstanceService.ListInstances:input_type -> aigc.gateway.v1.ListInstancesRequest
-	7,  // 15: aigc.gateway.v1.InstanceService.PauseInstance:input_type -> aigc.gateway.v1.PauseInstanceRequest
-	8,  // 16: aigc.gateway.v1.InstanceService.ResumeInstance:input_type -> aigc.gateway.v1.ResumeInstanceRequest
-	9,  // 17: aigc.gateway.v1.InstanceService.RestartInstance:input_type -> aigc.gateway.v1.RestartInstanceRequest
-	10, // 18: aigc.gateway.v1.InstanceService.DeleteInstance:input_type -> aigc.gateway.v1.DeleteInstanceRequest
-	11, // 19: aigc.gateway.v1.InstanceService.WatchInstance:input_type -> aigc.gateway.v1.WatchInstanceRequest
-	12, // 20: aigc.gateway.v1.InstanceService.PurgeInstances:input_type -> aigc.gateway.v1.PurgeInstancesRequest
-	14, // 21: aigc.gateway.v1.InstanceService.CheckConsistency:input_type -> aigc.gateway.v1.CheckConsistencyRequest
-	1,  // 22: aigc.gateway.v1.InstanceService.CreateInstance:output_type -> aigc.gateway.v1.Instance
-	1,  // 23: aigc.gateway.v1.InstanceService.GetInstance:output_type -> aigc.gateway.v1.Instance
-	6,  // 24: aigc.gateway.v1.InstanceService.ListInstances:output_type -> aigc.gateway.v1.ListInstancesResponse
-	1,  // 25: aigc.gateway.v1.InstanceService.PauseInstance:output_type -> aigc.gateway.v1.Instance
-	1,  // 26: aigc.gateway.v1.InstanceService.ResumeInstance:output_type -> aigc.gateway.v1.Instance
-	1,  // 27: aigc.gateway.v1.InstanceService.RestartInstance:output_type -> aigc.gateway.v1.Instance
-	1,  // 28: aigc.gateway.v1.InstanceService.DeleteInstance:output_type -> aigc.gateway.v1.Instance
-	2,  // 29: aigc.gateway.v1.InstanceService.WatchInstance:output_type -> aigc.gateway.v1.InstanceEvent
-	13, // 30: aigc.gateway.v1.InstanceService.PurgeInstances:output_type -> aigc.gateway.v1.PurgeInstancesResponse
-	15, // 31: aigc.gateway.v1.InstanceService.CheckConsistency:output_type -> aigc.gateway.v1.CheckConsistencyResponse
-	22, // [22:32] is the sub-list for method output_type
-	12, // [12:22] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	16, // 12: aigc.gateway.v1.CheckConsistencyResponse.notices:type_name -> aigc.gateway.v1.ConsistencyViolation
+	19, // 13: aigc.gateway.v1.QuotaUsage.limits:type_name -> aigc.gateway.v1.QuotaLimitUsage
+	3,  // 14: aigc.gateway.v1.InstanceService.CreateInstance:input_type -> aigc.gateway.v1.CreateInstanceRequest
+	4,  // 15: aigc.gateway.v1.InstanceService.GetInstance:input_type -> aigc.gateway.v1.GetInstanceRequest
+	5,  // 16: aigc.gateway.v1.InstanceService.ListInstances:input_type -> aigc.gateway.v1.ListInstancesRequest
+	7,  // 17: aigc.gateway.v1.InstanceService.PauseInstance:input_type -> aigc.gateway.v1.PauseInstanceRequest
+	8,  // 18: aigc.gateway.v1.InstanceService.ResumeInstance:input_type -> aigc.gateway.v1.ResumeInstanceRequest
+	9,  // 19: aigc.gateway.v1.InstanceService.RestartInstance:input_type -> aigc.gateway.v1.RestartInstanceRequest
+	10, // 20: aigc.gateway.v1.InstanceService.DeleteInstance:input_type -> aigc.gateway.v1.DeleteInstanceRequest
+	11, // 21: aigc.gateway.v1.InstanceService.WatchInstance:input_type -> aigc.gateway.v1.WatchInstanceRequest
+	12, // 22: aigc.gateway.v1.InstanceService.PurgeInstances:input_type -> aigc.gateway.v1.PurgeInstancesRequest
+	14, // 23: aigc.gateway.v1.InstanceService.CheckConsistency:input_type -> aigc.gateway.v1.CheckConsistencyRequest
+	17, // 24: aigc.gateway.v1.InstanceService.GetQuotaUsage:input_type -> aigc.gateway.v1.GetQuotaUsageRequest
+	1,  // 25: aigc.gateway.v1.InstanceService.CreateInstance:output_type -> aigc.gateway.v1.Instance
+	1,  // 26: aigc.gateway.v1.InstanceService.GetInstance:output_type -> aigc.gateway.v1.Instance
+	6,  // 27: aigc.gateway.v1.InstanceService.ListInstances:output_type -> aigc.gateway.v1.ListInstancesResponse
+	1,  // 28: aigc.gateway.v1.InstanceService.PauseInstance:output_type -> aigc.gateway.v1.Instance
+	1,  // 29: aigc.gateway.v1.InstanceService.ResumeInstance:output_type -> aigc.gateway.v1.Instance
+	1,  // 30: aigc.gateway.v1.InstanceService.RestartInstance:output_type -> aigc.gateway.v1.Instance
+	1,  // 31: aigc.gateway.v1.InstanceService.DeleteInstance:output_type -> aigc.gateway.v1.Instance
+	2,  // 32: aigc.gateway.v1.InstanceService.WatchInstance:output_type -> aigc.gateway.v1.InstanceEvent
+	13, // 33: aigc.gateway.v1.InstanceService.PurgeInstances:output_type -> aigc.gateway.v1.PurgeInstancesResponse
+	15, // 34: aigc.gateway.v1.InstanceService.CheckConsistency:output_type -> aigc.gateway.v1.CheckConsistencyResponse
+	18, // 35: aigc.gateway.v1.InstanceService.GetQuotaUsage:output_type -> aigc.gateway.v1.QuotaUsage
+	25, // [25:36] is the sub-list for method output_type
+	14, // [14:25] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_aigc_gateway_v1_instance_proto_init() }
@@ -1378,7 +1584,7 @@ func file_aigc_gateway_v1_instance_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_aigc_gateway_v1_instance_proto_rawDesc), len(file_aigc_gateway_v1_instance_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   16,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -31,6 +31,7 @@ const (
 	InstanceService_WatchInstance_FullMethodName    = "/aigc.gateway.v1.InstanceService/WatchInstance"
 	InstanceService_PurgeInstances_FullMethodName   = "/aigc.gateway.v1.InstanceService/PurgeInstances"
 	InstanceService_CheckConsistency_FullMethodName = "/aigc.gateway.v1.InstanceService/CheckConsistency"
+	InstanceService_GetQuotaUsage_FullMethodName    = "/aigc.gateway.v1.InstanceService/GetQuotaUsage"
 )
 
 // InstanceServiceClient is the client API for InstanceService service.
@@ -66,6 +67,9 @@ type InstanceServiceClient interface {
 	// Admin: checks the allocator invariants (PostgreSQL vs GameServerSet vs
 	// PersistentVolumeClaims) and returns every violation.
 	CheckConsistency(ctx context.Context, in *CheckConsistencyRequest, opts ...grpc.CallOption) (*CheckConsistencyResponse, error)
+	// A user's usage against each quota limit (docs/quotas.md): the caller's;
+	// admins and services may name anyone.
+	GetQuotaUsage(ctx context.Context, in *GetQuotaUsageRequest, opts ...grpc.CallOption) (*QuotaUsage, error)
 }
 
 type instanceServiceClient struct {
@@ -185,6 +189,16 @@ func (c *instanceServiceClient) CheckConsistency(ctx context.Context, in *CheckC
 	return out, nil
 }
 
+func (c *instanceServiceClient) GetQuotaUsage(ctx context.Context, in *GetQuotaUsageRequest, opts ...grpc.CallOption) (*QuotaUsage, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(QuotaUsage)
+	err := c.cc.Invoke(ctx, InstanceService_GetQuotaUsage_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // InstanceServiceServer is the server API for InstanceService service.
 // All implementations must embed UnimplementedInstanceServiceServer
 // for forward compatibility.
@@ -218,6 +232,9 @@ type InstanceServiceServer interface {
 	// Admin: checks the allocator invariants (PostgreSQL vs GameServerSet vs
 	// PersistentVolumeClaims) and returns every violation.
 	CheckConsistency(context.Context, *CheckConsistencyRequest) (*CheckConsistencyResponse, error)
+	// A user's usage against each quota limit (docs/quotas.md): the caller's;
+	// admins and services may name anyone.
+	GetQuotaUsage(context.Context, *GetQuotaUsageRequest) (*QuotaUsage, error)
 	mustEmbedUnimplementedInstanceServiceServer()
 }
 
@@ -257,6 +274,9 @@ func (UnimplementedInstanceServiceServer) PurgeInstances(context.Context, *Purge
 }
 func (UnimplementedInstanceServiceServer) CheckConsistency(context.Context, *CheckConsistencyRequest) (*CheckConsistencyResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CheckConsistency not implemented")
+}
+func (UnimplementedInstanceServiceServer) GetQuotaUsage(context.Context, *GetQuotaUsageRequest) (*QuotaUsage, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetQuotaUsage not implemented")
 }
 func (UnimplementedInstanceServiceServer) mustEmbedUnimplementedInstanceServiceServer() {}
 func (UnimplementedInstanceServiceServer) testEmbeddedByValue()                         {}
@@ -452,6 +472,24 @@ func _InstanceService_CheckConsistency_Handler(srv interface{}, ctx context.Cont
 	return interceptor(ctx, in, info, handler)
 }
 
+func _InstanceService_GetQuotaUsage_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetQuotaUsageRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(InstanceServiceServer).GetQuotaUsage(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: InstanceService_GetQuotaUsage_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(InstanceServiceServer).GetQuotaUsage(ctx, req.(*GetQuotaUsageRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // InstanceService_ServiceDesc is the grpc.ServiceDesc for InstanceService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -494,6 +532,10 @@ var InstanceService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "CheckConsistency",
 			Handler:    _InstanceService_CheckConsistency_Handler,
+		},
+		{
+			MethodName: "GetQuotaUsage",
+			Handler:    _InstanceService_GetQuotaUsage_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

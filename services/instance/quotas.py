@@ -1,0 +1,214 @@
+"""Quotas: how many instances, how many running, and how much GPU a user and a template may hold (issue 16).
+
+Limits come from configuration (``instance.quotas``): a default for everyone, overrides per role claim and
+per user (field by field), and a running limit per template. Unset means unlimited. A paused instance counts
+as installed, not running: its GPU is free, its disk is not. What a running instance costs is what its
+template's first container requests (``nvidia.com/gpu`` units, ``aliyun.com/gpu-mem`` GiB), whether or not the
+cluster can schedule it.
+
+Enforced where ids are decided: install and resume check usage after the template's allocator step resolved
+leftover intents, under the template lock (so two resumes on one template cannot both take the last place).
+Per-user limits span templates, so those calls also hold a per-user lock, always taken *before* the template
+lock (:meth:`Quotas.locked`). That is deadlock-free: every call takes at most one user lock, always first, and
+nothing that holds a template lock ever waits for a user lock (an install batch's runner checks the queued
+callers' quotas under the template lock while each caller holds its own user lock, taken before it queued).
+The user lock is a process-local asyncio lock, then the PostgreSQL advisory lock ``quota:<user>`` (SQLite has
+one writer; there the local lock serialises). Calls take it only while some per-user limit is configured.
+
+Lowering a limit never pauses or deletes anything: the next install or resume is what is refused.
+"""
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, fields
+
+from sqlalchemy import select
+
+from aigc_gateway.config import QuotaConfig, QuotaLimits
+from aigc_gateway.db import Database
+from aigc_gateway.db.models import InstanceRow
+from aigc_gateway.errors import NotFound, ResourceExhausted
+
+from . import templates
+from .allocator import SlotState
+from .names import TemplateRef
+
+LIMITS = ("installed", "running", "gpus", "gpu_memory_gib")
+WORDS = {"installed": "instances installed", "running": "instances running",
+         "gpus": "nvidia.com/gpu units running", "gpu_memory_gib": "aliyun.com/gpu-mem GiB running",
+         "template_running": "instances running"}
+
+
+@dataclass(frozen=True)
+class Limits:
+    installed: int | None = None
+    running: int | None = None
+    gpus: int | None = None
+    gpu_memory_gib: int | None = None
+
+    @property
+    def any(self) -> bool:
+        return any(getattr(self, f) is not None for f in LIMITS)
+
+
+@dataclass(frozen=True)
+class Usage:
+    installed: int = 0
+    running: int = 0
+    gpus: int = 0
+    gpu_memory_gib: int = 0
+
+    def __add__(self, other: "Usage") -> "Usage":
+        return Usage(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
+
+
+def _generous(values: Iterable[int | None]) -> int | None:
+    values = list(values)
+    return None if any(v is None for v in values) else max(values)  # type: ignore[type-var]
+
+
+def limits_for(cfg: QuotaConfig, user: str, roles: Sequence[str] = ()) -> Limits:
+    """The user's limits: the default, then the roles' overrides (the most generous of them), then the user's."""
+    out: dict[str, int | None] = {}
+    overrides: list[QuotaLimits] = [cfg.roles[r] for r in roles if r in cfg.roles]
+    personal = cfg.users.get(user)
+    for name in LIMITS:
+        value = getattr(cfg.default, name)
+        set_by_roles = [getattr(o, name) for o in overrides if name in o.model_fields_set]
+        if set_by_roles:
+            value = _generous(set_by_roles)
+        if personal is not None and name in personal.model_fields_set:
+            value = getattr(personal, name)
+        out[name] = value
+    return Limits(**out)
+
+
+def users_limited(cfg: QuotaConfig) -> bool:
+    """Whether any per-user limit is configured (else calls skip the user lock and the usage reads)."""
+    every = [cfg.default, *cfg.roles.values(), *cfg.users.values()]
+    return any(getattr(o, f) is not None for o in every for f in LIMITS)
+
+
+def template_limit(cfg: QuotaConfig, ref: TemplateRef) -> int | None:
+    return cfg.template_running.get(ref.key, cfg.template_running.get("*"))
+
+
+def cost_of(gss: Mapping | None) -> Usage:
+    """What one running instance of the template adds to running usage."""
+    if not gss:
+        return Usage(running=1)
+    acc = templates.accelerator(dict(gss))
+    return Usage(running=1, gpus=int(acc.get("gpu_count") or 0), gpu_memory_gib=int(acc.get("gpu_memory_gib") or 0))
+
+
+def usage_of(slots: Iterable[tuple[str, str]], costs: Mapping[str, Usage]) -> Usage:
+    """Usage from (slot, template key) pairs of one user's rows; ``costs`` maps template keys to a running cost."""
+    total = Usage()
+    for slot, key in slots:
+        if slot == SlotState.LIVE.value:
+            total = total + Usage(installed=1) + costs.get(key, Usage(running=1))
+        elif slot == SlotState.PAUSED.value:
+            total = total + Usage(installed=1)
+    return total
+
+
+def exceeded(user: str, limits: Limits, usage: Usage, adding: Usage) -> list[tuple[str, int, int]]:
+    """(limit, usage, maximum) of every per-user limit that ``adding`` would pass."""
+    out = []
+    for name in LIMITS:
+        maximum, used, more = getattr(limits, name), getattr(usage, name), getattr(adding, name)
+        if maximum is not None and more > 0 and used + more > maximum:
+            out.append((name, used, maximum))
+    return out
+
+
+def refusal(action: str, user: str, over: list[tuple[str, int, int]], ref: TemplateRef | None = None
+            ) -> ResourceExhausted:
+    """RESOURCE_EXHAUSTED with a google.rpc.QuotaFailure violation per limit passed."""
+    subject = f"template:{ref.key}" if ref is not None and over[0][0] == "template_running" else f"user:{user}"
+    words = [f"{WORDS[name]} {used} of {maximum}" for name, used, maximum in over]
+    whose = f"template {ref.name}" if subject.startswith("template:") and ref else user
+    name, used, maximum = over[0]
+    return ResourceExhausted(
+        f"{action} refused: quota of {whose} reached ({'; '.join(words)})", reason="QUOTA_EXCEEDED",
+        metadata={"limit": name, "usage": str(used), "maximum": str(maximum), "subject": subject},
+        quota=[(subject, f"{name}: usage {u}, maximum {m}") for name, u, m in over])
+
+
+class Quotas:
+    """The I/O around the arithmetic: the user lock and the usage read from the instances table."""
+
+    def __init__(self, db: Database, cfg: QuotaConfig, template_of):  # template_of: async TemplateRef -> gss
+        self.db = db
+        self.cfg = cfg
+        self.template_of = template_of
+        self._local: dict[str, asyncio.Lock] = {}
+
+    @property
+    def users_limited(self) -> bool:
+        return users_limited(self.cfg)
+
+    @asynccontextmanager
+    async def locked(self, user: str | None) -> AsyncIterator[None]:
+        """Hold the user's quota lock (see the module docstring) while per-user limits are configured."""
+        if not user or not self.users_limited:
+            yield
+            return
+        local = self._local.setdefault(user, asyncio.Lock())
+        async with local, self.db.lock(f"quota:{user}"):
+            yield
+
+    async def cost(self, ref: TemplateRef) -> Usage:
+        try:
+            return cost_of(await self.template_of(ref))
+        except NotFound:
+            return Usage(running=1)
+
+    async def usage(self, user: str) -> Usage:
+        async with self.db.session() as session:
+            rows = list((await session.execute(select(InstanceRow.namespace, InstanceRow.template, InstanceRow.slot)
+                                               .where(InstanceRow.owner == user))).all())
+        costs = {f"{ns}/{tpl}": await self.cost(TemplateRef(ns, tpl))
+                 for ns, tpl in sorted({(ns, tpl) for ns, tpl, slot in rows if slot == SlotState.LIVE.value})}
+        return usage_of(((slot, f"{ns}/{tpl}") for ns, tpl, slot in rows), costs)
+
+    async def check(self, action: str, ref: TemplateRef, user: str, roles: Sequence[str], adding: Usage,
+                    running_here: int) -> None:
+        """Raise the refusal if ``adding`` for ``user`` on ``ref`` passes a limit; ``running_here`` is what runs on
+        the template now (including earlier installs of the same batch)."""
+        maximum = template_limit(self.cfg, ref)
+        if maximum is not None and adding.running and running_here + adding.running > maximum:
+            raise refusal(action, user, [("template_running", running_here, maximum)], ref)
+        limits = limits_for(self.cfg, user, roles)
+        if not limits.any:
+            return
+        over = exceeded(user, limits, await self.usage(user), adding)
+        if over:
+            raise refusal(action, user, over)
+
+    def report(self, user: str, roles: Sequence[str], usage: Usage) -> list[tuple[str, int, int | None]]:
+        """(limit, usage, maximum or None for unlimited) of every per-user limit, for GetQuotaUsage."""
+        limits = limits_for(self.cfg, user, roles)
+        return [(name, getattr(usage, name), getattr(limits, name)) for name in LIMITS]
+
+    async def over(self, owners: Iterable[str], running: Mapping[TemplateRef, int]) -> list[tuple[str, str]]:
+        """(subject, description) of each user and template above a limit: not a fault (only an admin's later
+        lowering gets there; nothing is paused or deleted for it), reported by CheckConsistency as information.
+        A user's role claims are not known here (they come with their token): a user is compared with the most
+        generous limit any role could give, so nobody is reported who might be within a role's limit."""
+        out = []
+        for ref, count in sorted(running.items()):
+            maximum = template_limit(self.cfg, ref)
+            if maximum is not None and count > maximum:
+                out.append((f"template:{ref.key}", f"{WORDS['template_running']} {count} of {maximum}"))
+        if not self.users_limited:
+            return out
+        for user in sorted(set(owners)):
+            limits, usage = limits_for(self.cfg, user, list(self.cfg.roles)), await self.usage(user)
+            passed = [f"{WORDS[n]} {getattr(usage, n)} of {getattr(limits, n)}" for n in LIMITS
+                      if getattr(limits, n) is not None and getattr(usage, n) > getattr(limits, n)]
+            if passed:
+                out.append((f"user:{user}", "; ".join(passed)))
+        return out
