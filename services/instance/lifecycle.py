@@ -83,7 +83,7 @@ class Lifecycle:
         self.claims = claims
         self._local: dict[str, asyncio.Lock] = {}
         self._installs = InstallQueue(self)
-        self.quotas = quotas.Quotas(db, cfg.quotas, cluster.template)
+        self.quotas = quotas.Quotas(db, cfg.quotas, lambda ref: self.cluster.template(ref))
 
     @asynccontextmanager
     async def locked(self, ref: TemplateRef) -> AsyncIterator[None]:
@@ -348,14 +348,19 @@ class Lifecycle:
         await faults.reach("uninstall.after_disk_delete")
         deadline = time.monotonic() + wait
         delay = 0.2
-        while await self.cluster.existing_claims(iref.namespace, names):
+        while await self.cluster.unreleased(iref.namespace, iref.game_server, names):
             if time.monotonic() >= deadline:
                 return False
             await asyncio.sleep(delay)
             delay = min(delay * 1.5, 2.0)
         async with self.locked(ref):
-            spec = templates.spec_of(ref, await self.cluster.template(ref))
+            gss = await self.cluster.template(ref)
+            spec = templates.spec_of(ref, gss)
             await self.resolve_pending(ref, spec)
+            # Confirmed again under the lock, with the controller done with the write that reserved the id: a
+            # controller still acting on an older (R, X) runs the id's pod again, and that pod's disks with it.
+            if not templates.settled(gss) or await self.cluster.unreleased(iref.namespace, iref.game_server, names):
+                return False
             plan = allocator.plan_release(ref, spec, slots_of(await self.rows(ref)), iref.id)
             async with self.db.session() as session:
                 await self.store.apply(session, ref, plan)
