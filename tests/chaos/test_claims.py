@@ -32,7 +32,10 @@ async def test_a_claim_whose_finish_failed_is_taken_over_by_its_own_replica(data
     link = toxiproxy.proxy("pg", f"{url.host}:{url.port or 5432}")
     proxied = url.set(host="127.0.0.1", port=link.port).render_as_string(hide_password=False)
     db, other_db = Database(proxied, pool_size=2), Database(database_url, pool_size=2)
-    store = IdempotencyStore(db, ReplicaRegistry(db, 10.0))
+    # The holder's liveness (heartbeat row and session lock) on a link of its own that stays up: this test is
+    # about a live replica whose finish write was lost, not about a replica that looks dead.
+    liveness_db = Database(database_url, pool_size=2)
+    store = IdempotencyStore(db, ReplicaRegistry(liveness_db, 10.0))
     other = IdempotencyStore(other_db, ReplicaRegistry(other_db, 10.0))
     try:
         claim, stored = await store.claim("Svc.Delete", "alice", "rid-1", b"req")
@@ -58,3 +61,4 @@ async def test_a_claim_whose_finish_failed_is_taken_over_by_its_own_replica(data
         await other.close()
         await db.close()
         await other_db.close()
+        await liveness_db.close()
