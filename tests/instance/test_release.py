@@ -1,0 +1,113 @@
+"""An id becomes FREE only once its disks are gone for good: the old pod gone too, the controller done.
+
+The chaos bench (docs/chaos.md, `--release-wait 2`) once saw a FREE id keep a disk that the next owner then
+mounted (PVC_REUSED). The mechanism, held here deterministically on the test bed's real controllers:
+
+- the kubernetes.io/pvc-protection finalizer holds a PVC only while a *scheduled* pod uses it, so the disk of a
+  pod still Pending without a node (an unbound disk under load; here a nodeSelector no node has) is gone as soon
+  as it is deleted;
+- until it has applied the write that reserved the id, the Advanced StatefulSet still counts the id, and for a
+  Pending pod it makes missing PVCs again (`createMissingPersistentVolumeClaims`): a disk made after release
+  "confirmed" the id's disks gone. The hold is a ValidatingAdmissionPolicy refusing updates of the template's
+  Advanced StatefulSet, so kruise-game cannot pass the reserve on.
+
+The old release freed the id as soon as the PVC read 404, with the pod still there.
+"""
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import pytest
+from kubernetes_asyncio import client
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from aigc_gateway.db import Database
+from aigc_gateway.db.models import InstanceRow
+
+from ..plugins.gateway import make_settings
+from ..plugins.kube import Game, load_sample, wait_for
+from ..plugins.testbed import Testbed
+from .conftest import SAMPLE, State, instance_overrides, wait_slot
+
+pytestmark = pytest.mark.testbed
+
+CLAIM = f"user-data-{SAMPLE}-0"
+
+
+@asynccontextmanager
+async def statefulset_held(game: Game, name: str) -> AsyncIterator[None]:
+    """Refuse every update of the Advanced StatefulSet ``name`` in the test's namespace for the block."""
+    adm = client.AdmissionregistrationV1Api(game.core.api_client)
+    policy = f"aigc-test-hold-{game.namespace}"
+    await adm.create_validating_admission_policy({
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": policy},
+        "spec": {"failurePolicy": "Fail",
+                 "matchConstraints": {"resourceRules": [{"apiGroups": ["apps.kruise.io"], "apiVersions": ["*"],
+                                                         "operations": ["UPDATE"], "resources": ["statefulsets"]}]},
+                 "validations": [{"expression": f"object.metadata.name != '{name}'",
+                                  "message": "held by the test"}]}})
+    await adm.create_validating_admission_policy_binding({
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": {"name": policy},
+        "spec": {"policyName": policy, "validationActions": ["Deny"],
+                 "matchResources": {"namespaceSelector": {"matchLabels": {
+                     "kubernetes.io/metadata.name": game.namespace}}}}})
+    try:
+        async def refused() -> bool:  # the apiserver applies a new policy once its informer has it
+            try:
+                await game.custom.patch_namespaced_custom_object(
+                    "apps.kruise.io", "v1beta1", game.namespace, "statefulsets", name,
+                    {"metadata": {"annotations": {"aigc-gateway.test/probe": "1"}}},
+                    _content_type="application/merge-patch+json")
+            except ApiException as exc:
+                return "held by the test" in (exc.body or "")
+            return False
+        await wait_for(refused, 30, what="the hold on the Advanced StatefulSet to be in force")
+        yield
+    finally:
+        await adm.delete_validating_admission_policy_binding(policy)
+        await adm.delete_validating_admission_policy(policy)
+
+
+async def test_an_id_stays_releasing_while_its_pending_pod_can_bring_its_disk_back(
+        testbed: Testbed, game: Game, issuer, database_url, start_gateway, client_for, database: Database) -> None:
+    template = load_sample(SAMPLE, testbed.domain, game.namespace)
+    template["spec"]["gameServerTemplate"]["spec"]["nodeSelector"] = {"aigc-gateway.test/node": "none"}
+    await game.create_gss(template)
+    settings = make_settings(database_url, issuer, **instance_overrides(testbed, game.namespace,
+                                                                        release_wait_seconds=2))
+    gw = await start_gateway("instance", settings=settings)
+    c = client_for(gw.channel("instance"))
+
+    alice = await c.install("alice")
+    assert alice.id == 0
+
+    async def pending_with_disk() -> bool:
+        pod = (await game.pods(SAMPLE)).get(0)
+        return pod is not None and not pod.spec.node_name and CLAIM in await game.pvcs()
+    await wait_for(pending_with_disk, 60, what="alice's pod Pending without a node, with its disk")
+    alice_disk = (await game.pvcs())[CLAIM].metadata.uid
+
+    async with statefulset_held(game, SAMPLE):
+        gone = await c.uninstall("alice", alice.name)
+        assert gone.state == State.UNINSTALLING
+        # Her PVC was deleted and, unprotected, is gone; her pod is still there (the controller cannot scale it
+        # away) and the StatefulSet may make the disk again for it at any moment: the id is not FREE.
+        assert (await game.pods(SAMPLE)).get(0) is not None
+        async with database.session() as session:
+            assert (await session.get(InstanceRow, (c.namespace, SAMPLE, 0))).slot == "RELEASING"
+
+    await wait_slot(database, c.namespace, 0, "FREE")  # the reconciler, once the pod and its disks are gone
+    assert 0 not in await game.pods(SAMPLE) and CLAIM not in await game.pvcs()
+    bob = await c.install("bob")
+    assert bob.id == 0
+
+    async def has_claim() -> bool:
+        return CLAIM in await game.pvcs()
+    await wait_for(has_claim, 60, what="bob's disk")
+    assert (await game.pvcs())[CLAIM].metadata.uid != alice_disk
+    report = await c.wait_consistent()  # no PVC_REUSED, no PVC_NOT_RELEASED
+    assert report.templates_checked == 1
+
