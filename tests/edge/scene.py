@@ -5,6 +5,8 @@ no hairpin through the proxy), alice's and bob's instances, and the proxy in fro
 rendered from the namespace's Ingress objects, or the test bed's Traefik reading them itself)."""
 from __future__ import annotations
 
+import hashlib
+
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -47,6 +49,14 @@ class Scene:
     auth_url: str
     signin_url: str
     nginx: Any = None
+    tag: str = ""  # unique per scene: Traefik reads every namespace's Ingresses, so hosts must not repeat
+
+    def host(self, pattern: str) -> str:
+        """``pattern`` (e.g. ``instances<id>-cpu.<domain>``) made this scene's own: its first label gets the
+        scene's tag, so an Ingress left by an earlier test (namespaces go away seconds after a test) never
+        shares a host with this one's."""
+        first, dot, rest = pattern.partition(".")
+        return f"{first}-{self.tag}{dot}{rest}" if self.tag and not first.endswith(f"-{self.tag}") else pattern
 
     def meta(self, user: str) -> tuple[tuple[str, str], ...]:
         return (("cookie", f"{COOKIE}={self.cookies[user]}"),)
@@ -105,6 +115,7 @@ async def start_scene(proxy: str, *, testbed, k8s_namespace: str, edge, start_ga
                   PodLog(edge.pod_log, k8s_namespace), str(testbed.kubeconfig),
                   template_pb2_grpc.TemplateServiceStub(publisher.channel("template")),
                   bearer(issuer.mint("root-admin", roles=["admin"])), auth_url, signin)
+    scene.tag = hashlib.sha256(k8s_namespace.encode()).hexdigest()[:6]
     if proxy == "nginx":
         scene.nginx = ingress_nginx(testbed.kubeconfig, k8s_namespace)
         scene.port = scene.nginx.port
@@ -117,6 +128,7 @@ async def publish(scene: Scene, name: str, host: str, path: str, path_type: str,
     """Publish a template through the template service (host and path may carry <id>; `identity`: the
     manifest carries `auth-response-headers` naming the identity headers — without it, the template
     service adds it). Returns the template service's answer (the template as written, its warnings)."""
+    host = scene.host(host)
     return await scene.templates.CreateTemplate(template_pb2.CreateTemplateRequest(
         parent=f"namespaces/{scene.pods.namespace}", source=template_pb2.TemplateSource(manifest=manifest(
             scene.pods.namespace, scene.auth_url, scene.signin_url, host=host, path=path, path_type=path_type,
@@ -126,7 +138,7 @@ async def publish(scene: Scene, name: str, host: str, path: str, path_type: str,
 async def install(scene: Scene, user: str, template: str = "sd", host: str = f"instances<id>-cpu.{DOMAIN}",
                   path: str = "/") -> Instance:
     """`user` installs an instance; returns once the proxy routes its host (and path) to its pod."""
-    ns = scene.pods.namespace
+    ns, host = scene.pods.namespace, scene.host(host)
     created = await scene.instances.CreateInstance(instance_pb2.CreateInstanceRequest(
         parent=f"namespaces/{ns}/templates/{template}"), metadata=scene.meta(user))
     ident = int(created.name.rsplit("/", 1)[1])
