@@ -173,7 +173,7 @@ class ChaosBed:
                 "kubernetes": {"kubeconfig": str(proxied_kube)},
                 "logging": {"level": "WARNING", "json": True},
                 "instance": {"reconcile_interval_seconds": 2, "release_wait_seconds": self.release_wait},
-                "auth": {"http_listen": "", "http_workers": 0},
+                "auth": {"http_listen": "", "http_workers": 0, "owners_stale_after_seconds": 5},
                 "usersync": {"http_listen": "127.0.0.1:0", "logto_endpoint": f"http://{self.proxies['logto'].listen}",
                              "logto_app_id": self.logto.app_id, "logto_app_secret": self.logto.app_secret,
                              "webhook_signing_key": self.logto.signing_key, "logto_timeout_seconds": 2.0,

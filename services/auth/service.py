@@ -42,7 +42,8 @@ class AuthService:
         self.follower: OwnershipFollower | None = None
         self.watch: TemplateWatch | None = None
         if not replica:
-            self.follower = OwnershipFollower(runtime.db, self.owners, self.index)
+            self.follower = OwnershipFollower(runtime.db, self.owners, self.index,
+                                             stale_after=settings.auth.owners_stale_after_seconds)
             self.watch = TemplateWatch(settings, self.index)
         self.workers: WorkerPool | None = None
         self.activity = ActivityRecorder(runtime.db)

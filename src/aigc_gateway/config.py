@@ -208,6 +208,11 @@ class AuthConfig(Section):
     session_ttl_seconds: int = Field(8 * 3600, ge=60, description="Session lifetime.")
     allow_admin_access: bool = Field(False, description="Let admins open every instance.")
     allow_http_redirects: bool = Field(False, description="Accept http:// `rd` targets (local development).")
+    owners_stale_after_seconds: float = Field(
+        10.0, ge=1, le=300, description="How long the owner map stays trusted without a full read of the ownership "
+        "table or a LISTEN connection that answers its pings; after that every check is refused (OWNERS_UNKNOWN) "
+        "until a read succeeds. Shorter closes faster when the database is lost; too short refuses owners when a "
+        "loaded host runs the pings late.")
     proxy: Literal["nginx", "traefik"] = Field(
         "nginx",
         description="The proxy in front of `/auth`, which decides the headers that carry the request (never the "
