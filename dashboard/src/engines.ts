@@ -3,10 +3,11 @@
  * the live progress of each, and the actions. Live by two means: a WatchInstance stream for every
  * instance the gateway is still working on (states and pod/event messages as they arrive), and a
  * light refresh of both lists every few seconds while the page is visible (templates an admin
- * publishes or deletes, and changes made elsewhere: another tab, the CLI, an admin).
+ * publishes or deletes, and changes made elsewhere: another tab, the CLI, an admin). The caller's quota
+ * usage (GetQuotaUsage) is read with the lists and again after each action.
  */
 import { reactive } from "vue";
-import { ApiError, api, call, newRequestId, parseName, type Instance, type InstanceEvent, type Template } from "./api/client";
+import { ApiError, api, call, newRequestId, parseName, type Instance, type InstanceEvent, type QuotaLimitUsage, type Template } from "./api/client";
 import { watchInstance } from "./api/watch";
 import { BUSY } from "./format";
 
@@ -30,7 +31,14 @@ function fetchLists() {
     call(api.GET("/v1/namespaces/{namespace}/templates", { params: { path: { namespace: "-" }, query: { pageSize: 500 } } })),
     call(api.GET("/v1/namespaces/{namespace}/templates/{template}/instances",
       { params: { path: { namespace: "-", template: "-" }, query: { owner: "me", pageSize: 500 } } })),
+    fetchQuota(),
   ]);
+}
+
+/** The caller's quota usage; null when it cannot be read (the engines still show without it). */
+function fetchQuota(): Promise<QuotaLimitUsage[] | null> {
+  return call(api.GET("/v1/quotaUsage", { params: { query: { user: "me" } } }))
+    .then((usage) => usage.limits ?? [], () => null);
 }
 
 let prefetched: ReturnType<typeof fetchLists> | null = null;
@@ -49,6 +57,7 @@ export function useEngines() {
     loaded: false,
     listError: null as ApiError | null,
     notice: null as ApiError | null, // an action's error that outlives its card (the template is gone)
+    quota: [] as QuotaLimitUsage[], // the caller's usage of each quota limit
   });
   const watches = new Map<string, AbortController>(); // by instance name
   let lineKey = 0;
@@ -114,7 +123,8 @@ export function useEngines() {
     try {
       const pending = prefetched ?? fetchLists();
       prefetched = null;
-      const [templates, mine] = await pending;
+      const [templates, mine, quota] = await pending;
+      if (quota) s.quota = quota;
       s.templates = templates.templates ?? [];
       const seen = new Set<string>();
       for (const instance of mine.instances ?? []) {
@@ -186,6 +196,7 @@ export function useEngines() {
       c.acting = "";
     }
     if (action === "uninstall") void refresh();
+    else void fetchQuota().then((quota) => { if (quota) s.quota = quota; });
   }
 
   function tick(): void {

@@ -1,5 +1,5 @@
 /** Words for what the API returns: accelerators, disks, states, errors, times. */
-import type { ApiError, Instance, InstanceState, Schemas } from "./api/client";
+import type { ApiError, Instance, InstanceState, QuotaLimitUsage, Schemas } from "./api/client";
 import { has, locale, t, type MessageKey } from "./i18n";
 
 export function accelerator(acc: Schemas["Accelerator"] | undefined): string {
@@ -44,7 +44,26 @@ const REASONS: Record<string, MessageKey> = {
   KUBERNETES_UNAVAILABLE: "error.UNAVAILABLE",
 };
 
+/** A quota limit's name in words ("running" -> "running instances"); `short` for the usage line. */
+function limitName(limit: string, short: boolean): string {
+  const key = `quota.${short ? "short" : "limit"}.${limit}`;
+  return has(key) ? t(key) : limit;
+}
+
+/** The caller's usage of each limit that is set, e.g. "Running 1 of 2 · GPUs 1 of 1"; "" when none is set. */
+export function quotaLine(limits: QuotaLimitUsage[]): string {
+  return limits.filter((l) => !l.unlimited)
+    .map((l) => t("quota.usage", { limit: limitName(l.limit ?? "", true), usage: l.usage ?? 0, maximum: l.maximum ?? 0 }))
+    .join(" · ");
+}
+
 export function errorWords(error: ApiError): string {
+  if (error.reason === "QUOTA_EXCEEDED") {
+    const m = error.metadata;
+    const words = t("error.QUOTA_EXCEEDED", { limit: limitName(m.limit ?? "", false), usage: m.usage ?? "?", maximum: m.maximum ?? "?" });
+    const hint = `quota.hint.${m.limit}`; // what frees the limit: pausing frees running ones, not installed ones
+    return has(hint) ? words + (locale.value === "zh-CN" ? "" : " ") + t(hint) : words;
+  }
   const byReason = REASONS[error.reason];
   if (byReason) return t(byReason);
   const byCode = `error.${error.code}`;

@@ -33,6 +33,9 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
+# A quota for a user of test_quota.py alone (quotas apply per user; the other tests' users stay unlimited).
+QUOTA_USER = "quinn"
+QUOTAS = {f"AIGC_GATEWAY__INSTANCE__QUOTAS__USERS__{QUOTA_USER.upper()}__RUNNING": "1"}
 STACK_TIMEOUT = 600  # a cold `scripts/dev` start on a loaded 2-core machine
 
 
@@ -78,7 +81,7 @@ def dev_stack(testbed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> Ite
     log = (state / "stack.log").open("w+")
     proc = subprocess.Popen(
         [sys.executable, "-m", "aigc_gateway.ctl.devstack", "--namespace", namespace, "--state-dir", str(state)],
-        cwd=REPO, env={**os.environ, "AIGC_DEV_PORT_OFFSET": str(offset)}, stdout=log, stderr=subprocess.STDOUT,
+        cwd=REPO, env={**os.environ, "AIGC_DEV_PORT_OFFSET": str(offset), **QUOTAS}, stdout=log, stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL)
     try:
         banner = _wait_ready(proc, state / "stack.log")

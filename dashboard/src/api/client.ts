@@ -16,6 +16,7 @@ export type InstanceEvent = Schemas["InstanceEvent"];
 export type InstanceState = NonNullable<Instance["state"]>;
 export type Principal = Schemas["Principal"];
 export type AuditEvent = Schemas["AuditEvent"];
+export type QuotaLimitUsage = Schemas["QuotaLimitUsage"];
 
 export interface Violation {
   field: string;
@@ -32,6 +33,7 @@ export class ApiError extends Error {
     readonly violations: Violation[],
     readonly requestId: string,
     readonly retryAfter: number | null,
+    readonly metadata: Record<string, string> = {}, // google.rpc.ErrorInfo metadata (a quota's limit, usage, maximum)
   ) {
     super(message);
   }
@@ -45,6 +47,7 @@ const CODES = ["OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEE
 interface AnyDetail {
   "@type"?: string;
   reason?: string;
+  metadata?: Record<string, string>;
   fieldViolations?: { field?: string; description?: string }[];
   retryDelay?: string;
 }
@@ -60,17 +63,21 @@ export function toApiError(httpStatus: number, body: unknown, requestId: string,
   const status = (body && typeof body === "object" ? body : {}) as { code?: number; message?: string; details?: AnyDetail[] };
   const code = typeof status.code === "number" ? (CODES[status.code] ?? "UNKNOWN") : httpStatus >= 500 ? "UNAVAILABLE" : "UNKNOWN";
   let reason = "";
+  let metadata: Record<string, string> = {};
   const violations: Violation[] = [];
   let retry: number | null = retryAfter ? Number(retryAfter) : null;
   for (const d of status.details ?? []) {
     const type = d["@type"] ?? "";
-    if (type.endsWith("google.rpc.ErrorInfo") && d.reason) reason = d.reason;
+    if (type.endsWith("google.rpc.ErrorInfo") && d.reason) {
+      reason = d.reason;
+      metadata = d.metadata ?? {};
+    }
     if (type.endsWith("google.rpc.BadRequest") || type.endsWith("google.rpc.PreconditionFailure")) {
       for (const v of d.fieldViolations ?? []) violations.push({ field: v.field ?? "", description: v.description ?? "" });
     }
     if (type.endsWith("google.rpc.RetryInfo") && d.retryDelay && retry === null) retry = Math.ceil(parseFloat(d.retryDelay));
   }
-  return new ApiError(httpStatus, code, status.message ?? `HTTP ${httpStatus}`, reason, violations, requestId, retry);
+  return new ApiError(httpStatus, code, status.message ?? `HTTP ${httpStatus}`, reason, violations, requestId, retry, metadata);
 }
 
 const requestIds: Middleware = {
