@@ -339,6 +339,14 @@ def resolve(plan: Plan, now: Spec) -> bool:
         # (by this write, or by the controller's race striking again) they must be RELEASING, or their disks
         # stay untracked. A stray still live is planned again by the next realign.
         return {t.id for t in plan.transitions} <= now.reserved
+    if plan.after.replicas != plan.before.replicas:
+        # R is written by the gateway alone (the controller's stale-cache race moves X, never R): R as planned
+        # means the write landed even when the race has since put an id back into X (the live set differs
+        # from the plan's; the realign that follows every resolve brings the recorded ids back).
+        if now.replicas == plan.after.replicas:
+            return True
+        if now.replicas == plan.before.replicas:
+            return False
     ids = {t.id for t in plan.transitions} or {plan.id}
     if plan.op in (Op.INSTALL, Op.RESUME):
         return ids <= now.live()

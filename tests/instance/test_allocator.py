@@ -247,6 +247,13 @@ def test_resolve_reads_the_outcome_from_r_and_x() -> None:
     pause = allocator.plan_pause(REF, Spec.of(2), slots((0, LIVE, "a"), (1, LIVE, "b")), 0)
     assert allocator.resolve(pause, Spec.of(1, {0})) is True
     assert allocator.resolve(pause, Spec.of(2, {5})) is False
+    # The controller's stale-cache race struck after the write: R as planned, but the resumed id put back
+    # into X and another one started. R is written by the gateway alone: the write landed (seen in CI at the
+    # crash point resume.after_gss_write; judged by the live set, the resume was dropped and R stayed drift).
+    resume = allocator.plan_resume(REF, Spec.of(0, {0}), slots((0, PAUSED, "a")), 0)
+    assert resume.after == Spec.of(1)
+    assert allocator.resolve(resume, Spec.of(1, {0})) is True
+    assert allocator.resolve(resume, Spec.of(0, {0})) is False
 
 
 def test_plan_survives_json() -> None:
