@@ -53,7 +53,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -171,7 +171,7 @@ def instance_of(k: int, users: int) -> tuple[str, int, str, str]:
 
 
 async def seed_instances(runtime: Runtime, instances: int, users: int) -> None:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     rows = []
     for k in range(instances):
         template, ident, owner, _ = instance_of(k, users)
@@ -348,7 +348,7 @@ def probe_totals(service: AuthService) -> dict[str, list[float]]:
         for key, v in (value.get("runtime") or {}).items():
             v = v if isinstance(v, list) else [v]
             have = total.setdefault(key, [0.0] * len(v))
-            total[key] = [max(a, b) if key in ("gc_max", "lag_max_ms") else a + b for a, b in zip(have, v)]
+            total[key] = [max(a, b) if key in ("gc_max", "lag_max_ms") else a + b for a, b in zip(have, v, strict=True)]
     return total
 
 
@@ -362,7 +362,7 @@ def probe_line(before: dict[str, list[float]], after: dict[str, list[float]], re
         return "  /auth workers' probes: none (no worker processes)"
 
     def d(key: str) -> list[float]:
-        return [a - b for a, b in zip(after[key], before.get(key, [0.0] * len(after[key])))]
+        return [a - b for a, b in zip(after[key], before.get(key, [0.0] * len(after[key])), strict=True)]
 
     count, seconds, collected = d("gc_count"), d("gc_seconds"), d("gc_collected")
     lag = d("lag")
@@ -417,7 +417,6 @@ async def main() -> int:
 
     runtime, service, port, cookies = await start_gateway(db_url, opts)
     requests = mix(opts.instances, opts.users, 3000, shares, lambda u: f"{COOKIE}={cookies[u]}")
-    script = wrk_script(requests)
     workers = service.workers.count if service.workers is not None else 0
     print(f"owner map: {len(service.owners)} instances, {service.owners.admitted} admitted, {opts.users} users; "
           f"mix allowed/denied/anonymous = {opts.mix}; {os.cpu_count()} CPUs; "

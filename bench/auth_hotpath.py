@@ -84,7 +84,7 @@ async def main() -> int:
         print(f"{n:,} requests through the ASGI app (statuses {dict(sorted(statuses.items()))}; "
               f"{len(service.owners)} instances; gc threshold {gc.get_threshold()}, frozen {gc.get_freeze_count()})")
         print(f"  CPU {cpu / n * 1e6:.1f} us/request (wall {wall / n * 1e6:.1f} us); "
-              f"GC collections gen0/1/2: {', '.join(str(a - b) for a, b in zip(gc_after, gc_before))}; "
+              f"GC collections gen0/1/2: {', '.join(str(a - b) for a, b in zip(gc_after, gc_before, strict=True))}; "
               f"net tracked allocations seen by gen0 (approx.) {allocated / n:.1f}/request; "
               f"tracked objects {len(gc.get_objects()):,}")
         t = time.perf_counter()

@@ -21,12 +21,12 @@ sys.path.insert(0, str(HERE.parent))
 async def environment() -> AsyncIterator[dict[str, Any]]:
     """A namespace with two templates, a database, a token issuer and the Logto double, all removed after."""
     import asyncpg
+    from install_burst import kubeconfig, server_url
     from joserfc.jwk import RSAKey
 
     from aigc_gateway.config import KubernetesConfig
     from aigc_gateway.db.migrate import upgrade
     from aigc_gateway.kube import GSS, NAMESPACE, Kube
-    from install_burst import kubeconfig, server_url
     from tests.doubles.logto import LogtoDouble
     from tests.plugins.kube import load_sample
     from tests.plugins.oidc import Issuer, _serve

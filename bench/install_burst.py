@@ -189,7 +189,7 @@ async def main() -> int:
 
     from aigc_gateway.config import Settings
     from aigc_gateway.db.migrate import upgrade
-    from aigc_gateway.kube import NAMESPACE, GSS, Kube
+    from aigc_gateway.kube import GSS, NAMESPACE, Kube
 
     run = uuid.uuid4().hex[:6]
     namespace = f"bench-{run}"

@@ -336,8 +336,9 @@ async def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the namespace, the database and the logs")
     args = parser.parse_args()
 
-    import asyncpg
     import tempfile
+
+    import asyncpg
 
     from aigc_gateway.config import KubernetesConfig
     from aigc_gateway.db.migrate import upgrade

@@ -105,9 +105,9 @@ async def main() -> int:
             who = "admin" if admin else "user"
             print(f"ListTemplates as {who} (catalog):")
             print(line("before (live LIST)", await timed(
-                args.rounds, lambda: before.list(parent, namespace, 0, "", admin=admin))))
+                args.rounds, lambda admin=admin: before.list(parent, namespace, 0, "", admin=admin))))
             print(line("after (watch cache)", await timed(
-                args.rounds, lambda: after.list(parent, namespace, 0, "", admin=admin))))
+                args.rounds, lambda admin=admin: after.list(parent, namespace, 0, "", admin=admin))))
         print(f"LISTs the cache made: {cached.cache.lists}")
         await cached.cache.close()
     finally:

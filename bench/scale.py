@@ -27,6 +27,7 @@ import time
 import tracemalloc
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -149,9 +150,9 @@ async def one_run(server: str, instances: int, users: int, templates: int, event
         db = Database(url, pool_size=2)
         log = AuditLog(db, "bench")
         week = time.time() - 7 * 86400
-        from datetime import datetime, timedelta, timezone
+        from datetime import datetime, timedelta
 
-        start = datetime.fromtimestamp(week, timezone.utc)
+        start = datetime.fromtimestamp(week, UTC)
         queries = {
             "ListAuditEvents actor": AuditQuery(actor="user-31"),
             "ListAuditEvents action+week": AuditQuery(action="InstanceService.PauseInstance", start=start,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from sqlalchemy import bindparam, or_, update
 
@@ -62,7 +62,7 @@ class ActivityRecorder:
         # In key order: every process (HTTP workers, replicas) then locks rows in the same order, and two
         # flushes that touch the same instances wait for each other instead of deadlocking.
         params = [{"ns": k.namespace, "tpl": k.template, "iid": k.id,
-                   "t": datetime.fromtimestamp(t, timezone.utc)} for k, t in sorted(seen.items())]
+                   "t": datetime.fromtimestamp(t, UTC)} for k, t in sorted(seen.items())]
         table = InstanceRow.__table__
         stmt = (update(table)
                 .where(table.c.namespace == bindparam("ns"), table.c.template == bindparam("tpl"),

@@ -35,7 +35,7 @@ class InstanceKey:
         return f"{self.namespace}/{self.template}/{self.id}"
 
     @classmethod
-    def from_payload(cls, payload: str) -> "InstanceKey | None":
+    def from_payload(cls, payload: str) -> InstanceKey | None:
         namespace, _, rest = payload.partition("/")
         template, _, ident = rest.partition("/")
         if not (namespace and template and ident.isdigit()):

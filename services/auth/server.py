@@ -5,14 +5,13 @@ from datetime import datetime
 
 from google.protobuf import timestamp_pb2
 
+from aigc_gateway.api.envoy import envoy_service_auth_v3_external_auth_pb2_grpc as ext_grpc
 from aigc_gateway.api.v1 import auth_pb2, auth_pb2_grpc
 from aigc_gateway.context import credentials_var
 from aigc_gateway.errors import NotFound, invalid
 from aigc_gateway.identity import Principal, require_admin, require_principal
 from aigc_gateway.runtime import Runtime
 from aigc_gateway.server import Registration, ServiceParts
-
-from aigc_gateway.api.envoy import envoy_service_auth_v3_external_auth_pb2_grpc as ext_grpc
 
 from .checker import Credentials
 from .decision import Decision, Outcome, decide

@@ -27,8 +27,8 @@ import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from functools import cached_property
-from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from itsdangerous import BadData, URLSafeSerializer
@@ -37,11 +37,11 @@ from sqlalchemy import select, text, update
 from aigc_gateway.background import cancel_and_wait
 from aigc_gateway.config import Settings
 from aigc_gateway.db import Database
+from aigc_gateway.db.listen import PgListener, asyncpg_dsn
 from aigc_gateway.errors import Unauthenticated
 from aigc_gateway.identity import SERVICE_TOKEN_HEADER, Principal
 
 from .models import AuthSessionRow
-from aigc_gateway.db.listen import PgListener, asyncpg_dsn
 
 log = logging.getLogger(__name__)
 
@@ -163,10 +163,10 @@ class SessionRecord:
         return cached[1]
 
     @classmethod
-    def of(cls, row: Any) -> "SessionRecord":
+    def of(cls, row: Any) -> SessionRecord:
         """From an ``AuthSessionRow`` or a plain row of its table (see :func:`_rows`)."""
-        expires = row.expires_at if row.expires_at.tzinfo else row.expires_at.replace(tzinfo=timezone.utc)
-        created = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=timezone.utc)
+        expires = row.expires_at if row.expires_at.tzinfo else row.expires_at.replace(tzinfo=UTC)
+        created = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=UTC)
         return cls(row.id_hash, row.user, row.email, row.preferred_username, row.display_name,
                    tuple(row.roles or ()), created, expires, row.revoked_at is not None)
 
@@ -219,7 +219,7 @@ class SessionStore:
                      roles: tuple[str, ...] = (), ttl_seconds: int) -> tuple[str, SessionRecord]:
         """A new session; returns the session id (for the cookie only) and the record."""
         session_id = secrets.token_urlsafe(32)
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         row = AuthSessionRow(id_hash=hash_session_id(session_id), user=user[:255], email=email[:320],
                              preferred_username=preferred_username[:255], display_name=display_name[:255],
                              roles=list(roles), created_at=now, expires_at=now + timedelta(seconds=ttl_seconds),
@@ -328,14 +328,14 @@ class SessionStore:
         async with self.db.session() as session:
             result = await session.execute(update(AuthSessionRow).where(
                 AuthSessionRow.id_hash == id_hash, AuthSessionRow.revoked_at.is_(None)).values(
-                revoked_at=datetime.now(timezone.utc)))
+                revoked_at=datetime.now(UTC)))
             await self._notify(session, f"s:{id_hash}")
         self._epoch += 1
         self._cache.pop(id_hash, None)
         return bool(result.rowcount)
 
     async def revoke_user(self, user: str) -> int:
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         async with self.db.session() as session:
             result = await session.execute(update(AuthSessionRow).where(
                 AuthSessionRow.user == user, AuthSessionRow.revoked_at.is_(None),

@@ -25,12 +25,12 @@ from sqlalchemy import select, tuple_
 from aigc_gateway.background import cancel_and_wait, wait_event
 from aigc_gateway.config import Settings
 from aigc_gateway.db import Database
+from aigc_gateway.db.listen import PgListener, asyncpg_dsn
 from aigc_gateway.db.models import INSTANCE_CHANNEL, InstanceRow
 from aigc_gateway.errors import GatewayError
 from aigc_gateway.kube import GAMESERVER, GSS, OWNER_GSS_LABEL, Kind, Kube
 
 from .ownermap import InstanceKey, OwnerMap
-from aigc_gateway.db.listen import PgListener, asyncpg_dsn
 from .routes import RouteIndex, instance_of, route_pattern
 
 log = logging.getLogger(__name__)

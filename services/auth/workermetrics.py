@@ -47,14 +47,14 @@ def totals() -> Totals:
 class CheckMetrics:
     """A Prometheus collector: this process's check metrics plus the workers' (one per process)."""
 
-    _installed: "CheckMetrics | None" = None
+    _installed: CheckMetrics | None = None
 
     def __init__(self) -> None:
         self.live: dict[object, Totals] = {}  # worker slot -> its latest totals
         self.retired: dict[str, Any] = {"checks": Tally(), "refusals": Tally(), "buckets": Tally(), "sum": 0.0}
 
     @classmethod
-    def install(cls) -> "CheckMetrics":
+    def install(cls) -> CheckMetrics:
         """Take over the two metrics in the default registry (idempotent)."""
         if cls._installed is None:
             cls._installed = cls()

@@ -57,7 +57,7 @@ class Spec:
     reserved: frozenset[int] = frozenset()
 
     @classmethod
-    def of(cls, replicas: int, reserved: Iterable[int] = ()) -> "Spec":
+    def of(cls, replicas: int, reserved: Iterable[int] = ()) -> Spec:
         return cls(replicas, frozenset(reserved))
 
     def live(self) -> frozenset[int]:
@@ -124,7 +124,7 @@ class Plan:
         }
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> "Plan":
+    def from_json(cls, data: Mapping[str, Any]) -> Plan:
         return cls(
             op=Op(data["op"]), id=int(data["id"]), owner=data.get("owner"),
             before=_spec_from(data["before"]), after=_spec_from(data["after"]) if data.get("after") else None,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -16,7 +15,7 @@ import typer
 def register(app: typer.Typer) -> None:
     @app.command()
     def doctor(
-        config: Optional[Path] = typer.Option(None, "--config", "-c",
+        config: Path | None = typer.Option(None, "--config", "-c",
                                               help="YAML or JSON config file (else $AIGC_GATEWAY_CONFIG)."),
         parent: str = typer.Option("namespaces/-/templates/-", help="Which templates: `-` means any."),
         repair: bool = typer.Option(False, help="First resolve interrupted operations and finish uninstalls "

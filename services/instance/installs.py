@@ -41,7 +41,7 @@ class _Queued:
 
 
 class InstallQueue:
-    def __init__(self, lifecycle: "Lifecycle"):
+    def __init__(self, lifecycle: Lifecycle):
         self.lifecycle = lifecycle
         self._queued: dict[str, list[_Queued]] = {}
 

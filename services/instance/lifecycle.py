@@ -51,6 +51,7 @@ from aigc_gateway.kube import GSS
 from . import access, allocator, effects, faults, quotas, templates
 from .allocator import Op, Plan, Spec
 from .cluster import Cluster, backoff
+from .effects import taken_over
 from .installs import InstallQueue
 from .metrics import (
     ALLOCATOR_CONFLICTS,
@@ -62,7 +63,6 @@ from .metrics import (
     SETTLE_WAIT,
 )
 from .names import InstanceRef, TemplateRef
-from .effects import taken_over
 from .slots import SlotStore, slots_of
 
 log = logging.getLogger(__name__)

@@ -33,7 +33,7 @@ class TemplateRef:
         """`ns/tpl`: the allocator lock and log key."""
         return f"{self.namespace}/{self.template}"
 
-    def instance(self, instance_id: int) -> "InstanceRef":
+    def instance(self, instance_id: int) -> InstanceRef:
         return InstanceRef(self.namespace, self.template, instance_id)
 
 

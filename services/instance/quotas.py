@@ -60,7 +60,7 @@ class Usage:
     gpus: int = 0
     gpu_memory_gib: int = 0
 
-    def __add__(self, other: "Usage") -> "Usage":
+    def __add__(self, other: Usage) -> Usage:
         return Usage(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
 
 

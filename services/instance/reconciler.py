@@ -12,7 +12,7 @@ import logging
 import random
 import time
 from collections import OrderedDict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -134,7 +134,7 @@ class Reconciler:
         row = await self.store.get(ref)
         if row is None or row.slot != "LIVE" or aware(row.state_changed_at) != aware(row.created_at):
             return  # not a fresh install (resumed instances are not timed here)
-        elapsed = (datetime.now(timezone.utc) - aware(row.created_at)).total_seconds()
+        elapsed = (datetime.now(UTC) - aware(row.created_at)).total_seconds()
         if elapsed > 3600:
             return  # a new leader seeing old instances, not an install finishing
         key = (ref, row.created_at)

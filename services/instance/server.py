@@ -14,9 +14,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from aigc_gateway import audit
-from aigc_gateway.idempotency import current_claim
 from aigc_gateway.api.v1 import instance_pb2, instance_pb2_grpc
 from aigc_gateway.errors import PermissionDenied
+from aigc_gateway.idempotency import current_claim
 from aigc_gateway.identity import require_admin, require_principal
 from aigc_gateway.runtime import Runtime
 from aigc_gateway.server import Registration, ServiceParts

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -245,7 +245,7 @@ def _ref(row: InstanceRow) -> InstanceRef:
 
 def _event(ref: InstanceRef, message: instance_pb2.Instance | None, change: Change) -> instance_pb2.InstanceEvent:
     now = Timestamp()
-    now.FromDatetime(datetime.now(timezone.utc))
+    now.FromDatetime(datetime.now(UTC))
     instance = message or instance_pb2.Instance(name=ref.name, template=ref.template_ref.name, id=ref.id,
                                                 state=instance_pb2.Instance.UNINSTALLING,
                                                 state_message=change.message)

@@ -194,7 +194,7 @@ def diff(old: Any, new: Any, segments: list[str | int] | None = None) -> list[st
     if segments[-1:] == ["networkConf"] and isinstance(old, list) and isinstance(new, list):
         return _diff_network_conf(old, new, segments)
     if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
-        return [p for i, (a, b) in enumerate(zip(old, new)) for p in diff(a, b, [*segments, i])]
+        return [p for i, (a, b) in enumerate(zip(old, new, strict=True)) for p in diff(a, b, [*segments, i])]
     return [] if old == new else [format_path(segments)]
 
 
@@ -206,7 +206,7 @@ def dropped(sent: Any, kept: Any, segments: list[str | int] | None = None) -> li
                 for p in ([format_path([*segments, key])] if key not in kept
                           else dropped(value, kept[key], [*segments, key]))]
     if isinstance(sent, list) and isinstance(kept, list) and len(sent) == len(kept):
-        return [p for i, (a, b) in enumerate(zip(sent, kept)) for p in dropped(a, b, [*segments, i])]
+        return [p for i, (a, b) in enumerate(zip(sent, kept, strict=True)) for p in dropped(a, b, [*segments, i])]
     return []
 
 

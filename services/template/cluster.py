@@ -199,7 +199,7 @@ class TemplateCluster:
         """Delete the claims (they go once no pod mounts them); the names that existed."""
         k = await self.handle.get()
         deleted = await asyncio.gather(*(k.delete(kube.PVC, namespace, n) for n in names))
-        return [n for n, gone in zip(names, deleted) if gone]
+        return [n for n, gone in zip(names, deleted, strict=True) if gone]
 
     async def live_ids(self, namespace: str, name: str) -> list[int]:
         """Ids of the template's GameServers (the instances a change of the pod template restarts)."""

@@ -9,7 +9,6 @@ import asyncio
 import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -24,7 +23,7 @@ def register(app: typer.Typer) -> None:
     def import_logto(
         dry_run: bool = typer.Option(False, "--dry-run", help="Report what would be imported; write nothing."),
         as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
-        config: Optional[Path] = typer.Option(None, "--config", "-c",
+        config: Path | None = typer.Option(None, "--config", "-c",
                                               help="YAML or JSON config file (else $AIGC_GATEWAY_CONFIG)."),
     ) -> None:
         """Create ownership rows from the custom data the original AIGC-Gateway wrote in Logto (idempotent)."""

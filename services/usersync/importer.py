@@ -16,7 +16,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from sqlalchemy import select
 
@@ -146,7 +146,7 @@ class Importer:
                     result.slots_created.setdefault(f"{namespace}/{template}:{row.slot}", []).append(row.id)
             if result.dry_run:
                 return
-            now = datetime.now(timezone.utc)
+            now = datetime.now(UTC)
             for row in plan.rows:
                 # An owner's install time is their disk's age (invariants: a disk older than its owner's
                 # install would be someone else's data); a LIVE row's state changed then too.
@@ -211,8 +211,8 @@ def _timestamp(value: object) -> datetime:
     try:
         moment = datetime.fromisoformat(str(value))  # Python 3.11 reads the trailing Z
     except ValueError:
-        return datetime.now(timezone.utc)
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+        return datetime.now(UTC)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _in_rpc() -> bool:

@@ -18,7 +18,7 @@ import asyncio
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -49,7 +49,7 @@ class Drift:
     id: int
 
     @classmethod
-    def of(cls, user: str, key: str, value: dict[str, str] | None, current: Any) -> "Drift":
+    def of(cls, user: str, key: str, value: dict[str, str] | None, current: Any) -> Drift:
         return cls(user, key, *describe_change(key, value, current))
 
 
@@ -125,7 +125,7 @@ class Reconciler:
                 return
             await self.writer.apply(user, changes, source="reconcile", current=current)
             result.repaired += len(changes)
-            await mirrorstore.replace_user(session, user, owned, datetime.now(timezone.utc))
+            await mirrorstore.replace_user(session, user, owned, datetime.now(UTC))
 
     async def run_forever(self, interval: float) -> None:
         while True:

@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from aigc_gateway.background import cancel_and_wait
 from aigc_gateway import kube
+from aigc_gateway.background import cancel_and_wait
 from aigc_gateway.db.listen import PgListener, asyncpg_dsn
 from aigc_gateway.db.models import INSTANCE_CHANNEL
 from aigc_gateway.errors import FailedPrecondition

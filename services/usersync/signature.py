@@ -11,7 +11,7 @@ import hashlib
 import hmac
 import json
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 SIGNATURE_HEADER = "logto-signature-sha-256"
@@ -64,7 +64,7 @@ def check_age(payload: dict[str, Any], now: datetime, max_age: timedelta) -> dat
     if created is None:
         raise Refused(400, "MALFORMED", "createdAt is missing or not an ISO 8601 time")
     if created.tzinfo is None:
-        created = created.replace(tzinfo=timezone.utc)
+        created = created.replace(tzinfo=UTC)
     if now - created > max_age:
         raise Refused(400, "STALE", f"the delivery is older than {int(max_age.total_seconds())} s")
     if created - now > FUTURE_SKEW:

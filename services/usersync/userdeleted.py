@@ -41,10 +41,10 @@ class UserDeletedPolicy:
     async def apply(self, session: AsyncSession, user: str) -> dict[str, Any]:
         """Act on the deletion of ``user``; returns the audit details. Raises Unavailable when the instance
         service could not do its part (the delivery is then refused with 503 and Logto retries it)."""
-        rows = list((await session.execute(
+        rows = list(await session.execute(
             select(InstanceRow.namespace, InstanceRow.template, InstanceRow.id, InstanceRow.slot)
             .where(InstanceRow.owner == user, InstanceRow.slot.in_(OWNED_SLOTS))
-            .order_by(InstanceRow.namespace, InstanceRow.template, InstanceRow.id))))
+            .order_by(InstanceRow.namespace, InstanceRow.template, InstanceRow.id)))
         stub = instance_pb2_grpc.InstanceServiceStub(self._channel())
         acted: list[str] = []
         for namespace, template, instance_id, slot in rows:

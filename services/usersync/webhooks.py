@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiohttp import web
@@ -70,7 +70,7 @@ class WebhookReceiver:
             verify_signature(self.key, body, request.headers.get(SIGNATURE_HEADER))
             payload = parse_payload(body)
             event = payload["event"][:64]
-            created = check_age(payload, datetime.now(timezone.utc), self.max_age)
+            created = check_age(payload, datetime.now(UTC), self.max_age)
             result = await self._accept(body, payload, created)
         except Refused as refusal:
             metrics.WEBHOOKS.labels(event, refusal.code.lower()).inc()
@@ -91,7 +91,7 @@ class WebhookReceiver:
             async with self.db.session() as session:
                 session.add(WebhookDeliveryRow(digest=digest, hook_id=str(payload.get("hookId") or "")[:128],
                                                event=event[:64], created_at=created,
-                                               received_at=datetime.now(timezone.utc)))
+                                               received_at=datetime.now(UTC)))
                 try:
                     await session.flush()
                 except IntegrityError:

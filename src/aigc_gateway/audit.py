@@ -13,15 +13,15 @@ import re
 import time
 from collections import Counter
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select
 
+from . import paging
 from .context import principal_var, request_id_var
 from .db import Database
 from .db.models import AuditEventRow
-from . import paging
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ class AuditLog:
             actor = principal.subject if principal else "anonymous"
             actor_kind = principal.kind if principal else "anonymous"
         row = AuditEventRow(
-            time=datetime.now(timezone.utc), actor=actor[:255], actor_kind=actor_kind or "user", action=action,
+            time=datetime.now(UTC), actor=actor[:255], actor_kind=actor_kind or "user", action=action,
             resource=resource[:512], template=template_of(resource), request_id=request_id_var.get()[:128],
             outcome=outcome, error_code=error_code, service=self.service, details=scrub(details or {}),
         )

@@ -1,7 +1,7 @@
 """AuditService: admins read the audit log. Hosted by every gateway server."""
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from google.protobuf import struct_pb2, timestamp_pb2
 
@@ -15,7 +15,7 @@ _OUTCOMES = {audit_pb2.AuditEvent.SUCCESS: "SUCCESS", audit_pb2.AuditEvent.DENIE
 
 
 def _time(ts: timestamp_pb2.Timestamp, present: bool) -> datetime | None:
-    return ts.ToDatetime(tzinfo=timezone.utc) if present else None
+    return ts.ToDatetime(tzinfo=UTC) if present else None
 
 
 def to_proto(row: AuditEventRow) -> audit_pb2.AuditEvent:
@@ -24,7 +24,7 @@ def to_proto(row: AuditEventRow) -> audit_pb2.AuditEvent:
         resource=row.resource, request_id=row.request_id, error_code=row.error_code, service=row.service,
         outcome=audit_pb2.AuditEvent.Outcome.Value(row.outcome),
     )
-    when = row.time if row.time.tzinfo else row.time.replace(tzinfo=timezone.utc)
+    when = row.time if row.time.tzinfo else row.time.replace(tzinfo=UTC)
     event.time.FromDatetime(when)
     details = struct_pb2.Struct()
     details.update(row.details or {})

@@ -5,7 +5,6 @@ import asyncio
 import importlib
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -20,7 +19,7 @@ app.add_typer(config_app, name="config")
 ConfigOption = typer.Option(None, "--config", "-c", help="YAML or JSON config file (else $AIGC_GATEWAY_CONFIG).")
 
 
-def _settings(path: Optional[Path]) -> Settings:
+def _settings(path: Path | None) -> Settings:
     try:
         return load(path)
     except ConfigError as exc:
@@ -33,7 +32,7 @@ def _settings(path: Optional[Path]) -> Settings:
 @app.command()
 def serve(
     service: str = typer.Argument(..., help=f"One of {', '.join(SERVICE_NAMES)}, or 'all' (development)."),
-    config: Optional[Path] = ConfigOption,
+    config: Path | None = ConfigOption,
     migrate_first: bool = typer.Option(False, "--migrate", help="Run database migrations before serving."),
 ) -> None:
     """Serve one gateway service (or all of them in one process)."""
@@ -56,7 +55,7 @@ def serve(
 
 @app.command()
 def migrate(
-    config: Optional[Path] = ConfigOption,
+    config: Path | None = ConfigOption,
     revision: str = typer.Option("heads", help="Target revision (default: every branch head)."),
     down: bool = typer.Option(False, "--down", help="Downgrade to REVISION instead of upgrading."),
 ) -> None:
@@ -75,7 +74,7 @@ def version() -> None:
 
 
 @config_app.command("check")
-def config_check(config: Optional[Path] = ConfigOption) -> None:
+def config_check(config: Path | None = ConfigOption) -> None:
     """Validate the configuration and print it with secrets hidden."""
     settings = _settings(config)
     typer.echo(settings.model_dump_json(indent=2, by_alias=True))

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from .identity import Principal
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
-principal_var: contextvars.ContextVar["Principal | None"] = contextvars.ContextVar("principal", default=None)
+principal_var: contextvars.ContextVar[Principal | None] = contextvars.ContextVar("principal", default=None)
 # Credentials of the current call, forwarded on service-to-service calls so the
 # callee sees the same end user.
 credentials_var: contextvars.ContextVar[tuple[tuple[str, str], ...]] = contextvars.ContextVar(
@@ -29,5 +29,5 @@ def new_request_id() -> str:
     return uuid.uuid4().hex
 
 
-def current_principal() -> "Principal | None":
+def current_principal() -> Principal | None:
     return principal_var.get()

@@ -59,5 +59,5 @@ async def reach(name: str) -> None:
     (folder / f"{name}.reached").write_text(str(os.getpid()))
     sys.stderr.write(f"holding at {name}\n")
     sys.stderr.flush()
-    while not (folder / f"{name}.release").exists():
+    while not (folder / f"{name}.release").exists():  # noqa: ASYNC110 - another process creates the file
         await asyncio.sleep(0.05)

@@ -92,13 +92,13 @@ class Kube:
         self.api = api
 
     @classmethod
-    async def connect(cls, cfg: KubernetesConfig) -> "Kube":
+    async def connect(cls, cfg: KubernetesConfig) -> Kube:
         """The client; Unavailable (retryable) when no usable configuration is found, as when the apiserver does
         not answer: to a caller both mean the cluster cannot be reached now (a dev stack without Kubernetes, a
         kubeconfig not mounted yet), never an internal error."""
         configuration = client.Configuration()
         try:
-            if cfg.kubeconfig and not os.path.isfile(cfg.kubeconfig):
+            if cfg.kubeconfig and not os.path.isfile(cfg.kubeconfig):  # noqa: ASYNC240 - one stat, at connect
                 raise OSError("the file does not exist")  # the library would only say "Invalid kube-config file"
             if cfg.kubeconfig:
                 await config.load_kube_config(config_file=cfg.kubeconfig, context=cfg.context or None,

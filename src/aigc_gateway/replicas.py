@@ -25,7 +25,7 @@ import os
 import socket
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 from sqlalchemy import delete, select, text, update
@@ -43,12 +43,12 @@ HOUSEKEEPING_EVERY = 600  # renewals (a lease of 10 s: every 33 minutes)
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def aware(value: datetime) -> datetime:
     """SQLite returns naive datetimes; everything stored is UTC."""
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def is_alive(expires_at: datetime | None, now: datetime, lock_free: bool | None = None) -> bool:

@@ -8,8 +8,8 @@ take what they need; they never import each other.
 from __future__ import annotations
 
 import secrets
-from datetime import timedelta
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import grpc
@@ -34,7 +34,7 @@ class Runtime:
     extras: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def create(cls, settings: Settings, *, generate_service_token: bool = False) -> "Runtime":
+    def create(cls, settings: Settings, *, generate_service_token: bool = False) -> Runtime:
         db = Database(settings.database_url(), pool_size=settings.database.pool_size, echo=settings.database.echo)
         token = settings.service_identity.token.get_secret_value()
         if not token and generate_service_token:

@@ -60,8 +60,8 @@ def fill_unimplemented(registration: Registration, issue: str = "") -> None:
         if getattr(type(registration.servicer), method.name, None) is getattr(registration.base, method.name, None):
             message = f"{service.name}.{method.name} is not implemented yet{f' ({issue})' if issue else ''}"
 
-            def make(msg: str) -> Callable[..., Any]:
-                if method.server_streaming:
+            def make(msg: str, streaming: bool) -> Callable[..., Any]:
+                if streaming:
                     async def stream(request: Any, context: Any) -> Any:
                         raise Unimplemented(msg, reason="NOT_IMPLEMENTED")
                         yield  # pragma: no cover - makes this an async generator
@@ -73,7 +73,7 @@ def fill_unimplemented(registration: Registration, issue: str = "") -> None:
 
                 return unary
 
-            setattr(registration.servicer, method.name, make(message))
+            setattr(registration.servicer, method.name, make(message, method.server_streaming))
 
 
 def load_service(name: str, runtime: Runtime) -> ServiceParts:

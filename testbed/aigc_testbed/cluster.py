@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
-import sys
 import shutil
 import string
 import subprocess
+import sys
 import time
 from pathlib import Path
 

@@ -6,8 +6,8 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 _T0 = time.monotonic()
 

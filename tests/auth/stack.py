@@ -4,7 +4,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from aigc_gateway.db import Database
@@ -47,7 +47,7 @@ class AuthStack:
     async def set_instance(self, template: str, ident: int, slot: str, owner: str | None,
                            namespace: str = "ns") -> None:
         """Write the shared ``instances`` row as the instance service does (with its NOTIFY)."""
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         async with self.db.session() as session:
             row = await session.get(InstanceRow, (namespace, template, ident))
             if row is None:

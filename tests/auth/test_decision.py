@@ -7,7 +7,12 @@ from aigc_gateway.identity import Principal
 from aigc_gateway.services.auth.decision import Outcome, decide
 from aigc_gateway.services.auth.ownermap import CONFLICT, InstanceKey, OwnerMap, Route
 from aigc_gateway.services.auth.routes import (
-    RoutePattern, instance_of, instance_routes, path_prefix, reported_routes, route_pattern,
+    RoutePattern,
+    instance_of,
+    instance_routes,
+    path_prefix,
+    reported_routes,
+    route_pattern,
 )
 from aigc_gateway.services.auth.urls import BadURL, parse_original_url
 

@@ -9,7 +9,12 @@ from aigc_gateway.api.envoy import envoy_service_auth_v3_attribute_context_pb2 a
 from aigc_gateway.services.auth.endpoints import request_url
 from aigc_gateway.services.auth.envoy import url_of
 from aigc_gateway.services.auth.urls import (
-    ROUTED_HOST_MISMATCH, ROUTED_HOST_MISSING, BadURL, RoutedHostRefused, bind_routed_host, parse_original_url,
+    ROUTED_HOST_MISMATCH,
+    ROUTED_HOST_MISSING,
+    BadURL,
+    RoutedHostRefused,
+    bind_routed_host,
+    parse_original_url,
     routed_host_of,
 )
 

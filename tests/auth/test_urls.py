@@ -4,7 +4,11 @@ from __future__ import annotations
 import pytest
 
 from aigc_gateway.services.auth.urls import (
-    BadURL, normalise_host, normalise_path, parse_original_url, safe_redirect,
+    BadURL,
+    normalise_host,
+    normalise_path,
+    parse_original_url,
+    safe_redirect,
 )
 
 

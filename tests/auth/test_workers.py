@@ -342,7 +342,7 @@ async def test_a_session_past_its_lifetime_is_served_while_read_again_in_the_bac
     # Revoked behind the cache's back (as if the notification were lost), then the lifetime runs out.
     async with database.session() as session:
         await session.execute(module.update(module.AuthSessionRow).where(
-            module.AuthSessionRow.id_hash == id_hash).values(revoked_at=module.datetime.now(module.timezone.utc)))
+            module.AuthSessionRow.id_hash == id_hash).values(revoked_at=module.datetime.now(module.UTC)))
     store._cache[id_hash] = (store._cache[id_hash][0], time.monotonic() - module.LIVE_CACHE_SECONDS - 1)
     assert store.cached(id_hash) == record  # still served, no wait for the database on this check...
     await store._refresher  # ...while it is read again, here awaited

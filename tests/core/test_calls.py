@@ -2,7 +2,7 @@
 request ids, audit of every mutating call and every refusal, error mapping."""
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
@@ -12,7 +12,7 @@ from grpc_status import rpc_status
 
 from aigc_gateway import audit
 from aigc_gateway.api.v1 import audit_pb2, audit_pb2_grpc, usersync_pb2, usersync_pb2_grpc
-from aigc_gateway.errors import FailedPrecondition, PermissionDenied, Unavailable, Violation, InvalidArgument
+from aigc_gateway.errors import FailedPrecondition, InvalidArgument, PermissionDenied, Unavailable, Violation
 from aigc_gateway.server import Registration, ServiceParts
 
 from ..plugins.gateway import bearer
@@ -118,7 +118,7 @@ async def _all_events(audit_stub, admin, **filters) -> list[audit_pb2.AuditEvent
 async def test_audit_filters_and_paging(scripted, issuer) -> None:
     _, stub, audit_stub, admin = scripted
     alice = bearer(issuer.mint("alice", roles=["admin"]))
-    before = datetime.now(timezone.utc) - timedelta(seconds=1)
+    before = datetime.now(UTC) - timedelta(seconds=1)
     for user in ("u1", "u2", "u3"):
         await stub.SyncUser(usersync_pb2.SyncUserRequest(user=user, request_id=f"a-{user}"), metadata=alice)
     with pytest.raises(grpc.aio.AioRpcError):
@@ -129,7 +129,7 @@ async def test_audit_filters_and_paging(scripted, issuer) -> None:
                                metadata=admin)
     with pytest.raises(grpc.aio.AioRpcError):
         await stub.SyncUser(usersync_pb2.SyncUserRequest(user="u1"), metadata=bearer("garbage"))
-    after = datetime.now(timezone.utc) + timedelta(seconds=1)
+    after = datetime.now(UTC) + timedelta(seconds=1)
 
     everything = await _all_events(audit_stub, admin)
     assert [e.action for e in everything] == ["UserSyncService.SyncUser", "UserSyncService.CleanupTemplate",

@@ -87,7 +87,7 @@ async def start_bridge(bridge_binary: Path) -> AsyncIterator[Callable[..., Await
             proc.terminate()
             try:
                 await asyncio.wait_for(proc.wait(), 10)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 proc.kill()
                 await proc.wait()
 
@@ -117,5 +117,5 @@ async def run_ctl(*args: str, token: str = "", env: dict[str, str] | None = None
 
 def ctl_addresses(gw: object) -> list[str]:
     """aigcctl flags pointing at every server of a RunningGateway."""
-    servers = getattr(gw, "servers")
+    servers = gw.servers
     return [f"--{name}-addr=127.0.0.1:{server.port}" for name, server in servers.items()]

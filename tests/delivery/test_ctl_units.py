@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
@@ -154,7 +154,7 @@ def test_settings_precedence_and_token_sources(tmp_path: Path) -> None:
 def _template(name: str, live: int) -> template_pb2.Template:
     t = template_pb2.Template(name=f"namespaces/default/templates/{name}", display_name=name.upper(),
                               live_instance_count=live, usable=live % 2 == 0)
-    t.create_time.FromDatetime(datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc))
+    t.create_time.FromDatetime(datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC))
     return t
 
 
@@ -224,11 +224,11 @@ def test_settle_gone_waits_for_the_end_of_the_stream() -> None:
 # -- audit -----------------------------------------------------------------------------
 
 def test_parse_since() -> None:
-    now = datetime(2026, 5, 1, 12, 0, tzinfo=timezone.utc)
+    now = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
     assert parse_since("90s", now) == now - timedelta(seconds=90)
     assert parse_since("2h", now) == now - timedelta(hours=2)
     assert parse_since("7d", now) == now - timedelta(days=7)
-    assert parse_since("2026-04-30T10:00:00", now) == datetime(2026, 4, 30, 10, tzinfo=timezone.utc)
+    assert parse_since("2026-04-30T10:00:00", now) == datetime(2026, 4, 30, 10, tzinfo=UTC)
     with pytest.raises(Failure):
         parse_since("yesterday", now)
 

@@ -32,7 +32,7 @@ import secrets
 import sys
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import ClientSession, web
@@ -171,7 +171,7 @@ class LogtoDouble:
                 key: str | None = None, user: dict[str, Any] | None = None) -> tuple[bytes, dict[str, str]]:
         """A signed delivery of a data-hook event, shaped like Logto's (``hookId``, ``event``, ``createdAt``,
         the Management API context and ``data``): returns the raw body and the headers."""
-        created = (created_at or datetime.now(timezone.utc)).astimezone(timezone.utc)
+        created = (created_at or datetime.now(UTC)).astimezone(UTC)
         record = user or self.users.get(user_id) or {"id": user_id}
         payload = {
             "hookId": "hook-usersync", "event": event,

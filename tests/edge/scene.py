@@ -6,7 +6,6 @@ rendered from the namespace's Ingress objects, or the test bed's Traefik reading
 from __future__ import annotations
 
 import hashlib
-
 import json
 from dataclasses import dataclass
 from typing import Any

@@ -9,8 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.plugins.ingress_nginx import (A, InvalidIngress, auth_location, build_servers, parse_auth, render_conf,
-                                         render_http, signin_location, signin_url)
+from tests.plugins.ingress_nginx import (
+    A,
+    InvalidIngress,
+    auth_location,
+    build_servers,
+    parse_auth,
+    render_conf,
+    render_http,
+    signin_location,
+    signin_url,
+)
 
 AUTH = "http://127.0.0.1:9000/auth?rh=$host"
 SIGNIN = "http://dashboard.aigc.test:8080/sign-in"

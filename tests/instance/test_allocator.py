@@ -1,7 +1,7 @@
 """The allocator's pure decisions: unit cases, and properties against a model of the OKG controller."""
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -279,7 +279,7 @@ class World:
         self.changed: dict[int, datetime] = {}
         self.intent: Plan | None = None
         self.disks: dict[int, datetime] = {}
-        self.clock = datetime(2026, 1, 1, tzinfo=timezone.utc)
+        self.clock = datetime(2026, 1, 1, tzinfo=UTC)
 
     def tick(self) -> datetime:
         self.clock += timedelta(seconds=1)

@@ -17,9 +17,9 @@ from aigc_gateway.db import Database
 from aigc_gateway.db.models import InstanceRow
 from aigc_gateway.services.instance import reserve
 
+from ..plugins.gateway import make_settings
 from ..plugins.kube import Game, gss_history, wait_for
 from ..plugins.testbed import Testbed
-from ..plugins.gateway import make_settings
 from .conftest import SAMPLE, Client, create_template, instance_overrides
 
 pytestmark = pytest.mark.testbed
@@ -141,7 +141,7 @@ async def test_seeded_storm_with_two_service_processes(testbed: Testbed, game: G
                 if t == template and state == "LIVE"}
 
         async def running(template: str = template, live: set[int] = live) -> bool:
-            return await game.running_ids(template) == live and set((await game.pods(template))) == live
+            return await game.running_ids(template) == live and set(await game.pods(template)) == live
         await wait_for(running, 120, what=f"{template} to run exactly {sorted(live)}")
     print(f"pods match after {time.monotonic() - started:.1f}s")
 

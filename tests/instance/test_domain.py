@@ -1,7 +1,7 @@
 """Pure domain modules of the instance service: names, template reading, state derivation, invariants, access."""
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -11,12 +11,17 @@ from aigc_gateway.errors import FailedPrecondition, InvalidArgument, NotFound, P
 from aigc_gateway.identity import Principal
 from aigc_gateway.services.instance import access, invariants, status, templates
 from aigc_gateway.services.instance.allocator import SlotState, Spec
-from aigc_gateway.services.instance.names import (InstanceRef, TemplateRef, parse_instance, parse_list_parent,
-                                                  parse_template)
+from aigc_gateway.services.instance.names import (
+    InstanceRef,
+    TemplateRef,
+    parse_instance,
+    parse_list_parent,
+    parse_template,
+)
 
 State = instance_pb2.Instance.State
 REF = TemplateRef("games", "sd-cpu")
-T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def gss(**spec: object) -> dict:
@@ -198,7 +203,7 @@ def test_instance_message_carries_disks_and_times() -> None:
     assert message.accelerator.type == common_pb2.Accelerator.CPU
     disk = message.disks[0]
     assert (disk.claim_name, disk.claim_uid, disk.phase, disk.size) == ("user-data-sd-cpu-0", "u-1", "Bound", "50Gi")
-    assert message.create_time.ToDatetime(tzinfo=timezone.utc) == T0
+    assert message.create_time.ToDatetime(tzinfo=UTC) == T0
     assert not message.HasField("last_access_time")
 
 
@@ -291,27 +296,27 @@ def test_not_ready_after_having_been_ready_is_not_ready_not_starting() -> None:
 
 
 def test_a_paused_pod_still_stopping_after_resume_is_resuming_not_restarting() -> None:
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     stopping = pod()
     stopping["metadata"]["deletionTimestamp"] = "2026-11-28T12:00:00Z"
-    resumed_at = datetime(2026, 11, 28, 12, 0, 5, tzinfo=timezone.utc)
+    resumed_at = datetime(2026, 11, 28, 12, 0, 5, tzinfo=UTC)
     view = status.derive(SlotState.LIVE, True, gss(), status.Observed(game_server(), stopping), 0, live_since=resumed_at)
     assert view.state == State.RESUMING
     restarted_later = status.derive(SlotState.LIVE, True, gss(), status.Observed(game_server(), stopping), 0,
-                                    live_since=datetime(2026, 11, 28, 11, 0, tzinfo=timezone.utc))
+                                    live_since=datetime(2026, 11, 28, 11, 0, tzinfo=UTC))
     assert restarted_later.state == State.RESTARTING
 
 
 def test_the_grace_period_is_not_taken_for_a_later_delete() -> None:
     """deletionTimestamp is the end of the grace period: a pause at 12:00:00 with 30 s of grace shows
     12:00:30, and a resume at 12:00:02 must still read as RESUMING."""
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     stopping = pod()
     stopping["metadata"]["deletionTimestamp"] = "2026-11-28T12:00:30Z"
     stopping["metadata"]["deletionGracePeriodSeconds"] = 30
-    resumed_at = datetime(2026, 11, 28, 12, 0, 2, tzinfo=timezone.utc)
+    resumed_at = datetime(2026, 11, 28, 12, 0, 2, tzinfo=UTC)
     observed = status.Observed(game_server(), stopping)
     assert status.derive(SlotState.LIVE, True, gss(), observed, 0, live_since=resumed_at).state == State.RESUMING
     restarted = dict(stopping, metadata=dict(stopping["metadata"], deletionTimestamp="2026-11-28T12:00:33Z"))

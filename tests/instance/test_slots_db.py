@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC
 
 import asyncpg
 import pytest
@@ -174,9 +175,9 @@ async def test_the_template_lock_serialises_two_processes(database_url: str) -> 
 
 
 def test_slots_of_reads_rows() -> None:
-    from datetime import datetime, timezone
+    from datetime import datetime
 
-    t = datetime.now(timezone.utc)
+    t = datetime.now(UTC)
     row = InstanceRow(namespace="n", template="t", id=3, slot="PAUSED", owner="a", orphaned=False,
                       created_at=t, updated_at=t, state_changed_at=t)
     assert slots_of({3: row}) == {3: Slot(3, SlotState.PAUSED, "a")}

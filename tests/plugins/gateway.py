@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import socket
-
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any

@@ -6,9 +6,10 @@ import asyncio
 import copy
 import inspect
 import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable
+from typing import Any
 
 import yaml
 from kubernetes_asyncio import client, config

@@ -5,6 +5,7 @@ import copy
 import json
 
 import pytest
+
 from aigc_gateway.services.template import changes, manifest
 from aigc_gateway.services.template.policy import Policy
 from aigc_gateway.services.template.validation import check_update

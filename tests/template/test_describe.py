@@ -4,6 +4,8 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
+
+from aigc_gateway.api.v1 import common_pb2
 from aigc_gateway.services.template import describe
 from aigc_gateway.services.template.policy import Policy
 from aigc_gateway.services.template.quantity import (
@@ -12,8 +14,6 @@ from aigc_gateway.services.template.quantity import (
     plain_count,
     whole_number,
 )
-
-from aigc_gateway.api.v1 import common_pb2
 
 from .samples import SAMPLES, container, sample, variant
 

@@ -6,6 +6,8 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from google.protobuf import struct_pb2
+
 from aigc_gateway.services.template import manifest, rules
 from aigc_gateway.services.template.policy import (
     AUTH_RESPONSE_HEADERS_ANNOTATION,
@@ -14,7 +16,6 @@ from aigc_gateway.services.template.policy import (
     Policy,
 )
 from aigc_gateway.services.template.validation import check_new
-from google.protobuf import struct_pb2
 
 from .samples import SAMPLES, container, sample, sample_text, set_conf, variant
 

@@ -20,7 +20,7 @@ async def test_cancel_arriving_with_the_event_still_stops_the_loop() -> None:
         event = asyncio.Event()
         rounds = 0
 
-        async def loop() -> None:
+        async def loop(event: asyncio.Event = event) -> None:
             nonlocal rounds
             while True:
                 await wait_event(event, 10)

@@ -2,15 +2,15 @@
 commits, and a plan carrying its calls' claims through an intent."""
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from aigc_gateway.db.models import InstanceRow
 from aigc_gateway.idempotency import RELEASED, UNKNOWN_HOLDER_STALE_AFTER, Seen, Verdict, judge
 from aigc_gateway.replicas import is_alive, renew_every
 from aigc_gateway.services.instance import effects
-from aigc_gateway.services.instance.allocator import Op, Plan, Spec, SlotState, Transition
+from aigc_gateway.services.instance.allocator import Op, Plan, SlotState, Spec, Transition
 
-NOW = datetime(2026, 12, 3, 8, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 12, 3, 8, 0, tzinfo=UTC)
 
 
 def seen(state: str = "pending", digest: str = "d", holder: str = "r1", age: float = 0.0) -> Seen:

@@ -1,7 +1,7 @@
 """Helpers for usersync tests: rows in the real shared tables, a usersync server wired to the Logto double."""
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -28,7 +28,7 @@ def settings_for(database_url: str, issuer: Any, logto: LogtoDouble, **usersync:
 
 
 def now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 async def outbox(db: Database, user: str, template: str, instance_id: int | None, namespace: str = NS) -> int:

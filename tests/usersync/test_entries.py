@@ -4,8 +4,18 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from aigc_gateway.services.usersync.entries import (NULL, Entry, Malformed, apply_changes, collapse, describe_change,
-                                                     diff, effective, entry_value, parse_entry)
+from aigc_gateway.services.usersync.entries import (
+    NULL,
+    Entry,
+    Malformed,
+    apply_changes,
+    collapse,
+    describe_change,
+    diff,
+    effective,
+    entry_value,
+    parse_entry,
+)
 
 
 def test_parse_entry_classifies_every_kind_of_item() -> None:

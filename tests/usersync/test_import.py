@@ -14,9 +14,9 @@ import sys
 import grpc
 import pytest
 import yaml
-from aigc_gateway.services.usersync.importplan import parse_reserved
 
 from aigc_gateway.api.v1 import usersync_pb2, usersync_pb2_grpc
+from aigc_gateway.services.usersync.importplan import parse_reserved
 from tests.plugins.gateway import bearer
 from tests.plugins.kube import Game, api_client, load_sample, wait_for
 

@@ -6,8 +6,18 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from aigc_gateway.services.usersync.entries import Entry
-from aigc_gateway.services.usersync.importplan import (CONFLICT, DISPUTED, IMPORTED, UNCHANGED, Claim, Dispute,
-                                                        GssState, Row, parse_reserved, plan_template)
+from aigc_gateway.services.usersync.importplan import (
+    CONFLICT,
+    DISPUTED,
+    IMPORTED,
+    UNCHANGED,
+    Claim,
+    Dispute,
+    GssState,
+    Row,
+    parse_reserved,
+    plan_template,
+)
 
 
 def claim(user: str, instance_id: int) -> Claim:

@@ -3,14 +3,21 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
 import httpx
 import pytest
 
-from aigc_gateway.services.usersync.logto import (LogtoAuthError, LogtoClient, LogtoSettings, LogtoUnavailable,
-                                                   LogtoUserNotFound, parse_retry_after, refresh_margin)
+from aigc_gateway.services.usersync.logto import (
+    LogtoAuthError,
+    LogtoClient,
+    LogtoSettings,
+    LogtoUnavailable,
+    LogtoUserNotFound,
+    parse_retry_after,
+    refresh_margin,
+)
 from tests.doubles.logto import LogtoDouble
 
 
@@ -26,7 +33,7 @@ def test_retry_after_parsing() -> None:
     assert parse_retry_after(" 0.5 ") == 0.5
     assert parse_retry_after("-4") == 0.0
     assert parse_retry_after(None) is None and parse_retry_after("soon") is None
-    now = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    now = datetime(2026, 1, 1, tzinfo=UTC)
     assert parse_retry_after(format_datetime(now + timedelta(seconds=30), usegmt=True), now.timestamp()) == 30.0
     assert refresh_margin(3600) == 60.0 and refresh_margin(4) == 1.0
 

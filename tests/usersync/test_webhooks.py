@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
@@ -26,7 +26,7 @@ def test_signature_and_age_checks() -> None:
         with pytest.raises(Refused) as err:
             verify_signature(key, body, header)
         assert err.value.code == code and err.value.status == 401
-    now = datetime(2026, 1, 1, 12, tzinfo=timezone.utc)
+    now = datetime(2026, 1, 1, 12, tzinfo=UTC)
     assert check_age({"createdAt": "2026-01-01T11:58:00.000Z"}, now, timedelta(minutes=5)).minute == 58
     for created in ("2026-01-01T11:54:59Z", "2026-01-01T12:02:00Z", "yesterday", None):
         with pytest.raises(Refused):
@@ -88,7 +88,7 @@ async def test_bad_signature_replay_and_stale_deliveries_are_refused_and_change_
     tampered = await _post(url, tampered_body.replace(b"alice", b"alicf"), good_headers)
     unsigned = await _post(url, tampered_body, {"content-type": "application/json"})
     stale_body, stale_headers = logto.webhook("User.Deleted", "alice",
-                                              created_at=datetime.now(timezone.utc) - timedelta(hours=1))
+                                              created_at=datetime.now(UTC) - timedelta(hours=1))
     stale = await _post(url, stale_body, stale_headers)
     assert [(r.status_code, r.json()["code"]) for r in (bad, tampered, unsigned, stale)] == [
         (401, "BAD_SIGNATURE"), (401, "BAD_SIGNATURE"), (401, "SIGNATURE_MISSING"), (400, "STALE")]

@@ -75,6 +75,41 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/idleExemptions": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Admin: lists the users exempt from idle auto-pause. */
+        get: operations["InstanceService_ListIdleExemptions"];
+        put?: never;
+        /** Admin: exempts a user from idle auto-pause. */
+        post: operations["InstanceService_CreateIdleExemption"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/idleExemptions/{idleExemption}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post?: never;
+        /** Admin: ends a user's exemption from idle auto-pause. */
+        delete: operations["InstanceService_DeleteIdleExemption"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/namespaces/{namespace}/templates": {
         parameters: {
             query?: never;
@@ -164,6 +199,27 @@ export interface paths {
         post?: never;
         /** Uninstalls an instance: the pod and every disk of the id are deleted. */
         delete: operations["InstanceService_DeleteInstance"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/namespaces/{namespace}/templates/{template}/instances/{instance}:keepAlive": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Owner: resets the instance's idle clock, as an access through the
+         *     ingress would, and withdraws an announced pause for idleness
+         *     (docs/instance.md, idle auto-pause).
+         */
+        post: operations["InstanceService_KeepInstanceAlive"];
+        delete?: never;
         options?: never;
         head?: never;
         patch?: never;
@@ -303,6 +359,31 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/namespaces/{namespace}/templates/{template}/quotaPolicy": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Admin: one quota policy, as stored plus what configuration sets
+         *     (docs/quotas.md). A policy nothing sets answers with every limit unset.
+         */
+        get: operations["InstanceService_GetQuotaPolicy4"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        /**
+         * Admin: sets or clears the stored limits of one policy. Fields named in
+         *     `update_mask` and absent from `quota_policy` go back to what
+         *     configuration sets. Lowering a limit pauses and deletes nothing.
+         */
+        patch: operations["InstanceService_UpdateQuotaPolicy4"];
+        trace?: never;
+    };
     "/v1/namespaces/{namespace}/templates/{template}:cleanupUsers": {
         parameters: {
             query?: never;
@@ -363,6 +444,51 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/quotaPolicies": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Admin: every quota policy that sets at least one limit (stored or
+         *     configured), default first, then roles, users and templates by name.
+         */
+        get: operations["InstanceService_ListQuotaPolicies"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/quotaPolicies/default": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Admin: one quota policy, as stored plus what configuration sets
+         *     (docs/quotas.md). A policy nothing sets answers with every limit unset.
+         */
+        get: operations["InstanceService_GetQuotaPolicy"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        /**
+         * Admin: sets or clears the stored limits of one policy. Fields named in
+         *     `update_mask` and absent from `quota_policy` go back to what
+         *     configuration sets. Lowering a limit pauses and deletes nothing.
+         */
+        patch: operations["InstanceService_UpdateQuotaPolicy"];
+        trace?: never;
+    };
     "/v1/quotaUsage": {
         parameters: {
             query?: never;
@@ -381,6 +507,56 @@ export interface paths {
         options?: never;
         head?: never;
         patch?: never;
+        trace?: never;
+    };
+    "/v1/roles/{role}/quotaPolicy": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Admin: one quota policy, as stored plus what configuration sets
+         *     (docs/quotas.md). A policy nothing sets answers with every limit unset.
+         */
+        get: operations["InstanceService_GetQuotaPolicy2"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        /**
+         * Admin: sets or clears the stored limits of one policy. Fields named in
+         *     `update_mask` and absent from `quota_policy` go back to what
+         *     configuration sets. Lowering a limit pauses and deletes nothing.
+         */
+        patch: operations["InstanceService_UpdateQuotaPolicy2"];
+        trace?: never;
+    };
+    "/v1/users/{user}/quotaPolicy": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Admin: one quota policy, as stored plus what configuration sets
+         *     (docs/quotas.md). A policy nothing sets answers with every limit unset.
+         */
+        get: operations["InstanceService_GetQuotaPolicy3"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        /**
+         * Admin: sets or clears the stored limits of one policy. Fields named in
+         *     `update_mask` and absent from `quota_policy` go back to what
+         *     configuration sets. Lowering a limit pauses and deletes nothing.
+         */
+        patch: operations["InstanceService_UpdateQuotaPolicy3"];
         trace?: never;
     };
     "/v1/users/{user}/sessions:revoke": {
@@ -706,6 +882,20 @@ export interface components {
             /** @description A stable machine-readable reason, for example "NOT_RESERVE_IDS". */
             reason?: string;
         };
+        /** @description A user idle auto-pause leaves alone. */
+        IdleExemption: {
+            /** @description `idleExemptions/{user}` (the user's OIDC subject). */
+            name?: string;
+            /** @description Why, in words (shown to admins and in the audit log). */
+            reason?: string;
+            /**
+             * Format: date-time
+             * @description When it was created.
+             */
+            readonly createTime?: string;
+            /** @description Who created it. */
+            readonly createdBy?: string;
+        };
         /** @description An entry that could not be imported. */
         ImportConflict: {
             entry?: components["schemas"]["CustomDataEntry"];
@@ -788,6 +978,12 @@ export interface components {
             readonly lastAccessTime?: string;
             /** @description True when the owner no longer exists in the identity provider. */
             readonly orphaned?: boolean;
+            /**
+             * Format: date-time
+             * @description Set while a pause for idleness is announced: when the instance will be
+             *     paused unless it is used or kept alive (KeepInstanceAlive) before.
+             */
+            readonly scheduledPauseTime?: string;
         };
         /** @description One state change of an instance. */
         InstanceEvent: {
@@ -804,6 +1000,8 @@ export interface components {
             /** @description A human message. */
             message?: string;
         };
+        /** @description Request for KeepInstanceAlive. */
+        KeepInstanceAliveBody: Record<string, never>;
         /**
          * @description What kind of caller.
          *
@@ -821,6 +1019,13 @@ export interface components {
             /** @description Token for the next page; empty on the last page. */
             nextPageToken?: string;
         };
+        /** @description Response for ListIdleExemptions. */
+        ListIdleExemptionsResponse: {
+            /** @description The exemptions of this page. */
+            idleExemptions?: components["schemas"]["IdleExemption"][];
+            /** @description Token for the next page; empty on the last page. */
+            nextPageToken?: string;
+        };
         /** @description Response for ListInstances. */
         ListInstancesResponse: {
             /** @description The instances of this page. */
@@ -832,6 +1037,13 @@ export interface components {
              * @description Total number matching the request.
              */
             totalSize?: number;
+        };
+        /** @description Response for ListQuotaPolicies. */
+        ListQuotaPoliciesResponse: {
+            /** @description The policies of this page. */
+            quotaPolicies?: components["schemas"]["QuotaPolicy"][];
+            /** @description Token for the next page; empty on the last page. */
+            nextPageToken?: string;
         };
         /** @description Response for ListTemplates. */
         ListTemplatesResponse: {
@@ -939,6 +1151,36 @@ export interface components {
             /** @description True when no maximum applies. */
             unlimited?: boolean;
         };
+        /**
+         * @description Limits of one scope (docs/quotas.md). A limit left unset inherits: a user's
+         *     from the user's roles, then the default; a template's from the
+         *     `namespaces/-/templates/-` policy (every template not named).
+         */
+        QuotaPolicy: {
+            /**
+             * @description `quotaPolicies/default`, `roles/{role}/quotaPolicy`,
+             *     `users/{user}/quotaPolicy` or
+             *     `namespaces/{namespace}/templates/{template}/quotaPolicy`.
+             */
+            name?: string;
+            installed?: components["schemas"]["QuotaValue"];
+            running?: components["schemas"]["QuotaValue"];
+            gpus?: components["schemas"]["QuotaValue"];
+            gpuMemoryGib?: components["schemas"]["QuotaValue"];
+            configured?: components["schemas"]["QuotaPolicy"];
+            /**
+             * Format: date-time
+             * @description When an admin last changed the stored limits.
+             */
+            readonly updateTime?: string;
+            /** @description Who did. */
+            readonly updatedBy?: string;
+            /**
+             * @description Opaque version; when set on update, the update fails with ABORTED if
+             *     the policy changed since it was read.
+             */
+            etag?: string;
+        };
         /** @description A user's usage against each per-user quota limit. */
         QuotaUsage: {
             /** @description The user (OIDC subject). */
@@ -948,6 +1190,19 @@ export interface components {
              *     units), "gpu_memory_gib" (aliyun.com/gpu-mem GiB).
              */
             limits?: components["schemas"]["QuotaLimitUsage"][];
+        };
+        /**
+         * @description One limit: a maximum, or explicitly unlimited (which overrides a lower
+         *     inherited limit). An unset QuotaValue inherits.
+         */
+        QuotaValue: {
+            /**
+             * Format: int32
+             * @description The maximum, 0 or more.
+             */
+            maximum?: number;
+            /** @description True: no limit. */
+            unlimited?: boolean;
         };
         /** @description What a reconcile found and repaired. */
         ReconcileReport: {
@@ -1192,7 +1447,32 @@ export interface components {
     };
     responses: never;
     parameters: never;
-    requestBodies: never;
+    requestBodies: {
+        /** @description The policy, with `name` set. */
+        InstanceService_UpdateQuotaPolicy4Quotapolicy: {
+            content: {
+                "application/json": {
+                    installed?: components["schemas"]["QuotaValue"];
+                    running?: components["schemas"]["QuotaValue"];
+                    gpus?: components["schemas"]["QuotaValue"];
+                    gpuMemoryGib?: components["schemas"]["QuotaValue"];
+                    configured?: components["schemas"]["QuotaPolicy"];
+                    /**
+                     * Format: date-time
+                     * @description When an admin last changed the stored limits.
+                     */
+                    readonly updateTime?: string;
+                    /** @description Who did. */
+                    readonly updatedBy?: string;
+                    /**
+                     * @description Opaque version; when set on update, the update fails with ABORTED if
+                     *     the policy changed since it was read.
+                     */
+                    etag?: string;
+                };
+            };
+        };
+    };
     headers: never;
     pathItems: never;
 }
@@ -1524,6 +1804,297 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["Principal"];
+                };
+            };
+            /** @description INVALID_ARGUMENT, FAILED_PRECONDITION or OUT_OF_RANGE; BadRequest details name the fields. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description UNAUTHENTICATED: no credentials, or bad ones. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description PERMISSION_DENIED: not the owner, or not an admin. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description NOT_FOUND. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description ALREADY_EXISTS or ABORTED (lost a race; safe to retry). */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description RESOURCE_EXHAUSTED; RetryInfo (and Retry-After) say when to retry. */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description UNAVAILABLE (a dependency is down; safe to retry). */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description An unexpected error response. */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+        };
+    };
+    InstanceService_ListIdleExemptions: {
+        parameters: {
+            query?: {
+                /** @description Maximum number to return; the server caps it at 500. 0 means 100. */
+                pageSize?: number;
+                /** @description A page token from a previous response. */
+                pageToken?: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A successful response. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ListIdleExemptionsResponse"];
+                };
+            };
+            /** @description INVALID_ARGUMENT, FAILED_PRECONDITION or OUT_OF_RANGE; BadRequest details name the fields. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description UNAUTHENTICATED: no credentials, or bad ones. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description PERMISSION_DENIED: not the owner, or not an admin. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description NOT_FOUND. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description ALREADY_EXISTS or ABORTED (lost a race; safe to retry). */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description RESOURCE_EXHAUSTED; RetryInfo (and Retry-After) say when to retry. */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description UNAVAILABLE (a dependency is down; safe to retry). */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description An unexpected error response. */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+        };
+    };
+    InstanceService_CreateIdleExemption: {
+        parameters: {
+            query?: {
+                /** @description Client-chosen idempotency key; a replay returns the first result. */
+                requestId?: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** @description The exemption, with `name` set to `idleExemptions/{user}`. */
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["IdleExemption"];
+            };
+        };
+        responses: {
+            /** @description A successful response. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["IdleExemption"];
+                };
+            };
+            /** @description INVALID_ARGUMENT, FAILED_PRECONDITION or OUT_OF_RANGE; BadRequest details name the fields. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description UNAUTHENTICATED: no credentials, or bad ones. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description PERMISSION_DENIED: not the owner, or not an admin. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description NOT_FOUND. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description ALREADY_EXISTS or ABORTED (lost a race; safe to retry). */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description RESOURCE_EXHAUSTED; RetryInfo (and Retry-After) say when to retry. */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description UNAVAILABLE (a dependency is down; safe to retry). */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description An unexpected error response. */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+        };
+    };
+    InstanceService_DeleteIdleExemption: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                idleExemption: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A successful response. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": Record<string, never>;
                 };
             };
             /** @description INVALID_ARGUMENT, FAILED_PRECONDITION or OUT_OF_RANGE; BadRequest details name the fields. */
@@ -2505,6 +3076,106 @@ export interface operations {
             };
         };
     };
+    InstanceService_KeepInstanceAlive: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                namespace: string;
+                template: string;
+                instance: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["KeepInstanceAliveBody"];
+            };
+        };
+        responses: {
+            /** @description A successful response. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Instance"];
+                };
+            };
+            /** @description INVALID_ARGUMENT, FAILED_PRECONDITION or OUT_OF_RANGE; BadRequest details name the fields. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description UNAUTHENTICATED: no credentials, or bad ones. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description PERMISSION_DENIED: not the owner, or not an admin. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description NOT_FOUND. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description ALREADY_EXISTS or ABORTED (lost a race; safe to retry). */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description RESOURCE_EXHAUSTED; RetryInfo (and Retry-After) say when to retry. */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description UNAVAILABLE (a dependency is down; safe to retry). */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description An unexpected error response. */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+        };
+    };
     InstanceService_PauseInstance: {
         parameters: {
             query?: never;
@@ -3198,6 +3869,199 @@ export interface operations {
             };
         };
     };
+    InstanceService_GetQuotaPolicy4: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                namespace: string;
+                template: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A successful response. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["QuotaPolicy"];
+                };
+            };
+            /** @description INVALID_ARGUMENT, FAILED_PRECONDITION or OUT_OF_RANGE; BadRequest details name the fields. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description UNAUTHENTICATED: no credentials, or bad ones. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description PERMISSION_DENIED: not the owner, or not an admin. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description NOT_FOUND. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description ALREADY_EXISTS or ABORTED (lost a race; safe to retry). */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description RESOURCE_EXHAUSTED; RetryInfo (and Retry-After) say when to retry. */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description UNAVAILABLE (a dependency is down; safe to retry). */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description An unexpected error response. */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+        };
+    };
+    InstanceService_UpdateQuotaPolicy4: {
+        parameters: {
+            query?: {
+                /** @description Client-chosen idempotency key; a replay returns the first result. */
+                requestId?: string;
+            };
+            header?: never;
+            path: {
+                namespace: string;
+                template: string;
+            };
+            cookie?: never;
+        };
+        requestBody: components["requestBodies"]["InstanceService_UpdateQuotaPolicy4Quotapolicy"];
+        responses: {
+            /** @description A successful response. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["QuotaPolicy"];
+                };
+            };
+            /** @description INVALID_ARGUMENT, FAILED_PRECONDITION or OUT_OF_RANGE; BadRequest details name the fields. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description UNAUTHENTICATED: no credentials, or bad ones. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description PERMISSION_DENIED: not the owner, or not an admin. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description NOT_FOUND. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description ALREADY_EXISTS or ABORTED (lost a race; safe to retry). */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description RESOURCE_EXHAUSTED; RetryInfo (and Retry-After) say when to retry. */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description UNAVAILABLE (a dependency is down; safe to retry). */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description An unexpected error response. */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+        };
+    };
     UserSyncService_CleanupTemplate: {
         parameters: {
             query?: never;
@@ -3494,6 +4358,300 @@ export interface operations {
             };
         };
     };
+    InstanceService_ListQuotaPolicies: {
+        parameters: {
+            query?: {
+                /** @description Maximum number to return; the server caps it at 500. 0 means 100. */
+                pageSize?: number;
+                /** @description A page token from a previous response. */
+                pageToken?: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A successful response. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ListQuotaPoliciesResponse"];
+                };
+            };
+            /** @description INVALID_ARGUMENT, FAILED_PRECONDITION or OUT_OF_RANGE; BadRequest details name the fields. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description UNAUTHENTICATED: no credentials, or bad ones. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description PERMISSION_DENIED: not the owner, or not an admin. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description NOT_FOUND. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description ALREADY_EXISTS or ABORTED (lost a race; safe to retry). */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description RESOURCE_EXHAUSTED; RetryInfo (and Retry-After) say when to retry. */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description UNAVAILABLE (a dependency is down; safe to retry). */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description An unexpected error response. */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+        };
+    };
+    InstanceService_GetQuotaPolicy: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The policy's name. */
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A successful response. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["QuotaPolicy"];
+                };
+            };
+            /** @description INVALID_ARGUMENT, FAILED_PRECONDITION or OUT_OF_RANGE; BadRequest details name the fields. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description UNAUTHENTICATED: no credentials, or bad ones. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description PERMISSION_DENIED: not the owner, or not an admin. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description NOT_FOUND. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description ALREADY_EXISTS or ABORTED (lost a race; safe to retry). */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description RESOURCE_EXHAUSTED; RetryInfo (and Retry-After) say when to retry. */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description UNAVAILABLE (a dependency is down; safe to retry). */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description An unexpected error response. */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+        };
+    };
+    InstanceService_UpdateQuotaPolicy: {
+        parameters: {
+            query?: {
+                /** @description Client-chosen idempotency key; a replay returns the first result. */
+                requestId?: string;
+            };
+            header?: never;
+            path: {
+                /**
+                 * @description `quotaPolicies/default`, `roles/{role}/quotaPolicy`,
+                 *     `users/{user}/quotaPolicy` or
+                 *     `namespaces/{namespace}/templates/{template}/quotaPolicy`.
+                 */
+                "quotaPolicy.name": string;
+            };
+            cookie?: never;
+        };
+        requestBody: components["requestBodies"]["InstanceService_UpdateQuotaPolicy4Quotapolicy"];
+        responses: {
+            /** @description A successful response. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["QuotaPolicy"];
+                };
+            };
+            /** @description INVALID_ARGUMENT, FAILED_PRECONDITION or OUT_OF_RANGE; BadRequest details name the fields. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description UNAUTHENTICATED: no credentials, or bad ones. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description PERMISSION_DENIED: not the owner, or not an admin. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description NOT_FOUND. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description ALREADY_EXISTS or ABORTED (lost a race; safe to retry). */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description RESOURCE_EXHAUSTED; RetryInfo (and Retry-After) say when to retry. */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description UNAVAILABLE (a dependency is down; safe to retry). */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description An unexpected error response. */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+        };
+    };
     InstanceService_GetQuotaUsage: {
         parameters: {
             query?: {
@@ -3513,6 +4671,388 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["QuotaUsage"];
+                };
+            };
+            /** @description INVALID_ARGUMENT, FAILED_PRECONDITION or OUT_OF_RANGE; BadRequest details name the fields. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description UNAUTHENTICATED: no credentials, or bad ones. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description PERMISSION_DENIED: not the owner, or not an admin. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description NOT_FOUND. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description ALREADY_EXISTS or ABORTED (lost a race; safe to retry). */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description RESOURCE_EXHAUSTED; RetryInfo (and Retry-After) say when to retry. */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description UNAVAILABLE (a dependency is down; safe to retry). */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description An unexpected error response. */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+        };
+    };
+    InstanceService_GetQuotaPolicy2: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                role: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A successful response. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["QuotaPolicy"];
+                };
+            };
+            /** @description INVALID_ARGUMENT, FAILED_PRECONDITION or OUT_OF_RANGE; BadRequest details name the fields. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description UNAUTHENTICATED: no credentials, or bad ones. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description PERMISSION_DENIED: not the owner, or not an admin. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description NOT_FOUND. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description ALREADY_EXISTS or ABORTED (lost a race; safe to retry). */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description RESOURCE_EXHAUSTED; RetryInfo (and Retry-After) say when to retry. */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description UNAVAILABLE (a dependency is down; safe to retry). */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description An unexpected error response. */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+        };
+    };
+    InstanceService_UpdateQuotaPolicy2: {
+        parameters: {
+            query?: {
+                /** @description Client-chosen idempotency key; a replay returns the first result. */
+                requestId?: string;
+            };
+            header?: never;
+            path: {
+                role: string;
+            };
+            cookie?: never;
+        };
+        requestBody: components["requestBodies"]["InstanceService_UpdateQuotaPolicy4Quotapolicy"];
+        responses: {
+            /** @description A successful response. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["QuotaPolicy"];
+                };
+            };
+            /** @description INVALID_ARGUMENT, FAILED_PRECONDITION or OUT_OF_RANGE; BadRequest details name the fields. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description UNAUTHENTICATED: no credentials, or bad ones. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description PERMISSION_DENIED: not the owner, or not an admin. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description NOT_FOUND. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description ALREADY_EXISTS or ABORTED (lost a race; safe to retry). */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description RESOURCE_EXHAUSTED; RetryInfo (and Retry-After) say when to retry. */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description UNAVAILABLE (a dependency is down; safe to retry). */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description An unexpected error response. */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+        };
+    };
+    InstanceService_GetQuotaPolicy3: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                user: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A successful response. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["QuotaPolicy"];
+                };
+            };
+            /** @description INVALID_ARGUMENT, FAILED_PRECONDITION or OUT_OF_RANGE; BadRequest details name the fields. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description UNAUTHENTICATED: no credentials, or bad ones. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description PERMISSION_DENIED: not the owner, or not an admin. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description NOT_FOUND. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description ALREADY_EXISTS or ABORTED (lost a race; safe to retry). */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description RESOURCE_EXHAUSTED; RetryInfo (and Retry-After) say when to retry. */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description UNAVAILABLE (a dependency is down; safe to retry). */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description An unexpected error response. */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+        };
+    };
+    InstanceService_UpdateQuotaPolicy3: {
+        parameters: {
+            query?: {
+                /** @description Client-chosen idempotency key; a replay returns the first result. */
+                requestId?: string;
+            };
+            header?: never;
+            path: {
+                user: string;
+            };
+            cookie?: never;
+        };
+        requestBody: components["requestBodies"]["InstanceService_UpdateQuotaPolicy4Quotapolicy"];
+        responses: {
+            /** @description A successful response. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["QuotaPolicy"];
                 };
             };
             /** @description INVALID_ARGUMENT, FAILED_PRECONDITION or OUT_OF_RANGE; BadRequest details name the fields. */

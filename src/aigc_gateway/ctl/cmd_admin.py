@@ -1,8 +1,6 @@
 """`aigcctl doctor`, `import-logto`, `whoami`, `config`: operating the gateway as a whole."""
 from __future__ import annotations
 
-from typing import Optional
-
 import typer
 
 from ..api.v1 import auth_pb2, instance_pb2, usersync_pb2
@@ -14,7 +12,7 @@ from .settings import SERVICES
 
 
 def doctor(ctx: typer.Context,
-           template: Optional[str] = typer.Option(None, "--template", "-t", help="Only this template (default: all)."),
+           template: str | None = typer.Option(None, "--template", "-t", help="Only this template (default: all)."),
            all_namespaces: bool = typer.Option(True, "--all-namespaces/--namespace-only",
                                                help="Check every namespace, or only --namespace.")) -> None:
     """Check the services' health and the instance allocator's invariants (PostgreSQL vs

@@ -5,8 +5,7 @@ import json
 import re
 import sys
 import time
-from datetime import datetime, timedelta, timezone
-from typing import Optional
+from datetime import UTC, datetime, timedelta
 
 import typer
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -34,7 +33,7 @@ _DURATION = re.compile(r"^(\d+)([smhd])$")
 def parse_since(value: str, now: datetime | None = None) -> datetime:
     """`90s`, `15m`, `2h`, `7d`, or an ISO-8601 time."""
     match = _DURATION.match(value.strip())
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     if match:
         unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[match.group(2)]
         return now - timedelta(**{unit: int(match.group(1))})
@@ -42,11 +41,11 @@ def parse_since(value: str, now: datetime | None = None) -> datetime:
         parsed = datetime.fromisoformat(value)
     except ValueError:
         raise Failure(f"--since {value!r}: give a duration (30m, 2h, 7d) or an ISO-8601 time", Exit.USAGE) from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-def _request(ctx: typer.Context, actor: str, action: str, template: Optional[str], instance: Optional[str],
-             outcome: Optional[str], since: Optional[str]) -> audit_pb2.ListAuditEventsRequest:
+def _request(ctx: typer.Context, actor: str, action: str, template: str | None, instance: str | None,
+             outcome: str | None, since: str | None) -> audit_pb2.ListAuditEventsRequest:
     ns = ctl(ctx).namespace
     request = audit_pb2.ListAuditEventsRequest(actor=actor, action=action)
     if template:
@@ -74,9 +73,9 @@ OutcomeOption = typer.Option(None, help="SUCCESS, DENIED or FAILURE.")
 
 @app.command("list")
 def list_(ctx: typer.Context, actor: str = ActorOption, action: str = ActionOption,
-          template: Optional[str] = TemplateOption, instance: Optional[str] = InstanceOption,
-          outcome: Optional[str] = OutcomeOption,
-          since: Optional[str] = typer.Option(None, help="Only events since: 30m, 2h, 7d or an ISO-8601 time."),
+          template: str | None = TemplateOption, instance: str | None = InstanceOption,
+          outcome: str | None = OutcomeOption,
+          since: str | None = typer.Option(None, help="Only events since: 30m, 2h, 7d or an ISO-8601 time."),
           limit: int = typer.Option(100, help="At most this many, newest first (0: all).")) -> None:
     """List audit events, newest first."""
     c = ctl(ctx)
@@ -94,8 +93,8 @@ def new_events(page: list[audit_pb2.AuditEvent], seen: set[str]) -> list[audit_p
 
 @app.command()
 def tail(ctx: typer.Context, actor: str = ActorOption, action: str = ActionOption,
-         template: Optional[str] = TemplateOption, instance: Optional[str] = InstanceOption,
-         outcome: Optional[str] = OutcomeOption,
+         template: str | None = TemplateOption, instance: str | None = InstanceOption,
+         outcome: str | None = OutcomeOption,
          lines: int = typer.Option(10, "--lines", "-l", help="Events to show first."),
          interval: float = typer.Option(2.0, help="Seconds between polls."),
          follow: bool = typer.Option(True, "--follow/--no-follow",

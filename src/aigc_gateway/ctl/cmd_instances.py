@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Optional
 
 import grpc
 import typer
@@ -38,7 +37,7 @@ EVENT_COLUMNS: list[render.Column] = [
 ]
 
 
-def _finish(ctx: typer.Context, instance: Optional[instance_pb2.Instance], verb: str, name: str) -> None:
+def _finish(ctx: typer.Context, instance: instance_pb2.Instance | None, verb: str, name: str) -> None:
     c = ctl(ctx)
     if c.output != "table":
         render.emit(instance if instance is not None else {"name": name, "deleted": True}, c.output)
@@ -76,10 +75,10 @@ def install(ctx: typer.Context,
 
 @app.command("list")
 def list_(ctx: typer.Context,
-          template: Optional[str] = typer.Option(None, "--template", "-t", help="Only this template (default: all)."),
+          template: str | None = typer.Option(None, "--template", "-t", help="Only this template (default: all)."),
           all_namespaces: bool = typer.Option(False, "--all-namespaces", "-A", help="Every namespace."),
           owner: str = typer.Option("", help="Admin: only this user's instances; `me` for yours."),
-          state: Optional[str] = typer.Option(None, help="Only this state, e.g. RUNNING or PAUSED."),
+          state: str | None = typer.Option(None, help="Only this state, e.g. RUNNING or PAUSED."),
           limit: int = typer.Option(0, help="At most this many (0: all).")) -> None:
     """List instances (yours; admins see everyone's)."""
     c = ctl(ctx)
@@ -153,7 +152,7 @@ def delete(ctx: typer.Context, name: str = NameArg, wait: bool = WaitOption, tim
 
 @app.command()
 def watch(ctx: typer.Context, name: str = NameArg,
-          timeout: Optional[float] = typer.Option(None, "--timeout", help="Stop after this many seconds.")) -> None:
+          timeout: float | None = typer.Option(None, "--timeout", help="Stop after this many seconds.")) -> None:
     """Follow an instance's state changes until Ctrl-C (JSON/YAML: one event per line/document)."""
     c = ctl(ctx)
     full = instance_name(name, c.namespace)

@@ -1,8 +1,6 @@
 """`aigcctl templates ...`: list, get, apply -f, validate -f, preview-update -f, delete."""
 from __future__ import annotations
 
-from typing import Optional
-
 import grpc
 import typer
 
@@ -171,7 +169,7 @@ def preview_update(ctx: typer.Context, filename: str = FileOption, var: list[str
 def delete(ctx: typer.Context, name: str = TemplateArg,
            force: bool = typer.Option(False, "--force", help="Also delete its instances, their disks and ownership."),
            yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
-           timeout: Optional[float] = typer.Option(300.0, help="Seconds to wait for the cascade.")) -> None:
+           timeout: float | None = typer.Option(300.0, help="Seconds to wait for the cascade.")) -> None:
     """Delete a template. Refused while instances exist unless --force."""
     c = ctl(ctx)
     full = template_name(name, c.namespace)

@@ -23,7 +23,7 @@ class Ports:
     dashboard: int = 8000  # nginx: the dashboard host (the page, /v1/… and sign-in on one origin)
 
     @classmethod
-    def from_env(cls, environ: dict[str, str]) -> "Ports":
+    def from_env(cls, environ: dict[str, str]) -> Ports:
         """AIGC_DEV_<NAME>_PORT overrides one port; AIGC_DEV_PORT_OFFSET shifts them all."""
         offset = int(environ.get("AIGC_DEV_PORT_OFFSET", "0"))
         ports = cls()

@@ -316,7 +316,7 @@ def serving(address: str) -> bool:
 
 
 def banner(stack: Stack, applied: list[str], cli_config: Path) -> str:
-    p, domain, rel = stack.ports, stack.opts.domain, os.path.relpath
+    p, rel = stack.ports, os.path.relpath
     lines = [
         "", "AIGC Gateway development stack is up. Ctrl-C stops everything.", "",
         f"  REST API (bridge)   http://127.0.0.1:{p.bridge}/v1/namespaces/{stack.opts.namespace}/templates",

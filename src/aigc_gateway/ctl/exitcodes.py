@@ -75,7 +75,7 @@ class CallFailed(Exception):
         return exit_code(self.code)
 
     @classmethod
-    def from_rpc_error(cls, error: grpc.RpcError) -> "CallFailed":
+    def from_rpc_error(cls, error: grpc.RpcError) -> CallFailed:
         code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
         message = error.details() if hasattr(error, "details") else str(error)
         trailing = dict(error.trailing_metadata() or ()) if hasattr(error, "trailing_metadata") else {}

@@ -10,7 +10,6 @@ request, 4 not found, 5 conflict, 6 unauthenticated, 7 permission denied,
 from __future__ import annotations
 
 import sys
-from typing import Optional
 
 import typer
 
@@ -53,9 +52,9 @@ def root(
     auth_addr: str = typer.Option("", "--auth-addr", help="AuthService host:port ($AIGCCTL_AUTH)."),
     usersync_addr: str = typer.Option("", "--usersync-addr", help="UserSyncService host:port ($AIGCCTL_USERSYNC)."),
     audit_addr: str = typer.Option("", "--audit-addr", help="AuditService host:port (default: the template address)."),
-    tls: Optional[bool] = typer.Option(None, "--tls/--no-tls", help="Use TLS to the services."),
+    tls: bool | None = typer.Option(None, "--tls/--no-tls", help="Use TLS to the services."),
     ca_file: str = typer.Option("", "--ca-file", help="CA bundle for --tls."),
-    request_timeout: Optional[float] = typer.Option(None, "--request-timeout", help="Seconds per call (default 30)."),
+    request_timeout: float | None = typer.Option(None, "--request-timeout", help="Seconds per call (default 30)."),
 ) -> None:
     if output not in render.FORMATS:
         raise typer.BadParameter(f"{output!r}: choose from {', '.join(render.FORMATS)}", param_hint="--output")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import yaml
@@ -52,13 +52,13 @@ def when(ts: Timestamp) -> str:
     """A timestamp as local-free UTC, `-` when unset."""
     if not ts.seconds and not ts.nanos:
         return "-"
-    return ts.ToDatetime(tzinfo=timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+    return ts.ToDatetime(tzinfo=UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 def age(ts: Timestamp, now: datetime | None = None) -> str:
     if not ts.seconds:
         return "-"
-    seconds = int(((now or datetime.now(timezone.utc)) - ts.ToDatetime(tzinfo=timezone.utc)).total_seconds())
+    seconds = int(((now or datetime.now(UTC)) - ts.ToDatetime(tzinfo=UTC)).total_seconds())
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size:
             return f"{seconds // size}{unit}"

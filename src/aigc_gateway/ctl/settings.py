@@ -7,9 +7,10 @@ then flags. The token is never read from a flag: a flag is visible in `ps`.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 

@@ -26,10 +26,12 @@ from . import common_pb2 as aigc_dot_gateway_dot_v1_dot_common__pb2
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.api import resource_pb2 as google_dot_api_dot_resource__pb2
+from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
+from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x61igc/gateway/v1/instance.proto\x12\x0f\x61igc.gateway.v1\x1a\x1c\x61igc/gateway/v1/common.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc0\x06\n\x08Instance\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x16\n\x08template\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12\x10\n\x02id\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x13\n\x05owner\x18\x04 \x01(\tB\x04\xe2\x41\x01\x03\x12\x34\n\x05state\x18\x05 \x01(\x0e\x32\x1f.aigc.gateway.v1.Instance.StateB\x04\xe2\x41\x01\x03\x12\x1b\n\rstate_message\x18\x06 \x01(\tB\x04\xe2\x41\x01\x03\x12\x18\n\naccess_uri\x18\x07 \x01(\tB\x04\xe2\x41\x01\x03\x12\x37\n\x0b\x61\x63\x63\x65lerator\x18\x08 \x01(\x0b\x32\x1c.aigc.gateway.v1.AcceleratorB\x04\xe2\x41\x01\x03\x12*\n\x05\x64isks\x18\t \x03(\x0b\x32\x15.aigc.gateway.v1.DiskB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12;\n\x11state_change_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12:\n\x10last_access_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x16\n\x08orphaned\x18\x0e \x01(\x08\x42\x04\xe2\x41\x01\x03\"\xae\x01\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x0e\n\nINSTALLING\x10\x01\x12\x0c\n\x08STARTING\x10\x02\x12\x0b\n\x07RUNNING\x10\x03\x12\r\n\tNOT_READY\x10\x04\x12\x0b\n\x07\x43RASHED\x10\x05\x12\x0b\n\x07PAUSING\x10\x06\x12\n\n\x06PAUSED\x10\x07\x12\x0c\n\x08RESUMING\x10\x08\x12\x0e\n\nRESTARTING\x10\t\x12\x10\n\x0cUNINSTALLING\x10\n:_\xea\x41\\\n\x18\x61igc.gateway.v1/Instance\x12@namespaces/{namespace}/templates/{template}/instances/{instance}\"\x97\x01\n\rInstanceEvent\x12+\n\x08instance\x18\x01 \x01(\x0b\x32\x19.aigc.gateway.v1.Instance\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0f\n\x07message\x18\x05 \x01(\t\"m\n\x15\x43reateInstanceRequest\x12\x31\n\x06parent\x18\x01 \x01(\tB!\xe2\x41\x01\x02\xfa\x41\x1a\n\x18\x61igc.gateway.v1/Template\x12\r\n\x05owner\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"E\n\x12GetInstanceRequest\x12/\n\x04name\x18\x01 \x01(\tB!\xe2\x41\x01\x02\xfa\x41\x1a\n\x18\x61igc.gateway.v1/Instance\"\x92\x01\n\x14ListInstancesRequest\x12\x14\n\x06parent\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\r\n\x05owner\x18\x02 \x01(\t\x12.\n\x05state\x18\x03 \x01(\x0e\x32\x1f.aigc.gateway.v1.Instance.State\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\"r\n\x15ListInstancesResponse\x12,\n\tinstances\x18\x01 \x03(\x0b\x32\x19.aigc.gateway.v1.Instance\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\ntotal_size\x18\x03 \x01(\x05\">\n\x14PauseInstanceRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"?\n\x15ResumeInstanceRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"@\n\x16RestartInstanceRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"?\n\x15\x44\x65leteInstanceRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"*\n\x14WatchInstanceRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"A\n\x15PurgeInstancesRequest\x12\x14\n\x06parent\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\nrequest_id\x18\x02 \x01(\t\";\n\x16PurgeInstancesResponse\x12\x11\n\tinstances\x18\x01 \x03(\t\x12\x0e\n\x06owners\x18\x02 \x03(\t\"/\n\x17\x43heckConsistencyRequest\x12\x14\n\x06parent\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\xbc\x01\n\x18\x43heckConsistencyResponse\x12\x12\n\nconsistent\x18\x01 \x01(\x08\x12\x19\n\x11templates_checked\x18\x02 \x01(\x05\x12\x39\n\nviolations\x18\x03 \x03(\x0b\x32%.aigc.gateway.v1.ConsistencyViolation\x12\x36\n\x07notices\x18\x04 \x03(\x0b\x32%.aigc.gateway.v1.ConsistencyViolation\"W\n\x14\x43onsistencyViolation\x12\x10\n\x08template\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\x05\x12\x0c\n\x04\x63ode\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\"$\n\x14GetQuotaUsageRequest\x12\x0c\n\x04user\x18\x01 \x01(\t\"L\n\nQuotaUsage\x12\x0c\n\x04user\x18\x01 \x01(\t\x12\x30\n\x06limits\x18\x02 \x03(\x0b\x32 .aigc.gateway.v1.QuotaLimitUsage\"S\n\x0fQuotaLimitUsage\x12\r\n\x05limit\x18\x01 \x01(\t\x12\r\n\x05usage\x18\x02 \x01(\x05\x12\x0f\n\x07maximum\x18\x03 \x01(\x05\x12\x11\n\tunlimited\x18\x04 \x01(\x08\x32\x81\r\n\x0fInstanceService\x12\x8f\x01\n\x0e\x43reateInstance\x12&.aigc.gateway.v1.CreateInstanceRequest\x1a\x19.aigc.gateway.v1.Instance\":\x82\xd3\xe4\x93\x02\x34\"//v1/{parent=namespaces/*/templates/*}/instances:\x01*\x12\x86\x01\n\x0bGetInstance\x12#.aigc.gateway.v1.GetInstanceRequest\x1a\x19.aigc.gateway.v1.Instance\"7\x82\xd3\xe4\x93\x02\x31\x12//v1/{name=namespaces/*/templates/*/instances/*}\x12\x97\x01\n\rListInstances\x12%.aigc.gateway.v1.ListInstancesRequest\x1a&.aigc.gateway.v1.ListInstancesResponse\"7\x82\xd3\xe4\x93\x02\x31\x12//v1/{parent=namespaces/*/templates/*}/instances\x12\x93\x01\n\rPauseInstance\x12%.aigc.gateway.v1.PauseInstanceRequest\x1a\x19.aigc.gateway.v1.Instance\"@\x82\xd3\xe4\x93\x02:\"5/v1/{name=namespaces/*/templates/*/instances/*}:pause:\x01*\x12\x96\x01\n\x0eResumeInstance\x12&.aigc.gateway.v1.ResumeInstanceRequest\x1a\x19.aigc.gateway.v1.Instance\"A\x82\xd3\xe4\x93\x02;\"6/v1/{name=namespaces/*/templates/*/instances/*}:resume:\x01*\x12\x99\x01\n\x0fRestartInstance\x12\'.aigc.gateway.v1.RestartInstanceRequest\x1a\x19.aigc.gateway.v1.Instance\"B\x82\xd3\xe4\x93\x02<\"7/v1/{name=namespaces/*/templates/*/instances/*}:restart:\x01*\x12\x8c\x01\n\x0e\x44\x65leteInstance\x12&.aigc.gateway.v1.DeleteInstanceRequest\x1a\x19.aigc.gateway.v1.Instance\"7\x82\xd3\xe4\x93\x02\x31*//v1/{name=namespaces/*/templates/*/instances/*}\x12\x97\x01\n\rWatchInstance\x12%.aigc.gateway.v1.WatchInstanceRequest\x1a\x1e.aigc.gateway.v1.InstanceEvent\"=\x82\xd3\xe4\x93\x02\x37\x12\x35/v1/{name=namespaces/*/templates/*/instances/*}:watch0\x01\x12\xa3\x01\n\x0ePurgeInstances\x12&.aigc.gateway.v1.PurgeInstancesRequest\x1a\'.aigc.gateway.v1.PurgeInstancesResponse\"@\x82\xd3\xe4\x93\x02:\"5/v1/{parent=namespaces/*/templates/*}/instances:purge:\x01*\x12\xb1\x01\n\x10\x43heckConsistency\x12(.aigc.gateway.v1.CheckConsistencyRequest\x1a).aigc.gateway.v1.CheckConsistencyResponse\"H\x82\xd3\xe4\x93\x02\x42\x12@/v1/{parent=namespaces/*/templates/*}/instances:checkConsistency\x12k\n\rGetQuotaUsage\x12%.aigc.gateway.v1.GetQuotaUsageRequest\x1a\x1b.aigc.gateway.v1.QuotaUsage\"\x16\x82\xd3\xe4\x93\x02\x10\x12\x0e/v1/quotaUsageBKZIgithub.com/aigc-gateway/aigc-gateway/bridge/gen/aigc/gateway/v1;gatewayv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x61igc/gateway/v1/instance.proto\x12\x0f\x61igc.gateway.v1\x1a\x1c\x61igc/gateway/v1/common.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x80\x07\n\x08Instance\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x16\n\x08template\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12\x10\n\x02id\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x13\n\x05owner\x18\x04 \x01(\tB\x04\xe2\x41\x01\x03\x12\x34\n\x05state\x18\x05 \x01(\x0e\x32\x1f.aigc.gateway.v1.Instance.StateB\x04\xe2\x41\x01\x03\x12\x1b\n\rstate_message\x18\x06 \x01(\tB\x04\xe2\x41\x01\x03\x12\x18\n\naccess_uri\x18\x07 \x01(\tB\x04\xe2\x41\x01\x03\x12\x37\n\x0b\x61\x63\x63\x65lerator\x18\x08 \x01(\x0b\x32\x1c.aigc.gateway.v1.AcceleratorB\x04\xe2\x41\x01\x03\x12*\n\x05\x64isks\x18\t \x03(\x0b\x32\x15.aigc.gateway.v1.DiskB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12;\n\x11state_change_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12:\n\x10last_access_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x16\n\x08orphaned\x18\x0e \x01(\x08\x42\x04\xe2\x41\x01\x03\x12>\n\x14scheduled_pause_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"\xae\x01\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x0e\n\nINSTALLING\x10\x01\x12\x0c\n\x08STARTING\x10\x02\x12\x0b\n\x07RUNNING\x10\x03\x12\r\n\tNOT_READY\x10\x04\x12\x0b\n\x07\x43RASHED\x10\x05\x12\x0b\n\x07PAUSING\x10\x06\x12\n\n\x06PAUSED\x10\x07\x12\x0c\n\x08RESUMING\x10\x08\x12\x0e\n\nRESTARTING\x10\t\x12\x10\n\x0cUNINSTALLING\x10\n:_\xea\x41\\\n\x18\x61igc.gateway.v1/Instance\x12@namespaces/{namespace}/templates/{template}/instances/{instance}\"\x97\x01\n\rInstanceEvent\x12+\n\x08instance\x18\x01 \x01(\x0b\x32\x19.aigc.gateway.v1.Instance\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0f\n\x07message\x18\x05 \x01(\t\"m\n\x15\x43reateInstanceRequest\x12\x31\n\x06parent\x18\x01 \x01(\tB!\xe2\x41\x01\x02\xfa\x41\x1a\n\x18\x61igc.gateway.v1/Template\x12\r\n\x05owner\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"E\n\x12GetInstanceRequest\x12/\n\x04name\x18\x01 \x01(\tB!\xe2\x41\x01\x02\xfa\x41\x1a\n\x18\x61igc.gateway.v1/Instance\"\x92\x01\n\x14ListInstancesRequest\x12\x14\n\x06parent\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\r\n\x05owner\x18\x02 \x01(\t\x12.\n\x05state\x18\x03 \x01(\x0e\x32\x1f.aigc.gateway.v1.Instance.State\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\"r\n\x15ListInstancesResponse\x12,\n\tinstances\x18\x01 \x03(\x0b\x32\x19.aigc.gateway.v1.Instance\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\ntotal_size\x18\x03 \x01(\x05\">\n\x14PauseInstanceRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"?\n\x15ResumeInstanceRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"@\n\x16RestartInstanceRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"?\n\x15\x44\x65leteInstanceRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"*\n\x14WatchInstanceRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"A\n\x15PurgeInstancesRequest\x12\x14\n\x06parent\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\nrequest_id\x18\x02 \x01(\t\";\n\x16PurgeInstancesResponse\x12\x11\n\tinstances\x18\x01 \x03(\t\x12\x0e\n\x06owners\x18\x02 \x03(\t\"/\n\x17\x43heckConsistencyRequest\x12\x14\n\x06parent\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\xbc\x01\n\x18\x43heckConsistencyResponse\x12\x12\n\nconsistent\x18\x01 \x01(\x08\x12\x19\n\x11templates_checked\x18\x02 \x01(\x05\x12\x39\n\nviolations\x18\x03 \x03(\x0b\x32%.aigc.gateway.v1.ConsistencyViolation\x12\x36\n\x07notices\x18\x04 \x03(\x0b\x32%.aigc.gateway.v1.ConsistencyViolation\"W\n\x14\x43onsistencyViolation\x12\x10\n\x08template\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\x05\x12\x0c\n\x04\x63ode\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\"$\n\x14GetQuotaUsageRequest\x12\x0c\n\x04user\x18\x01 \x01(\t\"L\n\nQuotaUsage\x12\x0c\n\x04user\x18\x01 \x01(\t\x12\x30\n\x06limits\x18\x02 \x03(\x0b\x32 .aigc.gateway.v1.QuotaLimitUsage\"S\n\x0fQuotaLimitUsage\x12\r\n\x05limit\x18\x01 \x01(\t\x12\r\n\x05usage\x18\x02 \x01(\x05\x12\x0f\n\x07maximum\x18\x03 \x01(\x05\x12\x11\n\tunlimited\x18\x04 \x01(\x08\"\x9e\x04\n\x0bQuotaPolicy\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12.\n\tinstalled\x18\x02 \x01(\x0b\x32\x1b.aigc.gateway.v1.QuotaValue\x12,\n\x07running\x18\x03 \x01(\x0b\x32\x1b.aigc.gateway.v1.QuotaValue\x12)\n\x04gpus\x18\x04 \x01(\x0b\x32\x1b.aigc.gateway.v1.QuotaValue\x12\x33\n\x0egpu_memory_gib\x18\x05 \x01(\x0b\x32\x1b.aigc.gateway.v1.QuotaValue\x12\x36\n\nconfigured\x18\x06 \x01(\x0b\x32\x1c.aigc.gateway.v1.QuotaPolicyB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x18\n\nupdated_by\x18\x08 \x01(\tB\x04\xe2\x41\x01\x03\x12\x0c\n\x04\x65tag\x18\t \x01(\t:\xa5\x01\xea\x41\xa1\x01\n\x1b\x61igc.gateway.v1/QuotaPolicy\x12\x15quotaPolicies/default\x12\x18roles/{role}/quotaPolicy\x12\x18users/{user}/quotaPolicy\x12\x37namespaces/{namespace}/templates/{template}/quotaPolicy\"=\n\nQuotaValue\x12\x11\n\x07maximum\x18\x01 \x01(\x05H\x00\x12\x13\n\tunlimited\x18\x02 \x01(\x08H\x00\x42\x07\n\x05value\"K\n\x15GetQuotaPolicyRequest\x12\x32\n\x04name\x18\x01 \x01(\tB$\xe2\x41\x01\x02\xfa\x41\x1d\n\x1b\x61igc.gateway.v1/QuotaPolicy\"A\n\x18ListQuotaPoliciesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"j\n\x19ListQuotaPoliciesResponse\x12\x34\n\x0equota_policies\x18\x01 \x03(\x0b\x32\x1c.aigc.gateway.v1.QuotaPolicy\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x99\x01\n\x18UpdateQuotaPolicyRequest\x12\x38\n\x0cquota_policy\x18\x01 \x01(\x0b\x32\x1c.aigc.gateway.v1.QuotaPolicyB\x04\xe2\x41\x01\x02\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\x12\n\nrequest_id\x18\x03 \x01(\t\".\n\x18KeepInstanceAliveRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\xbf\x01\n\rIdleExemption\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x35\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x18\n\ncreated_by\x18\x04 \x01(\tB\x04\xe2\x41\x01\x03:9\xea\x41\x36\n\x1d\x61igc.gateway.v1/IdleExemption\x12\x15idleExemptions/{user}\"n\n\x1a\x43reateIdleExemptionRequest\x12<\n\x0eidle_exemption\x18\x01 \x01(\x0b\x32\x1e.aigc.gateway.v1.IdleExemptionB\x04\xe2\x41\x01\x02\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"B\n\x19ListIdleExemptionsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"n\n\x1aListIdleExemptionsResponse\x12\x37\n\x0fidle_exemptions\x18\x01 \x03(\x0b\x32\x1e.aigc.gateway.v1.IdleExemption\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"R\n\x1a\x44\x65leteIdleExemptionRequest\x12\x34\n\x04name\x18\x01 \x01(\tB&\xe2\x41\x01\x02\xfa\x41\x1f\n\x1d\x61igc.gateway.v1/IdleExemption2\xb3\x17\n\x0fInstanceService\x12\x8f\x01\n\x0e\x43reateInstance\x12&.aigc.gateway.v1.CreateInstanceRequest\x1a\x19.aigc.gateway.v1.Instance\":\x82\xd3\xe4\x93\x02\x34\"//v1/{parent=namespaces/*/templates/*}/instances:\x01*\x12\x86\x01\n\x0bGetInstance\x12#.aigc.gateway.v1.GetInstanceRequest\x1a\x19.aigc.gateway.v1.Instance\"7\x82\xd3\xe4\x93\x02\x31\x12//v1/{name=namespaces/*/templates/*/instances/*}\x12\x97\x01\n\rListInstances\x12%.aigc.gateway.v1.ListInstancesRequest\x1a&.aigc.gateway.v1.ListInstancesResponse\"7\x82\xd3\xe4\x93\x02\x31\x12//v1/{parent=namespaces/*/templates/*}/instances\x12\x93\x01\n\rPauseInstance\x12%.aigc.gateway.v1.PauseInstanceRequest\x1a\x19.aigc.gateway.v1.Instance\"@\x82\xd3\xe4\x93\x02:\"5/v1/{name=namespaces/*/templates/*/instances/*}:pause:\x01*\x12\x96\x01\n\x0eResumeInstance\x12&.aigc.gateway.v1.ResumeInstanceRequest\x1a\x19.aigc.gateway.v1.Instance\"A\x82\xd3\xe4\x93\x02;\"6/v1/{name=namespaces/*/templates/*/instances/*}:resume:\x01*\x12\x99\x01\n\x0fRestartInstance\x12\'.aigc.gateway.v1.RestartInstanceRequest\x1a\x19.aigc.gateway.v1.Instance\"B\x82\xd3\xe4\x93\x02<\"7/v1/{name=namespaces/*/templates/*/instances/*}:restart:\x01*\x12\x8c\x01\n\x0e\x44\x65leteInstance\x12&.aigc.gateway.v1.DeleteInstanceRequest\x1a\x19.aigc.gateway.v1.Instance\"7\x82\xd3\xe4\x93\x02\x31*//v1/{name=namespaces/*/templates/*/instances/*}\x12\x97\x01\n\rWatchInstance\x12%.aigc.gateway.v1.WatchInstanceRequest\x1a\x1e.aigc.gateway.v1.InstanceEvent\"=\x82\xd3\xe4\x93\x02\x37\x12\x35/v1/{name=namespaces/*/templates/*/instances/*}:watch0\x01\x12\xa3\x01\n\x0ePurgeInstances\x12&.aigc.gateway.v1.PurgeInstancesRequest\x1a\'.aigc.gateway.v1.PurgeInstancesResponse\"@\x82\xd3\xe4\x93\x02:\"5/v1/{parent=namespaces/*/templates/*}/instances:purge:\x01*\x12\xb1\x01\n\x10\x43heckConsistency\x12(.aigc.gateway.v1.CheckConsistencyRequest\x1a).aigc.gateway.v1.CheckConsistencyResponse\"H\x82\xd3\xe4\x93\x02\x42\x12@/v1/{parent=namespaces/*/templates/*}/instances:checkConsistency\x12k\n\rGetQuotaUsage\x12%.aigc.gateway.v1.GetQuotaUsageRequest\x1a\x1b.aigc.gateway.v1.QuotaUsage\"\x16\x82\xd3\xe4\x93\x02\x10\x12\x0e/v1/quotaUsage\x12\xf9\x01\n\x0eGetQuotaPolicy\x12&.aigc.gateway.v1.GetQuotaPolicyRequest\x1a\x1c.aigc.gateway.v1.QuotaPolicy\"\xa0\x01\x82\xd3\xe4\x93\x02\x99\x01\x12 /v1/{name=quotaPolicies/default}Z \x12\x1e/v1/{name=roles/*/quotaPolicy}Z \x12\x1e/v1/{name=users/*/quotaPolicy}Z1\x12//v1/{name=namespaces/*/templates/*/quotaPolicy}\x12\x85\x01\n\x11ListQuotaPolicies\x12).aigc.gateway.v1.ListQuotaPoliciesRequest\x1a*.aigc.gateway.v1.ListQuotaPoliciesResponse\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/quotaPolicies\x12\xeb\x02\n\x11UpdateQuotaPolicy\x12).aigc.gateway.v1.UpdateQuotaPolicyRequest\x1a\x1c.aigc.gateway.v1.QuotaPolicy\"\x8c\x02\x82\xd3\xe4\x93\x02\x85\x02\x32-/v1/{quota_policy.name=quotaPolicies/default}:\x0cquota_policyZ;2+/v1/{quota_policy.name=roles/*/quotaPolicy}:\x0cquota_policyZ;2+/v1/{quota_policy.name=users/*/quotaPolicy}:\x0cquota_policyZL2</v1/{quota_policy.name=namespaces/*/templates/*/quotaPolicy}:\x0cquota_policy\x12\x9f\x01\n\x11KeepInstanceAlive\x12).aigc.gateway.v1.KeepInstanceAliveRequest\x1a\x19.aigc.gateway.v1.Instance\"D\x82\xd3\xe4\x93\x02>\"9/v1/{name=namespaces/*/templates/*/instances/*}:keepAlive:\x01*\x12\x8e\x01\n\x13\x43reateIdleExemption\x12+.aigc.gateway.v1.CreateIdleExemptionRequest\x1a\x1e.aigc.gateway.v1.IdleExemption\"*\x82\xd3\xe4\x93\x02$\"\x12/v1/idleExemptions:\x0eidle_exemption\x12\x89\x01\n\x12ListIdleExemptions\x12*.aigc.gateway.v1.ListIdleExemptionsRequest\x1a+.aigc.gateway.v1.ListIdleExemptionsResponse\"\x1a\x82\xd3\xe4\x93\x02\x14\x12\x12/v1/idleExemptions\x12\x7f\n\x13\x44\x65leteIdleExemption\x12+.aigc.gateway.v1.DeleteIdleExemptionRequest\x1a\x16.google.protobuf.Empty\"#\x82\xd3\xe4\x93\x02\x1d*\x1b/v1/{name=idleExemptions/*}BKZIgithub.com/aigc-gateway/aigc-gateway/bridge/gen/aigc/gateway/v1;gatewayv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -65,6 +67,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INSTANCE'].fields_by_name['last_access_time']._serialized_options = b'\342A\001\003'
   _globals['_INSTANCE'].fields_by_name['orphaned']._loaded_options = None
   _globals['_INSTANCE'].fields_by_name['orphaned']._serialized_options = b'\342A\001\003'
+  _globals['_INSTANCE'].fields_by_name['scheduled_pause_time']._loaded_options = None
+  _globals['_INSTANCE'].fields_by_name['scheduled_pause_time']._serialized_options = b'\342A\001\003'
   _globals['_INSTANCE']._loaded_options = None
   _globals['_INSTANCE']._serialized_options = b'\352A\\\n\030aigc.gateway.v1/Instance\022@namespaces/{namespace}/templates/{template}/instances/{instance}'
   _globals['_CREATEINSTANCEREQUEST'].fields_by_name['parent']._loaded_options = None
@@ -87,6 +91,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PURGEINSTANCESREQUEST'].fields_by_name['parent']._serialized_options = b'\342A\001\002'
   _globals['_CHECKCONSISTENCYREQUEST'].fields_by_name['parent']._loaded_options = None
   _globals['_CHECKCONSISTENCYREQUEST'].fields_by_name['parent']._serialized_options = b'\342A\001\002'
+  _globals['_QUOTAPOLICY'].fields_by_name['name']._loaded_options = None
+  _globals['_QUOTAPOLICY'].fields_by_name['name']._serialized_options = b'\342A\001\010'
+  _globals['_QUOTAPOLICY'].fields_by_name['configured']._loaded_options = None
+  _globals['_QUOTAPOLICY'].fields_by_name['configured']._serialized_options = b'\342A\001\003'
+  _globals['_QUOTAPOLICY'].fields_by_name['update_time']._loaded_options = None
+  _globals['_QUOTAPOLICY'].fields_by_name['update_time']._serialized_options = b'\342A\001\003'
+  _globals['_QUOTAPOLICY'].fields_by_name['updated_by']._loaded_options = None
+  _globals['_QUOTAPOLICY'].fields_by_name['updated_by']._serialized_options = b'\342A\001\003'
+  _globals['_QUOTAPOLICY']._loaded_options = None
+  _globals['_QUOTAPOLICY']._serialized_options = b'\352A\241\001\n\033aigc.gateway.v1/QuotaPolicy\022\025quotaPolicies/default\022\030roles/{role}/quotaPolicy\022\030users/{user}/quotaPolicy\0227namespaces/{namespace}/templates/{template}/quotaPolicy'
+  _globals['_GETQUOTAPOLICYREQUEST'].fields_by_name['name']._loaded_options = None
+  _globals['_GETQUOTAPOLICYREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002\372A\035\n\033aigc.gateway.v1/QuotaPolicy'
+  _globals['_UPDATEQUOTAPOLICYREQUEST'].fields_by_name['quota_policy']._loaded_options = None
+  _globals['_UPDATEQUOTAPOLICYREQUEST'].fields_by_name['quota_policy']._serialized_options = b'\342A\001\002'
+  _globals['_KEEPINSTANCEALIVEREQUEST'].fields_by_name['name']._loaded_options = None
+  _globals['_KEEPINSTANCEALIVEREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002'
+  _globals['_IDLEEXEMPTION'].fields_by_name['name']._loaded_options = None
+  _globals['_IDLEEXEMPTION'].fields_by_name['name']._serialized_options = b'\342A\001\010'
+  _globals['_IDLEEXEMPTION'].fields_by_name['create_time']._loaded_options = None
+  _globals['_IDLEEXEMPTION'].fields_by_name['create_time']._serialized_options = b'\342A\001\003'
+  _globals['_IDLEEXEMPTION'].fields_by_name['created_by']._loaded_options = None
+  _globals['_IDLEEXEMPTION'].fields_by_name['created_by']._serialized_options = b'\342A\001\003'
+  _globals['_IDLEEXEMPTION']._loaded_options = None
+  _globals['_IDLEEXEMPTION']._serialized_options = b'\352A6\n\035aigc.gateway.v1/IdleExemption\022\025idleExemptions/{user}'
+  _globals['_CREATEIDLEEXEMPTIONREQUEST'].fields_by_name['idle_exemption']._loaded_options = None
+  _globals['_CREATEIDLEEXEMPTIONREQUEST'].fields_by_name['idle_exemption']._serialized_options = b'\342A\001\002'
+  _globals['_DELETEIDLEEXEMPTIONREQUEST'].fields_by_name['name']._loaded_options = None
+  _globals['_DELETEIDLEEXEMPTIONREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002\372A\037\n\035aigc.gateway.v1/IdleExemption'
   _globals['_INSTANCESERVICE'].methods_by_name['CreateInstance']._loaded_options = None
   _globals['_INSTANCESERVICE'].methods_by_name['CreateInstance']._serialized_options = b'\202\323\344\223\0024\"//v1/{parent=namespaces/*/templates/*}/instances:\001*'
   _globals['_INSTANCESERVICE'].methods_by_name['GetInstance']._loaded_options = None
@@ -109,46 +141,84 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INSTANCESERVICE'].methods_by_name['CheckConsistency']._serialized_options = b'\202\323\344\223\002B\022@/v1/{parent=namespaces/*/templates/*}/instances:checkConsistency'
   _globals['_INSTANCESERVICE'].methods_by_name['GetQuotaUsage']._loaded_options = None
   _globals['_INSTANCESERVICE'].methods_by_name['GetQuotaUsage']._serialized_options = b'\202\323\344\223\002\020\022\016/v1/quotaUsage'
-  _globals['_INSTANCE']._serialized_start=205
-  _globals['_INSTANCE']._serialized_end=1037
-  _globals['_INSTANCE_STATE']._serialized_start=766
-  _globals['_INSTANCE_STATE']._serialized_end=940
-  _globals['_INSTANCEEVENT']._serialized_start=1040
-  _globals['_INSTANCEEVENT']._serialized_end=1191
-  _globals['_CREATEINSTANCEREQUEST']._serialized_start=1193
-  _globals['_CREATEINSTANCEREQUEST']._serialized_end=1302
-  _globals['_GETINSTANCEREQUEST']._serialized_start=1304
-  _globals['_GETINSTANCEREQUEST']._serialized_end=1373
-  _globals['_LISTINSTANCESREQUEST']._serialized_start=1376
-  _globals['_LISTINSTANCESREQUEST']._serialized_end=1522
-  _globals['_LISTINSTANCESRESPONSE']._serialized_start=1524
-  _globals['_LISTINSTANCESRESPONSE']._serialized_end=1638
-  _globals['_PAUSEINSTANCEREQUEST']._serialized_start=1640
-  _globals['_PAUSEINSTANCEREQUEST']._serialized_end=1702
-  _globals['_RESUMEINSTANCEREQUEST']._serialized_start=1704
-  _globals['_RESUMEINSTANCEREQUEST']._serialized_end=1767
-  _globals['_RESTARTINSTANCEREQUEST']._serialized_start=1769
-  _globals['_RESTARTINSTANCEREQUEST']._serialized_end=1833
-  _globals['_DELETEINSTANCEREQUEST']._serialized_start=1835
-  _globals['_DELETEINSTANCEREQUEST']._serialized_end=1898
-  _globals['_WATCHINSTANCEREQUEST']._serialized_start=1900
-  _globals['_WATCHINSTANCEREQUEST']._serialized_end=1942
-  _globals['_PURGEINSTANCESREQUEST']._serialized_start=1944
-  _globals['_PURGEINSTANCESREQUEST']._serialized_end=2009
-  _globals['_PURGEINSTANCESRESPONSE']._serialized_start=2011
-  _globals['_PURGEINSTANCESRESPONSE']._serialized_end=2070
-  _globals['_CHECKCONSISTENCYREQUEST']._serialized_start=2072
-  _globals['_CHECKCONSISTENCYREQUEST']._serialized_end=2119
-  _globals['_CHECKCONSISTENCYRESPONSE']._serialized_start=2122
-  _globals['_CHECKCONSISTENCYRESPONSE']._serialized_end=2310
-  _globals['_CONSISTENCYVIOLATION']._serialized_start=2312
-  _globals['_CONSISTENCYVIOLATION']._serialized_end=2399
-  _globals['_GETQUOTAUSAGEREQUEST']._serialized_start=2401
-  _globals['_GETQUOTAUSAGEREQUEST']._serialized_end=2437
-  _globals['_QUOTAUSAGE']._serialized_start=2439
-  _globals['_QUOTAUSAGE']._serialized_end=2515
-  _globals['_QUOTALIMITUSAGE']._serialized_start=2517
-  _globals['_QUOTALIMITUSAGE']._serialized_end=2600
-  _globals['_INSTANCESERVICE']._serialized_start=2603
-  _globals['_INSTANCESERVICE']._serialized_end=4268
+  _globals['_INSTANCESERVICE'].methods_by_name['GetQuotaPolicy']._loaded_options = None
+  _globals['_INSTANCESERVICE'].methods_by_name['GetQuotaPolicy']._serialized_options = b'\202\323\344\223\002\231\001\022 /v1/{name=quotaPolicies/default}Z \022\036/v1/{name=roles/*/quotaPolicy}Z \022\036/v1/{name=users/*/quotaPolicy}Z1\022//v1/{name=namespaces/*/templates/*/quotaPolicy}'
+  _globals['_INSTANCESERVICE'].methods_by_name['ListQuotaPolicies']._loaded_options = None
+  _globals['_INSTANCESERVICE'].methods_by_name['ListQuotaPolicies']._serialized_options = b'\202\323\344\223\002\023\022\021/v1/quotaPolicies'
+  _globals['_INSTANCESERVICE'].methods_by_name['UpdateQuotaPolicy']._loaded_options = None
+  _globals['_INSTANCESERVICE'].methods_by_name['UpdateQuotaPolicy']._serialized_options = b'\202\323\344\223\002\205\0022-/v1/{quota_policy.name=quotaPolicies/default}:\014quota_policyZ;2+/v1/{quota_policy.name=roles/*/quotaPolicy}:\014quota_policyZ;2+/v1/{quota_policy.name=users/*/quotaPolicy}:\014quota_policyZL2</v1/{quota_policy.name=namespaces/*/templates/*/quotaPolicy}:\014quota_policy'
+  _globals['_INSTANCESERVICE'].methods_by_name['KeepInstanceAlive']._loaded_options = None
+  _globals['_INSTANCESERVICE'].methods_by_name['KeepInstanceAlive']._serialized_options = b'\202\323\344\223\002>\"9/v1/{name=namespaces/*/templates/*/instances/*}:keepAlive:\001*'
+  _globals['_INSTANCESERVICE'].methods_by_name['CreateIdleExemption']._loaded_options = None
+  _globals['_INSTANCESERVICE'].methods_by_name['CreateIdleExemption']._serialized_options = b'\202\323\344\223\002$\"\022/v1/idleExemptions:\016idle_exemption'
+  _globals['_INSTANCESERVICE'].methods_by_name['ListIdleExemptions']._loaded_options = None
+  _globals['_INSTANCESERVICE'].methods_by_name['ListIdleExemptions']._serialized_options = b'\202\323\344\223\002\024\022\022/v1/idleExemptions'
+  _globals['_INSTANCESERVICE'].methods_by_name['DeleteIdleExemption']._loaded_options = None
+  _globals['_INSTANCESERVICE'].methods_by_name['DeleteIdleExemption']._serialized_options = b'\202\323\344\223\002\035*\033/v1/{name=idleExemptions/*}'
+  _globals['_INSTANCE']._serialized_start=268
+  _globals['_INSTANCE']._serialized_end=1164
+  _globals['_INSTANCE_STATE']._serialized_start=893
+  _globals['_INSTANCE_STATE']._serialized_end=1067
+  _globals['_INSTANCEEVENT']._serialized_start=1167
+  _globals['_INSTANCEEVENT']._serialized_end=1318
+  _globals['_CREATEINSTANCEREQUEST']._serialized_start=1320
+  _globals['_CREATEINSTANCEREQUEST']._serialized_end=1429
+  _globals['_GETINSTANCEREQUEST']._serialized_start=1431
+  _globals['_GETINSTANCEREQUEST']._serialized_end=1500
+  _globals['_LISTINSTANCESREQUEST']._serialized_start=1503
+  _globals['_LISTINSTANCESREQUEST']._serialized_end=1649
+  _globals['_LISTINSTANCESRESPONSE']._serialized_start=1651
+  _globals['_LISTINSTANCESRESPONSE']._serialized_end=1765
+  _globals['_PAUSEINSTANCEREQUEST']._serialized_start=1767
+  _globals['_PAUSEINSTANCEREQUEST']._serialized_end=1829
+  _globals['_RESUMEINSTANCEREQUEST']._serialized_start=1831
+  _globals['_RESUMEINSTANCEREQUEST']._serialized_end=1894
+  _globals['_RESTARTINSTANCEREQUEST']._serialized_start=1896
+  _globals['_RESTARTINSTANCEREQUEST']._serialized_end=1960
+  _globals['_DELETEINSTANCEREQUEST']._serialized_start=1962
+  _globals['_DELETEINSTANCEREQUEST']._serialized_end=2025
+  _globals['_WATCHINSTANCEREQUEST']._serialized_start=2027
+  _globals['_WATCHINSTANCEREQUEST']._serialized_end=2069
+  _globals['_PURGEINSTANCESREQUEST']._serialized_start=2071
+  _globals['_PURGEINSTANCESREQUEST']._serialized_end=2136
+  _globals['_PURGEINSTANCESRESPONSE']._serialized_start=2138
+  _globals['_PURGEINSTANCESRESPONSE']._serialized_end=2197
+  _globals['_CHECKCONSISTENCYREQUEST']._serialized_start=2199
+  _globals['_CHECKCONSISTENCYREQUEST']._serialized_end=2246
+  _globals['_CHECKCONSISTENCYRESPONSE']._serialized_start=2249
+  _globals['_CHECKCONSISTENCYRESPONSE']._serialized_end=2437
+  _globals['_CONSISTENCYVIOLATION']._serialized_start=2439
+  _globals['_CONSISTENCYVIOLATION']._serialized_end=2526
+  _globals['_GETQUOTAUSAGEREQUEST']._serialized_start=2528
+  _globals['_GETQUOTAUSAGEREQUEST']._serialized_end=2564
+  _globals['_QUOTAUSAGE']._serialized_start=2566
+  _globals['_QUOTAUSAGE']._serialized_end=2642
+  _globals['_QUOTALIMITUSAGE']._serialized_start=2644
+  _globals['_QUOTALIMITUSAGE']._serialized_end=2727
+  _globals['_QUOTAPOLICY']._serialized_start=2730
+  _globals['_QUOTAPOLICY']._serialized_end=3272
+  _globals['_QUOTAVALUE']._serialized_start=3274
+  _globals['_QUOTAVALUE']._serialized_end=3335
+  _globals['_GETQUOTAPOLICYREQUEST']._serialized_start=3337
+  _globals['_GETQUOTAPOLICYREQUEST']._serialized_end=3412
+  _globals['_LISTQUOTAPOLICIESREQUEST']._serialized_start=3414
+  _globals['_LISTQUOTAPOLICIESREQUEST']._serialized_end=3479
+  _globals['_LISTQUOTAPOLICIESRESPONSE']._serialized_start=3481
+  _globals['_LISTQUOTAPOLICIESRESPONSE']._serialized_end=3587
+  _globals['_UPDATEQUOTAPOLICYREQUEST']._serialized_start=3590
+  _globals['_UPDATEQUOTAPOLICYREQUEST']._serialized_end=3743
+  _globals['_KEEPINSTANCEALIVEREQUEST']._serialized_start=3745
+  _globals['_KEEPINSTANCEALIVEREQUEST']._serialized_end=3791
+  _globals['_IDLEEXEMPTION']._serialized_start=3794
+  _globals['_IDLEEXEMPTION']._serialized_end=3985
+  _globals['_CREATEIDLEEXEMPTIONREQUEST']._serialized_start=3987
+  _globals['_CREATEIDLEEXEMPTIONREQUEST']._serialized_end=4097
+  _globals['_LISTIDLEEXEMPTIONSREQUEST']._serialized_start=4099
+  _globals['_LISTIDLEEXEMPTIONSREQUEST']._serialized_end=4165
+  _globals['_LISTIDLEEXEMPTIONSRESPONSE']._serialized_start=4167
+  _globals['_LISTIDLEEXEMPTIONSRESPONSE']._serialized_end=4277
+  _globals['_DELETEIDLEEXEMPTIONREQUEST']._serialized_start=4279
+  _globals['_DELETEIDLEEXEMPTIONREQUEST']._serialized_end=4361
+  _globals['_INSTANCESERVICE']._serialized_start=4364
+  _globals['_INSTANCESERVICE']._serialized_end=7359
 # @@protoc_insertion_point(module_scope)

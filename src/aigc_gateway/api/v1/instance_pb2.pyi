@@ -6,6 +6,7 @@ InstanceService: a user's private, pausable instance of a template."""
 from . import common_pb2 as _common_pb2
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
@@ -96,6 +97,7 @@ class Instance(_message.Message):
     STATE_CHANGE_TIME_FIELD_NUMBER: _builtins.int
     LAST_ACCESS_TIME_FIELD_NUMBER: _builtins.int
     ORPHANED_FIELD_NUMBER: _builtins.int
+    SCHEDULED_PAUSE_TIME_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """`namespaces/{namespace}/templates/{template}/instances/{id}`."""
     template: _builtins.str
@@ -136,6 +138,12 @@ class Instance(_message.Message):
     def last_access_time(self) -> _timestamp_pb2.Timestamp:
         """When the owner last opened the instance through the ingress."""
 
+    @_builtins.property
+    def scheduled_pause_time(self) -> _timestamp_pb2.Timestamp:
+        """Set while a pause for idleness is announced: when the instance will be
+        paused unless it is used or kept alive (KeepInstanceAlive) before.
+        """
+
     def __init__(
         self,
         *,
@@ -153,10 +161,11 @@ class Instance(_message.Message):
         state_change_time: _timestamp_pb2.Timestamp | None = ...,
         last_access_time: _timestamp_pb2.Timestamp | None = ...,
         orphaned: _builtins.bool = ...,
+        scheduled_pause_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["accelerator", b"accelerator", "create_time", b"create_time", "last_access_time", b"last_access_time", "state_change_time", b"state_change_time", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["accelerator", b"accelerator", "create_time", b"create_time", "last_access_time", b"last_access_time", "scheduled_pause_time", b"scheduled_pause_time", "state_change_time", b"state_change_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accelerator", b"accelerator", "access_uri", b"access_uri", "create_time", b"create_time", "disks", b"disks", "id", b"id", "last_access_time", b"last_access_time", "name", b"name", "orphaned", b"orphaned", "owner", b"owner", "state", b"state", "state_change_time", b"state_change_time", "state_message", b"state_message", "template", b"template", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accelerator", b"accelerator", "access_uri", b"access_uri", "create_time", b"create_time", "disks", b"disks", "id", b"id", "last_access_time", b"last_access_time", "name", b"name", "orphaned", b"orphaned", "owner", b"owner", "scheduled_pause_time", b"scheduled_pause_time", "state", b"state", "state_change_time", b"state_change_time", "state_message", b"state_message", "template", b"template", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -690,3 +699,385 @@ class QuotaLimitUsage(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___QuotaLimitUsage: _TypeAlias = QuotaLimitUsage  # noqa: Y015
+
+@_typing.final
+class QuotaPolicy(_message.Message):
+    """Limits of one scope (docs/quotas.md). A limit left unset inherits: a user's
+    from the user's roles, then the default; a template's from the
+    `namespaces/-/templates/-` policy (every template not named).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    INSTALLED_FIELD_NUMBER: _builtins.int
+    RUNNING_FIELD_NUMBER: _builtins.int
+    GPUS_FIELD_NUMBER: _builtins.int
+    GPU_MEMORY_GIB_FIELD_NUMBER: _builtins.int
+    CONFIGURED_FIELD_NUMBER: _builtins.int
+    UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    UPDATED_BY_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """`quotaPolicies/default`, `roles/{role}/quotaPolicy`,
+    `users/{user}/quotaPolicy` or
+    `namespaces/{namespace}/templates/{template}/quotaPolicy`.
+    """
+    updated_by: _builtins.str
+    """Who did."""
+    etag: _builtins.str
+    """Opaque version; when set on update, the update fails with ABORTED if
+    the policy changed since it was read.
+    """
+    @_builtins.property
+    def installed(self) -> Global___QuotaValue:
+        """Instances a user may hold, running or paused (user scopes only)."""
+
+    @_builtins.property
+    def running(self) -> Global___QuotaValue:
+        """Instances running at once: a user's (user scopes) or a template's,
+        whoever owns them (template scopes).
+        """
+
+    @_builtins.property
+    def gpus(self) -> Global___QuotaValue:
+        """`nvidia.com/gpu` units a user's running instances may request (user scopes only)."""
+
+    @_builtins.property
+    def gpu_memory_gib(self) -> Global___QuotaValue:
+        """`aliyun.com/gpu-mem` GiB a user's running instances may request (user scopes only)."""
+
+    @_builtins.property
+    def configured(self) -> Global___QuotaPolicy:
+        """The limits configuration sets for this scope, for comparison; the
+        stored ones above take precedence field by field.
+        """
+
+    @_builtins.property
+    def update_time(self) -> _timestamp_pb2.Timestamp:
+        """When an admin last changed the stored limits."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        installed: Global___QuotaValue | None = ...,
+        running: Global___QuotaValue | None = ...,
+        gpus: Global___QuotaValue | None = ...,
+        gpu_memory_gib: Global___QuotaValue | None = ...,
+        configured: Global___QuotaPolicy | None = ...,
+        update_time: _timestamp_pb2.Timestamp | None = ...,
+        updated_by: _builtins.str = ...,
+        etag: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["configured", b"configured", "gpu_memory_gib", b"gpu_memory_gib", "gpus", b"gpus", "installed", b"installed", "running", b"running", "update_time", b"update_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["configured", b"configured", "etag", b"etag", "gpu_memory_gib", b"gpu_memory_gib", "gpus", b"gpus", "installed", b"installed", "name", b"name", "running", b"running", "update_time", b"update_time", "updated_by", b"updated_by"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QuotaPolicy: _TypeAlias = QuotaPolicy  # noqa: Y015
+
+@_typing.final
+class QuotaValue(_message.Message):
+    """One limit: a maximum, or explicitly unlimited (which overrides a lower
+    inherited limit). An unset QuotaValue inherits.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MAXIMUM_FIELD_NUMBER: _builtins.int
+    UNLIMITED_FIELD_NUMBER: _builtins.int
+    maximum: _builtins.int
+    """The maximum, 0 or more."""
+    unlimited: _builtins.bool
+    """True: no limit."""
+    def __init__(
+        self,
+        *,
+        maximum: _builtins.int = ...,
+        unlimited: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["maximum", b"maximum", "unlimited", b"unlimited", "value", b"value"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["maximum", b"maximum", "unlimited", b"unlimited", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_value: _TypeAlias = _typing.Literal["maximum", "unlimited"]  # noqa: Y015
+    _WhichOneofArgType_value: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_value) -> _WhichOneofReturnType_value | None: ...
+
+Global___QuotaValue: _TypeAlias = QuotaValue  # noqa: Y015
+
+@_typing.final
+class GetQuotaPolicyRequest(_message.Message):
+    """Request for GetQuotaPolicy."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The policy's name."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetQuotaPolicyRequest: _TypeAlias = GetQuotaPolicyRequest  # noqa: Y015
+
+@_typing.final
+class ListQuotaPoliciesRequest(_message.Message):
+    """Request for ListQuotaPolicies."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """Maximum number to return; the server caps it at 500. 0 means 100."""
+    page_token: _builtins.str
+    """A page token from a previous response."""
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListQuotaPoliciesRequest: _TypeAlias = ListQuotaPoliciesRequest  # noqa: Y015
+
+@_typing.final
+class ListQuotaPoliciesResponse(_message.Message):
+    """Response for ListQuotaPolicies."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUOTA_POLICIES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty on the last page."""
+    @_builtins.property
+    def quota_policies(self) -> _containers.RepeatedCompositeFieldContainer[Global___QuotaPolicy]:
+        """The policies of this page."""
+
+    def __init__(
+        self,
+        *,
+        quota_policies: _abc.Iterable[Global___QuotaPolicy] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "quota_policies", b"quota_policies"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListQuotaPoliciesResponse: _TypeAlias = ListQuotaPoliciesResponse  # noqa: Y015
+
+@_typing.final
+class UpdateQuotaPolicyRequest(_message.Message):
+    """Request for UpdateQuotaPolicy."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUOTA_POLICY_FIELD_NUMBER: _builtins.int
+    UPDATE_MASK_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Client-chosen idempotency key; a replay returns the first result."""
+    @_builtins.property
+    def quota_policy(self) -> Global___QuotaPolicy:
+        """The policy, with `name` set."""
+
+    @_builtins.property
+    def update_mask(self) -> _field_mask_pb2.FieldMask:
+        """The limits to change (`installed`, `running`, `gpus`,
+        `gpu_memory_gib`); `*` or empty: every limit.
+        """
+
+    def __init__(
+        self,
+        *,
+        quota_policy: Global___QuotaPolicy | None = ...,
+        update_mask: _field_mask_pb2.FieldMask | None = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["quota_policy", b"quota_policy", "update_mask", b"update_mask"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["quota_policy", b"quota_policy", "request_id", b"request_id", "update_mask", b"update_mask"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateQuotaPolicyRequest: _TypeAlias = UpdateQuotaPolicyRequest  # noqa: Y015
+
+@_typing.final
+class KeepInstanceAliveRequest(_message.Message):
+    """Request for KeepInstanceAlive."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The instance name."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___KeepInstanceAliveRequest: _TypeAlias = KeepInstanceAliveRequest  # noqa: Y015
+
+@_typing.final
+class IdleExemption(_message.Message):
+    """A user idle auto-pause leaves alone."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    CREATED_BY_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """`idleExemptions/{user}` (the user's OIDC subject)."""
+    reason: _builtins.str
+    """Why, in words (shown to admins and in the audit log)."""
+    created_by: _builtins.str
+    """Who created it."""
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was created."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        created_by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "created_by", b"created_by", "name", b"name", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IdleExemption: _TypeAlias = IdleExemption  # noqa: Y015
+
+@_typing.final
+class CreateIdleExemptionRequest(_message.Message):
+    """Request for CreateIdleExemption."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IDLE_EXEMPTION_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Client-chosen idempotency key; a replay returns the first result."""
+    @_builtins.property
+    def idle_exemption(self) -> Global___IdleExemption:
+        """The exemption, with `name` set to `idleExemptions/{user}`."""
+
+    def __init__(
+        self,
+        *,
+        idle_exemption: Global___IdleExemption | None = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["idle_exemption", b"idle_exemption"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["idle_exemption", b"idle_exemption", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateIdleExemptionRequest: _TypeAlias = CreateIdleExemptionRequest  # noqa: Y015
+
+@_typing.final
+class ListIdleExemptionsRequest(_message.Message):
+    """Request for ListIdleExemptions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """Maximum number to return; the server caps it at 500. 0 means 100."""
+    page_token: _builtins.str
+    """A page token from a previous response."""
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListIdleExemptionsRequest: _TypeAlias = ListIdleExemptionsRequest  # noqa: Y015
+
+@_typing.final
+class ListIdleExemptionsResponse(_message.Message):
+    """Response for ListIdleExemptions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IDLE_EXEMPTIONS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty on the last page."""
+    @_builtins.property
+    def idle_exemptions(self) -> _containers.RepeatedCompositeFieldContainer[Global___IdleExemption]:
+        """The exemptions of this page."""
+
+    def __init__(
+        self,
+        *,
+        idle_exemptions: _abc.Iterable[Global___IdleExemption] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["idle_exemptions", b"idle_exemptions", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListIdleExemptionsResponse: _TypeAlias = ListIdleExemptionsResponse  # noqa: Y015
+
+@_typing.final
+class DeleteIdleExemptionRequest(_message.Message):
+    """Request for DeleteIdleExemption."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """`idleExemptions/{user}`."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteIdleExemptionRequest: _TypeAlias = DeleteIdleExemptionRequest  # noqa: Y015

@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from . import instance_pb2 as aigc_dot_gateway_dot_v1_dot_instance__pb2
+from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -90,6 +91,41 @@ class InstanceServiceStub:
                 '/aigc.gateway.v1.InstanceService/GetQuotaUsage',
                 request_serializer=aigc_dot_gateway_dot_v1_dot_instance__pb2.GetQuotaUsageRequest.SerializeToString,
                 response_deserializer=aigc_dot_gateway_dot_v1_dot_instance__pb2.QuotaUsage.FromString,
+                _registered_method=True)
+        self.GetQuotaPolicy = channel.unary_unary(
+                '/aigc.gateway.v1.InstanceService/GetQuotaPolicy',
+                request_serializer=aigc_dot_gateway_dot_v1_dot_instance__pb2.GetQuotaPolicyRequest.SerializeToString,
+                response_deserializer=aigc_dot_gateway_dot_v1_dot_instance__pb2.QuotaPolicy.FromString,
+                _registered_method=True)
+        self.ListQuotaPolicies = channel.unary_unary(
+                '/aigc.gateway.v1.InstanceService/ListQuotaPolicies',
+                request_serializer=aigc_dot_gateway_dot_v1_dot_instance__pb2.ListQuotaPoliciesRequest.SerializeToString,
+                response_deserializer=aigc_dot_gateway_dot_v1_dot_instance__pb2.ListQuotaPoliciesResponse.FromString,
+                _registered_method=True)
+        self.UpdateQuotaPolicy = channel.unary_unary(
+                '/aigc.gateway.v1.InstanceService/UpdateQuotaPolicy',
+                request_serializer=aigc_dot_gateway_dot_v1_dot_instance__pb2.UpdateQuotaPolicyRequest.SerializeToString,
+                response_deserializer=aigc_dot_gateway_dot_v1_dot_instance__pb2.QuotaPolicy.FromString,
+                _registered_method=True)
+        self.KeepInstanceAlive = channel.unary_unary(
+                '/aigc.gateway.v1.InstanceService/KeepInstanceAlive',
+                request_serializer=aigc_dot_gateway_dot_v1_dot_instance__pb2.KeepInstanceAliveRequest.SerializeToString,
+                response_deserializer=aigc_dot_gateway_dot_v1_dot_instance__pb2.Instance.FromString,
+                _registered_method=True)
+        self.CreateIdleExemption = channel.unary_unary(
+                '/aigc.gateway.v1.InstanceService/CreateIdleExemption',
+                request_serializer=aigc_dot_gateway_dot_v1_dot_instance__pb2.CreateIdleExemptionRequest.SerializeToString,
+                response_deserializer=aigc_dot_gateway_dot_v1_dot_instance__pb2.IdleExemption.FromString,
+                _registered_method=True)
+        self.ListIdleExemptions = channel.unary_unary(
+                '/aigc.gateway.v1.InstanceService/ListIdleExemptions',
+                request_serializer=aigc_dot_gateway_dot_v1_dot_instance__pb2.ListIdleExemptionsRequest.SerializeToString,
+                response_deserializer=aigc_dot_gateway_dot_v1_dot_instance__pb2.ListIdleExemptionsResponse.FromString,
+                _registered_method=True)
+        self.DeleteIdleExemption = channel.unary_unary(
+                '/aigc.gateway.v1.InstanceService/DeleteIdleExemption',
+                request_serializer=aigc_dot_gateway_dot_v1_dot_instance__pb2.DeleteIdleExemptionRequest.SerializeToString,
+                response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
                 _registered_method=True)
 
 
@@ -182,6 +218,61 @@ class InstanceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetQuotaPolicy(self, request, context):
+        """Admin: one quota policy, as stored plus what configuration sets
+        (docs/quotas.md). A policy nothing sets answers with every limit unset.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListQuotaPolicies(self, request, context):
+        """Admin: every quota policy that sets at least one limit (stored or
+        configured), default first, then roles, users and templates by name.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateQuotaPolicy(self, request, context):
+        """Admin: sets or clears the stored limits of one policy. Fields named in
+        `update_mask` and absent from `quota_policy` go back to what
+        configuration sets. Lowering a limit pauses and deletes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def KeepInstanceAlive(self, request, context):
+        """Owner: resets the instance's idle clock, as an access through the
+        ingress would, and withdraws an announced pause for idleness
+        (docs/instance.md, idle auto-pause).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateIdleExemption(self, request, context):
+        """Admin: exempts a user from idle auto-pause.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListIdleExemptions(self, request, context):
+        """Admin: lists the users exempt from idle auto-pause.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteIdleExemption(self, request, context):
+        """Admin: ends a user's exemption from idle auto-pause.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InstanceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -239,6 +330,41 @@ def add_InstanceServiceServicer_to_server(servicer, server):
                     servicer.GetQuotaUsage,
                     request_deserializer=aigc_dot_gateway_dot_v1_dot_instance__pb2.GetQuotaUsageRequest.FromString,
                     response_serializer=aigc_dot_gateway_dot_v1_dot_instance__pb2.QuotaUsage.SerializeToString,
+            ),
+            'GetQuotaPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetQuotaPolicy,
+                    request_deserializer=aigc_dot_gateway_dot_v1_dot_instance__pb2.GetQuotaPolicyRequest.FromString,
+                    response_serializer=aigc_dot_gateway_dot_v1_dot_instance__pb2.QuotaPolicy.SerializeToString,
+            ),
+            'ListQuotaPolicies': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListQuotaPolicies,
+                    request_deserializer=aigc_dot_gateway_dot_v1_dot_instance__pb2.ListQuotaPoliciesRequest.FromString,
+                    response_serializer=aigc_dot_gateway_dot_v1_dot_instance__pb2.ListQuotaPoliciesResponse.SerializeToString,
+            ),
+            'UpdateQuotaPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateQuotaPolicy,
+                    request_deserializer=aigc_dot_gateway_dot_v1_dot_instance__pb2.UpdateQuotaPolicyRequest.FromString,
+                    response_serializer=aigc_dot_gateway_dot_v1_dot_instance__pb2.QuotaPolicy.SerializeToString,
+            ),
+            'KeepInstanceAlive': grpc.unary_unary_rpc_method_handler(
+                    servicer.KeepInstanceAlive,
+                    request_deserializer=aigc_dot_gateway_dot_v1_dot_instance__pb2.KeepInstanceAliveRequest.FromString,
+                    response_serializer=aigc_dot_gateway_dot_v1_dot_instance__pb2.Instance.SerializeToString,
+            ),
+            'CreateIdleExemption': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateIdleExemption,
+                    request_deserializer=aigc_dot_gateway_dot_v1_dot_instance__pb2.CreateIdleExemptionRequest.FromString,
+                    response_serializer=aigc_dot_gateway_dot_v1_dot_instance__pb2.IdleExemption.SerializeToString,
+            ),
+            'ListIdleExemptions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListIdleExemptions,
+                    request_deserializer=aigc_dot_gateway_dot_v1_dot_instance__pb2.ListIdleExemptionsRequest.FromString,
+                    response_serializer=aigc_dot_gateway_dot_v1_dot_instance__pb2.ListIdleExemptionsResponse.SerializeToString,
+            ),
+            'DeleteIdleExemption': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteIdleExemption,
+                    request_deserializer=aigc_dot_gateway_dot_v1_dot_instance__pb2.DeleteIdleExemptionRequest.FromString,
+                    response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -540,6 +666,195 @@ class InstanceService:
             '/aigc.gateway.v1.InstanceService/GetQuotaUsage',
             aigc_dot_gateway_dot_v1_dot_instance__pb2.GetQuotaUsageRequest.SerializeToString,
             aigc_dot_gateway_dot_v1_dot_instance__pb2.QuotaUsage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetQuotaPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aigc.gateway.v1.InstanceService/GetQuotaPolicy',
+            aigc_dot_gateway_dot_v1_dot_instance__pb2.GetQuotaPolicyRequest.SerializeToString,
+            aigc_dot_gateway_dot_v1_dot_instance__pb2.QuotaPolicy.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListQuotaPolicies(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aigc.gateway.v1.InstanceService/ListQuotaPolicies',
+            aigc_dot_gateway_dot_v1_dot_instance__pb2.ListQuotaPoliciesRequest.SerializeToString,
+            aigc_dot_gateway_dot_v1_dot_instance__pb2.ListQuotaPoliciesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateQuotaPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aigc.gateway.v1.InstanceService/UpdateQuotaPolicy',
+            aigc_dot_gateway_dot_v1_dot_instance__pb2.UpdateQuotaPolicyRequest.SerializeToString,
+            aigc_dot_gateway_dot_v1_dot_instance__pb2.QuotaPolicy.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def KeepInstanceAlive(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aigc.gateway.v1.InstanceService/KeepInstanceAlive',
+            aigc_dot_gateway_dot_v1_dot_instance__pb2.KeepInstanceAliveRequest.SerializeToString,
+            aigc_dot_gateway_dot_v1_dot_instance__pb2.Instance.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateIdleExemption(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aigc.gateway.v1.InstanceService/CreateIdleExemption',
+            aigc_dot_gateway_dot_v1_dot_instance__pb2.CreateIdleExemptionRequest.SerializeToString,
+            aigc_dot_gateway_dot_v1_dot_instance__pb2.IdleExemption.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListIdleExemptions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aigc.gateway.v1.InstanceService/ListIdleExemptions',
+            aigc_dot_gateway_dot_v1_dot_instance__pb2.ListIdleExemptionsRequest.SerializeToString,
+            aigc_dot_gateway_dot_v1_dot_instance__pb2.ListIdleExemptionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteIdleExemption(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aigc.gateway.v1.InstanceService/DeleteIdleExemption',
+            aigc_dot_gateway_dot_v1_dot_instance__pb2.DeleteIdleExemptionRequest.SerializeToString,
+            google_dot_protobuf_dot_empty__pb2.Empty.FromString,
             options,
             channel_credentials,
             insecure,

@@ -5,6 +5,7 @@ InstanceService: a user's private, pausable instance of a template."""
 
 from . import instance_pb2 as _instance_pb2
 from collections import abc as _abc
+from google.protobuf import empty_pb2 as _empty_pb2
 from grpc import aio as _aio
 import abc as _abc_1
 import grpc as _grpc
@@ -70,6 +71,30 @@ class InstanceServiceStub:
     """A user's usage against each quota limit (docs/quotas.md): the caller's;
     admins and services may name anyone.
     """
+    GetQuotaPolicy: _grpc.UnaryUnaryMultiCallable[_instance_pb2.GetQuotaPolicyRequest, _instance_pb2.QuotaPolicy]
+    """Admin: one quota policy, as stored plus what configuration sets
+    (docs/quotas.md). A policy nothing sets answers with every limit unset.
+    """
+    ListQuotaPolicies: _grpc.UnaryUnaryMultiCallable[_instance_pb2.ListQuotaPoliciesRequest, _instance_pb2.ListQuotaPoliciesResponse]
+    """Admin: every quota policy that sets at least one limit (stored or
+    configured), default first, then roles, users and templates by name.
+    """
+    UpdateQuotaPolicy: _grpc.UnaryUnaryMultiCallable[_instance_pb2.UpdateQuotaPolicyRequest, _instance_pb2.QuotaPolicy]
+    """Admin: sets or clears the stored limits of one policy. Fields named in
+    `update_mask` and absent from `quota_policy` go back to what
+    configuration sets. Lowering a limit pauses and deletes nothing.
+    """
+    KeepInstanceAlive: _grpc.UnaryUnaryMultiCallable[_instance_pb2.KeepInstanceAliveRequest, _instance_pb2.Instance]
+    """Owner: resets the instance's idle clock, as an access through the
+    ingress would, and withdraws an announced pause for idleness
+    (docs/instance.md, idle auto-pause).
+    """
+    CreateIdleExemption: _grpc.UnaryUnaryMultiCallable[_instance_pb2.CreateIdleExemptionRequest, _instance_pb2.IdleExemption]
+    """Admin: exempts a user from idle auto-pause."""
+    ListIdleExemptions: _grpc.UnaryUnaryMultiCallable[_instance_pb2.ListIdleExemptionsRequest, _instance_pb2.ListIdleExemptionsResponse]
+    """Admin: lists the users exempt from idle auto-pause."""
+    DeleteIdleExemption: _grpc.UnaryUnaryMultiCallable[_instance_pb2.DeleteIdleExemptionRequest, _empty_pb2.Empty]
+    """Admin: ends a user's exemption from idle auto-pause."""
 
 @_typing.type_check_only
 class InstanceServiceAsyncStub(InstanceServiceStub):
@@ -113,6 +138,30 @@ class InstanceServiceAsyncStub(InstanceServiceStub):
     """A user's usage against each quota limit (docs/quotas.md): the caller's;
     admins and services may name anyone.
     """
+    GetQuotaPolicy: _aio.UnaryUnaryMultiCallable[_instance_pb2.GetQuotaPolicyRequest, _instance_pb2.QuotaPolicy]  # type: ignore[assignment]
+    """Admin: one quota policy, as stored plus what configuration sets
+    (docs/quotas.md). A policy nothing sets answers with every limit unset.
+    """
+    ListQuotaPolicies: _aio.UnaryUnaryMultiCallable[_instance_pb2.ListQuotaPoliciesRequest, _instance_pb2.ListQuotaPoliciesResponse]  # type: ignore[assignment]
+    """Admin: every quota policy that sets at least one limit (stored or
+    configured), default first, then roles, users and templates by name.
+    """
+    UpdateQuotaPolicy: _aio.UnaryUnaryMultiCallable[_instance_pb2.UpdateQuotaPolicyRequest, _instance_pb2.QuotaPolicy]  # type: ignore[assignment]
+    """Admin: sets or clears the stored limits of one policy. Fields named in
+    `update_mask` and absent from `quota_policy` go back to what
+    configuration sets. Lowering a limit pauses and deletes nothing.
+    """
+    KeepInstanceAlive: _aio.UnaryUnaryMultiCallable[_instance_pb2.KeepInstanceAliveRequest, _instance_pb2.Instance]  # type: ignore[assignment]
+    """Owner: resets the instance's idle clock, as an access through the
+    ingress would, and withdraws an announced pause for idleness
+    (docs/instance.md, idle auto-pause).
+    """
+    CreateIdleExemption: _aio.UnaryUnaryMultiCallable[_instance_pb2.CreateIdleExemptionRequest, _instance_pb2.IdleExemption]  # type: ignore[assignment]
+    """Admin: exempts a user from idle auto-pause."""
+    ListIdleExemptions: _aio.UnaryUnaryMultiCallable[_instance_pb2.ListIdleExemptionsRequest, _instance_pb2.ListIdleExemptionsResponse]  # type: ignore[assignment]
+    """Admin: lists the users exempt from idle auto-pause."""
+    DeleteIdleExemption: _aio.UnaryUnaryMultiCallable[_instance_pb2.DeleteIdleExemptionRequest, _empty_pb2.Empty]  # type: ignore[assignment]
+    """Admin: ends a user's exemption from idle auto-pause."""
 
 class InstanceServiceServicer(metaclass=_abc_1.ABCMeta):
     """Installs, pauses, resumes, restarts and uninstalls instances. A user acts
@@ -219,5 +268,71 @@ class InstanceServiceServicer(metaclass=_abc_1.ABCMeta):
         """A user's usage against each quota limit (docs/quotas.md): the caller's;
         admins and services may name anyone.
         """
+
+    @_abc_1.abstractmethod
+    def GetQuotaPolicy(
+        self,
+        request: _instance_pb2.GetQuotaPolicyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_instance_pb2.QuotaPolicy, _abc.Awaitable[_instance_pb2.QuotaPolicy]]:
+        """Admin: one quota policy, as stored plus what configuration sets
+        (docs/quotas.md). A policy nothing sets answers with every limit unset.
+        """
+
+    @_abc_1.abstractmethod
+    def ListQuotaPolicies(
+        self,
+        request: _instance_pb2.ListQuotaPoliciesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_instance_pb2.ListQuotaPoliciesResponse, _abc.Awaitable[_instance_pb2.ListQuotaPoliciesResponse]]:
+        """Admin: every quota policy that sets at least one limit (stored or
+        configured), default first, then roles, users and templates by name.
+        """
+
+    @_abc_1.abstractmethod
+    def UpdateQuotaPolicy(
+        self,
+        request: _instance_pb2.UpdateQuotaPolicyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_instance_pb2.QuotaPolicy, _abc.Awaitable[_instance_pb2.QuotaPolicy]]:
+        """Admin: sets or clears the stored limits of one policy. Fields named in
+        `update_mask` and absent from `quota_policy` go back to what
+        configuration sets. Lowering a limit pauses and deletes nothing.
+        """
+
+    @_abc_1.abstractmethod
+    def KeepInstanceAlive(
+        self,
+        request: _instance_pb2.KeepInstanceAliveRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_instance_pb2.Instance, _abc.Awaitable[_instance_pb2.Instance]]:
+        """Owner: resets the instance's idle clock, as an access through the
+        ingress would, and withdraws an announced pause for idleness
+        (docs/instance.md, idle auto-pause).
+        """
+
+    @_abc_1.abstractmethod
+    def CreateIdleExemption(
+        self,
+        request: _instance_pb2.CreateIdleExemptionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_instance_pb2.IdleExemption, _abc.Awaitable[_instance_pb2.IdleExemption]]:
+        """Admin: exempts a user from idle auto-pause."""
+
+    @_abc_1.abstractmethod
+    def ListIdleExemptions(
+        self,
+        request: _instance_pb2.ListIdleExemptionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_instance_pb2.ListIdleExemptionsResponse, _abc.Awaitable[_instance_pb2.ListIdleExemptionsResponse]]:
+        """Admin: lists the users exempt from idle auto-pause."""
+
+    @_abc_1.abstractmethod
+    def DeleteIdleExemption(
+        self,
+        request: _instance_pb2.DeleteIdleExemptionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]:
+        """Admin: ends a user's exemption from idle auto-pause."""
 
 def add_InstanceServiceServicer_to_server(servicer: InstanceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -6,9 +6,9 @@ import asyncio
 from alembic import context
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from aigc_gateway.db.models import Base
 # Services' tables register on Base.metadata when their models are imported.
 from aigc_gateway.db import tables  # noqa: F401
+from aigc_gateway.db.models import Base
 
 config = context.config
 target_metadata = Base.metadata

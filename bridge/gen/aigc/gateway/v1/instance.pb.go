@@ -12,6 +12,8 @@ import (
 	_ "google.golang.org/genproto/googleapis/api/annotations"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	emptypb "google.golang.org/protobuf/types/known/emptypb"
+	fieldmaskpb "google.golang.org/protobuf/types/known/fieldmaskpb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
@@ -140,9 +142,12 @@ type Instance struct {
 	// When the owner last opened the instance through the ingress.
 	LastAccessTime *timestamppb.Timestamp `protobuf:"bytes,13,opt,name=last_access_time,json=lastAccessTime,proto3" json:"last_access_time,omitempty"`
 	// True when the owner no longer exists in the identity provider.
-	Orphaned      bool `protobuf:"varint,14,opt,name=orphaned,proto3" json:"orphaned,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Orphaned bool `protobuf:"varint,14,opt,name=orphaned,proto3" json:"orphaned,omitempty"`
+	// Set while a pause for idleness is announced: when the instance will be
+	// paused unless it is used or kept alive (KeepInstanceAlive) before.
+	ScheduledPauseTime *timestamppb.Timestamp `protobuf:"bytes,15,opt,name=scheduled_pause_time,json=scheduledPauseTime,proto3" json:"scheduled_pause_time,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *Instance) Reset() {
@@ -271,6 +276,13 @@ func (x *Instance) GetOrphaned() bool {
 		return x.Orphaned
 	}
 	return false
+}
+
+func (x *Instance) GetScheduledPauseTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ScheduledPauseTime
+	}
+	return nil
 }
 
 // One state change of an instance.
@@ -1356,11 +1368,775 @@ func (x *QuotaLimitUsage) GetUnlimited() bool {
 	return false
 }
 
+// Limits of one scope (docs/quotas.md). A limit left unset inherits: a user's
+// from the user's roles, then the default; a template's from the
+// `namespaces/-/templates/-` policy (every template not named).
+type QuotaPolicy struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// `quotaPolicies/default`, `roles/{role}/quotaPolicy`,
+	// `users/{user}/quotaPolicy` or
+	// `namespaces/{namespace}/templates/{template}/quotaPolicy`.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Instances a user may hold, running or paused (user scopes only).
+	Installed *QuotaValue `protobuf:"bytes,2,opt,name=installed,proto3" json:"installed,omitempty"`
+	// Instances running at once: a user's (user scopes) or a template's,
+	// whoever owns them (template scopes).
+	Running *QuotaValue `protobuf:"bytes,3,opt,name=running,proto3" json:"running,omitempty"`
+	// `nvidia.com/gpu` units a user's running instances may request (user scopes only).
+	Gpus *QuotaValue `protobuf:"bytes,4,opt,name=gpus,proto3" json:"gpus,omitempty"`
+	// `aliyun.com/gpu-mem` GiB a user's running instances may request (user scopes only).
+	GpuMemoryGib *QuotaValue `protobuf:"bytes,5,opt,name=gpu_memory_gib,json=gpuMemoryGib,proto3" json:"gpu_memory_gib,omitempty"`
+	// The limits configuration sets for this scope, for comparison; the
+	// stored ones above take precedence field by field.
+	Configured *QuotaPolicy `protobuf:"bytes,6,opt,name=configured,proto3" json:"configured,omitempty"`
+	// When an admin last changed the stored limits.
+	UpdateTime *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
+	// Who did.
+	UpdatedBy string `protobuf:"bytes,8,opt,name=updated_by,json=updatedBy,proto3" json:"updated_by,omitempty"`
+	// Opaque version; when set on update, the update fails with ABORTED if
+	// the policy changed since it was read.
+	Etag          string `protobuf:"bytes,9,opt,name=etag,proto3" json:"etag,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *QuotaPolicy) Reset() {
+	*x = QuotaPolicy{}
+	mi := &file_aigc_gateway_v1_instance_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *QuotaPolicy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*QuotaPolicy) ProtoMessage() {}
+
+func (x *QuotaPolicy) ProtoReflect() protoreflect.Message {
+	mi := &file_aigc_gateway_v1_instance_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use QuotaPolicy.ProtoReflect.Descriptor instead.
+func (*QuotaPolicy) Descriptor() ([]byte, []int) {
+	return file_aigc_gateway_v1_instance_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *QuotaPolicy) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *QuotaPolicy) GetInstalled() *QuotaValue {
+	if x != nil {
+		return x.Installed
+	}
+	return nil
+}
+
+func (x *QuotaPolicy) GetRunning() *QuotaValue {
+	if x != nil {
+		return x.Running
+	}
+	return nil
+}
+
+func (x *QuotaPolicy) GetGpus() *QuotaValue {
+	if x != nil {
+		return x.Gpus
+	}
+	return nil
+}
+
+func (x *QuotaPolicy) GetGpuMemoryGib() *QuotaValue {
+	if x != nil {
+		return x.GpuMemoryGib
+	}
+	return nil
+}
+
+func (x *QuotaPolicy) GetConfigured() *QuotaPolicy {
+	if x != nil {
+		return x.Configured
+	}
+	return nil
+}
+
+func (x *QuotaPolicy) GetUpdateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.UpdateTime
+	}
+	return nil
+}
+
+func (x *QuotaPolicy) GetUpdatedBy() string {
+	if x != nil {
+		return x.UpdatedBy
+	}
+	return ""
+}
+
+func (x *QuotaPolicy) GetEtag() string {
+	if x != nil {
+		return x.Etag
+	}
+	return ""
+}
+
+// One limit: a maximum, or explicitly unlimited (which overrides a lower
+// inherited limit). An unset QuotaValue inherits.
+type QuotaValue struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The value.
+	//
+	// Types that are valid to be assigned to Value:
+	//
+	//	*QuotaValue_Maximum
+	//	*QuotaValue_Unlimited
+	Value         isQuotaValue_Value `protobuf_oneof:"value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *QuotaValue) Reset() {
+	*x = QuotaValue{}
+	mi := &file_aigc_gateway_v1_instance_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *QuotaValue) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*QuotaValue) ProtoMessage() {}
+
+func (x *QuotaValue) ProtoReflect() protoreflect.Message {
+	mi := &file_aigc_gateway_v1_instance_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use QuotaValue.ProtoReflect.Descriptor instead.
+func (*QuotaValue) Descriptor() ([]byte, []int) {
+	return file_aigc_gateway_v1_instance_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *QuotaValue) GetValue() isQuotaValue_Value {
+	if x != nil {
+		return x.Value
+	}
+	return nil
+}
+
+func (x *QuotaValue) GetMaximum() int32 {
+	if x != nil {
+		if x, ok := x.Value.(*QuotaValue_Maximum); ok {
+			return x.Maximum
+		}
+	}
+	return 0
+}
+
+func (x *QuotaValue) GetUnlimited() bool {
+	if x != nil {
+		if x, ok := x.Value.(*QuotaValue_Unlimited); ok {
+			return x.Unlimited
+		}
+	}
+	return false
+}
+
+type isQuotaValue_Value interface {
+	isQuotaValue_Value()
+}
+
+type QuotaValue_Maximum struct {
+	// The maximum, 0 or more.
+	Maximum int32 `protobuf:"varint,1,opt,name=maximum,proto3,oneof"`
+}
+
+type QuotaValue_Unlimited struct {
+	// True: no limit.
+	Unlimited bool `protobuf:"varint,2,opt,name=unlimited,proto3,oneof"`
+}
+
+func (*QuotaValue_Maximum) isQuotaValue_Value() {}
+
+func (*QuotaValue_Unlimited) isQuotaValue_Value() {}
+
+// Request for GetQuotaPolicy.
+type GetQuotaPolicyRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The policy's name.
+	Name          string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetQuotaPolicyRequest) Reset() {
+	*x = GetQuotaPolicyRequest{}
+	mi := &file_aigc_gateway_v1_instance_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetQuotaPolicyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetQuotaPolicyRequest) ProtoMessage() {}
+
+func (x *GetQuotaPolicyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_aigc_gateway_v1_instance_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetQuotaPolicyRequest.ProtoReflect.Descriptor instead.
+func (*GetQuotaPolicyRequest) Descriptor() ([]byte, []int) {
+	return file_aigc_gateway_v1_instance_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *GetQuotaPolicyRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+// Request for ListQuotaPolicies.
+type ListQuotaPoliciesRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Maximum number to return; the server caps it at 500. 0 means 100.
+	PageSize int32 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// A page token from a previous response.
+	PageToken     string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListQuotaPoliciesRequest) Reset() {
+	*x = ListQuotaPoliciesRequest{}
+	mi := &file_aigc_gateway_v1_instance_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListQuotaPoliciesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListQuotaPoliciesRequest) ProtoMessage() {}
+
+func (x *ListQuotaPoliciesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_aigc_gateway_v1_instance_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListQuotaPoliciesRequest.ProtoReflect.Descriptor instead.
+func (*ListQuotaPoliciesRequest) Descriptor() ([]byte, []int) {
+	return file_aigc_gateway_v1_instance_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *ListQuotaPoliciesRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListQuotaPoliciesRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+// Response for ListQuotaPolicies.
+type ListQuotaPoliciesResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The policies of this page.
+	QuotaPolicies []*QuotaPolicy `protobuf:"bytes,1,rep,name=quota_policies,json=quotaPolicies,proto3" json:"quota_policies,omitempty"`
+	// Token for the next page; empty on the last page.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListQuotaPoliciesResponse) Reset() {
+	*x = ListQuotaPoliciesResponse{}
+	mi := &file_aigc_gateway_v1_instance_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListQuotaPoliciesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListQuotaPoliciesResponse) ProtoMessage() {}
+
+func (x *ListQuotaPoliciesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_aigc_gateway_v1_instance_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListQuotaPoliciesResponse.ProtoReflect.Descriptor instead.
+func (*ListQuotaPoliciesResponse) Descriptor() ([]byte, []int) {
+	return file_aigc_gateway_v1_instance_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *ListQuotaPoliciesResponse) GetQuotaPolicies() []*QuotaPolicy {
+	if x != nil {
+		return x.QuotaPolicies
+	}
+	return nil
+}
+
+func (x *ListQuotaPoliciesResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
+// Request for UpdateQuotaPolicy.
+type UpdateQuotaPolicyRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The policy, with `name` set.
+	QuotaPolicy *QuotaPolicy `protobuf:"bytes,1,opt,name=quota_policy,json=quotaPolicy,proto3" json:"quota_policy,omitempty"`
+	// The limits to change (`installed`, `running`, `gpus`,
+	// `gpu_memory_gib`); `*` or empty: every limit.
+	UpdateMask *fieldmaskpb.FieldMask `protobuf:"bytes,2,opt,name=update_mask,json=updateMask,proto3" json:"update_mask,omitempty"`
+	// Client-chosen idempotency key; a replay returns the first result.
+	RequestId     string `protobuf:"bytes,3,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateQuotaPolicyRequest) Reset() {
+	*x = UpdateQuotaPolicyRequest{}
+	mi := &file_aigc_gateway_v1_instance_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateQuotaPolicyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateQuotaPolicyRequest) ProtoMessage() {}
+
+func (x *UpdateQuotaPolicyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_aigc_gateway_v1_instance_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateQuotaPolicyRequest.ProtoReflect.Descriptor instead.
+func (*UpdateQuotaPolicyRequest) Descriptor() ([]byte, []int) {
+	return file_aigc_gateway_v1_instance_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *UpdateQuotaPolicyRequest) GetQuotaPolicy() *QuotaPolicy {
+	if x != nil {
+		return x.QuotaPolicy
+	}
+	return nil
+}
+
+func (x *UpdateQuotaPolicyRequest) GetUpdateMask() *fieldmaskpb.FieldMask {
+	if x != nil {
+		return x.UpdateMask
+	}
+	return nil
+}
+
+func (x *UpdateQuotaPolicyRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+// Request for KeepInstanceAlive.
+type KeepInstanceAliveRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The instance name.
+	Name          string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *KeepInstanceAliveRequest) Reset() {
+	*x = KeepInstanceAliveRequest{}
+	mi := &file_aigc_gateway_v1_instance_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *KeepInstanceAliveRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*KeepInstanceAliveRequest) ProtoMessage() {}
+
+func (x *KeepInstanceAliveRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_aigc_gateway_v1_instance_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use KeepInstanceAliveRequest.ProtoReflect.Descriptor instead.
+func (*KeepInstanceAliveRequest) Descriptor() ([]byte, []int) {
+	return file_aigc_gateway_v1_instance_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *KeepInstanceAliveRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+// A user idle auto-pause leaves alone.
+type IdleExemption struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// `idleExemptions/{user}` (the user's OIDC subject).
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Why, in words (shown to admins and in the audit log).
+	Reason string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	// When it was created.
+	CreateTime *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	// Who created it.
+	CreatedBy     string `protobuf:"bytes,4,opt,name=created_by,json=createdBy,proto3" json:"created_by,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *IdleExemption) Reset() {
+	*x = IdleExemption{}
+	mi := &file_aigc_gateway_v1_instance_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *IdleExemption) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*IdleExemption) ProtoMessage() {}
+
+func (x *IdleExemption) ProtoReflect() protoreflect.Message {
+	mi := &file_aigc_gateway_v1_instance_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use IdleExemption.ProtoReflect.Descriptor instead.
+func (*IdleExemption) Descriptor() ([]byte, []int) {
+	return file_aigc_gateway_v1_instance_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *IdleExemption) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *IdleExemption) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *IdleExemption) GetCreateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreateTime
+	}
+	return nil
+}
+
+func (x *IdleExemption) GetCreatedBy() string {
+	if x != nil {
+		return x.CreatedBy
+	}
+	return ""
+}
+
+// Request for CreateIdleExemption.
+type CreateIdleExemptionRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The exemption, with `name` set to `idleExemptions/{user}`.
+	IdleExemption *IdleExemption `protobuf:"bytes,1,opt,name=idle_exemption,json=idleExemption,proto3" json:"idle_exemption,omitempty"`
+	// Client-chosen idempotency key; a replay returns the first result.
+	RequestId     string `protobuf:"bytes,2,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateIdleExemptionRequest) Reset() {
+	*x = CreateIdleExemptionRequest{}
+	mi := &file_aigc_gateway_v1_instance_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateIdleExemptionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateIdleExemptionRequest) ProtoMessage() {}
+
+func (x *CreateIdleExemptionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_aigc_gateway_v1_instance_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateIdleExemptionRequest.ProtoReflect.Descriptor instead.
+func (*CreateIdleExemptionRequest) Descriptor() ([]byte, []int) {
+	return file_aigc_gateway_v1_instance_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *CreateIdleExemptionRequest) GetIdleExemption() *IdleExemption {
+	if x != nil {
+		return x.IdleExemption
+	}
+	return nil
+}
+
+func (x *CreateIdleExemptionRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+// Request for ListIdleExemptions.
+type ListIdleExemptionsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Maximum number to return; the server caps it at 500. 0 means 100.
+	PageSize int32 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// A page token from a previous response.
+	PageToken     string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListIdleExemptionsRequest) Reset() {
+	*x = ListIdleExemptionsRequest{}
+	mi := &file_aigc_gateway_v1_instance_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListIdleExemptionsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListIdleExemptionsRequest) ProtoMessage() {}
+
+func (x *ListIdleExemptionsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_aigc_gateway_v1_instance_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListIdleExemptionsRequest.ProtoReflect.Descriptor instead.
+func (*ListIdleExemptionsRequest) Descriptor() ([]byte, []int) {
+	return file_aigc_gateway_v1_instance_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *ListIdleExemptionsRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListIdleExemptionsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+// Response for ListIdleExemptions.
+type ListIdleExemptionsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The exemptions of this page.
+	IdleExemptions []*IdleExemption `protobuf:"bytes,1,rep,name=idle_exemptions,json=idleExemptions,proto3" json:"idle_exemptions,omitempty"`
+	// Token for the next page; empty on the last page.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListIdleExemptionsResponse) Reset() {
+	*x = ListIdleExemptionsResponse{}
+	mi := &file_aigc_gateway_v1_instance_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListIdleExemptionsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListIdleExemptionsResponse) ProtoMessage() {}
+
+func (x *ListIdleExemptionsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_aigc_gateway_v1_instance_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListIdleExemptionsResponse.ProtoReflect.Descriptor instead.
+func (*ListIdleExemptionsResponse) Descriptor() ([]byte, []int) {
+	return file_aigc_gateway_v1_instance_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *ListIdleExemptionsResponse) GetIdleExemptions() []*IdleExemption {
+	if x != nil {
+		return x.IdleExemptions
+	}
+	return nil
+}
+
+func (x *ListIdleExemptionsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
+// Request for DeleteIdleExemption.
+type DeleteIdleExemptionRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// `idleExemptions/{user}`.
+	Name          string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteIdleExemptionRequest) Reset() {
+	*x = DeleteIdleExemptionRequest{}
+	mi := &file_aigc_gateway_v1_instance_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteIdleExemptionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteIdleExemptionRequest) ProtoMessage() {}
+
+func (x *DeleteIdleExemptionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_aigc_gateway_v1_instance_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteIdleExemptionRequest.ProtoReflect.Descriptor instead.
+func (*DeleteIdleExemptionRequest) Descriptor() ([]byte, []int) {
+	return file_aigc_gateway_v1_instance_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *DeleteIdleExemptionRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
 var File_aigc_gateway_v1_instance_proto protoreflect.FileDescriptor
 
 const file_aigc_gateway_v1_instance_proto_rawDesc = "" +
 	"\n" +
-	"\x1eaigc/gateway/v1/instance.proto\x12\x0faigc.gateway.v1\x1a\x1caigc/gateway/v1/common.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd2\a\n" +
+	"\x1eaigc/gateway/v1/instance.proto\x12\x0faigc.gateway.v1\x1a\x1caigc/gateway/v1/common.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa6\b\n" +
 	"\bInstance\x12\x18\n" +
 	"\x04name\x18\x01 \x01(\tB\x04\xe2A\x01\bR\x04name\x12 \n" +
 	"\btemplate\x18\x02 \x01(\tB\x04\xe2A\x01\x03R\btemplate\x12\x14\n" +
@@ -1379,7 +2155,8 @@ const file_aigc_gateway_v1_instance_proto_rawDesc = "" +
 	"updateTime\x12L\n" +
 	"\x11state_change_time\x18\f \x01(\v2\x1a.google.protobuf.TimestampB\x04\xe2A\x01\x03R\x0fstateChangeTime\x12J\n" +
 	"\x10last_access_time\x18\r \x01(\v2\x1a.google.protobuf.TimestampB\x04\xe2A\x01\x03R\x0elastAccessTime\x12 \n" +
-	"\borphaned\x18\x0e \x01(\bB\x04\xe2A\x01\x03R\borphaned\"\xae\x01\n" +
+	"\borphaned\x18\x0e \x01(\bB\x04\xe2A\x01\x03R\borphaned\x12R\n" +
+	"\x14scheduled_pause_time\x18\x0f \x01(\v2\x1a.google.protobuf.TimestampB\x04\xe2A\x01\x03R\x12scheduledPauseTime\"\xae\x01\n" +
 	"\x05State\x12\x15\n" +
 	"\x11STATE_UNSPECIFIED\x10\x00\x12\x0e\n" +
 	"\n" +
@@ -1475,7 +2252,67 @@ const file_aigc_gateway_v1_instance_proto_rawDesc = "" +
 	"\x05limit\x18\x01 \x01(\tR\x05limit\x12\x14\n" +
 	"\x05usage\x18\x02 \x01(\x05R\x05usage\x12\x18\n" +
 	"\amaximum\x18\x03 \x01(\x05R\amaximum\x12\x1c\n" +
-	"\tunlimited\x18\x04 \x01(\bR\tunlimited2\x81\r\n" +
+	"\tunlimited\x18\x04 \x01(\bR\tunlimited\"\xf5\x04\n" +
+	"\vQuotaPolicy\x12\x18\n" +
+	"\x04name\x18\x01 \x01(\tB\x04\xe2A\x01\bR\x04name\x129\n" +
+	"\tinstalled\x18\x02 \x01(\v2\x1b.aigc.gateway.v1.QuotaValueR\tinstalled\x125\n" +
+	"\arunning\x18\x03 \x01(\v2\x1b.aigc.gateway.v1.QuotaValueR\arunning\x12/\n" +
+	"\x04gpus\x18\x04 \x01(\v2\x1b.aigc.gateway.v1.QuotaValueR\x04gpus\x12A\n" +
+	"\x0egpu_memory_gib\x18\x05 \x01(\v2\x1b.aigc.gateway.v1.QuotaValueR\fgpuMemoryGib\x12B\n" +
+	"\n" +
+	"configured\x18\x06 \x01(\v2\x1c.aigc.gateway.v1.QuotaPolicyB\x04\xe2A\x01\x03R\n" +
+	"configured\x12A\n" +
+	"\vupdate_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampB\x04\xe2A\x01\x03R\n" +
+	"updateTime\x12#\n" +
+	"\n" +
+	"updated_by\x18\b \x01(\tB\x04\xe2A\x01\x03R\tupdatedBy\x12\x12\n" +
+	"\x04etag\x18\t \x01(\tR\x04etag:\xa5\x01\xeaA\xa1\x01\n" +
+	"\x1baigc.gateway.v1/QuotaPolicy\x12\x15quotaPolicies/default\x12\x18roles/{role}/quotaPolicy\x12\x18users/{user}/quotaPolicy\x127namespaces/{namespace}/templates/{template}/quotaPolicy\"Q\n" +
+	"\n" +
+	"QuotaValue\x12\x1a\n" +
+	"\amaximum\x18\x01 \x01(\x05H\x00R\amaximum\x12\x1e\n" +
+	"\tunlimited\x18\x02 \x01(\bH\x00R\tunlimitedB\a\n" +
+	"\x05value\"Q\n" +
+	"\x15GetQuotaPolicyRequest\x128\n" +
+	"\x04name\x18\x01 \x01(\tB$\xe2A\x01\x02\xfaA\x1d\n" +
+	"\x1baigc.gateway.v1/QuotaPolicyR\x04name\"V\n" +
+	"\x18ListQuotaPoliciesRequest\x12\x1b\n" +
+	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x02 \x01(\tR\tpageToken\"\x88\x01\n" +
+	"\x19ListQuotaPoliciesResponse\x12C\n" +
+	"\x0equota_policies\x18\x01 \x03(\v2\x1c.aigc.gateway.v1.QuotaPolicyR\rquotaPolicies\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xbd\x01\n" +
+	"\x18UpdateQuotaPolicyRequest\x12E\n" +
+	"\fquota_policy\x18\x01 \x01(\v2\x1c.aigc.gateway.v1.QuotaPolicyB\x04\xe2A\x01\x02R\vquotaPolicy\x12;\n" +
+	"\vupdate_mask\x18\x02 \x01(\v2\x1a.google.protobuf.FieldMaskR\n" +
+	"updateMask\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x03 \x01(\tR\trequestId\"4\n" +
+	"\x18KeepInstanceAliveRequest\x12\x18\n" +
+	"\x04name\x18\x01 \x01(\tB\x04\xe2A\x01\x02R\x04name\"\xe4\x01\n" +
+	"\rIdleExemption\x12\x18\n" +
+	"\x04name\x18\x01 \x01(\tB\x04\xe2A\x01\bR\x04name\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\x12A\n" +
+	"\vcreate_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampB\x04\xe2A\x01\x03R\n" +
+	"createTime\x12#\n" +
+	"\n" +
+	"created_by\x18\x04 \x01(\tB\x04\xe2A\x01\x03R\tcreatedBy:9\xeaA6\n" +
+	"\x1daigc.gateway.v1/IdleExemption\x12\x15idleExemptions/{user}\"\x88\x01\n" +
+	"\x1aCreateIdleExemptionRequest\x12K\n" +
+	"\x0eidle_exemption\x18\x01 \x01(\v2\x1e.aigc.gateway.v1.IdleExemptionB\x04\xe2A\x01\x02R\ridleExemption\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x02 \x01(\tR\trequestId\"W\n" +
+	"\x19ListIdleExemptionsRequest\x12\x1b\n" +
+	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x02 \x01(\tR\tpageToken\"\x8d\x01\n" +
+	"\x1aListIdleExemptionsResponse\x12G\n" +
+	"\x0fidle_exemptions\x18\x01 \x03(\v2\x1e.aigc.gateway.v1.IdleExemptionR\x0eidleExemptions\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"X\n" +
+	"\x1aDeleteIdleExemptionRequest\x12:\n" +
+	"\x04name\x18\x01 \x01(\tB&\xe2A\x01\x02\xfaA\x1f\n" +
+	"\x1daigc.gateway.v1/IdleExemptionR\x04name2\xb3\x17\n" +
 	"\x0fInstanceService\x12\x8f\x01\n" +
 	"\x0eCreateInstance\x12&.aigc.gateway.v1.CreateInstanceRequest\x1a\x19.aigc.gateway.v1.Instance\":\x82\xd3\xe4\x93\x024:\x01*\"//v1/{parent=namespaces/*/templates/*}/instances\x12\x86\x01\n" +
 	"\vGetInstance\x12#.aigc.gateway.v1.GetInstanceRequest\x1a\x19.aigc.gateway.v1.Instance\"7\x82\xd3\xe4\x93\x021\x12//v1/{name=namespaces/*/templates/*/instances/*}\x12\x97\x01\n" +
@@ -1487,7 +2324,14 @@ const file_aigc_gateway_v1_instance_proto_rawDesc = "" +
 	"\rWatchInstance\x12%.aigc.gateway.v1.WatchInstanceRequest\x1a\x1e.aigc.gateway.v1.InstanceEvent\"=\x82\xd3\xe4\x93\x027\x125/v1/{name=namespaces/*/templates/*/instances/*}:watch0\x01\x12\xa3\x01\n" +
 	"\x0ePurgeInstances\x12&.aigc.gateway.v1.PurgeInstancesRequest\x1a'.aigc.gateway.v1.PurgeInstancesResponse\"@\x82\xd3\xe4\x93\x02::\x01*\"5/v1/{parent=namespaces/*/templates/*}/instances:purge\x12\xb1\x01\n" +
 	"\x10CheckConsistency\x12(.aigc.gateway.v1.CheckConsistencyRequest\x1a).aigc.gateway.v1.CheckConsistencyResponse\"H\x82\xd3\xe4\x93\x02B\x12@/v1/{parent=namespaces/*/templates/*}/instances:checkConsistency\x12k\n" +
-	"\rGetQuotaUsage\x12%.aigc.gateway.v1.GetQuotaUsageRequest\x1a\x1b.aigc.gateway.v1.QuotaUsage\"\x16\x82\xd3\xe4\x93\x02\x10\x12\x0e/v1/quotaUsageBKZIgithub.com/aigc-gateway/aigc-gateway/bridge/gen/aigc/gateway/v1;gatewayv1b\x06proto3"
+	"\rGetQuotaUsage\x12%.aigc.gateway.v1.GetQuotaUsageRequest\x1a\x1b.aigc.gateway.v1.QuotaUsage\"\x16\x82\xd3\xe4\x93\x02\x10\x12\x0e/v1/quotaUsage\x12\xf9\x01\n" +
+	"\x0eGetQuotaPolicy\x12&.aigc.gateway.v1.GetQuotaPolicyRequest\x1a\x1c.aigc.gateway.v1.QuotaPolicy\"\xa0\x01\x82\xd3\xe4\x93\x02\x99\x01Z \x12\x1e/v1/{name=roles/*/quotaPolicy}Z \x12\x1e/v1/{name=users/*/quotaPolicy}Z1\x12//v1/{name=namespaces/*/templates/*/quotaPolicy}\x12 /v1/{name=quotaPolicies/default}\x12\x85\x01\n" +
+	"\x11ListQuotaPolicies\x12).aigc.gateway.v1.ListQuotaPoliciesRequest\x1a*.aigc.gateway.v1.ListQuotaPoliciesResponse\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/quotaPolicies\x12\xeb\x02\n" +
+	"\x11UpdateQuotaPolicy\x12).aigc.gateway.v1.UpdateQuotaPolicyRequest\x1a\x1c.aigc.gateway.v1.QuotaPolicy\"\x8c\x02\x82\xd3\xe4\x93\x02\x85\x02:\fquota_policyZ;:\fquota_policy2+/v1/{quota_policy.name=roles/*/quotaPolicy}Z;:\fquota_policy2+/v1/{quota_policy.name=users/*/quotaPolicy}ZL:\fquota_policy2</v1/{quota_policy.name=namespaces/*/templates/*/quotaPolicy}2-/v1/{quota_policy.name=quotaPolicies/default}\x12\x9f\x01\n" +
+	"\x11KeepInstanceAlive\x12).aigc.gateway.v1.KeepInstanceAliveRequest\x1a\x19.aigc.gateway.v1.Instance\"D\x82\xd3\xe4\x93\x02>:\x01*\"9/v1/{name=namespaces/*/templates/*/instances/*}:keepAlive\x12\x8e\x01\n" +
+	"\x13CreateIdleExemption\x12+.aigc.gateway.v1.CreateIdleExemptionRequest\x1a\x1e.aigc.gateway.v1.IdleExemption\"*\x82\xd3\xe4\x93\x02$:\x0eidle_exemption\"\x12/v1/idleExemptions\x12\x89\x01\n" +
+	"\x12ListIdleExemptions\x12*.aigc.gateway.v1.ListIdleExemptionsRequest\x1a+.aigc.gateway.v1.ListIdleExemptionsResponse\"\x1a\x82\xd3\xe4\x93\x02\x14\x12\x12/v1/idleExemptions\x12\x7f\n" +
+	"\x13DeleteIdleExemption\x12+.aigc.gateway.v1.DeleteIdleExemptionRequest\x1a\x16.google.protobuf.Empty\"#\x82\xd3\xe4\x93\x02\x1d*\x1b/v1/{name=idleExemptions/*}BKZIgithub.com/aigc-gateway/aigc-gateway/bridge/gen/aigc/gateway/v1;gatewayv1b\x06proto3"
 
 var (
 	file_aigc_gateway_v1_instance_proto_rawDescOnce sync.Once
@@ -1502,74 +2346,115 @@ func file_aigc_gateway_v1_instance_proto_rawDescGZIP() []byte {
 }
 
 var file_aigc_gateway_v1_instance_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_aigc_gateway_v1_instance_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_aigc_gateway_v1_instance_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
 var file_aigc_gateway_v1_instance_proto_goTypes = []any{
-	(Instance_State)(0),              // 0: aigc.gateway.v1.Instance.State
-	(*Instance)(nil),                 // 1: aigc.gateway.v1.Instance
-	(*InstanceEvent)(nil),            // 2: aigc.gateway.v1.InstanceEvent
-	(*CreateInstanceRequest)(nil),    // 3: aigc.gateway.v1.CreateInstanceRequest
-	(*GetInstanceRequest)(nil),       // 4: aigc.gateway.v1.GetInstanceRequest
-	(*ListInstancesRequest)(nil),     // 5: aigc.gateway.v1.ListInstancesRequest
-	(*ListInstancesResponse)(nil),    // 6: aigc.gateway.v1.ListInstancesResponse
-	(*PauseInstanceRequest)(nil),     // 7: aigc.gateway.v1.PauseInstanceRequest
-	(*ResumeInstanceRequest)(nil),    // 8: aigc.gateway.v1.ResumeInstanceRequest
-	(*RestartInstanceRequest)(nil),   // 9: aigc.gateway.v1.RestartInstanceRequest
-	(*DeleteInstanceRequest)(nil),    // 10: aigc.gateway.v1.DeleteInstanceRequest
-	(*WatchInstanceRequest)(nil),     // 11: aigc.gateway.v1.WatchInstanceRequest
-	(*PurgeInstancesRequest)(nil),    // 12: aigc.gateway.v1.PurgeInstancesRequest
-	(*PurgeInstancesResponse)(nil),   // 13: aigc.gateway.v1.PurgeInstancesResponse
-	(*CheckConsistencyRequest)(nil),  // 14: aigc.gateway.v1.CheckConsistencyRequest
-	(*CheckConsistencyResponse)(nil), // 15: aigc.gateway.v1.CheckConsistencyResponse
-	(*ConsistencyViolation)(nil),     // 16: aigc.gateway.v1.ConsistencyViolation
-	(*GetQuotaUsageRequest)(nil),     // 17: aigc.gateway.v1.GetQuotaUsageRequest
-	(*QuotaUsage)(nil),               // 18: aigc.gateway.v1.QuotaUsage
-	(*QuotaLimitUsage)(nil),          // 19: aigc.gateway.v1.QuotaLimitUsage
-	(*Accelerator)(nil),              // 20: aigc.gateway.v1.Accelerator
-	(*Disk)(nil),                     // 21: aigc.gateway.v1.Disk
-	(*timestamppb.Timestamp)(nil),    // 22: google.protobuf.Timestamp
+	(Instance_State)(0),                // 0: aigc.gateway.v1.Instance.State
+	(*Instance)(nil),                   // 1: aigc.gateway.v1.Instance
+	(*InstanceEvent)(nil),              // 2: aigc.gateway.v1.InstanceEvent
+	(*CreateInstanceRequest)(nil),      // 3: aigc.gateway.v1.CreateInstanceRequest
+	(*GetInstanceRequest)(nil),         // 4: aigc.gateway.v1.GetInstanceRequest
+	(*ListInstancesRequest)(nil),       // 5: aigc.gateway.v1.ListInstancesRequest
+	(*ListInstancesResponse)(nil),      // 6: aigc.gateway.v1.ListInstancesResponse
+	(*PauseInstanceRequest)(nil),       // 7: aigc.gateway.v1.PauseInstanceRequest
+	(*ResumeInstanceRequest)(nil),      // 8: aigc.gateway.v1.ResumeInstanceRequest
+	(*RestartInstanceRequest)(nil),     // 9: aigc.gateway.v1.RestartInstanceRequest
+	(*DeleteInstanceRequest)(nil),      // 10: aigc.gateway.v1.DeleteInstanceRequest
+	(*WatchInstanceRequest)(nil),       // 11: aigc.gateway.v1.WatchInstanceRequest
+	(*PurgeInstancesRequest)(nil),      // 12: aigc.gateway.v1.PurgeInstancesRequest
+	(*PurgeInstancesResponse)(nil),     // 13: aigc.gateway.v1.PurgeInstancesResponse
+	(*CheckConsistencyRequest)(nil),    // 14: aigc.gateway.v1.CheckConsistencyRequest
+	(*CheckConsistencyResponse)(nil),   // 15: aigc.gateway.v1.CheckConsistencyResponse
+	(*ConsistencyViolation)(nil),       // 16: aigc.gateway.v1.ConsistencyViolation
+	(*GetQuotaUsageRequest)(nil),       // 17: aigc.gateway.v1.GetQuotaUsageRequest
+	(*QuotaUsage)(nil),                 // 18: aigc.gateway.v1.QuotaUsage
+	(*QuotaLimitUsage)(nil),            // 19: aigc.gateway.v1.QuotaLimitUsage
+	(*QuotaPolicy)(nil),                // 20: aigc.gateway.v1.QuotaPolicy
+	(*QuotaValue)(nil),                 // 21: aigc.gateway.v1.QuotaValue
+	(*GetQuotaPolicyRequest)(nil),      // 22: aigc.gateway.v1.GetQuotaPolicyRequest
+	(*ListQuotaPoliciesRequest)(nil),   // 23: aigc.gateway.v1.ListQuotaPoliciesRequest
+	(*ListQuotaPoliciesResponse)(nil),  // 24: aigc.gateway.v1.ListQuotaPoliciesResponse
+	(*UpdateQuotaPolicyRequest)(nil),   // 25: aigc.gateway.v1.UpdateQuotaPolicyRequest
+	(*KeepInstanceAliveRequest)(nil),   // 26: aigc.gateway.v1.KeepInstanceAliveRequest
+	(*IdleExemption)(nil),              // 27: aigc.gateway.v1.IdleExemption
+	(*CreateIdleExemptionRequest)(nil), // 28: aigc.gateway.v1.CreateIdleExemptionRequest
+	(*ListIdleExemptionsRequest)(nil),  // 29: aigc.gateway.v1.ListIdleExemptionsRequest
+	(*ListIdleExemptionsResponse)(nil), // 30: aigc.gateway.v1.ListIdleExemptionsResponse
+	(*DeleteIdleExemptionRequest)(nil), // 31: aigc.gateway.v1.DeleteIdleExemptionRequest
+	(*Accelerator)(nil),                // 32: aigc.gateway.v1.Accelerator
+	(*Disk)(nil),                       // 33: aigc.gateway.v1.Disk
+	(*timestamppb.Timestamp)(nil),      // 34: google.protobuf.Timestamp
+	(*fieldmaskpb.FieldMask)(nil),      // 35: google.protobuf.FieldMask
+	(*emptypb.Empty)(nil),              // 36: google.protobuf.Empty
 }
 var file_aigc_gateway_v1_instance_proto_depIdxs = []int32{
 	0,  // 0: aigc.gateway.v1.Instance.state:type_name -> aigc.gateway.v1.Instance.State
-	20, // 1: aigc.gateway.v1.Instance.accelerator:type_name -> aigc.gateway.v1.Accelerator
-	21, // 2: aigc.gateway.v1.Instance.disks:type_name -> aigc.gateway.v1.Disk
-	22, // 3: aigc.gateway.v1.Instance.create_time:type_name -> google.protobuf.Timestamp
-	22, // 4: aigc.gateway.v1.Instance.update_time:type_name -> google.protobuf.Timestamp
-	22, // 5: aigc.gateway.v1.Instance.state_change_time:type_name -> google.protobuf.Timestamp
-	22, // 6: aigc.gateway.v1.Instance.last_access_time:type_name -> google.protobuf.Timestamp
-	1,  // 7: aigc.gateway.v1.InstanceEvent.instance:type_name -> aigc.gateway.v1.Instance
-	22, // 8: aigc.gateway.v1.InstanceEvent.time:type_name -> google.protobuf.Timestamp
-	0,  // 9: aigc.gateway.v1.ListInstancesRequest.state:type_name -> aigc.gateway.v1.Instance.State
-	1,  // 10: aigc.gateway.v1.ListInstancesResponse.instances:type_name -> aigc.gateway.v1.Instance
-	16, // 11: aigc.gateway.v1.CheckConsistencyResponse.violations:type_name -> aigc.gateway.v1.ConsistencyViolation
-	16, // 12: aigc.gateway.v1.CheckConsistencyResponse.notices:type_name -> aigc.gateway.v1.ConsistencyViolation
-	19, // 13: aigc.gateway.v1.QuotaUsage.limits:type_name -> aigc.gateway.v1.QuotaLimitUsage
-	3,  // 14: aigc.gateway.v1.InstanceService.CreateInstance:input_type -> aigc.gateway.v1.CreateInstanceRequest
-	4,  // 15: aigc.gateway.v1.InstanceService.GetInstance:input_type -> aigc.gateway.v1.GetInstanceRequest
-	5,  // 16: aigc.gateway.v1.InstanceService.ListInstances:input_type -> aigc.gateway.v1.ListInstancesRequest
-	7,  // 17: aigc.gateway.v1.InstanceService.PauseInstance:input_type -> aigc.gateway.v1.PauseInstanceRequest
-	8,  // 18: aigc.gateway.v1.InstanceService.ResumeInstance:input_type -> aigc.gateway.v1.ResumeInstanceRequest
-	9,  // 19: aigc.gateway.v1.InstanceService.RestartInstance:input_type -> aigc.gateway.v1.RestartInstanceRequest
-	10, // 20: aigc.gateway.v1.InstanceService.DeleteInstance:input_type -> aigc.gateway.v1.DeleteInstanceRequest
-	11, // 21: aigc.gateway.v1.InstanceService.WatchInstance:input_type -> aigc.gateway.v1.WatchInstanceRequest
-	12, // 22: aigc.gateway.v1.InstanceService.PurgeInstances:input_type -> aigc.gateway.v1.PurgeInstancesRequest
-	14, // 23: aigc.gateway.v1.InstanceService.CheckConsistency:input_type -> aigc.gateway.v1.CheckConsistencyRequest
-	17, // 24: aigc.gateway.v1.InstanceService.GetQuotaUsage:input_type -> aigc.gateway.v1.GetQuotaUsageRequest
-	1,  // 25: aigc.gateway.v1.InstanceService.CreateInstance:output_type -> aigc.gateway.v1.Instance
-	1,  // 26: aigc.gateway.v1.InstanceService.GetInstance:output_type -> aigc.gateway.v1.Instance
-	6,  // 27: aigc.gateway.v1.InstanceService.ListInstances:output_type -> aigc.gateway.v1.ListInstancesResponse
-	1,  // 28: aigc.gateway.v1.InstanceService.PauseInstance:output_type -> aigc.gateway.v1.Instance
-	1,  // 29: aigc.gateway.v1.InstanceService.ResumeInstance:output_type -> aigc.gateway.v1.Instance
-	1,  // 30: aigc.gateway.v1.InstanceService.RestartInstance:output_type -> aigc.gateway.v1.Instance
-	1,  // 31: aigc.gateway.v1.InstanceService.DeleteInstance:output_type -> aigc.gateway.v1.Instance
-	2,  // 32: aigc.gateway.v1.InstanceService.WatchInstance:output_type -> aigc.gateway.v1.InstanceEvent
-	13, // 33: aigc.gateway.v1.InstanceService.PurgeInstances:output_type -> aigc.gateway.v1.PurgeInstancesResponse
-	15, // 34: aigc.gateway.v1.InstanceService.CheckConsistency:output_type -> aigc.gateway.v1.CheckConsistencyResponse
-	18, // 35: aigc.gateway.v1.InstanceService.GetQuotaUsage:output_type -> aigc.gateway.v1.QuotaUsage
-	25, // [25:36] is the sub-list for method output_type
-	14, // [14:25] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	32, // 1: aigc.gateway.v1.Instance.accelerator:type_name -> aigc.gateway.v1.Accelerator
+	33, // 2: aigc.gateway.v1.Instance.disks:type_name -> aigc.gateway.v1.Disk
+	34, // 3: aigc.gateway.v1.Instance.create_time:type_name -> google.protobuf.Timestamp
+	34, // 4: aigc.gateway.v1.Instance.update_time:type_name -> google.protobuf.Timestamp
+	34, // 5: aigc.gateway.v1.Instance.state_change_time:type_name -> google.protobuf.Timestamp
+	34, // 6: aigc.gateway.v1.Instance.last_access_time:type_name -> google.protobuf.Timestamp
+	34, // 7: aigc.gateway.v1.Instance.scheduled_pause_time:type_name -> google.protobuf.Timestamp
+	1,  // 8: aigc.gateway.v1.InstanceEvent.instance:type_name -> aigc.gateway.v1.Instance
+	34, // 9: aigc.gateway.v1.InstanceEvent.time:type_name -> google.protobuf.Timestamp
+	0,  // 10: aigc.gateway.v1.ListInstancesRequest.state:type_name -> aigc.gateway.v1.Instance.State
+	1,  // 11: aigc.gateway.v1.ListInstancesResponse.instances:type_name -> aigc.gateway.v1.Instance
+	16, // 12: aigc.gateway.v1.CheckConsistencyResponse.violations:type_name -> aigc.gateway.v1.ConsistencyViolation
+	16, // 13: aigc.gateway.v1.CheckConsistencyResponse.notices:type_name -> aigc.gateway.v1.ConsistencyViolation
+	19, // 14: aigc.gateway.v1.QuotaUsage.limits:type_name -> aigc.gateway.v1.QuotaLimitUsage
+	21, // 15: aigc.gateway.v1.QuotaPolicy.installed:type_name -> aigc.gateway.v1.QuotaValue
+	21, // 16: aigc.gateway.v1.QuotaPolicy.running:type_name -> aigc.gateway.v1.QuotaValue
+	21, // 17: aigc.gateway.v1.QuotaPolicy.gpus:type_name -> aigc.gateway.v1.QuotaValue
+	21, // 18: aigc.gateway.v1.QuotaPolicy.gpu_memory_gib:type_name -> aigc.gateway.v1.QuotaValue
+	20, // 19: aigc.gateway.v1.QuotaPolicy.configured:type_name -> aigc.gateway.v1.QuotaPolicy
+	34, // 20: aigc.gateway.v1.QuotaPolicy.update_time:type_name -> google.protobuf.Timestamp
+	20, // 21: aigc.gateway.v1.ListQuotaPoliciesResponse.quota_policies:type_name -> aigc.gateway.v1.QuotaPolicy
+	20, // 22: aigc.gateway.v1.UpdateQuotaPolicyRequest.quota_policy:type_name -> aigc.gateway.v1.QuotaPolicy
+	35, // 23: aigc.gateway.v1.UpdateQuotaPolicyRequest.update_mask:type_name -> google.protobuf.FieldMask
+	34, // 24: aigc.gateway.v1.IdleExemption.create_time:type_name -> google.protobuf.Timestamp
+	27, // 25: aigc.gateway.v1.CreateIdleExemptionRequest.idle_exemption:type_name -> aigc.gateway.v1.IdleExemption
+	27, // 26: aigc.gateway.v1.ListIdleExemptionsResponse.idle_exemptions:type_name -> aigc.gateway.v1.IdleExemption
+	3,  // 27: aigc.gateway.v1.InstanceService.CreateInstance:input_type -> aigc.gateway.v1.CreateInstanceRequest
+	4,  // 28: aigc.gateway.v1.InstanceService.GetInstance:input_type -> aigc.gateway.v1.GetInstanceRequest
+	5,  // 29: aigc.gateway.v1.InstanceService.ListInstances:input_type -> aigc.gateway.v1.ListInstancesRequest
+	7,  // 30: aigc.gateway.v1.InstanceService.PauseInstance:input_type -> aigc.gateway.v1.PauseInstanceRequest
+	8,  // 31: aigc.gateway.v1.InstanceService.ResumeInstance:input_type -> aigc.gateway.v1.ResumeInstanceRequest
+	9,  // 32: aigc.gateway.v1.InstanceService.RestartInstance:input_type -> aigc.gateway.v1.RestartInstanceRequest
+	10, // 33: aigc.gateway.v1.InstanceService.DeleteInstance:input_type -> aigc.gateway.v1.DeleteInstanceRequest
+	11, // 34: aigc.gateway.v1.InstanceService.WatchInstance:input_type -> aigc.gateway.v1.WatchInstanceRequest
+	12, // 35: aigc.gateway.v1.InstanceService.PurgeInstances:input_type -> aigc.gateway.v1.PurgeInstancesRequest
+	14, // 36: aigc.gateway.v1.InstanceService.CheckConsistency:input_type -> aigc.gateway.v1.CheckConsistencyRequest
+	17, // 37: aigc.gateway.v1.InstanceService.GetQuotaUsage:input_type -> aigc.gateway.v1.GetQuotaUsageRequest
+	22, // 38: aigc.gateway.v1.InstanceService.GetQuotaPolicy:input_type -> aigc.gateway.v1.GetQuotaPolicyRequest
+	23, // 39: aigc.gateway.v1.InstanceService.ListQuotaPolicies:input_type -> aigc.gateway.v1.ListQuotaPoliciesRequest
+	25, // 40: aigc.gateway.v1.InstanceService.UpdateQuotaPolicy:input_type -> aigc.gateway.v1.UpdateQuotaPolicyRequest
+	26, // 41: aigc.gateway.v1.InstanceService.KeepInstanceAlive:input_type -> aigc.gateway.v1.KeepInstanceAliveRequest
+	28, // 42: aigc.gateway.v1.InstanceService.CreateIdleExemption:input_type -> aigc.gateway.v1.CreateIdleExemptionRequest
+	29, // 43: aigc.gateway.v1.InstanceService.ListIdleExemptions:input_type -> aigc.gateway.v1.ListIdleExemptionsRequest
+	31, // 44: aigc.gateway.v1.InstanceService.DeleteIdleExemption:input_type -> aigc.gateway.v1.DeleteIdleExemptionRequest
+	1,  // 45: aigc.gateway.v1.InstanceService.CreateInstance:output_type -> aigc.gateway.v1.Instance
+	1,  // 46: aigc.gateway.v1.InstanceService.GetInstance:output_type -> aigc.gateway.v1.Instance
+	6,  // 47: aigc.gateway.v1.InstanceService.ListInstances:output_type -> aigc.gateway.v1.ListInstancesResponse
+	1,  // 48: aigc.gateway.v1.InstanceService.PauseInstance:output_type -> aigc.gateway.v1.Instance
+	1,  // 49: aigc.gateway.v1.InstanceService.ResumeInstance:output_type -> aigc.gateway.v1.Instance
+	1,  // 50: aigc.gateway.v1.InstanceService.RestartInstance:output_type -> aigc.gateway.v1.Instance
+	1,  // 51: aigc.gateway.v1.InstanceService.DeleteInstance:output_type -> aigc.gateway.v1.Instance
+	2,  // 52: aigc.gateway.v1.InstanceService.WatchInstance:output_type -> aigc.gateway.v1.InstanceEvent
+	13, // 53: aigc.gateway.v1.InstanceService.PurgeInstances:output_type -> aigc.gateway.v1.PurgeInstancesResponse
+	15, // 54: aigc.gateway.v1.InstanceService.CheckConsistency:output_type -> aigc.gateway.v1.CheckConsistencyResponse
+	18, // 55: aigc.gateway.v1.InstanceService.GetQuotaUsage:output_type -> aigc.gateway.v1.QuotaUsage
+	20, // 56: aigc.gateway.v1.InstanceService.GetQuotaPolicy:output_type -> aigc.gateway.v1.QuotaPolicy
+	24, // 57: aigc.gateway.v1.InstanceService.ListQuotaPolicies:output_type -> aigc.gateway.v1.ListQuotaPoliciesResponse
+	20, // 58: aigc.gateway.v1.InstanceService.UpdateQuotaPolicy:output_type -> aigc.gateway.v1.QuotaPolicy
+	1,  // 59: aigc.gateway.v1.InstanceService.KeepInstanceAlive:output_type -> aigc.gateway.v1.Instance
+	27, // 60: aigc.gateway.v1.InstanceService.CreateIdleExemption:output_type -> aigc.gateway.v1.IdleExemption
+	30, // 61: aigc.gateway.v1.InstanceService.ListIdleExemptions:output_type -> aigc.gateway.v1.ListIdleExemptionsResponse
+	36, // 62: aigc.gateway.v1.InstanceService.DeleteIdleExemption:output_type -> google.protobuf.Empty
+	45, // [45:63] is the sub-list for method output_type
+	27, // [27:45] is the sub-list for method input_type
+	27, // [27:27] is the sub-list for extension type_name
+	27, // [27:27] is the sub-list for extension extendee
+	0,  // [0:27] is the sub-list for field type_name
 }
 
 func init() { file_aigc_gateway_v1_instance_proto_init() }
@@ -1578,13 +2463,17 @@ func file_aigc_gateway_v1_instance_proto_init() {
 		return
 	}
 	file_aigc_gateway_v1_common_proto_init()
+	file_aigc_gateway_v1_instance_proto_msgTypes[20].OneofWrappers = []any{
+		(*QuotaValue_Maximum)(nil),
+		(*QuotaValue_Unlimited)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_aigc_gateway_v1_instance_proto_rawDesc), len(file_aigc_gateway_v1_instance_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   19,
+			NumMessages:   31,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

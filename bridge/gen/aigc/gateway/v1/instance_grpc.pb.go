@@ -13,6 +13,7 @@ import (
 	grpc "google.golang.org/grpc"
 	codes "google.golang.org/grpc/codes"
 	status "google.golang.org/grpc/status"
+	emptypb "google.golang.org/protobuf/types/known/emptypb"
 )
 
 // This is a compile-time assertion to ensure that this generated file
@@ -21,17 +22,24 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	InstanceService_CreateInstance_FullMethodName   = "/aigc.gateway.v1.InstanceService/CreateInstance"
-	InstanceService_GetInstance_FullMethodName      = "/aigc.gateway.v1.InstanceService/GetInstance"
-	InstanceService_ListInstances_FullMethodName    = "/aigc.gateway.v1.InstanceService/ListInstances"
-	InstanceService_PauseInstance_FullMethodName    = "/aigc.gateway.v1.InstanceService/PauseInstance"
-	InstanceService_ResumeInstance_FullMethodName   = "/aigc.gateway.v1.InstanceService/ResumeInstance"
-	InstanceService_RestartInstance_FullMethodName  = "/aigc.gateway.v1.InstanceService/RestartInstance"
-	InstanceService_DeleteInstance_FullMethodName   = "/aigc.gateway.v1.InstanceService/DeleteInstance"
-	InstanceService_WatchInstance_FullMethodName    = "/aigc.gateway.v1.InstanceService/WatchInstance"
-	InstanceService_PurgeInstances_FullMethodName   = "/aigc.gateway.v1.InstanceService/PurgeInstances"
-	InstanceService_CheckConsistency_FullMethodName = "/aigc.gateway.v1.InstanceService/CheckConsistency"
-	InstanceService_GetQuotaUsage_FullMethodName    = "/aigc.gateway.v1.InstanceService/GetQuotaUsage"
+	InstanceService_CreateInstance_FullMethodName      = "/aigc.gateway.v1.InstanceService/CreateInstance"
+	InstanceService_GetInstance_FullMethodName         = "/aigc.gateway.v1.InstanceService/GetInstance"
+	InstanceService_ListInstances_FullMethodName       = "/aigc.gateway.v1.InstanceService/ListInstances"
+	InstanceService_PauseInstance_FullMethodName       = "/aigc.gateway.v1.InstanceService/PauseInstance"
+	InstanceService_ResumeInstance_FullMethodName      = "/aigc.gateway.v1.InstanceService/ResumeInstance"
+	InstanceService_RestartInstance_FullMethodName     = "/aigc.gateway.v1.InstanceService/RestartInstance"
+	InstanceService_DeleteInstance_FullMethodName      = "/aigc.gateway.v1.InstanceService/DeleteInstance"
+	InstanceService_WatchInstance_FullMethodName       = "/aigc.gateway.v1.InstanceService/WatchInstance"
+	InstanceService_PurgeInstances_FullMethodName      = "/aigc.gateway.v1.InstanceService/PurgeInstances"
+	InstanceService_CheckConsistency_FullMethodName    = "/aigc.gateway.v1.InstanceService/CheckConsistency"
+	InstanceService_GetQuotaUsage_FullMethodName       = "/aigc.gateway.v1.InstanceService/GetQuotaUsage"
+	InstanceService_GetQuotaPolicy_FullMethodName      = "/aigc.gateway.v1.InstanceService/GetQuotaPolicy"
+	InstanceService_ListQuotaPolicies_FullMethodName   = "/aigc.gateway.v1.InstanceService/ListQuotaPolicies"
+	InstanceService_UpdateQuotaPolicy_FullMethodName   = "/aigc.gateway.v1.InstanceService/UpdateQuotaPolicy"
+	InstanceService_KeepInstanceAlive_FullMethodName   = "/aigc.gateway.v1.InstanceService/KeepInstanceAlive"
+	InstanceService_CreateIdleExemption_FullMethodName = "/aigc.gateway.v1.InstanceService/CreateIdleExemption"
+	InstanceService_ListIdleExemptions_FullMethodName  = "/aigc.gateway.v1.InstanceService/ListIdleExemptions"
+	InstanceService_DeleteIdleExemption_FullMethodName = "/aigc.gateway.v1.InstanceService/DeleteIdleExemption"
 )
 
 // InstanceServiceClient is the client API for InstanceService service.
@@ -70,6 +78,26 @@ type InstanceServiceClient interface {
 	// A user's usage against each quota limit (docs/quotas.md): the caller's;
 	// admins and services may name anyone.
 	GetQuotaUsage(ctx context.Context, in *GetQuotaUsageRequest, opts ...grpc.CallOption) (*QuotaUsage, error)
+	// Admin: one quota policy, as stored plus what configuration sets
+	// (docs/quotas.md). A policy nothing sets answers with every limit unset.
+	GetQuotaPolicy(ctx context.Context, in *GetQuotaPolicyRequest, opts ...grpc.CallOption) (*QuotaPolicy, error)
+	// Admin: every quota policy that sets at least one limit (stored or
+	// configured), default first, then roles, users and templates by name.
+	ListQuotaPolicies(ctx context.Context, in *ListQuotaPoliciesRequest, opts ...grpc.CallOption) (*ListQuotaPoliciesResponse, error)
+	// Admin: sets or clears the stored limits of one policy. Fields named in
+	// `update_mask` and absent from `quota_policy` go back to what
+	// configuration sets. Lowering a limit pauses and deletes nothing.
+	UpdateQuotaPolicy(ctx context.Context, in *UpdateQuotaPolicyRequest, opts ...grpc.CallOption) (*QuotaPolicy, error)
+	// Owner: resets the instance's idle clock, as an access through the
+	// ingress would, and withdraws an announced pause for idleness
+	// (docs/instance.md, idle auto-pause).
+	KeepInstanceAlive(ctx context.Context, in *KeepInstanceAliveRequest, opts ...grpc.CallOption) (*Instance, error)
+	// Admin: exempts a user from idle auto-pause.
+	CreateIdleExemption(ctx context.Context, in *CreateIdleExemptionRequest, opts ...grpc.CallOption) (*IdleExemption, error)
+	// Admin: lists the users exempt from idle auto-pause.
+	ListIdleExemptions(ctx context.Context, in *ListIdleExemptionsRequest, opts ...grpc.CallOption) (*ListIdleExemptionsResponse, error)
+	// Admin: ends a user's exemption from idle auto-pause.
+	DeleteIdleExemption(ctx context.Context, in *DeleteIdleExemptionRequest, opts ...grpc.CallOption) (*emptypb.Empty, error)
 }
 
 type instanceServiceClient struct {
@@ -199,6 +227,76 @@ func (c *instanceServiceClient) GetQuotaUsage(ctx context.Context, in *GetQuotaU
 	return out, nil
 }
 
+func (c *instanceServiceClient) GetQuotaPolicy(ctx context.Context, in *GetQuotaPolicyRequest, opts ...grpc.CallOption) (*QuotaPolicy, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(QuotaPolicy)
+	err := c.cc.Invoke(ctx, InstanceService_GetQuotaPolicy_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *instanceServiceClient) ListQuotaPolicies(ctx context.Context, in *ListQuotaPoliciesRequest, opts ...grpc.CallOption) (*ListQuotaPoliciesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListQuotaPoliciesResponse)
+	err := c.cc.Invoke(ctx, InstanceService_ListQuotaPolicies_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *instanceServiceClient) UpdateQuotaPolicy(ctx context.Context, in *UpdateQuotaPolicyRequest, opts ...grpc.CallOption) (*QuotaPolicy, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(QuotaPolicy)
+	err := c.cc.Invoke(ctx, InstanceService_UpdateQuotaPolicy_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *instanceServiceClient) KeepInstanceAlive(ctx context.Context, in *KeepInstanceAliveRequest, opts ...grpc.CallOption) (*Instance, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Instance)
+	err := c.cc.Invoke(ctx, InstanceService_KeepInstanceAlive_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *instanceServiceClient) CreateIdleExemption(ctx context.Context, in *CreateIdleExemptionRequest, opts ...grpc.CallOption) (*IdleExemption, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(IdleExemption)
+	err := c.cc.Invoke(ctx, InstanceService_CreateIdleExemption_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *instanceServiceClient) ListIdleExemptions(ctx context.Context, in *ListIdleExemptionsRequest, opts ...grpc.CallOption) (*ListIdleExemptionsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListIdleExemptionsResponse)
+	err := c.cc.Invoke(ctx, InstanceService_ListIdleExemptions_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *instanceServiceClient) DeleteIdleExemption(ctx context.Context, in *DeleteIdleExemptionRequest, opts ...grpc.CallOption) (*emptypb.Empty, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(emptypb.Empty)
+	err := c.cc.Invoke(ctx, InstanceService_DeleteIdleExemption_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // InstanceServiceServer is the server API for InstanceService service.
 // All implementations must embed UnimplementedInstanceServiceServer
 // for forward compatibility.
@@ -235,6 +333,26 @@ type InstanceServiceServer interface {
 	// A user's usage against each quota limit (docs/quotas.md): the caller's;
 	// admins and services may name anyone.
 	GetQuotaUsage(context.Context, *GetQuotaUsageRequest) (*QuotaUsage, error)
+	// Admin: one quota policy, as stored plus what configuration sets
+	// (docs/quotas.md). A policy nothing sets answers with every limit unset.
+	GetQuotaPolicy(context.Context, *GetQuotaPolicyRequest) (*QuotaPolicy, error)
+	// Admin: every quota policy that sets at least one limit (stored or
+	// configured), default first, then roles, users and templates by name.
+	ListQuotaPolicies(context.Context, *ListQuotaPoliciesRequest) (*ListQuotaPoliciesResponse, error)
+	// Admin: sets or clears the stored limits of one policy. Fields named in
+	// `update_mask` and absent from `quota_policy` go back to what
+	// configuration sets. Lowering a limit pauses and deletes nothing.
+	UpdateQuotaPolicy(context.Context, *UpdateQuotaPolicyRequest) (*QuotaPolicy, error)
+	// Owner: resets the instance's idle clock, as an access through the
+	// ingress would, and withdraws an announced pause for idleness
+	// (docs/instance.md, idle auto-pause).
+	KeepInstanceAlive(context.Context, *KeepInstanceAliveRequest) (*Instance, error)
+	// Admin: exempts a user from idle auto-pause.
+	CreateIdleExemption(context.Context, *CreateIdleExemptionRequest) (*IdleExemption, error)
+	// Admin: lists the users exempt from idle auto-pause.
+	ListIdleExemptions(context.Context, *ListIdleExemptionsRequest) (*ListIdleExemptionsResponse, error)
+	// Admin: ends a user's exemption from idle auto-pause.
+	DeleteIdleExemption(context.Context, *DeleteIdleExemptionRequest) (*emptypb.Empty, error)
 	mustEmbedUnimplementedInstanceServiceServer()
 }
 
@@ -277,6 +395,27 @@ func (UnimplementedInstanceServiceServer) CheckConsistency(context.Context, *Che
 }
 func (UnimplementedInstanceServiceServer) GetQuotaUsage(context.Context, *GetQuotaUsageRequest) (*QuotaUsage, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetQuotaUsage not implemented")
+}
+func (UnimplementedInstanceServiceServer) GetQuotaPolicy(context.Context, *GetQuotaPolicyRequest) (*QuotaPolicy, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetQuotaPolicy not implemented")
+}
+func (UnimplementedInstanceServiceServer) ListQuotaPolicies(context.Context, *ListQuotaPoliciesRequest) (*ListQuotaPoliciesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListQuotaPolicies not implemented")
+}
+func (UnimplementedInstanceServiceServer) UpdateQuotaPolicy(context.Context, *UpdateQuotaPolicyRequest) (*QuotaPolicy, error) {
+	return nil, status.Error(codes.Unimplemented, "method UpdateQuotaPolicy not implemented")
+}
+func (UnimplementedInstanceServiceServer) KeepInstanceAlive(context.Context, *KeepInstanceAliveRequest) (*Instance, error) {
+	return nil, status.Error(codes.Unimplemented, "method KeepInstanceAlive not implemented")
+}
+func (UnimplementedInstanceServiceServer) CreateIdleExemption(context.Context, *CreateIdleExemptionRequest) (*IdleExemption, error) {
+	return nil, status.Error(codes.Unimplemented, "method CreateIdleExemption not implemented")
+}
+func (UnimplementedInstanceServiceServer) ListIdleExemptions(context.Context, *ListIdleExemptionsRequest) (*ListIdleExemptionsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListIdleExemptions not implemented")
+}
+func (UnimplementedInstanceServiceServer) DeleteIdleExemption(context.Context, *DeleteIdleExemptionRequest) (*emptypb.Empty, error) {
+	return nil, status.Error(codes.Unimplemented, "method DeleteIdleExemption not implemented")
 }
 func (UnimplementedInstanceServiceServer) mustEmbedUnimplementedInstanceServiceServer() {}
 func (UnimplementedInstanceServiceServer) testEmbeddedByValue()                         {}
@@ -490,6 +629,132 @@ func _InstanceService_GetQuotaUsage_Handler(srv interface{}, ctx context.Context
 	return interceptor(ctx, in, info, handler)
 }
 
+func _InstanceService_GetQuotaPolicy_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetQuotaPolicyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(InstanceServiceServer).GetQuotaPolicy(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: InstanceService_GetQuotaPolicy_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(InstanceServiceServer).GetQuotaPolicy(ctx, req.(*GetQuotaPolicyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _InstanceService_ListQuotaPolicies_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListQuotaPoliciesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(InstanceServiceServer).ListQuotaPolicies(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: InstanceService_ListQuotaPolicies_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(InstanceServiceServer).ListQuotaPolicies(ctx, req.(*ListQuotaPoliciesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _InstanceService_UpdateQuotaPolicy_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UpdateQuotaPolicyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(InstanceServiceServer).UpdateQuotaPolicy(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: InstanceService_UpdateQuotaPolicy_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(InstanceServiceServer).UpdateQuotaPolicy(ctx, req.(*UpdateQuotaPolicyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _InstanceService_KeepInstanceAlive_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(KeepInstanceAliveRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(InstanceServiceServer).KeepInstanceAlive(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: InstanceService_KeepInstanceAlive_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(InstanceServiceServer).KeepInstanceAlive(ctx, req.(*KeepInstanceAliveRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _InstanceService_CreateIdleExemption_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CreateIdleExemptionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(InstanceServiceServer).CreateIdleExemption(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: InstanceService_CreateIdleExemption_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(InstanceServiceServer).CreateIdleExemption(ctx, req.(*CreateIdleExemptionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _InstanceService_ListIdleExemptions_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListIdleExemptionsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(InstanceServiceServer).ListIdleExemptions(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: InstanceService_ListIdleExemptions_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(InstanceServiceServer).ListIdleExemptions(ctx, req.(*ListIdleExemptionsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _InstanceService_DeleteIdleExemption_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteIdleExemptionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(InstanceServiceServer).DeleteIdleExemption(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: InstanceService_DeleteIdleExemption_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(InstanceServiceServer).DeleteIdleExemption(ctx, req.(*DeleteIdleExemptionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // InstanceService_ServiceDesc is the grpc.ServiceDesc for InstanceService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -536,6 +801,34 @@ var InstanceService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetQuotaUsage",
 			Handler:    _InstanceService_GetQuotaUsage_Handler,
+		},
+		{
+			MethodName: "GetQuotaPolicy",
+			Handler:    _InstanceService_GetQuotaPolicy_Handler,
+		},
+		{
+			MethodName: "ListQuotaPolicies",
+			Handler:    _InstanceService_ListQuotaPolicies_Handler,
+		},
+		{
+			MethodName: "UpdateQuotaPolicy",
+			Handler:    _InstanceService_UpdateQuotaPolicy_Handler,
+		},
+		{
+			MethodName: "KeepInstanceAlive",
+			Handler:    _InstanceService_KeepInstanceAlive_Handler,
+		},
+		{
+			MethodName: "CreateIdleExemption",
+			Handler:    _InstanceService_CreateIdleExemption_Handler,
+		},
+		{
+			MethodName: "ListIdleExemptions",
+			Handler:    _InstanceService_ListIdleExemptions_Handler,
+		},
+		{
+			MethodName: "DeleteIdleExemption",
+			Handler:    _InstanceService_DeleteIdleExemption_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
