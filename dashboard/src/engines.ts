@@ -17,6 +17,9 @@ export interface ProgressLine {
   text: string;
 }
 
+/** What a card's buttons ask for; "keepalive" answers an announced pause for idleness. */
+export type Action = "install" | "pause" | "resume" | "restart" | "uninstall" | "keepalive";
+
 export interface CardState {
   error: ApiError | null;
   acting: string; // the action in flight ("install", "pause", …) or ""
@@ -151,12 +154,12 @@ export function useEngines() {
     return { namespace: p.namespace, template: p.template, instance: p.instance };
   }
 
-  async function act(template: Template, action: "install" | "pause" | "resume" | "restart" | "uninstall"): Promise<void> {
+  async function act(template: Template, action: Action): Promise<void> {
     const tname = template.name ?? "";
     const c = card(tname);
     c.error = null;
     c.acting = action;
-    c.progress = [];
+    if (action !== "keepalive") c.progress = [];
     const requestId = newRequestId();
     try {
       const existing = s.instances[tname];
@@ -173,6 +176,9 @@ export function useEngines() {
           watch(existing.name);
         } else if (action === "pause") {
           result = await call(api.POST("/v1/namespaces/{namespace}/templates/{template}/instances/{instance}:pause", { params, body: { requestId } }));
+        } else if (action === "keepalive") {
+          // Not an idempotent-key call: keeping alive twice is keeping alive.
+          result = await call(api.POST("/v1/namespaces/{namespace}/templates/{template}/instances/{instance}:keepAlive", { params, body: {} }));
         } else if (action === "resume") {
           result = await call(api.POST("/v1/namespaces/{namespace}/templates/{template}/instances/{instance}:resume", { params, body: { requestId } }));
         } else {
