@@ -1,4 +1,4 @@
-"""The instance service's own table: allocator intents.
+"""The instance service's own tables: allocator intents, stored quota policies, users' last role claims.
 
 The slots and ownership live in the shared ``instances`` table (core
 ``db.models.InstanceRow``), which this service alone writes.
@@ -36,3 +36,36 @@ class IntentRow(Base):
     holder: Mapped[str] = mapped_column(String(255), nullable=False, default="")
 
     __table_args__ = (Index("ix_instance_intents_template", "namespace", "template", "id"),)
+
+
+class QuotaPolicyRow(Base):
+    """Limits an admin stored for one scope (services/instance/quota_policies.py, docs/quotas.md).
+
+    ``name`` is the API's resource name. Each limit: None inherits, -1 (:data:`UNLIMITED`) is explicitly
+    unlimited, 0 or more is the maximum. ``version`` is the etag, bumped by every update.
+    """
+
+    __tablename__ = "quota_policies"
+
+    name: Mapped[str] = mapped_column(String(600), primary_key=True)
+    installed: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    running: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    gpus: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    gpu_memory_gib: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    version: Mapped[int] = mapped_column(Integer, nullable=False)
+    update_time: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    updated_by: Mapped[str] = mapped_column(String(255), nullable=False, default="")
+
+
+UNLIMITED = -1  # QuotaPolicyRow's encoding of an explicit "no limit"
+
+
+class QuotaUserRolesRow(Base):
+    """The role claims a user last acted with (install, resume, usage read): their limits' roles when they
+    are judged without their token (an admin installing for them, CheckConsistency)."""
+
+    __tablename__ = "quota_user_roles"
+
+    user: Mapped[str] = mapped_column(String(255), primary_key=True)
+    roles: Mapped[list[str]] = mapped_column(Json, nullable=False)
+    seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
