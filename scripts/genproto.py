@@ -25,8 +25,10 @@ PROTO_ROOT = ROOT / "protos"
 PROTO_PKG = "aigc/gateway/v1"
 OUT = ROOT / "src" / "aigc_gateway" / "api" / "v1"
 
-# Vendored third-party protos (Envoy's ext_authz and its imports; see protos/THIRD_PARTY.md), generated
-# flat into one package: envoy/service/auth/v3/external_auth.proto -> envoy_service_auth_v3_external_auth_pb2.
+# Vendored third-party protos (Envoy's ext_authz and its imports; see protos/third_party/THIRD_PARTY.md, which
+# says why not the xds-protos package), kept apart from the project's own contracts and generated flat into one
+# package: envoy/service/auth/v3/external_auth.proto -> envoy_service_auth_v3_external_auth_pb2.
+THIRD_PARTY = "third_party"
 VENDORED = ("envoy", "udpa", "validate", "xds")
 VENDORED_OUT = ROOT / "src" / "aigc_gateway" / "api" / "envoy"
 _VENDORED_FROM = re.compile(r"^from ((?:envoy|udpa|validate|xds)(?:\.\w+)*) import (\w+)", re.M)
@@ -76,6 +78,7 @@ def generate(dest: Path, proto_root: Path = PROTO_ROOT) -> None:
 def generate_vendored(dest: Path, proto_root: Path = PROTO_ROOT) -> None:
     from grpc_tools import protoc
 
+    proto_root = proto_root / THIRD_PARTY
     protos = sorted(str(p.relative_to(proto_root)) for top in VENDORED for p in (proto_root / top).rglob("*.proto"))
     with tempfile.TemporaryDirectory() as scratch:
         args = ["protoc", *(f"-I{d}" for d in _include_dirs(proto_root)),
@@ -88,7 +91,7 @@ def generate_vendored(dest: Path, proto_root: Path = PROTO_ROOT) -> None:
             text = _VENDORED_FROM.sub(lambda m: f"from . import {m.group(1).replace('.', '_')}_{m.group(2)}",
                                       f.read_text())
             (dest / flat).write_text(text)
-    (dest / "__init__.py").write_text('"""Generated from the vendored protos/{envoy,udpa,validate,xds} by '
+    (dest / "__init__.py").write_text('"""Generated from the vendored protos/third_party/{envoy,udpa,validate,xds} by '
                                       'scripts/genproto.py. Do not edit."""\n')
 
 

@@ -1,1 +1,1 @@
-"""Generated from the vendored protos/{envoy,udpa,validate,xds} by scripts/genproto.py. Do not edit."""
+"""Generated from the vendored protos/third_party/{envoy,udpa,validate,xds} by scripts/genproto.py. Do not edit."""
