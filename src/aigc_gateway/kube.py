@@ -22,8 +22,10 @@ import aiohttp
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from . import okg
 from .config import KubernetesConfig
 from .errors import Aborted, AlreadyExists, GatewayError, InvalidArgument, NotFound, Unavailable, Violation
+from .okg import OWNER_GSS_LABEL as OWNER_GSS_LABEL  # the OKG model owns it; listed with the kinds below
 
 log = logging.getLogger(__name__)
 
@@ -49,16 +51,14 @@ class Kind:
         return base
 
 
-GSS = Kind("game.kruise.io", "v1alpha1", "gameserversets", "GameServerSet")
-GAMESERVER = Kind("game.kruise.io", "v1alpha1", "gameservers", "GameServer")
+GSS = Kind(okg.GROUP, okg.VERSION, "gameserversets", okg.GSS_KIND)
+GAMESERVER = Kind(okg.GROUP, okg.VERSION, "gameservers", okg.GAMESERVER_KIND)
 POD = Kind("", "v1", "pods", "Pod")
 PVC = Kind("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim")
 EVENT = Kind("", "v1", "events", "Event")
 SERVICE = Kind("", "v1", "services", "Service")
 NAMESPACE = Kind("", "v1", "namespaces", "Namespace")
 INGRESS = Kind("networking.k8s.io", "v1", "ingresses", "Ingress")
-
-OWNER_GSS_LABEL = "game.kruise.io/owner-gss"
 
 
 def _error(exc: ApiException, what: str) -> GatewayError:
