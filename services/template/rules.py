@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from aigc_gateway import idle
 from aigc_gateway.errors import Violation
 
 from . import network
@@ -142,6 +143,8 @@ def _check_metadata(obj: dict[str, Any], policy: Policy, namespace: str, report:
         url = urlsplit(str(notes[icon_key]))
         if url.scheme not in ("https", "http") or not url.netloc:
             report.bad(f"metadata.annotations[{icon_key}]", "must be an absolute http(s) URL", "INVALID_ICON_URL")
+    for error in idle.read(notes, policy.annotation_prefix)[1]:  # idle auto-pause (aigc_gateway.idle)
+        report.bad(f"metadata.annotations[{policy.annotation_prefix}{error.key}]", str(error), error.reason)
 
 
 def _check_scaling(spec: dict[str, Any], mode: Mode, report: Report) -> None:

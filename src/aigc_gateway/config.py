@@ -182,6 +182,20 @@ class QuotaConfig(Section):
         "(`*` for every template not named).")
 
 
+class IdleConfig(Section):
+    enabled: bool = Field(True, description="Run the idle culler on this replica (every replica runs it; no leader).")
+    default_after_seconds: float = Field(
+        7200.0, ge=0, description="Idle time after which an instance of a CPU template is paused, unless its "
+        "template's `idle-after` annotation says otherwise; 0 = never.")
+    gpu_default_after_seconds: float = Field(
+        1800.0, ge=0, description="The same for templates that request nvidia.com/gpu or aliyun.com/gpu-mem; 0 = never.")
+    warning_seconds: float = Field(
+        600.0, ge=0, description="How long before the pause the owner is warned (a WatchInstance event and "
+        "Instance.scheduled_pause_time); the pause never comes sooner than this after the warning.")
+    interval_seconds: float = Field(60.0, gt=0, description="How often the culler looks at the running instances.")
+    probe_timeout_seconds: float = Field(5.0, gt=0, description="Timeout of one busy probe (HTTP GET on the pod).")
+
+
 class InstanceConfig(Section):
     reconcile_interval_seconds: float = Field(30.0, ge=1, description="How often the reconciler runs.")
     settle_timeout_seconds: float = Field(
@@ -195,6 +209,7 @@ class InstanceConfig(Section):
     cache_sync_timeout_seconds: float = Field(
         10.0, ge=0, description="How long a read waits for the Kubernetes watch caches to fill after start.")
     quotas: QuotaConfig = Field(default_factory=QuotaConfig)
+    idle: IdleConfig = Field(default_factory=IdleConfig)
 
 
 class AuthConfig(Section):
