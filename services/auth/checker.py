@@ -21,11 +21,11 @@ from prometheus_client import Counter, Histogram
 from aigc_gateway import audit
 from aigc_gateway.errors import GatewayError
 from aigc_gateway.identity import JWTAuthenticator, Principal
+from aigc_gateway.sessions import SessionCookieAuthenticator
 
 from .activity import ActivityRecorder
 from .decision import Decision, Outcome, decide
 from .ownermap import OwnerMap
-from .sessions import SessionCookieAuthenticator
 from .urls import BadURL, RoutedHostRefused, Target, bind_routed_host, parse_original_url
 
 log = logging.getLogger(__name__)

@@ -33,12 +33,12 @@ from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from aigc_gateway import audit
 from aigc_gateway.config import Settings
 from aigc_gateway.errors import GatewayError
+from aigc_gateway.sessions import AmbiguousCookie, SessionCookieAuthenticator, hash_session_id, single_cookie
 
 from .checker import Checker, Credentials
 from .decision import Outcome
 from .httpserver import HTTPServer
 from .oidc import OIDCClient
-from .sessions import AmbiguousCookie, SessionCookieAuthenticator, hash_session_id, single_cookie
 from .urls import forwarded_url, routed_host_of, safe_redirect
 
 log = logging.getLogger(__name__)

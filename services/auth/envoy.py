@@ -26,10 +26,10 @@ from aigc_gateway.api.envoy import envoy_service_auth_v3_external_auth_pb2 as ex
 from aigc_gateway.api.envoy import envoy_service_auth_v3_external_auth_pb2_grpc as ext_grpc
 from aigc_gateway.api.envoy import envoy_type_v3_http_status_pb2 as http_status
 from aigc_gateway.identity import require_admin
+from aigc_gateway.sessions import AmbiguousCookie, single_cookie
 
 from .checker import Checker, Credentials
 from .decision import Decision, Outcome
-from .sessions import AmbiguousCookie, single_cookie
 
 _DENIED = {Outcome.UNAUTHENTICATED: (code_pb2.UNAUTHENTICATED, http_status.Unauthorized),
            Outcome.FORBIDDEN: (code_pb2.PERMISSION_DENIED, http_status.Forbidden)}

@@ -12,12 +12,12 @@ from aigc_gateway.errors import NotFound, invalid
 from aigc_gateway.identity import Principal, require_admin, require_principal
 from aigc_gateway.runtime import Runtime
 from aigc_gateway.server import Registration, ServiceParts
+from aigc_gateway.sessions import SESSION_METADATA, AmbiguousCookie, single_cookie
 
 from .checker import Credentials
 from .decision import Decision, Outcome, decide
 from .envoy import EnvoyAuthorizationServicer
 from .service import AuthService
-from .sessions import SESSION_METADATA, AmbiguousCookie, single_cookie
 from .urls import BadURL, parse_original_url
 
 _KINDS = {"user": auth_pb2.Principal.USER, "service": auth_pb2.Principal.SERVICE}

@@ -13,6 +13,7 @@ import logging
 from aigc_gateway.config import ConfigError
 from aigc_gateway.identity import JWTAuthenticator
 from aigc_gateway.runtime import Runtime
+from aigc_gateway.sessions import SessionCookieAuthenticator
 
 from .activity import ActivityRecorder
 from .checker import Checker
@@ -20,7 +21,6 @@ from .endpoints import AuthEndpoints, public_base
 from .oidc import OIDCClient
 from .ownermap import OwnerMap
 from .routes import RouteIndex
-from .sessions import SessionCookieAuthenticator
 from .sources import OwnershipFollower, TemplateWatch
 from .workers import WorkerPool, default_worker_count
 

@@ -22,9 +22,9 @@ def register(app: typer.Typer) -> None:
                                                 "(what the reconciler does)."),
     ) -> None:
         """Check instance ids, owners and disks against the GameServerSets; print every violation."""
-        from aigc_gateway.cli import _settings
+        from aigc_gateway.cli import settings_or_exit
 
-        settings = _settings(config)
+        settings = settings_or_exit(config)
         found = asyncio.run(_doctor(settings, parent, repair))
         raise typer.Exit(1 if found else 0)
 

@@ -28,9 +28,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Create ownership rows from the custom data the original AIGC-Gateway wrote in Logto (idempotent)."""
         from aigc_gateway import logs
-        from aigc_gateway.cli import _settings
+        from aigc_gateway.cli import settings_or_exit
 
-        settings = _settings(config)
+        settings = settings_or_exit(config)
         logs.setup("usersync", settings.logging.level, settings.logging.json_format)
         try:
             result = asyncio.run(_run(settings, dry_run))

@@ -19,7 +19,8 @@ app.add_typer(config_app, name="config")
 ConfigOption = typer.Option(None, "--config", "-c", help="YAML or JSON config file (else $AIGC_GATEWAY_CONFIG).")
 
 
-def _settings(path: Path | None) -> Settings:
+def settings_or_exit(path: Path | None) -> Settings:
+    """The configuration, or exit status 2 with every problem listed (services' commands use it too)."""
     try:
         return load(path)
     except ConfigError as exc:
@@ -36,7 +37,7 @@ def serve(
     migrate_first: bool = typer.Option(False, "--migrate", help="Run database migrations before serving."),
 ) -> None:
     """Serve one gateway service (or all of them in one process)."""
-    settings = _settings(config)
+    settings = settings_or_exit(config)
     names = list(SERVICE_NAMES) if service == "all" else [service]
     if any(n not in SERVICE_NAMES for n in names):
         typer.echo(f"unknown service {service!r}; choose from {', '.join(SERVICE_NAMES)} or all", err=True)
@@ -62,7 +63,7 @@ def migrate(
     """Apply (or revert) database migrations."""
     from .db.migrate import downgrade, upgrade
 
-    settings = _settings(config)
+    settings = settings_or_exit(config)
     (downgrade if down else upgrade)(settings.database_url(), revision)
     typer.echo(f"database at revision {revision}{' (downgraded)' if down else ''}")
 
@@ -76,7 +77,7 @@ def version() -> None:
 @config_app.command("check")
 def config_check(config: Path | None = ConfigOption) -> None:
     """Validate the configuration and print it with secrets hidden."""
-    settings = _settings(config)
+    settings = settings_or_exit(config)
     typer.echo(settings.model_dump_json(indent=2, by_alias=True))
     typer.echo("configuration is valid", err=True)
 

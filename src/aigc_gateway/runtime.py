@@ -43,7 +43,7 @@ class Runtime:
         authenticator = ChainAuthenticator([ServiceTokenAuthenticator(token), JWTAuthenticator(settings.oidc)])
         if settings.auth.session_keys:
             # The auth service's session cookie is a credential on every server (the REST bridge forwards it).
-            from .services.auth.sessions import SessionCookieAuthenticator
+            from .sessions import SessionCookieAuthenticator
 
             authenticator.add(SessionCookieAuthenticator(settings, db))
         replay = settings.idempotency

@@ -1,5 +1,10 @@
 """Browser sessions: the signed cookie, the server-side rows, and the cookie authenticator.
 
+Core, not the auth service's: the session cookie is a credential on every gateway server (the
+runtime installs :class:`SessionCookieAuthenticator` when ``auth.session_keys`` is set; the REST
+bridge forwards the cookie as ``cookie`` metadata), so every service reads sessions; the auth service alone creates and revokes them (sign-in, sign-out,
+RevokeUserSessions) through the same :class:`SessionStore`, whose cache its own revocations clear.
+
 The cookie carries only ``{session id, user id, expiry}``, signed with
 itsdangerous (HMAC-SHA256) under the configured keys: the first key signs,
 every key verifies, so keys rotate by prepending a new one. Whether a session
@@ -13,10 +18,6 @@ in the background (many at once, one query) and served meanwhile for at most
 ``REFRESH_GRACE_SECONDS``: the lifetime is only a safety net behind the
 notifications there, and re-reading on the request path made every session's
 next check wait for the database every 30 s.
-
-:class:`SessionCookieAuthenticator` makes the cookie a credential of every
-gateway gRPC server (the REST bridge forwards it as ``cookie`` metadata);
-the runtime installs it when ``auth.session_keys`` is set.
 """
 from __future__ import annotations
 
@@ -34,14 +35,13 @@ from typing import Any
 from itsdangerous import BadData, URLSafeSerializer
 from sqlalchemy import select, text, update
 
-from aigc_gateway.background import cancel_and_wait
-from aigc_gateway.config import Settings
-from aigc_gateway.db import Database
-from aigc_gateway.db.listen import PgListener, asyncpg_dsn
-from aigc_gateway.errors import Unauthenticated
-from aigc_gateway.identity import SERVICE_TOKEN_HEADER, Principal
-
-from .models import AuthSessionRow
+from .background import cancel_and_wait
+from .config import Settings
+from .db import Database
+from .db.listen import PgListener, asyncpg_dsn
+from .db.models import AuthSessionRow
+from .errors import Unauthenticated
+from .identity import SERVICE_TOKEN_HEADER, Principal
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from sqlalchemy import select
 from aigc_gateway.api.v1 import auth_pb2, auth_pb2_grpc
 from aigc_gateway.db.models import AuditEventRow, InstanceRow
 from aigc_gateway.services.auth.routes import RoutePattern
-from aigc_gateway.services.auth.sessions import SessionCookie, SessionStore
+from aigc_gateway.sessions import SessionCookie, SessionStore
 from tests.plugins.auth_stack import SESSION_KEY
 
 from .stack import DOMAIN, AuthStack, start_auth_stack

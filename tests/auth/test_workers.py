@@ -30,8 +30,8 @@ from aigc_gateway.db.models import AuditEventRow, InstanceRow
 from aigc_gateway.services.auth.checker import DeniedBudget
 from aigc_gateway.services.auth.ownermap import InstanceKey, OwnerMap, Route
 from aigc_gateway.services.auth.routes import RoutePattern
-from aigc_gateway.services.auth.sessions import SessionStore, hash_session_id
 from aigc_gateway.services.auth.workers import WorkerPool, _plain
+from aigc_gateway.sessions import SessionStore, hash_session_id
 
 from .stack import DOMAIN, AuthStack, start_auth_stack
 
@@ -331,7 +331,7 @@ async def test_a_taken_port_fails_the_start_loudly(database_url) -> None:
 
 
 async def test_a_session_past_its_lifetime_is_served_while_read_again_in_the_background(database) -> None:
-    from aigc_gateway.services.auth import sessions as module
+    from aigc_gateway import sessions as module
 
     store = SessionStore(database)
     store.start()

@@ -13,9 +13,8 @@ from alembic.migration import MigrationContext
 from sqlalchemy import inspect
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from aigc_gateway.db import tables  # noqa: F401 - every table on Base.metadata
 from aigc_gateway.db.migrate import downgrade, upgrade
-from aigc_gateway.db.models import Base
+from aigc_gateway.db.tables import load_all
 
 from ..plugins.postgres import _asyncpg_dsn, _with_db
 
@@ -35,7 +34,7 @@ async def _differences(url: str) -> list[object]:
     try:
         async with engine.connect() as conn:
             return await conn.run_sync(lambda c: [d for d in compare_metadata(
-                MigrationContext.configure(c, opts={"compare_type": True}), Base.metadata)
+                MigrationContext.configure(c, opts={"compare_type": True}), load_all())
                 if not (isinstance(d, tuple) and d[0] == "remove_table" and d[1].name == "alembic_version")])
     finally:
         await engine.dispose()
@@ -43,7 +42,7 @@ async def _differences(url: str) -> list[object]:
 
 async def _roundtrip(url: str) -> None:
     await asyncio.to_thread(upgrade, url)
-    expected = set(Base.metadata.tables)
+    expected = set(load_all().tables)
     assert expected <= await _tables(url)
     differences = await _differences(url)
     assert differences == [], differences

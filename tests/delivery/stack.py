@@ -49,7 +49,7 @@ class Rest:
 
 async def session_cookie(gw: RunningGateway, user: str) -> str:
     """A real signed-in session of `user`, made by the auth service's own store: the Cookie header value."""
-    from aigc_gateway.services.auth.sessions import SessionCookie, SessionStore
+    from aigc_gateway.sessions import SessionCookie, SessionStore
 
     settings = gw.runtime.settings
     store = SessionStore(gw.runtime.db)

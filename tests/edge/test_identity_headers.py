@@ -13,7 +13,7 @@ import time
 import pytest
 from kubernetes_asyncio import client
 
-from aigc_gateway.services.auth.sessions import SessionCookie, SessionStore
+from aigc_gateway.sessions import SessionCookie, SessionStore
 from tests.auth.stack import DOMAIN
 from tests.plugins.kube import api_client
 

@@ -183,6 +183,29 @@ class DisputedInstanceRow(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
 
 
+class AuthSessionRow(Base):
+    """One signed-in browser. The cookie carries the session id; only its SHA-256 is stored, so a
+    read of this table alone cannot be turned into a usable cookie.
+
+    Shared schema: every server reads it to accept the session cookie (``aigc_gateway.sessions``); the
+    auth service writes it (sign-in, sign-out, revocation), and its Alembic branch creates it.
+    """
+
+    __tablename__ = "auth_sessions"
+
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user: Mapped[str] = mapped_column(String(255), nullable=False)
+    email: Mapped[str] = mapped_column(String(320), nullable=False, default="")
+    preferred_username: Mapped[str] = mapped_column(String(255), nullable=False, default="")
+    display_name: Mapped[str] = mapped_column(String(255), nullable=False, default="")
+    roles: Mapped[list[str]] = mapped_column(Json, nullable=False, default=list)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+    __table_args__ = (Index("ix_auth_sessions_user", "user"), Index("ix_auth_sessions_expires_at", "expires_at"))
+
+
 INSTANCE_CHANNEL = "aigc_instances"
 
 

@@ -6,12 +6,11 @@ import asyncio
 from alembic import context
 from sqlalchemy.ext.asyncio import create_async_engine
 
-# Services' tables register on Base.metadata when their models are imported.
-from aigc_gateway.db import tables  # noqa: F401
-from aigc_gateway.db.models import Base
+from aigc_gateway.db.tables import load_all
 
 config = context.config
-target_metadata = Base.metadata
+# The core's tables and each service's (found by service name, the way the server finds their build()).
+target_metadata = load_all()
 
 
 def _run(connection) -> None:  # type: ignore[no-untyped-def]
