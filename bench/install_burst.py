@@ -119,9 +119,9 @@ async def gateway_burst(kube, settings, namespace: str, names: list[str], instal
 
 async def original_burst(kube, namespace: str, names: list[str], installs: int) -> Result:  # type: ignore[no-untyped-def]
     """The original algorithm: an unguarded read-modify-write of replicas."""
+    from aigc_gateway import okg
     from aigc_gateway.errors import GatewayError
     from aigc_gateway.kube import GSS
-    from aigc_gateway.services.instance import reserve
 
     result = Result("original", ids={n: [] for n in names})
 
@@ -131,7 +131,7 @@ async def original_burst(kube, namespace: str, names: list[str], installs: int) 
         try:
             gss = await kube.get(GSS, namespace, tpl)
             spec = gss["spec"]
-            new_id = len(reserve.parse(spec.get("reserveGameServerIds"))) + int(spec.get("replicas") or 0)
+            new_id = len(okg.parse_reserve(spec.get("reserveGameServerIds"))) + int(spec.get("replicas") or 0)
             await kube.patch(GSS, namespace, tpl, {"spec": {"replicas": int(spec.get("replicas") or 0) + 1}})
         except GatewayError as exc:
             result.errors[exc.code.name] += 1

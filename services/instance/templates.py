@@ -11,17 +11,14 @@ import copy
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from aigc_gateway import okg
 from aigc_gateway.errors import FailedPrecondition, NotFound
 
-from . import reserve
 from .allocator import Spec
 from .names import TemplateRef
 
 Obj = dict[str, Any]
 
-RESERVE_IDS = "ReserveIds"
-# kruise-game's record of the explicit reserve list it last applied (same notation as the spec).
-RESERVE_ANNOTATION = "game.kruise.io/reserve-ids"
 ECI_LABEL = "alibabacloud.com/eci"
 ECI_SPECS_ANNOTATION = "k8s.aliyun.com/eci-use-specs"
 GPU = "nvidia.com/gpu"
@@ -45,7 +42,7 @@ def check_usable(ref: TemplateRef, gss: Obj) -> None:
     """FAILED_PRECONDITION unless instances can be allocated exactly on this GameServerSet."""
     spec = gss.get("spec") or {}
     strategy = (spec.get("scaleStrategy") or {}).get("scaleDownStrategyType") or "General"
-    if strategy != RESERVE_IDS:
+    if strategy != okg.RESERVE_IDS:
         raise FailedPrecondition(
             f"template {ref.name} uses scaleDownStrategyType {strategy}; instances need ReserveIds so that a "
             "paused or uninstalled id stays reserved", reason="NOT_RESERVE_IDS", metadata={"template": ref.name})
@@ -57,8 +54,8 @@ def check_usable(ref: TemplateRef, gss: Obj) -> None:
 def spec_of(ref: TemplateRef, gss: Obj) -> Spec:
     spec = gss.get("spec") or {}
     try:
-        reserved = reserve.parse(spec.get("reserveGameServerIds"))
-    except reserve.ReserveListError as exc:
+        reserved = okg.parse_reserve(spec.get("reserveGameServerIds"))
+    except okg.ReserveListError as exc:
         raise FailedPrecondition(f"template {ref.name}: {exc}", reason="RESERVE_LIST_INVALID",
                                  metadata={"template": ref.name}) from None
     return Spec(int(spec.get("replicas") or 0), reserved)
@@ -77,10 +74,10 @@ def settled(gss: Obj) -> bool:
     if status.get("observedGeneration") != meta.get("generation"):
         return False
     try:
-        applied = reserve.parse(
-            [p for p in ((meta.get("annotations") or {}).get(RESERVE_ANNOTATION) or "").split(",") if p.strip()])
-        wanted = reserve.parse((gss.get("spec") or {}).get("reserveGameServerIds"))
-    except reserve.ReserveListError:
+        applied = okg.parse_reserve(
+            [p for p in ((meta.get("annotations") or {}).get(okg.RESERVE_ANNOTATION) or "").split(",") if p.strip()])
+        wanted = okg.parse_reserve((gss.get("spec") or {}).get("reserveGameServerIds"))
+    except okg.ReserveListError:
         return False
     return applied == wanted and status.get("replicas", 0) == (gss.get("spec") or {}).get("replicas", 0)
 
@@ -90,7 +87,7 @@ def with_spec(gss: Obj, after: Spec) -> Obj:
     body = copy.deepcopy(gss)
     body.pop("status", None)
     body["spec"]["replicas"] = after.replicas
-    body["spec"]["reserveGameServerIds"] = reserve.format_ints(after.reserved)
+    body["spec"]["reserveGameServerIds"] = okg.format_reserve(after.reserved)
     return body
 
 

@@ -23,13 +23,12 @@ import logging
 import time
 from typing import Any
 
-from aigc_gateway import audit
+from aigc_gateway import audit, okg
 from aigc_gateway.api.v1 import template_pb2
 from aigc_gateway.db.models import allocator_lock
 from aigc_gateway.errors import FailedPrecondition, NotFound, Unavailable, Violation
 
 from . import changes
-from .changes import reserved_ids
 from .cluster import TemplateCluster
 from .describe import Counts, claim_templates, describe_or_flag
 from .handoff import PURGE_INSTANCES, Handoff, Outcome
@@ -46,8 +45,10 @@ def candidate_ids(obj: dict[str, Any], known: list[int]) -> set[int]:
     """Every id the template may have used: with no holes (DESIGN §5) they are below replicas + reserved."""
     spec = obj.get("spec") or {}
     replicas = spec.get("replicas") if isinstance(spec.get("replicas"), int) else 0
-    reserved = reserved_ids(spec.get("reserveGameServerIds") or [])
-    reserved = reserved if isinstance(reserved, set) else set()
+    try:
+        reserved = okg.parse_reserve(spec.get("reserveGameServerIds"))
+    except okg.ReserveListError:
+        reserved = frozenset()
     return set(range(replicas + len(reserved))) | reserved | set(known)
 
 

@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from aigc_gateway import okg
 from aigc_gateway.errors import Aborted, Violation
 
 from .normalize import SERVER_METADATA
@@ -111,24 +112,15 @@ def set_path(obj: dict[str, Any], segments: list[str], value: Any) -> None:
 
 # -- comparing -----------------------------------------------------------------
 
-def reserved_ids(value: Any) -> set[int] | Any:
-    """`[1, 2, "5-7"]` as {1, 2, 5, 6, 7}, to compare what was read with what the controller wrote."""
+def reserved_ids(value: Any) -> frozenset[int] | Any:
+    """`[1, 2, "5-7"]` as {1, 2, 5, 6, 7}, to compare what was read with what the controller wrote; a value
+    that is not a reserve list (see :func:`aigc_gateway.okg.parse_reserve`) is compared as it is."""
     if not isinstance(value, list):
         return value
-    out: set[int] = set()
-    for item in value:
-        if isinstance(item, int):
-            out.add(item)
-        elif isinstance(item, str) and "-" in item:
-            low, _, high = item.partition("-")
-            if not (low.strip().isdigit() and high.strip().isdigit()):
-                return value
-            out.update(range(int(low), int(high) + 1))
-        elif isinstance(item, str) and item.strip().isdigit():
-            out.add(int(item))
-        else:
-            return value
-    return out
+    try:
+        return okg.parse_reserve(value)
+    except okg.ReserveListError:
+        return value
 
 
 def _same(path: str, a: Any, b: Any) -> bool:

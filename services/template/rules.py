@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from aigc_gateway import idle
+from aigc_gateway import idle, okg
 from aigc_gateway.errors import Violation
 
 from . import network
@@ -48,7 +48,6 @@ AUTH_URL_CHARS = re.compile(r"^[-._~a-zA-Z0-9/: ,?&=$]+$")
 RESPONSE_HEADERS_CHARS = re.compile(r"^[A-Za-z0-9\-_, ]*$")
 HEADER_NAME = re.compile(r"^[a-zA-Z\d\-_]+$")
 DNS_SUBDOMAIN = re.compile(r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-RESERVED_RANGE = re.compile(r"^\s*(\d+)\s*-\s*(\d+)\s*$")
 # Reasons that describe the dashboard entry only; they do not stop users from installing.
 COSMETIC = frozenset({"INVALID_SORT_ORDER", "INVALID_ICON_URL"})
 
@@ -156,7 +155,7 @@ def _check_scaling(spec: dict[str, Any], mode: Mode, report: Report) -> None:
         report.bad("spec.replicas", f"must be 0 when a template is published (instances are created per user), "
                    f"got {replicas}", "REPLICAS_NOT_ZERO")
     strategy = _dict(spec.get("scaleStrategy")).get("scaleDownStrategyType")
-    if strategy != "ReserveIds":
+    if strategy != okg.RESERVE_IDS:
         # An update cannot change the scale strategy, so there it is a note, not a refusal.
         (report.warn if mode is Mode.UPDATE else report.bad)(
             "spec.scaleStrategy.scaleDownStrategyType",
@@ -172,20 +171,11 @@ def _check_scaling(spec: dict[str, Any], mode: Mode, report: Report) -> None:
         report.bad("spec.reserveGameServerIds", "must be a list of ids or ranges like \"5-7\"", "INVALID_RESERVED_IDS")
     else:
         for i, item in enumerate(reserved):
-            if not _valid_reserved(item):
+            try:  # the instance service reads the list with the same function
+                okg.parse_reserve([item])
+            except okg.ReserveListError as exc:
                 report.bad(f"spec.reserveGameServerIds[{i}]", f"{item!r} is neither an id >= 0 nor a range like "
-                           "\"5-7\"", "INVALID_RESERVED_IDS")
-
-
-def _valid_reserved(item: Any) -> bool:
-    if isinstance(item, int) and not isinstance(item, bool):
-        return item >= 0
-    if isinstance(item, str):
-        if item.strip().isdigit():
-            return True
-        match = RESERVED_RANGE.match(item)
-        return bool(match) and int(match[1]) <= int(match[2])
-    return False
+                           f"\"5-7\" ({exc})", "INVALID_RESERVED_IDS")
 
 
 def _check_network(obj: dict[str, Any], policy: Policy, report: Report) -> None:

@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from aigc_gateway import audit, kube
+from aigc_gateway import audit, kube, okg
 from aigc_gateway.db import Database
 from aigc_gateway.db.models import (
     DisputedInstanceRow,
@@ -43,7 +43,7 @@ from aigc_gateway.errors import Aborted, FailedPrecondition, NotFound, invalid
 
 from . import metrics, mirrorstore
 from .entries import entry_key
-from .importplan import Dispute, GssState, parse_reserved
+from .importplan import Dispute, GssState
 
 ReadGss = Callable[[str, str], Awaitable[GssState]]
 KubeFactory = Callable[[], Awaitable[kube.Kube]]
@@ -156,7 +156,7 @@ class Resolver:
             gss = await client.get(kube.GSS, namespace, template)
             spec = gss.get("spec") or {}
             now = GssState(replicas=int(spec.get("replicas") or 0),
-                           reserved=parse_reserved(spec.get("reserveGameServerIds")))
+                           reserved=okg.parse_reserve(spec.get("reserveGameServerIds")))
             live = now.live()
             if instance_id not in live:
                 return  # reserved already (a resolve that crashed after its write)
@@ -169,7 +169,7 @@ class Resolver:
             body = copy.deepcopy(gss)
             body.pop("status", None)
             body["spec"]["replicas"] = after.replicas
-            body["spec"]["reserveGameServerIds"] = sorted(after.reserved)
+            body["spec"]["reserveGameServerIds"] = okg.format_reserve(after.reserved)
             try:
                 await client.replace(kube.GSS, namespace, body)  # with the resourceVersion read
                 return

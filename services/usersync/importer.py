@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import select
 
-from aigc_gateway import kube
+from aigc_gateway import kube, okg
 from aigc_gateway.audit import AuditLog
 from aigc_gateway.config import Settings
 from aigc_gateway.context import principal_var
@@ -44,7 +44,6 @@ from .importplan import (
     Dispute,
     GssState,
     Row,
-    parse_reserved,
     plan_template,
 )
 from .logto import LogtoClient
@@ -184,7 +183,7 @@ class Importer:
                                     "missing)")
         spec = gss.get("spec") or {}
         try:
-            reserved = parse_reserved(spec.get("reserveGameServerIds"))
+            reserved = okg.parse_reserve(spec.get("reserveGameServerIds"))
         except ValueError as exc:
             return GssState(problem=str(exc))
         replicas = int(spec.get("replicas") or 0)

@@ -32,7 +32,7 @@ from datetime import datetime
 
 from .entries import Entry
 
-MAX_RESERVED = 10_000  # a reserve range larger than this is refused rather than expanded into rows
+MAX_RESERVED = 10_000  # a reserve list holding more ids than this is refused rather than expanded into rows
 
 IMPORTED, UNCHANGED, CONFLICT, DISPUTED = "imported", "unchanged", "conflict", "disputed"
 
@@ -198,27 +198,3 @@ def _decide(claim: Claim, live: frozenset[int], gss: GssState, existing: Mapping
                        "GameServerSet")
     return Outcome(user, claim.entry, IMPORTED)
 
-
-def parse_reserved(values: Iterable[object] | None) -> frozenset[int]:
-    """``spec.reserveGameServerIds``: ints and ``"a-b"`` range strings (kruise-game 1.x), plain ints (0.x).
-    Anything else raises ValueError: guessing could hand out a reserved id."""
-    ids: set[int] = set()
-    for item in values or ():
-        if isinstance(item, bool):
-            raise ValueError(f"reserveGameServerIds holds {item!r}")
-        if isinstance(item, int) and item >= 0:
-            ids.add(item)
-            continue
-        if isinstance(item, str):
-            text = item.strip()
-            low, sep, high = text.partition("-")
-            if text.isdecimal():
-                ids.add(int(text))
-                continue
-            if sep and low.strip().isdecimal() and high.strip().isdecimal() and int(low) <= int(high):
-                if int(high) - int(low) > MAX_RESERVED:
-                    raise ValueError(f"reserveGameServerIds range {item!r} is too large")
-                ids.update(range(int(low), int(high) + 1))
-                continue
-        raise ValueError(f"reserveGameServerIds holds {item!r}, which is neither an id nor a range")
-    return frozenset(ids)

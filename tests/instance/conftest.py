@@ -62,12 +62,12 @@ async def create_template(game: Game, testbed: Testbed, name: str = SAMPLE, samp
 
 async def wait_realigned(game: Game, live: set[int], template: str = SAMPLE) -> None:
     """Until (R, X) runs exactly ``live`` and exactly those pods run (allocator.plan_realign's end state)."""
-    from aigc_gateway.services.instance import reserve
+    from aigc_gateway import okg
     from aigc_gateway.services.instance.allocator import Spec
 
     async def realigned() -> bool:
         spec = (await game.get_gss(template))["spec"]
-        aligned = Spec.of(spec["replicas"], reserve.parse(spec.get("reserveGameServerIds"))).live() == live
+        aligned = Spec.of(spec["replicas"], okg.parse_reserve(spec.get("reserveGameServerIds"))).live() == live
         return aligned and await game.running_ids(template) == live
     await wait_for(realigned, 90, what=f"ids {sorted(live)} running again and (R, X) running exactly them")
 

@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aigc_gateway.errors import AlreadyExists, FailedPrecondition, NotFound
-from aigc_gateway.services.instance import allocator, invariants, reserve
+from aigc_gateway.services.instance import allocator, invariants
 from aigc_gateway.services.instance.allocator import Op, Plan, Slot, SlotState, Spec, Transition
 from aigc_gateway.services.instance.names import TemplateRef
 
@@ -22,23 +22,7 @@ def slots(*items: tuple[int, SlotState, str | None]) -> dict[int, Slot]:
     return {i: Slot(i, s, o) for i, s, o in items}
 
 
-# -- reserve lists -----------------------------------------------------------------------------------------
-
-def test_reserve_list_reads_ints_ranges_and_numeric_strings() -> None:
-    assert reserve.parse([1, "4-7", "9", " 11 - 12 "]) == {1, 4, 5, 6, 7, 9, 11, 12}
-    assert reserve.parse(None) == frozenset()
-    assert reserve.parse(["3-3"]) == {3}
-
-
-@pytest.mark.parametrize("bad", [[-1], ["7-5"], ["x"], [True], [1.5], ["1-"], [None], [{"a": 1}]])
-def test_reserve_list_refuses_what_is_not_an_id(bad: list) -> None:
-    with pytest.raises(reserve.ReserveListError):
-        reserve.parse(bad)
-
-
-def test_reserve_list_is_written_as_sorted_ints() -> None:
-    assert reserve.format_ints({5, 1, 3}) == [1, 3, 5]
-
+# (reserve lists: tests/unit/test_okg.py)
 
 # -- (R, X) ------------------------------------------------------------------------------------------------
 

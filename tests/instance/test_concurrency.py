@@ -13,9 +13,9 @@ import pytest
 from prometheus_client import REGISTRY
 from sqlalchemy import select
 
+from aigc_gateway import okg
 from aigc_gateway.db import Database
 from aigc_gateway.db.models import InstanceRow
-from aigc_gateway.services.instance import reserve
 
 from ..plugins.gateway import make_settings
 from ..plugins.kube import Game, gss_history, wait_for
@@ -39,7 +39,7 @@ async def test_fifty_users_install_at_once(testbed: Testbed, game: Game, instanc
     assert ids == list(range(50))
     assert len({r.owner for r in results}) == 50
     spec = (await game.get_gss(SAMPLE))["spec"]
-    assert spec["replicas"] == 50 and not reserve.parse(spec.get("reserveGameServerIds"))
+    assert spec["replicas"] == 50 and not okg.parse_reserve(spec.get("reserveGameServerIds"))
     await game.wait_running(SAMPLE, set(range(50)), timeout=240)
     await c.wait_consistent(120)
 

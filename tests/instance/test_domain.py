@@ -5,6 +5,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from aigc_gateway import okg
 from aigc_gateway.api.v1 import common_pb2, instance_pb2
 from aigc_gateway.db.models import InstanceRow
 from aigc_gateway.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
@@ -27,7 +28,7 @@ T0 = datetime(2026, 1, 1, tzinfo=UTC)
 def gss(**spec: object) -> dict:
     base = {
         "metadata": {"name": "sd-cpu", "namespace": "games", "generation": 4, "labels": {"app": "aigc"},
-                     "annotations": {templates.RESERVE_ANNOTATION: "1,4-7"}, "resourceVersion": "99"},
+                     "annotations": {okg.RESERVE_ANNOTATION: "1,4-7"}, "resourceVersion": "99"},
         "spec": {"replicas": 3, "reserveGameServerIds": [1, "4-7"],
                  "scaleStrategy": {"scaleDownStrategyType": "ReserveIds"},
                  "gameServerTemplate": {

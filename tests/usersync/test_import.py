@@ -15,8 +15,8 @@ import grpc
 import pytest
 import yaml
 
+from aigc_gateway import okg
 from aigc_gateway.api.v1 import usersync_pb2, usersync_pb2_grpc
-from aigc_gateway.services.usersync.importplan import parse_reserved
 from tests.plugins.gateway import bearer
 from tests.plugins.kube import Game, api_client, load_sample, wait_for
 
@@ -208,7 +208,7 @@ async def test_disputed_ids_stay_out_of_allocation_until_an_admin_resolves_them(
     async with api_client(testbed.kubeconfig) as client:
         game = Game(client, ns)
         spec = (await game.get_gss(GSS))["spec"]
-        assert spec["replicas"] == 2 and {3, 5} <= set(parse_reserved(spec["reserveGameServerIds"]))
+        assert spec["replicas"] == 2 and {3, 5} <= set(okg.parse_reserve(spec["reserveGameServerIds"]))
         await game.wait_running(GSS, {0, 2})
     rows = await instances(database)
     assert (rows[(ns, GSS, 2)].slot, rows[(ns, GSS, 2)].owner) == ("LIVE", "carol")

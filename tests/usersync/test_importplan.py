@@ -1,7 +1,6 @@
 """ImportFromLogto's per-template decisions (pure), checked against the allocator's invariants (DESIGN §5)."""
 from __future__ import annotations
 
-import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -15,7 +14,6 @@ from aigc_gateway.services.usersync.importplan import (
     Dispute,
     GssState,
     Row,
-    parse_reserved,
     plan_template,
 )
 
@@ -67,14 +65,6 @@ def test_holes_are_reported_not_given_rows() -> None:
     plan = plan_template(GssState(replicas=1, reserved=frozenset({3})), [claim("a", 0)], {})
     assert [r.id for r in plan.rows] == [0, 3]
     assert [i for i, why in plan.unclaimed if "hole" in why] == [1, 2]
-
-
-def test_reserve_list_parsing() -> None:
-    assert parse_reserved([1, "3", "5-7", " 9 - 10 "]) == {1, 3, 5, 6, 7, 9, 10}
-    assert parse_reserved(None) == frozenset()
-    for bad in ([True], [-1], ["7-5"], ["x"], [1.5], ["0-99999999"]):
-        with pytest.raises(ValueError):
-            parse_reserved(bad)
 
 
 @given(st.integers(0, 8), st.frozensets(st.integers(0, 12), max_size=6), st.frozensets(st.integers(0, 12)),
