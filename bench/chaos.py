@@ -187,7 +187,9 @@ class ChaosBed:
             server = GatewayServer(service, runtime, load_service(service, runtime))
             await server.start()
             self.gateways.append((runtime, server))
-        self.auth_service = self.gateways[1][0].extras["auth"]
+        from aigc_gateway.services.auth.service import AuthService
+
+        self.auth_service = self.gateways[1][1].parts.service_as(AuthService)
         self.proxies["grpc-instance"] = self.toxi.proxy("grpc-instance", f"127.0.0.1:{ports['instance']}")
         from aigc_gateway.api.v1 import auth_pb2_grpc, instance_pb2_grpc
 

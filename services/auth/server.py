@@ -111,6 +111,4 @@ def build(runtime: Runtime) -> ServiceParts:
                      Registration("envoy.service.auth.v3.Authorization",
                                   EnvoyAuthorizationServicer(service.checker, runtime.settings.auth.cookie_name),
                                   ext_grpc.add_AuthorizationServicer_to_server)]
-    parts = ServiceParts(registrations, on_start=[service.start], on_stop=[service.stop])
-    runtime.extras["auth"] = service
-    return parts
+    return ServiceParts(registrations, on_start=[service.start], on_stop=[service.stop], service=service)

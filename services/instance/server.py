@@ -139,9 +139,8 @@ class InstanceServicer(instance_pb2_grpc.InstanceServiceServicer):
 
 def build(runtime: Runtime) -> ServiceParts:
     service = InstanceService(runtime)
-    runtime.extras["instance_service"] = service
     return ServiceParts(
         [Registration("aigc.gateway.v1.InstanceService", InstanceServicer(service),
                       instance_pb2_grpc.add_InstanceServiceServicer_to_server,
                       base=instance_pb2_grpc.InstanceServiceServicer)],
-        on_start=[service.start], on_stop=[service.stop])
+        on_start=[service.start], on_stop=[service.stop], service=service)

@@ -86,9 +86,8 @@ class UserSyncServiceServicer(usersync_pb2_grpc.UserSyncServiceServicer):
 
 def build(runtime: Runtime) -> ServiceParts:
     usersync = UserSync(runtime)
-    runtime.extras["usersync"] = usersync
     return ServiceParts(
         [Registration("aigc.gateway.v1.UserSyncService", UserSyncServiceServicer(usersync),
                       usersync_pb2_grpc.add_UserSyncServiceServicer_to_server,
                       base=usersync_pb2_grpc.UserSyncServiceServicer)],
-        on_start=[usersync.start], on_stop=[usersync.stop])
+        on_start=[usersync.start], on_stop=[usersync.stop], service=usersync)

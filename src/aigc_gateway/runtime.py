@@ -10,7 +10,6 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
 
 import grpc
 
@@ -31,7 +30,6 @@ class Runtime:
     idempotency: IdempotencyStore
     service_token: str
     _channels: dict[str, grpc.aio.Channel] = field(default_factory=dict)
-    extras: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def create(cls, settings: Settings, *, generate_service_token: bool = False) -> Runtime:

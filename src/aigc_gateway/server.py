@@ -13,7 +13,7 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -27,6 +27,8 @@ from .errors import Unimplemented
 from .runtime import Runtime
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -47,6 +49,14 @@ class ServiceParts:
     # Background tasks and extra listeners (HTTP endpoints, reconcilers), started with the server.
     on_start: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    # The service object build() made, for tests and benches that drive it directly (see service_as).
+    service: object | None = None
+
+    def service_as(self, kind: type[T]) -> T:
+        """The service object, checked to be a ``kind``: ``parts.service_as(AuthService)``."""
+        if not isinstance(self.service, kind):
+            raise TypeError(f"the service object is a {type(self.service).__name__}, not a {kind.__name__}")
+        return self.service
 
 
 def fill_unimplemented(registration: Registration, issue: str = "") -> None:

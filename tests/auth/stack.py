@@ -27,7 +27,7 @@ class AuthStack:
 
     @property
     def service(self) -> AuthService:
-        return self.gateway.runtime.extras["auth"]
+        return self.gateway.service("auth", AuthService)
 
     @property
     def auth_port(self) -> int:

@@ -17,6 +17,7 @@ from aigc_gateway.api.v1 import instance_pb2
 from aigc_gateway.db import Database
 from aigc_gateway.db.models import InstanceRow
 from aigc_gateway.services.instance.quotas import Usage
+from aigc_gateway.services.instance.service import InstanceService
 
 from ..plugins.gateway import make_settings
 from .conftest import create_template, instance_overrides
@@ -68,7 +69,7 @@ async def test_each_limit_refuses_at_its_boundary(testbed, game, start_gateway, 
     })
     gw = await start_gateway("instance", settings=settings)
     c = client_for(gw.channel("instance"))
-    service = gw.runtime.extras["instance_service"]
+    service = gw.service("instance", InstanceService)
 
     a1 = await c.install("alice", "g1")  # gpus 1 of 1
     assert await refused(c.install("alice", "g2")) == [("user:alice", "gpus: usage 1, maximum 1")]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import pytest
@@ -18,11 +18,18 @@ from .oidc import Issuer
 TEST_SERVICE_TOKEN = "test-service-token-" + "x" * 32
 
 
+T = TypeVar("T")
+
+
 @dataclass
 class RunningGateway:
     runtime: Runtime
     servers: dict[str, GatewayServer] = field(default_factory=dict)
     channels: dict[str, grpc.aio.Channel] = field(default_factory=dict)
+
+    def service(self, name: str, kind: type[T]) -> T:
+        """The service object of server ``name`` (its build()'s), checked to be a ``kind``."""
+        return self.servers[name].parts.service_as(kind)
 
     def channel(self, name: str) -> grpc.aio.Channel:
         if name not in self.channels:

@@ -11,7 +11,7 @@ from aigc_gateway.db import Database
 from aigc_gateway.db.models import DisputedInstanceRow, InstanceRow, UserSyncOutboxRow, notify_instance_change
 from aigc_gateway.services.usersync.service import UserSync
 from tests.doubles.logto import LogtoDouble
-from tests.plugins.gateway import make_settings
+from tests.plugins.gateway import RunningGateway, make_settings
 from tests.plugins.kube import wait_for
 from tests.plugins.logto import usersync_config
 
@@ -104,8 +104,8 @@ async def drained(db: Database, timeout: float = 20) -> None:
     await wait_for(done, timeout=timeout, interval=0.1, what="the outbox to drain")
 
 
-def usersync_of(gateway: Any) -> UserSync:
-    return gateway.runtime.extras["usersync"]
+def usersync_of(gateway: RunningGateway) -> UserSync:
+    return gateway.service("usersync", UserSync)
 
 
 class Standalone:
