@@ -45,7 +45,7 @@ class LiveCluster(TemplateCluster):
 
     async def list(self, namespace: str) -> list[dict[str, Any]]:
         listed = await (await self.handle.get()).list(kube.GSS, namespace, label_selector=self.policy.label_selector)
-        return [_with_kind(o) for o in listed.get("items") or [] if self._is_template(o)]
+        return [_with_kind(o) for o in listed.get("items") or [] if self.policy.is_template(o)]
 
 
 async def timed(rounds: int, step: Callable[[], Awaitable[Any]]) -> list[float]:

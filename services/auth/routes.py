@@ -19,10 +19,11 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from aigc_gateway import okg
+
 from .ownermap import InstanceKey, OwnerMap, Route
 from .urls import BadURL, normalise_host, normalise_path
 
-INGRESS_NETWORK = "Kubernetes-Ingress"
 _REGEX_META = re.compile(r"[()\[\]{}*+?|^$\\]")
 
 
@@ -61,7 +62,7 @@ def path_prefix(path: str) -> str:
 def route_pattern(gss: dict[str, Any]) -> RoutePattern | None:
     """The ingress pattern of a GameServerSet, or None when it is not served through a Kubernetes Ingress."""
     network = (gss.get("spec") or {}).get("network") or {}
-    if network.get("networkType") != INGRESS_NETWORK:
+    if network.get("networkType") != okg.INGRESS_NETWORK:
         return None
     host = ""
     paths: list[str] = []

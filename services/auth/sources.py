@@ -22,6 +22,7 @@ from typing import Any
 
 from sqlalchemy import select, tuple_
 
+from aigc_gateway import okg
 from aigc_gateway.background import cancel_and_wait, wait_event
 from aigc_gateway.config import Settings
 from aigc_gateway.db import Database
@@ -208,7 +209,7 @@ class TemplateWatch:
 
     def _selector(self, kind: Kind) -> str:
         if kind is GSS:
-            return ",".join(f"{k}={v}" for k, v in sorted(self.settings.gss_labels.items()))
+            return okg.label_selector(self.settings.gss_labels)
         return OWNER_GSS_LABEL  # every GameServer made by a GameServerSet carries it
 
     async def _informer(self, kind: Kind, namespace: str | None) -> None:

@@ -9,6 +9,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from aigc_gateway import okg
 from aigc_gateway.background import cancel_and_wait
 from aigc_gateway.errors import Unavailable
 from aigc_gateway.kube import EVENT, GAMESERVER, GSS, OWNER_GSS_LABEL, POD, PVC, Kube
@@ -51,8 +52,7 @@ def _event_time(event: Obj) -> str:
 class ClusterCache:
     def __init__(self, kube: Kube, namespaces: Iterable[str], gss_labels: Mapping[str, str]):
         scopes: list[str | None] = list(namespaces) or [None]
-        selector = ",".join(f"{k}={v}" for k, v in sorted(gss_labels.items()))
-        self.templates = [Informer(kube, GSS, ns, label_selector=selector) for ns in scopes]
+        self.templates = [Informer(kube, GSS, ns, label_selector=okg.label_selector(gss_labels)) for ns in scopes]
         self.game_servers = [Informer(kube, GAMESERVER, ns, label_selector=OWNER_GSS_LABEL) for ns in scopes]
         self.pods = [Informer(kube, POD, ns, label_selector=OWNER_GSS_LABEL) for ns in scopes]
         self.claims = [Informer(kube, PVC, ns) for ns in scopes]

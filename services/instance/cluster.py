@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from aigc_gateway import okg
 from aigc_gateway.errors import NotFound, Unavailable
 from aigc_gateway.kube import GAMESERVER, GSS, OWNER_GSS_LABEL, POD, PVC, Kube
 
@@ -47,13 +48,13 @@ class Cluster:
 
     async def template(self, ref: TemplateRef) -> Obj:
         """The template's GameServerSet; NOT_FOUND when it is missing or is not a template of this gateway."""
-        if self.namespaces and ref.namespace not in self.namespaces:
+        if not okg.namespace_allowed(ref.namespace, self.namespaces):
             raise templates.not_found(ref)
         try:
             gss = await self.kube.get(GSS, ref.namespace, ref.template)
         except NotFound:
             raise templates.not_found(ref) from None
-        if not templates.is_template(gss, self.namespaces, self.gss_labels):
+        if not okg.is_template(gss, self.namespaces, self.gss_labels):
             raise templates.not_found(ref)
         return gss
 
@@ -104,12 +105,10 @@ class Cluster:
         return await self.kube.replace(GSS, gss["metadata"]["namespace"], templates.with_spec(gss, after))
 
     async def list_templates(self) -> list[Obj]:
-        selector = ",".join(f"{k}={v}" for k, v in sorted(self.gss_labels.items()))
         out: list[Obj] = []
         for ns in self.namespaces or [None]:
-            listed = await self.kube.list(GSS, ns, label_selector=selector)
-            out.extend(g for g in listed.get("items") or [] if templates.is_template(g, self.namespaces,
-                                                                                       self.gss_labels))
+            listed = await self.kube.list(GSS, ns, label_selector=okg.label_selector(self.gss_labels))
+            out.extend(g for g in listed.get("items") or [] if okg.is_template(g, self.namespaces, self.gss_labels))
         return out
 
     # -- disks -------------------------------------------------------------------------------------------

@@ -1,14 +1,12 @@
 """What the instance service reads from a template's GameServerSet (pure functions on the JSON object).
 
-Which GameServerSets are templates (settings.namespaces and settings.gss_labels),
-whether one can host instances (ReserveIds), its (R, X), whether the
+Whether a template (see :func:`aigc_gateway.okg.is_template`) can host instances (ReserveIds), its (R, X), whether the
 controller has caught up with the last write, its disks and accelerator, and
 the object to send for a planned write.
 """
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
 from typing import Any
 
 from aigc_gateway import okg
@@ -23,14 +21,6 @@ ECI_LABEL = "alibabacloud.com/eci"
 ECI_SPECS_ANNOTATION = "k8s.aliyun.com/eci-use-specs"
 GPU = "nvidia.com/gpu"
 GPU_MEMORY = "aliyun.com/gpu-mem"
-
-
-def is_template(gss: Obj, namespaces: Sequence[str], labels: Mapping[str, str]) -> bool:
-    meta = gss.get("metadata") or {}
-    if namespaces and meta.get("namespace") not in namespaces:
-        return False
-    have = meta.get("labels") or {}
-    return all(have.get(k) == v for k, v in labels.items())
 
 
 def not_found(ref: TemplateRef) -> NotFound:

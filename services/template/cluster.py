@@ -15,7 +15,7 @@ import logging
 import re
 from typing import Any
 
-from aigc_gateway import kube
+from aigc_gateway import kube, okg
 from aigc_gateway.config import KubernetesConfig
 from aigc_gateway.errors import GatewayError, InvalidArgument, NotFound, Violation
 
@@ -72,20 +72,11 @@ def _admission(exc: GatewayError) -> GatewayError:
 ADVANCED_STATEFULSET = kube.Kind("apps.kruise.io", "v1beta1", "statefulsets", "StatefulSet")
 
 
-def owner_selector(name: str) -> str:
-    return f"{kube.OWNER_GSS_LABEL}={name}"
-
-
 class TemplateCluster:
     def __init__(self, handle: KubeHandle, policy: Policy):
         self.handle = handle
         self.policy = policy
         self.cache = TemplateCache(handle.get, list(policy.namespaces), policy.label_selector)
-
-    def _is_template(self, obj: Obj) -> bool:
-        meta = obj.get("metadata") or {}
-        return self.policy.namespace_allowed(str(meta.get("namespace", ""))) and self.policy.matches_labels(
-            meta.get("labels"))
 
     async def list(self, namespace: str) -> list[Obj]:
         """Every template in ``namespace`` (`-`: in every configured namespace), from the watch cache. Shared
@@ -97,7 +88,7 @@ class TemplateCluster:
             found = [o for o in found if key_of(o)[0] == namespace]
         else:
             found = await self.cache.items(list(self.policy.namespaces) or [None])
-        return [_with_kind(o) for o in found if self._is_template(o)]
+        return [_with_kind(o) for o in found if self.policy.is_template(o)]
 
     async def read(self, namespace: str, name: str) -> Obj:
         """One template from the watch cache (GetTemplate); :meth:`get` for a read that a write follows.
@@ -111,7 +102,7 @@ class TemplateCluster:
         if obj is None:
             obj = await self.get(namespace, name)
             self.cache.note(obj)
-        if not self._is_template(obj):
+        if not self.policy.is_template(obj):
             raise _not_found(namespace, name)
         return _with_kind(obj)
 
@@ -122,7 +113,7 @@ class TemplateCluster:
             obj = await (await self.handle.get()).get(kube.GSS, namespace, name)
         except NotFound:
             raise _not_found(namespace, name) from None
-        if not self._is_template(obj):
+        if not self.policy.is_template(obj):
             raise _not_found(namespace, name)
         return _with_kind(obj)
 
@@ -170,7 +161,7 @@ class TemplateCluster:
         """What of the template is still in the cluster: the GameServerSet, its StatefulSet, pods, GameServers,
         claims."""
         k = await self.handle.get()
-        selector = owner_selector(name)
+        selector = okg.owner_selector(name)
         gss, workload, pods, servers, labelled = await asyncio.gather(
             self._gss_exists(namespace, name), self.exists(namespace, name, ADVANCED_STATEFULSET),
             k.list(kube.POD, namespace, label_selector=selector),
@@ -204,7 +195,7 @@ class TemplateCluster:
     async def live_ids(self, namespace: str, name: str) -> list[int]:
         """Ids of the template's GameServers (the instances a change of the pod template restarts)."""
         k = await self.handle.get()
-        servers = await k.list(kube.GAMESERVER, namespace, label_selector=owner_selector(name))
+        servers = await k.list(kube.GAMESERVER, namespace, label_selector=okg.owner_selector(name))
         ids = []
         for gs in servers.get("items") or []:
             suffix = _name(gs).rsplit("-", 1)[-1]
@@ -223,6 +214,6 @@ def _name(obj: Obj) -> str:
 
 def _with_kind(obj: Obj) -> Obj:
     # Items of a list come without apiVersion/kind; the rules and the manifest shown to admins want them.
-    obj.setdefault("apiVersion", "game.kruise.io/v1alpha1")
-    obj.setdefault("kind", "GameServerSet")
+    obj.setdefault("apiVersion", okg.API_VERSION)
+    obj.setdefault("kind", okg.GSS_KIND)
     return obj

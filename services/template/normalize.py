@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from aigc_gateway import okg
 from aigc_gateway.errors import Violation
 
 from . import network
@@ -27,7 +28,6 @@ from .policy import (
     AUTH_SIGNIN_ANNOTATION,
     AUTH_URL_ANNOTATION,
     IDENTITY_HEADERS,
-    INGRESS_NETWORK,
     Policy,
 )
 
@@ -82,7 +82,7 @@ def _add_labels(meta: dict[str, Any], policy: Policy, warnings: list[Violation])
 
 def _add_auth_annotations(obj: dict[str, Any], policy: Policy, warnings: list[Violation]) -> None:
     net = obj["spec"].get("network")
-    if not isinstance(net, dict) or net.get("networkType") != INGRESS_NETWORK:
+    if not isinstance(net, dict) or net.get("networkType") != okg.INGRESS_NETWORK:
         return
     conf = net.get("networkConf")
     if conf is None:

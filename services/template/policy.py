@@ -6,14 +6,13 @@ instead of the whole Settings, so their tests build one literally.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
+from aigc_gateway import okg
 from aigc_gateway.config import Settings
 
 from .network import with_routed_host
 
-GSS_API_VERSION = "game.kruise.io/v1alpha1"
-GSS_KIND = "GameServerSet"
-INGRESS_NETWORK = "Kubernetes-Ingress"
 AUTH_URL_ANNOTATION = "nginx.ingress.kubernetes.io/auth-url"
 AUTH_SIGNIN_ANNOTATION = "nginx.ingress.kubernetes.io/auth-signin"
 AUTH_RESPONSE_HEADERS_ANNOTATION = "nginx.ingress.kubernetes.io/auth-response-headers"
@@ -57,12 +56,11 @@ class Policy:
         )
 
     def namespace_allowed(self, namespace: str) -> bool:
-        return not self.namespaces or namespace in self.namespaces
+        return okg.namespace_allowed(namespace, self.namespaces)
 
     @property
     def label_selector(self) -> str:
-        return ",".join(f"{k}={v}" for k, v in sorted(self.gss_labels.items()))
+        return okg.label_selector(self.gss_labels)
 
-    def matches_labels(self, labels: dict[str, str] | None) -> bool:
-        labels = labels or {}
-        return all(labels.get(k) == v for k, v in self.gss_labels.items())
+    def is_template(self, gss: dict[str, Any]) -> bool:
+        return okg.is_template(gss, self.namespaces, self.gss_labels)

@@ -23,10 +23,7 @@ from .policy import (
     AUTH_RESPONSE_HEADERS_ANNOTATION,
     AUTH_SIGNIN_ANNOTATION,
     AUTH_URL_ANNOTATION,
-    GSS_API_VERSION,
-    GSS_KIND,
     IDENTITY_HEADERS,
-    INGRESS_NETWORK,
     Policy,
 )
 from .quantity import INT32_MAX, QuantityError, parse_quantity, plain_count
@@ -98,10 +95,10 @@ def check(obj: dict[str, Any], policy: Policy, mode: Mode, namespace: str = "") 
 
 
 def _check_type(obj: dict[str, Any], report: Report) -> None:
-    if obj.get("apiVersion") != GSS_API_VERSION:
-        report.bad("apiVersion", f"must be {GSS_API_VERSION}, got {obj.get('apiVersion')!r}", "WRONG_API_VERSION")
-    if obj.get("kind") != GSS_KIND:
-        report.bad("kind", f"must be {GSS_KIND}, got {obj.get('kind')!r}", "WRONG_KIND")
+    if obj.get("apiVersion") != okg.API_VERSION:
+        report.bad("apiVersion", f"must be {okg.API_VERSION}, got {obj.get('apiVersion')!r}", "WRONG_API_VERSION")
+    if obj.get("kind") != okg.GSS_KIND:
+        report.bad("kind", f"must be {okg.GSS_KIND}, got {obj.get('kind')!r}", "WRONG_KIND")
 
 
 def _check_metadata(obj: dict[str, Any], policy: Policy, namespace: str, report: Report) -> None:
@@ -181,12 +178,12 @@ def _check_scaling(spec: dict[str, Any], mode: Mode, report: Report) -> None:
 def _check_network(obj: dict[str, Any], policy: Policy, report: Report) -> None:
     spec = obj["spec"]
     if not isinstance(spec.get("network"), dict):
-        report.bad("spec.network", f"templates need a {INGRESS_NETWORK} network: each instance is reached through "
+        report.bad("spec.network", f"templates need a {okg.INGRESS_NETWORK} network: each instance is reached through "
                    "an ingress that asks the gateway who may open it", "NETWORK_REQUIRED")
         return
     kind = network.network_type(obj)
-    if kind != INGRESS_NETWORK:
-        report.bad("spec.network.networkType", f"must be {INGRESS_NETWORK} (each instance is reached through an "
+    if kind != okg.INGRESS_NETWORK:
+        report.bad("spec.network.networkType", f"must be {okg.INGRESS_NETWORK} (each instance is reached through an "
                    f"ingress that asks the gateway who may open it), got {kind!r}", "NOT_INGRESS_NETWORK")
         return
     if not isinstance(spec["network"].get("networkConf"), list):

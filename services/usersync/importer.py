@@ -170,14 +170,13 @@ class Importer:
         return await self._read_gss(await self.kube_factory(), namespace, template)
 
     async def _read_gss(self, client: kube.Kube, namespace: str, template: str) -> GssState:
-        if self.settings.namespaces and namespace not in self.settings.namespaces:
+        if not okg.namespace_allowed(namespace, self.settings.namespaces):
             return GssState(problem=f"namespace {namespace} is not one the gateway manages")
         try:
             gss = await client.get(kube.GSS, namespace, template)
         except NotFound:
             return GssState(problem=f"template {namespace}/{template} not found (no such GameServerSet)")
-        labels = (gss.get("metadata") or {}).get("labels") or {}
-        missing = {k: v for k, v in self.settings.gss_labels.items() if labels.get(k) != v}
+        missing = okg.missing_labels((gss.get("metadata") or {}).get("labels"), self.settings.gss_labels)
         if missing:
             return GssState(problem=f"GameServerSet {namespace}/{template} is not a template (labels {missing} "
                                     "missing)")

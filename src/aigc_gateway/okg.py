@@ -83,6 +83,11 @@ def label_selector(gss_labels: Mapping[str, str]) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(gss_labels.items()))
 
 
+def owner_selector(template: str) -> str:
+    """The label selector of the GameServers, pods and PVCs a GameServerSet made."""
+    return f"{OWNER_GSS_LABEL}={template}"
+
+
 def is_template(gss: Mapping[str, Any], namespaces: Sequence[str], gss_labels: Mapping[str, str]) -> bool:
     """Whether a GameServerSet object is one of this gateway's templates."""
     meta = gss.get("metadata") or {}

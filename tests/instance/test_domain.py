@@ -105,9 +105,9 @@ def test_only_reserve_ids_templates_are_usable() -> None:
 
 
 def test_templates_are_filtered_by_namespace_and_labels() -> None:
-    assert templates.is_template(gss(), [], {"app": "aigc"})
-    assert not templates.is_template(gss(), ["other"], {})
-    assert not templates.is_template(gss(), [], {"app": "else"})
+    assert okg.is_template(gss(), [], {"app": "aigc"})
+    assert not okg.is_template(gss(), ["other"], {})
+    assert not okg.is_template(gss(), [], {"app": "else"})
 
 
 @pytest.mark.parametrize("limits, labels, expected", [
