@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+from aigc_gateway import okg
 from aigc_gateway.errors import AlreadyExists, FailedPrecondition, GatewayError, NotFound
 
 from .names import TemplateRef
@@ -62,23 +63,15 @@ class Spec:
 
     def live(self) -> frozenset[int]:
         """The lowest R ids not in X: the ids the controller keeps running."""
-        out: list[int] = []
-        candidate = 0
-        while len(out) < self.replicas:
-            if candidate not in self.reserved:
-                out.append(candidate)
-            candidate += 1
-        return frozenset(out)
+        return okg.live_ids(self.replicas, self.reserved)
 
     def high_water(self) -> int:
         """H: one above the highest live or reserved id."""
-        used = self.live() | self.reserved
-        return max(used) + 1 if used else 0
+        return okg.high_water(self.replicas, self.reserved)
 
     def holes(self) -> frozenset[int]:
         """Ids below H that are neither live nor reserved (the invariant says: none)."""
-        used = self.live() | self.reserved
-        return frozenset(i for i in range(self.high_water()) if i not in used)
+        return okg.holes(self.replicas, self.reserved)
 
     def next_id(self) -> int:
         """The id a `replicas + 1` write brings up: the lowest neither live nor reserved."""

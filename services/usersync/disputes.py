@@ -160,9 +160,7 @@ class Resolver:
             live = now.live()
             if instance_id not in live:
                 return  # reserved already (a resolve that crashed after its write)
-            used = live | now.reserved
-            holes = {i for i in range(max(used) + 1) if i not in used}
-            after = GssState(replicas=now.replicas - 1, reserved=now.reserved | holes | {instance_id})
+            after = GssState(replicas=now.replicas - 1, reserved=now.reserved | now.holes() | {instance_id})
             if after.live() != live - {instance_id}:
                 raise FailedPrecondition(f"{name}: reserving it would not stop exactly this id; an admin should run "
                                          "`aigc-gateway doctor`", reason="ALLOCATOR_DRIFT")

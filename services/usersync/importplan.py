@@ -30,6 +30,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from aigc_gateway import okg
+
 from .entries import Entry
 
 MAX_RESERVED = 10_000  # a reserve list holding more ids than this is refused rather than expanded into rows
@@ -58,13 +60,10 @@ class GssState:
         return self.has_disks and instance_id not in self.pvc_ids
 
     def live(self) -> frozenset[int]:
-        out: set[int] = set()
-        candidate = 0
-        while len(out) < self.replicas:
-            if candidate not in self.reserved:
-                out.add(candidate)
-            candidate += 1
-        return frozenset(out)
+        return okg.live_ids(self.replicas, self.reserved)
+
+    def holes(self) -> frozenset[int]:
+        return okg.holes(self.replicas, self.reserved)
 
 
 @dataclass(frozen=True)
@@ -149,9 +148,8 @@ def plan_template(gss: GssState, claims: Iterable[Claim], existing: Mapping[int,
     for instance_id in sorted(live - claimed):
         if instance_id not in existing and instance_id not in disputed:
             plan.unclaimed.append((instance_id, f"id {instance_id} is running but no user's custom data claims it"))
-    used = live | gss.reserved
-    for instance_id in range(max(used) + 1 if used else 0):
-        if instance_id not in used and instance_id not in existing:
+    for instance_id in sorted(gss.holes()):
+        if instance_id not in existing:
             plan.unclaimed.append((instance_id, (f"id {instance_id} is a hole (neither running nor reserved); the "
                                                  "instance service reserves it on the template's next change")))
     return plan
