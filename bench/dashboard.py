@@ -53,7 +53,7 @@ WATCH = """
 def start_stack(state: Path) -> tuple[subprocess.Popen, str]:
     offset = str(3000 + (os.getpid() % 500) * 10)
     log = (state / "stack.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "aigc_gateway.ctl.devstack", "--namespace",
+    proc = subprocess.Popen([sys.executable, "-m", "devstack", "--namespace",
                              f"bench-dashboard-{uuid.uuid4().hex[:6]}", "--state-dir", str(state)],
                             cwd=REPO, env={**os.environ, "AIGC_DEV_PORT_OFFSET": offset}, stdout=log,
                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)

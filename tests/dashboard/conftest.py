@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from aigc_gateway.ctl.devlocal import Ports
+from devstack.local import Ports
 from tests.plugins.testbed import Testbed, _delete_namespace, run_in_thread
 
 REPO = Path(__file__).resolve().parents[2]
@@ -80,7 +80,7 @@ def dev_stack(testbed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> Ite
     state = tmp_path_factory.mktemp("dev")
     log = (state / "stack.log").open("w+")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "aigc_gateway.ctl.devstack", "--namespace", namespace, "--state-dir", str(state)],
+        [sys.executable, "-m", "devstack", "--namespace", namespace, "--state-dir", str(state)],
         cwd=REPO, env={**os.environ, "AIGC_DEV_PORT_OFFSET": str(offset), **QUOTAS}, stdout=log, stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL)
     try:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from aigc_gateway.ctl.devlocal import Ports
+from devstack.local import Ports
 
 from .conftest import REPO, run_ctl
 
@@ -41,7 +41,7 @@ async def test_dev_stack_up_cli_lifecycle_and_clean_stop(k8s_namespace: str, tmp
     state = tmp_path / "dev"
     env = {**os.environ, "AIGC_DEV_PORT_OFFSET": str(offset)}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "aigc_gateway.ctl.devstack", "--namespace", k8s_namespace, "--state-dir", str(state),
+        sys.executable, "-m", "devstack", "--namespace", k8s_namespace, "--state-dir", str(state),
         cwd=REPO, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     output: list[str] = []
     try:

@@ -3,7 +3,7 @@
 Starts, in order: the Kubernetes test bed (testbed/testbed, cached build; reused when it is
 already up), PostgreSQL (`--postgres`) or the embedded SQLite default, oidc-provider as the
 development identity provider with its login page, the four services in one process, the
-REST bridge serving the dashboard, nginx as the dashboard host (see .devdashboard); signs the demo
+REST bridge serving the dashboard, nginx as the dashboard host (see .dashboard); signs the demo
 users in, applies the five sample templates, prints the URLs, the
 users and a CLI example, then waits. Ctrl-C stops everything it started, in reverse order.
 
@@ -28,12 +28,11 @@ from typing import Any
 
 import yaml
 
-from . import devdashboard
-from .devlocal import Ports, load_keys, write_private
+from . import dashboard
+from .local import Ports, load_keys, write_private
 
-# The repository (scripts/dev runs from it; the package is installed editable from src/).
-_CHECKOUT = Path(__file__).resolve().parents[3]
-ROOT = _CHECKOUT if (_CHECKOUT / "testbed").is_dir() else Path.cwd()
+# The checkout this package lives in (scripts/dev runs from it).
+ROOT = Path(__file__).resolve().parents[1]
 TOKEN_REFRESH_SECONDS = 45 * 60  # oidc-provider's ID tokens live an hour
 CLI_CLIENT = "aigcctl-dev"
 CLI_REDIRECT = "https://aigcctl.invalid/callback"  # never visited: the token is read from the redirect
@@ -221,7 +220,7 @@ class Stack:
 
         binary = gotools.bridge()
         p = self.ports
-        dist = devdashboard.built_dashboard(ROOT)
+        dist = dashboard.built_dashboard(ROOT)
         static = [f"--static-dir={dist}"] if dist else []
         if not dist:
             self.say("dashboard/dist is not built (scripts/setup.d/60-dashboard.sh): no dashboard page")
@@ -235,12 +234,12 @@ class Stack:
         return f"http://dashboard.{self.opts.domain}:{self.ports.dashboard}"
 
     def dashboard_host(self) -> None:
-        """nginx on the dashboard port: the page, /v1/… and sign-in on one origin (see .devdashboard)."""
-        binary = devdashboard.nginx_binary()
+        """nginx on the dashboard port: the page, /v1/… and sign-in on one origin (see .dashboard)."""
+        binary = dashboard.nginx_binary()
         if binary is None:
             raise StackError("nginx is not installed: run scripts/setup.d/30-nginx.sh")
         p = self.ports
-        conf = devdashboard.nginx_config(self.state / "nginx", port=p.dashboard, host=f"dashboard.{self.opts.domain}",
+        conf = dashboard.nginx_config(self.state / "nginx", port=p.dashboard, host=f"dashboard.{self.opts.domain}",
                                          auth_addr=f"127.0.0.1:{p.auth_http}", bridge_addr=f"127.0.0.1:{p.bridge}")
         self.spawn("nginx", [binary, "-p", str(conf.parent), "-c", str(conf), "-g", "daemon off;"])
 

@@ -12,7 +12,7 @@ import re
 import shutil
 from pathlib import Path
 
-NGINX_TEMPLATES = Path(__file__).resolve().parents[3] / "tools" / "nginx"
+NGINX_TEMPLATES = Path(__file__).resolve().parents[1] / "tools" / "nginx"
 
 
 def render(template: str, directory: Path = NGINX_TEMPLATES, **values: object) -> str:

@@ -1,4 +1,4 @@
-"""The development stack's ports and its per-machine secrets (see :mod:`.devstack`)."""
+"""The development stack's ports and its per-machine secrets (see :mod:`.stack`)."""
 from __future__ import annotations
 
 import base64
