@@ -93,15 +93,10 @@ def reported_routes(gameserver: dict[str, Any]) -> frozenset[Route]:
     return frozenset(routes)
 
 
-def instance_of(gameserver: dict[str, Any], owner_label: str) -> InstanceKey | None:
+def instance_of(gameserver: dict[str, Any]) -> InstanceKey | None:
     """The (namespace, template, id) of a GameServer named ``<gss>-<id>`` with the owner-gss label."""
-    meta = gameserver.get("metadata") or {}
-    template = (meta.get("labels") or {}).get(owner_label) or ""
-    name = meta.get("name") or ""
-    suffix = name[len(template) + 1:] if template and name.startswith(template + "-") else ""
-    if not suffix.isdigit():
-        return None
-    return InstanceKey(meta.get("namespace") or "", template, int(suffix))
+    found = okg.instance_of(gameserver)
+    return InstanceKey(*found) if found else None
 
 
 def instance_routes(pattern: RoutePattern | None, instance_id: int,

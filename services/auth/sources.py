@@ -253,7 +253,7 @@ class TemplateWatch:
             current = {k: v for k, v in self.index.gameservers.items()
                        if namespace is not None and k.namespace != namespace}
             for obj in items:
-                key = instance_of(obj, OWNER_GSS_LABEL)
+                key = instance_of(obj)
                 if key is not None:
                     current[key] = _network_only(obj)
             self.index.replace_gameservers(current)
@@ -269,7 +269,7 @@ class TemplateWatch:
                 self._gss[key] = pattern
             self.index.set_template(key[0], key[1], pattern)
             return
-        instance = instance_of(obj, OWNER_GSS_LABEL)
+        instance = instance_of(obj)
         if instance is not None:
             self.index.set_gameserver(instance, None if event == "DELETED" else _network_only(obj))
 

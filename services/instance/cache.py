@@ -35,13 +35,8 @@ class Change:
 
 def instance_of(obj: Obj, template: str | None = None) -> InstanceRef | None:
     """The instance a GameServer or pod `<gss>-<id>` belongs to."""
-    meta = obj.get("metadata") or {}
-    gss = template or (meta.get("labels") or {}).get(OWNER_GSS_LABEL)
-    name = meta.get("name", "")
-    if not gss or not name.startswith(gss + "-"):
-        return None
-    suffix = name[len(gss) + 1:]
-    return InstanceRef(meta.get("namespace", ""), gss, int(suffix)) if suffix.isdigit() else None
+    found = okg.instance_of(obj, template)
+    return InstanceRef(*found) if found else None
 
 
 def _event_time(event: Obj) -> str:
@@ -160,7 +155,6 @@ class ClusterCache:
             for old in sorted(events.values(), key=_event_time)[: len(events) - EVENTS_KEPT]:
                 events.pop((old.get("metadata") or {}).get("name", ""), None)
         # Pods are `<gss>-<id>`: the id is after the last dash whatever the template's name holds.
-        gss, _, suffix = key[1].rpartition("-")
-        if gss and suffix.isdigit():
-            self.wake(InstanceRef(key[0], gss, int(suffix)),
-                      Change("event", obj.get("reason", ""), obj.get("message", "")))
+        gss, instance_id = okg.template_of(key[1]), okg.instance_id(key[1])
+        if gss and instance_id is not None:
+            self.wake(InstanceRef(key[0], gss, instance_id), Change("event", obj.get("reason", ""), obj.get("message", "")))

@@ -19,7 +19,7 @@ from aigc_gateway.kube import GAMESERVER, GSS, OWNER_GSS_LABEL, POD, PVC, Kube
 
 from . import templates
 from .allocator import Spec
-from .invariants import Claim, claim_name
+from .invariants import Claim
 from .names import TemplateRef
 
 log = logging.getLogger(__name__)
@@ -118,13 +118,12 @@ class Cluster:
         (a disk of a volumeClaimTemplate an upgrade renamed or removed). A name alone that merely ends like
         ours may belong to another template (`x-<gss>` makes the same suffix) and is left alone."""
         listed = await self.kube.list(PVC, ref.namespace)
-        prefixes = tuple(f"{v}-{ref.template}-" for v in vcts)
         out: dict[str, Claim] = {}
         for item in listed.get("items") or []:
             meta = item.get("metadata") or {}
             name = meta.get("name", "")
             labelled = (meta.get("labels") or {}).get(OWNER_GSS_LABEL) == ref.template
-            named = any(name.startswith(p) and name[len(p):].isdigit() for p in prefixes)
+            named = any(okg.claim_id(name, v, ref.template) is not None for v in vcts)
             if labelled or named:
                 out[name] = Claim(name, _parse_time(meta.get("creationTimestamp")),
                                   bool(meta.get("deletionTimestamp")))
@@ -134,7 +133,7 @@ class Cluster:
                     present: Iterable[str] = ()) -> list[str]:
         """Every disk name of the id: one per volumeClaimTemplate, plus any of ``present`` (from :meth:`claims`)
         with the id's suffix."""
-        names = {claim_name(v, ref.template, instance_id) for v in (templates.vct_names(gss) if gss else [])}
+        names = {okg.claim_name(v, ref.template, instance_id) for v in (templates.vct_names(gss) if gss else [])}
         suffix = f"-{ref.template}-{instance_id}"
         names |= {n for n in present if n.endswith(suffix)}
         return sorted(names)
@@ -181,13 +180,9 @@ class Cluster:
         return await self.kube.delete(POD, namespace, name, uid=uid, missing_ok=True)
 
     async def pod_ids(self, ref: TemplateRef) -> frozenset[int]:
-        listed = await self.kube.list(POD, ref.namespace, label_selector=f"{OWNER_GSS_LABEL}={ref.template}")
-        ids: set[int] = set()
-        for item in listed.get("items") or []:
-            suffix = item["metadata"]["name"].rsplit("-", 1)[-1]
-            if suffix.isdigit():
-                ids.add(int(suffix))
-        return frozenset(ids)
+        listed = await self.kube.list(POD, ref.namespace, label_selector=okg.owner_selector(ref.template))
+        ids = (okg.instance_id(item["metadata"]["name"], ref.template) for item in listed.get("items") or [])
+        return frozenset(i for i in ids if i is not None)
 
     async def observe(self, namespace: str, name: str, claim_names: Iterable[str]) -> tuple[Obj | None, Obj | None,
                                                                                            dict[str, Obj]]:

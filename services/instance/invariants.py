@@ -11,6 +11,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from aigc_gateway import okg
+
 from .allocator import OWNED, SlotState, Spec
 from .names import TemplateRef
 
@@ -55,10 +57,6 @@ class Snapshot:
     now: datetime
 
 
-def claim_name(vct: str, template: str, instance_id: int) -> str:
-    return f"{vct}-{template}-{instance_id}"
-
-
 def check(snap: Snapshot, *, live_grace: timedelta = timedelta(minutes=2),
           release_stuck: timedelta = timedelta(minutes=15)) -> list[Finding]:
     ref, spec, slots = snap.ref, snap.spec, snap.slots
@@ -100,7 +98,7 @@ def check(snap: Snapshot, *, live_grace: timedelta = timedelta(minutes=2),
         add(i, "UNTRACKED_RESERVED", "reserved in the GameServerSet but unknown to the gateway")
 
     for s in slots.values():
-        names = [claim_name(v, ref.template, s.id) for v in snap.volume_claim_templates]
+        names = [okg.claim_name(v, ref.template, s.id) for v in snap.volume_claim_templates]
         present = {n: snap.claims[n] for n in names if n in snap.claims}
         missing = [n for n in names if n not in present]
         if s.state is SlotState.FREE and present:

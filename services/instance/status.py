@@ -14,10 +14,10 @@ from typing import Any
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from aigc_gateway.api.v1 import common_pb2, instance_pb2
+from aigc_gateway.okg import claim_name
 
 from . import templates
 from .allocator import SlotState
-from .invariants import claim_name
 from .names import InstanceRef
 
 Obj = dict[str, Any]

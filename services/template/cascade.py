@@ -54,7 +54,7 @@ def candidate_ids(obj: dict[str, Any], known: list[int]) -> set[int]:
 
 def claim_names(obj: dict[str, Any], ids: set[int]) -> set[str]:
     name = (obj.get("metadata") or {}).get("name", "")
-    return {f"{vct}-{name}-{i}" for vct in claim_templates(obj) for i in ids}
+    return {okg.claim_name(vct, name, i) for vct in claim_templates(obj) for i in ids}
 
 
 class Cascade:

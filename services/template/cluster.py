@@ -196,12 +196,8 @@ class TemplateCluster:
         """Ids of the template's GameServers (the instances a change of the pod template restarts)."""
         k = await self.handle.get()
         servers = await k.list(kube.GAMESERVER, namespace, label_selector=okg.owner_selector(name))
-        ids = []
-        for gs in servers.get("items") or []:
-            suffix = _name(gs).rsplit("-", 1)[-1]
-            if suffix.isdigit() and _name(gs) == f"{name}-{suffix}":
-                ids.append(int(suffix))
-        return sorted(ids)
+        ids = (okg.instance_id(_name(gs), name) for gs in servers.get("items") or [])
+        return sorted(i for i in ids if i is not None)
 
 
 def _not_found(namespace: str, name: str) -> NotFound:

@@ -195,10 +195,9 @@ class Importer:
                 meta = pvc.get("metadata") or {}
                 name = meta.get("name", "")
                 for claim in claim_names:
-                    prefix = f"{claim}-{template}-"
-                    if claim and name.startswith(prefix) and name[len(prefix):].isdecimal():
+                    i = okg.claim_id(name, claim, template) if claim else None
+                    if i is not None:
                         when = _timestamp(meta.get("creationTimestamp"))
-                        i = int(name[len(prefix):])
                         created[i] = min(created.get(i, when), when)
         return GssState(replicas=replicas, reserved=reserved, pvc_ids=frozenset(created),
                         has_disks=bool(claim_names), pvc_created=created)

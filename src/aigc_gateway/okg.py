@@ -14,8 +14,8 @@ recognised by its labels and another by its namespace). What this module owns:
   than :data:`MAX_RESERVE_RANGE` refused rather than expanded) and written (:func:`format_reserve`);
 - the live set and the high-water mark of (R = ``spec.replicas``, X = the reserve list): kruise-game runs
   the lowest R ids not in X (:func:`live_ids`, :func:`high_water`, :func:`holes`);
-- the GameServer (and pod) name ``<gss>-<id>`` and the id read back from it (:func:`game_server_name`,
-  :func:`instance_id`).
+- the GameServer (and pod) name ``<gss>-<id>``, the disk (PVC) name ``<vct>-<gss>-<id>``, and the id read
+  back from each (:func:`game_server_name`, :func:`instance_id`, :func:`claim_name`, :func:`claim_id`).
 
 Pure: no I/O and no service imports, so every service and the core itself can use it.
 """
@@ -190,6 +190,16 @@ def instance_id(name: str, template: str | None = None) -> int | None:
     else:
         return None
     return int(suffix) if suffix.isascii() and suffix.isdigit() else None
+
+
+def claim_name(volume_claim_template: str, template: str, instance_id: int) -> str:
+    """The PVC the Advanced StatefulSet makes for an id's volumeClaimTemplate: ``<vct>-<gss>-<id>``."""
+    return f"{volume_claim_template}-{template}-{instance_id}"
+
+
+def claim_id(name: str, volume_claim_template: str, template: str) -> int | None:
+    """The id of a PVC named ``<vct>-<gss>-<id>``; None when the name is not one of that template's."""
+    return instance_id(name, f"{volume_claim_template}-{template}") if volume_claim_template else None
 
 
 def template_of(name: str) -> str | None:

@@ -150,9 +150,8 @@ def test_reported_endpoint_wins_over_pattern() -> None:
     gs = {"metadata": {"name": "cpu-4", "namespace": "ns", "labels": {"game.kruise.io/owner-gss": "cpu"}},
           "status": {"networkStatus": {"externalAddresses": [
               {"endPoint": "Real4.aigc.test", "ports": [{"name": "/", "port": 7860}]}]}}}
-    assert instance_of(gs, "game.kruise.io/owner-gss") == InstanceKey("ns", "cpu", 4)
+    assert instance_of(gs) == InstanceKey("ns", "cpu", 4)
     assert reported_routes(gs) == {Route("real4.aigc.test", "/")}
     assert instance_routes(route_pattern(GSS), 4, gs) == {Route("real4.aigc.test", "/")}
     assert instance_routes(route_pattern(GSS), 4, {"status": {}}) == {Route("instances4-cpu.aigc.test", "/")}
-    assert instance_of({"metadata": {"name": "other-4", "labels": {"game.kruise.io/owner-gss": "cpu"}}},
-                       "game.kruise.io/owner-gss") is None
+    assert instance_of({"metadata": {"name": "other-4", "labels": {"game.kruise.io/owner-gss": "cpu"}}}) is None

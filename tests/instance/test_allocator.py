@@ -7,6 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from aigc_gateway import okg
 from aigc_gateway.errors import AlreadyExists, FailedPrecondition, NotFound
 from aigc_gateway.services.instance import allocator, invariants
 from aigc_gateway.services.instance.allocator import Op, Plan, Slot, SlotState, Spec, Transition
@@ -360,7 +361,7 @@ class World:
         assert set(self.okg.pods) == {s.id for s in self.slots.values() if s.state is LIVE}
         records = {i: invariants.SlotRecord(i, s.state, s.owner, self.since.get(i, self.clock),
                                             self.changed.get(i, self.clock)) for i, s in self.slots.items()}
-        claims = {invariants.claim_name("data", REF.template, i): invariants.Claim("", t)
+        claims = {okg.claim_name("data", REF.template, i): invariants.Claim("", t)
                   for i, t in self.disks.items()}
         snap = invariants.Snapshot(REF, spec, records, ["data"], claims, frozenset(self.okg.pods), 0, self.clock)
         return invariants.check(snap)

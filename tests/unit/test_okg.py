@@ -96,3 +96,11 @@ def test_slot_states_are_the_table_values() -> None:
     assert [s.value for s in SlotState] == ["LIVE", "PAUSED", "RELEASING", "FREE"]
     assert okg.OWNED == (SlotState.LIVE, SlotState.PAUSED)
     assert SlotState.LIVE == "LIVE"  # compares equal to the column's string
+
+
+def test_disk_names_read_back_to_ids() -> None:
+    assert okg.claim_name("data", "sd-cpu", 3) == "data-sd-cpu-3"
+    assert okg.claim_id("data-sd-cpu-3", "data", "sd-cpu") == 3
+    assert okg.claim_id("data-x-sd-cpu-3", "data", "sd-cpu") is None  # another template's disk
+    assert okg.claim_id("data-sd-cpu-3", "data", "cpu") is None
+    assert okg.claim_id("data-sd-cpu-3", "", "sd-cpu") is None
