@@ -1,6 +1,6 @@
 """Installs of one template go together (group commit): whoever gets the template lock next writes every
 queued install in one GameServerSet write (`replicas + k`), so the controller's time per write, not per
-install, bounds the rate (DESIGN §5).
+install, bounds the rate (docs/instance.md#the-allocator).
 
 Each queued install carries its call's replay claim: a retry whose first attempt's install was applied
 (before a crash) gets that effect instead of a second instance, and a call whose claim a retry took over
@@ -22,7 +22,7 @@ from .allocator import Op, Plan, SlotState, Spec
 from .effects import taken_over
 from .metrics import OPERATIONS
 from .names import TemplateRef
-from .quotas import Usage, template_limit
+from .quotas import Usage, template_limit, users_limited
 from .slots import slots_of
 
 if TYPE_CHECKING:
@@ -37,7 +37,7 @@ class _Queued:
     owner: str
     future: asyncio.Future[Effect]
     claim: Claim | None = None
-    roles: tuple[str, ...] = ()
+    roles: tuple[str, ...] | None = None
 
 
 class InstallQueue:
@@ -46,7 +46,7 @@ class InstallQueue:
         self._queued: dict[str, list[_Queued]] = {}
 
     async def install(self, ref: TemplateRef, owner: str, claim: Claim | None = None,
-                      roles: tuple[str, ...] = ()) -> Effect:
+                      roles: tuple[str, ...] | None = None) -> Effect:
         """Install for ``owner``; returns the effect (the new slot row). Joins the template's queue; whoever gets
         the lock next writes every queued install at once. The batch runs shielded: one caller giving up cancels
         nobody else's."""
@@ -123,7 +123,8 @@ class InstallQueue:
         owner's usage elsewhere cannot change meanwhile; an owner who has an instance here already is left to the
         planner (ALREADY_EXISTS)."""
         quotas = self.lifecycle.quotas
-        if not quotas.users_limited and template_limit(quotas.cfg, ref) is None:
+        policies = await quotas.policies()  # read under the template lock: an admin's change applies now
+        if not users_limited(policies) and template_limit(policies, ref) is None:
             return
         rows = (await self.lifecycle.rows(ref)).values()
         owners = {r.owner for r in rows if r.slot in (SlotState.LIVE.value, SlotState.PAUSED.value)}
@@ -135,7 +136,8 @@ class InstallQueue:
                 continue  # refused on an earlier attempt of this batch
             if q.owner not in owners:
                 try:
-                    await quotas.check("install", ref, q.owner, q.roles, cost + Usage(installed=1), here)
+                    await quotas.check("install", ref, q.owner, q.roles, cost + Usage(installed=1), here,
+                                       policies)
                 except GatewayError as exc:
                     OPERATIONS.labels(Op.INSTALL.value, exc.code.name).inc()
                     q.future.done() or q.future.set_exception(exc)

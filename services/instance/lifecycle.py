@@ -1,4 +1,4 @@
-"""The allocator's I/O: lock, resolve, intent, one GameServerSet write, record (DESIGN §5).
+"""The allocator's I/O: lock, resolve, intent, one GameServerSet write, record (docs/instance.md#the-allocator).
 
 Every step that changes a template's (R, X) or its slots runs as
 :meth:`Lifecycle.step`:
@@ -212,10 +212,11 @@ class Lifecycle:
     # -- the operations --------------------------------------------------------------------------------------
 
     async def install(self, ref: TemplateRef, owner: str, claim: Claim | None = None,
-                      roles: tuple[str, ...] = ()) -> Effect:
-        """Install for ``owner`` (whose role claims are ``roles``, when known); returns the effect (the new slot
-        row). See :mod:`.installs`; quotas are checked there, under the owner's quota lock taken first."""
-        async with self.quotas.locked(owner):
+                      roles: tuple[str, ...] | None = None) -> Effect:
+        """Install for ``owner`` (whose role claims are ``roles``; None: not known here, the recorded ones apply);
+        returns the effect (the new slot row). See :mod:`.installs`; quotas are checked there, under the owner's
+        quota lock taken first."""
+        async with self.quotas.locked(owner, roles):
             return await self._installs.install(ref, owner, claim, roles)
 
     def _guarded(self, iref: InstanceRef, principal: Principal, planner: Callable[..., Plan],
@@ -267,7 +268,7 @@ class Lifecycle:
         first) and the template lock."""
         row = await self.store.get(iref)
         owner = row.owner if row is not None else None
-        roles = principal.roles if owner == principal.subject else ()
+        roles = principal.roles if principal.kind == "user" and owner == principal.subject else None
 
         async def check() -> bool:
             now = await self.store.get(iref)
@@ -283,7 +284,7 @@ class Lifecycle:
             await self.quotas.check("resume", iref.template_ref, now.owner or "", roles, adding, here)
             return False
 
-        async with self.quotas.locked(owner):
+        async with self.quotas.locked(owner, roles):
             return await self._owned_step(iref, principal, Op.RESUME, allocator.plan_resume, claim, check)
 
     async def uninstall(self, iref: InstanceRef, principal: Principal, claim: Claim | None = None

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 from sqlalchemy import select
 
@@ -34,6 +34,7 @@ from aigc_gateway.errors import NotFound, ResourceExhausted
 from . import templates
 from .allocator import SlotState
 from .names import TemplateRef
+from .quota_policies import PolicyStore, RoleStore
 
 LIMITS = ("installed", "running", "gpus", "gpu_memory_gib")
 WORDS = {"installed": "instances installed", "running": "instances running",
@@ -69,30 +70,73 @@ def _generous(values: Iterable[int | None]) -> int | None:
     return None if any(v is None for v in values) else max(values)  # type: ignore[type-var]
 
 
-def limits_for(cfg: QuotaConfig, user: str, roles: Sequence[str] = ()) -> Limits:
+Values = dict[str, int | None]  # the limits one scope sets (absent: inherits; None: explicitly unlimited)
+
+
+@dataclass(frozen=True)
+class Policies:
+    """Every scope's limits: configuration overlaid field by field by the stored policies (quota_policies.py).
+    ``templates`` is keyed ``ns/tpl`` or ``*`` (every template not named) and holds only ``running``."""
+
+    default: Values = field(default_factory=dict)
+    roles: Mapping[str, Values] = field(default_factory=dict)
+    users: Mapping[str, Values] = field(default_factory=dict)
+    templates: Mapping[str, Values] = field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, cfg: QuotaConfig) -> Policies:
+        return cls(_set(cfg.default), {r: _set(v) for r, v in cfg.roles.items()},
+                   {u: _set(v) for u, v in cfg.users.items()},
+                   {k: {"running": v} for k, v in cfg.template_running.items()})
+
+    def overlay(self, stored: Iterable[tuple[str, str, Values]]) -> Policies:
+        """These policies with (kind, key, values) stored ones laid over, field by field."""
+        default, roles, users, tpls = dict(self.default), dict(self.roles), dict(self.users), dict(self.templates)
+        for kind, key, values in stored:
+            if kind == "default":
+                default = {**default, **values}
+            else:
+                scopes = {"role": roles, "user": users, "template": tpls}[kind]
+                scopes[key] = {**scopes.get(key, {}), **values}
+        return Policies(default, roles, users, tpls)
+
+
+def _set(limits: QuotaLimits) -> Values:
+    return {name: getattr(limits, name) for name in LIMITS if name in limits.model_fields_set}
+
+
+def _policies(cfg: QuotaConfig | Policies) -> Policies:
+    return cfg if isinstance(cfg, Policies) else Policies.from_config(cfg)
+
+
+def limits_for(cfg: QuotaConfig | Policies, user: str, roles: Sequence[str] = ()) -> Limits:
     """The user's limits: the default, then the roles' overrides (the most generous of them), then the user's."""
+    p = _policies(cfg)
     out: dict[str, int | None] = {}
-    overrides: list[QuotaLimits] = [cfg.roles[r] for r in roles if r in cfg.roles]
-    personal = cfg.users.get(user)
+    overrides = [p.roles[r] for r in roles if r in p.roles]
+    personal = p.users.get(user, {})
     for name in LIMITS:
-        value = getattr(cfg.default, name)
-        set_by_roles = [getattr(o, name) for o in overrides if name in o.model_fields_set]
+        value = p.default.get(name)
+        set_by_roles = [o[name] for o in overrides if name in o]
         if set_by_roles:
             value = _generous(set_by_roles)
-        if personal is not None and name in personal.model_fields_set:
-            value = getattr(personal, name)
+        if name in personal:
+            value = personal[name]
         out[name] = value
     return Limits(**out)
 
 
-def users_limited(cfg: QuotaConfig) -> bool:
-    """Whether any per-user limit is configured (else calls skip the user lock and the usage reads)."""
-    every = [cfg.default, *cfg.roles.values(), *cfg.users.values()]
-    return any(getattr(o, f) is not None for o in every for f in LIMITS)
+def users_limited(cfg: QuotaConfig | Policies) -> bool:
+    """Whether any per-user limit is set (else calls skip the user lock and the usage reads)."""
+    p = _policies(cfg)
+    return any(v is not None for o in [p.default, *p.roles.values(), *p.users.values()] for v in o.values())
 
 
-def template_limit(cfg: QuotaConfig, ref: TemplateRef) -> int | None:
-    return cfg.template_running.get(ref.key, cfg.template_running.get("*"))
+def template_limit(cfg: QuotaConfig | Policies, ref: TemplateRef) -> int | None:
+    """The template's running limit: its own scope's if set, else the `*` scope's."""
+    p = _policies(cfg)
+    own = p.templates.get(ref.key, {})
+    return own["running"] if "running" in own else p.templates.get("*", {}).get("running")
 
 
 def cost_of(gss: Mapping | None) -> Usage:
@@ -138,27 +182,39 @@ def refusal(action: str, user: str, over: list[tuple[str, int, int]], ref: Templ
 
 
 class Quotas:
-    """The I/O around the arithmetic: the user lock and the usage read from the instances table."""
+    """The I/O around the arithmetic: the user lock, the stored policies and roles, the usage read."""
 
     def __init__(self, db: Database, cfg: QuotaConfig, template_of):  # template_of: async TemplateRef -> gss
         self.db = db
         self.cfg = cfg
         self.template_of = template_of
+        self.stored = PolicyStore(db)
+        self.roles = RoleStore(db)
         self._local: dict[str, asyncio.Lock] = {}
 
-    @property
-    def users_limited(self) -> bool:
-        return users_limited(self.cfg)
+    async def policies(self) -> Policies:
+        """Configuration overlaid by the stored policies, read now (never cached: see quota_policies)."""
+        return Policies.from_config(self.cfg).overlay((s.scope.kind, s.scope.key, s.values)
+                                                      for s in await self.stored.load())
 
     @asynccontextmanager
-    async def locked(self, user: str | None) -> AsyncIterator[None]:
-        """Hold the user's quota lock (see the module docstring) while per-user limits are configured."""
-        if not user or not self.users_limited:
+    async def locked(self, user: str | None, roles: Sequence[str] | None = None) -> AsyncIterator[None]:
+        """Hold the user's quota lock (see the module docstring) while per-user limits are set; record the
+        user's role claims when the call carries them (``roles`` not None: the user acting for themself)."""
+        if user and roles is not None:
+            await self.roles.record(user, roles)
+        if not user or not users_limited(await self.policies()):
             yield
             return
         local = self._local.setdefault(user, asyncio.Lock())
         async with local, self.db.lock(f"quota:{user}"):
             yield
+
+    async def roles_of(self, user: str, roles: Sequence[str] | None) -> Sequence[str]:
+        """The call's own claims, else those the user last acted with (quota_policies.RoleStore)."""
+        if roles is not None:
+            return roles
+        return (await self.roles.of([user])).get(user, ())
 
     async def cost(self, ref: TemplateRef) -> Usage:
         try:
@@ -174,39 +230,47 @@ class Quotas:
                  for ns, tpl in sorted({(ns, tpl) for ns, tpl, slot in rows if slot == SlotState.LIVE.value})}
         return usage_of(((slot, f"{ns}/{tpl}") for ns, tpl, slot in rows), costs)
 
-    async def check(self, action: str, ref: TemplateRef, user: str, roles: Sequence[str], adding: Usage,
-                    running_here: int) -> None:
+    async def check(self, action: str, ref: TemplateRef, user: str, roles: Sequence[str] | None, adding: Usage,
+                    running_here: int, policies: Policies | None = None) -> None:
         """Raise the refusal if ``adding`` for ``user`` on ``ref`` passes a limit; ``running_here`` is what runs on
-        the template now (including earlier installs of the same batch)."""
-        maximum = template_limit(self.cfg, ref)
+        the template now (including earlier installs of the same batch). ``roles`` None: the user's recorded
+        roles. ``policies`` as read under the caller's locks (read here if None)."""
+        policies = policies or await self.policies()
+        maximum = template_limit(policies, ref)
         if maximum is not None and adding.running and running_here + adding.running > maximum:
             raise refusal(action, user, [("template_running", running_here, maximum)], ref)
-        limits = limits_for(self.cfg, user, roles)
+        if not users_limited(policies):
+            return
+        limits = limits_for(policies, user, await self.roles_of(user, roles))
         if not limits.any:
             return
         over = exceeded(user, limits, await self.usage(user), adding)
         if over:
             raise refusal(action, user, over)
 
-    def report(self, user: str, roles: Sequence[str], usage: Usage) -> list[tuple[str, int, int | None]]:
+    async def report(self, user: str, roles: Sequence[str] | None, usage: Usage) -> list[tuple[str, int, int | None]]:
         """(limit, usage, maximum or None for unlimited) of every per-user limit, for GetQuotaUsage."""
-        limits = limits_for(self.cfg, user, roles)
+        if roles is not None:
+            await self.roles.record(user, roles)
+        limits = limits_for(await self.policies(), user, await self.roles_of(user, roles))
         return [(name, getattr(usage, name), getattr(limits, name)) for name in LIMITS]
 
     async def over(self, owners: Iterable[str], running: Mapping[TemplateRef, int]) -> list[tuple[str, str]]:
         """(subject, description) of each user and template above a limit: not a fault (only an admin's later
-        lowering gets there; nothing is paused or deleted for it), reported by CheckConsistency as information.
-        A user's role claims are not known here (they come with their token): a user is compared with the most
-        generous limit any role could give, so nobody is reported who might be within a role's limit."""
+        lowering, or a role the user lost, gets there; nothing is paused or deleted for it), reported by
+        CheckConsistency as information. Users are judged with the role claims they last acted with."""
+        policies = await self.policies()
         out = []
         for ref, count in sorted(running.items()):
-            maximum = template_limit(self.cfg, ref)
+            maximum = template_limit(policies, ref)
             if maximum is not None and count > maximum:
                 out.append((f"template:{ref.key}", f"{WORDS['template_running']} {count} of {maximum}"))
-        if not self.users_limited:
+        if not users_limited(policies):
             return out
-        for user in sorted(set(owners)):
-            limits, usage = limits_for(self.cfg, user, list(self.cfg.roles)), await self.usage(user)
+        users = sorted(set(owners))
+        known = await self.roles.of(users)
+        for user in users:
+            limits, usage = limits_for(policies, user, known.get(user, ())), await self.usage(user)
             passed = [f"{WORDS[n]} {getattr(usage, n)} of {getattr(limits, n)}" for n in LIMITS
                       if getattr(limits, n) is not None and getattr(usage, n) > getattr(limits, n)]
             if passed:

@@ -16,13 +16,15 @@ from typing import Any
 from aigc_gateway import audit
 from aigc_gateway.api.v1 import instance_pb2, instance_pb2_grpc
 from aigc_gateway.errors import PermissionDenied
-from aigc_gateway.idempotency import current_claim
+from aigc_gateway.idempotency import IdempotencyStore, current_claim
 from aigc_gateway.identity import require_admin, require_principal
 from aigc_gateway.runtime import Runtime
 from aigc_gateway.server import Registration, ServiceParts
 
-from . import access
+from . import access, quota_messages
+from .effects import taken_over
 from .names import parse_instance, parse_list_parent, parse_template
+from .quota_policies import PolicyStore, parse_scope
 from .service import InstanceService
 
 
@@ -37,7 +39,8 @@ class InstanceServicer(instance_pb2_grpc.InstanceServiceServicer):
         lifecycle, _, _ = self.service.parts()
         audit.note(owner=owner)
         claim = current_claim.get()
-        roles = principal.roles if owner == principal.subject else ()  # another owner's roles are unknown here
+        # Another owner's roles are not in this call: their recorded ones apply (quota_policies.RoleStore).
+        roles = principal.roles if principal.kind == "user" and owner == principal.subject else None
         effect = claim.effect if claim and claim.effect else await lifecycle.install(ref, owner, claim, roles)
         instance_id = int(effect["row"]["id"])
         audit.note(instance=ref.instance(instance_id).name, id=instance_id)
@@ -130,11 +133,46 @@ class InstanceServicer(instance_pb2_grpc.InstanceServiceServicer):
             raise PermissionDenied("only admins read other users' quota usage", reason="ADMIN_REQUIRED")
         lifecycle, _, _ = self.service.parts()
         quotas = lifecycle.quotas
-        roles = principal.roles if user == principal.subject else ()
-        rows = quotas.report(user, roles, await quotas.usage(user))
+        roles = principal.roles if principal.kind == "user" and user == principal.subject else None
+        rows = await quotas.report(user, roles, await quotas.usage(user))
         return instance_pb2.QuotaUsage(user=user, limits=[
             instance_pb2.QuotaLimitUsage(limit=name, usage=used, maximum=maximum or 0, unlimited=maximum is None)
             for name, used, maximum in rows])
+
+    # -- quota policies (admin; docs/quotas.md) ----------------------------------------------------------
+
+    async def GetQuotaPolicy(self, request: instance_pb2.GetQuotaPolicyRequest,
+                             context: Any) -> instance_pb2.QuotaPolicy:
+        require_admin()
+        scope = parse_scope(request.name, "name")
+        stored = await PolicyStore(self.service.runtime.db).get(scope)
+        return quota_messages.to_proto(stored, quota_messages.configured(self.service.cfg.quotas, scope))
+
+    async def ListQuotaPolicies(self, request: instance_pb2.ListQuotaPoliciesRequest,
+                                context: Any) -> instance_pb2.ListQuotaPoliciesResponse:
+        require_admin()
+        stored = await PolicyStore(self.service.runtime.db).load()
+        return quota_messages.page(quota_messages.every_scope(self.service.cfg.quotas, stored),
+                                   request.page_size, request.page_token)
+
+    async def UpdateQuotaPolicy(self, request: instance_pb2.UpdateQuotaPolicyRequest,
+                                context: Any) -> instance_pb2.QuotaPolicy:
+        principal = require_admin()
+        scope, changes = quota_messages.changes_of(request)
+        audit.note(policy=scope.name, changes=quota_messages.words(changes))
+        store, claim = PolicyStore(self.service.runtime.db), current_claim.get()
+
+        async def record(session: Any, stored: Any) -> None:
+            if claim is not None and not await IdempotencyStore.record_effect(
+                    session, claim, {"op": "quota_policy", "name": scope.name, "version": stored.version}):
+                raise taken_over()
+
+        if claim is not None and claim.effect is not None:  # the first attempt committed: answer with the policy
+            stored = await store.get(scope)
+        else:
+            stored = await store.update(scope, changes, request.quota_policy.etag, principal.subject, record)
+        audit.note(version=stored.version)
+        return quota_messages.to_proto(stored, quota_messages.configured(self.service.cfg.quotas, scope))
 
 
 def build(runtime: Runtime) -> ServiceParts:

@@ -113,6 +113,9 @@ def resource_of(request: Any) -> str:
         value = getattr(request, field, None)
         if isinstance(value, str) and value:
             return value
+    for field, value in request.ListFields():  # an Update request names its resource in the message (AIP-134)
+        if field.message_type is not None and not field.is_repeated and "name" in field.message_type.fields_by_name:
+            return str(value.name)
     return ""
 
 
