@@ -1,4 +1,4 @@
-"""The ID allocator's decisions (DESIGN §5), as pure functions of (R, X, slots).
+"""The ID allocator's decisions (docs/instance.md#the-allocator), as pure functions of (R, X, slots).
 
 OKG's state per template is R = `spec.replicas` and X = `spec.reserveGameServerIds`;
 the live ids are the lowest R ids not in X. Every id below the high-water mark

@@ -1,4 +1,6 @@
-"""`aigc-gateway doctor`: check the allocator invariants (DESIGN §5) of every template and print each violation.
+"""`aigc-gateway doctor`: check every template's allocator invariants and print each violation.
+
+The invariants: docs/instance.md#the-allocator.
 
 It runs the same check as the CheckConsistency RPC, directly against
 PostgreSQL and the Kubernetes API, so it works while the service is down.

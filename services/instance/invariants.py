@@ -1,4 +1,4 @@
-"""The allocator invariants of DESIGN §5, checked on a snapshot (pure).
+"""The allocator invariants of docs/instance.md#the-allocator, checked on a snapshot (pure).
 
 The snapshot is taken under the template lock, so no operation is half-way
 through while it is read: anything found is a real violation (or an intent a

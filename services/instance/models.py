@@ -15,7 +15,7 @@ from aigc_gateway.db.models import Base, BigId, Json
 
 
 class IntentRow(Base):
-    """A GameServerSet write about to be made (DESIGN §5).
+    """A GameServerSet write about to be made (docs/instance.md#the-allocator).
 
     Committed before the write, deleted in the same transaction that records
     the write's outcome. One left behind means the process stopped in between;

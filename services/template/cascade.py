@@ -42,7 +42,7 @@ POLL_SECONDS = 0.5
 
 
 def candidate_ids(obj: dict[str, Any], known: list[int]) -> set[int]:
-    """Every id the template may have used: with no holes (DESIGN §5) they are below replicas + reserved."""
+    """Every id the template may have used: with no holes (docs/instance.md#the-allocator) they are below replicas + reserved."""
     spec = obj.get("spec") or {}
     replicas = spec.get("replicas") if isinstance(spec.get("replicas"), int) else 0
     try:

@@ -1,4 +1,4 @@
-"""Read-only view of the shared `instances` table (the instance service writes it, DESIGN §5):
+"""Read-only view of the shared `instances` table (the instance service writes it, docs/instance.md#the-allocator):
 paused counts for listings, owners for update previews, and whether a template still has instances."""
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Writing one user's custom data: read, change, write — the only way usersync writes Logto.
 
-Which write (DESIGN §7: no conditional writes, ``PATCH .../custom-data`` is a shallow merge where
-``null`` stores null):
+Which write (docs/usersync.md#the-format-and-how-a-key-is-removed: Logto has no conditional writes,
+``PATCH .../custom-data`` is a shallow merge where ``null`` stores null):
 
 - only entries set: ``PATCH /api/users/{id}/custom-data`` with just those keys. A merge leaves every
   other key as it is at that instant, so a concurrent change made by someone else to another key

@@ -2,7 +2,7 @@
 
 Inputs: the GameServerSet's (R, X) — live ids L are the lowest R ids not in X —, which ids still have
 a PVC, the entries users hold for the template, and the ``instances`` rows already there. Output:
-rows to insert and an outcome per entry. The rows keep the allocator's invariants (DESIGN §5):
+rows to insert and an outcome per entry. The rows keep the allocator's invariants (docs/instance.md#the-allocator):
 
 - a claimed live id becomes LIVE(owner); a claimed reserved id PAUSED(owner);
 - an unclaimed reserved id becomes FREE when none of its PVCs exist, else RELEASING (the disk is

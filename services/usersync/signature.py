@@ -1,7 +1,7 @@
 """Checks of a Logto webhook delivery that need no I/O: signature and age.
 
 Logto signs the raw body: header ``logto-signature-sha-256`` = hex HMAC-SHA256(signing key, body)
-(DESIGN §7). Some Logto versions prefix the hex with ``sha256=``; both forms are accepted. The
+(docs/usersync.md#webhooks-post-webhookslogto). Some Logto versions prefix the hex with ``sha256=``; both forms are accepted. The
 comparison is constant-time. ``createdAt`` (ISO 8601) bounds the age; together with the replay
 store (deliveries remembered for longer than that age) a captured delivery cannot be sent again.
 """

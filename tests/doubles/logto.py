@@ -1,4 +1,4 @@
-"""A contract double of the Logto Management API, as DESIGN.md §7 states it — the one double the tests allow.
+"""A contract double of the Logto Management API, as docs/usersync.md#the-logto-double-tests-and-development states it — the one double the tests allow.
 
 What it does, and nothing more:
 

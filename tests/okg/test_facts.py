@@ -1,7 +1,7 @@
-"""OpenKruiseGame facts the gateway relies on (DESIGN.md §4), pinned against the real controllers.
+"""OpenKruiseGame facts the gateway relies on (docs/testbed.md#okg-facts-pinned-by-testsokgtest_factspy), pinned against the real controllers.
 
 Each test runs in its own namespace on the test bed, with the reference template from
-deploy/samples (domain substituted). Where a fact differs from DESIGN.md the test pins what the
+deploy/samples (domain substituted). Where a fact differs from what kruise-game's documentation says, the test pins what the
 controllers actually do, and says so.
 """
 

@@ -418,7 +418,7 @@ async def test_forced_delete_that_times_out_is_resumed(template_api, testbed: Te
 
 
 async def test_delete_waits_for_an_install_holding_the_allocator_lock(api, testbed: Testbed) -> None:
-    """An install in progress holds the template's allocator lock from its intent to its commit (DESIGN §5).
+    """An install in progress holds the template's allocator lock from its intent to its commit (docs/instance.md#the-allocator).
     A plain delete that arrives meanwhile must count that install, not delete the template from under it."""
     from aigc_gateway.db.models import allocator_lock
 

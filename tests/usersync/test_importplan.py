@@ -1,4 +1,4 @@
-"""ImportFromLogto's per-template decisions (pure), checked against the allocator's invariants (DESIGN §5)."""
+"""ImportFromLogto's per-template decisions (pure), checked against the allocator's invariants (docs/instance.md#the-allocator)."""
 from __future__ import annotations
 
 from hypothesis import given

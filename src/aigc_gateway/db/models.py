@@ -100,7 +100,7 @@ class ReplicaRow(Base):
 
 
 def allocator_lock(namespace: str, template: str) -> str:
-    """The name of a template's allocator lock (:meth:`Database.lock`, DESIGN §5). Whoever changes the
+    """The name of a template's allocator lock (:meth:`Database.lock`, docs/instance.md#the-allocator). Whoever changes the
     template's slots, replicas or reserve list holds it: the instance service's allocator, usersync's
     import, and the template service's delete while it checks for instances and deletes."""
     return f"allocator:{namespace}/{template}"
@@ -110,7 +110,7 @@ class InstanceRow(Base):
     """One id of one template: the allocator's slot and, while it has an owner, the ownership record.
 
     Shared schema: the instance service writes it (always under the per-template
-    lock, see DESIGN §5); auth reads it for the owner map and writes only
+    lock, see docs/instance.md#the-allocator); auth reads it for the owner map and writes only
     ``last_access_at`` (batched); usersync reads it for the Logto mirror and
     writes only ``orphaned``; template reads it for instance counts. ``owner`` is set exactly while
     ``slot`` is LIVE or PAUSED. Writers call :func:`notify_instance_change`
