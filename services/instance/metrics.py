@@ -26,3 +26,9 @@ INSTALL_TO_RUNNING = Histogram("aigc_instance_install_to_running_seconds",
 VIOLATIONS = Gauge("aigc_instance_consistency_violations", "Invariant violations found by the last reconcile pass.",
                    ["template"])
 RECONCILER_LEADER = Gauge("aigc_instance_reconciler_leader", "1 while this process holds the reconciler lease.")
+IDLE_PAUSES = Counter("aigc_instance_idle_pauses_total", "Instances paused by the idle culler (issue 15).")
+IDLE_WARNINGS = Counter("aigc_instance_idle_warnings_total",
+                        "Pauses for idleness announced to the owner (WatchInstance event, scheduled_pause_time).")
+IDLE_PROBE_FAILURES = Counter("aigc_instance_idle_probe_failures_total",
+                              "Busy probes without a usable answer, by why (no_address, unreachable, status, "
+                              "not_json); such a probe does not count as activity.", ["why"])

@@ -13,9 +13,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+from google.protobuf import empty_pb2
+
 from aigc_gateway import audit
 from aigc_gateway.api.v1 import instance_pb2, instance_pb2_grpc
-from aigc_gateway.errors import PermissionDenied
+from aigc_gateway.errors import PermissionDenied, Unavailable
 from aigc_gateway.idempotency import IdempotencyStore, current_claim
 from aigc_gateway.identity import require_admin, require_principal
 from aigc_gateway.runtime import Runtime
@@ -23,6 +25,7 @@ from aigc_gateway.server import Registration, ServiceParts
 
 from . import access, quota_messages
 from .effects import taken_over
+from .idle_api import EXEMPTIONS, Exemption, create_exemption, delete_exemption, keep_alive, list_exemptions
 from .names import parse_instance, parse_list_parent, parse_template
 from .quota_policies import PolicyStore, parse_scope
 from .service import InstanceService
@@ -79,7 +82,39 @@ class InstanceServicer(instance_pb2_grpc.InstanceServiceServicer):
         ref = parse_instance(request.name)
         lifecycle, _, _ = self.service.parts()
         effect = await lifecycle.restart(ref, require_principal(), current_claim.get())
+        if self.service.culler is not None:  # a restart is activity: the idle clock starts again
+            await self.service.culler.keep(ref, source="restart")
         return await self.service.answer(effect)
+
+    async def KeepInstanceAlive(self, request: instance_pb2.KeepInstanceAliveRequest,
+                                context: Any) -> instance_pb2.Instance:
+        ref = parse_instance(request.name)
+        self.service.parts()
+        if self.service.culler is None:
+            raise Unavailable("the instance service is starting", reason="STARTING", retry_after=1.0)
+        await keep_alive(self.service.culler, require_principal(), ref)
+        return await self.service.describe(ref)
+
+    async def CreateIdleExemption(self, request: instance_pb2.CreateIdleExemptionRequest,
+                                  context: Any) -> instance_pb2.IdleExemption:
+        principal = require_admin()
+        found = await create_exemption(self.service.runtime.db, principal, request.idle_exemption.name,
+                                                request.idle_exemption.reason)
+        audit.note(user=found.user, reason=found.reason)
+        return _exemption(found)
+
+    async def ListIdleExemptions(self, request: instance_pb2.ListIdleExemptionsRequest,
+                                 context: Any) -> instance_pb2.ListIdleExemptionsResponse:
+        require_admin()
+        found, token = await list_exemptions(self.service.runtime.db, request.page_size, request.page_token)
+        return instance_pb2.ListIdleExemptionsResponse(idle_exemptions=[_exemption(e) for e in found],
+                                                       next_page_token=token)
+
+    async def DeleteIdleExemption(self, request: instance_pb2.DeleteIdleExemptionRequest,
+                                  context: Any) -> empty_pb2.Empty:
+        require_admin()
+        audit.note(user=await delete_exemption(self.service.runtime.db, request.name))
+        return empty_pb2.Empty()
 
     async def DeleteInstance(self, request: instance_pb2.DeleteInstanceRequest,
                              context: Any) -> instance_pb2.Instance:
@@ -173,6 +208,13 @@ class InstanceServicer(instance_pb2_grpc.InstanceServiceServicer):
             stored = await store.update(scope, changes, request.quota_policy.etag, principal.subject, record)
         audit.note(version=stored.version)
         return quota_messages.to_proto(stored, quota_messages.configured(self.service.cfg.quotas, scope))
+
+
+def _exemption(found: Exemption) -> instance_pb2.IdleExemption:
+    message = instance_pb2.IdleExemption(name=f"{EXEMPTIONS}{found.user}", reason=found.reason,
+                                         created_by=found.created_by)
+    message.create_time.FromDatetime(found.created_at)
+    return message
 
 
 def build(runtime: Runtime) -> ServiceParts:

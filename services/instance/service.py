@@ -25,11 +25,12 @@ from aigc_gateway.identity import Principal
 from aigc_gateway.kube import Kube
 from aigc_gateway.runtime import Runtime
 
-from . import access, effects, faults, status, templates
+from . import access, effects, faults, idle_api, status, templates
 from .allocator import SlotState
 from .cache import Change, ClusterCache
 from .cluster import Cluster
 from .consistency import Checker
+from .idle import Culler
 from .lifecycle import Lifecycle
 from .names import InstanceRef
 from .reconciler import Reconciler
@@ -52,6 +53,7 @@ class InstanceService:
         self.cache: ClusterCache | None = None
         self.checker: Checker | None = None
         self.reconciler: Reconciler | None = None
+        self.culler: Culler | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._listener: PgListener | None = None
 
@@ -89,6 +91,11 @@ class InstanceService:
         self.cache.on_game_server.append(self.reconciler.game_server_changed)
         self.cache.start()
         self._tasks.append(asyncio.create_task(self.reconciler.run(), name="instance-reconciler"))
+        # Idle auto-pause runs on every replica: each decision is taken under the template lock (see idle.py).
+        self.culler = Culler(self.runtime.db, self.lifecycle, self.cache, self.cfg.idle,
+                             self.settings.template.annotation_prefix, self.runtime.audit_log("instance"))
+        if self.cfg.idle.enabled:
+            self._tasks.append(asyncio.create_task(self.culler.run(), name="instance-idle-culler"))
 
     async def stop(self) -> None:
         await cancel_and_wait(self._tasks)
@@ -96,6 +103,8 @@ class InstanceService:
             await self._listener.close()
         if self.reconciler is not None:
             await self.reconciler.stop()
+        if self.culler is not None:
+            await self.culler.close()
         if self.cache is not None:
             await self.cache.stop()
         if self.kube is not None:
@@ -137,6 +146,7 @@ class InstanceService:
             seen = status.Observed(gs, pod, (), claims)
         view = self.view(row, gss, seen, ref)
         message = status.to_proto(ref, row, view, gss, seen.claims)
+        await self.announced([(row, message)])
         if row.slot == SlotState.FREE.value:
             message.state = instance_pb2.Instance.UNINSTALLING
             message.state_message, message.owner = "Uninstalled; the disk is deleted", former_owner
@@ -196,10 +206,19 @@ class InstanceService:
                 total = int((await session.execute(count)).scalar_one())
         matching = [(r, m) for r in rows for m in [self._cached(_ref(r), r)] if not state or m.state == state]
         page = matching[:size]
+        await self.announced(page)
         token = paging.encode([page[-1][0].namespace, page[-1][0].template, page[-1][0].id], bound) \
             if len(matching) > size else ""
         return instance_pb2.ListInstancesResponse(instances=[m for _, m in page], next_page_token=token,
                                                   total_size=total)
+
+    async def announced(self, pairs: list[tuple[InstanceRow, instance_pb2.Instance]]) -> None:
+        """Set scheduled_pause_time on the messages of running instances whose pause for idleness is announced."""
+        when = await idle_api.scheduled(self.runtime.db, [row for row, _ in pairs])
+        for row, message in pairs:
+            at = when.get(_ref(row))
+            if at is not None:
+                message.scheduled_pause_time.FromDatetime(at)
 
     def _cached(self, ref: InstanceRef, row: InstanceRow) -> instance_pb2.Instance:
         _, cache, _ = self.parts()
@@ -226,8 +245,12 @@ class InstanceService:
                 if not principal.admin and row.owner not in (None, principal.subject):
                     return  # the id has a new owner: this stream is over
                 message = self._cached(ref, row)
-                key = (message.state, message.state_message, message.access_uri, row.slot)
-                if key != last or change.source == "event" and change.reason:
+                await self.announced([(row, message)])
+                pause = message.scheduled_pause_time.ToSeconds() if message.HasField("scheduled_pause_time") else 0
+                if pause != (last[4] if last is not None else 0) and (pause or row.slot == SlotState.LIVE.value):
+                    change = Change("gateway", idle_api.SCHEDULED if pause else idle_api.CANCELLED)
+                key = (message.state, message.state_message, message.access_uri, row.slot, pause)
+                if key != last or change.source in ("event", "gateway") and change.reason:
                     yield _event(ref, message, change)
                     last = key
                 try:
