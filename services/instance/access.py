@@ -4,9 +4,9 @@ from __future__ import annotations
 from aigc_gateway.db.models import InstanceRow
 from aigc_gateway.errors import NotFound, PermissionDenied, invalid
 from aigc_gateway.identity import Principal
+from aigc_gateway.names import InstanceRef
 
 from .allocator import OWNED, SlotState
-from .names import InstanceRef
 
 
 def check(principal: Principal, ref: InstanceRef, row: InstanceRow | None) -> InstanceRow:

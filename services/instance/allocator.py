@@ -19,8 +19,7 @@ from typing import Any
 
 from aigc_gateway import okg
 from aigc_gateway.errors import AlreadyExists, FailedPrecondition, GatewayError, NotFound
-
-from .names import TemplateRef
+from aigc_gateway.names import TemplateRef
 
 
 class SlotState(str, Enum):

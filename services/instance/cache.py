@@ -13,9 +13,9 @@ from aigc_gateway import okg
 from aigc_gateway.background import cancel_and_wait
 from aigc_gateway.errors import Unavailable
 from aigc_gateway.kube import EVENT, GAMESERVER, GSS, OWNER_GSS_LABEL, POD, PVC, Kube
+from aigc_gateway.names import InstanceRef, TemplateRef
 
 from .informer import Informer
-from .names import InstanceRef, TemplateRef
 from .status import Observed
 
 log = logging.getLogger(__name__)

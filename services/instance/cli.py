@@ -34,11 +34,11 @@ def register(app: typer.Typer) -> None:
 async def _doctor(settings, parent: str, repair: bool) -> int:  # type: ignore[no-untyped-def]
     from aigc_gateway.db import Database
     from aigc_gateway.kube import Kube
+    from aigc_gateway.names import parse_list_parent
 
     from .cluster import Cluster
     from .consistency import Checker
     from .lifecycle import Lifecycle
-    from .names import parse_list_parent
     from .slots import SlotStore
 
     namespace, template = parse_list_parent(parent, "--parent")

@@ -16,11 +16,11 @@ from typing import Any
 from aigc_gateway import okg
 from aigc_gateway.errors import NotFound, Unavailable
 from aigc_gateway.kube import GAMESERVER, GSS, OWNER_GSS_LABEL, POD, PVC, Kube
+from aigc_gateway.names import TemplateRef
 
 from . import templates
 from .allocator import Spec
 from .invariants import Claim
-from .names import TemplateRef
 
 log = logging.getLogger(__name__)
 

@@ -9,13 +9,13 @@ from sqlalchemy import select
 
 from aigc_gateway.db.models import DisputedInstanceRow
 from aigc_gateway.errors import FailedPrecondition, NotFound
+from aigc_gateway.names import TemplateRef
 
 from . import invariants, templates
 from .allocator import SlotState
 from .cluster import Cluster
 from .invariants import Finding, Snapshot
 from .lifecycle import Lifecycle
-from .names import TemplateRef
 from .slots import SlotStore, now, to_record
 
 MISSING_ROW = ("LIVE_MISMATCH", "UNTRACKED_RESERVED")  # what a disputed id's absent slot looks like

@@ -16,8 +16,7 @@ from typing import Any
 
 from aigc_gateway.db.models import InstanceRow
 from aigc_gateway.errors import Aborted
-
-from .names import InstanceRef
+from aigc_gateway.names import InstanceRef
 
 _TIMES = ("created_at", "updated_at", "state_changed_at", "last_access_at")
 

@@ -31,6 +31,7 @@ from aigc_gateway.audit import AuditLog
 from aigc_gateway.config import IdleConfig
 from aigc_gateway.db import Database
 from aigc_gateway.db.models import InstanceRow, notify_instance_change
+from aigc_gateway.names import InstanceRef
 
 from . import allocator, faults
 from .allocator import Op, Plan, SlotState, Spec
@@ -39,7 +40,6 @@ from .idle_models import IdleExemptionRow, IdleStateRow
 from .idle_policy import Action, Decision, Facts, decide, timeout_of
 from .lifecycle import Lifecycle
 from .metrics import IDLE_PAUSES, IDLE_PROBE_FAILURES, IDLE_WARNINGS
-from .names import InstanceRef
 from .slots import aware, slots_of
 
 log = logging.getLogger(__name__)

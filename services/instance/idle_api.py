@@ -16,12 +16,12 @@ from aigc_gateway.db import Database
 from aigc_gateway.db.models import InstanceRow
 from aigc_gateway.errors import AlreadyExists, FailedPrecondition, NotFound, invalid
 from aigc_gateway.identity import Principal
+from aigc_gateway.names import InstanceRef
 
 from . import access
 from .allocator import SlotState
 from .idle import Culler, utcnow
 from .idle_models import IdleExemptionRow, IdleStateRow
-from .names import InstanceRef
 from .slots import aware
 
 EXEMPTIONS = "idleExemptions/"

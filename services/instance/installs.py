@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING, Any
 from aigc_gateway.db.models import InstanceRow
 from aigc_gateway.errors import GatewayError
 from aigc_gateway.idempotency import Claim
+from aigc_gateway.names import TemplateRef
 
 from . import allocator, faults
 from .allocator import Op, Plan, SlotState, Spec
 from .effects import taken_over
 from .metrics import OPERATIONS
-from .names import TemplateRef
 from .quotas import Usage, template_limit, users_limited
 from .slots import slots_of
 

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from aigc_gateway import okg
+from aigc_gateway.names import TemplateRef
 
 from .allocator import OWNED, SlotState, Spec
-from .names import TemplateRef
 
 # A disk made just before the owner's install was recorded is the owner's own (clocks of PostgreSQL and the
 # apiserver differ a little); one older than this predates the owner and would be someone else's data.

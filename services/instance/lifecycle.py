@@ -47,6 +47,7 @@ from aigc_gateway.errors import Aborted, FailedPrecondition, GatewayError, NotFo
 from aigc_gateway.idempotency import Claim, IdempotencyStore
 from aigc_gateway.identity import Principal
 from aigc_gateway.kube import GSS
+from aigc_gateway.names import InstanceRef, TemplateRef
 
 from . import access, allocator, effects, faults, quotas, templates
 from .allocator import Op, Plan, Spec
@@ -62,7 +63,6 @@ from .metrics import (
     REALIGNS,
     SETTLE_WAIT,
 )
-from .names import InstanceRef, TemplateRef
 from .slots import SlotStore, slots_of
 
 log = logging.getLogger(__name__)

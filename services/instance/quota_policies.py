@@ -28,9 +28,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from aigc_gateway.db import Database
 from aigc_gateway.errors import Aborted, invalid
+from aigc_gateway.names import ANY, DNS_LABEL
 
 from .models import UNLIMITED, QuotaPolicyRow, QuotaUserRolesRow
-from .names import ANY, DNS_LABEL
 
 log = logging.getLogger(__name__)
 

@@ -30,10 +30,10 @@ from aigc_gateway.config import QuotaConfig, QuotaLimits
 from aigc_gateway.db import Database
 from aigc_gateway.db.models import InstanceRow
 from aigc_gateway.errors import NotFound, ResourceExhausted
+from aigc_gateway.names import TemplateRef
 
 from . import templates
 from .allocator import SlotState
-from .names import TemplateRef
 from .quota_policies import PolicyStore, RoleStore
 
 LIMITS = ("installed", "running", "gpus", "gpu_memory_gib")

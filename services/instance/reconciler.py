@@ -20,11 +20,11 @@ import asyncpg
 from aigc_gateway.db import Database
 from aigc_gateway.db.engine import lock_key
 from aigc_gateway.db.listen import asyncpg_dsn
+from aigc_gateway.names import InstanceRef
 
 from .consistency import Checker
 from .lifecycle import Lifecycle
 from .metrics import INSTALL_TO_RUNNING, RECONCILER_LEADER, VIOLATIONS
-from .names import InstanceRef
 from .slots import SlotStore, aware
 
 log = logging.getLogger(__name__)

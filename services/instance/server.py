@@ -20,13 +20,13 @@ from aigc_gateway.api.v1 import instance_pb2, instance_pb2_grpc
 from aigc_gateway.errors import PermissionDenied, Unavailable
 from aigc_gateway.idempotency import IdempotencyStore, current_claim
 from aigc_gateway.identity import require_admin, require_principal
+from aigc_gateway.names import parse_instance, parse_list_parent, parse_template
 from aigc_gateway.runtime import Runtime
 from aigc_gateway.server import Registration, ServiceParts
 
 from . import access, quota_messages
 from .effects import taken_over
 from .idle_api import EXEMPTIONS, Exemption, create_exemption, delete_exemption, keep_alive, list_exemptions
-from .names import parse_instance, parse_list_parent, parse_template
 from .quota_policies import PolicyStore, parse_scope
 from .service import InstanceService
 

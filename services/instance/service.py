@@ -23,6 +23,7 @@ from aigc_gateway.db.models import INSTANCE_CHANNEL, InstanceRow
 from aigc_gateway.errors import NotFound, PermissionDenied, Unavailable
 from aigc_gateway.identity import Principal
 from aigc_gateway.kube import Kube
+from aigc_gateway.names import InstanceRef
 from aigc_gateway.runtime import Runtime
 
 from . import access, effects, faults, idle_api, status, templates
@@ -32,7 +33,6 @@ from .cluster import Cluster
 from .consistency import Checker
 from .idle import Culler
 from .lifecycle import Lifecycle
-from .names import InstanceRef
 from .reconciler import Reconciler
 from .slots import SlotStore, aware
 

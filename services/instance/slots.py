@@ -18,11 +18,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from aigc_gateway.db import Database
 from aigc_gateway.db.models import InstanceRow, UserSyncOutboxRow, notify_instance_change
+from aigc_gateway.names import InstanceRef, TemplateRef
 
 from .allocator import Plan, Slot, SlotState
 from .invariants import SlotRecord
 from .models import IntentRow
-from .names import InstanceRef, TemplateRef
 
 HOLDER = f"{socket.gethostname()}:{os.getpid()}"
 

@@ -14,11 +14,11 @@ from typing import Any
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from aigc_gateway.api.v1 import common_pb2, instance_pb2
+from aigc_gateway.names import InstanceRef
 from aigc_gateway.okg import claim_name
 
 from . import templates
 from .allocator import SlotState
-from .names import InstanceRef
 
 Obj = dict[str, Any]
 State = instance_pb2.Instance.State

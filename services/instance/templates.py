@@ -11,9 +11,9 @@ from typing import Any
 
 from aigc_gateway import okg
 from aigc_gateway.errors import FailedPrecondition, NotFound
+from aigc_gateway.names import TemplateRef
 
 from .allocator import Spec
-from .names import TemplateRef
 
 Obj = dict[str, Any]
 

@@ -27,13 +27,13 @@ from aigc_gateway import audit, okg
 from aigc_gateway.api.v1 import template_pb2
 from aigc_gateway.db.models import allocator_lock
 from aigc_gateway.errors import FailedPrecondition, NotFound, Unavailable, Violation
+from aigc_gateway.names import template_name
 
 from . import changes
 from .cluster import TemplateCluster
 from .describe import Counts, claim_templates, describe_or_flag
 from .handoff import PURGE_INSTANCES, Handoff, Outcome
 from .instances import InstanceTable
-from .names import template_name
 from .policy import Policy
 from .publishing import violations_pb
 

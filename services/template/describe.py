@@ -16,10 +16,10 @@ from typing import Any
 from google.protobuf import timestamp_pb2
 
 from aigc_gateway.api.v1 import common_pb2, template_pb2
+from aigc_gateway.names import template_name
 
 from . import changes, network, rules
 from .manifest import to_struct
-from .names import template_name
 from .policy import Policy
 from .quantity import INT32_MAX, QuantityError, plain_count
 

@@ -19,13 +19,13 @@ from aigc_gateway.errors import (
     NotFound,
     Violation,
 )
+from aigc_gateway.names import template_name
 
 from . import changes, manifest
 from .catalog import Catalog
 from .cluster import TemplateCluster
 from .describe import Counts, describe_or_flag
 from .instances import InstanceTable
-from .names import template_name
 from .policy import Policy
 from .validation import Checked, check_new, check_update
 

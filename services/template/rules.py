@@ -16,9 +16,9 @@ from urllib.parse import urlsplit
 
 from aigc_gateway import idle, okg
 from aigc_gateway.errors import Violation
+from aigc_gateway.names import TEMPLATE_NAME_RULE, is_dns_label, is_namespace, is_template_name
 
 from . import network
-from .names import DNS_LABEL, GSS_NAME, GSS_NAME_MAX
 from .policy import (
     AUTH_RESPONSE_HEADERS_ANNOTATION,
     AUTH_SIGNIN_ANNOTATION,
@@ -109,14 +109,12 @@ def _check_metadata(obj: dict[str, Any], policy: Policy, namespace: str, report:
     name = meta.get("name")
     if not name:
         report.bad("metadata.name", "the template needs a name", "REQUIRED")
-    elif not isinstance(name, str) or not GSS_NAME.match(name) or len(name) > GSS_NAME_MAX:
-        report.bad("metadata.name", f"{name!r} is not a valid template name: lower-case letters, digits and '-', "
-                   f"starting with a letter, at most {GSS_NAME_MAX} characters (instances are named <name>-<id>)",
-                   "INVALID_NAME")
+    elif not is_template_name(name):
+        report.bad("metadata.name", f"{name!r} is not a valid template name: {TEMPLATE_NAME_RULE}", "INVALID_NAME")
     ns = meta.get("namespace")
     if not ns:
         report.bad("metadata.namespace", "the template needs a namespace", "REQUIRED")
-    elif not isinstance(ns, str) or not DNS_LABEL.match(ns):
+    elif not is_namespace(ns):
         report.bad("metadata.namespace", f"{ns!r} is not a valid namespace name", "INVALID_NAMESPACE")
     elif namespace and ns != namespace:
         report.bad("metadata.namespace", f"{ns!r} differs from the request's namespace {namespace!r}",
@@ -350,7 +348,7 @@ def _check_disks(template: dict[str, Any], containers: list[Any], report: Report
             report.bad(path, "must be a PersistentVolumeClaim template", "INVALID_CLAIM")
             continue
         name = _dict(claim.get("metadata")).get("name")
-        if not name or not isinstance(name, str) or not DNS_LABEL.match(name):
+        if not name or not is_dns_label(name):
             report.bad(f"{path}.metadata.name", f"{name!r} is not a valid claim template name", "INVALID_CLAIM_NAME")
         elif name not in mounted:
             report.warn(f"{path}.metadata.name", f"no container mounts {name!r}: the disk is created but unused",

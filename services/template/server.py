@@ -11,6 +11,7 @@ from typing import Any
 from aigc_gateway.api.v1 import template_pb2, template_pb2_grpc
 from aigc_gateway.errors import invalid
 from aigc_gateway.identity import require_admin, require_principal
+from aigc_gateway.names import parse_namespace_parent, parse_template
 from aigc_gateway.runtime import Runtime
 from aigc_gateway.server import Registration, ServiceParts
 
@@ -19,7 +20,6 @@ from .catalog import Catalog
 from .cluster import KubeHandle, TemplateCluster
 from .handoff import Handoff
 from .instances import InstanceTable
-from .names import parse_parent, parse_template_name
 from .policy import Policy
 from .publishing import Publisher
 
@@ -39,41 +39,46 @@ class TemplateServiceServicer(template_pb2_grpc.TemplateServiceServicer):
 
     async def ListTemplates(self, request: template_pb2.ListTemplatesRequest, context: Any) -> Any:
         principal = require_principal()
-        namespace = parse_parent(request.parent)
+        namespace = parse_namespace_parent(request.parent)
         return await self.catalog.list(request.parent, namespace, request.page_size, request.page_token,
                                        admin=principal.admin)
 
     async def GetTemplate(self, request: template_pb2.GetTemplateRequest, context: Any) -> Any:
         principal = require_principal()
-        namespace, name = parse_template_name(request.name)
+        namespace, name = _template(request.name)
         return await self.catalog.get(namespace, name, admin=principal.admin)
 
     async def CreateTemplate(self, request: template_pb2.CreateTemplateRequest, context: Any) -> Any:
         require_admin()
-        namespace = parse_parent(request.parent)
+        namespace = parse_namespace_parent(request.parent)
         return await self.publisher.create(namespace, _source(request), request.validate_only)
 
     async def UpdateTemplate(self, request: template_pb2.UpdateTemplateRequest, context: Any) -> Any:
         require_admin()
-        namespace, name = parse_template_name(request.name)
+        namespace, name = _template(request.name)
         return await self.publisher.update(namespace, name, _source(request), list(request.update_mask.paths),
                                            allow_restart=request.allow_restart, etag=request.etag,
                                            validate_only=request.validate_only)
 
     async def DeleteTemplate(self, request: template_pb2.DeleteTemplateRequest, context: Any) -> Any:
         require_admin()
-        namespace, name = parse_template_name(request.name)
+        namespace, name = _template(request.name)
         return await self.cascade.delete(namespace, name, force=request.force, etag=request.etag)
 
     async def ValidateTemplate(self, request: template_pb2.ValidateTemplateRequest, context: Any) -> Any:
         require_admin()
-        namespace = parse_parent(request.parent)
+        namespace = parse_namespace_parent(request.parent)
         return await self.publisher.validate(namespace, _source(request), request.as_update)
 
     async def PreviewTemplateUpdate(self, request: template_pb2.PreviewTemplateUpdateRequest, context: Any) -> Any:
         require_admin()
-        namespace, name = parse_template_name(request.name)
+        namespace, name = _template(request.name)
         return await self.publisher.preview(namespace, name, _source(request), list(request.update_mask.paths))
+
+
+def _template(name: str) -> tuple[str, str]:
+    ref = parse_template(name, "name")
+    return ref.namespace, ref.template
 
 
 def build(runtime: Runtime) -> ServiceParts:

@@ -6,12 +6,13 @@ from typing import Any
 from aigc_gateway import audit
 from aigc_gateway.api.v1 import usersync_pb2, usersync_pb2_grpc
 from aigc_gateway.identity import require_admin
+from aigc_gateway.names import instance_name, parse_instance, parse_template
 from aigc_gateway.runtime import Runtime
 from aigc_gateway.server import Registration, ServiceParts
 
 from .entries import describe_change
 from .importer import ReportEntry
-from .names import instance_name, parse_instance, parse_template, parse_user
+from .names import parse_user
 from .service import UserSync
 
 
@@ -46,7 +47,8 @@ class UserSyncServiceServicer(usersync_pb2_grpc.UserSyncServiceServicer):
     async def CleanupTemplate(self, request: usersync_pb2.CleanupTemplateRequest,
                               context: Any) -> usersync_pb2.CleanupTemplateResponse:
         require_admin()
-        namespace, template = parse_template(request.template)
+        ref = parse_template(request.template, "template")
+        namespace, template = ref.namespace, ref.template
         users = await self.usersync.syncer.cleanup_template(namespace, template, deliver=self.usersync.enabled)
         audit.note(users=users)
         return usersync_pb2.CleanupTemplateResponse(users=users)
@@ -77,7 +79,8 @@ class UserSyncServiceServicer(usersync_pb2_grpc.UserSyncServiceServicer):
     async def ResolveDisputedInstance(self, request: usersync_pb2.ResolveDisputedInstanceRequest,
                                       context: Any) -> usersync_pb2.ResolveDisputedInstanceResponse:
         require_admin()
-        namespace, template, instance_id = parse_instance(request.name)
+        ref = parse_instance(request.name)
+        namespace, template, instance_id = ref.namespace, ref.template, ref.id
         owner = parse_user(request.owner, "owner") if request.owner else ""
         done = await self.usersync.disputes.resolve(namespace, template, instance_id, owner)
         return usersync_pb2.ResolveDisputedInstanceResponse(name=request.name, owner=done.owner, slot=done.slot,

@@ -21,9 +21,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from aigc_gateway.api.v1 import instance_pb2, instance_pb2_grpc
 from aigc_gateway.db.models import InstanceRow, notify_instance_change
 from aigc_gateway.errors import Unavailable
+from aigc_gateway.names import instance_name
 
 from . import mirrorstore
-from .names import instance_name
 from .sync import OWNED_SLOTS
 
 log = logging.getLogger(__name__)

@@ -10,15 +10,11 @@ from aigc_gateway.api.v1 import common_pb2, instance_pb2
 from aigc_gateway.db.models import InstanceRow
 from aigc_gateway.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from aigc_gateway.identity import Principal
+from aigc_gateway.names import (
+    TemplateRef,
+)
 from aigc_gateway.services.instance import access, invariants, status, templates
 from aigc_gateway.services.instance.allocator import SlotState, Spec
-from aigc_gateway.services.instance.names import (
-    InstanceRef,
-    TemplateRef,
-    parse_instance,
-    parse_list_parent,
-    parse_template,
-)
 
 State = instance_pb2.Instance.State
 REF = TemplateRef("games", "sd-cpu")
@@ -44,28 +40,7 @@ def gss(**spec: object) -> dict:
     return base
 
 
-# -- names -------------------------------------------------------------------------------------------------
-
-def test_names_parse_and_print() -> None:
-    ref = parse_instance("namespaces/games/templates/sd-cpu/instances/12")
-    assert ref == InstanceRef("games", "sd-cpu", 12)
-    assert ref.name == "namespaces/games/templates/sd-cpu/instances/12" and ref.game_server == "sd-cpu-12"
-    assert parse_template("namespaces/games/templates/sd-cpu", "parent") == REF
-    assert parse_list_parent("namespaces/-/templates/-") == (None, None)
-    assert parse_list_parent("namespaces/games/templates/-") == ("games", None)
-
-
-@pytest.mark.parametrize("bad", [
-    "", "namespaces/games/templates/sd-cpu", "namespaces/games/templates/sd-cpu/instances/",
-    "namespaces/games/templates/sd-cpu/instances/-1", "namespaces/games/templates/sd-cpu/instances/01",
-    "namespaces/games/templates/sd-cpu/instances/1x", "namespaces/Games/templates/sd-cpu/instances/1",
-    "namespaces/games/templates/sd_cpu/instances/1", "namespaces/games/tpl/sd-cpu/instances/1",
-    "namespaces/games/templates/sd-cpu/instances/1/x", "namespaces/games/templates/sd-cpu/instances/9999999999",
-])
-def test_malformed_instance_names_name_the_field(bad: str) -> None:
-    with pytest.raises(InvalidArgument) as err:
-        parse_instance(bad)
-    assert err.value.violations[0].field == "name"
+# (resource names: tests/unit/test_names.py)
 
 
 # -- templates ---------------------------------------------------------------------------------------------

@@ -6,8 +6,8 @@ import grpc
 from google.rpc import error_details_pb2
 
 from aigc_gateway.config import QuotaConfig
+from aigc_gateway.names import TemplateRef
 from aigc_gateway.services.instance import quotas
-from aigc_gateway.services.instance.names import TemplateRef
 from aigc_gateway.services.instance.quotas import Limits, Usage
 
 CFG = QuotaConfig.model_validate({

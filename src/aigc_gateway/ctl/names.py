@@ -1,39 +1,46 @@
 """Resource names from what an admin types: `sd-cpu` or `namespaces/default/templates/sd-cpu`;
-`sd-cpu/3` or `namespaces/default/templates/sd-cpu/instances/3`."""
+`sd-cpu/3` or `namespaces/default/templates/sd-cpu/instances/3`.
+
+The short forms are the CLI's own; what makes a name valid is the core's (:mod:`aigc_gateway.names`), the
+rule every service applies, so a name the CLI lets through is not refused later for its spelling.
+"""
 from __future__ import annotations
 
-import re
+from aigc_gateway import names
+from aigc_gateway.errors import InvalidArgument
 
 from .exitcodes import Exit, Failure
-
-_SEGMENT = r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?"
-_TEMPLATE = re.compile(rf"^namespaces/({_SEGMENT}|-)/templates/({_SEGMENT}|-)$")
-_INSTANCE = re.compile(rf"^namespaces/{_SEGMENT}/templates/{_SEGMENT}/instances/\d+$")
-_SHORT_SEGMENT = re.compile(rf"^{_SEGMENT}$")
 
 
 def template_name(arg: str, namespace: str) -> str:
     if arg.startswith("namespaces/"):
-        if not _TEMPLATE.match(arg) or arg.endswith("/-"):
-            raise Failure(f"{arg!r} is not a template name (namespaces/NS/templates/NAME)", Exit.USAGE)
+        try:
+            names.parse_template(arg, "template")
+        except InvalidArgument as exc:
+            raise Failure(f"{arg!r} is not a template name (namespaces/NS/templates/NAME): "
+                          f"{exc.violations[0].description}", Exit.USAGE) from None
         return arg
-    if not _SHORT_SEGMENT.match(arg):
-        raise Failure(f"{arg!r} is not a template name (a GameServerSet name such as sd-cpu)", Exit.USAGE)
-    return f"namespaces/{namespace}/templates/{arg}"
+    if not names.is_template_name(arg):
+        raise Failure(f"{arg!r} is not a template name (a GameServerSet name such as sd-cpu: "
+                      f"{names.TEMPLATE_NAME_RULE})", Exit.USAGE)
+    return names.template_name(namespace, arg)
 
 
 def template_parent(template: str | None, namespace: str, all_namespaces: bool = False) -> str:
     """The parent of ListInstances/CheckConsistency: one template, or `-` for any."""
-    ns = "-" if all_namespaces else namespace
+    ns = names.ANY if all_namespaces else namespace
     if not template:
-        return f"namespaces/{ns}/templates/-"
+        return names.template_name(ns, names.ANY)
     return template_name(template, namespace)
 
 
 def instance_name(arg: str, namespace: str) -> str:
     if arg.startswith("namespaces/"):
-        if not _INSTANCE.match(arg):
-            raise Failure(f"{arg!r} is not an instance name (namespaces/NS/templates/T/instances/ID)", Exit.USAGE)
+        try:
+            names.parse_instance(arg, "instance")
+        except InvalidArgument as exc:
+            raise Failure(f"{arg!r} is not an instance name (namespaces/NS/templates/T/instances/ID): "
+                          f"{exc.violations[0].description}", Exit.USAGE) from None
         return arg
     template, _, ident = arg.rpartition("/")
     if not template or not ident.isdigit():
