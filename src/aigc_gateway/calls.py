@@ -23,7 +23,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 from google.protobuf import descriptor_pool, message_factory
@@ -219,7 +219,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             if isinstance(exc, asyncio.CancelledError):
                 code = grpc.StatusCode.CANCELLED
             elif code == grpc.StatusCode.OK:
-                code = context.code() or grpc.StatusCode.UNKNOWN  # type: ignore[assignment]
+                code = context.code() or grpc.StatusCode.UNKNOWN
             if claim:
                 await asyncio.shield(self.idempotency.finish(claim, grpc.StatusCode.CANCELLED, b""))
             raise
@@ -252,7 +252,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             code = grpc.StatusCode.CANCELLED
             raise
         except grpc.aio.AbortError:
-            code = context.code() or grpc.StatusCode.UNKNOWN  # type: ignore[assignment]
+            code = context.code() or grpc.StatusCode.UNKNOWN
             raise
         except Exception:
             code = grpc.StatusCode.INTERNAL
@@ -278,7 +278,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
                                     details=audit.details_var.get() or {})
 
     @staticmethod
-    async def _abort(context: grpc.aio.ServicerContext, status: status_pb2.Status) -> None:
+    async def _abort(context: grpc.aio.ServicerContext, status: status_pb2.Status) -> NoReturn:
         converted = rpc_status.to_status(status)
         trailing = tuple(converted.trailing_metadata) + ((REQUEST_ID_HEADER, request_id_var.get()),)
         await context.abort(converted.code, converted.details, trailing)

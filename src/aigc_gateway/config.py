@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, SecretStr, ValidationError, field_validator
+from pydantic_core import ErrorDetails
 
 ENV_PREFIX = "AIGC_GATEWAY__"
 ENV_FILE = "AIGC_GATEWAY_CONFIG"
@@ -344,7 +345,7 @@ def _from_env(environ: dict[str, str]) -> dict[str, Any]:
     return tree
 
 
-def _describe(error: dict[str, Any]) -> str:
+def _describe(error: ErrorDetails) -> str:
     where = ".".join(str(p) for p in error["loc"]) or "(top level)"
     kind = error["type"]
     if kind == "extra_forbidden":

@@ -34,7 +34,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from .db import Database
+from .db import Database, rowcount
 from .db.models import IdempotencyKeyRow
 from .errors import Aborted, invalid
 from .replicas import ReplicaRegistry, aware, utcnow
@@ -164,7 +164,7 @@ class IdempotencyStore:
                     .where(IdempotencyKeyRow.key == key, IdempotencyKeyRow.state == "pending",
                            IdempotencyKeyRow.holder == row.holder, IdempotencyKeyRow.attempt == row.attempt)
                     .values(holder=me, attempt=row.attempt + 1, created_at=now))
-            if taken.rowcount != 1:
+            if rowcount(taken) != 1:
                 raise _in_progress(self.retry_after)  # another retry took it over first
             self._running.add((key, row.attempt + 1))
             return Claim(key, me, row.attempt + 1, row.effect), None
@@ -201,7 +201,7 @@ class IdempotencyStore:
             update(IdempotencyKeyRow)
             .where(IdempotencyKeyRow.key == claim.key, IdempotencyKeyRow.state == "pending")
             .values(effect=effect))
-        return bool(written.rowcount)
+        return bool(rowcount(written))
 
     @staticmethod
     async def record_effects(session: AsyncSession, effects: dict[str, dict[str, Any]]) -> None:
@@ -228,7 +228,7 @@ class IdempotencyStore:
         cutoff = utcnow() - self.retention
         async with self.db.session() as session:
             result = await session.execute(delete(IdempotencyKeyRow).where(IdempotencyKeyRow.created_at < cutoff))
-            return int(result.rowcount or 0)
+            return rowcount(result)
 
     async def close(self) -> None:
         await self.replicas.close()

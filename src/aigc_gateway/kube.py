@@ -30,6 +30,7 @@ from .okg import OWNER_GSS_LABEL as OWNER_GSS_LABEL  # the OKG model owns it; li
 log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
+Patch = Obj | list[Any]  # a merge patch, or a JSON patch's operations (named here: Kube.list shadows `list`)
 
 
 @dataclass(frozen=True)
@@ -133,9 +134,9 @@ class Kube:
         raw = response[0] if isinstance(response, tuple) else response
         data = await raw.read()
         if raw.status >= 400:  # with _preload_content=False kubernetes_asyncio does not raise for the status itself
-            exc = ApiException(status=raw.status, reason=raw.reason)
-            exc.body = data.decode(errors="replace")
-            raise _error(exc, what or path)
+            failure = ApiException(status=raw.status, reason=raw.reason)
+            failure.body = data.decode(errors="replace")
+            raise _error(failure, what or path)
         return json.loads(data) if data else {}
 
     # -- typed helpers -----------------------------------------------------
@@ -159,7 +160,7 @@ class Kube:
         return await self.request("PUT", kind.path(namespace, name), body=body,
                                   query={"dryRun": "All" if dry_run else None}, what=f"{kind.kind} {namespace}/{name}")
 
-    async def patch(self, kind: Kind, namespace: str | None, name: str, patch: Obj | list[Any], *,
+    async def patch(self, kind: Kind, namespace: str | None, name: str, patch: Patch, *,
                     patch_type: str = "application/merge-patch+json") -> Obj:
         return await self.request("PATCH", kind.path(namespace, name), body=patch, content_type=patch_type,
                                   what=f"{kind.kind} {namespace}/{name}")
@@ -197,10 +198,10 @@ class Kube:
                               reason="KUBERNETES_UNAVAILABLE") from None
         raw = response[0] if isinstance(response, tuple) else response
         if raw.status >= 400:  # as in request(): the status is not checked for us
-            exc = ApiException(status=raw.status, reason=raw.reason)
-            exc.body = (await raw.read()).decode(errors="replace")
+            failure = ApiException(status=raw.status, reason=raw.reason)
+            failure.body = (await raw.read()).decode(errors="replace")
             raw.release()
-            raise _error(exc, f"watch of {kind.plural}")
+            raise _error(failure, f"watch of {kind.plural}")
         try:
             async for line in raw.content:
                 if line.strip():

@@ -31,7 +31,7 @@ import asyncpg
 from sqlalchemy import delete, select, text, update
 
 from .background import cancel_and_wait
-from .db import Database
+from .db import Database, rowcount
 from .db.engine import lock_key
 from .db.listen import asyncpg_dsn
 from .db.models import ReplicaRow
@@ -116,7 +116,7 @@ class ReplicaRegistry:
         async with self.db.session() as session:
             renewed = await session.execute(update(ReplicaRow).where(ReplicaRow.id == self.id)
                                             .values(expires_at=now + self.lease, session_lock=locked))
-            if not renewed.rowcount:
+            if not rowcount(renewed):
                 session.add(ReplicaRow(id=self.id, host=socket.gethostname()[:255], pid=os.getpid(),
                                        started_at=now, expires_at=now + self.lease, session_lock=locked))
 

@@ -33,11 +33,11 @@ from functools import cached_property
 from typing import Any
 
 from itsdangerous import BadData, URLSafeSerializer
-from sqlalchemy import select, text, update
+from sqlalchemy import delete, select, text, update
 
 from .background import cancel_and_wait
 from .config import Settings
-from .db import Database
+from .db import Database, rowcount
 from .db.listen import PgListener, asyncpg_dsn
 from .db.models import AuthSessionRow
 from .errors import Unauthenticated
@@ -227,8 +227,9 @@ class SessionStore:
         async with self.db.session() as session:
             session.add(row)
             # Expired rows are dead weight; a cheap, indexed sweep on the write path keeps the table small.
-            await session.execute(AuthSessionRow.__table__.delete().where(
-                AuthSessionRow.expires_at < now - timedelta(days=1)))
+            # A plain DELETE, as of the table: no ORM synchronisation of the session's objects.
+            await session.execute(delete(AuthSessionRow).where(
+                AuthSessionRow.expires_at < now - timedelta(days=1)).execution_options(synchronize_session=False))
         record = SessionRecord.of(row)
         self._cache[row.id_hash] = (record, time.monotonic())
         return session_id, record
@@ -332,7 +333,7 @@ class SessionStore:
             await self._notify(session, f"s:{id_hash}")
         self._epoch += 1
         self._cache.pop(id_hash, None)
-        return bool(result.rowcount)
+        return bool(rowcount(result))
 
     async def revoke_user(self, user: str) -> int:
         now = datetime.now(UTC)
@@ -342,7 +343,7 @@ class SessionStore:
                 AuthSessionRow.expires_at > now).values(revoked_at=now))
             await self._notify(session, f"u:{user}")
         self._heard(f"u:{user}")
-        return int(result.rowcount or 0)
+        return rowcount(result)
 
     async def _notify(self, session: Any, payload: str) -> None:
         if self.db.is_sqlite:

@@ -7,7 +7,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 
@@ -23,6 +23,14 @@ _STUBS = {
     "audit": audit_pb2_grpc.AuditServiceStub,
 }
 ATTEMPTS = 4
+
+
+class ServerStream(Protocol):
+    """What a server-streaming call returns: an iterator of the replies that can also be cancelled."""
+
+    def __iter__(self) -> Iterator[Any]: ...
+    def __next__(self) -> Any: ...
+    def cancel(self) -> bool: ...
 
 
 class Client:
@@ -69,7 +77,7 @@ class Client:
                 delay *= 2
         raise AssertionError("unreachable")
 
-    def stream(self, service: str, method: str, request: Any, *, timeout: float | None = None) -> Iterator[Any]:
+    def stream(self, service: str, method: str, request: Any, *, timeout: float | None = None) -> ServerStream:
         """A server stream; the returned iterator has `.cancel()`."""
         stub = _STUBS[service](self.channel(service))
         return getattr(stub, method)(request, metadata=self.metadata(), timeout=timeout)
@@ -93,7 +101,8 @@ class Client:
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
         try:
-            reply = health_pb2_grpc.HealthStub(self.channel(service)).Check(
+            # The grpcio-health-checking stubs declare HealthStub without its (generated) methods.
+            reply = health_pb2_grpc.HealthStub(self.channel(service)).Check(  # type: ignore[attr-defined]
                 health_pb2.HealthCheckRequest(), timeout=min(5.0, self.settings.timeout_seconds))
         except grpc.RpcError as error:
             return "UNREACHABLE" if error.code() == grpc.StatusCode.UNAVAILABLE else error.code().name

@@ -5,12 +5,16 @@ own outcomes (a check that found problems, a wait that timed out) have theirs.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import IntEnum
+from typing import cast
 
 import grpc
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
+
+Metadata = Iterable[tuple[str, str | bytes]]
 
 
 class Exit(IntEnum):
@@ -78,10 +82,12 @@ class CallFailed(Exception):
     def from_rpc_error(cls, error: grpc.RpcError) -> CallFailed:
         code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
         message = error.details() if hasattr(error, "details") else str(error)
-        trailing = dict(error.trailing_metadata() or ()) if hasattr(error, "trailing_metadata") else {}
+        # grpc's trailers are (key, value) named tuples; its stubs declare a class with the two attributes only.
+        trailing = dict(cast(Metadata, error.trailing_metadata() or ())) if hasattr(error, "trailing_metadata") else {}
         failed = cls(code or grpc.StatusCode.UNKNOWN, message or "", request_id=str(trailing.get("x-request-id", "")))
         try:
-            status = rpc_status.from_call(error) if hasattr(error, "trailing_metadata") else None
+            # It has the call's trailers (checked), which is what from_call reads.
+            status = rpc_status.from_call(cast(grpc.Call, error)) if hasattr(error, "trailing_metadata") else None
         except ValueError:  # details that disagree with the code: keep the message alone
             status = None
         if status is not None:

@@ -10,10 +10,11 @@ request, 4 not found, 5 conflict, 6 unauthenticated, 7 permission denied,
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import typer
 
-from . import cmd_admin, cmd_audit, cmd_instances, cmd_templates, render
+from . import cmd_admin, cmd_audit, cmd_instances, cmd_quotas, cmd_templates, render
 from .context import Ctl
 from .exitcodes import CallFailed, Exit, Failure
 from .settings import resolve
@@ -24,10 +25,11 @@ app = typer.Typer(name="aigcctl", add_completion=False, no_args_is_help=True, he
 app.add_typer(cmd_templates.app, name="templates")
 app.add_typer(cmd_instances.app, name="instances")
 app.add_typer(cmd_audit.app, name="audit")
+app.add_typer(cmd_quotas.app, name="quotas")
 cmd_admin.register(app)
 
 # Typer vendors click from 0.2x on; reach its exception classes through typer's own.
-_ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+_ClickException: type[Any] = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
 # Options accepted anywhere on the line (kubectl style), moved before the command.
 _GLOBAL_WITH_VALUE = {"-o", "--output", "-n", "--namespace", "--config", "--token-file", "--template-addr",

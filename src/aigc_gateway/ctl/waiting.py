@@ -29,7 +29,7 @@ class Outcome:
 
 
 def state_name(state: int) -> str:
-    return "GONE" if state == GONE else State.Name(state)
+    return "GONE" if state == GONE else State.Name(State.ValueType(state))
 
 
 def settle(events: Iterable[instance_pb2.InstanceEvent], target: int, *, first: instance_pb2.Instance | None = None,

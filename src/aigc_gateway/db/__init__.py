@@ -1,4 +1,4 @@
 """Database access: the async engine, the shared tables and the Alembic history."""
-from .engine import Database
+from .engine import Database, rowcount
 
-__all__ = ["Database"]
+__all__ = ["Database", "rowcount"]

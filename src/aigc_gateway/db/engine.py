@@ -13,14 +13,22 @@ import hashlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import event, text
+from sqlalchemy import CursorResult, Result, event, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 
 def lock_key(name: str) -> int:
     """A stable signed 64-bit advisory-lock key for a name (e.g. ``allocator:ns/tpl``)."""
     return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+
+
+def rowcount(result: Result[Any]) -> int:
+    """How many rows an UPDATE or DELETE matched. ``session.execute`` is typed to return a ``Result``; for such
+    a statement it is a ``CursorResult``, the one kind that counts rows."""
+    assert isinstance(result, CursorResult), type(result)
+    return result.rowcount
 
 
 class Database:
@@ -70,7 +78,7 @@ class Database:
         await self.engine.dispose()
 
 
-def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     # WAL lets readers run beside the one writer; foreign keys are off by default in SQLite.
     cursor = dbapi_conn.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 
 from alembic import context
+from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from aigc_gateway.db.tables import load_all
@@ -13,7 +14,7 @@ config = context.config
 target_metadata = load_all()
 
 
-def _run(connection) -> None:  # type: ignore[no-untyped-def]
+def _run(connection: Connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
@@ -25,7 +26,10 @@ def _run(connection) -> None:  # type: ignore[no-untyped-def]
 
 
 async def _online() -> None:
-    engine = create_async_engine(config.get_main_option("sqlalchemy.url"))
+    url = config.get_main_option("sqlalchemy.url")
+    if not url:
+        raise RuntimeError("alembic: sqlalchemy.url is not set (aigc_gateway.db.migrate sets it)")
+    engine = create_async_engine(url)
     try:
         async with engine.connect() as connection:
             await connection.run_sync(_run)
