@@ -201,7 +201,10 @@ class Culler:
         async def before() -> bool:  # after the step resolved leftover intents, under the lock
             got = await self._decide_locked(ref, probed)
             if got is None or got[0].action is not Action.PAUSE:
-                return True  # resumed, used, kept alive, paused by the other replica, exempt...: nothing to do
+                # Resumed, used, kept alive, paused by the other replica, exempt...: nothing to do.
+                log.info("idle: %s not paused: decided again under the lock: %s", ref.name,
+                         got[0].action.value if got else "gone")
+                return True
             seen.append(got)
             return False
 

@@ -1,0 +1,249 @@
+"""Idle auto-pause on the test bed (issue 15): two `aigc-gateway serve instance` replicas, both running the
+culler, against the real OKG controllers; the busy probe answered by real HTTP servers bound on the pod's IP
+(the test bed routes 198.18.0.0/15 to this machine, so a pod IP is dialled the way a proxy dials it).
+
+Timeouts are seconds (template annotation ``idle-after``), the culler looks every 0.3 s: nothing sleeps for
+the outcome, every wait is for a state the test names, and what must not happen is shown causally (the
+culler's own log line after its decision under the lock, or a later instance of the same pass)."""
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from kubernetes_asyncio.client.exceptions import ApiException
+from sqlalchemy import select
+
+from aigc_gateway.api.v1 import instance_pb2
+from aigc_gateway.db import Database
+from aigc_gateway.db.models import AuditEventRow, InstanceRow
+from aigc_gateway.services.instance import idle as _idle  # noqa: F401 - registers the idle.before_pause point
+from aigc_gateway.services.instance.idle_models import IdleStateRow
+
+from ..plugins.kube import GROUP, VERSION, Game, load_sample, wait_for
+from ..plugins.testbed import Testbed
+from .conftest import SAMPLE, State, wait_slot
+from .test_replay_crash import launch, wait_file
+
+PREFIX = "aigc.gateway.io/"
+CULLER = "service:idle-culler"
+
+
+def idle_settings(**kw: Any) -> dict[str, Any]:
+    return {"idle": {"interval_seconds": 0.3, "warning_seconds": 2, "default_after_seconds": 0,
+                     "gpu_default_after_seconds": 0, "probe_timeout_seconds": 2, **kw}}
+
+
+async def idle_template(game: Game, testbed: Testbed, name: str, **annotations: str) -> str:
+    obj = load_sample(SAMPLE, testbed.domain, game.namespace, rename=name)
+    for conf in obj["spec"]["network"]["networkConf"]:
+        if conf["name"] == "Host":  # every template needs hosts of its own
+            conf["value"] = conf["value"].replace("instances<id>-", f"{name}-<id>-")
+    obj["metadata"].setdefault("annotations", {}).update({PREFIX + k: v for k, v in annotations.items()})
+    await game.create_gss(obj)
+    return name
+
+
+async def annotate(game: Game, name: str, key: str, value: str) -> None:
+    for _ in range(10):  # the controller writes the object too: retry on 409
+        gss = await game.get_gss(name)
+        gss["metadata"]["annotations"][key] = value
+        try:
+            await game.custom.replace_namespaced_custom_object(GROUP, VERSION, game.namespace, "gameserversets",
+                                                               name, gss)
+            return
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+    raise AssertionError(f"could not annotate {name}")
+
+
+async def culler_pauses(db: Database, namespace: str) -> list[str]:
+    async with db.session() as session:
+        rows = (await session.execute(select(AuditEventRow).where(
+            AuditEventRow.actor == CULLER, AuditEventRow.action == "InstanceService.PauseInstance",
+            AuditEventRow.resource.like(f"namespaces/{namespace}/%")).order_by(AuditEventRow.id))).scalars()
+        return [r.resource for r in rows if r.details.get("reason") == "idle"]
+
+
+async def slot(db: Database, namespace: str, template: str, instance_id: int) -> str:
+    async with db.session() as session:
+        row = await session.get(InstanceRow, (namespace, template, instance_id))
+    return row.slot if row else ""
+
+
+async def collect(stream: Any, into: list[instance_pb2.InstanceEvent]) -> None:
+    try:
+        async for event in stream:
+            into.append(event)
+    except (grpc.aio.AioRpcError, asyncio.CancelledError):
+        pass
+
+
+async def test_two_replicas_warn_then_pause_each_idle_instance_once(testbed: Testbed, game: Game, service_process,
+                                                                   client_for, database: Database) -> None:
+    tpl = await idle_template(game, testbed, "idle-sd", **{"idle-after": "3s"})
+    a, b = await service_process(**idle_settings()), await service_process(**idle_settings())
+    ca, cb = client_for(await launch(a)), client_for(await launch(b))
+    admin = ca.md("admin")
+    await ca.stub.CreateIdleExemption(instance_pb2.CreateIdleExemptionRequest(
+        idle_exemption=instance_pb2.IdleExemption(name="idleExemptions/dave", reason="long trainings")),
+        metadata=admin)
+    # dave first: his id is 0, so every pass that pauses another instance looked at his, due earlier, before.
+    names = {}
+    for user in ("dave", "alice", "bob", "carol"):
+        names[user] = (await ca.install(user, tpl)).name
+    events: list[instance_pb2.InstanceEvent] = []
+    watcher = asyncio.ensure_future(collect(cb.stub.WatchInstance(
+        instance_pb2.WatchInstanceRequest(name=names["alice"]), metadata=cb.md("alice")), events))
+    for user in ("alice", "bob", "carol"):
+        await wait_slot(database, game.namespace, int(names[user].rsplit("/", 1)[1]), "PAUSED", tpl)
+    await ca.wait_state("alice", names["alice"], State.PAUSED)
+    watcher.cancel()
+
+    pauses = await culler_pauses(database, game.namespace)
+    assert sorted(pauses) == sorted(names[u] for u in ("alice", "bob", "carol"))  # each once, by either replica
+    assert await slot(database, game.namespace, tpl, 0) == "LIVE"  # dave is exempt
+    by_replica = [a.log.read_text().count("idle: paused"), b.log.read_text().count("idle: paused")]
+    print(f"pauses by replica: {by_replica}; decided again and not paused: "
+          f"{a.log.read_text().count('not paused') + b.log.read_text().count('not paused')}")
+    assert sum(by_replica) == 3
+
+    # The owner saw the announcement (with the time) before the instance stopped.
+    reasons = [e.reason for e in events]
+    assert "IdlePauseScheduled" in reasons, reasons
+    announced = events[reasons.index("IdlePauseScheduled")]
+    assert announced.source == "gateway" and announced.instance.HasField("scheduled_pause_time")
+    assert announced.instance.state not in (State.PAUSING, State.PAUSED)
+    assert any(e.instance.state in (State.PAUSING, State.PAUSED) for e in events[reasons.index("IdlePauseScheduled"):])
+
+    # An idle pause is an ordinary pause: disk and id kept, and the owner resumes it.
+    resumed = await cb.resume("alice", names["alice"])
+    assert resumed.owner == "alice" and not resumed.HasField("scheduled_pause_time")
+    await ca.wait_consistent(90)
+
+
+async def test_a_resume_in_the_same_moment_is_not_paused(tmp_path: Path, testbed: Testbed, game: Game,
+                                                         service_process, client_for, database: Database) -> None:
+    """Replica A's culler has decided to pause (outside the lock) and is held there; the owner pauses and
+    resumes through replica B; released, A decides again under the lock and leaves the instance running."""
+    tpl = await idle_template(game, testbed, "idle-race", **{"idle-after": "3s"})
+    held = await service_process(**idle_settings(warning_seconds=1))
+    other = await service_process(**idle_settings(enabled=False))
+    cb = client_for(await launch(other))
+    client_for(await launch(held, hold="idle.before_pause", hold_dir=tmp_path))
+    name = (await cb.install("alice", tpl)).name
+    await wait_file(tmp_path / "idle.before_pause.reached", held)
+    assert await culler_pauses(database, game.namespace) == []
+
+    await cb.pause("alice", name)
+    await cb.resume("alice", name)
+    (tmp_path / "idle.before_pause.release").write_text("")
+    await wait_for(lambda: f"idle: {name} not paused" in held.log.read_text(), 60,
+                   what="the held culler's decision under the lock")
+    assert await slot(database, game.namespace, tpl, 0) == "LIVE"
+    assert await culler_pauses(database, game.namespace) == []
+    await cb.wait_consistent(90)
+
+
+class Engine:
+    """A stand-in for an engine's queue endpoint (ComfyUI's /queue), bound on the pod's own IP."""
+
+    def __init__(self) -> None:
+        self.busy = True
+        self.requests: list[str] = []
+        self.server: asyncio.AbstractServer | None = None
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        self.requests.append(head.split(b" ")[1].decode())
+        body = json.dumps({"queue_running": [[1, "prompt"]] if self.busy else [], "queue_pending": []}).encode()
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                     + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        await writer.drain()
+        writer.close()
+
+
+async def test_busy_probe_keeps_a_working_instance_running(testbed: Testbed, game: Game, service_process, client_for,
+                                                           database: Database) -> None:
+    from .conftest import free_port
+
+    port = free_port()
+    # Never idle until the engine stand-in listens on the pod's IP (the pod IP is known once it runs).
+    tpl = await idle_template(game, testbed, "idle-probe", **{
+        "idle-after": "0", "idle-probe-path": "/queue", "idle-probe-busy": "queue_running,queue_pending",
+        "idle-probe-port": str(port)})
+    replica = await service_process(**idle_settings(warning_seconds=1))
+    client = client_for(await launch(replica))
+    name = (await client.install("alice", tpl)).name
+    pods = await game.wait_running(tpl, {0})
+    engine = Engine()
+    engine.server = await asyncio.start_server(engine.serve, pods[0].status.pod_ip, port)
+    try:
+        await annotate(game, tpl, f"{PREFIX}idle-after", "3s")
+        await wait_for(lambda: len(engine.requests) >= 3, 60, what="three probes answered busy")
+        assert engine.requests[0] == "/queue"
+        assert await slot(database, game.namespace, tpl, 0) == "LIVE"
+        assert await culler_pauses(database, game.namespace) == []
+        async with database.session() as session:
+            state = await session.get(IdleStateRow, (game.namespace, tpl, 0))
+        assert state is not None and state.kept_at is not None  # busy answers are activity
+
+        engine.busy = False  # the queue empties: warned, then paused
+        await wait_slot(database, game.namespace, 0, "PAUSED", tpl)
+        assert await culler_pauses(database, game.namespace) == [name]
+    finally:
+        engine.server.close()
+    await client.wait_consistent(90)
+
+
+async def test_keep_alive_withdraws_the_announcement_and_exemptions_are_admin_only(
+        testbed: Testbed, game: Game, service_process, client_for, database: Database) -> None:
+    # Warned two seconds after the install, the pause announced for 30 s after it: time enough to keep it alive.
+    tpl = await idle_template(game, testbed, "idle-keep", **{"idle-after": "30s"})
+    replica = await service_process(**idle_settings(warning_seconds=28))
+    client = client_for(await launch(replica))
+    name = (await client.install("alice", tpl)).name
+    events: list[instance_pb2.InstanceEvent] = []
+    watcher = asyncio.ensure_future(collect(client.stub.WatchInstance(
+        instance_pb2.WatchInstanceRequest(name=name), metadata=client.md("alice")), events))
+    await wait_for(lambda: any(e.reason == "IdlePauseScheduled" for e in events), 60, what="the announcement")
+    got = await client.get("alice", name)
+    announced = next(e for e in events if e.reason == "IdlePauseScheduled").instance.scheduled_pause_time
+    assert got.scheduled_pause_time == announced and announced.ToSeconds() > 0
+
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await client.stub.KeepInstanceAlive(instance_pb2.KeepInstanceAliveRequest(name=name), metadata=client.md("bob"))
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    kept = await client.stub.KeepInstanceAlive(instance_pb2.KeepInstanceAliveRequest(name=name),
+                                               metadata=client.md("alice"))
+    assert kept.state != State.PAUSED and not kept.HasField("scheduled_pause_time")
+    await wait_for(lambda: any(e.reason == "IdlePauseCancelled" for e in events), 30, what="the withdrawal")
+    watcher.cancel()
+
+    admin, alice = client.md("admin"), client.md("alice")
+    create = instance_pb2.CreateIdleExemptionRequest(
+        idle_exemption=instance_pb2.IdleExemption(name="idleExemptions/alice", reason="demo"))
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await client.stub.CreateIdleExemption(create, metadata=alice)
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    made = await client.stub.CreateIdleExemption(create, metadata=admin)
+    assert (made.name, made.reason, made.created_by) == ("idleExemptions/alice", "demo", "admin")
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await client.stub.CreateIdleExemption(create, metadata=admin)
+    assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await client.stub.CreateIdleExemption(instance_pb2.CreateIdleExemptionRequest(
+            idle_exemption=instance_pb2.IdleExemption(name="users/alice")), metadata=admin)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "idle_exemption.name" in str(err.value.details())
+    listed = await client.stub.ListIdleExemptions(instance_pb2.ListIdleExemptionsRequest(), metadata=admin)
+    assert [e.name for e in listed.idle_exemptions] == ["idleExemptions/alice"]
+    await client.stub.DeleteIdleExemption(instance_pb2.DeleteIdleExemptionRequest(name="idleExemptions/alice"),
+                                          metadata=admin)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await client.stub.DeleteIdleExemption(instance_pb2.DeleteIdleExemptionRequest(name="idleExemptions/alice"),
+                                              metadata=admin)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
