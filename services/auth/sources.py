@@ -30,13 +30,13 @@ from aigc_gateway.db.listen import PgListener, asyncpg_dsn
 from aigc_gateway.db.models import INSTANCE_CHANNEL, InstanceRow
 from aigc_gateway.errors import GatewayError
 from aigc_gateway.kube import GAMESERVER, GSS, OWNER_GSS_LABEL, Kind, Kube
+from aigc_gateway.okg import OWNED, SlotState
 
 from .ownermap import InstanceKey, OwnerMap
 from .routes import RouteIndex, instance_of, route_pattern
 
 log = logging.getLogger(__name__)
 
-LIVE = "LIVE"
 
 
 class OwnershipFollower:
@@ -99,8 +99,8 @@ class OwnershipFollower:
             await self.listener.close()
 
     def _apply(self, key: InstanceKey, slot: str | None, owner: str | None) -> None:
-        self.owners.set_owner(key, owner if slot == LIVE else None)
-        self.index.set_owned(key, bool(owner) and slot in (LIVE, "PAUSED"))
+        self.owners.set_owner(key, owner if slot == SlotState.LIVE else None)
+        self.index.set_owned(key, bool(owner) and slot in OWNED)
 
     async def resync(self) -> None:
         # A change heard while the full read runs may be newer than what the read saw, and the row loop
@@ -121,9 +121,9 @@ class OwnershipFollower:
         owned: set[InstanceKey] = set()
         for namespace, template, ident, slot, owner in rows:
             key = InstanceKey(namespace, template, ident)
-            if owner and slot == LIVE:
+            if owner and slot == SlotState.LIVE:
                 owners[key] = owner
-            if owner and slot in (LIVE, "PAUSED"):
+            if owner and slot in OWNED:
                 owned.add(key)
         self.owners.replace_owners(owners)
         self.index.replace_owned(owned)

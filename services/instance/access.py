@@ -5,8 +5,7 @@ from aigc_gateway.db.models import InstanceRow
 from aigc_gateway.errors import NotFound, PermissionDenied, invalid
 from aigc_gateway.identity import Principal
 from aigc_gateway.names import InstanceRef
-
-from .allocator import OWNED, SlotState
+from aigc_gateway.okg import OWNED, SlotState
 
 
 def check(principal: Principal, ref: InstanceRef, row: InstanceRow | None) -> InstanceRow:

@@ -20,16 +20,7 @@ from typing import Any
 from aigc_gateway import okg
 from aigc_gateway.errors import AlreadyExists, FailedPrecondition, GatewayError, NotFound
 from aigc_gateway.names import TemplateRef
-
-
-class SlotState(str, Enum):
-    LIVE = "LIVE"  # owned, in L
-    PAUSED = "PAUSED"  # owned, in X, disk kept
-    RELEASING = "RELEASING"  # uninstalled, in X, disk deletion not yet confirmed
-    FREE = "FREE"  # in X, disk confirmed gone: the only state a new owner may get
-
-
-OWNED = (SlotState.LIVE, SlotState.PAUSED)
+from aigc_gateway.okg import OWNED, SlotState
 
 
 class Op(str, Enum):

@@ -10,9 +10,9 @@ from sqlalchemy import select
 from aigc_gateway.db.models import DisputedInstanceRow
 from aigc_gateway.errors import FailedPrecondition, NotFound
 from aigc_gateway.names import TemplateRef
+from aigc_gateway.okg import SlotState
 
 from . import invariants, templates
-from .allocator import SlotState
 from .cluster import Cluster
 from .invariants import Finding, Snapshot
 from .lifecycle import Lifecycle

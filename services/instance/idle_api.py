@@ -17,9 +17,9 @@ from aigc_gateway.db.models import InstanceRow
 from aigc_gateway.errors import AlreadyExists, FailedPrecondition, NotFound, invalid
 from aigc_gateway.identity import Principal
 from aigc_gateway.names import InstanceRef
+from aigc_gateway.okg import SlotState
 
 from . import access
-from .allocator import SlotState
 from .idle import Culler, utcnow
 from .idle_models import IdleExemptionRow, IdleStateRow
 from .slots import aware

@@ -21,9 +21,9 @@ from typing import Any
 
 from aigc_gateway import idle
 from aigc_gateway.config import IdleConfig
+from aigc_gateway.okg import SlotState
 
 from . import templates
-from .allocator import SlotState
 
 
 class Action(enum.Enum):

@@ -17,9 +17,10 @@ from aigc_gateway.db.models import InstanceRow
 from aigc_gateway.errors import GatewayError
 from aigc_gateway.idempotency import Claim
 from aigc_gateway.names import TemplateRef
+from aigc_gateway.okg import SlotState
 
 from . import allocator, faults
-from .allocator import Op, Plan, SlotState, Spec
+from .allocator import Op, Plan, Spec
 from .effects import taken_over
 from .metrics import OPERATIONS
 from .quotas import Usage, template_limit, users_limited

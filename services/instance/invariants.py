@@ -13,8 +13,9 @@ from datetime import datetime, timedelta
 
 from aigc_gateway import okg
 from aigc_gateway.names import TemplateRef
+from aigc_gateway.okg import OWNED, SlotState
 
-from .allocator import OWNED, SlotState, Spec
+from .allocator import Spec
 
 # A disk made just before the owner's install was recorded is the owner's own (clocks of PostgreSQL and the
 # apiserver differ a little); one older than this predates the owner and would be someone else's data.

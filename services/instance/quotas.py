@@ -31,9 +31,9 @@ from aigc_gateway.db import Database
 from aigc_gateway.db.models import InstanceRow
 from aigc_gateway.errors import NotFound, ResourceExhausted
 from aigc_gateway.names import TemplateRef
+from aigc_gateway.okg import SlotState
 
 from . import templates
-from .allocator import SlotState
 from .quota_policies import PolicyStore, RoleStore
 
 LIMITS = ("installed", "running", "gpus", "gpu_memory_gib")

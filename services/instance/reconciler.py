@@ -21,6 +21,7 @@ from aigc_gateway.db import Database
 from aigc_gateway.db.engine import lock_key
 from aigc_gateway.db.listen import asyncpg_dsn
 from aigc_gateway.names import InstanceRef
+from aigc_gateway.okg import SlotState
 
 from .consistency import Checker
 from .lifecycle import Lifecycle
@@ -132,7 +133,7 @@ class Reconciler:
 
     async def _observe_running(self, ref: InstanceRef) -> None:
         row = await self.store.get(ref)
-        if row is None or row.slot != "LIVE" or aware(row.state_changed_at) != aware(row.created_at):
+        if row is None or row.slot != SlotState.LIVE.value or aware(row.state_changed_at) != aware(row.created_at):
             return  # not a fresh install (resumed instances are not timed here)
         elapsed = (datetime.now(UTC) - aware(row.created_at)).total_seconds()
         if elapsed > 3600:

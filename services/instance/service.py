@@ -24,10 +24,10 @@ from aigc_gateway.errors import NotFound, PermissionDenied, Unavailable
 from aigc_gateway.identity import Principal
 from aigc_gateway.kube import Kube
 from aigc_gateway.names import InstanceRef
+from aigc_gateway.okg import SlotState
 from aigc_gateway.runtime import Runtime
 
 from . import access, effects, faults, idle_api, status, templates
-from .allocator import SlotState
 from .cache import Change, ClusterCache
 from .cluster import Cluster
 from .consistency import Checker

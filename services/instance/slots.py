@@ -19,8 +19,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from aigc_gateway.db import Database
 from aigc_gateway.db.models import InstanceRow, UserSyncOutboxRow, notify_instance_change
 from aigc_gateway.names import InstanceRef, TemplateRef
+from aigc_gateway.okg import SlotState
 
-from .allocator import Plan, Slot, SlotState
+from .allocator import Plan, Slot
 from .invariants import SlotRecord
 from .models import IntentRow
 

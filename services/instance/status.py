@@ -15,10 +15,9 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from aigc_gateway.api.v1 import common_pb2, instance_pb2
 from aigc_gateway.names import InstanceRef
-from aigc_gateway.okg import claim_name
+from aigc_gateway.okg import SlotState, claim_name
 
 from . import templates
-from .allocator import SlotState
 
 Obj = dict[str, Any]
 State = instance_pb2.Instance.State

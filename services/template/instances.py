@@ -8,8 +8,9 @@ from sqlalchemy import func, select
 
 from aigc_gateway.db import Database
 from aigc_gateway.db.models import InstanceRow
+from aigc_gateway.okg import SlotState
 
-LIVE, PAUSED = "LIVE", "PAUSED"
+LIVE, PAUSED = SlotState.LIVE.value, SlotState.PAUSED.value
 
 
 @dataclass(frozen=True)

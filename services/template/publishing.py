@@ -20,6 +20,7 @@ from aigc_gateway.errors import (
     Violation,
 )
 from aigc_gateway.names import template_name
+from aigc_gateway.okg import SlotState
 
 from . import changes, manifest
 from .catalog import Catalog
@@ -79,9 +80,9 @@ class Publisher:
             checked = check_new(parsed, self.policy, namespace)
         violations, warnings = list(checked.violations), list(checked.warnings)
         if checked.ok:
-            refused, written = await self._dry_run(checked.obj, update=as_update)
+            refused, written = await self._dry_run(checked.manifest, update=as_update)
             violations += refused
-            warnings += pruned(checked.obj, written) if written else []
+            warnings += pruned(checked.manifest, written) if written else []
         response = template_pb2.ValidateTemplateResponse(valid=not violations, violations=violations_pb(violations),
                                                          warnings=violations_pb(warnings))
         if checked.obj is not None:
@@ -89,7 +90,9 @@ class Publisher:
         return response
 
     async def _as_update(self, namespace: str, parsed: manifest.Parsed) -> Checked:
-        meta = parsed.obj.get("metadata") if isinstance(parsed.obj.get("metadata"), dict) else {}
+        meta = (parsed.obj or {}).get("metadata")  # the caller read the manifest
+        if not isinstance(meta, dict):
+            meta = {}
         name = str(meta.get("name") or "")
         ns = str(meta.get("namespace") or ("" if namespace == "-" else namespace))
         if not name or not ns:
@@ -124,8 +127,8 @@ class Publisher:
         audit.note(validate_only=validate_only, warnings=[w.reason for w in checked.warnings])
         if not checked.ok:
             raise refuse(checked.violations, "the template is not valid")
-        written = await self.cluster.create(checked.obj, dry_run=validate_only)
-        warnings = checked.warnings + pruned(checked.obj, written)
+        written = await self.cluster.create(checked.manifest, dry_run=validate_only)
+        warnings = checked.warnings + pruned(checked.manifest, written)
         audit.note(uid=str(written.get("metadata", {}).get("uid", "")), warnings=[w.reason for w in warnings])
         return template_pb2.TemplateChange(
             template=describe_or_flag(written, self.policy, Counts(), with_manifest=True)[0],
@@ -143,7 +146,7 @@ class Publisher:
             checked = check_update(current, parsed, mask, self.policy)
             if not checked.ok:
                 raise refuse(checked.violations, "the update is not valid")
-            proposal = checked.proposal
+            proposal = checked.change
             audit.note(changed_paths=proposal.changed_paths, restarts=proposal.restarts,
                        warnings=[w.reason for w in checked.warnings])
             if proposal.restarts and not allow_restart:
@@ -156,7 +159,7 @@ class Publisher:
                     template=await self.catalog.describe_one(current, admin=True),
                     warnings=violations_pb(checked.warnings + [Violation("", "nothing to change", "NO_CHANGE")]))
             try:
-                written = await self.cluster.replace(checked.obj, dry_run=validate_only)
+                written = await self.cluster.replace(checked.manifest, dry_run=validate_only)
             except Aborted:
                 # A concurrent write. One by the instance service or the controller (replicas, reserved ids,
                 # status) is no conflict for the admin: apply the same change to the fresh object. A concurrent
@@ -166,7 +169,7 @@ class Publisher:
                     raise Aborted("the template was changed concurrently; read it again and retry",
                                   reason="CONCURRENT_UPDATE", retry_after=0.5) from None
                 continue
-            warnings = checked.warnings + pruned(checked.obj, written)
+            warnings = checked.warnings + pruned(checked.manifest, written)
             audit.note(resource_version=str(written.get("metadata", {}).get("resourceVersion", "")),
                        warnings=[w.reason for w in warnings])
             return template_pb2.TemplateChange(template=await self.catalog.describe_one(written, admin=True),
@@ -180,8 +183,8 @@ class Publisher:
         current = await self.cluster.get(namespace, name)
         checked = check_update(current, self.parse(source), mask, self.policy)
         violations = list(checked.violations)
-        if checked.ok and checked.proposal.changed_paths:
-            violations += (await self._dry_run(copy.deepcopy(checked.obj), update=True))[0]
+        if checked.ok and checked.change.changed_paths:
+            violations += (await self._dry_run(copy.deepcopy(checked.manifest), update=True))[0]
         response = template_pb2.PreviewTemplateUpdateResponse(violations=violations_pb(violations))
         if checked.proposal is None:
             return response
@@ -189,7 +192,7 @@ class Publisher:
         if checked.proposal.restarts:
             owned = {o.id: o for o in await self.table.owned(namespace, name)}
             live = set(await self.cluster.live_ids(namespace, name)) | {
-                i for i, o in owned.items() if o.slot == "LIVE"}
+                i for i, o in owned.items() if o.slot == SlotState.LIVE.value}
             base = template_name(namespace, name)
             response.affected_instances.extend(
                 template_pb2.AffectedInstance(instance=f"{base}/instances/{i}",

@@ -40,6 +40,7 @@ from aigc_gateway.db.models import (
     notify_instance_change,
 )
 from aigc_gateway.errors import Aborted, FailedPrecondition, NotFound, invalid
+from aigc_gateway.okg import SlotState
 
 from . import metrics, mirrorstore
 from .entries import entry_key
@@ -113,7 +114,7 @@ class Resolver:
             if slot:  # none when the template itself is gone: nothing is left to keep
                 session.add(InstanceRow(namespace=namespace, template=template, id=instance_id, slot=slot,
                                         owner=owner or None, orphaned=False, created_at=since, updated_at=now,
-                                        state_changed_at=since if slot == "LIVE" else now, last_access_at=None))
+                                        state_changed_at=since if slot == SlotState.LIVE.value else now, last_access_at=None))
             # Through the outbox, as every ownership change: the owner's entry written, the others' removed.
             for user in dispute.claimants:
                 session.add(UserSyncOutboxRow(user=user, namespace=namespace, template=template,
@@ -135,8 +136,8 @@ class Resolver:
         """The id's slot after the decision, from the GameServerSet as it is now."""
         if instance_id in gss.live():
             if not owner:
-                return "RELEASING"  # stopped by _stop; the instance service frees it once pod and disk are gone
-            return "LIVE"
+                return SlotState.RELEASING.value  # stopped by _stop; the instance service frees it once pod and disk are gone
+            return SlotState.LIVE.value
         if instance_id not in gss.reserved:
             raise FailedPrecondition(f"{name} is neither running nor reserved in the GameServerSet any more; "
                                      "CheckConsistency shows what happened to it", reason="DISPUTED_ID_GONE")
@@ -144,8 +145,8 @@ class Resolver:
             if gss.disk_gone(instance_id):
                 raise FailedPrecondition(f"{name} is paused but its disk is gone: a resume would start on an "
                                          "empty disk; give it to none", reason="DISK_GONE")
-            return "PAUSED"
-        return "RELEASING" if instance_id in gss.pvc_ids else "FREE"
+            return SlotState.PAUSED.value
+        return SlotState.RELEASING.value if instance_id in gss.pvc_ids else SlotState.FREE.value
 
     async def _stop(self, name: str, namespace: str, template: str, instance_id: int) -> None:
         """Reserve a running id as an uninstall does: replicas one less, the id (and any hole, which the

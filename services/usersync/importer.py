@@ -32,6 +32,7 @@ from aigc_gateway.db.models import (
     notify_instance_change,
 )
 from aigc_gateway.errors import NotFound
+from aigc_gateway.okg import SlotState
 
 from . import disputes, metrics, mirrorstore
 from .entries import NULL, Entry, Malformed, parse_entry
@@ -152,7 +153,7 @@ class Importer:
                 since = min(row.since, now) if row.since else now
                 session.add(InstanceRow(namespace=namespace, template=template, id=row.id, slot=row.slot,
                                         owner=row.owner, orphaned=False, created_at=since, updated_at=now,
-                                        state_changed_at=since if row.slot == "LIVE" else now,
+                                        state_changed_at=since if row.slot == SlotState.LIVE.value else now,
                                         last_access_at=None))
             for dispute in plan.disputes:
                 session.add(DisputedInstanceRow(namespace=namespace, template=template, id=dispute.id,

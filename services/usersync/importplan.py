@@ -31,12 +31,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from aigc_gateway import okg
+from aigc_gateway.okg import SlotState
 
 from .entries import Entry
 
 MAX_RESERVED = 10_000  # a reserve list holding more ids than this is refused rather than expanded into rows
 
 IMPORTED, UNCHANGED, CONFLICT, DISPUTED = "imported", "unchanged", "conflict", "disputed"
+LIVE, PAUSED, RELEASING, FREE = SlotState.LIVE, SlotState.PAUSED, SlotState.RELEASING, SlotState.FREE
 
 
 @dataclass(frozen=True)
@@ -144,7 +146,7 @@ def plan_template(gss: GssState, claims: Iterable[Claim], existing: Mapping[int,
     claimed = set(by_id) - no_disk
     for instance_id in sorted(gss.reserved - claimed):
         if instance_id not in existing and instance_id not in disputed:
-            plan.rows.append(Row(instance_id, "RELEASING" if instance_id in gss.pvc_ids else "FREE"))
+            plan.rows.append(Row(instance_id, (RELEASING if instance_id in gss.pvc_ids else FREE).value))
     for instance_id in sorted(live - claimed):
         if instance_id not in existing and instance_id not in disputed:
             plan.unclaimed.append((instance_id, f"id {instance_id} is running but no user's custom data claims it"))
@@ -158,9 +160,9 @@ def plan_template(gss: GssState, claims: Iterable[Claim], existing: Mapping[int,
 def _dispute_state(gss: GssState, live: frozenset[int], instance_id: int) -> str:
     """LIVE or PAUSED when an id claimed by several users holds something to dispute; "" when not."""
     if instance_id in live:
-        return "LIVE"
+        return LIVE.value
     if instance_id in gss.reserved and not gss.disk_gone(instance_id):
-        return "PAUSED"
+        return PAUSED.value
     return ""
 
 
@@ -185,12 +187,12 @@ def _decide(claim: Claim, live: frozenset[int], gss: GssState, existing: Mapping
                        f"the user already has id {owned_now[user]} of this template in the gateway")
     since = gss.pvc_created.get(instance_id)
     if instance_id in live:
-        plan.rows.append(Row(instance_id, "LIVE", user, since))
+        plan.rows.append(Row(instance_id, LIVE.value, user, since))
     elif instance_id in gss.reserved and gss.disk_gone(instance_id):
         return Outcome(user, claim.entry, CONFLICT, f"id {instance_id} is paused but its disk is gone: a resume "
                        "would start on an empty new disk")
     elif instance_id in gss.reserved:
-        plan.rows.append(Row(instance_id, "PAUSED", user, since))
+        plan.rows.append(Row(instance_id, PAUSED.value, user, since))
     else:
         return Outcome(user, claim.entry, CONFLICT, f"id {instance_id} is neither running nor reserved in the "
                        "GameServerSet")

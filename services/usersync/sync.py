@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from aigc_gateway import okg
 from aigc_gateway.db import Database
 from aigc_gateway.db.models import InstanceRow, UserSyncOutboxRow
 
@@ -23,7 +24,7 @@ from .outbox import OutboxDelivery
 
 log = logging.getLogger(__name__)
 
-OWNED_SLOTS = ("LIVE", "PAUSED")
+OWNED_SLOTS = tuple(s.value for s in okg.OWNED)
 
 
 def utcnow() -> datetime:

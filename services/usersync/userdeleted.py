@@ -22,6 +22,7 @@ from aigc_gateway.api.v1 import instance_pb2, instance_pb2_grpc
 from aigc_gateway.db.models import InstanceRow, notify_instance_change
 from aigc_gateway.errors import Unavailable
 from aigc_gateway.names import instance_name
+from aigc_gateway.okg import SlotState
 
 from . import mirrorstore
 from .sync import OWNED_SLOTS
@@ -49,7 +50,7 @@ class UserDeletedPolicy:
         acted: list[str] = []
         for namespace, template, instance_id, slot in rows:
             name = instance_name(namespace, template, instance_id)
-            if self.policy == "pause" and slot != "LIVE":
+            if self.policy == "pause" and slot != SlotState.LIVE.value:
                 continue
             try:
                 if self.policy == "pause":

@@ -10,8 +10,9 @@ from hypothesis import strategies as st
 from aigc_gateway import okg
 from aigc_gateway.errors import AlreadyExists, FailedPrecondition, NotFound
 from aigc_gateway.names import TemplateRef
+from aigc_gateway.okg import SlotState
 from aigc_gateway.services.instance import allocator, invariants
-from aigc_gateway.services.instance.allocator import Op, Plan, Slot, SlotState, Spec, Transition
+from aigc_gateway.services.instance.allocator import Op, Plan, Slot, Spec, Transition
 
 from .okg_model import Controller
 

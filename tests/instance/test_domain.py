@@ -13,8 +13,9 @@ from aigc_gateway.identity import Principal
 from aigc_gateway.names import (
     TemplateRef,
 )
+from aigc_gateway.okg import SlotState
 from aigc_gateway.services.instance import access, invariants, status, templates
-from aigc_gateway.services.instance.allocator import SlotState, Spec
+from aigc_gateway.services.instance.allocator import Spec
 
 State = instance_pb2.Instance.State
 REF = TemplateRef("games", "sd-cpu")

@@ -13,9 +13,10 @@ from aigc_gateway.db import Database
 from aigc_gateway.db.models import ReplicaRow
 from aigc_gateway.idempotency import IdempotencyStore
 from aigc_gateway.names import TemplateRef
+from aigc_gateway.okg import SlotState
 from aigc_gateway.replicas import ReplicaRegistry, utcnow
 from aigc_gateway.services.instance import allocator
-from aigc_gateway.services.instance.allocator import SlotState, Spec
+from aigc_gateway.services.instance.allocator import Spec
 from aigc_gateway.services.instance.lifecycle import Lifecycle
 from aigc_gateway.services.instance.slots import SlotStore, slots_of
 

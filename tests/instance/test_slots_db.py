@@ -13,8 +13,9 @@ from aigc_gateway.config import InstanceConfig
 from aigc_gateway.db import Database
 from aigc_gateway.db.models import INSTANCE_CHANNEL, InstanceRow, UserSyncOutboxRow
 from aigc_gateway.names import TemplateRef
+from aigc_gateway.okg import SlotState
 from aigc_gateway.services.instance import allocator
-from aigc_gateway.services.instance.allocator import Slot, SlotState, Spec
+from aigc_gateway.services.instance.allocator import Slot, Spec
 from aigc_gateway.services.instance.lifecycle import Lifecycle, slots_of
 from aigc_gateway.services.instance.models import IntentRow
 from aigc_gateway.services.instance.slots import SlotStore

@@ -6,9 +6,10 @@ from datetime import UTC, datetime, timedelta
 
 from aigc_gateway.db.models import InstanceRow
 from aigc_gateway.idempotency import RELEASED, UNKNOWN_HOLDER_STALE_AFTER, Seen, Verdict, judge
+from aigc_gateway.okg import SlotState
 from aigc_gateway.replicas import is_alive, renew_every
 from aigc_gateway.services.instance import effects
-from aigc_gateway.services.instance.allocator import Op, Plan, SlotState, Spec, Transition
+from aigc_gateway.services.instance.allocator import Op, Plan, Spec, Transition
 
 NOW = datetime(2026, 12, 3, 8, 0, tzinfo=UTC)
 
