@@ -50,7 +50,9 @@ def changes_of(request: instance_pb2.UpdateQuotaPolicyRequest) -> tuple[Scope, C
         raise invalid("quota_policy.name", "the policy's name is required")
     policy = request.quota_policy
     scope = parse_scope(policy.name, "quota_policy.name")
-    paths = list(request.update_mask.paths)
+    # A subfield (`running.maximum`) names its limit: the REST bridge infers such masks from a PATCH body.
+    paths = list(dict.fromkeys(p.split(".", 1)[0] if p.split(".", 1)[-1] in ("maximum", "unlimited") else p
+                               for p in request.update_mask.paths))
     if not paths or paths == ["*"]:
         for name in USER_FIELDS:
             if name not in scope.fields and policy.HasField(name):
