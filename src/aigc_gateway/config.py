@@ -175,7 +175,8 @@ class QuotaConfig(Section):
     default: QuotaLimits = Field(default_factory=QuotaLimits)
     roles: dict[str, QuotaLimits] = Field(
         default_factory=dict, description="Overrides per role claim (e.g. `admin`), field by field over the "
-        "default; with several roles the most generous value wins. Applied when the user calls for themself.")
+        "default; with several roles the most generous value wins. A user's roles are the claims of their own call, "
+        "else those of their last install, resume or usage read (docs/quotas.md).")
     users: dict[str, QuotaLimits] = Field(
         default_factory=dict, description="Overrides per user (subject), field by field over roles and default.")
     template_running: dict[str, NonNegativeInt] = Field(
