@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from aigc_gateway.names import InstanceRef
+
 # A change, as plain JSON-able lists so that it can cross a process boundary (see :mod:`.workers`):
 # ["r", namespace, template, id, [[host, prefix], ...]]  the instance's routes (empty: none)
 # ["o", namespace, template, id, owner or None]          the admitted owner
@@ -21,14 +23,9 @@ Event = list[Any]
 
 
 @dataclass(frozen=True, order=True)
-class InstanceKey:
-    namespace: str
-    template: str
-    id: int
-
-    @property
-    def name(self) -> str:
-        return f"namespaces/{self.namespace}/templates/{self.template}/instances/{self.id}"
+class InstanceKey(InstanceRef):
+    """An instance as the owner map keys it: the core's :class:`InstanceRef` (its resource name included), read
+    from and written as the ``aigc_instances`` NOTIFY payload ``ns/template/id``."""
 
     @property
     def notify_payload(self) -> str:

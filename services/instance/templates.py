@@ -6,7 +6,6 @@ the object to send for a planned write.
 """
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 from aigc_gateway import okg
@@ -74,11 +73,7 @@ def settled(gss: Obj) -> bool:
 
 def with_spec(gss: Obj, after: Spec) -> Obj:
     """The object to PUT: the one read (its resourceVersion included) with (R, X) replaced, X as ints."""
-    body = copy.deepcopy(gss)
-    body.pop("status", None)
-    body["spec"]["replicas"] = after.replicas
-    body["spec"]["reserveGameServerIds"] = okg.format_reserve(after.reserved)
-    return body
+    return okg.with_scale(gss, after.replicas, after.reserved)
 
 
 def volume_claim_templates(gss: Obj) -> list[Obj]:

@@ -21,7 +21,6 @@ The RPC layer audits the decision (calls.py); the details say who got it and fro
 """
 from __future__ import annotations
 
-import copy
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -165,10 +164,7 @@ class Resolver:
             if after.live() != live - {instance_id}:
                 raise FailedPrecondition(f"{name}: reserving it would not stop exactly this id; an admin should run "
                                          "`aigc-gateway doctor`", reason="ALLOCATOR_DRIFT")
-            body = copy.deepcopy(gss)
-            body.pop("status", None)
-            body["spec"]["replicas"] = after.replicas
-            body["spec"]["reserveGameServerIds"] = okg.format_reserve(after.reserved)
+            body = okg.with_scale(gss, after.replicas, after.reserved)
             try:
                 await client.replace(kube.GSS, namespace, body)  # with the resourceVersion read
                 return

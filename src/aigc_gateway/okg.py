@@ -21,6 +21,7 @@ Pure: no I/O and no service imports, so every service and the core itself can us
 """
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from enum import Enum
@@ -139,6 +140,16 @@ def parse_reserve(values: Iterable[Any] | None) -> frozenset[int]:
 def format_reserve(ids: Iterable[int]) -> list[int]:
     """What the gateway writes: sorted ints, which every kruise-game version accepts."""
     return sorted(set(ids))
+
+
+def with_scale(gss: Mapping[str, Any], replicas: int, reserved: Iterable[int]) -> dict[str, Any]:
+    """The GameServerSet to PUT for (R, X): the object read (its resourceVersion included, so a concurrent
+    change fails the write) without its status, with ``spec.replicas`` and the reserve list replaced."""
+    body = copy.deepcopy(dict(gss))
+    body.pop("status", None)
+    body["spec"]["replicas"] = replicas
+    body["spec"]["reserveGameServerIds"] = format_reserve(reserved)
+    return body
 
 
 # -- the live set ----------------------------------------------------------------------------------------

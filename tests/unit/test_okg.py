@@ -104,3 +104,12 @@ def test_disk_names_read_back_to_ids() -> None:
     assert okg.claim_id("data-x-sd-cpu-3", "data", "sd-cpu") is None  # another template's disk
     assert okg.claim_id("data-sd-cpu-3", "data", "cpu") is None
     assert okg.claim_id("data-sd-cpu-3", "", "sd-cpu") is None
+
+
+def test_the_scale_write_keeps_the_version_read_and_drops_the_status() -> None:
+    read = {"metadata": {"name": "sd", "resourceVersion": "7"}, "spec": {"replicas": 1, "reserveGameServerIds": ["2-3"],
+                                                                       "other": True}, "status": {"replicas": 1}}
+    body = okg.with_scale(read, 2, {5, 2, 3})
+    assert body == {"metadata": {"name": "sd", "resourceVersion": "7"},
+                    "spec": {"replicas": 2, "reserveGameServerIds": [2, 3, 5], "other": True}}
+    assert read["spec"]["replicas"] == 1 and "status" in read  # the object read is left as it was
