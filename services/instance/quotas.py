@@ -1,7 +1,8 @@
 """Quotas: how many instances, how many running, and how much GPU a user and a template may hold (issue 16).
 
-Limits come from configuration (``instance.quotas``): a default for everyone, overrides per role claim and
-per user (field by field), and a running limit per template. Unset means unlimited. A paused instance counts
+Limits come from configuration (``instance.quotas``) overlaid field by field by the policies admins store
+through the API (quota_policies.py): a default for everyone, overrides per role claim and per user, and a
+running limit per template. Unset means unlimited. Stored policies are read inside the locks, never cached. A paused instance counts
 as installed, not running: its GPU is free, its disk is not. What a running instance costs is what its
 template's first container requests (``nvidia.com/gpu`` units, ``aliyun.com/gpu-mem`` GiB), whether or not the
 cluster can schedule it.
@@ -13,7 +14,7 @@ lock (:meth:`Quotas.locked`). That is deadlock-free: every call takes at most on
 nothing that holds a template lock ever waits for a user lock (an install batch's runner checks the queued
 callers' quotas under the template lock while each caller holds its own user lock, taken before it queued).
 The user lock is a process-local asyncio lock, then the PostgreSQL advisory lock ``quota:<user>`` (SQLite has
-one writer; there the local lock serialises). Calls take it only while some per-user limit is configured.
+one writer; there the local lock serialises). Calls take it only while some per-user limit is set.
 
 Lowering a limit never pauses or deletes anything: the next install or resume is what is refused.
 """
