@@ -13,8 +13,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from datetime import UTC, datetime
+from typing import cast
 
-from sqlalchemy import bindparam, or_, update
+from sqlalchemy import Table, bindparam, or_, update
 
 from aigc_gateway.background import cancel_and_wait
 from aigc_gateway.db import Database
@@ -63,7 +64,7 @@ class ActivityRecorder:
         # flushes that touch the same instances wait for each other instead of deadlocking.
         params = [{"ns": k.namespace, "tpl": k.template, "iid": k.id,
                    "t": datetime.fromtimestamp(t, UTC)} for k, t in sorted(seen.items())]
-        table = InstanceRow.__table__
+        table = cast(Table, InstanceRow.__table__)  # typed as any FromClause; a declarative class's is its Table
         stmt = (update(table)
                 .where(table.c.namespace == bindparam("ns"), table.c.template == bindparam("tpl"),
                        table.c.id == bindparam("iid"),

@@ -196,7 +196,7 @@ class AuthEndpoints:
 
     def _session_cookie(self, value: str, max_age: int) -> dict[str, Any]:
         return {"value": value, "domain": self.settings.domain, "path": "/", "max_age": max_age,
-                "httponly": True, "secure": self.cfg.cookie_secure, "samesite": "Lax"}  # type: ignore[dict-item]
+                "httponly": True, "secure": self.cfg.cookie_secure, "samesite": "Lax"}
 
     async def sign_in(self, request: Request) -> Response:
         rd = self._redirect_target(request)
@@ -209,6 +209,8 @@ class AuthEndpoints:
         state = self._signin_state.dumps({"s": begun.state, "n": begun.nonce, "v": begun.code_verifier, "r": rd})
         response = _redirect(302, begun.url)
         response.set_cookie(self._signin_cookie_name, state, path="/sign-in-callback", max_age=SIGNIN_MAX_AGE,
+                            # Starlette's stubs list only lower-case values; it lower-cases before checking, and
+                            # the cookie keeps the usual spelling (the tests read "SameSite=Lax").
                             httponly=True, secure=self.cfg.cookie_secure, samesite="Lax")  # type: ignore[arg-type]
         return response
 

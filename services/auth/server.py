@@ -85,7 +85,7 @@ class AuthServiceServicer(auth_pb2_grpc.AuthServiceServicer):
         except AmbiguousCookie:
             value = None
         resolved = await sessions.resolve(value) if sessions and value else None
-        if resolved is None:
+        if resolved is None or sessions is None:
             raise NotFound("this call carries no session cookie", reason="NO_SESSION")
         _, record = resolved
         return auth_pb2.Session(name=f"sessions/{record.id_hash}",

@@ -106,7 +106,8 @@ class Cluster:
 
     async def list_templates(self) -> list[Obj]:
         out: list[Obj] = []
-        for ns in self.namespaces or [None]:
+        scoped: list[str | None] = list(self.namespaces) or [None]  # None: every namespace
+        for ns in scoped:
             listed = await self.kube.list(GSS, ns, label_selector=okg.label_selector(self.gss_labels))
             out.extend(g for g in listed.get("items") or [] if okg.is_template(g, self.namespaces, self.gss_labels))
         return out

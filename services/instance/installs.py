@@ -81,9 +81,11 @@ class InstallQueue:
                 for q in batch:
                     held, effect = state.get(q.claim.key, (True, None)) if q.claim else (True, None)
                     if effect is not None:
-                        q.future.done() or q.future.set_result(effect)
+                        if not q.future.done():
+                            q.future.set_result(effect)
                     elif not held:
-                        q.future.done() or q.future.set_exception(taken_over())
+                        if not q.future.done():
+                            q.future.set_exception(taken_over())
                     else:
                         planned.append(q)
                 await self._check_quotas(ref, planned)
@@ -141,7 +143,8 @@ class InstallQueue:
                                        policies)
                 except GatewayError as exc:
                     OPERATIONS.labels(Op.INSTALL.value, exc.code.name).inc()
-                    q.future.done() or q.future.set_exception(exc)
+                    if not q.future.done():
+                        q.future.set_exception(exc)
                     continue
                 here += 1
                 owners.add(q.owner)

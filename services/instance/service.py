@@ -7,13 +7,14 @@ with it.
 from __future__ import annotations
 
 import asyncio
+import builtins  # InstanceService.list shadows the name in the class body
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
-from sqlalchemy import func, select, tuple_
+from sqlalchemy import ColumnElement, func, select, tuple_
 
 from aigc_gateway import paging
 from aigc_gateway.api.v1 import instance_pb2
@@ -182,7 +183,7 @@ class InstanceService:
         stmt = select(InstanceRow).order_by(InstanceRow.namespace, InstanceRow.template, InstanceRow.id)
         count = select(func.count()).select_from(InstanceRow)
         visible = [SlotState.LIVE.value, SlotState.PAUSED.value] + ([] if owner else [SlotState.RELEASING.value])
-        conditions = [InstanceRow.slot.in_(visible)]
+        conditions: builtins.list[ColumnElement[bool]] = [InstanceRow.slot.in_(visible)]
         if namespace:
             conditions.append(InstanceRow.namespace == namespace)
         if template:
@@ -212,7 +213,7 @@ class InstanceService:
         return instance_pb2.ListInstancesResponse(instances=[m for _, m in page], next_page_token=token,
                                                   total_size=total)
 
-    async def announced(self, pairs: list[tuple[InstanceRow, instance_pb2.Instance]]) -> None:
+    async def announced(self, pairs: Sequence[tuple[InstanceRow, instance_pb2.Instance]]) -> None:
         """Set scheduled_pause_time on the messages of running instances whose pause for idleness is announced."""
         when = await idle_api.scheduled(self.runtime.db, [row for row, _ in pairs])
         for row, message in pairs:

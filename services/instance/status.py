@@ -49,7 +49,7 @@ class Observed:
 
 @dataclass(frozen=True)
 class View:
-    state: int
+    state: State.ValueType
     message: str
     access_uri: str = ""
     reason: str = ""  # the Kubernetes reason behind the message, when there is one
@@ -110,8 +110,9 @@ def _starting(pod: Obj, events: Sequence[Obj], gpu: bool) -> View:
     if reason == "CrashLoopBackOff":
         return View(State.CRASHED, f"The engine keeps crashing{_last_exit(pod)}", reason=reason, source="pod")
     event = _latest_event(events)
-    if event is not None and EVENT_MESSAGES.get(event.get("reason", "")):
-        text = EVENT_MESSAGES[event["reason"]]
+    shown = EVENT_MESSAGES.get(event.get("reason", "")) if event is not None else None
+    if event is not None and shown:
+        text = shown
         if event["reason"] == "Pulling" and event.get("message"):
             text = event["message"]  # names the image: 'Pulling image "…"'
         return View(State.STARTING, text, reason=event["reason"], source="event")
@@ -209,7 +210,7 @@ def disks(gss: Obj | None, ref: InstanceRef, claims: Mapping[str, Obj] | None) -
 def to_proto(ref: InstanceRef, row: Any, view: View, gss: Obj | None,
              claims: Mapping[str, Obj] | None) -> instance_pb2.Instance:
     """The `Instance` message; ``row`` is the slot row (InstanceRow)."""
-    acc = templates.accelerator(gss) if gss else {"type": "TYPE_UNSPECIFIED"}
+    acc: dict[str, Any] = templates.accelerator(gss) if gss else {"type": "TYPE_UNSPECIFIED"}
     message = instance_pb2.Instance(
         name=ref.name, template=ref.template_ref.name, id=ref.id, owner=row.owner or "", state=view.state,
         state_message=view.message, access_uri=view.access_uri,

@@ -44,7 +44,9 @@ POLL_SECONDS = 0.5
 def candidate_ids(obj: dict[str, Any], known: list[int]) -> set[int]:
     """Every id the template may have used: with no holes (docs/instance.md#the-allocator) they are below replicas + reserved."""
     spec = obj.get("spec") or {}
-    replicas = spec.get("replicas") if isinstance(spec.get("replicas"), int) else 0
+    replicas = spec.get("replicas")
+    if not isinstance(replicas, int):
+        replicas = 0
     try:
         reserved = okg.parse_reserve(spec.get("reserveGameServerIds"))
     except okg.ReserveListError:

@@ -146,8 +146,10 @@ def admin_part(obj: dict[str, Any]) -> dict[str, Any]:
     for path in PROTECTED:
         set_path(out, path.split("."), _MISSING)
     meta = out.get("metadata")
+    if not isinstance(meta, dict):
+        return out
     for section in ("labels", "annotations"):
-        values = meta.get(section) if isinstance(meta, dict) else None
+        values = meta.get(section)
         if isinstance(values, dict):  # e.g. `game.kruise.io/reserve-ids`, rewritten by the controller
             meta[section] = {k: v for k, v in values.items() if not SYSTEM_KEY.search(k)}
             if not meta[section]:

@@ -11,6 +11,7 @@ every write tells the cache what it wrote.
 from __future__ import annotations
 
 import asyncio
+import builtins  # TemplateCluster.list shadows the name in the class body
 import logging
 import re
 from typing import Any
@@ -157,7 +158,7 @@ class TemplateCluster:
         (with new pods and claims); once the GameServerSet is gone nothing re-creates them."""
         return await (await self.handle.get()).delete(kube.GSS, namespace, name, propagation="Background", uid=uid)
 
-    async def remnants(self, namespace: str, name: str, claims: set[str]) -> dict[str, list[str]]:
+    async def remnants(self, namespace: str, name: str, claims: set[str]) -> dict[str, builtins.list[str]]:
         """What of the template is still in the cluster: the GameServerSet, its StatefulSet, pods, GameServers,
         claims."""
         k = await self.handle.get()
@@ -186,13 +187,13 @@ class TemplateCluster:
         self.cache.absent(namespace, name, str((listed.get("metadata") or {}).get("resourceVersion") or ""))
         return False
 
-    async def delete_claims(self, namespace: str, names: list[str]) -> list[str]:
+    async def delete_claims(self, namespace: str, names: builtins.list[str]) -> builtins.list[str]:
         """Delete the claims (they go once no pod mounts them); the names that existed."""
         k = await self.handle.get()
         deleted = await asyncio.gather(*(k.delete(kube.PVC, namespace, n) for n in names))
         return [n for n, gone in zip(names, deleted, strict=True) if gone]
 
-    async def live_ids(self, namespace: str, name: str) -> list[int]:
+    async def live_ids(self, namespace: str, name: str) -> builtins.list[int]:
         """Ids of the template's GameServers (the instances a change of the pod template restarts)."""
         k = await self.handle.get()
         servers = await k.list(kube.GAMESERVER, namespace, label_selector=okg.owner_selector(name))

@@ -40,7 +40,8 @@ class InstanceTable:
                 .where(InstanceRow.namespace == namespace, InstanceRow.template == template,
                        InstanceRow.owner.is_not(None)).order_by(InstanceRow.id))
         async with self.db.session() as session:
-            return [Owned(i, o, s) for i, o, s in (await session.execute(stmt)).all()]
+            # `o is not None` as in the query, said again for the type of the column.
+            return [Owned(i, o, s) for i, o, s in (await session.execute(stmt)).all() if o is not None]
 
     async def ids(self, namespace: str, template: str) -> list[int]:
         """Every id the table knows for the template, whatever its slot (their disks may still exist)."""

@@ -60,7 +60,7 @@ def split_annotation(value: str) -> tuple[str, str] | None:
     return (parts[0].strip(), parts[1].strip()) if len(parts) == 2 and parts[0].strip() else None
 
 
-def annotations(obj: dict[str, Any]) -> dict[str, list[str]]:
+def annotations_by_key(obj: dict[str, Any]) -> dict[str, list[str]]:
     """Every well-formed `Annotation` entry by key (a key given twice maps to both values)."""
     found: dict[str, list[str]] = {}
     for value in values(obj, "Annotation"):

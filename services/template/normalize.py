@@ -103,7 +103,7 @@ def _add_auth_annotations(obj: dict[str, Any], policy: Policy, warnings: list[Vi
             if merged != pair[1]:
                 entry["value"] = f"{AUTH_RESPONSE_HEADERS_ANNOTATION}: {merged}"
                 warnings.append(_identity_warning(merged))
-    present = network.annotations(obj)
+    present = network.annotations_by_key(obj)
     for key, value in ((AUTH_URL_ANNOTATION, policy.auth_url), (AUTH_SIGNIN_ANNOTATION, policy.auth_signin_url)):
         if key not in present:
             conf.append({"name": "Annotation", "value": f"{key}: {value}"})

@@ -252,7 +252,7 @@ def _check_annotations(obj: dict[str, Any], policy: Policy, report: Report) -> N
         elif pair[0].endswith("-snippet"):
             report.bad(network.conf_path("Annotation", pair[0]), "snippet annotations can switch the owner check "
                        "off and are not accepted", "SNIPPET_NOT_ALLOWED")
-    found = network.annotations(obj)
+    found = network.annotations_by_key(obj)
     for key, expected, short in ((AUTH_URL_ANNOTATION, policy.auth_url, "auth-url"),
                                  (AUTH_SIGNIN_ANNOTATION, policy.auth_signin_url, "auth-signin")):
         path = network.conf_path("Annotation", key)

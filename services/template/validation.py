@@ -27,6 +27,20 @@ class Checked:
     def ok(self) -> bool:
         return self.obj is not None and not self.violations
 
+    @property
+    def manifest(self) -> dict[str, Any]:
+        """The manifest to write, of a check that is ``ok``."""
+        if self.obj is None:
+            raise ValueError("the manifest could not be read: nothing to write")
+        return self.obj
+
+    @property
+    def change(self) -> changes.Proposal:
+        """The proposed change, of an update whose manifest could be read."""
+        if self.proposal is None:
+            raise ValueError("not an update, or its manifest could not be read")
+        return self.proposal
+
 
 def check_new(parsed: Parsed, policy: Policy, namespace: str) -> Checked:
     """A manifest for CreateTemplate (``namespace`` from the request's parent; `-` or empty: the manifest's)."""

@@ -95,7 +95,8 @@ class TemplateCache:
         self.connect = connect
         self.label_selector = label_selector
         self.watch_timeout = watch_timeout
-        self.scopes = {ns: _Scope(ns) for ns in (list(namespaces) or [None])}
+        scoped: list[str | None] = list(namespaces) or [None]  # None: one scope over every namespace
+        self.scopes = {ns: _Scope(ns) for ns in scoped}
         self._tasks: list[asyncio.Task[None]] = []
         self.lists = 0  # how many LISTs the loops made (for the bench and tests)
 

@@ -173,7 +173,7 @@ def _absent(gss: GssState, instance_id: int) -> str:
 
 
 def _decide(claim: Claim, live: frozenset[int], gss: GssState, existing: Mapping[int, Row],
-            owned_now: dict[str | None, int], plan: TemplatePlan) -> Outcome:
+            owned_now: dict[str, int], plan: TemplatePlan) -> Outcome:
     instance_id, user = claim.entry.id, claim.user
     row = existing.get(instance_id)
     if row is not None:

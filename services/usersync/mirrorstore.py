@@ -26,7 +26,7 @@ async def record(session: AsyncSession, user: str, items: Iterable[tuple[str, st
               for (ns, tpl), i in final.items() if i is not None]
     if not values:
         return
-    dialect = postgresql if session.bind.dialect.name == "postgresql" else sqlite
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
     stmt = dialect.insert(MirrorEntryRow).values(values)
     stmt = stmt.on_conflict_do_update(index_elements=["user", "namespace", "template"],
                                       set_={"instance_id": stmt.excluded.instance_id,

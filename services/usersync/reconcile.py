@@ -83,7 +83,8 @@ class Reconciler:
                                                 InstanceRow.id).where(InstanceRow.slot.in_(OWNED_SLOTS)))
             owned: dict[str, list[tuple[str, str, int]]] = defaultdict(list)
             for owner, ns, tpl, i in rows:
-                owned[owner].append((ns, tpl, i))
+                if owner is not None:  # an owned slot has one; the column allows NULL for free slots
+                    owned[owner].append((ns, tpl, i))
             managed = await managed_templates(session)
             protected = await disputes.protected_keys(session)
         seen: set[str] = set()
@@ -93,7 +94,9 @@ class Reconciler:
                 continue
             seen.add(user_id)
             result.users_checked += 1
-            current = user.get("customData") if isinstance(user.get("customData"), dict) else {}
+            current = user.get("customData")
+            if not isinstance(current, dict):
+                current = {}
             if diff(current, desired_entries(owned.get(user_id, [])), managed, protected.get(user_id, ())):
                 await self._repair(user_id, managed, dry_run, result)
         for user_id in sorted(set(owned) - seen):  # created after the listing began, or gone from Logto

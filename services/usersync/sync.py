@@ -85,7 +85,7 @@ class Syncer:
         async with self.db.session() as session:
             owners = {u for (u,) in await session.execute(
                 select(InstanceRow.owner).where(InstanceRow.namespace == namespace, InstanceRow.template == template,
-                                                InstanceRow.owner.is_not(None)).distinct())}
+                                                InstanceRow.owner.is_not(None)).distinct()) if u is not None}
             queued = {u for (u,) in await session.execute(
                 select(UserSyncOutboxRow.user).where(UserSyncOutboxRow.namespace == namespace,
                                                      UserSyncOutboxRow.template == template,
@@ -98,13 +98,13 @@ class Syncer:
             return users
         semaphore = asyncio.Semaphore(4)
 
-        async def deliver(user: str) -> None:
+        async def deliver_now(user: str) -> None:
             async with semaphore:
                 try:  # best effort now: the removals are queued, and the delivery loop retries them
                     await self.delivery.deliver_user(user)
                 except Exception:
                     log.exception("immediate delivery of the cleanup for %s failed; it stays queued", user)
 
-        await asyncio.gather(*(deliver(u) for u in users))
+        await asyncio.gather(*(deliver_now(u) for u in users))
         self.delivery.kick()
         return users
