@@ -28,7 +28,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from aigc_gateway.db import Database
 from aigc_gateway.errors import Aborted, invalid
-from aigc_gateway.names import ANY, DNS_LABEL
+from aigc_gateway.names import ANY, is_namespace, is_template_name
 
 from .models import UNLIMITED, QuotaPolicyRow, QuotaUserRolesRow
 
@@ -79,10 +79,10 @@ def parse_scope(name: str, field: str = "name") -> Scope:
         namespace, template = parts[1], parts[3]
         if namespace == ANY and template == ANY:
             return Scope("template", "*")
-        if DNS_LABEL.match(namespace) and DNS_LABEL.match(template):
+        if is_namespace(namespace) and is_template_name(template):
             return Scope("template", f"{namespace}/{template}")
-        raise invalid(field, "namespace and template must be Kubernetes names (lower-case DNS labels), or both "
-                             f"'-' for every template, got {name!r}")
+        raise invalid(field, "namespace and template must be a Kubernetes namespace (lower-case DNS label) and a "
+                             f"template name, or both '-' for every template, got {name!r}")
     raise invalid(field, "must be quotaPolicies/default, roles/{role}/quotaPolicy, users/{user}/quotaPolicy or "
                          f"namespaces/{{namespace}}/templates/{{template}}/quotaPolicy, got {name!r}")
 
