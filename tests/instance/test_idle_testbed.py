@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import UTC, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +24,14 @@ from aigc_gateway.db.models import AuditEventRow, InstanceRow
 from aigc_gateway.services.instance import idle as _idle  # noqa: F401 - registers the idle.before_pause point
 from aigc_gateway.services.instance.idle_models import IdleStateRow
 
+from ..plugins.gateway import make_settings
 from ..plugins.kube import GROUP, VERSION, Game, load_sample, wait_for
+from ..plugins.oidc import Issuer
 from ..plugins.testbed import Testbed
-from .conftest import SAMPLE, State, wait_slot
+from .conftest import SAMPLE, State, create_template, instance_overrides, wait_slot
 from .test_replay_crash import launch, wait_file
+
+pytestmark = pytest.mark.testbed
 
 PREFIX = "aigc.gateway.io/"
 CULLER = "service:idle-culler"
@@ -247,3 +252,75 @@ async def test_keep_alive_withdraws_the_announcement_and_exemptions_are_admin_on
         await client.stub.DeleteIdleExemption(instance_pb2.DeleteIdleExemptionRequest(name="idleExemptions/alice"),
                                               metadata=admin)
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_injected_clock_gpu_and_cpu_timeouts_accesses_keep_alive_resume_and_exemption(
+        testbed: Testbed, game: Game, database_url: str, issuer: Issuer, start_gateway, client_for,
+        database: Database) -> None:
+    """One in-process instance service whose culler does not run by itself: each pass is called with the
+    culler's clock set, so hours of idleness take no time. Defaults: CPU 2 h, GPU 30 min, warning 10 min."""
+    from aigc_gateway.services.auth.activity import ActivityRecorder
+    from aigc_gateway.services.auth.ownermap import InstanceKey
+    from aigc_gateway.services.instance.service import InstanceService
+
+    cpu = await create_template(game, testbed, "idle-cpu")
+    gpu = await create_template(game, testbed, "idle-gpu", sample="stable-diffusion-gpu")
+    settings = make_settings(database_url, issuer, **instance_overrides(testbed, game.namespace, idle={
+        "enabled": False, "default_after_seconds": 7200, "gpu_default_after_seconds": 1800, "warning_seconds": 600}))
+    gw = await start_gateway("instance", settings=settings)
+    c = client_for(gw.channel("instance"))
+    service = gw.service("instance", InstanceService)
+    await c.stub.CreateIdleExemption(instance_pb2.CreateIdleExemptionRequest(
+        idle_exemption=instance_pb2.IdleExemption(name="idleExemptions/carol")), metadata=c.md("admin"))
+    made = {(user, tpl): (await c.install(user, tpl)).name
+            for user, tpl in (("alice", cpu), ("alice", gpu), ("bob", gpu), ("carol", gpu), ("dave", gpu))}
+    async with database.session() as session:
+        since = max(r.state_changed_at for r in (await session.execute(select(InstanceRow))).scalars())
+    now = [since]
+    assert service.culler is not None
+    service.culler.clock = lambda: now[0]
+
+    async def step(minutes: float) -> dict[str, int]:
+        now[0] = since + timedelta(minutes=minutes)
+        return await service.culler.pass_once()  # type: ignore[union-attr]
+
+    def slot_of(user: str, tpl: str) -> Any:
+        return slot(database, game.namespace, tpl, int(made[(user, tpl)].rsplit("/", 1)[1]))
+
+    # bob uses his instance through the ingress (the auth service's recorder writes last_access_at).
+    recorder = ActivityRecorder(database)
+    bob = made[("bob", gpu)]
+    recorder.touch(InstanceKey(game.namespace, gpu, int(bob.rsplit("/", 1)[1])), (since + timedelta(minutes=15))
+                   .timestamp())
+    await recorder.flush()
+
+    assert await step(19) == {}
+    assert await step(20) == {"warn": 2}  # the GPU instances of alice and dave (carol is exempt, bob used his)
+    shown = await c.get("alice", made[("alice", gpu)])
+    assert shown.scheduled_pause_time.ToDatetime(UTC) == since + timedelta(minutes=30)
+    await c.stub.KeepInstanceAlive(instance_pb2.KeepInstanceAliveRequest(name=made[("dave", gpu)]),
+                                   metadata=c.md("dave"))  # at minute 20: his clock starts again
+    assert await step(30) == {"pause": 1}  # alice's GPU instance, warned 10 minutes ago
+    assert await slot_of("alice", gpu) == "PAUSED" and await slot_of("alice", cpu) == "LIVE"
+    assert await step(35) == {"warn": 1}  # bob: last access at 15 + 30 - 10
+    assert await step(40) == {"warn": 1}  # dave: kept alive at 20 + 30 - 10
+    assert await step(45) == {"pause": 1}
+    assert await step(50) == {"pause": 1}
+    assert {u: await slot_of(u, gpu) for u in ("bob", "carol", "dave")} == {
+        "bob": "PAUSED", "carol": "LIVE", "dave": "PAUSED"}
+
+    # The CPU template's longer default: warned at 110 minutes, paused at 120; carol (exempt) never.
+    assert await step(109) == {}
+    assert await step(110) == {"warn": 1}
+    assert await step(120) == {"pause": 1}
+    assert await step(600) == {} and await slot_of("carol", gpu) == "LIVE"
+
+    # A resume restarts the clock: the hours paused are not idleness.
+    await c.resume("alice", made[("alice", gpu)])
+    async with database.session() as session:
+        row = await session.get(InstanceRow, (game.namespace, gpu, int(made[("alice", gpu)].rsplit("/", 1)[1])))
+        since = row.state_changed_at
+    assert await step(1) == {} and await step(19) == {}
+    assert await step(20) == {"warn": 1}
+    assert len(await culler_pauses(database, game.namespace)) == 4
+    await c.wait_consistent(90)
