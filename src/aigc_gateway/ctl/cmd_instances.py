@@ -1,4 +1,4 @@
-"""`aigcctl instances ...`: install, list, get, pause, resume, restart, delete, watch, quota."""
+"""`aigcctl instances ...`: install, list, get, pause, resume, restart, keep-alive, delete, watch, quota."""
 from __future__ import annotations
 
 import json
@@ -132,6 +132,15 @@ def restart(ctx: typer.Context, name: str = NameArg, wait: bool = WaitOption, ti
     """Restart: a new pod on the same disk."""
     _operate(ctx, "RestartInstance", instance_pb2.RestartInstanceRequest, name, State.RUNNING, "restarted", wait,
              timeout, require_change=True)
+
+
+@app.command("keep-alive")
+def keep_alive(ctx: typer.Context, name: str = NameArg) -> None:
+    """Reset the idle clock and withdraw an announced pause for idleness (docs/instance.md)."""
+    c = ctl(ctx)
+    instance = c.client.call("instance", "KeepInstanceAlive",
+                             instance_pb2.KeepInstanceAliveRequest(name=instance_name(name, c.namespace)))
+    _finish(ctx, instance, "kept alive", instance.name)
 
 
 @app.command()

@@ -14,7 +14,7 @@ from typing import Any
 
 import typer
 
-from . import cmd_admin, cmd_audit, cmd_instances, cmd_quotas, cmd_templates, render
+from . import cmd_admin, cmd_audit, cmd_idle, cmd_instances, cmd_quotas, cmd_templates, render
 from .context import Ctl
 from .exitcodes import CallFailed, Exit, Failure
 from .settings import resolve
@@ -26,6 +26,7 @@ app.add_typer(cmd_templates.app, name="templates")
 app.add_typer(cmd_instances.app, name="instances")
 app.add_typer(cmd_audit.app, name="audit")
 app.add_typer(cmd_quotas.app, name="quotas")
+app.add_typer(cmd_idle.app, name="idle-exemptions")
 cmd_admin.register(app)
 
 # Typer vendors click from 0.2x on; reach its exception classes through typer's own.
