@@ -6,20 +6,26 @@ rule every service applies, so a name the CLI lets through is not refused later 
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from aigc_gateway import names
 from aigc_gateway.errors import InvalidArgument
 
 from .exitcodes import Exit, Failure
 
 
+def _full(arg: str, parse: Callable[[str, str], object], what: str) -> str:
+    """``arg`` when the core parser accepts it; a usage failure quoting the parser's reason otherwise."""
+    try:
+        parse(arg, "name")
+    except InvalidArgument as exc:
+        raise Failure(f"{arg!r} is not {what}: {exc.violations[0].description}", Exit.USAGE) from None
+    return arg
+
+
 def template_name(arg: str, namespace: str) -> str:
     if arg.startswith("namespaces/"):
-        try:
-            names.parse_template(arg, "template")
-        except InvalidArgument as exc:
-            raise Failure(f"{arg!r} is not a template name (namespaces/NS/templates/NAME): "
-                          f"{exc.violations[0].description}", Exit.USAGE) from None
-        return arg
+        return _full(arg, names.parse_template, "a template name (namespaces/NS/templates/NAME)")
     if not names.is_template_name(arg):
         raise Failure(f"{arg!r} is not a template name (a GameServerSet name such as sd-cpu: "
                       f"{names.TEMPLATE_NAME_RULE})", Exit.USAGE)
@@ -36,12 +42,7 @@ def template_parent(template: str | None, namespace: str, all_namespaces: bool =
 
 def instance_name(arg: str, namespace: str) -> str:
     if arg.startswith("namespaces/"):
-        try:
-            names.parse_instance(arg, "instance")
-        except InvalidArgument as exc:
-            raise Failure(f"{arg!r} is not an instance name (namespaces/NS/templates/T/instances/ID): "
-                          f"{exc.violations[0].description}", Exit.USAGE) from None
-        return arg
+        return _full(arg, names.parse_instance, "an instance name (namespaces/NS/templates/T/instances/ID)")
     template, _, ident = arg.rpartition("/")
     if not template or not ident.isdigit():
         raise Failure(f"{arg!r} is not an instance name: give TEMPLATE/ID (e.g. sd-cpu/0) or the full name",
