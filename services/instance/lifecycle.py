@@ -48,6 +48,7 @@ from aigc_gateway.idempotency import Claim, IdempotencyStore
 from aigc_gateway.identity import Principal
 from aigc_gateway.kube import GSS
 from aigc_gateway.names import InstanceRef, TemplateRef
+from aigc_gateway.okg import SlotState
 
 from . import access, allocator, effects, faults, quotas, templates
 from .allocator import Op, Plan, Spec
@@ -272,14 +273,14 @@ class Lifecycle:
 
         async def check() -> bool:
             now = await self.store.get(iref)
-            if now is None or now.slot != allocator.SlotState.PAUSED.value:
+            if now is None or now.slot != SlotState.PAUSED.value:
                 return False  # missing or running: the planner answers (NOT_FOUND, or a no-op)
             if now.owner != owner:
                 raise Aborted(f"{iref.name} changed owner while resuming; retry", reason="OWNER_CHANGED",
                               retry_after=0.1)
             access.check(principal, iref, now)  # a stranger learns nothing about the owner's quota
             here = sum(1 for r in (await self.rows(iref.template_ref)).values()
-                       if r.slot == allocator.SlotState.LIVE.value)
+                       if r.slot == SlotState.LIVE.value)
             adding = await self.quotas.cost(iref.template_ref)
             await self.quotas.check("resume", iref.template_ref, now.owner or "", roles, adding, here)
             return False
@@ -308,7 +309,7 @@ class Lifecycle:
             return claim.effect
         async with self.locked(iref.template_ref):
             row = access.check(principal, iref, await self.store.get(iref))
-            if row.slot != allocator.SlotState.LIVE.value:
+            if row.slot != SlotState.LIVE.value:
                 raise FailedPrecondition(f"{iref.name} is {row.slot.lower()}; only a running instance restarts",
                                          reason="NOT_RUNNING")
             await self.cluster.usable_template(iref.template_ref)
@@ -337,8 +338,8 @@ class Lifecycle:
         """Delete every disk of a RELEASING id, wait up to ``wait`` seconds for them to go, then mark it FREE."""
         ref = iref.template_ref
         row = await self.store.get(iref)
-        if row is None or row.slot != allocator.SlotState.RELEASING.value:
-            return row is not None and row.slot == allocator.SlotState.FREE.value
+        if row is None or row.slot != SlotState.RELEASING.value:
+            return row is not None and row.slot == SlotState.FREE.value
         try:
             gss = await self.cluster.template(ref)
         except NotFound:
@@ -398,6 +399,6 @@ class Lifecycle:
                 # A step that plans nothing: every step realigns (after the controller settles) before it plans.
                 await self._attempts(ref, lambda now, _rows: Plan(Op.REALIGN, -1, None, now, None))
                 rows = await self.rows(ref)
-            releasing = [i for i, r in rows.items() if r.slot == allocator.SlotState.RELEASING.value]
+            releasing = [i for i, r in rows.items() if r.slot == SlotState.RELEASING.value]
         for instance_id in releasing:
             await self.release(ref.instance(instance_id), wait=0)
