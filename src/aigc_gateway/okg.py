@@ -2,8 +2,8 @@
 
 A template is a kruise-game ``GameServerSet`` and an instance one of its ``GameServer``s; the rules that
 follow from that are written here once, because each one, restated in a service, drifted from the others
-(a reserve list one service read with a cap on range sizes and another without; a template one service
-recognised by its labels and another by its namespace). What this module owns:
+(the reserve list was parsed three ways, only one of which capped the width of a range). What this module
+owns:
 
 - the API group, version, kinds, labels, annotations and the scale-down strategy the gateway relies on;
 - the slot states of the ``instances`` table (:class:`SlotState`), one enum for every service that reads
@@ -11,7 +11,8 @@ recognised by its labels and another by its namespace). What this module owns:
 - which GameServerSets are templates: in a configured namespace (none configured: any) and carrying every
   configured ``gss_labels`` pair (:func:`is_template`, :func:`label_selector`);
 - ``spec.reserveGameServerIds`` read (:func:`parse_reserve`, ints and ``"a-b"`` ranges, a range wider
-  than :data:`MAX_RESERVE_RANGE` refused rather than expanded) and written (:func:`format_reserve`);
+  than :data:`MAX_RESERVE_RANGE` refused rather than expanded) and written (:func:`format_reserve`,
+  :func:`with_scale`);
 - the live set and the high-water mark of (R = ``spec.replicas``, X = the reserve list): kruise-game runs
   the lowest R ids not in X (:func:`live_ids`, :func:`high_water`, :func:`holes`);
 - the GameServer (and pod) name ``<gss>-<id>``, the disk (PVC) name ``<vct>-<gss>-<id>``, and the id read
