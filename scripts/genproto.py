@@ -81,12 +81,14 @@ def generate_vendored(dest: Path, proto_root: Path = PROTO_ROOT) -> None:
     proto_root = proto_root / THIRD_PARTY
     protos = sorted(str(p.relative_to(proto_root)) for top in VENDORED for p in (proto_root / top).rglob("*.proto"))
     with tempfile.TemporaryDirectory() as scratch:
+        # With stubs, as for our own protos: mypy checks the auth service's ext_authz code against them.
         args = ["protoc", *(f"-I{d}" for d in _include_dirs(proto_root)),
-                f"--python_out={scratch}", f"--grpc_python_out={scratch}", *protos]
+                f"--python_out={scratch}", f"--grpc_python_out={scratch}",
+                f"--mypy_out={scratch}", f"--mypy_grpc_out={scratch}", *protos]
         if protos and protoc.main(args) != 0:
             raise SystemExit("protoc failed (vendored protos)")
         dest.mkdir(parents=True, exist_ok=True)
-        for f in sorted(Path(scratch).rglob("*.py")):
+        for f in sorted([*Path(scratch).rglob("*.py"), *Path(scratch).rglob("*.pyi")]):
             flat = "_".join(f.relative_to(scratch).parts)
             text = _VENDORED_FROM.sub(lambda m: f"from . import {m.group(1).replace('.', '_')}_{m.group(2)}",
                                       f.read_text())

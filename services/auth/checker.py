@@ -112,7 +112,7 @@ class Checker:
             # Almost every check finds its session in the caches: answer without creating coroutines.
             cached = self.sessions.cached_principal(credentials.session_cookie)
             if cached is not False:
-                return cached  # type: ignore[return-value]
+                return cached
             return await self.sessions.principal(credentials.session_cookie)
         if credentials.bearer_token and self.bearer is not None and self.bearer.cfg.issuer \
                 and self.bearer.cfg.audience:

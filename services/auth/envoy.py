@@ -78,7 +78,7 @@ class EnvoyAuthorizationServicer(ext_grpc.AuthorizationServicer):
         self.checker = checker
         self.cookie_name = cookie_name
 
-    async def Check(self, request: ext.CheckRequest, context) -> ext.CheckResponse:  # type: ignore[no-untyped-def]
+    async def Check(self, request: ext.CheckRequest, context: Any) -> ext.CheckResponse:
         require_admin()  # the proxy, with the gateway's service credential
         http = request.attributes.request.http
         headers = {k.lower(): v for k, v in http.headers.items()}

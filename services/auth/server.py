@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from google.protobuf import timestamp_pb2
 
@@ -53,10 +54,10 @@ class AuthServiceServicer(auth_pb2_grpc.AuthServiceServicer):
     def __init__(self, service: AuthService):
         self.service = service
 
-    async def WhoAmI(self, request: auth_pb2.WhoAmIRequest, context) -> auth_pb2.Principal:  # type: ignore[no-untyped-def]
+    async def WhoAmI(self, request: auth_pb2.WhoAmIRequest, context: Any) -> auth_pb2.Principal:
         return principal_to_proto(require_principal())
 
-    async def Check(self, request: auth_pb2.CheckRequest, context) -> auth_pb2.CheckResponse:  # type: ignore[no-untyped-def]
+    async def Check(self, request: auth_pb2.CheckRequest, context: Any) -> auth_pb2.CheckResponse:
         caller = require_principal()
         if not request.url:
             raise invalid("url", "the URL to check is required (X-Original-URL)")
@@ -75,7 +76,7 @@ class AuthServiceServicer(auth_pb2_grpc.AuthServiceServicer):
         return decision_to_proto(decide(target, caller if caller.kind == "user" else None, self.service.owners,
                                         allow_admin=self.service.settings.auth.allow_admin_access))
 
-    async def GetSession(self, request: auth_pb2.GetSessionRequest, context) -> auth_pb2.Session:  # type: ignore[no-untyped-def]
+    async def GetSession(self, request: auth_pb2.GetSessionRequest, context: Any) -> auth_pb2.Session:
         require_principal()
         sessions = self.service.sessions
         forwarded = dict(credentials_var.get())
@@ -92,8 +93,8 @@ class AuthServiceServicer(auth_pb2_grpc.AuthServiceServicer):
                                 principal=principal_to_proto(record.principal(sessions.admin_role)),
                                 create_time=_timestamp(record.created_at), expire_time=_timestamp(record.expires_at))
 
-    async def RevokeUserSessions(self, request: auth_pb2.RevokeUserSessionsRequest,  # type: ignore[no-untyped-def]
-                                 context) -> auth_pb2.RevokeUserSessionsResponse:
+    async def RevokeUserSessions(self, request: auth_pb2.RevokeUserSessionsRequest,
+                                 context: Any) -> auth_pb2.RevokeUserSessionsResponse:
         require_admin()
         if not request.user.strip():
             raise invalid("user", "the user id whose sessions to revoke is required")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import TypeVar
 
 from aigc_gateway.config import ConfigError
 from aigc_gateway.identity import JWTAuthenticator
@@ -27,7 +28,10 @@ from .workers import WorkerPool, default_worker_count
 log = logging.getLogger(__name__)
 
 
-def _find(runtime: Runtime, kind: type) -> object | None:
+A = TypeVar("A")
+
+
+def _find(runtime: Runtime, kind: type[A]) -> A | None:
     return next((a for a in runtime.authenticator.authenticators if isinstance(a, kind)), None)
 
 
@@ -48,10 +52,9 @@ class AuthService:
         self.workers: WorkerPool | None = None
         self.activity = ActivityRecorder(runtime.db)
         self.audit_log = runtime.audit_log("auth")
-        sessions = _find(runtime, SessionCookieAuthenticator)
-        self.sessions: SessionCookieAuthenticator | None = sessions  # type: ignore[assignment]
+        self.sessions = _find(runtime, SessionCookieAuthenticator)
         bearer = _find(runtime, JWTAuthenticator)
-        self.checker = Checker(self.owners, self.sessions, bearer, self.activity,  # type: ignore[arg-type]
+        self.checker = Checker(self.owners, self.sessions, bearer, self.activity,
                                self.audit_log, allow_admin=settings.auth.allow_admin_access)
         self.oidc: OIDCClient | None = None
         self.endpoints: AuthEndpoints | None = None

@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
+
+if TYPE_CHECKING:  # read lazily at run time, as the imports in _doctor (the CLI starts without them)
+    from aigc_gateway.config import Settings
 
 
 def register(app: typer.Typer) -> None:
@@ -31,7 +35,7 @@ def register(app: typer.Typer) -> None:
         raise typer.Exit(1 if found else 0)
 
 
-async def _doctor(settings, parent: str, repair: bool) -> int:  # type: ignore[no-untyped-def]
+async def _doctor(settings: Settings, parent: str, repair: bool) -> int:
     from aigc_gateway.db import Database
     from aigc_gateway.kube import Kube
     from aigc_gateway.names import parse_list_parent

@@ -7,6 +7,7 @@ Unknown fields are kept as they are; nothing here knows the GameServerSet schema
 from __future__ import annotations
 
 import json
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,14 +29,14 @@ class _StrictLoader(yaml.SafeLoader):
     """SafeLoader that refuses aliases (a few lines of anchors can expand to gigabytes once serialised)
     and duplicate keys (PyYAML silently keeps the last one; kubectl refuses them)."""
 
-    def compose_node(self, parent, index):  # type: ignore[no-untyped-def]
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
         if self.check_event(yaml.AliasEvent):
             event = self.peek_event()
             raise yaml.MarkedYAMLError("while composing", None, "YAML aliases (*name) are not accepted",
                                        event.start_mark)
         return super().compose_node(parent, index)
 
-    def construct_mapping(self, node, deep=False):  # type: ignore[no-untyped-def]
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
         seen: set[Any] = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=True)

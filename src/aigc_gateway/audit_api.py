@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from google.protobuf import struct_pb2, timestamp_pb2
 
@@ -36,7 +37,7 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
     def __init__(self, log: AuditLog):
         self.log = log
 
-    async def ListAuditEvents(self, request: audit_pb2.ListAuditEventsRequest, context) -> audit_pb2.ListAuditEventsResponse:  # type: ignore[no-untyped-def]
+    async def ListAuditEvents(self, request: audit_pb2.ListAuditEventsRequest, context: Any) -> audit_pb2.ListAuditEventsResponse:
         require_admin()
         query = AuditQuery(
             actor=request.actor, action=request.action, template=request.template, instance=request.instance,

@@ -80,9 +80,10 @@ class JWKSCache:
 
     async def keys(self, *, force: bool = False) -> KeySet:
         now = time.monotonic()
-        stale = self._keys is None or now - self._fetched > self.cfg.jwks_cache_seconds
-        if not stale and not (force and now - self._fetched > self._min_refresh):
-            return self._keys  # type: ignore[return-value]
+        current = self._keys
+        stale = current is None or now - self._fetched > self.cfg.jwks_cache_seconds
+        if current is not None and not stale and not (force and now - self._fetched > self._min_refresh):
+            return current
         async with self._lock:
             if self._keys is not None and time.monotonic() - self._fetched < self._min_refresh:
                 return self._keys
@@ -150,7 +151,7 @@ class JWTAuthenticator:
                                   reason="INVALID_TOKEN") from None
         return dict(decoded.claims)
 
-    def _decode(self, token: str, keys: KeySet):  # type: ignore[no-untyped-def]
+    def _decode(self, token: str, keys: KeySet) -> jwt.Token:
         return jwt.decode(token, keys, algorithms=list(self.cfg.algorithms))
 
 

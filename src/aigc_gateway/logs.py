@@ -25,9 +25,13 @@ class _ContextFilter(logging.Filter):
         return True
 
 
+class _GatewayHandler(logging.StreamHandler):
+    """The handler :func:`setup` installs: a second call replaces it instead of adding another."""
+
+
 def setup(service: str, level: str = "INFO", json_format: bool = True) -> None:
     """Configure the root logger once per process (idempotent)."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _GatewayHandler(sys.stderr)
     if json_format:
         handler.setFormatter(
             JsonFormatter(
@@ -42,9 +46,8 @@ def setup(service: str, level: str = "INFO", json_format: bool = True) -> None:
     handler.addFilter(_ContextFilter(service))
     root = logging.getLogger()
     for old in list(root.handlers):
-        if getattr(old, "_aigc", False):
+        if isinstance(old, _GatewayHandler):
             root.removeHandler(old)
-    handler._aigc = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level)
     # grpc and the Kubernetes client are chatty at INFO.

@@ -30,7 +30,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
-from typing import Any
+from typing import Any, Literal
 
 from itsdangerous import BadData, URLSafeSerializer
 from sqlalchemy import delete, select, text, update
@@ -234,7 +234,7 @@ class SessionStore:
         self._cache[row.id_hash] = (record, time.monotonic())
         return session_id, record
 
-    def cached(self, id_hash: str) -> SessionRecord | None | bool:
+    def cached(self, id_hash: str) -> SessionRecord | None | Literal[False]:
         """The hot path without an await: the valid record, None for a known-invalid session, or False
         when the cache cannot answer (absent, or too old; call :meth:`get`). See the module docstring."""
         cached = self._cache.get(id_hash)
@@ -257,7 +257,7 @@ class SessionStore:
         id_hash = id_hash or hash_session_id(session_id)
         hit = self.cached(id_hash)
         if hit is not False:
-            return hit  # type: ignore[return-value]
+            return hit
         record = await self._read(id_hash)
         return record if record is not None and record.valid() else None
 
@@ -380,7 +380,7 @@ class SessionCookieAuthenticator:
             return None
         return claims, record
 
-    def cached_principal(self, value: str | None) -> Principal | None | bool:
+    def cached_principal(self, value: str | None) -> Principal | None | Literal[False]:
         """:meth:`principal` from the caches alone (no await, for the hot path): False when the
         session row must be read (then call :meth:`principal`). Same rules, same cache lifetimes."""
         claims = self.cookie.read(value)
@@ -391,9 +391,9 @@ class SessionCookieAuthenticator:
         record = self.store.cached(claims.id_hash)
         if record is False:
             return False
-        if record is None or record.user != claims.user:  # type: ignore[union-attr]
+        if record is None or record.user != claims.user:
             return None
-        return record.principal(self.admin_role)  # type: ignore[union-attr]
+        return record.principal(self.admin_role)
 
     async def principal(self, value: str | None) -> Principal | None:
         resolved = await self.resolve(value)
