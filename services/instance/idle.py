@@ -24,14 +24,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 import httpx
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select
 
 from aigc_gateway import idle
 from aigc_gateway.audit import AuditLog
 from aigc_gateway.config import IdleConfig
 from aigc_gateway.db import Database
 from aigc_gateway.db.models import InstanceRow, notify_instance_change
-from aigc_gateway.names import InstanceRef
+from aigc_gateway.names import InstanceRef, TemplateRef
 
 from . import allocator, faults
 from .allocator import Op, Plan, SlotState, Spec
@@ -93,26 +93,17 @@ class Culler:
 
     # -- reading the facts -------------------------------------------------------------------------------
 
-    async def _exempt(self, owner: str | None) -> bool:
-        if not owner:
-            return False
-        async with self.db.session() as session:
-            return await session.get(IdleExemptionRow, owner) is not None
-
-    async def facts(self, ref: InstanceRef, probed_idle: bool = False) -> tuple[Facts, InstanceRow] | None:
-        """The instance's facts read now (inside or outside the lock); None when the id has no row."""
-        async with self.db.session() as session:
-            row = await session.get(InstanceRow, (ref.namespace, ref.template, ref.id))
-            state = await session.get(IdleStateRow, (ref.namespace, ref.template, ref.id))
-        if row is None:
-            return None
-        gss = self.cache.template(ref.template_ref)
+    async def _template(self, ref: TemplateRef) -> dict[str, Any] | None:
+        gss = self.cache.template(ref)
         if gss is None:
             try:
-                gss = await self.lifecycle.cluster.template(ref.template_ref)
+                gss = await self.lifecycle.cluster.template(ref)
             except Exception:  # noqa: BLE001 - a template gone or unreadable: no timeout known, nothing paused
                 gss = None
-        timeout = timeout_of(gss, self.prefix, self.cfg) if gss is not None else None
+        return gss
+
+    def _facts(self, row: InstanceRow, state: IdleStateRow | None, exempt: bool, gss: dict[str, Any] | None,
+               probed_idle: bool = False) -> Facts:
         probe = idle.read(((gss or {}).get("metadata") or {}).get("annotations"), self.prefix)[0].probe
         return Facts(
             slot=row.slot, slot_since=aware(row.state_changed_at),
@@ -120,26 +111,45 @@ class Culler:
             kept_at=aware(state.kept_at) if state and state.kept_at else None,
             scheduled_pause=aware(state.scheduled_pause_at) if state and state.scheduled_pause_at else None,
             warned_activity=aware(state.warned_activity_at) if state and state.warned_activity_at else None,
-            timeout=timeout, exempt=await self._exempt(row.owner), has_probe=probe is not None,
-            probed_idle=probed_idle), row
+            timeout=timeout_of(gss, self.prefix, self.cfg) if gss is not None else None, exempt=exempt,
+            has_probe=probe is not None, probed_idle=probed_idle)
 
-    async def candidates(self) -> list[InstanceRef]:
-        """Running instances, and instances with an announcement still recorded (to withdraw it)."""
+    async def facts(self, ref: InstanceRef, probed_idle: bool = False) -> tuple[Facts, InstanceRow] | None:
+        """One instance's facts read now (under the lock); None when the id has no row."""
         async with self.db.session() as session:
-            live = (await session.execute(select(InstanceRow.namespace, InstanceRow.template, InstanceRow.id)
-                                          .where(InstanceRow.slot == SlotState.LIVE.value))).all()
-            announced = (await session.execute(select(IdleStateRow.namespace, IdleStateRow.template, IdleStateRow.id)
-                                               .where(IdleStateRow.scheduled_pause_at.is_not(None)))).all()
-        return sorted({InstanceRef(n, t, i) for n, t, i in [*live, *announced]})
+            row = await session.get(InstanceRow, (ref.namespace, ref.template, ref.id))
+            state = await session.get(IdleStateRow, (ref.namespace, ref.template, ref.id))
+            exempt = row is not None and row.owner is not None and \
+                await session.get(IdleExemptionRow, row.owner) is not None
+        if row is None:
+            return None
+        return self._facts(row, state, exempt, await self._template(ref.template_ref), probed_idle), row
+
+    async def snapshot(self) -> list[tuple[InstanceRef, Facts]]:
+        """Every running instance and every one with an announcement still recorded (to withdraw it), with its
+        facts, in three reads (outside any lock: each change is decided again under the lock)."""
+        key = (IdleStateRow.namespace == InstanceRow.namespace, IdleStateRow.template == InstanceRow.template,
+               IdleStateRow.id == InstanceRow.id)
+        async with self.db.session() as session:
+            found = (await session.execute(select(InstanceRow, IdleStateRow).outerjoin(IdleStateRow, and_(*key))
+                                           .where(or_(InstanceRow.slot == SlotState.LIVE.value,
+                                                      IdleStateRow.scheduled_pause_at.is_not(None))))).all()
+            exempt = set((await session.execute(select(IdleExemptionRow.user))).scalars())
+        templates = {TemplateRef(r.namespace, r.template) for r, _ in found}
+        gss = {ref: await self._template(ref) for ref in sorted(templates)}
+        out = [(InstanceRef(r.namespace, r.template, r.id),
+                self._facts(r, state, r.owner in exempt, gss[TemplateRef(r.namespace, r.template)]))
+               for r, state in found]
+        return sorted(out, key=lambda pair: pair[0])
 
     # -- a pass ------------------------------------------------------------------------------------------
 
     async def pass_once(self) -> dict[str, int]:
         """Look at every candidate once; returns how many of each action were taken (for tests and logs)."""
         done: dict[str, int] = {}
-        for ref in await self.candidates():
+        for ref, facts in await self.snapshot():
             try:
-                action = await self.consider(ref)
+                action = await self.consider(ref, facts)
             except Exception as exc:  # noqa: BLE001 - one instance's trouble must not stop the others
                 log.warning("idle culler: %s: %s", ref.name, exc)
                 continue
@@ -147,11 +157,7 @@ class Culler:
                 done[action.value] = done.get(action.value, 0) + 1
         return done
 
-    async def consider(self, ref: InstanceRef) -> Action:
-        found = await self.facts(ref)
-        if found is None:
-            return Action.NONE
-        facts, _ = found
+    async def consider(self, ref: InstanceRef, facts: Facts) -> Action:
         decision = decide(facts, self.clock(), self.cfg.warning_seconds)
         probed = False
         if decision.action is Action.PROBE:
