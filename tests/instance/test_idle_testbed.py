@@ -353,3 +353,22 @@ async def test_a_pass_over_many_running_instances_reads_in_bulk(testbed: Testbed
         assert await service.culler.pass_once() == {}
         timings.append(time.perf_counter() - started)
     print(f"idle pass over 5000 running instances, nothing due: {', '.join(f'{t * 1000:.0f} ms' for t in timings)}")
+
+
+async def test_a_culler_killed_after_its_write_leaves_an_ordinary_interrupted_pause(
+        testbed: Testbed, game: Game, service_process, client_for, database: Database) -> None:
+    """The idle pause is an allocator step: killed after its GameServerSet write (fault point
+    pause.after_gss_write), its intent is resolved by the other replica like any interrupted pause."""
+    tpl = await idle_template(game, testbed, "idle-crash", **{"idle-after": "3s"})
+    culler = await service_process(**idle_settings(warning_seconds=1))
+    other = await service_process(**idle_settings(enabled=False))
+    c = client_for(await launch(other))
+    culler.start(fault="pause.after_gss_write")
+    await culler.ready()
+    name = (await c.install("alice", tpl)).name
+    assert await culler.exited(120) == 86  # faults.EXIT_CODE: it died at the point, between write and record
+    await wait_slot(database, game.namespace, 0, "PAUSED", tpl)  # the reconciler applied the intent
+    await c.wait_consistent(90)
+    resumed = await c.resume("alice", name)  # an ordinary paused instance: same id and disk
+    assert resumed.owner == "alice"
+    await c.wait_state("alice", name, State.RUNNING)
