@@ -21,7 +21,7 @@ Lowering a limit never pauses or deletes anything: the next install or resume is
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, fields
 
@@ -67,8 +67,9 @@ class Usage:
 
 
 def _generous(values: Iterable[int | None]) -> int | None:
-    values = list(values)
-    return None if any(v is None for v in values) else max(values)  # type: ignore[type-var]
+    listed = list(values)
+    limits = [v for v in listed if v is not None]
+    return None if len(limits) < len(listed) else max(limits)
 
 
 Values = dict[str, int | None]  # the limits one scope sets (absent: inherits; None: explicitly unlimited)
@@ -185,7 +186,7 @@ def refusal(action: str, user: str, over: list[tuple[str, int, int]], ref: Templ
 class Quotas:
     """The I/O around the arithmetic: the user lock, the stored policies and roles, the usage read."""
 
-    def __init__(self, db: Database, cfg: QuotaConfig, template_of):  # template_of: async TemplateRef -> gss
+    def __init__(self, db: Database, cfg: QuotaConfig, template_of: Callable[[TemplateRef], Awaitable[templates.Obj]]):
         self.db = db
         self.cfg = cfg
         self.template_of = template_of
