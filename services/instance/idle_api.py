@@ -53,8 +53,10 @@ async def scheduled(db: Database, rows: Iterable[InstanceRow]) -> dict[InstanceR
         for state in found:
             row = live[(state.namespace, state.template, state.id)]
             activity = max(aware(t) for t in (row.state_changed_at, row.last_access_at, state.kept_at) if t)
-            if state.warned_activity_at is not None and aware(state.warned_activity_at) == activity:
-                out[InstanceRef(state.namespace, state.template, state.id)] = aware(state.scheduled_pause_at)
+            pause_at = state.scheduled_pause_at  # the query keeps only rows that have one; checked for the type
+            if pause_at is not None and state.warned_activity_at is not None \
+                    and aware(state.warned_activity_at) == activity:
+                out[InstanceRef(state.namespace, state.template, state.id)] = aware(pause_at)
     return out
 
 

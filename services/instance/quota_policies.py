@@ -21,7 +21,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
@@ -34,8 +34,9 @@ from .models import UNLIMITED, QuotaPolicyRow, QuotaUserRolesRow
 
 log = logging.getLogger(__name__)
 
-USER_FIELDS = ("installed", "running", "gpus", "gpu_memory_gib")
-TEMPLATE_FIELDS = ("running",)
+Limit = Literal["installed", "running", "gpus", "gpu_memory_gib"]  # the QuotaPolicy fields that are limits
+USER_FIELDS: tuple[Limit, ...] = ("installed", "running", "gpus", "gpu_memory_gib")
+TEMPLATE_FIELDS: tuple[Limit, ...] = ("running",)
 KINDS = ("default", "role", "user", "template")  # ListQuotaPolicies' order
 _SEGMENT = re.compile(r"^[^/\s]{1,255}$")  # a role claim or an OIDC subject: no slash, no blank
 
@@ -58,7 +59,7 @@ class Scope:
         return f"{self.kind}s/{self.key}/quotaPolicy"
 
     @property
-    def fields(self) -> tuple[str, ...]:
+    def fields(self) -> tuple[Limit, ...]:
         return TEMPLATE_FIELDS if self.kind == "template" else USER_FIELDS
 
     @property
@@ -189,7 +190,7 @@ class RoleStore:
         """Remember ``roles`` for ``user``; writes nothing when they are what is recorded already."""
         values = sorted(set(roles))
         async with self.db.session() as session:
-            dialect = postgresql if session.bind.dialect.name == "postgresql" else sqlite
+            dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
             stmt = dialect.insert(QuotaUserRolesRow).values(user=user, roles=values, seen_at=datetime.now(UTC))
             await session.execute(stmt.on_conflict_do_update(
                 index_elements=["user"], set_={"roles": stmt.excluded.roles, "seen_at": stmt.excluded.seen_at},

@@ -2,7 +2,7 @@
 undone by a watch event or a list that carries an older revision; anything newer replaces it."""
 from __future__ import annotations
 
-from services.template.watch import TemplateCache
+from aigc_gateway.services.template.watch import TemplateCache
 
 KEY = ("team-a", "sd")
 

@@ -6,6 +6,8 @@ limits it is given; ``clear`` puts limits back to what configuration sets (all o
 """
 from __future__ import annotations
 
+from typing import Literal
+
 import typer
 
 from ..api.v1 import instance_pb2
@@ -15,7 +17,8 @@ from .exitcodes import Exit, Failure
 
 app = typer.Typer(no_args_is_help=True, help="Read and change quota policies (admin).")
 
-FIELDS = ("installed", "running", "gpus", "gpu_memory_gib")
+Limit = Literal["installed", "running", "gpus", "gpu_memory_gib"]  # the QuotaPolicy fields that are limits
+FIELDS: tuple[Limit, ...] = ("installed", "running", "gpus", "gpu_memory_gib")
 NameArg = typer.Argument(..., help="default, role/NAME, user/NAME, template/NAME, template/- or a full policy name.")
 LimitHelp = "A maximum (0 or more) or `unlimited`."
 FieldOption = typer.Option([], "--field", "-f", help=f"Only this limit ({', '.join(FIELDS)}); repeatable. "
@@ -47,7 +50,7 @@ def limit_value(option: str, text: str) -> instance_pb2.QuotaValue:
         raise Failure(f"{option} {text!r}: give a number or `unlimited`", Exit.USAGE) from None
 
 
-def _shown(policy: instance_pb2.QuotaPolicy, name: str) -> str:
+def _shown(policy: instance_pb2.QuotaPolicy, name: Limit) -> str:
     """The stored value, else the configured one marked `(config)`, else `-` (inherits)."""
     for source, suffix in ((policy, ""), (policy.configured, " (config)")):
         if source.HasField(name):
@@ -96,8 +99,8 @@ def set_(ctx: typer.Context, name: str = NameArg,
          ) -> None:
     """Store the limits given; the others are left as they are. Lowering a limit pauses nothing."""
     c = ctl(ctx)
-    given = {"installed": installed, "running": running, "gpus": gpus, "gpu_memory_gib": gpu_memory_gib}
-    given = {k: v for k, v in given.items() if v is not None}
+    options = {"installed": installed, "running": running, "gpus": gpus, "gpu_memory_gib": gpu_memory_gib}
+    given = {k: v for k, v in options.items() if v is not None}
     if not given:
         raise Failure("give at least one of --installed, --running, --gpus, --gpu-memory-gib", Exit.USAGE)
     policy = instance_pb2.QuotaPolicy(name=policy_name(name, c.namespace), etag=etag)
