@@ -22,6 +22,7 @@ generation and counts the updated pods the rule predicts), never after a sleep.
 from __future__ import annotations
 
 import copy
+import time
 from typing import Any
 
 import pytest
@@ -41,7 +42,7 @@ INPLACE_STATE = "apps.kruise.io/inplace-update-state"
 
 
 async def upgrade(game: Game, *, partition: int | None = None, max_unavailable: Any = None,
-                  image: str = NEW) -> None:
+                  paused: bool | None = None, image: str = NEW) -> None:
     """An image-only template change, with the rolling update settings, in one GameServerSet write."""
     def mutate(spec: dict) -> None:
         spec["gameServerTemplate"]["spec"]["containers"][0]["image"] = image
@@ -50,6 +51,8 @@ async def upgrade(game: Game, *, partition: int | None = None, max_unavailable: 
             rolling["partition"] = partition
         if max_unavailable is not None:
             rolling["maxUnavailable"] = max_unavailable
+        if paused is not None:
+            rolling["paused"] = paused
     await game.update_gss(GSS, mutate)
 
 
@@ -137,8 +140,10 @@ async def test_partition_with_equal_priorities_updates_the_highest_ordinals_in_p
         before = await game.pods(GSS)
         old = revisions(before)[0]
 
+        started = time.perf_counter()
         await upgrade(game, partition=2)
         asts = await settled(game, updated=2)
+        print(f"template write to 2 pods on the new revision: {time.perf_counter() - started:.2f}s")
         new = asts["status"]["updateRevision"]
         assert new != old and asts["status"]["currentRevision"] == old
 
@@ -322,3 +327,28 @@ async def test_max_unavailable_bounds_the_in_place_updates_in_flight(testbed: Te
         assert revisions(await game.pods(GSS)) == {0: new, 1: new, 2: old}
         assert await wait_for(lambda: _states_are(game, {0: "Ready", 1: "Updating", 2: "Ready"}), 30,
                               what="GameServer 0 Ready again, 1 Updating, 2 untouched")
+
+
+async def test_paused_rolling_update_moves_no_pod_while_new_pods_start_on_the_new_revision(
+        testbed: Testbed, k8s_namespace: str) -> None:
+    async with api_client(testbed.kubeconfig) as api:
+        game = Game(api, k8s_namespace)
+        await start(game, testbed, 2)
+        old = revisions(await game.pods(GSS))[0]
+        # The template change and `paused` in one write, partition 0: nothing rolls...
+        await upgrade(game, partition=0, paused=True)
+        asts = await settled(game, updated=0)
+        new = asts["status"]["updateRevision"]
+        assert asts["spec"]["updateStrategy"]["rollingUpdate"]["paused"] is True
+        assert revisions(await game.pods(GSS)) == {0: old, 1: old}
+
+        # ...and a new id starts on the new revision (two old others, not fewer than partition 0).
+        await game.update_gss(GSS, lambda s: s.update(replicas=3))
+        await game.wait_running(GSS, {0, 1, 2})
+        await settled(game, updated=1)
+        assert revisions(await game.pods(GSS)) == {0: old, 1: old, 2: new}
+
+        # The gateway then holds what it must (partition) and unpauses: still nothing moves.
+        await game.update_gss(GSS, lambda s: s["updateStrategy"]["rollingUpdate"].update(partition=2, paused=False))
+        await settled(game, updated=1)
+        assert revisions(await game.pods(GSS)) == {0: old, 1: old, 2: new}
