@@ -110,12 +110,17 @@ class Plan:
     def held(self) -> frozenset[int]:
         return self.ids(Action.HOLD)
 
-    def writes(self, partition_now: int, priorities_now: Mapping[int, int]) -> list[Write]:
+    def writes(self, partition_now: int, priorities_now: Mapping[int, int], paused_now: bool = False
+               ) -> list[Write]:
         """The writes from what the cluster has to this plan, in a safe order.
 
         1. the partition raised to max(now, planned): fewer pods may be new, never more;
         2. the priorities that change, raised ones first;
-        3. the partition set to the plan's.
+        3. the partition set to the plan's, and the rolling update unpaused.
+
+        A template change arrives paused (the template service writes it with `paused: true`, so nothing
+        rolls before a plan exists, while new pods already start on it): then nothing moves until (3),
+        whatever the partition and priorities left by an earlier rollout.
 
         With the same pods old under both plans, at most ``old - max(held now, held planned)`` old pods may move
         at any step, and from (2) on at least as many movers of the new plan rank above every pod held by
@@ -131,16 +136,17 @@ class Plan:
             out.append(Write(partition=high))
         changes = sorted(((-p, i) for i, p in self.priorities.items() if priorities_now.get(i, HOLD) != p))
         out.extend(Write(id=i, priority=-p) for p, i in changes)
-        if self.partition != high:
-            out.append(Write(partition=self.partition))
+        if self.partition != high or paused_now:
+            out.append(Write(partition=self.partition, paused=False if paused_now else None))
         return out
 
 
 @dataclass(frozen=True)
 class Write:
-    """One write: the GameServerSet's partition, or one GameServer's updatePriority."""
+    """One write: the GameServerSet's partition (and `paused`), or one GameServer's updatePriority."""
 
     partition: int | None = None
+    paused: bool | None = None
     id: int | None = None
     priority: int | None = None
 

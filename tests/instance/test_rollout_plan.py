@@ -47,13 +47,13 @@ class Pod:
 class Workload:
     """One Advanced StatefulSet as the tests pin it: every live id has a pod, replicas = len(pods)."""
 
-    def __init__(self, pods: dict[int, Pod], partition: int = 0):
-        self.pods, self.partition = pods, partition
+    def __init__(self, pods: dict[int, Pod], partition: int = 0, paused: bool = False):
+        self.pods, self.partition, self.paused = pods, partition, paused
 
     def chosen(self) -> list[int]:
         """The pods the controller keeps on (or moves to) the update revision, in its order."""
         quota = len(self.pods) - self.partition
-        if quota <= 0:
+        if quota <= 0 or self.paused:
             return []
         desc = sorted(self.pods, reverse=True)
         updated = [i for i in desc if self.pods[i].new]
@@ -80,6 +80,8 @@ class Workload:
     def apply(self, write: Write) -> None:
         if write.partition is not None:
             self.partition = write.partition
+            if write.paused is not None:
+                self.paused = write.paused
         else:
             assert write.id is not None
             self.pods[write.id].label = write.priority
@@ -153,6 +155,7 @@ def test_writes_raise_the_partition_first_and_lower_it_last() -> None:
     # The other way: everything held, now 1 may move.
     assert out.writes(3, {0: HOLD, 1: HOLD, 2: HOLD}) == [Write(id=1, priority=MOVE), Write(partition=2)]
     assert out.writes(2, out.priorities) == []
+    assert out.writes(2, out.priorities, paused_now=True) == [Write(partition=2, paused=False)]
 
 
 def test_swapping_a_mover_and_a_held_instance_raises_before_it_lowers() -> None:
@@ -250,3 +253,19 @@ def test_no_write_order_step_lets_a_pod_roll_that_both_plans_hold(data: st.DataO
     assert w.partition == second.partition
     assert {i: p.label for i, p in w.pods.items()} == dict(second.priorities)
     assert w.roll() == second.moving
+
+
+@settings(max_examples=300, deadline=None)
+@given(views(), st.integers(0, 12), st.dictionaries(st.integers(0, 12), st.sampled_from([HOLD, MOVE])))
+def test_a_paused_template_change_rolls_nothing_before_the_plan_is_in_place(
+        v: View, partition: int, leftover: dict[int, int]) -> None:
+    """Whatever partition and priorities an earlier rollout left, the writes of a plan made after a paused
+    template change let no held pod roll at any step, and then exactly the movers."""
+    out = rollout.plan(v)
+    w = workload(v, leftover, partition)
+    w.paused = True
+    start = {i: w.pods[i].label for i in w.pods}
+    for write in out.writes(partition, start, paused_now=True):
+        assert not set(w.chosen()) & out.held
+        w.apply(write)
+    assert not w.paused and w.roll() == out.moving
