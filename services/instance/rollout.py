@@ -76,12 +76,15 @@ class View:
     members: tuple[Member, ...]
     requested: frozenset[int] = frozenset()  # ids whose owner or an admin said "update now"
     in_place: bool = True  # the change is image/metadata only (InPlaceIfPossible keeps the pod)
+    # How late a recorded activity may be: the auth service writes `last_access_at` every 5 s and moves an
+    # instance's time on only by whole minutes, so a busy instance can look a minute older than it is.
+    activity_lag: timedelta = timedelta(0)
 
     @classmethod
     def of(cls, target: str, policy: Policy, idle_after: timedelta, now: datetime, members: Iterable[Member],
-           requested: Iterable[int] = (), in_place: bool = True) -> View:
+           requested: Iterable[int] = (), in_place: bool = True, activity_lag: timedelta = timedelta(0)) -> View:
         return cls(target, policy, idle_after, now, tuple(sorted(members, key=lambda m: m.id)),
-                   frozenset(requested), in_place)
+                   frozenset(requested), in_place, activity_lag)
 
 
 @dataclass(frozen=True)
@@ -156,8 +159,10 @@ class RolloutInvariantError(GatewayError):
 
 
 def idle(member: Member, view: View) -> bool:
-    """No recorded activity for the threshold. Never accessed counts as idle: nobody is using it."""
-    return member.last_activity is None or view.now - member.last_activity >= view.idle_after
+    """No recorded activity for the threshold (plus the recording's lag). Never accessed counts as idle."""
+    if member.last_activity is None:
+        return True
+    return view.now - member.last_activity >= view.idle_after + view.activity_lag
 
 
 def decide(member: Member, view: View) -> Decision:

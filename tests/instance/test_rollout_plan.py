@@ -123,6 +123,13 @@ def test_the_threshold_is_inclusive_and_never_accessed_is_idle() -> None:
     assert (out.moving, out.held, out.partition) == ({0, 1}, {2}, 1)
 
 
+def test_the_recording_lag_is_added_to_the_threshold() -> None:
+    members = [Member(0, True, OLD, NOW - IDLE_AFTER), Member(1, True, OLD, NOW - IDLE_AFTER - timedelta(minutes=2))]
+    v = View.of(NEW, Policy.WHEN_IDLE, IDLE_AFTER, NOW, members, activity_lag=timedelta(seconds=65))
+    out = rollout.plan(v)
+    assert (out.held, out.moving) == ({0}, {1})
+
+
 def test_immediate_moves_every_live_instance_and_manual_only_the_requested() -> None:
     members = [Member(0, True, OLD, ago(0)), Member(1, True, OLD, ago(60)), Member(2, True, NEW, ago(0))]
     out = rollout.plan(view(members, Policy.IMMEDIATE))
