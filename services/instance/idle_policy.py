@@ -83,7 +83,8 @@ def decide(facts: Facts, now: datetime, warning_seconds: float) -> Decision:
     deadline = facts.last_activity + timedelta(seconds=facts.timeout)
     lead = timedelta(seconds=warning_seconds)
     if now < deadline - lead:
-        return Decision(Action.NONE)
+        # Not due: an announcement made under a shorter timeout (the template's was raised since) is withdrawn.
+        return Decision(Action.CANCEL if outstanding else Action.NONE)
     if facts.has_probe and not facts.probed_idle:
         return Decision(Action.PROBE)
     if not facts.announced:

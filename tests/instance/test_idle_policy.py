@@ -196,3 +196,15 @@ def test_never_and_paused_instances() -> None:
     assert run(live(timeout=None), at(10_000))[0] is Action.NONE
     assert run(live(slot="PAUSED"), at(10_000))[0] is Action.NONE
     assert run(live(slot="PAUSED", scheduled_pause=at(30), warned_activity=T0), at(31))[0] is Action.CANCEL
+
+
+def test_a_longer_timeout_set_after_the_warning_withdraws_it() -> None:
+    action, facts = run(live(), at(20))
+    assert action is Action.WARN
+    action, facts = run(dataclasses.replace(facts, timeout=7200.0), at(21))  # the admin set idle-after 2h
+    assert action is Action.CANCEL
+    assert run(facts, at(109))[0] is Action.NONE and run(facts, at(110))[0] is Action.WARN
+    shorter = run(live(), at(20))[1]  # a shorter timeout keeps the time the owner was promised
+    assert run(dataclasses.replace(shorter, timeout=60.0), at(25)) == (Action.NONE, dataclasses.replace(
+        shorter, timeout=60.0))
+    assert run(dataclasses.replace(shorter, timeout=60.0), at(30))[0] is Action.PAUSE

@@ -253,6 +253,11 @@ async def test_keep_alive_withdraws_the_announcement_and_exemptions_are_admin_on
                                               metadata=admin)
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
 
+    await client.pause("alice", name)  # a paused instance has no idle clock: resume it instead
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await client.stub.KeepInstanceAlive(instance_pb2.KeepInstanceAliveRequest(name=name), metadata=alice)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "resume" in str(err.value.details())
+
 
 async def test_injected_clock_gpu_and_cpu_timeouts_accesses_keep_alive_resume_and_exemption(
         testbed: Testbed, game: Game, database_url: str, issuer: Issuer, start_gateway, client_for,
