@@ -36,6 +36,10 @@ PHONE = {"width": 390, "height": 844}
 # A quota for a user of test_quota.py alone (quotas apply per user; the other tests' users stay unlimited).
 QUOTA_USER = "quinn"
 QUOTAS = {f"AIGC_GATEWAY__INSTANCE__QUOTAS__USERS__{QUOTA_USER.upper()}__RUNNING": "1"}
+# Idle auto-pause for test_idle.py's template alone: its `idle-after` annotation is short; every other template
+# keeps the configured defaults (hours), so no other test's instance is warned or paused. A short warning lead
+# and a fast culler pass make the warning and the pause come within a minute.
+IDLE = {"AIGC_GATEWAY__INSTANCE__IDLE__WARNING_SECONDS": "25", "AIGC_GATEWAY__INSTANCE__IDLE__INTERVAL_SECONDS": "1"}
 STACK_TIMEOUT = 600  # a cold `scripts/dev` start on a loaded 2-core machine
 
 
@@ -81,7 +85,7 @@ def dev_stack(testbed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> Ite
     log = (state / "stack.log").open("w+")
     proc = subprocess.Popen(
         [sys.executable, "-m", "devstack", "--namespace", namespace, "--state-dir", str(state)],
-        cwd=REPO, env={**os.environ, "AIGC_DEV_PORT_OFFSET": str(offset), **QUOTAS}, stdout=log, stderr=subprocess.STDOUT,
+        cwd=REPO, env={**os.environ, "AIGC_DEV_PORT_OFFSET": str(offset), **QUOTAS, **IDLE}, stdout=log, stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL)
     try:
         banner = _wait_ready(proc, state / "stack.log")
