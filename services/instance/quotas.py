@@ -2,10 +2,10 @@
 
 Limits come from configuration (``instance.quotas``) overlaid field by field by the policies admins store
 through the API (quota_policies.py): a default for everyone, overrides per role claim and per user, and a
-running limit per template. Unset means unlimited. Stored policies are read inside the locks, never cached. A paused instance counts
-as installed, not running: its GPU is free, its disk is not. What a running instance costs is what its
-template's first container requests (``nvidia.com/gpu`` units, ``aliyun.com/gpu-mem`` GiB), whether or not the
-cluster can schedule it.
+running limit per template. Unset means unlimited. Stored policies are read inside the locks, never cached. A
+paused instance counts as installed, not running: its GPU is free, its disk is not. What a running instance
+costs is what its template's first container requests (``nvidia.com/gpu`` units, ``aliyun.com/gpu-mem`` GiB),
+whether or not the cluster can schedule it.
 
 Enforced where ids are decided: install and resume check usage after the template's allocator step resolved
 leftover intents, under the template lock (so two resumes on one template cannot both take the last place).
