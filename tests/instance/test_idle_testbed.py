@@ -90,7 +90,7 @@ async def collect(stream: Any, into: list[instance_pb2.InstanceEvent]) -> None:
 
 async def test_two_replicas_warn_then_pause_each_idle_instance_once(testbed: Testbed, game: Game, service_process,
                                                                    client_for, database: Database) -> None:
-    tpl = await idle_template(game, testbed, "idle-sd", **{"idle-after": "3s"})
+    tpl = await idle_template(game, testbed, "idle-sd", **{"idle-after": "5s"})
     a, b = await service_process(**idle_settings()), await service_process(**idle_settings())
     ca, cb = client_for(await launch(a)), client_for(await launch(b))
     admin = ca.md("admin")
@@ -98,12 +98,11 @@ async def test_two_replicas_warn_then_pause_each_idle_instance_once(testbed: Tes
         idle_exemption=instance_pb2.IdleExemption(name="idleExemptions/dave", reason="long trainings")),
         metadata=admin)
     # dave first: his id is 0, so every pass that pauses another instance looked at his, due earlier, before.
-    names = {}
-    for user in ("dave", "alice", "bob", "carol"):
-        names[user] = (await ca.install(user, tpl)).name
-    events: list[instance_pb2.InstanceEvent] = []
+    names = {user: (await ca.install(user, tpl)).name for user in ("dave", "alice")}
+    events: list[instance_pb2.InstanceEvent] = []  # alice watches through the other replica from her install on
     watcher = asyncio.ensure_future(collect(cb.stub.WatchInstance(
         instance_pb2.WatchInstanceRequest(name=names["alice"]), metadata=cb.md("alice")), events))
+    names |= {user: (await ca.install(user, tpl)).name for user in ("bob", "carol")}
     for user in ("alice", "bob", "carol"):
         await wait_slot(database, game.namespace, int(names[user].rsplit("/", 1)[1]), "PAUSED", tpl)
     await ca.wait_state("alice", names["alice"], State.PAUSED)
