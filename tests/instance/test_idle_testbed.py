@@ -218,6 +218,9 @@ async def test_keep_alive_withdraws_the_announcement_and_exemptions_are_admin_on
     got = await client.get("alice", name)
     announced = next(e for e in events if e.reason == "IdlePauseScheduled").instance.scheduled_pause_time
     assert got.scheduled_pause_time == announced and announced.ToSeconds() > 0
+    listed = await client.stub.ListInstances(instance_pb2.ListInstancesRequest(parent=client.parent(tpl)),
+                                             metadata=client.md("alice"))
+    assert [i.scheduled_pause_time for i in listed.instances] == [announced]
 
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await client.stub.KeepInstanceAlive(instance_pb2.KeepInstanceAliveRequest(name=name), metadata=client.md("bob"))
