@@ -25,9 +25,9 @@ from enum import Enum
 
 from aigc_gateway.errors import GatewayError
 
-# OKG orders by the label's trailing digits only (`getIntFromStringSuffix`): "-5" reads as 5. Priorities
-# are therefore never negative; a held pod has the GameServer's default, so a GameServer made again after a
-# pause or a restart (which resets it to 0) starts held until the next plan says otherwise.
+# Priorities are never negative: the pod label OKG orders by cannot hold "-5" (not a valid label value; the
+# apiserver refuses it and the pod keeps its old label). A held pod has the GameServer's default, so a
+# GameServer made again after a pause or a recreation (which resets it to 0) starts held.
 HOLD = 0
 MOVE = 1
 
@@ -132,6 +132,10 @@ class Plan:
         the property test found that order unsafe). A pod the old plan let move and this one holds (its owner
         came back before it rolled) may still roll before (1) lands: nothing the gateway writes closes that
         window, it only keeps it one write short.
+
+        Whoever applies the writes confirms every priority on its pod's label before the last write: the
+        GameServer controller can write back a stale `updatePriority` moments after ours (seen on the test
+        bed), and a mover left at HOLD would tie with the held pods once the partition is lowered.
         """
         out: list[Write] = []
         high = max(partition_now, self.partition)

@@ -27,6 +27,7 @@ from typing import Any
 
 import pytest
 from kubernetes_asyncio import client
+from kubernetes_asyncio.client.exceptions import ApiException
 
 from tests.okg.test_facts import GSS, pvc_name, start
 from tests.plugins.kube import Game, api_client, wait_for
@@ -121,15 +122,23 @@ def condition(pod: client.V1Pod, kind: str) -> str | None:
 
 
 async def act_as_kubelet(game: Game, i: int, image: str = NEW) -> None:
-    """What a kubelet reports once it restarted the container on the new image (kwok never does)."""
-    pod = await game.core.read_namespaced_pod(f"{GSS}-{i}", game.namespace)
-    status = copy.deepcopy(pod.status)
-    status.container_statuses[0].image = image
-    for c in status.conditions:
-        if c.type == "Ready":
-            c.status, c.reason, c.message = "True", None, None
-    pod.status = status
-    await game.core.replace_namespaced_pod_status(pod.metadata.name, game.namespace, pod)
+    """What a kubelet reports once it restarted the container on the new image (kwok never does). Read,
+    modify, replace with the resourceVersion read; again on 409 (the controllers write the pod too)."""
+    for _ in range(20):
+        pod = await game.core.read_namespaced_pod(f"{GSS}-{i}", game.namespace)
+        status = copy.deepcopy(pod.status)
+        status.container_statuses[0].image = image
+        for c in status.conditions:
+            if c.type == "Ready":
+                c.status, c.reason, c.message = "True", None, None
+        pod.status = status
+        try:
+            await game.core.replace_namespaced_pod_status(pod.metadata.name, game.namespace, pod)
+            return
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+    raise AssertionError(f"could not write pod {i}'s status: conflicts persisted")
 
 
 async def test_partition_with_equal_priorities_updates_the_highest_ordinals_in_place(
@@ -352,3 +361,50 @@ async def test_paused_rolling_update_moves_no_pod_while_new_pods_start_on_the_ne
         await game.update_gss(GSS, lambda s: s["updateStrategy"]["rollingUpdate"].update(partition=2, paused=False))
         await settled(game, updated=1)
         assert revisions(await game.pods(GSS)) == {0: old, 1: old, 2: new}
+
+
+async def test_a_change_that_cannot_be_made_in_place_recreates_pods_on_their_disks_and_resets_priority(
+        testbed: Testbed, k8s_namespace: str) -> None:
+    async with api_client(testbed.kubeconfig) as api:
+        game = Game(api, k8s_namespace)
+        await start(game, testbed, 2)
+        before = await game.pods(GSS)
+        disks = {n: p.metadata.uid for n, p in (await game.pvcs()).items()}
+        await set_priority(game, 1, 7)
+
+        # The container's args change: not image or metadata only, so InPlaceIfPossible recreates.
+        await game.update_gss(GSS, lambda s: s["gameServerTemplate"]["spec"]["containers"][0].update(
+            args=["--listen", "--skip-torch-cuda-test"]))
+
+        async def recreated() -> dict | None:
+            pods = await game.pods(GSS)
+            ok = (set(pods) == {0, 1} and all(p.status.phase == "Running" for p in pods.values())
+                  and all(pods[i].metadata.uid != before[i].metadata.uid for i in (0, 1)))
+            return pods if ok else None
+        pods = await wait_for(recreated, 60, what="both pods made again and Running")
+        new = (await settled(game, updated=2))["status"]["updateRevision"]
+        assert revisions(pods) == {0: new, 1: new}
+        assert all(INPLACE_STATE not in (p.metadata.annotations or {}) for p in pods.values())
+        assert {n: p.metadata.uid for n, p in (await game.pvcs()).items()} == disks  # same disks
+        # The GameServer went with its pod and was made again with the default priority.
+        assert (await game.game_servers(GSS))[1]["spec"]["updatePriority"] == 0
+
+
+async def test_a_negative_priority_is_accepted_on_the_game_server_but_cannot_reach_the_pod(
+        testbed: Testbed, k8s_namespace: str) -> None:
+    async with api_client(testbed.kubeconfig) as api:
+        game = Game(api, k8s_namespace)
+        await start(game, testbed, 1)
+        gs = await game.custom.patch_namespaced_custom_object(
+            "game.kruise.io", "v1alpha1", game.namespace, "gameservers", f"{GSS}-0",
+            [{"op": "add", "path": "/spec/updatePriority", "value": -5}])
+        assert gs["spec"]["updatePriority"] == -5
+        # What the GameServer controller would copy to the pod is not a valid label value (it must start and
+        # end with a letter or digit): the apiserver refuses it on any object (a dry-run ConfigMap here, so no
+        # pod webhook answers first), so the pod keeps its old label and OKG orders by that.
+        with pytest.raises(ApiException) as refused:
+            await game.core.create_namespaced_config_map(
+                game.namespace, client.V1ConfigMap(metadata=client.V1ObjectMeta(
+                    name="priority-label", labels={PRIORITY: "-5"})), dry_run="All")
+        assert refused.value.status == 422 and "metadata.labels" in refused.value.body
+        assert (await game.pods(GSS))[0].metadata.labels[PRIORITY] == "0"
