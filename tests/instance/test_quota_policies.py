@@ -7,6 +7,8 @@ user precedence, the roles a user last acted with). Enforcement on the test bed:
 """
 from __future__ import annotations
 
+import statistics
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -214,3 +216,18 @@ async def test_update_is_audited_without_secrets(api, database) -> None:
     assert event.details["changes"] == {"running": "0", "gpus": "unlimited", "installed": "inherit"}
     assert event.details["version"] == 1
     assert "eyJ" not in str(event.details)  # no token
+
+
+async def test_latency_is_printed(api) -> None:
+    """Not a bar: what an admin call and a usage read (which now reads the stored policies) cost here."""
+    for label, call in (("UpdateQuotaPolicy", lambda i: api.update(instance_pb2.QuotaPolicy(
+            name="users/lat/quotaPolicy", running=Q(maximum=i)), "running")),
+                        ("GetQuotaPolicy", lambda i: api.get("users/lat/quotaPolicy")),
+                        ("GetQuotaUsage", lambda i: api.usage("lat"))):
+        took = []
+        for i in range(30):
+            started = time.perf_counter()
+            await call(i)
+            took.append((time.perf_counter() - started) * 1000)
+        print(f"{label}: median {statistics.median(took):.1f} ms, max {max(took):.1f} ms over 30")
+    assert values(await api.get("users/lat/quotaPolicy")) == {"running": 29}
