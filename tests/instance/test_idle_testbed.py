@@ -255,6 +255,13 @@ async def test_keep_alive_withdraws_the_announcement_and_exemptions_are_admin_on
                                               metadata=admin)
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
 
+    async with database.session() as session:  # every change is audited, with who made it
+        audited = [(r.action.split(".")[1], r.actor, r.outcome, r.resource) for r in (await session.execute(
+            select(AuditEventRow).where(AuditEventRow.action.like("%Idle%") | AuditEventRow.action.like("%KeepInstance%"))
+            .order_by(AuditEventRow.id))).scalars()]
+    assert [a for a in audited if a[2] == "SUCCESS"] == [
+        ("KeepInstanceAlive", "alice", "SUCCESS", name), ("CreateIdleExemption", "admin", "SUCCESS", "idleExemptions/alice"),
+        ("DeleteIdleExemption", "admin", "SUCCESS", "idleExemptions/alice")]
     await client.pause("alice", name)  # a paused instance has no idle clock: resume it instead
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await client.stub.KeepInstanceAlive(instance_pb2.KeepInstanceAliveRequest(name=name), metadata=alice)

@@ -1001,7 +1001,10 @@ export interface components {
             message?: string;
         };
         /** @description Request for KeepInstanceAlive. */
-        KeepInstanceAliveBody: Record<string, never>;
+        KeepInstanceAliveBody: {
+            /** @description Client-chosen idempotency key; a replay returns the first result. */
+            requestId?: string;
+        };
         /**
          * @description What kind of caller.
          *
@@ -2079,7 +2082,10 @@ export interface operations {
     };
     InstanceService_DeleteIdleExemption: {
         parameters: {
-            query?: never;
+            query?: {
+                /** @description Client-chosen idempotency key; a replay returns the first result. */
+                requestId?: string;
+            };
             header?: never;
             path: {
                 idleExemption: string;

@@ -1806,7 +1806,9 @@ func (x *UpdateQuotaPolicyRequest) GetRequestId() string {
 type KeepInstanceAliveRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The instance name.
-	Name          string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Client-chosen idempotency key; a replay returns the first result.
+	RequestId     string `protobuf:"bytes,2,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1844,6 +1846,13 @@ func (*KeepInstanceAliveRequest) Descriptor() ([]byte, []int) {
 func (x *KeepInstanceAliveRequest) GetName() string {
 	if x != nil {
 		return x.Name
+	}
+	return ""
+}
+
+func (x *KeepInstanceAliveRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
 	}
 	return ""
 }
@@ -2090,7 +2099,9 @@ func (x *ListIdleExemptionsResponse) GetNextPageToken() string {
 type DeleteIdleExemptionRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// `idleExemptions/{user}`.
-	Name          string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Client-chosen idempotency key; a replay returns the first result.
+	RequestId     string `protobuf:"bytes,2,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2128,6 +2139,13 @@ func (*DeleteIdleExemptionRequest) Descriptor() ([]byte, []int) {
 func (x *DeleteIdleExemptionRequest) GetName() string {
 	if x != nil {
 		return x.Name
+	}
+	return ""
+}
+
+func (x *DeleteIdleExemptionRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
 	}
 	return ""
 }
@@ -2288,9 +2306,11 @@ const file_aigc_gateway_v1_instance_proto_rawDesc = "" +
 	"\vupdate_mask\x18\x02 \x01(\v2\x1a.google.protobuf.FieldMaskR\n" +
 	"updateMask\x12\x1d\n" +
 	"\n" +
-	"request_id\x18\x03 \x01(\tR\trequestId\"4\n" +
+	"request_id\x18\x03 \x01(\tR\trequestId\"S\n" +
 	"\x18KeepInstanceAliveRequest\x12\x18\n" +
-	"\x04name\x18\x01 \x01(\tB\x04\xe2A\x01\x02R\x04name\"\xe4\x01\n" +
+	"\x04name\x18\x01 \x01(\tB\x04\xe2A\x01\x02R\x04name\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x02 \x01(\tR\trequestId\"\xe4\x01\n" +
 	"\rIdleExemption\x12\x18\n" +
 	"\x04name\x18\x01 \x01(\tB\x04\xe2A\x01\bR\x04name\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\x12A\n" +
@@ -2309,10 +2329,12 @@ const file_aigc_gateway_v1_instance_proto_rawDesc = "" +
 	"page_token\x18\x02 \x01(\tR\tpageToken\"\x8d\x01\n" +
 	"\x1aListIdleExemptionsResponse\x12G\n" +
 	"\x0fidle_exemptions\x18\x01 \x03(\v2\x1e.aigc.gateway.v1.IdleExemptionR\x0eidleExemptions\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"X\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"w\n" +
 	"\x1aDeleteIdleExemptionRequest\x12:\n" +
 	"\x04name\x18\x01 \x01(\tB&\xe2A\x01\x02\xfaA\x1f\n" +
-	"\x1daigc.gateway.v1/IdleExemptionR\x04name2\xb3\x17\n" +
+	"\x1daigc.gateway.v1/IdleExemptionR\x04name\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x02 \x01(\tR\trequestId2\xb3\x17\n" +
 	"\x0fInstanceService\x12\x8f\x01\n" +
 	"\x0eCreateInstance\x12&.aigc.gateway.v1.CreateInstanceRequest\x1a\x19.aigc.gateway.v1.Instance\":\x82\xd3\xe4\x93\x024:\x01*\"//v1/{parent=namespaces/*/templates/*}/instances\x12\x86\x01\n" +
 	"\vGetInstance\x12#.aigc.gateway.v1.GetInstanceRequest\x1a\x19.aigc.gateway.v1.Instance\"7\x82\xd3\xe4\x93\x021\x12//v1/{name=namespaces/*/templates/*/instances/*}\x12\x97\x01\n" +
