@@ -16,6 +16,7 @@ from typing import Any
 import grpc
 import pytest
 from kubernetes_asyncio.client.exceptions import ApiException
+from prometheus_client import REGISTRY
 from sqlalchemy import func, select
 
 from aigc_gateway.api.v1 import instance_pb2
@@ -293,6 +294,8 @@ async def test_injected_clock_gpu_and_cpu_timeouts_accesses_keep_alive_resume_an
     now = [since]
     assert service.culler is not None
     service.culler.clock = lambda: now[0]
+    counted = {m: REGISTRY.get_sample_value(m) or 0.0 for m in ("aigc_instance_idle_warnings_total",
+                                                                 "aigc_instance_idle_pauses_total")}
 
     async def step(minutes: float) -> dict[str, int]:
         now[0] = since + timedelta(minutes=minutes)
@@ -337,6 +340,9 @@ async def test_injected_clock_gpu_and_cpu_timeouts_accesses_keep_alive_resume_an
     assert await step(1) == {} and await step(19) == {}
     assert await step(20) == {"warn": 1}
     assert len(await culler_pauses(database, game.namespace)) == 4
+    # Metrics (this process's): six announcements (dave's twice) and four pauses.
+    assert {m: (REGISTRY.get_sample_value(m) or 0.0) - v for m, v in counted.items()} == {
+        "aigc_instance_idle_warnings_total": 6, "aigc_instance_idle_pauses_total": 4}
     await c.wait_consistent(90)
 
 
