@@ -30,6 +30,8 @@ from aigc_gateway.errors import GatewayError
 # GameServer made again after a pause or a recreation (which resets it to 0) starts held.
 HOLD = 0
 MOVE = 1
+# The pod label of the template's in-place update hook (`spec.lifecycle.inPlaceUpdate.labelsHandler`).
+HOLD_LABEL = "aigc.gateway.io/update-hold"
 
 
 class Policy(str, Enum):
@@ -113,13 +115,21 @@ class Plan:
     def held(self) -> frozenset[int]:
         return self.ids(Action.HOLD)
 
-    def writes(self, partition_now: int, priorities_now: Mapping[int, int], paused_now: bool = False
-               ) -> list[Write]:
+    def writes(self, partition_now: int, priorities_now: Mapping[int, int], paused_now: bool = False,
+               holds_now: Iterable[int] = ()) -> list[Write]:
         """The writes from what the cluster has to this plan, in a safe order.
 
+        0. the hold label (:data:`HOLD_LABEL`) put on every held pod that lacks it;
         1. the partition raised to max(now, planned): fewer pods may be new, never more;
         2. the priorities that change, raised ones first;
-        3. the partition set to the plan's, and the rolling update unpaused.
+        3. the partition set to the plan's, and the rolling update unpaused;
+        4. the hold label taken off the movers.
+
+        The hold label is the guarantee: the template's in-place update hook parks a labelled pod in
+        PreparingUpdate even when the controller chooses it (tests/okg/test_update_facts.py), so a held pod
+        cannot roll in place whatever the partition and priorities say, and the gateway alone writes that
+        label. The partition and priorities keep the controller from choosing held pods at all (their
+        GameServers stay Ready rather than PreUpdate).
 
         A template change arrives paused (the template service writes it with `paused: true`, so nothing
         rolls before a plan exists, while new pods already start on it): then nothing moves until (3),
@@ -137,7 +147,8 @@ class Plan:
         GameServer controller can write back a stale `updatePriority` moments after ours (seen on the test
         bed), and a mover left at HOLD would tie with the held pods once the partition is lowered.
         """
-        out: list[Write] = []
+        holds = frozenset(holds_now)
+        out: list[Write] = [Write(id=i, hold=True) for i in sorted(self.held - holds)]
         high = max(partition_now, self.partition)
         if high != partition_now:
             out.append(Write(partition=high))
@@ -145,17 +156,20 @@ class Plan:
         out.extend(Write(id=i, priority=-p) for p, i in changes)
         if self.partition != high or paused_now:
             out.append(Write(partition=self.partition, paused=False if paused_now else None))
+        out.extend(Write(id=i, hold=False) for i in sorted(holds & self.moving))
         return out
 
 
 @dataclass(frozen=True)
 class Write:
-    """One write: the GameServerSet's partition (and `paused`), or one GameServer's updatePriority."""
+    """One write: the GameServerSet's partition (and `paused`), one GameServer's updatePriority, or the hold
+    label on one pod."""
 
     partition: int | None = None
     paused: bool | None = None
     id: int | None = None
     priority: int | None = None
+    hold: bool | None = None
 
 
 class RolloutInvariantError(GatewayError):

@@ -42,6 +42,7 @@ def ago(minutes: float) -> datetime:
 class Pod:
     new: bool  # on the update revision
     label: int | None  # game.kruise.io/gs-update-priority; None until the GameServer controller copies it
+    hold: bool = False  # the in-place update hook's label: chosen, it is parked instead of updated
 
 
 class Workload:
@@ -64,8 +65,9 @@ class Workload:
         return (updated + waiting)[:quota]
 
     def roll(self) -> set[int]:
-        """Update every chosen old pod (in-place updates finishing at once); the ids that moved."""
-        moved = {i for i in self.chosen() if not self.pods[i].new}
+        """Update every chosen old pod without the hold label (in-place updates finishing at once); the ids
+        that moved."""
+        moved = {i for i in self.chosen() if not self.pods[i].new and not self.pods[i].hold}
         for i in moved:
             self.pods[i].new = True
         return moved
@@ -82,6 +84,9 @@ class Workload:
             self.partition = write.partition
             if write.paused is not None:
                 self.paused = write.paused
+        elif write.hold is not None:
+            assert write.id is not None
+            self.pods[write.id].hold = write.hold
         else:
             assert write.id is not None
             self.pods[write.id].label = write.priority
@@ -158,11 +163,13 @@ def test_writes_raise_the_partition_first_and_lower_it_last() -> None:
     members = [Member(0, True, OLD, ago(0)), Member(1, True, OLD, ago(60)), Member(2, True, OLD, ago(0))]
     # Before: 1 held (0), 1 and 2 moving. Now 2 is busy again and 1 idle: hold 0 and 2.
     out = rollout.plan(view(members))
-    assert out.writes(1, {0: HOLD, 1: MOVE, 2: MOVE}) == [Write(partition=2), Write(id=2, priority=HOLD)]
-    # The other way: everything held, now 1 may move.
-    assert out.writes(3, {0: HOLD, 1: HOLD, 2: HOLD}) == [Write(id=1, priority=MOVE), Write(partition=2)]
-    assert out.writes(2, out.priorities) == []
-    assert out.writes(2, out.priorities, paused_now=True) == [Write(partition=2, paused=False)]
+    assert out.writes(1, {0: HOLD, 1: MOVE, 2: MOVE}, holds_now={0}) == [
+        Write(id=2, hold=True), Write(partition=2), Write(id=2, priority=HOLD)]
+    # The other way: everything held, now 1 may move: its hold label goes last.
+    assert out.writes(3, {0: HOLD, 1: HOLD, 2: HOLD}, holds_now={0, 1, 2}) == [
+        Write(id=1, priority=MOVE), Write(partition=2), Write(id=1, hold=False)]
+    assert out.writes(2, out.priorities, holds_now={0, 2}) == []
+    assert out.writes(2, out.priorities, paused_now=True, holds_now={0, 2}) == [Write(partition=2, paused=False)]
 
 
 def test_swapping_a_mover_and_a_held_instance_raises_before_it_lowers() -> None:
@@ -172,8 +179,9 @@ def test_swapping_a_mover_and_a_held_instance_raises_before_it_lowers() -> None:
                                Member(7, True, OLD, ago(0))]))
     v = view([Member(2, True, OLD, None), Member(5, True, OLD, ago(0)), Member(7, True, OLD, ago(0))])
     second = rollout.plan(v)
-    writes = second.writes(first.partition, first.priorities)
-    assert writes == [Write(id=2, priority=MOVE), Write(id=5, priority=HOLD)]
+    writes = second.writes(first.partition, first.priorities, holds_now=first.held)
+    assert writes == [Write(id=5, hold=True), Write(id=2, priority=MOVE), Write(id=5, priority=HOLD),
+                      Write(id=2, hold=False)]
     w = workload(v, dict(first.priorities), first.partition)
     for write in writes:
         w.apply(write)
@@ -250,7 +258,7 @@ def test_no_write_order_step_lets_a_pod_roll_that_both_plans_hold(data: st.DataO
     both = first.held & second.held
     w = workload(before, dict(first.priorities), first.partition)
     assert not set(w.chosen()) & both
-    for write in second.writes(first.partition, first.priorities):
+    for write in second.writes(first.partition, first.priorities, holds_now=first.held):
         w.apply(write)
         assert not set(w.chosen()) & both, write
         # A pod made at this step for a new id still starts on the target.
@@ -272,7 +280,24 @@ def test_a_paused_template_change_rolls_nothing_before_the_plan_is_in_place(
     w = workload(v, leftover, partition)
     w.paused = True
     start = {i: w.pods[i].label for i in w.pods}
-    for write in out.writes(partition, start, paused_now=True):
+    for write in out.writes(partition, start, paused_now=True, holds_now=()):
         assert not set(w.chosen()) & out.held
         w.apply(write)
     assert not w.paused and w.roll() == out.moving
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_with_the_hold_labels_no_held_pod_rolls_whatever_the_controller_puts_back(data: st.DataObject) -> None:
+    """The GameServer controller can put back an updatePriority moments after the gateway wrote it; the
+    partition may be stale. With the hold labels written, the pods that roll are movers, whatever the
+    priorities and partition end up as."""
+    v = data.draw(views())
+    out = rollout.plan(v)
+    w = workload(v, {}, 0)
+    for write in out.writes(0, {}, holds_now=()):
+        w.apply(write)
+    for i in w.pods:  # any priority put back, any partition
+        w.pods[i].label = data.draw(st.sampled_from([None, HOLD, MOVE]))
+    w.partition = data.draw(st.integers(0, len(w.pods)))
+    assert w.roll() <= out.moving

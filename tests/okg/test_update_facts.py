@@ -30,7 +30,7 @@ from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from tests.okg.test_facts import GSS, pvc_name, start
-from tests.plugins.kube import Game, api_client, wait_for
+from tests.plugins.kube import Game, api_client, load_sample, wait_for
 from tests.plugins.testbed import Testbed
 
 pytestmark = pytest.mark.testbed
@@ -40,6 +40,7 @@ NEW = "yunqi-registry.cn-shanghai.cr.aliyuncs.com/lab/stable-diffusion:v1.0.1-cp
 PRIORITY = "game.kruise.io/gs-update-priority"
 REVISION = "controller-revision-hash"
 INPLACE_STATE = "apps.kruise.io/inplace-update-state"
+LIFECYCLE = "lifecycle.apps.kruise.io/state"
 
 
 async def upgrade(game: Game, *, partition: int | None = None, max_unavailable: Any = None,
@@ -217,7 +218,7 @@ async def test_in_place_update_keeps_pod_ip_and_disk_and_completes_when_the_kube
             assert condition(pod, "InPlaceUpdateReady") == "False"
             assert condition(pod, "Ready") == "False"  # the readiness gate holds it out of the Service
             assert new in pod.metadata.annotations[INPLACE_STATE]
-            assert pod.metadata.labels["lifecycle.apps.kruise.io/state"] == "Updating"
+            assert pod.metadata.labels[LIFECYCLE] == "Updating"
         assert await wait_for(lambda: _states_are(game, {0: "Updating", 1: "Updating"}), 30,
                               what="GameServers Updating")
 
@@ -226,7 +227,7 @@ async def test_in_place_update_keeps_pod_ip_and_disk_and_completes_when_the_kube
         async def done() -> client.V1Pod | None:
             pod = (await game.pods(GSS))[0]
             ok = (condition(pod, "InPlaceUpdateReady") == "True"
-                  and pod.metadata.labels.get("lifecycle.apps.kruise.io/state") == "Normal")
+                  and pod.metadata.labels.get(LIFECYCLE) == "Normal")
             return pod if ok else None
         pod = await wait_for(done, 30, what="in-place update of 0 complete")
         assert pod.metadata.uid == before[0].metadata.uid and pod.status.pod_ip == before[0].status.pod_ip
@@ -408,3 +409,60 @@ async def test_a_negative_priority_is_accepted_on_the_game_server_but_cannot_rea
                     name="priority-label", labels={PRIORITY: "-5"})), dry_run="All")
         assert refused.value.status == 422 and "metadata.labels" in refused.value.body
         assert (await game.pods(GSS))[0].metadata.labels[PRIORITY] == "0"
+
+
+HOLD_LABEL = "aigc.gateway.io/update-hold"  # any label works; the gateway would own this one
+
+
+async def test_an_in_place_update_hook_label_holds_a_chosen_pod_until_it_is_removed(
+        testbed: Testbed, k8s_namespace: str) -> None:
+    """kruise's lifecycle hook (GameServerSet `spec.lifecycle.inPlaceUpdate.labelsHandler`, copied to the
+    Advanced StatefulSet): a pod carrying the label is parked in PreparingUpdate instead of being updated, even
+    when partition and priorities choose it. A per-pod veto the controller cannot put back."""
+    async with api_client(testbed.kubeconfig) as api:
+        game = Game(api, k8s_namespace)
+        gss = load_sample(GSS, testbed.domain, k8s_namespace)
+        gss["spec"]["lifecycle"] = {"inPlaceUpdate": {"labelsHandler": {HOLD_LABEL: "true"}}}
+        await game.create_gss(gss)
+        await game.update_gss(GSS, lambda s: s.update(replicas=2))
+        before = await game.wait_running(GSS, {0, 1})
+        old = revisions(before)[0]
+        await game.core.patch_namespaced_pod(f"{GSS}-1", k8s_namespace, {"metadata": {"labels": {HOLD_LABEL: "true"}}})
+
+        await upgrade(game, partition=0)  # both chosen
+        new = (await settled(game, updated=1))["status"]["updateRevision"]
+
+        async def parked() -> client.V1Pod | None:
+            pod = (await game.pods(GSS))[1]
+            return pod if pod.metadata.labels.get(LIFECYCLE) == "PreparingUpdate" else None
+        pod = await wait_for(parked, 30, what="pod 1 parked in PreparingUpdate")
+        assert pod.metadata.labels[REVISION] == old and pod.spec.containers[0].image == OLD
+        assert pod.metadata.uid == before[1].metadata.uid and condition(pod, "Ready") == "True"
+        assert revisions(await game.pods(GSS)) == {0: new, 1: old}
+        # OKG shows the parked pod's GameServer as PreUpdate (the gateway must read it as running).
+        assert await wait_for(lambda: _states_are(game, {1: "PreUpdate"}), 30, what="GameServer 1 PreUpdate")
+
+        # The label removed, the update proceeds in place.
+        await game.core.patch_namespaced_pod(f"{GSS}-1", k8s_namespace, {"metadata": {"labels": {HOLD_LABEL: None}}})
+        await settled(game, updated=2)
+        pod = (await game.pods(GSS))[1]
+        assert pod.metadata.labels[REVISION] == new and pod.metadata.uid == before[1].metadata.uid
+
+
+async def test_a_lifecycle_change_alone_does_not_reach_the_workload(testbed: Testbed, k8s_namespace: str) -> None:
+    """kruise-game copies the GameServerSet to its Advanced StatefulSet only when a hash of the update
+    strategy, the pod template and the network changes: `spec.lifecycle` alone waits for such a change."""
+    async with api_client(testbed.kubeconfig) as api:
+        game = Game(api, k8s_namespace)
+        await start(game, testbed, 1)
+        hook = {"inPlaceUpdate": {"labelsHandler": {HOLD_LABEL: "true"}}}
+        await game.update_gss(GSS, lambda s: s.update(lifecycle=hook))
+        await settled(game, updated=1)  # the GameServerSet's status observed the write
+        assert "lifecycle" not in (await workload(game))["spec"]
+        await set_partition(game, 0)  # any change the hash covers carries it along
+        await wait_for(lambda: _workload_has_lifecycle(game), 30, what="lifecycle in the workload")
+        assert (await workload(game))["spec"]["lifecycle"] == hook
+
+
+async def _workload_has_lifecycle(game: Game) -> bool:
+    return "lifecycle" in (await workload(game))["spec"]
