@@ -525,3 +525,34 @@ async def _gss_replicas(game: Game, replicas: int) -> dict | None:
     status = gss.get("status") or {}
     ok = status.get("observedGeneration") == gss["metadata"]["generation"] and status.get("replicas") == replicas
     return status if ok else None
+
+
+async def test_a_metadata_only_change_moves_the_revision_without_restarting_anything(
+        testbed: Testbed, k8s_namespace: str) -> None:
+    async with api_client(testbed.kubeconfig) as api:
+        game = Game(api, k8s_namespace)
+        await start(game, testbed, 2)
+        before = await game.pods(GSS)
+        old = revisions(before)[0]
+        await game.update_gss(GSS, lambda s: s["gameServerTemplate"].setdefault("metadata", {}).update(
+            labels={"example.com/tier": "gold"}))
+        asts = await settled(game, updated=2)
+        new = asts["status"]["updateRevision"]
+        assert new != old
+
+        async def labelled() -> dict | None:
+            pods = await game.pods(GSS)
+            ok = all(p.metadata.labels.get("example.com/tier") == "gold"
+                     and p.metadata.labels.get(LIFECYCLE) == "Normal" for p in pods.values())
+            return pods if ok else None
+        pods = await wait_for(labelled, 30, what="both pods relabelled in place and back to Normal")
+        # Same pods, new revision; kruise's part is done at once (no image to wait for)...
+        assert revisions(pods) == {0: new, 1: new}
+        assert {i: p.metadata.uid for i, p in pods.items()} == {i: p.metadata.uid for i, p in before.items()}
+        assert all(condition(p, "InPlaceUpdateReady") == "True" for p in pods.values())
+        # ...but the readiness gate went False and back, and only a kubelet recomputes Ready: on kwok the pods
+        # stay NotReady until a test acts as the kubelet (the image is the old one, unchanged).
+        assert all(condition(p, "Ready") == "False" for p in pods.values())
+        for i in (0, 1):
+            await act_as_kubelet(game, i, image=OLD)
+        assert await wait_for(lambda: _states_are(game, {0: "Ready", 1: "Ready"}), 30, what="GameServers Ready")
