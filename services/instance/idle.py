@@ -25,16 +25,19 @@ from typing import Any
 
 import httpx
 from sqlalchemy import and_, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from aigc_gateway import idle
 from aigc_gateway.audit import AuditLog
 from aigc_gateway.config import IdleConfig
 from aigc_gateway.db import Database
 from aigc_gateway.db.models import InstanceRow, notify_instance_change
+from aigc_gateway.faults import register
 from aigc_gateway.names import InstanceRef, TemplateRef
+from aigc_gateway.okg import SlotState
 
 from . import allocator, faults
-from .allocator import Op, Plan, SlotState, Spec
+from .allocator import Op, Plan, Spec
 from .cache import ClusterCache
 from .idle_models import IdleExemptionRow, IdleStateRow
 from .idle_policy import Action, Decision, Facts, decide, timeout_of
@@ -47,7 +50,7 @@ log = logging.getLogger(__name__)
 ACTOR = "service:idle-culler"
 # Between a pass's decision to pause (outside the lock) and the lock: tests hold a culler here while a user
 # resumes or keeps the instance alive, and show that the decision re-read under the lock does not pause it.
-faults.register(("idle.before_pause",))
+register(("idle.before_pause",))
 
 Clock = Callable[[], datetime]
 
@@ -280,7 +283,7 @@ class Culler:
         return idle.busy(document, spec.busy)
 
 
-async def _state(session: Any, ref: InstanceRef) -> IdleStateRow:
+async def _state(session: AsyncSession, ref: InstanceRef) -> IdleStateRow:
     state = await session.get(IdleStateRow, (ref.namespace, ref.template, ref.id))
     if state is None:
         state = IdleStateRow(namespace=ref.namespace, template=ref.template, id=ref.id)
