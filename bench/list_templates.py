@@ -32,8 +32,8 @@ from aigc_gateway.config import Settings  # noqa: E402
 from aigc_gateway.db import Database, migrate  # noqa: E402
 from services.template.catalog import Catalog  # noqa: E402
 from services.template.cluster import KubeHandle, TemplateCluster, _with_kind  # noqa: E402
-from services.template.describe import Counts, describe  # noqa: E402
 from services.template.instances import InstanceTable  # noqa: E402
+from services.template.messages import Counts, describe  # noqa: E402
 from services.template.policy import Policy  # noqa: E402
 from tests.template.samples import SAMPLES, sample  # noqa: E402
 

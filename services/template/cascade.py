@@ -24,18 +24,16 @@ import time
 from typing import Any
 
 from aigc_gateway import audit, okg
-from aigc_gateway.api.v1 import template_pb2
 from aigc_gateway.db.models import allocator_lock
 from aigc_gateway.errors import FailedPrecondition, NotFound, Unavailable, Violation
 from aigc_gateway.names import template_name
 
 from . import changes
 from .cluster import TemplateCluster
-from .describe import Counts, claim_templates, describe_or_flag
 from .handoff import PURGE_INSTANCES, Handoff, Outcome
 from .instances import InstanceTable
+from .messages import Counts, DeleteTemplateResponse, Template, deletion, describe_or_flag
 from .policy import Policy
-from .publishing import violations_pb
 
 log = logging.getLogger(__name__)
 POLL_SECONDS = 0.5
@@ -54,6 +52,14 @@ def candidate_ids(obj: dict[str, Any], known: list[int]) -> set[int]:
     return set(range(replicas + len(reserved))) | reserved | set(known)
 
 
+def claim_templates(obj: dict[str, Any]) -> list[str]:
+    """The names of the GameServerSet's volumeClaimTemplates."""
+    def mapping(value: Any) -> dict[str, Any]:
+        return value if isinstance(value, dict) else {}
+    claims = mapping(mapping(obj.get("spec")).get("gameServerTemplate")).get("volumeClaimTemplates") or []
+    return [n for c in claims if isinstance(c, dict) and (n := str(mapping(c.get("metadata")).get("name", "")))]
+
+
 def claim_names(obj: dict[str, Any], ids: set[int]) -> set[str]:
     name = (obj.get("metadata") or {}).get("name", "")
     return {okg.claim_name(vct, name, i) for vct in claim_templates(obj) for i in ids}
@@ -68,32 +74,34 @@ class Cascade:
         self.policy = policy
         self.wait_seconds = wait_seconds
 
-    async def delete(self, namespace: str, name: str, *, force: bool, etag: str) -> template_pb2.DeleteTemplateResponse:
+    async def delete(self, namespace: str, name: str, *, force: bool, etag: str) -> DeleteTemplateResponse:
         resource = template_name(namespace, name)
-        response = template_pb2.DeleteTemplateResponse()
         # Under the allocator lock from the count of instances to the delete of the GameServerSet: an install
         # either finished before (and is counted) or runs after (and finds no template). Released before
         # the hand-off, as PurgeInstances takes the same lock.
         async with self.table.db.lock(allocator_lock(namespace, name)):
-            known_ids, claims = await self._check_and_delete(namespace, name, force, etag, response)
-        response.deleted_claims.extend(await self._clear(namespace, name, claims))
+            known_ids, claims, template, deleted_count = await self._check_and_delete(namespace, name, force, etag)
+        deleted_claims = await self._clear(namespace, name, claims)
+        cleaned_users: list[str] = []
+        warnings: list[Violation] = []
         # Without rows in the `instances` table there is no ownership or user data to clean up.
         for outcome in (await self._hand_off(resource)) if known_ids else []:
             if outcome.ok:
-                if not response.cleaned_users and outcome.users:
-                    response.cleaned_users.extend(sorted(set(outcome.users)))
+                if not cleaned_users and outcome.users:
+                    cleaned_users = sorted(set(outcome.users))
             else:
-                response.warnings.extend(violations_pb([Violation(
+                warnings.append(Violation(
                     outcome.step, f"did not complete ({outcome.detail}); the template's Kubernetes objects are gone; "
-                    "DeleteTemplate with force on the same name resumes this cleanup", "CLEANUP_INCOMPLETE")]))
-        audit.note(deleted_claims=list(response.deleted_claims), cleaned_users=len(response.cleaned_users),
-                   incomplete=[w.field for w in response.warnings])
-        return response
+                    "DeleteTemplate with force on the same name resumes this cleanup", "CLEANUP_INCOMPLETE"))
+        audit.note(deleted_claims=list(deleted_claims), cleaned_users=len(cleaned_users),
+                   incomplete=[w.field for w in warnings])
+        return deletion(template, deleted_count, deleted_claims, cleaned_users, warnings)
 
-    async def _check_and_delete(self, namespace: str, name: str, force: bool, etag: str,
-                                response: template_pb2.DeleteTemplateResponse) -> tuple[list[int], set[str]]:
+    async def _check_and_delete(self, namespace: str, name: str, force: bool,
+                                etag: str) -> tuple[list[int], set[str], Template | None, int]:
         """Refuse a template in use (unless forced) and delete its GameServerSet; the ids the `instances`
-        table knows and the claims to delete. Call it holding the allocator lock."""
+        table knows, the claims to delete, the template as it was (None when its GameServerSet was
+        already gone) and the count of instances deleted. Call it holding the allocator lock."""
         resource = template_name(namespace, name)
         known_ids = await self.table.ids(namespace, name)
         owned = await self.table.owned(namespace, name)
@@ -110,6 +118,7 @@ class Cascade:
             audit.note(resumed=True)
         live: list[int] = []
         claims: set[str] = set()
+        template: Template | None = None
         if current is not None:
             meta = current["metadata"]
             changes.check_etag(current, etag)
@@ -125,12 +134,10 @@ class Cascade:
                     "(which deletes them and their users' data)", reason="TEMPLATE_IN_USE",
                     metadata={"live": str(max(replicas, len(live))), "owned": str(len(owned)),
                               "claims": str(len(remnants["claims"]))})
-            response.template.CopyFrom(describe_or_flag(current, self.policy, Counts(live=replicas),
-                                                        with_manifest=True)[0])
+            template = describe_or_flag(current, self.policy, Counts(live=replicas), with_manifest=True)[0]
             await self.cluster.delete(namespace, name, str(meta.get("uid", "")))
             audit.note(uid=str(meta.get("uid", "")), force=force)
-        response.deleted_instance_count = len(set(live) | {o.id for o in owned})
-        return known_ids, claims
+        return known_ids, claims, template, len(set(live) | {o.id for o in owned})
 
     async def _clear(self, namespace: str, name: str, claims: set[str]) -> list[str]:
         """Wait for pods and GameServers to go, delete the claims, wait for everything to go."""

@@ -1,6 +1,6 @@
 """Reading templates: ListTemplates and GetTemplate, with instance counts. Any signed-in user.
 
-A template the service cannot describe (see describe.flagged) never fails a read: admins see it
+A template the service cannot describe (see messages.flagged) never fails a read: admins see it
 flagged UNDESCRIBABLE (so they can fix or delete it), other users do not see it at all.
 """
 from __future__ import annotations
@@ -8,12 +8,11 @@ from __future__ import annotations
 from typing import Any
 
 from aigc_gateway import paging
-from aigc_gateway.api.v1 import template_pb2
 from aigc_gateway.errors import NotFound, invalid
 
 from .cluster import TemplateCluster
-from .describe import Counts, describe, describe_or_flag, sort_key
 from .instances import LIVE, PAUSED, InstanceTable
+from .messages import Counts, ListTemplatesResponse, Template, describe, describe_or_flag, sort_key, template_list
 from .policy import Policy
 
 DEFAULT_PAGE, MAX_PAGE = 50, 100
@@ -38,7 +37,7 @@ class Catalog:
         live = replicas if isinstance(replicas, int) else counts.get((*key, LIVE), 0)
         return Counts(live=live, paused=counts.get((*key, PAUSED), 0))
 
-    async def describe_one(self, obj: dict[str, Any], *, admin: bool) -> template_pb2.Template:
+    async def describe_one(self, obj: dict[str, Any], *, admin: bool) -> Template:
         meta = obj.get("metadata") or {}
         counts = await self.table.counts({str(meta.get("namespace", ""))})
         template, ok = describe_or_flag(obj, self.policy, self.counts_for(obj, counts), with_manifest=admin)
@@ -69,11 +68,11 @@ class Catalog:
             self._verdicts[version] = verdict
         return verdict
 
-    async def get(self, namespace: str, name: str, *, admin: bool) -> template_pb2.Template:
+    async def get(self, namespace: str, name: str, *, admin: bool) -> Template:
         return await self.describe_one(await self.cluster.read(namespace, name), admin=admin)
 
     async def list(self, parent: str, namespace: str, page_size: int, page_token: str, *,
-                   admin: bool) -> template_pb2.ListTemplatesResponse:
+                   admin: bool) -> ListTemplatesResponse:
         size = paging.clamp(page_size, DEFAULT_PAGE, MAX_PAGE)
         bound_to = paging.fingerprint("templates", parent, admin)
         after = _position(paging.decode(page_token, bound_to)) if page_token else None
@@ -84,11 +83,9 @@ class Catalog:
             objects = [o for o in objects if sort_key(o, self.policy) > after]
         page = objects[:size]
         counts = await self.table.counts({str((o.get("metadata") or {}).get("namespace", "")) for o in page})
-        response = template_pb2.ListTemplatesResponse(total_size=total, templates=[
-            describe_or_flag(o, self.policy, self.counts_for(o, counts), with_manifest=admin)[0] for o in page])
-        if len(objects) > size:
-            response.next_page_token = paging.encode(list(sort_key(page[-1], self.policy)), bound_to)
-        return response
+        return template_list(
+            [describe_or_flag(o, self.policy, self.counts_for(o, counts), with_manifest=admin)[0] for o in page], total,
+            paging.encode(list(sort_key(page[-1], self.policy)), bound_to) if len(objects) > size else "")
 
 
 def _position(value: Any) -> tuple[int, str, str]:

@@ -10,7 +10,6 @@ import copy
 from typing import Any
 
 from aigc_gateway import audit
-from aigc_gateway.api.v1 import common_pb2, template_pb2
 from aigc_gateway.errors import (
     Aborted,
     AlreadyExists,
@@ -25,16 +24,21 @@ from aigc_gateway.okg import SlotState
 from . import changes, manifest
 from .catalog import Catalog
 from .cluster import TemplateCluster
-from .describe import Counts, describe_or_flag
 from .instances import InstanceTable
+from .messages import (
+    Counts,
+    PreviewTemplateUpdateResponse,
+    TemplateChange,
+    ValidateTemplateResponse,
+    change,
+    describe_or_flag,
+    preview,
+    validation,
+)
 from .policy import Policy
 from .validation import Checked, check_new, check_update
 
 UPDATE_ATTEMPTS = 3
-
-
-def violations_pb(items: list[Violation]) -> list[common_pb2.FieldViolation]:
-    return [common_pb2.FieldViolation(field=v.field, description=v.description, reason=v.reason) for v in items]
 
 
 def refuse(violations: list[Violation], what: str) -> InvalidArgument:
@@ -60,20 +64,10 @@ class Publisher:
         self.table = table
         self.policy = policy
 
-    def parse(self, source: template_pb2.TemplateSource) -> manifest.Parsed:
-        which = source.WhichOneof("source")
-        if which == "manifest":
-            return manifest.parse_text(source.manifest, self.policy.max_manifest_bytes)
-        if which == "object":
-            return manifest.parse_struct(source.object, self.policy.max_manifest_bytes)
-        return manifest.Parsed(None, [Violation("source", "give the manifest as text or as an object",
-                                                "REQUIRED")])
-
     # -- validate ----------------------------------------------------------------
 
-    async def validate(self, namespace: str, source: template_pb2.TemplateSource,
-                       as_update: bool) -> template_pb2.ValidateTemplateResponse:
-        parsed = self.parse(source)
+    async def validate(self, namespace: str, parsed: manifest.Parsed,
+                       as_update: bool) -> ValidateTemplateResponse:
         if as_update and parsed.obj is not None:
             checked = await self._as_update(namespace, parsed)
         else:
@@ -83,11 +77,7 @@ class Publisher:
             refused, written = await self._dry_run(checked.manifest, update=as_update)
             violations += refused
             warnings += pruned(checked.manifest, written) if written else []
-        response = template_pb2.ValidateTemplateResponse(valid=not violations, violations=violations_pb(violations),
-                                                         warnings=violations_pb(warnings))
-        if checked.obj is not None:
-            response.normalized_manifest.CopyFrom(manifest.to_struct(checked.obj))
-        return response
+        return validation(violations, warnings, checked.obj)
 
     async def _as_update(self, namespace: str, parsed: manifest.Parsed) -> Checked:
         meta = (parsed.obj or {}).get("metadata")  # the caller read the manifest
@@ -121,24 +111,21 @@ class Publisher:
 
     # -- create ------------------------------------------------------------------
 
-    async def create(self, namespace: str, source: template_pb2.TemplateSource,
-                     validate_only: bool) -> template_pb2.TemplateChange:
-        checked = check_new(self.parse(source), self.policy, namespace)
+    async def create(self, namespace: str, parsed: manifest.Parsed,
+                     validate_only: bool) -> TemplateChange:
+        checked = check_new(parsed, self.policy, namespace)
         audit.note(validate_only=validate_only, warnings=[w.reason for w in checked.warnings])
         if not checked.ok:
             raise refuse(checked.violations, "the template is not valid")
         written = await self.cluster.create(checked.manifest, dry_run=validate_only)
         warnings = checked.warnings + pruned(checked.manifest, written)
         audit.note(uid=str(written.get("metadata", {}).get("uid", "")), warnings=[w.reason for w in warnings])
-        return template_pb2.TemplateChange(
-            template=describe_or_flag(written, self.policy, Counts(), with_manifest=True)[0],
-            warnings=violations_pb(warnings))
+        return change(describe_or_flag(written, self.policy, Counts(), with_manifest=True)[0], warnings)
 
     # -- update ------------------------------------------------------------------
 
-    async def update(self, namespace: str, name: str, source: template_pb2.TemplateSource, mask: list[str], *,
-                     allow_restart: bool, etag: str, validate_only: bool) -> template_pb2.TemplateChange:
-        parsed = self.parse(source)
+    async def update(self, namespace: str, name: str, parsed: manifest.Parsed, mask: list[str], *,
+                     allow_restart: bool, etag: str, validate_only: bool) -> TemplateChange:
         audit.note(validate_only=validate_only, allow_restart=allow_restart, update_mask=mask)
         for attempt in range(UPDATE_ATTEMPTS):
             current = await self.cluster.get(namespace, name)
@@ -155,9 +142,8 @@ class Publisher:
                     " check PreviewTemplateUpdate and set allow_restart to accept it", reason="RESTART_NOT_ALLOWED",
                     metadata={"changed_paths": ",".join(proposal.restart_paths)})
             if not proposal.changed_paths:
-                return template_pb2.TemplateChange(
-                    template=await self.catalog.describe_one(current, admin=True),
-                    warnings=violations_pb(checked.warnings + [Violation("", "nothing to change", "NO_CHANGE")]))
+                return change(await self.catalog.describe_one(current, admin=True),
+                              checked.warnings + [Violation("", "nothing to change", "NO_CHANGE")])
             try:
                 written = await self.cluster.replace(checked.manifest, dry_run=validate_only)
             except Aborted:
@@ -172,30 +158,25 @@ class Publisher:
             warnings = checked.warnings + pruned(checked.manifest, written)
             audit.note(resource_version=str(written.get("metadata", {}).get("resourceVersion", "")),
                        warnings=[w.reason for w in warnings])
-            return template_pb2.TemplateChange(template=await self.catalog.describe_one(written, admin=True),
-                                               warnings=violations_pb(warnings))
+            return change(await self.catalog.describe_one(written, admin=True), warnings)
         raise AssertionError("unreachable")  # pragma: no cover
 
     # -- preview -----------------------------------------------------------------
 
-    async def preview(self, namespace: str, name: str, source: template_pb2.TemplateSource,
-                      mask: list[str]) -> template_pb2.PreviewTemplateUpdateResponse:
+    async def preview(self, namespace: str, name: str, parsed: manifest.Parsed,
+                      mask: list[str]) -> PreviewTemplateUpdateResponse:
         current = await self.cluster.get(namespace, name)
-        checked = check_update(current, self.parse(source), mask, self.policy)
+        checked = check_update(current, parsed, mask, self.policy)
         violations = list(checked.violations)
         if checked.ok and checked.change.changed_paths:
             violations += (await self._dry_run(copy.deepcopy(checked.manifest), update=True))[0]
-        response = template_pb2.PreviewTemplateUpdateResponse(violations=violations_pb(violations))
         if checked.proposal is None:
-            return response
-        response.changed_paths.extend(checked.proposal.changed_paths)
+            return preview(violations)
+        affected: list[tuple[str, str]] = []
         if checked.proposal.restarts:
             owned = {o.id: o for o in await self.table.owned(namespace, name)}
             live = set(await self.cluster.live_ids(namespace, name)) | {
                 i for i, o in owned.items() if o.slot == SlotState.LIVE.value}
             base = template_name(namespace, name)
-            response.affected_instances.extend(
-                template_pb2.AffectedInstance(instance=f"{base}/instances/{i}",
-                                              owner=owned[i].owner if i in owned else "") for i in sorted(live))
-            response.restarts_instances = bool(live)
-        return response
+            affected = [(f"{base}/instances/{i}", owned[i].owner if i in owned else "") for i in sorted(live)]
+        return preview(violations, checked.proposal.changed_paths, affected)

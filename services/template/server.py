@@ -2,7 +2,8 @@
 
 Reads are open to every signed-in user (the manifest only to admins); every
 other method needs the admin role. The call interceptor authenticates, audits
-every mutation and every refusal, and maps domain errors to gRPC statuses.
+every mutation and every refusal, and maps domain errors to gRPC statuses. The service is wired in
+app.py; the messages are built in messages.py.
 """
 from __future__ import annotations
 
@@ -12,30 +13,27 @@ from aigc_gateway.api.v1 import template_pb2, template_pb2_grpc
 from aigc_gateway.errors import invalid
 from aigc_gateway.identity import require_admin, require_principal
 from aigc_gateway.names import parse_namespace_parent, parse_template
-from aigc_gateway.runtime import Runtime
-from aigc_gateway.server import Registration, ServiceParts
 
 from .cascade import Cascade
 from .catalog import Catalog
-from .cluster import KubeHandle, TemplateCluster
-from .handoff import Handoff
-from .instances import InstanceTable
+from .manifest import Parsed
+from .messages import source_manifest
 from .policy import Policy
 from .publishing import Publisher
 
 
-def _source(request: Any) -> template_pb2.TemplateSource:
-    if not request.HasField("source") or request.source.WhichOneof("source") is None:
-        raise invalid("source", "give the GameServerSet manifest as text (source.manifest) or as an object "
-                                "(source.object)", "REQUIRED")
-    return request.source
-
-
 class TemplateServiceServicer(template_pb2_grpc.TemplateServiceServicer):
-    def __init__(self, catalog: Catalog, publisher: Publisher, cascade: Cascade):
+    def __init__(self, catalog: Catalog, publisher: Publisher, cascade: Cascade, policy: Policy):
         self.catalog = catalog
         self.publisher = publisher
         self.cascade = cascade
+        self.policy = policy
+
+    def _source(self, request: Any) -> Parsed:
+        if not request.HasField("source") or request.source.WhichOneof("source") is None:
+            raise invalid("source", "give the GameServerSet manifest as text (source.manifest) or as an object "
+                                    "(source.object)", "REQUIRED")
+        return source_manifest(request.source, self.policy.max_manifest_bytes)
 
     async def ListTemplates(self, request: template_pb2.ListTemplatesRequest, context: Any) -> Any:
         principal = require_principal()
@@ -51,12 +49,12 @@ class TemplateServiceServicer(template_pb2_grpc.TemplateServiceServicer):
     async def CreateTemplate(self, request: template_pb2.CreateTemplateRequest, context: Any) -> Any:
         require_admin()
         namespace = parse_namespace_parent(request.parent)
-        return await self.publisher.create(namespace, _source(request), request.validate_only)
+        return await self.publisher.create(namespace, self._source(request), request.validate_only)
 
     async def UpdateTemplate(self, request: template_pb2.UpdateTemplateRequest, context: Any) -> Any:
         require_admin()
         namespace, name = _template(request.name)
-        return await self.publisher.update(namespace, name, _source(request), list(request.update_mask.paths),
+        return await self.publisher.update(namespace, name, self._source(request), list(request.update_mask.paths),
                                            allow_restart=request.allow_restart, etag=request.etag,
                                            validate_only=request.validate_only)
 
@@ -68,30 +66,14 @@ class TemplateServiceServicer(template_pb2_grpc.TemplateServiceServicer):
     async def ValidateTemplate(self, request: template_pb2.ValidateTemplateRequest, context: Any) -> Any:
         require_admin()
         namespace = parse_namespace_parent(request.parent)
-        return await self.publisher.validate(namespace, _source(request), request.as_update)
+        return await self.publisher.validate(namespace, self._source(request), request.as_update)
 
     async def PreviewTemplateUpdate(self, request: template_pb2.PreviewTemplateUpdateRequest, context: Any) -> Any:
         require_admin()
         namespace, name = _template(request.name)
-        return await self.publisher.preview(namespace, name, _source(request), list(request.update_mask.paths))
+        return await self.publisher.preview(namespace, name, self._source(request), list(request.update_mask.paths))
 
 
 def _template(name: str) -> tuple[str, str]:
     ref = parse_template(name, "name")
     return ref.namespace, ref.template
-
-
-def build(runtime: Runtime) -> ServiceParts:
-    policy = Policy.from_settings(runtime.settings)
-    handle = KubeHandle(runtime.settings.kubernetes)
-    cluster = TemplateCluster(handle, policy)
-    table = InstanceTable(runtime.db)
-    catalog = Catalog(cluster, table, policy)
-    publisher = Publisher(cluster, catalog, table, policy)
-    cascade = Cascade(cluster, table, Handoff(runtime), policy, runtime.settings.template.delete_wait_seconds)
-    servicer = TemplateServiceServicer(catalog, publisher, cascade)
-    return ServiceParts(
-        [Registration("aigc.gateway.v1.TemplateService", servicer,
-                      template_pb2_grpc.add_TemplateServiceServicer_to_server,
-                      base=template_pb2_grpc.TemplateServiceServicer)],
-        on_stop=[cluster.cache.close, handle.close])

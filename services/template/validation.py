@@ -10,7 +10,7 @@ from typing import Any
 
 from aigc_gateway.errors import Violation
 
-from . import changes, describe, network, rules
+from . import changes, messages, network, rules
 from .manifest import Parsed
 from .normalize import normalize
 from .policy import Policy
@@ -76,9 +76,9 @@ def _undescribable(obj: dict[str, Any], policy: Policy, report: rules.Report) ->
     if not report.ok:
         return []
     try:
-        describe.describe(obj, policy, describe.Counts(), with_manifest=False)
-    except describe.Undescribable as exc:
-        return [Violation("", f"the gateway could not describe this template: {exc}", describe.UNDESCRIBABLE)]
+        messages.describe(obj, policy, messages.Counts(), with_manifest=False)
+    except messages.Undescribable as exc:
+        return [Violation("", f"the gateway could not describe this template: {exc}", messages.UNDESCRIBABLE)]
     return []
 
 

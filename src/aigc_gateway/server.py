@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import importlib.util
 import logging
 import signal
 from collections.abc import Awaitable, Callable
@@ -89,8 +90,13 @@ def fill_unimplemented(registration: Registration, issue: str = "") -> None:
 def load_service(name: str, runtime: Runtime) -> ServiceParts:
     if name not in SERVICE_NAMES:
         raise ValueError(f"unknown service {name!r}; choose from {', '.join(SERVICE_NAMES)}")
-    module = importlib.import_module(f"aigc_gateway.services.{name}.server")
-    return module.build(runtime)
+    # Every service wires itself in its app.py (docs/architecture.md, "Inside a service"); a service not
+    # moved to that layout yet still has build() in its server.py.
+    package = f"aigc_gateway.services.{name}"
+    wiring = "app" if importlib.util.find_spec(f"{package}.app") is not None else "server"
+    module = importlib.import_module(f"{package}.{wiring}")
+    parts: ServiceParts = module.build(runtime)
+    return parts
 
 
 class GatewayServer:

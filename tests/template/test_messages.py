@@ -1,4 +1,4 @@
-"""Pure derivation of the Template resource from a GameServerSet, and quantity parsing."""
+"""Pure derivation of the Template message from a GameServerSet (messages.py), and quantity parsing."""
 from __future__ import annotations
 
 from decimal import Decimal
@@ -6,7 +6,7 @@ from decimal import Decimal
 import pytest
 
 from aigc_gateway.api.v1 import common_pb2
-from aigc_gateway.services.template import describe
+from aigc_gateway.services.template import messages as describe
 from aigc_gateway.services.template.policy import Policy
 from aigc_gateway.services.template.quantity import (
     QuantityError,

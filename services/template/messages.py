@@ -1,4 +1,7 @@
-"""A GameServerSet as users see it: the Template resource, derived from the object alone. Pure.
+"""The TemplateService's messages, and nothing else builds them: the Template resource derived from a
+GameServerSet (the object alone), the responses of reads and writes, and a TemplateSource read into a
+manifest. Protobuf conversion only, no I/O: server.py maps RPCs onto the catalog, the publisher and the
+cascade, and those build their answers here.
 
 Display metadata comes from `<prefix>display-name|description|icon-url|category|sort-order`
 annotations; what the template runs on from its first container's limits (requests when no limit)
@@ -16,14 +19,23 @@ from typing import Any
 from google.protobuf import timestamp_pb2
 
 from aigc_gateway.api.v1 import common_pb2, template_pb2
+from aigc_gateway.errors import Violation
 from aigc_gateway.names import template_name
 
-from . import changes, network, rules
+from . import changes, manifest, network, rules
 from .manifest import to_struct
 from .policy import Policy
 from .quantity import INT32_MAX, QuantityError, plain_count
 
 log = logging.getLogger(__name__)
+# The message types the catalog, the publisher and the cascade answer with (they build none themselves).
+Template = template_pb2.Template
+TemplateSource = template_pb2.TemplateSource
+ListTemplatesResponse = template_pb2.ListTemplatesResponse
+ValidateTemplateResponse = template_pb2.ValidateTemplateResponse
+TemplateChange = template_pb2.TemplateChange
+PreviewTemplateUpdateResponse = template_pb2.PreviewTemplateUpdateResponse
+DeleteTemplateResponse = template_pb2.DeleteTemplateResponse
 ECI_LABEL = "alibabacloud.com/eci"
 UNDESCRIBABLE = "UNDESCRIBABLE"
 ECI_SPECS_ANNOTATION = "k8s.aliyun.com/eci-use-specs"
@@ -98,10 +110,6 @@ def disks(obj: dict[str, Any]) -> list[common_pb2.Disk]:
                                    size="" if size is None else str(size),
                                    storage_class=str(spec.get("storageClassName") or "")))
     return out
-
-
-def claim_templates(obj: dict[str, Any]) -> list[str]:
-    return [d.volume_claim_template for d in disks(obj) if d.volume_claim_template]
 
 
 def sort_order(obj: dict[str, Any], policy: Policy) -> int:
@@ -197,3 +205,59 @@ def sort_key(obj: dict[str, Any], policy: Policy) -> tuple[int, str, str]:
     """ListTemplates order: sort order, then namespace, then name."""
     meta = _dict(obj.get("metadata"))
     return sort_order(obj, policy), str(meta.get("namespace", "")), str(meta.get("name", ""))
+
+
+# -- requests in ---------------------------------------------------------------------------------------
+
+def source_manifest(source: template_pb2.TemplateSource, max_bytes: int) -> manifest.Parsed:
+    """The manifest of a TemplateSource, given as text or as an object."""
+    which = source.WhichOneof("source")
+    if which == "manifest":
+        return manifest.parse_text(source.manifest, max_bytes)
+    if which == "object":
+        return manifest.parse_struct(source.object, max_bytes)
+    return manifest.Parsed(None, [Violation("source", "give the manifest as text or as an object", "REQUIRED")])
+
+
+# -- responses out -------------------------------------------------------------------------------------
+
+def field_violations(items: list[Violation]) -> list[common_pb2.FieldViolation]:
+    return [common_pb2.FieldViolation(field=v.field, description=v.description, reason=v.reason) for v in items]
+
+
+def template_list(templates: list[template_pb2.Template], total: int,
+                  next_page_token: str = "") -> template_pb2.ListTemplatesResponse:
+    return template_pb2.ListTemplatesResponse(total_size=total, templates=templates, next_page_token=next_page_token)
+
+
+def validation(violations: list[Violation], warnings: list[Violation],
+               normalized: dict[str, Any] | None) -> template_pb2.ValidateTemplateResponse:
+    response = template_pb2.ValidateTemplateResponse(valid=not violations, violations=field_violations(violations),
+                                                     warnings=field_violations(warnings))
+    if normalized is not None:
+        response.normalized_manifest.CopyFrom(to_struct(normalized))
+    return response
+
+
+def change(template: template_pb2.Template, warnings: list[Violation]) -> template_pb2.TemplateChange:
+    return template_pb2.TemplateChange(template=template, warnings=field_violations(warnings))
+
+
+def preview(violations: list[Violation], changed_paths: list[str] | None = None,
+            affected: list[tuple[str, str]] | None = None) -> template_pb2.PreviewTemplateUpdateResponse:
+    """``affected``: (instance name, owner) of each instance the change restarts."""
+    response = template_pb2.PreviewTemplateUpdateResponse(violations=field_violations(violations))
+    response.changed_paths.extend(changed_paths or [])
+    response.affected_instances.extend(template_pb2.AffectedInstance(instance=i, owner=o) for i, o in affected or [])
+    response.restarts_instances = bool(affected)
+    return response
+
+
+def deletion(template: template_pb2.Template | None, deleted_instance_count: int, deleted_claims: list[str],
+             cleaned_users: list[str], warnings: list[Violation]) -> template_pb2.DeleteTemplateResponse:
+    response = template_pb2.DeleteTemplateResponse(
+        deleted_instance_count=deleted_instance_count, deleted_claims=deleted_claims, cleaned_users=cleaned_users,
+        warnings=field_violations(warnings))
+    if template is not None:
+        response.template.CopyFrom(template)
+    return response
