@@ -126,7 +126,7 @@ class Plan:
         4. the hold label taken off the movers.
 
         The hold label is the guarantee: the template's in-place update hook parks a labelled pod in
-        PreparingUpdate even when the controller chooses it (tests/okg/test_update_facts.py), so a held pod
+        PreparingUpdate even when the controller chooses it (tests/okg/test_update_hooks.py), so a held pod
         cannot roll in place whatever the partition and priorities say, and the gateway alone writes that
         label. The partition and priorities keep the controller from choosing held pods at all (their
         GameServers stay Ready rather than PreUpdate).
