@@ -23,12 +23,11 @@ from typing import Any
 from sqlalchemy import select, tuple_
 
 from aigc_gateway import okg
-from aigc_gateway.background import cancel_and_wait, wait_event
+from aigc_gateway.background import Backoff, cancel_and_wait, retry_forever, wait_event
 from aigc_gateway.config import Settings
 from aigc_gateway.db import Database
 from aigc_gateway.db.listen import PgListener, asyncpg_dsn
 from aigc_gateway.db.models import INSTANCE_CHANNEL, InstanceRow
-from aigc_gateway.errors import GatewayError
 from aigc_gateway.kube import GAMESERVER, GSS, OWNER_GSS_LABEL, Kind, Kube
 from aigc_gateway.okg import OWNED, SlotState
 
@@ -194,15 +193,14 @@ class TemplateWatch:
             self.kube = None
 
     async def _run(self) -> None:
-        delay = 1.0
+        backoff = Backoff(initial=1.0, cap=30.0)
         while self.kube is None:
             try:
                 self.kube = await Kube.connect(self.settings.kubernetes)
             except Exception as exc:  # noqa: BLE001 - no cluster yet: instances are unreachable, not a crash
                 log.warning("auth: cannot connect to Kubernetes (%s); owner map has no routes yet", exc)
                 self.settled.set()
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
+                await backoff.sleep()
         namespaces: list[str | None] = list(self.settings.namespaces) or [None]
         loops = [self._informer(kind, ns) for kind in (GSS, GAMESERVER) for ns in namespaces]
         await asyncio.gather(*loops)
@@ -213,33 +211,32 @@ class TemplateWatch:
         return OWNER_GSS_LABEL  # every GameServer made by a GameServerSet carries it
 
     async def _informer(self, kind: Kind, namespace: str | None) -> None:
-        assert self.kube is not None
+        kube = self.kube
+        assert kube is not None
         selector = self._selector(kind)
-        while True:
-            try:
-                listed = await self.kube.list(kind, namespace, label_selector=selector)
-                self._replace(kind, namespace, listed.get("items") or [])
-                self._synced_kinds.add((kind.plural, namespace))
-                if len(self._synced_kinds) == 2 * len(list(self.settings.namespaces) or [None]):
-                    self.synced.set()
-                    self.settled.set()
-                version = (listed.get("metadata") or {}).get("resourceVersion", "")
-                while True:
-                    async for event, obj in self.kube.watch(kind, namespace, resource_version=version,
-                                                           label_selector=selector, timeout_seconds=240):
-                        if event == "ERROR":
-                            raise _Relist(str(obj.get("message") or obj))
-                        version = (obj.get("metadata") or {}).get("resourceVersion", version)
-                        if event != "BOOKMARK":
-                            self._event(kind, event, obj)
-            except asyncio.CancelledError:
-                raise
-            except _Relist as exc:
-                log.info("auth: %s watch expired (%s); listing again", kind.plural, exc)
-            except (GatewayError, Exception) as exc:  # noqa: BLE001 - keep watching whatever happens
-                log.warning("auth: %s watch failed (%s); retrying", kind.plural, exc)
+
+        async def list_and_watch() -> None:
+            listed = await kube.list(kind, namespace, label_selector=selector)
+            self._replace(kind, namespace, listed.get("items") or [])
+            self._synced_kinds.add((kind.plural, namespace))
+            if len(self._synced_kinds) == 2 * len(list(self.settings.namespaces) or [None]):
+                self.synced.set()
                 self.settled.set()
-                await asyncio.sleep(1.0)
+            version = (listed.get("metadata") or {}).get("resourceVersion", "")
+            while True:
+                async for event, obj in kube.watch(kind, namespace, resource_version=version,
+                                                   label_selector=selector, timeout_seconds=240):
+                    if event == "ERROR":  # 410 Gone or anything else: list again, at once
+                        log.info("auth: %s watch expired (%s); listing again", kind.plural,
+                                 obj.get("message") or obj)
+                        return
+                    version = (obj.get("metadata") or {}).get("resourceVersion", version)
+                    if event != "BOOKMARK":
+                        self._event(kind, event, obj)
+
+        # Keep watching whatever happens; a failure marks the map settled (no cluster answers soon).
+        await retry_forever(list_and_watch, Backoff(initial=1.0, cap=1.0), f"auth: {kind.plural} watch",
+                            on_error=lambda _exc: self.settled.set(), logger=log)
 
     def _replace(self, kind: Kind, namespace: str | None, items: list[dict[str, Any]]) -> None:
         if kind is GSS:
@@ -272,10 +269,6 @@ class TemplateWatch:
         instance = instance_of(obj)
         if instance is not None:
             self.index.set_gameserver(instance, None if event == "DELETED" else _network_only(obj))
-
-
-class _Relist(Exception):
-    pass
 
 
 def _network_only(gameserver: dict[str, Any]) -> dict[str, Any]:

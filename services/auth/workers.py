@@ -29,7 +29,7 @@ from typing import Any
 
 from pydantic import SecretBytes, SecretStr
 
-from aigc_gateway.background import cancel_and_wait
+from aigc_gateway.background import Backoff, cancel_and_wait
 from aigc_gateway.config import Settings
 
 from .listen import reserve_port, split_listen
@@ -144,7 +144,7 @@ class _Slot:
     exited: asyncio.Future[int] | None = None
     attached: bool = False  # receives owner map changes
     started_at: float = 0.0
-    backoff: float = 1.0
+    backoff: Backoff = field(default_factory=lambda: Backoff(initial=1.0, cap=MAX_BACKOFF))
     pongs: dict[int, asyncio.Future[None]] = field(default_factory=dict)
 
     @property
@@ -279,10 +279,9 @@ class WorkerPool:
 
     async def _restart(self, slot: _Slot) -> None:
         if time.monotonic() - slot.started_at > 60:
-            slot.backoff = 1.0  # it had been running fine: not a crash loop
+            slot.backoff.reset()  # it had been running fine: not a crash loop
         while self._running:
-            await asyncio.sleep(slot.backoff)
-            slot.backoff = min(slot.backoff * 2, MAX_BACKOFF)
+            await slot.backoff.sleep()
             if not self._running:
                 return
             try:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
@@ -25,11 +24,6 @@ from .invariants import Claim
 log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
-
-
-def backoff(attempt: int, base: float = 0.02, cap: float = 1.0) -> float:
-    """Full-jitter exponential backoff: spreads the retries of writers that lost the same race."""
-    return random.uniform(0, min(cap, base * (2 ** attempt)))
 
 
 def _parse_time(value: str | None) -> datetime | None:

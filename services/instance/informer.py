@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections.abc import Callable
 from typing import Any
 
+from aigc_gateway.background import Backoff, retry_forever
 from aigc_gateway.kube import Kind, Kube
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,7 @@ class Informer:
         self.synced = asyncio.Event()
         self.listeners: list[Listener] = []
         self.relists = 0
+        self.backoff = Backoff(initial=1.0, cap=30.0)
 
     def __repr__(self) -> str:
         return f"Informer({self.kind.plural}, {self.namespace or '*'}, {self.label_selector or '-'})"
@@ -75,21 +76,14 @@ class Informer:
         return str((listed.get("metadata") or {}).get("resourceVersion") or "")
 
     async def run(self) -> None:
-        """Keep the cache current until cancelled."""
-        failures = 0
-        while True:
-            try:
-                version = await self._list()
-                failures = 0
-                while version:
-                    version = await self._watch(version)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - the apiserver being away is normal; try again
-                failures += 1
-                delay = min(30.0, 0.5 * 2 ** min(failures, 6)) * random.uniform(0.5, 1.0)
-                log.warning("%r: %s; re-listing in %.1fs", self, exc, delay)
-                await asyncio.sleep(delay)
+        """Keep the cache current until cancelled; the apiserver being away is normal: list again later."""
+        await retry_forever(self._list_and_watch, self.backoff, repr(self), logger=log)
+
+    async def _list_and_watch(self) -> None:
+        version = await self._list()
+        self.backoff.reset()  # listed: the watches that follow may run for hours before they fail
+        while version:
+            version = await self._watch(version)
 
     async def _watch(self, version: str) -> str:
         """One watch request; returns the resourceVersion to continue from, or '' to re-list."""

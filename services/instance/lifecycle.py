@@ -40,6 +40,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+from aigc_gateway.background import Backoff
 from aigc_gateway.config import InstanceConfig
 from aigc_gateway.db import Database
 from aigc_gateway.db.models import InstanceRow, allocator_lock
@@ -52,7 +53,7 @@ from aigc_gateway.okg import SlotState
 
 from . import access, allocator, effects, faults, quotas, templates
 from .allocator import Op, Plan, Spec
-from .cluster import Cluster, backoff
+from .cluster import Cluster
 from .effects import taken_over
 from .installs import InstallQueue
 from .metrics import (
@@ -149,6 +150,8 @@ class Lifecycle:
 
     async def _attempts(self, ref: TemplateRef, decide: Decide, before: Before | None = None
                         ) -> tuple[Plan | None, dict[int, Effect]]:
+        # Full jitter: spreads the retries of writers that lost the same race.
+        conflicts = Backoff(initial=0.02, cap=1.0, jitter=1.0)
         for attempt in range(self.cfg.conflict_retries + 1):
             if attempt:
                 ALLOCATOR_RETRIES.inc()
@@ -163,19 +166,19 @@ class Lifecycle:
             realign = allocator.plan_realign(ref, spec, slots_of(rows))
             if realign is not None:
                 # The controller moved the live set on its own: put it back first, then plan on the result.
-                await self._write(ref, gss, realign, attempt)
+                await self._write(ref, gss, realign, conflicts)
                 continue
             plan = decide(spec, rows)
             if plan.after is None:
                 async with self.db.session() as session:
                     return plan, await self._commit(session, ref, plan)
-            done = await self._write(ref, gss, plan, attempt)
+            done = await self._write(ref, gss, plan, conflicts)
             if done is not None:
                 return plan, done
         raise Aborted(f"{ref.name} kept changing while the allocator wrote it; retry",
                       reason="ALLOCATOR_CONTENDED", retry_after=1.0)
 
-    async def _write(self, ref: TemplateRef, gss: dict[str, Any], plan: Plan, attempt: int
+    async def _write(self, ref: TemplateRef, gss: dict[str, Any], plan: Plan, conflicts: Backoff
                      ) -> dict[int, Effect] | None:
         """Intent, GameServerSet write, transitions; None when a concurrent write won (read again)."""
         assert plan.after is not None
@@ -192,7 +195,7 @@ class Lifecycle:
             # our write, so the intent is void. Read again and plan again.
             ALLOCATOR_CONFLICTS.inc()
             await self.store.forget_intent(intent.id)
-            await asyncio.sleep(backoff(attempt))
+            await conflicts.sleep()
             return None
         except Unavailable:
             raise  # the write may or may not have landed: the intent is resolved from (R, X) next time
@@ -349,12 +352,11 @@ class Lifecycle:
         await self.cluster.delete_claims(iref.namespace, names)
         await faults.reach("uninstall.after_disk_delete")
         deadline = time.monotonic() + wait
-        delay = 0.2
+        polls = Backoff(initial=0.2, cap=2.0, factor=1.5, jitter=0.0)
         while await self.cluster.unreleased(iref.namespace, iref.game_server, names):
             if time.monotonic() >= deadline:
                 return False
-            await asyncio.sleep(delay)
-            delay = min(delay * 1.5, 2.0)
+            await polls.sleep()
         async with self.locked(ref):
             gss = await self.cluster.template(ref)
             spec = templates.spec_of(ref, gss)

@@ -18,14 +18,14 @@ from sqlalchemy import ColumnElement, func, select, tuple_
 
 from aigc_gateway import paging
 from aigc_gateway.api.v1 import instance_pb2
-from aigc_gateway.background import cancel_and_wait
+from aigc_gateway.background import Backoff, cancel_and_wait
 from aigc_gateway.db.listen import PgListener, asyncpg_dsn
 from aigc_gateway.db.models import INSTANCE_CHANNEL, InstanceRow
 from aigc_gateway.errors import NotFound, PermissionDenied, Unavailable
 from aigc_gateway.identity import Principal
 from aigc_gateway.kube import Kube
 from aigc_gateway.names import InstanceRef
-from aigc_gateway.okg import SlotState
+from aigc_gateway.okg import SlotState, claim_name
 from aigc_gateway.runtime import Runtime
 
 from . import access, effects, faults, idle_api, status, templates
@@ -71,15 +71,14 @@ class InstanceService:
             self._tasks.append(asyncio.create_task(self._connect_later(), name="instance-kube-connect"))
 
     async def _connect_later(self) -> None:
-        delay = 1.0
+        backoff = Backoff(initial=1.0, cap=30.0)
         while True:
-            await asyncio.sleep(delay)
+            await backoff.sleep()
             try:
                 await self._connect()
                 return
             except Exception as exc:  # noqa: BLE001
                 log.warning("cannot set up the Kubernetes client: %s", exc)
-                delay = min(delay * 2, 30.0)
 
     async def _connect(self) -> None:
         self.kube = await Kube.connect(self.settings.kubernetes)
@@ -139,7 +138,7 @@ class InstanceService:
                 gss = await lifecycle.cluster.template(ref.template_ref)
             except NotFound:
                 gss = None
-        names = [status.claim_name(v, ref.template, ref.id) for v in templates.vct_names(gss or {})]
+        names = [claim_name(v, ref.template, ref.id) for v in templates.vct_names(gss or {})]
         if ready:
             seen = cache.observed(ref, names)
         else:
@@ -165,7 +164,7 @@ class InstanceService:
         return status.to_proto(ref, row, status.View(instance_pb2.Instance.UNINSTALLING, message), None, None)
 
     @staticmethod
-    def view(row: InstanceRow, gss: dict | None, seen: status.Observed, ref: InstanceRef) -> status.View:
+    def view(row: InstanceRow, gss: dict[str, Any] | None, seen: status.Observed, ref: InstanceRef) -> status.View:
         changed = aware(row.state_changed_at) > aware(row.created_at)
         return status.derive(SlotState(row.slot), changed, gss, seen, ref.id, live_since=aware(row.state_changed_at))
 
@@ -224,7 +223,7 @@ class InstanceService:
     def _cached(self, ref: InstanceRef, row: InstanceRow) -> instance_pb2.Instance:
         _, cache, _ = self.parts()
         gss = cache.template(ref.template_ref)
-        names = [status.claim_name(v, ref.template, ref.id) for v in templates.vct_names(gss or {})]
+        names = [claim_name(v, ref.template, ref.id) for v in templates.vct_names(gss or {})]
         seen = cache.observed(ref, names)
         return status.to_proto(ref, row, self.view(row, gss, seen, ref), gss, seen.claims)
 
@@ -236,7 +235,7 @@ class InstanceService:
         try:
             await cache.wait_synced(self.cfg.cache_sync_timeout_seconds)
             change = Change("gateway")
-            last: tuple | None = None
+            last: tuple[Any, ...] | None = None
             while True:
                 row = await self.store.get(ref)
                 if row is None or row.slot == SlotState.FREE.value:

@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from aigc_gateway import kube
-from aigc_gateway.background import cancel_and_wait
+from aigc_gateway.background import Backoff, cancel_and_wait, retry_forever
 from aigc_gateway.errors import GatewayError, NotFound, Unavailable
 
 log = logging.getLogger(__name__)
@@ -150,34 +149,33 @@ class TemplateCache:
             scope.apply((namespace, name), None, _version(list_version))
 
     async def _run(self, scope: _Scope) -> None:
-        failures = 0
-        while True:
+        backoff = Backoff(initial=1.0, cap=30.0)
+
+        async def list_and_watch() -> None:
+            client = await self.connect()
             try:
-                client = await self.connect()
-                try:
-                    listed = await client.list(kube.GSS, scope.namespace, label_selector=self.label_selector)
-                except NotFound:  # no GameServerSet kind (OpenKruiseGame not installed yet): no templates
-                    listed = {}
-                self.lists += 1
-                version = str((listed.get("metadata") or {}).get("resourceVersion") or "")
-                scope.replace(listed.get("items") or [], _version(version))
-                scope.synced, scope.error, failures = True, None, 0
-                scope.settled.set()
-                while version:
-                    version = await self._watch(client, scope, version)
-                if not listed:
-                    await asyncio.sleep(NO_KIND_RELIST_SECONDS)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - the cluster being away is normal: serve UNAVAILABLE, retry
-                failures += 1
-                scope.synced = False
-                scope.error = exc if isinstance(exc, GatewayError) else Unavailable(
-                    f"the Kubernetes cluster is not reachable: {exc}", reason="KUBERNETES_UNAVAILABLE", retry_after=2.0)
-                scope.settled.set()
-                delay = min(30.0, 0.5 * 2 ** min(failures, 6)) * random.uniform(0.5, 1.0)
-                log.warning("template cache (%s): %s; listing again in %.1fs", scope.namespace or "*", exc, delay)
-                await asyncio.sleep(delay)
+                listed = await client.list(kube.GSS, scope.namespace, label_selector=self.label_selector)
+            except NotFound:  # no GameServerSet kind (OpenKruiseGame not installed yet): no templates
+                listed = {}
+            self.lists += 1
+            version = str((listed.get("metadata") or {}).get("resourceVersion") or "")
+            scope.replace(listed.get("items") or [], _version(version))
+            scope.synced, scope.error = True, None
+            backoff.reset()
+            scope.settled.set()
+            while version:
+                version = await self._watch(client, scope, version)
+            if not listed:
+                await asyncio.sleep(NO_KIND_RELIST_SECONDS)
+
+        def failed(exc: Exception) -> None:  # the cluster being away is normal: serve UNAVAILABLE, retry
+            scope.synced = False
+            scope.error = exc if isinstance(exc, GatewayError) else Unavailable(
+                f"the Kubernetes cluster is not reachable: {exc}", reason="KUBERNETES_UNAVAILABLE", retry_after=2.0)
+            scope.settled.set()
+
+        await retry_forever(list_and_watch, backoff, f"template cache ({scope.namespace or '*'})", on_error=failed,
+                            logger=log)
 
     async def _watch(self, client: kube.Kube, scope: _Scope, version: str) -> str:
         """One watch request; the resourceVersion to go on from, or '' to list again."""

@@ -1,20 +1,79 @@
-"""Background tasks of a service: waiting inside their loops and stopping them, the one way every
-service does.
+"""Background tasks of a service: waiting inside their loops, backing off after failures, and stopping
+them, the one way every service does.
 
 Python 3.11's ``asyncio.wait_for`` loses a cancellation that arrives in the same step as the awaited
 result (gh-86296, fixed in 3.12): a loop that waits with it can survive ``task.cancel()`` and keep a
 shutdown waiting forever. Loops here wait with :func:`wait_event` (``asyncio.timeout``, which keeps
 the cancellation), and :func:`cancel_and_wait` cancels again until each task has really ended.
+
+A loop that runs until cancelled (a watch, a LISTEN connection, a reconnect) must not hammer a
+dependency that is away, nor wait long once it is back: :class:`Backoff` is the one jittered
+exponential backoff with reset on success, and :func:`retry_forever` the one ``while True: try ...
+except: back off`` loop. Finite retries use tenacity instead.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+import random
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, NoReturn
 
 log = logging.getLogger(__name__)
 
 RECANCEL_SECONDS = 1.0
+
+
+@dataclass
+class Backoff:
+    """Jittered exponential backoff: after the n-th failure in a row wait ``initial * factor**(n-1)``
+    (at most ``cap``), scaled by a random factor in ``[1 - jitter, 1]`` so that replicas that lost the
+    same dependency do not come back in step; :meth:`reset` after a success starts again at ``initial``."""
+
+    initial: float = 1.0
+    cap: float = 30.0
+    factor: float = 2.0
+    jitter: float = 0.5
+    failures: int = 0
+
+    def reset(self) -> None:
+        self.failures = 0
+
+    def next_delay(self) -> float:
+        """Count one more failure and return how long to wait before trying again."""
+        self.failures += 1
+        # The exponent is bounded so that a long outage cannot overflow the float.
+        delay = min(self.cap, self.initial * self.factor ** min(self.failures - 1, 64))
+        return delay * random.uniform(1.0 - self.jitter, 1.0)
+
+    async def sleep(self) -> float:
+        """Count one more failure and wait; returns the delay waited."""
+        delay = self.next_delay()
+        await asyncio.sleep(delay)
+        return delay
+
+
+async def retry_forever(step: Callable[[], Awaitable[object]], backoff: Backoff, what: str, *,
+                        on_error: Callable[[Exception], None] | None = None,
+                        logger: logging.Logger = log) -> NoReturn:
+    """Run ``step`` again and again until cancelled. A step that returns ran fine (the backoff is reset
+    and it runs again at once); one that raises is logged (``on_error`` sees the error first) and run
+    again after ``backoff``. A step that has a long healthy phase before it can fail (a watch after its
+    list) calls ``backoff.reset()`` itself when it gets there."""
+    while True:
+        try:
+            await step()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a forever-loop outlives any one failure
+            if on_error is not None:
+                on_error(exc)
+            delay = backoff.next_delay()
+            logger.warning("%s: %s; trying again in %.1fs", what, exc, delay)
+            await asyncio.sleep(delay)
+        else:
+            backoff.reset()
 
 
 async def wait_event(event: asyncio.Event, timeout: float) -> bool:
@@ -27,7 +86,7 @@ async def wait_event(event: asyncio.Event, timeout: float) -> bool:
     return True
 
 
-async def cancel_and_wait(tasks: Iterable[asyncio.Task]) -> None:
+async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any]]) -> None:
     """Cancel the tasks and wait until each has ended; their errors are dropped, as at shutdown
     nothing is left to handle them (each loop logs its own failures while it runs). A task that
     swallowed its cancellation is cancelled again, every second, until it ends."""

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import asyncio
 
-from aigc_gateway.background import cancel_and_wait, wait_event
+from aigc_gateway.background import Backoff, cancel_and_wait, retry_forever, wait_event
 
 
 async def test_wait_event_times_out_and_reports_set() -> None:
@@ -56,3 +56,40 @@ async def test_cancel_and_wait_cancels_again_a_task_that_swallowed_the_first_can
     await asyncio.wait_for(cancel_and_wait(tasks), 5)
     assert swallowed == 2
     assert all(t.done() for t in tasks)
+
+
+def test_backoff_grows_to_the_cap_with_jitter_below_and_resets() -> None:
+    plain = Backoff(initial=0.5, cap=4.0, jitter=0.0)
+    assert [plain.next_delay() for _ in range(6)] == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
+    plain.reset()
+    assert plain.next_delay() == 0.5
+    jittered = Backoff(initial=1.0, cap=30.0, jitter=0.5)
+    for n in range(1, 200):
+        delay = jittered.next_delay()
+        ceiling = min(30.0, 2.0 ** (n - 1))
+        assert ceiling * 0.5 <= delay <= ceiling  # never above the exponential, never below half of it
+
+
+async def test_retry_forever_backs_off_on_errors_and_resets_after_a_success() -> None:
+    outcomes = [ValueError("a"), ValueError("b"), None, ValueError("c")]
+    failures_seen: list[int] = []
+    errors: list[str] = []
+    done = asyncio.Event()
+    backoff = Backoff(initial=0.001, cap=0.001, jitter=0.0)
+
+    async def step() -> None:
+        failures_seen.append(backoff.failures)
+        if not outcomes:
+            done.set()
+            await asyncio.Event().wait()  # parked until cancelled
+        outcome = outcomes.pop(0)
+        if outcome is not None:
+            raise outcome
+
+    task = asyncio.create_task(retry_forever(step, backoff, "test loop", on_error=lambda e: errors.append(str(e))))
+    await asyncio.wait_for(done.wait(), 5)
+    # Two failures in a row, a success that resets the count, one more failure, then the parked step.
+    assert failures_seen == [0, 1, 2, 0, 1]
+    assert errors == ["a", "b", "c"]
+    await cancel_and_wait([task])
+    assert task.cancelled()

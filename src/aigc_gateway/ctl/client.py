@@ -3,13 +3,13 @@ call, request ids on mutating calls, and retries where the contract says a retry
 is safe."""
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
 import grpc
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 
 from ..api.v1 import audit_pb2_grpc, auth_pb2_grpc, instance_pb2_grpc, template_pb2_grpc, usersync_pb2_grpc
 from .exitcodes import RETRYABLE, CallFailed
@@ -23,6 +23,21 @@ _STUBS = {
     "audit": audit_pb2_grpc.AuditServiceStub,
 }
 ATTEMPTS = 4
+
+
+def _worth_retrying(exc: BaseException) -> bool:
+    # ABORTED is retried only when the server says when (RetryInfo): an ABORTED for a stale etag
+    # would fail the same way again.
+    return isinstance(exc, CallFailed) and (exc.code == grpc.StatusCode.UNAVAILABLE or (
+        exc.code in RETRYABLE and exc.retry_after is not None))
+
+
+def _wait(state: RetryCallState) -> float:
+    """The server's RetryInfo delay when it gave one, else 0.5 s doubled after each attempt."""
+    exc = state.outcome.exception() if state.outcome is not None else None
+    if isinstance(exc, CallFailed) and exc.retry_after is not None:
+        return float(exc.retry_after)
+    return 0.5 * 2.0 ** (state.attempt_number - 1)
 
 
 class ServerStream(Protocol):
@@ -60,27 +75,21 @@ class Client:
         if "request_id" in request.DESCRIPTOR.fields_by_name and not request.request_id:
             request.request_id = uuid.uuid4().hex
         stub = _STUBS[service](self.channel(service))
-        delay = 0.5
-        for attempt in range(1, ATTEMPTS + 1):
-            try:
-                return getattr(stub, method)(request, metadata=self.metadata(),
-                                             timeout=timeout or self.settings.timeout_seconds)
-            except grpc.RpcError as error:
-                failed = CallFailed.from_rpc_error(error)
-                # ABORTED is retried only when the server says when (RetryInfo): an ABORTED
-                # for a stale etag would fail the same way again.
-                retry = failed.code == grpc.StatusCode.UNAVAILABLE or (
-                    failed.code in RETRYABLE and failed.retry_after is not None)
-                if not retry or attempt == ATTEMPTS:
-                    raise failed from None
-                time.sleep(failed.retry_after if failed.retry_after is not None else delay)
-                delay *= 2
+        for attempt in Retrying(retry=retry_if_exception(_worth_retrying), wait=_wait,
+                                stop=stop_after_attempt(ATTEMPTS), reraise=True):
+            with attempt:
+                try:
+                    return getattr(stub, method)(request, metadata=self.metadata(),
+                                                 timeout=timeout or self.settings.timeout_seconds)
+                except grpc.RpcError as error:
+                    raise CallFailed.from_rpc_error(error) from None
         raise AssertionError("unreachable")
 
     def stream(self, service: str, method: str, request: Any, *, timeout: float | None = None) -> ServerStream:
         """A server stream; the returned iterator has `.cancel()`."""
         stub = _STUBS[service](self.channel(service))
-        return getattr(stub, method)(request, metadata=self.metadata(), timeout=timeout)
+        stream: ServerStream = getattr(stub, method)(request, metadata=self.metadata(), timeout=timeout)
+        return stream
 
     def pages(self, service: str, method: str, request: Any, items: str, limit: int = 0) -> Iterator[Any]:
         """Every item of a List call, page after page (at most `limit` when set)."""

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 import asyncpg
 from sqlalchemy.engine import make_url
 
-from aigc_gateway.background import cancel_and_wait
+from aigc_gateway.background import Backoff, cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ class PgListener:
         self.live = False
 
     async def _run(self) -> None:
-        backoff = 0.2
+        backoff = Backoff(initial=0.2, cap=5.0)
         while True:
             conn: asyncpg.Connection | None = None
             try:
@@ -70,7 +70,7 @@ class PgListener:
                 self.live = True
                 self.connected_at = self.last_alive = time.monotonic()
                 self._connected.set()
-                backoff = 0.2
+                backoff.reset()
                 if self.on_reconnect is not None:
                     result = self.on_reconnect()
                     if asyncio.iscoroutine(result):
@@ -94,5 +94,4 @@ class PgListener:
                         await asyncio.wait_for(conn.close(), timeout=2)
                     except Exception:  # noqa: BLE001
                         conn.terminate()
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 5.0)
+            await backoff.sleep()
