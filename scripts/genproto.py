@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import filecmp
+import os
 import re
 import shutil
 import sys
@@ -110,11 +111,17 @@ def main() -> int:
     parser.add_argument("--vendored-out", type=Path, default=VENDORED_OUT,
                         help="where the vendored (Envoy) protos' package lives")
     opts = parser.parse_args()
+    # protoc finds the mypy plugins (protoc-gen-mypy*) on PATH: the ones installed beside this interpreter.
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     if not opts.check:
         for out, gen in ((opts.out, generate), (opts.vendored_out, generate_vendored)):
-            if out.exists():
-                shutil.rmtree(out)
-            gen(out, opts.protos)
+            # Generate beside the package, then swap: a failing protoc leaves the committed code in place.
+            with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+                fresh = Path(tmp) / out.name
+                gen(fresh, opts.protos)
+                if out.exists():
+                    shutil.rmtree(out)
+                fresh.rename(out)
             print(f"generated {out}")
         return 0
     with tempfile.TemporaryDirectory() as tmp:
