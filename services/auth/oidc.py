@@ -149,7 +149,7 @@ class OIDCClient:
             response = await self.http.get(meta["userinfo_endpoint"],
                                            headers={"Authorization": f"Bearer {access_token}"})
             response.raise_for_status()
-            info = response.json()
+            info: dict[str, Any] = response.json()
         except (httpx.HTTPError, ValueError) as exc:
             log.warning("userinfo failed (%s); signing in with the ID token's claims only", exc)
             return {}

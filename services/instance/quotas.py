@@ -24,6 +24,7 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, fields
+from typing import Any
 
 from sqlalchemy import select
 
@@ -141,7 +142,7 @@ def template_limit(cfg: QuotaConfig | Policies, ref: TemplateRef) -> int | None:
     return own["running"] if "running" in own else p.templates.get("*", {}).get("running")
 
 
-def cost_of(gss: Mapping | None) -> Usage:
+def cost_of(gss: Mapping[str, Any] | None) -> Usage:
     """What one running instance of the template adds to running usage."""
     if not gss:
         return Usage(running=1)

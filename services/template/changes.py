@@ -125,8 +125,8 @@ def reserved_ids(value: Any) -> frozenset[int] | Any:
 
 def _same(path: str, a: Any, b: Any) -> bool:
     if path == "spec.reserveGameServerIds":
-        return reserved_ids(a if a is not _MISSING else []) == reserved_ids(b if b is not _MISSING else [])
-    return a == b
+        return bool(reserved_ids(a if a is not _MISSING else []) == reserved_ids(b if b is not _MISSING else []))
+    return bool(a == b)
 
 
 def comparable(obj: dict[str, Any]) -> dict[str, Any]:

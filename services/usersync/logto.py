@@ -261,7 +261,8 @@ class LogtoClient:
             page += 1
 
     async def get_user(self, user_id: str) -> dict[str, Any]:
-        return await self.request("GET", f"/api/users/{_seg(user_id)}", what="get user")
+        user: dict[str, Any] = await self.request("GET", f"/api/users/{_seg(user_id)}", what="get user")
+        return user
 
     async def get_custom_data(self, user_id: str) -> dict[str, Any]:
         data = await self.request("GET", f"/api/users/{_seg(user_id)}/custom-data", what="get custom data")

@@ -38,6 +38,8 @@ from .identity import Authenticator
 
 log = logging.getLogger(__name__)
 
+Context = grpc.aio.ServicerContext[Any, Any]  # any method's: the pipeline wraps them all
+
 OPEN_SERVICES = ("grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection",
                  "grpc.reflection.v1.ServerReflection")
 # Metadata forwarded on the gateway's own outgoing calls so the callee sees the same end user.
@@ -79,7 +81,7 @@ def nul_field(message: Any, prefix: str = "") -> str | None:
     not, so it is refused as bad input at the door rather than failing deep inside.
     """
     for field, value in message.ListFields():
-        path = prefix + field.name
+        path: str = prefix + field.name
         if field.message_type is not None and field.message_type.GetOptions().map_entry:
             value_field = field.message_type.fields_by_name["value"]
             for key, item in value.items():
@@ -136,7 +138,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         if handler.unary_unary is not None:
             inner = handler.unary_unary
 
-            async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            async def unary(request: Any, context: Context) -> Any:
                 return await self._unary(info, open_method, inner, request, context)
 
             return grpc.unary_unary_rpc_method_handler(unary, handler.request_deserializer,
@@ -144,7 +146,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         if handler.unary_stream is not None:
             inner_stream = handler.unary_stream
 
-            async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            async def stream(request: Any, context: Context) -> AsyncIterator[Any]:
                 async for item in self._stream(info, open_method, inner_stream, request, context):
                     yield item
 
@@ -154,7 +156,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
 
     # -- the steps -------------------------------------------------------
 
-    async def _begin(self, info: MethodInfo, open_method: bool, context: grpc.aio.ServicerContext) -> None:
+    async def _begin(self, info: MethodInfo, open_method: bool, context: Context) -> None:
         metadata = {k.lower(): v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
         request_id_var.set(metadata.get(REQUEST_ID_HEADER, "")[:128] or new_request_id())
         method_var.set(info.action)
@@ -176,7 +178,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             raise invalid(bad, "must not contain NUL characters", reason="NUL_CHARACTER")
 
     async def _unary(self, info: MethodInfo, open_method: bool, inner: Callable[..., Awaitable[Any]],
-                     request: Any, context: grpc.aio.ServicerContext) -> Any:
+                     request: Any, context: Context) -> Any:
         labels = (info.service, info.method)
         metrics.STARTED.labels(*labels).inc()
         metrics.IN_FLIGHT.labels(*labels).inc()
@@ -233,7 +235,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             _set_request_id_trailer(context)
 
     async def _stream(self, info: MethodInfo, open_method: bool, inner: Callable[..., AsyncIterator[Any]],
-                      request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                      request: Any, context: Context) -> AsyncIterator[Any]:
         labels = (info.service, info.method)
         metrics.STARTED.labels(*labels).inc()
         metrics.IN_FLIGHT.labels(*labels).inc()
@@ -278,7 +280,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
                                     details=audit.details_var.get() or {})
 
     @staticmethod
-    async def _abort(context: grpc.aio.ServicerContext, status: status_pb2.Status) -> NoReturn:
+    async def _abort(context: Context, status: status_pb2.Status) -> NoReturn:
         converted = rpc_status.to_status(status)
         trailing = tuple(converted.trailing_metadata) + ((REQUEST_ID_HEADER, request_id_var.get()),)
         await context.abort(converted.code, converted.details, trailing)
@@ -300,7 +302,7 @@ def _code_tuple(value: int) -> tuple[int, str]:
     return grpc.StatusCode.UNKNOWN.value
 
 
-def _set_request_id_trailer(context: grpc.aio.ServicerContext) -> None:
+def _set_request_id_trailer(context: Context) -> None:
     try:
         if not context.trailing_metadata():
             context.set_trailing_metadata(((REQUEST_ID_HEADER, request_id_var.get()),))

@@ -113,7 +113,8 @@ class ServersConfig(Section):
     reflection: bool = Field(True, description="Serve gRPC server reflection.")
 
     def endpoint(self, service: str) -> Endpoint:
-        return getattr(self, service)
+        endpoint: Endpoint = getattr(self, service)
+        return endpoint
 
 
 class KubernetesConfig(Section):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import TextIO
 
 from pythonjsonlogger.json import JsonFormatter
 
@@ -25,7 +26,7 @@ class _ContextFilter(logging.Filter):
         return True
 
 
-class _GatewayHandler(logging.StreamHandler):
+class _GatewayHandler(logging.StreamHandler[TextIO]):
     """The handler :func:`setup` installs: a second call replaces it instead of adding another."""
 
 

@@ -1,6 +1,8 @@
 """`aigcctl doctor`, `import-logto`, `whoami`, `config`: operating the gateway as a whole."""
 from __future__ import annotations
 
+from typing import Any
+
 import typer
 
 from ..api.v1 import auth_pb2, instance_pb2, usersync_pb2
@@ -20,7 +22,7 @@ def doctor(ctx: typer.Context,
     c = ctl(ctx)
     health = {service: c.client.health(service) for service in SERVICES}
     problems = [f"{s} service is {h}" for s, h in health.items() if h != "SERVING"]
-    report: dict = {"services": health}
+    report: dict[str, Any] = {"services": health}
     try:
         reply = c.client.call("instance", "CheckConsistency", instance_pb2.CheckConsistencyRequest(
             parent=template_parent(template, c.namespace, all_namespaces and not template)), timeout=120)

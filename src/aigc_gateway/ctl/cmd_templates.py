@@ -4,7 +4,7 @@ from __future__ import annotations
 import grpc
 import typer
 
-from ..api.v1 import template_pb2
+from ..api.v1 import common_pb2, template_pb2
 from . import render
 from .context import ctl
 from .exitcodes import CallFailed, Exit, Failure
@@ -53,7 +53,7 @@ def _source(manifest: Manifest) -> template_pb2.TemplateSource:
     return template_pb2.TemplateSource(manifest=manifest.text)
 
 
-def _warn(warnings: list) -> None:
+def _warn(warnings: list[common_pb2.FieldViolation]) -> None:
     err = render.console(stderr=True)
     for w in warnings:
         err.print(f"warning: {w.field + ': ' if w.field else ''}{w.description}")
