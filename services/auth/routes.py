@@ -35,16 +35,15 @@ class RoutePattern:
     paths: tuple[str, ...] = ("/",)
 
     def routes(self, instance_id: int) -> frozenset[Route]:
-        host = _substitute(self.host, instance_id)
+        host = okg.with_id(self.host, instance_id)
         try:
-            normalised = normalise_host(host)
+            normalised = normalise_host(host) if host is not None else None
         except BadURL:
+            normalised = None
+        if normalised is None:
             return frozenset()
-        return frozenset(Route(normalised, path_prefix(_substitute(p, instance_id))) for p in self.paths)
-
-
-def _substitute(pattern: str, instance_id: int) -> str:
-    return pattern.replace("<id>", str(instance_id), 1)
+        paths = (okg.with_id(p, instance_id) for p in self.paths)
+        return frozenset(Route(normalised, path_prefix(p)) for p in paths if p is not None)
 
 
 def path_prefix(path: str) -> str:

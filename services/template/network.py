@@ -16,7 +16,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-ID_MARK = "<id>"
+from aigc_gateway import okg
+
+ID_MARK = okg.ID_MARK
 CONF_PATH = "spec.network.networkConf"
 
 

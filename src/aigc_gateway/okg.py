@@ -13,6 +13,7 @@ owns:
 - ``spec.reserveGameServerIds`` read (:func:`parse_reserve`, ints and ``"a-b"`` ranges, a range wider
   than :data:`MAX_RESERVE_RANGE` refused rather than expanded) and written (:func:`format_reserve`,
   :func:`with_scale`);
+- the ``<id>`` of a Kubernetes-Ingress ``Host`` or ``Path`` (:func:`with_id`);
 - the live set and the high-water mark of (R = ``spec.replicas``, X = the reserve list): kruise-game runs
   the lowest R ids not in X (:func:`live_ids`, :func:`high_water`, :func:`holes`);
 - the GameServer (and pod) name ``<gss>-<id>``, the disk (PVC) name ``<vct>-<gss>-<id>``, and the id read
@@ -42,6 +43,8 @@ RESERVE_ANNOTATION = f"{GROUP}/reserve-ids"
 RESERVE_IDS = "ReserveIds"
 # The network type whose Ingress per GameServer the gateway's auth check guards.
 INGRESS_NETWORK = "Kubernetes-Ingress"
+# What the Kubernetes-Ingress plugin replaces with the id in a networkConf Host or Path.
+ID_MARK = "<id>"
 
 # A range wider than this in a reserve list is refused rather than expanded into that many ids: kruise-game
 # compresses consecutive ids it reserved, so a real list never holds one, and expanding "0-999999999" would
@@ -151,6 +154,14 @@ def with_scale(gss: Mapping[str, Any], replicas: int, reserved: Iterable[int]) -
     body["spec"]["replicas"] = replicas
     body["spec"]["reserveGameServerIds"] = format_reserve(reserved)
     return body
+
+
+def with_id(pattern: str, instance_id: int) -> str | None:
+    """A Kubernetes-Ingress ``Host`` or ``Path`` for one id, as the OKG plugin makes it: its ``<id>`` replaced
+    (a value without one is used as it is); None when it holds more than one, which the plugin refuses (it
+    then makes no Ingress at all)."""
+    parts = pattern.split(ID_MARK)
+    return None if len(parts) > 2 else str(instance_id).join(parts)
 
 
 # -- the live set ----------------------------------------------------------------------------------------

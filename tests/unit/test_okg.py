@@ -113,3 +113,10 @@ def test_the_scale_write_keeps_the_version_read_and_drops_the_status() -> None:
     assert body == {"metadata": {"name": "sd", "resourceVersion": "7"},
                     "spec": {"replicas": 2, "reserveGameServerIds": [2, 3, 5], "other": True}}
     assert read["spec"]["replicas"] == 1 and "status" in read  # the object read is left as it was
+
+
+def test_an_ingress_pattern_gets_its_one_id_as_the_plugin_does() -> None:
+    assert okg.with_id("instances<id>-sd.example.com", 7) == "instances7-sd.example.com"
+    assert okg.with_id("/sd<id>(/|$)(.*)", 0) == "/sd0(/|$)(.*)"
+    assert okg.with_id("sd.example.com", 3) == "sd.example.com"
+    assert okg.with_id("<id>-<id>.example.com", 3) is None  # the plugin refuses it and makes no Ingress
