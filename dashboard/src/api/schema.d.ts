@@ -156,7 +156,9 @@ export interface paths {
         /**
          * Updates a template. Never changes `replicas`, `reserveGameServerIds` or
          *     the scale strategy; a change under `gameServerTemplate` restarts live
-         *     instances and is refused unless `allow_restart` is set.
+         *     instances and is refused unless `allow_restart` is set. The seamless
+         *     rollout policies (WHEN_IDLE, MANUAL: docs/upgrade.md) are not wired yet:
+         *     asking for one answers UNIMPLEMENTED.
          */
         patch: operations["TemplateService_UpdateTemplate"];
         trace?: never;
@@ -298,6 +300,27 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/namespaces/{namespace}/templates/{template}/instances/{instance}:upgrade": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Owner or admin: moves the instance to its template's current revision
+         *     now, whatever the template's rollout policy (docs/upgrade.md). A paused
+         *     instance is left paused: it resumes on the current revision anyway.
+         */
+        post: operations["InstanceService_UpdateInstance"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/namespaces/{namespace}/templates/{template}/instances/{instance}:watch": {
         parameters: {
             query?: never;
@@ -414,8 +437,9 @@ export interface paths {
         get?: never;
         put?: never;
         /**
-         * Tells what an update would change and which instances (and owners) it
-         *     would restart, without writing anything.
+         * Tells what an update would change and, per instance, what would happen
+         *     to it under the rollout policy (restart now, when idle, on resume, only
+         *     when asked; in place or recreated), without writing anything.
          */
         post: operations["TemplateService_PreviewTemplateUpdate"];
         delete?: never;
@@ -667,12 +691,35 @@ export interface components {
          * @enum {string}
          */
         "Accelerator.Type": "TYPE_UNSPECIFIED" | "CPU" | "GPU" | "SHARED_GPU";
-        /** @description An instance an update would restart. */
+        /**
+         * @description What will happen to the instance.
+         *
+         *      - ACTION_UNSPECIFIED: Unknown.
+         *      - RESTART_NOW: Restarts on the new revision now (idle, or the policy is IMMEDIATE).
+         *      - WHEN_IDLE: Busy: restarts once idle for the idle threshold (see `last_access_time`).
+         *      - ON_RESUME: Paused: its pod is made on the new revision when it resumes.
+         *      - WHEN_ASKED: Policy MANUAL: restarts when its owner or an admin asks (UpdateInstance).
+         *      - ON_START: Starting: its pod is made on the new revision.
+         * @default ACTION_UNSPECIFIED
+         * @enum {string}
+         */
+        Action: "ACTION_UNSPECIFIED" | "RESTART_NOW" | "WHEN_IDLE" | "ON_RESUME" | "WHEN_ASKED" | "ON_START";
+        /** @description An instance an update would restart, and when. */
         AffectedInstance: {
             /** @description Instance resource name. */
             instance?: string;
             /** @description Owner's user id. */
             owner?: string;
+            action?: components["schemas"]["Action"];
+            /** @description Why, in a word: "idle", "busy", "immediate", "paused", "manual", "starting". */
+            reason?: string;
+            /**
+             * Format: date-time
+             * @description The last authorised access recorded; unset: never accessed.
+             */
+            lastAccessTime?: string;
+            /** @description True when the restart keeps the pod (see PreviewTemplateUpdateResponse.in_place). */
+            inPlace?: boolean;
         };
         Any: {
             "@type"?: string;
@@ -984,6 +1031,17 @@ export interface components {
              *     paused unless it is used or kept alive (KeepInstanceAlive) before.
              */
             readonly scheduledPauseTime?: string;
+            /**
+             * @description The template revision the instance's pod runs (the pod's
+             *     `controller-revision-hash`); for an instance without a pod (paused,
+             *     starting), the revision its next pod gets. Empty while unknown.
+             */
+            readonly revision?: string;
+            /**
+             * @description True when the instance runs an older revision than its template's current
+             *     one: it moves per the template's rollout policy, or now with UpdateInstance.
+             */
+            readonly updateAvailable?: boolean;
         };
         /** @description One state change of an instance. */
         InstanceEvent: {
@@ -1097,6 +1155,9 @@ export interface components {
             source: components["schemas"]["TemplateSource"];
             /** @description As in UpdateTemplateRequest. */
             updateMask?: string;
+            rolloutPolicy?: components["schemas"]["RolloutPolicy"];
+            /** @description As in UpdateTemplateRequest; unset: the template's. */
+            rolloutIdleAfter?: string;
         };
         /** @description Response for PreviewTemplateUpdate. */
         PreviewTemplateUpdateResponse: {
@@ -1108,6 +1169,15 @@ export interface components {
             affectedInstances?: components["schemas"]["AffectedInstance"][];
             /** @description Violations that would make the update fail. */
             violations?: components["schemas"]["FieldViolation"][];
+            /**
+             * @description True when the change can be made in place (container images and pod
+             *     labels or annotations only): pods, nodes, IPs and disks are kept, the
+             *     engine restarts. False: pods are recreated on the same disks.
+             */
+            inPlace?: boolean;
+            rolloutPolicy?: components["schemas"]["RolloutPolicy"];
+            /** @description The idle threshold the entries were computed for. */
+            rolloutIdleAfter?: string;
         };
         /** @description An authenticated caller. */
         Principal: {
@@ -1276,6 +1346,20 @@ export interface components {
              */
             revokedCount?: number;
         };
+        /**
+         * @description How a change under `gameServerTemplate` reaches the live instances of a
+         *     template (docs/upgrade.md).
+         *
+         *      - ROLLOUT_POLICY_UNSPECIFIED: Not set: the configured default (`template.rollout_policy`).
+         *      - WHEN_IDLE: Seamless: idle instances move now, busy ones once idle for
+         *     `rollout_idle_after`, paused ones when resumed; owners may move theirs now
+         *     (UpdateInstance).
+         *      - IMMEDIATE: Every live instance restarts now (needs `allow_restart`).
+         *      - MANUAL: Only new, resumed and explicitly updated (UpdateInstance) instances move.
+         * @default ROLLOUT_POLICY_UNSPECIFIED
+         * @enum {string}
+         */
+        RolloutPolicy: "ROLLOUT_POLICY_UNSPECIFIED" | "WHEN_IDLE" | "IMMEDIATE" | "MANUAL";
         /** @description A browser session created by sign-in. */
         Session: {
             /** @description `sessions/{session}`; the id is opaque. */
@@ -1396,6 +1480,13 @@ export interface components {
              * @description When the GameServerSet was created.
              */
             readonly createTime?: string;
+            rolloutPolicy?: components["schemas"]["RolloutPolicy"];
+            /**
+             * @description WHEN_IDLE: how long without an authorised access an instance counts as
+             *     idle: the `aigc.gateway.io/rollout-idle-after` annotation, else the
+             *     configured default.
+             */
+            readonly rolloutIdleAfter?: string;
         };
         /** @description The result of a template write. */
         TemplateChange: {
@@ -1413,6 +1504,11 @@ export interface components {
             /** @description The same manifest as structured fields. */
             object?: Record<string, never>;
         };
+        /** @description Request for UpdateInstance. */
+        UpdateInstanceBody: {
+            /** @description Client-chosen idempotency key; a replay returns the first result. */
+            requestId?: string;
+        };
         /** @description Request for UpdateTemplate. */
         UpdateTemplateBody: {
             source: components["schemas"]["TemplateSource"];
@@ -1429,6 +1525,9 @@ export interface components {
             validateOnly?: boolean;
             /** @description Client-chosen idempotency key; a replay returns the first result. */
             requestId?: string;
+            rolloutPolicy?: components["schemas"]["RolloutPolicy"];
+            /** @description WHEN_IDLE's idle threshold for this template; unset: the template's. */
+            rolloutIdleAfter?: string;
         };
         /** @description Request for ValidateTemplate. */
         ValidateTemplateBody: {
@@ -3496,6 +3595,106 @@ export interface operations {
         requestBody: {
             content: {
                 "application/json": components["schemas"]["ResumeInstanceBody"];
+            };
+        };
+        responses: {
+            /** @description A successful response. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Instance"];
+                };
+            };
+            /** @description INVALID_ARGUMENT, FAILED_PRECONDITION or OUT_OF_RANGE; BadRequest details name the fields. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description UNAUTHENTICATED: no credentials, or bad ones. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description PERMISSION_DENIED: not the owner, or not an admin. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description NOT_FOUND. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description ALREADY_EXISTS or ABORTED (lost a race; safe to retry). */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description RESOURCE_EXHAUSTED; RetryInfo (and Retry-After) say when to retry. */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description UNAVAILABLE (a dependency is down; safe to retry). */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+            /** @description An unexpected error response. */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Status"];
+                };
+            };
+        };
+    };
+    InstanceService_UpdateInstance: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                namespace: string;
+                template: string;
+                instance: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["UpdateInstanceBody"];
             };
         };
         responses: {

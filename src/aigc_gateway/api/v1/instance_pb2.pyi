@@ -98,6 +98,8 @@ class Instance(_message.Message):
     LAST_ACCESS_TIME_FIELD_NUMBER: _builtins.int
     ORPHANED_FIELD_NUMBER: _builtins.int
     SCHEDULED_PAUSE_TIME_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    UPDATE_AVAILABLE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """`namespaces/{namespace}/templates/{template}/instances/{id}`."""
     template: _builtins.str
@@ -114,6 +116,15 @@ class Instance(_message.Message):
     """The access URL once the network is ready; empty before."""
     orphaned: _builtins.bool
     """True when the owner no longer exists in the identity provider."""
+    revision: _builtins.str
+    """The template revision the instance's pod runs (the pod's
+    `controller-revision-hash`); for an instance without a pod (paused,
+    starting), the revision its next pod gets. Empty while unknown.
+    """
+    update_available: _builtins.bool
+    """True when the instance runs an older revision than its template's current
+    one: it moves per the template's rollout policy, or now with UpdateInstance.
+    """
     @_builtins.property
     def accelerator(self) -> _common_pb2.Accelerator:
         """What the instance runs on."""
@@ -162,10 +173,12 @@ class Instance(_message.Message):
         last_access_time: _timestamp_pb2.Timestamp | None = ...,
         orphaned: _builtins.bool = ...,
         scheduled_pause_time: _timestamp_pb2.Timestamp | None = ...,
+        revision: _builtins.str = ...,
+        update_available: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["accelerator", b"accelerator", "create_time", b"create_time", "last_access_time", b"last_access_time", "scheduled_pause_time", b"scheduled_pause_time", "state_change_time", b"state_change_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accelerator", b"accelerator", "access_uri", b"access_uri", "create_time", b"create_time", "disks", b"disks", "id", b"id", "last_access_time", b"last_access_time", "name", b"name", "orphaned", b"orphaned", "owner", b"owner", "scheduled_pause_time", b"scheduled_pause_time", "state", b"state", "state_change_time", b"state_change_time", "state_message", b"state_message", "template", b"template", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accelerator", b"accelerator", "access_uri", b"access_uri", "create_time", b"create_time", "disks", b"disks", "id", b"id", "last_access_time", b"last_access_time", "name", b"name", "orphaned", b"orphaned", "owner", b"owner", "revision", b"revision", "scheduled_pause_time", b"scheduled_pause_time", "state", b"state", "state_change_time", b"state_change_time", "state_message", b"state_message", "template", b"template", "update_available", b"update_available", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -919,6 +932,32 @@ class UpdateQuotaPolicyRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UpdateQuotaPolicyRequest: _TypeAlias = UpdateQuotaPolicyRequest  # noqa: Y015
+
+@_typing.final
+class UpdateInstanceRequest(_message.Message):
+    """Request for UpdateInstance."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The instance name."""
+    request_id: _builtins.str
+    """Client-chosen idempotency key; a replay returns the first result."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateInstanceRequest: _TypeAlias = UpdateInstanceRequest  # noqa: Y015
 
 @_typing.final
 class KeepInstanceAliveRequest(_message.Message):

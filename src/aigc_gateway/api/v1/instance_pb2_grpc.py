@@ -112,6 +112,11 @@ class InstanceServiceStub:
                 request_serializer=aigc_dot_gateway_dot_v1_dot_instance__pb2.KeepInstanceAliveRequest.SerializeToString,
                 response_deserializer=aigc_dot_gateway_dot_v1_dot_instance__pb2.Instance.FromString,
                 _registered_method=True)
+        self.UpdateInstance = channel.unary_unary(
+                '/aigc.gateway.v1.InstanceService/UpdateInstance',
+                request_serializer=aigc_dot_gateway_dot_v1_dot_instance__pb2.UpdateInstanceRequest.SerializeToString,
+                response_deserializer=aigc_dot_gateway_dot_v1_dot_instance__pb2.Instance.FromString,
+                _registered_method=True)
         self.CreateIdleExemption = channel.unary_unary(
                 '/aigc.gateway.v1.InstanceService/CreateIdleExemption',
                 request_serializer=aigc_dot_gateway_dot_v1_dot_instance__pb2.CreateIdleExemptionRequest.SerializeToString,
@@ -252,6 +257,15 @@ class InstanceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateInstance(self, request, context):
+        """Owner or admin: moves the instance to its template's current revision
+        now, whatever the template's rollout policy (docs/upgrade.md). A paused
+        instance is left paused: it resumes on the current revision anyway.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CreateIdleExemption(self, request, context):
         """Admin: exempts a user from idle auto-pause.
         """
@@ -349,6 +363,11 @@ def add_InstanceServiceServicer_to_server(servicer, server):
             'KeepInstanceAlive': grpc.unary_unary_rpc_method_handler(
                     servicer.KeepInstanceAlive,
                     request_deserializer=aigc_dot_gateway_dot_v1_dot_instance__pb2.KeepInstanceAliveRequest.FromString,
+                    response_serializer=aigc_dot_gateway_dot_v1_dot_instance__pb2.Instance.SerializeToString,
+            ),
+            'UpdateInstance': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateInstance,
+                    request_deserializer=aigc_dot_gateway_dot_v1_dot_instance__pb2.UpdateInstanceRequest.FromString,
                     response_serializer=aigc_dot_gateway_dot_v1_dot_instance__pb2.Instance.SerializeToString,
             ),
             'CreateIdleExemption': grpc.unary_unary_rpc_method_handler(
@@ -773,6 +792,33 @@ class InstanceService:
             target,
             '/aigc.gateway.v1.InstanceService/KeepInstanceAlive',
             aigc_dot_gateway_dot_v1_dot_instance__pb2.KeepInstanceAliveRequest.SerializeToString,
+            aigc_dot_gateway_dot_v1_dot_instance__pb2.Instance.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateInstance(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aigc.gateway.v1.InstanceService/UpdateInstance',
+            aigc_dot_gateway_dot_v1_dot_instance__pb2.UpdateInstanceRequest.SerializeToString,
             aigc_dot_gateway_dot_v1_dot_instance__pb2.Instance.FromString,
             options,
             channel_credentials,

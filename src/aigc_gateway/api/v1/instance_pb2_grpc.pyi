@@ -89,6 +89,11 @@ class InstanceServiceStub:
     ingress would, and withdraws an announced pause for idleness
     (docs/instance.md, idle auto-pause).
     """
+    UpdateInstance: _grpc.UnaryUnaryMultiCallable[_instance_pb2.UpdateInstanceRequest, _instance_pb2.Instance]
+    """Owner or admin: moves the instance to its template's current revision
+    now, whatever the template's rollout policy (docs/upgrade.md). A paused
+    instance is left paused: it resumes on the current revision anyway.
+    """
     CreateIdleExemption: _grpc.UnaryUnaryMultiCallable[_instance_pb2.CreateIdleExemptionRequest, _instance_pb2.IdleExemption]
     """Admin: exempts a user from idle auto-pause."""
     ListIdleExemptions: _grpc.UnaryUnaryMultiCallable[_instance_pb2.ListIdleExemptionsRequest, _instance_pb2.ListIdleExemptionsResponse]
@@ -155,6 +160,11 @@ class InstanceServiceAsyncStub(InstanceServiceStub):
     """Owner: resets the instance's idle clock, as an access through the
     ingress would, and withdraws an announced pause for idleness
     (docs/instance.md, idle auto-pause).
+    """
+    UpdateInstance: _aio.UnaryUnaryMultiCallable[_instance_pb2.UpdateInstanceRequest, _instance_pb2.Instance]  # type: ignore[assignment]
+    """Owner or admin: moves the instance to its template's current revision
+    now, whatever the template's rollout policy (docs/upgrade.md). A paused
+    instance is left paused: it resumes on the current revision anyway.
     """
     CreateIdleExemption: _aio.UnaryUnaryMultiCallable[_instance_pb2.CreateIdleExemptionRequest, _instance_pb2.IdleExemption]  # type: ignore[assignment]
     """Admin: exempts a user from idle auto-pause."""
@@ -309,6 +319,17 @@ class InstanceServiceServicer(metaclass=_abc_1.ABCMeta):
         """Owner: resets the instance's idle clock, as an access through the
         ingress would, and withdraws an announced pause for idleness
         (docs/instance.md, idle auto-pause).
+        """
+
+    @_abc_1.abstractmethod
+    def UpdateInstance(
+        self,
+        request: _instance_pb2.UpdateInstanceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_instance_pb2.Instance, _abc.Awaitable[_instance_pb2.Instance]]:
+        """Owner or admin: moves the instance to its template's current revision
+        now, whatever the template's rollout policy (docs/upgrade.md). A paused
+        instance is left paused: it resumes on the current revision anyway.
         """
 
     @_abc_1.abstractmethod

@@ -8,11 +8,13 @@ with `replicas: 0` that users install instances of.
 from . import common_pb2 as _common_pb2
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -23,6 +25,42 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _RolloutPolicy:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RolloutPolicyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RolloutPolicy.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ROLLOUT_POLICY_UNSPECIFIED: _RolloutPolicy.ValueType  # 0
+    """Not set: the configured default (`template.rollout_policy`)."""
+    WHEN_IDLE: _RolloutPolicy.ValueType  # 1
+    """Seamless: idle instances move now, busy ones once idle for
+    `rollout_idle_after`, paused ones when resumed; owners may move theirs now
+    (UpdateInstance).
+    """
+    IMMEDIATE: _RolloutPolicy.ValueType  # 2
+    """Every live instance restarts now (needs `allow_restart`)."""
+    MANUAL: _RolloutPolicy.ValueType  # 3
+    """Only new, resumed and explicitly updated (UpdateInstance) instances move."""
+
+class RolloutPolicy(_RolloutPolicy, metaclass=_RolloutPolicyEnumTypeWrapper):
+    """How a change under `gameServerTemplate` reaches the live instances of a
+    template (docs/upgrade.md).
+    """
+
+ROLLOUT_POLICY_UNSPECIFIED: RolloutPolicy.ValueType  # 0
+"""Not set: the configured default (`template.rollout_policy`)."""
+WHEN_IDLE: RolloutPolicy.ValueType  # 1
+"""Seamless: idle instances move now, busy ones once idle for
+`rollout_idle_after`, paused ones when resumed; owners may move theirs now
+(UpdateInstance).
+"""
+IMMEDIATE: RolloutPolicy.ValueType  # 2
+"""Every live instance restarts now (needs `allow_restart`)."""
+MANUAL: RolloutPolicy.ValueType  # 3
+"""Only new, resumed and explicitly updated (UpdateInstance) instances move."""
+Global___RolloutPolicy: _TypeAlias = RolloutPolicy  # noqa: Y015
 
 @_typing.final
 class Template(_message.Message):
@@ -52,6 +90,8 @@ class Template(_message.Message):
     ETAG_FIELD_NUMBER: _builtins.int
     UID_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    ROLLOUT_POLICY_FIELD_NUMBER: _builtins.int
+    ROLLOUT_IDLE_AFTER_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name `namespaces/{namespace}/templates/{template}`; the template
     id is the GameServerSet name.
@@ -85,6 +125,10 @@ class Template(_message.Message):
     """
     uid: _builtins.str
     """The GameServerSet uid."""
+    rollout_policy: Global___RolloutPolicy.ValueType
+    """How a change under `gameServerTemplate` reaches live instances: the
+    `aigc.gateway.io/rollout-policy` annotation, else the configured default.
+    """
     @_builtins.property
     def accelerator(self) -> _common_pb2.Accelerator:
         """What an instance runs on."""
@@ -109,6 +153,13 @@ class Template(_message.Message):
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When the GameServerSet was created."""
 
+    @_builtins.property
+    def rollout_idle_after(self) -> _duration_pb2.Duration:
+        """WHEN_IDLE: how long without an authorised access an instance counts as
+        idle: the `aigc.gateway.io/rollout-idle-after` annotation, else the
+        configured default.
+        """
+
     def __init__(
         self,
         *,
@@ -132,10 +183,12 @@ class Template(_message.Message):
         etag: _builtins.str = ...,
         uid: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        rollout_policy: Global___RolloutPolicy.ValueType = ...,
+        rollout_idle_after: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["accelerator", b"accelerator", "create_time", b"create_time", "manifest", b"manifest"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["accelerator", b"accelerator", "create_time", b"create_time", "manifest", b"manifest", "rollout_idle_after", b"rollout_idle_after"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accelerator", b"accelerator", "category", b"category", "create_time", b"create_time", "description", b"description", "disks", b"disks", "display_name", b"display_name", "etag", b"etag", "host_pattern", b"host_pattern", "icon_uri", b"icon_uri", "images", b"images", "live_instance_count", b"live_instance_count", "manifest", b"manifest", "name", b"name", "path_pattern", b"path_pattern", "paused_instance_count", b"paused_instance_count", "port", b"port", "sort_order", b"sort_order", "uid", b"uid", "unusable_reasons", b"unusable_reasons", "usable", b"usable"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accelerator", b"accelerator", "category", b"category", "create_time", b"create_time", "description", b"description", "disks", b"disks", "display_name", b"display_name", "etag", b"etag", "host_pattern", b"host_pattern", "icon_uri", b"icon_uri", "images", b"images", "live_instance_count", b"live_instance_count", "manifest", b"manifest", "name", b"name", "path_pattern", b"path_pattern", "paused_instance_count", b"paused_instance_count", "port", b"port", "rollout_idle_after", b"rollout_idle_after", "rollout_policy", b"rollout_policy", "sort_order", b"sort_order", "uid", b"uid", "unusable_reasons", b"unusable_reasons", "usable", b"usable"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -336,6 +389,8 @@ class UpdateTemplateRequest(_message.Message):
     ETAG_FIELD_NUMBER: _builtins.int
     VALIDATE_ONLY_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ROLLOUT_POLICY_FIELD_NUMBER: _builtins.int
+    ROLLOUT_IDLE_AFTER_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """`namespaces/{namespace}/templates/{template}`."""
     allow_restart: _builtins.bool
@@ -346,6 +401,8 @@ class UpdateTemplateRequest(_message.Message):
     """Validate only; write nothing."""
     request_id: _builtins.str
     """Client-chosen idempotency key; a replay returns the first result."""
+    rollout_policy: Global___RolloutPolicy.ValueType
+    """How the change reaches live instances; unset: the template's policy."""
     @_builtins.property
     def source(self) -> Global___TemplateSource:
         """The new GameServerSet manifest (whole, or the fields named in `update_mask`)."""
@@ -355,6 +412,10 @@ class UpdateTemplateRequest(_message.Message):
         """Manifest paths to take from `source`, for example `metadata.annotations`
         or `spec.gameServerTemplate`. Empty: every mutable field.
         """
+
+    @_builtins.property
+    def rollout_idle_after(self) -> _duration_pb2.Duration:
+        """WHEN_IDLE's idle threshold for this template; unset: the template's."""
 
     def __init__(
         self,
@@ -366,10 +427,12 @@ class UpdateTemplateRequest(_message.Message):
         etag: _builtins.str = ...,
         validate_only: _builtins.bool = ...,
         request_id: _builtins.str = ...,
+        rollout_policy: Global___RolloutPolicy.ValueType = ...,
+        rollout_idle_after: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["source", b"source", "update_mask", b"update_mask"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["rollout_idle_after", b"rollout_idle_after", "source", b"source", "update_mask", b"update_mask"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_restart", b"allow_restart", "etag", b"etag", "name", b"name", "request_id", b"request_id", "source", b"source", "update_mask", b"update_mask", "validate_only", b"validate_only"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_restart", b"allow_restart", "etag", b"etag", "name", b"name", "request_id", b"request_id", "rollout_idle_after", b"rollout_idle_after", "rollout_policy", b"rollout_policy", "source", b"source", "update_mask", b"update_mask", "validate_only", b"validate_only"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -540,8 +603,12 @@ class PreviewTemplateUpdateRequest(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     SOURCE_FIELD_NUMBER: _builtins.int
     UPDATE_MASK_FIELD_NUMBER: _builtins.int
+    ROLLOUT_POLICY_FIELD_NUMBER: _builtins.int
+    ROLLOUT_IDLE_AFTER_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """`namespaces/{namespace}/templates/{template}`."""
+    rollout_policy: Global___RolloutPolicy.ValueType
+    """As in UpdateTemplateRequest: the policy to preview; unset: the template's."""
     @_builtins.property
     def source(self) -> Global___TemplateSource:
         """The proposed manifest."""
@@ -550,16 +617,22 @@ class PreviewTemplateUpdateRequest(_message.Message):
     def update_mask(self) -> _field_mask_pb2.FieldMask:
         """As in UpdateTemplateRequest."""
 
+    @_builtins.property
+    def rollout_idle_after(self) -> _duration_pb2.Duration:
+        """As in UpdateTemplateRequest; unset: the template's."""
+
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         source: Global___TemplateSource | None = ...,
         update_mask: _field_mask_pb2.FieldMask | None = ...,
+        rollout_policy: Global___RolloutPolicy.ValueType = ...,
+        rollout_idle_after: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["source", b"source", "update_mask", b"update_mask"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["rollout_idle_after", b"rollout_idle_after", "source", b"source", "update_mask", b"update_mask"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "source", b"source", "update_mask", b"update_mask"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "rollout_idle_after", b"rollout_idle_after", "rollout_policy", b"rollout_policy", "source", b"source", "update_mask", b"update_mask"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -575,8 +648,18 @@ class PreviewTemplateUpdateResponse(_message.Message):
     RESTARTS_INSTANCES_FIELD_NUMBER: _builtins.int
     AFFECTED_INSTANCES_FIELD_NUMBER: _builtins.int
     VIOLATIONS_FIELD_NUMBER: _builtins.int
+    IN_PLACE_FIELD_NUMBER: _builtins.int
+    ROLLOUT_POLICY_FIELD_NUMBER: _builtins.int
+    ROLLOUT_IDLE_AFTER_FIELD_NUMBER: _builtins.int
     restarts_instances: _builtins.bool
     """True when live instances would restart."""
+    in_place: _builtins.bool
+    """True when the change can be made in place (container images and pod
+    labels or annotations only): pods, nodes, IPs and disks are kept, the
+    engine restarts. False: pods are recreated on the same disks.
+    """
+    rollout_policy: Global___RolloutPolicy.ValueType
+    """The rollout policy the entries were computed for."""
     @_builtins.property
     def changed_paths(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Manifest paths that would change."""
@@ -589,6 +672,10 @@ class PreviewTemplateUpdateResponse(_message.Message):
     def violations(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.FieldViolation]:
         """Violations that would make the update fail."""
 
+    @_builtins.property
+    def rollout_idle_after(self) -> _duration_pb2.Duration:
+        """The idle threshold the entries were computed for."""
+
     def __init__(
         self,
         *,
@@ -596,10 +683,13 @@ class PreviewTemplateUpdateResponse(_message.Message):
         restarts_instances: _builtins.bool = ...,
         affected_instances: _abc.Iterable[Global___AffectedInstance] | None = ...,
         violations: _abc.Iterable[_common_pb2.FieldViolation] | None = ...,
+        in_place: _builtins.bool = ...,
+        rollout_policy: Global___RolloutPolicy.ValueType = ...,
+        rollout_idle_after: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["rollout_idle_after", b"rollout_idle_after"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["affected_instances", b"affected_instances", "changed_paths", b"changed_paths", "restarts_instances", b"restarts_instances", "violations", b"violations"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["affected_instances", b"affected_instances", "changed_paths", b"changed_paths", "in_place", b"in_place", "restarts_instances", b"restarts_instances", "rollout_idle_after", b"rollout_idle_after", "rollout_policy", b"rollout_policy", "violations", b"violations"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -607,25 +697,78 @@ Global___PreviewTemplateUpdateResponse: _TypeAlias = PreviewTemplateUpdateRespon
 
 @_typing.final
 class AffectedInstance(_message.Message):
-    """An instance an update would restart."""
+    """An instance an update would restart, and when."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    class _Action:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _ActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[AffectedInstance._Action.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        ACTION_UNSPECIFIED: AffectedInstance._Action.ValueType  # 0
+        """Unknown."""
+        RESTART_NOW: AffectedInstance._Action.ValueType  # 1
+        """Restarts on the new revision now (idle, or the policy is IMMEDIATE)."""
+        WHEN_IDLE: AffectedInstance._Action.ValueType  # 2
+        """Busy: restarts once idle for the idle threshold (see `last_access_time`)."""
+        ON_RESUME: AffectedInstance._Action.ValueType  # 3
+        """Paused: its pod is made on the new revision when it resumes."""
+        WHEN_ASKED: AffectedInstance._Action.ValueType  # 4
+        """Policy MANUAL: restarts when its owner or an admin asks (UpdateInstance)."""
+        ON_START: AffectedInstance._Action.ValueType  # 5
+        """Starting: its pod is made on the new revision."""
+
+    class Action(_Action, metaclass=_ActionEnumTypeWrapper):
+        """What will happen to the instance."""
+
+    ACTION_UNSPECIFIED: AffectedInstance.Action.ValueType  # 0
+    """Unknown."""
+    RESTART_NOW: AffectedInstance.Action.ValueType  # 1
+    """Restarts on the new revision now (idle, or the policy is IMMEDIATE)."""
+    WHEN_IDLE: AffectedInstance.Action.ValueType  # 2
+    """Busy: restarts once idle for the idle threshold (see `last_access_time`)."""
+    ON_RESUME: AffectedInstance.Action.ValueType  # 3
+    """Paused: its pod is made on the new revision when it resumes."""
+    WHEN_ASKED: AffectedInstance.Action.ValueType  # 4
+    """Policy MANUAL: restarts when its owner or an admin asks (UpdateInstance)."""
+    ON_START: AffectedInstance.Action.ValueType  # 5
+    """Starting: its pod is made on the new revision."""
+
     INSTANCE_FIELD_NUMBER: _builtins.int
     OWNER_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    LAST_ACCESS_TIME_FIELD_NUMBER: _builtins.int
+    IN_PLACE_FIELD_NUMBER: _builtins.int
     instance: _builtins.str
     """Instance resource name."""
     owner: _builtins.str
     """Owner's user id."""
+    action: Global___AffectedInstance.Action.ValueType
+    """What will happen."""
+    reason: _builtins.str
+    """Why, in a word: "idle", "busy", "immediate", "paused", "manual", "starting"."""
+    in_place: _builtins.bool
+    """True when the restart keeps the pod (see PreviewTemplateUpdateResponse.in_place)."""
+    @_builtins.property
+    def last_access_time(self) -> _timestamp_pb2.Timestamp:
+        """The last authorised access recorded; unset: never accessed."""
+
     def __init__(
         self,
         *,
         instance: _builtins.str = ...,
         owner: _builtins.str = ...,
+        action: Global___AffectedInstance.Action.ValueType = ...,
+        reason: _builtins.str = ...,
+        last_access_time: _timestamp_pb2.Timestamp | None = ...,
+        in_place: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["last_access_time", b"last_access_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["instance", b"instance", "owner", b"owner"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "in_place", b"in_place", "instance", b"instance", "last_access_time", b"last_access_time", "owner", b"owner", "reason", b"reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

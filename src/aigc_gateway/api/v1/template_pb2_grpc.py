@@ -105,7 +105,9 @@ class TemplateServiceServicer:
     def UpdateTemplate(self, request, context):
         """Updates a template. Never changes `replicas`, `reserveGameServerIds` or
         the scale strategy; a change under `gameServerTemplate` restarts live
-        instances and is refused unless `allow_restart` is set.
+        instances and is refused unless `allow_restart` is set. The seamless
+        rollout policies (WHEN_IDLE, MANUAL: docs/upgrade.md) are not wired yet:
+        asking for one answers UNIMPLEMENTED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -128,8 +130,9 @@ class TemplateServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def PreviewTemplateUpdate(self, request, context):
-        """Tells what an update would change and which instances (and owners) it
-        would restart, without writing anything.
+        """Tells what an update would change and, per instance, what would happen
+        to it under the rollout policy (restart now, when idle, on resume, only
+        when asked; in place or recreated), without writing anything.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -51,7 +51,9 @@ class TemplateServiceStub:
     UpdateTemplate: _grpc.UnaryUnaryMultiCallable[_template_pb2.UpdateTemplateRequest, _template_pb2.TemplateChange]
     """Updates a template. Never changes `replicas`, `reserveGameServerIds` or
     the scale strategy; a change under `gameServerTemplate` restarts live
-    instances and is refused unless `allow_restart` is set.
+    instances and is refused unless `allow_restart` is set. The seamless
+    rollout policies (WHEN_IDLE, MANUAL: docs/upgrade.md) are not wired yet:
+    asking for one answers UNIMPLEMENTED.
     """
     DeleteTemplate: _grpc.UnaryUnaryMultiCallable[_template_pb2.DeleteTemplateRequest, _template_pb2.DeleteTemplateResponse]
     """Deletes a template. Refused while instances exist unless `force`; with
@@ -62,8 +64,9 @@ class TemplateServiceStub:
     violation and warning.
     """
     PreviewTemplateUpdate: _grpc.UnaryUnaryMultiCallable[_template_pb2.PreviewTemplateUpdateRequest, _template_pb2.PreviewTemplateUpdateResponse]
-    """Tells what an update would change and which instances (and owners) it
-    would restart, without writing anything.
+    """Tells what an update would change and, per instance, what would happen
+    to it under the rollout policy (restart now, when idle, on resume, only
+    when asked; in place or recreated), without writing anything.
     """
 
 @_typing.type_check_only
@@ -87,7 +90,9 @@ class TemplateServiceAsyncStub(TemplateServiceStub):
     UpdateTemplate: _aio.UnaryUnaryMultiCallable[_template_pb2.UpdateTemplateRequest, _template_pb2.TemplateChange]  # type: ignore[assignment]
     """Updates a template. Never changes `replicas`, `reserveGameServerIds` or
     the scale strategy; a change under `gameServerTemplate` restarts live
-    instances and is refused unless `allow_restart` is set.
+    instances and is refused unless `allow_restart` is set. The seamless
+    rollout policies (WHEN_IDLE, MANUAL: docs/upgrade.md) are not wired yet:
+    asking for one answers UNIMPLEMENTED.
     """
     DeleteTemplate: _aio.UnaryUnaryMultiCallable[_template_pb2.DeleteTemplateRequest, _template_pb2.DeleteTemplateResponse]  # type: ignore[assignment]
     """Deletes a template. Refused while instances exist unless `force`; with
@@ -98,8 +103,9 @@ class TemplateServiceAsyncStub(TemplateServiceStub):
     violation and warning.
     """
     PreviewTemplateUpdate: _aio.UnaryUnaryMultiCallable[_template_pb2.PreviewTemplateUpdateRequest, _template_pb2.PreviewTemplateUpdateResponse]  # type: ignore[assignment]
-    """Tells what an update would change and which instances (and owners) it
-    would restart, without writing anything.
+    """Tells what an update would change and, per instance, what would happen
+    to it under the rollout policy (restart now, when idle, on resume, only
+    when asked; in place or recreated), without writing anything.
     """
 
 class TemplateServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -144,7 +150,9 @@ class TemplateServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_template_pb2.TemplateChange, _abc.Awaitable[_template_pb2.TemplateChange]]:
         """Updates a template. Never changes `replicas`, `reserveGameServerIds` or
         the scale strategy; a change under `gameServerTemplate` restarts live
-        instances and is refused unless `allow_restart` is set.
+        instances and is refused unless `allow_restart` is set. The seamless
+        rollout policies (WHEN_IDLE, MANUAL: docs/upgrade.md) are not wired yet:
+        asking for one answers UNIMPLEMENTED.
         """
 
     @_abc_1.abstractmethod
@@ -173,8 +181,9 @@ class TemplateServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _template_pb2.PreviewTemplateUpdateRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_template_pb2.PreviewTemplateUpdateResponse, _abc.Awaitable[_template_pb2.PreviewTemplateUpdateResponse]]:
-        """Tells what an update would change and which instances (and owners) it
-        would restart, without writing anything.
+        """Tells what an update would change and, per instance, what would happen
+        to it under the rollout policy (restart now, when idle, on resume, only
+        when asked; in place or recreated), without writing anything.
         """
 
 def add_TemplateServiceServicer_to_server(servicer: TemplateServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -146,8 +146,15 @@ type Instance struct {
 	// Set while a pause for idleness is announced: when the instance will be
 	// paused unless it is used or kept alive (KeepInstanceAlive) before.
 	ScheduledPauseTime *timestamppb.Timestamp `protobuf:"bytes,15,opt,name=scheduled_pause_time,json=scheduledPauseTime,proto3" json:"scheduled_pause_time,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// The template revision the instance's pod runs (the pod's
+	// `controller-revision-hash`); for an instance without a pod (paused,
+	// starting), the revision its next pod gets. Empty while unknown.
+	Revision string `protobuf:"bytes,16,opt,name=revision,proto3" json:"revision,omitempty"`
+	// True when the instance runs an older revision than its template's current
+	// one: it moves per the template's rollout policy, or now with UpdateInstance.
+	UpdateAvailable bool `protobuf:"varint,17,opt,name=update_available,json=updateAvailable,proto3" json:"update_available,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *Instance) Reset() {
@@ -283,6 +290,20 @@ func (x *Instance) GetScheduledPauseTime() *timestamppb.Timestamp {
 		return x.ScheduledPauseTime
 	}
 	return nil
+}
+
+func (x *Instance) GetRevision() string {
+	if x != nil {
+		return x.Revision
+	}
+	return ""
+}
+
+func (x *Instance) GetUpdateAvailable() bool {
+	if x != nil {
+		return x.UpdateAvailable
+	}
+	return false
 }
 
 // One state change of an instance.
@@ -1802,6 +1823,61 @@ func (x *UpdateQuotaPolicyRequest) GetRequestId() string {
 	return ""
 }
 
+// Request for UpdateInstance.
+type UpdateInstanceRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The instance name.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Client-chosen idempotency key; a replay returns the first result.
+	RequestId     string `protobuf:"bytes,2,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateInstanceRequest) Reset() {
+	*x = UpdateInstanceRequest{}
+	mi := &file_aigc_gateway_v1_instance_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateInstanceRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateInstanceRequest) ProtoMessage() {}
+
+func (x *UpdateInstanceRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_aigc_gateway_v1_instance_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateInstanceRequest.ProtoReflect.Descriptor instead.
+func (*UpdateInstanceRequest) Descriptor() ([]byte, []int) {
+	return file_aigc_gateway_v1_instance_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *UpdateInstanceRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *UpdateInstanceRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
 // Request for KeepInstanceAlive.
 type KeepInstanceAliveRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1815,7 +1891,7 @@ type KeepInstanceAliveRequest struct {
 
 func (x *KeepInstanceAliveRequest) Reset() {
 	*x = KeepInstanceAliveRequest{}
-	mi := &file_aigc_gateway_v1_instance_proto_msgTypes[25]
+	mi := &file_aigc_gateway_v1_instance_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1827,7 +1903,7 @@ func (x *KeepInstanceAliveRequest) String() string {
 func (*KeepInstanceAliveRequest) ProtoMessage() {}
 
 func (x *KeepInstanceAliveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aigc_gateway_v1_instance_proto_msgTypes[25]
+	mi := &file_aigc_gateway_v1_instance_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1840,7 +1916,7 @@ func (x *KeepInstanceAliveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeepInstanceAliveRequest.ProtoReflect.Descriptor instead.
 func (*KeepInstanceAliveRequest) Descriptor() ([]byte, []int) {
-	return file_aigc_gateway_v1_instance_proto_rawDescGZIP(), []int{25}
+	return file_aigc_gateway_v1_instance_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *KeepInstanceAliveRequest) GetName() string {
@@ -1874,7 +1950,7 @@ type IdleExemption struct {
 
 func (x *IdleExemption) Reset() {
 	*x = IdleExemption{}
-	mi := &file_aigc_gateway_v1_instance_proto_msgTypes[26]
+	mi := &file_aigc_gateway_v1_instance_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1886,7 +1962,7 @@ func (x *IdleExemption) String() string {
 func (*IdleExemption) ProtoMessage() {}
 
 func (x *IdleExemption) ProtoReflect() protoreflect.Message {
-	mi := &file_aigc_gateway_v1_instance_proto_msgTypes[26]
+	mi := &file_aigc_gateway_v1_instance_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1899,7 +1975,7 @@ func (x *IdleExemption) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IdleExemption.ProtoReflect.Descriptor instead.
 func (*IdleExemption) Descriptor() ([]byte, []int) {
-	return file_aigc_gateway_v1_instance_proto_rawDescGZIP(), []int{26}
+	return file_aigc_gateway_v1_instance_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *IdleExemption) GetName() string {
@@ -1943,7 +2019,7 @@ type CreateIdleExemptionRequest struct {
 
 func (x *CreateIdleExemptionRequest) Reset() {
 	*x = CreateIdleExemptionRequest{}
-	mi := &file_aigc_gateway_v1_instance_proto_msgTypes[27]
+	mi := &file_aigc_gateway_v1_instance_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1955,7 +2031,7 @@ func (x *CreateIdleExemptionRequest) String() string {
 func (*CreateIdleExemptionRequest) ProtoMessage() {}
 
 func (x *CreateIdleExemptionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aigc_gateway_v1_instance_proto_msgTypes[27]
+	mi := &file_aigc_gateway_v1_instance_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1968,7 +2044,7 @@ func (x *CreateIdleExemptionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateIdleExemptionRequest.ProtoReflect.Descriptor instead.
 func (*CreateIdleExemptionRequest) Descriptor() ([]byte, []int) {
-	return file_aigc_gateway_v1_instance_proto_rawDescGZIP(), []int{27}
+	return file_aigc_gateway_v1_instance_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *CreateIdleExemptionRequest) GetIdleExemption() *IdleExemption {
@@ -1998,7 +2074,7 @@ type ListIdleExemptionsRequest struct {
 
 func (x *ListIdleExemptionsRequest) Reset() {
 	*x = ListIdleExemptionsRequest{}
-	mi := &file_aigc_gateway_v1_instance_proto_msgTypes[28]
+	mi := &file_aigc_gateway_v1_instance_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2010,7 +2086,7 @@ func (x *ListIdleExemptionsRequest) String() string {
 func (*ListIdleExemptionsRequest) ProtoMessage() {}
 
 func (x *ListIdleExemptionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aigc_gateway_v1_instance_proto_msgTypes[28]
+	mi := &file_aigc_gateway_v1_instance_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2023,7 +2099,7 @@ func (x *ListIdleExemptionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListIdleExemptionsRequest.ProtoReflect.Descriptor instead.
 func (*ListIdleExemptionsRequest) Descriptor() ([]byte, []int) {
-	return file_aigc_gateway_v1_instance_proto_rawDescGZIP(), []int{28}
+	return file_aigc_gateway_v1_instance_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ListIdleExemptionsRequest) GetPageSize() int32 {
@@ -2053,7 +2129,7 @@ type ListIdleExemptionsResponse struct {
 
 func (x *ListIdleExemptionsResponse) Reset() {
 	*x = ListIdleExemptionsResponse{}
-	mi := &file_aigc_gateway_v1_instance_proto_msgTypes[29]
+	mi := &file_aigc_gateway_v1_instance_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2065,7 +2141,7 @@ func (x *ListIdleExemptionsResponse) String() string {
 func (*ListIdleExemptionsResponse) ProtoMessage() {}
 
 func (x *ListIdleExemptionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aigc_gateway_v1_instance_proto_msgTypes[29]
+	mi := &file_aigc_gateway_v1_instance_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2078,7 +2154,7 @@ func (x *ListIdleExemptionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListIdleExemptionsResponse.ProtoReflect.Descriptor instead.
 func (*ListIdleExemptionsResponse) Descriptor() ([]byte, []int) {
-	return file_aigc_gateway_v1_instance_proto_rawDescGZIP(), []int{29}
+	return file_aigc_gateway_v1_instance_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ListIdleExemptionsResponse) GetIdleExemptions() []*IdleExemption {
@@ -2108,7 +2184,7 @@ type DeleteIdleExemptionRequest struct {
 
 func (x *DeleteIdleExemptionRequest) Reset() {
 	*x = DeleteIdleExemptionRequest{}
-	mi := &file_aigc_gateway_v1_instance_proto_msgTypes[30]
+	mi := &file_aigc_gateway_v1_instance_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2120,7 +2196,7 @@ func (x *DeleteIdleExemptionRequest) String() string {
 func (*DeleteIdleExemptionRequest) ProtoMessage() {}
 
 func (x *DeleteIdleExemptionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aigc_gateway_v1_instance_proto_msgTypes[30]
+	mi := &file_aigc_gateway_v1_instance_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2133,7 +2209,7 @@ func (x *DeleteIdleExemptionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteIdleExemptionRequest.ProtoReflect.Descriptor instead.
 func (*DeleteIdleExemptionRequest) Descriptor() ([]byte, []int) {
-	return file_aigc_gateway_v1_instance_proto_rawDescGZIP(), []int{30}
+	return file_aigc_gateway_v1_instance_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *DeleteIdleExemptionRequest) GetName() string {
@@ -2154,7 +2230,7 @@ var File_aigc_gateway_v1_instance_proto protoreflect.FileDescriptor
 
 const file_aigc_gateway_v1_instance_proto_rawDesc = "" +
 	"\n" +
-	"\x1eaigc/gateway/v1/instance.proto\x12\x0faigc.gateway.v1\x1a\x1caigc/gateway/v1/common.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa6\b\n" +
+	"\x1eaigc/gateway/v1/instance.proto\x12\x0faigc.gateway.v1\x1a\x1caigc/gateway/v1/common.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf9\b\n" +
 	"\bInstance\x12\x18\n" +
 	"\x04name\x18\x01 \x01(\tB\x04\xe2A\x01\bR\x04name\x12 \n" +
 	"\btemplate\x18\x02 \x01(\tB\x04\xe2A\x01\x03R\btemplate\x12\x14\n" +
@@ -2174,7 +2250,9 @@ const file_aigc_gateway_v1_instance_proto_rawDesc = "" +
 	"\x11state_change_time\x18\f \x01(\v2\x1a.google.protobuf.TimestampB\x04\xe2A\x01\x03R\x0fstateChangeTime\x12J\n" +
 	"\x10last_access_time\x18\r \x01(\v2\x1a.google.protobuf.TimestampB\x04\xe2A\x01\x03R\x0elastAccessTime\x12 \n" +
 	"\borphaned\x18\x0e \x01(\bB\x04\xe2A\x01\x03R\borphaned\x12R\n" +
-	"\x14scheduled_pause_time\x18\x0f \x01(\v2\x1a.google.protobuf.TimestampB\x04\xe2A\x01\x03R\x12scheduledPauseTime\"\xae\x01\n" +
+	"\x14scheduled_pause_time\x18\x0f \x01(\v2\x1a.google.protobuf.TimestampB\x04\xe2A\x01\x03R\x12scheduledPauseTime\x12 \n" +
+	"\brevision\x18\x10 \x01(\tB\x04\xe2A\x01\x03R\brevision\x12/\n" +
+	"\x10update_available\x18\x11 \x01(\bB\x04\xe2A\x01\x03R\x0fupdateAvailable\"\xae\x01\n" +
 	"\x05State\x12\x15\n" +
 	"\x11STATE_UNSPECIFIED\x10\x00\x12\x0e\n" +
 	"\n" +
@@ -2306,7 +2384,12 @@ const file_aigc_gateway_v1_instance_proto_rawDesc = "" +
 	"\vupdate_mask\x18\x02 \x01(\v2\x1a.google.protobuf.FieldMaskR\n" +
 	"updateMask\x12\x1d\n" +
 	"\n" +
-	"request_id\x18\x03 \x01(\tR\trequestId\"S\n" +
+	"request_id\x18\x03 \x01(\tR\trequestId\"m\n" +
+	"\x15UpdateInstanceRequest\x125\n" +
+	"\x04name\x18\x01 \x01(\tB!\xe2A\x01\x02\xfaA\x1a\n" +
+	"\x18aigc.gateway.v1/InstanceR\x04name\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x02 \x01(\tR\trequestId\"S\n" +
 	"\x18KeepInstanceAliveRequest\x12\x18\n" +
 	"\x04name\x18\x01 \x01(\tB\x04\xe2A\x01\x02R\x04name\x12\x1d\n" +
 	"\n" +
@@ -2334,7 +2417,7 @@ const file_aigc_gateway_v1_instance_proto_rawDesc = "" +
 	"\x04name\x18\x01 \x01(\tB&\xe2A\x01\x02\xfaA\x1f\n" +
 	"\x1daigc.gateway.v1/IdleExemptionR\x04name\x12\x1d\n" +
 	"\n" +
-	"request_id\x18\x02 \x01(\tR\trequestId2\xb3\x17\n" +
+	"request_id\x18\x02 \x01(\tR\trequestId2\xcd\x18\n" +
 	"\x0fInstanceService\x12\x8f\x01\n" +
 	"\x0eCreateInstance\x12&.aigc.gateway.v1.CreateInstanceRequest\x1a\x19.aigc.gateway.v1.Instance\":\x82\xd3\xe4\x93\x024:\x01*\"//v1/{parent=namespaces/*/templates/*}/instances\x12\x86\x01\n" +
 	"\vGetInstance\x12#.aigc.gateway.v1.GetInstanceRequest\x1a\x19.aigc.gateway.v1.Instance\"7\x82\xd3\xe4\x93\x021\x12//v1/{name=namespaces/*/templates/*/instances/*}\x12\x97\x01\n" +
@@ -2350,7 +2433,8 @@ const file_aigc_gateway_v1_instance_proto_rawDesc = "" +
 	"\x0eGetQuotaPolicy\x12&.aigc.gateway.v1.GetQuotaPolicyRequest\x1a\x1c.aigc.gateway.v1.QuotaPolicy\"\xa0\x01\x82\xd3\xe4\x93\x02\x99\x01Z \x12\x1e/v1/{name=roles/*/quotaPolicy}Z \x12\x1e/v1/{name=users/*/quotaPolicy}Z1\x12//v1/{name=namespaces/*/templates/*/quotaPolicy}\x12 /v1/{name=quotaPolicies/default}\x12\x85\x01\n" +
 	"\x11ListQuotaPolicies\x12).aigc.gateway.v1.ListQuotaPoliciesRequest\x1a*.aigc.gateway.v1.ListQuotaPoliciesResponse\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/quotaPolicies\x12\xeb\x02\n" +
 	"\x11UpdateQuotaPolicy\x12).aigc.gateway.v1.UpdateQuotaPolicyRequest\x1a\x1c.aigc.gateway.v1.QuotaPolicy\"\x8c\x02\x82\xd3\xe4\x93\x02\x85\x02:\fquota_policyZ;:\fquota_policy2+/v1/{quota_policy.name=roles/*/quotaPolicy}Z;:\fquota_policy2+/v1/{quota_policy.name=users/*/quotaPolicy}ZL:\fquota_policy2</v1/{quota_policy.name=namespaces/*/templates/*/quotaPolicy}2-/v1/{quota_policy.name=quotaPolicies/default}\x12\x9f\x01\n" +
-	"\x11KeepInstanceAlive\x12).aigc.gateway.v1.KeepInstanceAliveRequest\x1a\x19.aigc.gateway.v1.Instance\"D\x82\xd3\xe4\x93\x02>:\x01*\"9/v1/{name=namespaces/*/templates/*/instances/*}:keepAlive\x12\x8e\x01\n" +
+	"\x11KeepInstanceAlive\x12).aigc.gateway.v1.KeepInstanceAliveRequest\x1a\x19.aigc.gateway.v1.Instance\"D\x82\xd3\xe4\x93\x02>:\x01*\"9/v1/{name=namespaces/*/templates/*/instances/*}:keepAlive\x12\x97\x01\n" +
+	"\x0eUpdateInstance\x12&.aigc.gateway.v1.UpdateInstanceRequest\x1a\x19.aigc.gateway.v1.Instance\"B\x82\xd3\xe4\x93\x02<:\x01*\"7/v1/{name=namespaces/*/templates/*/instances/*}:upgrade\x12\x8e\x01\n" +
 	"\x13CreateIdleExemption\x12+.aigc.gateway.v1.CreateIdleExemptionRequest\x1a\x1e.aigc.gateway.v1.IdleExemption\"*\x82\xd3\xe4\x93\x02$:\x0eidle_exemption\"\x12/v1/idleExemptions\x12\x89\x01\n" +
 	"\x12ListIdleExemptions\x12*.aigc.gateway.v1.ListIdleExemptionsRequest\x1a+.aigc.gateway.v1.ListIdleExemptionsResponse\"\x1a\x82\xd3\xe4\x93\x02\x14\x12\x12/v1/idleExemptions\x12\x7f\n" +
 	"\x13DeleteIdleExemption\x12+.aigc.gateway.v1.DeleteIdleExemptionRequest\x1a\x16.google.protobuf.Empty\"#\x82\xd3\xe4\x93\x02\x1d*\x1b/v1/{name=idleExemptions/*}BKZIgithub.com/aigc-gateway/aigc-gateway/bridge/gen/aigc/gateway/v1;gatewayv1b\x06proto3"
@@ -2368,7 +2452,7 @@ func file_aigc_gateway_v1_instance_proto_rawDescGZIP() []byte {
 }
 
 var file_aigc_gateway_v1_instance_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_aigc_gateway_v1_instance_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
+var file_aigc_gateway_v1_instance_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
 var file_aigc_gateway_v1_instance_proto_goTypes = []any{
 	(Instance_State)(0),                // 0: aigc.gateway.v1.Instance.State
 	(*Instance)(nil),                   // 1: aigc.gateway.v1.Instance
@@ -2396,29 +2480,30 @@ var file_aigc_gateway_v1_instance_proto_goTypes = []any{
 	(*ListQuotaPoliciesRequest)(nil),   // 23: aigc.gateway.v1.ListQuotaPoliciesRequest
 	(*ListQuotaPoliciesResponse)(nil),  // 24: aigc.gateway.v1.ListQuotaPoliciesResponse
 	(*UpdateQuotaPolicyRequest)(nil),   // 25: aigc.gateway.v1.UpdateQuotaPolicyRequest
-	(*KeepInstanceAliveRequest)(nil),   // 26: aigc.gateway.v1.KeepInstanceAliveRequest
-	(*IdleExemption)(nil),              // 27: aigc.gateway.v1.IdleExemption
-	(*CreateIdleExemptionRequest)(nil), // 28: aigc.gateway.v1.CreateIdleExemptionRequest
-	(*ListIdleExemptionsRequest)(nil),  // 29: aigc.gateway.v1.ListIdleExemptionsRequest
-	(*ListIdleExemptionsResponse)(nil), // 30: aigc.gateway.v1.ListIdleExemptionsResponse
-	(*DeleteIdleExemptionRequest)(nil), // 31: aigc.gateway.v1.DeleteIdleExemptionRequest
-	(*Accelerator)(nil),                // 32: aigc.gateway.v1.Accelerator
-	(*Disk)(nil),                       // 33: aigc.gateway.v1.Disk
-	(*timestamppb.Timestamp)(nil),      // 34: google.protobuf.Timestamp
-	(*fieldmaskpb.FieldMask)(nil),      // 35: google.protobuf.FieldMask
-	(*emptypb.Empty)(nil),              // 36: google.protobuf.Empty
+	(*UpdateInstanceRequest)(nil),      // 26: aigc.gateway.v1.UpdateInstanceRequest
+	(*KeepInstanceAliveRequest)(nil),   // 27: aigc.gateway.v1.KeepInstanceAliveRequest
+	(*IdleExemption)(nil),              // 28: aigc.gateway.v1.IdleExemption
+	(*CreateIdleExemptionRequest)(nil), // 29: aigc.gateway.v1.CreateIdleExemptionRequest
+	(*ListIdleExemptionsRequest)(nil),  // 30: aigc.gateway.v1.ListIdleExemptionsRequest
+	(*ListIdleExemptionsResponse)(nil), // 31: aigc.gateway.v1.ListIdleExemptionsResponse
+	(*DeleteIdleExemptionRequest)(nil), // 32: aigc.gateway.v1.DeleteIdleExemptionRequest
+	(*Accelerator)(nil),                // 33: aigc.gateway.v1.Accelerator
+	(*Disk)(nil),                       // 34: aigc.gateway.v1.Disk
+	(*timestamppb.Timestamp)(nil),      // 35: google.protobuf.Timestamp
+	(*fieldmaskpb.FieldMask)(nil),      // 36: google.protobuf.FieldMask
+	(*emptypb.Empty)(nil),              // 37: google.protobuf.Empty
 }
 var file_aigc_gateway_v1_instance_proto_depIdxs = []int32{
 	0,  // 0: aigc.gateway.v1.Instance.state:type_name -> aigc.gateway.v1.Instance.State
-	32, // 1: aigc.gateway.v1.Instance.accelerator:type_name -> aigc.gateway.v1.Accelerator
-	33, // 2: aigc.gateway.v1.Instance.disks:type_name -> aigc.gateway.v1.Disk
-	34, // 3: aigc.gateway.v1.Instance.create_time:type_name -> google.protobuf.Timestamp
-	34, // 4: aigc.gateway.v1.Instance.update_time:type_name -> google.protobuf.Timestamp
-	34, // 5: aigc.gateway.v1.Instance.state_change_time:type_name -> google.protobuf.Timestamp
-	34, // 6: aigc.gateway.v1.Instance.last_access_time:type_name -> google.protobuf.Timestamp
-	34, // 7: aigc.gateway.v1.Instance.scheduled_pause_time:type_name -> google.protobuf.Timestamp
+	33, // 1: aigc.gateway.v1.Instance.accelerator:type_name -> aigc.gateway.v1.Accelerator
+	34, // 2: aigc.gateway.v1.Instance.disks:type_name -> aigc.gateway.v1.Disk
+	35, // 3: aigc.gateway.v1.Instance.create_time:type_name -> google.protobuf.Timestamp
+	35, // 4: aigc.gateway.v1.Instance.update_time:type_name -> google.protobuf.Timestamp
+	35, // 5: aigc.gateway.v1.Instance.state_change_time:type_name -> google.protobuf.Timestamp
+	35, // 6: aigc.gateway.v1.Instance.last_access_time:type_name -> google.protobuf.Timestamp
+	35, // 7: aigc.gateway.v1.Instance.scheduled_pause_time:type_name -> google.protobuf.Timestamp
 	1,  // 8: aigc.gateway.v1.InstanceEvent.instance:type_name -> aigc.gateway.v1.Instance
-	34, // 9: aigc.gateway.v1.InstanceEvent.time:type_name -> google.protobuf.Timestamp
+	35, // 9: aigc.gateway.v1.InstanceEvent.time:type_name -> google.protobuf.Timestamp
 	0,  // 10: aigc.gateway.v1.ListInstancesRequest.state:type_name -> aigc.gateway.v1.Instance.State
 	1,  // 11: aigc.gateway.v1.ListInstancesResponse.instances:type_name -> aigc.gateway.v1.Instance
 	16, // 12: aigc.gateway.v1.CheckConsistencyResponse.violations:type_name -> aigc.gateway.v1.ConsistencyViolation
@@ -2429,13 +2514,13 @@ var file_aigc_gateway_v1_instance_proto_depIdxs = []int32{
 	21, // 17: aigc.gateway.v1.QuotaPolicy.gpus:type_name -> aigc.gateway.v1.QuotaValue
 	21, // 18: aigc.gateway.v1.QuotaPolicy.gpu_memory_gib:type_name -> aigc.gateway.v1.QuotaValue
 	20, // 19: aigc.gateway.v1.QuotaPolicy.configured:type_name -> aigc.gateway.v1.QuotaPolicy
-	34, // 20: aigc.gateway.v1.QuotaPolicy.update_time:type_name -> google.protobuf.Timestamp
+	35, // 20: aigc.gateway.v1.QuotaPolicy.update_time:type_name -> google.protobuf.Timestamp
 	20, // 21: aigc.gateway.v1.ListQuotaPoliciesResponse.quota_policies:type_name -> aigc.gateway.v1.QuotaPolicy
 	20, // 22: aigc.gateway.v1.UpdateQuotaPolicyRequest.quota_policy:type_name -> aigc.gateway.v1.QuotaPolicy
-	35, // 23: aigc.gateway.v1.UpdateQuotaPolicyRequest.update_mask:type_name -> google.protobuf.FieldMask
-	34, // 24: aigc.gateway.v1.IdleExemption.create_time:type_name -> google.protobuf.Timestamp
-	27, // 25: aigc.gateway.v1.CreateIdleExemptionRequest.idle_exemption:type_name -> aigc.gateway.v1.IdleExemption
-	27, // 26: aigc.gateway.v1.ListIdleExemptionsResponse.idle_exemptions:type_name -> aigc.gateway.v1.IdleExemption
+	36, // 23: aigc.gateway.v1.UpdateQuotaPolicyRequest.update_mask:type_name -> google.protobuf.FieldMask
+	35, // 24: aigc.gateway.v1.IdleExemption.create_time:type_name -> google.protobuf.Timestamp
+	28, // 25: aigc.gateway.v1.CreateIdleExemptionRequest.idle_exemption:type_name -> aigc.gateway.v1.IdleExemption
+	28, // 26: aigc.gateway.v1.ListIdleExemptionsResponse.idle_exemptions:type_name -> aigc.gateway.v1.IdleExemption
 	3,  // 27: aigc.gateway.v1.InstanceService.CreateInstance:input_type -> aigc.gateway.v1.CreateInstanceRequest
 	4,  // 28: aigc.gateway.v1.InstanceService.GetInstance:input_type -> aigc.gateway.v1.GetInstanceRequest
 	5,  // 29: aigc.gateway.v1.InstanceService.ListInstances:input_type -> aigc.gateway.v1.ListInstancesRequest
@@ -2450,30 +2535,32 @@ var file_aigc_gateway_v1_instance_proto_depIdxs = []int32{
 	22, // 38: aigc.gateway.v1.InstanceService.GetQuotaPolicy:input_type -> aigc.gateway.v1.GetQuotaPolicyRequest
 	23, // 39: aigc.gateway.v1.InstanceService.ListQuotaPolicies:input_type -> aigc.gateway.v1.ListQuotaPoliciesRequest
 	25, // 40: aigc.gateway.v1.InstanceService.UpdateQuotaPolicy:input_type -> aigc.gateway.v1.UpdateQuotaPolicyRequest
-	26, // 41: aigc.gateway.v1.InstanceService.KeepInstanceAlive:input_type -> aigc.gateway.v1.KeepInstanceAliveRequest
-	28, // 42: aigc.gateway.v1.InstanceService.CreateIdleExemption:input_type -> aigc.gateway.v1.CreateIdleExemptionRequest
-	29, // 43: aigc.gateway.v1.InstanceService.ListIdleExemptions:input_type -> aigc.gateway.v1.ListIdleExemptionsRequest
-	31, // 44: aigc.gateway.v1.InstanceService.DeleteIdleExemption:input_type -> aigc.gateway.v1.DeleteIdleExemptionRequest
-	1,  // 45: aigc.gateway.v1.InstanceService.CreateInstance:output_type -> aigc.gateway.v1.Instance
-	1,  // 46: aigc.gateway.v1.InstanceService.GetInstance:output_type -> aigc.gateway.v1.Instance
-	6,  // 47: aigc.gateway.v1.InstanceService.ListInstances:output_type -> aigc.gateway.v1.ListInstancesResponse
-	1,  // 48: aigc.gateway.v1.InstanceService.PauseInstance:output_type -> aigc.gateway.v1.Instance
-	1,  // 49: aigc.gateway.v1.InstanceService.ResumeInstance:output_type -> aigc.gateway.v1.Instance
-	1,  // 50: aigc.gateway.v1.InstanceService.RestartInstance:output_type -> aigc.gateway.v1.Instance
-	1,  // 51: aigc.gateway.v1.InstanceService.DeleteInstance:output_type -> aigc.gateway.v1.Instance
-	2,  // 52: aigc.gateway.v1.InstanceService.WatchInstance:output_type -> aigc.gateway.v1.InstanceEvent
-	13, // 53: aigc.gateway.v1.InstanceService.PurgeInstances:output_type -> aigc.gateway.v1.PurgeInstancesResponse
-	15, // 54: aigc.gateway.v1.InstanceService.CheckConsistency:output_type -> aigc.gateway.v1.CheckConsistencyResponse
-	18, // 55: aigc.gateway.v1.InstanceService.GetQuotaUsage:output_type -> aigc.gateway.v1.QuotaUsage
-	20, // 56: aigc.gateway.v1.InstanceService.GetQuotaPolicy:output_type -> aigc.gateway.v1.QuotaPolicy
-	24, // 57: aigc.gateway.v1.InstanceService.ListQuotaPolicies:output_type -> aigc.gateway.v1.ListQuotaPoliciesResponse
-	20, // 58: aigc.gateway.v1.InstanceService.UpdateQuotaPolicy:output_type -> aigc.gateway.v1.QuotaPolicy
-	1,  // 59: aigc.gateway.v1.InstanceService.KeepInstanceAlive:output_type -> aigc.gateway.v1.Instance
-	27, // 60: aigc.gateway.v1.InstanceService.CreateIdleExemption:output_type -> aigc.gateway.v1.IdleExemption
-	30, // 61: aigc.gateway.v1.InstanceService.ListIdleExemptions:output_type -> aigc.gateway.v1.ListIdleExemptionsResponse
-	36, // 62: aigc.gateway.v1.InstanceService.DeleteIdleExemption:output_type -> google.protobuf.Empty
-	45, // [45:63] is the sub-list for method output_type
-	27, // [27:45] is the sub-list for method input_type
+	27, // 41: aigc.gateway.v1.InstanceService.KeepInstanceAlive:input_type -> aigc.gateway.v1.KeepInstanceAliveRequest
+	26, // 42: aigc.gateway.v1.InstanceService.UpdateInstance:input_type -> aigc.gateway.v1.UpdateInstanceRequest
+	29, // 43: aigc.gateway.v1.InstanceService.CreateIdleExemption:input_type -> aigc.gateway.v1.CreateIdleExemptionRequest
+	30, // 44: aigc.gateway.v1.InstanceService.ListIdleExemptions:input_type -> aigc.gateway.v1.ListIdleExemptionsRequest
+	32, // 45: aigc.gateway.v1.InstanceService.DeleteIdleExemption:input_type -> aigc.gateway.v1.DeleteIdleExemptionRequest
+	1,  // 46: aigc.gateway.v1.InstanceService.CreateInstance:output_type -> aigc.gateway.v1.Instance
+	1,  // 47: aigc.gateway.v1.InstanceService.GetInstance:output_type -> aigc.gateway.v1.Instance
+	6,  // 48: aigc.gateway.v1.InstanceService.ListInstances:output_type -> aigc.gateway.v1.ListInstancesResponse
+	1,  // 49: aigc.gateway.v1.InstanceService.PauseInstance:output_type -> aigc.gateway.v1.Instance
+	1,  // 50: aigc.gateway.v1.InstanceService.ResumeInstance:output_type -> aigc.gateway.v1.Instance
+	1,  // 51: aigc.gateway.v1.InstanceService.RestartInstance:output_type -> aigc.gateway.v1.Instance
+	1,  // 52: aigc.gateway.v1.InstanceService.DeleteInstance:output_type -> aigc.gateway.v1.Instance
+	2,  // 53: aigc.gateway.v1.InstanceService.WatchInstance:output_type -> aigc.gateway.v1.InstanceEvent
+	13, // 54: aigc.gateway.v1.InstanceService.PurgeInstances:output_type -> aigc.gateway.v1.PurgeInstancesResponse
+	15, // 55: aigc.gateway.v1.InstanceService.CheckConsistency:output_type -> aigc.gateway.v1.CheckConsistencyResponse
+	18, // 56: aigc.gateway.v1.InstanceService.GetQuotaUsage:output_type -> aigc.gateway.v1.QuotaUsage
+	20, // 57: aigc.gateway.v1.InstanceService.GetQuotaPolicy:output_type -> aigc.gateway.v1.QuotaPolicy
+	24, // 58: aigc.gateway.v1.InstanceService.ListQuotaPolicies:output_type -> aigc.gateway.v1.ListQuotaPoliciesResponse
+	20, // 59: aigc.gateway.v1.InstanceService.UpdateQuotaPolicy:output_type -> aigc.gateway.v1.QuotaPolicy
+	1,  // 60: aigc.gateway.v1.InstanceService.KeepInstanceAlive:output_type -> aigc.gateway.v1.Instance
+	1,  // 61: aigc.gateway.v1.InstanceService.UpdateInstance:output_type -> aigc.gateway.v1.Instance
+	28, // 62: aigc.gateway.v1.InstanceService.CreateIdleExemption:output_type -> aigc.gateway.v1.IdleExemption
+	31, // 63: aigc.gateway.v1.InstanceService.ListIdleExemptions:output_type -> aigc.gateway.v1.ListIdleExemptionsResponse
+	37, // 64: aigc.gateway.v1.InstanceService.DeleteIdleExemption:output_type -> google.protobuf.Empty
+	46, // [46:65] is the sub-list for method output_type
+	27, // [27:46] is the sub-list for method input_type
 	27, // [27:27] is the sub-list for extension type_name
 	27, // [27:27] is the sub-list for extension extendee
 	0,  // [0:27] is the sub-list for field type_name
@@ -2495,7 +2582,7 @@ func file_aigc_gateway_v1_instance_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_aigc_gateway_v1_instance_proto_rawDesc), len(file_aigc_gateway_v1_instance_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   31,
+			NumMessages:   32,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

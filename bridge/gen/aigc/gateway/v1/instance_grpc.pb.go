@@ -37,6 +37,7 @@ const (
 	InstanceService_ListQuotaPolicies_FullMethodName   = "/aigc.gateway.v1.InstanceService/ListQuotaPolicies"
 	InstanceService_UpdateQuotaPolicy_FullMethodName   = "/aigc.gateway.v1.InstanceService/UpdateQuotaPolicy"
 	InstanceService_KeepInstanceAlive_FullMethodName   = "/aigc.gateway.v1.InstanceService/KeepInstanceAlive"
+	InstanceService_UpdateInstance_FullMethodName      = "/aigc.gateway.v1.InstanceService/UpdateInstance"
 	InstanceService_CreateIdleExemption_FullMethodName = "/aigc.gateway.v1.InstanceService/CreateIdleExemption"
 	InstanceService_ListIdleExemptions_FullMethodName  = "/aigc.gateway.v1.InstanceService/ListIdleExemptions"
 	InstanceService_DeleteIdleExemption_FullMethodName = "/aigc.gateway.v1.InstanceService/DeleteIdleExemption"
@@ -92,6 +93,10 @@ type InstanceServiceClient interface {
 	// ingress would, and withdraws an announced pause for idleness
 	// (docs/instance.md, idle auto-pause).
 	KeepInstanceAlive(ctx context.Context, in *KeepInstanceAliveRequest, opts ...grpc.CallOption) (*Instance, error)
+	// Owner or admin: moves the instance to its template's current revision
+	// now, whatever the template's rollout policy (docs/upgrade.md). A paused
+	// instance is left paused: it resumes on the current revision anyway.
+	UpdateInstance(ctx context.Context, in *UpdateInstanceRequest, opts ...grpc.CallOption) (*Instance, error)
 	// Admin: exempts a user from idle auto-pause.
 	CreateIdleExemption(ctx context.Context, in *CreateIdleExemptionRequest, opts ...grpc.CallOption) (*IdleExemption, error)
 	// Admin: lists the users exempt from idle auto-pause.
@@ -267,6 +272,16 @@ func (c *instanceServiceClient) KeepInstanceAlive(ctx context.Context, in *KeepI
 	return out, nil
 }
 
+func (c *instanceServiceClient) UpdateInstance(ctx context.Context, in *UpdateInstanceRequest, opts ...grpc.CallOption) (*Instance, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Instance)
+	err := c.cc.Invoke(ctx, InstanceService_UpdateInstance_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *instanceServiceClient) CreateIdleExemption(ctx context.Context, in *CreateIdleExemptionRequest, opts ...grpc.CallOption) (*IdleExemption, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(IdleExemption)
@@ -347,6 +362,10 @@ type InstanceServiceServer interface {
 	// ingress would, and withdraws an announced pause for idleness
 	// (docs/instance.md, idle auto-pause).
 	KeepInstanceAlive(context.Context, *KeepInstanceAliveRequest) (*Instance, error)
+	// Owner or admin: moves the instance to its template's current revision
+	// now, whatever the template's rollout policy (docs/upgrade.md). A paused
+	// instance is left paused: it resumes on the current revision anyway.
+	UpdateInstance(context.Context, *UpdateInstanceRequest) (*Instance, error)
 	// Admin: exempts a user from idle auto-pause.
 	CreateIdleExemption(context.Context, *CreateIdleExemptionRequest) (*IdleExemption, error)
 	// Admin: lists the users exempt from idle auto-pause.
@@ -407,6 +426,9 @@ func (UnimplementedInstanceServiceServer) UpdateQuotaPolicy(context.Context, *Up
 }
 func (UnimplementedInstanceServiceServer) KeepInstanceAlive(context.Context, *KeepInstanceAliveRequest) (*Instance, error) {
 	return nil, status.Error(codes.Unimplemented, "method KeepInstanceAlive not implemented")
+}
+func (UnimplementedInstanceServiceServer) UpdateInstance(context.Context, *UpdateInstanceRequest) (*Instance, error) {
+	return nil, status.Error(codes.Unimplemented, "method UpdateInstance not implemented")
 }
 func (UnimplementedInstanceServiceServer) CreateIdleExemption(context.Context, *CreateIdleExemptionRequest) (*IdleExemption, error) {
 	return nil, status.Error(codes.Unimplemented, "method CreateIdleExemption not implemented")
@@ -701,6 +723,24 @@ func _InstanceService_KeepInstanceAlive_Handler(srv interface{}, ctx context.Con
 	return interceptor(ctx, in, info, handler)
 }
 
+func _InstanceService_UpdateInstance_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UpdateInstanceRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(InstanceServiceServer).UpdateInstance(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: InstanceService_UpdateInstance_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(InstanceServiceServer).UpdateInstance(ctx, req.(*UpdateInstanceRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _InstanceService_CreateIdleExemption_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(CreateIdleExemptionRequest)
 	if err := dec(in); err != nil {
@@ -817,6 +857,10 @@ var InstanceService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "KeepInstanceAlive",
 			Handler:    _InstanceService_KeepInstanceAlive_Handler,
+		},
+		{
+			MethodName: "UpdateInstance",
+			Handler:    _InstanceService_UpdateInstance_Handler,
 		},
 		{
 			MethodName: "CreateIdleExemption",

@@ -13,6 +13,7 @@ import (
 	_ "google.golang.org/genproto/googleapis/api/annotations"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	durationpb "google.golang.org/protobuf/types/known/durationpb"
 	fieldmaskpb "google.golang.org/protobuf/types/known/fieldmaskpb"
 	structpb "google.golang.org/protobuf/types/known/structpb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
@@ -27,6 +28,131 @@ const (
 	// Verify that runtime/protoimpl is sufficiently up-to-date.
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
+
+// How a change under `gameServerTemplate` reaches the live instances of a
+// template (docs/upgrade.md).
+type RolloutPolicy int32
+
+const (
+	// Not set: the configured default (`template.rollout_policy`).
+	RolloutPolicy_ROLLOUT_POLICY_UNSPECIFIED RolloutPolicy = 0
+	// Seamless: idle instances move now, busy ones once idle for
+	// `rollout_idle_after`, paused ones when resumed; owners may move theirs now
+	// (UpdateInstance).
+	RolloutPolicy_WHEN_IDLE RolloutPolicy = 1
+	// Every live instance restarts now (needs `allow_restart`).
+	RolloutPolicy_IMMEDIATE RolloutPolicy = 2
+	// Only new, resumed and explicitly updated (UpdateInstance) instances move.
+	RolloutPolicy_MANUAL RolloutPolicy = 3
+)
+
+// Enum value maps for RolloutPolicy.
+var (
+	RolloutPolicy_name = map[int32]string{
+		0: "ROLLOUT_POLICY_UNSPECIFIED",
+		1: "WHEN_IDLE",
+		2: "IMMEDIATE",
+		3: "MANUAL",
+	}
+	RolloutPolicy_value = map[string]int32{
+		"ROLLOUT_POLICY_UNSPECIFIED": 0,
+		"WHEN_IDLE":                  1,
+		"IMMEDIATE":                  2,
+		"MANUAL":                     3,
+	}
+)
+
+func (x RolloutPolicy) Enum() *RolloutPolicy {
+	p := new(RolloutPolicy)
+	*p = x
+	return p
+}
+
+func (x RolloutPolicy) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (RolloutPolicy) Descriptor() protoreflect.EnumDescriptor {
+	return file_aigc_gateway_v1_template_proto_enumTypes[0].Descriptor()
+}
+
+func (RolloutPolicy) Type() protoreflect.EnumType {
+	return &file_aigc_gateway_v1_template_proto_enumTypes[0]
+}
+
+func (x RolloutPolicy) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use RolloutPolicy.Descriptor instead.
+func (RolloutPolicy) EnumDescriptor() ([]byte, []int) {
+	return file_aigc_gateway_v1_template_proto_rawDescGZIP(), []int{0}
+}
+
+// What will happen to the instance.
+type AffectedInstance_Action int32
+
+const (
+	// Unknown.
+	AffectedInstance_ACTION_UNSPECIFIED AffectedInstance_Action = 0
+	// Restarts on the new revision now (idle, or the policy is IMMEDIATE).
+	AffectedInstance_RESTART_NOW AffectedInstance_Action = 1
+	// Busy: restarts once idle for the idle threshold (see `last_access_time`).
+	AffectedInstance_WHEN_IDLE AffectedInstance_Action = 2
+	// Paused: its pod is made on the new revision when it resumes.
+	AffectedInstance_ON_RESUME AffectedInstance_Action = 3
+	// Policy MANUAL: restarts when its owner or an admin asks (UpdateInstance).
+	AffectedInstance_WHEN_ASKED AffectedInstance_Action = 4
+	// Starting: its pod is made on the new revision.
+	AffectedInstance_ON_START AffectedInstance_Action = 5
+)
+
+// Enum value maps for AffectedInstance_Action.
+var (
+	AffectedInstance_Action_name = map[int32]string{
+		0: "ACTION_UNSPECIFIED",
+		1: "RESTART_NOW",
+		2: "WHEN_IDLE",
+		3: "ON_RESUME",
+		4: "WHEN_ASKED",
+		5: "ON_START",
+	}
+	AffectedInstance_Action_value = map[string]int32{
+		"ACTION_UNSPECIFIED": 0,
+		"RESTART_NOW":        1,
+		"WHEN_IDLE":          2,
+		"ON_RESUME":          3,
+		"WHEN_ASKED":         4,
+		"ON_START":           5,
+	}
+)
+
+func (x AffectedInstance_Action) Enum() *AffectedInstance_Action {
+	p := new(AffectedInstance_Action)
+	*p = x
+	return p
+}
+
+func (x AffectedInstance_Action) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (AffectedInstance_Action) Descriptor() protoreflect.EnumDescriptor {
+	return file_aigc_gateway_v1_template_proto_enumTypes[1].Descriptor()
+}
+
+func (AffectedInstance_Action) Type() protoreflect.EnumType {
+	return &file_aigc_gateway_v1_template_proto_enumTypes[1]
+}
+
+func (x AffectedInstance_Action) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use AffectedInstance_Action.Descriptor instead.
+func (AffectedInstance_Action) EnumDescriptor() ([]byte, []int) {
+	return file_aigc_gateway_v1_template_proto_rawDescGZIP(), []int{14, 0}
+}
 
 // An AIGC engine template: a GameServerSet in a configured namespace that
 // matches the configured label selector.
@@ -74,9 +200,16 @@ type Template struct {
 	// The GameServerSet uid.
 	Uid string `protobuf:"bytes,19,opt,name=uid,proto3" json:"uid,omitempty"`
 	// When the GameServerSet was created.
-	CreateTime    *timestamppb.Timestamp `protobuf:"bytes,20,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	CreateTime *timestamppb.Timestamp `protobuf:"bytes,20,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	// How a change under `gameServerTemplate` reaches live instances: the
+	// `aigc.gateway.io/rollout-policy` annotation, else the configured default.
+	RolloutPolicy RolloutPolicy `protobuf:"varint,21,opt,name=rollout_policy,json=rolloutPolicy,proto3,enum=aigc.gateway.v1.RolloutPolicy" json:"rollout_policy,omitempty"`
+	// WHEN_IDLE: how long without an authorised access an instance counts as
+	// idle: the `aigc.gateway.io/rollout-idle-after` annotation, else the
+	// configured default.
+	RolloutIdleAfter *durationpb.Duration `protobuf:"bytes,22,opt,name=rollout_idle_after,json=rolloutIdleAfter,proto3" json:"rollout_idle_after,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *Template) Reset() {
@@ -245,6 +378,20 @@ func (x *Template) GetUid() string {
 func (x *Template) GetCreateTime() *timestamppb.Timestamp {
 	if x != nil {
 		return x.CreateTime
+	}
+	return nil
+}
+
+func (x *Template) GetRolloutPolicy() RolloutPolicy {
+	if x != nil {
+		return x.RolloutPolicy
+	}
+	return RolloutPolicy_ROLLOUT_POLICY_UNSPECIFIED
+}
+
+func (x *Template) GetRolloutIdleAfter() *durationpb.Duration {
+	if x != nil {
+		return x.RolloutIdleAfter
 	}
 	return nil
 }
@@ -656,9 +803,13 @@ type UpdateTemplateRequest struct {
 	// Validate only; write nothing.
 	ValidateOnly bool `protobuf:"varint,6,opt,name=validate_only,json=validateOnly,proto3" json:"validate_only,omitempty"`
 	// Client-chosen idempotency key; a replay returns the first result.
-	RequestId     string `protobuf:"bytes,7,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	RequestId string `protobuf:"bytes,7,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	// How the change reaches live instances; unset: the template's policy.
+	RolloutPolicy RolloutPolicy `protobuf:"varint,8,opt,name=rollout_policy,json=rolloutPolicy,proto3,enum=aigc.gateway.v1.RolloutPolicy" json:"rollout_policy,omitempty"`
+	// WHEN_IDLE's idle threshold for this template; unset: the template's.
+	RolloutIdleAfter *durationpb.Duration `protobuf:"bytes,9,opt,name=rollout_idle_after,json=rolloutIdleAfter,proto3" json:"rollout_idle_after,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *UpdateTemplateRequest) Reset() {
@@ -738,6 +889,20 @@ func (x *UpdateTemplateRequest) GetRequestId() string {
 		return x.RequestId
 	}
 	return ""
+}
+
+func (x *UpdateTemplateRequest) GetRolloutPolicy() RolloutPolicy {
+	if x != nil {
+		return x.RolloutPolicy
+	}
+	return RolloutPolicy_ROLLOUT_POLICY_UNSPECIFIED
+}
+
+func (x *UpdateTemplateRequest) GetRolloutIdleAfter() *durationpb.Duration {
+	if x != nil {
+		return x.RolloutIdleAfter
+	}
+	return nil
 }
 
 // Request for DeleteTemplate.
@@ -1043,9 +1208,13 @@ type PreviewTemplateUpdateRequest struct {
 	// The proposed manifest.
 	Source *TemplateSource `protobuf:"bytes,2,opt,name=source,proto3" json:"source,omitempty"`
 	// As in UpdateTemplateRequest.
-	UpdateMask    *fieldmaskpb.FieldMask `protobuf:"bytes,3,opt,name=update_mask,json=updateMask,proto3" json:"update_mask,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	UpdateMask *fieldmaskpb.FieldMask `protobuf:"bytes,3,opt,name=update_mask,json=updateMask,proto3" json:"update_mask,omitempty"`
+	// As in UpdateTemplateRequest: the policy to preview; unset: the template's.
+	RolloutPolicy RolloutPolicy `protobuf:"varint,4,opt,name=rollout_policy,json=rolloutPolicy,proto3,enum=aigc.gateway.v1.RolloutPolicy" json:"rollout_policy,omitempty"`
+	// As in UpdateTemplateRequest; unset: the template's.
+	RolloutIdleAfter *durationpb.Duration `protobuf:"bytes,5,opt,name=rollout_idle_after,json=rolloutIdleAfter,proto3" json:"rollout_idle_after,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *PreviewTemplateUpdateRequest) Reset() {
@@ -1099,6 +1268,20 @@ func (x *PreviewTemplateUpdateRequest) GetUpdateMask() *fieldmaskpb.FieldMask {
 	return nil
 }
 
+func (x *PreviewTemplateUpdateRequest) GetRolloutPolicy() RolloutPolicy {
+	if x != nil {
+		return x.RolloutPolicy
+	}
+	return RolloutPolicy_ROLLOUT_POLICY_UNSPECIFIED
+}
+
+func (x *PreviewTemplateUpdateRequest) GetRolloutIdleAfter() *durationpb.Duration {
+	if x != nil {
+		return x.RolloutIdleAfter
+	}
+	return nil
+}
+
 // Response for PreviewTemplateUpdate.
 type PreviewTemplateUpdateResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1109,9 +1292,17 @@ type PreviewTemplateUpdateResponse struct {
 	// The instances that would restart.
 	AffectedInstances []*AffectedInstance `protobuf:"bytes,3,rep,name=affected_instances,json=affectedInstances,proto3" json:"affected_instances,omitempty"`
 	// Violations that would make the update fail.
-	Violations    []*FieldViolation `protobuf:"bytes,4,rep,name=violations,proto3" json:"violations,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Violations []*FieldViolation `protobuf:"bytes,4,rep,name=violations,proto3" json:"violations,omitempty"`
+	// True when the change can be made in place (container images and pod
+	// labels or annotations only): pods, nodes, IPs and disks are kept, the
+	// engine restarts. False: pods are recreated on the same disks.
+	InPlace bool `protobuf:"varint,5,opt,name=in_place,json=inPlace,proto3" json:"in_place,omitempty"`
+	// The rollout policy the entries were computed for.
+	RolloutPolicy RolloutPolicy `protobuf:"varint,6,opt,name=rollout_policy,json=rolloutPolicy,proto3,enum=aigc.gateway.v1.RolloutPolicy" json:"rollout_policy,omitempty"`
+	// The idle threshold the entries were computed for.
+	RolloutIdleAfter *durationpb.Duration `protobuf:"bytes,7,opt,name=rollout_idle_after,json=rolloutIdleAfter,proto3" json:"rollout_idle_after,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *PreviewTemplateUpdateResponse) Reset() {
@@ -1172,13 +1363,42 @@ func (x *PreviewTemplateUpdateResponse) GetViolations() []*FieldViolation {
 	return nil
 }
 
-// An instance an update would restart.
+func (x *PreviewTemplateUpdateResponse) GetInPlace() bool {
+	if x != nil {
+		return x.InPlace
+	}
+	return false
+}
+
+func (x *PreviewTemplateUpdateResponse) GetRolloutPolicy() RolloutPolicy {
+	if x != nil {
+		return x.RolloutPolicy
+	}
+	return RolloutPolicy_ROLLOUT_POLICY_UNSPECIFIED
+}
+
+func (x *PreviewTemplateUpdateResponse) GetRolloutIdleAfter() *durationpb.Duration {
+	if x != nil {
+		return x.RolloutIdleAfter
+	}
+	return nil
+}
+
+// An instance an update would restart, and when.
 type AffectedInstance struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Instance resource name.
 	Instance string `protobuf:"bytes,1,opt,name=instance,proto3" json:"instance,omitempty"`
 	// Owner's user id.
-	Owner         string `protobuf:"bytes,2,opt,name=owner,proto3" json:"owner,omitempty"`
+	Owner string `protobuf:"bytes,2,opt,name=owner,proto3" json:"owner,omitempty"`
+	// What will happen.
+	Action AffectedInstance_Action `protobuf:"varint,3,opt,name=action,proto3,enum=aigc.gateway.v1.AffectedInstance_Action" json:"action,omitempty"`
+	// Why, in a word: "idle", "busy", "immediate", "paused", "manual", "starting".
+	Reason string `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	// The last authorised access recorded; unset: never accessed.
+	LastAccessTime *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=last_access_time,json=lastAccessTime,proto3" json:"last_access_time,omitempty"`
+	// True when the restart keeps the pod (see PreviewTemplateUpdateResponse.in_place).
+	InPlace       bool `protobuf:"varint,6,opt,name=in_place,json=inPlace,proto3" json:"in_place,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1227,11 +1447,39 @@ func (x *AffectedInstance) GetOwner() string {
 	return ""
 }
 
+func (x *AffectedInstance) GetAction() AffectedInstance_Action {
+	if x != nil {
+		return x.Action
+	}
+	return AffectedInstance_ACTION_UNSPECIFIED
+}
+
+func (x *AffectedInstance) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *AffectedInstance) GetLastAccessTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastAccessTime
+	}
+	return nil
+}
+
+func (x *AffectedInstance) GetInPlace() bool {
+	if x != nil {
+		return x.InPlace
+	}
+	return false
+}
+
 var File_aigc_gateway_v1_template_proto protoreflect.FileDescriptor
 
 const file_aigc_gateway_v1_template_proto_rawDesc = "" +
 	"\n" +
-	"\x1eaigc/gateway/v1/template.proto\x12\x0faigc.gateway.v1\x1a\x1caigc/gateway/v1/common.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a google/protobuf/field_mask.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9b\a\n" +
+	"\x1eaigc/gateway/v1/template.proto\x12\x0faigc.gateway.v1\x1a\x1caigc/gateway/v1/common.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb7\b\n" +
 	"\bTemplate\x12\x18\n" +
 	"\x04name\x18\x01 \x01(\tB\x04\xe2A\x01\bR\x04name\x12'\n" +
 	"\fdisplay_name\x18\x02 \x01(\tB\x04\xe2A\x01\x03R\vdisplayName\x12&\n" +
@@ -1255,7 +1503,9 @@ const file_aigc_gateway_v1_template_proto_rawDesc = "" +
 	"\x04etag\x18\x12 \x01(\tB\x04\xe2A\x01\x03R\x04etag\x12\x16\n" +
 	"\x03uid\x18\x13 \x01(\tB\x04\xe2A\x01\x03R\x03uid\x12A\n" +
 	"\vcreate_time\x18\x14 \x01(\v2\x1a.google.protobuf.TimestampB\x04\xe2A\x01\x03R\n" +
-	"createTime:J\xeaAG\n" +
+	"createTime\x12K\n" +
+	"\x0erollout_policy\x18\x15 \x01(\x0e2\x1e.aigc.gateway.v1.RolloutPolicyB\x04\xe2A\x01\x03R\rrolloutPolicy\x12M\n" +
+	"\x12rollout_idle_after\x18\x16 \x01(\v2\x19.google.protobuf.DurationB\x04\xe2A\x01\x03R\x10rolloutIdleAfter:J\xeaAG\n" +
 	"\x18aigc.gateway.v1/Template\x12+namespaces/{namespace}/templates/{template}\"k\n" +
 	"\x0eTemplateSource\x12\x1c\n" +
 	"\bmanifest\x18\x01 \x01(\tH\x00R\bmanifest\x121\n" +
@@ -1282,7 +1532,7 @@ const file_aigc_gateway_v1_template_proto_rawDesc = "" +
 	"request_id\x18\x04 \x01(\tR\trequestId\"\x84\x01\n" +
 	"\x0eTemplateChange\x125\n" +
 	"\btemplate\x18\x01 \x01(\v2\x19.aigc.gateway.v1.TemplateR\btemplate\x12;\n" +
-	"\bwarnings\x18\x02 \x03(\v2\x1f.aigc.gateway.v1.FieldViolationR\bwarnings\"\xaa\x02\n" +
+	"\bwarnings\x18\x02 \x03(\v2\x1f.aigc.gateway.v1.FieldViolationR\bwarnings\"\xba\x03\n" +
 	"\x15UpdateTemplateRequest\x12\x18\n" +
 	"\x04name\x18\x01 \x01(\tB\x04\xe2A\x01\x02R\x04name\x12=\n" +
 	"\x06source\x18\x02 \x01(\v2\x1f.aigc.gateway.v1.TemplateSourceB\x04\xe2A\x01\x02R\x06source\x12;\n" +
@@ -1292,7 +1542,9 @@ const file_aigc_gateway_v1_template_proto_rawDesc = "" +
 	"\x04etag\x18\x05 \x01(\tR\x04etag\x12#\n" +
 	"\rvalidate_only\x18\x06 \x01(\bR\fvalidateOnly\x12\x1d\n" +
 	"\n" +
-	"request_id\x18\a \x01(\tR\trequestId\"z\n" +
+	"request_id\x18\a \x01(\tR\trequestId\x12E\n" +
+	"\x0erollout_policy\x18\b \x01(\x0e2\x1e.aigc.gateway.v1.RolloutPolicyR\rrolloutPolicy\x12G\n" +
+	"\x12rollout_idle_after\x18\t \x01(\v2\x19.google.protobuf.DurationR\x10rolloutIdleAfter\"z\n" +
 	"\x15DeleteTemplateRequest\x12\x18\n" +
 	"\x04name\x18\x01 \x01(\tB\x04\xe2A\x01\x02R\x04name\x12\x14\n" +
 	"\x05force\x18\x02 \x01(\bR\x05force\x12\x12\n" +
@@ -1315,22 +1567,45 @@ const file_aigc_gateway_v1_template_proto_rawDesc = "" +
 	"violations\x18\x02 \x03(\v2\x1f.aigc.gateway.v1.FieldViolationR\n" +
 	"violations\x12;\n" +
 	"\bwarnings\x18\x03 \x03(\v2\x1f.aigc.gateway.v1.FieldViolationR\bwarnings\x12H\n" +
-	"\x13normalized_manifest\x18\x04 \x01(\v2\x17.google.protobuf.StructR\x12normalizedManifest\"\xb4\x01\n" +
+	"\x13normalized_manifest\x18\x04 \x01(\v2\x17.google.protobuf.StructR\x12normalizedManifest\"\xc4\x02\n" +
 	"\x1cPreviewTemplateUpdateRequest\x12\x18\n" +
 	"\x04name\x18\x01 \x01(\tB\x04\xe2A\x01\x02R\x04name\x12=\n" +
 	"\x06source\x18\x02 \x01(\v2\x1f.aigc.gateway.v1.TemplateSourceB\x04\xe2A\x01\x02R\x06source\x12;\n" +
 	"\vupdate_mask\x18\x03 \x01(\v2\x1a.google.protobuf.FieldMaskR\n" +
-	"updateMask\"\x86\x02\n" +
+	"updateMask\x12E\n" +
+	"\x0erollout_policy\x18\x04 \x01(\x0e2\x1e.aigc.gateway.v1.RolloutPolicyR\rrolloutPolicy\x12G\n" +
+	"\x12rollout_idle_after\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\x10rolloutIdleAfter\"\xb1\x03\n" +
 	"\x1dPreviewTemplateUpdateResponse\x12#\n" +
 	"\rchanged_paths\x18\x01 \x03(\tR\fchangedPaths\x12-\n" +
 	"\x12restarts_instances\x18\x02 \x01(\bR\x11restartsInstances\x12P\n" +
 	"\x12affected_instances\x18\x03 \x03(\v2!.aigc.gateway.v1.AffectedInstanceR\x11affectedInstances\x12?\n" +
 	"\n" +
 	"violations\x18\x04 \x03(\v2\x1f.aigc.gateway.v1.FieldViolationR\n" +
-	"violations\"D\n" +
+	"violations\x12\x19\n" +
+	"\bin_place\x18\x05 \x01(\bR\ainPlace\x12E\n" +
+	"\x0erollout_policy\x18\x06 \x01(\x0e2\x1e.aigc.gateway.v1.RolloutPolicyR\rrolloutPolicy\x12G\n" +
+	"\x12rollout_idle_after\x18\a \x01(\v2\x19.google.protobuf.DurationR\x10rolloutIdleAfter\"\xee\x02\n" +
 	"\x10AffectedInstance\x12\x1a\n" +
 	"\binstance\x18\x01 \x01(\tR\binstance\x12\x14\n" +
-	"\x05owner\x18\x02 \x01(\tR\x05owner2\x9e\b\n" +
+	"\x05owner\x18\x02 \x01(\tR\x05owner\x12@\n" +
+	"\x06action\x18\x03 \x01(\x0e2(.aigc.gateway.v1.AffectedInstance.ActionR\x06action\x12\x16\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason\x12D\n" +
+	"\x10last_access_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x0elastAccessTime\x12\x19\n" +
+	"\bin_place\x18\x06 \x01(\bR\ainPlace\"m\n" +
+	"\x06Action\x12\x16\n" +
+	"\x12ACTION_UNSPECIFIED\x10\x00\x12\x0f\n" +
+	"\vRESTART_NOW\x10\x01\x12\r\n" +
+	"\tWHEN_IDLE\x10\x02\x12\r\n" +
+	"\tON_RESUME\x10\x03\x12\x0e\n" +
+	"\n" +
+	"WHEN_ASKED\x10\x04\x12\f\n" +
+	"\bON_START\x10\x05*Y\n" +
+	"\rRolloutPolicy\x12\x1e\n" +
+	"\x1aROLLOUT_POLICY_UNSPECIFIED\x10\x00\x12\r\n" +
+	"\tWHEN_IDLE\x10\x01\x12\r\n" +
+	"\tIMMEDIATE\x10\x02\x12\n" +
+	"\n" +
+	"\x06MANUAL\x10\x032\x9e\b\n" +
 	"\x0fTemplateService\x12\x8b\x01\n" +
 	"\rListTemplates\x12%.aigc.gateway.v1.ListTemplatesRequest\x1a&.aigc.gateway.v1.ListTemplatesResponse\"+\x82\xd3\xe4\x93\x02%\x12#/v1/{parent=namespaces/*}/templates\x12z\n" +
 	"\vGetTemplate\x12#.aigc.gateway.v1.GetTemplateRequest\x1a\x19.aigc.gateway.v1.Template\"+\x82\xd3\xe4\x93\x02%\x12#/v1/{name=namespaces/*/templates/*}\x12\x89\x01\n" +
@@ -1352,71 +1627,85 @@ func file_aigc_gateway_v1_template_proto_rawDescGZIP() []byte {
 	return file_aigc_gateway_v1_template_proto_rawDescData
 }
 
+var file_aigc_gateway_v1_template_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
 var file_aigc_gateway_v1_template_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_aigc_gateway_v1_template_proto_goTypes = []any{
-	(*Template)(nil),                      // 0: aigc.gateway.v1.Template
-	(*TemplateSource)(nil),                // 1: aigc.gateway.v1.TemplateSource
-	(*ListTemplatesRequest)(nil),          // 2: aigc.gateway.v1.ListTemplatesRequest
-	(*ListTemplatesResponse)(nil),         // 3: aigc.gateway.v1.ListTemplatesResponse
-	(*GetTemplateRequest)(nil),            // 4: aigc.gateway.v1.GetTemplateRequest
-	(*CreateTemplateRequest)(nil),         // 5: aigc.gateway.v1.CreateTemplateRequest
-	(*TemplateChange)(nil),                // 6: aigc.gateway.v1.TemplateChange
-	(*UpdateTemplateRequest)(nil),         // 7: aigc.gateway.v1.UpdateTemplateRequest
-	(*DeleteTemplateRequest)(nil),         // 8: aigc.gateway.v1.DeleteTemplateRequest
-	(*DeleteTemplateResponse)(nil),        // 9: aigc.gateway.v1.DeleteTemplateResponse
-	(*ValidateTemplateRequest)(nil),       // 10: aigc.gateway.v1.ValidateTemplateRequest
-	(*ValidateTemplateResponse)(nil),      // 11: aigc.gateway.v1.ValidateTemplateResponse
-	(*PreviewTemplateUpdateRequest)(nil),  // 12: aigc.gateway.v1.PreviewTemplateUpdateRequest
-	(*PreviewTemplateUpdateResponse)(nil), // 13: aigc.gateway.v1.PreviewTemplateUpdateResponse
-	(*AffectedInstance)(nil),              // 14: aigc.gateway.v1.AffectedInstance
-	(*Accelerator)(nil),                   // 15: aigc.gateway.v1.Accelerator
-	(*Disk)(nil),                          // 16: aigc.gateway.v1.Disk
-	(*structpb.Struct)(nil),               // 17: google.protobuf.Struct
-	(*timestamppb.Timestamp)(nil),         // 18: google.protobuf.Timestamp
-	(*FieldViolation)(nil),                // 19: aigc.gateway.v1.FieldViolation
-	(*fieldmaskpb.FieldMask)(nil),         // 20: google.protobuf.FieldMask
+	(RolloutPolicy)(0),                    // 0: aigc.gateway.v1.RolloutPolicy
+	(AffectedInstance_Action)(0),          // 1: aigc.gateway.v1.AffectedInstance.Action
+	(*Template)(nil),                      // 2: aigc.gateway.v1.Template
+	(*TemplateSource)(nil),                // 3: aigc.gateway.v1.TemplateSource
+	(*ListTemplatesRequest)(nil),          // 4: aigc.gateway.v1.ListTemplatesRequest
+	(*ListTemplatesResponse)(nil),         // 5: aigc.gateway.v1.ListTemplatesResponse
+	(*GetTemplateRequest)(nil),            // 6: aigc.gateway.v1.GetTemplateRequest
+	(*CreateTemplateRequest)(nil),         // 7: aigc.gateway.v1.CreateTemplateRequest
+	(*TemplateChange)(nil),                // 8: aigc.gateway.v1.TemplateChange
+	(*UpdateTemplateRequest)(nil),         // 9: aigc.gateway.v1.UpdateTemplateRequest
+	(*DeleteTemplateRequest)(nil),         // 10: aigc.gateway.v1.DeleteTemplateRequest
+	(*DeleteTemplateResponse)(nil),        // 11: aigc.gateway.v1.DeleteTemplateResponse
+	(*ValidateTemplateRequest)(nil),       // 12: aigc.gateway.v1.ValidateTemplateRequest
+	(*ValidateTemplateResponse)(nil),      // 13: aigc.gateway.v1.ValidateTemplateResponse
+	(*PreviewTemplateUpdateRequest)(nil),  // 14: aigc.gateway.v1.PreviewTemplateUpdateRequest
+	(*PreviewTemplateUpdateResponse)(nil), // 15: aigc.gateway.v1.PreviewTemplateUpdateResponse
+	(*AffectedInstance)(nil),              // 16: aigc.gateway.v1.AffectedInstance
+	(*Accelerator)(nil),                   // 17: aigc.gateway.v1.Accelerator
+	(*Disk)(nil),                          // 18: aigc.gateway.v1.Disk
+	(*structpb.Struct)(nil),               // 19: google.protobuf.Struct
+	(*timestamppb.Timestamp)(nil),         // 20: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),           // 21: google.protobuf.Duration
+	(*FieldViolation)(nil),                // 22: aigc.gateway.v1.FieldViolation
+	(*fieldmaskpb.FieldMask)(nil),         // 23: google.protobuf.FieldMask
 }
 var file_aigc_gateway_v1_template_proto_depIdxs = []int32{
-	15, // 0: aigc.gateway.v1.Template.accelerator:type_name -> aigc.gateway.v1.Accelerator
-	16, // 1: aigc.gateway.v1.Template.disks:type_name -> aigc.gateway.v1.Disk
-	17, // 2: aigc.gateway.v1.Template.manifest:type_name -> google.protobuf.Struct
-	18, // 3: aigc.gateway.v1.Template.create_time:type_name -> google.protobuf.Timestamp
-	17, // 4: aigc.gateway.v1.TemplateSource.object:type_name -> google.protobuf.Struct
-	0,  // 5: aigc.gateway.v1.ListTemplatesResponse.templates:type_name -> aigc.gateway.v1.Template
-	1,  // 6: aigc.gateway.v1.CreateTemplateRequest.source:type_name -> aigc.gateway.v1.TemplateSource
-	0,  // 7: aigc.gateway.v1.TemplateChange.template:type_name -> aigc.gateway.v1.Template
-	19, // 8: aigc.gateway.v1.TemplateChange.warnings:type_name -> aigc.gateway.v1.FieldViolation
-	1,  // 9: aigc.gateway.v1.UpdateTemplateRequest.source:type_name -> aigc.gateway.v1.TemplateSource
-	20, // 10: aigc.gateway.v1.UpdateTemplateRequest.update_mask:type_name -> google.protobuf.FieldMask
-	0,  // 11: aigc.gateway.v1.DeleteTemplateResponse.template:type_name -> aigc.gateway.v1.Template
-	19, // 12: aigc.gateway.v1.DeleteTemplateResponse.warnings:type_name -> aigc.gateway.v1.FieldViolation
-	1,  // 13: aigc.gateway.v1.ValidateTemplateRequest.source:type_name -> aigc.gateway.v1.TemplateSource
-	19, // 14: aigc.gateway.v1.ValidateTemplateResponse.violations:type_name -> aigc.gateway.v1.FieldViolation
-	19, // 15: aigc.gateway.v1.ValidateTemplateResponse.warnings:type_name -> aigc.gateway.v1.FieldViolation
-	17, // 16: aigc.gateway.v1.ValidateTemplateResponse.normalized_manifest:type_name -> google.protobuf.Struct
-	1,  // 17: aigc.gateway.v1.PreviewTemplateUpdateRequest.source:type_name -> aigc.gateway.v1.TemplateSource
-	20, // 18: aigc.gateway.v1.PreviewTemplateUpdateRequest.update_mask:type_name -> google.protobuf.FieldMask
-	14, // 19: aigc.gateway.v1.PreviewTemplateUpdateResponse.affected_instances:type_name -> aigc.gateway.v1.AffectedInstance
-	19, // 20: aigc.gateway.v1.PreviewTemplateUpdateResponse.violations:type_name -> aigc.gateway.v1.FieldViolation
-	2,  // 21: aigc.gateway.v1.TemplateService.ListTemplates:input_type -> aigc.gateway.v1.ListTemplatesRequest
-	4,  // 22: aigc.gateway.v1.TemplateService.GetTemplate:input_type -> aigc.gateway.v1.GetTemplateRequest
-	5,  // 23: aigc.gateway.v1.TemplateService.CreateTemplate:input_type -> aigc.gateway.v1.CreateTemplateRequest
-	7,  // 24: aigc.gateway.v1.TemplateService.UpdateTemplate:input_type -> aigc.gateway.v1.UpdateTemplateRequest
-	8,  // 25: aigc.gateway.v1.TemplateService.DeleteTemplate:input_type -> aigc.gateway.v1.DeleteTemplateRequest
-	10, // 26: aigc.gateway.v1.TemplateService.ValidateTemplate:input_type -> aigc.gateway.v1.ValidateTemplateRequest
-	12, // 27: aigc.gateway.v1.TemplateService.PreviewTemplateUpdate:input_type -> aigc.gateway.v1.PreviewTemplateUpdateRequest
-	3,  // 28: aigc.gateway.v1.TemplateService.ListTemplates:output_type -> aigc.gateway.v1.ListTemplatesResponse
-	0,  // 29: aigc.gateway.v1.TemplateService.GetTemplate:output_type -> aigc.gateway.v1.Template
-	6,  // 30: aigc.gateway.v1.TemplateService.CreateTemplate:output_type -> aigc.gateway.v1.TemplateChange
-	6,  // 31: aigc.gateway.v1.TemplateService.UpdateTemplate:output_type -> aigc.gateway.v1.TemplateChange
-	9,  // 32: aigc.gateway.v1.TemplateService.DeleteTemplate:output_type -> aigc.gateway.v1.DeleteTemplateResponse
-	11, // 33: aigc.gateway.v1.TemplateService.ValidateTemplate:output_type -> aigc.gateway.v1.ValidateTemplateResponse
-	13, // 34: aigc.gateway.v1.TemplateService.PreviewTemplateUpdate:output_type -> aigc.gateway.v1.PreviewTemplateUpdateResponse
-	28, // [28:35] is the sub-list for method output_type
-	21, // [21:28] is the sub-list for method input_type
-	21, // [21:21] is the sub-list for extension type_name
-	21, // [21:21] is the sub-list for extension extendee
-	0,  // [0:21] is the sub-list for field type_name
+	17, // 0: aigc.gateway.v1.Template.accelerator:type_name -> aigc.gateway.v1.Accelerator
+	18, // 1: aigc.gateway.v1.Template.disks:type_name -> aigc.gateway.v1.Disk
+	19, // 2: aigc.gateway.v1.Template.manifest:type_name -> google.protobuf.Struct
+	20, // 3: aigc.gateway.v1.Template.create_time:type_name -> google.protobuf.Timestamp
+	0,  // 4: aigc.gateway.v1.Template.rollout_policy:type_name -> aigc.gateway.v1.RolloutPolicy
+	21, // 5: aigc.gateway.v1.Template.rollout_idle_after:type_name -> google.protobuf.Duration
+	19, // 6: aigc.gateway.v1.TemplateSource.object:type_name -> google.protobuf.Struct
+	2,  // 7: aigc.gateway.v1.ListTemplatesResponse.templates:type_name -> aigc.gateway.v1.Template
+	3,  // 8: aigc.gateway.v1.CreateTemplateRequest.source:type_name -> aigc.gateway.v1.TemplateSource
+	2,  // 9: aigc.gateway.v1.TemplateChange.template:type_name -> aigc.gateway.v1.Template
+	22, // 10: aigc.gateway.v1.TemplateChange.warnings:type_name -> aigc.gateway.v1.FieldViolation
+	3,  // 11: aigc.gateway.v1.UpdateTemplateRequest.source:type_name -> aigc.gateway.v1.TemplateSource
+	23, // 12: aigc.gateway.v1.UpdateTemplateRequest.update_mask:type_name -> google.protobuf.FieldMask
+	0,  // 13: aigc.gateway.v1.UpdateTemplateRequest.rollout_policy:type_name -> aigc.gateway.v1.RolloutPolicy
+	21, // 14: aigc.gateway.v1.UpdateTemplateRequest.rollout_idle_after:type_name -> google.protobuf.Duration
+	2,  // 15: aigc.gateway.v1.DeleteTemplateResponse.template:type_name -> aigc.gateway.v1.Template
+	22, // 16: aigc.gateway.v1.DeleteTemplateResponse.warnings:type_name -> aigc.gateway.v1.FieldViolation
+	3,  // 17: aigc.gateway.v1.ValidateTemplateRequest.source:type_name -> aigc.gateway.v1.TemplateSource
+	22, // 18: aigc.gateway.v1.ValidateTemplateResponse.violations:type_name -> aigc.gateway.v1.FieldViolation
+	22, // 19: aigc.gateway.v1.ValidateTemplateResponse.warnings:type_name -> aigc.gateway.v1.FieldViolation
+	19, // 20: aigc.gateway.v1.ValidateTemplateResponse.normalized_manifest:type_name -> google.protobuf.Struct
+	3,  // 21: aigc.gateway.v1.PreviewTemplateUpdateRequest.source:type_name -> aigc.gateway.v1.TemplateSource
+	23, // 22: aigc.gateway.v1.PreviewTemplateUpdateRequest.update_mask:type_name -> google.protobuf.FieldMask
+	0,  // 23: aigc.gateway.v1.PreviewTemplateUpdateRequest.rollout_policy:type_name -> aigc.gateway.v1.RolloutPolicy
+	21, // 24: aigc.gateway.v1.PreviewTemplateUpdateRequest.rollout_idle_after:type_name -> google.protobuf.Duration
+	16, // 25: aigc.gateway.v1.PreviewTemplateUpdateResponse.affected_instances:type_name -> aigc.gateway.v1.AffectedInstance
+	22, // 26: aigc.gateway.v1.PreviewTemplateUpdateResponse.violations:type_name -> aigc.gateway.v1.FieldViolation
+	0,  // 27: aigc.gateway.v1.PreviewTemplateUpdateResponse.rollout_policy:type_name -> aigc.gateway.v1.RolloutPolicy
+	21, // 28: aigc.gateway.v1.PreviewTemplateUpdateResponse.rollout_idle_after:type_name -> google.protobuf.Duration
+	1,  // 29: aigc.gateway.v1.AffectedInstance.action:type_name -> aigc.gateway.v1.AffectedInstance.Action
+	20, // 30: aigc.gateway.v1.AffectedInstance.last_access_time:type_name -> google.protobuf.Timestamp
+	4,  // 31: aigc.gateway.v1.TemplateService.ListTemplates:input_type -> aigc.gateway.v1.ListTemplatesRequest
+	6,  // 32: aigc.gateway.v1.TemplateService.GetTemplate:input_type -> aigc.gateway.v1.GetTemplateRequest
+	7,  // 33: aigc.gateway.v1.TemplateService.CreateTemplate:input_type -> aigc.gateway.v1.CreateTemplateRequest
+	9,  // 34: aigc.gateway.v1.TemplateService.UpdateTemplate:input_type -> aigc.gateway.v1.UpdateTemplateRequest
+	10, // 35: aigc.gateway.v1.TemplateService.DeleteTemplate:input_type -> aigc.gateway.v1.DeleteTemplateRequest
+	12, // 36: aigc.gateway.v1.TemplateService.ValidateTemplate:input_type -> aigc.gateway.v1.ValidateTemplateRequest
+	14, // 37: aigc.gateway.v1.TemplateService.PreviewTemplateUpdate:input_type -> aigc.gateway.v1.PreviewTemplateUpdateRequest
+	5,  // 38: aigc.gateway.v1.TemplateService.ListTemplates:output_type -> aigc.gateway.v1.ListTemplatesResponse
+	2,  // 39: aigc.gateway.v1.TemplateService.GetTemplate:output_type -> aigc.gateway.v1.Template
+	8,  // 40: aigc.gateway.v1.TemplateService.CreateTemplate:output_type -> aigc.gateway.v1.TemplateChange
+	8,  // 41: aigc.gateway.v1.TemplateService.UpdateTemplate:output_type -> aigc.gateway.v1.TemplateChange
+	11, // 42: aigc.gateway.v1.TemplateService.DeleteTemplate:output_type -> aigc.gateway.v1.DeleteTemplateResponse
+	13, // 43: aigc.gateway.v1.TemplateService.ValidateTemplate:output_type -> aigc.gateway.v1.ValidateTemplateResponse
+	15, // 44: aigc.gateway.v1.TemplateService.PreviewTemplateUpdate:output_type -> aigc.gateway.v1.PreviewTemplateUpdateResponse
+	38, // [38:45] is the sub-list for method output_type
+	31, // [31:38] is the sub-list for method input_type
+	31, // [31:31] is the sub-list for extension type_name
+	31, // [31:31] is the sub-list for extension extendee
+	0,  // [0:31] is the sub-list for field type_name
 }
 
 func init() { file_aigc_gateway_v1_template_proto_init() }
@@ -1434,13 +1723,14 @@ func file_aigc_gateway_v1_template_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_aigc_gateway_v1_template_proto_rawDesc), len(file_aigc_gateway_v1_template_proto_rawDesc)),
-			NumEnums:      0,
+			NumEnums:      2,
 			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
 		GoTypes:           file_aigc_gateway_v1_template_proto_goTypes,
 		DependencyIndexes: file_aigc_gateway_v1_template_proto_depIdxs,
+		EnumInfos:         file_aigc_gateway_v1_template_proto_enumTypes,
 		MessageInfos:      file_aigc_gateway_v1_template_proto_msgTypes,
 	}.Build()
 	File_aigc_gateway_v1_template_proto = out.File

@@ -49,7 +49,9 @@ type TemplateServiceClient interface {
 	CreateTemplate(ctx context.Context, in *CreateTemplateRequest, opts ...grpc.CallOption) (*TemplateChange, error)
 	// Updates a template. Never changes `replicas`, `reserveGameServerIds` or
 	// the scale strategy; a change under `gameServerTemplate` restarts live
-	// instances and is refused unless `allow_restart` is set.
+	// instances and is refused unless `allow_restart` is set. The seamless
+	// rollout policies (WHEN_IDLE, MANUAL: docs/upgrade.md) are not wired yet:
+	// asking for one answers UNIMPLEMENTED.
 	UpdateTemplate(ctx context.Context, in *UpdateTemplateRequest, opts ...grpc.CallOption) (*TemplateChange, error)
 	// Deletes a template. Refused while instances exist unless `force`; with
 	// force the instances, their disks, ownership and user data go too.
@@ -57,8 +59,9 @@ type TemplateServiceClient interface {
 	// Validates a manifest without writing anything and returns every
 	// violation and warning.
 	ValidateTemplate(ctx context.Context, in *ValidateTemplateRequest, opts ...grpc.CallOption) (*ValidateTemplateResponse, error)
-	// Tells what an update would change and which instances (and owners) it
-	// would restart, without writing anything.
+	// Tells what an update would change and, per instance, what would happen
+	// to it under the rollout policy (restart now, when idle, on resume, only
+	// when asked; in place or recreated), without writing anything.
 	PreviewTemplateUpdate(ctx context.Context, in *PreviewTemplateUpdateRequest, opts ...grpc.CallOption) (*PreviewTemplateUpdateResponse, error)
 }
 
@@ -158,7 +161,9 @@ type TemplateServiceServer interface {
 	CreateTemplate(context.Context, *CreateTemplateRequest) (*TemplateChange, error)
 	// Updates a template. Never changes `replicas`, `reserveGameServerIds` or
 	// the scale strategy; a change under `gameServerTemplate` restarts live
-	// instances and is refused unless `allow_restart` is set.
+	// instances and is refused unless `allow_restart` is set. The seamless
+	// rollout policies (WHEN_IDLE, MANUAL: docs/upgrade.md) are not wired yet:
+	// asking for one answers UNIMPLEMENTED.
 	UpdateTemplate(context.Context, *UpdateTemplateRequest) (*TemplateChange, error)
 	// Deletes a template. Refused while instances exist unless `force`; with
 	// force the instances, their disks, ownership and user data go too.
@@ -166,8 +171,9 @@ type TemplateServiceServer interface {
 	// Validates a manifest without writing anything and returns every
 	// violation and warning.
 	ValidateTemplate(context.Context, *ValidateTemplateRequest) (*ValidateTemplateResponse, error)
-	// Tells what an update would change and which instances (and owners) it
-	// would restart, without writing anything.
+	// Tells what an update would change and, per instance, what would happen
+	// to it under the rollout policy (restart now, when idle, on resume, only
+	// when asked; in place or recreated), without writing anything.
 	PreviewTemplateUpdate(context.Context, *PreviewTemplateUpdateRequest) (*PreviewTemplateUpdateResponse, error)
 	mustEmbedUnimplementedTemplateServiceServer()
 }
