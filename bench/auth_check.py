@@ -64,9 +64,9 @@ from aigc_gateway.config import Settings  # noqa: E402
 from aigc_gateway.db.migrate import upgrade  # noqa: E402
 from aigc_gateway.db.models import InstanceRow  # noqa: E402
 from aigc_gateway.runtime import Runtime  # noqa: E402
-from aigc_gateway.services.auth.checker import Checker, Credentials  # noqa: E402
+from aigc_gateway.services.auth.app import AuthService  # noqa: E402
+from aigc_gateway.services.auth.checker import AccessChecker, Credentials  # noqa: E402
 from aigc_gateway.services.auth.routes import RoutePattern  # noqa: E402
-from aigc_gateway.services.auth.service import AuthService  # noqa: E402
 
 DOMAIN = "bench.test"
 NAMESPACE = "bench"
@@ -230,7 +230,7 @@ def mix(instances: int, users: int, n: int, shares: tuple[int, ...], cookie_of) 
     return out
 
 
-async def in_process_rate(checker: Checker, requests: list[tuple[str, dict]], seconds: float = 2.0) -> float:
+async def in_process_rate(checker: AccessChecker, requests: list[tuple[str, dict]], seconds: float = 2.0) -> float:
     """Decisions per second without HTTP (the checker alone), for context."""
     creds = []
     for path, headers in requests:

@@ -187,7 +187,7 @@ class ChaosBed:
             server = GatewayServer(service, runtime, load_service(service, runtime))
             await server.start()
             self.gateways.append((runtime, server))
-        from aigc_gateway.services.auth.service import AuthService
+        from aigc_gateway.services.auth.app import AuthService
 
         self.auth_service = self.gateways[1][1].parts.service_as(AuthService)
         self.proxies["grpc-instance"] = self.toxi.proxy("grpc-instance", f"127.0.0.1:{ports['instance']}")

@@ -90,7 +90,9 @@ class Credentials:
         return bool(self.session_cookie or self.bearer_token or self.ambiguous)
 
 
-class Checker:
+class AccessChecker:
+    """Decides access checks for the ingress (``GET /auth``), Envoy and ``AuthService.Check``."""
+
     def __init__(self, owners: OwnerMap, sessions: SessionCookieAuthenticator | None,
                  bearer: JWTAuthenticator | None, activity: ActivityRecorder | None,
                  audit_log: audit.AuditLog | None, *, allow_admin: bool = False):
@@ -121,6 +123,16 @@ class Checker:
             except GatewayError:
                 return None
         return None
+
+    def for_caller(self, url: str, caller: Principal) -> Decision:
+        """The decision for the caller of ``AuthService.Check`` itself (the dashboard asking for its user):
+        the call pipeline already authenticated it, and a service principal is no user of an instance. A
+        question about access, not an access: no metrics, activity or audit."""
+        try:
+            target: Target | None = parse_original_url(url)
+        except BadURL:
+            target = None
+        return decide(target, caller if caller.kind == "user" else None, self.owners, allow_admin=self.allow_admin)
 
     async def check(self, url: str | None, credentials: Credentials, *, method: str = "",
                     routed_host: str | None = None, bind: bool = False) -> Decision:

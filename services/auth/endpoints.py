@@ -35,7 +35,7 @@ from aigc_gateway.config import Settings
 from aigc_gateway.errors import GatewayError
 from aigc_gateway.sessions import AmbiguousCookie, SessionCookieAuthenticator, hash_session_id, single_cookie
 
-from .checker import Checker, Credentials
+from .checker import AccessChecker, Credentials
 from .decision import Outcome
 from .httpserver import HTTPServer
 from .oidc import OIDCClient
@@ -84,7 +84,7 @@ def request_url(seen: dict[bytes, list[str]], behind_traefik: bool) -> str | Non
 
 
 class AuthEndpoints:
-    def __init__(self, settings: Settings, checker: Checker, sessions: SessionCookieAuthenticator,
+    def __init__(self, settings: Settings, checker: AccessChecker, sessions: SessionCookieAuthenticator,
                  oidc: OIDCClient | None, audit_log: audit.AuditLog):
         self.settings = settings
         self.cfg = settings.auth

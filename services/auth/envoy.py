@@ -28,7 +28,7 @@ from aigc_gateway.api.envoy import envoy_type_v3_http_status_pb2 as http_status
 from aigc_gateway.identity import require_admin
 from aigc_gateway.sessions import AmbiguousCookie, single_cookie
 
-from .checker import Checker, Credentials
+from .checker import AccessChecker, Credentials
 from .decision import Decision, Outcome
 
 _DENIED = {Outcome.UNAUTHENTICATED: (code_pb2.UNAUTHENTICATED, http_status.Unauthorized),
@@ -74,7 +74,7 @@ def url_of(http: Any) -> str | None:
 
 
 class EnvoyAuthorizationServicer(ext_grpc.AuthorizationServicer):
-    def __init__(self, checker: Checker, cookie_name: str):
+    def __init__(self, checker: AccessChecker, cookie_name: str):
         self.checker = checker
         self.cookie_name = cookie_name
 

@@ -50,7 +50,7 @@ LINE_LIMIT = 64 * 1024 * 1024  # a snapshot chunk of the owner map is one line
 
 class Worker:
     def __init__(self, settings: Settings, index: int, out: Any):
-        from .service import AuthService  # late: the service module imports this package's HTTP parts
+        from .app import AuthService  # late: the wiring module imports this package's HTTP parts
 
         self.index = index
         self.out = out

@@ -9,8 +9,8 @@ from typing import Any
 
 from aigc_gateway.db import Database
 from aigc_gateway.db.models import InstanceRow, notify_instance_change
+from aigc_gateway.services.auth.app import AuthService
 from aigc_gateway.services.auth.ownermap import InstanceKey
-from aigc_gateway.services.auth.service import AuthService
 from tests.plugins.auth_stack import CLIENT_ID, CLIENT_SECRET, SESSION_KEY, OIDCProvider, free_port
 from tests.plugins.gateway import RunningGateway, make_settings
 

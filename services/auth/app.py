@@ -1,4 +1,5 @@
-"""The auth service's parts, wired once per process: owner map and its feeds, sessions, checker, HTTP.
+"""The auth service object and its wiring, once per process: owner map and its feeds, sessions, the access
+checker, HTTP; ``build(runtime)`` (what ``server.load_service`` calls) registers its two servicers.
 
 The gRPC process owns the owner map's feeds (the Kubernetes watch, the ownership LISTEN) and runs the
 HTTP endpoints either itself (``auth.http_workers: 0``) or in worker processes (:mod:`.workers`). A
@@ -11,17 +12,22 @@ import asyncio
 import logging
 from typing import TypeVar
 
+from aigc_gateway.api.envoy import envoy_service_auth_v3_external_auth_pb2_grpc as ext_grpc
+from aigc_gateway.api.v1 import auth_pb2_grpc
 from aigc_gateway.config import ConfigError
 from aigc_gateway.identity import JWTAuthenticator
 from aigc_gateway.runtime import Runtime
+from aigc_gateway.server import Registration, ServiceParts
 from aigc_gateway.sessions import SessionCookieAuthenticator
 
 from .activity import ActivityRecorder
-from .checker import Checker
+from .checker import AccessChecker
 from .endpoints import AuthEndpoints, public_base
+from .envoy import EnvoyAuthorizationServicer
 from .oidc import OIDCClient
 from .ownermap import OwnerMap
 from .routes import RouteIndex
+from .server import AuthServiceServicer
 from .sources import OwnershipFollower, TemplateWatch
 from .workers import WorkerPool, default_worker_count
 
@@ -54,8 +60,8 @@ class AuthService:
         self.audit_log = runtime.audit_log("auth")
         self.sessions = _find(runtime, SessionCookieAuthenticator)
         bearer = _find(runtime, JWTAuthenticator)
-        self.checker = Checker(self.owners, self.sessions, bearer, self.activity,
-                               self.audit_log, allow_admin=settings.auth.allow_admin_access)
+        self.checker = AccessChecker(self.owners, self.sessions, bearer, self.activity,
+                                     self.audit_log, allow_admin=settings.auth.allow_admin_access)
         self.oidc: OIDCClient | None = None
         self.endpoints: AuthEndpoints | None = None
         self.http_enabled = bool(settings.auth.http_listen) and self.sessions is not None
@@ -120,3 +126,14 @@ class AuthService:
             await self.follower.close()
         await self.activity.close()
         await self.checker.drain()
+
+
+def build(runtime: Runtime) -> ServiceParts:
+    service = AuthService(runtime)
+    registrations = [Registration("aigc.gateway.v1.AuthService", AuthServiceServicer(service),
+                                  auth_pb2_grpc.add_AuthServiceServicer_to_server,
+                                  base=auth_pb2_grpc.AuthServiceServicer),
+                     Registration("envoy.service.auth.v3.Authorization",
+                                  EnvoyAuthorizationServicer(service.checker, runtime.settings.auth.cookie_name),
+                                  ext_grpc.add_AuthorizationServicer_to_server)]
+    return ServiceParts(registrations, on_start=[service.start], on_stop=[service.stop], service=service)
