@@ -24,6 +24,7 @@ from datetime import datetime, timedelta
 from enum import Enum
 
 from aigc_gateway.errors import GatewayError
+from aigc_gateway.upgrades import Policy  # shared with the template service's preview
 
 # Priorities are never negative: the pod label OKG orders by cannot hold "-5" (not a valid label value; the
 # apiserver refuses it and the pod keeps its old label). A held pod has the GameServer's default, so a
@@ -32,12 +33,6 @@ HOLD = 0
 MOVE = 1
 # The pod label of the template's in-place update hook (`spec.lifecycle.inPlaceUpdate.labelsHandler`).
 HOLD_LABEL = "aigc.gateway.io/update-hold"
-
-
-class Policy(str, Enum):
-    WHEN_IDLE = "WHEN_IDLE"  # idle and consenting instances now, busy ones when idle, paused ones on resume
-    IMMEDIATE = "IMMEDIATE"  # every live instance now (needs allow_restart)
-    MANUAL = "MANUAL"  # only new, resumed and explicitly updated instances
 
 
 class Action(str, Enum):

@@ -3,6 +3,7 @@ paused counts for listings, owners for update previews, and whether a template s
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from sqlalchemy import func, select
 
@@ -18,6 +19,7 @@ class Owned:
     id: int
     owner: str
     slot: str
+    last_access: datetime | None = None  # the last authorised access the auth service recorded
 
 
 class InstanceTable:
@@ -36,15 +38,20 @@ class InstanceTable:
 
     async def owned(self, namespace: str, template: str) -> list[Owned]:
         """Every id of the template that has an owner (LIVE or PAUSED), by id."""
-        stmt = (select(InstanceRow.id, InstanceRow.owner, InstanceRow.slot)
+        stmt = (select(InstanceRow.id, InstanceRow.owner, InstanceRow.slot, InstanceRow.last_access_at)
                 .where(InstanceRow.namespace == namespace, InstanceRow.template == template,
                        InstanceRow.owner.is_not(None)).order_by(InstanceRow.id))
         async with self.db.session() as session:
             # `o is not None` as in the query, said again for the type of the column.
-            return [Owned(i, o, s) for i, o, s in (await session.execute(stmt)).all() if o is not None]
+            return [Owned(i, o, s, _aware(a)) for i, o, s, a in (await session.execute(stmt)).all() if o is not None]
 
     async def ids(self, namespace: str, template: str) -> list[int]:
         """Every id the table knows for the template, whatever its slot (their disks may still exist)."""
         stmt = select(InstanceRow.id).where(InstanceRow.namespace == namespace, InstanceRow.template == template)
         async with self.db.session() as session:
             return sorted((await session.execute(stmt)).scalars())
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    """A stored time as an aware UTC datetime (SQLite hands back naive ones)."""
+    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value

@@ -12,17 +12,19 @@ unusable with reason UNDESCRIBABLE, still readable and deletable (:func:`describ
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from google.protobuf import timestamp_pb2
 
+from aigc_gateway import upgrades
 from aigc_gateway.api.v1 import common_pb2, template_pb2
 from aigc_gateway.errors import Violation
 from aigc_gateway.names import template_name
 
-from . import changes, manifest, network, rules
+from . import changes, manifest, network, rollout_preview, rules
 from .manifest import to_struct
 from .policy import Policy
 from .quantity import INT32_MAX, QuantityError, plain_count
@@ -165,6 +167,13 @@ def describe(obj: dict[str, Any], policy: Policy, counts: Counts, *, with_manife
     created = _timestamp(meta.get("creationTimestamp"))
     if created is not None:
         template.create_time.CopyFrom(created)
+    # Only what the template records; unset means the configured default (template.rollout_*).
+    recorded_policy = upgrades.policy_of(notes, prefix)
+    if recorded_policy is not None:
+        template.rollout_policy = template_pb2.RolloutPolicy.Value(recorded_policy.value)
+    recorded_idle_after = upgrades.idle_after_of(notes, prefix)
+    if recorded_idle_after is not None:
+        template.rollout_idle_after.FromTimedelta(recorded_idle_after)
     if with_manifest:
         template.manifest.CopyFrom(to_struct(obj))
     return template
@@ -244,12 +253,26 @@ def change(template: template_pb2.Template, warnings: list[Violation]) -> templa
 
 
 def preview(violations: list[Violation], changed_paths: list[str] | None = None,
-            affected: list[tuple[str, str]] | None = None) -> template_pb2.PreviewTemplateUpdateResponse:
-    """``affected``: (instance name, owner) of each instance the change restarts."""
+            entries: Sequence[rollout_preview.Entry] = (), chosen: rollout_preview.Settings | None = None,
+            in_place: bool = False, name: tuple[str, str] = ("", "")) -> template_pb2.PreviewTemplateUpdateResponse:
+    """``entries``: what the change does to each instance of the template ``name`` (namespace, template), under the
+    policy and threshold ``chosen``."""
     response = template_pb2.PreviewTemplateUpdateResponse(violations=field_violations(violations))
     response.changed_paths.extend(changed_paths or [])
-    response.affected_instances.extend(template_pb2.AffectedInstance(instance=i, owner=o) for i, o in affected or [])
-    response.restarts_instances = bool(affected)
+    base = template_name(*name)
+    for e in entries:
+        entry = template_pb2.AffectedInstance(
+            instance=f"{base}/instances/{e.id}", owner=e.owner, reason=e.reason, in_place=e.in_place,
+            action=template_pb2.AffectedInstance.Action.Value(e.action.value))
+        if e.last_access is not None:
+            entry.last_access_time.FromDatetime(e.last_access)
+        response.affected_instances.append(entry)
+    response.restarts_instances = any(e.action is not rollout_preview.Action.ON_RESUME for e in entries)
+    if changed_paths:
+        response.in_place = in_place
+    if chosen is not None:
+        response.rollout_policy = template_pb2.RolloutPolicy.Value(chosen.policy.value)
+        response.rollout_idle_after.FromTimedelta(chosen.idle_after)
     return response
 
 

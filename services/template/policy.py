@@ -31,6 +31,8 @@ class Policy:
     auth_signin_url: str = ""
     annotation_prefix: str = "aigc.gateway.io/"
     max_manifest_bytes: int = 256 * 1024
+    rollout_policy: str = "WHEN_IDLE"  # template.rollout_policy: the default when neither request nor template says
+    rollout_idle_after_seconds: float = 900.0
 
     def __post_init__(self) -> None:
         # Derived defaults, so that a Policy built in a test behaves like one built from Settings.
@@ -53,6 +55,8 @@ class Policy:
             auth_signin_url=cfg.auth_signin_url or (f"{public}/sign-in" if public else ""),
             annotation_prefix=cfg.annotation_prefix,
             max_manifest_bytes=cfg.max_manifest_bytes,
+            rollout_policy=cfg.rollout_policy,
+            rollout_idle_after_seconds=cfg.rollout_idle_after_seconds,
         )
 
     def namespace_allowed(self, namespace: str) -> bool:

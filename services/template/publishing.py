@@ -7,9 +7,10 @@ run, or the write itself), whose refusals come back as field violations.
 from __future__ import annotations
 
 import copy
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from aigc_gateway import audit
+from aigc_gateway import audit, upgrades
 from aigc_gateway.errors import (
     Aborted,
     AlreadyExists,
@@ -18,10 +19,8 @@ from aigc_gateway.errors import (
     NotFound,
     Violation,
 )
-from aigc_gateway.names import template_name
-from aigc_gateway.okg import SlotState
 
-from . import changes, manifest
+from . import changes, manifest, rollout_preview
 from .catalog import Catalog
 from .cluster import TemplateCluster
 from .instances import InstanceTable
@@ -163,8 +162,10 @@ class Publisher:
 
     # -- preview -----------------------------------------------------------------
 
-    async def preview(self, namespace: str, name: str, parsed: manifest.Parsed,
-                      mask: list[str]) -> PreviewTemplateUpdateResponse:
+    async def preview(self, namespace: str, name: str, parsed: manifest.Parsed, mask: list[str],
+                      rollout_policy: str = "", idle_after: timedelta | None = None) -> PreviewTemplateUpdateResponse:
+        """``rollout_policy``/``idle_after``: the request's (a RolloutPolicy name; empty or unspecified: the
+        template's, else the configured default)."""
         current = await self.cluster.get(namespace, name)
         checked = check_update(current, parsed, mask, self.policy)
         violations = list(checked.violations)
@@ -172,11 +173,14 @@ class Publisher:
             violations += (await self._dry_run(copy.deepcopy(checked.manifest), update=True))[0]
         if checked.proposal is None:
             return preview(violations)
-        affected: list[tuple[str, str]] = []
-        if checked.proposal.restarts:
-            owned = {o.id: o for o in await self.table.owned(namespace, name)}
-            live = set(await self.cluster.live_ids(namespace, name)) | {
-                i for i, o in owned.items() if o.slot == SlotState.LIVE.value}
-            base = template_name(namespace, name)
-            affected = [(f"{base}/instances/{i}", owned[i].owner if i in owned else "") for i in sorted(live)]
-        return preview(violations, checked.proposal.changed_paths, affected)
+        paths = checked.proposal.changed_paths
+        chosen = rollout_preview.settings(
+            rollout_policy, idle_after, (current.get("metadata") or {}).get("annotations"),
+            self.policy.annotation_prefix, self.policy.rollout_policy, self.policy.rollout_idle_after_seconds)
+        in_place = upgrades.in_place(paths)
+        entries: list[rollout_preview.Entry] = []
+        if upgrades.restarts(paths):
+            entries = rollout_preview.entries(await self.table.owned(namespace, name),
+                                              await self.cluster.live_ids(namespace, name), chosen,
+                                              datetime.now(UTC), in_place)
+        return preview(violations, paths, entries, chosen, in_place, name=(namespace, name))

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from aigc_gateway.api.v1 import template_pb2, template_pb2_grpc
-from aigc_gateway.errors import invalid
+from aigc_gateway.errors import Unimplemented, Violation, invalid
 from aigc_gateway.identity import require_admin, require_principal
 from aigc_gateway.names import parse_namespace_parent, parse_template
 
@@ -54,6 +54,7 @@ class TemplateServiceServicer(template_pb2_grpc.TemplateServiceServicer):
     async def UpdateTemplate(self, request: template_pb2.UpdateTemplateRequest, context: Any) -> Any:
         require_admin()
         namespace, name = _template(request.name)
+        _refuse_unwired_rollout(request)
         return await self.publisher.update(namespace, name, self._source(request), list(request.update_mask.paths),
                                            allow_restart=request.allow_restart, etag=request.etag,
                                            validate_only=request.validate_only)
@@ -71,9 +72,24 @@ class TemplateServiceServicer(template_pb2_grpc.TemplateServiceServicer):
     async def PreviewTemplateUpdate(self, request: template_pb2.PreviewTemplateUpdateRequest, context: Any) -> Any:
         require_admin()
         namespace, name = _template(request.name)
-        return await self.publisher.preview(namespace, name, self._source(request), list(request.update_mask.paths))
+        idle_after = request.rollout_idle_after.ToTimedelta() if request.HasField("rollout_idle_after") else None
+        return await self.publisher.preview(namespace, name, self._source(request), list(request.update_mask.paths),
+                                            template_pb2.RolloutPolicy.Name(request.rollout_policy), idle_after)
 
 
 def _template(name: str) -> tuple[str, str]:
     ref = parse_template(name, "name")
     return ref.namespace, ref.template
+
+
+def _refuse_unwired_rollout(request: template_pb2.UpdateTemplateRequest) -> None:
+    """The seamless rollout (issue 14, docs/upgrade.md) has its contract but no reconciler yet: an update that asks
+    for it is refused rather than restarting every live instance the old way. IMMEDIATE is today's behaviour."""
+    unwired = [Violation(f, "the seamless rollout is not implemented yet (issue 14); leave it unset or IMMEDIATE",
+                         "NOT_IMPLEMENTED")
+               for f, asked in (("rollout_policy", request.rollout_policy not in (
+                   template_pb2.ROLLOUT_POLICY_UNSPECIFIED, template_pb2.IMMEDIATE)),
+                                ("rollout_idle_after", request.HasField("rollout_idle_after"))) if asked]
+    if unwired:
+        raise Unimplemented("UpdateTemplate: the WHEN_IDLE and MANUAL rollouts are not implemented yet (issue 14)",
+                            reason="NOT_IMPLEMENTED", violations=unwired)

@@ -159,6 +159,14 @@ class TemplateConfig(Section):
     delete_wait_seconds: float = Field(
         180.0, ge=1, description="How long DeleteTemplate with force waits for the pods and disks of the template "
         "to go before it answers UNAVAILABLE (a retry of the delete resumes the cascade).")
+    rollout_policy: Literal["WHEN_IDLE", "IMMEDIATE", "MANUAL"] = Field(
+        "WHEN_IDLE", description="How a change under `gameServerTemplate` reaches live instances when neither the "
+        "request nor the template's `rollout-policy` annotation says (docs/upgrade.md). Today only PreviewTemplateUpdate "
+        "reads it: until the rollout reconciler is wired, UpdateTemplate restarts every live instance at once.")
+    rollout_idle_after_seconds: float = Field(
+        900.0, ge=0, description="WHEN_IDLE: how long without an authorised access an instance counts as idle (plus "
+        "65 s for how late the access is recorded), when neither the request nor the template's "
+        "`rollout-idle-after` annotation says.")
 
 
 class QuotaLimits(Section):

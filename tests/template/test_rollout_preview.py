@@ -1,0 +1,34 @@
+"""PreviewTemplateUpdate's per-instance rules (services/template/rollout_preview.py), without servers."""
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from aigc_gateway.upgrades import Policy
+from services.template.instances import Owned
+from services.template.rollout_preview import Action, Settings, entries, settings
+
+NOW = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
+P = "aigc.gateway.io/"
+
+
+def test_the_request_then_the_template_then_the_configuration_decide() -> None:
+    notes = {P + "rollout-policy": "MANUAL", P + "rollout-idle-after": "2h"}
+    assert settings("IMMEDIATE", timedelta(seconds=5), notes, P, "WHEN_IDLE", 900) == \
+        Settings(Policy.IMMEDIATE, timedelta(seconds=5))
+    assert settings("ROLLOUT_POLICY_UNSPECIFIED", None, notes, P, "WHEN_IDLE", 900) == \
+        Settings(Policy.MANUAL, timedelta(hours=2))
+    assert settings("", None, {}, P, "WHEN_IDLE", 900) == Settings(Policy.WHEN_IDLE, timedelta(seconds=900))
+
+
+def test_each_instance_gets_one_action() -> None:
+    owned = [Owned(0, "alice", "LIVE", NOW - timedelta(minutes=1)), Owned(1, "bob", "LIVE", NOW - timedelta(hours=1)),
+             Owned(2, "carol", "PAUSED", None)]
+    chosen = Settings(Policy.WHEN_IDLE, timedelta(minutes=15))
+    got = entries(owned, [0, 1, 4], chosen, NOW, in_place=True)
+    assert [(e.id, e.owner, e.action, e.reason, e.in_place) for e in got] == [
+        (0, "alice", Action.WHEN_IDLE, "busy", True), (1, "bob", Action.RESTART_NOW, "idle", True),
+        (2, "carol", Action.ON_RESUME, "paused", False),
+        (4, "", Action.RESTART_NOW, "idle", True)]  # a GameServer without a row: live, never accessed
+    assert got[0].last_access == NOW - timedelta(minutes=1)
+    manual = entries(owned, [], Settings(Policy.MANUAL, timedelta(0)), NOW, in_place=False)
+    assert [(e.action, e.in_place) for e in manual] == [(Action.WHEN_ASKED, False)] * 2 + [(Action.ON_RESUME, False)]
