@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import text
 
 from aigc_gateway.db import Database
-from aigc_gateway.db.engine import lock_key
+from aigc_gateway.locks import lock_key
 
 from .plugins.kube import wait_for
 

@@ -32,7 +32,6 @@ reconciler) turns into exactly the outcome the GameServerSet shows.
 """
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 import time
@@ -48,6 +47,7 @@ from aigc_gateway.errors import Aborted, FailedPrecondition, GatewayError, NotFo
 from aigc_gateway.idempotency import Claim, IdempotencyStore
 from aigc_gateway.identity import Principal
 from aigc_gateway.kube import GSS
+from aigc_gateway.locks import QueuedLocks
 from aigc_gateway.names import InstanceRef, TemplateRef
 from aigc_gateway.okg import SlotState
 
@@ -83,7 +83,7 @@ class Lifecycle:
         self.cluster = cluster
         self.cfg = cfg
         self.claims = claims
-        self._local: dict[str, asyncio.Lock] = {}
+        self._locks = QueuedLocks(db)
         self._installs = InstallQueue(self)
         self.quotas = quotas.Quotas(db, cfg.quotas, lambda ref: self.cluster.template(ref))
 
@@ -93,8 +93,7 @@ class Lifecycle:
         # The process-local lock first: coroutines of one process queue here rather than each holding a pooled
         # connection while waiting for the advisory lock (the holder needs a second one for its stages).
         started = time.perf_counter()
-        local = self._local.setdefault(ref.key, asyncio.Lock())
-        async with local, self.db.lock(allocator_lock(ref.namespace, ref.template)):
+        async with self._locks.hold(allocator_lock(ref.namespace, ref.template)):
             LOCK_WAIT.observe(time.perf_counter() - started)
             yield
 

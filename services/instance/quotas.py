@@ -13,14 +13,13 @@ Per-user limits span templates, so those calls also hold a per-user lock, always
 lock (:meth:`Quotas.locked`). That is deadlock-free: every call takes at most one user lock, always first, and
 nothing that holds a template lock ever waits for a user lock (an install batch's runner checks the queued
 callers' quotas under the template lock while each caller holds its own user lock, taken before it queued).
-The user lock is a process-local asyncio lock, then the PostgreSQL advisory lock ``quota:<user>`` (SQLite has
-one writer; there the local lock serialises). Calls take it only while some per-user limit is set.
+The user lock is a process-local asyncio lock, then the PostgreSQL advisory lock ``quota:<user>``
+(:class:`aigc_gateway.locks.QueuedLocks`; SQLite has one writer, there the local lock serialises). Calls take it only while some per-user limit is set.
 
 Lowering a limit never pauses or deletes anything: the next install or resume is what is refused.
 """
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, fields
@@ -32,6 +31,7 @@ from aigc_gateway.config import QuotaConfig, QuotaLimits
 from aigc_gateway.db import Database
 from aigc_gateway.db.models import InstanceRow
 from aigc_gateway.errors import NotFound, ResourceExhausted
+from aigc_gateway.locks import QueuedLocks
 from aigc_gateway.names import TemplateRef
 from aigc_gateway.okg import SlotState
 
@@ -193,7 +193,7 @@ class Quotas:
         self.template_of = template_of
         self.stored = PolicyStore(db)
         self.roles = RoleStore(db)
-        self._local: dict[str, asyncio.Lock] = {}
+        self._locks = QueuedLocks(db)
 
     async def policies(self) -> Policies:
         """Configuration overlaid by the stored policies, read now (never cached: see quota_policies)."""
@@ -209,8 +209,7 @@ class Quotas:
         if not user or not users_limited(await self.policies()):
             yield
             return
-        local = self._local.setdefault(user, asyncio.Lock())
-        async with local, self.db.lock(f"quota:{user}"):
+        async with self._locks.hold(f"quota:{user}"):
             yield
 
     async def roles_of(self, user: str, roles: Sequence[str] | None) -> Sequence[str]:

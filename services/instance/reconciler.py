@@ -18,8 +18,8 @@ from typing import Any
 import asyncpg
 
 from aigc_gateway.db import Database
-from aigc_gateway.db.engine import lock_key
 from aigc_gateway.db.listen import asyncpg_dsn
+from aigc_gateway.locks import SessionLock
 from aigc_gateway.names import InstanceRef
 from aigc_gateway.okg import SlotState
 
@@ -36,51 +36,21 @@ LEASE_NAME = "instance-reconciler"
 CHECK_EVERY = 10
 
 
-class Lease:
-    """A session-level advisory lock on a dedicated connection (not from the pool)."""
-
-    def __init__(self, db: Database, name: str = LEASE_NAME):
-        self.db = db
-        self.key = lock_key(name)
-        self.conn: asyncpg.Connection | None = None
-
-    async def hold(self) -> bool:
-        if self.db.is_sqlite:
-            return True
-        try:
-            if self.conn is not None and not self.conn.is_closed():
-                await self.conn.fetchval("SELECT 1")
-                return True
-            self.conn = await asyncpg.connect(asyncpg_dsn(self.db.url))
-            if await self.conn.fetchval("SELECT pg_try_advisory_lock($1)", self.key):
-                log.info("reconciler lease taken")
-                return True
-            await self.conn.close()
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            log.warning("reconciler lease: %s", exc)
-        self.conn = None
-        return False
-
-    async def release(self) -> None:
-        if self.conn is not None:
-            await self.conn.close()  # closing the session drops the lock
-            self.conn = None
-
-
 class Reconciler:
     def __init__(self, db: Database, lifecycle: Lifecycle, checker: Checker, store: SlotStore, interval: float):
         self.lifecycle = lifecycle
         self.checker = checker
         self.store = store
         self.interval = interval
-        self.lease = Lease(db)
+        self.sqlite = db.is_sqlite  # one process: it always leads
+        self.lease = SessionLock(asyncpg_dsn(db.url), LEASE_NAME)
         self.leading = False
         self.passes = 0
         self._seen_running: OrderedDict[tuple[Any, ...], None] = OrderedDict()
 
     async def run(self) -> None:
         while True:
-            self.leading = await self.lease.hold()
+            self.leading = await self._hold_lease()
             RECONCILER_LEADER.set(1 if self.leading else 0)
             if self.leading:
                 try:
@@ -92,8 +62,21 @@ class Reconciler:
             # Jitter keeps replicas that lost the lease from trying it in lockstep.
             await asyncio.sleep(self.interval * random.uniform(0.8, 1.2))
 
+    async def _hold_lease(self) -> bool:
+        if self.sqlite:
+            return True
+        held_before = self.lease.held
+        try:
+            held = await self.lease.take(wait=False)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("reconciler lease: %s", exc)
+            return False
+        if held and not held_before:
+            log.info("reconciler lease taken")
+        return held
+
     async def stop(self) -> None:
-        await self.lease.release()
+        await self.lease.release()  # closing the session drops the lock
         RECONCILER_LEADER.set(0)
 
     async def pass_once(self) -> int:

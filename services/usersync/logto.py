@@ -29,6 +29,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, sto
 from tenacity.wait import wait_exponential_jitter
 
 from aigc_gateway.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from aigc_gateway.locks import LocalLocks
 
 from . import metrics
 
@@ -125,8 +126,7 @@ class LogtoClient:
         self._token = ""
         self._renew_at = 0.0  # monotonic
         self._token_lock = asyncio.Lock()
-        self._user_locks: dict[str, asyncio.Lock] = {}
-        self._user_lock_users: dict[str, int] = {}
+        self._user_locks = LocalLocks()
 
     async def close(self) -> None:
         await self._http.aclose()
@@ -282,16 +282,8 @@ class LogtoClient:
     @asynccontextmanager
     async def user_lock(self, user_id: str) -> AsyncIterator[None]:
         """Serialise this process's read-modify-write of one user's custom data."""
-        lock = self._user_locks.setdefault(user_id, asyncio.Lock())
-        self._user_lock_users[user_id] = self._user_lock_users.get(user_id, 0) + 1
-        try:
-            async with lock:
-                yield
-        finally:
-            self._user_lock_users[user_id] -= 1
-            if not self._user_lock_users[user_id]:
-                del self._user_lock_users[user_id]
-                self._user_locks.pop(user_id, None)
+        async with self._user_locks.hold(user_id):
+            yield
 
 
 def _seg(value: str) -> str:

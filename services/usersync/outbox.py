@@ -3,7 +3,7 @@
 The instance service writes an outbox row in the same transaction as each ownership change. A
 delivery pass takes the users with undelivered rows, oldest first, and for each one:
 
-1. takes the user's advisory lock *without waiting* (:func:`.locks.try_lock`): a user another
+1. takes the user's advisory lock *without waiting* (:func:`aigc_gateway.locks.try_transaction_lock`): a user another
    replica is delivering is skipped, so two replicas never write one user's custom data at once
    and never out of order;
 2. reads that user's undelivered rows in id order (``FOR UPDATE``), collapses them into one change
@@ -35,11 +35,11 @@ from aigc_gateway.config import UserSyncConfig
 from aigc_gateway.db import Database
 from aigc_gateway.db.models import UserSyncOutboxRow
 from aigc_gateway.errors import GatewayError
+from aigc_gateway.locks import try_transaction_lock
 
 from . import metrics, mirrorstore
 from .customdata import CustomDataWriter, user_lock_name
 from .entries import collapse
-from .locks import try_lock
 from .logto import LogtoRejected, LogtoUserNotFound
 from .models import WebhookDeliveryRow
 
@@ -123,7 +123,7 @@ class OutboxDelivery:
         return result
 
     async def deliver_user(self, user: str) -> UserOutcome:
-        async with try_lock(self.db, user_lock_name(user)) as session:
+        async with try_transaction_lock(self.db, user_lock_name(user)) as session:
             if session is None:
                 return UserOutcome(skipped=True)
             return await self._deliver_locked(session, user)

@@ -28,13 +28,13 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
-from sqlalchemy import delete, select, text, update
+from sqlalchemy import delete, select, update
 
 from .background import cancel_and_wait
 from .db import Database, rowcount
-from .db.engine import lock_key
 from .db.listen import asyncpg_dsn
 from .db.models import ReplicaRow
+from .locks import SessionLock, is_free
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ class ReplicaRegistry:
         self.id = f"{socket.gethostname()[:64]}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
         self._task: asyncio.Task[None] | None = None
         self._started = asyncio.Lock()
-        self._lock_conn: asyncpg.Connection | None = None
+        self.session_lock = SessionLock(asyncpg_dsn(db.url), lock_name(self.id))
         # Work to do now and then while the process lives (e.g. pruning old replay outcomes).
         self.housekeeping: list[Callable[[], Awaitable[object]]] = []
 
@@ -91,24 +91,11 @@ class ReplicaRegistry:
 
     async def _hold_session_lock(self) -> bool:
         """Hold this replica's advisory lock on a connection of its own (PostgreSQL); False if not held."""
-        if self._lock_conn is not None:
-            try:
-                await self._lock_conn.fetchval("SELECT 1", timeout=5)
-                return True
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
-                self._lock_conn.terminate()  # the lock went with the session: take it again below
-                self._lock_conn = None
-        dsn = asyncpg_dsn(self.db.url)
-        if dsn is None:
-            return False
         try:
-            conn = await asyncpg.connect(dsn, timeout=5)
-            await conn.execute("SELECT pg_advisory_lock($1)", lock_key(lock_name(self.id)))
+            return await self.session_lock.take(wait=True)
         except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
             log.warning("cannot hold this replica's session lock (the lease alone tells it is alive): %s", exc)
             return False
-        self._lock_conn = conn
-        return True
 
     async def _renew(self) -> None:
         locked = await self._hold_session_lock()
@@ -150,9 +137,8 @@ class ReplicaRegistry:
             if not row.session_lock or self.db.is_sqlite:
                 return True
             # Free means its session is gone; taken inside this transaction, it is released at its end.
-            free = (await session.execute(text("SELECT pg_try_advisory_xact_lock(:k)"),
-                                          {"k": lock_key(lock_name(replica))})).scalar_one()
-        return is_alive(row.expires_at, utcnow(), lock_free=bool(free))
+            free = await is_free(session, lock_name(replica))
+        return is_alive(row.expires_at, utcnow(), lock_free=free)
 
     async def close(self) -> None:
         """Stop beating and leave: a clean stop frees this replica's unfinished claims at once."""
@@ -165,6 +151,4 @@ class ReplicaRegistry:
                 await session.execute(delete(ReplicaRow).where(ReplicaRow.id == self.id))
         except Exception as exc:  # noqa: BLE001 - the lease runs out on its own
             log.warning("cannot remove this replica's heartbeat row: %s", exc)
-        if self._lock_conn is not None:
-            await self._lock_conn.close()
-            self._lock_conn = None
+        await self.session_lock.release()

@@ -66,9 +66,9 @@ async def test_a_killed_replicas_session_lock_tells_at_once(database: Database) 
     try:
         await first.claim("I.M", "alice", "r-5", REQUEST)
         assert await second.replicas.alive(first.replicas.id)  # lease valid, lock held
-        assert first.replicas._task is not None and first.replicas._lock_conn is not None
+        assert first.replicas._task is not None and first.replicas.session_lock.conn is not None
         first.replicas._task.cancel()
-        first.replicas._lock_conn.terminate()  # what the kernel does to a killed process's socket
+        first.replicas.session_lock.conn.terminate()  # what the kernel does to a killed process's socket
         for _ in range(50):  # the server notices the closed socket (not a timing bar: it is immediate)
             if not await second.replicas.alive(first.replicas.id):
                 break

@@ -13,7 +13,7 @@ from sqlalchemy import text
 
 from aigc_gateway.api.v1 import instance_pb2
 from aigc_gateway.db import Database
-from aigc_gateway.db.engine import lock_key
+from aigc_gateway.locks import lock_key
 
 from ..plugins.gateway import bearer
 from .conftest import create_template

@@ -209,19 +209,18 @@ async def test_the_stages_work_on_the_embedded_sqlite_default(tmp_path) -> None:
 
 
 async def test_one_reconciler_leads_and_another_takes_over_when_it_goes(database_url: str) -> None:
-    from aigc_gateway.services.instance.reconciler import Lease
+    from aigc_gateway.db.listen import asyncpg_dsn
+    from aigc_gateway.locks import SessionLock
+    from aigc_gateway.services.instance.reconciler import LEASE_NAME
 
-    first, second = Database(database_url), Database(database_url)
-    a, b = Lease(first), Lease(second)
+    a, b = SessionLock(asyncpg_dsn(database_url), LEASE_NAME), SessionLock(asyncpg_dsn(database_url), LEASE_NAME)
     try:
-        assert await a.hold() is True
-        assert await b.hold() is False
-        assert await a.hold() is True  # still ours
+        assert await a.take(wait=False) is True
+        assert await b.take(wait=False) is False
+        assert await a.take(wait=False) is True  # still ours
         await a.release()  # a process that dies closes its connection the same way
-        assert await b.hold() is True
-        assert await a.hold() is False
+        assert await b.take(wait=False) is True
+        assert await a.take(wait=False) is False
     finally:
         await a.release()
         await b.release()
-        await first.close()
-        await second.close()

@@ -162,8 +162,8 @@ async def test_429_is_waited_out_and_redelivery_changes_nothing(
 
 async def test_a_user_held_by_another_replica_is_skipped_not_waited_for(
         database, database_url, issuer, logto) -> None:
+    from aigc_gateway.locks import try_transaction_lock
     from aigc_gateway.services.usersync.customdata import user_lock_name
-    from aigc_gateway.services.usersync.locks import try_lock
 
     logto.add_user("alice")
     logto.add_user("bob")
@@ -171,7 +171,7 @@ async def test_a_user_held_by_another_replica_is_skipped_not_waited_for(
     await outbox(database, "bob", "sd-cpu", 2)
     async with Standalone(settings_for(database_url, issuer, logto)) as usersync:
         delivery = usersync.delivery
-        async with try_lock(database, user_lock_name("alice")) as held:  # "another replica" delivering alice
+        async with try_transaction_lock(database, user_lock_name("alice")) as held:  # "another replica" delivering alice
             assert held is not None
             outcome = await delivery.deliver_user("alice")
             assert outcome.skipped and outcome.rows == 0

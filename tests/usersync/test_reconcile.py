@@ -4,7 +4,7 @@ from __future__ import annotations
 from prometheus_client import REGISTRY
 
 from aigc_gateway.api.v1 import usersync_pb2, usersync_pb2_grpc
-from aigc_gateway.services.usersync.locks import try_lock
+from aigc_gateway.locks import try_transaction_lock
 from aigc_gateway.services.usersync.reconcile import LEASE
 from tests.plugins.gateway import bearer
 from tests.plugins.kube import wait_for
@@ -68,7 +68,7 @@ async def test_one_replica_reconciles_at_a_time(database, database_url, issuer, 
     logto.add_user("u1")
     await own(database, "sd-cpu", 0, "u1", "LIVE")
     async with Standalone(settings_for(database_url, issuer, logto)) as usersync:
-        async with try_lock(database, LEASE) as lease:  # another replica's round
+        async with try_transaction_lock(database, LEASE) as lease:  # another replica's round
             assert lease is not None
             skipped = await usersync.reconciler.run(wait=False)
             assert not skipped.ran and logto.writes == []

@@ -1,15 +1,13 @@
-"""The async engine, sessions, and cross-replica locks.
+"""The async engine and sessions.
 
 PostgreSQL (asyncpg) is what production and the tests use; an embedded SQLite
 file (aiosqlite) is the zero-setup default for one machine. The differences
-that matter to callers are hidden here: :meth:`Database.lock` is a PostgreSQL
-advisory lock held for a transaction, or a process-wide asyncio lock on SQLite
-(where only one process may write anyway).
+that matter to callers are hidden here and in :mod:`aigc_gateway.locks`:
+:meth:`Database.lock` is a PostgreSQL advisory lock held for a transaction, or a
+process-wide asyncio lock on SQLite (where only one process may write anyway).
 """
 from __future__ import annotations
 
-import asyncio
-import hashlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -18,10 +16,7 @@ from typing import Any
 from sqlalchemy import CursorResult, Result, event, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
-
-def lock_key(name: str) -> int:
-    """A stable signed 64-bit advisory-lock key for a name (e.g. ``allocator:ns/tpl``)."""
-    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+from ..locks import LocalLocks, transaction_lock
 
 
 def rowcount(result: Result[Any]) -> int:
@@ -49,7 +44,7 @@ class Database:
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
-        self._local_locks: dict[int, asyncio.Lock] = {}
+        self.local_locks = LocalLocks()  # the advisory locks of SQLite (see aigc_gateway.locks)
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
@@ -59,15 +54,9 @@ class Database:
 
     @asynccontextmanager
     async def lock(self, name: str) -> AsyncIterator[AsyncSession]:
-        """Hold the named lock across replicas for the life of the yielded transaction."""
-        key = lock_key(name)
-        if self.is_sqlite:
-            local = self._local_locks.setdefault(key, asyncio.Lock())
-            async with local, self.session() as session:
-                yield session
-            return
-        async with self.session() as session:
-            await session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
+        """Hold the named lock across replicas for the life of the yielded transaction
+        (:func:`aigc_gateway.locks.transaction_lock`)."""
+        async with transaction_lock(self, name) as session:
             yield session
 
     async def ping(self) -> None:
