@@ -1,5 +1,6 @@
-"""The instance service's view of the cluster: watch caches of templates, GameServers, pods, disks and
-pod events, plus a hub that wakes the WatchInstance streams of the instances a change concerns."""
+"""The instance service's view of the cluster: watch caches of templates, their Advanced StatefulSets (for the
+update revision an instance's pod is compared with), GameServers, pods, disks and pod events, plus a hub that wakes
+the WatchInstance streams of the instances a change concerns."""
 from __future__ import annotations
 
 import asyncio
@@ -9,10 +10,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from aigc_gateway import okg
+from aigc_gateway import okg, upgrades
 from aigc_gateway.background import cancel_and_wait
 from aigc_gateway.errors import Unavailable
-from aigc_gateway.kube import EVENT, GAMESERVER, GSS, OWNER_GSS_LABEL, POD, PVC, Kube
+from aigc_gateway.kube import ADVANCED_STATEFULSET, EVENT, GAMESERVER, GSS, OWNER_GSS_LABEL, POD, PVC, Kube
 from aigc_gateway.names import InstanceRef, TemplateRef
 
 from .informer import Informer
@@ -52,7 +53,11 @@ class ClusterCache:
         self.pods = [Informer(kube, POD, ns, label_selector=OWNER_GSS_LABEL) for ns in scopes]
         self.claims = [Informer(kube, PVC, ns) for ns in scopes]
         self.events = [Informer(kube, EVENT, ns, field_selector="involvedObject.kind=Pod") for ns in scopes]
+        # Kruise writes one per GameServerSet and only its status changes during a rollout: cheap to follow. It
+        # carries no label to select on, so every one of the namespace is kept (those of other workloads too).
+        self.stateful_sets = [Informer(kube, ADVANCED_STATEFULSET, ns) for ns in scopes]
         self._by_pod: dict[tuple[str, str], dict[str, Obj]] = defaultdict(dict)
+        self._revisions: dict[tuple[str, str], str] = {}  # (namespace, template) -> its update revision
         self._watchers: dict[InstanceRef, set[asyncio.Queue[Change]]] = defaultdict(set)
         self._tasks: list[asyncio.Task[None]] = []
         self.on_game_server: list[Any] = []  # extra listeners (the install-to-RUNNING metric)
@@ -62,9 +67,11 @@ class ClusterCache:
             informer.listeners.append(self._pod_changed)
         for informer in self.events:
             informer.listeners.append(self._event_changed)
+        for informer in self.stateful_sets:
+            informer.listeners.append(self._stateful_set_changed)
 
     def all(self) -> list[Informer]:
-        return [*self.templates, *self.game_servers, *self.pods, *self.claims, *self.events]
+        return [*self.templates, *self.game_servers, *self.pods, *self.claims, *self.events, *self.stateful_sets]
 
     def start(self) -> None:
         self._tasks = [asyncio.create_task(i.run(), name=repr(i)) for i in self.all()]
@@ -93,6 +100,10 @@ class ClusterCache:
 
     def template(self, ref: TemplateRef) -> Obj | None:
         return self._find(self.templates, ref.namespace, ref.template)
+
+    def stateful_set(self, ref: TemplateRef) -> Obj | None:
+        """The template's Advanced StatefulSet (same name as its GameServerSet)."""
+        return self._find(self.stateful_sets, ref.namespace, ref.template)
 
     def claims_of(self, ref: InstanceRef, names: Iterable[str]) -> dict[str, Obj]:
         out = {}
@@ -139,6 +150,18 @@ class ClusterCache:
         ref = instance_of(obj)
         if ref is not None:
             self.wake(ref, Change("pod"))
+
+    def _stateful_set_changed(self, kind: str, obj: Obj) -> None:
+        """A new update revision changes `update_available` of every live instance of the template: wake their
+        watchers (only then: the status changes with every pod that moves)."""
+        meta = obj.get("metadata") or {}
+        key = (meta.get("namespace", ""), meta.get("name", ""))
+        revision = "" if kind == "DELETED" else upgrades.update_revision(obj)
+        if self._revisions.get(key, "") == revision:
+            return
+        self._revisions[key] = revision
+        for ref in [r for r in self._watchers if (r.namespace, r.template) == key]:
+            self.wake(ref, Change("gateway"))
 
     def _event_changed(self, kind: str, obj: Obj) -> None:
         involved = obj.get("involvedObject") or {}

@@ -60,6 +60,8 @@ EVENT = Kind("", "v1", "events", "Event")
 SERVICE = Kind("", "v1", "services", "Service")
 NAMESPACE = Kind("", "v1", "namespaces", "Namespace")
 INGRESS = Kind("networking.k8s.io", "v1", "ingresses", "Ingress")
+# Kruise's Advanced StatefulSet under a GameServerSet (same name): its status has the template's update revision.
+ADVANCED_STATEFULSET = Kind("apps.kruise.io", "v1beta1", "statefulsets", "StatefulSet")
 
 
 def _error(exc: ApiException, what: str) -> GatewayError:

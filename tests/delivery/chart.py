@@ -19,6 +19,7 @@ KINDS = {
     "GSS": ("game.kruise.io", "gameserversets"), "GAMESERVER": ("game.kruise.io", "gameservers"),
     "POD": ("", "pods"), "PVC": ("", "persistentvolumeclaims"), "EVENT": ("", "events"),
     "SERVICE": ("", "services"), "NAMESPACE": ("", "namespaces"), "INGRESS": ("networking.k8s.io", "ingresses"),
+    "ADVANCED_STATEFULSET": ("apps.kruise.io", "statefulsets"),
 }
 # Kube method -> RBAC verb
 VERBS = {"get": "get", "list": "list", "watch": "watch", "create": "create", "replace": "update",
