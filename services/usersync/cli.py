@@ -46,7 +46,7 @@ async def _run(settings: Settings, dry_run: bool) -> ImportResult:
     from aigc_gateway.db.migrate import upgrade
     from aigc_gateway.runtime import Runtime
 
-    from .service import UserSync
+    from .app import UserSync
 
     if settings.database_url().startswith("sqlite"):
         upgrade(settings.database_url())

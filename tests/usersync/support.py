@@ -9,7 +9,7 @@ from sqlalchemy import select
 from aigc_gateway.config import Settings
 from aigc_gateway.db import Database
 from aigc_gateway.db.models import DisputedInstanceRow, InstanceRow, UserSyncOutboxRow, notify_instance_change
-from aigc_gateway.services.usersync.service import UserSync
+from aigc_gateway.services.usersync.app import UserSync
 from tests.doubles.logto import LogtoDouble
 from tests.plugins.gateway import RunningGateway, make_settings
 from tests.plugins.kube import wait_for

@@ -1,4 +1,5 @@
-"""usersync's parts, built once per process from the runtime, and its background work.
+"""The usersync service object, built once per process from the runtime, its background work, and
+``build(runtime)`` (what ``server.load_service`` calls).
 
 Started with the gRPC server (``on_start``): the outbox delivery loop and the periodic reconcile
 (when Logto is configured), and the webhook listener (when a signing key is configured). With no
@@ -10,18 +11,21 @@ import asyncio
 import logging
 
 from aigc_gateway import kube
+from aigc_gateway.api.v1 import usersync_pb2_grpc
 from aigc_gateway.background import cancel_and_wait
 from aigc_gateway.db.listen import PgListener, asyncpg_dsn
 from aigc_gateway.db.models import INSTANCE_CHANNEL
 from aigc_gateway.errors import FailedPrecondition
 from aigc_gateway.runtime import Runtime
+from aigc_gateway.server import Registration, ServiceParts
 
 from .customdata import CustomDataWriter
 from .disputes import Resolver
 from .importer import Importer
 from .logto import LogtoClient, LogtoSettings
 from .outbox import OutboxDelivery
-from .reconcile import Reconciler
+from .reconcile import MirrorReconciler
+from .server import UserSyncServiceServicer
 from .sync import Syncer
 from .userdeleted import UserDeletedPolicy
 from .webhooks import WebhookReceiver, WebhookServer
@@ -47,7 +51,7 @@ class UserSync:
         self.writer = CustomDataWriter(self.client, self.audit)
         self.delivery = OutboxDelivery(runtime.db, self.writer, cfg, self.audit)
         self.syncer = Syncer(runtime.db, self.client, self.writer, self.delivery)
-        self.reconciler = Reconciler(runtime.db, self.client, self.writer)
+        self.reconciler = MirrorReconciler(runtime.db, self.client, self.writer)
         self.importer = Importer(runtime.db, self.client, self._kube, runtime.settings, self.audit)
         self.disputes = Resolver(runtime.db, self.importer.read_gss, self._kube)
         policy = UserDeletedPolicy(cfg.user_deleted_policy, lambda: runtime.channel("instance"),
@@ -102,3 +106,12 @@ class UserSync:
         if self._kube_client is not None:
             await self._kube_client.close()
             self._kube_client = None
+
+
+def build(runtime: Runtime) -> ServiceParts:
+    usersync = UserSync(runtime)
+    return ServiceParts(
+        [Registration("aigc.gateway.v1.UserSyncService", UserSyncServiceServicer(usersync),
+                      usersync_pb2_grpc.add_UserSyncServiceServicer_to_server,
+                      base=usersync_pb2_grpc.UserSyncServiceServicer)],
+        on_start=[usersync.start], on_stop=[usersync.stop], service=usersync)
