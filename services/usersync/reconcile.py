@@ -25,11 +25,11 @@ from sqlalchemy import select
 
 from aigc_gateway.db import Database
 from aigc_gateway.db.models import InstanceRow
+from aigc_gateway.locks import try_transaction_lock
 
 from . import disputes, metrics, mirrorstore
 from .customdata import CustomDataWriter, user_lock_name
 from .entries import Changes, describe_change, desired_entries, diff
-from .locks import try_lock
 from .logto import LogtoClient, LogtoUserNotFound
 from .sync import OWNED_SLOTS, managed_templates, owned_by, pending_rows
 
@@ -71,7 +71,7 @@ class MirrorReconciler:
         if wait:
             async with self.db.lock(LEASE):
                 return await self._run(dry_run)
-        async with try_lock(self.db, LEASE) as held:
+        async with try_transaction_lock(self.db, LEASE) as held:
             if held is None:
                 return ReconcileResult(ran=False)
             return await self._run(dry_run)
