@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from aigc_gateway import idle, okg
+from aigc_gateway import idle, okg, upgrades
 from aigc_gateway.errors import Violation
 from aigc_gateway.names import TEMPLATE_NAME_RULE, is_dns_label, is_namespace, is_template_name
 
@@ -139,6 +139,8 @@ def _check_metadata(obj: dict[str, Any], policy: Policy, namespace: str, report:
             report.bad(f"metadata.annotations[{icon_key}]", "must be an absolute http(s) URL", "INVALID_ICON_URL")
     for error in idle.read(notes, policy.annotation_prefix)[1]:  # idle auto-pause (aigc_gateway.idle)
         report.bad(f"metadata.annotations[{policy.annotation_prefix}{error.key}]", str(error), error.reason)
+    for key, message, reason in upgrades.annotation_errors(notes, policy.annotation_prefix):  # docs/upgrade.md
+        report.bad(f"metadata.annotations[{key}]", message, reason)
 
 
 def _check_scaling(spec: dict[str, Any], mode: Mode, report: Report) -> None:

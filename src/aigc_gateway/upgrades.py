@@ -77,6 +77,21 @@ def idle_after_of(annotations: Mapping[str, Any] | None, prefix: str) -> timedel
         return None
 
 
+def annotation_errors(annotations: Mapping[str, Any] | None, prefix: str) -> list[tuple[str, str, str]]:
+    """(annotation key, what is wrong, reason) for each recorded rollout setting that does not parse; the template
+    service refuses such a template, so :func:`policy_of` and :func:`idle_after_of` never meet one it wrote."""
+    notes, out = annotations or {}, []
+    if notes.get(prefix + POLICY_KEY) and policy_of(notes, prefix) is None:
+        out.append((prefix + POLICY_KEY, f"must be one of {', '.join(p.value for p in Policy)}, got "
+                    f"{notes[prefix + POLICY_KEY]!r}", "INVALID_ROLLOUT_POLICY"))
+    if notes.get(prefix + IDLE_AFTER_KEY):
+        try:
+            parse_duration(str(notes[prefix + IDLE_AFTER_KEY]))
+        except ValueError as exc:
+            out.append((prefix + IDLE_AFTER_KEY, str(exc), "INVALID_ROLLOUT_IDLE_AFTER"))
+    return out
+
+
 def idle(last_activity: datetime | None, now: datetime, idle_after: timedelta,
          lag: timedelta = ACTIVITY_LAG) -> bool:
     """No recorded activity for the threshold plus the recording's lag. Never accessed counts as idle."""

@@ -109,6 +109,18 @@ async def test_the_recorded_policy_is_shown_and_previewed(api, testbed: Testbed)
     assert seen.rollout_idle_after.ToTimedelta() == timedelta(minutes=30)
     assert _entries(seen)[0][2:4] == ("WHEN_ASKED", "manual")
 
+    # A setting the gateway could not read is refused, named, and nothing is written.
+    bad = template_pb2.TemplateSource()
+    bad.object.update({"metadata": {"annotations": {"aigc.gateway.io/rollout-policy": "SOMETIMES"}}})
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await api.stub.UpdateTemplate(template_pb2.UpdateTemplateRequest(
+            name=api.name(NAME), source=bad, update_mask=field_mask_pb2.FieldMask(paths=["metadata.annotations"])),
+            metadata=api.admin)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert violations(err.value) == [("metadata.annotations[aigc.gateway.io/rollout-policy]", "INVALID_ROLLOUT_POLICY")]
+    now = await api.stub.GetTemplate(template_pb2.GetTemplateRequest(name=api.name(NAME)), metadata=api.admin)
+    assert template_pb2.RolloutPolicy.Name(now.rollout_policy) == "MANUAL"
+
 
 async def test_update_refuses_the_rollouts_not_wired_yet_and_writes_nothing(api, testbed: Testbed) -> None:  # noqa: F811
     created = await publish(api, testbed)

@@ -49,3 +49,10 @@ def test_revision_of_an_instance() -> None:
     assert upgrades.revision(None, sts, live=False) == ("gss-new", False)  # paused: resumes on the new one
     assert upgrades.revision(pod("gss-old"), None, live=True) == ("gss-old", False)  # not known yet: say nothing
     assert upgrades.revision(pod("gss-old"), sts, live=False) == ("gss-old", False)  # pausing
+
+
+def test_unreadable_recorded_settings_are_named() -> None:
+    assert upgrades.annotation_errors({P + "rollout-policy": "when_idle", P + "rollout-idle-after": "1h30m"}, P) == []
+    assert [(k, r) for k, _, r in upgrades.annotation_errors(
+        {P + "rollout-policy": "SOMETIMES", P + "rollout-idle-after": "soon"}, P)] == [
+        (P + "rollout-policy", "INVALID_ROLLOUT_POLICY"), (P + "rollout-idle-after", "INVALID_ROLLOUT_IDLE_AFTER")]
