@@ -63,7 +63,7 @@ async def seed(conn: Any, instances: int, users: int, templates: int, events: in
 
 
 def instance_queries(users: int, per: int) -> dict[str, tuple[str, list[Any]]]:
-    """SQL of the instance service's reads (services/instance/service.py `list`, store `get`), by name."""
+    """SQL of the instance service's reads (services/instance/reads.py `list`, store `get`), by name."""
     visible_user, visible_admin = ["LIVE", "PAUSED"], ["LIVE", "PAUSED", "RELEASING"]
     return {
         "ListInstances own": (

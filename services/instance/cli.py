@@ -41,7 +41,7 @@ async def _doctor(settings: Settings, parent: str, repair: bool) -> int:
     from aigc_gateway.names import parse_list_parent
 
     from .cluster import Cluster
-    from .consistency import Checker
+    from .consistency import ConsistencyChecker
     from .lifecycle import Lifecycle
     from .slots import SlotStore
 
@@ -52,7 +52,7 @@ async def _doctor(settings: Settings, parent: str, repair: bool) -> int:
         store = SlotStore(db)
         cluster = Cluster(kube, settings.namespaces, settings.gss_labels)
         lifecycle = Lifecycle(db, store, cluster, settings.instance)
-        checker = Checker(lifecycle, cluster, store)
+        checker = ConsistencyChecker(lifecycle, cluster, store)
         refs = await checker.templates(namespace, template)
         total = 0
         for ref in refs:

@@ -21,7 +21,7 @@ from .slots import SlotStore, now, to_record
 MISSING_ROW = ("LIVE_MISMATCH", "UNTRACKED_RESERVED")  # what a disputed id's absent slot looks like
 
 
-class Checker:
+class ConsistencyChecker:
     def __init__(self, lifecycle: Lifecycle, cluster: Cluster, store: SlotStore):
         self.lifecycle = lifecycle
         self.cluster = cluster

@@ -23,7 +23,7 @@ from aigc_gateway.locks import SessionLock
 from aigc_gateway.names import InstanceRef
 from aigc_gateway.okg import SlotState
 
-from .consistency import Checker
+from .consistency import ConsistencyChecker
 from .lifecycle import Lifecycle
 from .metrics import INSTALL_TO_RUNNING, RECONCILER_LEADER, VIOLATIONS
 from .slots import SlotStore, aware
@@ -36,8 +36,9 @@ LEASE_NAME = "instance-reconciler"
 CHECK_EVERY = 10
 
 
-class Reconciler:
-    def __init__(self, db: Database, lifecycle: Lifecycle, checker: Checker, store: SlotStore, interval: float):
+class SlotReconciler:
+    def __init__(self, db: Database, lifecycle: Lifecycle, checker: ConsistencyChecker, store: SlotStore,
+                 interval: float):
         self.lifecycle = lifecycle
         self.checker = checker
         self.store = store

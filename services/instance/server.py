@@ -11,24 +11,24 @@ replica's call, what that call had committed.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from google.protobuf import empty_pb2
 
 from aigc_gateway import audit
 from aigc_gateway.api.v1 import instance_pb2, instance_pb2_grpc
-from aigc_gateway.errors import PermissionDenied, Unavailable
+from aigc_gateway.errors import PermissionDenied, Unavailable, Unimplemented
 from aigc_gateway.idempotency import IdempotencyStore, current_claim
 from aigc_gateway.identity import require_admin, require_principal
 from aigc_gateway.names import parse_instance, parse_list_parent, parse_template
-from aigc_gateway.runtime import Runtime
-from aigc_gateway.server import Registration, ServiceParts
 
-from . import access, quota_messages
+from . import access, messages, quota_messages
 from .effects import taken_over
-from .idle_api import EXEMPTIONS, Exemption, create_exemption, delete_exemption, keep_alive, list_exemptions
+from .idle_api import create_exemption, delete_exemption, keep_alive, list_exemptions
 from .quota_policies import PolicyStore, parse_scope
-from .service import InstanceService
+
+if TYPE_CHECKING:
+    from .app import InstanceService
 
 
 class InstanceServicer(instance_pb2_grpc.InstanceServiceServicer):
@@ -47,17 +47,17 @@ class InstanceServicer(instance_pb2_grpc.InstanceServiceServicer):
         effect = claim.effect if claim and claim.effect else await lifecycle.install(ref, owner, claim, roles)
         instance_id = int(effect["row"]["id"])
         audit.note(instance=ref.instance(instance_id).name, id=instance_id)
-        return await self.service.answer(effect)
+        return await self.service.reads.answer(effect)
 
     async def GetInstance(self, request: instance_pb2.GetInstanceRequest, context: Any) -> instance_pb2.Instance:
         ref = parse_instance(request.name)
         row = access.check(require_principal(), ref, await self.service.store.get(ref))
-        return await self.service.describe(ref, row)
+        return await self.service.reads.describe(ref, row)
 
     async def ListInstances(self, request: instance_pb2.ListInstancesRequest,
                             context: Any) -> instance_pb2.ListInstancesResponse:
         namespace, template = parse_list_parent(request.parent)
-        return await self.service.list(require_principal(), namespace, template, request.owner, request.state,
+        return await self.service.reads.list(require_principal(), namespace, template, request.owner, request.state,
                                        request.page_size, request.page_token)
 
     async def PauseInstance(self, request: instance_pb2.PauseInstanceRequest, context: Any) -> instance_pb2.Instance:
@@ -66,7 +66,7 @@ class InstanceServicer(instance_pb2_grpc.InstanceServiceServicer):
         claim = current_claim.get()
         effect = claim.effect if claim and claim.effect else await lifecycle.pause(ref, require_principal(), claim)
         audit.note(owner=effect["row"]["owner"])
-        return await self.service.answer(effect)
+        return await self.service.reads.answer(effect)
 
     async def ResumeInstance(self, request: instance_pb2.ResumeInstanceRequest,
                              context: Any) -> instance_pb2.Instance:
@@ -75,7 +75,7 @@ class InstanceServicer(instance_pb2_grpc.InstanceServiceServicer):
         claim = current_claim.get()
         effect = claim.effect if claim and claim.effect else await lifecycle.resume(ref, require_principal(), claim)
         audit.note(owner=effect["row"]["owner"])
-        return await self.service.answer(effect)
+        return await self.service.reads.answer(effect)
 
     async def RestartInstance(self, request: instance_pb2.RestartInstanceRequest,
                               context: Any) -> instance_pb2.Instance:
@@ -84,7 +84,12 @@ class InstanceServicer(instance_pb2_grpc.InstanceServiceServicer):
         effect = await lifecycle.restart(ref, require_principal(), current_claim.get())
         if self.service.culler is not None:  # a restart is activity: the idle clock starts again
             await self.service.culler.keep(ref, source="restart")
-        return await self.service.answer(effect)
+        return await self.service.reads.answer(effect)
+
+    async def UpdateInstance(self, request: instance_pb2.UpdateInstanceRequest, context: Any) -> instance_pb2.Instance:
+        # Declared with issue 14's contracts (docs/upgrade.md); moving one instance needs the rollout reconciler.
+        raise Unimplemented("InstanceService.UpdateInstance is not implemented yet (issue 14)",
+                            reason="NOT_IMPLEMENTED")
 
     async def KeepInstanceAlive(self, request: instance_pb2.KeepInstanceAliveRequest,
                                 context: Any) -> instance_pb2.Instance:
@@ -93,7 +98,7 @@ class InstanceServicer(instance_pb2_grpc.InstanceServiceServicer):
         if self.service.culler is None:
             raise Unavailable("the instance service is starting", reason="STARTING", retry_after=1.0)
         await keep_alive(self.service.culler, require_principal(), ref)
-        return await self.service.describe(ref)
+        return await self.service.reads.describe(ref)
 
     async def CreateIdleExemption(self, request: instance_pb2.CreateIdleExemptionRequest,
                                   context: Any) -> instance_pb2.IdleExemption:
@@ -101,14 +106,13 @@ class InstanceServicer(instance_pb2_grpc.InstanceServiceServicer):
         found = await create_exemption(self.service.runtime.db, principal, request.idle_exemption.name,
                                                 request.idle_exemption.reason)
         audit.note(user=found.user, reason=found.reason)
-        return _exemption(found)
+        return messages.exemption(found)
 
     async def ListIdleExemptions(self, request: instance_pb2.ListIdleExemptionsRequest,
                                  context: Any) -> instance_pb2.ListIdleExemptionsResponse:
         require_admin()
         found, token = await list_exemptions(self.service.runtime.db, request.page_size, request.page_token)
-        return instance_pb2.ListIdleExemptionsResponse(idle_exemptions=[_exemption(e) for e in found],
-                                                       next_page_token=token)
+        return messages.exemption_list(found, token)
 
     async def DeleteIdleExemption(self, request: instance_pb2.DeleteIdleExemptionRequest,
                                   context: Any) -> empty_pb2.Empty:
@@ -126,12 +130,12 @@ class InstanceServicer(instance_pb2_grpc.InstanceServiceServicer):
         else:
             effect, freed = await lifecycle.uninstall(ref, require_principal(), claim)
         audit.note(owner=effect["row"]["owner"], disks_deleted=freed)
-        return await self.service.answer(effect, freed=freed)
+        return await self.service.reads.answer(effect, freed=freed)
 
     async def WatchInstance(self, request: instance_pb2.WatchInstanceRequest,
                             context: Any) -> AsyncIterator[instance_pb2.InstanceEvent]:
         ref = parse_instance(request.name)
-        async for event in self.service.watch(require_principal(), ref):
+        async for event in self.service.reads.watch(require_principal(), ref):
             yield event
 
     async def PurgeInstances(self, request: instance_pb2.PurgeInstancesRequest,
@@ -141,8 +145,7 @@ class InstanceServicer(instance_pb2_grpc.InstanceServiceServicer):
         lifecycle, _, _ = self.service.parts()
         owned = await lifecycle.purge(ref)
         audit.note(forgotten=len(owned))
-        return instance_pb2.PurgeInstancesResponse(instances=[ref.instance(i).name for i, _ in owned],
-                                                   owners=[o for _, o in owned])
+        return messages.purged(ref, owned)
 
     async def CheckConsistency(self, request: instance_pb2.CheckConsistencyRequest,
                                context: Any) -> instance_pb2.CheckConsistencyResponse:
@@ -150,15 +153,8 @@ class InstanceServicer(instance_pb2_grpc.InstanceServiceServicer):
         require_admin()
         _, _, checker = self.service.parts()
         refs = await checker.templates(namespace, template)
-        violations = []
-        for ref in refs:
-            for finding in await checker.check(ref):
-                violations.append(instance_pb2.ConsistencyViolation(
-                    template=finding.template, id=finding.id, code=finding.code, description=finding.description))
-        notices = [instance_pb2.ConsistencyViolation(template=subject, id=-1, code="OVER_QUOTA", description=text)
-                   for subject, text in await checker.over_quota(refs)]
-        return instance_pb2.CheckConsistencyResponse(consistent=not violations, templates_checked=len(refs),
-                                                     violations=violations, notices=notices)
+        findings = [finding for ref in refs for finding in await checker.check(ref)]
+        return messages.consistency(len(refs), findings, await checker.over_quota(refs))
 
     async def GetQuotaUsage(self, request: instance_pb2.GetQuotaUsageRequest,
                             context: Any) -> instance_pb2.QuotaUsage:
@@ -170,9 +166,7 @@ class InstanceServicer(instance_pb2_grpc.InstanceServiceServicer):
         quotas = lifecycle.quotas
         roles = principal.roles if principal.kind == "user" and user == principal.subject else None
         rows = await quotas.report(user, roles, await quotas.usage(user))
-        return instance_pb2.QuotaUsage(user=user, limits=[
-            instance_pb2.QuotaLimitUsage(limit=name, usage=used, maximum=maximum or 0, unlimited=maximum is None)
-            for name, used, maximum in rows])
+        return messages.quota_usage(user, rows)
 
     # -- quota policies (admin; docs/quotas.md) ----------------------------------------------------------
 
@@ -208,19 +202,3 @@ class InstanceServicer(instance_pb2_grpc.InstanceServiceServicer):
             stored = await store.update(scope, changes, request.quota_policy.etag, principal.subject, record)
         audit.note(version=stored.version)
         return quota_messages.to_proto(stored, quota_messages.configured(self.service.cfg.quotas, scope))
-
-
-def _exemption(found: Exemption) -> instance_pb2.IdleExemption:
-    message = instance_pb2.IdleExemption(name=f"{EXEMPTIONS}{found.user}", reason=found.reason,
-                                         created_by=found.created_by)
-    message.create_time.FromDatetime(found.created_at)
-    return message
-
-
-def build(runtime: Runtime) -> ServiceParts:
-    service = InstanceService(runtime)
-    return ServiceParts(
-        [Registration("aigc.gateway.v1.InstanceService", InstanceServicer(service),
-                      instance_pb2_grpc.add_InstanceServiceServicer_to_server,
-                      base=instance_pb2_grpc.InstanceServiceServicer)],
-        on_start=[service.start], on_stop=[service.stop], service=service)

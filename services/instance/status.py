@@ -6,21 +6,34 @@ the pod's conditions, its containers and the latest Kubernetes event.
 """
 from __future__ import annotations
 
+import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from google.protobuf.timestamp_pb2 import Timestamp
-
-from aigc_gateway.api.v1 import common_pb2, instance_pb2
-from aigc_gateway.names import InstanceRef
-from aigc_gateway.okg import SlotState, claim_name
+from aigc_gateway.okg import SlotState
 
 from . import templates
 
 Obj = dict[str, Any]
-State = instance_pb2.Instance.State
+
+
+class State(enum.IntEnum):
+    """The states an instance is shown in: the contract's ``Instance.State``, name for name and number for number
+    (tests/instance/test_domain.py compares them), so messages.py sets the field from the value."""
+
+    STATE_UNSPECIFIED = 0
+    INSTALLING = 1
+    STARTING = 2
+    RUNNING = 3
+    NOT_READY = 4
+    CRASHED = 5
+    PAUSING = 6
+    PAUSED = 7
+    RESUMING = 8
+    RESTARTING = 9
+    UNINSTALLING = 10
 
 # Pod event reasons worth showing while an instance starts, with how to say them.
 EVENT_MESSAGES = {
@@ -49,7 +62,7 @@ class Observed:
 
 @dataclass(frozen=True)
 class View:
-    state: State.ValueType
+    state: State
     message: str
     access_uri: str = ""
     reason: str = ""  # the Kubernetes reason behind the message, when there is one
@@ -183,43 +196,3 @@ def _was_ready(pod: Obj) -> bool:
     for status in (pod.get("status") or {}).get("containerStatuses") or []:
         started = ((status.get("state") or {}).get("running") or {}).get("startedAt") or started
     return bool(changed and started and changed > started)
-
-
-def _timestamp(value: datetime | None) -> Timestamp | None:
-    if value is None:
-        return None
-    out = Timestamp()
-    out.FromDatetime(value)
-    return out
-
-
-def disks(gss: Obj | None, ref: InstanceRef, claims: Mapping[str, Obj] | None) -> list[common_pb2.Disk]:
-    out = []
-    for vct in templates.volume_claim_templates(gss or {}):
-        name = (vct.get("metadata") or {}).get("name", "")
-        spec = vct.get("spec") or {}
-        claim = (claims or {}).get(claim_name(name, ref.template, ref.id)) or {}
-        size = ((spec.get("resources") or {}).get("requests") or {}).get("storage", "")
-        out.append(common_pb2.Disk(
-            volume_claim_template=name, size=str(size), storage_class=spec.get("storageClassName") or "",
-            claim_name=claim_name(name, ref.template, ref.id), claim_uid=(claim.get("metadata") or {}).get("uid", ""),
-            phase=(claim.get("status") or {}).get("phase", "")))
-    return out
-
-
-def to_proto(ref: InstanceRef, row: Any, view: View, gss: Obj | None,
-             claims: Mapping[str, Obj] | None) -> instance_pb2.Instance:
-    """The `Instance` message; ``row`` is the slot row (InstanceRow)."""
-    acc: dict[str, Any] = templates.accelerator(gss) if gss else {"type": "TYPE_UNSPECIFIED"}
-    message = instance_pb2.Instance(
-        name=ref.name, template=ref.template_ref.name, id=ref.id, owner=row.owner or "", state=view.state,
-        state_message=view.message, access_uri=view.access_uri,
-        accelerator=common_pb2.Accelerator(type=common_pb2.Accelerator.Type.Value(acc["type"]),
-                                           **{k: v for k, v in acc.items() if k != "type"}),
-        disks=disks(gss, ref, claims), orphaned=bool(row.orphaned))
-    for field, value in (("create_time", row.created_at), ("update_time", row.updated_at),
-                         ("state_change_time", row.state_changed_at), ("last_access_time", row.last_access_at)):
-        stamp = _timestamp(value)
-        if stamp is not None:
-            getattr(message, field).CopyFrom(stamp)
-    return message

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-import importlib.util
 import logging
 import signal
 from collections.abc import Awaitable, Callable
@@ -90,11 +89,8 @@ def fill_unimplemented(registration: Registration, issue: str = "") -> None:
 def load_service(name: str, runtime: Runtime) -> ServiceParts:
     if name not in SERVICE_NAMES:
         raise ValueError(f"unknown service {name!r}; choose from {', '.join(SERVICE_NAMES)}")
-    # Every service wires itself in its app.py (docs/architecture.md, "Inside a service"); a service not
-    # moved to that layout yet still has build() in its server.py.
-    package = f"aigc_gateway.services.{name}"
-    wiring = "app" if importlib.util.find_spec(f"{package}.app") is not None else "server"
-    module = importlib.import_module(f"{package}.{wiring}")
+    # Every service wires itself in its app.py (docs/architecture.md, "Inside a service").
+    module = importlib.import_module(f"aigc_gateway.services.{name}.app")
     parts: ServiceParts = module.build(runtime)
     return parts
 

@@ -14,7 +14,7 @@ from aigc_gateway.names import (
     TemplateRef,
 )
 from aigc_gateway.okg import SlotState
-from aigc_gateway.services.instance import access, invariants, status, templates
+from aigc_gateway.services.instance import access, invariants, messages, status, templates
 from aigc_gateway.services.instance.allocator import Spec
 
 State = instance_pb2.Instance.State
@@ -170,12 +170,17 @@ def test_paused_pausing_restarting_uninstalling() -> None:
     assert derive(SlotState.RELEASING, status.Observed()).state == State.UNINSTALLING
 
 
+def test_the_states_shown_are_the_contracts() -> None:
+    """status.State mirrors Instance.State (messages.py sets the field by name)."""
+    assert {s.name: s.value for s in status.State} == dict(instance_pb2.Instance.State.items())
+
+
 def test_instance_message_carries_disks_and_times() -> None:
     row = InstanceRow(namespace="games", template="sd-cpu", id=0, slot="LIVE", owner="alice", orphaned=False,
                       created_at=T0, updated_at=T0, state_changed_at=T0)
     claims = {"user-data-sd-cpu-0": {"metadata": {"uid": "u-1"}, "status": {"phase": "Bound"}}}
     view = derive(SlotState.LIVE, status.Observed(game_server(), pod()))
-    message = status.to_proto(REF.instance(0), row, view, gss(), claims)
+    message = messages.to_proto(REF.instance(0), row, view, gss(), claims)
     assert message.owner == "alice" and message.state == State.RUNNING
     assert message.accelerator.type == common_pb2.Accelerator.CPU
     disk = message.disks[0]

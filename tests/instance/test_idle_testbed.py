@@ -276,7 +276,7 @@ async def test_injected_clock_gpu_and_cpu_timeouts_accesses_keep_alive_resume_an
     culler's clock set, so hours of idleness take no time. Defaults: CPU 2 h, GPU 30 min, warning 10 min."""
     from aigc_gateway.services.auth.activity import ActivityRecorder
     from aigc_gateway.services.auth.ownermap import InstanceKey
-    from aigc_gateway.services.instance.service import InstanceService
+    from aigc_gateway.services.instance.app import InstanceService
 
     cpu = await create_template(game, testbed, "idle-cpu")
     gpu = await create_template(game, testbed, "idle-gpu", sample="stable-diffusion-gpu")
@@ -353,7 +353,7 @@ async def test_a_pass_over_many_running_instances_reads_in_bulk(testbed: Testbed
     not judged). The rows are written directly: the pass reads only the tables and the template cache."""
     import time
 
-    from aigc_gateway.services.instance.service import InstanceService
+    from aigc_gateway.services.instance.app import InstanceService
 
     tpl = await create_template(game, testbed, "idle-bulk")
     settings = make_settings(database_url, issuer, **instance_overrides(testbed, game.namespace, idle={

@@ -16,8 +16,8 @@ from sqlalchemy import select
 from aigc_gateway.api.v1 import instance_pb2
 from aigc_gateway.db import Database
 from aigc_gateway.db.models import InstanceRow
+from aigc_gateway.services.instance.app import InstanceService
 from aigc_gateway.services.instance.quotas import Usage
-from aigc_gateway.services.instance.service import InstanceService
 
 from ..plugins.gateway import make_settings
 from .conftest import create_template, instance_overrides

@@ -137,3 +137,97 @@ def test_relative_imports_resolve_from_a_package_init() -> None:
         (1, "aigc_gateway.services.auth.server"), (1, "aigc_gateway.services.auth.server.build")]
     assert list(imported("from . import x\n", "aigc_gateway.services.auth.envoy")) == [
         (1, "aigc_gateway.services.auth"), (1, "aigc_gateway.services.auth.x")]
+
+
+# -- one shape per service (docs/architecture.md, "Inside a service") ---------------------------------------
+
+SERVICE_NAMES = ("auth", "instance", "template", "usersync")
+# Beside server.py and the conversion modules (messages.py, *_messages.py), the only modules that may use the
+# contracts' messages: adapters calling another service through its contract, and a second servicer.
+CONTRACT_USERS = {
+    ("template", "handoff.py"): "calls usersync and instance on a template delete",
+    ("usersync", "userdeleted.py"): "calls instance when a Logto user is deleted",
+    ("auth", "envoy.py"): "Envoy's ext_authz servicer, a second contract the auth server serves",
+}
+# Class names that say what a part does: one of each per name across the services, so a reader (and a
+# stack trace) tells the auth AccessChecker from the instance ConsistencyChecker.
+ROLE_SUFFIXES = ("Checker", "Reconciler", "Service", "Servicer")
+
+
+def is_message_module(filename: str) -> bool:
+    return filename in ("server.py", "messages.py") or filename.endswith("_messages.py")
+
+
+def contract_violations(path: Path, service: str, module: str, source: str) -> list[str]:
+    """Imports of the contracts' generated code (``aigc_gateway.api...._pb2``) where they do not belong: messages
+    (``*_pb2``) only in server.py, the conversion modules and CONTRACT_USERS; the generated servicer and stub
+    code (``*_pb2_grpc``) there and in app.py (which registers the servicers)."""
+    if is_message_module(path.name) or (service, path.name) in CONTRACT_USERS:
+        return []
+    found = []
+    for line, target in imported(source, module, path.name == "__init__.py"):
+        last = target.rpartition(".")[2]
+        if not is_under(target, "aigc_gateway.api") or "_pb2" not in last:
+            continue
+        if path.name == "app.py" and last.endswith("_pb2_grpc"):
+            continue
+        found.append(f"{path.relative_to(ROOT)}:{line}: {module} imports {target}")
+    return sorted(set(found))
+
+
+def defines(source: str, kind: type[ast.AST], name: str) -> bool:
+    return any(isinstance(node, kind) and getattr(node, "name", None) == name for node in ast.parse(source).body)
+
+
+def test_every_service_has_the_same_rooms() -> None:
+    """server.py (the servicer), app.py (the service object and build(), which server.load_service calls),
+    and no service.py mixing the two."""
+    problems = []
+    for name in SERVICE_NAMES:
+        folder = SERVICES / name
+        for needed in ("server.py", "app.py"):
+            if not (folder / needed).is_file():
+                problems.append(f"services/{name}/{needed} is missing")
+        if (folder / "service.py").exists():
+            problems.append(f"services/{name}/service.py: the service object belongs in app.py")
+        if (folder / "app.py").is_file() and not defines((folder / "app.py").read_text(), ast.FunctionDef, "build"):
+            problems.append(f"services/{name}/app.py defines no build(runtime)")
+        if (folder / "server.py").is_file() and defines((folder / "server.py").read_text(), ast.FunctionDef, "build"):
+            problems.append(f"services/{name}/server.py defines build(): the wiring belongs in app.py")
+    assert problems == [], "\n".join(problems)
+
+
+def test_only_servicers_and_conversion_modules_use_the_contracts_messages() -> None:
+    found = [v for path, service, name in service_modules()
+             for v in contract_violations(path, service, name, path.read_text())]
+    assert found == [], ("protobuf messages are built in server.py or a messages module next to it, not in "
+                         "domain modules or adapters:\n" + "\n".join(found))
+
+
+def test_role_class_names_are_unique_across_services() -> None:
+    seen: dict[str, list[str]] = {}
+    for path, _, _ in service_modules():
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.ClassDef) and node.name.endswith(ROLE_SUFFIXES):
+                seen.setdefault(node.name, []).append(str(path.relative_to(ROOT)))
+    same = {name: paths for name, paths in seen.items() if len(paths) > 1}
+    assert same == {}, f"two different classes with one name: {same}"
+
+
+def test_a_domain_module_using_the_contracts_is_named_but_servicers_and_conversions_are_not() -> None:
+    module = "aigc_gateway.services.instance.status"
+    source = "from aigc_gateway.api.v1 import common_pb2, instance_pb2\nfrom . import templates\n"
+    assert contract_violations(SERVICES / "instance" / "status.py", "instance", module, source) == [
+        "services/instance/status.py:1: aigc_gateway.services.instance.status imports aigc_gateway.api.v1.common_pb2",
+        "services/instance/status.py:1: aigc_gateway.services.instance.status imports "
+        "aigc_gateway.api.v1.instance_pb2"]
+    for filename in ("server.py", "messages.py", "quota_messages.py"):
+        assert contract_violations(SERVICES / "instance" / filename, "instance", module, source) == []
+    assert contract_violations(SERVICES / "template" / "handoff.py", "template", module, source) == []
+    app = "from aigc_gateway.api.v1 import instance_pb2_grpc\n"
+    assert contract_violations(SERVICES / "instance" / "app.py", "instance", module, app) == []
+    assert contract_violations(SERVICES / "instance" / "app.py", "instance", module,
+                               "from aigc_gateway.api.v1 import instance_pb2\n") != []
+    # The well-known types (a manifest as a Struct) are no contract of ours.
+    assert contract_violations(SERVICES / "template" / "manifest.py", "template", module,
+                               "from google.protobuf import struct_pb2\n") == []
