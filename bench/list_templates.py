@@ -31,7 +31,7 @@ from aigc_gateway import kube  # noqa: E402
 from aigc_gateway.config import Settings  # noqa: E402
 from aigc_gateway.db import Database, migrate  # noqa: E402
 from services.template.catalog import Catalog  # noqa: E402
-from services.template.cluster import KubeHandle, TemplateCluster, _with_kind  # noqa: E402
+from services.template.cluster import TemplateCluster, _with_kind  # noqa: E402
 from services.template.instances import InstanceTable  # noqa: E402
 from services.template.messages import Counts, describe  # noqa: E402
 from services.template.policy import Policy  # noqa: E402
@@ -78,7 +78,7 @@ async def main() -> int:
     settings = Settings.model_validate({"domain": "aigc.test", "namespaces": [namespace], "gss_labels": LABELS,
                                         "database": {"url": url}, "kubernetes": {"kubeconfig": kubeconfig}})
     policy = Policy.from_settings(settings)
-    handle = KubeHandle(settings.kubernetes)
+    handle = kube.KubeHandle(settings.kubernetes)
     client = await handle.get()
     db = Database(url)
     await client.create(kube.NAMESPACE, None, {"metadata": {"name": namespace}})

@@ -28,7 +28,7 @@ from aigc_gateway.config import Settings
 from aigc_gateway.db import Database
 from aigc_gateway.db.listen import PgListener, asyncpg_dsn
 from aigc_gateway.db.models import INSTANCE_CHANNEL, InstanceRow
-from aigc_gateway.kube import GAMESERVER, GSS, OWNER_GSS_LABEL, Kind, Kube
+from aigc_gateway.kube import GAMESERVER, GSS, OWNER_GSS_LABEL, Kind, Kube, KubeHandle
 from aigc_gateway.okg import OWNED, SlotState
 
 from .ownermap import InstanceKey, OwnerMap
@@ -173,8 +173,7 @@ class TemplateWatch:
     def __init__(self, settings: Settings, index: RouteIndex, *, kube: Kube | None = None):
         self.settings = settings
         self.index = index
-        self.kube = kube
-        self._own_kube = kube is None
+        self.kube = KubeHandle(settings.kubernetes, kube)
         self._tasks: list[asyncio.Task[None]] = []
         self.synced = asyncio.Event()
         # Synced, or known not to sync soon (no cluster answers): what is worth waiting for at start.
@@ -188,21 +187,20 @@ class TemplateWatch:
     async def close(self) -> None:
         await cancel_and_wait(self._tasks)
         self._tasks = []
-        if self.kube is not None and self._own_kube:
-            await self.kube.close()
-            self.kube = None
+        await self.kube.close()
 
     async def _run(self) -> None:
         backoff = Backoff(initial=1.0, cap=30.0)
-        while self.kube is None:
+        while True:
             try:
-                self.kube = await Kube.connect(self.settings.kubernetes)
+                kube = await self.kube.get()
+                break
             except Exception as exc:  # noqa: BLE001 - no cluster yet: instances are unreachable, not a crash
                 log.warning("auth: cannot connect to Kubernetes (%s); owner map has no routes yet", exc)
                 self.settled.set()
                 await backoff.sleep()
         namespaces: list[str | None] = list(self.settings.namespaces) or [None]
-        loops = [self._informer(kind, ns) for kind in (GSS, GAMESERVER) for ns in namespaces]
+        loops = [self._informer(kube, kind, ns) for kind in (GSS, GAMESERVER) for ns in namespaces]
         await asyncio.gather(*loops)
 
     def _selector(self, kind: Kind) -> str:
@@ -210,9 +208,7 @@ class TemplateWatch:
             return okg.label_selector(self.settings.gss_labels)
         return OWNER_GSS_LABEL  # every GameServer made by a GameServerSet carries it
 
-    async def _informer(self, kind: Kind, namespace: str | None) -> None:
-        kube = self.kube
-        assert kube is not None
+    async def _informer(self, kube: Kube, kind: Kind, namespace: str | None) -> None:
         selector = self._selector(kind)
 
         async def list_and_watch() -> None:

@@ -17,7 +17,7 @@ from aigc_gateway.background import Backoff, cancel_and_wait
 from aigc_gateway.db.listen import PgListener, asyncpg_dsn
 from aigc_gateway.db.models import INSTANCE_CHANNEL
 from aigc_gateway.errors import Unavailable
-from aigc_gateway.kube import Kube
+from aigc_gateway.kube import KubeHandle
 from aigc_gateway.names import InstanceRef
 from aigc_gateway.runtime import Runtime
 from aigc_gateway.server import Registration, ServiceParts
@@ -42,7 +42,7 @@ class InstanceService:
         self.settings = runtime.settings
         self.cfg = runtime.settings.instance
         self.store = SlotStore(runtime.db)
-        self.kube: Kube | None = None
+        self.kube = KubeHandle(runtime.settings.kubernetes)
         self.cluster: Cluster | None = None
         self.lifecycle: Lifecycle | None = None
         self.cache: ClusterCache | None = None
@@ -76,10 +76,10 @@ class InstanceService:
                 log.warning("cannot set up the Kubernetes client: %s", exc)
 
     async def _connect(self) -> None:
-        self.kube = await Kube.connect(self.settings.kubernetes)
-        self.cluster = Cluster(self.kube, self.settings.namespaces, self.settings.gss_labels)
+        kube = await self.kube.get()
+        self.cluster = Cluster(kube, self.settings.namespaces, self.settings.gss_labels)
         self.lifecycle = Lifecycle(self.runtime.db, self.store, self.cluster, self.cfg, self.runtime.idempotency)
-        self.cache = ClusterCache(self.kube, self.settings.namespaces, self.settings.gss_labels)
+        self.cache = ClusterCache(kube, self.settings.namespaces, self.settings.gss_labels)
         self.checker = ConsistencyChecker(self.lifecycle, self.cluster, self.store)
         self.reconciler = SlotReconciler(self.runtime.db, self.lifecycle, self.checker, self.store,
                                          self.cfg.reconcile_interval_seconds)
@@ -102,8 +102,7 @@ class InstanceService:
             await self.culler.close()
         if self.cache is not None:
             await self.cache.stop()
-        if self.kube is not None:
-            await self.kube.close()
+        await self.kube.close()
 
     def _heard(self, payload: str) -> None:
         """A slot changed in any replica (pg_notify 'ns/tpl/id' on `aigc_instances`): wake its watchers."""

@@ -9,12 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from aigc_gateway.api.v1 import template_pb2_grpc
+from aigc_gateway.kube import KubeHandle
 from aigc_gateway.runtime import Runtime
 from aigc_gateway.server import Registration, ServiceParts
 
 from .cascade import Cascade
 from .catalog import Catalog
-from .cluster import KubeHandle, TemplateCluster
+from .cluster import TemplateCluster
 from .handoff import Handoff
 from .instances import InstanceTable
 from .policy import Policy

@@ -17,7 +17,6 @@ import re
 from typing import Any
 
 from aigc_gateway import kube, okg
-from aigc_gateway.config import KubernetesConfig
 from aigc_gateway.errors import GatewayError, InvalidArgument, NotFound, Violation
 
 from .policy import Policy
@@ -25,27 +24,6 @@ from .watch import TemplateCache, key_of
 
 log = logging.getLogger(__name__)
 Obj = dict[str, Any]
-
-
-class KubeHandle:
-    """One API client per process, connected on first use, so the server starts without a cluster."""
-
-    def __init__(self, cfg: KubernetesConfig):
-        self.cfg = cfg
-        self._kube: kube.Kube | None = None
-        self._lock = asyncio.Lock()
-
-    async def get(self) -> kube.Kube:
-        if self._kube is None:
-            async with self._lock:
-                if self._kube is None:
-                    self._kube = await kube.Kube.connect(self.cfg)
-        return self._kube
-
-    async def close(self) -> None:
-        if self._kube is not None:
-            await self._kube.close()
-            self._kube = None
 
 
 # A webhook or the apiserver that cannot decode a value names the Go field: "...struct field
@@ -74,7 +52,7 @@ ADVANCED_STATEFULSET = kube.Kind("apps.kruise.io", "v1beta1", "statefulsets", "S
 
 
 class TemplateCluster:
-    def __init__(self, handle: KubeHandle, policy: Policy):
+    def __init__(self, handle: kube.KubeHandle, policy: Policy):
         self.handle = handle
         self.policy = policy
         self.cache = TemplateCache(handle.get, list(policy.namespaces), policy.label_selector)

@@ -52,15 +52,14 @@ class UserSync:
         self.delivery = OutboxDelivery(runtime.db, self.writer, cfg, self.audit)
         self.syncer = Syncer(runtime.db, self.client, self.writer, self.delivery)
         self.reconciler = MirrorReconciler(runtime.db, self.client, self.writer)
-        self.importer = Importer(runtime.db, self.client, self._kube, runtime.settings, self.audit)
-        self.disputes = Resolver(runtime.db, self.importer.read_gss, self._kube)
+        self.kube = kube.KubeHandle(runtime.settings.kubernetes)
+        self.importer = Importer(runtime.db, self.client, self.kube.get, runtime.settings, self.audit)
+        self.disputes = Resolver(runtime.db, self.importer.read_gss, self.kube.get)
         policy = UserDeletedPolicy(cfg.user_deleted_policy, lambda: runtime.channel("instance"),
                                    lambda: runtime.call_metadata("usersync"))
         self.webhooks = WebhookServer(WebhookReceiver(runtime.db, cfg.webhook_signing_key.get_secret_value(),
                                                       cfg.webhook_max_age_seconds, policy, self.audit),
                                       cfg.http_listen)
-        self._kube_client: kube.Kube | None = None
-        self._kube_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
         self._listener: PgListener | None = None
 
@@ -68,12 +67,6 @@ class UserSync:
         if not self.enabled:
             raise FailedPrecondition("Logto is not configured (usersync.logto_endpoint is empty)",
                                      reason="LOGTO_NOT_CONFIGURED")
-
-    async def _kube(self) -> kube.Kube:
-        async with self._kube_lock:
-            if self._kube_client is None:
-                self._kube_client = await kube.Kube.connect(self.runtime.settings.kubernetes)
-            return self._kube_client
 
     async def start(self) -> None:
         cfg = self.runtime.settings.usersync
@@ -103,9 +96,7 @@ class UserSync:
         self._tasks.clear()
         await self.webhooks.stop()
         await self.client.close()
-        if self._kube_client is not None:
-            await self._kube_client.close()
-            self._kube_client = None
+        await self.kube.close()
 
 
 def build(runtime: Runtime) -> ServiceParts:

@@ -10,6 +10,7 @@ Kubernetes cluster is not reachable").
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -211,3 +212,35 @@ class Kube:
                     yield event["type"], event["object"]
         finally:
             raw.release()
+
+
+class KubeHandle:
+    """A service's one Kubernetes client, connected on first use: the service starts, and answers UNAVAILABLE,
+    without a cluster (a dev stack without Kubernetes, a kubeconfig not mounted yet), and connects as soon as
+    one is there; every part of the service shares the one connection pool, closed once at stop.
+
+    ``kube`` gives a client made elsewhere (a test's): the handle then never closes it."""
+
+    def __init__(self, cfg: KubernetesConfig, kube: Kube | None = None):
+        self.cfg = cfg
+        self._kube = kube
+        self._owned = kube is None
+        self._lock = asyncio.Lock()
+
+    @property
+    def connected(self) -> Kube | None:
+        """The client if it is connected, else None (no attempt made)."""
+        return self._kube
+
+    async def get(self) -> Kube:
+        """The client, connecting it first if needed; Unavailable while no usable configuration is found."""
+        if self._kube is None:
+            async with self._lock:
+                if self._kube is None:
+                    self._kube = await Kube.connect(self.cfg)
+        return self._kube
+
+    async def close(self) -> None:
+        kube, self._kube = self._kube, None
+        if kube is not None and self._owned:
+            await kube.close()

@@ -463,7 +463,8 @@ async def test_kruise_game_webhook_denials_become_invalid_argument(api, testbed:
 
     from aigc_gateway.config import KubernetesConfig
     from aigc_gateway.errors import Aborted, InvalidArgument
-    from aigc_gateway.services.template.cluster import KubeHandle, TemplateCluster
+    from aigc_gateway.kube import KubeHandle
+    from aigc_gateway.services.template.cluster import TemplateCluster
     from aigc_gateway.services.template.policy import Policy
 
     handle = KubeHandle(KubernetesConfig(kubeconfig=str(testbed.kubeconfig)))

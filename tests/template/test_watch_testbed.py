@@ -8,7 +8,8 @@ import pytest
 
 from aigc_gateway.config import KubernetesConfig
 from aigc_gateway.errors import NotFound
-from aigc_gateway.services.template.cluster import KubeHandle, TemplateCluster
+from aigc_gateway.kube import KubeHandle
+from aigc_gateway.services.template.cluster import TemplateCluster
 from aigc_gateway.services.template.policy import Policy
 
 from ..plugins.kube import Game, api_client
