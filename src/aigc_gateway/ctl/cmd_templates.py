@@ -139,7 +139,8 @@ def validate(ctx: typer.Context, filename: str = FileOption, var: list[str] = Va
 
 @app.command("preview-update")
 def preview_update(ctx: typer.Context, filename: str = FileOption, var: list[str] = VarOption) -> None:
-    """Tell what applying the file would change, and which instances (and owners) it would restart."""
+    """Tell what applying the file would change, and what it would do to each instance (and owner): restart
+    now, when idle, on resume or when asked, in place or recreated (docs/upgrade.md)."""
     c = ctl(ctx)
     results = []
     for manifest in load(filename, parse_vars(var)):
@@ -149,14 +150,20 @@ def preview_update(ctx: typer.Context, filename: str = FileOption, var: list[str
         results.append(reply)
         if c.output == "table":
             out = render.console()
+            live = [a for a in reply.affected_instances if a.action != template_pb2.AffectedInstance.ON_RESUME]
+            how = "in place" if reply.in_place else "recreating the pods"
+            policy = template_pb2.RolloutPolicy.Name(reply.rollout_policy)
             out.print(f"{short(name)}: {len(reply.changed_paths)} path(s) change"
-                      + (f"; restarts {len(reply.affected_instances)} instance(s)" if reply.restarts_instances else
-                         "; no instance restarts"))
+                      + (f"; restarts {len(live)} live instance(s), {how}, policy {policy}"
+                         if reply.restarts_instances else "; no instance restarts"))
             for path in reply.changed_paths:
                 out.print(f"  ~ {path}")
             if reply.affected_instances:
                 out.print(render.table(list(reply.affected_instances), [
-                    ("INSTANCE", lambda a: short(a.instance)), ("OWNER", lambda a: a.owner)]))
+                    ("INSTANCE", lambda a: short(a.instance)), ("OWNER", lambda a: a.owner),
+                    ("WHEN", lambda a: template_pb2.AffectedInstance.Action.Name(a.action)), ("WHY", lambda a: a.reason),
+                    ("LAST ACCESS", lambda a: a.last_access_time.ToJsonString()
+                     if a.HasField("last_access_time") else "never")]))
             if reply.violations:
                 out.print(render.table(list(reply.violations), VIOLATION_COLUMNS))
     if c.output != "table":
