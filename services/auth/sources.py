@@ -23,11 +23,12 @@ from typing import Any
 from sqlalchemy import select, tuple_
 
 from aigc_gateway import okg
-from aigc_gateway.background import Backoff, cancel_and_wait, retry_forever, wait_event
+from aigc_gateway.background import Backoff, cancel_and_wait, wait_event
 from aigc_gateway.config import Settings
 from aigc_gateway.db import Database
 from aigc_gateway.db.listen import PgListener, asyncpg_dsn
 from aigc_gateway.db.models import INSTANCE_CHANNEL, InstanceRow
+from aigc_gateway.informer import ListWatch
 from aigc_gateway.kube import GAMESERVER, GSS, OWNER_GSS_LABEL, Kind, Kube, KubeHandle
 from aigc_gateway.okg import OWNED, SlotState
 
@@ -200,39 +201,28 @@ class TemplateWatch:
                 self.settled.set()
                 await backoff.sleep()
         namespaces: list[str | None] = list(self.settings.namespaces) or [None]
-        loops = [self._informer(kube, kind, ns) for kind in (GSS, GAMESERVER) for ns in namespaces]
-        await asyncio.gather(*loops)
+        loops = [self._loop(kube, kind, ns) for kind in (GSS, GAMESERVER) for ns in namespaces]
+        await asyncio.gather(*(loop.run() for loop in loops))
 
     def _selector(self, kind: Kind) -> str:
         if kind is GSS:
             return okg.label_selector(self.settings.gss_labels)
         return OWNER_GSS_LABEL  # every GameServer made by a GameServerSet carries it
 
-    async def _informer(self, kube: Kube, kind: Kind, namespace: str | None) -> None:
-        selector = self._selector(kind)
+    def _loop(self, kube: Kube, kind: Kind, namespace: str | None) -> ListWatch:
+        """The core's list+watch loop over one kind in one namespace, feeding the route index."""
 
-        async def list_and_watch() -> None:
-            listed = await kube.list(kind, namespace, label_selector=selector)
-            self._replace(kind, namespace, listed.get("items") or [])
+        def listed(items: list[dict[str, Any]], _version: str) -> None:
+            self._replace(kind, namespace, items)
             self._synced_kinds.add((kind.plural, namespace))
             if len(self._synced_kinds) == 2 * len(list(self.settings.namespaces) or [None]):
                 self.synced.set()
                 self.settled.set()
-            version = (listed.get("metadata") or {}).get("resourceVersion", "")
-            while True:
-                async for event, obj in kube.watch(kind, namespace, resource_version=version,
-                                                   label_selector=selector, timeout_seconds=240):
-                    if event == "ERROR":  # 410 Gone or anything else: list again, at once
-                        log.info("auth: %s watch expired (%s); listing again", kind.plural,
-                                 obj.get("message") or obj)
-                        return
-                    version = (obj.get("metadata") or {}).get("resourceVersion", version)
-                    if event != "BOOKMARK":
-                        self._event(kind, event, obj)
 
         # Keep watching whatever happens; a failure marks the map settled (no cluster answers soon).
-        await retry_forever(list_and_watch, Backoff(initial=1.0, cap=1.0), f"auth: {kind.plural} watch",
-                            on_error=lambda _exc: self.settled.set(), logger=log)
+        return ListWatch(kube, kind, namespace, label_selector=self._selector(kind), name=f"auth: {kind.plural} watch",
+                         on_list=listed, on_event=lambda event, obj: self._event(kind, event, obj),
+                         on_error=lambda _exc: self.settled.set(), backoff=Backoff(initial=1.0, cap=1.0))
 
     def _replace(self, kind: Kind, namespace: str | None, items: list[dict[str, Any]]) -> None:
         if kind is GSS:

@@ -13,10 +13,10 @@ from typing import Any
 from aigc_gateway import okg, upgrades
 from aigc_gateway.background import cancel_and_wait
 from aigc_gateway.errors import Unavailable
+from aigc_gateway.informer import Informer
 from aigc_gateway.kube import ADVANCED_STATEFULSET, EVENT, GAMESERVER, GSS, OWNER_GSS_LABEL, POD, PVC, Kube
 from aigc_gateway.names import InstanceRef, TemplateRef
 
-from .informer import Informer
 from .status import Observed
 
 log = logging.getLogger(__name__)

@@ -18,9 +18,10 @@ from typing import Any
 
 from aigc_gateway import kube, okg
 from aigc_gateway.errors import GatewayError, InvalidArgument, NotFound, Violation
+from aigc_gateway.informer import key_of
 
 from .policy import Policy
-from .watch import TemplateCache, key_of
+from .watch import TemplateCache
 
 log = logging.getLogger(__name__)
 Obj = dict[str, Any]

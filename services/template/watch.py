@@ -2,9 +2,9 @@
 
 A live LIST of GameServerSets is a quorum read through the apiserver to etcd: 0.1-0.9 s on the test bed
 (bench/list_templates.py), most of ListTemplates' time. Here one list+watch per configured namespace
-(informer style: list, watch from the list's resourceVersion, list again when the watch ends or
-breaks) keeps the templates in memory. It starts on the first read (that read waits for the first
-list), so the server starts without a cluster.
+(the core's :class:`aigc_gateway.informer.ListWatch`: list, watch from the list's resourceVersion, list
+again when the watch ends or breaks) keeps the templates in memory. It starts on the first read (that read
+waits for the first list), so the server starts without a cluster.
 
 Read-your-writes in this process: a write's result (:meth:`TemplateCache.note`) and a confirmed
 absence (:meth:`TemplateCache.absent`) are applied at once, and every change is applied only when its
@@ -24,8 +24,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aigc_gateway import kube
-from aigc_gateway.background import Backoff, cancel_and_wait, retry_forever
-from aigc_gateway.errors import GatewayError, NotFound, Unavailable
+from aigc_gateway.background import cancel_and_wait
+from aigc_gateway.errors import GatewayError, Unavailable
+from aigc_gateway.informer import ListWatch, key_of, version_of
 
 log = logging.getLogger(__name__)
 Obj = dict[str, Any]
@@ -35,11 +36,6 @@ Key = tuple[str, str]  # (namespace, name)
 FIRST_SYNC_SECONDS = 10.0
 # Without the GameServerSet kind there is nothing to watch: look again this often.
 NO_KIND_RELIST_SECONDS = 5.0
-
-
-def key_of(obj: Obj) -> Key:
-    meta = obj.get("metadata") or {}
-    return str(meta.get("namespace", "")), str(meta.get("name", ""))
 
 
 def _version(value: Any) -> int | None:
@@ -97,15 +93,20 @@ class TemplateCache:
         scoped: list[str | None] = list(namespaces) or [None]  # None: one scope over every namespace
         self.scopes = {ns: _Scope(ns) for ns in scoped}
         self._tasks: list[asyncio.Task[None]] = []
-        self.lists = 0  # how many LISTs the loops made (for the bench and tests)
+        self.loops = [self._loop(scope) for scope in self.scopes.values()]
+
+    @property
+    def lists(self) -> int:
+        """How many LISTs the loops made (for the bench and tests)."""
+        return sum(loop.lists for loop in self.loops)
 
     def _scope_of(self, namespace: str) -> _Scope | None:
         return self.scopes.get(namespace) or self.scopes.get(None)
 
     def _start(self) -> None:
         if not self._tasks:
-            self._tasks = [asyncio.create_task(self._run(s), name=f"template-cache-{s.namespace or '*'}")
-                           for s in self.scopes.values()]
+            self._tasks = [asyncio.create_task(loop.run(), name=f"template-cache-{loop.namespace or '*'}")
+                           for loop in self.loops]
 
     async def close(self) -> None:
         await cancel_and_wait(self._tasks)
@@ -148,25 +149,16 @@ class TemplateCache:
         if scope is not None:
             scope.apply((namespace, name), None, _version(list_version))
 
-    async def _run(self, scope: _Scope) -> None:
-        backoff = Backoff(initial=1.0, cap=30.0)
+    def _loop(self, scope: _Scope) -> ListWatch:
+        """The core's list+watch loop over one scope, feeding it."""
 
-        async def list_and_watch() -> None:
-            client = await self.connect()
-            try:
-                listed = await client.list(kube.GSS, scope.namespace, label_selector=self.label_selector)
-            except NotFound:  # no GameServerSet kind (OpenKruiseGame not installed yet): no templates
-                listed = {}
-            self.lists += 1
-            version = str((listed.get("metadata") or {}).get("resourceVersion") or "")
-            scope.replace(listed.get("items") or [], _version(version))
+        def listed(items: list[Obj], version: str) -> None:
+            scope.replace(items, _version(version))
             scope.synced, scope.error = True, None
-            backoff.reset()
             scope.settled.set()
-            while version:
-                version = await self._watch(client, scope, version)
-            if not listed:
-                await asyncio.sleep(NO_KIND_RELIST_SECONDS)
+
+        def changed(event: str, obj: Obj) -> None:
+            scope.apply(key_of(obj), None if event == "DELETED" else obj, _version(version_of(obj)))
 
         def failed(exc: Exception) -> None:  # the cluster being away is normal: serve UNAVAILABLE, retry
             scope.synced = False
@@ -174,17 +166,7 @@ class TemplateCache:
                 f"the Kubernetes cluster is not reachable: {exc}", reason="KUBERNETES_UNAVAILABLE", retry_after=2.0)
             scope.settled.set()
 
-        await retry_forever(list_and_watch, backoff, f"template cache ({scope.namespace or '*'})", on_error=failed,
-                            logger=log)
-
-    async def _watch(self, client: kube.Kube, scope: _Scope, version: str) -> str:
-        """One watch request; the resourceVersion to go on from, or '' to list again."""
-        async for kind, obj in client.watch(kube.GSS, scope.namespace, resource_version=version,
-                                            label_selector=self.label_selector, timeout_seconds=self.watch_timeout):
-            if kind == "ERROR":  # 410 Gone (our version left the watch cache) or anything else: list again
-                log.info("template cache (%s): watch error %s; listing again", scope.namespace or "*", obj.get("code"))
-                return ""
-            version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
-            if kind != "BOOKMARK":
-                scope.apply(key_of(obj), None if kind == "DELETED" else obj, _version(version))
-        return version
+        # No GameServerSet kind (OpenKruiseGame not installed yet) lists as no templates.
+        return ListWatch(self.connect, kube.GSS, scope.namespace, label_selector=self.label_selector,
+                         watch_timeout=self.watch_timeout, name=f"template cache ({scope.namespace or '*'})",
+                         on_list=listed, on_event=changed, on_error=failed, absent_kind_retry=NO_KIND_RELIST_SECONDS)
