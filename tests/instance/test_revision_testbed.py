@@ -6,6 +6,7 @@ and the kubelet's report of the new image written by the test (kwok never restar
 from __future__ import annotations
 
 import copy
+import time
 
 import grpc
 import pytest
@@ -73,9 +74,11 @@ async def test_instances_report_their_revision_and_whether_an_update_is_availabl
     def change(spec: dict) -> None:
         spec["gameServerTemplate"]["spec"]["containers"][0]["image"] = NEW
         spec["updateStrategy"]["rollingUpdate"].update(paused=True, partition=2)
+    started = time.monotonic()
     await game.update_gss(SAMPLE, change)
     new = await wait_for(lambda: _moved_on(game, old), 60, what="the Advanced StatefulSet's new update revision")
     events = await collect(watch, lambda e: e.instance.update_available)
+    print(f"image written -> watch event with update_available: {time.monotonic() - started:.2f} s")
     assert (events[-1].instance.revision, events[-1].instance.update_available) == (old, True)
     watch.cancel()
     listed = await c.stub.ListInstances(instance_pb2.ListInstancesRequest(parent=c.parent()),
