@@ -14,7 +14,7 @@ host (:func:`.urls.bind_routed_host`).
 ``/auth`` runs on every click on every instance, so it is plain ASGI (one pass
 over the header list, one response message); the browser endpoints, a few
 requests per sign-in, use Starlette's request and response classes. The app
-is served by granian (:mod:`.httpserver`).
+is served by granian (:mod:`aigc_gateway.httpserver`).
 """
 from __future__ import annotations
 
@@ -33,11 +33,11 @@ from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from aigc_gateway import audit
 from aigc_gateway.config import Settings
 from aigc_gateway.errors import GatewayError
+from aigc_gateway.httpserver import HTTPServer
 from aigc_gateway.sessions import AmbiguousCookie, SessionCookieAuthenticator, hash_session_id, single_cookie
 
 from .checker import AccessChecker, Credentials
 from .decision import Outcome
-from .httpserver import HTTPServer
 from .oidc import OIDCClient
 from .urls import forwarded_url, routed_host_of, safe_redirect
 
@@ -112,7 +112,7 @@ class AuthEndpoints:
     async def start(self, listen: str | None = None, *, reserved: bool = False) -> int:
         """Serve on ``listen`` (default ``auth.http_listen``); ``reserved``: the worker pool holds the port
         and sibling processes listen on it too (see :mod:`.workers`)."""
-        self._server = HTTPServer(self, listen or self.cfg.http_listen, shared=reserved)
+        self._server = HTTPServer(self, listen or self.cfg.http_listen, shared=reserved, name="auth-http")
         self.port = await self._server.start()
         log.info("auth HTTP endpoints on http://%s:%d", self._server.host, self.port)
         return self.port

@@ -31,8 +31,8 @@ from pydantic import SecretBytes, SecretStr
 
 from aigc_gateway.background import Backoff, cancel_and_wait
 from aigc_gateway.config import Settings
+from aigc_gateway.httpserver import reserve_port, split_listen
 
-from .listen import reserve_port, split_listen
 from .ownermap import Event, OwnerMap
 from .workermetrics import CheckMetrics
 

@@ -13,6 +13,10 @@ Answers (Logto retries a delivery only on 5xx):
 The replay record (sha256 of the raw body) is inserted in the same transaction as the action's
 database writes and committed only when the action succeeded. A second copy arriving while the
 first is being handled waits on the primary key and is then refused as a replay.
+
+Served on ``usersync.http_listen`` by the gateway's one HTTP stack (:mod:`aigc_gateway.httpserver`:
+granian, with Starlette's request and response classes, as auth's endpoints are); a body over
+``MAX_BODY`` is refused with 413 before it is read further.
 """
 from __future__ import annotations
 
@@ -21,13 +25,17 @@ import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from aiohttp import web
 from sqlalchemy.exc import IntegrityError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
 
 from aigc_gateway.audit import DENIED, FAILURE, AuditLog
 from aigc_gateway.context import new_request_id, request_id_var
 from aigc_gateway.db import Database
 from aigc_gateway.errors import GatewayError
+from aigc_gateway.httpserver import HTTPServer
 
 from . import metrics
 from .models import WebhookDeliveryRow
@@ -55,14 +63,14 @@ class WebhookReceiver:
         self.policy = policy
         self.audit = audit
 
-    def app(self) -> web.Application:
-        app = web.Application(client_max_size=MAX_BODY)
-        app.router.add_post(PATH, self.handle)
-        return app
+    def app(self) -> Starlette:
+        return Starlette(routes=[Route(PATH, self.handle, methods=["POST"])])
 
-    async def handle(self, request: web.Request) -> web.Response:
+    async def handle(self, request: Request) -> JSONResponse:
         request_id_var.set(request.headers.get("x-request-id", "")[:128] or new_request_id())
-        body = await request.read()
+        body = await _body(request)
+        if body is None:
+            return JSONResponse({"code": "TOO_LARGE", "message": f"the body is over {MAX_BODY} bytes"}, status_code=413)
         event = "unknown"
         try:
             if not self.key:
@@ -78,9 +86,9 @@ class WebhookReceiver:
                 await self.audit.record(ACTION, "", outcome=DENIED, error_code=refusal.code, actor=ACTOR,
                                         actor_kind="service", details={"event": event, "reason": refusal.message})
             log.warning("webhook delivery refused: %s (%s)", refusal.code, refusal.message)
-            return web.json_response({"code": refusal.code, "message": refusal.message}, status=refusal.status)
+            return JSONResponse({"code": refusal.code, "message": refusal.message}, status_code=refusal.status)
         metrics.WEBHOOKS.labels(event, result.get("outcome", "acknowledged")).inc()
-        return web.json_response(result)
+        return JSONResponse(result)
 
     async def _accept(self, body: bytes, payload: dict[str, Any], created: datetime) -> dict[str, Any]:
         event = payload["event"]
@@ -112,24 +120,36 @@ class WebhookReceiver:
         return {"outcome": "acted", "event": event, "user": user, **details}
 
 
+async def _body(request: Request) -> bytes | None:
+    """The request body, or None once it is over MAX_BODY (the rest is not read)."""
+    if int(request.headers.get("content-length") or 0) > MAX_BODY:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 class WebhookServer:
-    """The aiohttp listener on ``usersync.http_listen``."""
+    """The listener on ``usersync.http_listen`` (the core's HTTP server)."""
 
     def __init__(self, receiver: WebhookReceiver, listen: str):
         self.receiver = receiver
         self.listen = listen
-        self.runner: web.AppRunner | None = None
+        self.server: HTTPServer | None = None
         self.port = 0
 
     async def start(self) -> None:
-        host, _, port = self.listen.rpartition(":")
-        self.runner = web.AppRunner(self.receiver.app(), access_log=None)
-        await self.runner.setup()
-        await web.TCPSite(self.runner, host or "0.0.0.0", int(port)).start()
-        self.port = self.runner.addresses[0][1]
-        log.info("Logto webhooks on http://%s:%d%s", host or "0.0.0.0", self.port, PATH)
+        server = HTTPServer(self.receiver.app(), self.listen, name="usersync-webhooks", setting="usersync.http_listen")
+        self.port = await server.start()
+        self.server = server
+        log.info("Logto webhooks on http://%s:%d%s", server.host, self.port, PATH)
 
     async def stop(self) -> None:
-        if self.runner is not None:
-            await self.runner.cleanup()
-            self.runner = None
+        server, self.server = self.server, None
+        if server is not None:
+            await server.stop()

@@ -129,4 +129,15 @@ async def test_without_a_signing_key_no_webhook_listener_is_started(
         start_gateway, database_url, issuer, logto) -> None:
     gateway = await start_gateway("usersync", settings=settings_for(database_url, issuer, logto,
                                                                     webhook_signing_key=""))
-    assert usersync_of(gateway).webhooks.runner is None
+    assert usersync_of(gateway).webhooks.server is None
+
+
+async def test_an_oversized_body_is_refused_and_nothing_is_kept(start_gateway, database, database_url, issuer,
+                                                                logto) -> None:
+    url = await _started(start_gateway, database_url, issuer, logto)
+    body, headers = logto.webhook("User.Deleted", "alice")
+    response = await _post(url, body + b" " * (256 * 1024), headers)
+    assert response.status_code == 413 and response.json()["code"] == "TOO_LARGE"
+    assert await _count(database, WebhookDeliveryRow) == 0
+    async with httpx.AsyncClient() as client:
+        assert (await client.get(url)).status_code == 405  # POST only, as before

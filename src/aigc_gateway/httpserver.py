@@ -1,4 +1,5 @@
-"""Serving the auth HTTP endpoints (an ASGI app) with granian, inside this process's event loop.
+"""Serving HTTP endpoints (an ASGI app) with granian, inside this process's event loop: the one HTTP
+server stack of the gateway (auth's ``/auth`` and sign-in endpoints, usersync's Logto webhooks).
 
 Why granian and not aiohttp: ``GET /auth`` is a few microseconds of Python
 (the checker does tens of thousands of decisions a second); per request, the
@@ -10,10 +11,10 @@ endpoint). It is used through its embedded server, which runs in the calling
 event loop (granian marks that API experimental; the tests cover what we use
 of it: serving, SO_REUSEPORT sharing, a bind failure, stopping).
 
-On Linux granian binds with SO_REUSEPORT, which is what lets the worker
-processes (:mod:`.workers`) listen on one port. A port is always reserved
-first with :func:`.workers.reserve_port` (port 0 picks one), so that the
-number is known before granian binds it.
+On Linux granian binds with SO_REUSEPORT, which is what lets auth's worker
+processes listen on one port. A port is always reserved first with
+:func:`reserve_port` (port 0 picks one), so that the number is known before
+granian binds it.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from granian.constants import HTTPModes, Interfaces
 from granian.http import HTTP1Settings
 from granian.server.embed import Server
 
-from .listen import reserve_port, split_listen
+from .config import ConfigError
 
 log = logging.getLogger(__name__)
 # granian logs "Embedded server is experimental!" at every start; its errors still show.
@@ -35,10 +36,39 @@ logging.getLogger("_granian").setLevel(logging.ERROR)
 READY_TIMEOUT = 30.0
 
 
+def split_listen(listen: str) -> tuple[str, int]:
+    """``host:port`` (``[v6]:port``; no host: every interface)."""
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def reserve_port(host: str, port: int, setting: str = "auth.http_listen") -> socket.socket:
+    """A bound, not listening, SO_REUSEPORT socket: holds the port (port 0 picks one) for the listening
+    sockets (auth's workers', also across a worker's restart); the kernel gives connections only to listeners.
+    ``setting``: the listen setting named when the platform cannot do it."""
+    if not hasattr(socket, "SO_REUSEPORT"):
+        raise ConfigError([f"{setting}: serving HTTP endpoints needs SO_REUSEPORT (Linux)"])
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                         flags=socket.AI_PASSIVE)[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind(address)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 class HTTPServer:
-    def __init__(self, app: Any, listen: str, *, shared: bool = False):
-        """``shared``: other processes listen on this port too (the port was reserved by the pool)."""
+    def __init__(self, app: Any, listen: str, *, shared: bool = False, name: str = "http",
+                 setting: str = "auth.http_listen"):
+        """``shared``: other processes listen on this port too (the port was reserved by the pool); ``name``
+        names the serving task; ``setting`` is the listen setting an error names."""
         self.app = app
+        self.name = name
+        self.setting = setting
         self.host, self.port = split_listen(listen)
         self.shared = shared
         self._reservation: socket.socket | None = None
@@ -47,7 +77,7 @@ class HTTPServer:
 
     async def start(self) -> int:
         if not self.shared:
-            self._reservation = reserve_port(self.host, self.port)
+            self._reservation = reserve_port(self.host, self.port, self.setting)
             self.port = self._reservation.getsockname()[1]
         self._server = Server(
             self.app, address=self.host, port=self.port, interface=Interfaces.ASGINL, http=HTTPModes.http1,
@@ -55,7 +85,7 @@ class HTTPServer:
             # nginx sends at most its large_client_header_buffers of URL (8k); room to spare, so that an odd
             # request is answered by the app (401/403), not by the HTTP parser (400, a 500 to the user).
             http1_settings=HTTP1Settings(max_buffer_size=256 * 1024))
-        self._task = asyncio.create_task(self._server.serve(), name="auth-http")
+        self._task = asyncio.create_task(self._server.serve(), name=self.name)
         await self._listening()
         return self.port
 
