@@ -30,7 +30,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from aigc_gateway.audit import FAILURE, AuditLog
-from aigc_gateway.background import wait_event
+from aigc_gateway.background import Backoff, wait_event
 from aigc_gateway.config import UserSyncConfig
 from aigc_gateway.db import Database
 from aigc_gateway.db.models import UserSyncOutboxRow
@@ -163,7 +163,9 @@ class OutboxDelivery:
         return UserOutcome(rows=len(rows), full_batch=full)
 
     async def run_forever(self) -> None:
-        backoff = 0.0
+        # Exponential from the poll interval while Logto is away (never sooner than its Retry-After), reset
+        # by a pass that delivered.
+        backoff = Backoff(initial=self.cfg.delivery_poll_seconds, cap=self.cfg.delivery_max_backoff_seconds)
         while True:
             try:
                 result = await self.run_once()
@@ -174,11 +176,9 @@ class OutboxDelivery:
                 log.exception("outbox delivery pass failed")
                 result = PassResult(unavailable=True)
             if result.unavailable:
-                backoff = min(max(backoff * 2, self.cfg.delivery_poll_seconds, result.retry_after),
-                              self.cfg.delivery_max_backoff_seconds)
-                wait = backoff
+                wait = min(max(backoff.next_delay(), result.retry_after), self.cfg.delivery_max_backoff_seconds)
             else:
-                backoff = 0.0
+                backoff.reset()
                 wait = 0.0 if result.more else self.cfg.delivery_poll_seconds
             if wait:
                 await wait_event(self._wake, wait)
