@@ -86,10 +86,14 @@ def kube_calls(service: str) -> tuple[set[tuple[str, str, str]], dict[str, set[t
                 continue
             func = node.func
             name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
-            if name == "Informer" and len(node.args) >= 2:
+            if name in ("Informer", "ListWatch") and len(node.args) >= 2:  # the core's list+watch (informer.py)
                 kind = _kind_name(node.args[1], kinds)
                 if kind:
                     calls |= {(*kinds[kind], "list"), (*kinds[kind], "watch")}
+                elif isinstance(node.args[1], ast.Name) and node.args[1].id == "kind":
+                    where = f"{path.relative_to(REPO)}:{node.lineno} {name}(..., kind, ...)"
+                    dynamic[where] = {(*kinds[k], verb) for k in _kinds_of_parameter(trees, node, kinds)
+                                      for verb in ("list", "watch")}
                 continue
             if name not in VERBS or not isinstance(func, ast.Attribute):
                 continue
