@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from aigc_gateway import okg
 from aigc_gateway.okg import SlotState
 
 from . import templates
@@ -86,7 +87,10 @@ def access_uri(gs: Obj | None, gss: Obj | None, instance_id: int) -> str:
     path = "/"
     for conf in ((gss or {}).get("spec") or {}).get("network", {}).get("networkConf") or []:
         if conf.get("name") == "Path" and conf.get("value"):
-            path = str(conf["value"]).replace("<id>", str(instance_id))
+            made = okg.with_id(str(conf["value"]), instance_id)
+            if made is None:  # two <id>s: the OKG plugin makes no Ingress, so there is no URL
+                return ""
+            path = made
     return f"https://{addresses[0]['endPoint']}{path if path.startswith('/') else '/' + path}"
 
 
