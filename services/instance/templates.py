@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from aigc_gateway import okg
+from aigc_gateway.accelerator import accelerator_of
 from aigc_gateway.errors import FailedPrecondition, NotFound
 from aigc_gateway.names import TemplateRef
 
@@ -16,10 +17,6 @@ from .allocator import Spec
 
 Obj = dict[str, Any]
 
-ECI_LABEL = "alibabacloud.com/eci"
-ECI_SPECS_ANNOTATION = "k8s.aliyun.com/eci-use-specs"
-GPU = "nvidia.com/gpu"
-GPU_MEMORY = "aliyun.com/gpu-mem"
 
 
 def not_found(ref: TemplateRef) -> NotFound:
@@ -84,21 +81,7 @@ def vct_names(gss: Obj) -> list[str]:
     return [v["metadata"]["name"] for v in volume_claim_templates(gss) if (v.get("metadata") or {}).get("name")]
 
 
-def first_container(gss: Obj) -> Obj:
-    pod_spec = (((gss.get("spec") or {}).get("gameServerTemplate") or {}).get("spec")) or {}
-    containers = pod_spec.get("containers") or []
-    return containers[0] if containers else {}
-
-
-def pod_meta(gss: Obj) -> Obj:
-    return (((gss.get("spec") or {}).get("gameServerTemplate") or {}).get("metadata")) or {}
-
-
-def _int(value: Any) -> int:
-    try:
-        number = int(str(value))
-    except (TypeError, ValueError):
-        return 0
+def _int32(number: int) -> int:
     # The Accelerator message's counts are int32: a larger one (a GameServerSet written around the template
     # service's rules, e.g. aliyun.com/gpu-mem 3221225472 for "3Gi") reads as none rather than failing every
     # read of the template's instances with INTERNAL.
@@ -106,24 +89,10 @@ def _int(value: Any) -> int:
 
 
 def accelerator(gss: Obj) -> dict[str, Any]:
-    """Fields of the `Accelerator` message (common.proto)."""
-    resources = first_container(gss).get("resources") or {}
-    limits = {**(resources.get("requests") or {}), **(resources.get("limits") or {})}
-    meta = pod_meta(gss)
-    out: dict[str, Any] = {
-        "cpu": str(limits.get("cpu") or ""), "memory": str(limits.get("memory") or ""),
-        "eci": str((meta.get("labels") or {}).get(ECI_LABEL, "")).lower() == "true",
-        "eci_instance_type": str((meta.get("annotations") or {}).get(ECI_SPECS_ANNOTATION) or ""),
-    }
-    if not first_container(gss):
-        out["type"] = "TYPE_UNSPECIFIED"
-    elif _int(limits.get(GPU)) > 0:
-        out.update(type="GPU", gpu_count=_int(limits.get(GPU)))
-    elif _int(limits.get(GPU_MEMORY)) > 0:
-        out.update(type="SHARED_GPU", gpu_memory_gib=_int(limits.get(GPU_MEMORY)))
-    else:
-        out["type"] = "CPU"
-    return out
+    """Fields of the `Accelerator` message (common.proto), by the one reading of aigc_gateway.accelerator."""
+    acc = accelerator_of(gss)
+    return {"type": acc.kind.value, "cpu": acc.cpu, "memory": acc.memory, "gpu_count": _int32(acc.gpu_count),
+            "gpu_memory_gib": _int32(acc.gpu_memory_gib), "eci": acc.eci, "eci_instance_type": acc.eci_instance_type}
 
 
 def needs_gpu(gss: Obj) -> bool:

@@ -20,14 +20,15 @@ from typing import Any
 from google.protobuf import timestamp_pb2
 
 from aigc_gateway import upgrades
+from aigc_gateway.accelerator import GPU, GPU_MEMORY, accelerator_of, containers
 from aigc_gateway.api.v1 import common_pb2, template_pb2
 from aigc_gateway.errors import Violation
 from aigc_gateway.names import template_name
+from aigc_gateway.quantity import INT32_MAX
 
 from . import changes, manifest, network, rollout_preview, rules
 from .manifest import to_struct
 from .policy import Policy
-from .quantity import INT32_MAX, QuantityError, plain_count
 
 log = logging.getLogger(__name__)
 # The message types the catalog, the publisher and the cascade answer with (they build none themselves).
@@ -38,9 +39,7 @@ ValidateTemplateResponse = template_pb2.ValidateTemplateResponse
 TemplateChange = template_pb2.TemplateChange
 PreviewTemplateUpdateResponse = template_pb2.PreviewTemplateUpdateResponse
 DeleteTemplateResponse = template_pb2.DeleteTemplateResponse
-ECI_LABEL = "alibabacloud.com/eci"
 UNDESCRIBABLE = "UNDESCRIBABLE"
-ECI_SPECS_ANNOTATION = "k8s.aliyun.com/eci-use-specs"
 
 
 @dataclass(frozen=True)
@@ -53,17 +52,6 @@ def _dict(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def containers(obj: dict[str, Any]) -> list[dict[str, Any]]:
-    pod = _dict(_dict(_dict(obj.get("spec")).get("gameServerTemplate")).get("spec"))
-    return [c for c in pod.get("containers") or [] if isinstance(c, dict)]
-
-
-def _resource(container: dict[str, Any], key: str) -> Any:
-    resources = _dict(container.get("resources"))
-    limits, requests = _dict(resources.get("limits")), _dict(resources.get("requests"))
-    return limits.get(key, requests.get(key))
-
-
 class Undescribable(ValueError):
     """The object holds a value the Template message cannot carry (a number beyond int32)."""
 
@@ -74,30 +62,12 @@ def _int32(value: int, what: str) -> int:
     return value
 
 
-def _count(value: Any, what: str) -> int:
-    """A GPU count or GiB of GPU memory; 0 when it is no plain count (the rules report that as unusable)."""
-    try:
-        return _int32(plain_count(value), what) if value is not None else 0
-    except QuantityError:
-        return 0
-
-
 def accelerator(obj: dict[str, Any]) -> common_pb2.Accelerator:
-    pod_meta = _dict(_dict(_dict(obj.get("spec")).get("gameServerTemplate")).get("metadata"))
-    eci = str(_dict(pod_meta.get("labels")).get(ECI_LABEL, "")).lower() == "true"
-    found = containers(obj)
-    if not found:
-        return common_pb2.Accelerator(eci=eci)
-    first = found[0]
-    gpus = _count(_resource(first, rules.GPU), rules.GPU)
-    gpu_mem = _count(_resource(first, rules.GPU_MEM), rules.GPU_MEM)
-    kind = (common_pb2.Accelerator.GPU if gpus else common_pb2.Accelerator.SHARED_GPU if gpu_mem
-            else common_pb2.Accelerator.CPU)
-    cpu, memory = _resource(first, "cpu"), _resource(first, "memory")
+    acc = accelerator_of(obj)
     return common_pb2.Accelerator(
-        type=kind, cpu="" if cpu is None else str(cpu), memory="" if memory is None else str(memory),
-        gpu_count=gpus, gpu_memory_gib=gpu_mem, eci=eci,
-        eci_instance_type=str(_dict(pod_meta.get("annotations")).get(ECI_SPECS_ANNOTATION, "")) if eci else "")
+        type=common_pb2.Accelerator.Type.Value(acc.kind.value), cpu=acc.cpu, memory=acc.memory,
+        gpu_count=_int32(acc.gpu_count, GPU), gpu_memory_gib=_int32(acc.gpu_memory_gib, GPU_MEMORY), eci=acc.eci,
+        eci_instance_type=acc.eci_instance_type)
 
 
 def disks(obj: dict[str, Any]) -> list[common_pb2.Disk]:

@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from aigc_gateway import idle, okg, upgrades
+from aigc_gateway import accelerator, idle, okg, upgrades
 from aigc_gateway.errors import Violation
 from aigc_gateway.names import TEMPLATE_NAME_RULE, is_dns_label, is_namespace, is_template_name
+from aigc_gateway.quantity import INT32_MAX, QuantityError, parse_quantity, plain_count
 
 from . import network
 from .policy import (
@@ -26,11 +27,9 @@ from .policy import (
     IDENTITY_HEADERS,
     Policy,
 )
-from .quantity import INT32_MAX, QuantityError, parse_quantity, plain_count
 
 TEMPLATE = "spec.gameServerTemplate"
-GPU = "nvidia.com/gpu"
-GPU_MEM = "aliyun.com/gpu-mem"
+GPU, GPU_MEM = accelerator.GPU, accelerator.GPU_MEMORY
 # The unit of each extended resource the service reads. Both are counts written as plain numbers:
 # Kubernetes reads `aliyun.com/gpu-mem: 3Gi` as 3221225472 (units of GiB here), so a suffix is refused
 # with a hint instead of being converted to a number nobody meant. Every count must fit the API's int32.

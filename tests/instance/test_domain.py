@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from aigc_gateway import okg
+from aigc_gateway.accelerator import ECI_LABEL
 from aigc_gateway.api.v1 import common_pb2, instance_pb2
 from aigc_gateway.db.models import InstanceRow
 from aigc_gateway.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
@@ -90,10 +91,11 @@ def test_templates_are_filtered_by_namespace_and_labels() -> None:
     ({"cpu": "2", "memory": "4Gi"}, {}, {"type": "CPU", "cpu": "2", "memory": "4Gi", "eci": False}),
     ({"nvidia.com/gpu": "1"}, {}, {"type": "GPU", "gpu_count": 1}),
     ({"aliyun.com/gpu-mem": 3}, {}, {"type": "SHARED_GPU", "gpu_memory_gib": 3}),
-    ({"nvidia.com/gpu": 1}, {templates.ECI_LABEL: "true"}, {"type": "GPU", "eci": True}),
-    # Beyond the message's int32 (written around the template service): no count, and no failed read.
-    ({"aliyun.com/gpu-mem": 3 * 2**30}, {}, {"type": "CPU"}),
-    ({"nvidia.com/gpu": "99999999999"}, {}, {"type": "CPU"}),
+    ({"nvidia.com/gpu": 1}, {ECI_LABEL: "true"}, {"type": "GPU", "eci": True, "eci_instance_type": ""}),
+    ({"cpu": "2"}, {}, {"type": "CPU", "eci_instance_type": ""}),  # an ECI type only on ECI pods
+    # Beyond the message's int32 (written around the template service): the kind, no count, no failed read.
+    ({"aliyun.com/gpu-mem": 3 * 2**30}, {}, {"type": "SHARED_GPU", "gpu_memory_gib": 0}),
+    ({"nvidia.com/gpu": "99999999999"}, {}, {"type": "GPU", "gpu_count": 0}),
 ])
 def test_accelerator(limits: dict, labels: dict, expected: dict) -> None:
     obj = gss()

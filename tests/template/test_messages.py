@@ -6,14 +6,14 @@ from decimal import Decimal
 import pytest
 
 from aigc_gateway.api.v1 import common_pb2
-from aigc_gateway.services.template import messages as describe
-from aigc_gateway.services.template.policy import Policy
-from aigc_gateway.services.template.quantity import (
+from aigc_gateway.quantity import (
     QuantityError,
     parse_quantity,
     plain_count,
     whole_number,
 )
+from aigc_gateway.services.template import messages as describe
+from aigc_gateway.services.template.policy import Policy
 
 from .samples import SAMPLES, container, sample, variant
 
