@@ -96,4 +96,4 @@ def accelerator(gss: Obj) -> dict[str, Any]:
 
 
 def needs_gpu(gss: Obj) -> bool:
-    return accelerator(gss)["type"] in ("GPU", "SHARED_GPU")
+    return accelerator_of(gss).needs_gpu
