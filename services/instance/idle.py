@@ -15,10 +15,8 @@ its own probe is not working for anyone, and the owner is warned before anything
 """
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
-import random
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -29,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from aigc_gateway import idle
 from aigc_gateway.audit import AuditLog
+from aigc_gateway.background import every
 from aigc_gateway.config import IdleConfig
 from aigc_gateway.db import Database
 from aigc_gateway.db.models import InstanceRow, notify_instance_change
@@ -81,15 +80,7 @@ class Culler:
         self._http = httpx.AsyncClient(timeout=cfg.probe_timeout_seconds, trust_env=False)
 
     async def run(self) -> None:
-        while True:
-            try:
-                await self.pass_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("idle culler pass failed")
-            # Jitter keeps the replicas' passes apart (each would only find the other's work done).
-            await asyncio.sleep(self.cfg.interval_seconds * random.uniform(0.8, 1.2))
+        await every(self.cfg.interval_seconds, self.pass_once, "idle culler pass", logger=log)
 
     async def close(self) -> None:
         await self._http.aclose()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections import OrderedDict
 from datetime import UTC, datetime
@@ -17,6 +16,7 @@ from typing import Any
 
 import asyncpg
 
+from aigc_gateway.background import every
 from aigc_gateway.db import Database
 from aigc_gateway.db.listen import asyncpg_dsn
 from aigc_gateway.locks import SessionLock
@@ -50,18 +50,14 @@ class SlotReconciler:
         self._seen_running: OrderedDict[tuple[Any, ...], None] = OrderedDict()
 
     async def run(self) -> None:
-        while True:
-            self.leading = await self._hold_lease()
-            RECONCILER_LEADER.set(1 if self.leading else 0)
-            if self.leading:
-                try:
-                    await self.pass_once()
-                except asyncio.CancelledError:
-                    raise
-                except Exception:
-                    log.exception("reconcile pass failed")
-            # Jitter keeps replicas that lost the lease from trying it in lockstep.
-            await asyncio.sleep(self.interval * random.uniform(0.8, 1.2))
+        # Jitter (in `every`) keeps replicas that lost the lease from trying it in lockstep.
+        await every(self.interval, self._round, "reconcile pass", logger=log)
+
+    async def _round(self) -> None:
+        self.leading = await self._hold_lease()
+        RECONCILER_LEADER.set(1 if self.leading else 0)
+        if self.leading:
+            await self.pass_once()
 
     async def _hold_lease(self) -> bool:
         if self.sqlite:

@@ -9,7 +9,8 @@ the cancellation), and :func:`cancel_and_wait` cancels again until each task has
 A loop that runs until cancelled (a watch, a LISTEN connection, a reconnect) must not hammer a
 dependency that is away, nor wait long once it is back: :class:`Backoff` is the one jittered
 exponential backoff with reset on success, and :func:`retry_forever` the one ``while True: try ...
-except: back off`` loop. Finite retries use tenacity instead.
+except: back off`` loop. A periodic pass (a reconciler, a culler) runs with :func:`every`. Finite retries
+use tenacity instead.
 """
 from __future__ import annotations
 
@@ -74,6 +75,22 @@ async def retry_forever(step: Callable[[], Awaitable[object]], backoff: Backoff,
             await asyncio.sleep(delay)
         else:
             backoff.reset()
+
+
+async def every(interval: float, step: Callable[[], Awaitable[object]], what: str, *,
+                logger: logging.Logger = log) -> NoReturn:
+    """Run ``step``, then again every ``interval`` seconds, until cancelled. The wait is jittered by
+    +-20% so that replicas doing the same periodic work do not run in step (each would find the other's
+    work done). A failing step is logged and the next one runs on time: a periodic pass is not a call to
+    a dependency that is away, so it does not back off (that is :func:`retry_forever`)."""
+    while True:
+        try:
+            await step()
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - the next pass may well succeed
+            logger.exception("%s failed", what)
+        await asyncio.sleep(interval * random.uniform(0.8, 1.2))
 
 
 async def wait_event(event: asyncio.Event, timeout: float) -> bool:

@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
-from aigc_gateway.background import Backoff, cancel_and_wait, retry_forever, wait_event
+import pytest
+
+from aigc_gateway.background import Backoff, cancel_and_wait, every, retry_forever, wait_event
 
 
 async def test_wait_event_times_out_and_reports_set() -> None:
@@ -93,3 +96,20 @@ async def test_retry_forever_backs_off_on_errors_and_resets_after_a_success() ->
     assert errors == ["a", "b", "c"]
     await cancel_and_wait([task])
     assert task.cancelled()
+
+
+async def test_every_logs_a_failing_pass_and_runs_the_next(caplog: pytest.LogCaptureFixture) -> None:
+    calls: list[int] = []
+    second = asyncio.Event()
+
+    async def step() -> None:
+        calls.append(len(calls))
+        if len(calls) == 1:
+            raise RuntimeError("first pass breaks")
+        second.set()
+
+    task = asyncio.create_task(every(0, step, "test pass"))
+    assert await wait_event(second, 10)
+    await cancel_and_wait([task])
+    assert calls[:2] == [0, 1]
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR] == ["test pass failed"]
