@@ -24,6 +24,7 @@ from datetime import datetime, timedelta
 from enum import Enum
 
 from aigc_gateway.errors import GatewayError
+from aigc_gateway.upgrades import HOLD_LABEL as HOLD_LABEL  # the template service writes the hook it names
 from aigc_gateway.upgrades import Policy  # shared with the template service's preview
 
 # Priorities are never negative: the pod label OKG orders by cannot hold "-5" (not a valid label value; the
@@ -31,8 +32,6 @@ from aigc_gateway.upgrades import Policy  # shared with the template service's p
 # GameServer made again after a pause or a recreation (which resets it to 0) starts held.
 HOLD = 0
 MOVE = 1
-# The pod label of the template's in-place update hook (`spec.lifecycle.inPlaceUpdate.labelsHandler`).
-HOLD_LABEL = "aigc.gateway.io/update-hold"
 
 
 class Action(str, Enum):

@@ -17,6 +17,10 @@ from .idle import parse_duration
 # After the configured `template.annotation_prefix` (`aigc.gateway.io/` by default).
 POLICY_KEY = "rollout-policy"
 IDLE_AFTER_KEY = "rollout-idle-after"
+# The pod label of every template's in-place update hook (`spec.lifecycle.inPlaceUpdate.labelsHandler`, fact 8 of
+# docs/upgrade.md): the template service writes the hook, the instance service's reconciler puts the label on the
+# pods it holds. Fixed, not under the configured prefix: a prefix change must not release held pods.
+HOLD_LABEL = "aigc.gateway.io/update-hold"
 # The pod label Kruise's Advanced StatefulSet writes: the revision the pod was made (or updated in place) from.
 REVISION_LABEL = "controller-revision-hash"
 # How late a recorded activity may be: the auth service writes `last_access_at` every 5 s and moves an instance's
