@@ -31,6 +31,7 @@ class Op(str, Enum):
     RELEASE = "release"  # RELEASING -> FREE once the disks are gone
     REALIGN = "realign"  # bring the controller's live set back to the recorded one (see plan_realign)
     RESTART = "restart"  # a new pod on the same disk (no allocator write; for metrics and effects)
+    ROLLOUT = "rollout"  # a rollout step's intent (rollouts.py): not an (R, X) write, resolved there
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from .idle import Culler
 from .lifecycle import Lifecycle
 from .reads import InstanceReads
 from .reconciler import SlotReconciler
+from .rollouts import Rollouts
 from .server import InstanceServicer
 from .slots import SlotStore
 
@@ -48,6 +49,7 @@ class InstanceService:
         self.cache: ClusterCache | None = None
         self.checker: ConsistencyChecker | None = None
         self.reconciler: SlotReconciler | None = None
+        self.rollouts: Rollouts | None = None
         self.culler: Culler | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._listener: PgListener | None = None
@@ -81,8 +83,12 @@ class InstanceService:
         self.lifecycle = Lifecycle(self.runtime.db, self.store, self.cluster, self.cfg, self.runtime.idempotency)
         self.cache = ClusterCache(kube, self.settings.namespaces, self.settings.gss_labels)
         self.checker = ConsistencyChecker(self.lifecycle, self.cluster, self.store)
+        template = self.settings.template
+        self.rollouts = Rollouts(self.lifecycle, template.annotation_prefix, template.rollout_policy,
+                                 template.rollout_idle_after_seconds, self.runtime.audit_log("instance"))
+        self.lifecycle.consent = self.rollouts.consent
         self.reconciler = SlotReconciler(self.runtime.db, self.lifecycle, self.checker, self.store,
-                                         self.cfg.reconcile_interval_seconds)
+                                         self.cfg.reconcile_interval_seconds, self.rollouts)
         self.cache.on_game_server.append(self.reconciler.game_server_changed)
         self.cache.start()
         self._tasks.append(asyncio.create_task(self.reconciler.run(), name="instance-reconciler"))

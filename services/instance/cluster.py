@@ -14,7 +14,7 @@ from typing import Any
 
 from aigc_gateway import okg
 from aigc_gateway.errors import NotFound, Unavailable
-from aigc_gateway.kube import GAMESERVER, GSS, OWNER_GSS_LABEL, POD, PVC, Kube
+from aigc_gateway.kube import ADVANCED_STATEFULSET, GAMESERVER, GSS, OWNER_GSS_LABEL, POD, PVC, Kube
 from aigc_gateway.names import TemplateRef
 
 from . import templates
@@ -94,9 +94,13 @@ class Cluster:
                 return None
         return None
 
-    async def write_spec(self, gss: Obj, after: Spec) -> Obj:
-        """PUT (R, X) with the resourceVersion read: a concurrent change fails with Aborted (409)."""
-        return await self.kube.replace(GSS, gss["metadata"]["namespace"], templates.with_spec(gss, after))
+    async def write_spec(self, gss: Obj, after: Spec, partition: int | None = None) -> Obj:
+        """PUT (R, X) with the resourceVersion read: a concurrent change fails with Aborted (409). ``partition``:
+        the rolling update's partition set in the same write (a pause or uninstall of a held id, issue 14)."""
+        body = templates.with_spec(gss, after)
+        if partition is not None:
+            body["spec"].setdefault("updateStrategy", {}).setdefault("rollingUpdate", {})["partition"] = partition
+        return await self.kube.replace(GSS, gss["metadata"]["namespace"], body)
 
     async def list_templates(self) -> list[Obj]:
         out: list[Obj] = []
@@ -173,6 +177,52 @@ class Cluster:
 
     async def delete_pod(self, namespace: str, name: str, uid: str) -> bool:
         return await self.kube.delete(POD, namespace, name, uid=uid, missing_ok=True)
+
+    async def pods(self, ref: TemplateRef) -> list[Obj]:
+        """The template's pods, read live (the rollout plans on them, never on a watch cache)."""
+        listed = await self.kube.list(POD, ref.namespace, label_selector=okg.owner_selector(ref.template))
+        return list(listed.get("items") or [])
+
+    # -- the rolling update (issue 14, services/instance/rollouts.py) --------------------------------------
+
+    async def stateful_set(self, ref: TemplateRef) -> Obj | None:
+        """The template's Advanced StatefulSet (its status has the update revision), read live."""
+        try:
+            return await self.kube.get(ADVANCED_STATEFULSET, ref.namespace, ref.template)
+        except NotFound:
+            return None
+
+    async def set_rolling(self, ref: TemplateRef, partition: int, paused: bool | None) -> None:
+        """The GameServerSet's partition (and `paused`), in a merge patch of the update strategy alone: the
+        controller's own writes (the reserve list, the status) never touch it."""
+        rolling: Obj = {"partition": partition}
+        if paused is not None:
+            rolling["paused"] = paused
+        await self.kube.patch(GSS, ref.namespace, ref.template, {"spec": {"updateStrategy": {"rollingUpdate": rolling}}})
+
+    async def set_priority(self, ref: TemplateRef, instance_id: int, priority: int) -> None:
+        """`GameServer.spec.updatePriority` (the controller copies it to the pod label); a GameServer gone is fine."""
+        try:
+            await self.kube.patch(GAMESERVER, ref.namespace, okg.game_server_name(ref.template, instance_id),
+                                  {"spec": {"updatePriority": priority}})
+        except NotFound:
+            pass
+
+    async def priority(self, ref: TemplateRef, instance_id: int) -> int | None:
+        try:
+            gs = await self.kube.get(GAMESERVER, ref.namespace, okg.game_server_name(ref.template, instance_id))
+        except NotFound:
+            return None
+        value = (gs.get("spec") or {}).get("updatePriority")
+        return int(value) if value is not None else 0
+
+    async def set_pod_label(self, ref: TemplateRef, instance_id: int, label: str, value: str | None) -> None:
+        """One label on the id's pod (None removes it); a pod gone is fine."""
+        try:
+            await self.kube.patch(POD, ref.namespace, okg.game_server_name(ref.template, instance_id),
+                                  {"metadata": {"labels": {label: value}}})
+        except NotFound:
+            pass
 
     async def pod_ids(self, ref: TemplateRef) -> frozenset[int]:
         listed = await self.kube.list(POD, ref.namespace, label_selector=okg.owner_selector(ref.template))

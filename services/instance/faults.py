@@ -18,6 +18,9 @@ INSTANCE_POINTS = (
     "realign.after_intent", "realign.after_gss_write",
     # DeleteInstance's id freed and handed to another user's install before the delete answers (issue 20).
     "uninstall.after_release",
+    # The rollout step (issue 14, rollouts.py), between its writes in Plan.writes' order.
+    "rollout.after_intent", "rollout.after_holds", "rollout.after_partition_raise", "rollout.after_priorities",
+    "rollout.after_partition", "rollout.after_commit",
 )
 register(INSTANCE_POINTS)
 

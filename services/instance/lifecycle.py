@@ -39,6 +39,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+from aigc_gateway import okg
 from aigc_gateway.background import Backoff
 from aigc_gateway.config import InstanceConfig
 from aigc_gateway.db import Database
@@ -51,7 +52,7 @@ from aigc_gateway.locks import QueuedLocks
 from aigc_gateway.names import InstanceRef, TemplateRef
 from aigc_gateway.okg import SlotState
 
-from . import access, allocator, effects, faults, quotas, templates
+from . import access, allocator, effects, faults, quotas, rollout_view, templates
 from .allocator import Op, Plan, Spec
 from .cluster import Cluster
 from .effects import taken_over
@@ -65,6 +66,7 @@ from .metrics import (
     REALIGNS,
     SETTLE_WAIT,
 )
+from .rollout import HOLD_LABEL
 from .slots import SlotStore, slots_of
 
 log = logging.getLogger(__name__)
@@ -73,6 +75,7 @@ Decide = Callable[[Spec, dict[int, InstanceRow]], Plan]
 Effect = dict[str, Any]
 # Called after the step resolved leftover intents, before it plans: True when nothing is left to plan.
 Before = Callable[[], Awaitable[bool]]
+Consent = Callable[[InstanceRef, InstanceRow, dict[str, Any]], Awaitable[None]]
 
 
 class Lifecycle:
@@ -86,6 +89,9 @@ class Lifecycle:
         self._locks = QueuedLocks(db)
         self._installs = InstallQueue(self)
         self.quotas = quotas.Quotas(db, cfg.quotas, lambda ref: self.cluster.template(ref))
+        # Called under the template lock by a restart before it deletes the pod (the rollout's consent, set by
+        # app.py: lifecycle cannot import rollouts, which runs its steps under this lock).
+        self.consent: Consent | None = None
 
     @asynccontextmanager
     async def locked(self, ref: TemplateRef) -> AsyncIterator[None]:
@@ -105,7 +111,8 @@ class Lifecycle:
         """Apply or drop every intent of the template according to (R, X); returns how many there were.
         Call it holding the lock."""
         async with self.db.session() as session:
-            intents = await self.store.intents(session, ref)
+            # A rollout step's intent is not an (R, X) write: its own step finishes it (rollouts.py).
+            intents = [i for i in await self.store.intents(session, ref) if i.operation != Op.ROLLOUT.value]
             for intent in intents:
                 plan = Plan.from_json(intent.plan)
                 applied = allocator.resolve(plan, spec)
@@ -185,10 +192,11 @@ class Lifecycle:
             REALIGNS.inc()
             log.warning("%s: the controller runs %s but the records say %s; writing %s to bring them back",
                         ref.key, sorted(plan.before.live()), sorted(plan.after.live()), plan.after)
+        partition = await self._partition_after(ref, gss, plan)
         intent = await self.store.record_intent(ref, plan)
         await faults.reach(f"{plan.op.value}.after_intent")
         try:
-            await self.cluster.write_spec(gss, plan.after)
+            await self.cluster.write_spec(gss, plan.after, partition)
         except Aborted:
             # Someone (usually the controller's status patch) wrote since we read; the apiserver refused
             # our write, so the intent is void. Read again and plan again.
@@ -206,6 +214,20 @@ class Lifecycle:
             done = await self._commit(session, ref, plan, owner_since=intent.created_at)
             await self.store.drop_intent(session, intent.id)
         return done
+
+    async def _partition_after(self, ref: TemplateRef, gss: dict[str, Any], plan: Plan) -> int | None:
+        """A pause or uninstall of a held id (its pod carries the rollout's hold label) lowers the partition by one
+        in its own write: the partition counts the held pods, and a resume or install after it must find it right
+        (docs/upgrade.md, facts 4 and 5). The scale lands first, so for a moment it is one too high: fewer pods may
+        move, never more. None: leave it."""
+        if plan.op not in (Op.PAUSE, Op.UNINSTALL) or plan.after is None:
+            return None
+        partition, _ = rollout_view.rolling(gss)
+        if partition <= 0:
+            return None
+        pod = await self.cluster.pod(ref.namespace, okg.game_server_name(ref.template, plan.id))
+        labels = ((pod or {}).get("metadata") or {}).get("labels") or {}
+        return partition - 1 if labels.get(HOLD_LABEL) == "true" else None
 
     async def _claims_state(self, claims: list[Claim]) -> dict[str, tuple[bool, Effect | None]]:
         if self.claims is None or not claims:
@@ -317,6 +339,9 @@ class Lifecycle:
             await self.cluster.usable_template(iref.template_ref)
             pod = await self.cluster.pod(iref.namespace, iref.game_server)
             uid = pod["metadata"]["uid"] if pod is not None and not pod["metadata"].get("deletionTimestamp") else ""
+            # A restart of an instance on an old revision moves it to the new one (issue 14).
+            if uid and pod is not None and self.consent is not None:
+                await self.consent(iref, row, pod)
             effect = effects.make(Op.RESTART.value, row, pod_uid=uid)
             if claim is not None and self.claims is not None:
                 async with self.db.session() as session:

@@ -32,3 +32,10 @@ IDLE_WARNINGS = Counter("aigc_instance_idle_warnings_total",
 IDLE_PROBE_FAILURES = Counter("aigc_instance_idle_probe_failures_total",
                               "Busy probes without a usable answer, by why (no_address, unreachable, status, "
                               "not_json); such a probe does not count as activity.", ["why"])
+ROLLOUT_INSTANCES = Gauge("aigc_instance_rollout_instances",
+                          "Live pods of a template per revision, as the last rollout step read them (issue 14).",
+                          ["template", "revision"])
+ROLLOUT_PENDING = Gauge("aigc_instance_rollout_pending",
+                        "Instances of a template left on an old revision by the last rollout step, by why: busy "
+                        "(WHEN_IDLE), manual (MANUAL, not asked), paused (moves when resumed).",
+                        ["template", "reason"])

@@ -1,5 +1,6 @@
 """The reconciler: one active replica (a PostgreSQL advisory lock held on a connection of its own) resolves
-interrupted operations, finishes uninstalls whose disks were still going, and reports drift.
+interrupted operations, finishes uninstalls whose disks were still going, runs each template's rollout step
+(issue 14, rollouts.py), and reports drift.
 
 Every other replica keeps trying the lease; when the leader's process dies its
 connection closes, PostgreSQL drops the lock, and another replica takes over
@@ -26,6 +27,7 @@ from aigc_gateway.okg import SlotState
 from .consistency import ConsistencyChecker
 from .lifecycle import Lifecycle
 from .metrics import INSTALL_TO_RUNNING, RECONCILER_LEADER, VIOLATIONS
+from .rollouts import Rollouts
 from .slots import SlotStore, aware
 
 log = logging.getLogger(__name__)
@@ -38,8 +40,9 @@ CHECK_EVERY = 10
 
 class SlotReconciler:
     def __init__(self, db: Database, lifecycle: Lifecycle, checker: ConsistencyChecker, store: SlotStore,
-                 interval: float):
+                 interval: float, rollouts: Rollouts | None = None):
         self.lifecycle = lifecycle
+        self.rollouts = rollouts
         self.checker = checker
         self.store = store
         self.interval = interval
@@ -83,6 +86,8 @@ class SlotReconciler:
         for ref in await self.store.templates():
             try:
                 await self.lifecycle.tidy(ref)
+                if self.rollouts is not None:  # issue 14: move instances onto the template's new revision
+                    await self.rollouts.step(ref)
             except Exception as exc:  # noqa: BLE001 - one template's trouble must not stop the others
                 log.warning("reconciling %s: %s", ref.key, exc)
         total = 0

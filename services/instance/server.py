@@ -17,7 +17,7 @@ from google.protobuf import empty_pb2
 
 from aigc_gateway import audit
 from aigc_gateway.api.v1 import instance_pb2, instance_pb2_grpc
-from aigc_gateway.errors import PermissionDenied, Unavailable, Unimplemented
+from aigc_gateway.errors import PermissionDenied, Unavailable
 from aigc_gateway.idempotency import IdempotencyStore, current_claim
 from aigc_gateway.identity import require_admin, require_principal
 from aigc_gateway.names import parse_instance, parse_list_parent, parse_template
@@ -87,9 +87,12 @@ class InstanceServicer(instance_pb2_grpc.InstanceServiceServicer):
         return await self.service.reads.answer(effect)
 
     async def UpdateInstance(self, request: instance_pb2.UpdateInstanceRequest, context: Any) -> instance_pb2.Instance:
-        # Declared with issue 14's contracts (docs/upgrade.md); moving one instance needs the rollout reconciler.
-        raise Unimplemented("InstanceService.UpdateInstance is not implemented yet (issue 14)",
-                            reason="NOT_IMPLEMENTED")
+        ref = parse_instance(request.name)
+        self.service.parts()
+        if self.service.rollouts is None:
+            raise Unavailable("the instance service is starting", reason="STARTING", retry_after=1.0)
+        await self.service.rollouts.request(ref, require_principal(), current_claim.get())
+        return await self.service.reads.describe(ref)
 
     async def KeepInstanceAlive(self, request: instance_pb2.KeepInstanceAliveRequest,
                                 context: Any) -> instance_pb2.Instance:

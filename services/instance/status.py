@@ -181,6 +181,11 @@ def derive(slot: SlotState, changed_since_install: bool, gss: Obj | None, seen: 
     reason, _ = _waiting(pod)
     if reason == "CrashLoopBackOff":
         return View(State.CRASHED, f"The engine keeps crashing{_last_exit(pod)}", reason=reason, source="pod")
+    # A pod parked by the rollout's hold hook (GameServer PreUpdate, issue 14) is still Ready: it reads as running
+    # below. One being updated in place is NotReady until its container runs the new image.
+    if gs_state == "Updating" and _condition(pod, "Ready").get("status") != "True":
+        return View(State.RESTARTING, "Updating to the template's new revision", reason="Updating",
+                    source="gameserver")
     if _condition(pod, "Ready").get("status") == "True":
         uri = access_uri(gs, gss, instance_id)
         if uri:

@@ -21,7 +21,6 @@ generation and counts the updated pods the rule predicts), never after a sleep.
 
 from __future__ import annotations
 
-import copy
 import time
 from typing import Any
 
@@ -123,23 +122,7 @@ def condition(pod: client.V1Pod, kind: str) -> str | None:
 
 
 async def act_as_kubelet(game: Game, i: int, image: str = NEW) -> None:
-    """What a kubelet reports once it restarted the container on the new image (kwok never does). Read,
-    modify, replace with the resourceVersion read; again on 409 (the controllers write the pod too)."""
-    for _ in range(20):
-        pod = await game.core.read_namespaced_pod(f"{GSS}-{i}", game.namespace)
-        status = copy.deepcopy(pod.status)
-        status.container_statuses[0].image = image
-        for c in status.conditions:
-            if c.type == "Ready":
-                c.status, c.reason, c.message = "True", None, None
-        pod.status = status
-        try:
-            await game.core.replace_namespaced_pod_status(pod.metadata.name, game.namespace, pod)
-            return
-        except ApiException as exc:
-            if exc.status != 409:
-                raise
-    raise AssertionError(f"could not write pod {i}'s status: conflicts persisted")
+    await game.act_as_kubelet(GSS, i, image)
 
 
 async def test_partition_with_equal_priorities_updates_the_highest_ordinals_in_place(

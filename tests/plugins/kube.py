@@ -76,12 +76,16 @@ class Game:
             GROUP, VERSION, self.namespace, "gameserversets", name)
 
     async def update_gss(self, name: str, mutate: Callable[[dict], None], attempts: int = 10) -> dict:
-        """Read, mutate, replace with the resourceVersion read; retry on 409 (the controller
+        """Read, mutate the spec, replace with the resourceVersion read; retry on 409 (the controller
         writes reserveGameServerIds concurrently)."""
+        return await self.update_object(name, lambda gss: mutate(gss["spec"]), attempts)
+
+    async def update_object(self, name: str, mutate: Callable[[dict], None], attempts: int = 10) -> dict:
+        """:meth:`update_gss` with the whole object given to ``mutate`` (its annotations, say)."""
         for _ in range(attempts):
             gss = await self.get_gss(name)
             new = copy.deepcopy(gss)
-            mutate(new["spec"])
+            mutate(new)
             try:
                 return await self.custom.replace_namespaced_custom_object(
                     GROUP, VERSION, self.namespace, "gameserversets", name, new)
@@ -115,6 +119,26 @@ class Game:
     async def pvcs(self) -> dict[str, client.V1PersistentVolumeClaim]:
         items = (await self.core.list_namespaced_persistent_volume_claim(self.namespace)).items
         return {p.metadata.name: p for p in items}
+
+    async def act_as_kubelet(self, gss: str, i: int, image: str) -> None:
+        """What a kubelet reports once it restarted pod ``i``'s container on ``image`` after an in-place update
+        (kwok never does: tests/okg/test_update_facts.py): the image in the container status, Ready True. Read,
+        modify, replace with the resourceVersion read; again on 409 (the controllers write the pod too)."""
+        for _ in range(20):
+            pod = await self.core.read_namespaced_pod(f"{gss}-{i}", self.namespace)
+            status = copy.deepcopy(pod.status)
+            status.container_statuses[0].image = image
+            for c in status.conditions:
+                if c.type == "Ready":
+                    c.status, c.reason, c.message = "True", None, None
+            pod.status = status
+            try:
+                await self.core.replace_namespaced_pod_status(pod.metadata.name, self.namespace, pod)
+                return
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise
+        raise AssertionError(f"could not write pod {i}'s status: conflicts persisted")
 
     async def wait_running(self, gss: str, ids: set[int], timeout: float = 90) -> dict[int, client.V1Pod]:
         """Until exactly `ids` have pods and all are Running."""
