@@ -13,6 +13,7 @@ from aigc_gateway.kube import KubeHandle
 from aigc_gateway.runtime import Runtime
 from aigc_gateway.server import Registration, ServiceParts
 
+from . import faults
 from .cascade import Cascade
 from .catalog import Catalog
 from .cluster import TemplateCluster
@@ -38,6 +39,7 @@ class TemplateService:
 
 
 def make(runtime: Runtime) -> TemplateService:
+    faults.armed()  # a crash test's switch naming no point is reported at start
     policy = Policy.from_settings(runtime.settings)
     handle = KubeHandle(runtime.settings.kubernetes)
     cluster = TemplateCluster(handle, policy)

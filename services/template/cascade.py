@@ -15,6 +15,9 @@ Steps, each idempotent so that a retry resumes where a failure stopped:
 When the GameServerSet is already gone but the `instances` table still knows the template, or
 pods, GameServers or claims of it are left (a previous forced delete did not finish), a forced
 delete runs steps 3-4 again.
+
+The answer (the template as it was) is committed on the call's replay claim before step 2 (replay.py): a
+retry of the same request after a crash answers with it and resumes steps 3-4, instead of NOT_FOUND.
 """
 from __future__ import annotations
 
@@ -26,9 +29,10 @@ from typing import Any
 from aigc_gateway import audit, okg
 from aigc_gateway.db.models import allocator_lock
 from aigc_gateway.errors import FailedPrecondition, NotFound, Unavailable, Violation
+from aigc_gateway.idempotency import current_claim
 from aigc_gateway.names import template_name
 
-from . import changes
+from . import changes, faults, replay
 from .cluster import TemplateCluster
 from .handoff import PURGE_INSTANCES, Handoff, Outcome
 from .instances import InstanceTable
@@ -76,11 +80,26 @@ class Cascade:
 
     async def delete(self, namespace: str, name: str, *, force: bool, etag: str) -> DeleteTemplateResponse:
         resource = template_name(namespace, name)
-        # Under the allocator lock from the count of instances to the delete of the GameServerSet: an install
-        # either finished before (and is counted) or runs after (and finds no template). Released before
-        # the hand-off, as PurgeInstances takes the same lock.
-        async with self.table.db.lock(allocator_lock(namespace, name)):
-            known_ids, claims, template, deleted_count = await self._check_and_delete(namespace, name, force, etag)
+        claim = current_claim.get()
+        effect = claim.effect if claim is not None else None
+        current = await self._current(namespace, name) if effect else None
+        if replay.delete_happened(effect, current):
+            # The first attempt deleted and died before answering: its answer, and the rest of its cascade
+            # (unless a same-named successor is there now: its objects are not this delete's to wait for).
+            assert effect
+            audit.note(resumed=True)
+            known_ids, claims = list(effect["known_ids"]), set(effect["claims"])
+            template, deleted_count = replay.deleted_template(effect), int(effect["deleted_count"])
+            successor = current is not None and not (current.get("metadata") or {}).get("deletionTimestamp")
+            if successor:
+                return deletion(template, deleted_count, [], [], [])
+        else:
+            # Under the allocator lock from the count of instances to the delete of the GameServerSet: an install
+            # either finished before (and is counted) or runs after (and finds no template). Released before
+            # the hand-off, as PurgeInstances takes the same lock.
+            async with self.table.db.lock(allocator_lock(namespace, name)):
+                known_ids, claims, template, deleted_count = await self._check_and_delete(namespace, name, force,
+                                                                                          etag)
         deleted_claims = await self._clear(namespace, name, claims)
         cleaned_users: list[str] = []
         warnings: list[Violation] = []
@@ -135,9 +154,21 @@ class Cascade:
                     metadata={"live": str(max(replicas, len(live))), "owned": str(len(owned)),
                               "claims": str(len(remnants["claims"]))})
             template = describe_or_flag(current, self.policy, Counts(live=replicas), with_manifest=True)[0]
+            count = len(set(live) | {o.id for o in owned})
+            await replay.record(self.table.db, current_claim.get(),
+                                replay.delete_effect(template, str(meta.get("uid", "")), known_ids, claims, count))
+            await faults.reach("template.delete.after_effect")
             await self.cluster.delete(namespace, name, str(meta.get("uid", "")))
+            await faults.reach("template.delete.after_delete")
             audit.note(uid=str(meta.get("uid", "")), force=force)
+            return known_ids, claims, template, count
         return known_ids, claims, template, len(set(live) | {o.id for o in owned})
+
+    async def _current(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return await self.cluster.get(namespace, name)
+        except NotFound:
+            return None
 
     async def _clear(self, namespace: str, name: str, claims: set[str]) -> list[str]:
         """Wait for pods and GameServers to go, delete the claims, wait for everything to go."""

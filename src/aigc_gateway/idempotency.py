@@ -107,6 +107,13 @@ def _key(method: str, subject: str, request_id: str) -> str:
     return hashlib.sha256(f"{method}\0{subject}\0{request_id}".encode()).hexdigest()
 
 
+def taken_over() -> Aborted:
+    """A call whose claim a retry took over (its replica was thought dead) stops before it changes anything:
+    the retry answers."""
+    return Aborted("a retry of this request took it over (this replica was thought dead); it answers",
+                   reason="REQUEST_TAKEN_OVER", retry_after=1.0)
+
+
 def _in_progress(retry_after: float) -> Aborted:
     return Aborted("a request with this request_id is still in progress", reason="REQUEST_IN_PROGRESS",
                    retry_after=retry_after)
