@@ -1,0 +1,109 @@
+"""The rollout step on the test bed (issue 14, docs/upgrade.md): a template change written paused with the
+WHEN_IDLE policy moves the idle instance and the one whose owner asks, holds the busy one on its pod (same UID,
+old revision, the hold label), and a paused instance resumed or a new install starts on the new revision. The
+reconciler runs the step every second; the test acts as the kubelet to finish an in-place update (kwok never
+restarts a container)."""
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import select
+
+from aigc_gateway.api.v1 import instance_pb2
+from aigc_gateway.db import Database
+from aigc_gateway.db.models import AuditEventRow
+
+from ..plugins.kube import Game, wait_for
+from ..plugins.testbed import Testbed
+from .conftest import SAMPLE, State, create_template
+from .rolling import HOOK, NEW, pod_state, rolling_update, update_revision, write_change
+
+pytestmark = pytest.mark.testbed
+
+
+async def rollout_audit(db: Database) -> dict[str, dict]:
+    """The RolloutInstance events by instance id."""
+    async with db.session() as session:
+        rows = (await session.execute(select(AuditEventRow).where(
+            AuditEventRow.action == "InstanceService.RolloutInstance"))).scalars()
+        return {r.resource.rsplit("/", 1)[1]: dict(r.details, actor=r.actor) for r in rows}
+
+
+async def test_busy_instance_is_held_while_idle_and_asked_ones_move_and_new_pods_start_new(
+        testbed: Testbed, game: Game, instance_settings, start_gateway, client_for, database: Database) -> None:
+    await create_template(game, testbed, lifecycle=HOOK)
+    gw = await start_gateway("instance", settings=instance_settings)
+    c = client_for(gw.channel("instance"))
+    made = {u: await c.install(u) for u in ("ann", "ben", "cat", "dan")}
+    assert [m.id for m in made.values()] == [0, 1, 2, 3]
+    for user, instance in made.items():
+        await c.wait_state(user, instance.name, State.RUNNING)
+    before = await pod_state(game)
+    old = before[0][1]
+    # ben and cat are busy (kept alive now, the threshold is an hour); ann was never used; dan is paused.
+    for user in ("ben", "cat"):
+        await c.stub.KeepInstanceAlive(instance_pb2.KeepInstanceAliveRequest(name=made[user].name),
+                                       metadata=c.md(user))
+    await c.pause("dan", made["dan"].name)
+    await c.wait_state("dan", made["dan"].name, State.PAUSED)
+
+    await write_change(game, "WHEN_IDLE", "1h")
+
+    async def moved_on() -> str | None:
+        current = await update_revision(game)
+        return current if current and current != old else None
+    new = await wait_for(moved_on, 60, what="the template's new update revision")
+
+    async def first_step() -> dict | None:
+        pods, rolling = await pod_state(game), await rolling_update(game)
+        ok = pods[0][1] == new and pods[1][2] and pods[2][2] and rolling.get("partition") == 2 \
+            and rolling.get("paused") is False
+        return pods if ok else None
+    pods = await wait_for(first_step, 60, what="ann moving, ben and cat held (partition 2, unpaused)")
+    assert pods == {0: (before[0][0], new, False), 1: (before[1][0], old, True), 2: (before[2][0], old, True)}
+    await game.act_as_kubelet(SAMPLE, 0, NEW)
+    ann = await c.wait_state("ann", made["ann"].name, State.RUNNING)
+    assert (ann.revision, ann.update_available) == (new, False)
+    ben = await c.get("ben", made["ben"].name)
+    assert (ben.state, ben.revision, ben.update_available) == (State.RUNNING, old, True)
+
+    # cat asks: moved in place (same pod) while ben stays.
+    asked = await c.stub.UpdateInstance(instance_pb2.UpdateInstanceRequest(name=made["cat"].name),
+                                        metadata=c.md("cat"))
+    assert asked.name == made["cat"].name
+
+    async def cat_moved() -> bool:
+        return (await pod_state(game))[2][1] == new
+    await wait_for(cat_moved, 60, what="cat's pod on the new revision")
+    await game.act_as_kubelet(SAMPLE, 2, NEW)
+    cat = await c.wait_state("cat", made["cat"].name, State.RUNNING)
+    assert (cat.revision, cat.update_available) == (new, False)
+    assert (await pod_state(game))[2][0] == before[2][0]
+
+    # dan resumes on the new revision; a new install starts on it.
+    await c.resume("dan", made["dan"].name)
+    dan = await c.wait_state("dan", made["dan"].name, State.RUNNING)
+    eve = await c.install("eve")
+    assert eve.id == 4
+    eve = await c.wait_state("eve", eve.name, State.RUNNING)
+    assert (dan.revision, eve.revision) == (new, new)
+    pods = await pod_state(game)
+    assert (pods[3][1], pods[4][1]) == (new, new)
+
+    # ben never moved: the same pod on the old revision, held, and its GameServer Ready (never chosen, so never
+    # parked in PreUpdate); the partition counts him alone.
+    assert pods[1] == (before[1][0], old, True)
+    assert (await rolling_update(game))["partition"] == 1
+    assert (await game.game_servers(SAMPLE))[1]["status"]["currentState"] == "Ready"
+    ben = await c.get("ben", made["ben"].name)
+    assert (ben.state, ben.revision, ben.update_available) == (State.RUNNING, old, True)
+
+    audit = await wait_for(lambda: _audited(database, {"0", "2"}), 30, what="the rollout's audit events")
+    assert {i: (e["reason"], e["from_revision"], e["to_revision"], e["in_place"], e["actor"])
+            for i, e in audit.items()} == {"0": ("idle", old, new, True, "service:rollout"),
+                                           "2": ("requested", old, new, True, "service:rollout")}
+    await c.wait_consistent(60)
+
+
+async def _audited(db: Database, ids: set[str]) -> dict[str, dict] | None:
+    found = await rollout_audit(db)
+    return found if set(found) >= ids else None
