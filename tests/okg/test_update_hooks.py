@@ -11,11 +11,14 @@ from __future__ import annotations
 import pytest
 from kubernetes_asyncio import client
 
+from aigc_gateway.upgrades import HOLD_LABEL  # any label works; the gateway owns this one
 from tests.okg.test_facts import GSS, pvc_name, start
 from tests.okg.test_update_facts import (
     LIFECYCLE,
+    NEW,
     OLD,
     REVISION,
+    act_as_kubelet,
     condition,
     revisions,
     set_partition,
@@ -27,8 +30,6 @@ from tests.plugins.kube import Game, api_client, load_sample, wait_for
 from tests.plugins.testbed import Testbed
 
 pytestmark = pytest.mark.testbed
-
-HOLD_LABEL = "aigc.gateway.io/update-hold"  # any label works; the gateway would own this one
 
 
 async def test_an_in_place_update_hook_label_holds_a_chosen_pod_until_it_is_removed(
@@ -71,7 +72,11 @@ async def test_a_lifecycle_change_alone_does_not_reach_the_workload(testbed: Tes
     strategy, the pod template and the network changes: `spec.lifecycle` alone waits for such a change."""
     async with api_client(testbed.kubeconfig) as api:
         game = Game(api, k8s_namespace)
-        await start(game, testbed, 1)
+        gss = load_sample(GSS, testbed.domain, k8s_namespace)
+        del gss["spec"]["lifecycle"]  # the samples ship the hook; this fact is about adding one later
+        await game.create_gss(gss)
+        await game.update_gss(GSS, lambda s: s.update(replicas=1))
+        await game.wait_running(GSS, {0})
         hook = {"inPlaceUpdate": {"labelsHandler": {HOLD_LABEL: "true"}}}
         await game.update_gss(GSS, lambda s: s.update(lifecycle=hook))
         await settled(game, updated=1)  # the GameServerSet's status observed the write
@@ -79,6 +84,36 @@ async def test_a_lifecycle_change_alone_does_not_reach_the_workload(testbed: Tes
         await set_partition(game, 0)  # any change the hash covers carries it along
         await wait_for(lambda: _workload_has_lifecycle(game), 30, what="lifecycle in the workload")
         assert (await workload(game))["spec"]["lifecycle"] == hook
+
+
+async def test_a_pod_updated_without_the_label_is_held_by_kruise_itself_on_the_next_change(
+        testbed: Testbed, k8s_namespace: str) -> None:
+    """With the hook on the template (the samples and every template the gateway writes), a pod updated in place
+    without the label ends in lifecycle state `Updated`; when the next change chooses it, kruise moves it to
+    PreparingUpdate and puts the hook's label on it itself (UpdatePodLifecycleWithHandler), so it is parked until
+    the label is taken off: whoever lets a pod move must take the label off after kruise chose it."""
+    async with api_client(testbed.kubeconfig) as api:
+        game = Game(api, k8s_namespace)
+        await start(game, testbed, 1)
+        uid = (await game.pods(GSS))[0].metadata.uid
+        await upgrade(game, partition=0)
+        await settled(game, updated=1)
+        await act_as_kubelet(game, 0)
+        await wait_for(lambda: _lifecycle_is(game, {0: "Updated"}), 30, what="pod 0 Updated")
+        assert HOLD_LABEL not in (await game.pods(GSS))[0].metadata.labels
+
+        third = NEW.replace("v1.0.1", "v1.0.2")
+        await upgrade(game, image=third)
+        await wait_for(lambda: _lifecycle_is(game, {0: "PreparingUpdate"}), 30, what="pod 0 parked")
+        pod = (await game.pods(GSS))[0]
+        assert pod.metadata.labels[HOLD_LABEL] == "true" and pod.spec.containers[0].image == NEW
+        assert pod.metadata.uid == uid
+
+        await game.core.patch_namespaced_pod(f"{GSS}-0", k8s_namespace, {"metadata": {"labels": {HOLD_LABEL: None}}})
+        async def moved() -> bool:
+            return (await game.pods(GSS))[0].spec.containers[0].image == third
+        await wait_for(moved, 30, what="pod 0 updated once the label is off")
+        assert (await game.pods(GSS))[0].metadata.uid == uid
 
 
 async def _workload_has_lifecycle(game: Game) -> bool:
