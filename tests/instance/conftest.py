@@ -2,12 +2,6 @@
 service (in this process, or as `aigc-gateway serve instance` subprocesses) pointed at it."""
 from __future__ import annotations
 
-import asyncio
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -17,7 +11,6 @@ from typing import Any
 import grpc
 import pytest
 import yaml
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from aigc_gateway.api.v1 import instance_pb2, instance_pb2_grpc
 from aigc_gateway.config import Settings
@@ -26,6 +19,7 @@ from ..plugins.gateway import TEST_SERVICE_TOKEN, bearer, make_settings
 from ..plugins.kube import Game, api_client, load_sample, wait_for
 from ..plugins.oidc import Issuer
 from ..plugins.testbed import Testbed
+from ..served import ServiceProcess, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = "stable-diffusion-cpu"
@@ -160,62 +154,7 @@ async def client_for(issuer: Issuer, k8s_namespace: str) -> AsyncIterator[Callab
     yield lambda channel: Client(channel, issuer, k8s_namespace)
 
 
-# -- `aigc-gateway serve instance` as a subprocess ----------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class ServiceProcess:
-    config: Path
-    port: int
-    log: Path
-    proc: subprocess.Popen | None = None
-
-    def start(self, fault: str = "") -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("AIGC_GATEWAY")}
-        if fault:
-            env["AIGC_GATEWAY_FAULT"] = fault
-        self.proc = subprocess.Popen([sys.executable, "-m", "aigc_gateway.cli", "serve", "instance", "-c",
-                                      str(self.config)], env=env, stdin=subprocess.DEVNULL,
-                                     stdout=self.log.open("ab"), stderr=subprocess.STDOUT)
-
-    async def ready(self, timeout: float = 60) -> grpc.aio.Channel:
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{self.port}")
-        health = health_pb2_grpc.HealthStub(channel)
-
-        async def serving() -> bool:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise AssertionError(f"the service exited with {self.proc.returncode}: {self.log.read_text()[-3000:]}")
-            try:
-                reply = await health.Check(health_pb2.HealthCheckRequest(service="aigc.gateway.v1.InstanceService"),
-                                           timeout=2)
-                return reply.status == health_pb2.HealthCheckResponse.SERVING
-            except grpc.aio.AioRpcError:
-                return False
-        await wait_for(serving, timeout, interval=0.3, what="the instance service to serve")
-        return channel
-
-    async def exited(self, timeout: float = 30) -> int:
-        deadline = time.monotonic() + timeout
-        while self.proc is not None and self.proc.poll() is None:
-            if time.monotonic() > deadline:
-                raise AssertionError("the service did not exit")
-            await asyncio.sleep(0.1)
-        return self.proc.returncode if self.proc is not None else 0
-
-    async def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                await self.exited(20)
-            except AssertionError:
-                self.proc.kill()
-        self.proc = None
-
+# -- `aigc-gateway serve instance` as a subprocess (tests/served.py) ------------------------------------------
 
 @pytest.fixture
 async def service_process(tmp_path: Path, database_url: str, issuer: Issuer, testbed: Testbed,

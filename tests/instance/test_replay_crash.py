@@ -8,32 +8,28 @@ The points are forced (AIGC_GATEWAY_HOLD and a file barrier), never timed; the k
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
-import yaml
 from sqlalchemy import select
 
 from aigc_gateway.api.v1 import instance_pb2
 from aigc_gateway.db import Database
 from aigc_gateway.db.models import InstanceRow
-from aigc_gateway.services.instance import faults
+from aigc_gateway.services.instance import faults  # noqa: F401  (registers the points held at)
 
 from ..plugins.kube import Game, wait_for
 from ..plugins.testbed import Testbed
-from .conftest import SAMPLE, Client, ServiceProcess, State, create_template, free_port
+from ..served import LEASE, launch, retry_until_answered, wait_file
+from .conftest import SAMPLE, Client, State, create_template
 
 pytestmark = pytest.mark.testbed
 
-LEASE = 4.0  # idempotency.replica_lease_seconds of both processes
 NAME = "namespaces/{ns}/templates/" + SAMPLE + "/instances/0"
 
 # Every point a call of each method passes between its claim and its stored outcome.
@@ -53,34 +49,6 @@ POINTS = {
 CASES = [(m, p) for m, points in POINTS.items() for p in points]
 
 
-def start(process: ServiceProcess, hold: str = "", hold_dir: Path | None = None) -> None:
-    """ServiceProcess.start with a short replica lease, optionally holding at a point."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AIGC_GATEWAY")}
-    env["AIGC_GATEWAY__IDEMPOTENCY__REPLICA_LEASE_SECONDS"] = str(LEASE)
-    if hold:
-        assert hold in faults.POINTS and hold_dir is not None
-        env.update({faults.HOLD_ENV: hold, faults.HOLD_DIR_ENV: str(hold_dir)})
-    process.proc = subprocess.Popen([sys.executable, "-m", "aigc_gateway.cli", "serve", "instance", "-c",
-                                     str(process.config)], env=env, stdin=subprocess.DEVNULL,
-                                    stdout=process.log.open("ab"), stderr=subprocess.STDOUT)
-
-
-async def launch(process: ServiceProcess, hold: str = "", hold_dir: Path | None = None) -> grpc.aio.Channel:
-    """Start and wait until serving; a port another process took since it was picked is picked again."""
-    for _ in range(3):
-        start(process, hold, hold_dir)
-        try:
-            return await process.ready()
-        except AssertionError as exc:
-            if "Failed to bind" not in str(exc):
-                raise
-        config = yaml.safe_load(process.config.read_text())
-        process.port = free_port()
-        config["servers"]["instance"]["listen"] = f"127.0.0.1:{process.port}"
-        process.config.write_text(yaml.safe_dump(config))
-    raise AssertionError("no free port")
-
-
 def request(method: str, ns: str, request_id: str) -> Any:
     name = NAME.format(ns=ns)
     return {
@@ -95,29 +63,6 @@ def request(method: str, ns: str, request_id: str) -> Any:
 
 def send(c: Client, user: str, method: str, message: Any) -> Awaitable[instance_pb2.Instance]:
     return getattr(c.stub, method)(message, metadata=c.md(user))
-
-
-async def retry_until_answered(call: Callable[[], Awaitable[Any]]) -> tuple[Any, int]:
-    """The client's retry loop: ABORTED and UNAVAILABLE are retried after a short pause; returns the answer
-    and how many calls were answered ABORTED REQUEST_IN_PROGRESS on the way."""
-    in_progress = 0
-    for _ in range(200):
-        try:
-            return await call(), in_progress
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() not in (grpc.StatusCode.ABORTED, grpc.StatusCode.UNAVAILABLE):
-                raise
-            in_progress += exc.code() == grpc.StatusCode.ABORTED
-            await asyncio.sleep(0.25)
-    raise AssertionError("never answered")
-
-
-async def wait_file(path: Path, process: ServiceProcess) -> None:
-    async def there() -> bool:
-        if process.proc is not None and process.proc.poll() is not None:
-            raise AssertionError(f"the held process exited: {process.log.read_text()[-3000:]}")
-        return path.exists()
-    await wait_for(there, 120, interval=0.05, what=f"{path.name}")
 
 
 async def rows(db: Database, ns: str) -> list[tuple[int, str, str | None]]:
