@@ -17,7 +17,9 @@ reading the GameServerSet again:
   after a crash between it and the commit, the dispute is still there and resolving it again finds
   the id reserved.
 
-The RPC layer audits the decision (calls.py); the details say who got it and from whom.
+The RPC layer audits the decision (calls.py); the details say who got it and from whom. The decision is
+committed on the call's replay claim in its transaction (replay.py): a retry after a crash answers with it
+instead of "not disputed".
 """
 from __future__ import annotations
 
@@ -39,9 +41,10 @@ from aigc_gateway.db.models import (
     notify_instance_change,
 )
 from aigc_gateway.errors import Aborted, FailedPrecondition, NotFound, invalid
+from aigc_gateway.idempotency import Claim
 from aigc_gateway.okg import SlotState
 
-from . import metrics, mirrorstore
+from . import faults, metrics, mirrorstore, replay
 from .entries import entry_key
 from .importplan import Dispute, GssState
 
@@ -84,8 +87,12 @@ class Resolver:
         self.read_gss = read_gss
         self.kube_factory = kube_factory
 
-    async def resolve(self, namespace: str, template: str, instance_id: int, owner: str) -> Resolution:
+    async def resolve(self, namespace: str, template: str, instance_id: int, owner: str,
+                      claim: Claim | None = None) -> Resolution:
         name = f"namespaces/{namespace}/templates/{template}/instances/{instance_id}"
+        done = replay.prior(claim, "resolve")
+        if done is not None:  # an earlier attempt of this request committed the decision, then died
+            return Resolution(done["owner"], done["slot"], tuple(done["claimants"]))
         async with self.db.lock(allocator_lock(namespace, template)) as session:
             dispute = (await recorded(session, namespace, template)).get(instance_id)
             if dispute is None:
@@ -126,6 +133,9 @@ class Resolver:
                 DisputedInstanceRow.id == instance_id))
             await session.flush()
             await notify_instance_change(session, namespace, template, instance_id)
+            await replay.record_in(session, claim, {"op": "resolve", "owner": owner, "slot": slot,
+                                                    "claimants": list(dispute.claimants)})
+        await faults.reach("usersync.resolve.after_commit")
         audit.note(owner=owner or None, slot=slot, claimants=list(dispute.claimants))
         await update_gauge(self.db)
         return Resolution(owner, slot, dispute.claimants)

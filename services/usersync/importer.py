@@ -8,7 +8,10 @@
    decide, and insert its rows (with the change notification) and its new disputes (an id several
    users claim: ``disputed_instances``, resolved by an admin, see disputes.py) — unless ``dry_run``.
 
-Idempotent: rows already present win, so a second run reports the same entries as unchanged.
+Idempotent: rows already present win, so a second run reports the same entries as unchanged. A retry of
+the same request after a crash is not a second run: each template's part of the report is committed on the
+call's replay claim with its rows (replay.py), and the retry reports those parts as the first attempt did
+(imported, not unchanged) and plans only the templates it had not reached.
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import select
 
@@ -32,9 +36,10 @@ from aigc_gateway.db.models import (
     notify_instance_change,
 )
 from aigc_gateway.errors import NotFound
+from aigc_gateway.idempotency import Claim as ReplayClaim
 from aigc_gateway.okg import SlotState
 
-from . import disputes, metrics, mirrorstore
+from . import disputes, faults, metrics, mirrorstore, replay
 from .entries import NULL, Entry, Malformed, parse_entry
 from .importplan import (
     CONFLICT,
@@ -87,8 +92,11 @@ class Importer:
         self.settings = settings
         self.audit = audit
 
-    async def run(self, *, dry_run: bool = False) -> ImportResult:
+    async def run(self, *, dry_run: bool = False, claim: ReplayClaim | None = None) -> ImportResult:
         result = ImportResult(dry_run=dry_run)
+        # "ns/tpl" -> that template's part of the report, committed with its rows (by an earlier attempt too).
+        done: dict[str, dict[str, Any]] = {} if dry_run else dict(
+            (replay.prior(claim, "import") or {}).get("templates") or {})
         claims: dict[tuple[str, str], list[Claim]] = defaultdict(list)
         async for user in self.client.iter_users():
             result.users_scanned += 1
@@ -107,7 +115,7 @@ class Importer:
         if claims:
             client = await self.kube_factory()
             for (namespace, template), group in sorted(claims.items()):
-                await self._template(client, namespace, template, group, result)
+                await self._template(client, namespace, template, group, result, claim, done)
         for name, entries in (("imported", result.imported), ("unchanged", result.unchanged),
                               ("conflict", result.conflicts), ("skipped", result.skipped)):
             metrics.IMPORT_ENTRIES.labels(name).inc(len(entries))
@@ -123,7 +131,12 @@ class Importer:
         return result
 
     async def _template(self, client: kube.Kube, namespace: str, template: str, group: list[Claim],
-                        result: ImportResult) -> None:
+                        result: ImportResult, claim: ReplayClaim | None, done: dict[str, dict[str, Any]]) -> None:
+        key = f"{namespace}/{template}"
+        if key in done:  # imported by an earlier attempt of this request: report it as that attempt did
+            _restore(result, done[key])
+            return
+        marks = _marks(result)
         async with self.db.lock(allocator_lock(namespace, template)) as session:
             gss = await self._read_gss(client, namespace, template)
             rows = (await session.execute(select(InstanceRow).where(
@@ -165,6 +178,10 @@ class Importer:
             for outcome in plan.outcomes:
                 if outcome.result in (IMPORTED, UNCHANGED):
                     await mirrorstore.record(session, outcome.user, [(namespace, template, outcome.entry.id)], now)
+            if claim is not None:
+                done[key] = _part(result, marks, key)
+                await replay.record_in(session, claim, {"op": "import", "templates": done})
+        await faults.reach("usersync.import.after_template")
 
     async def read_gss(self, namespace: str, template: str) -> GssState:
         """The template's GameServerSet and disks as the import reads them (for ResolveDisputedInstance)."""
@@ -202,6 +219,28 @@ class Importer:
                         created[i] = min(created.get(i, when), when)
         return GssState(replicas=replicas, reserved=reserved, pvc_ids=frozenset(created),
                         has_disks=bool(claim_names), pvc_created=created)
+
+
+def _marks(result: ImportResult) -> tuple[int, int, int, int]:
+    return len(result.imported), len(result.unchanged), len(result.conflicts), len(result.disputes)
+
+
+def _part(result: ImportResult, marks: tuple[int, int, int, int], key: str) -> dict[str, Any]:
+    """What one template added to the report since ``marks``, as JSON."""
+    def entries(items: list[ReportEntry]) -> list[list[Any]]:
+        return [[e.user, e.key, e.namespace, e.template, e.id, e.reason] for e in items]
+    return {"imported": entries(result.imported[marks[0]:]), "unchanged": entries(result.unchanged[marks[1]:]),
+            "conflicts": entries(result.conflicts[marks[2]:]),
+            "disputes": [[ns, tpl, d.id, list(d.claimants), d.state] for ns, tpl, d in result.disputes[marks[3]:]],
+            "slots_created": {k: v for k, v in result.slots_created.items() if k.startswith(key + ":")}}
+
+
+def _restore(result: ImportResult, part: dict[str, Any]) -> None:
+    result.imported += [ReportEntry(*e) for e in part["imported"]]
+    result.unchanged += [ReportEntry(*e) for e in part["unchanged"]]
+    result.conflicts += [ReportEntry(*e) for e in part["conflicts"]]
+    result.disputes += [(ns, tpl, Dispute(i, tuple(c), state)) for ns, tpl, i, c, state in part["disputes"]]
+    result.slots_created.update(part["slots_created"])
 
 
 def _timestamp(value: object) -> datetime:

@@ -11,6 +11,10 @@ the per-user lock with a fresh read, and skipped if outbox rows are still waitin
 delivery will write them). Owners missing from the listing are looked up one by one. The entries
 a claimant of a disputed id holds for that template are never touched (disputes.py): only an
 admin's decision changes them.
+
+The Reconcile RPC commits each user's drift on the call's replay claim before repairing it (replay.py): a
+retry of the same request after a crash reports that drift as found (its repair written again if it had
+not landed) instead of finding none, and reconciles the users the first attempt had not reached.
 """
 from __future__ import annotations
 
@@ -25,9 +29,10 @@ from sqlalchemy import select
 
 from aigc_gateway.db import Database
 from aigc_gateway.db.models import InstanceRow
+from aigc_gateway.idempotency import Claim
 from aigc_gateway.locks import try_transaction_lock
 
-from . import disputes, metrics, mirrorstore
+from . import disputes, faults, metrics, mirrorstore, replay
 from .customdata import CustomDataWriter, user_lock_name
 from .entries import Changes, describe_change, desired_entries, diff
 from .logto import LogtoClient, LogtoUserNotFound
@@ -61,23 +66,37 @@ class ReconcileResult:
     ran: bool = True  # False: another replica held the lease
 
 
+@dataclass
+class Found:
+    """A Reconcile RPC's replay claim and the drift it recorded on it so far (``earlier``: this user's was
+    recorded by an earlier attempt of the request)."""
+
+    claim: Claim | None = None
+    drift: dict[str, list[list[Any]]] = field(default_factory=dict)
+    earlier: bool = False
+
+
 class MirrorReconciler:
     def __init__(self, db: Database, client: LogtoClient, writer: CustomDataWriter):
         self.db = db
         self.client = client
         self.writer = writer
 
-    async def run(self, *, dry_run: bool = False, wait: bool = True) -> ReconcileResult:
+    async def run(self, *, dry_run: bool = False, wait: bool = True, claim: Claim | None = None) -> ReconcileResult:
         if wait:
             async with self.db.lock(LEASE):
-                return await self._run(dry_run)
+                return await self._run(dry_run, claim)
         async with try_transaction_lock(self.db, LEASE) as held:
             if held is None:
                 return ReconcileResult(ran=False)
-            return await self._run(dry_run)
+            return await self._run(dry_run, claim)
 
-    async def _run(self, dry_run: bool) -> ReconcileResult:
+    async def _run(self, dry_run: bool, claim: Claim | None = None) -> ReconcileResult:
         result = ReconcileResult()
+        # user -> the drift found (and being repaired) for them by this request, an earlier attempt's too.
+        found: dict[str, list[list[Any]]] = {} if dry_run else dict(
+            (replay.prior(claim, "reconcile") or {}).get("drift") or {})
+        earlier = set(found)
         async with self.db.session() as session:
             rows = await session.execute(select(InstanceRow.owner, InstanceRow.namespace, InstanceRow.template,
                                                 InstanceRow.id).where(InstanceRow.slot.in_(OWNED_SLOTS)))
@@ -97,11 +116,12 @@ class MirrorReconciler:
             current = user.get("customData")
             if not isinstance(current, dict):
                 current = {}
-            if diff(current, desired_entries(owned.get(user_id, [])), managed, protected.get(user_id, ())):
-                await self._repair(user_id, managed, dry_run, result)
+            if user_id in earlier or diff(current, desired_entries(owned.get(user_id, [])), managed,
+                                          protected.get(user_id, ())):
+                await self._repair(user_id, managed, dry_run, result, Found(claim, found, user_id in earlier))
         for user_id in sorted(set(owned) - seen):  # created after the listing began, or gone from Logto
             result.users_checked += 1
-            await self._repair(user_id, managed, dry_run, result)
+            await self._repair(user_id, managed, dry_run, result, Found(claim, found, user_id in earlier))
         metrics.DRIFT_FOUND.inc(len(result.drift))
         metrics.DRIFT_REPAIRED.inc(result.repaired)
         if result.drift:
@@ -109,7 +129,12 @@ class MirrorReconciler:
         return result
 
     async def _repair(self, user: str, managed: set[tuple[str, str]], dry_run: bool,
-                      result: ReconcileResult) -> None:
+                      result: ReconcileResult, found: Found | None = None) -> None:
+        found = found or Found()
+        if found.earlier:  # reported as the earlier attempt found it; its repair is written again below if needed
+            drift = [Drift(*d) for d in found.drift[user]]
+            result.drift += drift
+            result.repaired += len(drift)
         async with self.db.lock(user_lock_name(user)) as session:
             if await pending_rows(session, user):
                 return  # the outbox delivery owns this user's next write
@@ -123,11 +148,18 @@ class MirrorReconciler:
             changes: Changes = diff(current, desired_entries(owned), managed, keep)
             if not changes:
                 return
-            result.drift += [Drift.of(user, k, v, current.get(k)) for k, v in changes.items()]
+            drift = [Drift.of(user, k, v, current.get(k)) for k, v in changes.items()]
+            if not found.earlier:
+                result.drift += drift
             if dry_run:
                 return
+            if not found.earlier and found.claim is not None:
+                found.drift[user] = [[d.user, d.key, d.namespace, d.template, d.id] for d in drift]
+                await replay.record(self.db, found.claim, {"op": "reconcile", "drift": found.drift})
             await self.writer.apply(user, changes, source="reconcile", current=current)
-            result.repaired += len(changes)
+            await faults.reach("usersync.reconcile.after_write")
+            if not found.earlier:
+                result.repaired += len(changes)
             await mirrorstore.replace_user(session, user, owned, datetime.now(UTC))
 
     async def run_forever(self, interval: float) -> None:

@@ -1,7 +1,8 @@
 """SyncUser and CleanupTemplate: Logto custom data written from the ownership rows.
 
 Both find users from PostgreSQL only — ``instances`` (ownership), the outbox and ``usersync_mirror``
-(what usersync last wrote) — never by scanning Logto.
+(what usersync last wrote) — never by scanning Logto. Both commit their answer on the call's replay claim
+(replay.py): SyncUser before its Logto write, CleanupTemplate with the removals it queues.
 """
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from aigc_gateway import okg
 from aigc_gateway.db import Database
 from aigc_gateway.db.models import InstanceRow, UserSyncOutboxRow
+from aigc_gateway.idempotency import Claim
 
-from . import disputes, metrics, mirrorstore
+from . import disputes, faults, metrics, mirrorstore, replay
 from .customdata import CustomDataWriter, WriteResult, user_lock_name
 from .entries import desired_entries, diff
 from .logto import LogtoClient
@@ -59,8 +61,13 @@ class Syncer:
         self.writer = writer
         self.delivery = delivery
 
-    async def sync_user(self, user: str, *, dry_run: bool = False, source: str = "sync") -> WriteResult:
-        """Write ``user``'s entries from their ownership rows now; returns what changed (or would)."""
+    async def sync_user(self, user: str, *, dry_run: bool = False, source: str = "sync",
+                        claim: Claim | None = None) -> WriteResult:
+        """Write ``user``'s entries from their ownership rows now; returns what changed (or would).
+
+        An earlier attempt of the same request that died after recording what it would change is answered
+        with that, after writing whatever of it is still missing (its Logto write may not have landed)."""
+        done = None if dry_run else replay.prior(claim, "sync")
         async with self.db.lock(user_lock_name(user)) as session:
             # The outbox rows are read before the ownership rows: a change committed in between is then
             # in the rows written now, and its outbox row, not closed here, is delivered again (harmless).
@@ -70,18 +77,30 @@ class Syncer:
             current = await self.client.get_custom_data(user)
             keep = (await disputes.protected_keys(session)).get(user, set())  # see disputes.py
             changes = diff(current, desired_entries(owned), managed, keep)
+            if not dry_run and done is None and claim is not None:
+                planned = await self.writer.apply(user, changes, source=source, dry_run=True, current=current)
+                await replay.record(self.db, claim, {"op": "sync", "changes": planned.changes, "before": {
+                    k: planned.before.get(k) for k in planned.changes}})
             result = await self.writer.apply(user, changes, source=source, dry_run=dry_run, current=current)
             if not dry_run:
+                await faults.reach("usersync.sync.after_write")
                 now = utcnow()
                 for row in pending:  # the ownership rows already include what they say
                     row.delivered_at, row.attempts, row.last_error = now, row.attempts + 1, ""
                 metrics.OUTBOX_ROWS.labels("superseded").inc(len(pending))
                 await mirrorstore.replace_user(session, user, owned, now)
-            return result
+            return result if done is None else WriteResult(done["changes"], done["before"])
 
-    async def cleanup_template(self, namespace: str, template: str, *, deliver: bool = True) -> list[str]:
-        """Queue the removal of the template's key for every user who owns or may hold it, then deliver."""
+    async def cleanup_template(self, namespace: str, template: str, *, deliver: bool = True,
+                               claim: Claim | None = None) -> list[str]:
+        """Queue the removal of the template's key for every user who owns or may hold it, then deliver.
+
+        An earlier attempt of the same request that queued them and died is answered with its users (their
+        removals, queued with its answer, may be delivered by now), and their delivery is tried again."""
         now = utcnow()
+        done = replay.prior(claim, "cleanup")
+        if done is not None:
+            return await self._deliver(list(done["users"]), deliver)
         async with self.db.session() as session:
             owners = {u for (u,) in await session.execute(
                 select(InstanceRow.owner).where(InstanceRow.namespace == namespace, InstanceRow.template == template,
@@ -94,6 +113,11 @@ class Syncer:
             # Removals go through the outbox so they are ordered after any change still queued for the user.
             session.add_all(UserSyncOutboxRow(user=u, namespace=namespace, template=template, instance_id=None,
                                               created_at=now, attempts=0, last_error="") for u in users)
+            await replay.record_in(session, claim, {"op": "cleanup", "users": users})
+        await faults.reach("usersync.cleanup.after_queue")
+        return await self._deliver(users, deliver)
+
+    async def _deliver(self, users: list[str], deliver: bool) -> list[str]:
         if not deliver:
             return users
         semaphore = asyncio.Semaphore(4)
