@@ -56,6 +56,7 @@ class Report:
     refused: Counter[str] = field(default_factory=Counter)  # first-time refusals the model expects
     kill_to_answer: list[float] = field(default_factory=list)
     kill_to_taken: list[float] = field(default_factory=list)  # until a retry got past the dead replica's claim
+    restart_to_serving: list[float] = field(default_factory=list)  # a killed replica's start until SERVING
     slow: list[tuple[float, str]] = field(default_factory=list)  # interrupted calls answered late, with traces
     latency: dict[str, list[float]] = field(default_factory=dict)  # per method, calls never interrupted
     kills: int = 0
@@ -87,6 +88,10 @@ class Report:
             ordered = sorted(values)
             print(f"  {method:16} uninterrupted n={len(ordered)} p50 {ordered[len(ordered) // 2]:.2f} s "
                   f"p99 {ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]:.2f} s")
+        starts = sorted(self.restart_to_serving)
+        if starts:
+            print(f"  a killed replica's start to SERVING: n={len(starts)} p50 {starts[len(starts) // 2]:.2f} s "
+                  f"max {starts[-1]:.2f} s (both replicas are down when a kill lands inside this window)")
         print(f"CheckConsistency: {'consistent' if self.consistent else 'VIOLATIONS'} {self.violations}")
         for line in self.wrong[:20]:
             print("  wrong:", line)
@@ -151,7 +156,7 @@ def config_file(folder: Path, index: int, namespace: str, url: str, kube: str) -
         "service_identity": {"token": TOKEN}, "kubernetes": {"kubeconfig": kube},
         "servers": {"instance": {"listen": f"127.0.0.1:{port}"}, "metrics_listen": ""},
         "logging": {"level": "INFO", "json": True},
-        "instance": {"reconcile_interval_seconds": 2, "release_wait_seconds": 2, "settle_timeout_seconds": 60},
+        "instance": {"reconcile_interval_seconds": 2, "settle_timeout_seconds": 60},
     }))
     return path, port
 
@@ -186,6 +191,15 @@ async def storm(namespace: str, url: str, kube: str, folder: Path, *, seconds: f
             report.kills += 1
             await asyncio.sleep(rng.uniform(1, 3))
             victim.start()
+            asyncio.get_running_loop().create_task(timed_start(victim))
+
+    async def timed_start(replica: Replica) -> None:
+        begun = time.monotonic()
+        try:
+            await replica.serving()
+        except RuntimeError:
+            return  # killed again before it served
+        report.restart_to_serving.append(time.monotonic() - begun)
 
     async def call(method: str, message: Any) -> tuple[Any, str]:
         """One operation with its retries; returns (answer or None, refusal reason or "")."""

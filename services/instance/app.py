@@ -106,6 +106,8 @@ class InstanceService:
             await self.reconciler.stop()
         if self.culler is not None:
             await self.culler.close()
+        if self.lifecycle is not None:
+            await self.lifecycle.close()
         if self.cache is not None:
             await self.cache.stop()
         await self.kube.close()

@@ -32,15 +32,16 @@ reconciler) turns into exactly the outcome the GameServerSet shows.
 """
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any
 
 from aigc_gateway import okg
-from aigc_gateway.background import Backoff
+from aigc_gateway.background import Backoff, cancel_and_wait
 from aigc_gateway.config import InstanceConfig
 from aigc_gateway.db import Database
 from aigc_gateway.db.models import InstanceRow, allocator_lock
@@ -75,6 +76,9 @@ Decide = Callable[[Spec, dict[int, InstanceRow]], Plan]
 Effect = dict[str, Any]
 # Called after the step resolved leftover intents, before it plans: True when nothing is left to plan.
 Before = Callable[[], Awaitable[bool]]
+# How long a release that goes on after DeleteInstance answered waits for the disks before leaving them to the
+# reconciler's next pass.
+FOLLOW_UP_RELEASE_SECONDS = 120.0
 Consent = Callable[[InstanceRef, InstanceRow, dict[str, Any]], Awaitable[None]]
 
 
@@ -88,6 +92,7 @@ class Lifecycle:
         self.claims = claims
         self._locks = QueuedLocks(db)
         self._installs = InstallQueue(self)
+        self._follow_ups: set[asyncio.Task[None]] = set()  # work after an answer (a delete's release)
         self.quotas = quotas.Quotas(db, cfg.quotas, lambda ref: self.cluster.template(ref))
         # Called under the template lock by a restart before it deletes the pod (the rollout's consent, set by
         # app.py: lifecycle cannot import rollouts, which runs its steps under this lock).
@@ -315,14 +320,38 @@ class Lifecycle:
     async def uninstall(self, iref: InstanceRef, principal: Principal, claim: Claim | None = None
                         ) -> tuple[Effect, bool]:
         """Owner removed (RELEASING), then the disks deleted. Returns the effect (the instance as its owner had
-        it) and whether the id is FREE already (else the reconciler finishes the disk deletion)."""
+        it) and whether the id is FREE already (else a follow-up in this process, or the reconciler, finishes
+        the disk deletion)."""
         effect = await self._owned_step(iref, principal, Op.UNINSTALL, allocator.plan_uninstall, claim)
         return effect, await self.finish_uninstall(iref)
 
     async def finish_uninstall(self, iref: InstanceRef) -> bool:
-        freed = await self.release(iref, self.cfg.release_wait_seconds)
+        """Wait up to `release_wait_seconds` for the id to be FREE; past that, the release goes on after the
+        answer. With the default 0 a delete answers as soon as the owner is removed: the release takes a second
+        turn of the template lock, which under load behind other users' steps cost more than the step itself
+        (bench/kill_storm.py), and a client's retry budget should not pay for a disk deletion."""
+        wait = self.cfg.release_wait_seconds
+        freed = await self.release(iref, wait) if wait > 0 else False
         await faults.reach("uninstall.after_release")
+        if not freed:
+            self._follow_up(self.release(iref, FOLLOW_UP_RELEASE_SECONDS), f"releasing {iref.name}")
         return freed
+
+    def _follow_up(self, work: Coroutine[Any, Any, Any], what: str) -> None:
+        """Run work after the answer; its failure is logged, and the reconciler's pass does it again."""
+        async def run() -> None:
+            try:
+                await work
+            except Exception as exc:  # noqa: BLE001 - the reconciler repeats what failed here
+                log.warning("%s: %s (the reconciler will finish it)", what, exc)
+
+        task = asyncio.get_running_loop().create_task(run(), name=what)
+        self._follow_ups.add(task)
+        task.add_done_callback(self._follow_ups.discard)
+
+    async def close(self) -> None:
+        """Cancel the follow-ups still running (the reconciler of some replica finishes them)."""
+        await cancel_and_wait(list(self._follow_ups))
 
     async def restart(self, iref: InstanceRef, principal: Principal, claim: Claim | None = None) -> Effect:
         """A new pod on the same disk: delete the pod (uid-checked); the StatefulSet makes it again. Under the

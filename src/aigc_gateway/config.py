@@ -215,8 +215,9 @@ class InstanceConfig(Section):
     conflict_retries: int = Field(
         20, ge=0, le=100, description="GameServerSet writes retried (jittered backoff) after a 409 conflict.")
     release_wait_seconds: float = Field(
-        30.0, ge=0, description="How long DeleteInstance waits for the instance's disks to be deleted before "
-        "answering; the reconciler finishes what is left.")
+        0.0, ge=0, description="How long DeleteInstance waits for the instance's disks to be deleted before "
+        "answering (0: it answers UNINSTALLING once the owner is removed); the deletion goes on after the answer, "
+        "and the reconciler finishes what is left.")
     cache_sync_timeout_seconds: float = Field(
         10.0, ge=0, description="How long a read waits for the Kubernetes watch caches to fill after start.")
     quotas: QuotaConfig = Field(default_factory=QuotaConfig)

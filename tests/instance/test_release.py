@@ -111,3 +111,26 @@ async def test_an_id_stays_releasing_while_its_pending_pod_can_bring_its_disk_ba
     report = await c.wait_consistent()  # no PVC_REUSED, no PVC_NOT_RELEASED
     assert report.templates_checked == 1
 
+
+
+async def test_a_delete_answers_once_the_owner_is_removed_and_the_release_goes_on_after_the_answer(
+        testbed: Testbed, game: Game, issuer, database_url, start_gateway, client_for, database: Database) -> None:
+    """The default `release_wait_seconds: 0`: DeleteInstance answers UNINSTALLING without waiting for the disk,
+    and the same process frees the id after the answer. The reconciler is kept out of it (one pass an hour, the
+    first at start, before the install), so FREE here can only come from the delete's own follow-up."""
+    await game.create_gss(load_sample(SAMPLE, testbed.domain, game.namespace))
+    settings = make_settings(database_url, issuer, **instance_overrides(
+        testbed, game.namespace, release_wait_seconds=0, reconcile_interval_seconds=3600))
+    gw = await start_gateway("instance", settings=settings)
+    c = client_for(gw.channel("instance"))
+
+    alice = await c.install("alice")
+    await wait_for(lambda: _has(game, CLAIM), 60, what="alice's disk")
+    gone = await c.uninstall("alice", alice.name)
+    assert (gone.state, gone.owner) == (State.UNINSTALLING, "alice")
+    await wait_slot(database, c.namespace, alice.id, "FREE")
+    assert CLAIM not in await game.pvcs() and alice.id not in await game.pods(SAMPLE)
+
+
+async def _has(game: Game, claim: str) -> bool:
+    return claim in await game.pvcs()
