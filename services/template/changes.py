@@ -22,6 +22,11 @@ from aigc_gateway.errors import Aborted, Violation
 from .normalize import SERVER_METADATA
 
 PROTECTED = ("spec.replicas", "spec.reserveGameServerIds", "spec.scaleStrategy")
+# The rollout's own fields (docs/upgrade.md): UpdateTemplate pauses a pod-template change, the instance service's
+# reconciler sets the partition and unpauses. An admin's manifest carries them only as read: left out, or the same
+# value, they are taken from the object read (an old manifest must not reset a rollout in progress); not admin
+# state, so outside the etag and the changed paths.
+ROLLOUT_OWNED = ("spec.updateStrategy.rollingUpdate.partition", "spec.updateStrategy.rollingUpdate.paused")
 IMMUTABLE = ("metadata.name", "metadata.namespace", "spec.network.networkType")
 NOT_UPDATABLE = ("metadata.uid", "metadata.resourceVersion", "metadata.creationTimestamp", "metadata.generation",
                  "metadata.managedFields", "metadata.ownerReferences", "metadata.finalizers", "status")
@@ -143,7 +148,7 @@ def comparable(obj: dict[str, Any]) -> dict[str, Any]:
 def admin_part(obj: dict[str, Any]) -> dict[str, Any]:
     """What admins control: everything but status, server metadata and the fields the instance service owns."""
     out = comparable(obj)
-    for path in PROTECTED:
+    for path in PROTECTED + ROLLOUT_OWNED:
         set_path(out, path.split("."), _MISSING)
     meta = out.get("metadata")
     if not isinstance(meta, dict):
@@ -266,12 +271,24 @@ def propose(current: dict[str, Any], source: dict[str, Any], mask: list[str]) ->
                                         "scale strategy (the instance service owns them); leave it out or send "
                                         "the current value", "PROTECTED_FIELD"))
         set_path(desired, segments, was)
+    for path in ROLLOUT_OWNED:
+        segments = path.split(".")
+        given, was = get_path(desired, segments), get_path(current, segments)
+        if given is not _MISSING and given != was:
+            violations.append(Violation(path, f"the rollout sets it (docs/upgrade.md), now {_shown(was)}; leave it "
+                                        "out or send the current value", "ROLLOUT_FIELD"))
+        if isinstance(get_path(desired, segments[:-1]), dict) or was is not _MISSING:
+            set_path(desired, segments, was)
     # Carry the server's view of the object so the write is conditional on what was read.
     meta = desired["metadata"]
     for key in ("uid", "resourceVersion", "creationTimestamp", "generation", "ownerReferences", "finalizers"):
         if key in cur_meta:
             meta[key] = copy.deepcopy(cur_meta[key])
     return Proposal(desired=desired, violations=violations)
+
+
+def _shown(value: Any) -> str:
+    return "unset" if value is _MISSING else repr(value)
 
 
 def _keep_system_keys(current: dict[str, Any], desired: dict[str, Any]) -> None:
@@ -289,5 +306,6 @@ def _keep_system_keys(current: dict[str, Any], desired: dict[str, Any]) -> None:
 
 def finish(proposal: Proposal, current: dict[str, Any]) -> Proposal:
     """Fill in the changed paths once the desired object is final (after normalisation)."""
-    proposal.changed_paths = diff(comparable(current), comparable(proposal.desired))
+    proposal.changed_paths = [p for p in diff(comparable(current), comparable(proposal.desired))
+                              if not any(_under(p, owned) for owned in ROLLOUT_OWNED)]
     return proposal

@@ -26,7 +26,7 @@ from aigc_gateway.errors import Violation
 from aigc_gateway.names import template_name
 from aigc_gateway.quantity import INT32_MAX
 
-from . import changes, manifest, network, rollout_preview, rules
+from . import changes, manifest, network, rollout_preview, rollout_write, rules
 from .manifest import to_struct
 from .policy import Policy
 
@@ -223,7 +223,7 @@ def change(template: template_pb2.Template, warnings: list[Violation]) -> templa
 
 
 def preview(violations: list[Violation], changed_paths: list[str] | None = None,
-            entries: Sequence[rollout_preview.Entry] = (), chosen: rollout_preview.Settings | None = None,
+            entries: Sequence[rollout_preview.Entry] = (), chosen: rollout_write.Settings | None = None,
             in_place: bool = False, name: tuple[str, str] = ("", "")) -> template_pb2.PreviewTemplateUpdateResponse:
     """``entries``: what the change does to each instance of the template ``name`` (namespace, template), under the
     policy and threshold ``chosen``."""

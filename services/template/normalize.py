@@ -9,6 +9,10 @@
 - `auth-response-headers` naming at least the identity headers (added, or merged into one that names
   others): a header it does not name passes from the client to the instance unchanged, so without it a
   client's own `X-Auth-Request-User` would reach the instance (docs/auth.md);
+- the in-place update hook `spec.lifecycle.inPlaceUpdate.labelsHandler` naming the gateway's hold label
+  (:data:`aigc_gateway.upgrades.HOLD_LABEL`), merged into the admin's own hooks: the instance service's rollout
+  parks a busy instance's pod with that label (docs/upgrade.md, fact 8). Every create and update writes it, so it
+  travels with every pod-template change (kruise-game copies `spec.lifecycle` to the workload only then);
 - fields only the apiserver sets (`status`, `metadata.uid`, `resourceVersion`…) are dropped from a
   create, so `kubectl get -o yaml` output can be published elsewhere.
 
@@ -19,7 +23,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from aigc_gateway import okg
+from aigc_gateway import okg, upgrades
 from aigc_gateway.errors import Violation
 
 from . import network
@@ -31,6 +35,7 @@ from .policy import (
     Policy,
 )
 
+HOOK_PATH = "spec.lifecycle.inPlaceUpdate.labelsHandler"
 SERVER_METADATA = ("uid", "resourceVersion", "creationTimestamp", "generation", "managedFields", "selfLink",
                    "deletionTimestamp", "deletionGracePeriodSeconds", "ownerReferences", "finalizers")
 
@@ -62,7 +67,29 @@ def normalize(obj: dict[str, Any], policy: Policy, namespace: str, *, create: bo
             warnings.append(Violation("spec.replicas", "set to 0: a published template has no instances until "
                                       "users install it", "REPLICAS_DEFAULTED"))
         _add_auth_annotations(obj, policy, warnings)
+        _add_hold_hook(spec, warnings)
     return obj, warnings
+
+
+def _add_hold_hook(spec: dict[str, Any], warnings: list[Violation]) -> None:
+    """The hold label in the in-place update hook, beside whatever hooks the admin wrote. A level that is not a
+    mapping is left as it is: the rules refuse it (INVALID_LIFECYCLE)."""
+    labels: Any = spec
+    for key in ("lifecycle", "inPlaceUpdate", "labelsHandler"):
+        if labels.get(key) is None:
+            labels[key] = {}
+        labels = labels[key]
+        if not isinstance(labels, dict):
+            return
+    if labels.get(upgrades.HOLD_LABEL) == "true":
+        return
+    was = labels.get(upgrades.HOLD_LABEL)
+    labels[upgrades.HOLD_LABEL] = "true"
+    warnings.append(Violation(
+        f"{HOOK_PATH}[{upgrades.HOLD_LABEL}]",
+        "added the gateway's in-place update hook: a rollout holds a busy instance's pod with this label"
+        + (f" (the manifest had {was!r}, which the gateway's rollout would not read as a hold)" if was is not None
+           else ""), "UPDATE_HOLD_HOOK_ADDED"))
 
 
 def _add_labels(meta: dict[str, Any], policy: Policy, warnings: list[Violation]) -> None:

@@ -7,7 +7,7 @@ run, or the write itself), whose refusals come back as field violations.
 from __future__ import annotations
 
 import copy
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from aigc_gateway import audit, upgrades
@@ -19,8 +19,9 @@ from aigc_gateway.errors import (
     NotFound,
     Violation,
 )
+from aigc_gateway.upgrades import Policy
 
-from . import changes, manifest, rollout_preview
+from . import changes, manifest, rollout_preview, rollout_write
 from .catalog import Catalog
 from .cluster import TemplateCluster
 from .instances import InstanceTable
@@ -34,7 +35,7 @@ from .messages import (
     preview,
     validation,
 )
-from .policy import Policy
+from .policy import Policy as TemplatePolicy
 from .validation import Checked, check_new, check_update
 
 UPDATE_ATTEMPTS = 3
@@ -57,7 +58,7 @@ def pruned(sent: dict[str, Any], written: dict[str, Any]) -> list[Violation]:
 
 
 class Publisher:
-    def __init__(self, cluster: TemplateCluster, catalog: Catalog, table: InstanceTable, policy: Policy):
+    def __init__(self, cluster: TemplateCluster, catalog: Catalog, table: InstanceTable, policy: TemplatePolicy):
         self.cluster = cluster
         self.catalog = catalog
         self.table = table
@@ -124,22 +125,33 @@ class Publisher:
     # -- update ------------------------------------------------------------------
 
     async def update(self, namespace: str, name: str, parsed: manifest.Parsed, mask: list[str], *,
-                     allow_restart: bool, etag: str, validate_only: bool) -> TemplateChange:
+                     allow_restart: bool, etag: str, validate_only: bool,
+                     asked: rollout_write.Requested | None = None) -> TemplateChange:
+        """``asked``: the request's rollout policy and threshold (docs/upgrade.md). A pod-template change under
+        WHEN_IDLE or MANUAL is written paused, for the instance service's rollout to move each instance when it
+        may; under IMMEDIATE it restarts every live instance now and needs ``allow_restart``."""
+        asked = asked or rollout_write.Requested()
         audit.note(validate_only=validate_only, allow_restart=allow_restart, update_mask=mask)
         for attempt in range(UPDATE_ATTEMPTS):
             current = await self.cluster.get(namespace, name)
             changes.check_etag(current, etag)
-            checked = check_update(current, parsed, mask, self.policy)
+            checked = check_update(current, parsed, mask, self.policy, asked)
             if not checked.ok:
                 raise refuse(checked.violations, "the update is not valid")
-            proposal = checked.change
+            proposal, rollout = checked.change, checked.rollout
             audit.note(changed_paths=proposal.changed_paths, restarts=proposal.restarts,
                        warnings=[w.reason for w in checked.warnings])
-            if proposal.restarts and not allow_restart:
-                raise FailedPrecondition(
-                    f"this change restarts every live instance of the template ({', '.join(proposal.restart_paths)});"
-                    " check PreviewTemplateUpdate and set allow_restart to accept it", reason="RESTART_NOT_ALLOWED",
-                    metadata={"changed_paths": ",".join(proposal.restart_paths)})
+            if rollout is not None and proposal.restarts:
+                audit.note(rollout_policy=rollout.policy.value,
+                           rollout_idle_after_seconds=int(rollout.idle_after.total_seconds()))
+            if proposal.restarts and rollout is not None and rollout.policy is Policy.IMMEDIATE and \
+                    not allow_restart:
+                why = (f"under the rollout policy IMMEDIATE this change restarts every live instance of the template "
+                       f"now ({', '.join(proposal.restart_paths)}); check PreviewTemplateUpdate and set allow_restart "
+                       "to accept it, or roll it out WHEN_IDLE or MANUAL")
+                raise FailedPrecondition(why, reason="RESTART_NOT_ALLOWED",
+                                         violations=[Violation("allow_restart", why, "RESTART_NOT_ALLOWED")],
+                                         metadata={"changed_paths": ",".join(proposal.restart_paths)})
             if not proposal.changed_paths:
                 return change(await self.catalog.describe_one(current, admin=True),
                               checked.warnings + [Violation("", "nothing to change", "NO_CHANGE")])
@@ -163,20 +175,24 @@ class Publisher:
     # -- preview -----------------------------------------------------------------
 
     async def preview(self, namespace: str, name: str, parsed: manifest.Parsed, mask: list[str],
-                      rollout_policy: str = "", idle_after: timedelta | None = None) -> PreviewTemplateUpdateResponse:
-        """``rollout_policy``/``idle_after``: the request's (a RolloutPolicy name; empty or unspecified: the
-        template's, else the configured default)."""
-        current = await self.cluster.get(namespace, name)
-        checked = check_update(current, parsed, mask, self.policy)
-        violations = list(checked.violations)
-        if checked.ok and checked.change.changed_paths:
-            violations += (await self._dry_run(copy.deepcopy(checked.manifest), update=True))[0]
-        if checked.proposal is None:
+                      asked: rollout_write.Requested | None = None) -> PreviewTemplateUpdateResponse:
+        """``asked``: the request's policy and threshold (unset: the manifest's, the template's, else the configured
+        defaults), chosen as UpdateTemplate chooses them."""
+        for attempt in range(UPDATE_ATTEMPTS):
+            current = await self.cluster.get(namespace, name)
+            checked = check_update(current, parsed, mask, self.policy, asked or rollout_write.Requested())
+            violations = list(checked.violations)
+            if checked.ok and checked.change.changed_paths:
+                refused = (await self._dry_run(copy.deepcopy(checked.manifest), update=True))[0]
+                # The controller's status writes race the dry run's resourceVersion: that is no finding, read again.
+                if any(v.reason == "CONFLICT" for v in refused) and attempt < UPDATE_ATTEMPTS - 1:
+                    continue
+                violations += refused
+            break
+        if checked.proposal is None or checked.rollout is None:
             return preview(violations)
         paths = checked.proposal.changed_paths
-        chosen = rollout_preview.settings(
-            rollout_policy, idle_after, (current.get("metadata") or {}).get("annotations"),
-            self.policy.annotation_prefix, self.policy.rollout_policy, self.policy.rollout_idle_after_seconds)
+        chosen = checked.rollout
         in_place = upgrades.in_place(paths)
         entries: list[rollout_preview.Entry] = []
         if upgrades.restarts(paths):

@@ -8,17 +8,17 @@ read the policy, the threshold and "idle" from :mod:`aigc_gateway.upgrades`, so 
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from enum import Enum
-from typing import Any
 
 from aigc_gateway import upgrades
 from aigc_gateway.okg import SlotState
 from aigc_gateway.upgrades import Policy
 
 from .instances import Owned
+from .rollout_write import Settings  # chosen as UpdateTemplate chooses (rollout_write.settings)
 
 
 class Action(str, Enum):
@@ -36,25 +36,6 @@ class Entry:
     reason: str  # "immediate" | "idle" | "busy" | "manual" | "paused"
     last_access: datetime | None
     in_place: bool  # the restart keeps the pod (False for ON_RESUME: the pod is made anew anyway)
-
-
-@dataclass(frozen=True)
-class Settings:
-    """The policy and idle threshold the entries are computed for."""
-
-    policy: Policy
-    idle_after: timedelta
-
-
-def settings(requested_policy: str, requested_idle_after: timedelta | None, annotations: Mapping[str, Any] | None,
-             prefix: str, default_policy: str, default_idle_after_seconds: float) -> Settings:
-    """The request's policy and threshold, else the template's recorded ones, else the configured defaults.
-    ``requested_policy``: the RolloutPolicy name, ``ROLLOUT_POLICY_UNSPECIFIED`` when not set."""
-    policy = Policy(requested_policy) if requested_policy in Policy.__members__ else (
-        upgrades.policy_of(annotations, prefix) or Policy(default_policy))
-    idle_after = requested_idle_after if requested_idle_after is not None else (
-        upgrades.idle_after_of(annotations, prefix) or timedelta(seconds=default_idle_after_seconds))
-    return Settings(policy, idle_after)
 
 
 def entries(owned: Iterable[Owned], live_ids: Iterable[int], chosen: Settings, now: datetime,

@@ -90,7 +90,27 @@ def check(obj: dict[str, Any], policy: Policy, mode: Mode, namespace: str = "") 
     _check_scaling(spec, mode, report)
     _check_network(obj, policy, report)
     _check_pod_template(spec, report)
+    _check_lifecycle(spec, mode, report)
     return report
+
+
+def _check_lifecycle(spec: dict[str, Any], mode: Mode, report: Report) -> None:
+    """kruise's lifecycle hooks must be mappings; a create or update must carry the gateway's in-place update hook
+    (normalisation adds it, so only a hook it could not merge into is refused). A template found without it is
+    still usable: its rollouts then rely on partition and priorities alone (docs/upgrade.md)."""
+    node: Any = spec
+    where = "spec"
+    for key in ("lifecycle", "inPlaceUpdate", "labelsHandler"):
+        node, where = node.get(key), f"{where}.{key}"
+        if node is None:
+            break
+        if not isinstance(node, dict):
+            report.bad(where, "must be a mapping (kruise's lifecycle hook)", "INVALID_LIFECYCLE")
+            return
+    hooked = isinstance(node, dict) and node.get(upgrades.HOLD_LABEL) == "true"
+    if not hooked and mode is not Mode.EXISTING:
+        report.bad(f"spec.lifecycle.inPlaceUpdate.labelsHandler[{upgrades.HOLD_LABEL}]", "the gateway's in-place "
+                   "update hook is missing: a rollout could not hold a busy instance", "HOLD_HOOK_MISSING")
 
 
 def _check_type(obj: dict[str, Any], report: Report) -> None:

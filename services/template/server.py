@@ -10,10 +10,11 @@ from __future__ import annotations
 from typing import Any
 
 from aigc_gateway.api.v1 import template_pb2, template_pb2_grpc
-from aigc_gateway.errors import Unimplemented, Violation, invalid
+from aigc_gateway.errors import invalid
 from aigc_gateway.identity import require_admin, require_principal
 from aigc_gateway.names import parse_namespace_parent, parse_template
 
+from . import rollout_write
 from .cascade import Cascade
 from .catalog import Catalog
 from .manifest import Parsed
@@ -54,10 +55,9 @@ class TemplateServiceServicer(template_pb2_grpc.TemplateServiceServicer):
     async def UpdateTemplate(self, request: template_pb2.UpdateTemplateRequest, context: Any) -> Any:
         require_admin()
         namespace, name = _template(request.name)
-        _refuse_unwired_rollout(request)
         return await self.publisher.update(namespace, name, self._source(request), list(request.update_mask.paths),
                                            allow_restart=request.allow_restart, etag=request.etag,
-                                           validate_only=request.validate_only)
+                                           validate_only=request.validate_only, asked=_asked(request))
 
     async def DeleteTemplate(self, request: template_pb2.DeleteTemplateRequest, context: Any) -> Any:
         require_admin()
@@ -72,9 +72,8 @@ class TemplateServiceServicer(template_pb2_grpc.TemplateServiceServicer):
     async def PreviewTemplateUpdate(self, request: template_pb2.PreviewTemplateUpdateRequest, context: Any) -> Any:
         require_admin()
         namespace, name = _template(request.name)
-        idle_after = request.rollout_idle_after.ToTimedelta() if request.HasField("rollout_idle_after") else None
         return await self.publisher.preview(namespace, name, self._source(request), list(request.update_mask.paths),
-                                            template_pb2.RolloutPolicy.Name(request.rollout_policy), idle_after)
+                                            _asked(request))
 
 
 def _template(name: str) -> tuple[str, str]:
@@ -82,14 +81,9 @@ def _template(name: str) -> tuple[str, str]:
     return ref.namespace, ref.template
 
 
-def _refuse_unwired_rollout(request: template_pb2.UpdateTemplateRequest) -> None:
-    """The seamless rollout (issue 14, docs/upgrade.md) has its contract but no reconciler yet: an update that asks
-    for it is refused rather than restarting every live instance the old way. IMMEDIATE is today's behaviour."""
-    unwired = [Violation(f, "the seamless rollout is not implemented yet (issue 14); leave it unset or IMMEDIATE",
-                         "NOT_IMPLEMENTED")
-               for f, asked in (("rollout_policy", request.rollout_policy not in (
-                   template_pb2.ROLLOUT_POLICY_UNSPECIFIED, template_pb2.IMMEDIATE)),
-                                ("rollout_idle_after", request.HasField("rollout_idle_after"))) if asked]
-    if unwired:
-        raise Unimplemented("UpdateTemplate: the WHEN_IDLE and MANUAL rollouts are not implemented yet (issue 14)",
-                            reason="NOT_IMPLEMENTED", violations=unwired)
+def _asked(request: template_pb2.UpdateTemplateRequest | template_pb2.PreviewTemplateUpdateRequest
+           ) -> rollout_write.Requested:
+    idle_after = request.rollout_idle_after.ToTimedelta() if request.HasField("rollout_idle_after") else None
+    known = request.rollout_policy in template_pb2.RolloutPolicy.values()
+    return rollout_write.requested(template_pb2.RolloutPolicy.Name(request.rollout_policy) if known
+                                   else str(request.rollout_policy), idle_after)

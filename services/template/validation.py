@@ -10,7 +10,7 @@ from typing import Any
 
 from aigc_gateway.errors import Violation
 
-from . import changes, messages, network, rules
+from . import changes, messages, network, rollout_write, rules
 from .manifest import Parsed
 from .normalize import normalize
 from .policy import Policy
@@ -22,6 +22,7 @@ class Checked:
     violations: list[Violation] = field(default_factory=list)
     warnings: list[Violation] = field(default_factory=list)
     proposal: changes.Proposal | None = None  # for an update
+    rollout: rollout_write.Settings | None = None  # for an update: the policy and threshold it rolls out with
 
     @property
     def ok(self) -> bool:
@@ -51,15 +52,18 @@ def check_new(parsed: Parsed, policy: Policy, namespace: str) -> Checked:
     return Checked(obj, report.violations + _undescribable(obj, policy, report), warnings + report.warnings)
 
 
-def check_update(current: dict[str, Any], parsed: Parsed, mask: list[str], policy: Policy) -> Checked:
-    """A change of the published template ``current`` for UpdateTemplate / PreviewTemplateUpdate."""
+def check_update(current: dict[str, Any], parsed: Parsed, mask: list[str], policy: Policy,
+                 asked: rollout_write.Requested | None = None) -> Checked:
+    """A change of the published template ``current`` for UpdateTemplate / PreviewTemplateUpdate / ValidateTemplate
+    (``asked``: the request's rollout policy and threshold; the manifest to write carries the rollout's fields)."""
     if parsed.obj is None:
         return Checked(None, list(parsed.violations))
     proposal = changes.propose(current, parsed.obj, mask)
     meta = current.get("metadata") or {}
     obj, warnings = normalize(proposal.desired, policy, str(meta.get("namespace", "")), create=False)
     proposal.desired = obj
-    changes.finish(proposal, current)
+    rollout = rollout_write.apply(obj, current, asked or rollout_write.Requested(), policy, changes.finish(proposal, current).restarts)
+    changes.finish(proposal, current)  # again: the recorded policy is a change too
     report = rules.check(obj, policy, rules.Mode.UPDATE, str(meta.get("namespace", "")))
     for path in proposal.changed_paths:
         if path in (network.conf_path("Host"), network.conf_path("Path")):
@@ -67,7 +71,7 @@ def check_update(current: dict[str, Any], parsed: Parsed, mask: list[str], polic
             warnings.append(Violation(path, "every instance gets a new address; users' bookmarks break",
                                       "ADDRESS_CHANGED"))
     return Checked(obj, _unique(proposal.violations + report.violations + _undescribable(obj, policy, report)),
-                   warnings + report.warnings, proposal)
+                   warnings + report.warnings, proposal, rollout)
 
 
 def _undescribable(obj: dict[str, Any], policy: Policy, report: rules.Report) -> list[Violation]:

@@ -42,7 +42,10 @@ def test_image_change_restarts_and_names_the_path() -> None:
     container(source)["image"] = "registry.example/sd:v2"
     checked = update(source)
     assert checked.ok, checked.violations
-    assert checked.proposal.changed_paths == ["spec.gameServerTemplate.spec.containers[0].image"]
+    # The rollout's settings are recorded with the change (tests/template/test_rollout_write.py).
+    assert checked.proposal.changed_paths == ["metadata.annotations[aigc.gateway.io/rollout-policy]",
+                                              "metadata.annotations[aigc.gateway.io/rollout-idle-after]",
+                                              "spec.gameServerTemplate.spec.containers[0].image"]
     assert checked.proposal.restarts
     assert container(checked.obj)["image"] == "registry.example/sd:v2"
 

@@ -5,19 +5,10 @@ from datetime import UTC, datetime, timedelta
 
 from aigc_gateway.upgrades import Policy
 from services.template.instances import Owned
-from services.template.rollout_preview import Action, Settings, entries, settings
+from services.template.rollout_preview import Action, entries
+from services.template.rollout_write import Settings
 
 NOW = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
-P = "aigc.gateway.io/"
-
-
-def test_the_request_then_the_template_then_the_configuration_decide() -> None:
-    notes = {P + "rollout-policy": "MANUAL", P + "rollout-idle-after": "2h"}
-    assert settings("IMMEDIATE", timedelta(seconds=5), notes, P, "WHEN_IDLE", 900) == \
-        Settings(Policy.IMMEDIATE, timedelta(seconds=5))
-    assert settings("ROLLOUT_POLICY_UNSPECIFIED", None, notes, P, "WHEN_IDLE", 900) == \
-        Settings(Policy.MANUAL, timedelta(hours=2))
-    assert settings("", None, {}, P, "WHEN_IDLE", 900) == Settings(Policy.WHEN_IDLE, timedelta(seconds=900))
 
 
 def test_each_instance_gets_one_action() -> None:

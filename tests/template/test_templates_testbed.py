@@ -23,6 +23,10 @@ if TYPE_CHECKING:  # imported only for annotations: pytest would try to collect 
 pytestmark = pytest.mark.testbed
 
 A = common_pb2.Accelerator
+IMMEDIATE = template_pb2.IMMEDIATE
+# What a pod-template change records besides itself (the rollout's policy and threshold, docs/upgrade.md).
+RECORDED = ["metadata.annotations[aigc.gateway.io/rollout-policy]",
+            "metadata.annotations[aigc.gateway.io/rollout-idle-after]"]
 EXPECTED = {  # name -> (accelerator type, gpu count, GiB of GPU memory, eci, eci instance type, host suffix)
     "stable-diffusion-cpu": (A.CPU, 0, 0, False, "", "cpu"),
     "stable-diffusion-gpu": (A.GPU, 1, 0, False, "", "gpu"),
@@ -164,7 +168,10 @@ async def _image(game: Game, name: str) -> str:
     return (await game.get_gss(name))["spec"]["gameServerTemplate"]["spec"]["containers"][0]["image"]
 
 
-async def test_image_update_needs_allow_restart_and_replicas_are_never_touched(api, testbed: Testbed) -> None:
+async def test_an_immediate_image_update_needs_allow_restart_and_replicas_are_never_touched(
+        api, testbed: Testbed) -> None:
+    """IMMEDIATE is the rollout of old: every live instance restarts now. (WHEN_IDLE and MANUAL need no
+    allow_restart: test_rollout_write_testbed.py.)"""
     await publish(api, testbed)
     name = "stable-diffusion-cpu"
     async with api_client(testbed.kubeconfig) as client:
@@ -183,28 +190,30 @@ async def test_image_update_needs_allow_restart_and_replicas_are_never_touched(a
         source = source_text(new_text)
 
         preview = await api.stub.PreviewTemplateUpdate(template_pb2.PreviewTemplateUpdateRequest(
-            name=api.name(name), source=source), metadata=api.admin)
-        assert list(preview.changed_paths) == ["spec.gameServerTemplate.spec.containers[0].image"]
+            name=api.name(name), source=source, rollout_policy=IMMEDIATE), metadata=api.admin)
+        assert list(preview.changed_paths) == RECORDED + ["spec.gameServerTemplate.spec.containers[0].image"]
         assert preview.restarts_instances and not preview.violations
         assert [(a.instance, a.owner) for a in preview.affected_instances] == [(f"{api.name(name)}/instances/0",
                                                                                "alice")]
         with pytest.raises(grpc.aio.AioRpcError) as err:
-            await api.stub.UpdateTemplate(template_pb2.UpdateTemplateRequest(name=api.name(name), source=source),
+            await api.stub.UpdateTemplate(template_pb2.UpdateTemplateRequest(name=api.name(name), source=source,
+                                                                             rollout_policy=IMMEDIATE),
                                           metadata=api.admin)
         assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert violations(err.value) == [("allow_restart", "RESTART_NOT_ALLOWED")]
         assert await _image(game, name) == current.images[0]
 
         # Touching replicas is refused, with the path, whatever else the request changes.
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await api.stub.UpdateTemplate(template_pb2.UpdateTemplateRequest(
-                name=api.name(name), allow_restart=True,
+                name=api.name(name), allow_restart=True, rollout_policy=IMMEDIATE,
                 source=source_text(new_text.replace("scaleStrategy:", "replicas: 3\n  scaleStrategy:"))),
                 metadata=api.admin)
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert violations(err.value) == [("spec.replicas", "PROTECTED_FIELD")]
 
         change = await api.stub.UpdateTemplate(template_pb2.UpdateTemplateRequest(
-            name=api.name(name), source=source, allow_restart=True), metadata=api.admin)
+            name=api.name(name), source=source, allow_restart=True, rollout_policy=IMMEDIATE), metadata=api.admin)
         assert change.template.images[0].endswith(":v2.0.0-cpu") and change.template.etag != current.etag
         gss = await game.get_gss(name)
         assert gss["spec"]["replicas"] == 1 and gss["spec"]["gameServerTemplate"]["spec"]["containers"][0][
@@ -218,7 +227,8 @@ async def test_image_update_needs_allow_restart_and_replicas_are_never_touched(a
     outcomes = [(e.outcome, e.error_code) for e in await api.events(action="TemplateService.UpdateTemplate")]
     assert [o[1] for o in outcomes] == ["FAILED_PRECONDITION", "INVALID_ARGUMENT", ""]
     success = (await api.events(action="TemplateService.UpdateTemplate", outcome="SUCCESS"))[0]
-    assert list(success.details["changed_paths"]) == ["spec.gameServerTemplate.spec.containers[0].image"]
+    assert list(success.details["changed_paths"]) == RECORDED + ["spec.gameServerTemplate.spec.containers[0].image"]
+    assert success.details["rollout_policy"] == "IMMEDIATE"
 
 
 async def test_concurrent_updates_one_wins_the_rest_are_aborted(api, testbed: Testbed) -> None:

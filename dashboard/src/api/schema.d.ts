@@ -155,10 +155,11 @@ export interface paths {
         head?: never;
         /**
          * Updates a template. Never changes `replicas`, `reserveGameServerIds` or
-         *     the scale strategy; a change under `gameServerTemplate` restarts live
-         *     instances and is refused unless `allow_restart` is set. The seamless
-         *     rollout policies (WHEN_IDLE, MANUAL: docs/upgrade.md) are not wired yet:
-         *     asking for one answers UNIMPLEMENTED.
+         *     the scale strategy. A change under `gameServerTemplate` reaches live
+         *     instances by the rollout policy (docs/upgrade.md): WHEN_IDLE and MANUAL
+         *     write it paused (no instance moves until the instance service's rollout
+         *     lets it); IMMEDIATE restarts every live instance now and is refused
+         *     unless `allow_restart` is set.
          */
         patch: operations["TemplateService_UpdateTemplate"];
         trace?: never;
@@ -1517,7 +1518,10 @@ export interface components {
              *     or `spec.gameServerTemplate`. Empty: every mutable field.
              */
             updateMask?: string;
-            /** @description Accept that the change restarts every live instance of the template. */
+            /**
+             * @description Accept that the change restarts every live instance of the template now
+             *     (needed under the rollout policy IMMEDIATE).
+             */
             allowRestart?: boolean;
             /** @description The etag read; when set and stale the update fails with ABORTED. */
             etag?: string;
@@ -1526,7 +1530,10 @@ export interface components {
             /** @description Client-chosen idempotency key; a replay returns the first result. */
             requestId?: string;
             rolloutPolicy?: components["schemas"]["RolloutPolicy"];
-            /** @description WHEN_IDLE's idle threshold for this template; unset: the template's. */
+            /**
+             * @description WHEN_IDLE's idle threshold for this template (whole seconds, at most 90
+             *     days); unset: the template's. Recorded on the template.
+             */
             rolloutIdleAfter?: string;
         };
         /** @description Request for ValidateTemplate. */

@@ -394,7 +394,9 @@ class UpdateTemplateRequest(_message.Message):
     name: _builtins.str
     """`namespaces/{namespace}/templates/{template}`."""
     allow_restart: _builtins.bool
-    """Accept that the change restarts every live instance of the template."""
+    """Accept that the change restarts every live instance of the template now
+    (needed under the rollout policy IMMEDIATE).
+    """
     etag: _builtins.str
     """The etag read; when set and stale the update fails with ABORTED."""
     validate_only: _builtins.bool
@@ -402,7 +404,9 @@ class UpdateTemplateRequest(_message.Message):
     request_id: _builtins.str
     """Client-chosen idempotency key; a replay returns the first result."""
     rollout_policy: Global___RolloutPolicy.ValueType
-    """How the change reaches live instances; unset: the template's policy."""
+    """How the change reaches live instances; unset: the template's policy,
+    else the configured default. Recorded on the template.
+    """
     @_builtins.property
     def source(self) -> Global___TemplateSource:
         """The new GameServerSet manifest (whole, or the fields named in `update_mask`)."""
@@ -415,7 +419,9 @@ class UpdateTemplateRequest(_message.Message):
 
     @_builtins.property
     def rollout_idle_after(self) -> _duration_pb2.Duration:
-        """WHEN_IDLE's idle threshold for this template; unset: the template's."""
+        """WHEN_IDLE's idle threshold for this template (whole seconds, at most 90
+        days); unset: the template's. Recorded on the template.
+        """
 
     def __init__(
         self,

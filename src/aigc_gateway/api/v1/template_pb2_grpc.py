@@ -104,10 +104,11 @@ class TemplateServiceServicer:
 
     def UpdateTemplate(self, request, context):
         """Updates a template. Never changes `replicas`, `reserveGameServerIds` or
-        the scale strategy; a change under `gameServerTemplate` restarts live
-        instances and is refused unless `allow_restart` is set. The seamless
-        rollout policies (WHEN_IDLE, MANUAL: docs/upgrade.md) are not wired yet:
-        asking for one answers UNIMPLEMENTED.
+        the scale strategy. A change under `gameServerTemplate` reaches live
+        instances by the rollout policy (docs/upgrade.md): WHEN_IDLE and MANUAL
+        write it paused (no instance moves until the instance service's rollout
+        lets it); IMMEDIATE restarts every live instance now and is refused
+        unless `allow_restart` is set.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -50,10 +50,11 @@ class TemplateServiceStub:
     """
     UpdateTemplate: _grpc.UnaryUnaryMultiCallable[_template_pb2.UpdateTemplateRequest, _template_pb2.TemplateChange]
     """Updates a template. Never changes `replicas`, `reserveGameServerIds` or
-    the scale strategy; a change under `gameServerTemplate` restarts live
-    instances and is refused unless `allow_restart` is set. The seamless
-    rollout policies (WHEN_IDLE, MANUAL: docs/upgrade.md) are not wired yet:
-    asking for one answers UNIMPLEMENTED.
+    the scale strategy. A change under `gameServerTemplate` reaches live
+    instances by the rollout policy (docs/upgrade.md): WHEN_IDLE and MANUAL
+    write it paused (no instance moves until the instance service's rollout
+    lets it); IMMEDIATE restarts every live instance now and is refused
+    unless `allow_restart` is set.
     """
     DeleteTemplate: _grpc.UnaryUnaryMultiCallable[_template_pb2.DeleteTemplateRequest, _template_pb2.DeleteTemplateResponse]
     """Deletes a template. Refused while instances exist unless `force`; with
@@ -89,10 +90,11 @@ class TemplateServiceAsyncStub(TemplateServiceStub):
     """
     UpdateTemplate: _aio.UnaryUnaryMultiCallable[_template_pb2.UpdateTemplateRequest, _template_pb2.TemplateChange]  # type: ignore[assignment]
     """Updates a template. Never changes `replicas`, `reserveGameServerIds` or
-    the scale strategy; a change under `gameServerTemplate` restarts live
-    instances and is refused unless `allow_restart` is set. The seamless
-    rollout policies (WHEN_IDLE, MANUAL: docs/upgrade.md) are not wired yet:
-    asking for one answers UNIMPLEMENTED.
+    the scale strategy. A change under `gameServerTemplate` reaches live
+    instances by the rollout policy (docs/upgrade.md): WHEN_IDLE and MANUAL
+    write it paused (no instance moves until the instance service's rollout
+    lets it); IMMEDIATE restarts every live instance now and is refused
+    unless `allow_restart` is set.
     """
     DeleteTemplate: _aio.UnaryUnaryMultiCallable[_template_pb2.DeleteTemplateRequest, _template_pb2.DeleteTemplateResponse]  # type: ignore[assignment]
     """Deletes a template. Refused while instances exist unless `force`; with
@@ -149,10 +151,11 @@ class TemplateServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_template_pb2.TemplateChange, _abc.Awaitable[_template_pb2.TemplateChange]]:
         """Updates a template. Never changes `replicas`, `reserveGameServerIds` or
-        the scale strategy; a change under `gameServerTemplate` restarts live
-        instances and is refused unless `allow_restart` is set. The seamless
-        rollout policies (WHEN_IDLE, MANUAL: docs/upgrade.md) are not wired yet:
-        asking for one answers UNIMPLEMENTED.
+        the scale strategy. A change under `gameServerTemplate` reaches live
+        instances by the rollout policy (docs/upgrade.md): WHEN_IDLE and MANUAL
+        write it paused (no instance moves until the instance service's rollout
+        lets it); IMMEDIATE restarts every live instance now and is refused
+        unless `allow_restart` is set.
         """
 
     @_abc_1.abstractmethod

@@ -796,7 +796,8 @@ type UpdateTemplateRequest struct {
 	// Manifest paths to take from `source`, for example `metadata.annotations`
 	// or `spec.gameServerTemplate`. Empty: every mutable field.
 	UpdateMask *fieldmaskpb.FieldMask `protobuf:"bytes,3,opt,name=update_mask,json=updateMask,proto3" json:"update_mask,omitempty"`
-	// Accept that the change restarts every live instance of the template.
+	// Accept that the change restarts every live instance of the template now
+	// (needed under the rollout policy IMMEDIATE).
 	AllowRestart bool `protobuf:"varint,4,opt,name=allow_restart,json=allowRestart,proto3" json:"allow_restart,omitempty"`
 	// The etag read; when set and stale the update fails with ABORTED.
 	Etag string `protobuf:"bytes,5,opt,name=etag,proto3" json:"etag,omitempty"`
@@ -804,9 +805,11 @@ type UpdateTemplateRequest struct {
 	ValidateOnly bool `protobuf:"varint,6,opt,name=validate_only,json=validateOnly,proto3" json:"validate_only,omitempty"`
 	// Client-chosen idempotency key; a replay returns the first result.
 	RequestId string `protobuf:"bytes,7,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
-	// How the change reaches live instances; unset: the template's policy.
+	// How the change reaches live instances; unset: the template's policy,
+	// else the configured default. Recorded on the template.
 	RolloutPolicy RolloutPolicy `protobuf:"varint,8,opt,name=rollout_policy,json=rolloutPolicy,proto3,enum=aigc.gateway.v1.RolloutPolicy" json:"rollout_policy,omitempty"`
-	// WHEN_IDLE's idle threshold for this template; unset: the template's.
+	// WHEN_IDLE's idle threshold for this template (whole seconds, at most 90
+	// days); unset: the template's. Recorded on the template.
 	RolloutIdleAfter *durationpb.Duration `protobuf:"bytes,9,opt,name=rollout_idle_after,json=rolloutIdleAfter,proto3" json:"rollout_idle_after,omitempty"`
 	unknownFields    protoimpl.UnknownFields
 	sizeCache        protoimpl.SizeCache

@@ -48,10 +48,11 @@ type TemplateServiceClient interface {
 	// field violations with INVALID_ARGUMENT.
 	CreateTemplate(ctx context.Context, in *CreateTemplateRequest, opts ...grpc.CallOption) (*TemplateChange, error)
 	// Updates a template. Never changes `replicas`, `reserveGameServerIds` or
-	// the scale strategy; a change under `gameServerTemplate` restarts live
-	// instances and is refused unless `allow_restart` is set. The seamless
-	// rollout policies (WHEN_IDLE, MANUAL: docs/upgrade.md) are not wired yet:
-	// asking for one answers UNIMPLEMENTED.
+	// the scale strategy. A change under `gameServerTemplate` reaches live
+	// instances by the rollout policy (docs/upgrade.md): WHEN_IDLE and MANUAL
+	// write it paused (no instance moves until the instance service's rollout
+	// lets it); IMMEDIATE restarts every live instance now and is refused
+	// unless `allow_restart` is set.
 	UpdateTemplate(ctx context.Context, in *UpdateTemplateRequest, opts ...grpc.CallOption) (*TemplateChange, error)
 	// Deletes a template. Refused while instances exist unless `force`; with
 	// force the instances, their disks, ownership and user data go too.
@@ -160,10 +161,11 @@ type TemplateServiceServer interface {
 	// field violations with INVALID_ARGUMENT.
 	CreateTemplate(context.Context, *CreateTemplateRequest) (*TemplateChange, error)
 	// Updates a template. Never changes `replicas`, `reserveGameServerIds` or
-	// the scale strategy; a change under `gameServerTemplate` restarts live
-	// instances and is refused unless `allow_restart` is set. The seamless
-	// rollout policies (WHEN_IDLE, MANUAL: docs/upgrade.md) are not wired yet:
-	// asking for one answers UNIMPLEMENTED.
+	// the scale strategy. A change under `gameServerTemplate` reaches live
+	// instances by the rollout policy (docs/upgrade.md): WHEN_IDLE and MANUAL
+	// write it paused (no instance moves until the instance service's rollout
+	// lets it); IMMEDIATE restarts every live instance now and is refused
+	// unless `allow_restart` is set.
 	UpdateTemplate(context.Context, *UpdateTemplateRequest) (*TemplateChange, error)
 	// Deletes a template. Refused while instances exist unless `force`; with
 	// force the instances, their disks, ownership and user data go too.
