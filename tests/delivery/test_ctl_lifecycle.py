@@ -99,6 +99,16 @@ async def test_template_and_instance_lifecycle(cli, testbed, k8s_namespace: str,
     assert deleted == {"name": name, "deleted": True}
     gone = await cli("instances", "get", short, user="alice")
     assert gone.code == 4, gone
+
+    # An image change rolls out by the chosen policy (docs/upgrade.md): manual needs no --allow-restart and is
+    # recorded; immediate without it is refused (FAILED_PRECONDITION, 3); a policy aigcctl does not know is usage (2).
+    image = tmp_path / "image.yaml"
+    image.write_text(manifest.read_text().replace(":v1.0.0-cpu", ":v2.0.0-cpu"))
+    flags = ("templates", "apply", "-f", str(image), "--var", f"DOMAIN={testbed.domain}")
+    assert (await cli(*flags, "--rollout-policy", "immediate")).code == 3
+    assert (await cli(*flags, "--rollout-policy", "sometimes")).code == 2
+    rolled = parsed(await cli(*flags, "--rollout-policy", "manual", "--rollout-idle-after", "30m", "-o", "json"))
+    assert (rolled["template"]["rolloutPolicy"], rolled["template"]["rolloutIdleAfter"]) == ("MANUAL", "1800s")
     assert (await cli("templates", "delete", SAMPLE, "--yes")).code == 0
     assert parsed(await cli("templates", "list", "-o", "json")) == []
 

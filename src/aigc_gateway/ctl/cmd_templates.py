@@ -1,10 +1,14 @@
 """`aigcctl templates ...`: list, get, apply -f, validate -f, preview-update -f, delete."""
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 import typer
+from google.protobuf import duration_pb2
 
 from ..api.v1 import common_pb2, template_pb2
+from ..idle import parse_duration
 from . import render
 from .context import ctl
 from .exitcodes import CallFailed, Exit, Failure
@@ -17,6 +21,13 @@ FileOption = typer.Option(..., "--filename", "-f",
                           help="Manifest file (YAML or JSON; several documents allowed); - reads stdin.")
 TemplateArg = typer.Argument(..., help="Template: NAME or namespaces/NS/templates/NAME.")
 VarOption = typer.Option([], "--var", help="Fill ${NAME} placeholders: --var DOMAIN=example.com (repeatable).")
+PolicyOption = typer.Option("", "--rollout-policy",
+                            help="How an update of the pod template reaches live instances: when-idle, immediate "
+                                 "(needs --allow-restart) or manual (default: the template's, else the configured "
+                                 "one; docs/upgrade.md).")
+IdleAfterOption = typer.Option("", "--rollout-idle-after",
+                               help="when-idle's threshold: how long without access an instance counts as idle "
+                                    "(900, 90s, 30m, 2h; default: the template's).")
 
 
 def _accelerator(t: template_pb2.Template) -> str:
@@ -53,6 +64,22 @@ def _source(manifest: Manifest) -> template_pb2.TemplateSource:
     return template_pb2.TemplateSource(manifest=manifest.text)
 
 
+def _rollout(policy: str, idle_after: str) -> dict[str, Any]:
+    """The UpdateTemplate / PreviewTemplateUpdate fields of --rollout-policy and --rollout-idle-after."""
+    out: dict[str, Any] = {}
+    if policy:
+        name = policy.strip().upper().replace("-", "_")
+        if name not in ("WHEN_IDLE", "IMMEDIATE", "MANUAL"):
+            raise Failure(f"--rollout-policy {policy!r}: use when-idle, immediate or manual", Exit.USAGE)
+        out["rollout_policy"] = template_pb2.RolloutPolicy.Value(name)
+    if idle_after:
+        try:
+            out["rollout_idle_after"] = duration_pb2.Duration(seconds=int(parse_duration(idle_after)))
+        except ValueError as exc:
+            raise Failure(f"--rollout-idle-after: {exc}", Exit.USAGE) from None
+    return out
+
+
 def _warn(warnings: list[common_pb2.FieldViolation]) -> None:
     err = render.console(stderr=True)
     for w in warnings:
@@ -82,10 +109,14 @@ def get(ctx: typer.Context, name: str = TemplateArg) -> None:
 @app.command()
 def apply(ctx: typer.Context, filename: str = FileOption, var: list[str] = VarOption,
           allow_restart: bool = typer.Option(False, "--allow-restart",
-                                             help="Accept an update that restarts every live instance."),
+                                             help="Accept an update that restarts every live instance now "
+                                                  "(--rollout-policy immediate)."),
+          rollout_policy: str = PolicyOption, rollout_idle_after: str = IdleAfterOption,
           dry_run: bool = typer.Option(False, "--dry-run", help="Validate on the server; write nothing.")) -> None:
-    """Create each template in the file, or update it when it exists."""
+    """Create each template in the file, or update it when it exists. An update of the pod template rolls out by
+    the rollout policy: when-idle and manual move no instance at once; immediate restarts every live one."""
     c = ctl(ctx)
+    rollout = _rollout(rollout_policy, rollout_idle_after)
     results = []
     for manifest in load(filename, parse_vars(var)):
         ns = _namespace(ctx, manifest)
@@ -103,7 +134,7 @@ def apply(ctx: typer.Context, filename: str = FileOption, var: list[str] = VarOp
         else:
             change = c.client.call("template", "UpdateTemplate", template_pb2.UpdateTemplateRequest(
                 name=name, source=_source(manifest), allow_restart=allow_restart, etag=current.etag,
-                validate_only=dry_run))
+                validate_only=dry_run, **rollout))
             verb = "updated"
         _warn(list(change.warnings))
         if c.output == "table":
@@ -138,15 +169,17 @@ def validate(ctx: typer.Context, filename: str = FileOption, var: list[str] = Va
 
 
 @app.command("preview-update")
-def preview_update(ctx: typer.Context, filename: str = FileOption, var: list[str] = VarOption) -> None:
+def preview_update(ctx: typer.Context, filename: str = FileOption, var: list[str] = VarOption,
+                   rollout_policy: str = PolicyOption, rollout_idle_after: str = IdleAfterOption) -> None:
     """Tell what applying the file would change, and what it would do to each instance (and owner): restart
     now, when idle, on resume or when asked, in place or recreated (docs/upgrade.md)."""
     c = ctl(ctx)
+    rollout = _rollout(rollout_policy, rollout_idle_after)
     results = []
     for manifest in load(filename, parse_vars(var)):
         name = f"namespaces/{_namespace(ctx, manifest)}/templates/{manifest.name}"
         reply = c.client.call("template", "PreviewTemplateUpdate", template_pb2.PreviewTemplateUpdateRequest(
-            name=name, source=_source(manifest)))
+            name=name, source=_source(manifest), **rollout))
         results.append(reply)
         if c.output == "table":
             out = render.console()
