@@ -19,9 +19,10 @@ from aigc_gateway.errors import (
     NotFound,
     Violation,
 )
+from aigc_gateway.idempotency import Claim, current_claim
 from aigc_gateway.upgrades import Policy
 
-from . import changes, manifest, rollout_preview, rollout_write
+from . import changes, faults, manifest, replay, rollout_preview, rollout_write
 from .catalog import Catalog
 from .cluster import TemplateCluster
 from .instances import InstanceTable
@@ -117,7 +118,15 @@ class Publisher:
         audit.note(validate_only=validate_only, warnings=[w.reason for w in checked.warnings])
         if not checked.ok:
             raise refuse(checked.violations, "the template is not valid")
-        written = await self.cluster.create(checked.manifest, dry_run=validate_only)
+        claim = None if validate_only else current_claim.get()
+        try:  # the write carries the call's digest: a retry after a crash finds what it made (replay.py)
+            written = await self.cluster.create(replay.mark(checked.manifest, self.policy, claim), dry_run=validate_only)
+        except AlreadyExists:
+            earlier = await replay.written_by(self.cluster, checked.manifest, self.policy, claim)
+            if earlier is None:
+                raise
+            written = earlier
+        await faults.reach("template.create.after_write")
         warnings = checked.warnings + pruned(checked.manifest, written)
         audit.note(uid=str(written.get("metadata", {}).get("uid", "")), warnings=[w.reason for w in warnings])
         return change(describe_or_flag(written, self.policy, Counts(), with_manifest=True)[0], warnings)
@@ -132,8 +141,11 @@ class Publisher:
         may; under IMMEDIATE it restarts every live instance now and needs ``allow_restart``."""
         asked = asked or rollout_write.Requested()
         audit.note(validate_only=validate_only, allow_restart=allow_restart, update_mask=mask)
+        claim = None if validate_only else current_claim.get()
         for attempt in range(UPDATE_ATTEMPTS):
             current = await self.cluster.get(namespace, name)
+            if claim is not None and replay.carries(current, self.policy, claim):  # an earlier attempt wrote it, died
+                return await self._updated_before(current, parsed, mask, asked, claim)
             changes.check_etag(current, etag)
             checked = check_update(current, parsed, mask, self.policy, asked)
             if not checked.ok:
@@ -155,8 +167,11 @@ class Publisher:
             if not proposal.changed_paths:
                 return change(await self.catalog.describe_one(current, admin=True),
                               checked.warnings + [Violation("", "nothing to change", "NO_CHANGE")])
+            if claim is not None:  # the answer's warnings, which a retry could not work out again (replay.py)
+                await replay.record(self.table.db, claim, replay.update_effect(checked.warnings))
             try:
-                written = await self.cluster.replace(checked.manifest, dry_run=validate_only)
+                written = await self.cluster.replace(replay.mark(checked.manifest, self.policy, claim),
+                                                     dry_run=validate_only)
             except Aborted:
                 # A concurrent write. One by the instance service or the controller (replicas, reserved ids,
                 # status) is no conflict for the admin: apply the same change to the fresh object. A concurrent
@@ -166,11 +181,23 @@ class Publisher:
                     raise Aborted("the template was changed concurrently; read it again and retry",
                                   reason="CONCURRENT_UPDATE", retry_after=0.5) from None
                 continue
+            await faults.reach("template.update.after_write")
             warnings = checked.warnings + pruned(checked.manifest, written)
             audit.note(resource_version=str(written.get("metadata", {}).get("resourceVersion", "")),
                        warnings=[w.reason for w in warnings])
             return change(await self.catalog.describe_one(written, admin=True), warnings)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _updated_before(self, current: dict[str, Any], parsed: manifest.Parsed, mask: list[str],
+                              asked: rollout_write.Requested, claim: Claim) -> TemplateChange:
+        """The answer of an update an earlier attempt of this call wrote: the template as it is, with the
+        warnings that attempt recorded (and the fields the cluster did not store)."""
+        audit.note(resumed=True)
+        checked = check_update(current, parsed, mask, self.policy, asked)
+        warnings = replay.update_warnings(claim.effect)
+        shown = (checked.warnings if warnings is None else warnings) + \
+            (pruned(checked.manifest, current) if checked.obj is not None else [])
+        return change(await self.catalog.describe_one(current, admin=True), shown)
 
     # -- preview -----------------------------------------------------------------
 

@@ -15,7 +15,8 @@ transaction of its claim. Instead:
 
 The annotation is the service's: it is dropped from admin input (a manifest read back from GetTemplate or
 kubectl carries it, so refusing it would make a round trip fail) and from what an update compares, so it
-never shows as a change in UpdateTemplate or PreviewTemplateUpdate. Pure, but for :func:`record`.
+never shows as a change in UpdateTemplate or PreviewTemplateUpdate. Pure, but for :func:`record` and
+:func:`written_by`.
 """
 from __future__ import annotations
 
@@ -26,9 +27,10 @@ from typing import Any
 
 from aigc_gateway.api.v1 import template_pb2
 from aigc_gateway.db import Database
-from aigc_gateway.errors import Violation
+from aigc_gateway.errors import NotFound, Violation
 from aigc_gateway.idempotency import Claim, IdempotencyStore, taken_over
 
+from .cluster import TemplateCluster
 from .policy import Policy
 
 KEY = "request"
@@ -67,9 +69,9 @@ def carries(obj: dict[str, Any], policy: Policy, claim: Claim | None) -> bool:
     return claim is not None and _notes(obj).get(annotation(policy)) == digest(claim)
 
 
-def unmarked(obj: dict[str, Any] | None, policy: Policy) -> dict[str, Any] | None:
+def unmarked(obj: dict[str, Any], policy: Policy) -> dict[str, Any]:
     """``obj`` without the digest annotation (a copy when it had one): admin input, and what an update compares."""
-    if obj is None or annotation(policy) not in _notes(obj):
+    if annotation(policy) not in _notes(obj):
         return obj
     out = copy.deepcopy(obj)
     notes = out["metadata"]["annotations"]
@@ -77,6 +79,17 @@ def unmarked(obj: dict[str, Any] | None, policy: Policy) -> dict[str, Any] | Non
     if not notes:
         out["metadata"].pop("annotations")
     return out
+
+
+async def written_by(cluster: TemplateCluster, obj: dict[str, Any], policy: Policy,
+                     claim: Claim | None) -> dict[str, Any] | None:
+    """The template a create of ``obj`` met (ALREADY_EXISTS) when an earlier attempt of this call made it."""
+    meta = obj.get("metadata") or {}
+    try:
+        found = await cluster.get(str(meta.get("namespace", "")), str(meta.get("name", "")))
+    except NotFound:
+        return None
+    return found if carries(found, policy, claim) else None
 
 
 # -- the effects committed on the claim --------------------------------------------------------------------

@@ -10,7 +10,7 @@ from typing import Any
 
 from aigc_gateway.errors import Violation
 
-from . import changes, messages, network, rollout_write, rules
+from . import changes, messages, network, replay, rollout_write, rules
 from .manifest import Parsed
 from .normalize import normalize
 from .policy import Policy
@@ -47,7 +47,8 @@ def check_new(parsed: Parsed, policy: Policy, namespace: str) -> Checked:
     """A manifest for CreateTemplate (``namespace`` from the request's parent; `-` or empty: the manifest's)."""
     if parsed.obj is None:
         return Checked(None, list(parsed.violations))
-    obj, warnings = normalize(parsed.obj, policy, "" if namespace == "-" else namespace, create=True)
+    given = replay.unmarked(parsed.obj, policy)  # the service's request digest: never the admin's to set
+    obj, warnings = normalize(given, policy, "" if namespace == "-" else namespace, create=True)
     report = rules.check(obj, policy, rules.Mode.CREATE, "" if namespace == "-" else namespace)
     return Checked(obj, report.violations + _undescribable(obj, policy, report), warnings + report.warnings)
 
@@ -58,7 +59,9 @@ def check_update(current: dict[str, Any], parsed: Parsed, mask: list[str], polic
     (``asked``: the request's rollout policy and threshold; the manifest to write carries the rollout's fields)."""
     if parsed.obj is None:
         return Checked(None, list(parsed.violations))
-    proposal = changes.propose(current, parsed.obj, mask)
+    # The request digest an earlier write left (replay.py) is neither the admin's input nor a change to show.
+    current, given = replay.unmarked(current, policy), replay.unmarked(parsed.obj, policy)
+    proposal = changes.propose(current, given, mask)
     meta = current.get("metadata") or {}
     obj, warnings = normalize(proposal.desired, policy, str(meta.get("namespace", "")), create=False)
     proposal.desired = obj
