@@ -29,7 +29,7 @@ from aigc_gateway import upgrades
 from aigc_gateway.audit import AuditLog
 from aigc_gateway.background import Backoff
 from aigc_gateway.db.models import InstanceRow
-from aigc_gateway.errors import FailedPrecondition, NotFound, Unavailable
+from aigc_gateway.errors import FailedPrecondition, GatewayError, NotFound, Unavailable
 from aigc_gateway.idempotency import Claim, IdempotencyStore
 from aigc_gateway.identity import Principal
 from aigc_gateway.names import InstanceRef, TemplateRef
@@ -79,7 +79,10 @@ class Rollouts:
     async def step(self, ref: TemplateRef) -> Plan | None:
         """One rollout step for the template under its lock; the plan applied (None: nothing to do)."""
         async with self.lifecycle.locked(ref):
-            return await self.step_locked(ref)
+            try:
+                return await self.step_locked(ref)
+            except NotFound:
+                return None  # the template is gone: PurgeInstances forgets its slots
 
     async def step_locked(self, ref: TemplateRef) -> Plan | None:
         """The step, for a caller holding the template lock (UpdateInstance, a restart's consent)."""
@@ -278,7 +281,7 @@ class Rollouts:
             await _put_request(session, iref, row.owner or "", "restart")
         try:
             await self.step_locked(iref.template_ref)
-        except (Unavailable, NotFound) as exc:  # the restart goes on; the reconciler's next step moves it
+        except GatewayError as exc:  # the restart goes on; the reconciler's next step moves it
             log.warning("rollout before restarting %s: %s", iref.name, exc)
 
 

@@ -132,6 +132,18 @@ def test_running_needs_a_ready_pod_and_a_ready_network() -> None:
     assert waiting.state == State.STARTING and waiting.access_uri == ""
 
 
+def test_a_pod_parked_or_updated_by_a_rollout() -> None:
+    """Issue 14: a pod the hold hook parks (GameServer PreUpdate) is still Ready, so running; one being updated in
+    place is NotReady until its container runs the new image: restarting, not 'not answering'."""
+    parked = game_server()
+    parked["status"]["currentState"] = "PreUpdate"
+    assert derive(SlotState.LIVE, status.Observed(parked, pod())).state == State.RUNNING
+    updating = game_server()
+    updating["status"]["currentState"] = "Updating"
+    view = derive(SlotState.LIVE, status.Observed(updating, pod(ready=False)))
+    assert (view.state, view.reason) == (State.RESTARTING, "Updating")
+
+
 def test_no_pod_yet_is_installing_or_resuming() -> None:
     assert derive(SlotState.LIVE, status.Observed()).state == State.INSTALLING
     assert derive(SlotState.LIVE, status.Observed(), changed=True).state == State.RESUMING

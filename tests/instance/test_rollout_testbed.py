@@ -107,3 +107,43 @@ async def test_busy_instance_is_held_while_idle_and_asked_ones_move_and_new_pods
 async def _audited(db: Database, ids: set[str]) -> dict[str, dict] | None:
     found = await rollout_audit(db)
     return found if set(found) >= ids else None
+
+
+async def test_a_restart_of_an_old_instance_moves_it_and_an_uninstall_of_a_held_one_lowers_the_partition(
+        testbed: Testbed, game: Game, instance_settings, start_gateway, client_for, database: Database) -> None:
+    """MANUAL holds every instance; a restart counts as consent (the new pod starts new, in place or not), and an
+    uninstall of a held id takes it out of the partition in its own GameServerSet write."""
+    await create_template(game, testbed, lifecycle=HOOK)
+    gw = await start_gateway("instance", settings=instance_settings)
+    c = client_for(gw.channel("instance"))
+    made = {u: await c.install(u) for u in ("ann", "ben", "cat")}
+    for user, instance in made.items():
+        await c.wait_state(user, instance.name, State.RUNNING)
+    before = await pod_state(game)
+    old = before[0][1]
+    await write_change(game, "MANUAL")
+
+    async def held() -> dict | None:
+        pods, rolling = await pod_state(game), await rolling_update(game)
+        ok = all(p[2] for p in pods.values()) and rolling.get("partition") == 3 and rolling.get("paused") is False
+        return pods if ok else None
+    await wait_for(held, 60, what="every pod held (partition 3, unpaused)")
+    new = await update_revision(game)
+    assert new != old
+
+    await c.restart("ben", made["ben"].name)
+    ben = await c.wait_state("ben", made["ben"].name, State.RUNNING)
+    pods = await pod_state(game)
+    assert pods[1][0] != before[1][0] and (ben.revision, ben.update_available) == (new, False)
+    assert (pods[0][:2], pods[2][:2]) == ((before[0][0], old), (before[2][0], old))
+    await wait_for(lambda: _partition_is(game, 2), 30, what="partition 2 after ben moved")
+
+    await c.uninstall("cat", made["cat"].name)
+    assert (await rolling_update(game))["partition"] == 1  # in the uninstall's own write
+    audit = await wait_for(lambda: _audited(database, {"1"}), 30, what="ben's move audited")
+    assert audit["1"]["reason"] == "requested"
+    await c.wait_consistent(60)
+
+
+async def _partition_is(game: Game, partition: int) -> bool:
+    return (await rolling_update(game)).get("partition") == partition
