@@ -28,9 +28,6 @@ async def _schemathesis(url: str, token: str, report: Path, *extra: str) -> tupl
         "--checks", CHECKS, "--max-examples", MAX_EXAMPLES, "--seed", "8", "--request-timeout", "60",
         # WatchInstance streams until the client leaves: tested on its own (test_bridge_rest).
         "--exclude-operation-id", "InstanceService_WatchInstance",
-        # Declared for issue 14 and answering UNIMPLEMENTED (501) on purpose until the rollout reconciler is
-        # built; tests/instance/test_revision_testbed.py checks that answer. Remove this when it is wired.
-        "--exclude-operation-id", "InstanceService_UpdateInstance",
         "--report", "junit", "--report-junit-path", str(report), "--no-color", *extra,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
         # Its own working directory: schemathesis keeps a .schemathesis/ cache there, never in the repository.

@@ -1,4 +1,4 @@
-"""`aigcctl instances ...`: install, list, get, pause, resume, restart, keep-alive, delete, watch, quota."""
+"""`aigcctl instances ...`: install, list, get, pause, resume, restart, upgrade, keep-alive, delete, watch, quota."""
 from __future__ import annotations
 
 import json
@@ -132,6 +132,21 @@ def restart(ctx: typer.Context, name: str = NameArg, wait: bool = WaitOption, ti
     """Restart: a new pod on the same disk."""
     _operate(ctx, "RestartInstance", instance_pb2.RestartInstanceRequest, name, State.RUNNING, "restarted", wait,
              timeout, require_change=True)
+
+
+@app.command()
+def upgrade(ctx: typer.Context, name: str = NameArg) -> None:
+    """Move a running instance to its template's current revision now, whatever the rollout policy (it restarts;
+    in place when the change allows it). A paused instance resumes on the current revision anyway."""
+    c = ctl(ctx)
+    instance = c.client.call("instance", "UpdateInstance",
+                             instance_pb2.UpdateInstanceRequest(name=instance_name(name, c.namespace)))
+    if c.output != "table":
+        render.emit(instance, c.output)
+        return
+    pending = "moving to" if instance.update_available else "on"
+    render.console().print(f"{short(instance.name)} upgrade requested: {State.Name(instance.state)}, {pending} the "
+                           f"template's current revision (runs {instance.revision or 'unknown'})")
 
 
 @app.command("keep-alive")
