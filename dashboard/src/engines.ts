@@ -17,8 +17,9 @@ export interface ProgressLine {
   text: string;
 }
 
-/** What a card's buttons ask for; "keepalive" answers an announced pause for idleness. */
-export type Action = "install" | "pause" | "resume" | "restart" | "uninstall" | "keepalive";
+/** What a card's buttons ask for; "keepalive" answers an announced pause for idleness; "upgrade" moves the instance
+ * to its engine's new version now (UpdateInstance, docs/upgrade.md). */
+export type Action = "install" | "pause" | "resume" | "restart" | "uninstall" | "keepalive" | "upgrade";
 
 export interface CardState {
   error: ApiError | null;
@@ -179,6 +180,8 @@ export function useEngines() {
         } else if (action === "keepalive") {
           // Not an idempotent-key call: keeping alive twice is keeping alive.
           result = await call(api.POST("/v1/namespaces/{namespace}/templates/{template}/instances/{instance}:keepAlive", { params, body: {} }));
+        } else if (action === "upgrade") {
+          result = await call(api.POST("/v1/namespaces/{namespace}/templates/{template}/instances/{instance}:upgrade", { params, body: { requestId } }));
         } else if (action === "resume") {
           result = await call(api.POST("/v1/namespaces/{namespace}/templates/{template}/instances/{instance}:resume", { params, body: { requestId } }));
         } else {
