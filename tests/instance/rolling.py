@@ -9,6 +9,7 @@ from ..plugins.kube import Game
 from .conftest import SAMPLE
 
 NEW = "yunqi-registry.cn-shanghai.cr.aliyuncs.com/lab/stable-diffusion:v1.0.1-cpu"
+NEWER = "yunqi-registry.cn-shanghai.cr.aliyuncs.com/lab/stable-diffusion:v1.0.2-cpu"  # kwok pulls nothing
 REVISION = "controller-revision-hash"
 HOLD_LABEL = "aigc.gateway.io/update-hold"
 PRIORITY = "game.kruise.io/gs-update-priority"

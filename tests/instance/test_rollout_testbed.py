@@ -15,7 +15,7 @@ from aigc_gateway.db.models import AuditEventRow
 from ..plugins.kube import Game, wait_for
 from ..plugins.testbed import Testbed
 from .conftest import SAMPLE, State, create_template
-from .rolling import HOOK, NEW, pod_state, rolling_update, update_revision, write_change
+from .rolling import HOOK, NEW, NEWER, pod_state, rolling_update, update_revision, write_change
 
 pytestmark = pytest.mark.testbed
 
@@ -101,6 +101,26 @@ async def test_busy_instance_is_held_while_idle_and_asked_ones_move_and_new_pods
     assert {i: (e["reason"], e["from_revision"], e["to_revision"], e["in_place"], e["actor"])
             for i, e in audit.items()} == {"0": ("idle", old, new, True, "service:rollout"),
                                            "2": ("requested", old, new, True, "service:rollout")}
+    await c.wait_consistent(60)
+
+    # A second change supersedes the first: the idle ones (ann, dan, eve; the last two never used) move on to it
+    # from wherever they are, ben stays on the first revision and cat (busy, her request carried out) on the
+    # second, both held.
+    await write_change(game, "WHEN_IDLE", "1h", image=NEWER)
+
+    async def superseded() -> str | None:
+        third = await update_revision(game)
+        pods, rolling = await pod_state(game), await rolling_update(game)
+        ok = third not in (old, new) and {i: p[1] for i, p in pods.items()} == \
+            {0: third, 1: old, 2: new, 3: third, 4: third} and rolling.get("partition") == 2
+        return third if ok else None
+    third = await wait_for(superseded, 60, what="ann, dan and eve on the third revision, ben and cat held")
+    pods = await pod_state(game)
+    assert pods[0][0] == before[0][0] and pods[1] == (before[1][0], old, True) and pods[2] == (before[2][0], new, True)
+    for i, user in ((0, "ann"), (3, "dan"), (4, "eve")):
+        await game.act_as_kubelet(SAMPLE, i, NEWER)
+        done = await c.wait_state(user, (await c.get(user, f"{c.parent()}/instances/{i}")).name, State.RUNNING)
+        assert (done.revision, done.update_available) == (third, False)
     await c.wait_consistent(60)
 
 
