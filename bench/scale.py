@@ -13,9 +13,9 @@ entries), each in a fresh database made by the migrations:
   token; plus the `count(*)` each ListInstances page makes (total_size);
 - the auth owner map with `--owners` instances: `decide` calls a second (one core) and bytes per instance
   (tracemalloc) while it is filled.
-Prints one table with both runs and the ratio. Not measured here (said in the notes): the services' start-up time
-at that size, 1,000 WatchInstance streams, ListTemplates (its cost is the Kubernetes list, not PostgreSQL), and the
-Kubernetes side: the test bed's fake nodes do not carry 10,000 pods.
+Prints one table with both runs and the ratio. 1,000 WatchInstance streams: bench/watch_streams.py. Not measured
+here (said in the notes): the services' start-up time at that size, ListTemplates (its cost is the Kubernetes
+list, not PostgreSQL), and the Kubernetes side: the test bed's fake nodes do not carry 10,000 pods.
 """
 from __future__ import annotations
 

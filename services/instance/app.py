@@ -53,13 +53,14 @@ class InstanceService:
         self.culler: Culler | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._listener: PgListener | None = None
-        self.reads = InstanceReads(runtime.db, self.store, self.cfg, self.parts)
+        self.reads = InstanceReads(runtime.db, self.store, self.cfg, self.parts,
+                                   lambda: self._listener is not None and self._listener.live)
 
     async def start(self) -> None:
         faults.armed()
         dsn = asyncpg_dsn(self.runtime.db.url)
         if dsn:  # PostgreSQL; on SQLite watchers re-read their row every reads.REFRESH_SECONDS instead
-            self._listener = PgListener(dsn, {INSTANCE_CHANNEL: self._heard})
+            self._listener = PgListener(dsn, {INSTANCE_CHANNEL: self._heard}, on_reconnect=self._reconnected)
             self._listener.start()
         try:
             await self._connect()
@@ -111,6 +112,11 @@ class InstanceService:
         if self.cache is not None:
             await self.cache.stop()
         await self.kube.close()
+
+    def _reconnected(self) -> None:
+        """LISTEN (re)connected: a change committed while it was down was not heard, so every watcher reads."""
+        if self.cache is not None:
+            self.cache.wake_all(Change("gateway"))
 
     def _heard(self, payload: str) -> None:
         """A slot changed in any replica (pg_notify 'ns/tpl/id' on `aigc_instances`): wake its watchers."""

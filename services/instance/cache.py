@@ -133,6 +133,11 @@ class ClusterCache:
             if not watchers:
                 del self._watchers[ref]
 
+    def wake_all(self, change: Change) -> None:
+        """Every watcher: after notifications may have been lost (a LISTEN reconnect)."""
+        for ref in list(self._watchers):
+            self.wake(ref, change)
+
     def wake(self, ref: InstanceRef, change: Change) -> None:
         for queue in self._watchers.get(ref, ()):
             if queue.full():  # a slow reader only needs to know that something changed

@@ -25,17 +25,25 @@ from .cache import Change, ClusterCache
 from .consistency import ConsistencyChecker
 from .lifecycle import Lifecycle
 from .slots import SlotStore, aware
+from .watchfeed import WatchFeed
 
-REFRESH_SECONDS = 5.0  # watchers re-read their row this often even without a notification (SQLite has none)
+# Watchers re-read their row this often even without a notification: SQLite has none, and while the PostgreSQL
+# LISTEN connection is down notifications are lost. While it listens (``listening()``), a commit's pg_notify and
+# the watch caches wake a watcher, and a LISTEN reconnect wakes every one; the re-read is only a backstop then.
+REFRESH_SECONDS = 5.0
+REFRESH_LISTENING_SECONDS = 60.0
 
 
 class InstanceReads:
     def __init__(self, db: Database, store: SlotStore, cfg: InstanceConfig,
-                 parts: Callable[[], tuple[Lifecycle, ClusterCache, ConsistencyChecker]]):
+                 parts: Callable[[], tuple[Lifecycle, ClusterCache, ConsistencyChecker]],
+                 listening: Callable[[], bool] = lambda: False):
         self.db = db
         self.store = store
         self.cfg = cfg
         self.parts = parts  # the started service's parts, or UNAVAILABLE while it starts (see app.py)
+        self.listening = listening  # PostgreSQL notifications reach this process now
+        self.feed = WatchFeed(db)
 
     async def describe(self, ref: InstanceRef, row: InstanceRow | None = None, *,
                        former_owner: str = "") -> messages.Instance:
@@ -147,14 +155,14 @@ class InstanceReads:
     async def watch(self, principal: Principal, ref: InstanceRef) -> AsyncIterator[messages.InstanceEvent]:
         """The current state, then every change, until the caller cancels or the instance is gone."""
         _, cache, _ = self.parts()
-        access.check(principal, ref, await self.store.get(ref))
+        access.check(principal, ref, (await self.feed.get(ref))[0])  # many streams open at once: one query
         queue = cache.subscribe(ref)
         try:
             await cache.wait_synced(self.cfg.cache_sync_timeout_seconds)
             change = Change("gateway")
             last: tuple[Any, ...] | None = None
             while True:
-                row = await self.store.get(ref)
+                row, pause_at = await self.feed.get(ref)
                 if row is None or row.slot == SlotState.FREE.value:
                     if last is not None:
                         yield messages.event(ref, None, "gateway", "Uninstalled", "Uninstalled; the disk is deleted")
@@ -162,7 +170,8 @@ class InstanceReads:
                 if not principal.admin and row.owner not in (None, principal.subject):
                     return  # the id has a new owner: this stream is over
                 message = self._cached(ref, row)
-                await self.announced([(row, message)])
+                if pause_at is not None:
+                    messages.announce(message, pause_at)
                 pause = messages.scheduled_pause(message)
                 if pause != (last[4] if last is not None else 0) and (pause or row.slot == SlotState.LIVE.value):
                     change = Change("gateway", idle_api.SCHEDULED if pause else idle_api.CANCELLED)
@@ -172,7 +181,8 @@ class InstanceReads:
                     yield messages.event(ref, message, change.source, change.reason, change.message)
                     last = key
                 try:
-                    async with asyncio.timeout(REFRESH_SECONDS):  # not wait_for: see aigc_gateway.background
+                    refresh = REFRESH_LISTENING_SECONDS if self.listening() else REFRESH_SECONDS
+                    async with asyncio.timeout(refresh):  # not wait_for: see aigc_gateway.background
                         change = await queue.get()
                 except TimeoutError:
                     change = Change("gateway")
