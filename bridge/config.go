@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"strconv"
 	"strings"
@@ -33,6 +34,10 @@ type config struct {
 	StaticDir string
 }
 
+// targetHelp is said of every backend flag: what a target may be (backends.go).
+const targetHelp = ": host:port, dns:///name:port (every address the name resolves to, e.g. a headless Service's pods)," +
+	" or a list host:port,host:port (also ipv4:host:port,...); calls are spread round_robin over the addresses"
+
 // flagOutput is where -help prints.
 var flagOutput io.Writer = os.Stdout
 
@@ -48,11 +53,11 @@ func parseConfig(args []string, getenv func(string) string) (config, error) {
 	fs := flag.NewFlagSet("aigc-bridge", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	fs.StringVar(&cfg.Listen, "listen", env("AIGC_BRIDGE_LISTEN", "127.0.0.1:8080"), "host:port to serve HTTP on ($AIGC_BRIDGE_LISTEN)")
-	fs.StringVar(&cfg.Template, "template", env("AIGC_BRIDGE_TEMPLATE", "127.0.0.1:50061"), "TemplateService gRPC address ($AIGC_BRIDGE_TEMPLATE)")
-	fs.StringVar(&cfg.Instance, "instance", env("AIGC_BRIDGE_INSTANCE", "127.0.0.1:50062"), "InstanceService gRPC address ($AIGC_BRIDGE_INSTANCE)")
-	fs.StringVar(&cfg.Auth, "auth", env("AIGC_BRIDGE_AUTH", "127.0.0.1:50063"), "AuthService gRPC address ($AIGC_BRIDGE_AUTH)")
-	fs.StringVar(&cfg.UserSync, "usersync", env("AIGC_BRIDGE_USERSYNC", "127.0.0.1:50064"), "UserSyncService gRPC address ($AIGC_BRIDGE_USERSYNC)")
-	fs.StringVar(&cfg.Audit, "audit", env("AIGC_BRIDGE_AUDIT", ""), "AuditService gRPC address; every server hosts it (default: the template address) ($AIGC_BRIDGE_AUDIT)")
+	fs.StringVar(&cfg.Template, "template", env("AIGC_BRIDGE_TEMPLATE", "127.0.0.1:50061"), "TemplateService gRPC target"+targetHelp+" ($AIGC_BRIDGE_TEMPLATE)")
+	fs.StringVar(&cfg.Instance, "instance", env("AIGC_BRIDGE_INSTANCE", "127.0.0.1:50062"), "InstanceService gRPC target"+targetHelp+" ($AIGC_BRIDGE_INSTANCE)")
+	fs.StringVar(&cfg.Auth, "auth", env("AIGC_BRIDGE_AUTH", "127.0.0.1:50063"), "AuthService gRPC target"+targetHelp+" ($AIGC_BRIDGE_AUTH)")
+	fs.StringVar(&cfg.UserSync, "usersync", env("AIGC_BRIDGE_USERSYNC", "127.0.0.1:50064"), "UserSyncService gRPC target"+targetHelp+" ($AIGC_BRIDGE_USERSYNC)")
+	fs.StringVar(&cfg.Audit, "audit", env("AIGC_BRIDGE_AUDIT", ""), "AuditService gRPC target; every server hosts it (default: the template target) ($AIGC_BRIDGE_AUDIT)")
 	maxBody := fs.String("max-body-bytes", env("AIGC_BRIDGE_MAX_BODY_BYTES", "4194304"), "largest request body accepted ($AIGC_BRIDGE_MAX_BODY_BYTES)")
 	grace := fs.String("shutdown-grace", env("AIGC_BRIDGE_SHUTDOWN_GRACE", "10s"), "how long SIGTERM waits for in-flight requests ($AIGC_BRIDGE_SHUTDOWN_GRACE)")
 	fs.StringVar(&cfg.LogFormat, "log-format", env("AIGC_BRIDGE_LOG_FORMAT", "json"), "json or text ($AIGC_BRIDGE_LOG_FORMAT)")
@@ -98,6 +103,12 @@ func parseConfig(args []string, getenv func(string) string) (config, error) {
 	for name, addr := range map[string]string{"template": cfg.Template, "instance": cfg.Instance, "auth": cfg.Auth, "usersync": cfg.UserSync, "audit": cfg.Audit} {
 		if addr == "" {
 			problems = append(problems, name+": address is empty")
+		} else if list := splitAddresses(addr); len(list) > 1 || strings.HasPrefix(addr, "ipv4:") {
+			for _, a := range list {
+				if _, _, err := net.SplitHostPort(a); err != nil {
+					problems = append(problems, fmt.Sprintf("%s: %q in the address list is not host:port", name, a))
+				}
+			}
 		}
 	}
 	for _, o := range strings.Split(origins, ",") {

@@ -1,0 +1,107 @@
+package main
+
+import (
+	"context"
+	"net"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+)
+
+// replica is a gRPC server with the health service that counts the calls it answers.
+type replica struct {
+	addr   string
+	server *grpc.Server
+	calls  atomic.Int64
+}
+
+func startReplica(t *testing.T) *replica {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &replica{addr: lis.Addr().String()}
+	r.server = grpc.NewServer(grpc.UnaryInterceptor(func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+		r.calls.Add(1)
+		return h(ctx, req)
+	}))
+	healthpb.RegisterHealthServer(r.server, health.NewServer())
+	go func() { _ = r.server.Serve(lis) }()
+	t.Cleanup(r.server.Stop)
+	return r
+}
+
+func TestDialTargetKeepsSingleTargetsAndListsAList(t *testing.T) {
+	for _, addr := range []string{"127.0.0.1:50061", "dns:///gw-template-grpc.ns.svc:50051"} {
+		if target, opts := dialTarget(addr); target != addr || opts != nil {
+			t.Errorf("dialTarget(%q) = %q, %d options; want it unchanged", addr, target, len(opts))
+		}
+	}
+	for _, addr := range []string{" 127.0.0.1:1, 127.0.0.1:2 ,", "ipv4:127.0.0.1:1,127.0.0.1:2"} {
+		target, opts := dialTarget(addr)
+		if target != "aigc-list:///127.0.0.1:1,127.0.0.1:2" || len(opts) != 1 {
+			t.Errorf("dialTarget(%q) = %q, %d options", addr, target, len(opts))
+		}
+	}
+}
+
+func TestConfigRefusesAListEntryThatIsNotHostPort(t *testing.T) {
+	_, err := parseConfig([]string{"-instance", "127.0.0.1:1,nope"}, func(string) string { return "" })
+	if err == nil || !strings.Contains(err.Error(), `instance: "nope" in the address list is not host:port`) {
+		t.Fatalf("err = %v", err)
+	}
+	for _, list := range []string{"127.0.0.1:1,127.0.0.1:2", "ipv4:127.0.0.1:1,127.0.0.1:2", "ipv4:127.0.0.1:1"} {
+		if _, err := parseConfig([]string{"-instance", list}, func(string) string { return "" }); err != nil {
+			t.Errorf("%s: %v", list, err)
+		}
+	}
+}
+
+// Calls through a backend named by a two-address list reach both replicas; with
+// one of them stopped, every call is answered by the other.
+func TestBackendListSpreadsCallsAndSurvivesAStoppedReplica(t *testing.T) {
+	a, b := startReplica(t), startReplica(t)
+	list := a.addr + "," + b.addr
+	bk, err := dialBackends(config{Template: list, Instance: list, Auth: list, UserSync: list, Audit: list})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bk.close()
+	if len(bk.conns) != 1 {
+		t.Fatalf("%d connections for one address list", len(bk.conns))
+	}
+	client := healthpb.NewHealthClient(bk.conn("template"))
+	call := func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_, err := client.Check(ctx, &healthpb.HealthCheckRequest{})
+		return err
+	}
+	// round_robin sends the first call once a subchannel is READY; wait for both
+	// to be, so that the spread is visible in a few calls.
+	for i := 0; i < 100 && (a.calls.Load() == 0 || b.calls.Load() == 0); i++ {
+		if err := call(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Logf("calls: %s %d, %s %d", a.addr, a.calls.Load(), b.addr, b.calls.Load())
+	if a.calls.Load() == 0 || b.calls.Load() == 0 {
+		t.Fatalf("calls did not reach both replicas: %d, %d", a.calls.Load(), b.calls.Load())
+	}
+	a.server.Stop()
+	before := b.calls.Load()
+	for i := 0; i < 20; i++ {
+		if err := call(); err != nil {
+			t.Fatalf("call %d after a replica stopped: %v", i, err)
+		}
+	}
+	if got := b.calls.Load() - before; got != 20 {
+		t.Fatalf("the remaining replica answered %d of 20 calls", got)
+	}
+}
