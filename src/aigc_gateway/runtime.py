@@ -15,7 +15,7 @@ import grpc
 
 from .audit import AuditLog
 from .calls import outgoing_metadata
-from .config import Settings
+from .config import CLIENT_CHANNEL_OPTIONS, Settings
 from .db import Database
 from .idempotency import IdempotencyStore
 from .identity import ChainAuthenticator, JWTAuthenticator, ServiceTokenAuthenticator
@@ -58,7 +58,8 @@ class Runtime:
         """A channel to another gateway service (kept for the life of the process)."""
         if service not in self._channels:
             target = self.settings.servers.endpoint(service).dial_target()
-            self._channels[service] = grpc.aio.insecure_channel(target)
+            # round_robin: a target naming several replicas spreads calls over all of them.
+            self._channels[service] = grpc.aio.insecure_channel(target, options=CLIENT_CHANNEL_OPTIONS)
         return self._channels[service]
 
     def call_metadata(self, caller: str) -> tuple[tuple[str, str], ...]:

@@ -12,6 +12,7 @@ import grpc
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 
 from ..api.v1 import audit_pb2_grpc, auth_pb2_grpc, instance_pb2_grpc, template_pb2_grpc, usersync_pb2_grpc
+from ..config import CLIENT_CHANNEL_OPTIONS
 from .exitcodes import RETRYABLE, CallFailed
 from .settings import CtlSettings
 
@@ -56,11 +57,13 @@ class Client:
     def channel(self, service: str) -> grpc.Channel:
         address = self.settings.address(service)
         if address not in self._channels:
+            # round_robin: an address naming several replicas (dns:///..., ipv4:a,b) spreads the calls.
             if self.settings.tls:
                 roots = Path(self.settings.ca_file).expanduser().read_bytes() if self.settings.ca_file else None
-                self._channels[address] = grpc.secure_channel(address, grpc.ssl_channel_credentials(roots))
+                self._channels[address] = grpc.secure_channel(address, grpc.ssl_channel_credentials(roots),
+                                                              options=CLIENT_CHANNEL_OPTIONS)
             else:
-                self._channels[address] = grpc.insecure_channel(address)
+                self._channels[address] = grpc.insecure_channel(address, options=CLIENT_CHANNEL_OPTIONS)
         return self._channels[address]
 
     def metadata(self) -> list[tuple[str, str]]:
