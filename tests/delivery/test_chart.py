@@ -12,7 +12,7 @@ import yaml
 from aigc_gateway.config import load as load_settings
 
 from .chart import CHART, SAMPLE_VALUES, SERVICES, kube_calls, render, rules_of
-from .conftest import load_script
+from .conftest import REPO, load_script
 
 # Calls whose Kind is a variable, with the kinds the code passes (kube_calls resolves them from the
 # callers; the test checks that this documented list is exactly what it finds):
@@ -70,6 +70,35 @@ def test_defaults_render_every_part(defaults: list[dict[str, Any]]) -> None:
     bridge = next(d for d in _by_kind(defaults, "Deployment") if d["metadata"]["name"].endswith("-bridge"))
     env = {e["name"]: e.get("value") for e in bridge["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["AIGC_BRIDGE_STATIC_DIR"] == "/dashboard"
+
+
+def test_grpc_clients_spread_calls_over_every_pod(defaults: list[dict[str, Any]]) -> None:
+    """One HTTP/2 connection to a ClusterIP Service carries every call of a client to one pod: each gRPC
+    component has a headless Service (one A record per ready pod) and every gRPC client in the chart, the
+    services' configuration and the bridge, dials its dns:/// name and balances round_robin over it."""
+    services = {o["metadata"]["name"]: o for o in _by_kind(defaults, "Service")}
+    [configmap] = _by_kind(defaults, "ConfigMap")
+    config = yaml.safe_load(configmap["data"]["config.yaml"])
+    bridge = next(d for d in _by_kind(defaults, "Deployment") if d["metadata"]["name"].endswith("-bridge"))
+    env = {e["name"]: e.get("value") for e in bridge["spec"]["template"]["spec"]["containers"][0]["env"]}
+    deployments = {d["metadata"]["labels"]["app.kubernetes.io/component"]: d for d in _by_kind(defaults, "Deployment")}
+    for service in SERVICES:
+        headless = services[f"gw-aigc-gateway-{service}-grpc"]
+        assert headless["spec"]["clusterIP"] == "None"
+        assert headless["spec"]["ports"] == [{"name": "grpc", "port": 50051, "targetPort": "grpc",
+                                              "appProtocol": "grpc"}]
+        assert headless["spec"]["selector"] == deployments[service]["spec"]["selector"]["matchLabels"]
+        # The ClusterIP Service stays for the Ingress, metrics and HTTP.
+        assert services[f"gw-aigc-gateway-{service}"]["spec"].get("clusterIP") != "None"
+        target = f"dns:///gw-aigc-gateway-{service}-grpc.aigc.svc:50051"
+        assert config["servers"][service]["target"] == target
+        assert env[f"AIGC_BRIDGE_{service.upper()}"] == target
+    assert not [n for n in services if n.endswith("-bridge-grpc")]
+    # Both kinds of client open their channels with round_robin.
+    from aigc_gateway.config import CLIENT_CHANNEL_OPTIONS
+
+    assert ("grpc.lb_policy_name", "round_robin") in CLIENT_CHANNEL_OPTIONS
+    assert '"round_robin"' in (REPO / "bridge" / "backends.go").read_text()
 
 
 def test_no_secret_values_anywhere(defaults: list[dict[str, Any]]) -> None:
@@ -150,7 +179,8 @@ def test_rendered_configuration_is_valid(helm: Path, values_file: Path | None) -
         f.write(configmap["data"]["config.yaml"])
         f.flush()
         settings = load_settings(f.name, environ={})
-    assert settings.servers.template.dial_target() == "gw-aigc-gateway-template:50051"
+    for service in SERVICES:  # the headless Service, balanced round_robin (test_grpc_clients_spread_...)
+        assert settings.servers.endpoint(service).dial_target() == f"dns:///gw-aigc-gateway-{service}-grpc.aigc.svc:50051"
     assert settings.auth.public_url.startswith("https://dashboard.")
     assert settings.auth.proxy == "nginx"  # the default: ingress-nginx reads the samples' annotations
     if values_file:

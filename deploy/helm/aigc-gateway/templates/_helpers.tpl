@@ -43,13 +43,21 @@ app.kubernetes.io/component: {{ .component }}
 {{- default (printf "https://%s" (include "aigc.dashboardHost" .)) .Values.auth.publicUrl -}}
 {{- end -}}
 
+{{/* The gRPC target every client in the chart dials for a component, (dict "root" $ "component" "template"):
+the headless Service's DNS name, one A record per ready pod. Clients balance round_robin over those addresses
+(the services: servers.<name>.target with aigc_gateway.config.CLIENT_CHANNEL_OPTIONS; the bridge: its backends),
+because one HTTP/2 connection to a ClusterIP Service would carry every call of a client to one pod. */}}
+{{- define "aigc.grpcTarget" -}}
+{{- printf "dns:///%s-%s-grpc.%s.svc:%d" (include "aigc.fullname" .root) .component .root.Release.Namespace (int .root.Values.ports.grpc) -}}
+{{- end -}}
+
 {{/* The gateway configuration file (docs/configuration.md): what the chart derives, then .Values.config. */}}
 {{- define "aigc.config" -}}
 {{- $fullname := include "aigc.fullname" . -}}
 {{- $grpc := int .Values.ports.grpc -}}
 {{- $servers := dict "metrics_listen" (printf "0.0.0.0:%d" (int .Values.ports.metrics)) -}}
 {{- range $name := list "template" "instance" "auth" "usersync" -}}
-{{- $_ := set $servers $name (dict "listen" (printf "0.0.0.0:%d" $grpc) "target" (printf "%s-%s:%d" $fullname $name $grpc)) -}}
+{{- $_ := set $servers $name (dict "listen" (printf "0.0.0.0:%d" $grpc) "target" (include "aigc.grpcTarget" (dict "root" $ "component" $name))) -}}
 {{- end -}}
 {{- $derived := dict
   "namespaces" .Values.namespaces
