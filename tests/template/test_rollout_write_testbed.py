@@ -119,3 +119,47 @@ async def test_when_idle_and_manual_write_the_change_paused_and_no_pod_moves(api
         after = await wait_for(moved, 60, what="both pods on the IMMEDIATE revision")
         assert {i: (uid, image) for i, (uid, _, image) in after.items()} == {
             i: (uid, image.replace(":v1.0.0-cpu", ":v4.0.0-cpu")) for i, (uid, _, image) in before.items()}
+
+
+async def test_the_instance_services_rollout_moves_what_update_template_wrote(
+        template_api, testbed: Testbed, k8s_namespace: str, issuer) -> None:
+    """Both services, as deployed: UpdateTemplate's paused WHEN_IDLE write, and the instance service's rollout step
+    reading its annotations: the never-used instance moves in place, the busy one is held (old revision, the hold
+    label, same pod) until its owner asks."""
+    from aigc_gateway.api.v1 import instance_pb2
+
+    from ..instance.conftest import Client, State
+
+    api = await template_api(k8s_namespace, kubeconfig=str(testbed.kubeconfig), domain=testbed.domain,
+                             services=("instance",),
+                             instance={"reconcile_interval_seconds": 1, "release_wait_seconds": 30})
+    await publish(api, testbed)
+    c = Client(api.gateway.channel("instance"), issuer, k8s_namespace)
+    made = {u: await c.install(u, NAME) for u in ("ann", "ben")}
+    for user, instance in made.items():
+        await c.wait_state(user, instance.name, State.RUNNING)
+    await c.stub.KeepInstanceAlive(instance_pb2.KeepInstanceAliveRequest(name=made["ben"].name), metadata=c.md("ben"))
+    async with api_client(testbed.kubeconfig) as client:
+        game = Game(client, api.namespace)
+        before = _pods(await game.pods(NAME))
+        old = before[0][1]
+        text = text_for(NAME, testbed.domain, api.namespace).replace("replicas: 0 ", "")
+        await api.stub.UpdateTemplate(template_pb2.UpdateTemplateRequest(
+            name=api.name(NAME), source=source_text(text.replace(":v1.0.0-cpu", ":v2.0.0-cpu")),
+            rollout_policy=template_pb2.WHEN_IDLE, rollout_idle_after=duration_pb2.Duration(seconds=3600)),
+            metadata=api.admin)
+        new = (await _new_revision(game, old))["status"]["updateRevision"]
+
+        async def planned() -> dict[int, Any] | None:
+            pods = await game.pods(NAME)
+            rolling = (await game.get_gss(NAME))["spec"]["updateStrategy"]["rollingUpdate"]
+            ok = (pods[0].metadata.labels[REVISION_LABEL] == new and pods[1].metadata.labels.get(HOLD_LABEL) == "true"
+                  and rolling.get("partition") == 1 and rolling.get("paused") is False)
+            return pods if ok else None
+        pods = await wait_for(planned, 60, what="ann moving, ben held (partition 1, unpaused)")
+        assert _pods(pods)[1] == before[1] and pods[0].metadata.uid == before[0][0]
+        await game.act_as_kubelet(NAME, 0, before[0][2].replace(":v1.0.0-cpu", ":v2.0.0-cpu"))
+        ann = await c.wait_state("ann", made["ann"].name, State.RUNNING)
+        assert (ann.revision, ann.update_available) == (new, False)
+        ben = await c.get("ben", made["ben"].name)
+        assert (ben.state, ben.revision, ben.update_available) == (State.RUNNING, old, True)
