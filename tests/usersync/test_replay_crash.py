@@ -18,7 +18,9 @@ from aigc_gateway.db import Database
 from aigc_gateway.services.usersync import faults  # noqa: F401  (registers the points held at)
 from tests.doubles.logto import LogtoDouble
 
+from ..instance.conftest import create_template
 from ..plugins.gateway import TEST_SERVICE_TOKEN, bearer
+from ..plugins.kube import Game, api_client
 from ..plugins.logto import usersync_config
 from ..plugins.oidc import Issuer
 from ..plugins.testbed import Testbed
@@ -119,6 +121,25 @@ async def test_reconcile_killed_after_a_repair_answers_the_drift_it_found(
     assert (answer.users_checked, answer.repaired_count) == (2, 1)
     assert [(d.user, d.key, d.id) for d in answer.drift] == [("alice", f"{NS}-sd-cpu", 0)]
     assert logto.custom_data("alice") == {"lang": "en", f"{NS}-sd-cpu": entry("sd-cpu", 0)}
+
+
+async def test_import_killed_after_a_template_answers_what_it_imported(
+        tmp_path: Path, database: Database, issuer: Issuer, logto: LogtoDouble, testbed: Testbed,
+        k8s_namespace: str, usersync_process) -> None:
+    """Killed after the first template's rows were committed: the retry reports them imported (not unchanged)
+    and imports the second template itself."""
+    ns = k8s_namespace
+    async with api_client(testbed.kubeconfig) as api:
+        game = Game(api, ns)
+        for name in ("sd-a", "sd-b"):
+            await create_template(game, testbed, name, replicas=1)  # id 0 runs
+    logto.add_user("alice", custom_data={f"{ns}-sd-a": entry("sd-a", 0, ns)})
+    logto.add_user("bob", custom_data={f"{ns}-sd-b": entry("sd-b", 0, ns)})
+    answer = await crash_and_retry(usersync_process, "usersync.import.after_template", tmp_path, "ImportFromLogto",
+                                   usersync_pb2.ImportFromLogtoRequest(request_id="import-1"), admin_of(issuer))
+    assert answer.users_scanned == 2
+    assert [(e.user, e.template, e.id) for e in answer.imported] == [("alice", "sd-a", 0), ("bob", "sd-b", 0)]
+    assert not answer.unchanged and not answer.conflicts
 
 
 async def test_resolve_killed_after_its_commit_answers_the_decision(
