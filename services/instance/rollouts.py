@@ -135,6 +135,11 @@ class Rollouts:
                           seen.revisions.get(r.id) if r.slot == SlotState.LIVE.value else None,
                           _latest(r.last_access_at, kept.get(r.id)))
                    for r in rows.values() if r.slot in (SlotState.LIVE.value, SlotState.PAUSED.value)]
+        # A running pod of an id without an owned slot (a disputed id, one being released) counts as a busy
+        # instance: held like one, so it neither ties with the held pods nor rolls unasked.
+        owned = {m.id for m in members}
+        now = self.clock()
+        members += [Member(i, True, revision, now) for i, revision in seen.revisions.items() if i not in owned]
         live_pods = [m for m in members if m.live and m.revision is not None]
         # Nothing to roll: every pod on the update revision, nothing paused, and the partition at 0 (left higher,
         # say by a held pod made again, a pod made now for an id would start on an old revision: fact 4).
@@ -143,7 +148,7 @@ class Rollouts:
             return None
         annotations = (gss.get("metadata") or {}).get("annotations")
         view = View.of(target, upgrades.policy_of(annotations, self.prefix) or self.policy,
-                       upgrades.idle_after_of(annotations, self.prefix) or self.idle_after, self.clock(), members,
+                       upgrades.idle_after_of(annotations, self.prefix) or self.idle_after, now, members,
                        (q.id for q in requests if q.id not in done), activity_lag=upgrades.ACTIVITY_LAG)
         return view, seen, pods
 
