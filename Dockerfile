@@ -5,11 +5,19 @@
 # Multi-stage: the build stage installs the project into a virtualenv; the runtime stage is
 # python-slim with that virtualenv only (no pip cache, no build tools, no sources), run as a
 # non-root user. Every dependency ships manylinux wheels, so no compiler is needed.
+# The bases are build arguments: scripts/images passes bases it made with mmdebstrap from Debian
+# packages where the official ones cannot be pulled (docs/images.md). A base must have python3 at
+# the same path in both stages (the virtualenv links to it) and groupadd/useradd in the runtime one.
 ARG PYTHON_VERSION=3.11
+ARG BASE_IMAGE=python:${PYTHON_VERSION}-slim
+ARG BUILD_IMAGE=${BASE_IMAGE}
 
-FROM python:${PYTHON_VERSION}-slim AS build
+FROM ${BUILD_IMAGE} AS build
+# Set only where a TLS-intercepting egress needs its CA for pip (scripts/images mounts it read-only
+# for the build's RUN steps); it is no part of the image.
+ARG PIP_CERT
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
-RUN python -m venv /opt/aigc-gateway
+RUN python3 -m venv /opt/aigc-gateway
 WORKDIR /src
 # Only what the distribution is built from: tests, the test bed and the Go bridge stay out.
 COPY pyproject.toml README.md ./
@@ -20,7 +28,7 @@ RUN /opt/aigc-gateway/bin/pip install --no-compile . \
  && /opt/aigc-gateway/bin/pip uninstall --yes pip setuptools wheel \
  && /opt/aigc-gateway/bin/python -m compileall -q -j 0 /opt/aigc-gateway/lib
 
-FROM python:${PYTHON_VERSION}-slim
+FROM ${BASE_IMAGE}
 LABEL org.opencontainers.image.title="aigc-gateway" \
       org.opencontainers.image.description="AIGC Gateway services and aigcctl" \
       org.opencontainers.image.licenses="Apache-2.0"
