@@ -6,6 +6,7 @@ restarts a container)."""
 from __future__ import annotations
 
 import pytest
+from prometheus_client import REGISTRY
 from sqlalchemy import select
 
 from aigc_gateway.api.v1 import instance_pb2
@@ -163,6 +164,14 @@ async def test_a_restart_of_an_old_instance_moves_it_and_an_uninstall_of_a_held_
     audit = await wait_for(lambda: _audited(database, {"1"}), 30, what="ben's move audited")
     assert audit["1"]["reason"] == "requested"
     await c.wait_consistent(60)
+
+    # The metrics of the last step: one pod per revision, ann pending as MANUAL (the service runs in this process).
+    async def gauges() -> bool:
+        def value(metric: str, **labels: str) -> float | None:
+            return REGISTRY.get_sample_value(metric, {"template": c.parent(), **labels})
+        return (value("aigc_instance_rollout_instances", revision=old), value("aigc_instance_rollout_instances",
+                revision=new), value("aigc_instance_rollout_pending", reason="manual")) == (1, 1, 1)
+    await wait_for(gauges, 30, what="the rollout gauges")
 
 
 async def _partition_is(game: Game, partition: int) -> bool:
