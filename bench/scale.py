@@ -13,9 +13,10 @@ entries), each in a fresh database made by the migrations:
   token; plus the `count(*)` each ListInstances page makes (total_size);
 - the auth owner map with `--owners` instances: `decide` calls a second (one core) and bytes per instance
   (tracemalloc) while it is filled.
+- each service's start-up on that database: `serve <service>` until gRPC health says SERVING (no cluster).
 Prints one table with both runs and the ratio. 1,000 WatchInstance streams: bench/watch_streams.py. Not measured
-here (said in the notes): the services' start-up time at that size, ListTemplates (its cost is the Kubernetes
-list, not PostgreSQL), and the Kubernetes side: the test bed's fake nodes do not carry 10,000 pods.
+here (said in the notes): ListTemplates (its cost is the Kubernetes list, not PostgreSQL), and the Kubernetes
+side: the test bed's fake nodes do not carry 10,000 pods.
 """
 from __future__ import annotations
 
@@ -126,6 +127,70 @@ def owner_map(n: int) -> tuple[float, float]:
     return count / (time.perf_counter() - t0), used / (50 * per)
 
 
+STARTED = {"instance": "InstanceService", "template": "TemplateService", "auth": "AuthService",
+           "usersync": "UserSyncService"}
+
+
+async def start_up(service: str, url: str, folder: Path) -> tuple[float, float]:
+    """Seconds from `aigc-gateway serve <service>` until gRPC health says SERVING, on the seeded database: wall
+    clock, and the process's own CPU time (what a shared machine cannot inflate).
+
+    The auth service answers SERVING once its HTTP workers run, and they start once the owner map has read every
+    ownership row (bounded at 10 s; see services/auth/app.py). No cluster is configured (the test bed is not needed
+    here): what grows with the size is the database side."""
+    import os
+    import secrets
+    import socket
+    import subprocess
+
+    import grpc
+    import yaml
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        http = sock.getsockname()[1]
+    config = folder / f"{service}.yaml"
+    config.write_text(yaml.safe_dump({
+        "namespaces": [NS], "database": {"url": url, "pool_size": 5},
+        "service_identity": {"token": secrets.token_urlsafe(32)},
+        "kubernetes": {"kubeconfig": str(folder / "no-cluster")},
+        "servers": {service: {"listen": f"127.0.0.1:{port}"}, "metrics_listen": ""},
+        "auth": {"session_keys": [secrets.token_urlsafe(32)], "http_listen": f"127.0.0.1:{http}"},
+        "logging": {"level": "WARNING", "json": True},
+    }))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIGC_GATEWAY")}
+    started = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "aigc_gateway.cli", "serve", service, "-c", str(config)], env=env,
+                            stdin=subprocess.DEVNULL, stdout=(folder / f"{service}.log").open("ab"),
+                            stderr=subprocess.STDOUT)
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    health = health_pb2_grpc.HealthStub(channel)
+    try:
+        while proc.poll() is None:
+            try:
+                reply = await health.Check(health_pb2.HealthCheckRequest(
+                    service=f"aigc.gateway.v1.{STARTED[service]}"), timeout=2)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+                    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+                    return time.perf_counter() - started, cpu
+            except grpc.aio.AioRpcError:
+                pass
+            await asyncio.sleep(0.05)
+        raise RuntimeError(f"serve {service} exited: {(folder / f'{service}.log').read_text()[-2000:]}")
+    finally:
+        await channel.close()
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 async def one_run(server: str, instances: int, users: int, templates: int, events: int, owners: int) -> dict[str, Any]:
     import asyncpg
 
@@ -166,6 +231,13 @@ async def one_run(server: str, instances: int, users: int, templates: int, event
         out["ListAuditEvents outcome page 2"] = await timed(lambda: log.list(AuditQuery(outcome="FAILURE"), 1000,
                                                                              token), n=20)
         await db.close()
+        import tempfile
+
+        folder = Path(tempfile.mkdtemp(prefix="scale-start-"))
+        for service in STARTED:
+            took, cpu = await start_up(service, url, folder)
+            out[f"start-up {service} s"] = (took, took)
+            out[f"start-up {service} cpu s"] = (cpu, cpu)
         rate, per_instance = owner_map(owners)
         out["auth decide /s"] = (rate, rate)
         out["auth map bytes/instance"] = (per_instance, per_instance)
@@ -194,7 +266,7 @@ async def main() -> int:
     print(f"{'measure':34} {'tenth p50':>10} {'tenth p99':>10} {'full p50':>10} {'full p99':>10} {'ratio p50':>9}")
     for label in big:
         (sp50, sp99), (bp50, bp99) = small[label], big[label]
-        unit = "" if label.startswith(("auth", "seed")) else " ms"
+        unit = "" if label.startswith(("auth", "seed", "start-up")) else " ms"
         print(f"{label + unit:34} {sp50:10.2f} {sp99:10.2f} {bp50:10.2f} {bp99:10.2f} {bp50 / sp50 if sp50 else 0:9.2f}")
     return 0
 
