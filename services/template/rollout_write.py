@@ -64,11 +64,10 @@ def settings(asked: Requested, sources: Sequence[Mapping[str, Any] | None], pref
              default_idle_after_seconds: float) -> Settings:
     """The request's policy and threshold, else the first of ``sources`` (annotation maps) that records a readable
     one, else the configured defaults."""
-    policies = [upgrades.policy_of(notes, prefix) for notes in sources]
-    thresholds = [upgrades.idle_after_of(notes, prefix) for notes in sources]
-    policy = asked.policy or next((p for p in policies if p is not None), None) or Policy(default_policy)
-    idle_after = asked.idle_after if asked.idle_after is not None else next(
-        (t for t in thresholds if t is not None), None) or timedelta(seconds=default_idle_after_seconds)
+    policies = [asked.policy] + [upgrades.policy_of(notes, prefix) for notes in sources]
+    thresholds = [asked.idle_after] + [upgrades.idle_after_of(notes, prefix) for notes in sources]
+    policy = next((p for p in policies if p is not None), Policy(default_policy))
+    idle_after = next((t for t in thresholds if t is not None), timedelta(seconds=default_idle_after_seconds))
     return Settings(policy, idle_after)
 
 

@@ -16,7 +16,7 @@ from aigc_gateway.services.template.validation import check_new, check_update
 from aigc_gateway.upgrades import HOLD_LABEL
 from aigc_gateway.upgrades import Policy as Rollout
 
-from .samples import container, sample
+from .samples import SAMPLES, container, sample
 from .test_changes import live
 
 POLICY = Policy(gss_labels={"aigc.gateway.io/template": "true"}, domain="aigc.test")
@@ -78,6 +78,9 @@ def test_the_request_then_the_manifest_then_the_template_then_the_configuration_
     assert settings(Requested(), [{P + "rollout-policy": "IMMEDIATE"}, recorded], P, "WHEN_IDLE", 900) == \
         Settings(Rollout.IMMEDIATE, timedelta(hours=2))
     assert settings(Requested(), [None, {}], P, "WHEN_IDLE", 900) == Settings(Rollout.WHEN_IDLE, timedelta(seconds=900))
+    # 0 is a threshold (idle once the recording's lag has passed), not "unset".
+    assert settings(Requested(), [{P + "rollout-idle-after": "0"}], P, "WHEN_IDLE", 900).idle_after == timedelta(0)
+    assert settings(Requested(idle_after=timedelta(0)), [recorded], P, "WHEN_IDLE", 900).idle_after == timedelta(0)
 
     # The template's recording survives a whole-manifest update that leaves it out, in its own spelling.
     current = live()
@@ -182,3 +185,15 @@ def test_request_values_are_checked() -> None:
         with pytest.raises(InvalidArgument) as err:
             requested(policy, idle_after)
         assert [v.field for v in err.value.violations] == [field]
+
+
+@pytest.mark.parametrize("name", SAMPLES)
+def test_the_samples_roll_in_place_with_the_hook_and_no_unavailability_bound(name: str) -> None:
+    """What the samples (and the chart's templates generated from them) ship: in place where possible, every pod
+    may be unavailable at once (partition and priorities decide who moves, fact 7 of docs/upgrade.md), and the
+    hold hook, so that publishing them adds nothing."""
+    obj = sample(name)
+    assert rolling(obj) == {"podUpdatePolicy": "InPlaceIfPossible", "maxUnavailable": "100%"}
+    assert obj["spec"]["lifecycle"] == HOOK
+    checked = check_new(manifest.parse_text(json.dumps(obj), 1 << 20), POLICY, "default")
+    assert "UPDATE_HOLD_HOOK_ADDED" not in [w.reason for w in checked.warnings]
