@@ -24,8 +24,8 @@ def register(app: typer.Typer) -> None:
         config: Path | None = typer.Option(None, "--config", "-c",
                                               help="YAML or JSON config file (else $AIGC_GATEWAY_CONFIG)."),
         parent: str = typer.Option("namespaces/-/templates/-", help="Which templates: `-` means any."),
-        repair: bool = typer.Option(False, help="First resolve interrupted operations and finish uninstalls "
-                                                "(what the reconciler does)."),
+        repair: bool = typer.Option(False, help="First resolve interrupted operations, finish uninstalls and run "
+                                                "the rollout step (what the reconciler does)."),
     ) -> None:
         """Check instance ids, owners and disks against the GameServerSets; print every violation."""
         from aigc_gateway.cli import settings_or_exit
@@ -36,6 +36,7 @@ def register(app: typer.Typer) -> None:
 
 
 async def _doctor(settings: Settings, parent: str, repair: bool) -> int:
+    from aigc_gateway.audit import AuditLog
     from aigc_gateway.db import Database
     from aigc_gateway.kube import Kube
     from aigc_gateway.names import parse_list_parent
@@ -43,6 +44,7 @@ async def _doctor(settings: Settings, parent: str, repair: bool) -> int:
     from .cluster import Cluster
     from .consistency import ConsistencyChecker
     from .lifecycle import Lifecycle
+    from .rollouts import Rollouts
     from .slots import SlotStore
 
     namespace, template = parse_list_parent(parent, "--parent")
@@ -53,11 +55,14 @@ async def _doctor(settings: Settings, parent: str, repair: bool) -> int:
         cluster = Cluster(kube, settings.namespaces, settings.gss_labels)
         lifecycle = Lifecycle(db, store, cluster, settings.instance)
         checker = ConsistencyChecker(lifecycle, cluster, store)
+        rollouts = Rollouts(lifecycle, settings.template.annotation_prefix, settings.template.rollout_policy,
+                            settings.template.rollout_idle_after_seconds, AuditLog(db, "instance"))
         refs = await checker.templates(namespace, template)
         total = 0
         for ref in refs:
             if repair:
                 await lifecycle.tidy(ref)
+                await rollouts.step(ref)  # also finishes a rollout step a crash left (its intent)
             findings = await checker.check(ref)
             total += len(findings)
             for f in findings:

@@ -4,6 +4,10 @@ its next pass finishes the step: the idle instance moves (in place, same pod), t
 the intent is gone (CheckConsistency clean) and the move is audited once."""
 from __future__ import annotations
 
+import asyncio
+import subprocess
+import sys
+
 import pytest
 from sqlalchemy import func, select
 
@@ -60,3 +64,35 @@ async def test_crash_in_the_rollout_step_at(point: str, testbed: Testbed, game: 
     await game.act_as_kubelet(SAMPLE, 0, NEW)
     assert (await c.wait_state("ann", ann.name, State.RUNNING)).revision == new
     assert (await c.get("ben", ben.name)).revision == old
+
+
+async def test_doctor_repair_finishes_an_interrupted_rollout_step(testbed: Testbed, game: Game, service_process,
+                                                                  client_for, database: Database) -> None:
+    """`aigc-gateway doctor --repair` does what the reconciler does: with the service down after a crash between
+    the priorities and the partition, it finishes the step and then finds nothing wrong."""
+    await create_template(game, testbed, lifecycle=HOOK)
+    service = await service_process()
+    service.start()
+    c = client_for(await service.ready())
+    ann = await c.install("ann")
+    await c.wait_state("ann", ann.name, State.RUNNING)
+    before = await pod_state(game)
+    await service.stop()
+    await write_change(game, "WHEN_IDLE", "1h")
+    service.start(fault="rollout.after_priorities")
+    assert await service.exited(60) == faults.EXIT_CODE
+    assert (await rolling_update(game)).get("paused") is True  # stopped before the partition write
+
+    done = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "aigc_gateway.cli", "doctor", "--repair",
+                                                    "-c", str(service.config)], capture_output=True, text=True,
+                                   timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "1 template(s) checked, 0 violation(s)" in done.stderr
+    rolling, pods = await rolling_update(game), await pod_state(game)
+    assert (rolling.get("partition"), rolling.get("paused")) == (0, False)
+    assert await audited(database) == 1
+
+    async def moved() -> bool:
+        return (await pod_state(game))[0][1] == await update_revision(game)
+    await wait_for(moved, 60, what="ann's pod on the new revision")
+    assert (await pod_state(game))[0][0] == before[0][0] == pods[0][0]
