@@ -131,6 +131,27 @@ async def test_concurrent_checks_of_a_cold_session_share_one_read(database) -> N
     assert len({id(r) for r in records}) == 1  # one row read, one record, shared
 
 
+async def test_cold_reads_of_different_sessions_share_one_query(database) -> None:
+    from sqlalchemy import event
+
+    store = SessionStore(database)
+    session_ids = [(await store.create(user=f"user{n}", ttl_seconds=600))[0] for n in range(5)]
+    store._clear()
+    selects: list[str] = []
+
+    def executed(conn, cursor, statement, *args) -> None:  # type: ignore[no-untyped-def]
+        if "FROM auth_sessions" in statement:
+            selects.append(statement)
+
+    event.listen(database.engine.sync_engine, "before_cursor_execute", executed)
+    try:
+        records = await asyncio.gather(*(store.get(s) for s in session_ids))
+    finally:
+        event.remove(database.engine.sync_engine, "before_cursor_execute", executed)
+    assert [r.user if r else None for r in records] == [f"user{n}" for n in range(5)]
+    assert len(selects) == 1
+
+
 async def test_a_read_overtaken_by_a_revocation_is_not_cached(database) -> None:
     store, other = SessionStore(database), SessionStore(database)  # two processes' stores
     session_id, _ = await store.create(user="alice", ttl_seconds=600)
