@@ -23,6 +23,9 @@ its preemptions, and the load average at the start of the run; and, per measurem
 workers' own probes saw (:mod:`aigc_gateway.services.auth.probes`: garbage collections and their
 pauses, event-loop lateness split into the loop's own work and waiting for a CPU). The machine may be
 shared: these are the figures to attribute a tail with, where wall-clock latency alone cannot.
+``--profile DIR`` adds, for the first /auth round of each fixed rate, the CPU per request of the workers'
+event-loop threads apart from granian's other threads, and py-spy's samples of the loop threads (py-spy
+is in the dev extra; the stacks stay in DIR, collapsed, for a flame graph).
 
 The request mix cycles through signed-in owners (allowed), signed-in non-owners (denied) and anonymous
 requests (``--mix``). The auth service runs as in production: this process is the gRPC side (owner map
@@ -375,6 +378,60 @@ def probe_line(before: dict[str, list[float]], after: dict[str, list[float]], re
             f"{d('lag_off_cpu_s')[0] * 1000:.0f} ms waiting for a CPU; {d('preempted')[0]:.0f} preemptions")
 
 
+def thread_cpu(pids: list[int]) -> tuple[float, float]:
+    """CPU seconds (schedstat, nanosecond resolution) of the event-loop threads of ``pids`` (the main
+    threads) and of all their other threads (granian's Rust runtime and the thread that calls into Python)."""
+    loop = other = 0.0
+    for pid in pids:
+        for task in Path(f"/proc/{pid}/task").glob("*"):
+            try:
+                seconds = int((task / "schedstat").read_text().split()[0]) / 1e9
+            except (OSError, ValueError, IndexError):
+                continue
+            if task.name == str(pid):
+                loop += seconds
+            else:
+                other += seconds
+    return loop, other
+
+
+def profiled(out: Path, label: str, pids: list[int], run, *args) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    """``run(*args)`` (one round of ``measured``) with py-spy sampling every /auth worker meanwhile (collapsed
+    stacks in ``out``), and the round's CPU per request split between the threads."""
+    duration = args[-2]
+    spies = [subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--nonblocking", "-r", "200",
+                               "-f", "raw", "-d", str(max(1, duration - 1)), "-p", str(pid),
+                               "-o", str(out / f"{label}-{pid}.txt")],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for pid in pids]
+    before = thread_cpu(pids)
+    row = run(*args)
+    after = thread_cpu(pids)
+    for spy in spies:
+        spy.wait(30)
+    n = max(1.0, row.get("rps", row.get("rate", 0.0)) * duration)
+    row.update(loop_us=(after[0] - before[0]) / n * 1e6, threads_us=(after[1] - before[1]) / n * 1e6)
+    return row
+
+
+def profile_line(out: Path, label: str, row: dict[str, float]) -> str:
+    """The round's CPU split, and the frames the /auth workers' event-loop threads were sampled in most."""
+    own: dict[str, int] = {}
+    total = 0
+    for path in out.glob(f"{label}-*.txt"):
+        for line in path.read_text().splitlines():
+            stack, _, count = line.rpartition(" ")
+            frames = stack.split(";")
+            if not count.isdigit() or not frames[0].startswith("_run_module_as_main"):
+                continue  # not the main (event-loop) thread
+            total += int(count)
+            own[frames[-1]] = own.get(frames[-1], 0) + int(count)
+    top = sorted(own.items(), key=lambda kv: -kv[1])[:6]
+    return (f"  --profile ({label}, first round): CPU per request in the event-loop threads {row['loop_us']:.1f} us, "
+            f"in granian's other threads {row['threads_us']:.1f} us; the loop threads' samples (py-spy, "
+            f"{total} in {out}) by innermost Python frame:\n    "
+            + "\n    ".join(f"{n / max(1, total):4.0%} {frame}" for frame, n in top))
+
+
 def tool(script: str) -> Path:
     done = subprocess.run([str(ROOT / "bench" / script)], capture_output=True, text=True)
     if done.returncode != 0:
@@ -408,10 +465,16 @@ async def main() -> int:
     parser.add_argument("--database-url", default="", help="PostgreSQL for sessions (default: embedded SQLite)")
     parser.add_argument("--skip-oauth2-proxy", action="store_true")
     parser.add_argument("--skip-nginx", action="store_true", help="no nginx return 204 ceiling")
+    parser.add_argument("--profile", default="", metavar="DIR",
+                        help="sample the /auth workers with py-spy (dev extra) in the first round of each fixed "
+                             "rate, keep the stacks in DIR and print where the event-loop threads spend their time")
     opts = parser.parse_args()
     vegeta = tool("install_load_tools.sh")
     shares = tuple(int(x) for x in opts.mix.split(","))
     tmp = Path(tempfile.mkdtemp(prefix="aigc-bench-"))
+    profile_dir = Path(opts.profile).resolve()
+    if opts.profile:
+        profile_dir.mkdir(parents=True, exist_ok=True)
     db_url = opts.database_url or f"sqlite+aiosqlite:///{tmp / 'bench.sqlite3'}"
     await asyncio.to_thread(upgrade, db_url)  # alembic runs its own event loop
 
@@ -493,8 +556,13 @@ async def main() -> int:
         for rate in [int(r) for r in opts.rates.split(",") if r.strip()]:
             fixed: dict[str, list[dict[str, float]]] = {name: [] for name, *_ in servers}
             before = await fresh_probes(service)
-            for _ in range(opts.rounds):
+            for round_ in range(opts.rounds):
                 for name, p, reqs, pids in servers:
+                    if opts.profile and name == ours and round_ == 0:
+                        fixed[name].append(await asyncio.to_thread(
+                            profiled, profile_dir, f"rate{rate}", pids(), measured, pids, run_vegeta, vegeta, p,
+                            reqs, rate, opts.duration, opts.connections))
+                        continue
                     fixed[name].append(await asyncio.to_thread(measured, pids, run_vegeta, vegeta, p, reqs, rate,
                                                                opts.duration, opts.connections))
             after = await fresh_probes(service)
@@ -502,6 +570,8 @@ async def main() -> int:
                   f"medians of {opts.rounds} rounds):")
             table(fixed, "rate", "req/s   ")
             print(probe_line(before, after, rate * opts.duration * opts.rounds))
+            if opts.profile:
+                print(profile_line(profile_dir, f"rate{rate}", fixed[ours][0]))
             other_statuses = sum(r["other"] for rows in fixed.values() for r in rows)
             if other_statuses:
                 print(f"  unexpected statuses: {other_statuses:.0f}")
