@@ -105,3 +105,59 @@ func TestBackendListSpreadsCallsAndSurvivesAStoppedReplica(t *testing.T) {
 		t.Fatalf("the remaining replica answered %d of 20 calls", got)
 	}
 }
+
+// A replica stopped and started again on its address is used again: with the
+// other one stopped afterwards, calls are answered by the restarted one.
+func TestBackendListReconnectsToARestartedReplica(t *testing.T) {
+	a, b := startReplica(t), startReplica(t)
+	bk, err := dialBackends(config{Template: a.addr + "," + b.addr, Instance: "127.0.0.1:1", Auth: "127.0.0.1:1", UserSync: "127.0.0.1:1", Audit: "127.0.0.1:1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bk.close()
+	client := healthpb.NewHealthClient(bk.conn("template"))
+	call := func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_, err := client.Check(ctx, &healthpb.HealthCheckRequest{})
+		return err
+	}
+	for i := 0; i < 10; i++ {
+		if err := call(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a.server.Stop()
+	for i := 0; i < 5; i++ {
+		if err := call(); err != nil {
+			t.Fatalf("call %d with a stopped: %v", i, err)
+		}
+	}
+	// a comes back on the same address.
+	lis, err := net.Listen("tcp", a.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	again := &replica{addr: a.addr}
+	again.server = grpc.NewServer(grpc.UnaryInterceptor(func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+		again.calls.Add(1)
+		return h(ctx, req)
+	}))
+	healthpb.RegisterHealthServer(again.server, health.NewServer())
+	go func() { _ = again.server.Serve(lis) }()
+	defer again.server.Stop()
+	time.Sleep(0) // no wait: the balancer must reconnect by itself
+	b.server.Stop()
+	var failed int
+	deadline := time.Now().Add(10 * time.Second)
+	for again.calls.Load() < 5 && time.Now().Before(deadline) {
+		if err := call(); err != nil {
+			failed++
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	t.Logf("restarted replica answered %d calls; %d calls failed while it was reconnected", again.calls.Load(), failed)
+	if again.calls.Load() < 5 {
+		t.Fatalf("the restarted replica was not used again (%d calls answered, %d failed)", again.calls.Load(), failed)
+	}
+}
