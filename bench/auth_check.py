@@ -187,8 +187,10 @@ async def seed_instances(runtime: Runtime, instances: int, users: int) -> None:
 
 
 async def start_gateway(db_url: str, opts: argparse.Namespace) -> tuple[Runtime, AuthService, int, list[str]]:
+    # database.pool_size as deployed (10, the default). It was 4 here: a burst of denied checks' audit writes
+    # (up to 10 at once) overflowed it, and every overflow connection was opened and closed again (--profile).
     settings = Settings.model_validate({
-        "domain": DOMAIN, "database": {"url": db_url, "pool_size": 4},
+        "domain": DOMAIN, "database": {"url": db_url},
         "kubernetes": {"kubeconfig": "/nonexistent/bench-kubeconfig"},  # routes come from the patterns below
         "logging": {"level": "WARNING", "json": False},
         "auth": {"http_listen": "127.0.0.1:0", "session_keys": [secrets.token_urlsafe(32)], "cookie_secure": False,
