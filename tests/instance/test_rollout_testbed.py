@@ -123,6 +123,19 @@ async def test_busy_instance_is_held_while_idle_and_asked_ones_move_and_new_pods
         done = await c.wait_state(user, (await c.get(user, f"{c.parent()}/instances/{i}")).name, State.RUNNING)
         assert (done.revision, done.update_available) == (third, False)
     await c.wait_consistent(60)
+    # One audit event per move: ann's second one too, although kruise parked her pod with the hold label itself
+    # (a pod updated without the label is relabelled on the next change) and the step released it.
+    assert await audit_counts(database) == {"0": 2, "2": 1, "3": 1, "4": 1}
+
+
+async def audit_counts(db: Database) -> dict[str, int]:
+    async with db.session() as session:
+        rows = (await session.execute(select(AuditEventRow.resource).where(
+            AuditEventRow.action == "InstanceService.RolloutInstance"))).scalars()
+        out: dict[str, int] = {}
+        for resource in rows:
+            out[resource.rsplit("/", 1)[1]] = out.get(resource.rsplit("/", 1)[1], 0) + 1
+        return out
 
 
 async def _audited(db: Database, ids: set[str]) -> dict[str, dict] | None:

@@ -43,8 +43,9 @@ def test_seen_reads_partition_priorities_holds_and_revisions_without_pods_being_
     pods = rollout_view.pods_by_id([pod(0, OLD, "1"), pod(1, OLD, None, hold=True), pod(2, NEW, deleting=True),
                                     {"metadata": {"name": "other-3"}}], "tpl")
     assert set(pods) == {0, 1}
+    pods[1]["metadata"]["labels"][rollout_view.LIFECYCLE_LABEL] = "PreparingUpdate"
     seen = rollout_view.seen(gss(2, True), pods)
-    assert seen == Seen(2, True, {0: 1}, frozenset({1}), {0: OLD, 1: OLD})
+    assert seen == Seen(2, True, {0: 1}, frozenset({1}), {0: OLD, 1: OLD}, frozenset({1}))
     assert Seen.from_json(seen.to_json()) == seen
 
 
@@ -69,8 +70,12 @@ def test_a_plan_survives_the_intent_and_each_mover_is_audited_once() -> None:
     assert rollout_view.newly_moving(plan, Seen(0, True, {0: 0, 1: 0})) == [0]
     # A later step that finds it let through already (MOVE, no hold, unpaused) does not audit it again...
     assert rollout_view.newly_moving(plan, Seen(1, False, {0: MOVE, 1: 0}, frozenset({1}))) == []
-    # ...but one that finds it held (its owner had been back) does.
+    # ...but one that finds it held (its owner had been back) does...
     assert rollout_view.newly_moving(plan, Seen(2, False, {0: MOVE, 1: 0}, frozenset({0, 1}))) == [0]
+    # ...unlike one that finds it chosen and parked by kruise's own hold label (a pod last updated without it).
+    parked = Seen(1, False, {0: MOVE, 1: 0}, frozenset({0, 1}), parked=frozenset({0}))
+    assert rollout_view.newly_moving(plan, parked) == []
+    assert Seen.from_json(parked.to_json()) == parked
 
 
 def test_the_writes_are_applied_by_kind_in_plan_writes_order() -> None:
