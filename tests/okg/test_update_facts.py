@@ -28,6 +28,7 @@ import pytest
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from aigc_gateway.upgrades import HOLD_LABEL
 from tests.okg.test_facts import GSS, pvc_name, start
 from tests.plugins.kube import Game, api_client, wait_for
 from tests.plugins.testbed import Testbed
@@ -320,8 +321,22 @@ async def test_max_unavailable_bounds_the_in_place_updates_in_flight(testbed: Te
         assert revisions(await game.pods(GSS)) == {0: new, 1: old, 2: old}
 
         await act_as_kubelet(game, 0)
+        # The samples carry the in-place update hook (test_update_hooks.py): pod 0, updated without the hook's label,
+        # ends in lifecycle state `Updated`, which kruise counts as unavailable (the workload's availableReplicas
+        # drops to 2 while all 3 are Ready), so at maxUnavailable 1 the next update does not start...
+        async def parked_updated() -> dict | None:
+            pod = (await game.pods(GSS))[0]
+            status = (await workload(game)).get("status") or {}
+            ok = pod.metadata.labels.get(LIFECYCLE) == "Updated" and condition(pod, "Ready") == "True" \
+                and status.get("readyReplicas") == 3 and status.get("availableReplicas") == 2
+            return status if ok else None
+        await wait_for(parked_updated, 30, what="pod 0 Updated, ready but not available")
+        assert revisions(await game.pods(GSS)) == {0: new, 1: old, 2: old}
+        # ...until every hook label is on it: kruise moves it to Normal (available) and starts the next one.
+        await game.core.patch_namespaced_pod(f"{GSS}-0", k8s_namespace, {"metadata": {"labels": {HOLD_LABEL: "true"}}})
         await settled(game, updated=2)
         assert revisions(await game.pods(GSS)) == {0: new, 1: new, 2: old}
+        assert (await game.pods(GSS))[0].metadata.labels[LIFECYCLE] == "Normal"
         assert await wait_for(lambda: _states_are(game, {0: "Ready", 1: "Updating", 2: "Ready"}), 30,
                               what="GameServer 0 Ready again, 1 Updating, 2 untouched")
 
@@ -413,10 +428,11 @@ async def test_a_metadata_only_change_moves_the_revision_without_restarting_anyt
 
         async def labelled() -> dict | None:
             pods = await game.pods(GSS)
+            # `Updated`, not `Normal`: the samples carry the in-place update hook and these pods lack its label.
             ok = all(p.metadata.labels.get("example.com/tier") == "gold"
-                     and p.metadata.labels.get(LIFECYCLE) == "Normal" for p in pods.values())
+                     and p.metadata.labels.get(LIFECYCLE) == "Updated" for p in pods.values())
             return pods if ok else None
-        pods = await wait_for(labelled, 30, what="both pods relabelled in place and back to Normal")
+        pods = await wait_for(labelled, 30, what="both pods relabelled in place and Updated")
         # Same pods, new revision; kruise's part is done at once (no image to wait for)...
         assert revisions(pods) == {0: new, 1: new}
         assert {i: p.metadata.uid for i, p in pods.items()} == {i: p.metadata.uid for i, p in before.items()}
