@@ -1,52 +1,75 @@
-"""Two processes of each service, one of them killed with SIGKILL at random moments under a mixed load (issue 18).
+"""Two processes of each service and two REST bridges, any one of them killed with SIGKILL at random moments under a
+mixed load (issue 18).
 
     python bench/replicas.py [--seconds 120] [--users 6] [--seed 18]
 
-Six `aigc-gateway serve` processes: instance ×2, auth ×2, usersync ×2 (each usersync replica delivering the Logto
-outbox under its advisory locks, to the Logto double). Every few seconds (4-10 s, seeded) one process, picked at
-random, is killed with SIGKILL and started again 1-3 s later. Meanwhile users install, pause, resume and uninstall
-(bench/chaos.py's load and client retry: same request_id, retried for 60 s: a DeleteInstance may wait
-30 s for its disks) and the auth check is asked about
-their instances by their owners and by a user who owns nothing.
+Eight `aigc-gateway serve` processes: template ×2, instance ×2, auth ×2, usersync ×2 (each usersync replica
+delivering the Logto outbox under its advisory locks, to the Logto double), and two REST bridges (the Go binary as
+the suite builds it, bridge/gotools.py) in front of them. Every few seconds (4-10 s, seeded) one of the ten, picked
+at random, is killed with SIGKILL and started again 1-3 s later; the next kill comes once it serves again (one down
+at a time: two replicas are meant to survive the loss of one; on a loaded machine a restart takes a while, and a
+schedule that ignored it killed both instance processes at once). Meanwhile users install, pause, resume and
+uninstall through the bridges (REST), an admin updates the templates through the bridges (UpdateTemplate, the
+description annotation), and the auth check is asked about their instances by their owners and by a user who owns
+nothing (gRPC, as ingress-nginx's auth-url reaches the auth service directly).
 
-Clients spread calls over both processes of a service with gRPC's client-side `round_robin` over a static
-address list (`ipv4:127.0.0.1:p1,127.0.0.1:p2`): a killed process's subchannel goes TRANSIENT_FAILURE and calls
-go to the other until it is back. In a cluster the same comes from a headless Service and `dns:///` (the Helm
-chart's Services are ClusterIP today: one connection, one pod; see the notes). Services dial each other the same
-way (`servers.<name>.target`). The REST bridge (Go) is not run here.
+How calls are spread, as in the Helm chart (docs/chaos.md, "Replicas"):
+- REST clients alternate between the two bridges, one attempt each; the documented client retry (same
+  request_id, retried for 60 s: a DeleteInstance may wait 30 s for its disks) resends a call answered 502/503/
+  504/409-ABORTED/500, or whose bridge refused the connection, and so reaches the other bridge.
+- Each bridge dials every service as a comma-separated list of its two processes (`--instance=127.0.0.1:p1,
+  127.0.0.1:p2`) and balances round_robin; in a cluster the same comes from a headless Service and dns:///.
+- The services dial each other with `servers.<name>.target: ipv4:127.0.0.1:p1,127.0.0.1:p2` and round_robin
+  (aigc_gateway.config.CLIENT_CHANNEL_OPTIONS); the bench's own gRPC clients too.
 
-Prints the operations attempted / ok / retried / failed, the kills, the auth checks (a non-owner allowed must be
-0), CheckConsistency and the Logto mirror at the end. Needs the test bed and PostgreSQL, like bench/chaos.py.
+Prints the operations attempted / ok / retried / failed (in all, and per call with the component it reaches), the
+kills per component and each restart's time to serving, the auth checks (a non-owner allowed must be 0), CheckConsistency and the Logto mirror at the
+end. Needs the test bed, PostgreSQL and Go, like bench/chaos.py.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import types
+import uuid
 from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx
 import yaml
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE.parent / "bridge"))
 import chaos  # noqa: E402
 from chaos import META, TOKEN, ChaosBed, Step, _free_port  # noqa: E402
+from kill_storm import RETRYABLE  # noqa: E402
 
-SERVICES = ("instance", "auth", "usersync")
+SERVICES = ("template", "instance", "auth", "usersync")
+# REST routes of the calls the load makes (the google.api.http annotations of the protos).
+ROUTES = {"CreateInstance": ("POST", "/v1/{parent}/instances", "instance"),
+          "PauseInstance": ("POST", "/v1/{name}:pause", "instance"),
+          "ResumeInstance": ("POST", "/v1/{name}:resume", "instance"),
+          "DeleteInstance": ("DELETE", "/v1/{name}", "instance"),
+          "UpdateTemplate": ("PATCH", "/v1/{name}", "template")}
+CODES = {code.value[0]: code for code in grpc.StatusCode}
 LB = [("grpc.lb_policy_name", "round_robin"), ("grpc.initial_reconnect_backoff_ms", 200),
       ("grpc.min_reconnect_backoff_ms", 200), ("grpc.max_reconnect_backoff_ms", 1000)]
 
 
 class Process:
-    def __init__(self, service: str, index: int, config: Path, log: Path):
-        self.service, self.index, self.config, self.log = service, index, config, log
+    """One `aigc-gateway serve <service>` process, or (``argv`` given) one REST bridge."""
+
+    def __init__(self, service: str, index: int, config: Path | None, log: Path, argv: list[str] | None = None):
+        self.service, self.index, self.config, self.log, self.argv = service, index, config, log, argv
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -54,11 +77,11 @@ class Process:
         return f"{self.service}-{self.index}"
 
     def start(self) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("AIGC_GATEWAY")}
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("AIGC_GATEWAY", "AIGC_BRIDGE"))}
         env["AIGC_GATEWAY__IDEMPOTENCY__REPLICA_LEASE_SECONDS"] = "4"
-        self.proc = subprocess.Popen([sys.executable, "-m", "aigc_gateway.cli", "serve", self.service, "-c",
-                                      str(self.config)], env=env, stdin=subprocess.DEVNULL,
-                                     stdout=self.log.open("ab"), stderr=subprocess.STDOUT)
+        argv = self.argv or [sys.executable, "-m", "aigc_gateway.cli", "serve", self.service, "-c", str(self.config)]
+        self.proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=self.log.open("ab"),
+                                     stderr=subprocess.STDOUT)
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -76,9 +99,18 @@ class Process:
 
 
 class ReplicaBed(ChaosBed):
-    """bench/chaos.py's load against two processes of each service (no toxiproxy)."""
+    """bench/chaos.py's load against two processes of each service behind two bridges (no toxiproxy)."""
 
     kills = 0
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.per_call: dict[str, list[int]] = {}  # method -> [attempted, ok, retried, failed]
+        self.kills_of: dict[str, int] = {}
+        self.turn = 0  # which bridge the next attempt goes to
+        self.admin_token: tuple[float, str] = (0.0, "")
+        self.refusal_sample: dict[str, str] = {}  # reason -> one such answer, printed
+        self.back_after: dict[str, list[float]] = {}  # component -> seconds from restart to serving, per kill
 
     async def start(self) -> None:
         from aigc_gateway.api.v1 import auth_pb2_grpc, instance_pb2_grpc
@@ -113,7 +145,8 @@ class ReplicaBed(ChaosBed):
                                  "reconcile_interval_seconds": 0},
                 }))
                 self.processes.append(Process(service, i, config, self.folder / f"{service}-{i}.log"))
-        for process in self.processes:
+        self.bridges = self._bridges(ports)
+        for process in [*self.processes, *self.bridges]:
             process.start()
         self.channel = grpc.aio.insecure_channel(targets["instance"], options=LB)
         self.direct = grpc.aio.insecure_channel(targets["instance"], options=LB)
@@ -123,13 +156,43 @@ class ReplicaBed(ChaosBed):
         self.auth = auth_pb2_grpc.AuthServiceStub(self.auth_channel)
         self.auth_service = None
         self.db = Database(self.database_url, pool_size=2)
+        self.http = httpx.AsyncClient()
         await self._serving(targets)
+        await self._listening()
 
-    async def _serving(self, targets: dict[str, str], timeout: float = 90) -> None:
+    def _bridges(self, ports: dict[str, list[int]]) -> list[Process]:
+        from gotools import bridge
+
+        binary = bridge()
+        self.bridge_urls: list[str] = []
+        made = []
+        for i in range(2):
+            port = _free_port()
+            self.bridge_urls.append(f"http://127.0.0.1:{port}")
+            argv = [str(binary), "--listen", f"127.0.0.1:{port}", "--rate-limit", "0",
+                    *(f"--{s}=" + ",".join(f"127.0.0.1:{p}" for p in ports[s]) for s in SERVICES)]
+            made.append(Process("bridge", i, None, self.folder / f"bridge-{i}.log", argv))
+        return made
+
+    async def _listening(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        for process, url in zip(self.bridges, self.bridge_urls, strict=True):
+            while True:
+                try:
+                    if (await self.http.get(f"{url}/healthz", timeout=2)).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                assert time.monotonic() < deadline, f"{process.name} does not listen: {process.log.read_text()[-2000:]}"
+                await asyncio.sleep(0.3)
+
+    async def _serving(self, targets: dict[str, str], timeout: float = 240, only: Process | None = None) -> None:
+        """Every service process (or ``only``) answers SERVING; ten processes start at once, so on a loaded
+        2-core machine the last may take minutes."""
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
         deadline = time.monotonic() + timeout
-        for process in self.processes:
+        for process in [only] if only else self.processes:
             port = yaml.safe_load(process.config.read_text())["servers"][process.service]["listen"]
             async with grpc.aio.insecure_channel(port) as channel:
                 while True:
@@ -146,31 +209,131 @@ class ReplicaBed(ChaosBed):
                     await asyncio.sleep(0.3)
 
     async def close(self) -> None:
-        for channel in (self.channel, self.direct, self.auth_channel):
-            await channel.close()
-        for process in self.processes:
+        for process in [*getattr(self, "bridges", []), *getattr(self, "processes", [])]:
             process.stop()
-        await self.db.close()
+        for name in ("channel", "direct", "auth_channel"):
+            if hasattr(self, name):
+                await getattr(self, name).close()
+        if hasattr(self, "http"):
+            await self.http.aclose()
+        if hasattr(self, "db"):
+            await self.db.close()
+
+    # -- REST through the bridges ------------------------------------------------------------------
+    async def call(self, method: str, message: Any, user: str, budget: float) -> tuple[Any, str]:
+        """One user operation through the bridges with the documented retry (same request_id); each attempt
+        goes to the next bridge."""
+        from google.protobuf import json_format
+
+        step = self.step
+        assert step is not None
+        counts = self.per_call.setdefault(method, [0, 0, 0, 0])
+        step.attempted += 1
+        counts[0] += 1
+        verb, route, _ = ROUTES[method]
+        body = json_format.MessageToDict(message)
+        path = route.format(**{k: body.pop(k) for k in ("parent", "name") if "{" + k + "}" in route})
+        token = self.admin_bearer() if method == "UpdateTemplate" else self.bearer(user)
+        started, tries = time.monotonic(), 0
+        while True:
+            tries += 1
+            url = self.bridge_urls[self.turn % len(self.bridge_urls)] + path
+            self.turn += 1
+            left = max(5.0, budget - (time.monotonic() - started))
+            try:
+                reply = await self.http.request(
+                    verb, url, headers={"authorization": f"Bearer {token}"}, timeout=left,
+                    json=body if verb != "DELETE" else None,
+                    params={"requestId": body["requestId"]} if verb == "DELETE" else None)
+                answer = reply.json()
+                error = "" if reply.status_code == 200 else f"{reply.status_code} {str(answer)[:160]}"
+                code = grpc.StatusCode.OK if reply.status_code == 200 else CODES.get(answer.get("code"),
+                                                                                  grpc.StatusCode.UNKNOWN)
+            except (httpx.HTTPError, ValueError) as exc:  # the bridge was killed: connection refused or reset
+                code, answer, error = grpc.StatusCode.UNAVAILABLE, None, f"{type(exc).__name__} {exc}"[:160]
+            if code == grpc.StatusCode.OK:
+                step.ok += 1
+                counts[1] += 1
+                return types.SimpleNamespace(id=int(answer.get("id", 0)), json=answer), ""
+            if code not in RETRYABLE:
+                why = _rest_reason(answer) or code.name
+                step.refused[why] = step.refused.get(why, 0) + 1
+                self.refusal_sample.setdefault(why, f"{method}: {error}")
+                return None, why
+            if tries == 2:
+                step.retried += 1
+                counts[2] += 1
+            if time.monotonic() - started > budget:
+                step.failed += 1
+                counts[3] += 1
+                step.failures.append(f"{method} {user}: {code.name} {error}")
+                return None, "GAVE_UP"
+            await asyncio.sleep(0.25)
+
+    def admin_bearer(self) -> str:
+        made, token = self.admin_token
+        if time.monotonic() - made > 300:
+            token = self.issuer.mint("replica-admin", roles=["admin"])
+            self.admin_token = (time.monotonic(), token)
+        return token
+
+    async def template_loop(self, until: float, budget: float) -> None:
+        """An admin updates a template's description every 2-5 s (UpdateTemplate with the manifest GetTemplate
+        answered, one annotation changed; WHEN_IDLE: no pod moves)."""
+        from aigc_gateway.api.v1 import template_pb2
+
+        n = 0
+        while time.monotonic() < until:
+            await asyncio.sleep(self.rng.uniform(2, 5))
+            n += 1
+            name = f"namespaces/{self.namespace}/templates/{self.rng.choice(self.templates)}"
+            manifest = None
+            for url in self.bridge_urls:  # a read: either bridge will do
+                try:
+                    reply = await self.http.get(f"{url}/v1/{name}", timeout=10,
+                                                headers={"authorization": f"Bearer {self.admin_bearer()}"})
+                    if reply.status_code == 200:
+                        manifest = reply.json()["manifest"]
+                        break
+                except httpx.HTTPError:
+                    pass
+            if manifest is None:
+                continue
+            manifest["metadata"].setdefault("annotations", {})["aigc.gateway.io/description"] = f"bench update {n}"
+            # As text (JSON is YAML): a Struct would carry every number as a double, and spec.replicas 1.0 is
+            # refused (INVALID_REPLICAS: an integer).
+            await self.call("UpdateTemplate", template_pb2.UpdateTemplateRequest(
+                name=name, request_id=uuid.uuid4().hex, source=template_pb2.TemplateSource(
+                    manifest=json.dumps(manifest))), "replica-admin", budget)
 
     async def killer(self, until: float) -> None:
+        """One process down at a time: the next kill comes 4-10 s after the last victim serves again."""
         while True:
             await asyncio.sleep(self.rng.uniform(4, 10))
             if time.monotonic() >= until:
                 return
-            victim = self.rng.choice(self.processes)
+            victim = self.rng.choice([*self.processes, *self.bridges])
             victim.kill()
             self.kills += 1
+            self.kills_of[victim.service] = self.kills_of.get(victim.service, 0) + 1
             await asyncio.sleep(self.rng.uniform(1, 3))
+            started = time.monotonic()
             victim.start()
+            if victim.service == "bridge":
+                await self._listening()
+            else:
+                await self._serving({}, only=victim)
+            self.back_after.setdefault(victim.service, []).append(time.monotonic() - started)
 
     async def storm(self, seconds: float) -> Step:
         step = Step("replicas", "kill-9", seconds)
         self.step = step
         until = time.monotonic() + seconds
         tasks = [asyncio.create_task(self.user_loop(u, until, 60)) for u in self.users]
-        tasks += [asyncio.create_task(self.auth_loop(until)), asyncio.create_task(self.killer(until))]
+        tasks += [asyncio.create_task(self.auth_loop(until)), asyncio.create_task(self.killer(until)),
+                  asyncio.create_task(self.template_loop(until, 60))]
         await asyncio.gather(*tasks)
-        for process in self.processes:
+        for process in [*self.processes, *self.bridges]:
             if process.proc is None or process.proc.poll() is not None:
                 process.start()
         cleared = time.monotonic()
@@ -189,17 +352,38 @@ class ReplicaBed(ChaosBed):
 
 
 async def run(bed: ReplicaBed, seconds: float) -> Step:
-    await bed.start()
-    try:
+    try:  # close() also when a process never serves: it stops every process started
+        await bed.start()
         await bed.prepare()
         return await bed.storm(seconds)
     finally:
         await bed.close()
 
 
-def print_report(step: Step, kills: int, seed: int) -> None:
+def _rest_reason(answer: Any) -> str:
+    """The ErrorInfo reason of a google.rpc.Status answered as JSON by the bridge."""
+    for detail in (answer or {}).get("details", []) if isinstance(answer, dict) else []:
+        if detail.get("@type", "").endswith("google.rpc.ErrorInfo"):
+            return str(detail.get("reason", ""))
+    return ""
+
+
+def print_report(step: Step, kills: int, seed: int, bed: ReplicaBed | None = None) -> None:
     chaos.print_table([step], seed)
-    print(f"kills: {kills} (SIGKILL of one of 6 processes, restarted 1-3 s later)")
+    print(f"kills: {kills} (SIGKILL of one of 8 service processes and 2 bridges, restarted 1-3 s later)"
+          + (f": {', '.join(f'{k} {v}' for k, v in sorted(bed.kills_of.items()))}" if bed else ""))
+    if bed is None:
+        return
+    for why, sample in sorted(bed.refusal_sample.items()):
+        print(f"  refused {why}, e.g. {sample}")
+    for component, seconds in sorted(bed.back_after.items()):
+        print(f"  {component} restarted to serving: {', '.join(f'{x:.1f}' for x in seconds)} s")
+    print(f"\n{'call (REST, both bridges)':28} {'component':10} {'ops':>5} {'ok':>5} {'retr':>5} {'fail':>5}")
+    for method, (attempted, ok, retried, failed) in sorted(bed.per_call.items()):
+        print(f"{method:28} {ROUTES[method][2]:10} {attempted:5d} {ok:5d} {retried:5d} {failed:5d}")
+    print(f"{'AuthService.Check (gRPC)':28} {'auth':10} {step.owner_checks + step.nobody_checks:5d} "
+          f"{'':5} {'':5} {'':5}  owners allowed {step.owner_allowed}/{step.owner_checks}, "
+          f"non-owner allowed {step.nobody_allowed}/{step.nobody_checks}")
 
 
 async def main() -> int:
@@ -213,7 +397,7 @@ async def main() -> int:
     async with environment() as env:
         bed = ReplicaBed(**env, users=args.users, seed=args.seed)
         step = await run(bed, args.seconds)
-        print_report(step, bed.kills, args.seed)
+        print_report(step, bed.kills, args.seed, bed)
         return 0 if step.good else 1
 
 
