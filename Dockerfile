@@ -20,11 +20,18 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
 RUN python3 -m venv /opt/aigc-gateway
 WORKDIR /src
 # Only what the distribution is built from: tests, the test bed and the Go bridge stay out.
-COPY pyproject.toml README.md ./
+# The dependencies first, from pyproject.toml alone, installed and byte-compiled in a layer of their
+# own: a change of the sources alone reuses it (the compileall below then finds them up to date).
+COPY pyproject.toml ./
+RUN python3 -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies'], sep='\n')" \
+      > /tmp/requirements.txt \
+ && /opt/aigc-gateway/bin/pip install --no-compile -r /tmp/requirements.txt \
+ && /opt/aigc-gateway/bin/python -m compileall -q -j 0 /opt/aigc-gateway/lib
+COPY README.md ./
 COPY src ./src
 COPY services ./services
 # Byte-compiled at build time: the root filesystem is read-only at run time.
-RUN /opt/aigc-gateway/bin/pip install --no-compile . \
+RUN /opt/aigc-gateway/bin/pip install --no-compile --no-deps . \
  && /opt/aigc-gateway/bin/pip uninstall --yes pip setuptools wheel \
  && /opt/aigc-gateway/bin/python -m compileall -q -j 0 /opt/aigc-gateway/lib
 
