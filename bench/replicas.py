@@ -300,6 +300,10 @@ class ReplicaBed(ChaosBed):
             if manifest is None:
                 continue
             manifest["metadata"].setdefault("annotations", {})["aigc.gateway.io/description"] = f"bench update {n}"
+            # The instance service's fields, left out as the service asks: the value read may be stale by now (an
+            # install meanwhile), and a stale one is refused (PROTECTED_FIELD).
+            for key in ("replicas", "reserveGameServerIds"):
+                manifest.get("spec", {}).pop(key, None)
             # As text (JSON is YAML): a Struct would carry every number as a double, and spec.replicas 1.0 is
             # refused (INVALID_REPLICAS: an integer).
             await self.call("UpdateTemplate", template_pb2.UpdateTemplateRequest(
