@@ -35,6 +35,7 @@ class ActivityRecorder:
         self.resolution_seconds = resolution_seconds
         self._seen: dict[InstanceKey, float] = {}
         self._written: dict[InstanceKey, float] = {}  # the last time written per instance, while recent
+        self._pruned = 0.0  # when _written last dropped what is due anyway
         self._task: asyncio.Task[None] | None = None
 
     def touch(self, key: InstanceKey, now: float) -> None:
@@ -81,7 +82,14 @@ class ActivityRecorder:
             for key, t in seen.items():
                 self._seen[key] = max(t, self._seen.get(key, 0.0))
             return 0
-        horizon = max(seen.values()) - self.resolution_seconds
-        self._written = {k: t for k, t in self._written.items() if t > horizon}  # forget what is due anyway
+        newest = max(seen.values())
+        if newest - self._pruned >= self.resolution_seconds:
+            # Forget what is due anyway, once a resolution period: rebuilding the dictionary re-hashes every
+            # key in Python (InstanceKey is a dataclass), which at every 5 s flush of a busy worker (thousands
+            # of instances) showed in bench/auth_check.py --profile. An entry older than the horizon is due
+            # whether it is kept or not, so keeping it a little longer changes nothing.
+            horizon = newest - self.resolution_seconds
+            self._written = {k: t for k, t in self._written.items() if t > horizon}
+            self._pruned = newest
         self._written.update(seen)
         return len(params)
