@@ -67,7 +67,6 @@ from .metrics import (
     REALIGNS,
     SETTLE_WAIT,
 )
-from .rollout import HOLD_LABEL
 from .slots import SlotStore, slots_of
 
 log = logging.getLogger(__name__)
@@ -225,14 +224,10 @@ class Lifecycle:
         in its own write: the partition counts the held pods, and a resume or install after it must find it right
         (docs/upgrade.md, facts 4 and 5). The scale lands first, so for a moment it is one too high: fewer pods may
         move, never more. None: leave it."""
-        if plan.op not in (Op.PAUSE, Op.UNINSTALL) or plan.after is None:
-            return None
-        partition, _ = rollout_view.rolling(gss)
-        if partition <= 0:
+        if plan.op not in (Op.PAUSE, Op.UNINSTALL) or plan.after is None or not rollout_view.rolling(gss)[0]:
             return None
         pod = await self.cluster.pod(ref.namespace, okg.game_server_name(ref.template, plan.id))
-        labels = ((pod or {}).get("metadata") or {}).get("labels") or {}
-        return partition - 1 if labels.get(HOLD_LABEL) == "true" else None
+        return rollout_view.lowered_partition(gss, pod)
 
     async def _claims_state(self, claims: list[Claim]) -> dict[str, tuple[bool, Effect | None]]:
         if self.claims is None or not claims:

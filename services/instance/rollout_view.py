@@ -60,6 +60,14 @@ def rolling(gss: Mapping[str, Any]) -> tuple[int, bool]:
     return int(strategy.get("partition") or 0), bool(strategy.get("paused"))
 
 
+def lowered_partition(gss: Mapping[str, Any], pod: Obj | None) -> int | None:
+    """The partition a pause or uninstall of the id whose pod this is writes with its scale: one lower when the
+    pod is held (it carries the hold label, which the rollout step writes on held pods alone); None: unchanged."""
+    partition, _ = rolling(gss)
+    held = str(_labels(pod or {}).get(HOLD_LABEL) or "") == "true"
+    return partition - 1 if held and partition > 0 else None
+
+
 def pods_by_id(pods: Iterable[Obj], template: str) -> dict[int, Obj]:
     """The template's pods by id, without the ones being deleted (a pause or a restart under way: the pod the id
     runs next is made by the controller, so its revision is not this one's)."""

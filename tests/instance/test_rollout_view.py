@@ -49,6 +49,13 @@ def test_seen_reads_partition_priorities_holds_and_revisions_without_pods_being_
     assert Seen.from_json(seen.to_json()) == seen
 
 
+def test_a_pause_of_a_held_id_lowers_the_partition() -> None:
+    assert rollout_view.lowered_partition(gss(2), pod(0, OLD, hold=True)) == 1
+    assert rollout_view.lowered_partition(gss(2), pod(0, OLD)) is None  # a mover or a pod never held
+    assert rollout_view.lowered_partition(gss(0), pod(0, OLD, hold=True)) is None
+    assert rollout_view.lowered_partition(gss(2), None) is None
+
+
 def test_in_place_is_an_image_only_difference() -> None:
     assert rollout_view.in_place(gss(), pod(0, OLD))
     assert not rollout_view.in_place(gss(args=["--listen"]), pod(0, OLD))
