@@ -33,6 +33,15 @@ from .policy import Policy
 log = logging.getLogger(__name__)
 # The message types the catalog, the publisher and the cascade answer with (they build none themselves).
 Template = template_pb2.Template
+
+
+def serialized(template: Template) -> bytes:
+    """A Template's bytes, as a stored answer keeps it (deterministic: a replay is byte-identical)."""
+    return template.SerializeToString(deterministic=True)
+
+
+def parsed(data: bytes) -> Template:
+    return Template.FromString(data)
 TemplateSource = template_pb2.TemplateSource
 ListTemplatesResponse = template_pb2.ListTemplatesResponse
 ValidateTemplateResponse = template_pb2.ValidateTemplateResponse

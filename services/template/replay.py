@@ -25,12 +25,12 @@ import copy
 import hashlib
 from typing import Any
 
-from aigc_gateway.api.v1 import template_pb2
 from aigc_gateway.db import Database
 from aigc_gateway.errors import NotFound, Violation
 from aigc_gateway.idempotency import Claim, IdempotencyStore, taken_over
 
 from .cluster import TemplateCluster
+from .messages import Template, parsed, serialized
 from .policy import Policy
 
 KEY = "request"
@@ -113,16 +113,16 @@ def update_warnings(effect: dict[str, Any] | None) -> list[Violation] | None:
     return [Violation(field, description, reason) for field, description, reason in effect["warnings"]]
 
 
-def delete_effect(template: template_pb2.Template | None, uid: str, known_ids: list[int], claims: set[str],
+def delete_effect(template: Template | None, uid: str, known_ids: list[int], claims: set[str],
                   deleted_count: int) -> dict[str, Any]:
-    shown = base64.b64encode(template.SerializeToString(deterministic=True)).decode() if template else ""
+    shown = base64.b64encode(serialized(template)).decode() if template else ""
     return {"op": "delete", "uid": uid, "template": shown, "known_ids": sorted(known_ids), "claims": sorted(claims),
             "deleted_count": deleted_count}
 
 
-def deleted_template(effect: dict[str, Any]) -> template_pb2.Template | None:
+def deleted_template(effect: dict[str, Any]) -> Template | None:
     shown = effect.get("template") or ""
-    return template_pb2.Template.FromString(base64.b64decode(shown)) if shown else None
+    return parsed(base64.b64decode(shown)) if shown else None
 
 
 def delete_happened(effect: dict[str, Any] | None, current: dict[str, Any] | None) -> bool:
