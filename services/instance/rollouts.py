@@ -147,8 +147,9 @@ class Rollouts:
             self._gauges(ref, None, None, seen)
             return None
         annotations = (gss.get("metadata") or {}).get("annotations")
+        idle_after = upgrades.idle_after_of(annotations, self.prefix)  # 0 is a threshold (idle at once), not unset
         view = View.of(target, upgrades.policy_of(annotations, self.prefix) or self.policy,
-                       upgrades.idle_after_of(annotations, self.prefix) or self.idle_after, now, members,
+                       self.idle_after if idle_after is None else idle_after, now, members,
                        (q.id for q in requests if q.id not in done), activity_lag=upgrades.ACTIVITY_LAG)
         return view, seen, pods
 
