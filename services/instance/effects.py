@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from aigc_gateway.db.models import InstanceRow
-from aigc_gateway.errors import Aborted
+from aigc_gateway.idempotency import taken_over as taken_over  # one definition, in the core (re-exported)
 from aigc_gateway.names import InstanceRef
 
 _TIMES = ("created_at", "updated_at", "state_changed_at", "last_access_at")
@@ -44,9 +44,3 @@ def make(op: str, row: InstanceRow, *, former_owner: str | None = None, **extra:
 def ref_of(effect: dict[str, Any]) -> InstanceRef:
     row = effect["row"]
     return InstanceRef(row["namespace"], row["template"], int(row["id"]))
-
-
-def taken_over() -> Aborted:
-    """A call whose claim a retry took over (its replica was thought dead) stops before it changes anything."""
-    return Aborted("a retry of this request took it over (this replica was thought dead); it answers",
-                   reason="REQUEST_TAKEN_OVER", retry_after=1.0)
