@@ -20,7 +20,6 @@ import asyncio
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -35,6 +34,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from install_burst import kubeconfig, server_url, template  # noqa: E402
+from procs import free_port, wait_serving  # noqa: E402
 
 TOKEN = "storm-service-token-" + uuid.uuid4().hex
 BUDGET = 30.0  # seconds a client keeps retrying one operation
@@ -116,20 +116,8 @@ class Replica:
                                      stdout=self.log.open("ab"), stderr=subprocess.STDOUT)
 
     async def serving(self, timeout: float = 120) -> None:
-        from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-        health = health_pb2_grpc.HealthStub(self.channel)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                reply = await health.Check(health_pb2.HealthCheckRequest(service="aigc.gateway.v1.InstanceService"),
-                                           timeout=2)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.aio.AioRpcError:
-                pass
-            await asyncio.sleep(0.3)
-        raise RuntimeError(f"replica {self.index} did not start: {self.log.read_text()[-2000:]}")
+        if not await wait_serving(self.channel, "InstanceService", timeout, poll=0.3):
+            raise RuntimeError(f"replica {self.index} did not start: {self.log.read_text()[-2000:]}")
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -147,9 +135,7 @@ class Replica:
 
 
 def config_file(folder: Path, index: int, namespace: str, url: str, kube: str) -> tuple[Path, int]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     path = folder / f"replica-{index}.yaml"
     path.write_text(yaml.safe_dump({
         "namespaces": [namespace], "database": {"url": url, "pool_size": 5},

@@ -140,19 +140,13 @@ async def start_up(service: str, url: str, folder: Path) -> tuple[float, float]:
     here): what grows with the size is the database side."""
     import os
     import secrets
-    import socket
     import subprocess
 
     import grpc
     import yaml
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from procs import free_port, wait_serving
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        http = sock.getsockname()[1]
+    port, http = free_port(), free_port()
     config = folder / f"{service}.yaml"
     config.write_text(yaml.safe_dump({
         "namespaces": [NS], "database": {"url": url, "pool_size": 5},
@@ -168,19 +162,11 @@ async def start_up(service: str, url: str, folder: Path) -> tuple[float, float]:
                             stdin=subprocess.DEVNULL, stdout=(folder / f"{service}.log").open("ab"),
                             stderr=subprocess.STDOUT)
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-    health = health_pb2_grpc.HealthStub(channel)
     try:
-        while proc.poll() is None:
-            try:
-                reply = await health.Check(health_pb2.HealthCheckRequest(
-                    service=f"aigc.gateway.v1.{STARTED[service]}"), timeout=2)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-                    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-                    return time.perf_counter() - started, cpu
-            except grpc.aio.AioRpcError:
-                pass
-            await asyncio.sleep(0.05)
+        if await wait_serving(channel, STARTED[service], alive=proc):
+            fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            return time.perf_counter() - started, cpu
         raise RuntimeError(f"serve {service} exited: {(folder / f'{service}.log').read_text()[-2000:]}")
     finally:
         await channel.close()

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,6 +36,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from install_burst import kubeconfig, server_url, template  # noqa: E402
+from procs import free_port, wait_serving  # noqa: E402
 
 TOKEN = "watch-bench-token-" + uuid.uuid4().hex
 METADATA = (("x-aigc-service-token", TOKEN), ("x-aigc-service-name", "watch-bench"))
@@ -92,23 +92,6 @@ async def resume_all(url: str, namespace: str, n: int) -> float:
         await conn.close()
 
 
-async def serving(channel: grpc.aio.Channel, timeout: float = 120) -> None:
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    health = health_pb2_grpc.HealthStub(channel)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            reply = await health.Check(health_pb2.HealthCheckRequest(service="aigc.gateway.v1.InstanceService"),
-                                       timeout=2)
-            if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                return
-        except grpc.aio.AioRpcError:
-            pass
-        await asyncio.sleep(0.05)
-    raise RuntimeError("the instance service did not start")
-
-
 async def one_size(n: int, server: str, kube_path: str, idle: float) -> dict[str, float]:
     import asyncpg
 
@@ -131,9 +114,7 @@ async def one_size(n: int, server: str, kube_path: str, idle: float) -> dict[str
         await seed(url, namespace, n)
         await kube.create(NAMESPACE, None, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
         await kube.create(GSS, namespace, template(TEMPLATE, namespace))
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        port = free_port()
         config = folder / "instance.yaml"
         config.write_text(yaml.safe_dump({
             "namespaces": [namespace], "database": {"url": url, "pool_size": 10},
@@ -150,7 +131,8 @@ async def one_size(n: int, server: str, kube_path: str, idle: float) -> dict[str
         proc = subprocess.Popen([sys.executable, "-m", "aigc_gateway.cli", "serve", "instance", "-c", str(config)],
                                 env=env, stdin=subprocess.DEVNULL, stdout=(folder / "instance.log").open("ab"),
                                 stderr=subprocess.STDOUT)
-        await serving(channel)
+        if not await wait_serving(channel, "InstanceService", alive=proc):
+            raise RuntimeError(f"the instance service did not start: {(folder / 'instance.log').read_text()[-2000:]}")
         out["start_s"] = time.perf_counter() - started
         stub = instance_pb2_grpc.InstanceServiceStub(channel)
         await asyncio.sleep(1.0)  # let start-up work settle before the memory baseline
