@@ -170,8 +170,10 @@ class TemplateConfig(Section):
         "to go before it answers UNAVAILABLE (a retry of the delete resumes the cascade).")
     rollout_policy: Literal["WHEN_IDLE", "IMMEDIATE", "MANUAL"] = Field(
         "WHEN_IDLE", description="How a change under `gameServerTemplate` reaches live instances when neither the "
-        "request nor the template's `rollout-policy` annotation says (docs/upgrade.md). Today only PreviewTemplateUpdate "
-        "reads it: until the rollout reconciler is wired, UpdateTemplate restarts every live instance at once.")
+        "request nor the template's `rollout-policy` annotation says (docs/upgrade.md): WHEN_IDLE moves idle and "
+        "consenting instances at once and busy ones once idle, MANUAL only new, resumed and explicitly updated ones, "
+        "IMMEDIATE every live instance at once (it needs allow_restart). UpdateTemplate records the choice on the "
+        "template and the instance service's reconciler carries it out.")
     rollout_idle_after_seconds: float = Field(
         900.0, ge=0, description="WHEN_IDLE: how long without an authorised access an instance counts as idle (plus "
         "65 s for how late the access is recorded), when neither the request nor the template's "
