@@ -49,6 +49,7 @@ class Scene:
     signin_url: str
     nginx: Any = None
     tag: str = ""  # unique per scene: Traefik reads every namespace's Ingresses, so hosts must not repeat
+    services: Any = None  # the instance service's gateway (tests reach its service object through it)
 
     def host(self, pattern: str) -> str:
         """``pattern`` (e.g. ``instances<id>-cpu.<domain>``) made this scene's own: its first label gets the
@@ -89,7 +90,9 @@ def manifest(namespace: str, auth_url: str, signin_url: str, *, host: str, path:
 
 
 async def start_scene(proxy: str, *, testbed, k8s_namespace: str, edge, start_gateway, start_oidc_provider,
-                      database_url: str, issuer, browser, ingress_nginx) -> Scene:
+                      database_url: str, issuer, browser, ingress_nginx, users: tuple[str, ...] = ("alice", "bob"),
+                      instance: dict[str, Any] | None = None) -> Scene:
+    """``users`` sign in (each gets a session cookie); ``instance``: settings of the instance service."""
     auth_port = free_port()
     auth_url = f"http://127.0.0.1:{auth_port}/auth?rh=$host"
     signin = f"http://dashboard.{DOMAIN}:{auth_port}/sign-in"
@@ -98,14 +101,14 @@ async def start_scene(proxy: str, *, testbed, k8s_namespace: str, edge, start_ga
         start_gateway=start_gateway, start_oidc_provider=start_oidc_provider, database_url=database_url,
         issuer=issuer, front_port=auth_port, kubeconfig=str(testbed.kubeconfig), namespaces=[k8s_namespace],
         auth_overrides={"http_listen": f"127.0.0.1:{auth_port}", "proxy": proxy},
-        template={"auth_url": auth_url, "auth_signin_url": signin})
+        template={"auth_url": auth_url, "auth_signin_url": signin}, **({"instance": instance} if instance else {}))
     services = await start_gateway("instance", settings=stack.gateway.runtime.settings)
     # The template service with the test issuer's admin tokens (the stack's OIDC issuer is the provider).
     publisher = await start_gateway("template", settings=make_settings(
         database_url, issuer, namespaces=[k8s_namespace], kubernetes={"kubeconfig": str(testbed.kubeconfig)},
         template={"auth_url": auth_url, "auth_signin_url": signin}))
     cookies = {}
-    for user in ("alice", "bob"):
+    for user in users:
         b = browser()
         await b.sign_in(stack.url(f"dashboard.{DOMAIN}", "/sign-in"), user)
         cookies[user] = b.cookie(COOKIE)
@@ -114,6 +117,7 @@ async def start_scene(proxy: str, *, testbed, k8s_namespace: str, edge, start_ga
                   PodLog(edge.pod_log, k8s_namespace), str(testbed.kubeconfig),
                   template_pb2_grpc.TemplateServiceStub(publisher.channel("template")),
                   bearer(issuer.mint("root-admin", roles=["admin"])), auth_url, signin)
+    scene.services = services
     scene.tag = hashlib.sha256(k8s_namespace.encode()).hexdigest()[:6]
     if proxy == "nginx":
         scene.nginx = ingress_nginx(testbed.kubeconfig, k8s_namespace)
