@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import json
 import os
 import shutil
 import sys
@@ -11,6 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -113,6 +115,26 @@ async def run_ctl(*args: str, token: str = "", env: dict[str, str] | None = None
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(proc.communicate(stdin.encode() if stdin is not None else None), timeout)
     return CtlResult(proc.returncode or 0, out.decode(), err.decode())
+
+
+def parsed(result: CtlResult) -> Any:
+    """aigcctl's JSON output (`-o json`) of a run that must have succeeded."""
+    assert result.code == 0, f"exit {result.code}\nstdout: {result.stdout}\nstderr: {result.stderr}"
+    return json.loads(result.stdout)
+
+
+@pytest.fixture
+async def sample_gateway(start_gateway: Any, database_url: str, issuer: Any, testbed: Any, k8s_namespace: str) -> Any:
+    """The instance service on the test bed, its namespace holding the reference sample template."""
+    from ..instance.conftest import create_template
+    from ..plugins.gateway import make_settings
+    from ..plugins.kube import Game, api_client
+
+    async with api_client(testbed.kubeconfig) as api:
+        await create_template(Game(api, k8s_namespace), testbed)
+    settings = make_settings(database_url, issuer, namespaces=[k8s_namespace],
+                             kubernetes={"kubeconfig": str(testbed.kubeconfig)})
+    return await start_gateway("instance", settings=settings)
 
 
 def ctl_addresses(gw: object) -> list[str]:

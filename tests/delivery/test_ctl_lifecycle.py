@@ -12,7 +12,7 @@ import yaml
 
 from tests.plugins.kube import load_sample
 
-from .conftest import ctl_addresses, run_ctl
+from .conftest import ctl_addresses, parsed, run_ctl
 from .stack import SAMPLE, stack_settings
 
 pytestmark = pytest.mark.testbed
@@ -30,11 +30,6 @@ async def cli(start_gateway, database_url, issuer, testbed, k8s_namespace, logto
 
     run.issuer = issuer  # type: ignore[attr-defined]
     return run
-
-
-def parsed(result: Any) -> Any:
-    assert result.code == 0, f"exit {result.code}\nstdout: {result.stdout}\nstderr: {result.stderr}"
-    return json.loads(result.stdout)
 
 
 async def test_template_and_instance_lifecycle(cli, testbed, k8s_namespace: str, tmp_path: Path) -> None:

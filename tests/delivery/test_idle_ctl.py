@@ -2,37 +2,20 @@
 service: `instances keep-alive`, `idle-exemptions list|create|delete`, POST …:keepAlive and /v1/idleExemptions."""
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import httpx
 import pytest
 
-from ..instance.conftest import SAMPLE, create_template
-from ..plugins.gateway import make_settings
-from ..plugins.kube import Game, api_client
-from .conftest import ctl_addresses, run_ctl
+from ..instance.conftest import SAMPLE
+from .conftest import ctl_addresses, parsed, run_ctl
 from .stack import Rest
 
 pytestmark = pytest.mark.testbed
 
 
-@pytest.fixture
-async def gateway(start_gateway, database_url, issuer, testbed, k8s_namespace) -> Any:
-    async with api_client(testbed.kubeconfig) as api:
-        await create_template(Game(api, k8s_namespace), testbed)
-    settings = make_settings(database_url, issuer, namespaces=[k8s_namespace],
-                             kubernetes={"kubeconfig": str(testbed.kubeconfig)})
-    return await start_gateway("instance", settings=settings)
-
-
-def parsed(result: Any) -> Any:
-    assert result.code == 0, f"exit {result.code}\nstdout: {result.stdout}\nstderr: {result.stderr}"
-    return json.loads(result.stdout)
-
-
-async def test_aigcctl_keep_alive_and_idle_exemptions(gateway, start_bridge, issuer, k8s_namespace: str) -> None:
-    flags = [*ctl_addresses(gateway), "--namespace", k8s_namespace]
+async def test_aigcctl_keep_alive_and_idle_exemptions(sample_gateway, start_bridge, issuer, k8s_namespace: str) -> None:
+    flags = [*ctl_addresses(sample_gateway), "--namespace", k8s_namespace]
 
     async def cli(*args: str, user: str = "admin") -> Any:
         return await run_ctl(*flags, *args, token=issuer.mint(user, roles=["admin"] if user == "admin" else []))
@@ -53,8 +36,8 @@ async def test_aigcctl_keep_alive_and_idle_exemptions(gateway, start_bridge, iss
     parsed(await cli("idle-exemptions", "delete", "carol", "-o", "json"))
     assert (await cli("idle-exemptions", "delete", "carol")).code == 4  # NOT_FOUND
 
-    bridge = await start_bridge(gateway)
-    rest = Rest(bridge.url, issuer, gateway, k8s_namespace)
+    bridge = await start_bridge(sample_gateway)
+    rest = Rest(bridge.url, issuer, sample_gateway, k8s_namespace)
     async with httpx.AsyncClient(base_url=rest.url, timeout=60) as http:
         r = await http.post(f"/v1/{made['name']}:keepAlive", headers=rest.headers("alice"), json={})
         assert r.status_code == 200 and r.json()["name"] == made["name"], r.text

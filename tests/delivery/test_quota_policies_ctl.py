@@ -2,14 +2,13 @@
 bridge (GET and PATCH with the update mask as a query parameter), against the real instance service."""
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import httpx
 import pytest
 
 from ..plugins.gateway import make_settings
-from .conftest import ctl_addresses, run_ctl
+from .conftest import ctl_addresses, parsed, run_ctl
 from .stack import Rest
 
 pytestmark = pytest.mark.testbed
@@ -23,11 +22,6 @@ async def gateway(start_gateway, database_url, issuer, testbed, k8s_namespace) -
                              kubernetes={"kubeconfig": str(testbed.kubeconfig)},
                              instance={"quotas": {"default": {"installed": 3}}})
     return await start_gateway("instance", settings=settings)
-
-
-def parsed(result: Any) -> Any:
-    assert result.code == 0, f"exit {result.code}\nstdout: {result.stdout}\nstderr: {result.stderr}"
-    return json.loads(result.stdout)
 
 
 async def test_aigcctl_quotas(gateway, issuer, k8s_namespace: str) -> None:
