@@ -87,13 +87,15 @@ async def test_five_instances_through_traefik_none_restarts_while_its_owner_is_u
         before, disks_before = await pods(), await disks()
         old = before[ids["alice"]][1]
 
-        # bob last used his instance two hours ago (once the auth service has recorded his install-time visit, so
-        # a later flush cannot move it forward); carol pauses hers.
+        # Each owner's visit (install() waits for the proxy to route it) is recorded before anything else: the auth
+        # service writes activity every 5 s, and an instance with none recorded counts as never used, so idle.
+        # Then bob's is set two hours back (a later flush cannot move it forward again); carol pauses hers.
         async def recorded(user: str) -> bool:
             async with scene.stack.db.session() as session:
                 row = await session.get(InstanceRow, (ns, "sd", ids[user]))
                 return row is not None and row.last_access_at is not None
-        await wait_for(lambda: recorded("bob"), 30, what="bob's visit recorded")
+        for user in made:
+            await wait_for(lambda u=user: recorded(u), 30, what=f"{user}'s visit recorded")
         async with scene.stack.db.session() as session:
             await session.execute(update(InstanceRow).where(InstanceRow.namespace == ns, InstanceRow.id == ids["bob"])
                                   .values(last_access_at=datetime.now(UTC) - timedelta(hours=2)))
@@ -133,7 +135,14 @@ async def test_five_instances_through_traefik_none_restarts_while_its_owner_is_u
                 ok = new != old and now[ids["alice"]] == (before[ids["alice"]][0], old, True) \
                     and now[ids["dave"]] == (before[ids["dave"]][0], old, True)
                 return now if ok else None
-            now = await wait_for(planned, 90, what="bob moving in place, alice and dave held")
+            try:
+                now = await wait_for(planned, 90, what="bob moving in place, alice and dave held")
+            except AssertionError:
+                async with scene.stack.db.session() as session:
+                    seen = {r.id: (r.slot, r.last_access_at) for r in (await session.execute(
+                        select(InstanceRow).where(InstanceRow.namespace == ns))).scalars()}
+                rolling = (await game.get_gss("sd"))["spec"]["updateStrategy"]["rollingUpdate"]
+                raise AssertionError(f"pods {await pods()}, rows {seen}, rolling {rolling}, old {old}") from None
             new = now[ids["bob"]][1]
             assert now[ids["bob"]][0] == before[ids["bob"]][0]  # in place: the same pod
             await game.act_as_kubelet("sd", ids["bob"], _image(await game.pods("sd"), ids["bob"]))
