@@ -367,10 +367,8 @@ class Lifecycle:
             if uid and pod is not None and self.consent is not None:
                 await self.consent(iref, row, pod)
             effect = effects.make(Op.RESTART.value, row, pod_uid=uid)
-            if claim is not None and self.claims is not None:
-                async with self.db.session() as session:
-                    if not await IdempotencyStore.record_effect(session, claim, effect):
-                        raise taken_over()
+            if self.claims is not None:
+                await IdempotencyStore.commit_effect_now(self.db, claim, effect)
             await faults.reach("restart.after_effect")
             await self.delete_pod(iref, uid)
         await faults.reach("restart.after_pod_delete")

@@ -38,7 +38,6 @@ from aigc_gateway.upgrades import Policy
 
 from . import access, effects, faults, rollout, rollout_view, templates
 from .allocator import Op
-from .effects import taken_over
 from .idle_models import IdleStateRow
 from .lifecycle import Lifecycle
 from .metrics import ROLLOUT_INSTANCES, ROLLOUT_PENDING
@@ -270,9 +269,7 @@ class Rollouts:
                 async with self.db.session() as session:
                     if row.slot == SlotState.LIVE.value:
                         await _put_request(session, iref, row.owner or "", principal.subject)
-                    if claim is not None and not await IdempotencyStore.record_effect(
-                            session, claim, effects.make("upgrade", row)):
-                        raise taken_over()
+                    await IdempotencyStore.commit_effect(session, claim, effects.make("upgrade", row))
             if row.slot == SlotState.LIVE.value:
                 await self.step_locked(iref.template_ref)
 

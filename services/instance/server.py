@@ -23,7 +23,6 @@ from aigc_gateway.identity import require_admin, require_principal
 from aigc_gateway.names import parse_instance, parse_list_parent, parse_template
 
 from . import access, messages, quota_messages
-from .effects import taken_over
 from .idle_api import create_exemption, delete_exemption, keep_alive, list_exemptions
 from .quota_policies import PolicyStore, parse_scope
 
@@ -195,9 +194,8 @@ class InstanceServicer(instance_pb2_grpc.InstanceServiceServicer):
         store, claim = PolicyStore(self.service.runtime.db), current_claim.get()
 
         async def record(session: Any, stored: Any) -> None:
-            if claim is not None and not await IdempotencyStore.record_effect(
-                    session, claim, {"op": "quota_policy", "name": scope.name, "version": stored.version}):
-                raise taken_over()
+            await IdempotencyStore.commit_effect(
+                session, claim, {"op": "quota_policy", "name": scope.name, "version": stored.version})
 
         if claim is not None and claim.effect is not None:  # the first attempt committed: answer with the policy
             stored = await store.get(scope)

@@ -29,7 +29,7 @@ from typing import Any
 from aigc_gateway import audit, okg
 from aigc_gateway.db.models import allocator_lock
 from aigc_gateway.errors import FailedPrecondition, NotFound, Unavailable, Violation
-from aigc_gateway.idempotency import current_claim
+from aigc_gateway.idempotency import IdempotencyStore, current_claim
 from aigc_gateway.names import template_name
 
 from . import changes, faults, replay
@@ -155,7 +155,7 @@ class Cascade:
                               "claims": str(len(remnants["claims"]))})
             template = describe_or_flag(current, self.policy, Counts(live=replicas), with_manifest=True)[0]
             count = len(set(live) | {o.id for o in owned})
-            await replay.record(self.table.db, current_claim.get(),
+            await IdempotencyStore.commit_effect_now(self.table.db, current_claim.get(),
                                 replay.delete_effect(template, str(meta.get("uid", "")), known_ids, claims, count))
             await faults.reach("template.delete.after_effect")
             await self.cluster.delete(namespace, name, str(meta.get("uid", "")))

@@ -19,7 +19,7 @@ from aigc_gateway.errors import (
     NotFound,
     Violation,
 )
-from aigc_gateway.idempotency import Claim, current_claim
+from aigc_gateway.idempotency import Claim, IdempotencyStore, current_claim
 from aigc_gateway.upgrades import Policy
 
 from . import changes, faults, manifest, replay, rollout_preview, rollout_write
@@ -168,7 +168,7 @@ class Publisher:
                 return change(await self.catalog.describe_one(current, admin=True),
                               checked.warnings + [Violation("", "nothing to change", "NO_CHANGE")])
             if claim is not None:  # the answer's warnings, which a retry could not work out again (replay.py)
-                await replay.record(self.table.db, claim, replay.update_effect(checked.warnings))
+                await IdempotencyStore.commit_effect_now(self.table.db, claim, replay.update_effect(checked.warnings))
             try:
                 written = await self.cluster.replace(replay.mark(checked.manifest, self.policy, claim),
                                                      dry_run=validate_only)

@@ -25,9 +25,8 @@ import copy
 import hashlib
 from typing import Any
 
-from aigc_gateway.db import Database
 from aigc_gateway.errors import NotFound, Violation
-from aigc_gateway.idempotency import Claim, IdempotencyStore, taken_over
+from aigc_gateway.idempotency import Claim
 
 from .cluster import TemplateCluster
 from .messages import Template, parsed, serialized
@@ -94,13 +93,6 @@ async def written_by(cluster: TemplateCluster, obj: dict[str, Any], policy: Poli
 
 # -- the effects committed on the claim --------------------------------------------------------------------
 
-async def record(db: Database, claim: Claim | None, effect: dict[str, Any]) -> None:
-    """Commit ``effect`` on the call's claim now, before the Kubernetes write it describes."""
-    if claim is None:
-        return
-    async with db.session() as session:
-        if not await IdempotencyStore.record_effect(session, claim, effect):
-            raise taken_over()
 
 
 def update_effect(warnings: list[Violation]) -> dict[str, Any]:

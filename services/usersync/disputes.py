@@ -41,7 +41,7 @@ from aigc_gateway.db.models import (
     notify_instance_change,
 )
 from aigc_gateway.errors import Aborted, FailedPrecondition, NotFound, invalid
-from aigc_gateway.idempotency import Claim
+from aigc_gateway.idempotency import Claim, IdempotencyStore
 from aigc_gateway.okg import SlotState
 
 from . import faults, metrics, mirrorstore, replay
@@ -133,7 +133,7 @@ class Resolver:
                 DisputedInstanceRow.id == instance_id))
             await session.flush()
             await notify_instance_change(session, namespace, template, instance_id)
-            await replay.record_in(session, claim, {"op": "resolve", "owner": owner, "slot": slot,
+            await IdempotencyStore.commit_effect(session, claim, {"op": "resolve", "owner": owner, "slot": slot,
                                                     "claimants": list(dispute.claimants)})
         await faults.reach("usersync.resolve.after_commit")
         audit.note(owner=owner or None, slot=slot, claimants=list(dispute.claimants))

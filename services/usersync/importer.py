@@ -37,6 +37,7 @@ from aigc_gateway.db.models import (
 )
 from aigc_gateway.errors import NotFound
 from aigc_gateway.idempotency import Claim as ReplayClaim
+from aigc_gateway.idempotency import IdempotencyStore
 from aigc_gateway.okg import SlotState
 
 from . import disputes, faults, metrics, mirrorstore, replay
@@ -180,7 +181,7 @@ class Importer:
                     await mirrorstore.record(session, outcome.user, [(namespace, template, outcome.entry.id)], now)
             if claim is not None:
                 done[key] = _part(result, marks, key)
-                await replay.record_in(session, claim, {"op": "import", "templates": done})
+                await IdempotencyStore.commit_effect(session, claim, {"op": "import", "templates": done})
         await faults.reach("usersync.import.after_template")
 
     async def read_gss(self, namespace: str, template: str) -> GssState:

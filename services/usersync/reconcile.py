@@ -29,7 +29,7 @@ from sqlalchemy import select
 
 from aigc_gateway.db import Database
 from aigc_gateway.db.models import InstanceRow
-from aigc_gateway.idempotency import Claim
+from aigc_gateway.idempotency import Claim, IdempotencyStore
 from aigc_gateway.locks import try_transaction_lock
 
 from . import disputes, faults, metrics, mirrorstore, replay
@@ -155,7 +155,7 @@ class MirrorReconciler:
                 return
             if not found.earlier and found.claim is not None:
                 found.drift[user] = [[d.user, d.key, d.namespace, d.template, d.id] for d in drift]
-                await replay.record(self.db, found.claim, {"op": "reconcile", "drift": found.drift})
+                await IdempotencyStore.commit_effect_now(self.db, found.claim, {"op": "reconcile", "drift": found.drift})
             await self.writer.apply(user, changes, source="reconcile", current=current)
             await faults.reach("usersync.reconcile.after_write")
             if not found.earlier:

@@ -13,17 +13,14 @@ commits its answer (or the part of it done so far) on its replay claim (``Claim.
   ownership rows) and answers with what the first attempt found.
 
 A dry run writes nothing, so running it again is right. The effect is ``{"op": <method>, ...}``; the
-retry uses only an effect of its own method. The domain modules build and read the effects; this module
-only commits them.
+retry uses only an effect of its own method. The domain modules build and read the effects and commit them
+with the core's ``IdempotencyStore.commit_effect`` (in their transaction) or ``commit_effect_now``.
 """
 from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncSession
-
-from aigc_gateway.db import Database
-from aigc_gateway.idempotency import Claim, IdempotencyStore, taken_over
+from aigc_gateway.idempotency import Claim
 
 
 def prior(claim: Claim | None, op: str) -> dict[str, Any] | None:
@@ -32,16 +29,3 @@ def prior(claim: Claim | None, op: str) -> dict[str, Any] | None:
         return None
     return claim.effect
 
-
-async def record_in(session: AsyncSession, claim: Claim | None, effect: dict[str, Any]) -> None:
-    """In the transaction committing the effect; a claim taken over meanwhile rolls it back."""
-    if claim is not None and not await IdempotencyStore.record_effect(session, claim, effect):
-        raise taken_over()
-
-
-async def record(db: Database, claim: Claim | None, effect: dict[str, Any]) -> None:
-    """Committed now, before the write to Logto it describes."""
-    if claim is None:
-        return
-    async with db.session() as session:
-        await record_in(session, claim, effect)

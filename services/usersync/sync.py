@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from aigc_gateway import okg
 from aigc_gateway.db import Database
 from aigc_gateway.db.models import InstanceRow, UserSyncOutboxRow
-from aigc_gateway.idempotency import Claim
+from aigc_gateway.idempotency import Claim, IdempotencyStore
 
 from . import disputes, faults, metrics, mirrorstore, replay
 from .customdata import CustomDataWriter, WriteResult, user_lock_name
@@ -79,8 +79,9 @@ class Syncer:
             changes = diff(current, desired_entries(owned), managed, keep)
             if not dry_run and done is None and claim is not None:
                 planned = await self.writer.apply(user, changes, source=source, dry_run=True, current=current)
-                await replay.record(self.db, claim, {"op": "sync", "changes": planned.changes, "before": {
-                    k: planned.before.get(k) for k in planned.changes}})
+                await IdempotencyStore.commit_effect_now(self.db, claim, {
+                    "op": "sync", "changes": planned.changes,
+                    "before": {k: planned.before.get(k) for k in planned.changes}})
             result = await self.writer.apply(user, changes, source=source, dry_run=dry_run, current=current)
             if not dry_run:
                 await faults.reach("usersync.sync.after_write")
@@ -113,7 +114,7 @@ class Syncer:
             # Removals go through the outbox so they are ordered after any change still queued for the user.
             session.add_all(UserSyncOutboxRow(user=u, namespace=namespace, template=template, instance_id=None,
                                               created_at=now, attempts=0, last_error="") for u in users)
-            await replay.record_in(session, claim, {"op": "cleanup", "users": users})
+            await IdempotencyStore.commit_effect(session, claim, {"op": "cleanup", "users": users})
         await faults.reach("usersync.cleanup.after_queue")
         return await self._deliver(users, deliver)
 

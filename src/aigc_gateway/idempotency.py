@@ -211,6 +211,23 @@ class IdempotencyStore:
         return bool(rowcount(written))
 
     @staticmethod
+    async def commit_effect(session: AsyncSession, claim: Claim | None, effect: dict[str, Any]) -> None:
+        """:meth:`record_effect` for a call that must stop once its claim is not its own: a call without a claim
+        (no request_id) records nothing; a claim taken over raises :func:`taken_over`, rolling back the caller's
+        transaction, the one committing the effect."""
+        if claim is not None and not await IdempotencyStore.record_effect(session, claim, effect):
+            raise taken_over()
+
+    @staticmethod
+    async def commit_effect_now(db: Database, claim: Claim | None, effect: dict[str, Any]) -> None:
+        """:meth:`commit_effect` in a transaction of its own, before a write outside PostgreSQL (Kubernetes,
+        Logto) that the effect describes."""
+        if claim is None:
+            return
+        async with db.session() as session:
+            await IdempotencyStore.commit_effect(session, claim, effect)
+
+    @staticmethod
     async def record_effects(session: AsyncSession, effects: dict[str, dict[str, Any]]) -> None:
         """Attach effects to claims by key (recovering an interrupted write: its holder is gone)."""
         for key, effect in effects.items():
