@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from aigc_gateway import faults
 
+from .plugins.auth_stack import free_port
 from .plugins.kube import wait_for
 
 LEASE = 4.0  # idempotency.replica_lease_seconds of the processes a crash test starts
@@ -28,10 +28,24 @@ HEALTH = {"instance": "aigc.gateway.v1.InstanceService", "template": "aigc.gatew
           "usersync": "aigc.gateway.v1.UserSyncService"}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+async def wait_serving(port: int, deadline: float, running: Callable[[], None] | None = None,
+                       what: str = "server") -> None:
+    """Until the whole server on ``port`` says SERVING on gRPC health (``time.monotonic()`` ``deadline``);
+    ``running`` raises once the process behind it is gone."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while True:
+            try:
+                if (await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)).status == \
+                        health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.aio.AioRpcError:
+                pass
+            if running is not None:
+                running()
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{what} on {port} never became SERVING")
+            await asyncio.sleep(0.2)
 
 
 @dataclass

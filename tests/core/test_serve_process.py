@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,22 +13,17 @@ from pathlib import Path
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from aigc_gateway.api.v1 import audit_pb2, audit_pb2_grpc, auth_pb2, auth_pb2_grpc
 
+from ..plugins.auth_stack import free_port
 from ..plugins.gateway import bearer
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from ..served import wait_serving
 
 
 @pytest.fixture
 def served(tmp_path: Path, issuer):
-    ports = {name: _free_port() for name in ("template", "instance", "auth", "usersync", "metrics")}
+    ports = {name: free_port() for name in ("template", "instance", "auth", "usersync", "metrics")}
     cfg = tmp_path / "gateway.yaml"
     cfg.write_text(json.dumps({
         "data_dir": str(tmp_path / "data"),
@@ -47,26 +41,11 @@ def served(tmp_path: Path, issuer):
         proc.wait()
 
 
-async def _wait_serving(port: int, deadline: float) -> None:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while True:
-            try:
-                if (await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)).status == \
-                        health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.aio.AioRpcError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"server on {port} never became SERVING")
-            await __import__("asyncio").sleep(0.2)
-
-
 async def test_serve_all_on_embedded_sqlite(served, issuer) -> None:
     proc, ports, log_path = served
     deadline = time.monotonic() + 60
     for name in ("template", "instance", "auth", "usersync"):
-        await _wait_serving(ports[name], deadline)
+        await wait_serving(ports[name], deadline)
     assert (log_path.parent / "data" / "aigc-gateway.sqlite3").exists()
 
     async with grpc.aio.insecure_channel(f"127.0.0.1:{ports['auth']}") as channel:

@@ -14,7 +14,6 @@ import os
 import re
 import resource
 import shutil
-import socket
 import subprocess
 import time
 import urllib.error
@@ -26,22 +25,17 @@ from pathlib import Path
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from aigc_gateway.api.v1 import auth_pb2, auth_pb2_grpc
 
+from ..plugins.auth_stack import free_port
 from ..plugins.gateway import bearer
+from ..served import wait_serving
 from .conftest import REPO
 
 pytestmark = pytest.mark.timeout(1200)
 
 SERVICES = ("template", "instance", "auth", "usersync")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -89,21 +83,9 @@ def _podman(*args: str) -> str:
     return subprocess.run(["podman", *args], check=True, capture_output=True, text=True, timeout=60).stdout.strip()
 
 
-async def _wait_serving(port: int, deadline: float, container: str) -> None:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while True:
-            try:
-                if (await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)).status == \
-                        health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.aio.AioRpcError:
-                pass
-            assert _podman("inspect", "--format", "{{.State.Running}}", container) == "true", \
-                f"the gateway container {container} exited"
-            if time.monotonic() > deadline:
-                raise AssertionError(f"the gateway container's server on {port} never became SERVING")
-            await asyncio.sleep(0.2)
+def _running(container: str) -> None:
+    assert _podman("inspect", "--format", "{{.State.Running}}", container) == "true", \
+        f"the gateway container {container} exited"
 
 
 def _get(url: str) -> tuple[int, str]:
@@ -119,7 +101,7 @@ def _get(url: str) -> tuple[int, str]:
 @pytest.mark.postgres
 async def test_gateway_image_serves_health_and_the_bridge_image_fronts_it(
         images: dict[str, str], database_url: str, issuer) -> None:
-    ports = {name: _free_port() for name in (*SERVICES, "metrics", "bridge")}
+    ports = {name: free_port() for name in (*SERVICES, "metrics", "bridge")}
     env = {
         "AIGC_GATEWAY__DATABASE__URL": database_url,
         "AIGC_GATEWAY__OIDC__ISSUER": issuer.url,
@@ -131,7 +113,7 @@ async def test_gateway_image_serves_health_and_the_bridge_image_fronts_it(
     with _container(images["gateway"], "serve", "all", env=env) as gateway:
         deadline = time.monotonic() + 120
         for service in SERVICES:
-            await _wait_serving(ports[service], deadline, gateway)
+            await wait_serving(ports[service], deadline, lambda: _running(gateway), "the gateway container's server")
         print(f"\ngateway container SERVING on all four services {time.monotonic() - started:.1f} s after podman run")
 
         # Its processes run as the image's non-root user.
