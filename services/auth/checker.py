@@ -10,7 +10,6 @@ No network I/O here: sessions and keys are cached, the owner map is in memory.
 """
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from typing import Any
 from prometheus_client import Counter, Histogram
 
 from aigc_gateway import audit
+from aigc_gateway.background import Tasks
 from aigc_gateway.errors import GatewayError
 from aigc_gateway.identity import JWTAuthenticator, Principal
 from aigc_gateway.sessions import SessionCookieAuthenticator
@@ -102,7 +102,7 @@ class AccessChecker:
         self.activity = activity
         self.audit_log = audit_log
         self.allow_admin = allow_admin
-        self._background: set[asyncio.Task[None]] = set()
+        self._background = Tasks()
         self._denied_budget = DeniedBudget(audit_log.denied_per_minute if audit_log is not None else 0)
 
     async def principal(self, credentials: Credentials) -> Principal | None:
@@ -189,10 +189,7 @@ class AccessChecker:
             actor_kind=principal.kind if principal else "anonymous"))
 
     def _spawn(self, coro: Any) -> None:
-        task = asyncio.create_task(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self._background.spawn(coro)
 
     async def drain(self) -> None:
-        if self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
+        await self._background.drain()

@@ -29,7 +29,7 @@ from typing import Any
 
 from pydantic import SecretBytes, SecretStr
 
-from aigc_gateway.background import Backoff, cancel_and_wait
+from aigc_gateway.background import Backoff, Tasks
 from aigc_gateway.config import Settings
 from aigc_gateway.httpserver import reserve_port, split_listen
 
@@ -164,7 +164,7 @@ class WorkerPool:
         self._pending: list[Event] = []
         self._flush_scheduled = False
         self._running = False
-        self._restarts: set[asyncio.Task[None]] = set()
+        self._restarts = Tasks()
         self._ping = 0
         self._config = b""
 
@@ -193,7 +193,7 @@ class WorkerPool:
         self.owners.unsubscribe(self._changed)
         # Ended, not only cancelled, before the slots are stopped: no restart is then half-way through
         # replacing the slot.pipes that _stop_slot closes.
-        await cancel_and_wait(list(self._restarts))
+        await self._restarts.cancel()
         await asyncio.gather(*(self._stop_slot(slot) for slot in self.slots), return_exceptions=True)
         if self._reservation is not None:
             self._reservation.close()
@@ -273,9 +273,7 @@ class WorkerPool:
             self.metrics.retire(slot.index)
             log.error("auth HTTP worker %d (pid %d) exited with %s; starting it again", slot.index,
                       pipes.process.pid, code)
-            task = asyncio.create_task(self._restart(slot), name=f"auth-worker-{slot.index}-restart")
-            self._restarts.add(task)
-            task.add_done_callback(self._restarts.discard)
+            self._restarts.spawn(self._restart(slot), name=f"auth-worker-{slot.index}-restart")
 
     async def _restart(self, slot: _Slot) -> None:
         if time.monotonic() - slot.started_at > 60:

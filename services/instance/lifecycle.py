@@ -32,7 +32,6 @@ reconciler) turns into exactly the outcome the GameServerSet shows.
 """
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 import time
@@ -41,7 +40,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from aigc_gateway import okg
-from aigc_gateway.background import Backoff, cancel_and_wait
+from aigc_gateway.background import Backoff, Tasks
 from aigc_gateway.config import InstanceConfig
 from aigc_gateway.db import Database
 from aigc_gateway.db.models import InstanceRow, allocator_lock
@@ -91,7 +90,7 @@ class Lifecycle:
         self.claims = claims
         self._locks = QueuedLocks(db)
         self._installs = InstallQueue(self)
-        self._follow_ups: set[asyncio.Task[None]] = set()  # work after an answer (a delete's release)
+        self._follow_ups = Tasks()  # work after an answer (a delete's release)
         self.quotas = quotas.Quotas(db, cfg.quotas, lambda ref: self.cluster.template(ref))
         # Called under the template lock by a restart before it deletes the pod (the rollout's consent, set by
         # app.py: lifecycle cannot import rollouts, which runs its steps under this lock).
@@ -340,13 +339,11 @@ class Lifecycle:
             except Exception as exc:  # noqa: BLE001 - the reconciler repeats what failed here
                 log.warning("%s: %s (the reconciler will finish it)", what, exc)
 
-        task = asyncio.get_running_loop().create_task(run(), name=what)
-        self._follow_ups.add(task)
-        task.add_done_callback(self._follow_ups.discard)
+        self._follow_ups.spawn(run(), name=what)
 
     async def close(self) -> None:
         """Cancel the follow-ups still running (the reconciler of some replica finishes them)."""
-        await cancel_and_wait(list(self._follow_ups))
+        await self._follow_ups.cancel()
 
     async def restart(self, iref: InstanceRef, principal: Principal, claim: Claim | None = None) -> Effect:
         """A new pod on the same disk: delete the pod (uid-checked); the StatefulSet makes it again. Under the

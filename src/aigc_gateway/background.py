@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -122,3 +122,29 @@ async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any]]) -> None:
     for task in every:
         if task.done() and not task.cancelled():
             task.exception()
+
+
+class Tasks:
+    """Tasks their starter does not await (work after an answer, an audit write, a restart): referenced here
+    until they end, since the event loop keeps only weak references to running tasks, and cancelled or waited
+    for at stop."""
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def spawn(self, work: Coroutine[Any, Any, Any], name: str | None = None) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(work, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    async def cancel(self) -> None:
+        await cancel_and_wait(list(self._tasks))
+
+    async def drain(self) -> None:
+        """Wait for every task to end; their errors are theirs to log."""
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
