@@ -20,7 +20,7 @@ How calls are spread, as in the Helm chart (docs/chaos.md, "Replicas"):
 - Each bridge dials every service as a comma-separated list of its two processes (`--instance=127.0.0.1:p1,
   127.0.0.1:p2`) and balances round_robin; in a cluster the same comes from a headless Service and dns:///.
 - The services dial each other with `servers.<name>.target: ipv4:127.0.0.1:p1,127.0.0.1:p2` and round_robin
-  (aigc_gateway.config.CLIENT_CHANNEL_OPTIONS); the bench's own gRPC clients too.
+  (aigc_gateway.channels.CLIENT_CHANNEL_OPTIONS); the bench's own gRPC clients too.
 
 Prints the operations attempted / ok / retried / failed (in all, and per call with the component it reaches), the
 kills per component and each restart's time to serving, the auth checks (a non-owner allowed must be 0), CheckConsistency and the Logto mirror at the

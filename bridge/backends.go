@@ -46,7 +46,7 @@ func dialBackends(cfg config) (*backends, error) {
 		// plaintext gRPC; the Ingress terminates TLS in front of the bridge.
 		target, resolverOpts := dialTarget(addr)
 		conn, err := grpc.NewClient(target, append(resolverOpts,
-			grpc.WithDefaultServiceConfig(roundRobin),
+			grpc.WithDefaultServiceConfig(serviceConfig()),
 			grpc.WithTransportCredentials(insecure.NewCredentials()),
 			grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(16<<20)),
 			// Pods start in any order: retry a down service within seconds, not
@@ -64,9 +64,6 @@ func dialBackends(cfg config) (*backends, error) {
 	}
 	return b, nil
 }
-
-// roundRobin is the service config of every backend connection (see backends).
-const roundRobin = `{"loadBalancingConfig":[{"round_robin":{}}]}`
 
 // listScheme names the manual resolver of a comma-separated address list; it is
 // registered on its own connection only (grpc.WithResolvers), never globally.

@@ -4,13 +4,17 @@ import (
 	"context"
 	"net"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	gatewayv1 "github.com/aigc-gateway/aigc-gateway/bridge/gen/aigc/gateway/v1"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
 )
 
 // replica is a gRPC server with the health service that counts the calls it answers.
@@ -158,5 +162,73 @@ func TestBackendListReconnectsToARestartedReplica(t *testing.T) {
 	t.Logf("restarted replica answered %d calls; %d calls failed while it was reconnected", again.calls.Load(), failed)
 	if again.calls.Load() < 5 {
 		t.Fatalf("the restarted replica was not used again (%d calls answered, %d failed)", again.calls.Load(), failed)
+	}
+}
+
+// The read retry is asked for the GET-mapped methods and the health check,
+// never for a mutating method.
+func TestServiceConfigRetriesReadsOnly(t *testing.T) {
+	names := map[string]bool{}
+	for _, n := range readMethods() {
+		names[n["service"]+"/"+n["method"]] = true
+	}
+	for _, want := range []string{"aigc.gateway.v1.InstanceService/GetInstance", "aigc.gateway.v1.InstanceService/ListInstances",
+		"aigc.gateway.v1.TemplateService/ListTemplates", "grpc.health.v1.Health/Check"} {
+		if !names[want] {
+			t.Errorf("%s is not retried", want)
+		}
+	}
+	for _, never := range []string{"aigc.gateway.v1.InstanceService/CreateInstance", "aigc.gateway.v1.InstanceService/DeleteInstance",
+		"aigc.gateway.v1.TemplateService/UpdateTemplate"} {
+		if names[never] {
+			t.Errorf("%s is retried", never)
+		}
+	}
+}
+
+// Against a replica that answers every call UNAVAILABLE (what a client meets on
+// a connection its killed server dropped), a read is attempted four times and a
+// mutation once.
+func TestBackendRetriesAnUnavailableReadButNotAMutation(t *testing.T) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var attempts sync.Map // full method -> *atomic.Int64
+	server := grpc.NewServer(grpc.UnaryInterceptor(func(_ context.Context, _ any, info *grpc.UnaryServerInfo, _ grpc.UnaryHandler) (any, error) {
+		n, _ := attempts.LoadOrStore(info.FullMethod, new(atomic.Int64))
+		n.(*atomic.Int64).Add(1)
+		return nil, status.Error(codes.Unavailable, "going away")
+	}))
+	gatewayv1.RegisterInstanceServiceServer(server, gatewayv1.UnimplementedInstanceServiceServer{})
+	go func() { _ = server.Serve(lis) }()
+	defer server.Stop()
+	addr := lis.Addr().String()
+	bk, err := dialBackends(config{Template: addr, Instance: addr, Auth: addr, UserSync: addr, Audit: addr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bk.close()
+	client := gatewayv1.NewInstanceServiceClient(bk.conn("instance"))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := client.GetInstance(ctx, &gatewayv1.GetInstanceRequest{Name: "x"}); status.Code(err) != codes.Unavailable {
+		t.Fatalf("GetInstance: %v", err)
+	}
+	if _, err := client.DeleteInstance(ctx, &gatewayv1.DeleteInstanceRequest{Name: "x"}); status.Code(err) != codes.Unavailable {
+		t.Fatalf("DeleteInstance: %v", err)
+	}
+	count := func(method string) int64 {
+		n, ok := attempts.Load("/aigc.gateway.v1.InstanceService/" + method)
+		if !ok {
+			return 0
+		}
+		return n.(*atomic.Int64).Load()
+	}
+	if got := count("GetInstance"); got != 4 {
+		t.Errorf("GetInstance was attempted %d times, want 4", got)
+	}
+	if got := count("DeleteInstance"); got != 1 {
+		t.Errorf("DeleteInstance was attempted %d times, want 1", got)
 	}
 }

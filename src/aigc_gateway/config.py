@@ -90,13 +90,6 @@ class ServiceIdentityConfig(Section):
         return value
 
 
-#: Options of every channel a gateway client opens (service to service, aigcctl). ``round_robin`` spreads calls
-#: over every address a target resolves to: a ``dns:///`` name of a headless Service (one A record per pod) or
-#: ``ipv4:a:p,b:p``. gRPC's default, ``pick_first``, keeps one HTTP/2 connection to one address, so behind a
-#: ClusterIP Service every call of a process would go to one replica. A target with one address is unchanged.
-CLIENT_CHANNEL_OPTIONS: tuple[tuple[str, str], ...] = (("grpc.lb_policy_name", "round_robin"),)
-
-
 class Endpoint(Section):
     listen: str = Field(..., description="host:port the gRPC server binds.")
     target: str = Field(

@@ -15,7 +15,8 @@ import grpc
 
 from .audit import AuditLog
 from .calls import outgoing_metadata
-from .config import CLIENT_CHANNEL_OPTIONS, Settings
+from .channels import CLIENT_CHANNEL_OPTIONS
+from .config import Settings
 from .db import Database
 from .idempotency import IdempotencyStore
 from .identity import ChainAuthenticator, JWTAuthenticator, ServiceTokenAuthenticator

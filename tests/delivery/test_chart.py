@@ -95,10 +95,10 @@ def test_grpc_clients_spread_calls_over_every_pod(defaults: list[dict[str, Any]]
         assert env[f"AIGC_BRIDGE_{service.upper()}"] == target
     assert not [n for n in services if n.endswith("-bridge-grpc")]
     # Both kinds of client open their channels with round_robin.
-    from aigc_gateway.config import CLIENT_CHANNEL_OPTIONS
+    from aigc_gateway.channels import CLIENT_CHANNEL_OPTIONS
 
     assert ("grpc.lb_policy_name", "round_robin") in CLIENT_CHANNEL_OPTIONS
-    assert '"round_robin"' in (REPO / "bridge" / "backends.go").read_text()
+    assert '"round_robin"' in (REPO / "bridge" / "retry.go").read_text()
 
 
 def test_no_secret_values_anywhere(defaults: list[dict[str, Any]]) -> None:

@@ -12,7 +12,7 @@ import grpc
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 
 from ..api.v1 import audit_pb2_grpc, auth_pb2_grpc, instance_pb2_grpc, template_pb2_grpc, usersync_pb2_grpc
-from ..config import CLIENT_CHANNEL_OPTIONS
+from ..channels import CLIENT_CHANNEL_OPTIONS
 from .exitcodes import RETRYABLE, CallFailed
 from .settings import CtlSettings
 
