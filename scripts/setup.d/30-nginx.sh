@@ -3,15 +3,9 @@
 # nginx processes on loopback ports with configs rendered from tools/nginx/ (never the system service).
 # Idempotent and quiet; `apt-get update` only when a package is missing.
 set -euo pipefail
-packages=(nginx libnginx-mod-http-set-misc)
-missing=()
-for p in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-[ ${#missing[@]} -eq 0 ] && exit 0
-sudo=""
-[ "$(id -u)" -eq 0 ] || sudo="sudo"
-export DEBIAN_FRONTEND=noninteractive
+. "$(dirname "$0")/../lib/debian.sh"
+missing=$(debian_missing nginx libnginx-mod-http-set-misc)
+[ -z "$missing" ] && exit 0
 # Never start the distribution's nginx service (it would take port 80): refuse service starts while
 # installing unless the machine already has a policy doing that.
 policy=/usr/sbin/policy-rc.d
@@ -20,6 +14,4 @@ if [ ! -e "$policy" ]; then
   printf '#!/bin/sh\nexit 101\n' | $sudo tee "$policy" >/dev/null && $sudo chmod +x "$policy" && made_policy=1
 fi
 trap '[ "$made_policy" = 1 ] && $sudo rm -f "$policy"' EXIT
-$sudo apt-get update -qq >/dev/null
-$sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-echo "installed: ${missing[*]}"
+debian_install $missing

@@ -8,11 +8,8 @@ root="$(cd "$(dirname "$0")/../.." && pwd)"
 if ! command -v go >/dev/null; then
   # Debian's Go is older than bridge/go.mod's `go` line; with GOTOOLCHAIN=auto (the default) it
   # fetches the required toolchain from the Go module proxy on first use.
-  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  export DEBIAN_FRONTEND=noninteractive
-  $sudo apt-get update -qq >/dev/null
-  $sudo apt-get install -y -qq --no-install-recommends golang-go >/dev/null
-  echo "installed: golang-go"
+  . "$root/scripts/lib/debian.sh"
+  debian_install golang-go
 fi
 python=python3
 [ -x "$root/.venv/bin/python" ] && python="$root/.venv/bin/python"

@@ -30,14 +30,6 @@ if [ ! -f "$built" ] || [ "$(cat "$built")" != "$sources" ] || [ ! -f "$dir/dist
 fi
 
 [ "${1:-}" = "--no-browser" ] && exit 0
-missing=()
-for p in chromium fonts-wqy-zenhei; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-[ ${#missing[@]} -eq 0 ] && exit 0
-sudo=""
-[ "$(id -u)" -eq 0 ] || sudo="sudo"
-export DEBIAN_FRONTEND=noninteractive
-$sudo apt-get update -qq >/dev/null
-$sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-echo "installed: ${missing[*]}"
+. "$(dirname "$0")/../lib/debian.sh"
+missing=$(debian_missing chromium fonts-wqy-zenhei)
+[ -z "$missing" ] || debian_install $missing

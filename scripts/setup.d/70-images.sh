@@ -5,15 +5,6 @@
 # and runc (podman's runtime here: crun refuses a cgroup v1/v2 hybrid host, docs/images.md).
 # Idempotent and quiet; `apt-get update` only when a package is missing.
 set -euo pipefail
-packages=(buildah podman mmdebstrap runc)
-missing=()
-for p in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-[ ${#missing[@]} -eq 0 ] && exit 0
-sudo=""
-[ "$(id -u)" -eq 0 ] || sudo="sudo"
-export DEBIAN_FRONTEND=noninteractive
-$sudo apt-get update -qq >/dev/null
-$sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-echo "installed: ${missing[*]}"
+. "$(dirname "$0")/../lib/debian.sh"
+missing=$(debian_missing buildah podman mmdebstrap runc)
+[ -z "$missing" ] || debian_install $missing
