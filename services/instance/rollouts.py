@@ -3,8 +3,9 @@ new revision, and UpdateInstance's request.
 
 A step runs under the template's allocator lock (:meth:`.lifecycle.Lifecycle.locked`), once the controller
 has settled the GameServerSet: it finishes a rollout intent a crash left, reads the pods live (never from a
-watch cache), the slots, the activity (``instances.last_access_at``, or the idle culler's later keep-alive or
-busy probe) and the pending requests, asks :func:`.rollout.plan`, records the plan as an intent (op
+watch cache), the slots, the activity (:func:`aigc_gateway.upgrades.last_activity`: the last access, the
+idle culler's keep-alive or busy probe, and when a running instance was installed or resumed) and the pending
+requests, asks :func:`.rollout.plan`, records the plan as an intent (op
 ``rollout``, with the state read), then applies :meth:`.rollout.Plan.writes` in their order, with a fault
 point after each kind of write, confirms every priority on its pod's label (the controller can put a
 priority back: fact 2) before the partition is lowered, audits each instance it lets move, and drops the
@@ -45,7 +46,7 @@ from .models import IntentRow
 from .rollout import HOLD_LABEL, Action, Member, Plan, View, Write
 from .rollout_models import RolloutRequestRow
 from .rollout_view import Seen
-from .slots import HOLDER, aware
+from .slots import HOLDER
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +133,9 @@ class Rollouts:
                     RolloutRequestRow.id.in_(done)))
         members = [Member(r.id, r.slot == SlotState.LIVE.value,
                           seen.revisions.get(r.id) if r.slot == SlotState.LIVE.value else None,
-                          _latest(r.last_access_at, kept.get(r.id)))
+                          upgrades.last_activity(
+                              r.last_access_at, kept=kept.get(r.id),
+                              live_since=r.state_changed_at if r.slot == SlotState.LIVE.value else None))
                    for r in rows.values() if r.slot in (SlotState.LIVE.value, SlotState.PAUSED.value)]
         # A running pod of an id without an owned slot (a disputed id, one being released) counts as a busy
         # instance: held like one, so it neither ties with the held pods nor rolls unasked.
@@ -291,11 +294,6 @@ class Rollouts:
 async def _put_request(session: Any, iref: InstanceRef, owner: str, by: str) -> None:
     await session.merge(RolloutRequestRow(namespace=iref.namespace, template=iref.template, id=iref.id, owner=owner,
                                           requested_at=utcnow(), requested_by=by[:255]))
-
-
-def _latest(*times: datetime | None) -> datetime | None:
-    found = [aware(t) for t in times if t is not None]
-    return max(found) if found else None
 
 
 def _stages(writes: list[Write]) -> dict[str, list[Write]]:

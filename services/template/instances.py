@@ -20,6 +20,7 @@ class Owned:
     owner: str
     slot: str
     last_access: datetime | None = None  # the last authorised access the auth service recorded
+    live_since: datetime | None = None  # a running instance: when it was installed or resumed
 
 
 class InstanceTable:
@@ -38,12 +39,14 @@ class InstanceTable:
 
     async def owned(self, namespace: str, template: str) -> list[Owned]:
         """Every id of the template that has an owner (LIVE or PAUSED), by id."""
-        stmt = (select(InstanceRow.id, InstanceRow.owner, InstanceRow.slot, InstanceRow.last_access_at)
+        stmt = (select(InstanceRow.id, InstanceRow.owner, InstanceRow.slot, InstanceRow.last_access_at,
+                       InstanceRow.state_changed_at)
                 .where(InstanceRow.namespace == namespace, InstanceRow.template == template,
                        InstanceRow.owner.is_not(None)).order_by(InstanceRow.id))
         async with self.db.session() as session:
             # `o is not None` as in the query, said again for the type of the column.
-            return [Owned(i, o, s, _aware(a)) for i, o, s, a in (await session.execute(stmt)).all() if o is not None]
+            return [Owned(i, o, s, _aware(a), _aware(c) if s == SlotState.LIVE.value else None)
+                    for i, o, s, a, c in (await session.execute(stmt)).all() if o is not None]
 
     async def ids(self, namespace: str, template: str) -> list[int]:
         """Every id the table knows for the template, whatever its slot (their disks may still exist)."""

@@ -54,7 +54,8 @@ def entries(owned: Iterable[Owned], live_ids: Iterable[int], chosen: Settings, n
             out.append(Entry(i, owner, Action.RESTART_NOW, "immediate", last, in_place))
         elif chosen.policy is Policy.MANUAL:
             out.append(Entry(i, owner, Action.WHEN_ASKED, "manual", last, in_place))
-        elif upgrades.idle(last, now, chosen.idle_after):
+        elif upgrades.idle(upgrades.last_activity(last, live_since=row.live_since if row else None), now,
+                           chosen.idle_after):
             out.append(Entry(i, owner, Action.RESTART_NOW, "idle", last, in_place))
         else:
             out.append(Entry(i, owner, Action.WHEN_IDLE, "busy", last, in_place))

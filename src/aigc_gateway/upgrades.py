@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import Enum
 from typing import Any
 
@@ -94,6 +94,17 @@ def annotation_errors(annotations: Mapping[str, Any] | None, prefix: str) -> lis
         except ValueError as exc:
             out.append((prefix + IDLE_AFTER_KEY, str(exc), "INVALID_ROLLOUT_IDLE_AFTER"))
     return out
+
+
+def last_activity(last_access: datetime | None, *, live_since: datetime | None = None,
+                  kept: datetime | None = None) -> datetime | None:
+    """The activity a rollout counts (the instance service's step and the template service's preview alike): the
+    last access the auth service recorded, a keep-alive or busy probe of the idle culler (``kept``), and, for a
+    running instance, when it was installed or resumed (``live_since``). The last one matters because the auth
+    service writes a visit only every few seconds: without it, an instance opened a second ago whose visit is not
+    written yet would read as never used, so idle, and move under its owner. None: nothing recorded."""
+    found = [t.replace(tzinfo=UTC) if t.tzinfo is None else t for t in (last_access, live_since, kept) if t]
+    return max(found) if found else None
 
 
 def idle(last_activity: datetime | None, now: datetime, idle_after: timedelta,

@@ -87,9 +87,10 @@ async def test_five_instances_through_traefik_none_restarts_while_its_owner_is_u
         before, disks_before = await pods(), await disks()
         old = before[ids["alice"]][1]
 
-        # Each owner's visit (install() waits for the proxy to route it) is recorded before anything else: the auth
-        # service writes activity every 5 s, and an instance with none recorded counts as never used, so idle.
-        # Then bob's is set two hours back (a later flush cannot move it forward again); carol pauses hers.
+        # Each owner's visit (install() waits for the proxy to route it) is recorded before anything else (the auth
+        # service writes activity every 5 s). Then bob's visit and start are set two hours back (a later flush
+        # cannot move them forward again; an instance started within the threshold counts as in use); carol
+        # pauses hers.
         async def recorded(user: str) -> bool:
             async with scene.stack.db.session() as session:
                 row = await session.get(InstanceRow, (ns, "sd", ids[user]))
@@ -98,7 +99,8 @@ async def test_five_instances_through_traefik_none_restarts_while_its_owner_is_u
             await wait_for(lambda u=user: recorded(u), 30, what=f"{user}'s visit recorded")
         async with scene.stack.db.session() as session:
             await session.execute(update(InstanceRow).where(InstanceRow.namespace == ns, InstanceRow.id == ids["bob"])
-                                  .values(last_access_at=datetime.now(UTC) - timedelta(hours=2)))
+                                  .values(last_access_at=datetime.now(UTC) - timedelta(hours=2),
+                                          state_changed_at=datetime.now(UTC) - timedelta(hours=2)))
             await session.commit()
         await scene.instances.PauseInstance(instance_pb2.PauseInstanceRequest(name=made["carol"].name),
                                             metadata=scene.meta("carol"))

@@ -3,7 +3,13 @@ service writes it (new image and `paused: true` in one write, the policy and idl
 what the pods show."""
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
+
+from sqlalchemy import func, update
+
+from aigc_gateway.db import Database
+from aigc_gateway.db.models import InstanceRow
 
 from ..plugins.kube import Game
 from .conftest import SAMPLE
@@ -45,3 +51,12 @@ async def pod_state(game: Game, template: str = SAMPLE) -> dict[int, tuple[str, 
 
 async def rolling_update(game: Game, template: str = SAMPLE) -> dict[str, Any]:
     return dict((await game.get_gss(template))["spec"]["updateStrategy"]["rollingUpdate"])
+
+
+async def started_long_ago(db: Database, game: Game, owner: str, hours: float = 2) -> None:
+    """`owner`'s instance was installed `hours` ago (and, with no access recorded, never used since): a running
+    instance counts as in use for the idle threshold after it starts (upgrades.last_activity)."""
+    async with db.session() as session:
+        await session.execute(update(InstanceRow).where(InstanceRow.namespace == game.namespace,
+                                                        InstanceRow.owner == owner)
+                              .values(state_changed_at=func.now() - timedelta(hours=hours)))

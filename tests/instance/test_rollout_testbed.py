@@ -16,7 +16,7 @@ from aigc_gateway.db.models import AuditEventRow
 from ..plugins.kube import Game, wait_for
 from ..plugins.testbed import Testbed
 from .conftest import SAMPLE, State, create_template
-from .rolling import HOOK, NEW, NEWER, pod_state, rolling_update, update_revision, write_change
+from .rolling import HOOK, NEW, NEWER, pod_state, rolling_update, started_long_ago, update_revision, write_change
 
 pytestmark = pytest.mark.testbed
 
@@ -40,7 +40,9 @@ async def test_busy_instance_is_held_while_idle_and_asked_ones_move_and_new_pods
         await c.wait_state(user, instance.name, State.RUNNING)
     before = await pod_state(game)
     old = before[0][1]
-    # ben and cat are busy (kept alive now, the threshold is an hour); ann was never used; dan is paused.
+    # ben and cat are busy (kept alive now, the threshold is an hour); ann was installed two hours ago and never
+    # used; dan is paused.
+    await started_long_ago(database, game, "ann")
     for user in ("ben", "cat"):
         await c.stub.KeepInstanceAlive(instance_pb2.KeepInstanceAliveRequest(name=made[user].name),
                                        metadata=c.md(user))
@@ -104,9 +106,11 @@ async def test_busy_instance_is_held_while_idle_and_asked_ones_move_and_new_pods
                                            "2": ("requested", old, new, True, "service:rollout")}
     await c.wait_consistent(60)
 
-    # A second change supersedes the first: the idle ones (ann, dan, eve; the last two never used) move on to it
-    # from wherever they are, ben stays on the first revision and cat (busy, her request carried out) on the
-    # second, both held.
+    # A second change supersedes the first: the idle ones (ann, dan, eve; the last two never used since they
+    # started, two hours ago) move on to it from wherever they are, ben stays on the first revision and cat (busy,
+    # her request carried out) on the second, both held.
+    for user in ("dan", "eve"):
+        await started_long_ago(database, game, user)
     await write_change(game, "WHEN_IDLE", "1h", image=NEWER)
 
     async def superseded() -> str | None:

@@ -47,10 +47,15 @@ def _entries(preview: template_pb2.PreviewTemplateUpdateResponse) -> list[tuple[
 
 async def test_preview_says_per_instance_what_happens_and_when(api, testbed: Testbed) -> None:  # noqa: F811
     await publish(api, testbed)
-    # Rows as the instance service writes them: alice busy, bob idle for 20 minutes, carol paused, dave never used.
+    # Rows as the instance service writes them: alice busy, bob idle for 20 minutes, carol paused, dave never used
+    # (each running one started two hours ago: one started within the threshold counts as in use).
     await add_instances(api.gateway.runtime.db, api.namespace, NAME, {
         0: ("LIVE", "alice"), 1: ("LIVE", "bob"), 2: ("PAUSED", "carol"), 3: ("LIVE", "dave")})
     at = await _accessed(api, {0: timedelta(seconds=30), 1: timedelta(minutes=20), 2: timedelta(days=1)})
+    async with api.gateway.runtime.db.session() as session:
+        await session.execute(update(InstanceRow).where(
+            InstanceRow.namespace == api.namespace, InstanceRow.template == NAME, InstanceRow.id.in_((0, 1, 3)))
+            .values(state_changed_at=datetime.now(UTC) - timedelta(hours=2)))
     text = text_for(NAME, testbed.domain, api.namespace)
     image = source_text(text.replace(":v1.0.0-cpu", ":v2.0.0-cpu"))
 
