@@ -7,14 +7,19 @@ The instance, auth and usersync services run in this process, each with a runtim
 they have goes through a private toxiproxy-server (bench/toxic.py): instance, auth and usersync to PostgreSQL
 (three links), instance and auth to the apiserver, usersync to the Logto double, and the clients' gRPC link to
 the instance service. Faults: latency (400±100 ms), bandwidth (8 KB/s), reset (every connection reset), timeout
-(data held, connections kept open), down (closed and refused); and two restarts as the services see them:
-`pg-restart` (every backend of the database terminated with pg_terminate_backend and the three PostgreSQL links
-refused for the fault's length) and `kube-restart` (the apiserver link closed and refused). The real PostgreSQL
-and apiserver are not restarted: both are shared with every other test on this machine.
+(data held, connections kept open), down (closed and refused). When the schedule has them, the template service
+runs too, its links to the instance and usersync services through toxiproxy (`grpc-template-instance`,
+`grpc-template-usersync`: DeleteTemplate's hand-off, bench/chaos_handoff.py), and so does usersync's to the
+instance service (`grpc-usersync-instance`: Logto's User.Deleted, bench/chaos_userdeleted.py); latency, reset,
+timeout, down on each.
+Two real restarts (bench/chaos_restart.py): `pg-restart` crashes the run's own PostgreSQL (`pg_ctl stop -m
+immediate`; this bench always runs on a private server) and starts it again on the same port after the fault's
+length; `kube-restart` kills the test bed's kube-apiserver and starts it again with the same command line after
+the fault's length (`testbed/testbed restart`), then waits until the bed is healthy (it is shared).
 
 The documented client retry: a call answered UNAVAILABLE/ABORTED/DEADLINE_EXCEEDED/CANCELLED/UNKNOWN/INTERNAL is
 sent again with the same request_id (each attempt may take what is left of the budget) until the fault's length
-+ 30 s has passed.
++ 30 s has passed and the fault has been over for 30 s (a restart lasts until the restarted server is back).
 
 Per fault it prints operations attempted / ok / retried / failed, auth checks of the owners (allowed, refused
 while the owner map was unknown) and of a user who owns nothing (allowed must be 0), the recovery time (fault
@@ -30,7 +35,6 @@ import random
 import sys
 import time
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,82 +44,18 @@ import yaml
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
+import chaos_faults  # noqa: E402
+from chaos_handoff import HANDOFF_LINKS, HandoffLoad  # noqa: E402
+from chaos_restart import PrivatePostgres  # noqa: E402
+from chaos_steps import Step, print_table, schedule  # noqa: E402, F401 - the tests use them from here
+from chaos_userdeleted import USERDELETED_LINKS, UserDeletedLoad  # noqa: E402
 from kill_storm import RETRYABLE, _reason  # noqa: E402
 from toxic import Proxy, Toxiproxy  # noqa: E402
 
 TOKEN = "chaos-service-token-" + uuid.uuid4().hex
 META = (("x-aigc-service-token", TOKEN), ("x-aigc-service-name", "chaos"))
-LINKS = ("pg-instance", "pg-auth", "pg-usersync", "kube", "logto", "grpc-instance")
-KINDS = ("latency", "bandwidth", "reset", "timeout", "down")
-RESTARTS = ("pg-restart", "kube-restart")
+AFTER_FAULT = 30.0  # the documented retry goes on this long after a fault is over
 NOBODY = "mallory"  # owns nothing, ever: any allow of hers is an allow of a non-owner
-
-
-@dataclass
-class Step:
-    link: str
-    fault: str
-    seconds: float
-    attempted: int = 0
-    ok: int = 0
-    retried: int = 0
-    failed: int = 0
-    failures: list[str] = field(default_factory=list)
-    refused: dict[str, int] = field(default_factory=dict)  # answers that are not retried, by reason
-    owner_checks: int = 0
-    owner_allowed: int = 0
-    refused_unknown: int = 0  # owner checks refused while the auth owner map was unknown (fail closed)
-    allowed_while_unknown: int = 0
-    nobody_checks: int = 0
-    nobody_allowed: int = 0
-    recovery: float = float("nan")
-    consistent: bool | None = None
-    violations: list[str] = field(default_factory=list)
-    mirror_lost: list[str] = field(default_factory=list)
-
-    @property
-    def name(self) -> str:
-        return self.fault if self.fault in RESTARTS else f"{self.link}:{self.fault}"
-
-    @property
-    def good(self) -> bool:
-        return (not self.failed and self.nobody_allowed == 0 and self.allowed_while_unknown == 0
-                and bool(self.consistent) and not self.mirror_lost and self.recovery == self.recovery)
-
-
-def schedule(seed: int, seconds: float, only: str = "all") -> list[Step]:
-    """Every (link, fault) and both restarts, in a seeded order; ``only``: a comma list of names."""
-    steps = [Step(link, kind, seconds) for link in LINKS for kind in KINDS]
-    steps += [Step("pg", "pg-restart", seconds), Step("kube", "kube-restart", seconds)]
-    random.Random(seed).shuffle(steps)
-    if only != "all":
-        wanted = only.split(",")
-        steps = sorted((s for s in steps if s.name in wanted), key=lambda s: wanted.index(s.name))
-    return steps
-
-
-def print_table(steps: list[Step], seed: int, *, header: bool = True) -> None:
-    head = (f"{'fault':26} {'s':>3} {'ops':>4} {'ok':>4} {'retr':>4} {'fail':>4} {'own chk':>7} {'own ok':>6} "
-            f"{'closed':>6} {'nobody':>6} {'n-ok':>4} {'recov s':>7}  invariants")
-    if header:
-        print(f"\nchaos: seed {seed}, {len(steps)} faults")
-        print(head)
-        print("-" * len(head))
-    for s in steps:
-        inv = ("ok" if s.good else "BROKEN") + ("" if s.consistent else f" consistency={s.violations}") + \
-              (f" mirror-lost={s.mirror_lost[:3]}" if s.mirror_lost else "") + \
-              (f" allowed-while-unknown={s.allowed_while_unknown}" if s.allowed_while_unknown else "")
-        print(f"{s.name:26} {s.seconds:3.0f} {s.attempted:4d} {s.ok:4d} {s.retried:4d} {s.failed:4d} "
-              f"{s.owner_checks:7d} {s.owner_allowed:6d} {s.refused_unknown:6d} {s.nobody_checks:6d} "
-              f"{s.nobody_allowed:4d} {s.recovery:7.1f}  {inv}")
-        for line in s.failures[:5]:
-            print("    failed:", line)
-        if s.refused:
-            print("    refused (not retried, the model's right answers):", s.refused)
-    if not header:
-        return
-    print("columns: own chk/own ok = owners' auth checks / allowed; closed = owner checks refused because the "
-          "owner map was unknown (fail closed); nobody/n-ok = checks of a user who owns nothing / allowed")
 
 
 class ChaosBed:
@@ -124,7 +64,7 @@ class ChaosBed:
 
     def __init__(self, *, namespace: str, database_url: str, kubeconfig: str, issuer: Any, logto: Any,
                  templates: tuple[str, ...], domain: str, folder: Path, users: int, seed: int,
-                 release_wait: float = 30.0):
+                 release_wait: float = 30.0, postgres: PrivatePostgres | None = None):
         self.namespace, self.database_url, self.kubeconfig = namespace, database_url, kubeconfig
         self.issuer, self.logto, self.templates, self.domain = issuer, logto, templates, domain
         self.folder, self.rng, self.release_wait = folder, random.Random(seed), release_wait
@@ -137,6 +77,12 @@ class ChaosBed:
         self.tokens: dict[str, tuple[float, str]] = {}
         self.probe: tuple[str, int] | None = None  # (template, id) owned by "chaos-probe", never touched
         self.auth_service: Any = None
+        self.postgres = postgres  # the run's own server: pg-restart crashes it (None: no pg-restart)
+        self.with_template = False  # run() sets it when a step needs the template service
+        self.handoff = HandoffLoad(self)
+        self.leaver = UserDeletedLoad(self)
+        self.admin_token: tuple[float, str] = (0.0, "")
+        self.cleared_at: float | None = 0.0  # when the current fault ended; None while it is on
 
     # -- wiring ----------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -162,14 +108,16 @@ class ChaosBed:
         for user in [*self.users, "chaos-probe", NOBODY]:
             self.logto.add_user(user)
 
-        def settings(pg_link: str) -> Settings:
+        def settings(pg_link: str, servers: dict[str, dict[str, str]] | None = None) -> Settings:
+            url = self.database_url if pg_link == "direct" else db.set(
+                host="127.0.0.1", port=self.proxies[pg_link].port).render_as_string(hide_password=False)
             return Settings.model_validate({
                 "domain": self.domain, "namespaces": [self.namespace],
-                "database": {"url": db.set(host="127.0.0.1", port=self.proxies[pg_link].port).render_as_string(
-                    hide_password=False), "pool_size": 5},
+                "database": {"url": url, "pool_size": 5},
                 "oidc": {"issuer": self.issuer.url, "audience": [self.issuer.audience]},
                 "service_identity": {"token": TOKEN},
-                "servers": {n: {"listen": f"127.0.0.1:{p}"} for n, p in ports.items()} | {"metrics_listen": ""},
+                "servers": {n: {"listen": f"127.0.0.1:{p}"} for n, p in ports.items()} | (servers or {})
+                | {"metrics_listen": ""},
                 "kubernetes": {"kubeconfig": str(proxied_kube)},
                 "logging": {"level": "WARNING", "json": True},
                 "instance": {"reconcile_interval_seconds": 2, "release_wait_seconds": self.release_wait},
@@ -182,14 +130,28 @@ class ChaosBed:
                              "reconcile_interval_seconds": 0},
             })
 
+        # usersync's calls to the instance service (User.Deleted) go through a link of their own.
+        self.proxies["grpc-usersync-instance"] = self.toxi.proxy("grpc-usersync-instance",
+                                                                 f"127.0.0.1:{ports['instance']}")
+        to_instance = {"instance": {"listen": f"127.0.0.1:{ports['instance']}",
+                                    "target": self.proxies["grpc-usersync-instance"].listen}}
         for service in ("instance", "auth", "usersync"):
-            runtime = Runtime.create(settings(f"pg-{service}"))
+            runtime = Runtime.create(settings(f"pg-{service}", to_instance if service == "usersync" else None))
             server = GatewayServer(service, runtime, load_service(service, runtime))
             await server.start()
             self.gateways.append((runtime, server))
         from aigc_gateway.services.auth.app import AuthService
 
         self.auth_service = self.gateways[1][1].parts.service_as(AuthService)
+        if self.with_template:
+            # Its database link is direct: the faults here are on its links to the other services.
+            hops = {s: {"listen": f"127.0.0.1:{ports[s]}", "target": self.toxi.proxy(
+                f"grpc-template-{s}", f"127.0.0.1:{ports[s]}").listen} for s in ("instance", "usersync")}
+            self.proxies.update({f"grpc-template-{s}": self.toxi.proxies[f"grpc-template-{s}"] for s in hops})
+            runtime = Runtime.create(settings("direct", hops))
+            server = GatewayServer("template", runtime, load_service("template", runtime))
+            await server.start()
+            self.gateways.append((runtime, server))
         self.proxies["grpc-instance"] = self.toxi.proxy("grpc-instance", f"127.0.0.1:{ports['instance']}")
         from aigc_gateway.api.v1 import auth_pb2_grpc, instance_pb2_grpc
 
@@ -200,13 +162,21 @@ class ChaosBed:
         self.instances = instance_pb2_grpc.InstanceServiceStub(self.channel)
         self.admin_instances = instance_pb2_grpc.InstanceServiceStub(self.direct)
         self.auth = auth_pb2_grpc.AuthServiceStub(self.auth_channel)
+        from aigc_gateway.api.v1 import template_pb2_grpc
+        from aigc_gateway.config import KubernetesConfig
         from aigc_gateway.db import Database
+        from aigc_gateway.kube import Kube
 
+        self.template_channel = grpc.aio.insecure_channel(f"127.0.0.1:{ports['template']}")
+        self.template_stub = template_pb2_grpc.TemplateServiceStub(self.template_channel)
+        self.kube = await Kube.connect(KubernetesConfig(kubeconfig=self.kubeconfig)) if self.with_template else None
         self.db = Database(self.database_url, pool_size=2)
 
     async def close(self) -> None:
-        for channel in (self.channel, self.direct, self.auth_channel):
+        for channel in (self.channel, self.direct, self.auth_channel, self.template_channel):
             await channel.close()
+        if self.kube is not None:
+            await self.kube.close()
         for runtime, server in reversed(self.gateways):
             await server.stop(0)
             await runtime.close()
@@ -221,6 +191,20 @@ class ChaosBed:
             self.tokens[user] = (time.monotonic(), token)
         return token
 
+    def admin_bearer(self) -> str:
+        made, token = self.admin_token
+        if time.monotonic() - made > 300:
+            token = self.issuer.mint("chaos-admin", roles=["admin"])
+            self.admin_token = (time.monotonic(), token)
+        return token
+
+    def left_after_fault(self) -> float:
+        """What is left of the retry's 30 s after the fault is over; the full 30 s while it is on (a restart's
+        length is known only once the apiserver is back)."""
+        if self.cleared_at is None:
+            return AFTER_FAULT
+        return AFTER_FAULT - (time.monotonic() - self.cleared_at)
+
     async def call(self, method: str, message: Any, user: str, budget: float) -> tuple[Any, str]:
         """One user operation with the documented retry (same request_id)."""
         step = self.step
@@ -231,7 +215,7 @@ class ChaosBed:
             tries += 1
             try:
                 # An attempt may take as long as the call does (DeleteInstance waits for the disks).
-                left = max(5.0, budget - (time.monotonic() - started))
+                left = max(5.0, budget - (time.monotonic() - started), self.left_after_fault())
                 answer = await getattr(self.instances, method)(
                     message, metadata=(("authorization", f"Bearer {self.bearer(user)}"),), timeout=left)
                 step.ok += 1
@@ -243,7 +227,7 @@ class ChaosBed:
                     return None, why
                 if tries == 2:
                     step.retried += 1
-                if time.monotonic() - started > budget:
+                if time.monotonic() - started > budget and self.left_after_fault() <= 0:
                     step.failed += 1
                     step.failures.append(f"{method} {user}: {exc.code().name} {exc.details()[:120]}")
                     return None, "GAVE_UP"
@@ -316,34 +300,12 @@ class ChaosBed:
 
     # -- faults ----------------------------------------------------------------------------------
     async def apply(self, step: Step) -> list[Any]:
-        """Start the fault; returns what to undo."""
-        if step.fault == "pg-restart":
-            links = [self.proxies[n] for n in ("pg-instance", "pg-auth", "pg-usersync")]
-            for proxy in links:
-                proxy.enable(False)
-            import asyncpg
-
-            conn = await asyncpg.connect(self.database_url.replace("postgresql+asyncpg://", "postgresql://"))
-            try:
-                await conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                                   "WHERE datname = current_database() AND pid <> pg_backend_pid()")
-            finally:
-                await conn.close()
-            return [lambda p=p: p.enable(True) for p in links]
-        if step.fault == "kube-restart":
-            self.proxies["kube"].enable(False)
-            return [lambda: self.proxies["kube"].enable(True)]
-        proxy = self.proxies[step.link]
-        if step.fault == "down":
-            proxy.enable(False)
-            return [lambda: proxy.enable(True)]
-        toxic = {"latency": lambda: proxy.toxic("latency", latency=400, jitter=100),
-                 "bandwidth": lambda: proxy.toxic("bandwidth", rate=8),
-                 "reset": lambda: proxy.toxic("reset_peer", timeout=0),
-                 "timeout": lambda: proxy.toxic("timeout", timeout=0)}[step.fault]()
-        return [lambda: proxy.remove(toxic)]
+        """Start the fault; returns what to undo (bench/chaos_faults.py)."""
+        return await chaos_faults.apply(self, step)
 
     async def healthy(self) -> bool:
+        from sqlalchemy.exc import SQLAlchemyError
+
         from aigc_gateway.api.v1 import instance_pb2
 
         try:
@@ -354,8 +316,8 @@ class ChaosBed:
                 name=f"namespaces/{self.namespace}/templates/{tpl}/instances/{ident}"),
                 metadata=(("authorization", f"Bearer {self.bearer('chaos-probe')}"),), timeout=5)
             return await self.check("chaos-probe", tpl, ident) and await self.outbox_drained()
-        except grpc.aio.AioRpcError:
-            return False
+        except (grpc.aio.AioRpcError, SQLAlchemyError, OSError):
+            return False  # OSError, SQLAlchemyError: this bench's own pool after a PostgreSQL restart
 
     async def outbox_drained(self) -> bool:
         from sqlalchemy import func, select
@@ -368,24 +330,7 @@ class ChaosBed:
         return left == 0
 
     async def mirror_lost(self) -> list[str]:
-        """Owners in PostgreSQL vs. the keys of this namespace in Logto's custom data."""
-        from sqlalchemy import select
-
-        from aigc_gateway.db.models import InstanceRow
-
-        async with self.db.session() as session:
-            rows = (await session.execute(select(InstanceRow.template, InstanceRow.id, InstanceRow.owner).where(
-                InstanceRow.namespace == self.namespace, InstanceRow.owner.is_not(None)))).all()
-        want: dict[str, dict[str, Any]] = {u: {} for u in [*self.users, "chaos-probe"]}
-        for tpl, ident, owner in rows:
-            want.setdefault(owner, {})[f"{self.namespace}-{tpl}"] = {
-                "Name": tpl, "Namespace": self.namespace, "ID": str(ident)}
-        lost = []
-        for user, keys in want.items():
-            have = {k: v for k, v in self.logto.custom_data(user).items() if k.startswith(f"{self.namespace}-")}
-            if have != keys:
-                lost.append(f"{user}: logto {have} != postgres {keys}")
-        return lost
+        return await chaos_faults.mirror_lost(self)
 
     async def consistency(self, timeout: float = 90) -> tuple[bool, list[str]]:
         from kill_storm import consistency
@@ -398,13 +343,26 @@ class ChaosBed:
         until = time.monotonic() + step.seconds + settle
         load = [asyncio.create_task(self.user_loop(u, until, budget)) for u in self.users]
         load.append(asyncio.create_task(self.auth_loop(until)))
+        # A fault between two services has an operation of its own that crosses the link.
+        crossing = self.handoff if step.link in HANDOFF_LINKS else \
+            self.leaver if step.link in USERDELETED_LINKS else None
+        if crossing is not None:
+            await crossing.prepare()
         await asyncio.sleep(settle / 2)
+        self.cleared_at = None
         undo = await self.apply(step)
+        if crossing is not None:  # a hand-off: the fault lasts until the hand-off meets it, and its length after
+            await crossing.during(step)
         await asyncio.sleep(step.seconds)
         for action in undo:
-            action()
-        cleared = time.monotonic()
+            done = action()
+            if asyncio.iscoroutine(done):
+                await done
+        cleared = self.cleared_at = time.monotonic()
         await asyncio.gather(*load)
+        if crossing is not None:
+            crossing.link_back()
+            await crossing.finish(step)
         while not await self.healthy():
             if time.monotonic() - cleared > 120:
                 break
@@ -443,6 +401,7 @@ def _free_port() -> int:
 
 
 async def run(bed: ChaosBed, steps: list[Step]) -> list[Step]:
+    bed.with_template = any(s.link in HANDOFF_LINKS for s in steps)
     await bed.start()
     try:
         await bed.prepare()
@@ -460,15 +419,18 @@ async def main() -> int:
     parser.add_argument("--seed", type=int, default=18)
     parser.add_argument("--seconds", type=float, default=30, help="length of each fault")
     parser.add_argument("--users", type=int, default=6)
-    parser.add_argument("--faults", default="all", help="comma list, e.g. pg-auth:down,kube:latency,pg-restart")
+    parser.add_argument("--faults", default="all", help="comma list, e.g. pg-auth:down,kube:latency,pg-restart,"
+                        "grpc-template-instance:down")
+    parser.add_argument("--kube-down", type=float, default=5.0,
+                        help="seconds the apiserver stays down in kube-restart, at most (the test bed is shared)")
     parser.add_argument("--release-wait", type=float, default=30.0,
                         help="instance.release_wait_seconds (2 made a FREE slot keep its disk once, see the notes)")
     args = parser.parse_args()
     from chaos_env import environment
 
-    async with environment() as env:
+    async with environment(private_postgres=True) as env:
         bed = ChaosBed(**env, users=args.users, seed=args.seed, release_wait=args.release_wait)
-        steps = await run(bed, schedule(args.seed, args.seconds, args.faults))
+        steps = await run(bed, schedule(args.seed, args.seconds, args.faults, args.kube_down))
         print_table(steps, args.seed)
         return 0 if all(s.good for s in steps) else 1
 

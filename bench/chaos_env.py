@@ -1,6 +1,8 @@
 """The environment bench/chaos.py and bench/replicas.py run in: a namespace of the test bed with two templates
 (the stable-diffusion-cpu sample, hosts `<template>-<id>-cpu.aigc.test`), a database made by the migrations, a
-token issuer (tests/plugins/oidc.py's) and the Logto double (tests/doubles/logto.py); all removed at the end."""
+token issuer (tests/plugins/oidc.py's) and the Logto double (tests/doubles/logto.py); all removed at the end.
+With ``private_postgres`` the database is on a PostgreSQL server of the run's own (bench/chaos_restart.py), which
+`pg-restart` crashes; it is given as ``postgres``."""
 from __future__ import annotations
 
 import asyncio
@@ -18,9 +20,10 @@ sys.path.insert(0, str(HERE.parent))
 
 
 @contextlib.asynccontextmanager
-async def environment() -> AsyncIterator[dict[str, Any]]:
+async def environment(private_postgres: bool = False) -> AsyncIterator[dict[str, Any]]:
     """A namespace with two templates, a database, a token issuer and the Logto double, all removed after."""
     import asyncpg
+    from chaos_restart import PrivatePostgres
     from install_burst import kubeconfig, server_url
     from joserfc.jwk import RSAKey
 
@@ -33,11 +36,17 @@ async def environment() -> AsyncIterator[dict[str, Any]]:
 
     run_id = uuid.uuid4().hex[:6]
     namespace, database = f"chaos-{run_id}", f"aigc_chaos_{run_id}"
-    kube_path, server = kubeconfig(), server_url()
-    admin = await asyncpg.connect(server.replace("postgresql+asyncpg://", "postgresql://"))
-    await admin.execute(f'CREATE DATABASE "{database}"')
-    url = server.rsplit("/", 1)[0] + f"/{database}"
-    await asyncio.to_thread(upgrade, url)
+    kube_path = kubeconfig()
+    postgres = PrivatePostgres() if private_postgres else None
+    server = postgres.start() if postgres is not None else server_url()
+    admin = None  # a private server goes whole at the end (and its crashes would kill this connection)
+    if postgres is not None:
+        url = await postgres.create_database(database)
+    else:
+        admin = await asyncpg.connect(server.replace("postgresql+asyncpg://", "postgresql://"))
+        await admin.execute(f'CREATE DATABASE "{database}"')
+        url = server.rsplit("/", 1)[0] + f"/{database}"
+        await asyncio.to_thread(upgrade, url)
     kube = await Kube.connect(KubernetesConfig(kubeconfig=kube_path))
     key = RSAKey.generate_key(2048, parameters={"kid": "chaos", "use": "sig", "alg": "RS256"})
     jwks, issuer_url = _serve({"keys": [key.as_dict(private=False)]})
@@ -54,12 +63,16 @@ async def environment() -> AsyncIterator[dict[str, Any]]:
                     conf["value"] = conf["value"].replace("instances<id>-", f"{name}-<id>-")
             await kube.create(GSS, namespace, obj)
         yield {"namespace": namespace, "database_url": url, "kubeconfig": kube_path, "issuer": Issuer(issuer_url, key),
-               "logto": logto, "templates": templates, "domain": "aigc.test", "folder": folder}
+               "logto": logto, "templates": templates, "domain": "aigc.test", "folder": folder} | (
+                   {"postgres": postgres} if postgres is not None else {})
         print(f"logs: {folder}")
     finally:
         await kube.delete(NAMESPACE, None, namespace)
-        await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-        await admin.close()
+        if admin is not None:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+            await admin.close()
+        if postgres is not None:
+            postgres.stop()
         await kube.close()
         await logto.stop()
         jwks.shutdown()

@@ -5,6 +5,8 @@
 #   scripts/postgres.sh start [DIR]   # installs the Debian package if missing; prints DATABASE_URL=...
 #   scripts/postgres.sh stop [DIR]
 #   scripts/postgres.sh url [DIR]
+#   scripts/postgres.sh crash [DIR]   # pg_ctl stop -m immediate: a crash, the data directory kept
+#   scripts/postgres.sh restart [DIR] # start the kept data directory again on the same port (crash recovery)
 set -euo pipefail
 cmd=${1:-}
 dir=${2:-${AIGC_PG_DIR:-/tmp/aigc-gateway-pg}}
@@ -27,6 +29,12 @@ ensure_installed() {
 # initdb and postgres refuse to run as root: use the package's postgres user then.
 as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 
+run_server() {
+  as_pg "$bin/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 60 \
+    -o "-c listen_addresses=127.0.0.1 -p $(cat "$dir/port") -k $dir -c max_connections=300 -c fsync=off -c synchronous_commit=off" \
+    start >/dev/null || { tail -20 "$dir/postgres.log" >&2; exit 1; }
+}
+
 url() { echo "postgresql+asyncpg://postgres@127.0.0.1:$(cat "$dir/port")/postgres"; }
 
 case "$cmd" in
@@ -42,10 +50,16 @@ case "$cmd" in
     as_pg "$bin/initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 --no-locale >"$dir/initdb.log" 2>&1 \
       || { cat "$dir/initdb.log" >&2; exit 1; }
     as_pg sh -c "echo $port > '$dir/port'"
-    as_pg "$bin/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 60 \
-      -o "-c listen_addresses=127.0.0.1 -p $port -k $dir -c max_connections=300 -c fsync=off -c synchronous_commit=off" \
-      start >/dev/null || { tail -20 "$dir/postgres.log" >&2; exit 1; }
+    run_server
     echo "DATABASE_URL=$(url)"
+    ;;
+  crash)
+    bin=$(find_bin)
+    as_pg "$bin/pg_ctl" -D "$dir/data" -m immediate -w stop >/dev/null
+    ;;
+  restart)
+    bin=$(find_bin)
+    run_server
     ;;
   stop)
     bin=$(find_bin) || exit 0
@@ -56,5 +70,5 @@ case "$cmd" in
     url
     ;;
   *)
-    echo "usage: $0 start|stop|url [DIR]" >&2; exit 2 ;;
+    echo "usage: $0 start|stop|url|crash|restart [DIR]" >&2; exit 2 ;;
 esac

@@ -8,9 +8,8 @@ Logto mirror equals PostgreSQL's owners, and the auth check never allowed a non-
 was unknown (the database out of its reach), anyone. The faults are 8 s here (longer than the auth service's
 5 s staleness bound, so that failing closed is exercised); bench/chaos.py runs them for 30 s.
 
-The shared PostgreSQL and apiserver are not restarted here (every other test uses them): `pg-restart` terminates
-every backend of this test's database and refuses the links, `kube-restart` closes and refuses the apiserver
-link, which is what a restart looks like from the services."""
+The real restarts of PostgreSQL and the apiserver are in test_restarts.py, the links between the services in
+test_handoff_links.py."""
 from __future__ import annotations
 
 import importlib.util
@@ -43,8 +42,8 @@ def _bench() -> Any:
 
 
 GROUPS = {
-    "postgres": "pg-auth:down,pg-instance:timeout,pg-usersync:reset,pg-instance:latency,pg-restart",
-    "apiserver": "kube:down,kube:timeout,kube:latency,kube-restart",
+    "postgres": "pg-auth:down,pg-instance:timeout,pg-usersync:reset,pg-instance:latency",
+    "apiserver": "kube:down,kube:timeout,kube:latency",
     "logto-and-grpc": "logto:down,logto:bandwidth,grpc-instance:reset,grpc-instance:down",
 }
 
