@@ -9,7 +9,22 @@ an aiohttp "hello" answered about 12,000 requests a second on one core, granian
 about 28,000 with ASGI (bench/auth_check.py has the figures of the real
 endpoint). It is used through its embedded server, which runs in the calling
 event loop (granian marks that API experimental; the tests cover what we use
-of it: serving, SO_REUSEPORT sharing, a bind failure, stopping).
+of it: serving, SO_REUSEPORT sharing, a bind failure, stopping; tests/core/test_httpserver.py).
+
+Why not a server that answers on the event-loop thread itself (uvicorn with llhttp, measured for issue
+11; docs/auth.md has the figures): granian's socket I/O runs on threads of its own, so each request
+crosses three threads, and uvicorn's one-thread path cost 16-33 % less CPU per request for a "hello" at
+500-1,000 requests/s. But on the shared 2-core bench machine (load averages 8-15), /auth under uvicorn
+reached 0.76-0.77x oauth2-proxy's saturated throughput against granian's 1.00-1.20x, and a p99 at 1,000/s
+of 4.4-11x oauth2-proxy's against granian's 2.2-4.1x (same-run ratios, two runs each). The app runs on
+the loop thread either way; doing the I/O too, that thread waited for a CPU about twice as long (a fair
+scheduler serves a thread that used more CPU later), while granian's I/O threads take that work and, at
+saturation, the second CPU.
+
+What granian accepts, as the tests pin it: a malformed request line or header (whitespace before a
+colon, obs-fold) is a 400 that never reaches the app; duplicate headers, absolute-form request lines,
+HTTP/1.0 without ``Host`` (given to the app as an empty ``Host``) and header bytes above 0x7F (a raw
+UTF-8 cookie) reach the app as sent, for the app to judge.
 
 On Linux granian binds with SO_REUSEPORT, which is what lets auth's worker
 processes listen on one port. A port is always reserved first with
