@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import random
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
@@ -55,13 +57,19 @@ class Report:
     wrong: list[str] = field(default_factory=list)
     refused: Counter[str] = field(default_factory=Counter)  # first-time refusals the model expects
     kill_to_answer: list[float] = field(default_factory=list)
-    kill_to_taken: list[float] = field(default_factory=list)  # until a retry got past the dead replica's claim
+    kill_to_taken: list[float] = field(default_factory=list)  # from the last kill until a retry got past its claim
+    # From the kill, or from the call's start when it was sent to a replica already dead (not interrupted by it).
+    sent_to_answer: list[float] = field(default_factory=list)
+    kills_per_call: Counter[int] = field(default_factory=Counter)  # interrupted calls by how many kills hit them
     restart_to_serving: list[float] = field(default_factory=list)  # a killed replica's start until SERVING
     slow: list[tuple[float, str]] = field(default_factory=list)  # interrupted calls answered late, with traces
     latency: dict[str, list[float]] = field(default_factory=dict)  # per method, calls never interrupted
     kills: int = 0
     consistent: bool | None = None
     violations: list[str] = field(default_factory=list)
+    steps: list[dict[str, Any]] = field(default_factory=list)  # the replicas' allocator step lines (timing.py)
+    load: list[tuple[float, float, float]] = field(default_factory=list)  # os.getloadavg() at start and end
+    controllers: list[str] = field(default_factory=list)  # what the OKG managers did meanwhile
 
     def pct(self, q: float, values: list[float] | None = None) -> float:
         ordered = sorted(self.kill_to_answer if values is None else values)
@@ -82,8 +90,12 @@ class Report:
         print(f"refusals the model expected: {dict(self.refused)}")
         print(f"kill-to-answer of interrupted calls: n={len(self.kill_to_answer)} p50 {self.pct(0.5):.2f} s "
               f"p99 {self.pct(0.99):.2f} s max {max(self.kill_to_answer, default=float('nan')):.2f} s")
-        print(f"  of which kill-to-takeover (a retry past the claim): p50 {self.pct(0.5, self.kill_to_taken):.2f} s "
-              f"p99 {self.pct(0.99, self.kill_to_taken):.2f} s; the rest is the operation itself:")
+        print(f"  counted from the call's start when it was sent to a replica already dead: "
+              f"p50 {self.pct(0.5, self.sent_to_answer):.2f} s p99 {self.pct(0.99, self.sent_to_answer):.2f} s")
+        print(f"  interrupted calls by kills that hit them: {dict(sorted(self.kills_per_call.items()))} (a retry "
+              "still running when the other replica is killed is hit again; kill-to-answer counts from the first)")
+        print(f"  from the last kill to the retry that got past its claim: p50 {self.pct(0.5, self.kill_to_taken):.2f}"
+              f" s p99 {self.pct(0.99, self.kill_to_taken):.2f} s; the rest is the operation itself:")
         for method, values in sorted(self.latency.items()):
             ordered = sorted(values)
             print(f"  {method:16} uninterrupted n={len(ordered)} p50 {ordered[len(ordered) // 2]:.2f} s "
@@ -92,11 +104,96 @@ class Report:
         if starts:
             print(f"  a killed replica's start to SERVING: n={len(starts)} p50 {starts[len(starts) // 2]:.2f} s "
                   f"max {starts[-1]:.2f} s (both replicas are down when a kill lands inside this window)")
+        self.print_steps()
+        for line in self.controllers:
+            print(line)
+        print("load average (1/5/15 min): " + "; ".join(f"{a:.2f} {b:.2f} {c:.2f}" for a, b, c in self.load))
         print(f"CheckConsistency: {'consistent' if self.consistent else 'VIOLATIONS'} {self.violations}")
         for line in self.wrong[:20]:
             print("  wrong:", line)
         for took, trace in sorted(self.slow, reverse=True)[:5]:
             print(f"  slowest kill-to-answer {took:.1f} s: {trace}")
+
+
+    def print_steps(self) -> None:
+        """Per step kind, p50/p99 of each phase (services/instance/timing.py) over the steps that ended OK."""
+        from aigc_gateway.services.instance.timing import PHASES
+
+        kinds = sorted({s["op"] for s in self.steps})
+        if not kinds:
+            return
+        print("where an allocator step's time goes (seconds, p50/p99; steps that ended OK, all replicas):")
+        print(f"  {'step':9} {'n':>4} {'calls':>5} {'total':>11} " + " ".join(f"{p:>11}" for p in PHASES))
+        for kind in kinds:
+            done = [s for s in self.steps if s["op"] == kind and s["outcome"] == "OK"]
+            if not done:
+                continue
+            cells = [self._p(done, "total")] + [self._p(done, p) for p in PHASES]
+            calls = sum(s["calls"] for s in done) / len(done)
+            print(f"  {kind:9} {len(done):>4} {calls:>5.1f} " + " ".join(f"{c:>11}" for c in cells))
+        failed = Counter(f"{s['op']} {s['outcome']}" for s in self.steps if s["outcome"] != "OK")
+        if failed:
+            print(f"  steps not OK: {dict(failed)}")
+
+    @staticmethod
+    def _p(steps: list[dict[str, Any]], key: str) -> str:
+        values = sorted(s.get(key, 0.0) for s in steps)
+        return f"{values[len(values) // 2]:.2f}/{values[min(len(values) - 1, int(0.99 * len(values)))]:.2f}"
+
+
+def read_steps(logs: list[Path]) -> list[dict[str, Any]]:
+    """The allocator step lines the replicas logged (JSON logs; a line cut by a SIGKILL is skipped)."""
+    out = []
+    for path in logs:
+        for line in path.read_text(errors="replace").splitlines():
+            if '"step": {' not in line:
+                continue
+            try:
+                out.append(json.loads(line)["step"])
+            except (ValueError, KeyError):
+                continue
+    return out
+
+
+CONTROLLER_METRICS = {"kruise-game": "http://127.0.0.1:16977/metrics", "kruise": "http://127.0.0.1:16877/metrics"}
+
+
+def scrape(url: str) -> dict[str, float]:
+    """A Prometheus text page as {series: value}; {} when the manager does not answer."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as reply:
+            text = reply.read().decode()
+    except OSError:
+        return {}
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            series, _, value = line.rpartition(" ")
+            try:
+                out[series] = float(value)
+            except ValueError:
+                continue
+    return out
+
+
+def controller_lines(before: dict[str, dict[str, float]], after: dict[str, dict[str, float]],
+                     seconds: float) -> list[str]:
+    """The OKG managers' work during the run: reconciles, mean time queued and working per controller, and
+    their API requests per second (the client's QPS limit applies per resource kind)."""
+    lines = []
+    for manager, now in after.items():
+        then = before.get(manager) or {}
+        delta = {k: v - then.get(k, 0.0) for k, v in now.items()}
+        requests = sum(v for k, v in delta.items() if k.startswith("rest_client_requests_total"))
+        parts = []
+        for key, count in sorted(delta.items()):
+            if key.startswith("workqueue_work_duration_seconds_count") and count > 0:
+                name = key.split('name="', 1)[1].split('"', 1)[0]
+                queued = delta.get(key.replace("work_duration", "queue_duration").replace("_count", "_sum"), 0.0)
+                work = delta.get(key.replace("_count", "_sum"), 0.0)
+                parts.append(f"{name} {count:.0f}x queued {queued / count:.3f} s work {work / count:.3f} s")
+        lines.append(f"{manager}-manager during the run: {requests / seconds:.1f} API requests/s; " + "; ".join(parts))
+    return lines
 
 
 class Replica:
@@ -154,6 +251,9 @@ async def storm(namespace: str, url: str, kube: str, folder: Path, *, seconds: f
 
     rng = random.Random(seed)
     report = Report()
+    report.load.append(os.getloadavg())
+    metrics_before = {m: await asyncio.to_thread(scrape, u) for m, u in CONTROLLER_METRICS.items()}
+    storm_started = time.monotonic()
     replicas = []
     for i in range(2):
         path, port = config_file(folder, i, namespace, url, kube)
@@ -193,6 +293,8 @@ async def storm(namespace: str, url: str, kube: str, folder: Path, *, seconds: f
         started = time.monotonic()
         target = rng.randrange(2)
         interrupted_at = 0.0
+        kills_seen: set[float] = set()  # the kills that hit this call (a retry running when the other one dies)
+        last_kill = 0.0
         tries = 0
         taken_at = 0.0
         gave_up = False
@@ -206,7 +308,9 @@ async def storm(namespace: str, url: str, kube: str, folder: Path, *, seconds: f
                 if interrupted_at:
                     took = time.monotonic() - interrupted_at
                     report.kill_to_answer.append(took)
-                    report.kill_to_taken.append((taken_at or sent) - interrupted_at)
+                    report.kill_to_taken.append((taken_at or sent) - last_kill)
+                    report.kills_per_call[len(kills_seen)] += 1
+                    report.sent_to_answer.append(time.monotonic() - max(interrupted_at, started))
                     trace.append(f"+{time.monotonic() - interrupted_at:.1f} OK@{target}")
                     if took > lease + 2:
                         report.slow.append((took, f"{method} {message.request_id} " + " ".join(trace)))
@@ -222,6 +326,10 @@ async def storm(namespace: str, url: str, kube: str, folder: Path, *, seconds: f
                     return None, _reason(exc) or exc.code().name
                 if replicas[target].killed_at >= sent - 0.5 or replicas[target].proc.poll() is not None:
                     interrupted_at = interrupted_at or replicas[target].killed_at or sent
+                    kill = replicas[target].killed_at or sent
+                    if kill not in kills_seen:
+                        kills_seen.add(kill)
+                        last_kill, taken_at = kill, 0.0  # a retry that ran past a claim was killed in turn
                 if tries == 2:
                     report.retried += 1
                 if time.monotonic() - started > BUDGET and not gave_up:
@@ -282,6 +390,9 @@ async def storm(namespace: str, url: str, kube: str, folder: Path, *, seconds: f
         killing = asyncio.create_task(killer())
         await asyncio.gather(*(user(f"storm-user-{i:02d}") for i in range(users)))
         await killing
+        report.load.append(os.getloadavg())
+        metrics_after = {m: await asyncio.to_thread(scrape, u) for m, u in CONTROLLER_METRICS.items()}
+        report.controllers = controller_lines(metrics_before, metrics_after, time.monotonic() - storm_started)
         for r in replicas:
             if r.proc is None or r.proc.poll() is not None:
                 r.start()
@@ -290,6 +401,7 @@ async def storm(namespace: str, url: str, kube: str, folder: Path, *, seconds: f
         for r in replicas:
             r.stop()
             await r.channel.close()
+        report.steps = read_steps([r.log for r in replicas])
     return report
 
 

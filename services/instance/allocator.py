@@ -94,6 +94,9 @@ class Plan:
     # (id, replay claim key) of the calls this plan serves: whoever applies the plan, even after a crash,
     # records each call's effect on its claim in the same transaction (services/instance/effects.py).
     claims: tuple[tuple[int, str], ...] = ()
+    # A combined plan (:func:`combine`): (id, op, owner before) of each step it carries, so that each call's
+    # effect names its own operation and owner. Empty: every id is about ``op`` (and ``owner``).
+    steps: tuple[tuple[int, Op, str | None], ...] = ()
 
     @property
     def noop(self) -> bool:
@@ -105,6 +108,7 @@ class Plan:
             "before": _spec_json(self.before), "after": _spec_json(self.after) if self.after else None,
             "transitions": [[t.id, t.state.value if t.state else None, t.owner] for t in self.transitions],
             "plugged": sorted(self.plugged), "claims": [list(c) for c in self.claims],
+            "steps": [[i, op.value, owner] for i, op, owner in self.steps],
         }
 
     @classmethod
@@ -115,7 +119,15 @@ class Plan:
             transitions=tuple(Transition(int(i), SlotState(s) if s else None, o) for i, s, o in data["transitions"]),
             plugged=frozenset(data.get("plugged") or ()),
             claims=tuple((int(i), str(k)) for i, k in data.get("claims") or ()),
+            steps=tuple((int(i), Op(op), owner) for i, op, owner in data.get("steps") or ()),
         )
+
+    def step_of(self, instance_id: int) -> tuple[Op, str | None]:
+        """The operation (and the owner before it) this plan carries out on the id."""
+        for i, op, owner in self.steps:
+            if i == instance_id:
+                return op, owner
+        return self.op, self.owner
 
 
 def _spec_json(spec: Spec) -> dict[str, Any]:
@@ -203,6 +215,29 @@ def plan_install_batch(ref: TemplateRef, spec: Spec, slots: Mapping[int, Slot],
     _expect(current, spec.live() | new_ids, ref)
     return Plan(Op.INSTALL, transitions[0].id, transitions[0].owner, spec, current, tuple(transitions),
                 frozenset(plugged)), results
+
+
+def combine(ref: TemplateRef, spec: Spec, plans: Sequence[Plan]) -> Plan:
+    """One GameServerSet write for pauses and uninstalls of distinct ids, each planned on the (R, X) and slots
+    the previous one leaves (group commit, like :func:`plan_install_batch`). Every write among them lowers R by
+    one, so the combined write lowers R by their number and :func:`resolve` judges it from R alone, exactly as
+    a single pause. The first plan gives the combined one its op and id (fault points, logs)."""
+    assert plans and all(p.op in (Op.PAUSE, Op.UNINSTALL) for p in plans)
+    ids = [p.id for p in plans]
+    if len(set(ids)) != len(ids):
+        raise AllocatorInvariantError(f"{ref.name}: one write for two steps of one id {ids}",
+                                      reason="ALLOCATOR_INVARIANT")
+    writes = [p for p in plans if p.after is not None]
+    after = writes[-1].after if writes else None
+    if after is not None:
+        _expect(after, spec.live() - {p.id for p in writes}, ref)
+        if after.replicas != spec.replicas - len(writes):
+            raise AllocatorInvariantError(f"{ref.name}: {len(writes)} pauses from {spec} would write {after}",
+                                          reason="ALLOCATOR_INVARIANT")
+    first = plans[0]
+    return Plan(first.op, first.id, first.owner, spec, after, tuple(t for p in plans for t in p.transitions),
+                frozenset().union(*(p.plugged for p in plans)), tuple(c for p in plans for c in p.claims),
+                tuple((p.id, p.op, p.owner) for p in plans))
 
 
 def _slot(ref: TemplateRef, slots: Mapping[int, Slot], instance_id: int) -> Slot:

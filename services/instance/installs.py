@@ -19,7 +19,7 @@ from aigc_gateway.idempotency import Claim
 from aigc_gateway.names import TemplateRef
 from aigc_gateway.okg import SlotState
 
-from . import allocator, faults
+from . import allocator, faults, timing
 from .allocator import Op, Plan, Spec
 from .effects import taken_over
 from .metrics import OPERATIONS
@@ -65,9 +65,14 @@ class InstallQueue:
         return await future
 
     async def _run(self, ref: TemplateRef) -> None:
+        with timing.step(Op.INSTALL.value, ref.key, 0) as times:
+            await self._batch(ref, times)
+
+    async def _batch(self, ref: TemplateRef, times: timing.StepTimes) -> None:
         async with self.lifecycle.locked(ref):
             queue = self._queued.get(ref.key) or []
             batch, self._queued[ref.key] = queue[:MAX_BATCH], queue[MAX_BATCH:]
+            times.calls = len(batch)
             if not batch:
                 return  # an earlier batch took ours
             results: list[int | GatewayError] = []

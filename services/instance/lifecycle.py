@@ -52,9 +52,10 @@ from aigc_gateway.locks import QueuedLocks
 from aigc_gateway.names import InstanceRef, TemplateRef
 from aigc_gateway.okg import SlotState
 
-from . import access, allocator, effects, faults, quotas, rollout_view, templates
+from . import access, allocator, effects, faults, quotas, restarts, rollout_view, templates, timing
 from .allocator import Op, Plan, Spec
 from .cluster import Cluster
+from .downs import DownQueue
 from .effects import taken_over
 from .installs import InstallQueue
 from .metrics import (
@@ -90,6 +91,7 @@ class Lifecycle:
         self.claims = claims
         self._locks = QueuedLocks(db)
         self._installs = InstallQueue(self)
+        self._downs = DownQueue(self)
         self._follow_ups = Tasks()  # work after an answer (a delete's release)
         self.quotas = quotas.Quotas(db, cfg.quotas, lambda ref: self.cluster.template(ref))
         # Called under the template lock by a restart before it deletes the pod (the rollout's consent, set by
@@ -104,6 +106,7 @@ class Lifecycle:
         started = time.perf_counter()
         async with self._locks.hold(allocator_lock(ref.namespace, ref.template)):
             LOCK_WAIT.observe(time.perf_counter() - started)
+            timing.add("lock", time.perf_counter() - started)
             yield
 
     async def rows(self, ref: TemplateRef) -> dict[int, InstanceRow]:
@@ -132,13 +135,14 @@ class Lifecycle:
         """Apply the plan's transitions and, in the same transaction, record each served call's effect on its
         claim. Returns the effect of every id the plan is about (what the answers are built from)."""
         await self.store.apply(session, ref, plan, owner_since=owner_since)
-        ids = {t.id for t in plan.transitions} | ({plan.id} if plan.id >= 0 else set())
+        # Every id the plan is about, a no-op step of a combined plan (pausing a paused id) included.
+        ids = {t.id for t in plan.transitions} | ({plan.id} if plan.id >= 0 else set()) | {i for i, _, _ in plan.steps}
         out: dict[int, Effect] = {}
         for instance_id in sorted(ids):
             row = await session.get(InstanceRow, (ref.namespace, ref.template, instance_id))
             if row is not None:
-                former = plan.owner if plan.op is Op.UNINSTALL else None
-                out[instance_id] = effects.make(plan.op.value, row, former_owner=former)
+                op, former = plan.step_of(instance_id)
+                out[instance_id] = effects.make(op.value, row, former_owner=former if op is Op.UNINSTALL else None)
         served = {key: out[i] for i, key in plan.claims if i in out}
         if served:
             await IdempotencyStore.record_effects(session, served)
@@ -148,8 +152,9 @@ class Lifecycle:
                    ) -> tuple[Plan | None, dict[int, Effect]]:
         """One allocator step under the template lock (see the module docstring)."""
         try:
-            async with self.locked(ref):
-                plan, done = await self._attempts(ref, decide, before)
+            with timing.step(op.value, ref.key):
+                async with self.locked(ref):
+                    plan, done = await self._attempts(ref, decide, before)
         except GatewayError as exc:
             OPERATIONS.labels(op.value, exc.code.name).inc()
             raise
@@ -164,14 +169,17 @@ class Lifecycle:
         for attempt in range(self.cfg.conflict_retries + 1):
             if attempt:
                 ALLOCATOR_RETRIES.inc()
+            timing.count(attempt=True)
             settle_started = time.perf_counter()
-            gss = await self.cluster.settled_template(ref, self.cfg.settle_timeout_seconds)
+            with timing.phase("settle"):
+                gss = await self.cluster.settled_template(ref, self.cfg.settle_timeout_seconds)
             SETTLE_WAIT.observe(time.perf_counter() - settle_started)
             spec = templates.spec_of(ref, gss)
-            await self.resolve_pending(ref, spec)
-            if before is not None and await before():
-                return None, {}
-            rows = await self.rows(ref)
+            with timing.phase("plan"):
+                await self.resolve_pending(ref, spec)
+                if before is not None and await before():
+                    return None, {}
+                rows = await self.rows(ref)
             realign = allocator.plan_realign(ref, spec, slots_of(rows))
             if realign is not None:
                 # The controller moved the live set on its own: put it back first, then plan on the result.
@@ -179,8 +187,9 @@ class Lifecycle:
                 continue
             plan = decide(spec, rows)
             if plan.after is None:
-                async with self.db.session() as session:
-                    return plan, await self._commit(session, ref, plan)
+                with timing.phase("commit"):
+                    async with self.db.session() as session:
+                        return plan, await self._commit(session, ref, plan)
             done = await self._write(ref, gss, plan, conflicts)
             if done is not None:
                 return plan, done
@@ -195,17 +204,21 @@ class Lifecycle:
             REALIGNS.inc()
             log.warning("%s: the controller runs %s but the records say %s; writing %s to bring them back",
                         ref.key, sorted(plan.before.live()), sorted(plan.after.live()), plan.after)
-        partition = await self._partition_after(ref, gss, plan)
-        intent = await self.store.record_intent(ref, plan)
+        with timing.phase("intent"):
+            partition = await self._partition_after(ref, gss, plan)
+            intent = await self.store.record_intent(ref, plan)
         await faults.reach(f"{plan.op.value}.after_intent")
+        timing.count(write=True)
         try:
-            await self.cluster.write_spec(gss, plan.after, partition)
+            with timing.phase("write"):
+                await self.cluster.write_spec(gss, plan.after, partition)
         except Aborted:
             # Someone (usually the controller's status patch) wrote since we read; the apiserver refused
             # our write, so the intent is void. Read again and plan again.
             ALLOCATOR_CONFLICTS.inc()
-            await self.store.forget_intent(intent.id)
-            await conflicts.sleep()
+            with timing.phase("backoff"):
+                await self.store.forget_intent(intent.id)
+                await conflicts.sleep()
             return None
         except Unavailable:
             raise  # the write may or may not have landed: the intent is resolved from (R, X) next time
@@ -213,9 +226,10 @@ class Lifecycle:
             await self.store.forget_intent(intent.id)  # refused outright: it did not happen
             raise
         await faults.reach(f"{plan.op.value}.after_gss_write")
-        async with self.db.session() as session:
-            done = await self._commit(session, ref, plan, owner_since=intent.created_at)
-            await self.store.drop_intent(session, intent.id)
+        with timing.phase("commit"):
+            async with self.db.session() as session:
+                done = await self._commit(session, ref, plan, owner_since=intent.created_at)
+                await self.store.drop_intent(session, intent.id)
         return done
 
     async def _partition_after(self, ref: TemplateRef, gss: dict[str, Any], plan: Plan) -> int | None:
@@ -284,7 +298,10 @@ class Lifecycle:
         return found[0] if found else done[iref.id]
 
     async def pause(self, iref: InstanceRef, principal: Principal, claim: Claim | None = None) -> Effect:
-        return await self._owned_step(iref, principal, Op.PAUSE, allocator.plan_pause, claim)
+        """Pause (in one write with the template's other queued pauses and uninstalls, see :mod:`.downs`)."""
+        effect = await self._downs.run(Op.PAUSE, iref, principal, claim)
+        await faults.reach("pause.after_commit")
+        return effect
 
     async def resume(self, iref: InstanceRef, principal: Principal, claim: Claim | None = None) -> Effect:
         """Un-pause; refused (RESOURCE_EXHAUSTED, nothing written) when running it would pass a quota of its owner
@@ -316,7 +333,8 @@ class Lifecycle:
         """Owner removed (RELEASING), then the disks deleted. Returns the effect (the instance as its owner had
         it) and whether the id is FREE already (else a follow-up in this process, or the reconciler, finishes
         the disk deletion)."""
-        effect = await self._owned_step(iref, principal, Op.UNINSTALL, allocator.plan_uninstall, claim)
+        effect = await self._downs.run(Op.UNINSTALL, iref, principal, claim)
+        await faults.reach("uninstall.after_commit")
         return effect, await self.finish_uninstall(iref)
 
     async def finish_uninstall(self, iref: InstanceRef) -> bool:
@@ -346,39 +364,8 @@ class Lifecycle:
         await self._follow_ups.cancel()
 
     async def restart(self, iref: InstanceRef, principal: Principal, claim: Claim | None = None) -> Effect:
-        """A new pod on the same disk: delete the pod (uid-checked); the StatefulSet makes it again. Under the
-        template lock, so the pod deleted is the caller's; the pod's uid is committed on the claim first, so a
-        retry after a crash deletes that pod (if still there), never its successor."""
-        if claim is not None and claim.effect is not None:
-            await self.delete_pod(iref, claim.effect.get("pod_uid") or "")
-            return claim.effect
-        async with self.locked(iref.template_ref):
-            row = access.check(principal, iref, await self.store.get(iref))
-            if row.slot != SlotState.LIVE.value:
-                raise FailedPrecondition(f"{iref.name} is {row.slot.lower()}; only a running instance restarts",
-                                         reason="NOT_RUNNING")
-            await self.cluster.usable_template(iref.template_ref)
-            pod = await self.cluster.pod(iref.namespace, iref.game_server)
-            uid = pod["metadata"]["uid"] if pod is not None and not pod["metadata"].get("deletionTimestamp") else ""
-            # A restart of an instance on an old revision moves it to the new one (issue 14).
-            if uid and pod is not None and self.consent is not None:
-                await self.consent(iref, row, pod)
-            effect = effects.make(Op.RESTART.value, row, pod_uid=uid)
-            if self.claims is not None:
-                await IdempotencyStore.commit_effect_now(self.db, claim, effect)
-            await faults.reach("restart.after_effect")
-            await self.delete_pod(iref, uid)
-        await faults.reach("restart.after_pod_delete")
-        OPERATIONS.labels("restart", "OK").inc()
-        return effect
-
-    async def delete_pod(self, iref: InstanceRef, uid: str) -> None:
-        if not uid:
-            return
-        try:
-            await self.cluster.delete_pod(iref.namespace, iref.game_server, uid)
-        except Aborted:
-            pass  # the uid precondition failed: the pod is a successor, the one chosen is gone already
+        """A new pod on the same disk (see :mod:`.restarts`)."""
+        return await restarts.restart(self, iref, principal, claim)
 
     async def release(self, iref: InstanceRef, wait: float) -> bool:
         """Delete every disk of a RELEASING id, wait up to ``wait`` seconds for them to go, then mark it FREE."""

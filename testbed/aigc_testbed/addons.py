@@ -174,6 +174,10 @@ def start_kruise_game(cfg: Config, kubectl: Kubectl) -> None:
         f"--health-probe-bind-address=127.0.0.1:{cfg.ports['kruise_game_health']}",
         f"--scale-server-bind-address=127.0.0.1:{cfg.ports['kruise_game_scale']}",
         f"--provider-config={provider_config}",
+        # The binary's own client rate limits (controller-runtime's, per resource kind), explicit: OKG's Helm
+        # chart sets 5/10, under which the settle wait every allocator step makes grows (docs/delivery.md).
+        "--api-server-qps=20",
+        "--api-server-qps-burst=30",
     ], {
         "KUBECONFIG": str(cfg.kubeconfig),
         # How often the GameServer controller nudges the network plugin (default 5 s):

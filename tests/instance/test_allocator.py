@@ -85,6 +85,40 @@ def test_a_batch_of_installs_is_one_write_with_one_id_each() -> None:
     assert none is None and isinstance(only_errors[0], AlreadyExists)
 
 
+def test_pauses_and_uninstalls_combined_are_one_write_resolved_from_r() -> None:
+    """services/instance/downs.py: each step planned on what the previous one leaves, one write for all; each id's
+    effect names its own operation and former owner; after a crash R alone tells whether the write landed."""
+    current = slots((0, LIVE, "a"), (1, LIVE, "b"), (2, PAUSED, "c"), (3, LIVE, "d"))
+    spec = Spec.of(3, {2})
+    pause_a = allocator.plan_pause(REF, spec, current, 0)
+    assert pause_a.after is not None
+    after_a = allocator.apply(current, pause_a.transitions)
+    drop_c = allocator.plan_uninstall(REF, pause_a.after, after_a, 2)  # paused: no write of its own
+    after_c = allocator.apply(after_a, drop_c.transitions)
+    drop_d = allocator.plan_uninstall(REF, pause_a.after, after_c, 3)
+    plan = allocator.combine(REF, spec, [pause_a, drop_c, drop_d])
+    assert plan.after == Spec.of(1, {0, 2, 3}) and plan.after.live() == {1}
+    assert allocator.apply(current, plan.transitions) == slots((0, PAUSED, "a"), (1, LIVE, "b"), (2, RELEASING, None),
+                                                               (3, RELEASING, None))
+    assert (plan.step_of(0), plan.step_of(2), plan.step_of(3)) == ((Op.PAUSE, "a"), (Op.UNINSTALL, "c"),
+                                                                   (Op.UNINSTALL, "d"))
+    assert Plan.from_json(plan.to_json()) == plan
+    assert allocator.resolve(plan, plan.after) is True and allocator.resolve(plan, spec) is False
+    # The controller rewrote X (an id un-reserved earlier came back): R as planned still says it landed.
+    assert allocator.resolve(plan, Spec.of(1, {0, 1, 2, 3})) is True
+    only_paused = allocator.combine(REF, spec, [allocator.plan_uninstall(REF, spec, current, 2)])
+    assert only_paused.after is None and only_paused.transitions == (Transition(2, RELEASING, None),)
+
+
+def test_two_steps_of_one_id_never_share_a_write() -> None:
+    current = slots((0, LIVE, "a"))
+    pause = allocator.plan_pause(REF, Spec.of(1), current, 0)
+    assert pause.after is not None
+    again = allocator.plan_uninstall(REF, pause.after, allocator.apply(current, pause.transitions), 0)
+    with pytest.raises(allocator.AllocatorInvariantError):
+        allocator.combine(REF, Spec.of(1), [pause, again])
+
+
 def test_second_install_by_the_same_owner_names_the_existing_instance() -> None:
     with pytest.raises(AlreadyExists) as err:
         allocator.plan_install(REF, Spec.of(0, {0}), slots((0, PAUSED, "a")), "a")
@@ -250,7 +284,8 @@ def test_plan_survives_json() -> None:
 # -- properties against the controller model ---------------------------------------------------------------
 
 USERS = [f"user-{i}" for i in range(6)]
-OPS = st.sampled_from(["install", "install-batch", "pause", "resume", "uninstall", "release", "reconcile"])
+OPS = st.sampled_from(["install", "install-batch", "pause", "resume", "uninstall", "release", "reconcile",
+                       "down-batch"])
 CRASH = st.sampled_from(["none", "none", "none", "before_write", "after_write"])
 STEPS = st.lists(st.tuples(OPS, st.integers(0, len(USERS) - 1), CRASH), max_size=60)
 
@@ -329,6 +364,24 @@ class World:
                 if batch is None:
                     return
                 plan = batch
+            elif op == "down-batch":
+                # This user's and the next two users' instances, paused or uninstalled (by the user's index and
+                # the slot), each planned on what the previous one leaves, in one write (services/instance/downs.py).
+                index = USERS.index(user)
+                plans: list[Plan] = []
+                now, current = spec, self.slots
+                for k in range(3):
+                    owner = USERS[(index + k) % len(USERS)]
+                    theirs = next((s for s in current.values() if s.owner == owner), None)
+                    if theirs is None:
+                        continue
+                    planner = allocator.plan_uninstall if (index + k + theirs.id) % 2 else allocator.plan_pause
+                    step = planner(REF, now, current, theirs.id)
+                    plans.append(step)
+                    now, current = step.after or now, allocator.apply(current, step.transitions)
+                if not plans:
+                    return
+                plan = allocator.combine(REF, spec, plans)
             elif op == "release":
                 releasing = [s.id for s in self.slots.values() if s.state is RELEASING]
                 if not releasing:

@@ -1,0 +1,167 @@
+"""Pauses and uninstalls of one template go together (group commit), as installs do (:mod:`.installs`): whoever
+gets the template lock next plans every queued one, each on the (R, X) and slots the previous one leaves, and
+makes one GameServerSet write for all of them (allocator.combine), so a queue of k of them costs the
+controller one write and one settle instead of k (docs/instance.md#the-allocator).
+
+The combined plan is one intent: a crash before, during or after the write is resolved from R as a single
+pause is (every write in it lowers R by one), and whoever applies it commits each call's effect on its claim.
+Each caller is answered from its own id's effect, built from the rows the step wrote, or with its own refusal
+(not the owner, not found, drift); one call's refusal does not stop the others.
+
+Two calls about one id never share a write (the second waits for the next one), and while the template rolls
+(issue 14) a write carries one pause or uninstall: the partition it lowers is worked out for one held pod.
+"""
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+from aigc_gateway.db.models import InstanceRow
+from aigc_gateway.errors import Aborted, GatewayError
+from aigc_gateway.idempotency import Claim
+from aigc_gateway.identity import Principal
+from aigc_gateway.names import InstanceRef, TemplateRef
+
+from . import access, allocator, rollout_view, timing
+from .allocator import Op, Plan, Spec
+from .effects import taken_over
+from .metrics import OPERATIONS
+from .slots import slots_of
+
+if TYPE_CHECKING:
+    from .lifecycle import Lifecycle
+
+Effect = dict[str, Any]
+MAX_BATCH = 100  # steps per GameServerSet write
+PLANNERS: dict[Op, Callable[..., Plan]] = {Op.PAUSE: allocator.plan_pause, Op.UNINSTALL: allocator.plan_uninstall}
+
+
+@dataclass(eq=False)
+class _Queued:
+    op: Op
+    iref: InstanceRef
+    principal: Principal
+    future: asyncio.Future[Effect]
+    claim: Claim | None = None
+
+
+class DownQueue:
+    def __init__(self, lifecycle: Lifecycle):
+        self.lifecycle = lifecycle
+        self._queued: dict[str, list[_Queued]] = {}
+
+    async def run(self, op: Op, iref: InstanceRef, principal: Principal, claim: Claim | None = None) -> Effect:
+        """Pause or uninstall ``iref`` for ``principal``; returns the effect (the instance as the step left it, or
+        as a crashed first attempt left it). Joins the template's queue; the batch runs shielded: one caller
+        giving up cancels nobody else's."""
+        ref = iref.template_ref
+        future: asyncio.Future[Effect] = asyncio.get_running_loop().create_future()
+        future.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved even if nobody waits
+        queued = _Queued(op, iref, principal, future, claim)
+        queue = self._queued.setdefault(ref.key, [])
+        queue.append(queued)
+        try:
+            await asyncio.shield(asyncio.ensure_future(self._run(ref)))
+        except BaseException:
+            if queued in queue:  # not taken by any batch: it must not run after we answered
+                queue.remove(queued)
+            raise
+        return await future
+
+    def _take(self, ref: TemplateRef, one: bool) -> list[_Queued]:
+        """The queued steps of distinct ids, oldest first (at most one when ``one``); the rest stay queued for the
+        next batch (each caller's own run takes the lock in turn, so none is left behind)."""
+        queue = self._queued.get(ref.key) or []
+        batch: list[_Queued] = []
+        ids: set[int] = set()
+        for q in queue:
+            if len(batch) >= (1 if one else MAX_BATCH):
+                break
+            if q.iref.id not in ids:
+                ids.add(q.iref.id)
+                batch.append(q)
+        self._queued[ref.key] = [q for q in queue if q not in batch]
+        return batch
+
+    async def _run(self, ref: TemplateRef) -> None:
+        with timing.step("down", ref.key, 0) as times:
+            async with self.lifecycle.locked(ref):
+                try:
+                    gss = await self.lifecycle.cluster.usable_template(ref)
+                except GatewayError as exc:
+                    for q in self._take(ref, one=False):
+                        _answer(q, exc)
+                    return
+                # Read under the template lock, which every rollout step holds: it cannot start rolling meanwhile.
+                batch = self._take(ref, one=bool(rollout_view.rolling(gss)[0]))
+                times.calls = len(batch)
+                times.op = batch[0].op.value if len({q.op for q in batch}) == 1 else "down"
+                if batch:
+                    await self._batch(ref, batch)
+
+    async def _batch(self, ref: TemplateRef, batch: list[_Queued]) -> None:
+        planned: list[_Queued] = []
+        results: dict[int, GatewayError] = {}  # refusals by id(q)
+
+        async def before() -> bool:
+            # A retry whose first attempt was applied (by the resolve just done, or earlier) answers with that
+            # effect; a call whose claim a retry took over stops here.
+            state = await self.lifecycle._claims_state([q.claim for q in batch if q.claim is not None])
+            planned[:] = []
+            for q in batch:
+                held, effect = state.get(q.claim.key, (True, None)) if q.claim else (True, None)
+                if effect is not None:
+                    _answer(q, effect)
+                elif not held:
+                    _answer(q, taken_over())
+                elif not q.future.done():
+                    planned.append(q)
+            return not planned
+
+        def decide(spec: Spec, rows: dict[int, InstanceRow]) -> Plan:
+            results.clear()
+            plans: list[Plan] = []
+            now, slots = spec, slots_of(rows)
+            for q in planned:
+                try:
+                    access.check(q.principal, q.iref, rows.get(q.iref.id))
+                    plan = PLANNERS[q.op](ref, now, slots, q.iref.id)
+                except GatewayError as exc:
+                    results[id(q)] = exc
+                    continue
+                if q.claim is not None:
+                    plan = replace(plan, claims=((q.iref.id, q.claim.key),))
+                plans.append(plan)
+                now, slots = plan.after or now, allocator.apply(slots, plan.transitions)
+            if not plans:
+                return Plan(Op.PAUSE, -1, None, spec, None)
+            return allocator.combine(ref, spec, plans)
+
+        try:
+            plan, done = await self.lifecycle._attempts(ref, decide, before)
+        except Exception as exc:  # the whole batch failed; each caller gets the error
+            for q in batch:
+                _answer(q, exc)
+            return
+        for q in planned:
+            refusal = results.get(id(q))
+            if refusal is not None:
+                _answer(q, refusal)
+            elif plan is not None and q.iref.id in done:
+                _answer(q, done[q.iref.id])
+            else:  # not reachable: every planned call has an effect or a refusal
+                _answer(q, Aborted(f"{q.iref.name}: the {q.op.value} was not planned; retry",
+                                   reason="ALLOCATOR_CONTENDED", retry_after=0.5))
+
+
+def _answer(q: _Queued, outcome: Effect | BaseException) -> None:
+    if q.future.done():
+        return
+    if isinstance(outcome, BaseException):
+        OPERATIONS.labels(q.op.value, outcome.code.name if isinstance(outcome, GatewayError) else "INTERNAL").inc()
+        q.future.set_exception(outcome)
+    else:
+        OPERATIONS.labels(q.op.value, "OK").inc()
+        q.future.set_result(outcome)

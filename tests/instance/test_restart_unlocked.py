@@ -1,0 +1,51 @@
+"""A restart needs no GameServerSet write, so a plain one goes by the template lock (services/instance/restarts.py):
+on the test bed, with the lock held by someone else, the owner's restart deletes her pod (its answer then waits for
+the idle culler's activity record, which takes the lock); what is not plain (a paused instance, a stranger) is
+refused exactly as under the lock."""
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+
+from aigc_gateway.names import TemplateRef
+from aigc_gateway.services.instance.app import InstanceService
+
+from ..plugins.kube import Game, wait_for
+from ..plugins.testbed import Testbed
+from .conftest import SAMPLE, State, create_template
+
+pytestmark = pytest.mark.testbed
+
+
+async def test_a_plain_restart_goes_by_a_held_template_lock(testbed: Testbed, game: Game, instance_settings,
+                                                            start_gateway, client_for) -> None:
+    await create_template(game, testbed)
+    gw = await start_gateway("instance", settings=instance_settings)
+    c = client_for(gw.channel("instance"))
+    lifecycle = gw.service("instance", InstanceService).lifecycle
+    alice = await c.install("alice")
+    await c.wait_state("alice", alice.name, State.RUNNING)
+    before = (await game.pods(SAMPLE))[0].metadata.uid
+
+    async def replaced() -> bool:
+        pod = (await game.pods(SAMPLE)).get(0)
+        return pod is None or pod.metadata.uid != before
+
+    async with lifecycle.locked(TemplateRef(game.namespace, SAMPLE)):  # e.g. a write waiting for the controller
+        restarting = asyncio.ensure_future(c.restart("alice", alice.name))
+        # Her pod goes while the lock is still held here (the wait only turns a hang into a failure).
+        await wait_for(replaced, 60, interval=0.2, what="pod 0 deleted while the template lock is held")
+        with pytest.raises(grpc.aio.AioRpcError) as stranger:
+            await c.restart("mallory", alice.name)
+        assert stranger.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    answer = await restarting
+    assert (answer.name, answer.owner) == (alice.name, "alice")
+
+    await c.pause("alice", alice.name)
+    await c.wait_state("alice", alice.name, State.PAUSED)
+    with pytest.raises(grpc.aio.AioRpcError) as paused:
+        await c.restart("alice", alice.name)
+    assert paused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    await c.wait_consistent(60)
