@@ -314,7 +314,7 @@ def plan_release(ref: TemplateRef, spec: Spec, slots: Mapping[int, Slot], instan
     return Plan(Op.RELEASE, instance_id, None, spec, None, (Transition(instance_id, SlotState.FREE, None),))
 
 
-def plan_realign(ref: TemplateRef, spec: Spec, slots: Mapping[int, Slot]) -> Plan | None:
+def plan_realign(ref: TemplateRef, spec: Spec, slots: Mapping[int, Slot], *, replicas: bool = False) -> Plan | None:
     """Undo a live set the controller changed on its own; None when (R, X) runs exactly the LIVE ids.
 
     kruise-game v1.0.0 computes its implicit reserve list from the Advanced StatefulSet in its cache. A
@@ -327,14 +327,17 @@ def plan_realign(ref: TemplateRef, spec: Spec, slots: Mapping[int, Slot]) -> Pla
     the controller then deletes the stray pods and, scaling back up to R, starts the lowest missing
     ids, which are the recorded ones (on their old disks). A stray id had a pod, so it has a disk:
     it becomes RELEASING (the reconciler deletes the disk and frees the id). When R itself disagrees
-    with the LIVE rows, nothing here can tell which side is right: that stays drift for an admin.
+    with the LIVE rows, nothing here can tell which side is right: that stays drift for an admin, whose
+    word is ``replicas`` (`aigc-gateway doctor --repair`): the records win there too, R included. Ids
+    running for nobody (an install written but never recorded, a scale-up by hand) stop and lose their
+    disks; LIVE ids not running start again on theirs; paused ones stay reserved with their disks.
     """
     wanted = frozenset(i for i, s in slots.items() if s.state is SlotState.LIVE)
     running = spec.live()
-    if running == wanted or spec.replicas != len(wanted):
+    if running == wanted or (spec.replicas != len(wanted) and not replicas):
         return None
     high = max(wanted | running | spec.reserved) + 1
-    after = Spec(spec.replicas, frozenset(range(high)) - wanted)
+    after = Spec(len(wanted), frozenset(range(high)) - wanted)
     _expect(after, wanted, ref)
     strays = sorted(running - wanted)
     transitions = tuple(Transition(i, SlotState.RELEASING, None) for i in strays

@@ -25,7 +25,9 @@ def register(app: typer.Typer) -> None:
                                               help="YAML or JSON config file (else $AIGC_GATEWAY_CONFIG)."),
         parent: str = typer.Option("namespaces/-/templates/-", help="Which templates: `-` means any."),
         repair: bool = typer.Option(False, help="First resolve interrupted operations, finish uninstalls and run "
-                                                "the rollout step (what the reconciler does)."),
+                                                "the rollout step (what the reconciler does), and make each "
+                                                "GameServerSet run exactly the ids recorded LIVE (ids running for "
+                                                "nobody stop and lose their disks)."),
     ) -> None:
         """Check instance ids, owners and disks against the GameServerSets; print every violation."""
         from aigc_gateway.cli import settings_or_exit
@@ -61,7 +63,7 @@ async def _doctor(settings: Settings, parent: str, repair: bool) -> int:
         total = 0
         for ref in refs:
             if repair:
-                await lifecycle.tidy(ref)
+                await lifecycle.tidy(ref, repair=True)  # also a live set of the wrong size (allocator.plan_realign)
                 await rollouts.step(ref)  # also finishes a rollout step a crash left (its intent)
             findings = await checker.check(ref)
             total += len(findings)

@@ -102,6 +102,14 @@ class Cluster:
             body["spec"].setdefault("updateStrategy", {}).setdefault("rollingUpdate", {})["partition"] = partition
         return await self.kube.replace(GSS, gss["metadata"]["namespace"], body)
 
+    async def fence(self, gss: Obj, marker: str) -> Obj:
+        """Move the GameServerSet past the resourceVersion of ``gss`` (an annotation, patched conditionally on that
+        version: Aborted when it has moved already), so that no write conditioned on that version can land any more
+        (resolution.py). A merge patch: the HTTP client sends it once (it repeats only PUT, DELETE and reads)."""
+        meta = gss["metadata"]
+        return await self.kube.patch(GSS, meta["namespace"], meta["name"], {"metadata": {
+            "resourceVersion": meta["resourceVersion"], "annotations": {okg.FENCE_ANNOTATION: marker}}})
+
     async def list_templates(self) -> list[Obj]:
         out: list[Obj] = []
         scoped: list[str | None] = list(self.namespaces) or [None]  # None: every namespace

@@ -89,7 +89,8 @@ def check(snap: Snapshot, *, live_grace: timedelta = timedelta(minutes=2),
                                 f"live {_ids(live)})")
     for i in sorted(live - db_live):
         row = slots.get(i)
-        add(i, "LIVE_MISMATCH", f"live in the GameServerSet but recorded {row.state.value if row else 'nowhere'}")
+        add(i, "LIVE_MISMATCH", f"live in the GameServerSet but recorded {row.state.value if row else 'nowhere'} "
+                                "(`aigc-gateway doctor --repair` stops it)")
     for s in slots.values():
         if s.state is not SlotState.LIVE and s.id not in spec.reserved:
             add(s.id, "NOT_RESERVED", f"{s.state.value} but not in reserveGameServerIds")

@@ -44,7 +44,7 @@ from aigc_gateway.background import Backoff, Tasks
 from aigc_gateway.config import InstanceConfig
 from aigc_gateway.db import Database
 from aigc_gateway.db.models import InstanceRow, allocator_lock
-from aigc_gateway.errors import Aborted, FailedPrecondition, GatewayError, NotFound, Unavailable
+from aigc_gateway.errors import Aborted, FailedPrecondition, GatewayError, NotFound
 from aigc_gateway.idempotency import Claim, IdempotencyStore
 from aigc_gateway.identity import Principal
 from aigc_gateway.kube import GSS
@@ -52,7 +52,7 @@ from aigc_gateway.locks import QueuedLocks
 from aigc_gateway.names import InstanceRef, TemplateRef
 from aigc_gateway.okg import SlotState
 
-from . import access, allocator, effects, faults, quotas, restarts, rollout_view, templates, timing
+from . import access, allocator, effects, faults, quotas, resolution, restarts, rollout_view, templates, timing
 from .allocator import Op, Plan, Spec
 from .cluster import Cluster
 from .downs import DownQueue
@@ -67,6 +67,7 @@ from .metrics import (
     REALIGNS,
     SETTLE_WAIT,
 )
+from .models import IntentRow
 from .slots import SlotStore, slots_of
 
 log = logging.getLogger(__name__)
@@ -113,15 +114,19 @@ class Lifecycle:
         async with self.db.session() as session:
             return await self.store.load(session, ref)
 
-    async def resolve_pending(self, ref: TemplateRef, spec: Spec) -> int:
-        """Apply or drop every intent of the template according to (R, X); returns how many there were.
-        Call it holding the lock."""
+    async def resolve_pending(self, ref: TemplateRef, spec: Spec, gss: dict[str, Any] | None = None) -> int:
+        """Apply or drop every intent of the template as the GameServerSet shows; returns how many there were.
+        ``gss``: the object ``spec`` was read from, so that a write not seen is fenced before it is called lost
+        (resolution.py); without it (R, X) alone judges. Call it holding the lock."""
         async with self.db.session() as session:
             # A rollout step's intent is not an (R, X) write: its own step finishes it (rollouts.py).
             intents = [i for i in await self.store.intents(session, ref) if i.operation != Op.ROLLOUT.value]
             for intent in intents:
                 plan = Plan.from_json(intent.plan)
-                applied = allocator.resolve(plan, spec)
+                if gss is None:
+                    applied = allocator.resolve(plan, spec)
+                else:
+                    applied, gss, _ = await resolution.judge(self.cluster, ref, gss, plan, intent)
                 if applied:
                     await self._commit(session, ref, plan, owner_since=intent.created_at)
                 await self.store.drop_intent(session, intent.id)
@@ -176,7 +181,7 @@ class Lifecycle:
             SETTLE_WAIT.observe(time.perf_counter() - settle_started)
             spec = templates.spec_of(ref, gss)
             with timing.phase("plan"):
-                await self.resolve_pending(ref, spec)
+                await self.resolve_pending(ref, spec, gss)
                 if before is not None and await before():
                     return None, {}
                 rows = await self.rows(ref)
@@ -206,30 +211,44 @@ class Lifecycle:
                         ref.key, sorted(plan.before.live()), sorted(plan.after.live()), plan.after)
         with timing.phase("intent"):
             partition = await self._partition_after(ref, gss, plan)
-            intent = await self.store.record_intent(ref, plan)
+            intent = await self.store.record_intent(ref, plan, gss)
         await faults.reach(f"{plan.op.value}.after_intent")
         timing.count(write=True)
         try:
             with timing.phase("write"):
                 await self.cluster.write_spec(gss, plan.after, partition)
         except Aborted:
-            # Someone (usually the controller's status patch) wrote since we read; the apiserver refused
-            # our write, so the intent is void. Read again and plan again.
+            # Refused: someone (usually the controller's status patch) wrote since we read, or this answer was
+            # the HTTP client's second copy of a write whose first copy landed. The GameServerSet says which.
             ALLOCATOR_CONFLICTS.inc()
             with timing.phase("backoff"):
-                await self.store.forget_intent(intent.id)
+                if (landed := await self._refused(ref, plan, intent)) is not None:
+                    return landed
                 await conflicts.sleep()
             return None
-        except Unavailable:
-            raise  # the write may or may not have landed: the intent is resolved from (R, X) next time
-        except GatewayError:
-            await self.store.forget_intent(intent.id)  # refused outright: it did not happen
-            raise
+        # Any other failure leaves the intent: landed or not, the GameServerSet says so to the next step or the
+        # reconciler (resolution.py), never how our request seemed to end.
         await faults.reach(f"{plan.op.value}.after_gss_write")
         with timing.phase("commit"):
             async with self.db.session() as session:
                 done = await self._commit(session, ref, plan, owner_since=intent.created_at)
                 await self.store.drop_intent(session, intent.id)
+        return done
+
+    async def _refused(self, ref: TemplateRef, plan: Plan, intent: IntentRow) -> dict[int, Effect] | None:
+        """After a 409 on the write: its transitions when the GameServerSet shows it landed anyway, else None with
+        the intent dropped (the version moved, so no copy of the write can land any more)."""
+        gss = await self.cluster.template(ref)
+        applied, _, _ = await resolution.judge(self.cluster, ref, gss, plan, intent)
+        if not applied:
+            await self.store.forget_intent(intent.id)
+            return None
+        INTENTS_RESOLVED.labels(plan.op.value, "true").inc()
+        log.warning("%s: the %s of id %d was answered 409 but had landed (a request sent twice); recorded",
+                    ref.key, plan.op.value, plan.id)
+        async with self.db.session() as session:
+            done = await self._commit(session, ref, plan, owner_since=intent.created_at)
+            await self.store.drop_intent(session, intent.id)
         return done
 
     async def _partition_after(self, ref: TemplateRef, gss: dict[str, Any], plan: Plan) -> int | None:
@@ -390,7 +409,7 @@ class Lifecycle:
         async with self.locked(ref):
             gss = await self.cluster.template(ref)
             spec = templates.spec_of(ref, gss)
-            await self.resolve_pending(ref, spec)
+            await self.resolve_pending(ref, spec, gss)
             # Confirmed again under the lock, with the controller done with the write that reserved the id: a
             # controller still acting on an older (R, X) runs the id's pod again, and that pod's disks with it.
             if not templates.settled(gss) or await self.cluster.unreleased(iref.namespace, iref.game_server, names):
@@ -416,20 +435,23 @@ class Lifecycle:
         OPERATIONS.labels("purge", "OK").inc()
         return owned
 
-    async def tidy(self, ref: TemplateRef) -> None:
+    async def tidy(self, ref: TemplateRef, *, repair: bool = False) -> None:
         """The reconciler's work on one template: resolve intents, realign a live set the controller moved
-        (allocator.plan_realign), then push RELEASING ids towards FREE."""
+        (allocator.plan_realign), then push RELEASING ids towards FREE. ``repair`` (`doctor --repair`): realign
+        a live set whose size disagrees with the records too."""
         async with self.locked(ref):
             try:
                 gss = await self.cluster.template(ref)
             except NotFound:
                 return
             spec = templates.spec_of(ref, gss)
-            await self.resolve_pending(ref, spec)
+            await self.resolve_pending(ref, spec, gss)
             rows = await self.rows(ref)
-            if allocator.plan_realign(ref, spec, slots_of(rows)) is not None:
-                # A step that plans nothing: every step realigns (after the controller settles) before it plans.
-                await self._attempts(ref, lambda now, _rows: Plan(Op.REALIGN, -1, None, now, None))
+            if allocator.plan_realign(ref, spec, slots_of(rows), replicas=repair) is not None:
+                # Every step realigns a moved live set (after the controller settles) before it plans; what only a
+                # repair realigns is this step's plan.
+                await self._attempts(ref, lambda now, found: allocator.plan_realign(
+                    ref, now, slots_of(found), replicas=repair) or Plan(Op.REALIGN, -1, None, now, None))
                 rows = await self.rows(ref)
             releasing = [i for i, r in rows.items() if r.slot == SlotState.RELEASING.value]
         for instance_id in releasing:

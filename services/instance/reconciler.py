@@ -8,7 +8,6 @@ at its next try. On SQLite there is one process: it always leads.
 """
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections import OrderedDict
@@ -16,8 +15,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+from tenacity import AsyncRetrying, RetryCallState, stop_after_delay, wait_exponential_jitter
 
-from aigc_gateway.background import every
+from aigc_gateway.background import Tasks, every
 from aigc_gateway.db import Database
 from aigc_gateway.db.listen import asyncpg_dsn
 from aigc_gateway.locks import SessionLock
@@ -36,11 +36,13 @@ LEASE_NAME = "instance-reconciler"
 # The full drift check lists every template's pods and disks under its lock: every tenth pass is enough,
 # while tidying (intents, disk deletions) runs on every pass.
 CHECK_EVERY = 10
+# How long timing a fresh install's start may wait for the database (a PostgreSQL fault) before it is given up.
+OBSERVE_RETRY_SECONDS = 120.0
 
 
 class SlotReconciler:
     def __init__(self, db: Database, lifecycle: Lifecycle, checker: ConsistencyChecker, store: SlotStore,
-                 interval: float, rollouts: Rollouts | None = None):
+                 interval: float, rollouts: Rollouts | None = None, observe_retry_seconds: float = OBSERVE_RETRY_SECONDS):
         self.lifecycle = lifecycle
         self.rollouts = rollouts
         self.checker = checker
@@ -51,6 +53,11 @@ class SlotReconciler:
         self.leading = False
         self.passes = 0
         self._seen_running: OrderedDict[tuple[Any, ...], None] = OrderedDict()
+        # Timing a start reads the database in a task of its own: kept here (its errors are its own to log) and
+        # one per instance at a time (a GameServer's every event while the database is away would pile them up).
+        self.observing = Tasks()
+        self._observed: set[InstanceRef] = set()
+        self.observe_retry_seconds = observe_retry_seconds
 
     async def run(self) -> None:
         # Jitter (in `every`) keeps replicas that lost the lease from trying it in lockstep.
@@ -76,6 +83,7 @@ class SlotReconciler:
         return held
 
     async def stop(self) -> None:
+        await self.observing.cancel()
         await self.lease.release()  # closing the session drops the lock
         RECONCILER_LEADER.set(0)
 
@@ -114,13 +122,34 @@ class SlotReconciler:
         network = status.get("networkStatus") or {}
         if not self.leading or status.get("currentState") != "Ready" or network.get("currentNetworkState") != "Ready":
             return
-        asyncio.get_running_loop().create_task(self._observe_running(ref))
+        if ref in self._observed:
+            return  # a read of this instance is under way (or retrying): it reads the row as it is then
+        self._observed.add(ref)
+        self.observing.spawn(self._observe_running(ref, datetime.now(UTC)), name=f"timing {ref.name}")
 
-    async def _observe_running(self, ref: InstanceRef) -> None:
-        row = await self.store.get(ref)
+    async def _observe_running(self, ref: InstanceRef, seen: datetime) -> None:
+        """Time an install seen running at ``seen``. The row is read with retries for a while: a database fault
+        delays the figure (taken at ``seen`` all the same), and when it lasts the figure is given up, logged;
+        an error never ends the task unretrieved."""
+        def retrying(state: RetryCallState) -> None:
+            log.info("timing the start of %s: %s; trying again", ref.name,
+                     state.outcome.exception() if state.outcome else "")
+
+        try:
+            async for attempt in AsyncRetrying(stop=stop_after_delay(self.observe_retry_seconds),
+                                               wait=wait_exponential_jitter(multiplier=0.2, max=5.0, jitter=0.2),
+                                               before_sleep=retrying, reraise=True):
+                with attempt:
+                    row = await self.store.get(ref)
+        except Exception as exc:  # noqa: BLE001 - a figure lost, logged; nothing else depends on it
+            log.warning("timing the start of %s: the database did not answer within %.0fs (%s); not timed",
+                        ref.name, self.observe_retry_seconds, exc)
+            return
+        finally:
+            self._observed.discard(ref)
         if row is None or row.slot != SlotState.LIVE.value or aware(row.state_changed_at) != aware(row.created_at):
             return  # not a fresh install (resumed instances are not timed here)
-        elapsed = (datetime.now(UTC) - aware(row.created_at)).total_seconds()
+        elapsed = (seen - aware(row.created_at)).total_seconds()
         if elapsed > 3600:
             return  # a new leader seeing old instances, not an install finishing
         key = (ref, row.created_at)

@@ -87,7 +87,7 @@ class Rollouts:
     async def step_locked(self, ref: TemplateRef) -> Plan | None:
         """The step, for a caller holding the template lock (UpdateInstance, a restart's consent)."""
         gss = await self.cluster.settled_template(ref, self.lifecycle.cfg.settle_timeout_seconds)
-        await self.lifecycle.resolve_pending(ref, templates.spec_of(ref, gss))
+        await self.lifecycle.resolve_pending(ref, templates.spec_of(ref, gss), gss)
         if await self._finish_left(ref):
             gss = await self.cluster.settled_template(ref, self.lifecycle.cfg.settle_timeout_seconds)
         found = await self._view(ref, gss)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import socket
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -24,6 +25,7 @@ from aigc_gateway.okg import SlotState
 from .allocator import Plan, Slot
 from .invariants import SlotRecord
 from .models import IntentRow
+from .resolution import recorded
 
 HOLDER = f"{socket.gethostname()}:{os.getpid()}"
 
@@ -115,16 +117,17 @@ class SlotStore:
 
     # -- intents -----------------------------------------------------------------------------------------
 
-    async def record_intent(self, ref: TemplateRef, plan: Plan) -> IntentRow:
-        """Commit the intent on its own (the lock's transaction stays open) before the write it announces."""
+    async def record_intent(self, ref: TemplateRef, plan: Plan, gss: dict[str, Any] | None = None) -> IntentRow:
+        """Commit the intent on its own (the lock's transaction stays open) before the write it announces. ``gss``:
+        the object the write replaces; its resourceVersion is recorded for the judge (resolution.py)."""
         row = IntentRow(namespace=ref.namespace, template=ref.template, operation=plan.op.value,
-                        instance_id=plan.id, plan=plan.to_json(), created_at=now(), holder=HOLDER)
+                        instance_id=plan.id, plan=recorded(plan, gss), created_at=now(), holder=HOLDER)
         async with self.db.session() as session:
             session.add(row)
         return row
 
     async def forget_intent(self, intent_id: int) -> None:
-        """Drop an intent whose write is known not to have happened (the apiserver refused it)."""
+        """Drop an intent whose write is known not to have happened (resolution.judge said so)."""
         async with self.db.session() as session:
             await session.execute(delete(IntentRow).where(IntentRow.id == intent_id))
 

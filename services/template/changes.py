@@ -39,6 +39,11 @@ SYSTEM_KEY = re.compile(r"(^|\.)(kruise\.io|kubernetes\.io|k8s\.io)/")
 _PLAIN_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
+def _system(key: str) -> bool:
+    """A key of Kubernetes, OpenKruise, or the instance service's write fence: never admin state."""
+    return bool(SYSTEM_KEY.search(key)) or key == okg.FENCE_ANNOTATION
+
+
 @dataclass
 class Proposal:
     desired: dict[str, Any]
@@ -156,7 +161,7 @@ def admin_part(obj: dict[str, Any]) -> dict[str, Any]:
     for section in ("labels", "annotations"):
         values = meta.get(section)
         if isinstance(values, dict):  # e.g. `game.kruise.io/reserve-ids`, rewritten by the controller
-            meta[section] = {k: v for k, v in values.items() if not SYSTEM_KEY.search(k)}
+            meta[section] = {k: v for k, v in values.items() if not _system(k)}
             if not meta[section]:
                 del meta[section]
     return out
@@ -298,7 +303,7 @@ def _keep_system_keys(current: dict[str, Any], desired: dict[str, Any]) -> None:
         was = (current.get("metadata") or {}).get(section)
         if not isinstance(was, dict):
             continue
-        kept = {k: v for k, v in was.items() if SYSTEM_KEY.search(k)}
+        kept = {k: v for k, v in was.items() if _system(k)}
         given = desired["metadata"].get(section)
         if kept and (given is None or isinstance(given, dict)):
             desired["metadata"][section] = {**kept, **(given or {})}

@@ -135,7 +135,11 @@ class Kube:
             raise Unavailable(f"the Kubernetes cluster is not reachable: {exc}", reason="KUBERNETES_UNAVAILABLE",
                               retry_after=1.0) from None
         raw = response[0] if isinstance(response, tuple) else response
-        data = await raw.read()
+        try:  # the body arrives after the status line: a connection held or cut in between fails here
+            data = await raw.read()
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise Unavailable(f"the Kubernetes cluster is not reachable: {exc!r}", reason="KUBERNETES_UNAVAILABLE",
+                              retry_after=1.0) from None
         if raw.status >= 400:  # with _preload_content=False kubernetes_asyncio does not raise for the status itself
             failure = ApiException(status=raw.status, reason=raw.reason)
             failure.body = data.decode(errors="replace")

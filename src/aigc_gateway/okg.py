@@ -39,6 +39,9 @@ GAMESERVER_KIND = "GameServer"
 OWNER_GSS_LABEL = f"{GROUP}/owner-gss"
 # kruise-game's record of the explicit reserve list it last applied (same notation as the spec).
 RESERVE_ANNOTATION = f"{GROUP}/reserve-ids"
+# Written by the instance service on a GameServerSet, conditionally on a resourceVersion, so that a write of its own
+# conditioned on that version can no longer land (services/instance/resolution.py). Not admin state.
+FENCE_ANNOTATION = "aigc.gateway.io/allocator-fence"
 # The scale-down strategy under which a reserved id keeps its number (and so its disk) until unreserved.
 RESERVE_IDS = "ReserveIds"
 # The network type whose Ingress per GameServer the gateway's auth check guards.

@@ -231,6 +231,25 @@ def test_realign_leaves_alone_what_it_cannot_judge() -> None:
     assert moved.transitions == (Transition(3, RELEASING, None),)
 
 
+def test_a_repair_makes_the_records_win_when_r_disagrees_too() -> None:
+    """`aigc-gateway doctor --repair` (replicas=True): what the reconciler leaves to an admin. Ids running for
+    nobody, as an install batch written but never recorded left them (docs/chaos.md, kube:timeout), stop and
+    become RELEASING (their pods made disks), a FREE one included; a LIVE id not running starts again on its
+    disk; a paused one stays reserved."""
+    records = slots((0, LIVE, "a"), (1, LIVE, "b"), (2, FREE, None))
+    spec = Spec.of(6, set())  # 2 to 5 run: 2 recorded FREE, 3 to 5 nowhere
+    assert allocator.plan_realign(REF, spec, records) is None
+    plan = allocator.plan_realign(REF, spec, records, replicas=True)
+    assert plan is not None and plan.after == Spec.of(2, {2, 3, 4, 5}) and plan.after.live() == {0, 1}
+    assert plan.transitions == tuple(Transition(i, RELEASING, None) for i in (2, 3, 4, 5))
+    assert allocator.resolve(plan, plan.after) and not allocator.resolve(plan, spec)
+
+    records = slots((0, LIVE, "a"), (1, LIVE, "b"), (2, PAUSED, "c"))
+    plan = allocator.plan_realign(REF, Spec.of(1, {1, 2}), records, replicas=True)
+    assert plan is not None and plan.after == Spec.of(2, {2}) and plan.transitions == ()
+    assert allocator.plan_realign(REF, Spec.of(2, {2}), records, replicas=True) is None  # aligned
+
+
 @given(st.sets(st.integers(0, 12), max_size=8), st.sets(st.integers(0, 12), max_size=8))
 def test_realign_always_restores_the_recorded_live_set(wanted: set[int], extra: set[int]) -> None:
     """Whatever ids the controller re-reserved (R unchanged), the realigned spec runs exactly the LIVE ids

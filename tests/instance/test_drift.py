@@ -25,7 +25,8 @@ def sample(name: str, **labels: str) -> float:
 
 
 async def test_drift_is_reported_and_blocks_only_what_it_must(testbed: Testbed, game: Game, instance_settings,
-                                                              start_gateway, client_for, service_process) -> None:
+                                                              start_gateway, client_for, service_process,
+                                                              database: Database) -> None:
     await create_template(game, testbed)
     gw = await start_gateway("instance", settings=instance_settings)
     c = client_for(gw.channel("instance"))
@@ -41,8 +42,9 @@ async def test_drift_is_reported_and_blocks_only_what_it_must(testbed: Testbed, 
 
     # The doctor prints the same from the command line and exits 1.
     service = await service_process()
-    done = subprocess.run([sys.executable, "-m", "aigc_gateway.cli", "doctor", "-c", str(service.config)],
-                          capture_output=True, text=True, timeout=120)
+    # In a thread: the gateway under test runs on this event loop, and may hold the template lock the doctor needs.
+    done = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "aigc_gateway.cli", "doctor", "-c",
+                                                    str(service.config)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 1, done.stderr
     assert "LIVE_MISMATCH" in done.stdout and f"{c.parent()}\t1\t" in done.stdout
     assert "1 template(s) checked, 1 violation(s)" in done.stderr
@@ -54,6 +56,17 @@ async def test_drift_is_reported_and_blocks_only_what_it_must(testbed: Testbed, 
     await c.pause("alice", alice.name)
     await c.wait_state("alice", alice.name, State.PAUSED)
     assert [(v.id, v.code) for v in (await c.check()).violations] == [(1, "LIVE_MISMATCH")]
+
+    # The admin sorts it out: `doctor --repair` makes the GameServerSet run exactly the LIVE ids (R included), so
+    # the stray id stops; its pod made a disk, which the reconciler deletes before it frees the id.
+    repaired = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "aigc_gateway.cli", "doctor", "--repair",
+                                                        "-c", str(service.config)],
+                                       capture_output=True, text=True, timeout=120)
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    await wait_slot(database, game.namespace, 1, "FREE")
+    assert not [n for n in await game.pvcs() if n.endswith(f"-{SAMPLE}-1")]
+    await c.wait_consistent(60)
+    assert (await c.get("bob", bob.name)).state == State.RUNNING
 
 
 async def test_metrics_and_audit_of_an_install(testbed: Testbed, game: Game, instance_settings, start_gateway,
