@@ -53,10 +53,10 @@ async def rolling_update(game: Game, template: str = SAMPLE) -> dict[str, Any]:
     return dict((await game.get_gss(template))["spec"]["updateStrategy"]["rollingUpdate"])
 
 
-async def started_long_ago(db: Database, game: Game, owner: str, hours: float = 2) -> None:
+async def started_long_ago(db: Database, namespace: str, owner: str, hours: float = 2) -> None:
     """`owner`'s instance was installed `hours` ago (and, with no access recorded, never used since): a running
     instance counts as in use for the idle threshold after it starts (upgrades.last_activity)."""
     async with db.session() as session:
-        await session.execute(update(InstanceRow).where(InstanceRow.namespace == game.namespace,
+        await session.execute(update(InstanceRow).where(InstanceRow.namespace == namespace,
                                                         InstanceRow.owner == owner)
                               .values(state_changed_at=func.now() - timedelta(hours=hours)))

@@ -41,7 +41,7 @@ async def test_crash_in_the_rollout_step_at(point: str, testbed: Testbed, game: 
     for user, instance in (("ann", ann), ("ben", ben)):
         await c.wait_state(user, instance.name, State.RUNNING)
     await c.stub.KeepInstanceAlive(instance_pb2.KeepInstanceAliveRequest(name=ben.name), metadata=c.md("ben"))
-    await started_long_ago(database, game, "ann")  # and never used: idle
+    await started_long_ago(database, game.namespace, "ann")  # and never used: idle
     before = await pod_state(game)
     old = before[0][1]
     await service.stop()
@@ -77,7 +77,7 @@ async def test_doctor_repair_finishes_an_interrupted_rollout_step(testbed: Testb
     c = client_for(await service.ready())
     ann = await c.install("ann")
     await c.wait_state("ann", ann.name, State.RUNNING)
-    await started_long_ago(database, game, "ann")  # and never used: idle
+    await started_long_ago(database, game.namespace, "ann")  # and never used: idle
     before = await pod_state(game)
     await service.stop()
     await write_change(game, "WHEN_IDLE", "1h")

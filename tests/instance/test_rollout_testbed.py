@@ -42,7 +42,7 @@ async def test_busy_instance_is_held_while_idle_and_asked_ones_move_and_new_pods
     old = before[0][1]
     # ben and cat are busy (kept alive now, the threshold is an hour); ann was installed two hours ago and never
     # used; dan is paused.
-    await started_long_ago(database, game, "ann")
+    await started_long_ago(database, game.namespace, "ann")
     for user in ("ben", "cat"):
         await c.stub.KeepInstanceAlive(instance_pb2.KeepInstanceAliveRequest(name=made[user].name),
                                        metadata=c.md(user))
@@ -110,7 +110,7 @@ async def test_busy_instance_is_held_while_idle_and_asked_ones_move_and_new_pods
     # started, two hours ago) move on to it from wherever they are, ben stays on the first revision and cat (busy,
     # her request carried out) on the second, both held.
     for user in ("dan", "eve"):
-        await started_long_ago(database, game, user)
+        await started_long_ago(database, game.namespace, user)
     await write_change(game, "WHEN_IDLE", "1h", image=NEWER)
 
     async def superseded() -> str | None:

@@ -129,6 +129,7 @@ async def test_the_instance_services_rollout_moves_what_update_template_wrote(
     from aigc_gateway.api.v1 import instance_pb2
 
     from ..instance.conftest import Client, State
+    from ..instance.rolling import started_long_ago
 
     api = await template_api(k8s_namespace, kubeconfig=str(testbed.kubeconfig), domain=testbed.domain,
                              services=("instance",),
@@ -139,6 +140,7 @@ async def test_the_instance_services_rollout_moves_what_update_template_wrote(
     for user, instance in made.items():
         await c.wait_state(user, instance.name, State.RUNNING)
     await c.stub.KeepInstanceAlive(instance_pb2.KeepInstanceAliveRequest(name=made["ben"].name), metadata=c.md("ben"))
+    await started_long_ago(api.gateway.runtime.db, api.namespace, "ann")  # and never used: idle
     async with api_client(testbed.kubeconfig) as client:
         game = Game(client, api.namespace)
         before = _pods(await game.pods(NAME))
