@@ -30,7 +30,7 @@ from ..instance.conftest import create_template, game  # noqa: F401 - the fixtur
 from .held import assert_held
 from .test_links import SEED, _bench
 
-pytestmark = pytest.mark.testbed
+pytestmark = [pytest.mark.testbed, pytest.mark.restarts_testbed]
 
 
 @pytest.fixture
