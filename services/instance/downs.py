@@ -24,7 +24,7 @@ from aigc_gateway.idempotency import Claim
 from aigc_gateway.identity import Principal
 from aigc_gateway.names import InstanceRef, TemplateRef
 
-from . import access, allocator, rollout_view, timing
+from . import access, allocator, queueing, rollout_view, timing
 from .allocator import Op, Plan, Spec
 from .effects import taken_over
 from .metrics import OPERATIONS
@@ -57,18 +57,8 @@ class DownQueue:
         as a crashed first attempt left it). Joins the template's queue; the batch runs shielded: one caller
         giving up cancels nobody else's."""
         ref = iref.template_ref
-        future: asyncio.Future[Effect] = asyncio.get_running_loop().create_future()
-        future.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved even if nobody waits
-        queued = _Queued(op, iref, principal, future, claim)
-        queue = self._queued.setdefault(ref.key, [])
-        queue.append(queued)
-        try:
-            await asyncio.shield(asyncio.ensure_future(self._run(ref)))
-        except BaseException:
-            if queued in queue:  # not taken by any batch: it must not run after we answered
-                queue.remove(queued)
-            raise
-        return await future
+        queued = _Queued(op, iref, principal, queueing.new_answer(), claim)
+        return await queueing.join(self._queued.setdefault(ref.key, []), queued, lambda: self._run(ref))
 
     def _take(self, ref: TemplateRef, one: bool) -> list[_Queued]:
         """The queued steps of distinct ids, oldest first (at most one when ``one``); the rest stay queued for the

@@ -19,7 +19,7 @@ from aigc_gateway.idempotency import Claim
 from aigc_gateway.names import TemplateRef
 from aigc_gateway.okg import SlotState
 
-from . import allocator, faults, timing
+from . import allocator, faults, queueing, timing
 from .allocator import Op, Plan, Spec
 from .effects import taken_over
 from .metrics import OPERATIONS
@@ -51,18 +51,8 @@ class InstallQueue:
         """Install for ``owner``; returns the effect (the new slot row). Joins the template's queue; whoever gets
         the lock next writes every queued install at once. The batch runs shielded: one caller giving up cancels
         nobody else's."""
-        future: asyncio.Future[Effect] = asyncio.get_running_loop().create_future()
-        future.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved even if nobody waits
-        queued = _Queued(owner, future, claim, roles)
-        queue = self._queued.setdefault(ref.key, [])
-        queue.append(queued)
-        try:
-            await asyncio.shield(asyncio.ensure_future(self._run(ref)))
-        except BaseException:
-            if queued in queue:  # not taken by any batch: it must not run after we answered
-                queue.remove(queued)
-            raise
-        return await future
+        queued = _Queued(owner, queueing.new_answer(), claim, roles)
+        return await queueing.join(self._queued.setdefault(ref.key, []), queued, lambda: self._run(ref))
 
     async def _run(self, ref: TemplateRef) -> None:
         with timing.step(Op.INSTALL.value, ref.key, 0) as times:
