@@ -133,7 +133,7 @@ class Cluster:
             named = any(okg.claim_id(name, v, ref.template) is not None for v in vcts)
             if labelled or named:
                 out[name] = Claim(name, _parse_time(meta.get("creationTimestamp")),
-                                  bool(meta.get("deletionTimestamp")))
+                                  bool(meta.get("deletionTimestamp")), meta.get("uid", ""))
         return out
 
     def claim_names(self, ref: TemplateRef, gss: Obj | None, instance_id: int,
@@ -145,35 +145,9 @@ class Cluster:
         names |= {n for n in present if n.endswith(suffix)}
         return sorted(names)
 
-    async def delete_claims(self, namespace: str, names: Iterable[str]) -> None:
-        """Delete each; one already gone is fine (the original stopped at the first missing one)."""
-        await asyncio.gather(*(self.kube.delete(PVC, namespace, n, missing_ok=True) for n in names))
-
-    async def unreleased(self, namespace: str, pod: str, names: Iterable[str]) -> list[str]:
-        """What still holds a releasing id's disks, read live (never from a watch cache); [] when they are gone.
-
-        The pod first: while it exists (terminating included) its disks can come back. The kubernetes.io/
-        pvc-protection finalizer holds a PVC only for a *scheduled* pod, so the PVC of a pod still Pending
-        without a node is gone at once, and the (Advanced) StatefulSet, which still counts that ordinal until it
-        has applied the reserve, makes it again for the Pending pod ("createMissingPersistentVolumeClaims"):
-        a disk made after it was "confirmed gone", left to the id's next owner. Only once the pod is gone is an
-        absent PVC really gone. A PVC that is back without a deletionTimestamp is deleted again."""
-        try:
-            await self.kube.get(POD, namespace, pod)
-            return [f"pod {pod}"]
-        except NotFound:
-            pass
-
-        async def left(name: str) -> str | None:
-            try:
-                claim = await self.kube.get(PVC, namespace, name)
-            except NotFound:
-                return None
-            if not (claim.get("metadata") or {}).get("deletionTimestamp"):
-                await self.kube.delete(PVC, namespace, name, missing_ok=True)
-            return name
-
-        return [n for n in await asyncio.gather(*(left(n) for n in names)) if n]
+    async def delete_claim(self, namespace: str, name: str, uid: str) -> None:
+        """Delete that PVC, not a same-named successor (Aborted when the uid differs); one gone is fine."""
+        await self.kube.delete(PVC, namespace, name, uid=uid, missing_ok=True)
 
     # -- pods --------------------------------------------------------------------------------------------
 

@@ -14,6 +14,8 @@ INSTANCE_POINTS = (
     "resume.after_intent", "resume.after_gss_write", "resume.after_commit",
     "uninstall.after_intent", "uninstall.after_gss_write", "uninstall.after_commit",
     "uninstall.after_disk_delete",
+    # A release (the delete's follow-up, a reconciler pass) that has read the slot RELEASING, before its disks.
+    "release.after_read",
     "restart.after_effect", "restart.after_pod_delete",
     "realign.after_intent", "realign.after_gss_write",
     # DeleteInstance's id freed and handed to another user's install before the delete answers (issue 20).

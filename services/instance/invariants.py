@@ -36,6 +36,7 @@ class Claim:
     name: str
     created: datetime | None
     deleting: bool = False
+    uid: str = ""
 
 
 @dataclass(frozen=True)

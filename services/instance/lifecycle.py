@@ -52,7 +52,19 @@ from aigc_gateway.locks import QueuedLocks
 from aigc_gateway.names import InstanceRef, TemplateRef
 from aigc_gateway.okg import SlotState
 
-from . import access, allocator, effects, faults, quotas, resolution, restarts, rollout_view, templates, timing
+from . import (
+    access,
+    allocator,
+    effects,
+    faults,
+    quotas,
+    releases,
+    resolution,
+    restarts,
+    rollout_view,
+    templates,
+    timing,
+)
 from .allocator import Op, Plan, Spec
 from .cluster import Cluster
 from .downs import DownQueue
@@ -387,38 +399,9 @@ class Lifecycle:
         return await restarts.restart(self, iref, principal, claim)
 
     async def release(self, iref: InstanceRef, wait: float) -> bool:
-        """Delete every disk of a RELEASING id, wait up to ``wait`` seconds for them to go, then mark it FREE."""
-        ref = iref.template_ref
-        row = await self.store.get(iref)
-        if row is None or row.slot != SlotState.RELEASING.value:
-            return row is not None and row.slot == SlotState.FREE.value
-        try:
-            gss = await self.cluster.template(ref)
-        except NotFound:
-            return False  # the template is gone: PurgeInstances forgets its slots
-        present = await self.cluster.claims(ref, templates.vct_names(gss))
-        names = self.cluster.claim_names(ref, gss, iref.id, present)
-        await self.cluster.delete_claims(iref.namespace, names)
-        await faults.reach("uninstall.after_disk_delete")
-        deadline = time.monotonic() + wait
-        polls = Backoff(initial=0.2, cap=2.0, factor=1.5, jitter=0.0)
-        while await self.cluster.unreleased(iref.namespace, iref.game_server, names):
-            if time.monotonic() >= deadline:
-                return False
-            await polls.sleep()
-        async with self.locked(ref):
-            gss = await self.cluster.template(ref)
-            spec = templates.spec_of(ref, gss)
-            await self.resolve_pending(ref, spec, gss)
-            # Confirmed again under the lock, with the controller done with the write that reserved the id: a
-            # controller still acting on an older (R, X) runs the id's pod again, and that pod's disks with it.
-            if not templates.settled(gss) or await self.cluster.unreleased(iref.namespace, iref.game_server, names):
-                return False
-            plan = allocator.plan_release(ref, spec, slots_of(await self.rows(ref)), iref.id)
-            async with self.db.session() as session:
-                await self.store.apply(session, ref, plan)
-        OPERATIONS.labels(Op.RELEASE.value, "OK").inc()
-        return True
+        """Delete every disk of a RELEASING id, wait up to ``wait`` seconds for them to go, then mark it FREE
+        (see :mod:`.releases`)."""
+        return await releases.release(self, iref, wait)
 
     async def purge(self, ref: TemplateRef) -> list[tuple[int, str]]:
         """Forget every slot of a template whose GameServerSet is gone (or going)."""

@@ -2,6 +2,7 @@
 service (in this process, or as `aigc-gateway serve instance` subprocesses) pointed at it."""
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -14,6 +15,12 @@ import yaml
 
 from aigc_gateway.api.v1 import instance_pb2, instance_pb2_grpc
 from aigc_gateway.config import Settings
+from aigc_gateway.db import Database
+from aigc_gateway.kube import Kube
+from aigc_gateway.services.instance import faults
+from aigc_gateway.services.instance.cluster import Cluster
+from aigc_gateway.services.instance.lifecycle import Lifecycle
+from aigc_gateway.services.instance.slots import SlotStore
 
 from ..plugins.gateway import TEST_SERVICE_TOKEN, bearer, make_settings
 from ..plugins.kube import Game, api_client, load_sample, wait_for
@@ -40,6 +47,34 @@ def instance_settings(database_url: str, issuer: Issuer, testbed: Testbed, k8s_n
 async def game(testbed: Testbed, k8s_namespace: str) -> AsyncIterator[Game]:
     async with api_client(testbed.kubeconfig) as api:
         yield Game(api, k8s_namespace)
+
+
+@pytest.fixture
+async def kube(instance_settings: Settings) -> AsyncIterator[Kube]:
+    client = await Kube.connect(instance_settings.kubernetes)
+    yield client
+    await client.close()
+
+
+@pytest.fixture
+async def lifecycle(database: Database, kube: Kube, instance_settings: Settings) -> AsyncIterator[Lifecycle]:
+    """The allocator in this process, without a reconciler: only the test's calls act."""
+    cluster = Cluster(kube, instance_settings.namespaces, instance_settings.gss_labels)
+    lc = Lifecycle(database, SlotStore(database), cluster, instance_settings.instance)
+    yield lc
+    await lc.close()
+
+
+async def held(monkeypatch: pytest.MonkeyPatch, folder: Path, point: str, work: asyncio.Task[Any]) -> None:
+    """Until ``work`` holds at ``point`` (faults.reach); the switch is off again for every later step."""
+    async def there() -> bool:
+        if work.done():
+            work.result()  # its error, if it ended instead
+            raise AssertionError(f"the step ended before {point}")
+        return (folder / f"{point}.reached").exists()
+    await wait_for(there, 60, interval=0.05, what=f"the step held at {point}")
+    monkeypatch.delenv(faults.HOLD_ENV)
+
 
 
 async def create_template(game: Game, testbed: Testbed, name: str = SAMPLE, sample: str = SAMPLE,

@@ -16,13 +16,11 @@ its write could still be on its way: the reconciler must fence that write before
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from aigc_gateway.config import Settings
 from aigc_gateway.db import Database
 from aigc_gateway.errors import Aborted
 from aigc_gateway.identity import Principal
@@ -31,7 +29,6 @@ from aigc_gateway.names import TemplateRef
 from aigc_gateway.okg import FENCE_ANNOTATION
 from aigc_gateway.services.instance import faults, templates
 from aigc_gateway.services.instance.allocator import Plan
-from aigc_gateway.services.instance.cluster import Cluster
 from aigc_gateway.services.instance.consistency import ConsistencyChecker
 from aigc_gateway.services.instance.lifecycle import Lifecycle
 from aigc_gateway.services.instance.models import IntentRow
@@ -39,33 +36,9 @@ from aigc_gateway.services.instance.slots import SlotStore
 
 from ..plugins.kube import Game, wait_for
 from ..plugins.testbed import Testbed
-from .conftest import SAMPLE, create_template
+from .conftest import SAMPLE, create_template, held
 
 pytestmark = pytest.mark.testbed
-
-
-@pytest.fixture
-async def kube(instance_settings: Settings) -> AsyncIterator[Kube]:
-    client = await Kube.connect(instance_settings.kubernetes)
-    yield client
-    await client.close()
-
-
-@pytest.fixture
-def lifecycle(database: Database, kube: Kube, instance_settings: Settings) -> Lifecycle:
-    cluster = Cluster(kube, instance_settings.namespaces, instance_settings.gss_labels)
-    return Lifecycle(database, SlotStore(database), cluster, instance_settings.instance)
-
-
-async def held(monkeypatch: pytest.MonkeyPatch, folder: Path, point: str, work: asyncio.Task[Any]) -> None:
-    """Until ``work`` holds at ``point`` (faults.reach); the switch is off again for every later step."""
-    async def there() -> bool:
-        if work.done():
-            work.result()  # its error, if it ended instead
-            raise AssertionError(f"the step ended before {point}")
-        return (folder / f"{point}.reached").exists()
-    await wait_for(there, 60, interval=0.05, what=f"the step held at {point}")
-    monkeypatch.delenv(faults.HOLD_ENV)
 
 
 async def pending(db: Database, ref: TemplateRef) -> list[IntentRow]:

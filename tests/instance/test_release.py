@@ -15,8 +15,11 @@ The old release freed the id as soon as the PVC read 404, with the pod still the
 """
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
 
 import pytest
 from kubernetes_asyncio import client
@@ -24,11 +27,15 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from aigc_gateway.db import Database
 from aigc_gateway.db.models import InstanceRow
+from aigc_gateway.identity import Principal
+from aigc_gateway.names import TemplateRef
+from aigc_gateway.services.instance import faults
+from aigc_gateway.services.instance.lifecycle import Lifecycle
 
 from ..plugins.gateway import make_settings
 from ..plugins.kube import Game, load_sample, wait_for
 from ..plugins.testbed import Testbed
-from .conftest import SAMPLE, State, instance_overrides, wait_slot
+from .conftest import SAMPLE, State, create_template, held, instance_overrides, wait_slot
 
 pytestmark = pytest.mark.testbed
 
@@ -69,6 +76,28 @@ async def statefulset_held(game: Game, name: str) -> AsyncIterator[None]:
     finally:
         await adm.delete_validating_admission_policy_binding(policy)
         await adm.delete_validating_admission_policy(policy)
+        await _nudge(game, name)
+
+
+async def _nudge(game: Game, name: str) -> None:
+    """Wake kruise-game's GameServerSet controller once the hold is gone. Its every refused update during the
+    hold doubled the item's retry delay (controller-runtime's per-item back-off, 5 ms to 1,000 s), so after a
+    long hold on a loaded machine its next try came later than the test's wait (a full run saw it). A change of
+    the objects it watches queues the GameServerSet again at once; new writes for it find the hold gone."""
+    async def touched() -> bool:
+        try:
+            for group, version, plural in (("apps.kruise.io", "v1beta1", "statefulsets"),
+                                           ("game.kruise.io", "v1alpha1", "gameserversets")):
+                await game.custom.patch_namespaced_custom_object(
+                    group, version, game.namespace, plural, name,
+                    {"metadata": {"annotations": {"aigc-gateway.test/nudge": "1"}}},
+                    _content_type="application/merge-patch+json")
+        except ApiException as exc:
+            if "held by the test" in (exc.body or ""):
+                return False  # the apiserver's policy informer has not seen the deletion yet
+            raise
+        return True
+    await wait_for(touched, 30, what="the hold on the Advanced StatefulSet to be lifted")
 
 
 async def test_an_id_stays_releasing_while_its_pending_pod_can_bring_its_disk_back(
@@ -134,3 +163,38 @@ async def test_a_delete_answers_once_the_owner_is_removed_and_the_release_goes_o
 
 async def _has(game: Game, claim: str) -> bool:
     return claim in await game.pvcs()
+
+
+async def test_a_release_slowed_after_it_read_the_slot_never_deletes_the_next_owners_disk(
+        testbed: Testbed, game: Game, database: Database, lifecycle: Lifecycle,
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """docs/chaos.md's PVC_MISSING (a PAUSED instance without its disk after `kube-restart`), forced. Alice's
+    delete reads her id RELEASING and is held there (`release.after_read`; in the full runs: its calls waiting
+    for a restarting apiserver). Meanwhile another release (the reconciler's) frees the id and bob installs on
+    it: his disk has alice's disk's name. Alice's release then goes on. It deleted bob's disk by name; bob's
+    next pause would have left him PAUSED without it. It must leave bob's disk alone."""
+    await create_template(game, testbed)
+    ref = TemplateRef(game.namespace, SAMPLE)
+    iref = ref.instance(int((await lifecycle.install(ref, "alice"))["row"]["id"]))
+    assert iref.id == 0
+    await wait_for(lambda: _has(game, CLAIM), 60, what="alice's disk")
+
+    monkeypatch.setenv(faults.HOLD_ENV, "release.after_read")
+    monkeypatch.setenv(faults.HOLD_DIR_ENV, str(tmp_path))
+    alices: asyncio.Task[Any] = asyncio.create_task(lifecycle.uninstall(iref, Principal("alice")))
+    await held(monkeypatch, tmp_path, "release.after_read", alices)
+
+    await wait_for(lambda: lifecycle.release(iref, 5), 120, what="id 0 freed by another release")
+    assert (await lifecycle.install(ref, "bob"))["row"]["id"] == 0
+    await wait_for(lambda: _has(game, CLAIM), 60, what="bob's disk")
+    bobs_disk = (await game.pvcs())[CLAIM].metadata.uid
+
+    (tmp_path / "release.after_read.release").touch()
+    effect, freed = await alices
+    assert (effect["row"]["owner"], freed) == ("alice", False)  # her answer; the id was freed by another
+
+    disk = (await game.pvcs())[CLAIM]
+    assert (disk.metadata.uid, disk.metadata.deletion_timestamp) == (bobs_disk, None)
+    async with database.session() as session:
+        row = await session.get(InstanceRow, (game.namespace, SAMPLE, 0))
+        assert (row.slot, row.owner) == ("LIVE", "bob")
