@@ -13,8 +13,10 @@
    (which records its effect on it, and answers a taken-over claim from it);
 5. audit: every mutating RPC and every denied call is written to the audit log;
 6. errors: domain errors become canonical codes with ``google.rpc`` details;
-   anything unexpected is logged with its trace and answered INTERNAL with a
-   generic message.
+   a database that went away during the call (a restart, a failover) is
+   UNAVAILABLE with ``retry_after``, like any other backend a client may retry
+   on; anything else unexpected is logged with its trace and answered INTERNAL
+   with a generic message.
 """
 from __future__ import annotations
 
@@ -30,9 +32,9 @@ from google.protobuf import descriptor_pool, message_factory
 from google.rpc import status_pb2
 from grpc_status import rpc_status
 
-from . import audit, faults, metrics
+from . import audit, db, faults, metrics
 from .context import REQUEST_ID_HEADER, credentials_var, method_var, new_request_id, principal_var, request_id_var
-from .errors import GatewayError, Unauthenticated, internal_status, invalid
+from .errors import GatewayError, Unauthenticated, Unavailable, internal_status, invalid
 from .idempotency import RETRYABLE, Claim, current_claim
 from .identity import Authenticator
 
@@ -225,11 +227,11 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             if claim:
                 await asyncio.shield(self.idempotency.finish(claim, grpc.StatusCode.CANCELLED, b""))
             raise
-        except Exception:
-            code = grpc.StatusCode.INTERNAL
-            log.exception("unhandled error in %s", info.action)
-            await self._after_error(info, request, code, claim, internal_status())
-            await self._abort(context, internal_status())
+        except Exception as exc:
+            status = _unexpected(info, exc)
+            code = grpc.StatusCode(_code_tuple(status.code))
+            await self._after_error(info, request, code, claim, status)
+            await self._abort(context, status)
         finally:
             _finish(labels, code, started)
             _set_request_id_trailer(context)
@@ -256,22 +258,31 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         except grpc.aio.AbortError:
             code = context.code() or grpc.StatusCode.UNKNOWN
             raise
-        except Exception:
-            code = grpc.StatusCode.INTERNAL
-            log.exception("unhandled error in %s", info.action)
-            await self._abort(context, internal_status())
+        except Exception as exc:
+            status = _unexpected(info, exc)
+            code = grpc.StatusCode(_code_tuple(status.code))
+            await self._abort(context, status)
         finally:
             _finish(labels, code, started)
 
     async def _after_error(self, info: MethodInfo, request: Any, code: grpc.StatusCode, claim: Claim | None,
                            status: status_pb2.Status) -> None:
-        if claim:
-            if code not in RETRYABLE:
-                await faults.reach("call.before_finish")
-            await self.idempotency.finish(claim, code, status.SerializeToString())
-        denied = code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED)
-        if denied or info.mutating:
-            await self._audit(info, request, audit.DENIED if denied else audit.FAILURE, code.name)
+        """Store (or let go) the claim's outcome and audit the failure. With the database gone, neither can be
+        written and the caller still gets the call's own answer: the claim is left to a retry (idempotency.py,
+        a claim this replica no longer runs), the audit row is lost and logged as lost."""
+        try:
+            if claim:
+                if code not in RETRYABLE:
+                    await faults.reach("call.before_finish")
+                await self.idempotency.finish(claim, code, status.SerializeToString())
+            denied = code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED)
+            if denied or info.mutating:
+                await self._audit(info, request, audit.DENIED if denied else audit.FAILURE, code.name)
+        except Exception as exc:
+            if not db.unreachable(exc):
+                raise
+            log.warning("%s answered %s; its outcome and audit record were not written: the database is not "
+                        "reachable (%s)", info.action, code.name, type(exc).__name__)
 
     async def _audit(self, info: MethodInfo, request: Any, outcome: str, error_code: str) -> None:
         if self.audit_log is None:
@@ -284,6 +295,17 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         converted = rpc_status.to_status(status)
         trailing = tuple(converted.trailing_metadata) + ((REQUEST_ID_HEADER, request_id_var.get()),)
         await context.abort(converted.code, converted.details, trailing)
+
+
+def _unexpected(info: MethodInfo, exc: Exception) -> status_pb2.Status:
+    """The answer to an exception that is not a domain error: UNAVAILABLE for a database that went away, else
+    INTERNAL (logged with its trace: a bug)."""
+    if db.unreachable(exc):
+        log.warning("%s: the database is not reachable: %s: %s", info.action, type(exc).__name__, exc)
+        return Unavailable("the database is not reachable; retry", reason="DATABASE_UNAVAILABLE",
+                           retry_after=1.0).to_status()
+    log.exception("unhandled error in %s", info.action)
+    return internal_status()
 
 
 def _finish(labels: tuple[str, str], code: grpc.StatusCode, started: float) -> None:

@@ -9,20 +9,24 @@ import pytest
 from google.protobuf import timestamp_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+from sqlalchemy import text
 
 from aigc_gateway import audit
 from aigc_gateway.api.v1 import audit_pb2, audit_pb2_grpc, usersync_pb2, usersync_pb2_grpc
+from aigc_gateway.db import Database
 from aigc_gateway.errors import FailedPrecondition, InvalidArgument, PermissionDenied, Unavailable, Violation
 from aigc_gateway.server import Registration, ServiceParts
 
 from ..plugins.gateway import bearer
+from ..served import free_port
 
 
 class ScriptedUserSync(usersync_pb2_grpc.UserSyncServiceServicer):
     """A test servicer whose behaviour depends on the user field; counts real executions."""
 
-    def __init__(self) -> None:
+    def __init__(self, database_url: str = "") -> None:
         self.calls: list[str] = []
+        self.database_url = database_url
 
     async def SyncUser(self, request, context):  # noqa: N802 - gRPC method name
         self.calls.append(request.user)
@@ -36,6 +40,10 @@ class ScriptedUserSync(usersync_pb2_grpc.UserSyncServiceServicer):
             raise InvalidArgument("bad user", violations=[Violation("user", "must not start with bad")])
         if request.user.startswith("crash"):
             raise RuntimeError("database password is hunter2")
+        if request.user.startswith("dbgone"):  # a server that is not there (stopped, restarting)
+            await _query(Database(f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/postgres"))
+        if request.user.startswith("dblost"):  # the connection dropped under the call (a crash, a failover)
+            await _query(Database(self.database_url), dropped=True)
         audit.note(changed=len(self.calls), client_secret="s3cr3t")
         return usersync_pb2.SyncUserResponse(changed=True, changes=[usersync_pb2.CustomDataEntry(
             user=request.user, id=len(self.calls))])
@@ -44,9 +52,21 @@ class ScriptedUserSync(usersync_pb2_grpc.UserSyncServiceServicer):
         return usersync_pb2.CleanupTemplateResponse(users=["a"])
 
 
+async def _query(database: Database, *, dropped: bool = False) -> None:
+    try:
+        async with database.session() as session:
+            if dropped:
+                pid = (await session.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+                async with database.session() as other:
+                    await other.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+            await session.execute(text("SELECT 1"))
+    finally:
+        await database.close()
+
+
 @pytest.fixture
-async def scripted(start_gateway, issuer):
-    servicer = ScriptedUserSync()
+async def scripted(start_gateway, issuer, database_url):
+    servicer = ScriptedUserSync(database_url)
     parts = ServiceParts([Registration("aigc.gateway.v1.UserSyncService", servicer,
                                        usersync_pb2_grpc.add_UserSyncServiceServicer_to_server,
                                        base=usersync_pb2_grpc.UserSyncServiceServicer)])
@@ -108,6 +128,20 @@ async def test_errors_carry_details_and_internal_hides_everything(scripted) -> N
     assert err.value.code() == grpc.StatusCode.INTERNAL
     assert "hunter2" not in err.value.details() and "Traceback" not in err.value.details()
     assert ("x-request-id" in dict(err.value.trailing_metadata()))
+
+
+@pytest.mark.parametrize("user", ["dbgone", "dblost"])
+async def test_a_database_that_went_away_is_unavailable_and_the_retry_runs_again(scripted, user: str) -> None:
+    """Not INTERNAL (a bug, not worth a client's retry): the same call may succeed once the server is back."""
+    servicer, stub, _, admin = scripted
+    for _ in range(2):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.SyncUser(usersync_pb2.SyncUserRequest(user=user, request_id="r-db"), metadata=admin)
+        info = error_details_pb2.ErrorInfo()
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert any(d.Unpack(info) for d in rpc_status.from_call(err.value).details)
+        assert info.reason == "DATABASE_UNAVAILABLE"
+    assert servicer.calls == [user, user]  # not stored: the retry ran again
 
 
 async def _all_events(audit_stub, admin, **filters) -> list[audit_pb2.AuditEvent]:
@@ -198,3 +232,20 @@ async def test_service_to_service_calls_keep_the_end_user(start_gateway, issuer)
     me = await auth_pb2_grpc.AuthServiceStub(gateway.runtime.channel("auth")).WhoAmI(
         auth_pb2.WhoAmIRequest(), metadata=gateway.runtime.call_metadata("instance"))
     assert (me.subject, me.kind) == ("service:instance", auth_pb2.Principal.SERVICE)
+
+
+def test_only_a_lost_database_is_unreachable() -> None:
+    """A constraint, a cancelled statement or a bug stays INTERNAL; a lost connection is found through SQLAlchemy's
+    wrapping and through an exception's cause."""
+    import asyncpg
+    from sqlalchemy.exc import DBAPIError, IntegrityError
+
+    from aigc_gateway.db import unreachable
+
+    wrapped = DBAPIError("SELECT 1", {}, asyncpg.ConnectionDoesNotExistError("connection was closed"))
+    caused = RuntimeError("during the claim")
+    caused.__cause__ = asyncpg.CannotConnectNowError("the database system is starting up")
+    assert [unreachable(e) for e in (ConnectionRefusedError(), wrapped, caused)] == [True, True, True]
+    not_lost = (IntegrityError("INSERT", {}, asyncpg.UniqueViolationError("duplicate key")),
+                asyncpg.QueryCanceledError("canceling statement due to statement timeout"), ValueError("bug"))
+    assert [unreachable(e) for e in not_lost] == [False, False, False]

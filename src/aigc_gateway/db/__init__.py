@@ -1,4 +1,4 @@
 """Database access: the async engine, the shared tables and the Alembic history."""
-from .engine import Database, rowcount
+from .engine import Database, rowcount, unreachable
 
-__all__ = ["Database", "rowcount"]
+__all__ = ["Database", "rowcount", "unreachable"]

@@ -8,12 +8,15 @@ process-wide asyncio lock on SQLite (where only one process may write anyway).
 """
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 from sqlalchemy import CursorResult, Result, event, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from ..locks import LocalLocks, transaction_lock
@@ -24,6 +27,31 @@ def rowcount(result: Result[Any]) -> int:
     a statement it is a ``CursorResult``, the one kind that counts rows."""
     assert isinstance(result, CursorResult), type(result)
     return result.rowcount
+
+
+# What asyncpg raises for a server that went away or is not accepting connections yet: the connection
+# exception class (SQLSTATE 08, a connection closed under a query included), and the shutdowns and start-up of
+# the operator intervention class (57P01-57P03, 57P05; not 57014, a cancelled statement).
+_LOST = (ConnectionError, socket.gaierror, asyncpg.PostgresConnectionError, asyncpg.AdminShutdownError,
+         asyncpg.CrashShutdownError, asyncpg.CannotConnectNowError, asyncpg.IdleSessionTimeoutError)
+
+
+def unreachable(exc: BaseException) -> bool:
+    """True when ``exc`` says the database could not be reached or went away during the call (a restart, a
+    failover, the network): the same call may well succeed on a retry. Connecting raises the socket's error
+    unwrapped (the pool's pre-ping reconnects), a query on a dropped connection raises it wrapped by SQLAlchemy,
+    so the causes are followed too. A constraint, a syntax error or a bug is not: those stay INTERNAL."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, DBAPIError) and current.connection_invalidated:
+            return True
+        if isinstance(current, _LOST):
+            return True
+        orig = current.orig if isinstance(current, DBAPIError) else None
+        current = orig if isinstance(orig, BaseException) else (current.__cause__ or current.__context__)
+    return False
 
 
 class Database:
