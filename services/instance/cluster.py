@@ -32,6 +32,12 @@ def _parse_time(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
+def _claim(obj: Obj) -> Claim:
+    meta = obj.get("metadata") or {}
+    return Claim(meta.get("name", ""), _parse_time(meta.get("creationTimestamp")), bool(meta.get("deletionTimestamp")),
+                 meta.get("uid", ""))
+
+
 class Cluster:
     def __init__(self, kube: Kube, namespaces: Sequence[str], gss_labels: Mapping[str, str]):
         self.kube = kube
@@ -132,8 +138,7 @@ class Cluster:
             labelled = (meta.get("labels") or {}).get(OWNER_GSS_LABEL) == ref.template
             named = any(okg.claim_id(name, v, ref.template) is not None for v in vcts)
             if labelled or named:
-                out[name] = Claim(name, _parse_time(meta.get("creationTimestamp")),
-                                  bool(meta.get("deletionTimestamp")), meta.get("uid", ""))
+                out[name] = _claim(item)
         return out
 
     def claim_names(self, ref: TemplateRef, gss: Obj | None, instance_id: int,
@@ -144,6 +149,13 @@ class Cluster:
         suffix = f"-{ref.template}-{instance_id}"
         names |= {n for n in present if n.endswith(suffix)}
         return sorted(names)
+
+    async def claim(self, namespace: str, name: str) -> Claim | None:
+        """One PVC read live (never from a watch cache); None when it is gone."""
+        try:
+            return _claim(await self.kube.get(PVC, namespace, name))
+        except NotFound:
+            return None
 
     async def delete_claim(self, namespace: str, name: str, uid: str) -> None:
         """Delete that PVC, not a same-named successor (Aborted when the uid differs); one gone is fine."""

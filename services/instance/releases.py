@@ -21,8 +21,10 @@ an absent PVC really gone (tests/instance/test_release.py).
 """
 from __future__ import annotations
 
+import asyncio
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from aigc_gateway.background import Backoff
 from aigc_gateway.db.models import InstanceRow
@@ -32,14 +34,12 @@ from aigc_gateway.okg import SlotState
 
 from . import allocator, faults, templates
 from .allocator import Op
+from .invariants import Claim
 from .metrics import OPERATIONS
 from .slots import slots_of
 
 if TYPE_CHECKING:
     from .lifecycle import Lifecycle
-
-Obj = dict[str, Any]
-
 
 def _same(now: InstanceRow | None, seen: InstanceRow) -> bool:
     return (now is not None and now.slot == SlotState.RELEASING.value
@@ -58,11 +58,14 @@ async def release(lc: Lifecycle, iref: InstanceRef, wait: float) -> bool:
         gss = await lc.cluster.template(ref)
     except NotFound:
         return False  # the template is gone: PurgeInstances forgets its slots
+    # The names once (a list of the namespace's PVCs finds those of a renamed volumeClaimTemplate too); then each
+    # is read by name, so a poll costs a few GETs however many disks the namespace has.
+    names = lc.cluster.claim_names(ref, gss, iref.id, await lc.cluster.claims(ref, templates.vct_names(gss)))
     deadline = time.monotonic() + wait
     polls = Backoff(initial=0.2, cap=2.0, factor=1.5, jitter=0.0)
     first = True
     while True:
-        left = await sweep(lc, iref, seen, gss)
+        left = await sweep(lc, iref, seen, names)
         if first:
             await faults.reach("uninstall.after_disk_delete")
             first = False
@@ -81,7 +84,7 @@ async def release(lc: Lifecycle, iref: InstanceRef, wait: float) -> bool:
         # controller still acting on an older (R, X) runs the id's pod again, and that pod's disks with it.
         if not templates.settled(gss):
             return False
-        left = await sweep(lc, iref, seen, gss)
+        left = await sweep(lc, iref, seen, names)
         if left is None:
             return await _freed(lc, iref)
         if left:
@@ -93,23 +96,21 @@ async def release(lc: Lifecycle, iref: InstanceRef, wait: float) -> bool:
     return True
 
 
-async def sweep(lc: Lifecycle, iref: InstanceRef, seen: InstanceRow, gss: Obj) -> list[str] | None:
-    """What still holds the id's disks (its pod, its PVCs), deleting each PVC not yet being deleted; [] when
-    all are gone; None when the slot is no longer the RELEASING ``seen`` (then nothing was deleted)."""
-    ref = iref.template_ref
-    pod = await lc.cluster.pod(iref.namespace, iref.game_server)
-    present = await lc.cluster.claims(ref, templates.vct_names(gss))
-    names = set(lc.cluster.claim_names(ref, gss, iref.id, present))
-    mine = {n: c for n, c in present.items() if n in names}
+async def sweep(lc: Lifecycle, iref: InstanceRef, seen: InstanceRow, names: Sequence[str]) -> list[str] | None:
+    """What still holds the id's disks (its pod, its PVCs, read live), deleting each PVC not yet being deleted;
+    [] when all are gone; None when the slot is no longer the RELEASING ``seen`` (then nothing was deleted)."""
+    pod, *claims = await asyncio.gather(lc.cluster.pod(iref.namespace, iref.game_server),
+                                        *(lc.cluster.claim(iref.namespace, n) for n in names))
     if not _same(await lc.store.get(iref), seen):
         return None  # freed (and maybe taken) since: what was read may be the next owner's
-    for claim in mine.values():
+    present = [c for c in claims if isinstance(c, Claim)]
+    for claim in present:
         if not claim.deleting:
             try:
                 await lc.cluster.delete_claim(iref.namespace, claim.name, claim.uid)
             except Aborted:
                 pass  # replaced since it was read (the uid differs): the next sweep sees the new one
-    return ([f"pod {iref.game_server}"] if pod is not None else []) + sorted(mine)
+    return ([f"pod {iref.game_server}"] if pod is not None else []) + sorted(c.name for c in present)
 
 
 async def _freed(lc: Lifecycle, iref: InstanceRef) -> bool:
