@@ -48,6 +48,11 @@ MAX_FORM = 64 * 1024
 _NO_STORE = {"Cache-Control": "no-store"}
 _NO_STORE_RAW = (b"cache-control", b"no-store")
 _TEXT_RAW = (b"content-type", b"text/plain; charset=utf-8")
+# A refusal's body never says what runs at the URL: Traefik's forwardAuth hands it to the client as is, and
+# "you do not own this instance" / "the instance is not running" / "no instance is served at this URL" told
+# anyone that about another user's URL. Only a refusal code about the request itself or the service
+# (ROUTED_HOST_MISMATCH, ROUTED_HOST_MISSING, OWNERS_UNKNOWN) is shown; the reason is in the audit event.
+_REFUSED = {401: b"sign in first\n", 403: b"forbidden\n"}
 # The headers /auth reads, by their lower-case names as ASGI gives them.
 _WANTED = {b"x-original-url", b"x-original-method", b"cookie", b"authorization", b"x-forwarded-host",
            b"x-forwarded-uri", b"x-forwarded-proto", b"x-forwarded-method"}
@@ -172,7 +177,8 @@ class AuthEndpoints:
                                                 routed_host=routed_host_of(scope["query_string"]))
         except Exception:  # never a 500: nginx would show every user an error page
             log.exception("auth check failed")
-            await _answer(scope, send, 403 if credentials.presented else 401, b"cannot decide now\n")
+            status = 403 if credentials.presented else 401
+            await _answer(scope, send, status, _REFUSED[status])
             return
         if decision.outcome is Outcome.ALLOW:
             p = decision.principal
@@ -182,7 +188,8 @@ class AuthEndpoints:
                 (b"x-auth-request-email", _header_safe(p.email).encode()),
                 (b"x-auth-request-preferred-username", _header_safe(p.preferred_username).encode())))
             return
-        await _answer(scope, send, decision.status, (decision.reason + "\n").encode())
+        await _answer(scope, send, decision.status,
+                      f"{decision.code}\n".encode() if decision.code else _REFUSED[decision.status])
 
     # -- sign-in --------------------------------------------------------
 

@@ -39,6 +39,13 @@ log = logging.getLogger(__name__)
 
 
 
+def admitted(slot: str | None, owner: str | None, orphaned: bool) -> str | None:
+    """Who the ingress admits to an instance: its owner while it runs, unless the owner is orphaned (deleted
+    in the identity provider: usersync's User.Deleted). A deleted user's session lives on until it expires,
+    and with it the rights to resume or reinstall through the API; the instance stays closed to it."""
+    return owner if owner and slot == SlotState.LIVE and not orphaned else None
+
+
 class OwnershipFollower:
     def __init__(self, db: Database, owners: OwnerMap, index: RouteIndex, *, resync_seconds: float = 30.0,
                  poll_seconds: float = 0.5, stale_after: float = 5.0):
@@ -98,8 +105,8 @@ class OwnershipFollower:
         if self.listener is not None:
             await self.listener.close()
 
-    def _apply(self, key: InstanceKey, slot: str | None, owner: str | None) -> None:
-        self.owners.set_owner(key, owner if slot == SlotState.LIVE else None)
+    def _apply(self, key: InstanceKey, slot: str | None, owner: str | None, orphaned: bool) -> None:
+        self.owners.set_owner(key, admitted(slot, owner, orphaned))
         self.index.set_owned(key, bool(owner) and slot in OWNED)
 
     async def resync(self) -> None:
@@ -111,7 +118,8 @@ class OwnershipFollower:
         try:
             async with self.db.session() as session:
                 rows = (await session.execute(select(InstanceRow.namespace, InstanceRow.template, InstanceRow.id,
-                                                     InstanceRow.slot, InstanceRow.owner))).all()
+                                                     InstanceRow.slot, InstanceRow.owner,
+                                                     InstanceRow.orphaned))).all()
         finally:
             heard, self._heard_during_resync = self._heard_during_resync, None
         if heard:
@@ -119,10 +127,10 @@ class OwnershipFollower:
             self._wake.set()
         owners: dict[InstanceKey, str] = {}
         owned: set[InstanceKey] = set()
-        for namespace, template, ident, slot, owner in rows:
+        for namespace, template, ident, slot, owner, orphaned in rows:
             key = InstanceKey(namespace, template, ident)
-            if owner and slot == SlotState.LIVE:
-                owners[key] = owner
+            if (admitted_owner := admitted(slot, owner, orphaned)) is not None:
+                owners[key] = admitted_owner
             if owner and slot in OWNED:
                 owned.add(key)
         self.owners.replace_owners(owners)
@@ -155,17 +163,17 @@ class OwnershipFollower:
                 async with self.db.session() as session:
                     rows = (await session.execute(
                         select(InstanceRow.namespace, InstanceRow.template, InstanceRow.id, InstanceRow.slot,
-                               InstanceRow.owner).where(tuple_(InstanceRow.namespace, InstanceRow.template,
+                               InstanceRow.owner, InstanceRow.orphaned).where(tuple_(InstanceRow.namespace, InstanceRow.template,
                                                                InstanceRow.id).in_(
                             [(k.namespace, k.template, k.id) for k in keys])))).all()
             except Exception as exc:  # noqa: BLE001
                 log.warning("owner map update failed (%s); resyncing", exc)
                 self._resync_now.set()
                 continue
-            found = {InstanceKey(ns, tpl, i): (slot, owner) for ns, tpl, i, slot, owner in rows}
+            found = {InstanceKey(ns, tpl, i): (slot, owner, orphaned) for ns, tpl, i, slot, owner, orphaned in rows}
             for key in keys:
-                slot, owner = found.get(key, (None, None))
-                self._apply(key, slot, owner)
+                slot, owner, orphaned = found.get(key, (None, None, False))
+                self._apply(key, slot, owner, bool(orphaned))
 
 
 class TemplateWatch:

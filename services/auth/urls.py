@@ -217,7 +217,10 @@ def host_in_domain(host: str, domain: str) -> bool:
 def safe_redirect(candidate: str | None, *, domain: str, allow_http: bool, fallback: str) -> str:
     """``candidate`` when it is an absolute http(s) URL into ``domain`` (https only unless
     ``allow_http``), else ``fallback``: no open redirect, no ``//evil``, no ``javascript:``."""
-    if not candidate or len(candidate) > MAX_URL or _CONTROL.search(candidate) or "\\" in candidate:
+    # ASCII only: the proxies build rd from the Host header and the escaped request URI, and a Location
+    # header is sent as latin-1 (a wider character there made the sign-in callback answer 500).
+    if (not candidate or len(candidate) > MAX_URL or not candidate.isascii() or _CONTROL.search(candidate)
+            or "\\" in candidate):
         return fallback
     try:
         parts = urlsplit(candidate)

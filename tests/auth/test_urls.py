@@ -88,6 +88,8 @@ def test_unreadable_original_urls_are_refused(url: str) -> None:
     ("http://instances1-cpu.aigc.test/", "FALLBACK"),  # http not allowed by default
     ("https://instances1-cpu.aigc.test/\r\nSet-Cookie: x", "FALLBACK"),
     ("", "FALLBACK"), (None, "FALLBACK"),
+    # Not ASCII: an ideographic full stop (a browser reads evil.test.aigc.test), a character latin-1 lacks.
+    ("https://evil.test\u3002aigc.test/", "FALLBACK"), ("https://instances1-cpu.aigc.test/\u0133", "FALLBACK"),
 ])
 def test_redirect_targets(rd, expected: str) -> None:
     assert safe_redirect(rd, domain="aigc.test", allow_http=False, fallback="FALLBACK") == expected
