@@ -1,7 +1,7 @@
 """Two processes of each service and two REST bridges, any one of them killed with SIGKILL at random moments under a
 mixed load (issue 18).
 
-    python bench/replicas.py [--seconds 120] [--users 6] [--seed 18]
+    python bench/replicas.py [--seconds 120] [--users 6] [--seed 18] [--victims auth]
 
 Eight `aigc-gateway serve` processes: template ×2, instance ×2, auth ×2, usersync ×2 (each usersync replica
 delivering the Logto outbox under its advisory locks, to the Logto double), and two REST bridges (the Go binary as
@@ -24,7 +24,10 @@ How calls are spread, as in the Helm chart (docs/chaos.md, "Replicas"):
 
 Prints the operations attempted / ok / retried / failed (in all, and per call with the component it reaches), the
 kills per component and each restart's time to serving, the auth checks (a non-owner allowed must be 0), CheckConsistency and the Logto mirror at the
-end. Needs the test bed, PostgreSQL and Go, like bench/chaos.py.
+end, and every refused owner check sorted by cause (bench/replicas_refusals.py: the bench's own bookkeeping, the
+owner map's lag after an install or resume, a restarted auth process, other), with the owner map's lag measured
+and `uptime`. `--victims auth` kills auth processes only (how long a restarted one refuses owners). Needs the test
+bed, PostgreSQL and Go, like bench/chaos.py.
 """
 from __future__ import annotations
 
@@ -52,6 +55,7 @@ sys.path.insert(0, str(HERE.parent / "bridge"))
 import chaos  # noqa: E402
 from chaos import META, TOKEN, ChaosBed, Step, _free_port  # noqa: E402
 from kill_storm import RETRYABLE  # noqa: E402
+from replicas_refusals import RefusalProbe, uptime  # noqa: E402
 
 SERVICES = ("template", "instance", "auth", "usersync")
 # REST routes of the calls the load makes (the google.api.http annotations of the protos).
@@ -102,6 +106,7 @@ class ReplicaBed(ChaosBed):
     """bench/chaos.py's load against two processes of each service behind two bridges (no toxiproxy)."""
 
     kills = 0
+    victims = ("template", "instance", "auth", "usersync", "bridge")  # what the killer picks from
 
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
@@ -111,6 +116,7 @@ class ReplicaBed(ChaosBed):
         self.admin_token: tuple[float, str] = (0.0, "")
         self.refusal_sample: dict[str, str] = {}  # reason -> one such answer, printed
         self.back_after: dict[str, list[float]] = {}  # component -> seconds from restart to serving, per kill
+        self.refusals = RefusalProbe(self)  # the auth checks, each answer attributed, each refused owner explained
 
     async def start(self) -> None:
         from aigc_gateway.api.v1 import auth_pb2_grpc, instance_pb2_grpc
@@ -159,6 +165,8 @@ class ReplicaBed(ChaosBed):
         self.http = httpx.AsyncClient()
         await self._serving(targets)
         await self._listening()
+        await self.refusals.start([yaml.safe_load(p.config.read_text())["servers"]["auth"]["listen"]
+                                for p in self.processes if p.service == "auth"])
 
     def _bridges(self, ports: dict[str, list[int]]) -> list[Process]:
         from gotools import bridge
@@ -218,11 +226,23 @@ class ReplicaBed(ChaosBed):
             await self.http.aclose()
         if hasattr(self, "db"):
             await self.db.close()
+        await self.refusals.close()
 
     # -- REST through the bridges ------------------------------------------------------------------
     async def call(self, method: str, message: Any, user: str, budget: float) -> tuple[Any, str]:
         """One user operation through the bridges with the documented retry (same request_id); each attempt
-        goes to the next bridge."""
+        goes to the next bridge. The probe is told when an operation on an instance is sent and answered."""
+        if method == "UpdateTemplate":
+            return await self._call(method, message, user, budget)
+        tpl = (getattr(message, "parent", "") or message.name).split("/templates/", 1)[1].split("/", 1)[0]
+        self.refusals.sent(user, tpl, method)
+        answer, why = await self._call(method, message, user, budget)
+        ident = answer.id if answer is not None and method == "CreateInstance" else \
+            int(message.name.rsplit("/", 1)[1]) if method != "CreateInstance" else None
+        self.refusals.answered(user, tpl, method, ident, answer is not None, why == "GAVE_UP")
+        return answer, why
+
+    async def _call(self, method: str, message: Any, user: str, budget: float) -> tuple[Any, str]:
         from google.protobuf import json_format
 
         step = self.step
@@ -316,18 +336,26 @@ class ReplicaBed(ChaosBed):
             await asyncio.sleep(self.rng.uniform(4, 10))
             if time.monotonic() >= until:
                 return
-            victim = self.rng.choice([*self.processes, *self.bridges])
+            victim = self.rng.choice([p for p in [*self.processes, *self.bridges] if p.service in self.victims])
             victim.kill()
+            self.refusals.process_event(victim.name, "killed")
             self.kills += 1
             self.kills_of[victim.service] = self.kills_of.get(victim.service, 0) + 1
             await asyncio.sleep(self.rng.uniform(1, 3))
             started = time.monotonic()
             victim.start()
+            self.refusals.process_event(victim.name, "started")
             if victim.service == "bridge":
                 await self._listening()
             else:
                 await self._serving({}, only=victim)
+            self.refusals.process_event(victim.name, "serving")
             self.back_after.setdefault(victim.service, []).append(time.monotonic() - started)
+
+    async def auth_loop(self, until: float) -> None:
+        """bench/chaos.py's, each check attributed to the auth process that answered and each refused owner
+        explained (RefusalProbe.checks); an owner is checked only while the bench knows the instance LIVE."""
+        await self.refusals.checks(until)
 
     async def storm(self, seconds: float) -> Step:
         step = Step("replicas", "kill-9", seconds)
@@ -337,6 +365,7 @@ class ReplicaBed(ChaosBed):
         tasks += [asyncio.create_task(self.auth_loop(until)), asyncio.create_task(self.killer(until)),
                   asyncio.create_task(self.template_loop(until, 60))]
         await asyncio.gather(*tasks)
+        await self.refusals.drain()
         for process in [*self.processes, *self.bridges]:
             if process.proc is None or process.proc.poll() is not None:
                 process.start()
@@ -388,6 +417,7 @@ def print_report(step: Step, kills: int, seed: int, bed: ReplicaBed | None = Non
     print(f"{'AuthService.Check (gRPC)':28} {'auth':10} {step.owner_checks + step.nobody_checks:5d} "
           f"{'':5} {'':5} {'':5}  owners allowed {step.owner_allowed}/{step.owner_checks}, "
           f"non-owner allowed {step.nobody_allowed}/{step.nobody_checks}")
+    bed.refusals.report(step.owner_checks, step.owner_allowed, bed.folder)
 
 
 async def main() -> int:
@@ -395,11 +425,15 @@ async def main() -> int:
     parser.add_argument("--seconds", type=float, default=120)
     parser.add_argument("--users", type=int, default=6)
     parser.add_argument("--seed", type=int, default=18)
+    parser.add_argument("--victims", default=",".join(ReplicaBed.victims),
+                        help="the components the killer picks from, e.g. auth (how long a restarted one refuses)")
     args = parser.parse_args()
     from chaos_env import environment
 
+    print(uptime(), flush=True)
     async with environment() as env:
         bed = ReplicaBed(**env, users=args.users, seed=args.seed)
+        bed.victims = tuple(args.victims.split(","))
         step = await run(bed, args.seconds)
         print_report(step, bed.kills, args.seed, bed)
         return 0 if step.good else 1
