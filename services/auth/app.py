@@ -82,6 +82,10 @@ class AuthService:
         if self.follower is not None and self.watch is not None:
             self.follower.start()
             self.watch.start()
+            # The server says SERVING (gRPC health: the pod's readiness) when this returns. Before the first
+            # read of the owners and the routes every owner is refused: a restarted process taking checks
+            # then refused them for ~0.1 s (bench/replicas.py --victims auth, docs/chaos.md).
+            await self._feeds_settled()
         self.activity.start()
         if self.sessions is not None:
             self.sessions.store.start()
@@ -96,7 +100,6 @@ class AuthService:
         assert self.sessions is not None
         count = self.http_worker_count
         if count:
-            await self._feeds_settled()
             self.workers = WorkerPool(self.settings, self.owners, count)
             await self.workers.start()
             return
@@ -104,14 +107,14 @@ class AuthService:
         await self.endpoints.start(reserved=self.replica)
 
     async def _feeds_settled(self, timeout: float = 10.0) -> None:
-        """Give the workers a complete first copy: wait (boundedly) for the ownership rows and, when a
-        cluster answers, the first list of templates and GameServers."""
+        """Wait (boundedly) for the ownership rows and, when a cluster answers, the first list of templates and
+        GameServers: what a process (and the HTTP workers' first copy) needs before it can admit an owner."""
         assert self.follower is not None and self.watch is not None
         try:
             await asyncio.wait_for(asyncio.gather(self.follower.synced.wait(), self.watch.settled.wait()), timeout)
         except TimeoutError:
-            log.warning("auth: the owner map is not complete after %.0fs; the HTTP workers start with what "
-                        "there is and receive the rest as it comes", timeout)
+            log.warning("auth: the owner map is not complete after %.0fs; serving with what there is (the HTTP "
+                        "workers receive the rest as it comes)", timeout)
 
     async def stop(self) -> None:
         if self.workers is not None:
