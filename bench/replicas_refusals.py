@@ -68,6 +68,7 @@ class Refusal:
 
 @dataclass
 class Lag:
+    at: float  # seconds into the run (the answer), to set against the kills
     op: str
     key: str
     answer_after_notify: float | None  # the REST answer's arrival minus the NOTIFY's
@@ -293,7 +294,7 @@ class RefusalProbe:
         key, answered = f"{tpl}/{ident}", time.monotonic()
         await asyncio.sleep(0)  # the NOTIFY, when it came first, is already heard
         notified = self.notified.get(key)
-        lag = Lag(method, key, None if notified is None else answered - notified)
+        lag = Lag(answered - self.t0, method, key, None if notified is None else answered - notified)
 
         async def first_allow(replica: int) -> float | str | None:
             while time.monotonic() - answered < POLL_FOR:
