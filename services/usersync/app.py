@@ -18,6 +18,7 @@ from aigc_gateway.db.models import INSTANCE_CHANNEL
 from aigc_gateway.errors import FailedPrecondition
 from aigc_gateway.runtime import Runtime
 from aigc_gateway.server import Registration, ServiceParts
+from aigc_gateway.sessions import SessionStore
 
 from . import faults
 from .customdata import CustomDataWriter
@@ -58,7 +59,7 @@ class UserSync:
         self.importer = Importer(runtime.db, self.client, self.kube.get, runtime.settings, self.audit)
         self.disputes = Resolver(runtime.db, self.importer.read_gss, self.kube.get)
         policy = UserDeletedPolicy(cfg.user_deleted_policy, lambda: runtime.channel("instance"),
-                                   lambda: runtime.call_metadata("usersync"))
+                                   lambda: runtime.call_metadata("usersync"), SessionStore(runtime.db).revoke_user)
         self.webhooks = WebhookServer(WebhookReceiver(runtime.db, cfg.webhook_signing_key.get_secret_value(),
                                                       cfg.webhook_max_age_seconds, policy, self.audit),
                                       cfg.http_listen)

@@ -4,6 +4,11 @@
   and every instance of the user is marked ``orphaned`` for an admin to decide on.
 - ``purge``: every instance is uninstalled through InstanceService.DeleteInstance (disks deleted).
 
+Either way the user's browser sessions are revoked first (the core's session store, in a transaction of
+its own, NOTIFY included): a session outliving its user kept every gateway API open to them for up to
+``auth.session_ttl_seconds`` (resume the paused instance, install a new one) and, for an admin with
+``auth.allow_admin_access``, every instance.
+
 The instance service does the lifecycle work under its allocator lock; usersync only calls it, with
 the service credential (background work has no end user), and writes ``instances.orphaned`` — the
 one column of the ownership table it may write.
@@ -11,7 +16,7 @@ one column of the ownership table it may write.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -34,14 +39,17 @@ RPC_TIMEOUT = 120.0
 
 class UserDeletedPolicy:
     def __init__(self, policy: str, channel: Callable[[], grpc.aio.Channel],
-                 metadata: Callable[[], tuple[tuple[str, str], ...]]):
+                 metadata: Callable[[], tuple[tuple[str, str], ...]],
+                 revoke_sessions: Callable[[str], Awaitable[int]]):
         self.policy = policy
         self._channel = channel
         self._metadata = metadata
+        self._revoke_sessions = revoke_sessions
 
     async def apply(self, session: AsyncSession, user: str) -> dict[str, Any]:
         """Act on the deletion of ``user``; returns the audit details. Raises Unavailable when the instance
         service could not do its part (the delivery is then refused with 503 and Logto retries it)."""
+        revoked = await self._revoke_sessions(user)  # before anything the user could still undo with them
         rows = list(await session.execute(
             select(InstanceRow.namespace, InstanceRow.template, InstanceRow.id, InstanceRow.slot)
             .where(InstanceRow.owner == user, InstanceRow.slot.in_(OWNED_SLOTS))
@@ -76,4 +84,4 @@ class UserDeletedPolicy:
                 orphaned.append(instance_name(namespace, template, instance_id))
         await mirrorstore.forget_user(session, user)
         return {"policy": self.policy, "paused" if self.policy == "pause" else "deleted": acted,
-                "orphaned": sorted(orphaned)}
+                "orphaned": sorted(orphaned), "sessions_revoked": revoked}

@@ -11,11 +11,12 @@ naming alice's path), path spellings (`;` parameters, double encoding, backslash
 fragment naming alice), methods and bodies (HEAD, OPTIONS, POST, `Expect: 100-continue`, CONNECT),
 several requests on one connection (pipelining, CL+TE and obfuscated Transfer-Encoding smuggling a
 request for bob behind one for alice), WebSocket upgrades, and cookies (two session cookies, a cookie
-name in capitals, an oversized Cookie header). A refusal's body through Traefik (which passes /auth's on)
+name in capitals, an oversized Cookie header), and HTTP/2 in the clear (Traefik). A refusal's body through Traefik (which passes /auth's on)
 says nothing about what runs at the URL.
 
-The second test changes owners: a user deleted in Logto (usersync's User.Deleted) whose session lives on
-resumes her orphaned instance, and an uninstalled id goes to another user (same host, same pod name)."""
+The second test changes owners: a user deleted in Logto (usersync's User.Deleted) loses her sessions, and
+one made after the deletion resumes her orphaned instance but is refused at its URL; an uninstalled id goes
+to another user (same host, same pod name) and its old owner is refused at once."""
 from __future__ import annotations
 
 import asyncio
@@ -23,11 +24,13 @@ import json
 import time
 from typing import Any
 
+import grpc
 import pytest
 from kubernetes_asyncio import client
 
 from aigc_gateway.api.v1 import instance_pb2
 from aigc_gateway.services.usersync.userdeleted import UserDeletedPolicy
+from aigc_gateway.sessions import SessionCookie, SessionStore
 from tests.plugins.kube import api_client, wait_for
 
 from .conftest import raw, request
@@ -89,6 +92,16 @@ def _statuses(buf: bytes, method: str, final: bool = False) -> list[int | str]:
             break  # the body runs to the end of the connection
         statuses.append(status)
     return statuses
+
+
+async def h2c(port: int, host: str, cookie: str) -> str:
+    """HTTP version and status of a GET over HTTP/2 with prior knowledge (curl: `Host` becomes `:authority`)."""
+    proc = await asyncio.create_subprocess_exec(
+        "curl", "-s", "-o", "/dev/null", "-w", "%{http_version} %{http_code}", "--http2-prior-knowledge",
+        "-H", f"Host: {host}", "-H", f"Cookie: {cookie}", f"http://127.0.0.1:{port}/",
+        stdout=asyncio.subprocess.PIPE)
+    out, _ = await proc.communicate()
+    return out.decode()
 
 
 def host_probes(a: str, b: str, port: int, cookie: str, other: str) -> list[tuple[str, bytes, list[int], list[int]]]:
@@ -234,6 +247,10 @@ async def test_attacks_on_another_users_instance_reach_no_pod(scene) -> None:
     bodies = {(await raw(scene.port, request(target, [("Host", host), ("Cookie", cookie)]))).body
               for host, target in refusals}
     assert bodies == ({NGINX_403} if scene.proxy == "nginx" else {b"forbidden\n"})
+    if scene.proxy == "traefik":  # it also speaks HTTP/2 in the clear (h2c); the stand-in, like ingress-nginx's
+        before = len(scene.pods.records())  # plain-HTTP listener, does not
+        assert [await h2c(scene.port, host, cookie) for host in (bob.host, alice.host)] == ["2 403", "2 200"]
+        assert [r["pod"] for r in scene.pods.records()[before:]] == [alice.pod]
     # A client's X-Auth-Request-Preferred-Username (not named by auth-response-headers by default) reaches
     # alice's own pod unchanged: only her own client can send it there (documented in docs/auth.md).
     reply = await scene.get(alice.host, user="alice", extra=[("X-Auth-Request-Preferred-Username", "bob")])
@@ -275,19 +292,43 @@ async def routed(scene: Scene, inst: Instance, user: str) -> Any:
     return await wait_for(answer, timeout=30, interval=0.2, what=f"{scene.proxy} routes {inst.host}")
 
 
+async def _refused(call: Any) -> bool:
+    try:
+        await call
+    except grpc.aio.AioRpcError as exc:
+        return exc.code() == grpc.StatusCode.UNAUTHENTICATED
+    return False
+
+
 @pytest.mark.parametrize("three", PROXIES, indirect=True)
 async def test_a_deleted_user_and_the_owner_of_a_reused_id_reach_no_pod(three) -> None:
     scene = three
     alice, bob = await install(scene, "alice"), await install(scene, "bob")
     start = len(scene.pods.records())
 
-    # alice is deleted in Logto: usersync's User.Deleted (policy pause, what its webhook runs) pauses her
-    # instance and marks it orphaned. Her session is not revoked, so she resumes it herself; the instance
-    # runs again, and still only 403 meets her at its URL.
+    # alice is deleted in Logto: usersync's User.Deleted (policy pause, what its webhook runs) revokes her
+    # sessions, pauses her instance and marks it orphaned. Her old cookie opens nothing any more.
     policy = UserDeletedPolicy("pause", lambda: scene.services.channel("instance"),
-                               lambda: scene.services.runtime.call_metadata("usersync"))
+                               lambda: scene.services.runtime.call_metadata("usersync"),
+                               SessionStore(scene.stack.db).revoke_user)
     async with scene.stack.db.session() as session:
-        await policy.apply(session, "alice")
+        assert (await policy.apply(session, "alice"))["sessions_revoked"] == 1
+    get = instance_pb2.GetInstanceRequest(name=alice.name)
+
+    async def revoked() -> bool:  # heard by the instance and auth services (NOTIFY; within a second)
+        signed_out = (await scene.get(alice.host, user="alice")).status == 302  # else 403: paused
+        return await _refused(scene.instances.GetInstance(get, metadata=scene.meta("alice"))) and signed_out
+    await wait_for(revoked, timeout=5, interval=0.05, what="the services hear the revocation")
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await scene.instances.ResumeInstance(instance_pb2.ResumeInstanceRequest(name=alice.name),
+                                             metadata=scene.meta("alice"))
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    # A session made after the deletion (a sign-in racing the webhook) resumes the orphaned instance: it runs
+    # again, and still only 403 meets her at its URL (the owner map admits nobody to an orphaned instance).
+    settings = scene.stack.gateway.runtime.settings
+    session_id, _ = await SessionStore(scene.stack.db).create(user="alice", ttl_seconds=600)
+    scene.cookies["alice"] = SessionCookie([k.get_secret_value() for k in settings.auth.session_keys]).issue(
+        session_id, "alice", int(time.time()) + 600)
     await scene.instances.ResumeInstance(instance_pb2.ResumeInstanceRequest(name=alice.name),
                                          metadata=scene.meta("alice"))
     await scene.stack.service.follower.resync()  # the owner map has read the resumed row
