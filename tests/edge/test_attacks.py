@@ -194,6 +194,9 @@ def path_probes(a: int, b: int, host: str, cookie: str) -> list[tuple[str, bytes
         ("absolute-form names alice's path in its host", request(f"http://{host}/sd{b}/",
                                                                  [("Host", f"{host}/sd{a}"), c]), [400], [400]),
         # -- path spellings
+        # A Prefix path matches by segments in both: nginx's default location (/auth: no instance there),
+        # no Traefik router.
+        ("alice's id with more digits", request(f"/sd{a}{b}/", [hb, c]), [403], [404]),
         ("a ;parameter on bob's path", request(f"/sd{b};x=1/", [hb, c]), [403], [404]),
         # `..;` is no dot segment for either proxy (nor for /auth): alice's own path, her own pod.
         ("..; after alice's path", request(f"/sd{a}/..;/sd{b}/", [hb, c]), [200], [200]),
