@@ -91,6 +91,9 @@ Before = Callable[[], Awaitable[bool]]
 # How long a release that goes on after DeleteInstance answered waits for the disks before leaving them to the
 # reconciler's next pass.
 FOLLOW_UP_RELEASE_SECONDS = 120.0
+# A write refused only because the controller wrote the status meanwhile is sent again at once on the new
+# version (templates.only_status_moved), at most this many times per attempt, before planning again.
+REWRITES = 8
 Consent = Callable[[InstanceRef, InstanceRow, dict[str, Any]], Awaitable[None]]
 
 
@@ -225,19 +228,28 @@ class Lifecycle:
             partition = await self._partition_after(ref, gss, plan)
             intent = await self.store.record_intent(ref, plan, gss)
         await faults.reach(f"{plan.op.value}.after_intent")
-        timing.count(write=True)
-        try:
-            with timing.phase("write"):
-                await self.cluster.write_spec(gss, plan.after, partition)
-        except Aborted:
-            # Refused: someone (usually the controller's status patch) wrote since we read, or this answer was
-            # the HTTP client's second copy of a write whose first copy landed. The GameServerSet says which.
-            ALLOCATOR_CONFLICTS.inc()
-            with timing.phase("backoff"):
-                if (landed := await self._refused(ref, plan, intent)) is not None:
-                    return landed
-                await conflicts.sleep()
-            return None
+        for rewrites in range(REWRITES + 1):
+            timing.count(write=True)
+            try:
+                with timing.phase("write"):
+                    await self.cluster.write_spec(gss, plan.after, partition)
+                break
+            except Aborted:
+                # Refused: someone (usually the controller's status patch) wrote since we read, or this answer was
+                # the HTTP client's second copy of a write whose first copy landed. The GameServerSet says which.
+                ALLOCATOR_CONFLICTS.inc()
+                with timing.phase("backoff"):
+                    landed, fresh = await self._refused(ref, plan, intent)
+                    if landed is not None:
+                        return landed
+                    if rewrites < REWRITES and templates.only_status_moved(gss, fresh):
+                        # Nothing the plan was made from moved: send it again on the new version, at once.
+                        await self.store.move_intent(intent, plan, fresh)
+                        gss = fresh
+                        continue
+                    await self.store.forget_intent(intent.id)
+                    await conflicts.sleep()
+                return None
         # Any other failure leaves the intent: landed or not, the GameServerSet says so to the next step or the
         # reconciler (resolution.py), never how our request seemed to end.
         await faults.reach(f"{plan.op.value}.after_gss_write")
@@ -247,21 +259,21 @@ class Lifecycle:
                 await self.store.drop_intent(session, intent.id)
         return done
 
-    async def _refused(self, ref: TemplateRef, plan: Plan, intent: IntentRow) -> dict[int, Effect] | None:
-        """After a 409 on the write: its transitions when the GameServerSet shows it landed anyway, else None with
-        the intent dropped (the version moved, so no copy of the write can land any more)."""
+    async def _refused(self, ref: TemplateRef, plan: Plan, intent: IntentRow
+                       ) -> tuple[dict[int, Effect] | None, dict[str, Any]]:
+        """After a 409 on the write: its transitions when the GameServerSet shows it landed anyway (else None: the
+        version moved, so no copy of the write can land any more), and the GameServerSet as read now."""
         gss = await self.cluster.template(ref)
-        applied, _, _ = await resolution.judge(self.cluster, ref, gss, plan, intent)
+        applied, gss, _ = await resolution.judge(self.cluster, ref, gss, plan, intent)
         if not applied:
-            await self.store.forget_intent(intent.id)
-            return None
+            return None, gss
         INTENTS_RESOLVED.labels(plan.op.value, "true").inc()
         log.warning("%s: the %s of id %d was answered 409 but had landed (a request sent twice); recorded",
                     ref.key, plan.op.value, plan.id)
         async with self.db.session() as session:
             done = await self._commit(session, ref, plan, owner_since=intent.created_at)
             await self.store.drop_intent(session, intent.id)
-        return done
+        return done, gss
 
     async def _partition_after(self, ref: TemplateRef, gss: dict[str, Any], plan: Plan) -> int | None:
         """A pause or uninstall of a held id (its pod carries the rollout's hold label) lowers the partition by one

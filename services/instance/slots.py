@@ -14,7 +14,7 @@ import socket
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from aigc_gateway.db import Database
@@ -125,6 +125,13 @@ class SlotStore:
         async with self.db.session() as session:
             session.add(row)
         return row
+
+    async def move_intent(self, intent: IntentRow, plan: Plan, gss: dict[str, Any]) -> None:
+        """Record that the intent's write is sent again, conditioned on ``gss`` (its first copy was refused, so it
+        cannot land): committed before the new copy is sent, as the intent was before the first."""
+        intent.plan = recorded(plan, gss)
+        async with self.db.session() as session:
+            await session.execute(update(IntentRow).where(IntentRow.id == intent.id).values(plan=intent.plan))
 
     async def forget_intent(self, intent_id: int) -> None:
         """Drop an intent whose write is known not to have happened (resolution.judge said so)."""
