@@ -2,7 +2,8 @@
 
 ``instance_idle`` holds what the ``instances`` row does not: the last keep-alive or busy probe, and the
 announced pause (when, and the activity time it was computed from, so any later activity withdraws it).
-The instance service alone writes both tables, under the template's allocator lock for ``instance_idle``.
+The instance service alone writes both tables, under the template's allocator lock for ``instance_idle``
+(activity while no pause is announced excepted: Culler._keep_unannounced says why).
 """
 from __future__ import annotations
 

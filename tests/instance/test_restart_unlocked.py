@@ -1,22 +1,26 @@
 """A restart needs no GameServerSet write, so a plain one goes by the template lock (services/instance/restarts.py):
-on the test bed, with the lock held by someone else, the owner's restart deletes her pod (its answer then waits for
-the idle culler's activity record, which takes the lock); what is not plain (a paused instance, a stranger) is
-refused exactly as under the lock."""
+on the test bed, with the lock held by someone else, the owner's restart deletes her pod and is answered (the idle
+culler's activity record needs the lock only to withdraw an announced pause, services/instance/idle.py); what is not
+plain (a paused instance, a stranger) is refused exactly as under the lock. With a pause announced, the restart's
+activity record waits for the lock and withdraws it."""
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 
 import grpc
 import pytest
 
+from aigc_gateway.db.models import allocator_lock
 from aigc_gateway.names import TemplateRef
 from aigc_gateway.services.instance.app import InstanceService
+from aigc_gateway.services.instance.idle_models import IdleStateRow
 
 from ..plugins.kube import Game, wait_for
 from ..plugins.testbed import Testbed
 from .conftest import SAMPLE, State, create_template
 
-pytestmark = pytest.mark.testbed
+pytestmark = [pytest.mark.testbed, pytest.mark.timeout(300)]
 
 
 async def test_a_plain_restart_goes_by_a_held_template_lock(testbed: Testbed, game: Game, instance_settings,
@@ -40,8 +44,24 @@ async def test_a_plain_restart_goes_by_a_held_template_lock(testbed: Testbed, ga
         with pytest.raises(grpc.aio.AioRpcError) as stranger:
             await c.restart("mallory", alice.name)
         assert stranger.value.code() == grpc.StatusCode.PERMISSION_DENIED
-    answer = await restarting
-    assert (answer.name, answer.owner) == (alice.name, "alice")
+        answer = await restarting  # answered while the lock is held (the test's timeout turns a hang into a failure)
+        assert (answer.name, answer.owner) == (alice.name, "alice")
+
+    # A pause announced: the restart's activity record withdraws it under the lock (it queues there).
+    ref = TemplateRef(game.namespace, SAMPLE)
+    iref = ref.instance(alice.id)
+    async with lifecycle.db.session() as session:
+        state = await session.get(IdleStateRow, (iref.namespace, iref.template, iref.id))
+        assert state is not None and state.kept_at is not None  # the first restart's activity
+        state.scheduled_pause_at = state.warned_activity_at = datetime.now(UTC)
+    async with lifecycle.locked(ref):
+        restarting = asyncio.ensure_future(c.restart("alice", alice.name))
+        await wait_for(lambda: lifecycle._locks.local._users.get(allocator_lock(ref.namespace, ref.template)) == 2,
+                       60, interval=0.05, what="the restart's activity record queued at the template lock")
+    await restarting
+    async with lifecycle.db.session() as session:
+        state = await session.get(IdleStateRow, (iref.namespace, iref.template, iref.id))
+        assert state is not None and state.scheduled_pause_at is None and state.warned_activity_at is None
 
     await c.pause("alice", alice.name)
     await c.wait_state("alice", alice.name, State.PAUSED)
