@@ -62,7 +62,8 @@ class Report:
     sent_to_answer: list[float] = field(default_factory=list)
     kills_per_call: Counter[int] = field(default_factory=Counter)  # interrupted calls by how many kills hit them
     restart_to_serving: list[float] = field(default_factory=list)  # a killed replica's start until SERVING
-    slow: list[tuple[float, str]] = field(default_factory=list)  # interrupted calls answered late, with traces
+    # Interrupted calls answered later than lease + 2 s: (seconds, trace, request id, kill to the claim taken over).
+    slow: list[tuple[float, str, str, float]] = field(default_factory=list)
     latency: dict[str, list[float]] = field(default_factory=dict)  # per method, calls never interrupted
     kills: int = 0
     consistent: bool | None = None
@@ -111,8 +112,38 @@ class Report:
         print(f"CheckConsistency: {'consistent' if self.consistent else 'VIOLATIONS'} {self.violations}")
         for line in self.wrong[:20]:
             print("  wrong:", line)
-        for took, trace in sorted(self.slow, reverse=True)[:5]:
-            print(f"  slowest kill-to-answer {took:.1f} s: {trace}")
+        self.print_slow(lease)
+
+    def print_slow(self, lease: float) -> None:
+        """Where the time of the answers later than lease + 2 s went: the kill until a retry got past its claim,
+        then the answering attempt's step on its replica (its lock wait, the controller's settle, the rest), or
+        the time it waited for a batch that another call's run wrote (the request id is sent as x-request-id, so
+        the replicas' log lines carry it)."""
+        if not self.slow:
+            return
+        by_id: dict[str, list[dict[str, Any]]] = {}
+        for s in self.steps:
+            by_id.setdefault(s.get("request_id") or "", []).append(s)
+        parts: dict[str, list[float]] = {"claim": [], "lock": [], "settle": [], "rest": [], "other batch": []}
+        lines = []
+        for took, trace, rid, to_taken in sorted(self.slow, reverse=True):
+            step = (by_id.get(rid) or [None])[-1]  # the answering attempt's (an earlier one died with its replica)
+            parts["claim"].append(to_taken)
+            if step is None:
+                parts["other batch"].append(took - to_taken)
+                where = f"served by another call's batch or without the lock: {took - to_taken:.1f}"
+            else:
+                lock, settle = step.get("lock", 0.0), step.get("settle", 0.0)
+                for key, value in (("lock", lock), ("settle", settle), ("rest", step["total"] - lock - settle)):
+                    parts[key].append(value)
+                where = (f"{step['op']} step ({step['calls']} calls) lock {lock:.1f} settle {settle:.1f} rest "
+                         f"{step['total'] - lock - settle:.1f} (attempts {step.get('attempts')}, "
+                         f"writes {step.get('writes')})")
+            lines.append(f"  {took:5.1f} s: claim taken over after {to_taken:.1f}; {where}; {trace}")
+        print(f"answers later than lease + 2 s ({len(self.slow)}), summed by part (s): "
+              + ", ".join(f"{k} {sum(v):.0f} (n={len(v)})" for k, v in parts.items()))
+        for line in lines[:8]:
+            print(line)
 
 
     def print_steps(self) -> None:
@@ -149,7 +180,8 @@ def read_steps(logs: list[Path]) -> list[dict[str, Any]]:
             if '"step": {' not in line:
                 continue
             try:
-                out.append(json.loads(line)["step"])
+                record = json.loads(line)
+                out.append(record["step"] | {"request_id": record.get("request_id", "")})
             except (ValueError, KeyError):
                 continue
     return out
@@ -303,7 +335,8 @@ async def storm(namespace: str, url: str, kube: str, folder: Path, *, seconds: f
             tries += 1
             sent = time.monotonic()
             try:
-                answer = await getattr(stubs[target], method)(message, metadata=metadata, timeout=BUDGET)
+                answer = await getattr(stubs[target], method)(
+                    message, metadata=(*metadata, ("x-request-id", message.request_id)), timeout=BUDGET)
                 report.ok += not gave_up
                 if interrupted_at:
                     took = time.monotonic() - interrupted_at
@@ -313,7 +346,8 @@ async def storm(namespace: str, url: str, kube: str, folder: Path, *, seconds: f
                     report.sent_to_answer.append(time.monotonic() - max(interrupted_at, started))
                     trace.append(f"+{time.monotonic() - interrupted_at:.1f} OK@{target}")
                     if took > lease + 2:
-                        report.slow.append((took, f"{method} {message.request_id} " + " ".join(trace)))
+                        report.slow.append((took, f"{method} {message.request_id} " + " ".join(trace),
+                                            message.request_id, (taken_at or sent) - interrupted_at))
                 elif tries == 1:
                     report.latency.setdefault(method, []).append(time.monotonic() - sent)
                 return answer, ""
