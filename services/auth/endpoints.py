@@ -9,7 +9,10 @@ nginx, but its host is the client's Host header); ``traefik`` reads
 ``X-Forwarded-Proto/-Host/-Uri`` (Traefik overwrites client copies) and
 ignores a client's ``X-Original-URL``. Either way the auth-url's own ``rh``
 parameter, the host the proxy routed on (``?rh=$host``), must name the same
-host (:func:`.urls.bind_routed_host`).
+host (:func:`.urls.bind_routed_host`). An allowed answer carries the identity
+headers and a ``Cookie`` header without the gateway's own cookies (none when
+nothing else is left), which the template's ``auth-response-headers`` puts in
+place of the client's (:mod:`.cookies`).
 
 ``/auth`` runs on every click on every instance, so it is plain ASGI (one pass
 over the header list, one response message); the browser endpoints, a few
@@ -37,6 +40,7 @@ from aigc_gateway.httpserver import HTTPServer
 from aigc_gateway.sessions import AmbiguousCookie, SessionCookieAuthenticator, hash_session_id, single_cookie
 
 from .checker import AccessChecker, Credentials
+from .cookies import SIGNIN_SUFFIX, gateway_cookie_names, without_gateway_cookies
 from .decision import Outcome
 from .oidc import OIDCClient
 from .urls import forwarded_url, routed_host_of, safe_redirect
@@ -99,6 +103,7 @@ class AuthEndpoints:
         self.audit_log = audit_log
         self.base = public_base(settings)
         self._behind_traefik = self.cfg.proxy == "traefik"
+        self._gateway_cookies = gateway_cookie_names(self.cfg.cookie_name)
         keys = [k.get_secret_value() for k in self.cfg.session_keys]
         self._signin_state = URLSafeTimedSerializer(list(reversed(keys)), salt="aigc-gateway.sign-in.v1",
                                                     signer_kwargs={"digest_method": hashlib.sha256})
@@ -183,10 +188,13 @@ class AuthEndpoints:
         if decision.outcome is Outcome.ALLOW:
             p = decision.principal
             assert p is not None
-            await _answer(scope, send, 200, b"", (
-                (b"x-auth-request-user", _header_safe(p.subject).encode()),
-                (b"x-auth-request-email", _header_safe(p.email).encode()),
-                (b"x-auth-request-preferred-username", _header_safe(p.preferred_username).encode())))
+            identity = ((b"x-auth-request-user", _header_safe(p.subject).encode()),
+                        (b"x-auth-request-email", _header_safe(p.email).encode()),
+                        (b"x-auth-request-preferred-username", _header_safe(p.preferred_username).encode()))
+            # The Cookie the pod gets in place of the client's (cookies.py): none at all when only ours came.
+            kept = without_gateway_cookies(seen.get(b"cookie", ()), self._gateway_cookies)
+            await _answer(scope, send, 200, b"", (*identity, (b"cookie", kept.encode("utf-8", "surrogateescape")))
+                          if kept else identity)
             return
         await _answer(scope, send, decision.status,
                       f"{decision.code}\n".encode() if decision.code else _REFUSED[decision.status])
@@ -223,7 +231,7 @@ class AuthEndpoints:
 
     @property
     def _signin_cookie_name(self) -> str:
-        return self.cfg.cookie_name + "_signin"
+        return self.cfg.cookie_name + SIGNIN_SUFFIX
 
     async def sign_in_callback(self, request: Request) -> Response:
         raw = request.cookies.get(self._signin_cookie_name, "")

@@ -11,7 +11,8 @@ land there and are ignored — so no ``rh`` parameter is needed: the host is the
 routed one by construction (:func:`url_of`). A host Envoy joined from duplicate
 headers (``a,b``) is not a host and is refused.
 Allowed requests go on with ``X-Auth-Request-*`` set (overwriting any copy the
-client sent); denied ones get 401 or 403 straight from the proxy. The call
+client sent) and the ``cookie`` header without the gateway's own cookies
+(rewritten, or removed when nothing else is left: :mod:`.cookies`); denied ones get 401 or 403 straight from the proxy. The call
 itself must carry the gateway's service credential (configure Envoy's
 ``grpc_service.initial_metadata`` with ``x-aigc-service-token``).
 """
@@ -29,6 +30,7 @@ from aigc_gateway.identity import require_admin
 from aigc_gateway.sessions import AmbiguousCookie, single_cookie
 
 from .checker import AccessChecker, Credentials
+from .cookies import gateway_cookie_names, without_gateway_cookies
 from .decision import Decision, Outcome
 
 _DENIED = {Outcome.UNAUTHENTICATED: (code_pb2.UNAUTHENTICATED, http_status.Unauthorized),
@@ -53,13 +55,20 @@ def credentials_of(headers: dict[str, str], cookie_name: str) -> Credentials:
     return Credentials(session_cookie=value, bearer_token=bearer)
 
 
-def response_of(decision: Decision) -> ext.CheckResponse:
+def response_of(decision: Decision, cookie: str | None = None,
+                names: frozenset[str] = frozenset()) -> ext.CheckResponse:
+    """``cookie``: the request's cookie header (Envoy joins several with "; "); an allowed answer passes it on
+    without the cookies ``names`` (the gateway's), and removes the header when nothing else is left."""
     if decision.allowed:
         p = decision.principal
         assert p is not None
+        headers = [_header("x-auth-request-user", p.subject), _header("x-auth-request-email", p.email),
+                   _header("x-auth-request-preferred-username", p.preferred_username)]
+        kept = without_gateway_cookies([cookie] if cookie else [], names)
+        if kept:
+            headers.append(_header("cookie", kept))
         return ext.CheckResponse(status=status_pb2.Status(code=code_pb2.OK), ok_response=ext.OkHttpResponse(
-            headers=[_header("x-auth-request-user", p.subject), _header("x-auth-request-email", p.email),
-                     _header("x-auth-request-preferred-username", p.preferred_username)]))
+            headers=headers, headers_to_remove=[] if kept else ["cookie"]))
     code, http = _DENIED[decision.outcome]
     return ext.CheckResponse(status=status_pb2.Status(code=code, message=decision.reason),
                              denied_response=ext.DeniedHttpResponse(status=http_status.HttpStatus(code=http),
@@ -77,6 +86,7 @@ class EnvoyAuthorizationServicer(ext_grpc.AuthorizationServicer):
     def __init__(self, checker: AccessChecker, cookie_name: str):
         self.checker = checker
         self.cookie_name = cookie_name
+        self.gateway_cookies = gateway_cookie_names(cookie_name)
 
     async def Check(self, request: ext.CheckRequest, context: Any) -> ext.CheckResponse:
         require_admin()  # the proxy, with the gateway's service credential
@@ -84,4 +94,4 @@ class EnvoyAuthorizationServicer(ext_grpc.AuthorizationServicer):
         headers = {k.lower(): v for k, v in http.headers.items()}
         url = url_of(http)
         decision = await self.checker.check(url, credentials_of(headers, self.cookie_name), method=http.method)
-        return response_of(decision)
+        return response_of(decision, headers.get("cookie"), self.gateway_cookies)

@@ -7,8 +7,8 @@ entry is `key: value` (split on ": ", so exactly one such separator) copied onto
 The auth-url carries the host the proxy routed on as `rh=$host` (ingress-nginx and Traefik's
 ingress-nginx provider expand `$host`): the auth service refuses a check whose request names another
 host than the one routed (an absolute-form request line), see docs/auth.md. The
-`auth-response-headers` annotation names the identity headers, so the proxy replaces (or removes) a
-client's own copies with the auth answer's.
+`auth-response-headers` annotation names the identity headers and `Cookie`, so the proxy replaces (or
+removes) a client's own copies with the auth answer's, and the gateway's cookies never reach the instance.
 """
 from __future__ import annotations
 
@@ -107,10 +107,14 @@ def header_names(value: str) -> list[str]:
     return [h.strip() for h in value.split(",") if h.strip()]
 
 
+def missing_headers(value: str, required: tuple[str, ...]) -> list[str]:
+    """The headers of ``required`` an `auth-response-headers` value does not name (compared case-insensitively)."""
+    have = {h.lower() for h in header_names(value)}
+    return [h for h in required if h.lower() not in have]
+
+
 def with_headers(value: str, required: tuple[str, ...]) -> str:
     """An `auth-response-headers` value naming every header of ``required`` (header names compare
     case-insensitively): ``value`` unchanged when it does, else its names followed by the missing ones."""
-    names = header_names(value)
-    have = {h.lower() for h in names}
-    missing = [h for h in required if h.lower() not in have]
-    return ",".join(names + missing) if missing else value
+    missing = missing_headers(value, required)
+    return ",".join(header_names(value) + missing) if missing else value

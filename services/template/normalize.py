@@ -6,9 +6,10 @@
 - the ingress auth annotations (`auth-url`, `auth-signin`) from configuration when missing, and
   `rh=$host` (the host the proxy routed on, which the auth service requires) on an auth-url that
   lacks it, so templates published before it are upgraded by their next update;
-- `auth-response-headers` naming at least the identity headers (added, or merged into one that names
-  others): a header it does not name passes from the client to the instance unchanged, so without it a
-  client's own `X-Auth-Request-User` would reach the instance (docs/auth.md);
+- `auth-response-headers` naming at least the identity headers and `Cookie` (added, or merged into one
+  that names others): a header it does not name passes from the client to the instance unchanged, so
+  without it a client's own `X-Auth-Request-User` would reach the instance, and without `Cookie` the
+  gateway's session cookie of whoever opens it (docs/auth.md);
 - the in-place update hook `spec.lifecycle.inPlaceUpdate.labelsHandler` naming the gateway's hold label
   (:data:`aigc_gateway.upgrades.HOLD_LABEL`), merged into the admin's own hooks: the instance service's rollout
   parks a busy instance's pod with that label (docs/upgrade.md, fact 8). Every create and update writes it, so it
@@ -28,10 +29,11 @@ from aigc_gateway.errors import Violation
 
 from . import network
 from .policy import (
+    AUTH_RESPONSE_HEADERS,
     AUTH_RESPONSE_HEADERS_ANNOTATION,
     AUTH_SIGNIN_ANNOTATION,
     AUTH_URL_ANNOTATION,
-    IDENTITY_HEADERS,
+    COOKIE_HEADER,
     Policy,
 )
 
@@ -126,10 +128,10 @@ def _add_auth_annotations(obj: dict[str, Any], policy: Policy, warnings: list[Vi
                                       f"added rh=$host (the host the proxy routed on, which the gateway's check "
                                       f"requires): {upgraded}", "AUTH_URL_ROUTED_HOST_ADDED"))
         elif pair and pair[0] == AUTH_RESPONSE_HEADERS_ANNOTATION:
-            merged = network.with_headers(pair[1], IDENTITY_HEADERS)
+            merged = network.with_headers(pair[1], AUTH_RESPONSE_HEADERS)
             if merged != pair[1]:
                 entry["value"] = f"{AUTH_RESPONSE_HEADERS_ANNOTATION}: {merged}"
-                warnings.append(_identity_warning(merged))
+                warnings.append(_identity_warning(merged, network.missing_headers(pair[1], AUTH_RESPONSE_HEADERS)))
     present = network.annotations_by_key(obj)
     for key, value in ((AUTH_URL_ANNOTATION, policy.auth_url), (AUTH_SIGNIN_ANNOTATION, policy.auth_signin_url)):
         if key not in present:
@@ -137,13 +139,18 @@ def _add_auth_annotations(obj: dict[str, Any], policy: Policy, warnings: list[Vi
             warnings.append(Violation(network.conf_path("Annotation", key), f"added from configuration: {value}",
                                       "AUTH_ANNOTATION_ADDED"))
     if AUTH_RESPONSE_HEADERS_ANNOTATION not in present:
-        value = ",".join(IDENTITY_HEADERS)
+        value = ",".join(AUTH_RESPONSE_HEADERS)
         conf.append({"name": "Annotation", "value": f"{AUTH_RESPONSE_HEADERS_ANNOTATION}: {value}"})
-        warnings.append(_identity_warning(value))
+        warnings.append(_identity_warning(value, list(AUTH_RESPONSE_HEADERS)))
 
 
-def _identity_warning(value: str) -> Violation:
+def _identity_warning(value: str, added: list[str]) -> Violation:
+    why = []
+    if any(h.lower() != COOKIE_HEADER.lower() for h in added):
+        why.append("the proxy now copies the gateway's identity headers to the instance, replacing any a client "
+                   "sent (without them a client's own X-Auth-Request-User reaches the instance)")
+    if any(h.lower() == COOKIE_HEADER.lower() for h in added):
+        why.append("the instance now gets the client's cookies without the gateway's own (without Cookie named, "
+                   "the session cookie of whoever opens the instance reaches its code)")
     return Violation(network.conf_path("Annotation", AUTH_RESPONSE_HEADERS_ANNOTATION),
-                     f"the proxy now copies the gateway's identity headers to the instance, replacing any a client "
-                     f"sent (without them a client's own X-Auth-Request-User reaches the instance): {value}",
-                     "AUTH_RESPONSE_HEADERS_ADDED")
+                     f"added {', '.join(added)}: {'; '.join(why)}: {value}", "AUTH_RESPONSE_HEADERS_ADDED")

@@ -20,6 +20,12 @@ AUTH_RESPONSE_HEADERS_ANNOTATION = "nginx.ingress.kubernetes.io/auth-response-he
 # name passes from the client to the instance unchanged (ingress-nginx and Traefik alike), so without them a
 # client's own `X-Auth-Request-User: bob` would reach the instance as if the gateway had said it.
 IDENTITY_HEADERS = ("X-Auth-Request-User", "X-Auth-Request-Email")
+# The browser sends the gateway's session cookie (Domain=<domain>) to every instance host. Named here, the proxy
+# puts the auth answer's Cookie (the client's minus the gateway's cookies, none when nothing is left) in place of
+# the client's, so code in a user's image never reads the session of whoever opens it (docs/auth.md).
+COOKIE_HEADER = "Cookie"
+# What every template's auth-response-headers names, in this order when the service adds them.
+AUTH_RESPONSE_HEADERS = (*IDENTITY_HEADERS, COOKIE_HEADER)
 
 
 @dataclass(frozen=True)

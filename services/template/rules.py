@@ -24,6 +24,7 @@ from .policy import (
     AUTH_RESPONSE_HEADERS_ANNOTATION,
     AUTH_SIGNIN_ANNOTATION,
     AUTH_URL_ANNOTATION,
+    COOKIE_HEADER,
     IDENTITY_HEADERS,
     Policy,
 )
@@ -88,7 +89,7 @@ def check(obj: dict[str, Any], policy: Policy, mode: Mode, namespace: str = "") 
         report.bad("spec", "a GameServerSet needs a spec", "REQUIRED")
         return report
     _check_scaling(spec, mode, report)
-    _check_network(obj, policy, report)
+    _check_network(obj, policy, mode, report)
     _check_pod_template(spec, report)
     _check_lifecycle(spec, mode, report)
     return report
@@ -194,7 +195,7 @@ def _check_scaling(spec: dict[str, Any], mode: Mode, report: Report) -> None:
                            f"\"5-7\" ({exc})", "INVALID_RESERVED_IDS")
 
 
-def _check_network(obj: dict[str, Any], policy: Policy, report: Report) -> None:
+def _check_network(obj: dict[str, Any], policy: Policy, mode: Mode, report: Report) -> None:
     spec = obj["spec"]
     if not isinstance(spec.get("network"), dict):
         report.bad("spec.network", f"templates need a {okg.INGRESS_NETWORK} network: each instance is reached through "
@@ -211,7 +212,7 @@ def _check_network(obj: dict[str, Any], policy: Policy, report: Report) -> None:
         return
     _check_port(obj, report)
     _check_routes(obj, policy, report)
-    _check_annotations(obj, policy, report)
+    _check_annotations(obj, policy, mode, report)
 
 
 def _check_port(obj: dict[str, Any], report: Report) -> None:
@@ -264,7 +265,7 @@ def _check_routes(obj: dict[str, Any], policy: Policy, report: Report) -> None:
             report.bad(network.conf_path("Path"), f"must start with '/', got {value!r}", "INVALID_PATH")
 
 
-def _check_annotations(obj: dict[str, Any], policy: Policy, report: Report) -> None:
+def _check_annotations(obj: dict[str, Any], policy: Policy, mode: Mode, report: Report) -> None:
     for value in network.values(obj, "Annotation"):
         pair = network.split_annotation(value)
         if pair is None:
@@ -295,11 +296,14 @@ def _check_annotations(obj: dict[str, Any], policy: Policy, report: Report) -> N
             elif value != expected:
                 report.bad(path, f"must point at this gateway: {expected!r}, got {value!r}",
                            f"{short.replace('-', '_').upper()}_MISMATCH")
-    _check_response_headers(found.get(AUTH_RESPONSE_HEADERS_ANNOTATION, []), report)
+    _check_response_headers(found.get(AUTH_RESPONSE_HEADERS_ANNOTATION, []), mode, report)
 
 
-def _check_response_headers(given: list[str], report: Report) -> None:
-    """The identity headers must be named: the proxy then replaces (or removes) a client's own copies."""
+def _check_response_headers(given: list[str], mode: Mode, report: Report) -> None:
+    """The identity headers must be named: the proxy then replaces (or removes) a client's own copies. So must
+    `Cookie` in what is written (normalisation adds it); a template found without it stays usable, with a
+    warning: its instances work as before, and refusing it would take every running instance of every template
+    published earlier from its users at the upgrade, until an admin updates each one."""
     path = network.conf_path("Annotation", AUTH_RESPONSE_HEADERS_ANNOTATION)
     if len(given) > 1:
         report.bad(path, f"the auth-response-headers annotation is given {len(given)} times", "DUPLICATE_ANNOTATION")
@@ -313,6 +317,11 @@ def _check_response_headers(given: list[str], report: Report) -> None:
         report.bad(path, f"must name {', '.join(IDENTITY_HEADERS)}: a header it does not name passes from the "
                    "client to the instance unchanged, so a client could claim any identity; UpdateTemplate adds "
                    "them", "AUTH_RESPONSE_HEADERS_MISSING")
+    if not given or any(network.missing_headers(v, (COOKIE_HEADER,)) for v in given):
+        (report.warn if mode is Mode.EXISTING else report.bad)(
+            path, f"must name {COOKIE_HEADER}: otherwise the proxy passes the client's whole Cookie header to the "
+            "instance, the gateway's session cookie of whoever opens it (its owner's, an admin's) included, where "
+            "the instance's code can read it; UpdateTemplate adds it", "AUTH_RESPONSE_COOKIE_MISSING")
 
 
 def _check_pod_template(spec: dict[str, Any], report: Report) -> None:

@@ -22,7 +22,7 @@ from tests.plugins.kube import SAMPLES, api_client, wait_for
 from .conftest import PodLog, raw, request
 
 COOKIE = "aigc_session"
-IDENTITY = "X-Auth-Request-User,X-Auth-Request-Email"
+IDENTITY = "X-Auth-Request-User,X-Auth-Request-Email,Cookie"
 
 
 @dataclass
@@ -91,8 +91,9 @@ def manifest(namespace: str, auth_url: str, signin_url: str, *, host: str, path:
 
 async def start_scene(proxy: str, *, testbed, k8s_namespace: str, edge, start_gateway, start_oidc_provider,
                       database_url: str, issuer, browser, ingress_nginx, users: tuple[str, ...] = ("alice", "bob"),
-                      instance: dict[str, Any] | None = None) -> Scene:
-    """``users`` sign in (each gets a session cookie); ``instance``: settings of the instance service."""
+                      instance: dict[str, Any] | None = None, auth: dict[str, Any] | None = None) -> Scene:
+    """``users`` sign in (each gets a session cookie); ``instance``: settings of the instance service; ``auth``:
+    more settings of the auth service (``allow_admin_access``)."""
     auth_port = free_port()
     auth_url = f"http://127.0.0.1:{auth_port}/auth?rh=$host"
     signin = f"http://dashboard.{DOMAIN}:{auth_port}/sign-in"
@@ -100,7 +101,7 @@ async def start_scene(proxy: str, *, testbed, k8s_namespace: str, edge, start_ga
     stack = await start_auth_stack(
         start_gateway=start_gateway, start_oidc_provider=start_oidc_provider, database_url=database_url,
         issuer=issuer, front_port=auth_port, kubeconfig=str(testbed.kubeconfig), namespaces=[k8s_namespace],
-        auth_overrides={"http_listen": f"127.0.0.1:{auth_port}", "proxy": proxy},
+        auth_overrides={"http_listen": f"127.0.0.1:{auth_port}", "proxy": proxy, **(auth or {})},
         template={"auth_url": auth_url, "auth_signin_url": signin}, **({"instance": instance} if instance else {}))
     services = await start_gateway("instance", settings=stack.gateway.runtime.settings)
     # The template service with the test issuer's admin tokens (the stack's OIDC issuer is the provider).

@@ -77,7 +77,7 @@ async def test_scale_up_creates_pod_pvc_service_ingress_and_network(testbed: Tes
             assert ing.metadata.annotations["nginx.ingress.kubernetes.io/auth-signin"] == \
                 f"https://dashboard.{testbed.domain}/sign-in"
             assert ing.metadata.annotations["nginx.ingress.kubernetes.io/auth-response-headers"] == \
-                "X-Auth-Request-User,X-Auth-Request-Email"
+                "X-Auth-Request-User,X-Auth-Request-Email,Cookie"
 
             async def network_ready(i: int = i, host: str = host) -> dict | None:
                 status = (await game.game_servers(GSS))[i].get("status", {})

@@ -200,7 +200,7 @@ def test_update_adds_the_identity_headers_to_a_template_published_without_them(m
         (path, "AUTH_RESPONSE_HEADERS_ADDED")]
     conf = checked.proposal.desired["spec"]["network"]["networkConf"]
     assert {"name": "Annotation", "value": "nginx.ingress.kubernetes.io/auth-response-headers: "
-            "X-Auth-Request-User,X-Auth-Request-Email"} in conf
+            "X-Auth-Request-User,X-Auth-Request-Email,Cookie"} in conf
     assert "spec.network.networkConf[Annotation]" in checked.proposal.changed_paths
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from google.protobuf import struct_pb2
 
-from aigc_gateway.services.template import manifest, rules
+from aigc_gateway.services.template import manifest, messages, rules
 from aigc_gateway.services.template.policy import (
     AUTH_RESPONSE_HEADERS_ANNOTATION,
     AUTH_SIGNIN_ANNOTATION,
@@ -266,10 +266,11 @@ def _response_headers(value: str | None) -> Callable[[dict], None]:
 
 
 @pytest.mark.parametrize("published, normalised", [
-    (None, "X-Auth-Request-User,X-Auth-Request-Email"),  # no annotation: added
-    ("X-Trace-Id", "X-Trace-Id,X-Auth-Request-User,X-Auth-Request-Email"),  # names others: merged
-    ("x-auth-request-user, X-Trace-Id", "x-auth-request-user,X-Trace-Id,X-Auth-Request-Email"),
-    ("X-Auth-Request-User", "X-Auth-Request-User,X-Auth-Request-Email"),
+    (None, "X-Auth-Request-User,X-Auth-Request-Email,Cookie"),  # no annotation: added
+    ("X-Trace-Id", "X-Trace-Id,X-Auth-Request-User,X-Auth-Request-Email,Cookie"),  # names others: merged
+    ("x-auth-request-user, X-Trace-Id", "x-auth-request-user,X-Trace-Id,X-Auth-Request-Email,Cookie"),
+    ("X-Auth-Request-User", "X-Auth-Request-User,X-Auth-Request-Email,Cookie"),
+    ("cookie, X-Auth-Request-User", "cookie,X-Auth-Request-User,X-Auth-Request-Email"),  # Cookie in any case
 ])
 def test_identity_headers_are_always_named_in_auth_response_headers(published: str | None, normalised: str) -> None:
     """Issue 11: a header auth-response-headers does not name passes from the client to the instance unchanged
@@ -279,6 +280,8 @@ def test_identity_headers_are_always_named_in_auth_response_headers(published: s
     report = rules.check(obj, POLICY, rules.Mode.EXISTING)
     assert [(v.field, v.reason) for v in report.violations] == [(HEADERS_PATH, "AUTH_RESPONSE_HEADERS_MISSING")]
     assert "X-Auth-Request-User" in rules.unusable_reasons(report)[0]
+    assert [(w.field, w.reason) for w in report.warnings if w.reason.startswith("AUTH_")] == (
+        [] if "cookie" in (published or "").lower() else [(HEADERS_PATH, "AUTH_RESPONSE_COOKIE_MISSING")])
     checked = check_obj(obj)
     assert checked.ok, checked.violations
     assert [(w.field, w.reason) for w in checked.warnings if w.reason.startswith("AUTH_")] == [
@@ -293,10 +296,33 @@ def test_identity_headers_are_always_named_in_auth_response_headers(published: s
 
 
 def test_auth_response_headers_naming_the_identity_headers_are_kept_as_written() -> None:
-    checked = check_obj(variant(_response_headers("X-Auth-Request-Email , x-auth-request-user")))
+    checked = check_obj(variant(_response_headers("X-Auth-Request-Email , COOKIE, x-auth-request-user")))
     assert checked.ok and not [w for w in checked.warnings if w.reason.startswith("AUTH_")]
-    assert f"{AUTH_RESPONSE_HEADERS_ANNOTATION}: X-Auth-Request-Email , x-auth-request-user" in [
+    assert f"{AUTH_RESPONSE_HEADERS_ANNOTATION}: X-Auth-Request-Email , COOKIE, x-auth-request-user" in [
         e["value"] for e in checked.obj["spec"]["network"]["networkConf"]]
+
+
+def test_a_template_published_without_cookie_stays_usable_and_its_next_write_adds_it() -> None:
+    """A template published before the gateway required `Cookie` (the identity headers named): the proxy passes
+    the client's whole Cookie header, the gateway's session included, to its instances. Found in the cluster it
+    stays usable (its instances work as before) with AUTH_RESPONSE_COOKIE_MISSING among the rules' warnings; a
+    create or update (and ValidateTemplate of it as an update) adds Cookie and says so; a manifest that would
+    be written without it is refused (normalisation never leaves one)."""
+    obj = variant(_response_headers("X-Auth-Request-User,X-Auth-Request-Email"))
+    report = rules.check(obj, POLICY, rules.Mode.EXISTING)
+    assert report.ok and rules.unusable_reasons(report) == []
+    assert [(w.field, w.reason) for w in report.warnings] == [(HEADERS_PATH, "AUTH_RESPONSE_COOKIE_MISSING")]
+    assert messages.describe(obj, POLICY, messages.Counts(), with_manifest=False).usable
+    checked = check_obj(obj)
+    assert checked.ok, checked.violations
+    added = [w for w in checked.warnings if w.reason.startswith("AUTH_")]
+    assert [(w.field, w.reason) for w in added] == [(HEADERS_PATH, "AUTH_RESPONSE_HEADERS_ADDED")]
+    assert added[0].description.startswith("added Cookie: the instance now gets the client's cookies without")
+    assert f"{AUTH_RESPONSE_HEADERS_ANNOTATION}: X-Auth-Request-User,X-Auth-Request-Email,Cookie" in [
+        e["value"] for e in checked.obj["spec"]["network"]["networkConf"]]
+    for mode in (rules.Mode.CREATE, rules.Mode.UPDATE):
+        assert [(v.field, v.reason) for v in rules.check(obj, POLICY, mode).violations
+                if v.reason.startswith("AUTH_")] == [(HEADERS_PATH, "AUTH_RESPONSE_COOKIE_MISSING")]
 
 
 @pytest.mark.parametrize("value", ["X-Auth-Request-User;X-Auth-Request-Email", "X-Auth-Request-User,X.Y"])
