@@ -6,6 +6,8 @@
 - the ingress auth annotations (`auth-url`, `auth-signin`) from configuration when missing, and
   `rh=$host` (the host the proxy routed on, which the auth service requires) on an auth-url that
   lacks it, so templates published before it are upgraded by their next update;
+- `proxy-buffer-size: 16k` when the template does not say (the auth answer carries the instance's cookies;
+  :data:`.policy.PROXY_BUFFER_SIZE`);
 - `auth-response-headers` naming at least the identity headers and `Cookie` (added, or merged into one
   that names others): a header it does not name passes from the client to the instance unchanged, so
   without it a client's own `X-Auth-Request-User` would reach the instance, and without `Cookie` the
@@ -34,6 +36,8 @@ from .policy import (
     AUTH_SIGNIN_ANNOTATION,
     AUTH_URL_ANNOTATION,
     COOKIE_HEADER,
+    PROXY_BUFFER_SIZE,
+    PROXY_BUFFER_SIZE_ANNOTATION,
     Policy,
 )
 
@@ -142,6 +146,12 @@ def _add_auth_annotations(obj: dict[str, Any], policy: Policy, warnings: list[Vi
         value = ",".join(AUTH_RESPONSE_HEADERS)
         conf.append({"name": "Annotation", "value": f"{AUTH_RESPONSE_HEADERS_ANNOTATION}: {value}"})
         warnings.append(_identity_warning(value, list(AUTH_RESPONSE_HEADERS)))
+    if PROXY_BUFFER_SIZE_ANNOTATION not in present:
+        conf.append({"name": "Annotation", "value": f"{PROXY_BUFFER_SIZE_ANNOTATION}: {PROXY_BUFFER_SIZE}"})
+        warnings.append(Violation(network.conf_path("Annotation", PROXY_BUFFER_SIZE_ANNOTATION),
+                                  f"added {PROXY_BUFFER_SIZE}: ingress-nginx holds the gateway's answer, the "
+                                  "instance's own cookies included, in this buffer (4k by default: larger cookies "
+                                  "made the owner's requests fail with 500)", "PROXY_BUFFER_SIZE_ADDED"))
 
 
 def _identity_warning(value: str, added: list[str]) -> Violation:

@@ -26,6 +26,12 @@ IDENTITY_HEADERS = ("X-Auth-Request-User", "X-Auth-Request-Email")
 COOKIE_HEADER = "Cookie"
 # What every template's auth-response-headers names, in this order when the service adds them.
 AUTH_RESPONSE_HEADERS = (*IDENTITY_HEADERS, COOKIE_HEADER)
+# ingress-nginx reads the auth answer's headers into the auth location's proxy_buffer_size (4k by default): with
+# the instance's own cookies in the answer, a Cookie header over ~3.7 KB made every request of its owner a 500.
+# 16k holds any Cookie header nginx accepts from a client (large_client_header_buffers: 8k a line). Added when a
+# template does not say; an admin's own value is kept. Traefik buffers nothing by default and ignores it.
+PROXY_BUFFER_SIZE_ANNOTATION = "nginx.ingress.kubernetes.io/proxy-buffer-size"
+PROXY_BUFFER_SIZE = "16k"
 
 
 @dataclass(frozen=True)

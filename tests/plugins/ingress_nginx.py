@@ -45,6 +45,9 @@ A = "nginx.ingress.kubernetes.io/"
 _URL_WITH_VARIABLES = re.compile(r"^[\-._~a-zA-Z0-9/:, ,:?&=$]*$")
 _HEADERS = re.compile(r"^[A-Za-z0-9\-_, ]*$")
 _HEADER = re.compile(r"^[a-zA-Z\d\-_]+$")
+# parser.SizeRegex: what the proxy-buffer-size annotation may say (else the default applies).
+_SIZE = re.compile(r"^\d+[bkmg]?$", re.IGNORECASE)
+DEFAULT_PROXY_BUFFER_SIZE = "4k"  # the controller's ConfigMap default (config.go)
 _METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "CONNECT", "OPTIONS", "TRACE"}
 
 
@@ -77,6 +80,7 @@ class Location:
     service_port: str = ""
     exact: bool = False  # rendered as `location = ...`
     ingress_path: str = ""
+    buffer_size: str = DEFAULT_PROXY_BUFFER_SIZE  # proxy-buffer-size: the location's and its auth location's
 
 
 @dataclass
@@ -109,6 +113,12 @@ def parse_auth(annotations: dict[str, str]) -> ExternalAuth | None:
         raise InvalidIngress("invalid headers list")
     param = (annotations.get(A + "auth-signin-redirect-param") or "").strip() or "rd"
     return ExternalAuth(url, signin, param, headers, method)
+
+
+def parse_buffer_size(annotations: dict[str, str]) -> str:
+    """proxy.Parse's BufferSize: the annotation when it passes parser.SizeRegex, else the default."""
+    value = (annotations.get(A + "proxy-buffer-size") or "").strip()
+    return value if _SIZE.match(value) else DEFAULT_PROXY_BUFFER_SIZE
 
 
 def _service_upstreams(services: list[dict], slices: list[dict]) -> dict[tuple[str, str, str], list[str]]:
@@ -152,13 +162,14 @@ def build_servers(ingresses: list[dict], services: list[dict], slices: list[dict
             auth = parse_auth(meta.get("annotations") or {})
         except InvalidIngress:
             continue
+        buffer_size = parse_buffer_size(meta.get("annotations") or {})
         for rule in ing["spec"].get("rules") or []:
             host = rule.get("host") or "_"
             server = servers.get(host)
             if server is None:
                 # The annotated default root location (createServers: locationApplyAnnotations).
                 server = servers[host] = Server(host, [Location("/", "Prefix", "", auth, meta["namespace"],
-                                                                meta["name"])])
+                                                                meta["name"], buffer_size=buffer_size)])
             for path in (rule.get("http") or {}).get("paths") or []:
                 backend = path["backend"]["service"]
                 port = str(backend["port"].get("number") or backend["port"].get("name"))
@@ -169,7 +180,7 @@ def build_servers(ingresses: list[dict], services: list[dict], slices: list[dict
                 if path_type == "ImplementationSpecific":
                     path_type = "Prefix"  # k8s.SetDefaultNGINXPathType
                 loc = Location(path.get("path") or "/", path_type, upstream, auth, ns, meta["name"], backend["name"],
-                               port)
+                               port, buffer_size=buffer_size)
                 existing = [x for x in server.locations if x.path == loc.path and x.path_type == loc.path_type]
                 if existing and existing[0].upstream:
                     continue  # the older Ingress keeps the path
@@ -252,8 +263,8 @@ def render_location(loc: Location, backends: dict[str, str]) -> str:
             proxy_set_header X-Forwarded-For $remote_addr;
             proxy_set_header X-Auth-Request-Redirect $request_uri;
             proxy_buffering off;
-            proxy_buffer_size 4k;
-            proxy_buffers 4 4k;
+            proxy_buffer_size {loc.buffer_size};
+            proxy_buffers 4 {loc.buffer_size};
             proxy_request_buffering on;
             proxy_ssl_server_name on;
             proxy_pass_request_headers on;
@@ -316,8 +327,8 @@ def render_location(loc: Location, backends: dict[str, str]) -> str:
             proxy_send_timeout 60s;
             proxy_read_timeout 60s;
             proxy_buffering off;
-            proxy_buffer_size 4k;
-            proxy_buffers 4 4k;
+            proxy_buffer_size {loc.buffer_size};
+            proxy_buffers 4 {loc.buffer_size};
             proxy_request_buffering on;
             proxy_http_version 1.1;
             proxy_cookie_domain off;

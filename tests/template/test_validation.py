@@ -325,6 +325,31 @@ def test_a_template_published_without_cookie_stays_usable_and_its_next_write_add
                 if v.reason.startswith("AUTH_")] == [(HEADERS_PATH, "AUTH_RESPONSE_COOKIE_MISSING")]
 
 
+def test_proxy_buffer_size_is_added_when_missing_and_an_admins_own_is_kept() -> None:
+    """The auth answer carries the instance's own cookies, which ingress-nginx reads into the auth location's
+    proxy_buffer_size (4k by default); tests/edge/test_cookies.py shows the 500 without it."""
+    key = "nginx.ingress.kubernetes.io/proxy-buffer-size"
+
+    def without(o: dict) -> None:
+        o["spec"]["network"]["networkConf"] = [e for e in o["spec"]["network"]["networkConf"]
+                                               if not str(e.get("value", "")).startswith(key)]
+
+    def own(o: dict) -> None:
+        without(o)
+        o["spec"]["network"]["networkConf"].append({"name": "Annotation", "value": f"{key}: 32k"})
+
+    checked = check_obj(variant(without))
+    assert checked.ok, checked.violations
+    assert [(w.field, w.reason) for w in checked.warnings if w.reason == "PROXY_BUFFER_SIZE_ADDED"] == [
+        (f"spec.network.networkConf[Annotation][{key}]", "PROXY_BUFFER_SIZE_ADDED")]
+    values = [e["value"] for e in checked.obj["spec"]["network"]["networkConf"] if e["name"] == "Annotation"]
+    assert [v for v in values if v.startswith(key)] == [f"{key}: 16k"]
+    kept = check_obj(variant(own))
+    assert not [w for w in kept.warnings if w.reason == "PROXY_BUFFER_SIZE_ADDED"]
+    assert [e["value"] for e in kept.obj["spec"]["network"]["networkConf"]
+            if str(e.get("value", "")).startswith(key)] == [f"{key}: 32k"]
+
+
 @pytest.mark.parametrize("value", ["X-Auth-Request-User;X-Auth-Request-Email", "X-Auth-Request-User,X.Y"])
 def test_auth_response_headers_ingress_nginx_would_refuse_are_reported(value: str) -> None:
     checked = check_obj(variant(_response_headers(value)))
