@@ -142,12 +142,23 @@ class Game:
 
     async def wait_running(self, gss: str, ids: set[int], timeout: float = 90) -> dict[int, client.V1Pod]:
         """Until exactly `ids` have pods and all are Running."""
+        seen: dict[int, str] = {}
+
         async def check() -> dict[int, client.V1Pod] | None:
             pods = await self.pods(gss)
+            seen.clear()
+            seen.update({i: p.status.phase for i, p in pods.items()})
             if set(pods) == ids and all(p.status.phase == "Running" for p in pods.values()):
                 return pods
             return None
-        return await wait_for(check, timeout, what=f"pods of {gss} to be exactly {sorted(ids)} Running")
+        try:
+            return await wait_for(check, timeout, what=f"pods of {gss} to be exactly {sorted(ids)} Running")
+        except AssertionError as exc:  # say what was there instead
+            obj = await self.custom.get_namespaced_custom_object("game.kruise.io", "v1alpha1", self.namespace,
+                                                                 "gameserversets", gss)
+            spec = {k: obj["spec"].get(k) for k in ("replicas", "reserveGameServerIds")}
+            raise AssertionError(f"{exc}; pods by id: {dict(sorted(seen.items()))}; GameServerSet {spec}, "
+                                 f"status {obj.get('status')}") from None
 
 
 def _gss_line(kind: str, obj: dict) -> str:
