@@ -41,6 +41,7 @@ from .slots import slots_of
 if TYPE_CHECKING:
     from .lifecycle import Lifecycle
 
+
 def _same(now: InstanceRow | None, seen: InstanceRow) -> bool:
     return (now is not None and now.slot == SlotState.RELEASING.value
             and now.state_changed_at == seen.state_changed_at)
@@ -63,19 +64,15 @@ async def release(lc: Lifecycle, iref: InstanceRef, wait: float) -> bool:
     names = lc.cluster.claim_names(ref, gss, iref.id, await lc.cluster.claims(ref, templates.vct_names(gss)))
     deadline = time.monotonic() + wait
     polls = Backoff(initial=0.2, cap=2.0, factor=1.5, jitter=0.0)
-    first = True
-    while True:
-        left = await sweep(lc, iref, seen, names)
-        if first:
-            await faults.reach("uninstall.after_disk_delete")
-            first = False
-        if left is None:
-            return await _freed(lc, iref)
-        if not left:
-            break
+    left = await sweep(lc, iref, seen, names)
+    await faults.reach("uninstall.after_disk_delete")
+    while left:
         if time.monotonic() >= deadline:
             return False
         await polls.sleep()
+        left = await sweep(lc, iref, seen, names)
+    if left is None:
+        return await _freed(lc, iref)
     async with lc.locked(ref):
         gss = await lc.cluster.template(ref)
         spec = templates.spec_of(ref, gss)
