@@ -352,7 +352,7 @@ async def test_a_taken_port_fails_the_start_loudly(database_url) -> None:
 
 
 async def test_a_session_past_its_lifetime_is_served_while_read_again_in_the_background(database) -> None:
-    from aigc_gateway import sessions as module
+    from aigc_gateway import session_store as module
 
     store = SessionStore(database)
     store.start()
@@ -374,6 +374,42 @@ async def test_a_session_past_its_lifetime_is_served_while_read_again_in_the_bac
     await store.listener.close()
     store._cache[id_hash] = (record, time.monotonic() - module.BLIND_CACHE_SECONDS - 0.01)
     assert store.cached(id_hash) is False
+    await store.close()
+
+
+async def test_sessions_presented_lately_are_read_again_before_their_lifetime_runs_out(database, monkeypatch) -> None:
+    from aigc_gateway import session_store as module
+
+    monkeypatch.setattr(module, "KEEP_WARM_SECONDS", 0.05)
+    monkeypatch.setattr(module, "REFRESH_COALESCE_SECONDS", 0.0)
+    store = SessionStore(database)
+    store.start()
+    assert await store.listener.wait_live(10)
+    made = {user: await store.create(user=user, ttl_seconds=600) for user in ("alice", "bob", "carol")}
+    ids = {user: hash_session_id(session_id) for user, (session_id, _) in made.items()}
+    # alice's and bob's sessions revoked behind the cache's back (as if the notifications were lost)
+    async with database.session() as session:
+        await session.execute(module.update(module.AuthSessionRow).where(
+            module.AuthSessionRow.id_hash.in_([ids["alice"], ids["bob"]])).values(
+            revoked_at=module.datetime.now(module.UTC)))
+    store._refresher = None
+    now = time.monotonic()
+    for user, (_, record) in made.items():  # every row close to its lifetime...
+        store._put(ids[user], record, now - module.LIVE_CACHE_SECONDS + 0.5)
+    # ...alice and carol presented five minutes ago, bob eleven: he is not kept warm
+    store._used.update({ids["alice"]: now - 300, ids["carol"]: now - 300, ids["bob"]: now - 660})
+
+    async def refreshed() -> None:  # the keep-warm pass queues the re-read; nobody presents a cookie
+        while store._refresher is None:
+            await asyncio.sleep(0.01)
+        await store._refresher
+
+    await asyncio.wait_for(refreshed(), 30)
+    assert store._cache[ids["alice"]][0] is None  # revoked: known now, before alice's next check
+    assert store._cache[ids["carol"]][0] is made["carol"][1]  # the same record, stamped again
+    assert store._cache[ids["carol"]][1] > now
+    assert store._cache[ids["bob"]][0] is made["bob"][1]  # not read: his next check past the grace reads it
+    assert ids["bob"] not in store._used
     await store.close()
 
 
