@@ -4,7 +4,8 @@ OKG's state per template is R = `spec.replicas` and X = `spec.reserveGameServerI
 the live ids are the lowest R ids not in X. Every id below the high-water mark
 that is not live must be in X ("no holes"): then each write below has exactly
 one possible outcome, which :func:`plan_*` computes and checks before anything
-is written, and which :func:`resolve` recognises after a crash.
+is written, and which :func:`resolve` recognises after a crash. Several steps of one template that go in
+one write are chained and checked in :mod:`.combine`.
 
 Nothing here does I/O; the lifecycle module reads (R, X) and the slot rows,
 asks for a :class:`Plan`, records it as an intent, makes the one GameServerSet
@@ -12,7 +13,7 @@ write, then applies the plan's transitions.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -94,7 +95,7 @@ class Plan:
     # (id, replay claim key) of the calls this plan serves: whoever applies the plan, even after a crash,
     # records each call's effect on its claim in the same transaction (services/instance/effects.py).
     claims: tuple[tuple[int, str], ...] = ()
-    # A combined plan (:func:`combine`): (id, op, owner before) of each step it carries, so that each call's
+    # A combined plan (combine.py): (id, op, owner before) of each step it carries, so that each call's
     # effect names its own operation and owner. Empty: every id is about ``op`` (and ``owner``).
     steps: tuple[tuple[int, Op, str | None], ...] = ()
 
@@ -148,7 +149,7 @@ def drift(ref: TemplateRef, message: str) -> FailedPrecondition:
                               metadata={"template": ref.name})
 
 
-def _expect(after: Spec, live: frozenset[int], ref: TemplateRef) -> None:
+def expect(after: Spec, live: frozenset[int], ref: TemplateRef) -> None:
     if after.live() != live:
         raise AllocatorInvariantError(
             f"{ref.name}: planned write {after} would run {sorted(after.live())}, not {sorted(live)}",
@@ -188,58 +189,6 @@ def plan_install(ref: TemplateRef, spec: Spec, slots: Mapping[int, Slot], owner:
     return Plan(Op.INSTALL, new_id, owner, spec, after, (Transition(new_id, SlotState.LIVE, owner),), holes)
 
 
-def plan_install_batch(ref: TemplateRef, spec: Spec, slots: Mapping[int, Slot],
-                       owners: Sequence[str]) -> tuple[Plan | None, list[int | GatewayError]]:
-    """Several installs in one GameServerSet write (group commit): each request planned as if the previous
-    ones were done; with no holes, `replicas + k` brings up exactly the k ids chosen. Returns the combined plan
-    (None when no request can install) and, per request, the id or the reason it cannot have one (a second
-    request of the same owner gets ALREADY_EXISTS naming the first one's instance)."""
-    results: list[int | GatewayError] = []
-    current, state = spec, dict(slots)
-    transitions: list[Transition] = []
-    plugged: set[int] = set()
-    for owner in owners:
-        try:
-            plan = plan_install(ref, current, state, owner)
-        except AlreadyExists as exc:
-            results.append(exc)
-            continue
-        results.append(plan.id)
-        assert plan.after is not None
-        current, state = plan.after, apply(state, plan.transitions)
-        transitions.extend(plan.transitions)
-        plugged |= plan.plugged
-    if not transitions:
-        return None, results
-    new_ids = {t.id for t in transitions}
-    _expect(current, spec.live() | new_ids, ref)
-    return Plan(Op.INSTALL, transitions[0].id, transitions[0].owner, spec, current, tuple(transitions),
-                frozenset(plugged)), results
-
-
-def combine(ref: TemplateRef, spec: Spec, plans: Sequence[Plan]) -> Plan:
-    """One GameServerSet write for pauses and uninstalls of distinct ids, each planned on the (R, X) and slots
-    the previous one leaves (group commit, like :func:`plan_install_batch`). Every write among them lowers R by
-    one, so the combined write lowers R by their number and :func:`resolve` judges it from R alone, exactly as
-    a single pause. The first plan gives the combined one its op and id (fault points, logs)."""
-    assert plans and all(p.op in (Op.PAUSE, Op.UNINSTALL) for p in plans)
-    ids = [p.id for p in plans]
-    if len(set(ids)) != len(ids):
-        raise AllocatorInvariantError(f"{ref.name}: one write for two steps of one id {ids}",
-                                      reason="ALLOCATOR_INVARIANT")
-    writes = [p for p in plans if p.after is not None]
-    after = writes[-1].after if writes else None
-    if after is not None:
-        _expect(after, spec.live() - {p.id for p in writes}, ref)
-        if after.replicas != spec.replicas - len(writes):
-            raise AllocatorInvariantError(f"{ref.name}: {len(writes)} pauses from {spec} would write {after}",
-                                          reason="ALLOCATOR_INVARIANT")
-    first = plans[0]
-    return Plan(first.op, first.id, first.owner, spec, after, tuple(t for p in plans for t in p.transitions),
-                frozenset().union(*(p.plugged for p in plans)), tuple(c for p in plans for c in p.claims),
-                tuple((p.id, p.op, p.owner) for p in plans))
-
-
 def _slot(ref: TemplateRef, slots: Mapping[int, Slot], instance_id: int) -> Slot:
     slot = slots.get(instance_id)
     if slot is None or slot.state not in OWNED:
@@ -259,7 +208,7 @@ def plan_pause(ref: TemplateRef, spec: Spec, slots: Mapping[int, Slot], instance
         raise drift(ref, f"id {instance_id} is recorded as running but is not live")
     holes = spec.holes()
     after = Spec(spec.replicas - 1, spec.reserved | holes | {instance_id})
-    _expect(after, live - {instance_id}, ref)
+    expect(after, live - {instance_id}, ref)
     return Plan(Op.PAUSE, instance_id, slot.owner, spec, after,
                 (Transition(instance_id, SlotState.PAUSED, slot.owner),), holes)
 
@@ -277,7 +226,7 @@ def plan_resume(ref: TemplateRef, spec: Spec, slots: Mapping[int, Slot], instanc
         raise drift(ref, f"paused id {instance_id} is not reserved")
     holes = spec.holes()
     after = Spec(spec.replicas + 1, (spec.reserved | holes) - {instance_id})
-    _expect(after, live | {instance_id}, ref)
+    expect(after, live | {instance_id}, ref)
     return Plan(Op.RESUME, instance_id, slot.owner, spec, after,
                 (Transition(instance_id, SlotState.LIVE, slot.owner),), holes)
 
@@ -300,7 +249,7 @@ def plan_uninstall(ref: TemplateRef, spec: Spec, slots: Mapping[int, Slot], inst
         raise drift(ref, f"id {instance_id} is recorded as running but is not live")
     holes = spec.holes()
     after = Spec(spec.replicas - 1, spec.reserved | holes | {instance_id})
-    _expect(after, live - {instance_id}, ref)
+    expect(after, live - {instance_id}, ref)
     return Plan(Op.UNINSTALL, instance_id, slot.owner, spec, after, transition, holes)
 
 
@@ -338,7 +287,7 @@ def plan_realign(ref: TemplateRef, spec: Spec, slots: Mapping[int, Slot], *, rep
         return None
     high = max(wanted | running | spec.reserved) + 1
     after = Spec(len(wanted), frozenset(range(high)) - wanted)
-    _expect(after, wanted, ref)
+    expect(after, wanted, ref)
     strays = sorted(running - wanted)
     transitions = tuple(Transition(i, SlotState.RELEASING, None) for i in strays
                         if slots.get(i) is None or slots[i].state is SlotState.FREE)
@@ -362,6 +311,7 @@ def resolve(plan: Plan, now: Spec) -> bool:
         # stay untracked. A stray still live is planned again by the next realign.
         return {t.id for t in plan.transitions} <= now.reserved
     if plan.after.replicas != plan.before.replicas:
+        # A combined plan (combine.py) moves R by one per write it carries, all up or all down: R decides it too.
         # R is written by the gateway alone (the controller's stale-cache race moves X, never R): R as planned
         # means the write landed even when the race has since put an id back into X (the live set differs
         # from the plan's; the realign that follows every resolve brings the recorded ids back).

@@ -1,7 +1,7 @@
-"""Pauses and uninstalls of one template go together (group commit), as installs do (:mod:`.installs`): whoever
-gets the template lock next plans every queued one, each on the (R, X) and slots the previous one leaves, and
-makes one GameServerSet write for all of them (allocator.combine), so a queue of k of them costs the
-controller one write and one settle instead of k (docs/instance.md#the-allocator).
+"""Pauses and uninstalls of one template go together (group commit), as installs and resumes do (:mod:`.ups`):
+whoever gets the template lock next plans every queued one, each on the (R, X) and slots the previous one leaves,
+and makes one GameServerSet write for all of them (combine.py), so a queue of k of them costs the controller one
+write and one settle instead of k (docs/instance.md#the-allocator).
 
 The combined plan is one intent: a crash before, during or after the write is resolved from R as a single
 pause is (every write in it lowers R by one), and whoever applies it commits each call's effect on its claim.
@@ -24,9 +24,8 @@ from aigc_gateway.idempotency import Claim
 from aigc_gateway.identity import Principal
 from aigc_gateway.names import InstanceRef, TemplateRef
 
-from . import access, allocator, queueing, rollout_view, timing
+from . import access, allocator, combine, queueing, rollout_view, timing
 from .allocator import Op, Plan, Spec
-from .effects import taken_over
 from .metrics import OPERATIONS
 from .slots import slots_of
 
@@ -50,7 +49,7 @@ class _Queued:
 class DownQueue:
     def __init__(self, lifecycle: Lifecycle):
         self.lifecycle = lifecycle
-        self._queued: dict[str, list[_Queued]] = {}
+        self.queues: queueing.Queues[_Queued] = queueing.Queues("down")
 
     async def run(self, op: Op, iref: InstanceRef, principal: Principal, claim: Claim | None = None) -> Effect:
         """Pause or uninstall ``iref`` for ``principal``; returns the effect (the instance as the step left it, or
@@ -58,21 +57,20 @@ class DownQueue:
         giving up cancels nobody else's."""
         ref = iref.template_ref
         queued = _Queued(op, iref, principal, queueing.new_answer(), claim)
-        return await queueing.join(self._queued.setdefault(ref.key, []), queued, lambda: self._run(ref))
+        return await self.queues.join(ref.key, queued, lambda: self._run(ref))
 
     def _take(self, ref: TemplateRef, one: bool) -> list[_Queued]:
         """The queued steps of distinct ids, oldest first (at most one when ``one``); the rest stay queued for the
         next batch (each caller's own run takes the lock in turn, so none is left behind)."""
-        queue = self._queued.get(ref.key) or []
         batch: list[_Queued] = []
         ids: set[int] = set()
-        for q in queue:
+        for q in self.queues.entries(ref.key):
             if len(batch) >= (1 if one else MAX_BATCH):
                 break
             if q.iref.id not in ids:
                 ids.add(q.iref.id)
                 batch.append(q)
-        self._queued[ref.key] = [q for q in queue if q not in batch]
+        self.queues.take(ref.key, batch)
         return batch
 
     async def _run(self, ref: TemplateRef) -> None:
@@ -93,57 +91,40 @@ class DownQueue:
 
     async def _batch(self, ref: TemplateRef, batch: list[_Queued]) -> None:
         planned: list[_Queued] = []
-        results: dict[int, GatewayError] = {}  # refusals by id(q)
+        results: list[Plan | GatewayError] = []
 
         async def before() -> bool:
-            # A retry whose first attempt was applied (by the resolve just done, or earlier) answers with that
-            # effect; a call whose claim a retry took over stops here.
-            state = await self.lifecycle._claims_state([q.claim for q in batch if q.claim is not None])
-            planned[:] = []
-            for q in batch:
-                held, effect = state.get(q.claim.key, (True, None)) if q.claim else (True, None)
-                if effect is not None:
-                    _answer(q, effect)
-                elif not held:
-                    _answer(q, taken_over())
-                elif not q.future.done():
-                    planned.append(q)
+            planned[:] = await queueing.unclaimed(self.lifecycle._claims_state, batch, _answer)
             return not planned
 
         def decide(spec: Spec, rows: dict[int, InstanceRow]) -> Plan:
-            results.clear()
-            plans: list[Plan] = []
-            now, slots = spec, slots_of(rows)
-            for q in planned:
-                try:
-                    access.check(q.principal, q.iref, rows.get(q.iref.id))
-                    plan = PLANNERS[q.op](ref, now, slots, q.iref.id)
-                except GatewayError as exc:
-                    results[id(q)] = exc
-                    continue
-                if q.claim is not None:
-                    plan = replace(plan, claims=((q.iref.id, q.claim.key),))
-                plans.append(plan)
-                now, slots = plan.after or now, allocator.apply(slots, plan.transitions)
-            if not plans:
-                return Plan(Op.PAUSE, -1, None, spec, None)
-            return allocator.combine(ref, spec, plans)
+            plan, results[:] = combine.plan_batch(ref, spec, slots_of(rows), [_step(ref, q, rows) for q in planned])
+            return plan or Plan(Op.PAUSE, -1, None, spec, None)
 
         try:
-            plan, done = await self.lifecycle._attempts(ref, decide, before)
+            _, done = await self.lifecycle._attempts(ref, decide, before)
         except Exception as exc:  # the whole batch failed; each caller gets the error
             for q in batch:
                 _answer(q, exc)
             return
-        for q in planned:
-            refusal = results.get(id(q))
-            if refusal is not None:
-                _answer(q, refusal)
-            elif plan is not None and q.iref.id in done:
+        for q, result in zip(planned, results, strict=True):
+            if isinstance(result, GatewayError):
+                _answer(q, result)
+            elif q.iref.id in done:
                 _answer(q, done[q.iref.id])
             else:  # not reachable: every planned call has an effect or a refusal
                 _answer(q, Aborted(f"{q.iref.name}: the {q.op.value} was not planned; retry",
                                    reason="ALLOCATOR_CONTENDED", retry_after=0.5))
+
+
+def _step(ref: TemplateRef, q: _Queued, rows: dict[int, InstanceRow]) -> combine.Step:
+    """The call's step for the chain (combine.py), its claim on its plan."""
+    def step(now: Spec, slots: Any) -> Plan:
+        access.check(q.principal, q.iref, rows.get(q.iref.id))
+        plan = PLANNERS[q.op](ref, now, slots, q.iref.id)
+        return replace(plan, claims=((q.iref.id, q.claim.key),)) if q.claim is not None else plan
+
+    return step
 
 
 def _answer(q: _Queued, outcome: Effect | BaseException) -> None:

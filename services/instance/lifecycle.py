@@ -20,9 +20,10 @@ call's effect with it; a retry that took the claim over finds the effect after
 step 3 and answers with it instead of planning again. Every answer is built
 from the rows the step wrote, never from a read by name after the lock.
 
-Installs that queue up for a template while a write is in flight go
-together into the next write (group commit, `replicas + k`): the controller's
-time per write, not per install, bounds the rate.
+Installs and resumes that queue up for a template while a write is in flight
+go together into the next write (group commit, :mod:`.ups`), and so do pauses
+and uninstalls (:mod:`.downs`): the controller's time per write, not per call,
+bounds the rate.
 
 Each database stage commits on its own while the lock is held (the lock's
 transaction only holds the lock): the intent must be durable before the
@@ -32,7 +33,6 @@ reconciler) turns into exactly the outcome the GameServerSet shows.
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
@@ -53,7 +53,6 @@ from aigc_gateway.names import InstanceRef, TemplateRef
 from aigc_gateway.okg import SlotState
 
 from . import (
-    access,
     allocator,
     effects,
     faults,
@@ -68,8 +67,6 @@ from . import (
 from .allocator import Op, Plan, Spec
 from .cluster import Cluster
 from .downs import DownQueue
-from .effects import taken_over
-from .installs import InstallQueue
 from .metrics import (
     ALLOCATOR_CONFLICTS,
     ALLOCATOR_RETRIES,
@@ -81,6 +78,7 @@ from .metrics import (
 )
 from .models import IntentRow
 from .slots import SlotStore, slots_of
+from .ups import UpQueue
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +104,7 @@ class Lifecycle:
         self.cfg = cfg
         self.claims = claims
         self._locks = QueuedLocks(db)
-        self._installs = InstallQueue(self)
+        self._ups = UpQueue(self)
         self._downs = DownQueue(self)
         self._follow_ups = Tasks()  # work after an answer (a delete's release)
         self.quotas = quotas.Quotas(db, cfg.quotas, lambda ref: self.cluster.template(ref))
@@ -155,7 +153,8 @@ class Lifecycle:
         """Apply the plan's transitions and, in the same transaction, record each served call's effect on its
         claim. Returns the effect of every id the plan is about (what the answers are built from)."""
         await self.store.apply(session, ref, plan, owner_since=owner_since)
-        # Every id the plan is about, a no-op step of a combined plan (pausing a paused id) included.
+        # Every id the plan is about, a no-op step of a combined plan (pausing a paused id, resuming a running one)
+        # included.
         ids = {t.id for t in plan.transitions} | ({plan.id} if plan.id >= 0 else set()) | {i for i, _, _ in plan.steps}
         out: dict[int, Effect] = {}
         for instance_id in sorted(ids):
@@ -295,50 +294,12 @@ class Lifecycle:
     async def install(self, ref: TemplateRef, owner: str, claim: Claim | None = None,
                       roles: tuple[str, ...] | None = None) -> Effect:
         """Install for ``owner`` (whose role claims are ``roles``; None: not known here, the recorded ones apply);
-        returns the effect (the new slot row). See :mod:`.installs`; quotas are checked there, under the owner's
-        quota lock taken first."""
+        returns the effect (the new slot row). In one write with the template's other queued installs and resumes
+        (:mod:`.ups`, where quotas are checked), under the owner's quota lock taken first."""
         async with self.quotas.locked(owner, roles):
-            return await self._installs.install(ref, owner, claim, roles)
-
-    def _guarded(self, iref: InstanceRef, principal: Principal, planner: Callable[..., Plan],
-                 claim: Claim | None) -> Decide:
-        def decide(spec: Spec, rows: dict[int, InstanceRow]) -> Plan:
-            access.check(principal, iref, rows.get(iref.id))
-            plan = planner(iref.template_ref, spec, slots_of(rows), iref.id)
-            return dataclasses.replace(plan, claims=((iref.id, claim.key),)) if claim else plan
-
-        return decide
-
-    def _resumed(self, claim: Claim | None, found: list[Effect]) -> Before | None:
-        """The step's check after resolving intents: the first attempt's effect if it was applied, else stop if
-        a retry took the claim over."""
-        if claim is None or self.claims is None:
-            return None
-
-        async def before() -> bool:
-            held, effect = (await self._claims_state([claim]))[claim.key]
-            if effect is not None:
-                found.append(effect)
-                return True
-            if not held:
-                raise taken_over()
-            return False
-
-        return before
-
-    async def _owned_step(self, iref: InstanceRef, principal: Principal, op: Op, planner: Callable[..., Plan],
-                          claim: Claim | None, check: Before | None = None) -> Effect:
-        found: list[Effect] = []
-        resumed = self._resumed(claim, found)
-
-        async def before() -> bool:
-            if resumed is not None and await resumed():
-                return True
-            return check is not None and await check()
-
-        _, done = await self.step(iref.template_ref, op, self._guarded(iref, principal, planner, claim),
-                                  before if resumed is not None or check is not None else None)
-        return found[0] if found else done[iref.id]
+            effect = await self._ups.install(ref, owner, claim, roles)
+            await faults.reach("install.after_commit")
+            return effect
 
     async def pause(self, iref: InstanceRef, principal: Principal, claim: Claim | None = None) -> Effect:
         """Pause (in one write with the template's other queued pauses and uninstalls, see :mod:`.downs`)."""
@@ -347,29 +308,17 @@ class Lifecycle:
         return effect
 
     async def resume(self, iref: InstanceRef, principal: Principal, claim: Claim | None = None) -> Effect:
-        """Un-pause; refused (RESOURCE_EXHAUSTED, nothing written) when running it would pass a quota of its owner
-        or of the template: checked after the step resolved leftover intents, under the owner's quota lock (taken
-        first) and the template lock."""
+        """Un-pause, in one write with the template's other queued installs and resumes (:mod:`.ups`); refused
+        (RESOURCE_EXHAUSTED, nothing written) when running it would pass a quota of its owner or of the template:
+        checked after the step resolved leftover intents, under the owner's quota lock (taken first) and the
+        template lock."""
         row = await self.store.get(iref)
         owner = row.owner if row is not None else None
         roles = principal.roles if principal.kind == "user" and owner == principal.subject else None
-
-        async def check() -> bool:
-            now = await self.store.get(iref)
-            if now is None or now.slot != SlotState.PAUSED.value:
-                return False  # missing or running: the planner answers (NOT_FOUND, or a no-op)
-            if now.owner != owner:
-                raise Aborted(f"{iref.name} changed owner while resuming; retry", reason="OWNER_CHANGED",
-                              retry_after=0.1)
-            access.check(principal, iref, now)  # a stranger learns nothing about the owner's quota
-            here = sum(1 for r in (await self.rows(iref.template_ref)).values()
-                       if r.slot == SlotState.LIVE.value)
-            adding = await self.quotas.cost(iref.template_ref)
-            await self.quotas.check("resume", iref.template_ref, now.owner or "", roles, adding, here)
-            return False
-
         async with self.quotas.locked(owner, roles):
-            return await self._owned_step(iref, principal, Op.RESUME, allocator.plan_resume, claim, check)
+            effect = await self._ups.resume(iref, principal, owner, claim, roles)
+            await faults.reach("resume.after_commit")
+            return effect
 
     async def uninstall(self, iref: InstanceRef, principal: Principal, claim: Claim | None = None
                         ) -> tuple[Effect, bool]:

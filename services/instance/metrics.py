@@ -20,6 +20,8 @@ LOCK_WAIT = Histogram("aigc_instance_allocator_lock_wait_seconds", "Time waiting
 SETTLE_WAIT = Histogram("aigc_instance_controller_settle_seconds",
                         "Time waiting for the OpenKruiseGame controller to finish the previous write.",
                         buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+QUEUED = Gauge("aigc_instance_allocator_queued", "Calls queued for a template's next GameServerSet write, by kind "
+               "(up: installs and resumes; down: pauses and uninstalls).", ["template", "kind"])
 INSTALL_TO_RUNNING = Histogram("aigc_instance_install_to_running_seconds",
                                "Time from an install to the instance's first RUNNING state.",
                                buckets=(1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200))

@@ -11,7 +11,7 @@ Enforced where ids are decided: install and resume check usage after the templat
 leftover intents, under the template lock (so two resumes on one template cannot both take the last place).
 Per-user limits span templates, so those calls also hold a per-user lock, always taken *before* the template
 lock (:meth:`Quotas.locked`). That is deadlock-free: every call takes at most one user lock, always first, and
-nothing that holds a template lock ever waits for a user lock (an install batch's runner checks the queued
+nothing that holds a template lock ever waits for a user lock (an up batch's runner, ups.py, checks the queued
 callers' quotas under the template lock while each caller holds its own user lock, taken before it queued).
 The user lock is a process-local asyncio lock, then the PostgreSQL advisory lock ``quota:<user>``
 (:class:`aigc_gateway.locks.QueuedLocks`; SQLite has one writer, there the local lock serialises). Calls take it only while some per-user limit is set.

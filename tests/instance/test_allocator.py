@@ -11,7 +11,7 @@ from aigc_gateway import okg
 from aigc_gateway.errors import AlreadyExists, FailedPrecondition, NotFound
 from aigc_gateway.names import TemplateRef
 from aigc_gateway.okg import SlotState
-from aigc_gateway.services.instance import allocator, invariants
+from aigc_gateway.services.instance import allocator, combine, invariants
 from aigc_gateway.services.instance.allocator import Op, Plan, Slot, Spec, Transition
 
 from .okg_model import Controller
@@ -74,14 +74,14 @@ def test_install_reserves_holes_instead_of_handing_them_out() -> None:
 
 def test_a_batch_of_installs_is_one_write_with_one_id_each() -> None:
     current = slots((0, LIVE, "a"), (1, FREE, None), (2, PAUSED, "b"))
-    plan, results = allocator.plan_install_batch(REF, Spec.of(1, {1, 2}), current, ["c", "b", "d", "c", "e"])
+    plan, results = combine.plan_install_batch(REF, Spec.of(1, {1, 2}), current, ["c", "b", "d", "c", "e"])
     c, b, d, c_again, e = results
     assert (c, d, e) == (1, 3, 4)  # the FREE id first, then H, H+1
     assert isinstance(b, AlreadyExists)  # b has a paused instance
     assert isinstance(c_again, AlreadyExists) and c_again.metadata["instance"].endswith("/instances/1")
     assert plan is not None and plan.after == Spec.of(4, {2}) and plan.after.live() == {0, 1, 3, 4}
     assert [t.owner for t in plan.transitions] == ["c", "d", "e"]
-    none, only_errors = allocator.plan_install_batch(REF, Spec.of(1), slots((0, LIVE, "a")), ["a"])
+    none, only_errors = combine.plan_install_batch(REF, Spec.of(1), slots((0, LIVE, "a")), ["a"])
     assert none is None and isinstance(only_errors[0], AlreadyExists)
 
 
@@ -96,7 +96,7 @@ def test_pauses_and_uninstalls_combined_are_one_write_resolved_from_r() -> None:
     drop_c = allocator.plan_uninstall(REF, pause_a.after, after_a, 2)  # paused: no write of its own
     after_c = allocator.apply(after_a, drop_c.transitions)
     drop_d = allocator.plan_uninstall(REF, pause_a.after, after_c, 3)
-    plan = allocator.combine(REF, spec, [pause_a, drop_c, drop_d])
+    plan = combine.combine(REF, spec, [pause_a, drop_c, drop_d])
     assert plan.after == Spec.of(1, {0, 2, 3}) and plan.after.live() == {1}
     assert allocator.apply(current, plan.transitions) == slots((0, PAUSED, "a"), (1, LIVE, "b"), (2, RELEASING, None),
                                                                (3, RELEASING, None))
@@ -106,8 +106,66 @@ def test_pauses_and_uninstalls_combined_are_one_write_resolved_from_r() -> None:
     assert allocator.resolve(plan, plan.after) is True and allocator.resolve(plan, spec) is False
     # The controller rewrote X (an id un-reserved earlier came back): R as planned still says it landed.
     assert allocator.resolve(plan, Spec.of(1, {0, 1, 2, 3})) is True
-    only_paused = allocator.combine(REF, spec, [allocator.plan_uninstall(REF, spec, current, 2)])
+    only_paused = combine.combine(REF, spec, [allocator.plan_uninstall(REF, spec, current, 2)])
     assert only_paused.after is None and only_paused.transitions == (Transition(2, RELEASING, None),)
+
+
+def test_installs_and_resumes_combined_are_one_write_resolved_from_r() -> None:
+    """services/instance/ups.py: installs and resumes chained, each on what the previous one leaves (FREE ids
+    lowest first, then H), one write raising R by the number of writing steps; each call its own id or refusal;
+    after a crash R alone tells whether the write landed."""
+    current = slots((0, LIVE, "a"), (1, PAUSED, "b"), (2, FREE, None), (3, PAUSED, "c"), (4, LIVE, "d"),
+                    (5, FREE, None))
+    spec = Spec.of(2, {1, 2, 3, 5})
+
+    def resuming(i: int) -> combine.Step:
+        return lambda now, cur: allocator.plan_resume(REF, now, cur, i)
+
+    plan, results = combine.plan_batch(REF, spec, current, [
+        combine.installing(REF, "e"), resuming(1), combine.installing(REF, "f"), resuming(3), resuming(0),
+        combine.installing(REF, "b"), resuming(7), combine.installing(REF, "g")])
+    e, b, f, c, a, b_again, missing, g = results
+    assert [r.id for r in (e, b, f, c, a, g) if isinstance(r, Plan)] == [2, 1, 5, 3, 0, 6]
+    assert isinstance(a, Plan) and a.noop  # a is running: a no-op answered with the instance as it is
+    assert isinstance(b_again, AlreadyExists) and isinstance(missing, NotFound)  # refusals of their own
+    assert plan is not None and plan.after == Spec.of(7) and plan.after.live() == {0, 1, 2, 3, 4, 5, 6}
+    assert (plan.op, plan.id) == (Op.INSTALL, 2)  # the first step's: install.after_intent with resumes in it
+    assert [plan.step_of(i) for i in (2, 1, 5, 3, 0, 6)] == [
+        (Op.INSTALL, "e"), (Op.RESUME, "b"), (Op.INSTALL, "f"), (Op.RESUME, "c"), (Op.RESUME, "a"), (Op.INSTALL, "g")]
+    assert allocator.apply(current, plan.transitions) == slots(
+        (0, LIVE, "a"), (1, LIVE, "b"), (2, LIVE, "e"), (3, LIVE, "c"), (4, LIVE, "d"), (5, LIVE, "f"), (6, LIVE, "g"))
+    assert Plan.from_json(plan.to_json()) == plan
+    assert allocator.resolve(plan, plan.after) is True and allocator.resolve(plan, spec) is False
+    # The controller's stale reconcile put an un-reserved id back into X: R as planned still says it landed.
+    assert allocator.resolve(plan, Spec.of(7, {1})) is True
+    # Someone else wrote R: the ids' own state decides (all of them live, or not).
+    assert allocator.resolve(plan, Spec.of(8)) is True and allocator.resolve(plan, Spec.of(3, {1, 2, 3, 5})) is False
+
+
+def test_a_combined_up_write_plugs_holes_once_and_runs_exactly_its_ids() -> None:
+    # Ids 1-3 are holes (a hand edit): the first step reserves them; the resume and the install after it run
+    # exactly id 4 and the next id 5, never a hole.
+    current = slots((0, LIVE, "a"), (4, PAUSED, "x"))
+    plan, results = combine.plan_batch(REF, Spec.of(1, {4}), current, [
+        lambda now, cur: allocator.plan_resume(REF, now, cur, 4), combine.installing(REF, "y")])
+    assert [r.id for r in results if isinstance(r, Plan)] == [4, 5]
+    assert plan is not None and plan.plugged == {1, 2, 3}
+    assert plan.after == Spec.of(3, {1, 2, 3}) and plan.after.live() == {0, 4, 5}
+
+
+def test_a_combined_plan_is_checked() -> None:
+    current = slots((0, LIVE, "a"), (1, PAUSED, "b"))
+    spec = Spec.of(1, {1})
+    resume = allocator.plan_resume(REF, spec, current, 1)
+    install = allocator.plan_install(REF, spec, current, "c")  # planned on (R, X) before the resume, not after it
+    with pytest.raises(allocator.AllocatorInvariantError):
+        combine.combine(REF, spec, [resume, install])
+    with pytest.raises(AssertionError):  # ups and downs never share a write
+        combine.combine(REF, spec, [resume, allocator.plan_pause(REF, spec, current, 0)])
+    assert resume.after is not None
+    again = allocator.plan_resume(REF, resume.after, allocator.apply(current, resume.transitions), 1)
+    with pytest.raises(allocator.AllocatorInvariantError):  # two calls about one id
+        combine.combine(REF, spec, [resume, again])
 
 
 def test_two_steps_of_one_id_never_share_a_write() -> None:
@@ -116,7 +174,7 @@ def test_two_steps_of_one_id_never_share_a_write() -> None:
     assert pause.after is not None
     again = allocator.plan_uninstall(REF, pause.after, allocator.apply(current, pause.transitions), 0)
     with pytest.raises(allocator.AllocatorInvariantError):
-        allocator.combine(REF, Spec.of(1), [pause, again])
+        combine.combine(REF, Spec.of(1), [pause, again])
 
 
 def test_second_install_by_the_same_owner_names_the_existing_instance() -> None:
@@ -304,7 +362,7 @@ def test_plan_survives_json() -> None:
 
 USERS = [f"user-{i}" for i in range(6)]
 OPS = st.sampled_from(["install", "install-batch", "pause", "resume", "uninstall", "release", "reconcile",
-                       "down-batch"])
+                       "down-batch", "up-batch"])
 CRASH = st.sampled_from(["none", "none", "none", "before_write", "after_write"])
 STEPS = st.lists(st.tuples(OPS, st.integers(0, len(USERS) - 1), CRASH), max_size=60)
 
@@ -318,6 +376,7 @@ class World:
         self.since: dict[int, datetime] = {}
         self.changed: dict[int, datetime] = {}
         self.intent: Plan | None = None
+        self.intent_at: datetime | None = None
         self.disks: dict[int, datetime] = {}
         self.clock = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -335,31 +394,33 @@ class World:
         for i in self.okg.pods:  # the StatefulSet makes a disk for a pod that has none
             self.disks.setdefault(i, self.tick())
 
-    def commit(self, plan: Plan) -> None:
+    def commit(self, plan: Plan, since: datetime | None = None) -> None:
+        """``since``: when the intent was recorded, an install's time (as the lifecycle's owner_since): a write
+        resolved after a crash may have made the new owner's disk before it is committed."""
         now = self.tick()
         for t in plan.transitions:
-            if t.state is SlotState.LIVE and plan.op is Op.INSTALL:
-                self.since[t.id] = now
+            if t.state is SlotState.LIVE and plan.step_of(t.id)[0] is Op.INSTALL:
+                self.since[t.id] = since or now
             self.changed[t.id] = now
         self.slots = allocator.apply(self.slots, plan.transitions)
 
     def resolve_pending(self) -> None:
         if self.intent is not None:
             if allocator.resolve(self.intent, self.spec()):
-                self.commit(self.intent)
+                self.commit(self.intent, self.intent_at)
             self.intent = None
 
     def run(self, plan: Plan, crash: str) -> None:
         if plan.after is None:
             self.commit(plan)
             return
-        self.intent = plan
+        self.intent, self.intent_at = plan, self.tick()
         if crash == "before_write":
             return
         self.okg.write(plan.after.replicas, set(plan.after.reserved))
         if crash == "after_write":
             return
-        self.commit(plan)
+        self.commit(plan, self.intent_at)
         self.intent = None
 
     def step(self, op: str, user: str, crash: str) -> None:
@@ -377,7 +438,7 @@ class World:
                 # This user and the next two, in one write.
                 index = USERS.index(user)
                 owners = [USERS[(index + k) % len(USERS)] for k in range(3)]
-                batch, results = allocator.plan_install_batch(REF, spec, self.slots, owners)
+                batch, results = combine.plan_install_batch(REF, spec, self.slots, owners)
                 for owner, result in zip(owners, results, strict=True):
                     assert isinstance(result, AlreadyExists) == any(s.owner == owner for s in self.slots.values())
                 if batch is None:
@@ -400,7 +461,23 @@ class World:
                     now, current = step.after or now, allocator.apply(current, step.transitions)
                 if not plans:
                     return
-                plan = allocator.combine(REF, spec, plans)
+                plan = combine.combine(REF, spec, plans)
+            elif op == "up-batch":
+                # This user and the next two: a resume of their instance (paused, or running: a no-op), else an
+                # install, each planned on what the previous one leaves, in one write (services/instance/ups.py).
+                index = USERS.index(user)
+                steps: list[combine.Step] = []
+                for k in range(3):
+                    owner = USERS[(index + k) % len(USERS)]
+                    theirs = next((s for s in self.slots.values() if s.owner == owner), None)
+                    if theirs is None:
+                        steps.append(combine.installing(REF, owner))
+                    else:
+                        steps.append(lambda now, cur, i=theirs.id: allocator.plan_resume(REF, now, cur, i))
+                ups, results = combine.plan_batch(REF, spec, self.slots, steps)
+                assert all(isinstance(r, Plan) for r in results), results  # each of them can go
+                assert ups is not None
+                plan = ups
             elif op == "release":
                 releasing = [s.id for s in self.slots.values() if s.state is RELEASING]
                 if not releasing:
@@ -419,8 +496,8 @@ class World:
         except AlreadyExists:
             assert mine is not None and op == "install"
             return
-        if plan.op is Op.INSTALL:
-            for t in plan.transitions:
+        for t in plan.transitions:
+            if plan.step_of(t.id)[0] is Op.INSTALL:
                 row = self.slots.get(t.id)
                 assert row is None or row.state is FREE, "only FREE ids go to a new owner"
                 assert t.id not in self.disks, "a new owner never gets an id whose disk exists"

@@ -3,16 +3,26 @@ again without the switch, and then the allocator is consistent, the operation to
 at all, and the user's next call succeeds."""
 from __future__ import annotations
 
+import asyncio
+import urllib.request
+from typing import Any
+
 import grpc
 import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 
+from aigc_gateway.api.v1 import instance_pb2
 from aigc_gateway.db import Database
-from aigc_gateway.db.models import InstanceRow, UserSyncOutboxRow
+from aigc_gateway.db.models import InstanceRow, UserSyncOutboxRow, allocator_lock
 from aigc_gateway.services.instance import faults
+from aigc_gateway.services.instance.allocator import Plan
+from aigc_gateway.services.instance.models import IntentRow
 
 from ..plugins.kube import Game, wait_for
 from ..plugins.testbed import Testbed
+from ..served import free_port, retry_until_answered
 from .conftest import SAMPLE, State, create_template, wait_realigned, wait_slot
 
 pytestmark = pytest.mark.testbed
@@ -139,4 +149,86 @@ async def test_crash_while_realigning(point: str, testbed: Testbed, game: Game, 
     await wait_slot(database, game.namespace, 3, "FREE")  # the stray id's disk deleted
     await c.pause("ben", made["ben"].name)
     await c.wait_state("ben", made["ben"].name, State.PAUSED)
+    await c.wait_consistent(60)
+
+
+def queued(port: int, template: str) -> float:
+    """The process's gauge of calls queued for the template's next up write (queueing.py)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:  # noqa: S310 - local
+        text = answer.read().decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "aigc_instance_allocator_queued" and sample.labels == {"template": template,
+                                                                                     "kind": "up"}:
+                return sample.value
+    return 0.0
+
+
+@pytest.mark.parametrize("point", ["resume.after_intent", "install.after_gss_write"])
+async def test_crash_with_installs_and_resumes_in_one_write(point: str, testbed: Testbed, game: Game,
+                                                            service_process, client_for, database: Database) -> None:
+    """Alice's and bob's resumes and dave's install queue in one process (the template lock held meanwhile, the
+    order forced by the process's queue gauge) and go in one write (ups.py), whose first call names the fault
+    point; the process dies there. The intent it left is one combined plan; the next process finishes it and
+    each call's retry (same request id) is answered with its own instance."""
+    await create_template(game, testbed)
+    service = await service_process()
+    port = free_port()
+    config = yaml.safe_load(service.config.read_text())
+    config["servers"]["metrics_listen"] = f"127.0.0.1:{port}"
+    service.config.write_text(yaml.safe_dump(config))
+    service.start()
+    c = client_for(await service.ready())
+    made = {u: await c.install(u) for u in ("alice", "bob", "carol")}
+    for user in ("alice", "bob"):
+        await c.wait_state(user, made[user].name, State.RUNNING)
+        await c.pause(user, made[user].name)
+        await c.wait_state(user, made[user].name, State.PAUSED)
+    await service.stop()
+
+    service.start(fault=point)
+    c = client_for(await service.ready())
+    first = point.split(".")[0]
+    order = ["alice", "dave", "bob"] if first == "resume" else ["dave", "alice", "bob"]
+
+    def call(user: str) -> Any:
+        if user == "dave":
+            return c.stub.CreateInstance(instance_pb2.CreateInstanceRequest(parent=c.parent(), request_id="up-dave"),
+                                         metadata=c.md(user))
+        return c.stub.ResumeInstance(instance_pb2.ResumeInstanceRequest(name=made[user].name,
+                                                                        request_id=f"up-{user}"), metadata=c.md(user))
+
+    template = f"{game.namespace}/{SAMPLE}"
+    calls = []
+    async with database.lock(allocator_lock(game.namespace, SAMPLE)):  # the process's ups queue behind it
+        for n, user in enumerate(order, 1):
+            calls.append(asyncio.ensure_future(call(user)))
+            await wait_for(lambda n=n: queued(port, template) == n, 60, interval=0.05,  # type: ignore[misc]
+                           what=f"{n} calls queued for the template's next write")
+    for outcome in await asyncio.gather(*calls, return_exceptions=True):
+        assert isinstance(outcome, grpc.aio.AioRpcError) and outcome.code() == grpc.StatusCode.UNAVAILABLE, outcome
+    assert await service.exited() == faults.EXIT_CODE
+
+    async with database.session() as session:  # what it left: one intent, the three calls' combined plan
+        intents = (await session.execute(select(IntentRow).where(IntentRow.namespace == game.namespace))).scalars()
+        plans = [Plan.from_json(i.plan) for i in intents]
+    assert [(p.op.value, sorted(i for i, _, _ in p.steps), len(p.claims)) for p in plans] == [(first, [0, 1, 3], 3)]
+
+    service.start()
+    c = client_for(await service.ready())
+    await c.wait_consistent(60)
+    async with database.session() as session:
+        found = (await session.execute(select(InstanceRow).where(InstanceRow.namespace == game.namespace))).scalars()
+        rows = {r.id: (r.slot, r.owner) for r in found}
+    if point.endswith("after_intent"):  # nothing was written: nothing changed
+        assert rows == {0: ("PAUSED", "alice"), 1: ("PAUSED", "bob"), 2: ("LIVE", "carol")}
+    else:  # written: every call's effect committed
+        assert rows == {0: ("LIVE", "alice"), 1: ("LIVE", "bob"), 2: ("LIVE", "carol"), 3: ("LIVE", "dave")}
+
+    # Each call retried with its request id: its own instance (the first attempt's effect, or done now).
+    for user in order:
+        answer, _ = await retry_until_answered(lambda user=user: call(user))  # type: ignore[misc]
+        assert answer.owner == user
+        assert answer.name == (made[user].name if user != "dave" else made["alice"].name[:-1] + "3")
+    await game.wait_running(SAMPLE, {0, 1, 2, 3})
     await c.wait_consistent(60)

@@ -43,8 +43,8 @@ async def test_queued_pauses_and_uninstalls_share_one_write(testbed: Testbed, ga
             c.pause("mallory", made["dave"].name),  # not hers: refused, the others go on
             c.pause("erin", made["erin"].name),
         )]
-        queued = lifecycle._downs._queued
-        await wait_for(lambda: len(queued.get(ref.key) or []) == len(calls), 60, interval=0.05,
+        queued = lifecycle._downs.queues
+        await wait_for(lambda: len(queued.entries(ref.key)) == len(calls), 60, interval=0.05,
                        what="the calls queued behind the template lock")
     alice, bob, carol, mallory, erin = await asyncio.gather(*calls, return_exceptions=True)
 

@@ -13,7 +13,7 @@ from aigc_gateway.db import Database
 from aigc_gateway.idempotency import IdempotencyStore
 from aigc_gateway.names import TemplateRef
 from aigc_gateway.replicas import ReplicaRegistry
-from aigc_gateway.services.instance import allocator
+from aigc_gateway.services.instance import allocator, combine
 from aigc_gateway.services.instance.allocator import Plan, Spec
 from aigc_gateway.services.instance.lifecycle import Lifecycle
 from aigc_gateway.services.instance.slots import SlotStore, slots_of
@@ -29,7 +29,7 @@ BEFORE = Spec.of(2, {2})
 async def combined(store: SlotStore, database: Database, claims: tuple[str, str, str]) -> Plan:
     """alice (id 0) and bob (id 1) running, carol (id 2) paused; alice's pause, bob's uninstall and carol's
     pause (a no-op) planned into one write."""
-    install, _ = allocator.plan_install_batch(REF, Spec.of(0), {}, ["alice", "bob", "carol"])
+    install, _ = combine.plan_install_batch(REF, Spec.of(0), {}, ["alice", "bob", "carol"])
     assert install is not None
     async with database.session() as session:
         await store.apply(session, REF, install)
@@ -42,7 +42,7 @@ async def combined(store: SlotStore, database: Database, claims: tuple[str, str,
     drop = allocator.plan_uninstall(REF, pause.after, allocator.apply(slots, pause.transitions), 1)
     again = allocator.plan_pause(REF, pause.after, slots, 2)
     assert again.noop
-    plan = allocator.combine(REF, BEFORE, [dataclasses.replace(pause, claims=((0, claims[0]),)),
+    plan = combine.combine(REF, BEFORE, [dataclasses.replace(pause, claims=((0, claims[0]),)),
                                            dataclasses.replace(drop, claims=((1, claims[1]),)),
                                            dataclasses.replace(again, claims=((2, claims[2]),))])
     assert plan.after == Spec.of(0, {0, 1, 2})

@@ -10,8 +10,10 @@ again on new ids.
 Here the same interleaving is forced, in this process, on the test bed's real apiserver and controllers: the step
 is held at its named fault point `install.after_intent` (the intent committed, the PUT not yet sent) while the
 test delivers that PUT's first copy, the exact body the step is about to send; released, the step's own PUT is the
-second copy, and is answered 409. The second test holds a resume there and cancels it (a client's deadline) while
-its write could still be on its way: the reconciler must fence that write before calling it lost.
+second copy, and is answered 409. The second test holds a resume step there and cancels it while its write could
+still be on its way: the reconciler must fence that write before calling it lost. (A user's resume now runs in the
+template's shielded up batch, services/instance/ups.py, so its caller's deadline no longer cancels the step; the
+step is cancelled itself here, as shutdown cancels an unshielded one such as the idle culler's pause.)
 """
 from __future__ import annotations
 
@@ -27,12 +29,12 @@ from aigc_gateway.identity import Principal
 from aigc_gateway.kube import GSS, Kube
 from aigc_gateway.names import TemplateRef
 from aigc_gateway.okg import FENCE_ANNOTATION
-from aigc_gateway.services.instance import faults, templates
-from aigc_gateway.services.instance.allocator import Plan
+from aigc_gateway.services.instance import allocator, faults, templates
+from aigc_gateway.services.instance.allocator import Op, Plan, Spec
 from aigc_gateway.services.instance.consistency import ConsistencyChecker
 from aigc_gateway.services.instance.lifecycle import Lifecycle
 from aigc_gateway.services.instance.models import IntentRow
-from aigc_gateway.services.instance.slots import SlotStore
+from aigc_gateway.services.instance.slots import SlotStore, slots_of
 
 from ..plugins.kube import Game, wait_for
 from ..plugins.testbed import Testbed
@@ -99,13 +101,16 @@ async def test_a_write_whose_caller_gave_up_is_fenced_before_it_is_called_lost(
 
     monkeypatch.setenv(faults.HOLD_ENV, "resume.after_intent")
     monkeypatch.setenv(faults.HOLD_DIR_ENV, str(tmp_path))
-    resume: asyncio.Task[Any] = asyncio.create_task(lifecycle.resume(iref, carol))
+    def plan_resume(spec: Spec, rows: dict[int, Any]) -> Plan:
+        return allocator.plan_resume(ref, spec, slots_of(rows), iref.id)
+
+    resume: asyncio.Task[Any] = asyncio.create_task(lifecycle.step(ref, Op.RESUME, plan_resume))
     await held(monkeypatch, tmp_path, "resume.after_intent", resume)
     (intent,) = await pending(database, ref)
     plan = Plan.from_json(intent.plan)
     assert plan.after is not None
     read = await kube.get(GSS, ref.namespace, SAMPLE)  # the version the held write is conditioned on
-    # The caller gives up (its deadline) while the write may be on its way: the intent stays.
+    # The step is given up while the write may be on its way: the intent stays.
     resume.cancel()
     with pytest.raises(asyncio.CancelledError):
         await resume

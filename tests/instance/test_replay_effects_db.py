@@ -15,7 +15,7 @@ from aigc_gateway.idempotency import IdempotencyStore
 from aigc_gateway.names import TemplateRef
 from aigc_gateway.okg import SlotState
 from aigc_gateway.replicas import ReplicaRegistry, utcnow
-from aigc_gateway.services.instance import allocator
+from aigc_gateway.services.instance import allocator, combine
 from aigc_gateway.services.instance.allocator import Spec
 from aigc_gateway.services.instance.lifecycle import Lifecycle
 from aigc_gateway.services.instance.slots import SlotStore, slots_of
@@ -39,7 +39,7 @@ async def test_an_install_applied_after_its_replica_died_is_the_retrys_answer(da
     try:
         alice, _ = await killed.claim("InstanceService.CreateInstance", "alice", "r1", b"x")
         bob, _ = await killed.claim("InstanceService.CreateInstance", "bob", "r2", b"y")
-        plan, _ = allocator.plan_install_batch(REF, Spec.of(0), {}, ["alice", "bob"])
+        plan, _ = combine.plan_install_batch(REF, Spec.of(0), {}, ["alice", "bob"])
         assert plan is not None
         await store.record_intent(REF, dataclasses.replace(plan, claims=((0, alice.key), (1, bob.key))))
         await dies(database, killed)  # ... after its GameServerSet write, before recording it

@@ -1,0 +1,114 @@
+"""Installs and resumes in one GameServerSet write (services/instance/ups.py) are one intent carrying every call's
+claim, on real PostgreSQL without a cluster: after the writer died, whoever resolves the intent commits each call's
+own effect (its operation, its instance) with the slot changes and outbox rows, or none of them when the write never
+landed."""
+from __future__ import annotations
+
+import dataclasses
+
+import grpc
+from sqlalchemy import select
+
+from aigc_gateway.config import InstanceConfig
+from aigc_gateway.db import Database
+from aigc_gateway.db.models import UserSyncOutboxRow
+from aigc_gateway.idempotency import Claim, IdempotencyStore
+from aigc_gateway.names import TemplateRef
+from aigc_gateway.replicas import ReplicaRegistry
+from aigc_gateway.services.instance import allocator, combine
+from aigc_gateway.services.instance.allocator import Op, Plan, Spec
+from aigc_gateway.services.instance.lifecycle import Lifecycle
+from aigc_gateway.services.instance.slots import SlotStore, slots_of
+
+from .test_replay_effects_db import dies
+
+REF = TemplateRef("games", "sd-cpu")
+BEFORE = Spec.of(1, {0, 2})  # alice (id 0) and carol (id 2) paused, bob (id 1) running
+
+
+async def combined(store: SlotStore, database: Database, claims: tuple[str, str, str, str]) -> Plan:
+    """alice's resume first (the plan's op: resume), dave's install (the next id, 3), bob's resume of his running
+    instance (a no-op) and carol's resume, planned into one write."""
+    install, _ = combine.plan_install_batch(REF, Spec.of(0), {}, ["alice", "bob", "carol"])
+    assert install is not None
+    async with database.session() as session:
+        await store.apply(session, REF, install)
+        for i, spec in ((0, Spec.of(3)), (2, Spec.of(2, {0}))):
+            await store.apply(session, REF, allocator.plan_pause(REF, spec, slots_of(await store.load(session, REF)),
+                                                                 i))
+    async with database.session() as session:
+        slots = slots_of(await store.load(session, REF))
+
+    def claimed(step: combine.Step, key: str) -> combine.Step:
+        def planned(now: Spec, cur: object) -> Plan:
+            plan = step(now, cur)  # type: ignore[arg-type]
+            return dataclasses.replace(plan, claims=((plan.id, key),))
+        return planned
+
+    plan, results = combine.plan_batch(REF, BEFORE, slots, [
+        claimed(lambda now, cur: allocator.plan_resume(REF, now, cur, 0), claims[0]),
+        claimed(combine.installing(REF, "dave"), claims[1]),
+        claimed(lambda now, cur: allocator.plan_resume(REF, now, cur, 1), claims[2]),
+        claimed(lambda now, cur: allocator.plan_resume(REF, now, cur, 2), claims[3])])
+    assert [r.id for r in results if isinstance(r, Plan)] == [0, 3, 1, 2]
+    assert plan is not None and plan.after == Spec.of(4) and (plan.op, plan.id) == (Op.RESUME, 0)
+    return plan
+
+
+async def claim_all(store: IdempotencyStore) -> tuple[Claim, Claim, Claim, Claim]:
+    alice, _ = await store.claim("InstanceService.ResumeInstance", "alice", "r", b"r")
+    dave, _ = await store.claim("InstanceService.CreateInstance", "dave", "i", b"i")
+    bob, _ = await store.claim("InstanceService.ResumeInstance", "bob", "r", b"r")
+    carol, _ = await store.claim("InstanceService.ResumeInstance", "carol", "r", b"r")
+    return alice, dave, bob, carol
+
+
+async def test_a_combined_up_write_that_landed_gives_each_call_its_own_effect(database: Database) -> None:
+    killed = IdempotencyStore(database, ReplicaRegistry(database, 10))
+    survivor = IdempotencyStore(database, ReplicaRegistry(database, 10))
+    store = SlotStore(database)
+    lifecycle = Lifecycle(database, store, cluster=None, cfg=InstanceConfig(), claims=survivor)  # type: ignore[arg-type]
+    try:
+        claims = await claim_all(killed)
+        plan = await combined(store, database, tuple(c.key for c in claims))  # type: ignore[arg-type]
+        await store.record_intent(REF, plan)
+        await dies(database, killed)  # ... after the GameServerSet write, before recording it
+
+        async with lifecycle.locked(REF):
+            assert await lifecycle.resolve_pending(REF, Spec.of(4, {0})) == 1  # R says it landed (X put back)
+        async with database.session() as session:
+            rows = {i: (r.slot, r.owner) for i, r in (await store.load(session, REF)).items()}
+            keys = (await session.execute(select(UserSyncOutboxRow.user, UserSyncOutboxRow.instance_id)
+                                          .where(UserSyncOutboxRow.user == "dave"))).all()
+        assert rows == {0: ("LIVE", "alice"), 1: ("LIVE", "bob"), 2: ("LIVE", "carol"), 3: ("LIVE", "dave")}
+        assert keys == [("dave", 3)]  # the install's key set, in the same transaction
+
+        retries = await claim_all(survivor)
+        effects = [(c.effect["op"], c.effect["row"]["id"], c.effect["row"]["owner"], c.effect["row"]["slot"])
+                   for c in retries if c.effect is not None]
+        assert effects == [("resume", 0, "alice", "LIVE"), ("install", 3, "dave", "LIVE"),
+                           ("resume", 1, "bob", "LIVE"), ("resume", 2, "carol", "LIVE")]
+    finally:
+        await killed.close()
+        await survivor.close()
+
+
+async def test_a_combined_up_write_that_never_landed_leaves_no_effect(database: Database) -> None:
+    claims_store = IdempotencyStore(database, ReplicaRegistry(database, 10))
+    store = SlotStore(database)
+    lifecycle = Lifecycle(database, store, cluster=None, cfg=InstanceConfig(), claims=claims_store)  # type: ignore[arg-type]
+    try:
+        claims = await claim_all(claims_store)
+        plan = await combined(store, database, tuple(c.key for c in claims))  # type: ignore[arg-type]
+        await store.record_intent(REF, plan)
+        async with lifecycle.locked(REF):
+            await lifecycle.resolve_pending(REF, BEFORE)  # (R, X) as before: nothing happened
+        async with database.session() as session:
+            rows = {i: (r.slot, r.owner) for i, r in (await store.load(session, REF)).items()}
+            assert await store.intents(session, REF) == []
+        assert rows == {0: ("PAUSED", "alice"), 1: ("LIVE", "bob"), 2: ("PAUSED", "carol")}
+        assert (await claims_store.held(list(claims))) == {c.key: (True, None) for c in claims}
+        for claim in claims:
+            await claims_store.finish(claim, grpc.StatusCode.UNAVAILABLE, b"")
+    finally:
+        await claims_store.close()
