@@ -15,7 +15,9 @@ alternating spreads any background load over both; the medians of the rounds are
 
 A third server, nginx answering every request with a static ``return 204`` (the same requests, the
 same load), is the ceiling of any HTTP auth endpoint on this machine: the ratios to it say how much of
-the machine's HTTP capacity /auth reaches and how much tail the machine itself adds.
+the machine's HTTP capacity /auth reaches and how much tail the machine itself adds. A fourth, the
+floor (bench/asgi_floor.py: /auth's own HTTP stack in as many processes, answering without any check),
+says how much of /auth's cost and tail is the HTTP stack and how much the check (``--skip-floor``).
 
 Every run also reports, from ``/proc``, each server's CPU time per request, the time its threads spent
 runnable but waiting for a CPU (the scheduler's delay, which a loaded machine adds to every server) and
@@ -66,6 +68,7 @@ from sqlalchemy import delete, insert  # noqa: E402
 from aigc_gateway.config import Settings  # noqa: E402
 from aigc_gateway.db.migrate import upgrade  # noqa: E402
 from aigc_gateway.db.models import InstanceRow  # noqa: E402
+from aigc_gateway.httpserver import reserve_port  # noqa: E402
 from aigc_gateway.runtime import Runtime  # noqa: E402
 from aigc_gateway.services.auth.app import AuthService  # noqa: E402
 from aigc_gateway.services.auth.checker import AccessChecker, Credentials  # noqa: E402
@@ -275,6 +278,26 @@ def wait_port(port: int, timeout: float = 20) -> None:
     raise SystemExit(f"nothing listens on {port}")
 
 
+FLOOR = "granian ASGI, no check (floor)"
+
+
+def start_floor(processes: int, event_loop: str) -> tuple[int, list[subprocess.Popen]]:
+    """/auth's HTTP stack without the check (bench/asgi_floor.py), in as many processes as /auth has workers,
+    sharing one port as they do. The reservation is held until the processes exit."""
+    reservation = reserve_port("127.0.0.1", 0, "bench")
+    port = reservation.getsockname()[1]
+    procs = [subprocess.Popen([sys.executable, str(Path(__file__).with_name("asgi_floor.py")), str(port),
+                               event_loop], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+             for _ in range(processes)]
+    wait_port(port)
+    time.sleep(1.0)  # every process listening, not only the first
+    _reservations.append(reservation)
+    return port, procs
+
+
+_reservations: list[socket.socket] = []
+
+
 def start_nginx(tmp: Path, port: int) -> subprocess.Popen:
     """nginx answering 204 to everything: the ceiling of an HTTP auth endpoint on this machine."""
     conf = tmp / "nginx-204.conf"
@@ -467,6 +490,8 @@ async def main() -> int:
     parser.add_argument("--database-url", default="", help="PostgreSQL for sessions (default: embedded SQLite)")
     parser.add_argument("--skip-oauth2-proxy", action="store_true")
     parser.add_argument("--skip-nginx", action="store_true", help="no nginx return 204 ceiling")
+    parser.add_argument("--skip-floor", action="store_true",
+                        help="no floor (bench/asgi_floor.py: /auth's HTTP stack answering without the check)")
     parser.add_argument("--profile", default="", metavar="DIR",
                         help="sample the /auth workers with py-spy (dev extra) in the first round of each fixed "
                              "rate, keep the stacks in DIR and print where the event-loop threads spend their time")
@@ -492,6 +517,7 @@ async def main() -> int:
 
     o2p_proc = None
     nginx_proc = None
+    floor_procs: list[subprocess.Popen] = []
     o2p_port = 0
     o2p_requests: list[tuple[str, dict]] = []
     ours = "aigc-gateway /auth"
@@ -516,6 +542,9 @@ async def main() -> int:
             nginx_proc = start_nginx(tmp, nginx_port)
             wait_port(nginx_port)
             servers.append((ceiling, nginx_port, requests, lambda: process_tree(nginx_proc.pid)))
+        if not opts.skip_floor:
+            floor_port, floor_procs = start_floor(max(1, workers), opts.event_loop)
+            servers.append((FLOOR, floor_port, requests, lambda: [p.pid for p in floor_procs]))
         scripts = {name: wrk_script(reqs) for name, _, reqs, _ in servers}
         for name, p, _, _ in servers:  # warm up: connections, caches, the workers' session reads
             await asyncio.to_thread(run_wrk, p, scripts[name], 5, opts.connections)
@@ -548,10 +577,10 @@ async def main() -> int:
         mine = saturated[ours]
         print(f"  /auth non-2xx share {sum(r['non2xx'] for r in mine) / max(1, sum(r['rps'] * opts.duration for r in mine)):.0%}"
               f" (expected {expected:.0%})")
-        for other in ("oauth2-proxy /oauth2/auth", ceiling):
+        for other in ("oauth2-proxy /oauth2/auth", FLOOR, ceiling):
             if other in saturated:
                 a, b = saturated[ours], saturated[other]
-                ratios.append(f"vs {other.split()[0]}: saturated throughput "
+                ratios.append(f"vs {'floor' if other == FLOOR else other.split()[0]}: saturated throughput "
                               f"{median(a, 'rps') / median(b, 'rps'):.2f}x, "
                               f"saturated p99 {median(a, 'p99') / median(b, 'p99'):.2f}x")
 
@@ -577,14 +606,14 @@ async def main() -> int:
             other_statuses = sum(r["other"] for rows in fixed.values() for r in rows)
             if other_statuses:
                 print(f"  unexpected statuses: {other_statuses:.0f}")
-            for other in ("oauth2-proxy /oauth2/auth", ceiling):
+            for other in ("oauth2-proxy /oauth2/auth", FLOOR, ceiling):
                 if other in fixed:
-                    ratios.append(f"vs {other.split()[0]}: p99 at {rate:,}/s "
+                    ratios.append(f"vs {'floor' if other == FLOOR else other.split()[0]}: p99 at {rate:,}/s "
                                   f"{median(fixed[ours], 'p99') / median(fixed[other], 'p99'):.2f}x")
         if ratios:
             print("\nratios of aigc-gateway /auth:\n  " + "\n  ".join(ratios))
     finally:
-        for proc in (o2p_proc, nginx_proc):
+        for proc in (o2p_proc, nginx_proc, *floor_procs):
             if proc is not None:
                 proc.terminate()
                 proc.wait(10)
