@@ -186,3 +186,27 @@ async def ingress_nginx() -> AsyncIterator[Any]:
     for nginx in made:
         await nginx.stop()
         shutil.rmtree(nginx.prefix, ignore_errors=True)
+
+
+# -- a scene: the auth stack, the instance and template services, signed-in users, one proxy --------------
+
+
+@pytest.fixture
+async def make_scene(testbed, k8s_namespace, edge, start_gateway, start_oidc_provider, database_url, issuer, browser,
+                     ingress_nginx) -> AsyncIterator[Any]:
+    """``scene = await make_scene(proxy, users=..., instance=..., auth=...)``: :func:`.scene.start_scene` with
+    this test's fixtures; the scene's database handle is closed after the test."""
+    from .scene import start_scene  # scene.py imports this module's helpers
+
+    made: list[Any] = []
+
+    async def make(proxy: str, **options: Any) -> Any:
+        made.append(await start_scene(proxy, testbed=testbed, k8s_namespace=k8s_namespace, edge=edge,
+                                      start_gateway=start_gateway, start_oidc_provider=start_oidc_provider,
+                                      database_url=database_url, issuer=issuer, browser=browser,
+                                      ingress_nginx=ingress_nginx, **options))
+        return made[-1]
+
+    yield make
+    for scene in made:
+        await scene.stack.db.close()

@@ -34,7 +34,7 @@ from aigc_gateway.sessions import SessionCookie, SessionStore
 from tests.plugins.kube import api_client, wait_for
 
 from .conftest import raw, request
-from .scene import COOKIE, Instance, Scene, install, publish, received, start_scene
+from .scene import COOKIE, Instance, Scene, install, publish, received
 from .test_owner_only import PROXIES, scene  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.testbed
@@ -262,17 +262,9 @@ async def test_attacks_on_another_users_instance_reach_no_pod(scene) -> None:
 
 
 @pytest.fixture
-async def three(request, testbed, k8s_namespace, edge, start_gateway, start_oidc_provider, database_url, issuer,
-                browser, ingress_nginx):
+async def three(request, make_scene):
     """A scene with a third user, carol, and an uninstall that answers once the id is FREE (its disk gone)."""
-    s = await start_scene(request.param, testbed=testbed, k8s_namespace=k8s_namespace, edge=edge,
-                          start_gateway=start_gateway, start_oidc_provider=start_oidc_provider,
-                          database_url=database_url, issuer=issuer, browser=browser, ingress_nginx=ingress_nginx,
-                          users=("alice", "bob", "carol"), instance={"release_wait_seconds": 30})
-    try:
-        yield s
-    finally:
-        await s.stack.db.close()
+    return await make_scene(request.param, users=("alice", "bob", "carol"), instance={"release_wait_seconds": 30})
 
 
 async def routed(scene: Scene, inst: Instance, user: str) -> Any:

@@ -17,23 +17,15 @@ import pytest
 
 from aigc_gateway.sessions import SessionCookie, SessionStore
 
-from .scene import COOKIE, install, received, start_scene
+from .scene import COOKIE, install, received
 
 pytestmark = pytest.mark.testbed
 PROXIES = ["nginx", "traefik"]
 
 
 @pytest.fixture
-async def scene(request, testbed, k8s_namespace, edge, start_gateway, start_oidc_provider, database_url, issuer,
-                browser, ingress_nginx):
-    s = await start_scene(request.param, testbed=testbed, k8s_namespace=k8s_namespace, edge=edge,
-                          start_gateway=start_gateway, start_oidc_provider=start_oidc_provider,
-                          database_url=database_url, issuer=issuer, browser=browser, ingress_nginx=ingress_nginx,
-                          users=("alice",), auth={"allow_admin_access": True})
-    try:
-        yield s
-    finally:
-        await s.stack.db.close()
+async def scene(request, make_scene):
+    return await make_scene(request.param, users=("alice",), auth={"allow_admin_access": True})
 
 
 def cookies(reply) -> list[str]:

@@ -17,7 +17,7 @@ from aigc_gateway.sessions import SessionCookie, SessionStore
 from tests.auth.stack import DOMAIN
 from tests.plugins.kube import api_client
 
-from .scene import COOKIE, IDENTITY, install, publish, received, start_scene
+from .scene import COOKIE, IDENTITY, install, publish, received
 
 pytestmark = pytest.mark.testbed
 PROXIES = ["nginx", "traefik"]
@@ -27,15 +27,8 @@ CLIENT_COPIES = [("X-Auth-Request-User", "bob"), ("x-auth-request-user", "root")
 
 
 @pytest.fixture
-async def scene(request, testbed, k8s_namespace, edge, start_gateway, start_oidc_provider, database_url, issuer,
-                browser, ingress_nginx):
-    s = await start_scene(request.param, testbed=testbed, k8s_namespace=k8s_namespace, edge=edge,
-                          start_gateway=start_gateway, start_oidc_provider=start_oidc_provider,
-                          database_url=database_url, issuer=issuer, browser=browser, ingress_nginx=ingress_nginx)
-    try:
-        yield s
-    finally:
-        await s.stack.db.close()
+async def scene(request, make_scene):
+    return await make_scene(request.param)
 
 
 def identity(reply) -> list[tuple[str, str]]:

@@ -13,7 +13,7 @@ import pytest
 from aigc_gateway.api.v1 import instance_pb2
 
 from .conftest import raw, request
-from .scene import COOKIE, install, publish, received, start_scene
+from .scene import COOKIE, install, publish, received
 
 pytestmark = pytest.mark.testbed
 PROXIES = ["nginx", "traefik"]
@@ -23,15 +23,8 @@ REDIRECT = "http://{host}:{port}%2Ftxt2img%3Fx%3D1"
 
 
 @pytest.fixture
-async def scene(request, testbed, k8s_namespace, edge, start_gateway, start_oidc_provider, database_url, issuer,
-                browser, ingress_nginx):
-    s = await start_scene(request.param, testbed=testbed, k8s_namespace=k8s_namespace, edge=edge,
-                          start_gateway=start_gateway, start_oidc_provider=start_oidc_provider,
-                          database_url=database_url, issuer=issuer, browser=browser, ingress_nginx=ingress_nginx)
-    try:
-        yield s
-    finally:
-        await s.stack.db.close()
+async def scene(request, make_scene):
+    return await make_scene(request.param)
 
 
 @pytest.mark.parametrize("scene", PROXIES, indirect=True)

@@ -31,7 +31,7 @@ from aigc_gateway.upgrades import HOLD_LABEL, REVISION_LABEL
 from tests.plugins.gateway import TEST_SERVICE_TOKEN
 from tests.plugins.kube import Game, api_client, wait_for
 
-from .scene import DOMAIN, install, manifest, start_scene
+from .scene import DOMAIN, install, manifest
 
 pytestmark = pytest.mark.testbed
 
@@ -43,16 +43,8 @@ SERVICE = (("x-aigc-service-token", TEST_SERVICE_TOKEN), ("x-aigc-service-name",
 
 
 @pytest.fixture
-async def scene(testbed, k8s_namespace, edge, start_gateway, start_oidc_provider, database_url, issuer, browser,
-                ingress_nginx):
-    s = await start_scene("traefik", testbed=testbed, k8s_namespace=k8s_namespace, edge=edge,
-                          start_gateway=start_gateway, start_oidc_provider=start_oidc_provider,
-                          database_url=database_url, issuer=issuer, browser=browser, ingress_nginx=ingress_nginx,
-                          users=USERS, instance={"reconcile_interval_seconds": 1})
-    try:
-        yield s
-    finally:
-        await s.stack.db.close()
+async def scene(make_scene):
+    return await make_scene("traefik", users=USERS, instance={"reconcile_interval_seconds": 1})
 
 
 async def test_five_instances_through_traefik_none_restarts_while_its_owner_is_using_it(scene, testbed) -> None:
