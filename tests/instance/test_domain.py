@@ -205,8 +205,9 @@ def test_instance_message_carries_disks_and_times() -> None:
 
 # -- invariants --------------------------------------------------------------------------------------------
 
-def record(i: int, state: SlotState, owner: str | None, since: datetime = T0) -> invariants.SlotRecord:
-    return invariants.SlotRecord(i, state, owner, since, since)
+def record(i: int, state: SlotState, owner: str | None, since: datetime = T0,
+           changed: datetime | None = None) -> invariants.SlotRecord:
+    return invariants.SlotRecord(i, state, owner, since, changed or since)
 
 
 def snapshot(spec: Spec | None, slots: list[invariants.SlotRecord], claims: dict[str, datetime],
@@ -226,8 +227,8 @@ def test_a_consistent_template_has_no_findings() -> None:
 
 
 def test_each_invariant_is_reported() -> None:
-    slots = [record(0, SlotState.LIVE, "a"), record(1, SlotState.PAUSED, "b"), record(2, SlotState.FREE, None),
-             record(3, SlotState.LIVE, "c", since=T0 + timedelta(minutes=30))]
+    slots = [record(0, SlotState.LIVE, "a"), record(1, SlotState.PAUSED, "b", changed=T0 + timedelta(minutes=10)),
+             record(2, SlotState.FREE, None), record(3, SlotState.LIVE, "c", since=T0 + timedelta(minutes=30))]
     claims = {"data-sd-cpu-0": T0, "data-sd-cpu-2": T0, "data-sd-cpu-3": T0}
     found = codes(snapshot(Spec.of(1, {1, 2, 6}), slots, claims, {0, 3}))
     assert (1, "PVC_MISSING") in found  # a paused instance lost its disk
@@ -247,6 +248,14 @@ def test_a_live_instance_gets_a_grace_period_for_its_disk() -> None:
     young = record(0, SlotState.LIVE, "a", since=T0)
     assert codes(snapshot(Spec.of(1), [young], {}, now=T0 + timedelta(seconds=10))) == []
     assert codes(snapshot(Spec.of(1), [young], {}, now=T0 + timedelta(minutes=5))) == [(0, "PVC_MISSING")]
+
+
+def test_a_paused_instance_owes_a_disk_once_it_was_live_for_the_grace() -> None:
+    """Paused a second after its install (before the controller made its pod, bench/kill_storm.py): no disk was
+    made and none is owed, however long it stays paused. Paused after the grace: its disk is owed."""
+    early = record(0, SlotState.PAUSED, "a", since=T0, changed=T0 + timedelta(seconds=1))
+    late = record(1, SlotState.PAUSED, "b", since=T0, changed=T0 + timedelta(minutes=3))
+    assert codes(snapshot(Spec.of(0, {0, 1}), [early, late], {}, now=T0 + timedelta(hours=5))) == [(1, "PVC_MISSING")]
 
 
 # -- access ------------------------------------------------------------------------------------------------
