@@ -2,7 +2,8 @@
 on the test bed, with the lock held by someone else, the owner's restart deletes her pod and is answered (the idle
 culler's activity record needs the lock only to withdraw an announced pause, services/instance/idle.py); what is not
 plain (a paused instance, a stranger) is refused exactly as under the lock. With a pause announced, the restart's
-activity record waits for the lock and withdraws it."""
+activity record waits for the lock and withdraws it. A running instance whose pod is going (or not made yet) is
+answered past the held lock too, with nothing to delete."""
 from __future__ import annotations
 
 import asyncio
@@ -68,4 +69,29 @@ async def test_a_plain_restart_goes_by_a_held_template_lock(testbed: Testbed, ga
     with pytest.raises(grpc.aio.AioRpcError) as paused:
         await c.restart("alice", alice.name)
     assert paused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    await c.wait_consistent(60)
+
+
+async def test_a_restart_of_a_running_instance_without_a_live_pod_goes_by_a_held_template_lock(
+        testbed: Testbed, game: Game, instance_settings, start_gateway, client_for) -> None:
+    await create_template(game, testbed)
+    gw = await start_gateway("instance", settings=instance_settings)
+    c = client_for(gw.channel("instance"))
+    lifecycle = gw.service("instance", InstanceService).lifecycle
+    alice = await c.install("alice")
+    await c.wait_state("alice", alice.name, State.RUNNING)
+    pod = (await game.pods(SAMPLE))[0]
+    name, uid = pod.metadata.name, pod.metadata.uid
+    # Her pod held terminating by a finalizer: the row is LIVE, the pod is going and a new one will come.
+    await game.core.patch_namespaced_pod(name, game.namespace, {"metadata": {"finalizers": ["aigc-gateway.test/hold"]}})
+    try:
+        await game.core.delete_namespaced_pod(name, game.namespace)
+        async with lifecycle.locked(TemplateRef(game.namespace, SAMPLE)):  # e.g. a write waiting for the controller
+            answer = await asyncio.wait_for(c.restart("alice", alice.name), 60)  # not queued behind the lock
+            assert (answer.name, answer.owner) == (alice.name, "alice")
+        held = await game.core.read_namespaced_pod(name, game.namespace)
+        assert held.metadata.uid == uid and held.metadata.deletion_timestamp is not None
+    finally:
+        await game.core.patch_namespaced_pod(name, game.namespace, {"metadata": {"finalizers": None}})
+    await c.wait_state("alice", alice.name, State.RUNNING)
     await c.wait_consistent(60)
