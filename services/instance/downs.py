@@ -19,15 +19,13 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from aigc_gateway.db.models import InstanceRow
-from aigc_gateway.errors import Aborted, GatewayError
+from aigc_gateway.errors import GatewayError
 from aigc_gateway.idempotency import Claim
 from aigc_gateway.identity import Principal
 from aigc_gateway.names import InstanceRef, TemplateRef
 
 from . import access, allocator, combine, queueing, rollout_view, timing
 from .allocator import Op, Plan, Spec
-from .metrics import OPERATIONS
-from .slots import slots_of
 
 if TYPE_CHECKING:
     from .lifecycle import Lifecycle
@@ -80,41 +78,14 @@ class DownQueue:
                     gss = await self.lifecycle.cluster.usable_template(ref)
                 except GatewayError as exc:
                     for q in self._take(ref, one=False):
-                        _answer(q, exc)
+                        queueing.answer(q, exc)
                     return
                 # Read under the template lock, which every rollout step holds: it cannot start rolling meanwhile.
                 batch = self._take(ref, one=bool(rollout_view.rolling(gss)[0]))
                 times.calls = len(batch)
                 times.op = batch[0].op.value if len({q.op for q in batch}) == 1 else "down"
                 if batch:
-                    await self._batch(ref, batch)
-
-    async def _batch(self, ref: TemplateRef, batch: list[_Queued]) -> None:
-        planned: list[_Queued] = []
-        results: list[Plan | GatewayError] = []
-
-        async def before() -> bool:
-            planned[:] = await queueing.unclaimed(self.lifecycle._claims_state, batch, _answer)
-            return not planned
-
-        def decide(spec: Spec, rows: dict[int, InstanceRow]) -> Plan:
-            plan, results[:] = combine.plan_batch(ref, spec, slots_of(rows), [_step(ref, q, rows) for q in planned])
-            return plan or Plan(Op.PAUSE, -1, None, spec, None)
-
-        try:
-            _, done = await self.lifecycle._attempts(ref, decide, before)
-        except Exception as exc:  # the whole batch failed; each caller gets the error
-            for q in batch:
-                _answer(q, exc)
-            return
-        for q, result in zip(planned, results, strict=True):
-            if isinstance(result, GatewayError):
-                _answer(q, result)
-            elif q.iref.id in done:
-                _answer(q, done[q.iref.id])
-            else:  # not reachable: every planned call has an effect or a refusal
-                _answer(q, Aborted(f"{q.iref.name}: the {q.op.value} was not planned; retry",
-                                   reason="ALLOCATOR_CONTENDED", retry_after=0.5))
+                    await queueing.write(self.lifecycle, ref, batch, lambda q, rows: _step(ref, q, rows), Op.PAUSE)
 
 
 def _step(ref: TemplateRef, q: _Queued, rows: dict[int, InstanceRow]) -> combine.Step:
@@ -126,13 +97,3 @@ def _step(ref: TemplateRef, q: _Queued, rows: dict[int, InstanceRow]) -> combine
 
     return step
 
-
-def _answer(q: _Queued, outcome: Effect | BaseException) -> None:
-    if q.future.done():
-        return
-    if isinstance(outcome, BaseException):
-        OPERATIONS.labels(q.op.value, outcome.code.name if isinstance(outcome, GatewayError) else "INTERNAL").inc()
-        q.future.set_exception(outcome)
-    else:
-        OPERATIONS.labels(q.op.value, "OK").inc()
-        q.future.set_result(outcome)

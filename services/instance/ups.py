@@ -39,9 +39,7 @@ from aigc_gateway.okg import SlotState
 
 from . import access, allocator, combine, queueing, timing
 from .allocator import Op, Plan, Spec
-from .metrics import OPERATIONS
 from .quotas import Usage, template_limit, users_limited
-from .slots import slots_of
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -105,34 +103,8 @@ class UpQueue:
                 ops = {q.op.value for q in batch}
                 times.op = ops.pop() if len(ops) == 1 else "up"
                 if batch:
-                    await self._batch(ref, batch)
-
-    async def _batch(self, ref: TemplateRef, batch: list[_Queued]) -> None:
-        planned: list[_Queued] = []
-        results: list[Plan | GatewayError] = []
-
-        async def before() -> bool:
-            planned[:] = await self._admit(ref, await queueing.unclaimed(self.lifecycle._claims_state, batch, _answer))
-            return not planned
-
-        def decide(spec: Spec, rows: dict[int, InstanceRow]) -> Plan:
-            plan, results[:] = combine.plan_batch(ref, spec, slots_of(rows), [_step(ref, q, rows) for q in planned])
-            return plan or Plan(Op.INSTALL, -1, None, spec, None)
-
-        try:
-            _, done = await self.lifecycle._attempts(ref, decide, before)
-        except Exception as exc:  # the whole batch failed; each caller gets the error
-            for q in batch:
-                _answer(q, exc)
-            return
-        for q, result in zip(planned, results, strict=True):
-            if isinstance(result, GatewayError):
-                _answer(q, result)
-            elif result.id in done:
-                _answer(q, done[result.id])
-            else:  # not reachable: every planned id has an effect
-                _answer(q, Aborted(f"the {q.op.value} was not planned; retry", reason="ALLOCATOR_CONTENDED",
-                                   retry_after=0.5))
+                    await queueing.write(self.lifecycle, ref, batch, lambda q, rows: _step(ref, q, rows), Op.INSTALL,
+                                         lambda calls: self._admit(ref, calls))
 
     async def _admit(self, ref: TemplateRef, planned: list[_Queued]) -> list[_Queued]:
         """The queued ups that may go on: a resume whose instance changed owner since its caller read it (and took
@@ -162,7 +134,7 @@ class UpQueue:
                     kept.append(q)  # missing or running: the planner answers (NOT_FOUND, or a no-op)
                     continue
                 if row.owner != q.owner:
-                    _answer(q, Aborted(f"{q.iref.name} changed owner while resuming; retry", reason="OWNER_CHANGED",
+                    queueing.answer(q, Aborted(f"{q.iref.name} changed owner while resuming; retry", reason="OWNER_CHANGED",
                                        retry_after=0.1))
                     continue
                 if not limited:
@@ -171,13 +143,13 @@ class UpQueue:
                 try:
                     access.check(q.principal, q.iref, row)  # a stranger learns nothing about the owner's quota
                 except GatewayError as exc:
-                    _answer(q, exc)
+                    queueing.answer(q, exc)
                     continue
                 adding = cost
             try:
                 await quotas.check(q.op.value, ref, q.owner or "", q.roles, adding, here, policies)
             except GatewayError as exc:
-                _answer(q, exc)
+                queueing.answer(q, exc)
                 continue
             here += 1
             owners.add(q.owner)
@@ -199,13 +171,3 @@ def _step(ref: TemplateRef, q: _Queued, rows: dict[int, InstanceRow]) -> combine
 
     return step
 
-
-def _answer(q: _Queued, outcome: Effect | BaseException) -> None:
-    if q.future.done():
-        return
-    if isinstance(outcome, BaseException):
-        OPERATIONS.labels(q.op.value, outcome.code.name if isinstance(outcome, GatewayError) else "INTERNAL").inc()
-        q.future.set_exception(outcome)
-    else:
-        OPERATIONS.labels(q.op.value, "OK").inc()
-        q.future.set_result(outcome)
