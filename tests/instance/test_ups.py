@@ -101,12 +101,15 @@ async def test_quotas_count_the_batchs_earlier_ups(testbed: Testbed, game: Game,
     caplog.set_level(logging.INFO, logger="aigc_gateway.services.instance.timing")
     caplog.clear()
     async with lifecycle.locked(ref):
-        calls = [asyncio.ensure_future(call) for call in (
-            c.resume("alice", made["alice"].name), c.install("erin"), c.install("dave"),
-            c.resume("bob", made["bob"].name))]
         queued = lifecycle._ups.queues
-        await wait_for(lambda: len(queued.entries(ref.key)) == len(calls), 60, interval=0.05,
-                       what="the calls queued behind the template lock")
+        calls: list[asyncio.Future[Any]] = []
+        # One at a time, each queued before the next is sent: the queue's order is the batch's (who is counted
+        # first), and concurrent calls reach it in any order.
+        for call in (lambda: c.resume("alice", made["alice"].name), lambda: c.install("erin"),
+                     lambda: c.install("dave"), lambda: c.resume("bob", made["bob"].name)):
+            calls.append(asyncio.ensure_future(call()))
+            await wait_for(lambda: len(queued.entries(ref.key)) == len(calls), 60, interval=0.02,
+                           what=f"call {len(calls)} queued behind the template lock")
     alice, erin, dave, bob = await asyncio.gather(*calls, return_exceptions=True)
 
     assert not isinstance(alice, BaseException) and not isinstance(dave, BaseException), (alice, dave)
