@@ -101,7 +101,9 @@ async def test_an_install_refused_by_a_status_write_is_sent_again_without_planni
     gss = await kube.get(GSS, ref.namespace, SAMPLE)
     assert templates.spec_of(ref, gss) == plan.after
     assert gss["metadata"]["annotations"][NOTE] == "kept"  # the copy sent again was built from the new version
-    assert (REGISTRY.get_sample_value("aigc_instance_allocator_conflicts_total") or 0.0) == conflicts + 1
+    # At least the 409 forced here: kruise-game's own status writes, which this test does not control, can refuse a
+    # copy sent again too (each is sent again the same way). The outcome under test is that none was planned again.
+    assert (REGISTRY.get_sample_value("aigc_instance_allocator_conflicts_total") or 0.0) >= conflicts + 1
     assert (REGISTRY.get_sample_value("aigc_instance_allocator_retries_total") or 0.0) == retries  # not planned again
     async with database.session() as session:
         assert await SlotStore(database).intents(session, ref) == []
