@@ -26,7 +26,7 @@ workers' own probes saw (:mod:`aigc_gateway.services.auth.probes`: garbage colle
 pauses, event-loop lateness split into the loop's own work and waiting for a CPU). The machine may be
 shared: these are the figures to attribute a tail with, where wall-clock latency alone cannot.
 ``--profile DIR`` adds, for the first /auth round of each fixed rate, the CPU per request of the workers'
-event-loop threads apart from granian's other threads, and py-spy's samples of the loop threads (py-spy
+event-loop threads apart from their other threads, and py-spy's samples of the loop threads (py-spy
 is in the dev extra; the stacks stay in DIR, collapsed, for a flame graph).
 
 The request mix cycles through signed-in owners (allowed), signed-in non-owners (denied) and anonymous
@@ -278,7 +278,7 @@ def wait_port(port: int, timeout: float = 20) -> None:
     raise SystemExit(f"nothing listens on {port}")
 
 
-FLOOR = "granian ASGI, no check (floor)"
+FLOOR = "HTTP stack, no check (floor)"
 
 
 def start_floor(processes: int, event_loop: str) -> tuple[int, list[subprocess.Popen]]:
@@ -405,7 +405,7 @@ def probe_line(before: dict[str, list[float]], after: dict[str, list[float]], re
 
 def thread_cpu(pids: list[int]) -> tuple[float, float]:
     """CPU seconds (schedstat, nanosecond resolution) of the event-loop threads of ``pids`` (the main
-    threads) and of all their other threads (granian's Rust runtime and the thread that calls into Python)."""
+    threads) and of all their other threads (none of the HTTP server's: it runs on the event-loop thread)."""
     loop = other = 0.0
     for pid in pids:
         for task in Path(f"/proc/{pid}/task").glob("*"):
@@ -452,7 +452,7 @@ def profile_line(out: Path, label: str, row: dict[str, float]) -> str:
             own[frames[-1]] = own.get(frames[-1], 0) + int(count)
     top = sorted(own.items(), key=lambda kv: -kv[1])[:6]
     return (f"  --profile ({label}, first round): CPU per request in the event-loop threads {row['loop_us']:.1f} us, "
-            f"in granian's other threads {row['threads_us']:.1f} us; the loop threads' samples (py-spy, "
+            f"in their other threads {row['threads_us']:.1f} us; the loop threads' samples (py-spy, "
             f"{total} in {out}) by innermost Python frame:\n    "
             + "\n    ".join(f"{n / max(1, total):4.0%} {frame}" for frame, n in top))
 

@@ -5,7 +5,7 @@
     valgrind --tool=callgrind --instr-atstart=no python bench/auth_hotpath.py ... --callgrind
 
 The ASGI app of a worker (:class:`~aigc_gateway.services.auth.endpoints.AuthEndpoints`) is called
-directly with the scopes granian would give it, in bench/auth_check.py's request mix, with 10,000
+directly with the scopes the HTTP server would give it, in bench/auth_check.py's request mix, with 10,000
 instances in the owner map and the session cache warm. Wall-clock figures on a shared machine
 measure the machine; these do not: CPU time per request (``time.process_time``), the objects the GC
 saw allocated per request and the collections they caused, and under callgrind (``--callgrind``

@@ -17,7 +17,7 @@ place of the client's (:mod:`.cookies`).
 ``/auth`` runs on every click on every instance, so it is plain ASGI (one pass
 over the header list, one response message); the browser endpoints, a few
 requests per sign-in, use Starlette's request and response classes. The app
-is served by granian (:mod:`aigc_gateway.httpserver`).
+is served by the gateway's HTTP server (:mod:`aigc_gateway.httpserver`) on the event-loop thread.
 """
 from __future__ import annotations
 

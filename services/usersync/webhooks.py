@@ -14,8 +14,8 @@ The replay record (sha256 of the raw body) is inserted in the same transaction a
 database writes and committed only when the action succeeded. A second copy arriving while the
 first is being handled waits on the primary key and is then refused as a replay.
 
-Served on ``usersync.http_listen`` by the gateway's one HTTP stack (:mod:`aigc_gateway.httpserver`:
-granian, with Starlette's request and response classes, as auth's endpoints are); a body over
+Served on ``usersync.http_listen`` by the gateway's one HTTP stack (:mod:`aigc_gateway.httpserver`,
+with Starlette's request and response classes, as auth's endpoints are); a body over
 ``MAX_BODY`` is refused with 413 before it is read further.
 """
 from __future__ import annotations

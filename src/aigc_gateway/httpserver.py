@@ -1,54 +1,39 @@
-"""Serving HTTP endpoints (an ASGI app) with granian, inside this process's event loop: the one HTTP
-server stack of the gateway (auth's ``/auth`` and sign-in endpoints, usersync's Logto webhooks).
+"""Serving HTTP endpoints (an ASGI app) inside this process's event loop: the one HTTP server stack of the
+gateway (auth's ``/auth`` and sign-in endpoints, usersync's Logto webhooks).
 
-Why granian and not aiohttp: ``GET /auth`` is a few microseconds of Python
-(the checker does tens of thousands of decisions a second); per request, the
-HTTP server's own Python was most of the cost. granian parses and writes HTTP
-in Rust and calls the app with the headers already split: on the same machine
-an aiohttp "hello" answered about 12,000 requests a second on one core, granian
-about 28,000 with ASGI (bench/auth_check.py has the figures of the real
-endpoint). It is used through its embedded server, which runs in the calling
-event loop (granian marks that API experimental; the tests cover what we use
-of it: serving, SO_REUSEPORT sharing, a bind failure, stopping; tests/core/test_httpserver.py).
+httptools (llhttp) parses and :mod:`.http1` serves each connection on the event loop's own thread: a
+request costs one wake-up of one thread, as in nginx or Go's netpoller, and one task.
 
-Why not a server that answers on the event-loop thread itself (uvicorn with llhttp, measured for issue
-11; docs/auth.md has the figures): granian's socket I/O runs on threads of its own, so each request
-crosses three threads, and uvicorn's one-thread path cost 16-33 % less CPU per request for a "hello" at
-500-1,000 requests/s. But on the shared 2-core bench machine (load averages 8-15), /auth under uvicorn
-reached 0.76-0.77x oauth2-proxy's saturated throughput against granian's 1.00-1.20x, and a p99 at 1,000/s
-of 4.4-11x oauth2-proxy's against granian's 2.2-4.1x (same-run ratios, two runs each). The app runs on
-the loop thread either way; doing the I/O too, that thread waited for a CPU about twice as long (a fair
-scheduler serves a thread that used more CPU later), while granian's I/O threads take that work and, at
-saturation, the second CPU.
+Why not granian (the server until December 2026; issue 11, docs/auth.md has the figures): its socket I/O
+runs on threads of its own, so each request crossed three threads and took the GIL twice, and every
+hand-off waited for the scheduler: on the 2-core bench machine a ``/auth`` request waited 155-370 us for
+a CPU under granian and 20-60 us here, and a do-nothing app had a p99 at 1,000/s of 0.72-1.05 ms under
+granian and 0.57-0.66 ms here (nginx's ``return 204``: 0.53-0.62 ms). Why not uvicorn (also measured
+for issue 11): its protocol is the same parser under several times the Python, with timers for every
+request.
 
-What granian accepts, as the tests pin it: a malformed request line or header (whitespace before a
-colon, obs-fold) is a 400 that never reaches the app; duplicate headers, absolute-form request lines,
-HTTP/1.0 without ``Host`` (given to the app as an empty ``Host``) and header bytes above 0x7F (a raw
-UTF-8 cookie) reach the app as sent, for the app to judge.
+What the parser accepts, as the tests pin it: a malformed request line or header (whitespace before a
+colon, obs-fold, a control byte, a raw byte above 0x7F in the request target), Content-Length with
+Transfer-Encoding or twice: 400 that never reaches the app; duplicate headers, absolute-form request
+lines, HTTP/1.0 without ``Host`` and header values with bytes above 0x7F (a raw UTF-8 cookie) reach the
+app as sent, for the app to judge.
 
-On Linux granian binds with SO_REUSEPORT, which is what lets auth's worker
-processes listen on one port. A port is always reserved first with
-:func:`reserve_port` (port 0 picks one), so that the number is known before
-granian binds it.
+On Linux the listener binds with SO_REUSEPORT, which is what lets auth's worker processes listen on one
+port. A port is always reserved first with :func:`reserve_port` (port 0 picks one), so that the number is
+known before the listener binds it.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import socket
-from typing import Any
-
-from granian.constants import HTTPModes, Interfaces
-from granian.http import HTTP1Settings
-from granian.server.embed import Server
+from dataclasses import dataclass
 
 from .config import ConfigError
+from .http1 import App, Connection
 
 log = logging.getLogger(__name__)
-# granian logs "Embedded server is experimental!" at every start; its errors still show.
-logging.getLogger("_granian").setLevel(logging.ERROR)
-
-READY_TIMEOUT = 30.0
+STOP_TIMEOUT = 10.0
 
 
 def split_listen(listen: str) -> tuple[str, int]:
@@ -76,71 +61,93 @@ def reserve_port(host: str, port: int, setting: str = "auth.http_listen") -> soc
     return sock
 
 
+@dataclass(frozen=True)
+class Limits:
+    """What one request may take. nginx sends at most its large_client_header_buffers of URL (8k): the head
+    limit leaves room to spare, so that an odd request is answered by the app (401/403), not by the server
+    (431, a 500 to the user). The keep-alive timeout outlasts the proxies' own idle timeouts (nginx's upstream
+    keepalive 60 s, Traefik's 90 s), so that it is the proxy that closes an idle connection, never this server
+    under a request the proxy is sending."""
+
+    max_head: int = 256 * 1024
+    max_body: int = 1024 * 1024
+    head_timeout: float = 30.0
+    read_timeout: float = 30.0
+    idle_timeout: float = 300.0
+
+
 class HTTPServer:
-    def __init__(self, app: Any, listen: str, *, shared: bool = False, name: str = "http",
-                 setting: str = "auth.http_listen"):
+    def __init__(self, app: App, listen: str, *, shared: bool = False, name: str = "http",
+                 setting: str = "auth.http_listen", limits: Limits = Limits()):
         """``shared``: other processes listen on this port too (the port was reserved by the pool); ``name``
         names the serving task; ``setting`` is the listen setting an error names."""
         self.app = app
         self.name = name
         self.setting = setting
+        self.limits = limits
         self.host, self.port = split_listen(listen)
         self.shared = shared
+        self.connections: set[Connection] = set()
+        self.stopping = False
+        self.loop: asyncio.AbstractEventLoop  # set by start()
         self._reservation: socket.socket | None = None
-        self._server: Server | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._server: asyncio.Server | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self._drained: asyncio.Event | None = None
 
     async def start(self) -> int:
+        self.loop = asyncio.get_running_loop()
         if not self.shared:
             self._reservation = reserve_port(self.host, self.port, self.setting)
             self.port = self._reservation.getsockname()[1]
-        self._server = Server(
-            self.app, address=self.host, port=self.port, interface=Interfaces.ASGINL, http=HTTPModes.http1,
-            websockets=False, backlog=1024, log_enabled=False,
-            # nginx sends at most its large_client_header_buffers of URL (8k); room to spare, so that an odd
-            # request is answered by the app (401/403), not by the HTTP parser (400, a 500 to the user).
-            http1_settings=HTTP1Settings(max_buffer_size=256 * 1024))
-        self._task = asyncio.create_task(self._server.serve(), name=self.name)
-        await self._listening()
+        try:
+            listener = reserve_port(self.host, self.port, self.setting)
+        except OSError as exc:
+            await self.stop()
+            raise OSError(f"cannot serve http://{self.host}:{self.port}: {exc}") from exc
+        try:
+            self._server = await self.loop.create_server(lambda: Connection(self), sock=listener, backlog=1024)
+        except BaseException:
+            listener.close()
+            await self.stop()
+            raise
+        self._sweeper = asyncio.create_task(self._sweep(), name=f"{self.name}-sweep")
         return self.port
 
-    async def _listening(self) -> None:
-        """Return once the port accepts connections and granian still runs; raise what granian raised
-        when it could not bind (it fails within a few loop steps; a sibling worker answering the probe
-        meanwhile cannot hide that, hence the short wait after a successful probe)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + READY_TIMEOUT
-        assert self._task is not None
-        accepted = False
-        while loop.time() < deadline:
-            if self._task.done():
-                error = self._task.exception() if not self._task.cancelled() else "cancelled"
-                await self.stop()
-                raise OSError(f"cannot serve http://{self.host}:{self.port}: {error}")
-            if accepted:
-                return
-            accepted = await loop.run_in_executor(None, self._accepts)
-            await asyncio.sleep(0.2 if accepted else 0.02)
-        await self.stop()
-        raise OSError(f"http://{self.host}:{self.port} did not start listening in {READY_TIMEOUT:.0f}s")
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            self.sweep(self.loop.time())
 
-    def _accepts(self) -> bool:
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else "::1" if self.host == "::" else self.host
-        try:
-            socket.create_connection((host, self.port), timeout=0.5).close()
-        except OSError:
-            return False
-        return True
+    def sweep(self, now: float) -> None:
+        """Close the connections that waited too long at ``now`` (:meth:`.http1.Connection.sweep`); one pass a
+        second is all the timing a connection costs (no timer per request)."""
+        for connection in list(self.connections):
+            connection.sweep(now)
+
+    def connection_closed(self) -> None:
+        if self._drained is not None and not self.connections:
+            self._drained.set()
 
     async def stop(self) -> None:
-        server, task, self._server, self._task = self._server, self._task, None, None
-        if server is not None and task is not None:
-            if not task.done():
-                server.stop()
-            try:
-                await asyncio.wait_for(task, 10)
-            except Exception:  # noqa: BLE001 - stopping: whatever it failed with was reported at start
-                pass
+        """Stop listening, let the requests under way be answered (with ``connection: close``), close idle
+        connections; what is still open after STOP_TIMEOUT is aborted."""
+        server, self._server = self._server, None
+        if server is not None:
+            self.stopping = True
+            server.close()
+            self._drained = asyncio.Event()
+            self.sweep(self.loop.time())
+            if self.connections:
+                try:
+                    await asyncio.wait_for(self._drained.wait(), STOP_TIMEOUT)
+                except TimeoutError:
+                    for connection in list(self.connections):
+                        if connection.transport is not None:
+                            connection.transport.abort()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         if self._reservation is not None:
             self._reservation.close()
             self._reservation = None
