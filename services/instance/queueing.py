@@ -34,7 +34,6 @@ if TYPE_CHECKING:
     from .lifecycle import Lifecycle
 
 Effect = dict[str, Any]
-_runs = Tasks()  # runs whose caller was answered by another batch (or gave up) go on here, referenced
 
 
 class Queued(Protocol):
@@ -66,6 +65,9 @@ class Queues(Generic[Q]):
     def __init__(self, kind: str):
         self.kind = kind
         self._queued: dict[str, list[Q]] = {}
+        # Runs whose caller was answered by another batch (or gave up) go on here, referenced; cancelled at
+        # close, as a crash would stop them (their intents are resolved by whoever takes the lock next).
+        self.runs = Tasks()
 
     def entries(self, key: str) -> list[Q]:
         return self._queued.get(key) or []
@@ -86,7 +88,7 @@ class Queues(Generic[Q]):
         and return the answer as soon as some batch has given it. An entry no batch took is taken out again when
         its caller stops waiting: it must not run after we answered."""
         self._set(key, [*self.entries(key), queued])
-        ours = _runs.spawn(_awaited(run))
+        ours = self.runs.spawn(_awaited(run))
         ours.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved, whoever awaits it
         try:
             await asyncio.wait((ours, queued.future), return_when=asyncio.FIRST_COMPLETED)

@@ -77,3 +77,33 @@ async def test_a_call_served_by_an_earlier_batch_returns_without_its_own_turn_at
 
 def _users(lifecycle: Lifecycle, name: str) -> int:
     return lifecycle._locks.local._users.get(name, 0)
+
+
+async def test_closing_cancels_the_runs_still_queued_and_writes_nothing(
+        testbed: Testbed, game: Game, database: Database, lifecycle: Lifecycle) -> None:
+    """A run outlives its caller on purpose (it may write other callers' batch), so the lifecycle keeps it;
+    closing cancels it, as a crash would stop it, instead of leaving it to write after the service stopped."""
+    await create_template(game, testbed)
+    ref = TemplateRef(game.namespace, SAMPLE)
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    async def holder() -> None:
+        async with lifecycle.locked(ref):
+            entered.set()
+            await release.wait()
+
+    holding = asyncio.create_task(holder())
+    await entered.wait()
+    alice = asyncio.create_task(lifecycle.install(ref, "alice"))
+    await wait_for(lambda: _users(lifecycle, allocator_lock(ref.namespace, ref.template)) == 2, 30, interval=0.01,
+                   what="alice's run at the template lock")
+    runs = lifecycle._ups.queues.runs
+    assert len(runs) == 1
+    await lifecycle.close()
+    assert len(runs) == 0
+    with pytest.raises(asyncio.CancelledError):
+        await alice
+    release.set()
+    await holding
+    async with database.session() as session:
+        assert await SlotStore(database).load(session, ref) == {}  # nothing was planned, nothing written
