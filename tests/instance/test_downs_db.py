@@ -8,17 +8,14 @@ import dataclasses
 
 import grpc
 
-from aigc_gateway.config import InstanceConfig
 from aigc_gateway.db import Database
-from aigc_gateway.idempotency import IdempotencyStore
+from aigc_gateway.idempotency import Claim, IdempotencyStore
 from aigc_gateway.names import TemplateRef
-from aigc_gateway.replicas import ReplicaRegistry
 from aigc_gateway.services.instance import allocator, combine
 from aigc_gateway.services.instance.allocator import Plan, Spec
-from aigc_gateway.services.instance.lifecycle import Lifecycle
 from aigc_gateway.services.instance.slots import SlotStore, slots_of
 
-from .test_replay_effects_db import dies
+from .resolving import replicas
 
 REF = TemplateRef("games", "sd-cpu")
 
@@ -50,27 +47,17 @@ async def combined(store: SlotStore, database: Database, claims: tuple[str, str,
 
 
 async def test_a_combined_write_that_landed_gives_each_call_its_own_effect(database: Database) -> None:
-    killed = IdempotencyStore(database, ReplicaRegistry(database, 10))
-    survivor = IdempotencyStore(database, ReplicaRegistry(database, 10))
-    store = SlotStore(database)
-    lifecycle = Lifecycle(database, store, cluster=None, cfg=InstanceConfig(), claims=survivor)  # type: ignore[arg-type]
-    try:
-        alice, _ = await killed.claim("InstanceService.PauseInstance", "alice", "p", b"p")
-        bob, _ = await killed.claim("InstanceService.DeleteInstance", "bob", "d", b"d")
-        carol, _ = await killed.claim("InstanceService.PauseInstance", "carol", "p", b"p")
-        plan = await combined(store, database, (alice.key, bob.key, carol.key))
-        await store.record_intent(REF, plan)
-        await dies(database, killed)  # ... after the GameServerSet write, before recording it
+    async with replicas(database) as r:
+        alice, bob, carol = await claim_all(r.killed)
+        plan = await combined(r.store, database, (alice.key, bob.key, carol.key))
+        await r.store.record_intent(REF, plan)
+        await r.kill()  # ... after the GameServerSet write, before recording it
 
-        async with lifecycle.locked(REF):
-            assert await lifecycle.resolve_pending(REF, Spec.of(0, {0, 1, 2})) == 1  # the write landed
-        async with database.session() as session:
-            rows = {i: (r.slot, r.owner) for i, r in (await store.load(session, REF)).items()}
-        assert rows == {0: ("PAUSED", "alice"), 1: ("RELEASING", None), 2: ("PAUSED", "carol")}
+        async with r.lifecycle.locked(REF):
+            assert await r.lifecycle.resolve_pending(REF, Spec.of(0, {0, 1, 2})) == 1  # the write landed
+        assert await r.rows(REF) == {0: ("PAUSED", "alice"), 1: ("RELEASING", None), 2: ("PAUSED", "carol")}
 
-        alices, _ = await survivor.claim("InstanceService.PauseInstance", "alice", "p", b"p")
-        bobs, _ = await survivor.claim("InstanceService.DeleteInstance", "bob", "d", b"d")
-        carols, _ = await survivor.claim("InstanceService.PauseInstance", "carol", "p", b"p")
+        alices, bobs, carols = await claim_all(r.survivor)
         assert alices.effect and bobs.effect and carols.effect  # taken over with their effects
         assert (alices.effect["op"], alices.effect["row"]["id"], alices.effect["row"]["owner"],
                 alices.effect["row"]["slot"]) == ("pause", 0, "alice", "PAUSED")
@@ -78,29 +65,25 @@ async def test_a_combined_write_that_landed_gives_each_call_its_own_effect(datab
         assert (bobs.effect["op"], bobs.effect["row"]["id"], bobs.effect["row"]["owner"],
                 bobs.effect["row"]["slot"]) == ("uninstall", 1, "bob", "RELEASING")
         assert (carols.effect["op"], carols.effect["row"]["id"], carols.effect["row"]["owner"]) == ("pause", 2, "carol")
-    finally:
-        await killed.close()
-        await survivor.close()
 
 
 async def test_a_combined_write_that_never_landed_leaves_no_effect(database: Database) -> None:
-    claims = IdempotencyStore(database, ReplicaRegistry(database, 10))
-    store = SlotStore(database)
-    lifecycle = Lifecycle(database, store, cluster=None, cfg=InstanceConfig(), claims=claims)  # type: ignore[arg-type]
-    try:
-        alice, _ = await claims.claim("InstanceService.PauseInstance", "alice", "p", b"p")
-        bob, _ = await claims.claim("InstanceService.DeleteInstance", "bob", "d", b"d")
-        carol, _ = await claims.claim("InstanceService.PauseInstance", "carol", "p", b"p")
-        plan = await combined(store, database, (alice.key, bob.key, carol.key))
-        await store.record_intent(REF, plan)
-        async with lifecycle.locked(REF):
-            await lifecycle.resolve_pending(REF, BEFORE)  # (R, X) as before: nothing happened
+    async with replicas(database) as r:
+        calls = await claim_all(r.survivor)
+        plan = await combined(r.store, database, tuple(c.key for c in calls))  # type: ignore[arg-type]
+        await r.store.record_intent(REF, plan)
+        async with r.lifecycle.locked(REF):
+            await r.lifecycle.resolve_pending(REF, BEFORE)  # (R, X) as before: nothing happened
         async with database.session() as session:
-            rows = {i: (r.slot, r.owner) for i, r in (await store.load(session, REF)).items()}
-            assert await store.intents(session, REF) == []
-        assert rows == {0: ("LIVE", "alice"), 1: ("LIVE", "bob"), 2: ("PAUSED", "carol")}
-        assert (await claims.held([alice, bob, carol])) == {c.key: (True, None) for c in (alice, bob, carol)}
-        for claim in (alice, bob, carol):
-            await claims.finish(claim, grpc.StatusCode.UNAVAILABLE, b"")
-    finally:
-        await claims.close()
+            assert await r.store.intents(session, REF) == []
+        assert await r.rows(REF) == {0: ("LIVE", "alice"), 1: ("LIVE", "bob"), 2: ("PAUSED", "carol")}
+        assert (await r.survivor.held(list(calls))) == {c.key: (True, None) for c in calls}
+        for claim in calls:
+            await r.survivor.finish(claim, grpc.StatusCode.UNAVAILABLE, b"")
+
+
+async def claim_all(store: IdempotencyStore) -> tuple[Claim, Claim, Claim]:
+    alice, _ = await store.claim("InstanceService.PauseInstance", "alice", "p", b"p")
+    bob, _ = await store.claim("InstanceService.DeleteInstance", "bob", "d", b"d")
+    carol, _ = await store.claim("InstanceService.PauseInstance", "carol", "p", b"p")
+    return alice, bob, carol

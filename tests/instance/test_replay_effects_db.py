@@ -6,64 +6,43 @@ from __future__ import annotations
 import dataclasses
 
 import grpc
-from sqlalchemy import update
 
-from aigc_gateway.config import InstanceConfig
 from aigc_gateway.db import Database
-from aigc_gateway.db.models import ReplicaRow
-from aigc_gateway.idempotency import IdempotencyStore
 from aigc_gateway.names import TemplateRef
 from aigc_gateway.okg import SlotState
-from aigc_gateway.replicas import ReplicaRegistry, utcnow
 from aigc_gateway.services.instance import allocator, combine
 from aigc_gateway.services.instance.allocator import Spec
-from aigc_gateway.services.instance.lifecycle import Lifecycle
-from aigc_gateway.services.instance.slots import SlotStore, slots_of
+from aigc_gateway.services.instance.slots import slots_of
+
+from .resolving import replicas
 
 REF = TemplateRef("games", "sd-cpu")
 
 
-async def dies(db: Database, claims: IdempotencyStore) -> None:
-    assert claims.replicas._task is not None
-    claims.replicas._task.cancel()
-    async with db.session() as session:
-        await session.execute(update(ReplicaRow).where(ReplicaRow.id == claims.replicas.id)
-                              .values(expires_at=utcnow()))
-
-
 async def test_an_install_applied_after_its_replica_died_is_the_retrys_answer(database: Database) -> None:
-    killed = IdempotencyStore(database, ReplicaRegistry(database, 10))
-    survivor = IdempotencyStore(database, ReplicaRegistry(database, 10))
-    store = SlotStore(database)
-    lifecycle = Lifecycle(database, store, cluster=None, cfg=InstanceConfig(), claims=survivor)  # type: ignore[arg-type]
-    try:
-        alice, _ = await killed.claim("InstanceService.CreateInstance", "alice", "r1", b"x")
-        bob, _ = await killed.claim("InstanceService.CreateInstance", "bob", "r2", b"y")
+    async with replicas(database) as r:
+        alice, _ = await r.killed.claim("InstanceService.CreateInstance", "alice", "r1", b"x")
+        bob, _ = await r.killed.claim("InstanceService.CreateInstance", "bob", "r2", b"y")
         plan, _ = combine.plan_install_batch(REF, Spec.of(0), {}, ["alice", "bob"])
         assert plan is not None
-        await store.record_intent(REF, dataclasses.replace(plan, claims=((0, alice.key), (1, bob.key))))
-        await dies(database, killed)  # ... after its GameServerSet write, before recording it
+        await r.store.record_intent(REF, dataclasses.replace(plan, claims=((0, alice.key), (1, bob.key))))
+        await r.kill()  # ... after its GameServerSet write, before recording it
 
-        retry, _ = await survivor.claim("InstanceService.CreateInstance", "alice", "r1", b"x")
+        retry, _ = await r.survivor.claim("InstanceService.CreateInstance", "alice", "r1", b"x")
         assert retry.effect is None  # nothing recorded yet: the intent is still pending
-        async with lifecycle.locked(REF):
-            await lifecycle.resolve_pending(REF, Spec.of(2))  # the write landed
-        held, effect = (await survivor.held([retry]))[retry.key]
+        async with r.lifecycle.locked(REF):
+            await r.lifecycle.resolve_pending(REF, Spec.of(2))  # the write landed
+        held, effect = (await r.survivor.held([retry]))[retry.key]
         assert held and effect is not None
         assert (effect["op"], effect["row"]["id"], effect["row"]["owner"], effect["row"]["slot"]) == (
             "install", 0, "alice", "LIVE")
-        bobs, _ = await survivor.claim("InstanceService.CreateInstance", "bob", "r2", b"y")
+        bobs, _ = await r.survivor.claim("InstanceService.CreateInstance", "bob", "r2", b"y")
         assert bobs.effect is not None and bobs.effect["row"]["owner"] == "bob"  # taken over with its effect
-    finally:
-        await killed.close()
-        await survivor.close()
 
 
 async def test_an_uninstall_effect_names_its_owner_and_a_lost_write_leaves_none(database: Database) -> None:
-    claims = IdempotencyStore(database, ReplicaRegistry(database, 10))
-    store = SlotStore(database)
-    lifecycle = Lifecycle(database, store, cluster=None, cfg=InstanceConfig(), claims=claims)  # type: ignore[arg-type]
-    try:
+    async with replicas(database) as r:
+        claims, store, lifecycle = r.survivor, r.store, r.lifecycle
         install = allocator.plan_install(REF, Spec.of(0), {}, "alice")
         async with database.session() as session:
             await store.apply(session, REF, install)
@@ -87,5 +66,3 @@ async def test_an_uninstall_effect_names_its_owner_and_a_lost_write_leaves_none(
         assert effect is not None
         assert (effect["op"], effect["row"]["owner"], effect["row"]["slot"]) == (
             "uninstall", "alice", SlotState.RELEASING.value)
-    finally:
-        await claims.close()

@@ -9,18 +9,15 @@ import dataclasses
 import grpc
 from sqlalchemy import select
 
-from aigc_gateway.config import InstanceConfig
 from aigc_gateway.db import Database
 from aigc_gateway.db.models import UserSyncOutboxRow
 from aigc_gateway.idempotency import Claim, IdempotencyStore
 from aigc_gateway.names import TemplateRef
-from aigc_gateway.replicas import ReplicaRegistry
 from aigc_gateway.services.instance import allocator, combine
 from aigc_gateway.services.instance.allocator import Op, Plan, Spec
-from aigc_gateway.services.instance.lifecycle import Lifecycle
 from aigc_gateway.services.instance.slots import SlotStore, slots_of
 
-from .test_replay_effects_db import dies
+from .resolving import replicas
 
 REF = TemplateRef("games", "sd-cpu")
 BEFORE = Spec.of(1, {0, 2})  # alice (id 0) and carol (id 2) paused, bob (id 1) running
@@ -64,51 +61,38 @@ async def claim_all(store: IdempotencyStore) -> tuple[Claim, Claim, Claim, Claim
 
 
 async def test_a_combined_up_write_that_landed_gives_each_call_its_own_effect(database: Database) -> None:
-    killed = IdempotencyStore(database, ReplicaRegistry(database, 10))
-    survivor = IdempotencyStore(database, ReplicaRegistry(database, 10))
-    store = SlotStore(database)
-    lifecycle = Lifecycle(database, store, cluster=None, cfg=InstanceConfig(), claims=survivor)  # type: ignore[arg-type]
-    try:
-        claims = await claim_all(killed)
-        plan = await combined(store, database, tuple(c.key for c in claims))  # type: ignore[arg-type]
-        await store.record_intent(REF, plan)
-        await dies(database, killed)  # ... after the GameServerSet write, before recording it
+    async with replicas(database) as r:
+        claims = await claim_all(r.killed)
+        plan = await combined(r.store, database, tuple(c.key for c in claims))  # type: ignore[arg-type]
+        await r.store.record_intent(REF, plan)
+        await r.kill()  # ... after the GameServerSet write, before recording it
 
-        async with lifecycle.locked(REF):
-            assert await lifecycle.resolve_pending(REF, Spec.of(4, {0})) == 1  # R says it landed (X put back)
+        async with r.lifecycle.locked(REF):
+            assert await r.lifecycle.resolve_pending(REF, Spec.of(4, {0})) == 1  # R says it landed (X put back)
         async with database.session() as session:
-            rows = {i: (r.slot, r.owner) for i, r in (await store.load(session, REF)).items()}
             keys = (await session.execute(select(UserSyncOutboxRow.user, UserSyncOutboxRow.instance_id)
                                           .where(UserSyncOutboxRow.user == "dave"))).all()
-        assert rows == {0: ("LIVE", "alice"), 1: ("LIVE", "bob"), 2: ("LIVE", "carol"), 3: ("LIVE", "dave")}
+        assert await r.rows(REF) == {0: ("LIVE", "alice"), 1: ("LIVE", "bob"), 2: ("LIVE", "carol"),
+                                     3: ("LIVE", "dave")}
         assert keys == [("dave", 3)]  # the install's key set, in the same transaction
 
-        retries = await claim_all(survivor)
+        retries = await claim_all(r.survivor)
         effects = [(c.effect["op"], c.effect["row"]["id"], c.effect["row"]["owner"], c.effect["row"]["slot"])
                    for c in retries if c.effect is not None]
         assert effects == [("resume", 0, "alice", "LIVE"), ("install", 3, "dave", "LIVE"),
                            ("resume", 1, "bob", "LIVE"), ("resume", 2, "carol", "LIVE")]
-    finally:
-        await killed.close()
-        await survivor.close()
 
 
 async def test_a_combined_up_write_that_never_landed_leaves_no_effect(database: Database) -> None:
-    claims_store = IdempotencyStore(database, ReplicaRegistry(database, 10))
-    store = SlotStore(database)
-    lifecycle = Lifecycle(database, store, cluster=None, cfg=InstanceConfig(), claims=claims_store)  # type: ignore[arg-type]
-    try:
-        claims = await claim_all(claims_store)
-        plan = await combined(store, database, tuple(c.key for c in claims))  # type: ignore[arg-type]
-        await store.record_intent(REF, plan)
-        async with lifecycle.locked(REF):
-            await lifecycle.resolve_pending(REF, BEFORE)  # (R, X) as before: nothing happened
+    async with replicas(database) as r:
+        claims = await claim_all(r.survivor)
+        plan = await combined(r.store, database, tuple(c.key for c in claims))  # type: ignore[arg-type]
+        await r.store.record_intent(REF, plan)
+        async with r.lifecycle.locked(REF):
+            await r.lifecycle.resolve_pending(REF, BEFORE)  # (R, X) as before: nothing happened
         async with database.session() as session:
-            rows = {i: (r.slot, r.owner) for i, r in (await store.load(session, REF)).items()}
-            assert await store.intents(session, REF) == []
-        assert rows == {0: ("PAUSED", "alice"), 1: ("LIVE", "bob"), 2: ("PAUSED", "carol")}
-        assert (await claims_store.held(list(claims))) == {c.key: (True, None) for c in claims}
+            assert await r.store.intents(session, REF) == []
+        assert await r.rows(REF) == {0: ("PAUSED", "alice"), 1: ("LIVE", "bob"), 2: ("PAUSED", "carol")}
+        assert (await r.survivor.held(list(claims))) == {c.key: (True, None) for c in claims}
         for claim in claims:
-            await claims_store.finish(claim, grpc.StatusCode.UNAVAILABLE, b"")
-    finally:
-        await claims_store.close()
+            await r.survivor.finish(claim, grpc.StatusCode.UNAVAILABLE, b"")
