@@ -3,18 +3,20 @@
 ends its lease as kill -9 would, and ``survivor``'s lifecycle resolves the intent and answers the retries."""
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+import grpc
 from sqlalchemy import update
 
 from aigc_gateway.config import InstanceConfig
 from aigc_gateway.db import Database
 from aigc_gateway.db.models import ReplicaRow
-from aigc_gateway.idempotency import IdempotencyStore
+from aigc_gateway.idempotency import Claim, IdempotencyStore
 from aigc_gateway.names import TemplateRef
 from aigc_gateway.replicas import ReplicaRegistry, utcnow
+from aigc_gateway.services.instance.allocator import Plan, Spec
 from aigc_gateway.services.instance.lifecycle import Lifecycle
 from aigc_gateway.services.instance.slots import SlotStore
 
@@ -29,6 +31,19 @@ class Replicas:
 
     async def kill(self) -> None:
         await dies(self.database, self.killed)
+
+    async def never_landed(self, ref: TemplateRef, plan: Plan, before: Spec, calls: Sequence[Claim]) -> None:
+        """``plan`` recorded as the intent of ``calls`` (the survivor's claims), then resolved against ``before``:
+        the write never landed, so no intent is left and every claim is still held with no effect (then given up,
+        as UNAVAILABLE)."""
+        await self.store.record_intent(ref, plan)
+        async with self.lifecycle.locked(ref):
+            await self.lifecycle.resolve_pending(ref, before)
+        async with self.database.session() as session:
+            assert await self.store.intents(session, ref) == []
+        assert (await self.survivor.held(list(calls))) == {c.key: (True, None) for c in calls}
+        for claim in calls:
+            await self.survivor.finish(claim, grpc.StatusCode.UNAVAILABLE, b"")
 
     async def rows(self, ref: TemplateRef) -> dict[int, tuple[str, str | None]]:
         """Every slot row of ``ref``: id -> (slot, owner)."""

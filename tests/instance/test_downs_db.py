@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import grpc
-
 from aigc_gateway.db import Database
 from aigc_gateway.idempotency import Claim, IdempotencyStore
 from aigc_gateway.names import TemplateRef
@@ -71,15 +69,8 @@ async def test_a_combined_write_that_never_landed_leaves_no_effect(database: Dat
     async with replicas(database) as r:
         calls = await claim_all(r.survivor)
         plan = await combined(r.store, database, tuple(c.key for c in calls))  # type: ignore[arg-type]
-        await r.store.record_intent(REF, plan)
-        async with r.lifecycle.locked(REF):
-            await r.lifecycle.resolve_pending(REF, BEFORE)  # (R, X) as before: nothing happened
-        async with database.session() as session:
-            assert await r.store.intents(session, REF) == []
+        await r.never_landed(REF, plan, BEFORE, calls)  # (R, X) as before: nothing happened
         assert await r.rows(REF) == {0: ("LIVE", "alice"), 1: ("LIVE", "bob"), 2: ("PAUSED", "carol")}
-        assert (await r.survivor.held(list(calls))) == {c.key: (True, None) for c in calls}
-        for claim in calls:
-            await r.survivor.finish(claim, grpc.StatusCode.UNAVAILABLE, b"")
 
 
 async def claim_all(store: IdempotencyStore) -> tuple[Claim, Claim, Claim]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import grpc
 from sqlalchemy import select
 
 from aigc_gateway.db import Database
@@ -87,12 +86,5 @@ async def test_a_combined_up_write_that_never_landed_leaves_no_effect(database: 
     async with replicas(database) as r:
         claims = await claim_all(r.survivor)
         plan = await combined(r.store, database, tuple(c.key for c in claims))  # type: ignore[arg-type]
-        await r.store.record_intent(REF, plan)
-        async with r.lifecycle.locked(REF):
-            await r.lifecycle.resolve_pending(REF, BEFORE)  # (R, X) as before: nothing happened
-        async with database.session() as session:
-            assert await r.store.intents(session, REF) == []
+        await r.never_landed(REF, plan, BEFORE, claims)  # (R, X) as before: nothing happened
         assert await r.rows(REF) == {0: ("PAUSED", "alice"), 1: ("LIVE", "bob"), 2: ("PAUSED", "carol")}
-        assert (await r.survivor.held(list(claims))) == {c.key: (True, None) for c in claims}
-        for claim in claims:
-            await r.survivor.finish(claim, grpc.StatusCode.UNAVAILABLE, b"")
