@@ -217,8 +217,8 @@ class Connection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            # CONNECT or an Upgrade: what was parsed is answered, then the connection closes (no protocol
-            # but HTTP/1.1 is served); an unfinished CONNECT is a 400.
+            # An Upgrade: what was parsed is answered, then the connection closes (no protocol but HTTP/1.1 is
+            # served). A CONNECT was refused before this (its authority-form target is no path: 400).
             self._refuse(400 if self.begun else 0)
             return
         except httptools.HttpParserCallbackError as exc:
