@@ -26,7 +26,7 @@ from urllib.parse import unquote_to_bytes
 import httptools
 
 if TYPE_CHECKING:
-    from .httpserver import Limits
+    from .httpserver import HTTPServer, Limits
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +162,7 @@ class Connection(asyncio.Protocol):
     """A client's connection. ``server`` is the serving state shared by its connections (app, limits,
     the set of connections, whether it is stopping)."""
 
-    def __init__(self, server: Any):
+    def __init__(self, server: HTTPServer):
         self.server = server
         self.app: App = server.app
         self.limits: Limits = server.limits
@@ -183,7 +183,7 @@ class Connection(asyncio.Protocol):
         # Requests parsed and not answered yet (the first is the app's, if ``current`` is set).
         self.queue: deque[_Request] = deque()
         self.current: _Request | None = None
-        self.task: asyncio.Task[None] | None = None
+        self.task: asyncio.Task[None] | None = None  # current's; referenced here (the loop's reference is weak)
         self.refusal = 0  # the status to answer once the requests ahead are answered, then close
         self.write_paused = False
         self.read_paused = False
