@@ -12,6 +12,8 @@ import pytest
 
 from aigc_gateway.httpserver import HTTPServer, Limits
 
+from .test_httpserver import exchange
+
 
 class Echo:
     """Answers the path, the method and the body it received. ``/hold`` waits for ``release``; ``/stream``
@@ -103,9 +105,7 @@ async def test_framing_head_streaming_and_http10(echo) -> None:
     stream = await reader.readuntil(b"0\r\n\r\n")
     assert b"transfer-encoding: chunked\r\n" in stream and stream.endswith(b"\r\n\r\nd\r\nGET /stream 0\r\n1\r\n!\r\n0\r\n\r\n")
     writer.close()
-    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-    writer.write(b"GET /stream HTTP/1.0\r\n\r\n")
-    answer = await reader.read()  # HTTP/1.0: the body ends where the connection does
+    answer = await exchange(server.port, b"GET /stream HTTP/1.0\r\n\r\n")  # the body ends with the connection
     assert answer.startswith(b"HTTP/1.0 200 OK\r\n") and b"connection: close\r\n" in answer
     assert answer.endswith(b"\r\n\r\nGET /stream 0!")
 
@@ -114,11 +114,8 @@ async def test_a_body_over_the_limit_is_413_and_never_reaches_the_app(echo) -> N
     app, server = echo
     for request in (b"POST /big HTTP/1.1\r\nHost: a\r\nContent-Length: 1001\r\n\r\n",
                     b"POST /big HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3e9\r\n" + b"x" * 1001):
-        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-        writer.write(request)
-        answer = await reader.read()
+        answer = await exchange(server.port, request)
         assert answer.startswith(b"HTTP/1.1 413 ") and b"connection: close\r\n" in answer
-        writer.close()
     assert app.seen == []
 
 
@@ -147,30 +144,26 @@ async def test_expect_100_continue_is_answered_before_the_body_is_sent(echo) -> 
 @pytest.mark.parametrize("path", ["/fail", "/bad-header", "/silent"])
 async def test_an_app_that_fails_before_answering_gives_500_and_a_closed_connection(echo, path: str) -> None:
     app, server = echo
-    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-    writer.write(b"GET %s HTTP/1.1\r\nHost: a\r\n\r\nGET /never HTTP/1.1\r\nHost: a\r\n\r\n" % path.encode())
-    answer = await reader.read()
+    answer = await exchange(server.port, b"GET %s HTTP/1.1\r\nHost: a\r\n\r\nGET /never HTTP/1.1\r\nHost: a\r\n\r\n"
+                            % path.encode())
     assert answer.startswith(b"HTTP/1.1 500 ") and answer.count(b"HTTP/1.1") == 1
     assert b"set-cookie" not in answer and app.seen == [path]
 
 
 async def test_a_response_cut_short_closes_the_connection(echo) -> None:
     app, server = echo
-    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-    writer.write(b"GET /cut HTTP/1.1\r\nHost: a\r\n\r\n")
-    answer = await reader.read()  # the chunked body never ends: only the close tells the client
+    answer = await exchange(server.port, b"GET /cut HTTP/1.1\r\nHost: a\r\n\r\n")
+    # the chunked body never ends: only the close tells the client
     assert answer.startswith(b"HTTP/1.1 200 OK") and not answer.endswith(b"0\r\n\r\n")
 
 
 async def test_an_upgrade_is_answered_as_plain_http_then_the_connection_closes(echo) -> None:
     app, server = echo
-    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-    writer.write(b"GET /u HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\nnot http")
-    answer = await reader.read()
+    answer = await exchange(server.port, b"GET /u HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\n"
+                                         b"Upgrade: websocket\r\n\r\nnot http")
     assert answer.startswith(b"HTTP/1.1 200 OK") and answer.endswith(b"GET /u 0")
-    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-    writer.write(b"CONNECT a:443 HTTP/1.1\r\nHost: a\r\n\r\n")
-    assert (await reader.read()).startswith(b"HTTP/1.1 400 ")  # no tunnels here
+    answer = await exchange(server.port, b"CONNECT a:443 HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 400 ")  # no tunnels here
     assert app.seen == ["/u"]
 
 
