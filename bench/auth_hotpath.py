@@ -35,6 +35,8 @@ async def main() -> int:
     parser.add_argument("--requests", type=int, default=20_000)
     parser.add_argument("--mix", default="60,25,15")
     parser.add_argument("--callgrind", action="store_true", help="toggle callgrind around the measured requests")
+    parser.add_argument("--path", choices=("immediate", "asgi"), default="immediate",
+                        help="immediate: as the server asks first (answers given again); asgi: the app decides each")
     parser.add_argument("--freeze", action="store_true", help="gc.freeze() before measuring (as a worker does)")
     opts = parser.parse_args()
     opts.workers, opts.event_loop = 0, "asyncio"
@@ -55,8 +57,9 @@ async def main() -> int:
             if message["type"] == "http.response.start":
                 statuses[message["status"]] = statuses.get(message["status"], 0) + 1
 
-        for scope in scopes * 3:  # warm: session cache, cookie and URL caches
-            await app.auth(scope, send)
+        for scope in scopes * 3:  # warm: session cache, cookie and URL caches, the answers given again
+            if opts.path == "asgi" or app.answers(scope) is None:
+                await app.auth(scope, send)
         await asyncio.sleep(0.1)
         if opts.freeze:
             gc.collect()
@@ -70,8 +73,14 @@ async def main() -> int:
             subprocess.run(["callgrind_control", "-i", "on", str(__import__("os").getpid())], check=False,
                            capture_output=True)
         cpu, wall = time.process_time(), time.perf_counter()
+        answers = app.answers if opts.path == "immediate" else None
         for k in range(n):
-            await app.auth(scopes[k % len(scopes)], send)
+            scope = scopes[k % len(scopes)]
+            answer = answers(scope) if answers is not None else None
+            if answer is not None:
+                statuses[answer[0]] = statuses.get(answer[0], 0) + 1
+            else:
+                await app.auth(scope, send)
             if k % 500 == 499:
                 allocated += gc.get_count()[0] - counts_before
                 await asyncio.sleep(0)  # the audit tasks of denied checks run, as in a server
@@ -81,7 +90,7 @@ async def main() -> int:
             subprocess.run(["callgrind_control", "-i", "off", str(__import__("os").getpid())], check=False,
                            capture_output=True)
         gc_after = [s["collections"] for s in gc.get_stats()]
-        print(f"{n:,} requests through the ASGI app (statuses {dict(sorted(statuses.items()))}; "
+        print(f"{n:,} requests, {opts.path} (statuses {dict(sorted(statuses.items()))}; "
               f"{len(service.owners)} instances; gc threshold {gc.get_threshold()}, frozen {gc.get_freeze_count()})")
         print(f"  CPU {cpu / n * 1e6:.1f} us/request (wall {wall / n * 1e6:.1f} us); "
               f"GC collections gen0/1/2: {', '.join(str(a - b) for a, b in zip(gc_after, gc_before, strict=True))}; "

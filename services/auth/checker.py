@@ -26,7 +26,15 @@ from aigc_gateway.sessions import SessionCookieAuthenticator
 from .activity import ActivityRecorder
 from .decision import Decision, Outcome, decide
 from .ownermap import OwnerMap
-from .urls import BadURL, RoutedHostRefused, Target, bind_routed_host, parse_original_url
+from .urls import (
+    ROUTED_HOST_MISMATCH,
+    ROUTED_HOST_MISSING,
+    BadURL,
+    RoutedHostRefused,
+    Target,
+    bind_routed_host,
+    parse_original_url,
+)
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +48,7 @@ _CHECKS_BY_OUTCOME = {outcome: CHECKS.labels(label) for outcome, label in _OUTCO
 # Refusals that point at an attack or a misconfigured proxy rather than at a user without access.
 REFUSALS = Counter("aigc_auth_refusals_total", "Checks refused because the proxy's routed host (the auth-url's "
                    "rh=$host) was missing or differed from the request's host, by reason.", ["reason"])
+ROUTED_HOST_CODES = frozenset({ROUTED_HOST_MISSING, ROUTED_HOST_MISMATCH})
 _AUDIT_CODE = {Outcome.UNAUTHENTICATED: "UNAUTHENTICATED", Outcome.FORBIDDEN: "PERMISSION_DENIED"}
 _ACTION = "AuthService.Check"
 
@@ -77,6 +86,17 @@ class DeniedBudget:
             return False, carried
         self.tokens -= 1.0
         return True, carried
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """A decision and what its audit event names: the target read from ``url``, and the routed host when it
+    was the routed host that refused."""
+
+    decision: Decision
+    target: Target | None
+    url: str | None
+    refused_host: str | None = None
 
 
 @dataclass(frozen=True)
@@ -140,7 +160,13 @@ class AccessChecker:
         (the host the proxy routed on; None when absent or ambiguous) must name the same host, or the check
         is refused with 403 whoever asks (an honest browser never sends a request whose hosts disagree)."""
         started = time.perf_counter()
-        principal = await self.principal(credentials)
+        verdict = self.judge(url, await self.principal(credentials), routed_host=routed_host, bind=bind)
+        self.record(verdict, credentials.presented, method, started)
+        return verdict.decision
+
+    def judge(self, url: str | None, principal: Principal | None, *, routed_host: str | None = None,
+              bind: bool = False) -> Verdict:
+        """The decision for ``principal`` at ``url`` (pure but for the owner map's current state)."""
         target: Target | None = None
         refused: RoutedHostRefused | None = None
         if url is not None:
@@ -154,16 +180,22 @@ class AccessChecker:
                 target = None
         if refused is not None:
             decision = Decision(Outcome.FORBIDDEN, f"{refused.code}: {refused}", principal, code=refused.code)
-            REFUSALS.labels(refused.code).inc()
-        else:
-            decision = decide(target, principal, self.owners, allow_admin=self.allow_admin)
+            return Verdict(decision, target, url, routed_host)
+        return Verdict(decide(target, principal, self.owners, allow_admin=self.allow_admin), target, url)
+
+    def record(self, verdict: Verdict, presented: bool, method: str, started: float) -> None:
+        """What every check leaves behind, also one answered again from :mod:`.answers`: metrics, the
+        instance's last access, the audit event of a denial (``presented``: a credential came)."""
+        decision = verdict.decision
         CHECK_LATENCY.observe(time.perf_counter() - started)
         _CHECKS_BY_OUTCOME[decision.outcome].inc()
         if decision.allowed and decision.instance is not None and self.activity is not None:
             self.activity.touch(decision.instance, time.time())
-        elif not decision.allowed and (credentials.presented or decision.outcome is Outcome.FORBIDDEN):
-            self._audit_denied(decision, target, url, method, routed_host if refused is not None else None)
-        return decision
+        elif not decision.allowed:
+            if decision.code in ROUTED_HOST_CODES:
+                REFUSALS.labels(decision.code).inc()
+            if presented or decision.outcome is Outcome.FORBIDDEN:
+                self._audit_denied(decision, verdict.target, verdict.url, method, verdict.refused_host)
 
     def _audit_denied(self, decision: Decision, target: Target | None, url: str | None, method: str,
                       routed_host: str | None = None) -> None:

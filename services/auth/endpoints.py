@@ -14,10 +14,13 @@ headers and a ``Cookie`` header without the gateway's own cookies (none when
 nothing else is left), which the template's ``auth-response-headers`` puts in
 place of the client's (:mod:`.cookies`).
 
-``/auth`` runs on every click on every instance, so it is plain ASGI (one pass
-over the header list, one response message); the browser endpoints, a few
-requests per sign-in, use Starlette's request and response classes. The app
-is served by the gateway's HTTP server (:mod:`aigc_gateway.httpserver`) on the event-loop thread.
+``/auth`` runs on every click on every instance: the server asks
+:class:`.answers.Answers` first, which answers from the caches in the read
+callback (no task, no ASGI messages) and gives a repeated check its earlier
+answer; what it declines comes here as plain ASGI. The browser endpoints, a
+few requests per sign-in, use Starlette's request and response classes. The
+app is served by the gateway's HTTP server (:mod:`aigc_gateway.httpserver`)
+on the event-loop thread.
 """
 from __future__ import annotations
 
@@ -39,57 +42,32 @@ from aigc_gateway.errors import GatewayError
 from aigc_gateway.httpserver import HTTPServer
 from aigc_gateway.sessions import AmbiguousCookie, SessionCookieAuthenticator, hash_session_id, single_cookie
 
+from .answers import (
+    NO_STORE,
+    REFUSED,
+    TEXT,
+    Answers,
+    answer_for,
+    credentials_of,
+    method_of,
+    request_url,
+    wanted_headers,
+)
 from .checker import AccessChecker, Credentials
-from .cookies import SIGNIN_SUFFIX, gateway_cookie_names, without_gateway_cookies
-from .decision import Outcome
+from .cookies import SIGNIN_SUFFIX, gateway_cookie_names
 from .oidc import OIDCClient
-from .urls import forwarded_url, routed_host_of, safe_redirect
+from .urls import routed_host_of, safe_redirect
 
 log = logging.getLogger(__name__)
 
 SIGNIN_MAX_AGE = 600
 MAX_FORM = 64 * 1024
 _NO_STORE = {"Cache-Control": "no-store"}
-_NO_STORE_RAW = (b"cache-control", b"no-store")
-_TEXT_RAW = (b"content-type", b"text/plain; charset=utf-8")
-# A refusal's body never says what runs at the URL: Traefik's forwardAuth hands it to the client as is, and
-# "you do not own this instance" / "the instance is not running" / "no instance is served at this URL" told
-# anyone that about another user's URL. Only a refusal code about the request itself or the service
-# (ROUTED_HOST_MISMATCH, ROUTED_HOST_MISSING, OWNERS_UNKNOWN) is shown; the reason is in the audit event.
-_REFUSED = {401: b"sign in first\n", 403: b"forbidden\n"}
-# The headers /auth reads, by their lower-case names as ASGI gives them.
-_WANTED = {b"x-original-url", b"x-original-method", b"cookie", b"authorization", b"x-forwarded-host",
-           b"x-forwarded-uri", b"x-forwarded-proto", b"x-forwarded-method"}
-
 Handler = Callable[[Request], Awaitable[Response]]
 
 
 def public_base(settings: Settings) -> str:
     return (settings.auth.public_url or f"https://dashboard.{settings.domain}").rstrip("/")
-
-
-def _single(values: list[str]) -> str | None:
-    """The header's value when it came exactly once; None when absent or duplicated."""
-    return values[0] if len(values) == 1 else None
-
-
-def _decode(value: bytes) -> str:
-    # As the previous server did: UTF-8, with undecodable bytes kept (they make the URL unreadable later).
-    return value.decode("utf-8", "surrogateescape")
-
-
-def request_url(seen: dict[bytes, list[str]], behind_traefik: bool) -> str | None:
-    """The URL of the request being checked, from the headers the configured proxy sets (pure).
-
-    ``seen``: the request's headers by lower-case name, every value kept. None when the proxy's
-    headers are missing or duplicated (which copy did the proxy route? Neither is trusted)."""
-    if not behind_traefik:
-        return _single(seen.get(b"x-original-url", []))
-    host, uri = _single(seen.get(b"x-forwarded-host", [])), _single(seen.get(b"x-forwarded-uri", []))
-    protos = seen.get(b"x-forwarded-proto", [])
-    if host is None or uri is None or len(protos) > 1:
-        return None
-    return forwarded_url(protos[0] if protos else "", host, uri)
 
 
 class AuthEndpoints:
@@ -114,6 +92,8 @@ class AuthEndpoints:
             "/sign-out": {"GET": self.sign_out_page, "POST": self.sign_out},
             "/healthz": {"GET": self.healthz},
         }
+        self.answers = Answers(checker, checker.owners, sessions, cookie_name=self.cfg.cookie_name,
+                               gateway_cookies=self._gateway_cookies, behind_traefik=self._behind_traefik)
         self._server: HTTPServer | None = None
         self.port = 0
 
@@ -122,7 +102,8 @@ class AuthEndpoints:
     async def start(self, listen: str | None = None, *, reserved: bool = False) -> int:
         """Serve on ``listen`` (default ``auth.http_listen``); ``reserved``: the worker pool holds the port
         and sibling processes listen on it too (see :mod:`.workers`)."""
-        self._server = HTTPServer(self, listen or self.cfg.http_listen, shared=reserved, name="auth-http")
+        self._server = HTTPServer(self, listen or self.cfg.http_listen, shared=reserved, name="auth-http",
+                                  immediate=self.answers)
         self.port = await self._server.start()
         log.info("auth HTTP endpoints on http://%s:%d", self._server.host, self.port)
         return self.port
@@ -155,49 +136,23 @@ class AuthEndpoints:
 
     # -- the ingress check ----------------------------------------------
 
-    def _credentials(self, seen: dict[bytes, list[str]]) -> Credentials:
-        try:
-            value = single_cookie("; ".join(seen.get(b"cookie", ())), self.cfg.cookie_name)
-        except AmbiguousCookie:
-            return Credentials(ambiguous=True)
-        bearer = None
-        if not value:
-            authorization = _single(seen.get(b"authorization", [])) or ""
-            scheme, _, token = authorization.partition(" ")
-            if scheme.lower() == "bearer" and token.strip():
-                bearer = token.strip()
-        return Credentials(session_cookie=value or None, bearer_token=bearer)
-
     async def auth(self, scope: dict[str, Any], send: Any) -> None:
+        """``/auth`` as an ASGI app: the checks :class:`.answers.Answers` declined (they wait for a session row
+        or a token's keys), and every check when the server runs without it."""
         credentials = Credentials()
         try:
-            seen: dict[bytes, list[str]] = {}
-            for name, value in scope["headers"]:
-                if name in _WANTED:
-                    seen.setdefault(name, []).append(_decode(value))
-            credentials = self._credentials(seen)
-            method = seen.get(b"x-forwarded-method" if self._behind_traefik else b"x-original-method") or [""]
+            seen = wanted_headers(scope["headers"])
+            credentials = credentials_of(seen, self.cfg.cookie_name)
             decision = await self.checker.check(request_url(seen, self._behind_traefik), credentials,
-                                                method=method[0], bind=True,
+                                                method=method_of(seen, self._behind_traefik), bind=True,
                                                 routed_host=routed_host_of(scope["query_string"]))
+            status, headers, body = answer_for(decision, seen, self._gateway_cookies)
         except Exception:  # never a 500: nginx would show every user an error page
             log.exception("auth check failed")
             status = 403 if credentials.presented else 401
-            await _answer(scope, send, status, _REFUSED[status])
-            return
-        if decision.outcome is Outcome.ALLOW:
-            p = decision.principal
-            assert p is not None
-            identity = ((b"x-auth-request-user", _header_safe(p.subject).encode()),
-                        (b"x-auth-request-email", _header_safe(p.email).encode()),
-                        (b"x-auth-request-preferred-username", _header_safe(p.preferred_username).encode()))
-            # The Cookie the pod gets in place of the client's (cookies.py): none at all when only ours came.
-            kept = without_gateway_cookies(seen.get(b"cookie", ()), self._gateway_cookies)
-            await _answer(scope, send, 200, b"", (*identity, (b"cookie", kept.encode("utf-8", "surrogateescape")))
-                          if kept else identity)
-            return
-        await _answer(scope, send, decision.status,
-                      f"{decision.code}\n".encode() if decision.code else _REFUSED[decision.status])
+            headers, body = [NO_STORE, TEXT], REFUSED[status]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
 
     # -- sign-in --------------------------------------------------------
 
@@ -205,7 +160,8 @@ class AuthEndpoints:
         rds = request.query_params.getlist("rd")
         candidate = rds[0] if len(rds) == 1 else None
         if not rds:
-            candidate = _single(request.headers.getlist("x-auth-request-redirect"))
+            redirects = request.headers.getlist("x-auth-request-redirect")
+            candidate = redirects[0] if len(redirects) == 1 else None
         return safe_redirect(candidate, domain=self.settings.domain, allow_http=self.cfg.allow_http_redirects,
                              fallback=self.base + "/")
 
@@ -317,13 +273,6 @@ class AuthEndpoints:
 
 
 
-async def _answer(scope: dict[str, Any], send: Any, status: int, body: bytes,
-                  extra: tuple[tuple[bytes, bytes], ...] = ()) -> None:
-    """One /auth response as two ASGI messages (HEAD: no body)."""
-    await send({"type": "http.response.start", "status": status, "headers": [_NO_STORE_RAW, _TEXT_RAW, *extra]})
-    await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
-
-
 async def _form(request: Request) -> dict[str, str]:
     """An urlencoded form's first values (the only form here is sign-out's one hidden field)."""
     body = b""
@@ -336,12 +285,6 @@ async def _form(request: Request) -> dict[str, str]:
 
 def _redirect(status: int, location: str) -> Response:
     return Response(status_code=status, headers={**_NO_STORE, "Location": location})
-
-
-def _header_safe(value: str) -> str:
-    if value.isprintable():  # the usual case, checked in C (CR and LF are not printable)
-        return value[:512]
-    return "".join(c for c in value if c.isprintable() and c not in "\r\n")[:512]
 
 
 def _page(status: int, title: str, message: str, *, link: tuple[str, str] | None = None,

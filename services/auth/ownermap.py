@@ -76,6 +76,9 @@ class OwnerMap:
         # False while the feed cannot vouch for the owners (the database is out of reach): every check is
         # then refused, because an owner it did not hear about (a pause, an uninstall) would be admitted.
         self.known = True
+        # Moves with every change of a route, an owner or ``known``: a decision taken at one generation holds
+        # while the generation is the same (answers.py gives such decisions again without deciding them).
+        self.generation = 0
 
     # -- replication (the HTTP worker processes keep a copy) ------------
 
@@ -132,6 +135,7 @@ class OwnerMap:
         for route in routes - old:
             self._claims[route].add(key)
             self._claimed_on[route.host].add(route)
+        self.generation += 1
         if routes:
             self._routes_of[key] = routes
         else:
@@ -169,6 +173,7 @@ class OwnerMap:
         if self.known == known:
             return
         self.known = known
+        self.generation += 1
         if self._listeners:
             self._emit(["k", "", "", 0, known])
 
@@ -177,6 +182,7 @@ class OwnerMap:
         owner = owner or None
         if self._owners.get(key) == owner:
             return
+        self.generation += 1
         if owner:
             self._owners[key] = owner
         else:

@@ -6,7 +6,9 @@ requests answered one at a time in arrival order (pipelining), a whole request b
 before the app runs, the response framed (content-length, chunked, HEAD, ``connection: close``), limits
 and timeouts. Each request is one task on the loop, as any coroutine expects (httpx and anyio need a
 current task: running the app's first step inside ``data_received``, an eager start written for Python
-3.11, broke the sign-in endpoints' OIDC client).
+3.11, broke the sign-in endpoints' OIDC client). The one exception is an :data:`Immediate` answer: a
+server may be given a plain function that answers the requests it can without waiting (``/auth`` from its
+caches), called in the read callback with no task and no ASGI messages; what it declines goes to the app.
 
 What the parser refuses never reaches the app: a malformed request line or header (whitespace before a
 colon, obs-fold, a control byte, a byte above 0x7F in the target), conflicting Content-Length and
@@ -18,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_to_bytes
@@ -31,6 +33,29 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 App = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
+
+
+class Headers(bytes):
+    """Response header lines (``name: value\r\n`` each), checked once by :meth:`of` so that an immediate
+    answer, sent again on every hit, is not checked again."""
+
+    @classmethod
+    def of(cls, headers: Iterable[tuple[bytes, bytes]]) -> Headers:
+        """Lower-case names; a line break in a name or value, or a header the server owns (framing,
+        ``connection``), is refused with ValueError."""
+        lines = []
+        for name, value in headers:
+            name = name.lower()
+            if name in _SERVER_OWNED or b"\r" in name + value or b"\n" in name + value or b":" in name or not name:
+                raise ValueError(f"header {name!r} cannot be part of an immediate answer")
+            lines.append(b"%s: %s\r\n" % (name, value))
+        return cls(b"".join(lines))
+
+
+# What a plain function answers at once: (status, header lines, body); None: the app answers.
+Answer = tuple[int, Headers, bytes]
+Immediate = Callable[[dict[str, Any]], Answer | None]
+_SERVER_OWNED = frozenset({b"connection", b"content-length", b"transfer-encoding", b"keep-alive"})
 
 _REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
 _STATUS_LINES: dict[tuple[str, int], bytes] = {}
@@ -140,6 +165,19 @@ class _Request:
             if not self.keep_alive:
                 conn.close()
 
+    def respond(self, answer: Answer) -> None:
+        """The whole response at once (an :data:`Immediate` answer), framed as :meth:`send` frames one body."""
+        status, headers, body = answer
+        conn = self.conn
+        head = status_line(self.scope["http_version"], status) + headers + b"content-length: %d\r\n" % len(body)
+        if not self.keep_alive or conn.server.stopping:
+            self.keep_alive = False
+            head += _CLOSE
+        self.started = self.done = True
+        conn.write(head + b"\r\n" if self.head_only else head + b"\r\n" + body)
+        if not self.keep_alive:
+            conn.close()
+
     def _head(self, message: dict[str, Any]) -> bytes:
         parts = [status_line(self.scope["http_version"], message["status"])]
         for name, value in message.get("headers", ()):
@@ -165,6 +203,7 @@ class Connection(asyncio.Protocol):
     def __init__(self, server: HTTPServer):
         self.server = server
         self.app: App = server.app
+        self.immediate: Immediate | None = server.immediate
         self.limits: Limits = server.limits
         self.loop = server.loop
         self.transport: asyncio.Transport | None = None
@@ -326,6 +365,13 @@ class Connection(asyncio.Protocol):
         left, answer a refusal and close, close a stopping server's connection, or read again."""
         if self.current is not None or self.write_paused or self.closed:
             return
+        while self.queue and self.immediate is not None:
+            answer = self._immediately(self.queue[0])
+            if answer is None:
+                break
+            self.queue.popleft().respond(answer)
+            if self.write_paused or self.closed:
+                return
         if self.queue:
             request = self.current = self.queue.popleft()
             self.task = self.loop.create_task(self._run(request))
@@ -339,6 +385,13 @@ class Connection(asyncio.Protocol):
         elif self.read_paused:
             self.read_paused = False
             self.transport.resume_reading()  # type: ignore[union-attr]
+
+    def _immediately(self, request: _Request) -> Answer | None:
+        try:
+            return self.immediate(request.scope)  # type: ignore[misc]  # not None: checked by the caller
+        except Exception:  # the app answers instead, as it would have without the immediate function
+            log.exception("%s %s: the immediate answer failed", request.scope["method"], request.scope["path"])
+            return None
 
     def _answered(self, task: asyncio.Task[None]) -> None:
         self.task = None

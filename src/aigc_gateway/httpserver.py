@@ -30,7 +30,7 @@ import socket
 from dataclasses import dataclass
 
 from .config import ConfigError
-from .http1 import App, Connection
+from .http1 import App, Connection, Immediate
 
 log = logging.getLogger(__name__)
 STOP_TIMEOUT = 10.0
@@ -78,10 +78,12 @@ class Limits:
 
 class HTTPServer:
     def __init__(self, app: App, listen: str, *, shared: bool = False, name: str = "http",
-                 setting: str = "auth.http_listen", limits: Limits = Limits()):
+                 setting: str = "auth.http_listen", limits: Limits = Limits(), immediate: Immediate | None = None):
         """``shared``: other processes listen on this port too (the port was reserved by the pool); ``name``
-        names the serving task; ``setting`` is the listen setting an error names."""
+        names the serving task; ``setting`` is the listen setting an error names; ``immediate`` answers, in the
+        read callback and without a task, the requests it can answer without waiting (:mod:`.http1`)."""
         self.app = app
+        self.immediate = immediate
         self.name = name
         self.setting = setting
         self.limits = limits

@@ -134,20 +134,39 @@ class SessionCookieAuthenticator:
             return None
         return claims, record
 
-    def cached_principal(self, value: str | None) -> Principal | None | Literal[False]:
-        """:meth:`principal` from the caches alone (no await, for the hot path): False when the
-        session row must be read (then call :meth:`principal`). Same rules, same cache lifetimes."""
+    def cached_session(self, value: str | None) -> tuple[CookieClaims | None, SessionRecord | None] | Literal[False]:
+        """The cookie's claims (None: not a well-signed, unexpired value) and its session's record (None: no valid
+        session) from the caches alone, no await (the hot path); False when the row must be read (then call
+        :meth:`principal`). Same rules, same cache lifetimes as :meth:`resolve`."""
         claims = self.cookie.read(value)
         if claims is None:
-            return None
+            return None, None
         if not self._started:
             return False
         record = self.store.cached(claims.id_hash)
         if record is False:
             return False
-        if record is None or record.user != claims.user:
+        return claims, record
+
+    def principal_of(self, claims: CookieClaims | None, record: SessionRecord | None) -> Principal | None:
+        """The user behind what :meth:`cached_session` found; None when it is no valid session of theirs."""
+        if claims is None or record is None or record.user != claims.user:
             return None
         return record.principal(self.admin_role)
+
+    def cached_principal(self, value: str | None) -> Principal | None | Literal[False]:
+        """:meth:`principal` from the caches alone: False when the session row must be read."""
+        found = self.cached_session(value)
+        return found if found is False else self.principal_of(*found)
+
+    def unchanged(self, claims: CookieClaims | None, record: SessionRecord | None) -> bool:
+        """Whether what :meth:`cached_session` found then is what it would find now: the cookie still unexpired
+        and the store's cache still holding that very record (a re-read keeps the record; a revocation, an
+        expiry, an eviction or a row past its lifetime does not). A look, as a check's look: it keeps the
+        session warm. A value that was no valid cookie stays none."""
+        if claims is None:
+            return True
+        return claims.expires > time.time() and self.store.cached(claims.id_hash) is record
 
     async def principal(self, value: str | None) -> Principal | None:
         resolved = await self.resolve(value)

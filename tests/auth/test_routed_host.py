@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from aigc_gateway.api.envoy import envoy_service_auth_v3_attribute_context_pb2 as attrs
-from aigc_gateway.services.auth.endpoints import request_url
+from aigc_gateway.services.auth.answers import request_url
 from aigc_gateway.services.auth.envoy import url_of
 from aigc_gateway.services.auth.urls import (
     ROUTED_HOST_MISMATCH,

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from aigc_gateway.http1 import Answer, Headers
 from aigc_gateway.httpserver import HTTPServer, Limits
 
 from .test_httpserver import exchange
@@ -200,3 +201,64 @@ async def test_the_sweep_closes_slow_heads_slow_bodies_and_idle_connections(echo
     server.sweep(now + 301)
     assert await idle[0].read() == b""  # closed without a word: it was between requests
     assert app.seen == ["/first"]
+
+
+class Immediately:
+    """Answers ``/now...`` paths at once (the path, the method, the body's length); ``/now-fail`` raises.
+    Anything else is declined: the app answers it."""
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    def __call__(self, scope: dict[str, Any]) -> Answer | None:
+        path = scope["path"]
+        self.asked.append(path)
+        if path == "/now-fail":
+            raise RuntimeError("the immediate answer failed")
+        if not path.startswith("/now"):
+            return None
+        return 200, Headers.of([(b"X-Now", b"yes")]), f"now {scope['method']} {path}".encode()
+
+
+@pytest.fixture
+async def immediate() -> AsyncIterator[tuple[Echo, Immediately, HTTPServer]]:
+    app, now = Echo(), Immediately()
+    server = HTTPServer(app, "127.0.0.1:0", name="test-http1-now", immediate=now)
+    await server.start()
+    yield app, now, server
+    await server.stop()
+
+
+async def test_immediate_answers_keep_their_place_among_pipelined_requests(immediate) -> None:
+    app, now, server = immediate
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(b"GET /now1 HTTP/1.1\r\nHost: a\r\n\r\nGET /hold HTTP/1.1\r\nHost: a\r\n\r\n"
+                 b"GET /now2 HTTP/1.1\r\nHost: a\r\n\r\nHEAD /now3 HTTP/1.1\r\nHost: a\r\n\r\n"
+                 b"GET /last HTTP/1.1\r\nHost: a\r\n\r\n")
+    [(head, body)] = await responses(reader, 1)  # /now1 at once
+    assert body == b"now GET /now1" and head == b"HTTP/1.1 200 OK\r\nx-now: yes\r\ncontent-length: 13\r\n\r\n"
+    await app.held.wait()
+    assert now.asked == ["/now1", "/hold"]  # /now2 waits its turn behind /hold, which the app answers
+    app.release.set()
+    answers = await responses(reader, 2)
+    assert [body for _, body in answers] == [b"GET /hold 0", b"now GET /now2"]
+    head = await reader.readuntil(b"\r\n\r\n")  # HEAD: the length of the body it would have had, no body
+    assert head == b"HTTP/1.1 200 OK\r\nx-now: yes\r\ncontent-length: 14\r\n\r\n"
+    [(_, body)] = await responses(reader, 1)
+    assert body == b"GET /last 0" and app.seen == ["/hold", "/last"]
+    writer.close()
+
+
+async def test_an_immediate_answer_that_fails_is_left_to_the_app_and_http10_closes(immediate) -> None:
+    app, now, server = immediate
+    answer = await exchange(server.port, b"GET /now-fail HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    assert answer.endswith(b"\r\n\r\nGET /now-fail 0") and app.seen == ["/now-fail"]
+    answer = await exchange(server.port, b"GET /now HTTP/1.0\r\n\r\n")
+    assert answer == b"HTTP/1.0 200 OK\r\nx-now: yes\r\ncontent-length: 12\r\nconnection: close\r\n\r\nnow GET /now"
+
+
+@pytest.mark.parametrize("headers", [[(b"x-a", b"1\r\nset-cookie: x")], [(b"x-a\n", b"1")], [(b"connection", b"close")],
+                                     [(b"Content-Length", b"3")], [(b"x:a", b"1")], [(b"", b"1")]])
+def test_immediate_headers_refuse_line_breaks_and_what_the_server_owns(headers) -> None:
+    with pytest.raises(ValueError):
+        Headers.of(headers)
