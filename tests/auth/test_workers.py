@@ -427,6 +427,27 @@ async def test_activity_is_written_again_only_once_it_moved_on_by_a_minute(datab
     assert await activity.flush() == 1
 
 
+async def test_activity_writes_every_row_of_every_slice_and_never_moves_a_time_back(database, monkeypatch) -> None:
+    from datetime import UTC, datetime
+
+    from aigc_gateway.services.auth import activity as module
+
+    monkeypatch.setattr(module, "FLUSH_SLICE", 2)  # five rows: three transactions
+    now, later = datetime.now(UTC), datetime(2100, 1, 1, tzinfo=UTC)
+    async with database.session() as session:
+        for ident in range(1, 6):
+            session.add(InstanceRow(namespace="ns", template="cpu", id=ident, slot="LIVE", owner=f"user{ident}",
+                                    orphaned=False, created_at=now, updated_at=now, state_changed_at=now,
+                                    last_access_at=later if ident == 3 else None))
+    activity = module.ActivityRecorder(database)
+    for ident in (5, 3, 1, 4, 2):
+        activity.touch(InstanceKey("ns", "cpu", ident), now.timestamp())
+    assert await activity.flush() == 5
+    async with database.session() as session:
+        rows = {r.id: r.last_access_at for r in (await session.execute(select(InstanceRow))).scalars()}
+    assert rows == {1: now, 2: now, 3: later, 4: now, 5: now}
+
+
 def test_default_worker_count_honours_a_container_cpu_limit(tmp_path) -> None:
     from aigc_gateway.services.auth.workers import default_worker_count
 
