@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
 """The cost of one ``GET /auth`` inside the worker, HTTP server excluded: instructions, CPU time, garbage.
 
-    python bench/auth_hotpath.py --database-url postgresql+asyncpg://... [--requests 20000]
+    python bench/auth_hotpath.py --database-url postgresql+asyncpg://... [--requests 20000] [--path asgi]
     valgrind --tool=callgrind --instr-atstart=no python bench/auth_hotpath.py ... --callgrind
 
-The ASGI app of a worker (:class:`~aigc_gateway.services.auth.endpoints.AuthEndpoints`) is called
-directly with the scopes the HTTP server would give it, in bench/auth_check.py's request mix, with 10,000
-instances in the owner map and the session cache warm. Wall-clock figures on a shared machine
+A worker's /auth is called directly with the scopes the HTTP server would give it, in bench/auth_check.py's
+request mix, with 10,000 instances in the owner map and the session cache warm: by default as the server
+asks it first (:class:`~aigc_gateway.services.auth.answers.Answers`, which gives a repeated check its
+earlier answer), with ``--path asgi`` as the ASGI app that decides every check. Wall-clock figures on a shared machine
 measure the machine; these do not: CPU time per request (``time.process_time``), the objects the GC
 saw allocated per request and the collections they caused, and under callgrind (``--callgrind``
 switches instrumentation on for the measured requests only) the instructions per request, which

@@ -23,7 +23,8 @@ An answer given again still leaves what a check leaves (:meth:`.checker.AccessCh
 the instance's last access, the audit event of a denial. What cannot be answered without waiting (a
 session row to read, a ``Bearer`` token to verify) is declined: the server then runs the ASGI app, whose
 check waits, and the next check finds the row cached. At most ``limit`` answers are kept (0: none), the
-oldest dropped first, so a flood of distinct inputs costs a miss each and bounded memory.
+oldest dropped first, and none whose inputs exceed :data:`MAX_REMEMBERED_INPUT`, so a flood of distinct or
+outsized inputs costs a miss each and bounded memory.
 """
 from __future__ import annotations
 
@@ -56,7 +57,11 @@ _METHODS = {b"x-original-method", b"x-forwarded-method"}
 _DECIDING = {b"x-original-url", b"cookie", b"authorization", b"x-forwarded-host", b"x-forwarded-uri",
              b"x-forwarded-proto"}
 WANTED = _DECIDING | _METHODS
-DEFAULT_LIMIT = 20_000
+DEFAULT_LIMIT = 10_000
+# Inputs longer than this (the deciding headers' values together) are decided each time and never remembered:
+# a head may be 256 KiB, and remembering its cookies 10,000 times over would be a memory flood for the asking.
+# A browser's session cookie and URL take well under 1 KiB; at most LIMIT x (key + answer) ~ 80 MB a worker.
+MAX_REMEMBERED_INPUT = 4096
 
 
 def _single(values: list[str]) -> str | None:
@@ -166,11 +171,14 @@ class Answers:
         if scope["path"] != "/auth":
             return None
         started = time.perf_counter()
-        parts = [scope["query_string"]]
+        query = scope["query_string"]
+        parts = [query]
+        size = len(query)
         method = b""
         for name, value in scope["headers"]:
             if name in _DECIDING:
                 parts += (name, value)
+                size += len(value)
             elif name == self._method and not method:
                 method = value
         key = tuple(parts)
@@ -180,9 +188,9 @@ class Answers:
             self.hits += 1
             self.checker.record(found.verdict, found.presented, _decode(method), started)
             return found.answer
-        return self._decide(scope, key, started)
+        return self._decide(scope, key if size <= MAX_REMEMBERED_INPUT else None, started)
 
-    def _decide(self, scope: dict[str, Any], key: tuple[bytes, ...], started: float) -> Answer | None:
+    def _decide(self, scope: dict[str, Any], key: tuple[bytes, ...] | None, started: float) -> Answer | None:
         seen = wanted_headers(scope["headers"])
         credentials = credentials_of(seen, self.cookie_name)
         claims: CookieClaims | None = None
@@ -202,7 +210,7 @@ class Answers:
         status, headers, body = answer_for(verdict.decision, seen, self.gateway_cookies)
         answer = (status, Headers.of(headers), body)
         remembered = self._remembered
-        if self.limit > 0:
+        if key is not None and self.limit > 0:
             if len(remembered) >= self.limit:
                 del remembered[next(iter(remembered))]
             remembered[key] = _Remembered(answer, verdict, credentials.presented, generation, claims, record)

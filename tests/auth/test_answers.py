@@ -18,7 +18,7 @@ from aigc_gateway import sessions as sessions_module
 from aigc_gateway.config import Settings
 from aigc_gateway.db.models import AuditEventRow
 from aigc_gateway.services.auth.activity import ActivityRecorder
-from aigc_gateway.services.auth.answers import Answers
+from aigc_gateway.services.auth.answers import MAX_REMEMBERED_INPUT, Answers
 from aigc_gateway.services.auth.checker import AccessChecker
 from aigc_gateway.services.auth.cookies import gateway_cookie_names
 from aigc_gateway.services.auth.ownermap import InstanceKey, OwnerMap, Route
@@ -180,9 +180,15 @@ async def test_at_most_limit_answers_are_kept_the_oldest_dropped_first(database)
     urls = [f"https://i1.aigc.test/{n}" for n in range(5)]
     for url in urls:
         assert scene.check(url, alice)[0] == 200
-    kept = [dict(zip(key[1::2], key[2::2], strict=True))[b"x-original-url"].decode()
-            for key in scene.answers._remembered]
-    assert kept == urls[2:]
+    def kept() -> list[str]:
+        return [dict(zip(key[1::2], key[2::2], strict=True))[b"x-original-url"].decode()
+                for key in scene.answers._remembered]
+
+    assert kept() == urls[2:]
+    # Outsized inputs are decided each time and never remembered (a flood of 256 KiB heads is no memory flood).
+    huge = "https://i1.aigc.test/" + "x" * MAX_REMEMBERED_INPUT
+    assert scene.both(huge, alice)[0] == 200 and scene.check(huge, alice)[0] == 200
+    assert kept() == urls[2:]
     await scene.sessions.close()
 
 
