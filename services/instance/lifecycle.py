@@ -355,8 +355,8 @@ class Lifecycle:
         """Cancel the follow-ups still running (the reconciler of some replica finishes them) and the queued
         writes' runs (as a crash would: a written intent is resolved by whoever takes the template lock next)."""
         await self._follow_ups.cancel()
-        await self._ups.queues.runs.cancel()
-        await self._downs.queues.runs.cancel()
+        await self._ups.queues.close()
+        await self._downs.queues.close()
 
     async def restart(self, iref: InstanceRef, principal: Principal, claim: Claim | None = None) -> Effect:
         """A new pod on the same disk (see :mod:`.restarts`)."""

@@ -72,6 +72,10 @@ class Queues(Generic[Q]):
     def entries(self, key: str) -> list[Q]:
         return self._queued.get(key) or []
 
+    async def close(self) -> None:
+        """Cancel the runs still going, as a crash would stop them."""
+        await self.runs.cancel()
+
     def take(self, key: str, batch: Sequence[Q]) -> None:
         """Take ``batch`` (entries of the queue) out: the run that took them answers them."""
         self._set(key, [q for q in self.entries(key) if not any(q is b for b in batch)])
