@@ -2,7 +2,8 @@
 gateway (auth's ``/auth`` and sign-in endpoints, usersync's Logto webhooks).
 
 httptools (llhttp) parses and :mod:`.http1` serves each connection on the event loop's own thread: a
-request costs one wake-up of one thread, as in nginx or Go's netpoller, and one task.
+request costs one wake-up of one thread, as in nginx or Go's netpoller, and one task (none when the server's
+``immediate`` function answers it, as it answers most ``/auth`` checks).
 
 Why not granian (the server until December 2026; issue 11, docs/auth.md has the figures): its socket I/O
 runs on threads of its own, so each request crossed three threads and took the GIL twice, and every
