@@ -152,16 +152,20 @@ async def test_crash_while_realigning(point: str, testbed: Testbed, game: Game, 
     await c.wait_consistent(60)
 
 
-def queued(port: int, template: str) -> float:
-    """The process's gauge of calls queued for the template's next up write (queueing.py)."""
+def metric(port: int, name: str, labels: dict[str, str] | None = None) -> float:
+    """A sample of the process's metrics (0 when it has none yet)."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:  # noqa: S310 - local
         text = answer.read().decode()
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if sample.name == "aigc_instance_allocator_queued" and sample.labels == {"template": template,
-                                                                                     "kind": "up"}:
+            if sample.name == name and sample.labels == (labels or {}):
                 return sample.value
     return 0.0
+
+
+def queued(port: int, template: str) -> float:
+    """The process's gauge of calls queued for the template's next up write (queueing.py)."""
+    return metric(port, "aigc_instance_allocator_queued", {"template": template, "kind": "up"})
 
 
 @pytest.mark.parametrize("point", ["resume.after_intent", "install.after_gss_write"])
@@ -223,7 +227,18 @@ async def test_crash_with_installs_and_resumes_in_one_write(point: str, testbed:
     if point.endswith("after_intent"):  # nothing was written: nothing changed
         assert rows == {0: ("PAUSED", "alice"), 1: ("PAUSED", "bob"), 2: ("LIVE", "carol")}
     else:  # written: every call's effect committed
-        assert rows == {0: ("LIVE", "alice"), 1: ("LIVE", "bob"), 2: ("LIVE", "carol"), 3: ("LIVE", "dave")}
+        calls_rows = {0: ("LIVE", "alice"), 1: ("LIVE", "bob"), 2: ("LIVE", "carol"), 3: ("LIVE", "dave")}
+        assert {i: rows.get(i) for i in calls_rows} == calls_rows
+        # Any other id is kruise-game's doing: a reconcile from its stale cache after the write may reserve a
+        # just resumed id again and start a new id in its place (docs/instance.md, "When the controller moves
+        # the live set itself"; seen once under full-suite load). The repair (a realign) stops that id and
+        # releases it: then, and only then, an id beyond the calls' is there, RELEASING or FREE, for nobody.
+        strays = {i: row for i, row in rows.items() if i not in calls_rows}
+        if strays:
+            assert metric(port, "aigc_instance_allocator_realigns_total") > 0, strays
+            assert all(slot in ("RELEASING", "FREE") and owner is None for slot, owner in strays.values()), strays
+            for ident in strays:
+                await wait_slot(database, game.namespace, ident, "FREE")
 
     # Each call retried with its request id: its own instance (the first attempt's effect, or done now).
     for user in order:
