@@ -7,7 +7,8 @@
 A worker's /auth is called directly with the scopes the HTTP server would give it, in bench/auth_check.py's
 request mix, with 10,000 instances in the owner map and the session cache warm: by default as the server
 asks it first (:class:`~aigc_gateway.services.auth.answers.Answers`, which gives a repeated check its
-earlier answer), with ``--path asgi`` as the ASGI app that decides every check. Wall-clock figures on a shared machine
+earlier answer), with ``--path decide`` the same remembering nothing (the cost of a check seen for the
+first time), with ``--path asgi`` as the ASGI app that decides every check. Wall-clock figures on a shared machine
 measure the machine; these do not: CPU time per request (``time.process_time``), the objects the GC
 saw allocated per request and the collections they caused, and under callgrind (``--callgrind``
 switches instrumentation on for the measured requests only) the instructions per request, which
@@ -36,8 +37,9 @@ async def main() -> int:
     parser.add_argument("--requests", type=int, default=20_000)
     parser.add_argument("--mix", default="60,25,15")
     parser.add_argument("--callgrind", action="store_true", help="toggle callgrind around the measured requests")
-    parser.add_argument("--path", choices=("immediate", "asgi"), default="immediate",
-                        help="immediate: as the server asks first (answers given again); asgi: the app decides each")
+    parser.add_argument("--path", choices=("immediate", "decide", "asgi"), default="immediate",
+                        help="immediate: as the server asks first (answers given again); decide: the same, "
+                             "remembering nothing (every check decided); asgi: the ASGI app decides each")
     parser.add_argument("--freeze", action="store_true", help="gc.freeze() before measuring (as a worker does)")
     opts = parser.parse_args()
     opts.workers, opts.event_loop = 0, "asyncio"
@@ -58,6 +60,8 @@ async def main() -> int:
             if message["type"] == "http.response.start":
                 statuses[message["status"]] = statuses.get(message["status"], 0) + 1
 
+        if opts.path == "decide":
+            app.answers.limit = 0
         for scope in scopes * 3:  # warm: session cache, cookie and URL caches, the answers given again
             if opts.path == "asgi" or app.answers(scope) is None:
                 await app.auth(scope, send)
@@ -74,7 +78,7 @@ async def main() -> int:
             subprocess.run(["callgrind_control", "-i", "on", str(__import__("os").getpid())], check=False,
                            capture_output=True)
         cpu, wall = time.process_time(), time.perf_counter()
-        answers = app.answers if opts.path == "immediate" else None
+        answers = app.answers if opts.path != "asgi" else None
         for k in range(n):
             scope = scopes[k % len(scopes)]
             answer = answers(scope) if answers is not None else None

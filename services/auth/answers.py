@@ -211,7 +211,7 @@ class Answers:
         answer = (status, Headers.of(headers), body)
         remembered = self._remembered
         if key is not None and self.limit > 0:
-            if len(remembered) >= self.limit:
+            if len(remembered) >= self.limit and key not in remembered:
                 del remembered[next(iter(remembered))]
             remembered[key] = _Remembered(answer, verdict, credentials.presented, generation, claims, record)
         self.checker.record(verdict, credentials.presented, method_of(seen, self.behind_traefik), started)

@@ -36,7 +36,7 @@ App = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 
 
 class Headers(bytes):
-    """Response header lines (``name: value\r\n`` each), checked once by :meth:`of` so that an immediate
+    """Response header lines (``name: value`` and CRLF each), checked once by :meth:`of` so that an immediate
     answer, sent again on every hit, is not checked again."""
 
     @classmethod
