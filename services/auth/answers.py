@@ -33,6 +33,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from prometheus_client import Counter
+
 from aigc_gateway.http1 import Answer, Headers
 from aigc_gateway.session_store import SessionRecord
 from aigc_gateway.sessions import AmbiguousCookie, CookieClaims, SessionCookieAuthenticator, single_cookie
@@ -57,6 +59,10 @@ _METHODS = {b"x-original-method", b"x-forwarded-method"}
 _DECIDING = {b"x-original-url", b"cookie", b"authorization", b"x-forwarded-host", b"x-forwarded-uri",
              b"x-forwarded-proto"}
 WANTED = _DECIDING | _METHODS
+ANSWERS = Counter("aigc_auth_answers_total", "GET /auth checks by how they were answered: again (an earlier "
+                  "answer given again), decided (in the read callback), declined (left to the app: a session "
+                  "row or a token to wait for).", ["way"])
+_AGAIN, _DECIDED, _DECLINED = (ANSWERS.labels(way) for way in ("again", "decided", "declined"))
 DEFAULT_LIMIT = 10_000
 # Inputs longer than this (the deciding headers' values together) are decided each time and never remembered:
 # a head may be 256 KiB, and remembering its cookies 10,000 times over would be a memory flood for the asking.
@@ -186,6 +192,7 @@ class Answers:
         if found is not None and found.generation == self.owners.generation \
                 and self.sessions.unchanged(found.claims, found.record):
             self.hits += 1
+            _AGAIN.inc()
             self.checker.record(found.verdict, found.presented, _decode(method), started)
             return found.answer
         return self._decide(scope, key if size <= MAX_REMEMBERED_INPUT else None, started)
@@ -198,11 +205,14 @@ class Answers:
         if credentials.session_cookie:
             found = self.sessions.cached_session(credentials.session_cookie)
             if found is False:
+                _DECLINED.inc()
                 return None  # the row must be read: the app's check waits for it
             claims, record = found
         elif credentials.bearer_token:
+            _DECLINED.inc()
             return None  # a token to verify (keys may have to be fetched): the app's check
         self.misses += 1
+        _DECIDED.inc()
         generation = self.owners.generation
         principal = None if credentials.ambiguous else self.sessions.principal_of(claims, record)
         verdict = self.checker.judge(request_url(seen, self.behind_traefik), principal,

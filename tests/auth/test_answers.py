@@ -18,7 +18,7 @@ from aigc_gateway import sessions as sessions_module
 from aigc_gateway.config import Settings
 from aigc_gateway.db.models import AuditEventRow
 from aigc_gateway.services.auth.activity import ActivityRecorder
-from aigc_gateway.services.auth.answers import MAX_REMEMBERED_INPUT, Answers
+from aigc_gateway.services.auth.answers import ANSWERS, MAX_REMEMBERED_INPUT, Answers
 from aigc_gateway.services.auth.checker import AccessChecker
 from aigc_gateway.services.auth.cookies import gateway_cookie_names
 from aigc_gateway.services.auth.ownermap import InstanceKey, OwnerMap, Route
@@ -102,8 +102,9 @@ async def test_a_repeated_check_is_answered_again_and_still_counted(scene: Scene
     hits = scene.answers.hits
     assert first[0] == 200 and b"x-auth-request-user: alice\r\n" in first[1] and b"cookie: theme=dark\r\n" in first[1]
     scene.activity._seen.clear()
+    counted = ANSWERS.labels("again")._value.get()
     again = scene.both(ALICE_URL, alice)
-    assert again is first and scene.answers.hits == hits + 1
+    assert again is first and scene.answers.hits == hits + 1 and ANSWERS.labels("again")._value.get() == counted + 1
     assert scene.activity._seen.keys() == {A}  # the last access is recorded for an answer given again too
     # Only the inputs that decide are the key: another method or an unrelated header is the same check...
     assert scene.both(ALICE_URL, alice, method="POST", user_agent="x") is first
