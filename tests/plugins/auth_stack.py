@@ -61,13 +61,25 @@ async def start_oidc_provider(tmp_path: Path) -> AsyncIterator[Any]:
             "clients": [{"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET, "redirect_uris": redirect_uris,
                          "post_logout_redirect_uris": post_logout, "grant_types": ["authorization_code"],
                          "response_types": ["code"], "token_endpoint_auth_method": "client_secret_basic"}]}))
-        log = (tmp_path / f"oidc-provider-{len(started)}.log").open("w")
-        proc = subprocess.Popen(["node", str(OIDC_DIR / "server.mjs"), "--config", str(config)],
-                                stdout=subprocess.PIPE, stderr=log, text=True, cwd=OIDC_DIR)
-        line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 30)  # type: ignore[union-attr]
-        if not line:
+        log_path = tmp_path / f"oidc-provider-{len(started)}.log"
+        # Once (CI, 4 Dec 2026) node hung at start: listening, its main thread in a futex wait, the JSON line never
+        # printed. A start that prints nothing in 30 s is killed (which ends the reading thread too: a thread left
+        # reading hung the event loop's teardown for the whole test timeout) and tried again.
+        for _attempt in range(3):
+            with log_path.open("a") as log:
+                proc = subprocess.Popen(["node", str(OIDC_DIR / "server.mjs"), "--config", str(config)],
+                                        stdout=subprocess.PIPE, stderr=log, text=True, cwd=OIDC_DIR)
+            reading = asyncio.ensure_future(asyncio.to_thread(proc.stdout.readline))  # type: ignore[union-attr]
+            done, _ = await asyncio.wait({reading}, timeout=30)
+            if not done:
+                proc.kill()
+            line = await reading
+            if line:
+                break
             proc.kill()
-            pytest.fail(f"oidc-provider did not start: {(tmp_path / 'oidc-provider-0.log').read_text()}")
+            proc.wait()
+        else:
+            pytest.fail(f"oidc-provider did not start in 3 attempts: {log_path.read_text()}")
         info = json.loads(line)
         provider = OIDCProvider(info["issuer"], info["port"], proc)
         started.append(provider)
