@@ -42,7 +42,6 @@ from aigc_gateway.sessions import AmbiguousCookie, CookieClaims, SessionCookieAu
 from .checker import AccessChecker, Credentials, Verdict
 from .cookies import without_gateway_cookies
 from .decision import Decision, Outcome
-from .ownermap import OwnerMap
 from .urls import forwarded_url, routed_host_of
 
 log = logging.getLogger(__name__)
@@ -158,11 +157,11 @@ class _Remembered:
 class Answers:
     """``/auth`` answered from the caches, in the HTTP server's read callback (see the module docstring)."""
 
-    def __init__(self, checker: AccessChecker, owners: OwnerMap, sessions: SessionCookieAuthenticator, *,
+    def __init__(self, checker: AccessChecker, sessions: SessionCookieAuthenticator, *,
                  cookie_name: str, gateway_cookies: frozenset[str], behind_traefik: bool,
                  limit: int = DEFAULT_LIMIT):
         self.checker = checker
-        self.owners = owners
+        self.owners = checker.owners  # the map the checker decides on: its generation dates the answers
         self.sessions = sessions
         self.cookie_name = cookie_name
         self.gateway_cookies = gateway_cookies
@@ -170,7 +169,6 @@ class Answers:
         self.limit = limit
         self._method = b"x-forwarded-method" if behind_traefik else b"x-original-method"
         self._remembered: dict[tuple[bytes, ...], _Remembered] = {}
-        self.hits = self.misses = 0
 
     def __call__(self, scope: dict[str, Any]) -> Answer | None:
         """The HTTP server's immediate answer: None for any other path, or when the check must wait."""
@@ -191,7 +189,6 @@ class Answers:
         found = self._remembered.get(key)
         if found is not None and found.generation == self.owners.generation \
                 and self.sessions.unchanged(found.claims, found.record):
-            self.hits += 1
             _AGAIN.inc()
             self.checker.record(found.verdict, found.presented, _decode(method), started)
             return found.answer
@@ -211,7 +208,6 @@ class Answers:
         elif credentials.bearer_token:
             _DECLINED.inc()
             return None  # a token to verify (keys may have to be fetched): the app's check
-        self.misses += 1
         _DECIDED.inc()
         generation = self.owners.generation
         principal = None if credentials.ambiguous else self.sessions.principal_of(claims, record)

@@ -92,7 +92,7 @@ class AuthEndpoints:
             "/sign-out": {"GET": self.sign_out_page, "POST": self.sign_out},
             "/healthz": {"GET": self.healthz},
         }
-        self.answers = Answers(checker, checker.owners, sessions, cookie_name=self.cfg.cookie_name,
+        self.answers = Answers(checker, sessions, cookie_name=self.cfg.cookie_name,
                                gateway_cookies=self._gateway_cookies, behind_traefik=self._behind_traefik)
         self._server: HTTPServer | None = None
         self.port = 0

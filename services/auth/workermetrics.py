@@ -22,6 +22,7 @@ from .checker import CHECK_LATENCY, CHECKS, REFUSALS
 # {"checks": {outcome: n}, "refusals": {reason: n}, "answers": {way: n}, "buckets": {le: cumulative n}, "sum": s}
 Totals = dict[str, Any]
 _TALLIES = (("checks", CHECKS, "outcome"), ("refusals", REFUSALS, "reason"), ("answers", ANSWERS, "way"))
+_SUMMED = (*(key for key, _, _ in _TALLIES), "buckets")  # what is added up by label (or bucket) across processes
 
 
 def totals() -> Totals:
@@ -48,8 +49,7 @@ class CheckMetrics:
 
     def __init__(self) -> None:
         self.live: dict[object, Totals] = {}  # worker slot -> its latest totals
-        self.retired: dict[str, Any] = {"checks": Tally(), "refusals": Tally(), "answers": Tally(), "buckets": Tally(),
-                                        "sum": 0.0}
+        self.retired: dict[str, Any] = {key: Tally() for key in _SUMMED} | {"sum": 0.0}
 
     @classmethod
     def install(cls) -> CheckMetrics:
@@ -70,15 +70,14 @@ class CheckMetrics:
         """The worker in ``slot`` is gone: keep what it counted (a replacement starts from zero)."""
         last = self.live.pop(slot, None)
         if last:
-            for key in ("checks", "refusals", "answers", "buckets"):
+            for key in _SUMMED:
                 self.retired[key].update(last.get(key, {}))
             self.retired["sum"] += float(last.get("sum", 0.0))
 
     def collect(self) -> Any:
-        keys = ("checks", "refusals", "answers", "buckets")
-        total: dict[str, Any] = {key: Tally(self.retired[key]) for key in keys} | {"sum": self.retired["sum"]}
+        total: dict[str, Any] = {key: Tally(self.retired[key]) for key in _SUMMED} | {"sum": self.retired["sum"]}
         for value in [totals(), *self.live.values()]:
-            for key in keys:
+            for key in _SUMMED:
                 total[key].update(value.get(key, {}))
             total["sum"] += float(value.get("sum", 0.0))
         for key, counter, label in _TALLIES:

@@ -46,9 +46,10 @@ class Headers(bytes):
         lines = []
         for name, value in headers:
             name = name.lower()
-            if name in _SERVER_OWNED or b"\r" in name + value or b"\n" in name + value or b":" in name or not name:
+            line = b"%s: %s" % (name, value)
+            if name in _SERVER_OWNED or b"\r" in line or b"\n" in line or b":" in name or not name:
                 raise ValueError(f"header {name!r} cannot be part of an immediate answer")
-            lines.append(b"%s: %s\r\n" % (name, value))
+            lines.append(line + b"\r\n")
         return cls(b"".join(lines))
 
 
