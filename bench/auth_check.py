@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import re
@@ -142,23 +143,30 @@ def run_wrk(port: int, script: str, duration: int, connections: int) -> dict[str
 
 
 def run_vegeta(vegeta: Path, port: int, requests: list[tuple[str, dict[str, str]]], rate: int, duration: int,
-               connections: int) -> dict[str, float]:
-    """A constant arrival rate (open model: a slow answer does not delay the next request's start)."""
+               connections: int, keep: Path | None = None) -> dict[str, float]:
+    """A constant arrival rate (open model: a slow answer does not delay the next request's start). With
+    ``keep``, every request's start and latency are kept there as CSV (``--timeline``)."""
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         for path, headers in requests:
             f.write(json.dumps({"method": "GET", "url": f"http://127.0.0.1:{port}{path}",
                                 "header": {k: [v] for k, v in headers.items() if k != "Host"}}) + "\n")
+    results = f.name + ".bin"
     try:
-        attack = subprocess.Popen([str(vegeta / "vegeta"), "attack", "-format=json", f"-targets={f.name}",
-                                   f"-rate={rate}/s", f"-duration={duration}s", f"-max-connections={connections}",
-                                   "-timeout=10s"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        report = subprocess.run([str(vegeta / "vegeta"), "report", "-type=json"], stdin=attack.stdout,
-                                capture_output=True, text=True, timeout=duration + 60)
-        attack.wait(30)
+        with open(results, "wb") as out:
+            attack = subprocess.run([str(vegeta / "vegeta"), "attack", "-format=json", f"-targets={f.name}",
+                                     f"-rate={rate}/s", f"-duration={duration}s", f"-max-connections={connections}",
+                                     "-timeout=10s"], stdout=out, stderr=subprocess.PIPE, timeout=duration + 60)
+        report = subprocess.run([str(vegeta / "vegeta"), "report", "-type=json", results],
+                                capture_output=True, text=True, timeout=60)
+        if keep is not None:
+            with open(keep, "wb") as out:
+                subprocess.run([str(vegeta / "vegeta"), "encode", "-to=csv", results], stdout=out, check=True)
     finally:
         os.unlink(f.name)
+        if os.path.exists(results):
+            os.unlink(results)
     if report.returncode != 0 or attack.returncode != 0:
-        raise SystemExit(f"vegeta failed: {report.stderr} {attack.stderr.read().decode() if attack.stderr else ''}")
+        raise SystemExit(f"vegeta failed: {report.stderr} {attack.stderr.decode()}")
     data = json.loads(report.stdout)
     lat = data["latencies"]
     codes = data.get("status_codes") or {}
@@ -167,6 +175,37 @@ def run_vegeta(vegeta: Path, port: int, requests: list[tuple[str, dict[str, str]
 
 
 # -- the auth service ------------------------------------------------------------------------------------
+
+
+def slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def tail_line(name: str, files: list[Path]) -> str:
+    """When the slowest 1 % of a server's fixed-rate requests came (``--timeline``): whether they come in
+    bursts (a stall delays every request that arrives during it) and whether they line up with a period of
+    the worker's background work (the probe 0.1 s, the metrics 2 s, the activity flush 5 s). A share near
+    the bin's width (10 %) means no period."""
+    starts: list[float] = []
+    slow: list[float] = []
+    for f in files:
+        rows = [line.split(",", 3)[:3] for line in f.read_text().splitlines() if line]
+        lat = sorted(int(r[2]) for r in rows)
+        cut = lat[int(len(lat) * 0.99)]
+        starts += [int(r[0]) / 1e9 for r in rows]  # wall-clock time: the background timers keep their phase
+        slow += [int(r[0]) / 1e9 for r in rows if int(r[2]) >= cut]
+    slow.sort()
+    near = sum(1 for i, t in enumerate(slow) if (i and t - slow[i - 1] < 0.002)
+               or (i + 1 < len(slow) and slow[i + 1] - t < 0.002))
+
+    def peak(period: float) -> float:  # the fullest tenth of the period
+        bins = [0] * 10
+        for t in slow:
+            bins[int(t % period / period * 10) % 10] += 1
+        return max(bins) / max(1, len(slow))
+    return (f"  {name:<27} slowest 1%: {len(slow)} of {len(starts)}; {near / max(1, len(slow)):.0%} within 2 ms of "
+            f"another; fullest tenth of a period: " + ", ".join(f"{period:g} s {peak(period):.0%}"
+                                                                for period in (0.1, 1.0, 2.0, 5.0)))
 
 
 def instance_of(k: int, users: int) -> tuple[str, int, str, str]:
@@ -495,6 +534,9 @@ async def main() -> int:
     parser.add_argument("--profile", default="", metavar="DIR",
                         help="sample the /auth workers with py-spy (dev extra) in the first round of each fixed "
                              "rate, keep the stacks in DIR and print where the event-loop threads spend their time")
+    parser.add_argument("--timeline", default="", metavar="DIR",
+                        help="keep every fixed-rate request's start and latency in DIR (CSV, one file per server, "
+                             "rate and round) and print when the slowest 1%% came")
     opts = parser.parse_args()
     vegeta = tool("install_load_tools.sh")
     shares = tuple(int(x) for x in opts.mix.split(","))
@@ -502,6 +544,9 @@ async def main() -> int:
     profile_dir = Path(opts.profile).resolve()
     if opts.profile:
         profile_dir.mkdir(parents=True, exist_ok=True)
+    timeline = Path(opts.timeline).resolve()
+    if opts.timeline:
+        timeline.mkdir(parents=True, exist_ok=True)
     db_url = opts.database_url or f"sqlite+aiosqlite:///{tmp / 'bench.sqlite3'}"
     await asyncio.to_thread(upgrade, db_url)  # alembic runs its own event loop
 
@@ -589,12 +634,14 @@ async def main() -> int:
             before = await fresh_probes(service)
             for round_ in range(opts.rounds):
                 for name, p, reqs, pids in servers:
+                    attack = functools.partial(run_vegeta, keep=timeline / f"{slug(name)}-{rate}-{round_}.csv"
+                                               if opts.timeline else None)
                     if opts.profile and name == ours and round_ == 0:
                         fixed[name].append(await asyncio.to_thread(
-                            profiled, profile_dir, f"rate{rate}", pids(), measured, pids, run_vegeta, vegeta, p,
+                            profiled, profile_dir, f"rate{rate}", pids(), measured, pids, attack, vegeta, p,
                             reqs, rate, opts.duration, opts.connections))
                         continue
-                    fixed[name].append(await asyncio.to_thread(measured, pids, run_vegeta, vegeta, p, reqs, rate,
+                    fixed[name].append(await asyncio.to_thread(measured, pids, attack, vegeta, p, reqs, rate,
                                                                opts.duration, opts.connections))
             after = await fresh_probes(service)
             print(f"\nfixed rate (vegeta {rate:,}/s, at most {opts.connections} connections, {opts.duration}s; "
@@ -603,6 +650,9 @@ async def main() -> int:
             print(probe_line(before, after, rate * opts.duration * opts.rounds))
             if opts.profile:
                 print(profile_line(profile_dir, f"rate{rate}", fixed[ours][0]))
+            if opts.timeline:
+                for name, *_ in servers:
+                    print(tail_line(name, [timeline / f"{slug(name)}-{rate}-{r}.csv" for r in range(opts.rounds)]))
             other_statuses = sum(r["other"] for rows in fixed.values() for r in rows)
             if other_statuses:
                 print(f"  unexpected statuses: {other_statuses:.0f}")
