@@ -169,6 +169,52 @@ async def test_denials_given_again_are_audited_with_their_own_method(scene: Scen
         [("bob", "GET", "i1.aigc.test"), ("bob", "DELETE", "i1.aigc.test")]
 
 
+async def test_a_burst_of_denials_is_written_in_one_statement_and_one_queued_meanwhile_after_it(
+        scene: Scene, monkeypatch) -> None:
+    """A transaction costs the worker's loop about a millisecond however few rows it writes, so the denials
+    queued together share one INSERT; one queued while that write is held in flight gets a write of its
+    own after it, and none is lost."""
+    from sqlalchemy import event
+
+    from aigc_gateway.services.auth import checker as checker_module
+
+    monkeypatch.setattr(checker_module, "AUDIT_GATHER_SECONDS", 0.0)
+    bob, _ = await scene.sign_in("bob")
+    inserts: list[int] = []
+
+    def executed(conn, cursor, statement, parameters, context, executemany) -> None:  # type: ignore[no-untyped-def]
+        if statement.startswith("INSERT INTO audit_events"):
+            inserts.append(len(parameters) if executemany else 1)
+
+    writing, release = asyncio.Event(), asyncio.Event()
+    real_write = scene.audit_log.write
+
+    async def held_write(events: list) -> None:
+        writing.set()
+        await release.wait()
+        await real_write(events)
+
+    monkeypatch.setattr(scene.audit_log, "write", held_write)
+    event.listen(scene.database.engine.sync_engine, "before_cursor_execute", executed)
+    try:
+        for method in ("GET", "POST", "PUT", "DELETE"):  # queued together, before the writer runs
+            assert scene.check(ALICE_URL, bob, method=method)[0] == 403
+        await writing.wait()  # the first write took all four and is held
+        monkeypatch.setattr(scene.audit_log, "write", real_write)
+        for method in ("PATCH", "HEAD"):
+            assert scene.check(ALICE_URL, bob, method=method)[0] == 403
+        release.set()
+        await scene.checker.drain()
+    finally:
+        event.remove(scene.database.engine.sync_engine, "before_cursor_execute", executed)
+    assert sorted(inserts) == [2, 4]
+    async with scene.database.session() as session:
+        rows = (await session.execute(select(AuditEventRow).where(
+            AuditEventRow.action == "AuthService.Check"))).scalars().all()
+    assert sorted(r.details["method"] for r in rows) == sorted(["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD"])
+    assert {(r.actor, r.outcome, r.error_code) for r in rows} == {("bob", "DENIED", "PERMISSION_DENIED")}
+
+
 async def test_the_routed_host_is_part_of_what_is_remembered(scene: Scene) -> None:
     alice, _ = await scene.sign_in("alice")
     assert scene.both(ALICE_URL, alice)[0] == 200
