@@ -19,7 +19,7 @@ from typing import Any
 from prometheus_client import Counter, Histogram
 
 from aigc_gateway import audit
-from aigc_gateway.background import Tasks
+from aigc_gateway.background import Tasks, wait_event
 from aigc_gateway.errors import GatewayError
 from aigc_gateway.identity import JWTAuthenticator, Principal
 from aigc_gateway.sessions import SessionCookieAuthenticator
@@ -52,8 +52,9 @@ REFUSALS = Counter("aigc_auth_refusals_total", "Checks refused because the proxy
 ROUTED_HOST_CODES = frozenset({ROUTED_HOST_MISSING, ROUTED_HOST_MISMATCH})
 _AUDIT_CODE = {Outcome.UNAUTHENTICATED: "UNAUTHENTICATED", Outcome.FORBIDDEN: "PERMISSION_DENIED"}
 _ACTION = "AuthService.Check"
-# How long the first denial queued waits for others to share its transaction (see AccessChecker._audit).
-AUDIT_GATHER_SECONDS = 1.0
+# How long the first denial queued waits for others to share its transaction (see AccessChecker._audit). The
+# budget admits about one a second in a flood, so this is also about how many a transaction writes then.
+AUDIT_GATHER_SECONDS = 5.0
 
 
 class DeniedBudget:
@@ -127,6 +128,7 @@ class AccessChecker:
         self.allow_admin = allow_admin
         self._background = Tasks()
         self._audit_queue: list[dict[str, Any]] = []
+        self._audit_now = asyncio.Event()
         self._denied_budget = DeniedBudget(audit_log.denied_per_minute if audit_log is not None else 0)
 
     async def principal(self, credentials: Credentials) -> Principal | None:
@@ -229,7 +231,8 @@ class AccessChecker:
         after ``AUDIT_GATHER_SECONDS``, everything queued by then in one transaction. A transaction costs
         the worker's event loop about a millisecond of CPU however few rows it writes, and the budget's
         burst (after an idle minute, up to 10 denials at once) written one transaction each held the loop
-        for the first ~60 ms of the burst (bench/auth_check.py --timeline). An event not yet written when
+        for the first ~60 ms of the burst, and one a second after it made a once-a-second cluster in the
+        tail (bench/auth_check.py --timeline). :meth:`drain` writes at once. An event not yet written when
         the process is killed is lost, as one in flight always was."""
         self._audit_queue.append(event)
         if len(self._audit_queue) == 1:
@@ -237,9 +240,14 @@ class AccessChecker:
 
     async def _write_audit(self) -> None:
         assert self.audit_log is not None
-        await asyncio.sleep(AUDIT_GATHER_SECONDS)
+        await wait_event(self._audit_now, AUDIT_GATHER_SECONDS)
         events, self._audit_queue = self._audit_queue, []
         await self.audit_log.write(events)
 
     async def drain(self) -> None:
-        await self._background.drain()
+        """Wait for the background work, writing the queued audit events now."""
+        self._audit_now.set()
+        try:
+            await self._background.drain()
+        finally:
+            self._audit_now.clear()

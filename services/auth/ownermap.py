@@ -190,14 +190,6 @@ class OwnerMap:
         if self._listeners:
             self._emit(["o", key.namespace, key.template, key.id, owner])
 
-    def replace_owners(self, owners: dict[InstanceKey, str]) -> None:
-        # Applied as the differences only: a full re-read runs every few seconds (every 0.5 s while the
-        # LISTEN connection is down) and should cost the replicas nothing when nothing changed.
-        for key in [k for k in self._owners if k not in owners]:
-            self.set_owner(key, None)
-        for key, owner in owners.items():
-            self.set_owner(key, owner)
-
     def owner(self, key: InstanceKey) -> str | None:
         return self._owners.get(key)
 

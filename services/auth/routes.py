@@ -168,9 +168,3 @@ class RouteIndex:
         else:
             self.owned.discard(key)
         self._refresh(key)
-
-    def replace_owned(self, keys: set[InstanceKey]) -> None:
-        for gone in self.owned - keys:
-            self.set_owned(gone, False)
-        for key in keys - self.owned:
-            self.set_owned(key, True)

@@ -157,7 +157,10 @@ async def test_what_must_wait_is_declined_and_not_remembered(scene: Scene) -> No
     assert scene.both(ALICE_URL, carol)[0] == 403  # carol does not own alice's instance
 
 
-async def test_denials_given_again_are_audited_with_their_own_method(scene: Scene) -> None:
+async def test_denials_given_again_are_audited_with_their_own_method(scene: Scene, monkeypatch) -> None:
+    from aigc_gateway.services.auth import checker as checker_module
+
+    monkeypatch.setattr(checker_module, "AUDIT_GATHER_SECONDS", 3600.0)  # drain() must not wait for it
     bob, _ = await scene.sign_in("bob")
     first = scene.check(ALICE_URL, bob, method="GET")
     assert first[0] == 403 and scene.check(ALICE_URL, bob, method="DELETE") is first

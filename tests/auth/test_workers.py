@@ -69,15 +69,49 @@ def test_a_replica_fed_by_events_decides_like_the_original() -> None:
                                                                                          InstanceKey)
 
 
-def test_a_full_reread_sends_only_what_changed() -> None:
-    owners, events = OwnerMap(), []
-    keys = [InstanceKey("ns", "cpu", i) for i in range(100)]
-    owners.replace_owners({k: f"u{k.id}" for k in keys})
+async def test_a_full_reread_applies_and_sends_only_what_changed(database) -> None:
+    from datetime import UTC, datetime
+
+    from sqlalchemy import delete, insert, update
+
+    from aigc_gateway.services.auth.routes import RouteIndex
+    from aigc_gateway.services.auth.sources import OwnershipFollower
+
+    now = datetime.now(UTC)
+    async with database.session() as session:
+        await session.execute(insert(InstanceRow), [
+            {"namespace": "ns", "template": "cpu", "id": i, "slot": "LIVE", "owner": f"u{i}", "orphaned": False,
+             "created_at": now, "updated_at": now, "state_changed_at": now} for i in range(100)])
+    owners = OwnerMap()
+    follower = OwnershipFollower(database, owners, RouteIndex(owners))  # its LISTEN not started: nothing heard
+    await follower.resync()
+    assert [owners.owner(InstanceKey("ns", "cpu", i)) for i in (0, 99)] == ["u0", "u99"]
+    events: list = []
     owners.subscribe(events.append)
-    owners.replace_owners({k: f"u{k.id}" for k in keys})  # the periodic resync, nothing changed
+    await follower.resync()  # the periodic re-read, nothing changed
     assert events == []
-    owners.replace_owners({k: f"u{k.id}" for k in keys if k.id != 7} | {keys[8]: "someone-else"})
-    assert sorted(events) == [["o", "ns", "cpu", 7, None], ["o", "ns", "cpu", 8, "someone-else"]]
+
+    async def change(ident: int, **values: object) -> None:
+        async with database.session() as session:
+            await session.execute(update(InstanceRow).where(InstanceRow.id == ident).values(**values))
+
+    # Changed with no notification heard: a pause, another owner, a row gone.
+    await change(7, slot="PAUSED")
+    await change(8, owner="someone-else")
+    async with database.session() as session:
+        await session.execute(delete(InstanceRow).where(InstanceRow.id == 9))
+    await follower.resync()
+    assert sorted(events) == [["o", "ns", "cpu", 7, None], ["o", "ns", "cpu", 8, "someone-else"],
+                              ["o", "ns", "cpu", 9, None]]
+    # What the row path applied (a notification's row) is what the next re-read compares with: not sent twice;
+    # and a row the row path saw that the table no longer says is put back by the re-read.
+    events.clear()
+    await change(10, owner="x")
+    follower._apply(InstanceKey("ns", "cpu", 10), "LIVE", "x", False)  # as _row_loop applies the row it read
+    follower._apply(InstanceKey("ns", "cpu", 11), "LIVE", "stale", False)  # a row read that was undone since
+    await follower.resync()
+    assert events == [["o", "ns", "cpu", 10, "x"], ["o", "ns", "cpu", 11, "stale"], ["o", "ns", "cpu", 11, "u11"]]
+    assert owners.owner(InstanceKey("ns", "cpu", 11)) == "u11"
 
 
 def test_a_large_map_with_shared_hosts_answers_every_route() -> None:
