@@ -27,7 +27,10 @@ pauses, event-loop lateness split into the loop's own work and waiting for a CPU
 shared: these are the figures to attribute a tail with, where wall-clock latency alone cannot.
 ``--profile DIR`` adds, for the first /auth round of each fixed rate, the CPU per request of the workers'
 event-loop threads apart from their other threads, and py-spy's samples of the loop threads (py-spy
-is in the dev extra; the stacks stay in DIR, collapsed, for a flame graph).
+is in the dev extra; the stacks stay in DIR, collapsed, for a flame graph). ``--timeline DIR`` keeps every
+fixed-rate request's start and latency there (CSV) and prints, per server, when the slowest 1 % came: in
+bursts or alone, and whether with a period of the workers' background work (it found the denied checks'
+audit transactions at the start of every round; docs/auth.md, "When the slowest requests came").
 
 The request mix cycles through signed-in owners (allowed), signed-in non-owners (denied) and anonymous
 requests (``--mix``). The auth service runs as in production: this process is the gRPC side (owner map
