@@ -11,12 +11,13 @@ import random
 import time
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from aigc_gateway import audit
 from aigc_gateway import sessions as sessions_module
 from aigc_gateway.config import Settings
 from aigc_gateway.db.models import AuditEventRow
+from aigc_gateway.services.auth import checker as checker_module
 from aigc_gateway.services.auth.activity import ActivityRecorder
 from aigc_gateway.services.auth.answers import ANSWERS, MAX_REMEMBERED_INPUT, Answers
 from aigc_gateway.services.auth.checker import AccessChecker
@@ -158,8 +159,6 @@ async def test_what_must_wait_is_declined_and_not_remembered(scene: Scene) -> No
 
 
 async def test_denials_given_again_are_audited_with_their_own_method(scene: Scene, monkeypatch) -> None:
-    from aigc_gateway.services.auth import checker as checker_module
-
     monkeypatch.setattr(checker_module, "AUDIT_GATHER_SECONDS", 3600.0)  # drain() must not wait for it
     bob, _ = await scene.sign_in("bob")
     first = scene.check(ALICE_URL, bob, method="GET")
@@ -177,10 +176,6 @@ async def test_a_burst_of_denials_is_written_in_one_statement_and_one_queued_mea
     """A transaction costs the worker's loop about a millisecond however few rows it writes, so the denials
     queued together share one INSERT; one queued while that write is held in flight gets a write of its
     own after it, and none is lost."""
-    from sqlalchemy import event
-
-    from aigc_gateway.services.auth import checker as checker_module
-
     monkeypatch.setattr(checker_module, "AUDIT_GATHER_SECONDS", 0.0)
     bob, _ = await scene.sign_in("bob")
     inserts: list[int] = []

@@ -17,19 +17,21 @@ import subprocess
 import sys
 import textwrap
 import time
+from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
 from prometheus_client import REGISTRY, generate_latest
-from sqlalchemy import select
+from sqlalchemy import delete, insert, select, update
 
 from aigc_gateway.api.v1 import auth_pb2, auth_pb2_grpc
 from aigc_gateway.config import Settings
 from aigc_gateway.db.models import AuditEventRow, InstanceRow
 from aigc_gateway.services.auth.checker import DeniedBudget
 from aigc_gateway.services.auth.ownermap import InstanceKey, OwnerMap, Route
-from aigc_gateway.services.auth.routes import RoutePattern
+from aigc_gateway.services.auth.routes import RouteIndex, RoutePattern
+from aigc_gateway.services.auth.sources import OwnershipFollower
 from aigc_gateway.services.auth.workers import WorkerPool, _plain
 from aigc_gateway.sessions import SessionStore, hash_session_id
 
@@ -70,13 +72,6 @@ def test_a_replica_fed_by_events_decides_like_the_original() -> None:
 
 
 async def test_a_full_reread_applies_and_sends_only_what_changed(database) -> None:
-    from datetime import UTC, datetime
-
-    from sqlalchemy import delete, insert, update
-
-    from aigc_gateway.services.auth.routes import RouteIndex
-    from aigc_gateway.services.auth.sources import OwnershipFollower
-
     now = datetime.now(UTC)
     async with database.session() as session:
         await session.execute(insert(InstanceRow), [
